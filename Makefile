@@ -1,0 +1,28 @@
+# Attention from Scratch: two commands, both idempotent.
+#   make course   set up .venv, then open the course in JupyterLab (prints the URL)
+#   make test     set up .venv, then run the test suite
+# .venv is (re)installed only when pyproject.toml changes.
+
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: course test release
+
+course: $(VENV)/installed
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/exercises
+
+test: $(VENV)/installed
+	$(BIN)/python -m pytest
+
+release: $(VENV)/installed
+	$(BIN)/python -m grader release
+
+# torch first, pinned: pip then keeps that build (the CPU one where it is on disk) instead of
+# resolving torch again for the project's own dependencies.
+$(VENV)/installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@

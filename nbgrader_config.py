@@ -1,0 +1,21 @@
+"""nbgrader configuration for Attention from Scratch. Run nbgrader (or `python -m grader`) from
+this folder: solutions/ is the instructor's source, exercises/ the student release.
+
+Each day is one assignment: solutions/dayNN-slug/dayNN-slug.ipynb.
+"""
+
+c = get_config()  # noqa: F821 (nbgrader injects get_config)
+
+c.CourseDirectory.course_id = "attention-from-scratch"
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "exercises"
+
+# Seconds per cell: Triton's CPU interpreter (day07, day09) runs kernels in Python, slowly.
+c.Execute.timeout = 300
+
+# nbgrader zeroes a test cell that writes anything to stderr. torch warns there (Python
+# warnings, and C++ ones such as "[W1122 13:00:00 ...] Warning: ..."); a warning is not a failure.
+c.IgnorePattern.enabled = True
+c.IgnorePattern.pattern = r"Warning|^\[W\d{4}"
+
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}

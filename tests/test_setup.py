@@ -1,0 +1,90 @@
+"""The repository's set-up: packaging files that agree, the nbgrader wiring, and a committed
+release that matches its source."""
+
+import json
+import re
+import sys
+
+import nbformat
+import pytest
+import yaml
+from traitlets.config import Config
+
+from conftest import ROOT
+from grader import pipeline
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+
+def test_environment_yml_lists_exactly_the_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
+    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in environment["dependencies"] if isinstance(d, str)]
+    (pip,) = [d["pip"] for d in environment["dependencies"] if isinstance(d, dict)]
+    assert sorted(d for d in pip if d != "-e .") == sorted(wanted)
+    assert "-e ." in pip
+    assert f"python{project['requires-python']}" in conda
+
+
+def test_ci_runs_the_test_command_that_readme_gives():
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^make (\w+)$", readme, flags=re.MULTILINE)
+    assert commands[:2] == ["course", "test"]  # the two commands, in this order
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^make test$", ci, flags=re.MULTILINE)
+
+
+def load_nbgrader_config() -> Config:
+    config = Config()
+    exec((ROOT / "nbgrader_config.py").read_text(), {"get_config": lambda: config})
+    return config
+
+
+def test_nbgrader_config_uses_this_layout_and_suits_torch():
+    config = load_nbgrader_config()
+    assert config.CourseDirectory.source_directory == "solutions"
+    assert config.CourseDirectory.release_directory == "exercises"
+    assert config.Execute.timeout >= 120  # Triton's CPU interpreter is slow
+
+
+def test_ignore_pattern_drops_python_and_torch_warnings_but_not_other_stderr():
+    config = load_nbgrader_config()
+    assert config.IgnorePattern.enabled
+    pattern = config.IgnorePattern.pattern
+    python_warning = "/tmp/x.py:3: UserWarning: scores are large\n  warnings.warn(...)\n"
+    torch_warning = "[W1122 13:00:00.000000 123 Module.cpp:42] TF32 is off\n"
+    assert re.search(pattern, python_warning) and re.search(pattern, torch_warning)
+    assert not re.search(pattern, "a student printed this to stderr\n")
+
+
+def committed_notebooks():
+    return sorted((ROOT / "solutions").glob("*/*.ipynb")) + sorted((ROOT / "exercises").glob("*/*.ipynb"))
+
+
+@pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_notebooks_carry_no_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
+
+
+def test_every_solution_has_a_committed_release():
+    assert pipeline.assignments(ROOT)
+    for name in pipeline.assignments(ROOT):
+        assert (ROOT / "exercises" / name / f"{name}.ipynb").is_file(), (
+            f"exercises/{name} is missing: run `python -m grader release {name}`")
+
+
+@pytest.mark.slow
+def test_exercises_are_regenerated_from_solutions(tmp_path):
+    pipeline.release(ROOT, release_dir=tmp_path)
+    for fresh in sorted(tmp_path.glob("*/*.ipynb")):
+        committed = ROOT / "exercises" / fresh.relative_to(tmp_path)
+        assert committed.is_file() and json.loads(committed.read_text()) == json.loads(fresh.read_text()), (
+            f"{committed.relative_to(ROOT)} is stale: run `python -m grader release`")
