@@ -7,11 +7,13 @@ PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
 VENV := .venv
 BIN := $(VENV)/bin
+# Jupyter refuses to run as root unless told; containers often are root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
 .PHONY: course test release
 
 course: $(VENV)/installed
-	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/exercises
+	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/exercises $(ALLOW_ROOT)
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest
