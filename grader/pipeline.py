@@ -169,6 +169,9 @@ def check_notebook(root: Path, notebook: Path, assignment: str = None) -> list:
     course folder with its own gradebook. Returns one dict per graded cell, in notebook order:
     name, score, max_score and the text the cell printed."""
     read_notebook(notebook)
+    if assignment is None and Path(notebook).stem not in assignments(root):
+        raise GradingError(f"{notebook}: its name is not an assignment's; pass --assignment, "
+                           f"one of {assignments(root)}.")
     assignment = check_assignment(root, assignment or Path(notebook).stem)
     with tempfile.TemporaryDirectory() as scratch:
         course = Path(scratch)

@@ -66,24 +66,16 @@ def test_get_device_is_cuda_with_gpu():
 
 
 @needs_triton
-def test_importing_course_first_puts_triton_in_interpreter_mode():
-    result = run_python(
-        "import course, os, triton; print(os.environ['TRITON_INTERPRET'])",
-        PYTHONWARNINGS="always",
-    )
+@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")],
+                         ids=["unset: interpreter", "user's value kept"])
+def test_importing_course_before_triton(user_value, expected):
+    env = {"PYTHONWARNINGS": "always"}
+    if user_value is not None:
+        env["TRITON_INTERPRET"] = user_value
+    result = run_python("import course, os, triton; print(os.environ['TRITON_INTERPRET'])", **env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "1"
+    assert result.stdout.strip() == expected
     assert "Import course before triton" not in result.stderr
-
-
-@needs_triton
-def test_importing_course_keeps_the_users_triton_interpret():
-    result = run_python(
-        "import course, os, triton; print(os.environ['TRITON_INTERPRET'])",
-        TRITON_INTERPRET="0",
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0"
 
 
 @needs_triton
