@@ -81,6 +81,18 @@ class Report:
         return f"{self.exercise}: {n_passed} of {len(self.results)} checks passed."
 
 
+# ----------------------------------------------------------------------------- naming mistakes
+
+# Every mistake a suite can name: key -> (what it looks like, how to fix it). Suites add theirs.
+HINTS = {}
+
+
+def named(key: str) -> Mistake:
+    """The Mistake for a known mistake in HINTS, for checks that recognise it without a suspect."""
+    description, hint = HINTS[key]
+    return Mistake(f"It looks like {description}.", hint, key)
+
+
 # ----------------------------------------------------------------------------- comparing tensors
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -146,16 +158,6 @@ def _raise_if_suspect(out: torch.Tensor, suspects: list, what: str, tol: float, 
             raise Mistake(f"{what} is off ({seen}): it matches {description}.", hint, key)
 
 
-# Every mistake a suite can name: key -> (what it looks like, how to fix it). Suites add theirs.
-HINTS = {}
-
-
-def named(key: str) -> Mistake:
-    """The Mistake for a known mistake in HINTS, for checks that recognise it without a suspect."""
-    description, hint = HINTS[key]
-    return Mistake(f"It looks like {description}.", hint, key)
-
-
 # ----------------------------------------------------------------------------- calling the student
 
 def guarded(fn, exercise: str, forbidden: dict):
@@ -172,7 +174,7 @@ def guarded(fn, exercise: str, forbidden: dict):
             raise NotImplementedYet() from exc
         except Exception as exc:
             raise Mistake(f"your function raised {type(exc).__name__}: {exc}{_student_line(exc)}",
-                          hint="read the error: it names the operation whose shapes or types disagree.",
+                          hint="read the error and the line it points to; shape errors name both shapes.",
                           key="raised") from exc
         if guard.tripped:
             name, advice = guard.tripped
@@ -184,7 +186,7 @@ def guarded(fn, exercise: str, forbidden: dict):
 
 
 def _student_line(exc: BaseException) -> str:
-    """' (at line: <code>)' for the innermost frame of the student's own code, or ''."""
+    """An 'at: <code>' line for the innermost frame of the student's own code, or ''."""
     torch_dir, grader_dir = os.path.dirname(torch.__file__), os.path.dirname(__file__)
     frames = [frame for frame in traceback.extract_tb(exc.__traceback__)
               if not frame.filename.startswith((torch_dir, grader_dir))]
