@@ -1,9 +1,14 @@
 """The shortcut guard: while a student's function is graded, calling the built-in that the
-exercise asks them to write fails with a clear message instead of quietly passing.
+exercise asks them to write, or the course's own library version of it, fails the check with a
+clear message instead of quietly passing.
 
-It is a torch function mode, so it sees every torch call however it is spelled: `torch.softmax`,
-`F.softmax`, `x.softmax`, `nn.Softmax()(x)`, or a name imported before grading began.
+Torch built-ins are caught by a torch function mode, so every spelling is seen: `torch.softmax`,
+`F.softmax`, `x.softmax`, `nn.Softmax()(x)`, or a name imported before grading began. Python
+functions (the course's library versions, e.g. `course.attention.causal_mask`) are caught by a
+profile hook that sees each call's code object, however the function was imported.
 """
+
+import sys
 
 from torch.overrides import TorchFunctionMode
 
@@ -27,11 +32,31 @@ class ShortcutUsed(BaseException):
 
 
 class ShortcutGuard(TorchFunctionMode):
+    """`forbidden` maps torch names (str) and Python functions to the advice to give instead."""
+
     def __init__(self, exercise: str, forbidden: dict):
         super().__init__()
         self.exercise = exercise
-        self.forbidden = forbidden
+        self.forbidden = {name: advice for name, advice in forbidden.items() if isinstance(name, str)}
+        self.functions = {fn.__code__: (f"{fn.__module__}.{fn.__qualname__}", advice)
+                          for fn, advice in forbidden.items() if not isinstance(fn, str)}
         self.tripped = None  # (name, advice) of the first forbidden call
+
+    def __enter__(self):
+        if self.functions:
+            self._outer_profile = sys.getprofile()
+            sys.setprofile(self._watch_calls)
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        if self.functions:
+            sys.setprofile(self._outer_profile)
+        return super().__exit__(*exc_info)
+
+    def _watch_calls(self, frame, event, arg):
+        # Only recorded, not raised: the student's call runs on and the check reports it after.
+        if event == "call" and frame.f_code in self.functions:
+            self.tripped = self.tripped or self.functions[frame.f_code]
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")

@@ -12,6 +12,16 @@ from grader import CheckFailed, check, run_exercise
 DAY = "day01-sdpa"
 EXERCISES = ["stable_softmax", "attention_scores", "scaled_dot_product_attention"]
 
+# For tests/test_nbgrader_e2e.py: softmax over the queries costs scaled_dot_product_attention's
+# visible and hidden points (2 + 1), and the feedback names the mistake.
+PLANTED_SUBMISSION = {
+    "cell": "scaled_dot_product_attention",
+    "old": "attention_scores(q, k), dim=-1)",
+    "new": "attention_scores(q, k), dim=-2)",
+    "points_lost": 3,
+    "hint": "each query's weights must sum to 1 over the keys",
+}
+
 
 @pytest.fixture(scope="module")
 def solution(solution_namespace):

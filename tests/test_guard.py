@@ -1,0 +1,44 @@
+"""The shortcut guard on its own: torch built-ins by name, Python functions by code object."""
+
+import sys
+
+import torch
+
+import course.attention
+from course.attention import causal_mask
+from grader.checking import run
+from grader.guard import SOFTMAX
+
+
+def one_call(impl, rng):
+    """calls the student's function once"""
+    impl(3)
+
+
+def test_a_forbidden_python_function_is_caught_however_it_was_imported():
+    forbidden = {causal_mask: "build the mask yourself, from torch.arange."}
+    for impl in (lambda n: causal_mask(n), lambda n: course.attention.causal_mask(n)):
+        report = run("causal_mask", impl, [one_call], forbidden, verbose=False)
+        assert report.keys == {"shortcut"}
+        assert "course.attention.causal_mask" in report.results[0].message
+        assert report.results[0].hint == "build the mask yourself, from torch.arange."
+
+
+def test_allowed_calls_pass_and_the_outer_profiler_is_restored():
+    def outer(frame, event, arg):
+        pass
+
+    sys.setprofile(outer)
+    try:
+        report = run("causal_mask", lambda n: torch.ones(n, n).tril().bool(), [one_call],
+                     {causal_mask: "no"}, verbose=False)
+        assert sys.getprofile() is outer
+    finally:
+        sys.setprofile(None)
+    assert report.passed
+
+
+def test_torch_names_still_work_beside_functions():
+    report = run("softmax", lambda n: torch.softmax(torch.zeros(n), 0), [one_call],
+                 {**SOFTMAX, causal_mask: "no"}, verbose=False)
+    assert report.keys == {"shortcut"}
