@@ -46,3 +46,35 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients():
 def test_bad_input_says_what_was_expected(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+def test_stable_softmax_equals_torch_and_gives_zeros_for_an_all_neg_inf_row():
+    from course.attention import stable_softmax
+
+    x = torch.randn(3, 4, 5, dtype=torch.float64) * 30
+    assert torch.allclose(stable_softmax(x), torch.softmax(x, -1))
+    assert torch.allclose(stable_softmax(x, dim=1), torch.softmax(x, 1))
+    x[1, 2] = float("-inf")
+    out = stable_softmax(x)
+    assert torch.equal(out[1, 2], torch.zeros(5, dtype=torch.float64))
+    assert torch.isfinite(out).all()
+    big = torch.tensor([1000.0, 1001.0], dtype=torch.float16)
+    assert torch.isfinite(stable_softmax(big)).all() and stable_softmax(big).dtype == torch.float16
+
+
+def test_stable_softmax_is_allowed_where_the_built_in_softmax_is_forbidden():
+    from course.attention import stable_softmax
+    from grader.guard import SOFTMAX, ShortcutGuard
+
+    guard = ShortcutGuard("masked_attention", SOFTMAX)
+    with guard:
+        stable_softmax(torch.randn(2, 3))
+    assert guard.tripped is None
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1, 2]), [0.5, 1.0]], ids=["integer", "list"])
+def test_stable_softmax_refuses_what_is_not_a_float_tensor(bad):
+    from course.attention import stable_softmax
+
+    with pytest.raises(TypeError, match="floating-point tensor"):
+        stable_softmax(bad)
