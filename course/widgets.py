@@ -370,3 +370,124 @@ class AttentionExplorer:
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+
+# ----------------------------------------------------------------------------- whole models
+
+VIEWS = ("grid", "single")
+GRID_COLUMNS = 4
+GRID_CELL_INCHES = (3.2, 2.9)
+
+
+def attention_stats(weights) -> tuple[np.ndarray, np.ndarray]:
+    """Per-head summaries of (..., H, Lq, Lk) weights: (entropy, distance), each (..., H).
+
+    entropy: the mean over queries of each row's entropy in nats (0 = every query looks at one
+    key; log Lk = uniform). distance: the mean over queries of sum_j w_ij |pos_i - j|, in
+    positions, with query i at position Lk - Lq + i (bottom-right, as causal_mask).
+    """
+    weights = _to_numpy(weights).astype(np.float64)
+    _check_weights_shape(weights)
+    num_queries, num_keys = weights.shape[-2:]
+    clipped = np.clip(np.nan_to_num(weights, nan=0.0), 0.0, None)
+    totals = clipped.sum(-1, keepdims=True)
+    rows = np.divide(clipped, totals, out=np.zeros_like(clipped), where=totals > 0)
+    logs = np.log(rows, out=np.zeros_like(rows), where=rows > 0)
+    entropy = -(rows * logs).sum(-1).mean(-1)
+    query_position = np.arange(num_queries)[:, None] + (num_keys - num_queries)
+    gap = np.abs(query_position - np.arange(num_keys)[None, :])  # (Lq, Lk)
+    distance = (rows * gap).sum(-1).mean(-1)
+    return entropy, distance
+
+
+class ModelExplorer:
+    """Every layer and head of a model's attention: a grid of a layer's heads, or one head.
+
+    `weights_per_layer` is a list with one tensor per layer, each (H, Lq, Lk) or (B, H, Lq, Lk)
+    (all the same shape), e.g. the weights a `course.tiny_transformer.TinyTransformer` returns.
+    Each head's title gives its mean entropy (nats) and mean attention distance (positions).
+
+    Controls (ipywidgets, public): layer (IntSlider), view (ToggleButtons "grid" / "single"),
+    head (IntSlider, used by the single view), batch (IntSlider), scale (Dropdown, see
+    `plot_attention`). The picture is `image`; the layout is `widget`.
+
+        ModelExplorer(weights, tokens, tokens, title="reverse")
+    """
+
+    def __init__(self, weights_per_layer, query_labels=None, key_labels=None, *, title=None,
+                 view="grid"):
+        if isinstance(weights_per_layer, (torch.Tensor, np.ndarray)) or not weights_per_layer:
+            raise TypeError("weights_per_layer must be a non-empty list of per-layer weights, "
+                            "each (H, Lq, Lk) or (B, H, Lq, Lk)")
+        layers = [_to_numpy(w) for w in weights_per_layer]
+        for number, layer in enumerate(layers):
+            if layer.ndim not in (3, 4):
+                raise ValueError(f"layer {number}'s weights must be (H, Lq, Lk) or (B, H, Lq, Lk), "
+                                 f"got shape {layer.shape}")
+            if layer.shape != layers[0].shape:
+                raise ValueError(f"every layer's weights must have one shape: layer 0 is "
+                                 f"{layers[0].shape}, layer {number} is {layer.shape}")
+        self.weights = np.stack([_to_batch_heads(layer) for layer in layers])  # (layers, B, H, Lq, Lk)
+        num_layers, num_batches, num_heads, num_queries, num_keys = self.weights.shape
+        self.query_labels = _as_labels(query_labels, num_queries, "query_labels", "query row")
+        self.key_labels = _as_labels(key_labels, num_keys, "key_labels", "key column")
+        self.title = title
+        self.entropy, self.distance = attention_stats(self.weights)  # (layers, B, H) each
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}")
+
+        self.layer = _index_slider("layer", num_layers)
+        self.batch = _index_slider("batch", num_batches)
+        self.head = _index_slider("head", num_heads)
+        self.view = widgets.ToggleButtons(options=VIEWS, value=view, description="view",
+                                          style={"button_width": "60px"})
+        self.scale = widgets.Dropdown(options=SCALES, value="linear", description="scale",
+                                      layout=widgets.Layout(width="160px"))
+        self.head.disabled = num_heads == 1 or view == "grid"
+        self.image = widgets.Image(value=self.render(), format="png")
+        controls = widgets.VBox([
+            widgets.HBox([self.layer, self.view, self.scale]),
+            widgets.HBox([self.head, self.batch]),
+        ])
+        self.widget = widgets.VBox([controls, self.image])
+        for control in (self.layer, self.batch, self.head, self.view, self.scale):
+            control.observe(self._update_image, names="value")
+
+    def head_title(self, layer: int, head: int) -> str:
+        batch = self.batch.value
+        return (f"L{layer} H{head}: entropy {self.entropy[layer, batch, head]:.2f}, "
+                f"distance {self.distance[layer, batch, head]:.1f}")
+
+    def _update_image(self, change) -> None:
+        self.head.disabled = self.weights.shape[2] == 1 or self.view.value == "grid"
+        self.image.value = self.render()
+
+    def render(self) -> bytes:
+        """Draw the current layer (grid) or head (single) and return PNG bytes."""
+        layer, batch = self.layer.value, self.batch.value
+        heads = range(self.weights.shape[2]) if self.view.value == "grid" else [self.head.value]
+        columns = min(len(heads), GRID_COLUMNS)
+        rows = math.ceil(len(heads) / columns)
+        width, height = GRID_CELL_INCHES if len(heads) > 1 else FIGSIZE
+        figure = Figure(figsize=(width * columns, height * rows + 0.4), dpi=DPI)
+        FigureCanvasAgg(figure)
+        # A narrow colour-bar column beside each heatmap, as in _new_figure.
+        grid = figure.add_gridspec(rows, 2 * columns, width_ratios=(25, 1) * columns)
+        for position, head in enumerate(heads):
+            row, column = divmod(position, columns)
+            ax = figure.add_subplot(grid[row, 2 * column])
+            cbar_ax = figure.add_subplot(grid[row, 2 * column + 1])
+            plot_attention(self.weights[layer, batch, head], self.query_labels, self.key_labels,
+                           ax=ax, cbar_ax=cbar_ax, title=self.head_title(layer, head),
+                           scale=self.scale.value,
+                           annotate=False if len(heads) > 1 else None)
+            ax.title.set_fontsize(9 if len(heads) > 1 else 11)
+            if len(heads) > 1:
+                ax.tick_params(labelsize=7)
+        if self.title:
+            figure.suptitle(self.title)
+        _lay_out(figure)
+        return _png_bytes(figure)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

@@ -336,3 +336,82 @@ def test_explorer_rejects_wrong_number_of_labels():
 def test_explorer_rejects_one_dimensional_weights():
     with pytest.raises(ValueError, match=r"at least 2 dims.*got shape \(5,\)"):
         AttentionExplorer(softmax_weights(5))
+
+
+# ModelExplorer
+
+from course.widgets import ModelExplorer, attention_stats  # noqa: E402, I001
+
+TOKENS = ["a", "b", "c", "d"]
+
+
+def model_weights(layers=2, heads=3, length=4):
+    return [softmax_weights(heads, length, length, seed=layer) for layer in range(layers)]
+
+
+def test_model_explorer_stacks_layers_and_opens_on_the_grid():
+    explorer = ModelExplorer(model_weights(), TOKENS, TOKENS, title="toy")
+    assert explorer.weights.shape == (2, 1, 3, 4, 4)
+    assert (explorer.layer.min, explorer.layer.max) == (0, 1)
+    assert explorer.view.value == "grid" and explorer.head.disabled
+    assert bytes(explorer.image.value).startswith(b"\x89PNG")
+    assert explorer.image.value == explorer.render()
+
+
+@pytest.mark.parametrize(("control", "new_value"),
+                         [("layer", 1), ("view", "single"), ("scale", "log")])
+def test_model_explorer_controls_change_the_picture(control, new_value):
+    explorer = ModelExplorer(model_weights(), TOKENS, TOKENS)
+    before = explorer.image.value
+    getattr(explorer, control).value = new_value
+    assert_picture_changed(before, explorer.image.value)
+
+
+def test_model_explorer_single_view_steps_through_heads():
+    explorer = ModelExplorer(model_weights(), TOKENS, TOKENS, view="single")
+    assert not explorer.head.disabled
+    before = explorer.image.value
+    explorer.head.value = 2
+    assert_picture_changed(before, explorer.image.value)
+    grid = pixels(explorer.image.value)
+    explorer.view.value = "grid"
+    assert explorer.head.disabled
+    assert pixels(explorer.image.value).shape[1] > grid.shape[1]  # three heads side by side
+
+
+def test_model_explorer_batches_and_titles_with_stats():
+    weights = [softmax_weights(2, 3, 4, 4, seed=s) for s in range(2)]  # (B, H, L, L) per layer
+    explorer = ModelExplorer(weights)
+    assert explorer.weights.shape == (2, 2, 3, 4, 4)
+    before = explorer.image.value
+    explorer.batch.value = 1
+    assert_picture_changed(before, explorer.image.value)
+    assert explorer.head_title(1, 2).startswith("L1 H2: entropy ")
+
+
+def test_attention_stats_entropy_and_distance():
+    one_hot_previous = torch.zeros(1, 4, 4)
+    one_hot_previous[0, 0, 0] = 1
+    one_hot_previous[0, torch.arange(1, 4), torch.arange(0, 3)] = 1  # each query looks one back
+    uniform = torch.full((1, 4, 4), 0.25)
+    entropy, distance = attention_stats(torch.cat([one_hot_previous, uniform]))
+    np.testing.assert_allclose(entropy, [0.0, np.log(4)], atol=1e-6)
+    np.testing.assert_allclose(distance[0], 0.75)  # 0, 1, 1, 1
+    # bottom-right: one query at position 3 over 4 keys, all weight on key 0: distance 3
+    entropy, distance = attention_stats(torch.tensor([[[1.0, 0, 0, 0]]]))
+    np.testing.assert_allclose(distance, [3.0])
+
+
+def test_model_explorer_rejects_bad_input():
+    with pytest.raises(TypeError, match="non-empty list"):
+        ModelExplorer(softmax_weights(3, 4, 4))
+    with pytest.raises(TypeError, match="non-empty list"):
+        ModelExplorer([])
+    with pytest.raises(ValueError, match="every layer's weights must have one shape"):
+        ModelExplorer([softmax_weights(3, 4, 4), softmax_weights(2, 4, 4)])
+    with pytest.raises(ValueError, match=r"\(H, Lq, Lk\) or \(B, H, Lq, Lk\)"):
+        ModelExplorer([softmax_weights(4, 4)])
+    with pytest.raises(ValueError, match="view must be one of"):
+        ModelExplorer(model_weights(), view="table")
+    with pytest.raises(ValueError, match="one label per query row"):
+        ModelExplorer(model_weights(), TOKENS[:3])
