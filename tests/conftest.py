@@ -8,6 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from grader import CheckFailed, check, run_exercise
+
 os.environ.setdefault("MPLBACKEND", "Agg")  # before anything imports pyplot: no display here
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +36,25 @@ def root() -> Path:
 def solution_namespace():
     """solution_namespace("day01-sdpa")["stable_softmax"] is the solution's own function."""
     return solution_functions
+
+
+@pytest.fixture(scope="module")
+def solution(request):
+    """The solution notebook's own functions, for the test module's DAY."""
+    return solution_functions(request.module.DAY)
+
+
+def day_report(day: str, name: str, impl, **kwargs):
+    """The Report of exercise `name` of `day` on `impl`, printed nowhere."""
+    return run_exercise(day, name, impl, verbose=False, **kwargs)
+
+
+def assert_mistake_named(day: str, name: str, bug, key: str, capsys) -> None:
+    """The bug fails, the mistake `key` is recognised, and check() prints its hint and raises."""
+    result = day_report(day, name, bug)
+    assert not result.passed and key in result.keys, [(r.key, r.message) for r in result.results]
+    named = next(r for r in result.results if r.key == key)
+    assert named.hint
+    with pytest.raises(CheckFailed):
+        check(day, name, bug)
+    assert f"hint: {named.hint}" in capsys.readouterr().out

@@ -1,13 +1,15 @@
 """The day01 check suite, tested: the solution passes on every seed, each planted bug is caught
 with its named hint, and correct implementations written differently pass too."""
 
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from grader import CheckFailed, check, run_exercise
+from conftest import assert_mistake_named, day_report
+from grader import CheckFailed, check
 
 DAY = "day01-sdpa"
 EXERCISES = ["stable_softmax", "attention_scores", "scaled_dot_product_attention"]
@@ -23,13 +25,9 @@ PLANTED_SUBMISSION = {
 }
 
 
-@pytest.fixture(scope="module")
-def solution(solution_namespace):
-    return solution_namespace(DAY)
 
-
-def report(name, impl, **kwargs):
-    return run_exercise(DAY, name, impl, verbose=False, **kwargs)
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
 
 
 # ----------------------------------------------------------------------------- the solution
@@ -100,16 +98,6 @@ def stub(*args, **kwargs):
 def test_stable_softmax_bug_is_named(bug, key, capsys):
     assert_named("stable_softmax", bug, key, capsys)
 
-
-def assert_named(name, bug, key, capsys):
-    """The bug fails, the mistake `key` is recognised, and check() prints its hint and raises."""
-    result = report(name, bug)
-    assert not result.passed and key in result.keys
-    named = next(r for r in result.results if r.key == key)
-    assert named.hint
-    with pytest.raises(CheckFailed):
-        check(DAY, name, bug)
-    assert f"hint: {named.hint}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("bug, key", [

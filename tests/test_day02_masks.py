@@ -1,15 +1,18 @@
 """The day02 check suite, tested: the solution passes on every seed, each planted bug is caught
 with its named hint, and correct implementations written differently pass too."""
 
+import functools
 import math
 
+import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 
 import course.attention
 from course.attention import stable_softmax
-from grader import CheckFailed, check, run_exercise
+from conftest import ROOT, assert_mistake_named, day_report
+from grader import check
 
 DAY = "day02-masks"
 EXERCISES = ["causal_mask", "padding_mask", "to_additive_mask", "masked_attention"]
@@ -25,24 +28,10 @@ PLANTED_SUBMISSION = {
 }
 
 
-@pytest.fixture(scope="module")
-def solution(solution_namespace):
-    return solution_namespace(DAY)
 
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
 
-def report(name, impl, **kwargs):
-    return run_exercise(DAY, name, impl, verbose=False, **kwargs)
-
-
-def assert_named(name, bug, key, capsys):
-    """The bug fails, the mistake `key` is recognised, and check() prints its hint and raises."""
-    result = report(name, bug)
-    assert not result.passed and key in result.keys, [(r.key, r.message) for r in result.results]
-    named = next(r for r in result.results if r.key == key)
-    assert named.hint
-    with pytest.raises(CheckFailed):
-        check(DAY, name, bug)
-    assert f"hint: {named.hint}" in capsys.readouterr().out
 
 
 def assert_named_on_hidden_seeds(name, bug, key, seeds=range(1, 11)):
@@ -83,9 +72,6 @@ def test_planted_submission_is_the_named_top_left_mistake(solution):
 
 
 def solution_source(grade_id):
-    import nbformat
-
-    from conftest import ROOT
     notebook = nbformat.read(ROOT / "solutions" / DAY / f"{DAY}.ipynb", as_version=4)
     (cell,) = [c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
     assert PLANTED_SUBMISSION["old"] in cell.source or grade_id != PLANTED_SUBMISSION["cell"]

@@ -1,6 +1,7 @@
 """The day03 check suite, tested: the solution passes on every seed, each planted bug is caught
 with its named hint, and correct implementations written differently pass too."""
 
+import functools
 import math
 
 import pytest
@@ -9,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import course.multihead as library
+from conftest import assert_mistake_named, day_report
 from course.attention import attention
-from grader import CheckFailed, check, run_exercise
 
 DAY = "day03-multihead"
 EXERCISES = ["split_heads", "merge_heads", "repeat_kv", "MultiHeadAttention",
@@ -27,24 +28,10 @@ PLANTED_SUBMISSION = {
 }
 
 
-@pytest.fixture(scope="module")
-def solution(solution_namespace):
-    return solution_namespace(DAY)
 
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
 
-def report(name, impl, **kwargs):
-    return run_exercise(DAY, name, impl, verbose=False, **kwargs)
-
-
-def assert_named(name, bug, key, capsys):
-    """The bug fails, the mistake `key` is recognised, and check() prints its hint and raises."""
-    result = report(name, bug)
-    assert not result.passed and key in result.keys, [(r.key, r.message) for r in result.results]
-    named = next(r for r in result.results if r.key == key)
-    assert named.hint
-    with pytest.raises(CheckFailed):
-        check(DAY, name, bug)
-    assert f"hint: {named.hint}" in capsys.readouterr().out
 
 
 def stub(*args, **kwargs):
