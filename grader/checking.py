@@ -158,6 +158,23 @@ def _raise_if_suspect(out: torch.Tensor, suspects: list, what: str, tol: float, 
             raise Mistake(f"{what} is off ({seen}): it matches {description}.", hint, key)
 
 
+def expect_value_error(call, what: str, key: str) -> None:
+    """`call()`, which calls the student's guarded function with a bad argument, must raise
+    ValueError, the clear error for bad input. Returning, or raising anything else, is the
+    mistake `key` (from HINTS)."""
+    hint = HINTS[key][1]
+    try:
+        call()
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+        if isinstance(mistake.__cause__, ValueError):
+            return
+        raise Mistake(f"{what} raised {type(mistake.__cause__).__name__}, not ValueError: "
+                      f"{mistake.__cause__}", hint, key) from None
+    raise Mistake(f"{what} was accepted without an error.", hint, key)
+
+
 # ----------------------------------------------------------------------------- calling the student
 
 def guarded(fn, exercise: str, forbidden: dict):
