@@ -11,7 +11,8 @@ import course.kv_cache as library
 from conftest import assert_mistake_named, day_report
 
 DAY = "day04-kv-cache"
-EXERCISES = ["KVCache", "cached_attention", "generate", "kv_cache_bytes", "RollingKVCache"]
+EXERCISES = ["KVCache", "cached_attention", "generate", "kv_cache_bytes", "RollingKVCache",
+             "PagedKVCache"]
 
 # For tests/test_nbgrader_e2e.py: a cache that never advances costs KVCache's 2 + 1 points.
 PLANTED_SUBMISSION = {
@@ -225,6 +226,85 @@ class Unbounded:
 ], ids=["relative", "slots", "unbounded"])
 def test_rolling_bug_is_named(solution, make, key, capsys):
     assert_named("RollingKVCache", make(solution), key, capsys)
+
+
+# ----------------------------------------------------------------------------- PagedKVCache bugs
+
+def paged_class(solution, **bugs):
+    """The solution's PagedKVCache with one method replaced."""
+    return type("PagedKVCache", (solution["PagedKVCache"],), bugs)
+
+
+def allocate_floor(self, seq_id, k_new, v_new):
+    table = self.block_tables.setdefault(seq_id, [])
+    start = self.lengths.get(seq_id, 0)
+    stop = start + k_new.shape[1]
+    table.extend(self.free.pop() for _ in range(stop // self.block_size - len(table)))  # floor
+    for position in range(start, stop):
+        block = table[position // self.block_size]
+        self.k[block, :, position % self.block_size] = k_new[:, position - start]
+        self.v[block, :, position % self.block_size] = v_new[:, position - start]
+    self.lengths[seq_id] = stop
+    return self.gather(seq_id)
+
+
+def allocate_one_extra(self, seq_id, k_new, v_new):
+    table = self.block_tables.setdefault(seq_id, [])
+    start = self.lengths.get(seq_id, 0)
+    stop = start + k_new.shape[1]
+    needed = stop // self.block_size + 1  # one block too many when stop fills its last block
+    if needed - len(table) > len(self.free):
+        raise ValueError("pool full")
+    table.extend(self.free.pop() for _ in range(needed - len(table)))
+    return allocate_floor(self, seq_id, k_new, v_new)
+
+
+def gather_uncropped(self, seq_id):
+    table = self.block_tables[seq_id]
+    return (torch.cat([self.k[b] for b in table], dim=1), torch.cat([self.v[b] for b in table], dim=1))
+
+
+def gather_reversed(self, seq_id):
+    table, length = self.block_tables[seq_id][::-1], self.lengths[seq_id]
+    return (torch.cat([self.k[b] for b in table], dim=1)[:, :length],
+            torch.cat([self.v[b] for b in table], dim=1)[:, :length])
+
+
+def free_forgets_blocks(self, seq_id):
+    self.block_tables.pop(seq_id)
+    del self.lengths[seq_id]
+
+
+def share_first_block(self, seq_id, k_new, v_new):
+    if seq_id not in self.block_tables and self.block_tables:
+        self.block_tables[seq_id] = [next(iter(self.block_tables.values()))[0]]
+    return solution_update(self, seq_id, k_new, v_new)
+
+
+solution_update = None  # set by the fixture below, so the bugs can call the real update
+
+
+@pytest.fixture
+def paged_bugs(solution):
+    global solution_update
+    solution_update = solution["PagedKVCache"].update
+    yield
+
+
+@pytest.mark.parametrize("bug, key", [
+    ({"update": allocate_floor}, "block_table_off_by_one"),
+    ({"update": allocate_one_extra}, "block_table_off_by_one"),
+    ({"gather": gather_uncropped}, "gather_not_cropped"),
+    ({"gather": gather_reversed}, "wrong_block_for_position"),
+    ({"free_sequence": free_forgets_blocks}, "blocks_not_freed"),
+    ({"update": share_first_block}, "blocks_shared"),
+], ids=["floor", "one_extra", "uncropped", "reversed_table", "free_forgets", "shared"])
+def test_paged_bug_is_named(solution, paged_bugs, bug, key, capsys):
+    assert_named("PagedKVCache", paged_class(solution, **bug), key, capsys)
+
+
+def test_paged_library_is_a_shortcut():
+    assert report("PagedKVCache", library.PagedKVCache).keys == {"shortcut"}
 
 
 # ----------------------------------------------------------------------------- other correct answers

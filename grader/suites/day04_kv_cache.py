@@ -76,9 +76,26 @@ HINTS.update({
                             "slot p % window."),
 })
 
+HINTS.update({
+    "block_table_off_by_one": ("a block table one block short or long",
+                               "L positions need ceil(L / block_size) blocks, -(-L // block_size) "
+                               "in integers; take from the free list only what the table lacks."),
+    "wrong_block_for_position": ("positions stored in the wrong block or at the wrong offset",
+                                 "position p lives in block table[p // block_size], at offset "
+                                 "p % block_size; gather the table's blocks in order."),
+    "gather_not_cropped": ("gathered K/V that keep the unused tail of the last block",
+                           "crop what you gather to the sequence's length."),
+    "blocks_shared": ("a block held by two sequences, or by a sequence and the free list",
+                      "pop blocks off the free list, so each block has exactly one owner."),
+    "blocks_not_freed": ("free_sequence that does not return the sequence's blocks",
+                         "extend self.free with the sequence's block table, then forget its "
+                         "table and length."),
+})
+
 LIBRARY = "course.kv_cache is the course's library version, for later days: write yours."
 FORBIDDEN = {fn: LIBRARY for fn in (
     library.kv_cache_bytes, library.KVCache.update, library.RollingKVCache.update,
+    library.PagedKVCache.update, library.PagedKVCache.gather, library.PagedKVCache.free_sequence,
     library.cached_attention, library.generate.__wrapped__)}
 # generate runs the course's CachedDecoder, which uses the library cache: only generate is refused.
 GENERATE_FORBIDDEN = {library.generate.__wrapped__: LIBRARY}  # not the no_grad wrapper
@@ -443,6 +460,107 @@ def rolling_is_bounded(RollingKVCache, rng):
                       "not_advanced")
 
 
+# ----------------------------------------------------------------------------- PagedKVCache
+
+def paged_fill(PagedKVCache, rng):
+    """A pool shared by three sequences, filled round-robin (a prefill each, then single tokens)
+    with exactly enough blocks. Returns (cache, {seq_id: (k, v) written}, block_size, num_blocks)."""
+    H, D, block_size = draw(rng, 1, 3), draw(rng, 2, 6), draw(rng, 2, 5)
+    lengths = {name: draw(rng, 1, 3 * block_size) for name in ("a", "b", "c")}
+    num_blocks = sum(-(-n // block_size) for n in lengths.values())
+    cache = PagedKVCache(num_blocks, block_size, H, D)
+    update = guarded(cache.update, "PagedKVCache", FORBIDDEN)
+    written = {name: (torch.zeros(H, 0, D), torch.zeros(H, 0, D)) for name in lengths}
+    prompt = {name: draw(rng, 1, n) for name, n in lengths.items()}
+    while any(written[name][0].shape[1] < n for name, n in lengths.items()):
+        for name, n in lengths.items():
+            done = written[name][0].shape[1]
+            step = prompt[name] if done == 0 else min(1, n - done)
+            if step == 0:
+                continue
+            k, v = randn((H, step, D), rng), randn((H, step, D), rng)
+            written[name] = (torch.cat([written[name][0], k], 1), torch.cat([written[name][1], v], 1))
+            try:
+                result = update(name, k, v)
+            except Mistake as mistake:
+                # Too few blocks: an index past the table. Too many: a pool sized exactly runs dry.
+                if isinstance(mistake.__cause__, (IndexError, ValueError)):
+                    raise Mistake(f"update({name!r}, ...) raised {type(mistake.__cause__).__name__}"
+                                  f" though the pool has exactly the blocks needed: "
+                                  f"{mistake.__cause__}", HINTS["block_table_off_by_one"][1],
+                                  "block_table_off_by_one")
+                raise
+            expect_gathered(result, written[name], block_size, f"update({name!r}, ...)")
+    return cache, written, block_size, num_blocks
+
+
+def expect_gathered(result, reference, block_size, what):
+    """(k, v) equal to the reference, with the mistakes a block layout makes named."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise Mistake(f"{what} should return (k, v), got {type(result).__name__}.",
+                      "return the sequence's gathered K and V.", "wrong_shape")
+    for got, ref, name in zip(result, reference, "kv"):
+        if isinstance(got, torch.Tensor) and got.dim() == 3 and got.shape[1] > ref.shape[1] \
+                and got.shape[1] % block_size == 0:
+            raise named("gather_not_cropped")
+        expect_tensor(got, f"{name} from {what}", ref.shape, torch.float32)
+        if not torch.equal(got, ref):
+            raise named("wrong_block_for_position")
+
+
+def paged_gather_equals_contiguous(PagedKVCache, rng):
+    """three sequences share one pool; each update and gather equals that sequence's torch.cat"""
+    cache, written, block_size, _ = paged_fill(PagedKVCache, rng)
+    gather = guarded(cache.gather, "PagedKVCache", FORBIDDEN)
+    for name, reference in written.items():
+        expect_gathered(gather(name), reference, block_size, f"gather({name!r})")
+
+
+def expect_owned_once(cache, num_blocks):
+    """Every block is in exactly one place: one sequence's table, or the free list."""
+    owners = [block for table in cache.block_tables.values() for block in table] + list(cache.free)
+    if sorted(owners) != list(range(num_blocks)):
+        raise named("blocks_shared") if len(owners) >= num_blocks else named("blocks_not_freed")
+
+
+def paged_block_tables(PagedKVCache, rng):
+    """each table holds ceil(length / block_size) blocks, and every block has one owner"""
+    cache, written, block_size, num_blocks = paged_fill(PagedKVCache, rng)
+    for name, (k, _) in written.items():
+        table = cache.block_tables[name]
+        if len(table) != -(-k.shape[1] // block_size):
+            raise Mistake(f"sequence {name!r} of {k.shape[1]} positions has {len(table)} blocks "
+                          f"of {block_size}.", HINTS["block_table_off_by_one"][1],
+                          "block_table_off_by_one")
+    expect_owned_once(cache, num_blocks)
+
+
+def paged_free_and_reuse(PagedKVCache, rng):
+    """free_sequence returns the blocks; a new sequence reuses them; the others are untouched"""
+    cache, written, block_size, num_blocks = paged_fill(PagedKVCache, rng)
+    freed = list(cache.block_tables["b"])
+    guarded(cache.free_sequence, "PagedKVCache", FORBIDDEN)("b")
+    if "b" in cache.block_tables or sorted(cache.free) != sorted(freed):
+        raise named("blocks_not_freed")
+    expect_owned_once(cache, num_blocks)
+    H, length, D = written["b"][0].shape
+    k, v = randn((H, length, D), rng), randn((H, length, D), rng)
+    expect_gathered(guarded(cache.update, "PagedKVCache", FORBIDDEN)("d", k, v), (k, v),
+                    block_size, "update('d', ...) after freeing 'b'")
+    gather = guarded(cache.gather, "PagedKVCache", FORBIDDEN)
+    for name in ("a", "c"):
+        expect_gathered(gather(name), written[name], block_size, f"gather({name!r})")
+
+
+def paged_full_pool_errors(PagedKVCache, rng):
+    """a pool with no free block left raises ValueError, not an overwrite"""
+    cache, written, block_size, _ = paged_fill(PagedKVCache, rng)
+    H, _, D = written["a"][0].shape
+    k = randn((H, block_size, D), rng)
+    expect_value_error(lambda: guarded(cache.update, "PagedKVCache", FORBIDDEN)("a", k, k),
+                       "update on a full pool", "no_error_for_bad_update")
+
+
 EXERCISES = {
     "KVCache": Exercise(
         checks=[cache_prefill_then_decode, cache_seq_len_and_reset, cache_is_preallocated,
@@ -459,5 +577,9 @@ EXERCISES = {
         forbidden=FORBIDDEN),
     "RollingKVCache": Exercise(
         checks=[rolling_positions_are_absolute, rolling_equals_window_attention, rolling_is_bounded],
+        forbidden=FORBIDDEN),
+    "PagedKVCache": Exercise(
+        checks=[paged_gather_equals_contiguous, paged_block_tables, paged_free_and_reuse,
+                paged_full_pool_errors],
         forbidden=FORBIDDEN),
 }
