@@ -20,7 +20,8 @@ def run_exercise(assignment: str, name: str, impl, *, hidden: bool = False, seed
                  verbose: bool = True) -> Report:
     """Run the checks of exercise `name` of `assignment` on `impl` and return the Report."""
     suite = exercise(assignment, name)
-    return run(name, impl, suite.checks, suite.forbidden, hidden=hidden, seed=seed, verbose=verbose)
+    return run(name, impl, suite.checks, suite.forbidden, hints=suite.hints, hidden=hidden,
+               seed=seed, verbose=verbose)
 
 
 def check(assignment: str, name: str, impl, *, hidden: bool = False, seed: int = None) -> None:

@@ -10,6 +10,7 @@ The same checks run three ways: in the notebook's visible check cells (fixed see
 hidden test cells (fresh seed every grading run), and under pytest.
 """
 
+import contextvars
 import dataclasses
 import linecache
 import os
@@ -83,14 +84,23 @@ class Report:
 
 # ----------------------------------------------------------------------------- naming mistakes
 
-# Every mistake a suite can name: key -> (what it looks like, how to fix it). Suites add theirs.
-HINTS = {}
+# The mistakes the running suite can name: key -> (what it looks like, how to fix it). Each suite
+# has its own HINTS dict (days may give one key different words); `run` makes it the active one.
+_active_hints = contextvars.ContextVar("hints", default={})
+
+
+def hint(key: str) -> tuple:
+    """(what it looks like, how to fix it) for mistake `key` of the running suite."""
+    hints = _active_hints.get()
+    if key not in hints:
+        raise KeyError(f"the running suite names no mistake {key!r} in its HINTS")
+    return hints[key]
 
 
 def named(key: str) -> Mistake:
     """The Mistake for a known mistake in HINTS, for checks that recognise it without a suspect."""
-    description, hint = HINTS[key]
-    return Mistake(f"It looks like {description}.", hint, key)
+    description, fix = hint(key)
+    return Mistake(f"It looks like {description}.", fix, key)
 
 
 # ----------------------------------------------------------------------------- comparing tensors
@@ -154,15 +164,14 @@ def expect_close(out, ref: torch.Tensor, dtype: torch.dtype, what: str = "output
 def _raise_if_suspect(out: torch.Tensor, suspects: list, what: str, tol: float, seen: str) -> None:
     for key, wrong in suspects:
         if wrong.shape == out.shape and relative_error(out, wrong) <= tol:
-            description, hint = HINTS[key]
-            raise Mistake(f"{what} is off ({seen}): it matches {description}.", hint, key)
+            description, fix = hint(key)
+            raise Mistake(f"{what} is off ({seen}): it matches {description}.", fix, key)
 
 
 def expect_value_error(call, what: str, key: str) -> None:
     """`call()`, which calls the student's guarded function with a bad argument, must raise
     ValueError, the clear error for bad input. Returning, or raising anything else, is the
     mistake `key` (from HINTS)."""
-    hint = HINTS[key][1]
     try:
         call()
     except Mistake as mistake:
@@ -171,8 +180,8 @@ def expect_value_error(call, what: str, key: str) -> None:
         if isinstance(mistake.__cause__, ValueError):
             return
         raise Mistake(f"{what} raised {type(mistake.__cause__).__name__}, not ValueError: "
-                      f"{mistake.__cause__}", hint, key) from None
-    raise Mistake(f"{what} was accepted without an error.", hint, key)
+                      f"{mistake.__cause__}", hint(key)[1], key) from None
+    raise Mistake(f"{what} was accepted without an error.", hint(key)[1], key)
 
 
 # ----------------------------------------------------------------------------- calling the student
@@ -215,8 +224,8 @@ def _student_line(exc: BaseException) -> str:
 
 # ----------------------------------------------------------------------------- running a suite
 
-def run(exercise: str, impl, checks: list, forbidden: dict, *, hidden: bool = False,
-        seed: int = None, verbose: bool = True) -> Report:
+def run(exercise: str, impl, checks: list, forbidden: dict, *, hints: dict = None,
+        hidden: bool = False, seed: int = None, verbose: bool = True) -> Report:
     """Run `checks` on `impl` and return a Report; print the verdicts when `verbose`.
 
     Visible checks use seed 0; hidden checks draw a fresh seed, printed so a failure can be
@@ -228,6 +237,14 @@ def run(exercise: str, impl, checks: list, forbidden: dict, *, hidden: bool = Fa
     if seed is None:
         seed = secrets.randbelow(2**31) if hidden else 0
     student = guarded(impl, exercise, forbidden)
+    active = _active_hints.set(hints or {})
+    try:
+        return _run_checks(exercise, student, checks, seed, hidden, verbose)
+    finally:
+        _active_hints.reset(active)
+
+
+def _run_checks(exercise, student, checks, seed, hidden, verbose) -> Report:
     say = print if verbose else (lambda *args: None)
     say(f"{exercise}: {'hidden checks' if hidden else 'checks'} with seed {seed}")
     results = []

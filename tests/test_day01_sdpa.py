@@ -12,7 +12,6 @@ from conftest import assert_mistake_named, day_report
 from grader import CheckFailed, check
 
 DAY = "day01-sdpa"
-EXERCISES = ["stable_softmax", "attention_scores", "scaled_dot_product_attention"]
 
 # For tests/test_nbgrader_e2e.py: softmax over the queries costs scaled_dot_product_attention's
 # visible and hidden points (2 + 1), and the feedback names the mistake.
@@ -32,12 +31,6 @@ assert_named = functools.partial(assert_mistake_named, DAY)
 
 # ----------------------------------------------------------------------------- the solution
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_solution_passes_visible_and_many_hidden_seeds(solution, name):
-    assert report(name, solution[name]).passed
-    for seed in range(1, 26):
-        result = report(name, solution[name], hidden=True, seed=seed)
-        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
 
 
 def test_check_prints_a_verdict_per_check_and_returns_quietly(solution, capsys):

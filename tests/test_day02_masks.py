@@ -15,7 +15,6 @@ from conftest import ROOT, assert_mistake_named, day_report
 from grader import check
 
 DAY = "day02-masks"
-EXERCISES = ["causal_mask", "padding_mask", "to_additive_mask", "masked_attention"]
 
 # For tests/test_nbgrader_e2e.py: a top-left causal mask (what is_causal=True does) costs
 # causal_mask's visible and hidden points (2 + 1), and the feedback names the mistake.
@@ -47,12 +46,6 @@ def stub(*args, **kwargs):
 
 # ----------------------------------------------------------------------------- the solution
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_solution_passes_visible_and_many_hidden_seeds(solution, name):
-    assert report(name, solution[name]).passed
-    for seed in range(1, 26):
-        result = report(name, solution[name], hidden=True, seed=seed)
-        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
 
 
 def test_check_prints_a_verdict_per_check(solution, capsys):

@@ -14,8 +14,6 @@ from conftest import assert_mistake_named, day_report
 from course.attention import attention
 
 DAY = "day03-multihead"
-EXERCISES = ["split_heads", "merge_heads", "repeat_kv", "MultiHeadAttention",
-             "sinusoidal_positions", "apply_rope", "alibi_bias"]
 
 # For tests/test_nbgrader_e2e.py: RoPE positions offset by one cost apply_rope's visible and
 # hidden points (2 + 1); no other graded cell uses apply_rope.
@@ -40,12 +38,6 @@ def stub(*args, **kwargs):
 
 # ----------------------------------------------------------------------------- the solution
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_solution_passes_visible_and_many_hidden_seeds(solution, name):
-    assert report(name, solution[name]).passed
-    for seed in range(1, 26):
-        result = report(name, solution[name], hidden=True, seed=seed)
-        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
 
 
 # ----------------------------------------------------------------------------- split / merge / repeat

@@ -40,18 +40,8 @@ def stub(*args, **kwargs):
 
 # ----------------------------------------------------------------------------- the solution
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_solution_passes_visible_and_many_hidden_seeds(solution, name):
-    assert report(name, solution[name]).passed
-    for seed in range(1, 26):
-        result = report(name, solution[name], hidden=True, seed=seed)
-        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
 
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_untouched_stub_is_not_implemented(name):
-    result = report(name, stub)
-    assert result.keys == {"not_implemented"} and len(result.results) == 1
 
 
 def build_seconds(fn, *args) -> float:

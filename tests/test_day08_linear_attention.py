@@ -12,9 +12,6 @@ import torch.nn.functional as F
 from conftest import assert_mistake_named, day_report
 
 DAY = "day08-linear-attention"
-EXERCISES = ["elu_feature_map", "linear_attention", "causal_linear_attention_recurrent",
-             "causal_linear_attention_chunked", "orthogonal_random_features", "favor_feature_map",
-             "performer_attention"]
 
 # For tests/test_nbgrader_e2e.py: a chunked form whose intra-chunk scores are not masked lets
 # queries see future keys of their own chunk; it costs that exercise's 2 + 1 points.
@@ -37,18 +34,8 @@ def stub(*args, **kwargs):
 
 # ----------------------------------------------------------------------------- the solution
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_solution_passes_visible_and_many_hidden_seeds(solution, name):
-    assert report(name, solution[name]).passed
-    for seed in range(1, 26):
-        result = report(name, solution[name], hidden=True, seed=seed)
-        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
 
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_untouched_stub_is_not_implemented(name):
-    result = report(name, stub)
-    assert result.keys == {"not_implemented"} and len(result.results) == 1
 
 
 def test_causal_forms_agree_with_each_other_and_the_masked_quadratic_form(solution):

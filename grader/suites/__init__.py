@@ -1,6 +1,6 @@
 """One check suite per day: `grader/suites/dayNN_slug.py` holds the checks of assignment
-`dayNN-slug`, and its `EXERCISES` maps each exercise (the student's function name) to its checks
-and to the built-ins that function must not call.
+`dayNN-slug`. Its `EXERCISES` maps each exercise (the student's function name) to its checks and
+to what that function must not call, and its `HINTS` names the mistakes the checks recognise.
 """
 
 import dataclasses
@@ -12,6 +12,7 @@ import pkgutil
 class Exercise:
     checks: list
     forbidden: dict
+    hints: dict = None  # the suite's HINTS, filled in by `exercise`
 
 
 def assignments() -> list:
@@ -19,13 +20,22 @@ def assignments() -> list:
     return sorted(module.name.replace("_", "-") for module in pkgutil.iter_modules(__path__))
 
 
-def exercise(assignment: str, name: str) -> Exercise:
-    """The checks for exercise `name` of `assignment`, with a clear error for a wrong name."""
+def exercises(assignment: str) -> list:
+    """The exercise names of `assignment`, in the notebook's order."""
+    return list(_suite(assignment).EXERCISES)
+
+
+def _suite(assignment: str):
     if assignment not in assignments():
         raise ValueError(f"no check suite for assignment {assignment!r}; "
                          f"expected one of {assignments()}.")
-    suite = importlib.import_module(f"{__name__}.{assignment.replace('-', '_')}")
+    return importlib.import_module(f"{__name__}.{assignment.replace('-', '_')}")
+
+
+def exercise(assignment: str, name: str) -> Exercise:
+    """The checks for exercise `name` of `assignment`, with a clear error for a wrong name."""
+    suite = _suite(assignment)
     if name not in suite.EXERCISES:
         raise ValueError(f"{assignment} has no exercise {name!r}; "
                          f"expected one of {sorted(suite.EXERCISES)}.")
-    return suite.EXERCISES[name]
+    return dataclasses.replace(suite.EXERCISES[name], hints=suite.HINTS)

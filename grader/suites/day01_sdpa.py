@@ -9,11 +9,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from grader.checking import HINTS, Mistake, expect_close, expect_tensor, named
+from grader.checking import Mistake, expect_close, expect_tensor, named
 from grader.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
 
-HINTS.update({
+HINTS = {
     "wrong_axis": ("softmax taken over another axis than `dim`",
                    "normalise along `dim`: max and sum both over dim, with keepdim=True."),
     "ignores_dim": ("softmax over the last axis, whatever `dim` says",
@@ -48,7 +48,7 @@ HINTS.update({
                      "out = weights @ v: weights (..., Lq, Lk) times v (..., Lk, Dv)."),
     "transposed_weights": ("weightsᵀ @ v",
                            "out = weights @ v with weights (..., Lq, Lk): do not transpose them."),
-})
+}
 
 
 # ----------------------------------------------------------------------------- inputs and oracles

@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 
 import course.attention as library
-from grader.checking import HINTS, Mistake, expect_close, expect_tensor, named
+from grader.checking import Mistake, expect_close, expect_tensor, named
 from grader.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
+from grader.suites import day01_sdpa
 from grader.suites.day01_sdpa import draw, randn, softmax64, two_lengths, unpack
 
-HINTS.update({
+HINTS = {
+    **{key: day01_sdpa.HINTS[key] for key in ("missing_scale", "softmax_over_queries")},
     "not_boolean": ("a mask that is not a torch.bool tensor",
                     "masks are torch.bool with True = may attend: a comparison such as "
                     "`keys <= queries` gives one, or pass dtype=torch.bool."),
@@ -83,7 +85,7 @@ HINTS.update({
                            "the mask may be (Lq, Lk), (B, 1, Lq, Lk), (B, 1, 1, Lk), ...: use "
                            "scores.masked_fill(~mask, value) or torch.where(mask, scores, value), "
                            "which broadcast. Boolean indexing scores[~mask] needs the full shape."),
-})
+}
 
 
 # ----------------------------------------------------------------------------- exact mask checks

@@ -17,12 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import course.multihead as library
-from grader.checking import (HINTS, TOLERANCE, Mistake, expect_close, expect_tensor,
+from grader.checking import (TOLERANCE, Mistake, expect_close, expect_tensor,
                               expect_value_error, guarded, named, relative_error)
 from grader.suites import Exercise
 from grader.suites.day01_sdpa import draw, randn
 
-HINTS.update({
+HINTS = {
     # split_heads / merge_heads
     "split_without_transpose": (
         "x.reshape(B, H, L, dh) without a transpose: each 'head' then holds pieces of several "
@@ -129,7 +129,7 @@ HINTS.update({
         "2^(-8h/H) used for a number of heads that is not a power of two",
         "for H not a power of two, take the slopes of the closest power of two below, n, then "
         "every other slope of 2n, (the ALiBi paper's get_slopes), until there are H."),
-})
+}
 
 HEADS_FORBIDDEN = {
     library.split_heads: "write it with view/reshape and transpose.",

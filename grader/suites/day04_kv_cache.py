@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 import course.attention
 import course.kv_cache as library
-from grader.checking import (HINTS, Mistake, expect_close, expect_tensor, expect_value_error,
+from grader.checking import (Mistake, expect_close, expect_tensor, expect_value_error,
                               guarded, named)
 from grader.suites import Exercise
 from grader.suites.day01_sdpa import draw, randn
 
-HINTS.update({
+HINTS = {
     "not_advanced": ("a cache whose seq_len does not grow with each update",
                      "after writing L_new positions, set self.seq_len += L_new (a plain int)."),
     "writes_at_zero": ("every update written at position 0, over the previous entries",
@@ -74,7 +74,7 @@ HINTS.update({
     "rolling_not_bounded": ("a rolling cache that keeps more than `window` positions",
                             "store K and V in a ring of `window` slots: position p goes to "
                             "slot p % window."),
-})
+}
 
 HINTS.update({
     "block_table_off_by_one": ("a block table one block short or long",

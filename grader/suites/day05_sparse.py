@@ -17,12 +17,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import course.attention
 import course.sparse
-from grader.checking import (HINTS, TOLERANCE, Mistake, expect_close, expect_tensor,
+from grader.checking import (TOLERANCE, Mistake, expect_close, expect_tensor,
                               expect_value_error, named, relative_error)
 from grader.suites import Exercise
+from grader.suites import day01_sdpa
 from grader.suites.day01_sdpa import draw, randn
 
-HINTS.update({
+HINTS = {
+    "missing_scale": day01_sdpa.HINTS["missing_scale"],
     "not_bool": ("a mask that is not a bool tensor",
                  "build the mask from comparisons (they give bool) and keep it bool: True = may "
                  "attend."),
@@ -125,7 +127,7 @@ HINTS.update({
     "sliding_not_chunked": ("a window around each query instead of around its chunk",
                             "every query of chunk c sees the same keys: "
                             "[c*chunk_size - overlap, (c+1)*chunk_size + overlap)."),
-})
+}
 
 COURSE_SPARSE = "course.sparse is the course's library version, for later days: write yours."
 FORBIDDEN_BUILDERS = {fn: COURSE_SPARSE for fn in (

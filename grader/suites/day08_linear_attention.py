@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 import course.linear_attention as library
-from grader.checking import (HINTS, Mistake, expect_close, expect_tensor,
+from grader.checking import (Mistake, expect_close, expect_tensor,
                               expect_value_error, named, relative_error)
 from grader.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
 from grader.suites.day01_sdpa import draw, randn
 from grader.suites.day05_sparse import LargestAllocation
 
-HINTS.update({
+HINTS = {
     "negative_features": ("a feature map that can go negative",
                           "phi must be positive so that every weight phi(q).phi(k) >= 0 and the "
                           "normaliser cannot vanish or flip sign: elu(x) + 1 > 0, and FAVOR+ "
@@ -92,7 +92,7 @@ HINTS.update({
     "missing_scale": ("q kᵀ without the 1/sqrt(d) scale",
                       "softmax attention uses q . k / sqrt(d): scale q and k by d ** -0.25 "
                       "before the feature map."),
-})
+}
 
 COURSE = "course.linear_attention is the course's library version, for later days: write yours."
 LIBRARY = {fn: COURSE for fn in (

@@ -20,12 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import course.scan
-from grader.checking import (HINTS, Mistake, expect_close, expect_tensor, expect_value_error,
+from grader.checking import (Mistake, expect_close, expect_tensor, expect_value_error,
                              guarded, named)
 from grader.suites import Exercise
 from grader.suites.day01_sdpa import draw, randn
 
-HINTS.update({
+HINTS = {
     "combine_wrong_order": (
         "the combine operator applied in the wrong order (later element first)",
         "the combine is not commutative: (a1, b1) then (a2, b2) is (a1*a2, a2*b1 + b2), where "
@@ -142,7 +142,7 @@ HINTS.update({
         "bad input accepted without a clear error",
         "check shapes first and raise ValueError naming the shapes, e.g. "
         "`raise ValueError(f\"a and b must have the same shape, got {a.shape} and {b.shape}\")`."),
-})
+}
 
 LIBRARY = "course.scan is the course's library version, for later days: write yours."
 FORBIDDEN = {fn: LIBRARY for fn in (
