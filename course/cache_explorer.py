@@ -1,5 +1,5 @@
-"""Step through greedy decoding with a KV cache: the cache filling row by row, the newest
-query's attention over the cache, and the bytes used so far.
+"""Step through greedy decoding with a KV cache: the cache filling row by row, each decoded
+query's attention over the cache as a heatmap (the newest outlined), and the bytes used so far.
 
     CacheExplorer(decoder, prompt_ids, max_new_tokens=16, cache_factory=KVCache)
 
@@ -14,6 +14,7 @@ import ipywidgets as widgets
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from course.kv_cache import KVCache, kv_cache_bytes
 
@@ -74,11 +75,17 @@ class CacheExplorer:
             left.axhline(length - 0.5, color="red")
         left.set(title=f"layer 0 K cache: {length} of {self.max_seq_len} rows filled",
                  xlabel="head_dim", ylabel="position")
-        weights = frame["weights"][self.layer.value][self.head.value]      # (length,)
-        right.bar(range(length), weights.numpy())
-        right.set(title=f"newest query's attention (layer {self.layer.value}, head "
-                        f"{self.head.value}); {self.bytes_used(self.step.value)} bytes cached",
-                  xlabel="cached position", ylim=(0, 1), xlim=(-0.5, self.max_seq_len - 0.5))
+        # One row per decoded query so far, over the cache as it was then: the newest is the last.
+        rows = torch.full((self.step.value + 1, self.max_seq_len), float("nan"))  # (steps, max_seq_len)
+        for step, past in enumerate(self.frames[: self.step.value + 1]):
+            rows[step, : past["length"]] = past["weights"][self.layer.value][self.head.value]
+        right.imshow(rows.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                     interpolation="nearest")
+        right.add_patch(Rectangle((-0.5, self.step.value - 0.5), length, 1, fill=False,
+                                  edgecolor="red", linewidth=2))
+        right.set(title=f"attention over the cache, layer {self.layer.value} head "
+                        f"{self.head.value}\n{self.bytes_used(self.step.value)} bytes cached",
+                  xlabel="cached position", ylabel="decode step (newest outlined)")
         figure.set_layout_engine("constrained")
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
