@@ -15,6 +15,8 @@ import dataclasses
 import linecache
 import os
 import secrets
+import sys
+import sysconfig
 import traceback
 
 import torch
@@ -182,6 +184,34 @@ def expect_value_error(call, what: str, key: str) -> None:
         raise Mistake(f"{what} raised {type(mistake.__cause__).__name__}, not ValueError: "
                       f"{mistake.__cause__}", hint(key)[1], key) from None
     raise Mistake(f"{what} was accepted without an error.", hint(key)[1], key)
+
+
+# Where code that is not the student's lives: torch, the grader, the standard library, packages.
+NOT_STUDENT_CODE = tuple({os.path.dirname(torch.__file__), os.path.dirname(__file__),
+                          *(sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib"))})
+
+
+def student_lines(call) -> int:
+    """How many lines of the student's own Python run while `call()` runs: a loop over positions
+    shows up as a count that grows with the length."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def trace(frame, event, arg):
+        return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
+
+    outer = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(outer)
+    return count
 
 
 # ----------------------------------------------------------------------------- calling the student

@@ -8,8 +8,6 @@ must never allocate an (L, L)-sized tensor (a torch dispatch mode records every 
 """
 
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import course.attention
 import course.sparse
 from grader.checking import (TOLERANCE, Mistake, expect_close, expect_tensor,
-                              expect_value_error, named, relative_error)
+                              expect_value_error, named, relative_error,
+                              student_lines)
 from grader.suites import Exercise
 from grader.suites import day01_sdpa
 from grader.suites.day01_sdpa import draw, randn
@@ -215,34 +214,9 @@ def window_suspects(L: int, window: int, causal: bool) -> list:
 
 # ----------------------------------------------------------------------------- no loops over positions
 
-def python_lines(call) -> int:
-    """How many lines of Python outside torch and the grader run while `call()` runs."""
-    skip = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)))
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def trace(frame, event, arg):
-        if frame.f_code.co_filename.startswith(skip):
-            return None
-        return local
-
-    outer = sys.gettrace()
-    sys.settrace(trace)
-    try:
-        call()
-    finally:
-        sys.settrace(outer)
-    return count
-
-
 def expect_no_python_loop(call_at, name: str, small: int = 64, large: int = 1024) -> None:
     """The Python work of `call_at(L)` must not grow with L."""
-    lines_small, lines_large = python_lines(lambda: call_at(small)), python_lines(lambda: call_at(large))
+    lines_small, lines_large = student_lines(lambda: call_at(small)), student_lines(lambda: call_at(large))
     if lines_large > lines_small + 100:
         description, hint = HINTS["python_loop"]
         raise Mistake(f"{name} ran {lines_small} lines of Python for L = {small} and "

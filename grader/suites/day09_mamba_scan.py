@@ -11,9 +11,6 @@ with L.
 """
 
 import math
-import os
-import sys
-import sysconfig
 
 import torch
 import torch.nn as nn
@@ -21,7 +18,7 @@ import torch.nn.functional as F
 
 import course.scan
 from grader.checking import (Mistake, expect_close, expect_tensor, expect_value_error,
-                             guarded, named)
+                             guarded, named, student_lines)
 from grader.suites import Exercise
 from grader.suites.day01_sdpa import draw, randn
 
@@ -240,33 +237,6 @@ def make_recurrence_checks(name: str, call, dtypes=(torch.float64, torch.float32
 
     matches.__name__, shapes.__name__ = f"{name}_matches", f"{name}_shapes"
     return [matches, shapes, rows_independent, rejects_bad_input]
-
-
-SKIP = tuple({os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(__file__)),
-              *(sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib"))})
-
-
-def student_lines(call) -> int:
-    """How many lines of Python outside torch, the grader, the standard library and installed
-    packages (that is: the student's own code) run while `call()` runs."""
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def trace(frame, event, arg):
-        return None if frame.f_code.co_filename.startswith(SKIP) else local
-
-    outer = sys.gettrace()
-    sys.settrace(trace)
-    try:
-        call()
-    finally:
-        sys.settrace(outer)
-    return count
 
 
 def parallel_log_steps(impl, rng):
