@@ -32,18 +32,10 @@ def _positive_int(value, name: str, low: int = 1) -> int:
     return value
 
 
-def _positions(L: int, device=None) -> tuple:
-    """(rows (L, 1), columns (1, L)) of int64 positions, for broadcasting comparisons."""
-    position = torch.arange(L, device=device)
-    return position.unsqueeze(-1), position.unsqueeze(0)
-
-
 def _band(L: int, below: int, above: int, device=None) -> torch.Tensor:
     """(L, L) bool: True where i - below <= j <= i + above."""
-    rows, columns = _positions(L, device)
-    band = columns >= rows - below  # (L, L) bool straight from the comparison: no (L, L) ints
-    band &= columns <= rows + above
-    return band
+    # In place: one (L, L) allocation, where tril().triu() would make three.
+    return torch.ones(L, L, dtype=torch.bool, device=device).tril_(above).triu_(-below)
 
 
 # ----------------------------------------------------------------------------- mask builders
@@ -65,8 +57,9 @@ def strided_mask(L: int, stride: int, local_window: int, device=None) -> torch.T
     stride, local_window = _positive_int(stride, "stride"), _positive_int(local_window, "local_window")
     if stride > L:
         raise ValueError(f"stride must be <= L, got stride={stride} > L={L}")
-    summary = (torch.arange(L, device=device) % stride == 0).unsqueeze(0)  # (1, L)
-    return _band(L, local_window // 2, local_window // 2, device) | summary
+    mask = _band(L, local_window // 2, local_window // 2, device)  # (L, L)
+    mask[:, ::stride] = True                                        # the summary columns
+    return mask
 
 
 def _global_positions(global_idx, L: int, device=None) -> torch.Tensor:
