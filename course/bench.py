@@ -4,6 +4,7 @@ A GPU runs kernels asynchronously, so a timer must wait for the device before re
 `peak_memory` measures the most memory a call holds at once, on a GPU or the CPU.
 """
 
+import contextlib
 import statistics
 import time
 import weakref
@@ -113,3 +114,36 @@ def peak_memory(fn, *args, **kwargs) -> int:
     with tracker:
         fn(*args, **kwargs)
     return tracker.peak
+
+
+# ----------------------------------------------------------------------------- benchmark scripts
+
+
+def print_verdicts(results) -> int:
+    """Print each target as a PASS or FAIL line; `results` is a list of (passed, description).
+    Returns the scripts' exit status: 0 when every target passed, else 1."""
+    for passed, line in results:
+        print(f"{'PASS' if passed else 'FAIL'}: {line}")
+    return 0 if all(passed for passed, _ in results) else 1
+
+
+@contextlib.contextmanager
+def saved_figure(path, figsize=(6, 3.8)):
+    """`with saved_figure("plot.png") as figure:` draws on a matplotlib Figure (no display
+    needed: the Agg canvas) and saves it to `path` when the block ends."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(figure)
+    yield figure
+    figure.set_layout_engine("constrained")
+    figure.savefig(path)
+
+
+def label_lengths_axis(ax, lengths, **labels) -> None:
+    """Finish a log-log plot against sequence length: the measured lengths as the x ticks, then
+    `labels` (title, ylabel, ...) and the legend."""
+    ax.set(xlabel="sequence length L", **labels)
+    ax.set_xticks(lengths, [str(L) for L in lengths])
+    ax.minorticks_off()
+    ax.legend(fontsize=8)

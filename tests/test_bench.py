@@ -67,3 +67,24 @@ def test_benchmark_script_runs_on_tiny_sizes(tmp_path, capsys):
     assert "peak dense" in printed and "ratio" in printed
     assert "memory at L = 256" in printed and "t(256) / t(64)" in printed
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_print_verdicts_prints_each_target_and_fails_if_any_failed(capsys):
+    from course.bench import print_verdicts
+
+    assert print_verdicts([(True, "fast enough"), (True, "small enough")]) == 0
+    assert print_verdicts([(True, "fast enough"), (False, "small enough")]) == 1
+    assert capsys.readouterr().out.splitlines()[-2:] == ["PASS: fast enough", "FAIL: small enough"]
+
+
+def test_saved_figure_writes_a_png_with_lengths_on_the_axis(tmp_path):
+    from course.bench import label_lengths_axis, saved_figure
+
+    lengths = [128, 256, 512]
+    with saved_figure(tmp_path / "scaling.png") as figure:
+        ax = figure.subplots()
+        ax.loglog(lengths, [1, 4, 16], "o-", label="quadratic")
+        label_lengths_axis(ax, lengths, ylabel="time (ms)")
+    assert (tmp_path / "scaling.png").read_bytes().startswith(b"\x89PNG")
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == ["128", "256", "512"]
+    assert ax.get_xlabel() == "sequence length L"

@@ -67,4 +67,4 @@ def test_benchmark_smoke(capsys):
     from course.benchmarks.kv_cache import main
     assert main(["--new-tokens", "8", "--prompt", "4", "--d-model", "32", "--layers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "PASS  identical tokens" in out
+    assert "PASS: identical tokens" in out

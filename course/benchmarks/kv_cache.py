@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from course.bench import print_verdicts, saved_figure
 from course.kv_cache import CachedDecoder
 from course.tiny_transformer import TinyTransformer
 
@@ -54,18 +55,13 @@ def measure(new_tokens=256, prompt_len=16, d_model=256, num_layers=4):
 
 
 def plot(t_cached, t_plain, prompt_len, path):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    figure = Figure(figsize=(6, 3.5), dpi=100)
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    positions = range(prompt_len, prompt_len + len(t_cached))
-    ax.plot(positions, [1e3 * t for t in t_plain], label="no cache (reruns the sequence)")
-    ax.plot(positions, [1e3 * t for t in t_cached], label="KV cache (one token)")
-    ax.set(xlabel="position of the new token", ylabel="ms per token", title="time per token")
-    ax.legend()
-    figure.set_layout_engine("constrained")
-    figure.savefig(path)
+    with saved_figure(path, figsize=(6, 3.5)) as figure:
+        ax = figure.subplots()
+        positions = range(prompt_len, prompt_len + len(t_cached))
+        ax.plot(positions, [1e3 * t for t in t_plain], label="no cache (reruns the sequence)")
+        ax.plot(positions, [1e3 * t for t in t_cached], label="KV cache (one token)")
+        ax.set(xlabel="position of the new token", ylabel="ms per token", title="time per token")
+        ax.legend()
 
 
 def main(argv=None) -> int:
@@ -94,12 +90,11 @@ def main(argv=None) -> int:
     results = [(speedup >= SPEEDUP_TARGET if args.new_tokens >= 256 else True,
                 f"speed-up {speedup:.1f}x (target >= {SPEEDUP_TARGET:g}x at 256 new tokens)"),
                (torch.equal(cached, plain), "identical tokens with and without the cache")]
-    for passed, line in results:
-        print(f"{'PASS' if passed else 'FAIL'}  {line}")
+    status = print_verdicts(results)
     if args.plot:
         plot(t_cached, t_plain, args.prompt, args.plot)
         print(f"saved {args.plot}")
-    return 0 if all(passed for passed, _ in results) else 1
+    return status
 
 
 if __name__ == "__main__":

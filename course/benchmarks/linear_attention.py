@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from course.bench import median_time
+from course.bench import label_lengths_axis, median_time, print_verdicts, saved_figure
 from course.linear_attention import (causal_linear_attention_chunked,
                                      causal_linear_attention_recurrent, quadratic_linear_attention)
 
@@ -88,25 +88,17 @@ def verdicts(rows) -> list:
 
 
 def plot(rows, path: str) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     lengths = [row[0] for row in rows]
-    figure = Figure(figsize=(5.5, 3.8), dpi=100)
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    ax.loglog(lengths, [r[1] * 1e3 for r in rows], "o-", label="chunked")
-    ax.loglog(lengths, [r[2] * 1e3 for r in rows], "o-", label="recurrent")
-    quad = [(r[0], r[4] * 1e3) for r in rows if r[4] is not None]
-    if quad:
-        ax.loglog(*zip(*quad), "o-", label="masked quadratic")
-    ax.loglog(lengths, [rows[0][1] * 1e3 * L / lengths[0] for L in lengths], "k--", label="O(L)")
-    ax.set(xlabel="sequence length L", ylabel="time (ms)", title="causal linear attention, cpu")
-    ax.set_xticks(lengths, [str(L) for L in lengths])
-    ax.minorticks_off()
-    ax.legend(fontsize=8)
-    figure.set_layout_engine("constrained")
-    figure.savefig(path)
+    with saved_figure(path, figsize=(5.5, 3.8)) as figure:
+        ax = figure.subplots()
+        ax.loglog(lengths, [r[1] * 1e3 for r in rows], "o-", label="chunked")
+        ax.loglog(lengths, [r[2] * 1e3 for r in rows], "o-", label="recurrent")
+        quad = [(r[0], r[4] * 1e3) for r in rows if r[4] is not None]
+        if quad:
+            ax.loglog(*zip(*quad), "o-", label="masked quadratic")
+        ax.loglog(lengths, [rows[0][1] * 1e3 * L / lengths[0] for L in lengths], "k--", label="O(L)")
+        label_lengths_axis(ax, lengths, ylabel="time (ms)", title="causal linear attention, cpu")
 
 
 def main(argv=None) -> int:
@@ -141,13 +133,11 @@ def main(argv=None) -> int:
     rows = measure(sorted(set(args.lengths)), args.heads, args.head_dim, args.chunk_size, args.repeats,
                    args.recurrent_steps, args.quadratic_max)
     print(table(rows))
-    results = verdicts(rows)
-    for passed, line in results:
-        print(f"{'PASS' if passed else 'FAIL'}: {line}")
+    status = print_verdicts(verdicts(rows))
     if args.plot:
         plot(rows, args.plot)
         print(f"plot saved to {args.plot}")
-    return 0 if all(passed for passed, _ in results) else 1
+    return status
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 import torch
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
-from course.bench import median_time
+from course.bench import median_time, print_verdicts
 from course.scan import (linear_recurrence_chunked, linear_recurrence_parallel,
                          linear_recurrence_sequential, linear_recurrence_triton)
 
@@ -125,10 +125,7 @@ def main(argv=None) -> int:
         label, seconds, error = triton_row(device, *args.triton_size)
         print(f"{label}: {1e3 * seconds:.1f} ms, relative error {error:.1e} "
               "(the interpreter runs the kernel in Python: not comparable with the rows above)")
-    results = verdicts(measured, args.length)
-    for passed, line in results:
-        print(f"{'PASS' if passed else 'FAIL'}: {line}")
-    return 0 if all(passed for passed, _ in results) else 1
+    return print_verdicts(verdicts(measured, args.length))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from course.attention import attention
-from course.bench import median_time, peak_memory
+from course.bench import label_lengths_axis, median_time, peak_memory, print_verdicts, saved_figure
 from course.sparse import sliding_window_attention, sliding_window_mask
 
 MEMORY_TARGET = 0.1  # sliding peak / dense peak at the longest L
@@ -72,26 +72,18 @@ def verdicts(rows) -> list:
 
 
 def plot(rows, path: str, window: int, device) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     lengths = [row[0] for row in rows]
-    figure = Figure(figsize=(10, 3.8), dpi=100)
-    FigureCanvasAgg(figure)
-    for ax, (dense, sliding), scale, title in zip(
-            figure.subplots(1, 2), [(1, 2), (3, 4)], [1e3, 2**-20], ["time (ms)", "peak memory (MiB)"]):
-        dense_y = [row[dense] * scale for row in rows]
-        sliding_y = [row[sliding] * scale for row in rows]
-        ax.loglog(lengths, dense_y, "o-", label="dense masked")
-        ax.loglog(lengths, sliding_y, "o-", label="sliding window")
-        ax.loglog(lengths, [dense_y[0] * (L / lengths[0]) ** 2 for L in lengths], "k:", label="O(L²)")
-        ax.loglog(lengths, [sliding_y[0] * L / lengths[0] for L in lengths], "k--", label="O(L)")
-        ax.set(xlabel="sequence length L", title=f"{title}, window {window}, {device.type}")
-        ax.set_xticks(lengths, [str(L) for L in lengths])
-        ax.minorticks_off()
-        ax.legend(fontsize=8)
-    figure.set_layout_engine("constrained")
-    figure.savefig(path)
+    with saved_figure(path, figsize=(10, 3.8)) as figure:
+        for ax, (dense, sliding), scale, title in zip(
+                figure.subplots(1, 2), [(1, 2), (3, 4)], [1e3, 2**-20], ["time (ms)", "peak memory (MiB)"]):
+            dense_y = [row[dense] * scale for row in rows]
+            sliding_y = [row[sliding] * scale for row in rows]
+            ax.loglog(lengths, dense_y, "o-", label="dense masked")
+            ax.loglog(lengths, sliding_y, "o-", label="sliding window")
+            ax.loglog(lengths, [dense_y[0] * (L / lengths[0]) ** 2 for L in lengths], "k:", label="O(L²)")
+            ax.loglog(lengths, [sliding_y[0] * L / lengths[0] for L in lengths], "k--", label="O(L)")
+            label_lengths_axis(ax, lengths, title=f"{title}, window {window}, {device.type}")
 
 
 def main(argv=None) -> int:
@@ -117,13 +109,11 @@ def main(argv=None) -> int:
           f"head_dim {args.head_dim}, float32, {device.type}, {torch.get_num_threads()} threads")
     rows = measure(sorted(set(args.lengths)), args.window, args.heads, args.head_dim, args.repeats, device)
     print(table(rows))
-    results = verdicts(rows)
-    for passed, line in results:
-        print(f"{'PASS' if passed else 'FAIL'}: {line}")
+    status = print_verdicts(verdicts(rows))
     if args.plot:
         plot(rows, args.plot, args.window, device)
         print(f"plot saved to {args.plot}")
-    return 0 if all(passed for passed, _ in results) else 1
+    return status
 
 
 if __name__ == "__main__":
