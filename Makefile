@@ -1,6 +1,7 @@
 # Attention from Scratch: two commands, both idempotent.
 #   make course   set up .venv, then open the course in JupyterLab (prints the URL)
 #   make test     set up .venv, then run the test suite
+#   make explorer the Attention Explorer: every heatmap explorer on one page (Voilà, 127.0.0.1)
 # .venv is (re)installed only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -10,13 +11,20 @@ BIN := $(VENV)/bin
 # Jupyter refuses to run as root unless told; containers often are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: course test release
+.PHONY: course test release explorer
 
 course: $(VENV)/installed
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/exercises $(ALLOW_ROOT)
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest
+
+# Voilà serves the gallery notebook as a page of widgets, its code hidden. EXPLORER_PORT=0
+# would pick a free port; the URL is printed either way.
+EXPLORER_PORT ?= 8866
+explorer: $(VENV)/installed
+	$(BIN)/voila explorer/attention-explorer.ipynb --no-browser --Voila.ip=127.0.0.1 \
+		--port=$(EXPLORER_PORT) --progressive_rendering=True --strip_sources=True
 
 release: $(VENV)/installed
 	$(BIN)/python -m grader release

@@ -8,8 +8,6 @@ class (same constructor and update as course.kv_cache.KVCache). Like AttentionEx
 PNG bytes into an ipywidgets.Image, so it works headless too.
 """
 
-import io
-
 import ipywidgets as widgets
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -17,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from course.kv_cache import KVCache, kv_cache_bytes
+from course.widgets import figure_png
 
 
 class CacheExplorer:
@@ -87,9 +86,7 @@ class CacheExplorer:
                         f"{self.head.value}\n{self.bytes_used(self.step.value)} bytes cached",
                   xlabel="cached position", ylabel="decode step (newest outlined)")
         figure.set_layout_engine("constrained")
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return figure_png(figure)
 
     def update(self) -> None:
         self.image.value = self.render()

@@ -8,14 +8,14 @@ Functions not given fall back to the course's library versions (course.linear_at
 the other explorers it draws PNG bytes into an ipywidgets.Image, so it works headless too.
 """
 
-import io
-
 import ipywidgets as widgets
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from course import linear_attention as library
+from course.widgets import figure_png as _png
+from course.widgets import slider
 
 VIEWS = ("elu + 1", "FAVOR+ (orthogonal)", "recurrent state")
 FUNCTIONS = ("elu_feature_map", "favor_feature_map", "orthogonal_random_features")
@@ -38,11 +38,6 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, causal: bool = False) ->
     return torch.softmax(scores, dim=-1)
 
 
-def _slider(name: str, value: int, low: int, high: int) -> widgets.IntSlider:
-    return widgets.IntSlider(value=value, min=low, max=high, description=name,
-                             continuous_update=False, layout=widgets.Layout(width="280px"))
-
-
 class LinearExplorer:
     """Controls (public): `view` (Dropdown of VIEWS), `length`, `num_features`, `step`, `seed`
     (IntSliders), `causal` (Checkbox). `render() -> bytes` draws the PNG; `error` holds the
@@ -55,10 +50,10 @@ class LinearExplorer:
         self.fn = {name: functions.get(name, getattr(library, name)) for name in FUNCTIONS}
         self.dim = dim
         self.view = widgets.Dropdown(options=VIEWS, value=VIEWS[0], description="view")
-        self.length = _slider("length", length, 4, 96)
-        self.num_features = _slider("features m", num_features, 1, 512)
-        self.step = _slider("step t", length, 1, 96)
-        self.seed = _slider("seed", 0, 0, 20)
+        self.length = slider("length", length, 4, 96, width="280px")
+        self.num_features = slider("features m", num_features, 1, 512, width="280px")
+        self.step = slider("step t", length, 1, 96, width="280px")
+        self.seed = slider("seed", 0, 0, 20, width="280px")
         self.causal = widgets.Checkbox(value=False, description="causal")
         self.error = None
         self.last_error = None  # mean |A - softmax| of the last attention view
@@ -137,8 +132,3 @@ class LinearExplorer:
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()

@@ -10,7 +10,6 @@ AttentionExplorer, it draws with matplotlib's object-oriented API into PNG bytes
 ipywidgets.Image, so it works the same in JupyterLab, Voilà and headless tests.
 """
 
-import io
 import math
 
 import ipywidgets as widgets
@@ -21,6 +20,8 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
 from course import sparse
+from course.widgets import figure_png as _png
+from course.widgets import slider as _slider
 
 PATTERNS = ("sliding window", "causal window", "strided", "global + local", "random",
             "block sparse", "BigBird (global + local + random)")
@@ -41,11 +42,6 @@ def parse_tokens(text: str) -> list:
         except ValueError:
             raise ValueError(f"global tokens must be whole numbers separated by commas, got {part!r}") from None
     return tokens
-
-
-def _slider(name: str, value: int, low: int, high: int, step: int = 1) -> widgets.IntSlider:
-    return widgets.IntSlider(value=value, min=low, max=high, step=step, description=name,
-                             continuous_update=False, layout=widgets.Layout(width="260px"))
 
 
 class PatternExplorer:
@@ -170,8 +166,3 @@ class PatternExplorer:
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()

@@ -16,7 +16,6 @@ Like AttentionExplorer it draws with matplotlib's object-oriented API into PNG b
 ipywidgets.Image, so it works the same in JupyterLab, Voila and headless tests.
 """
 
-import io
 import math
 
 import ipywidgets as widgets
@@ -26,14 +25,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from course import scan
+from course.widgets import figure_png as _png
+from course.widgets import slider as _slider
 
 DPI = 80
 DIM = 4  # channels of the toy input
-
-
-def _slider(name, value, low, high, step=1):
-    return widgets.IntSlider(value=value, min=low, max=high, step=step, description=name,
-                             continuous_update=False, layout=widgets.Layout(width="260px"))
 
 
 def toy_sequence(length: int, seed: int) -> torch.Tensor:
@@ -147,20 +143,14 @@ class ScanExplorer:
         ax.imshow(attention.numpy(), cmap="Blues", vmin=0, interpolation="nearest")
         ax.set(title="causal softmax attention, q = C_t, k = B_s", xlabel="key s", ylabel="query t")
         ax.title.set_fontsize(10)
-        return self._png(figure)
+        return _png(figure)
 
     def _render_error(self) -> bytes:
         figure = Figure(figsize=(8, 1.6), dpi=DPI)
         FigureCanvasAgg(figure)
         figure.text(0.02, 0.5, f"could not run the scan:\n{self.error}", va="center", fontsize=11,
                     color="#b00020", wrap=True)
-        return self._png(figure)
-
-    @staticmethod
-    def _png(figure) -> bytes:
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
-        return buffer.getvalue()
+        return _png(figure)
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)

@@ -11,6 +11,8 @@ no open figures behind. In a notebook, show a plot with `ax.figure` as the cell'
 last expression (or `display(ax.figure)`); an explorer shows itself.
 """
 
+import base64
+import html
 import io
 import math
 
@@ -250,10 +252,36 @@ def _entropy_nats(row: np.ndarray) -> float:
     return float(-(probabilities * np.log(probabilities)).sum())
 
 
-def _png_bytes(figure: Figure) -> bytes:
+def figure_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes: what every explorer's `render()` returns."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+_png_bytes = figure_png  # the name the first explorers imported
+
+
+def slider(name: str, value: int, low: int, high: int, step: int = 1,
+           width: str = "260px") -> widgets.IntSlider:
+    """An IntSlider that redraws when released (not on every pixel of a drag)."""
+    return widgets.IntSlider(value=value, min=low, max=high, step=step, description=name,
+                             continuous_update=False, layout=widgets.Layout(width=width))
+
+
+def png_download_link(image: widgets.Image, filename: str = "attention.png",
+                      text: str = "save PNG") -> widgets.HTML:
+    """A link that saves what `image` shows as a PNG file, kept up to date as the image changes."""
+    link = widgets.HTML()
+
+    def refresh(change=None) -> None:
+        data = base64.b64encode(bytes(image.value)).decode("ascii")
+        link.value = (f'<a class="png-download" download="{html.escape(filename)}" '
+                      f'href="data:image/png;base64,{data}">{html.escape(text)}</a>')
+
+    refresh()
+    image.observe(refresh, names="value")
+    return link
 
 
 def _index_slider(name: str, count: int) -> widgets.IntSlider:
@@ -409,13 +437,46 @@ class ModelExplorer:
 
     Controls (ipywidgets, public): layer (IntSlider), view (ToggleButtons "grid" / "single"),
     head (IntSlider, used by the single view), batch (IntSlider), scale (Dropdown, see
-    `plot_attention`). The picture is `image`; the layout is `widget`.
+    `plot_attention`), query (Dropdown: a query row to outline in every head, or "none"; the
+    `query` argument picks the first one).
+    The picture is `image`; the layout is `widget`. `set_weights` shows new weights (another
+    sentence) with the same controls.
 
         ModelExplorer(weights, tokens, tokens, title="reverse")
     """
 
     def __init__(self, weights_per_layer, query_labels=None, key_labels=None, *, title=None,
-                 view="grid"):
+                 view="grid", query=None):
+        self._load(weights_per_layer, query_labels, key_labels)
+        num_layers, num_batches, num_heads, num_queries, num_keys = self.weights.shape
+        self.title = title
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}")
+
+        self.layer = _index_slider("layer", num_layers)
+        self.batch = _index_slider("batch", num_batches)
+        self.head = _index_slider("head", num_heads)
+        self.view = widgets.ToggleButtons(options=VIEWS, value=view, description="view",
+                                          style={"button_width": "60px"})
+        self.scale = widgets.Dropdown(options=SCALES, value="linear", description="scale",
+                                      layout=widgets.Layout(width="160px"))
+        if query is not None:
+            query = _check_position(query, num_queries, "query")
+        self.query = widgets.Dropdown(options=self._query_options(),
+                                      value=NO_QUERY if query is None else query,
+                                      description="query", layout=widgets.Layout(width="200px"))
+        self.head.disabled = num_heads == 1 or view == "grid"
+        self.image = widgets.Image(value=self.render(), format="png")
+        controls = widgets.VBox([
+            widgets.HBox([self.layer, self.view, self.scale]),
+            widgets.HBox([self.head, self.batch, self.query]),
+        ])
+        self.widget = widgets.VBox([controls, self.image])
+        self._holding = False  # set_weights moves several controls: one redraw at the end
+        for control in (self.layer, self.batch, self.head, self.view, self.scale, self.query):
+            control.observe(self._update_image, names="value")
+
+    def _load(self, weights_per_layer, query_labels, key_labels) -> None:
         if isinstance(weights_per_layer, (torch.Tensor, np.ndarray)) or not weights_per_layer:
             raise TypeError("weights_per_layer must be a non-empty list of per-layer weights, "
                             "each (H, Lq, Lk) or (B, H, Lq, Lk)")
@@ -427,31 +488,37 @@ class ModelExplorer:
             if layer.shape != layers[0].shape:
                 raise ValueError(f"every layer's weights must have one shape: layer 0 is "
                                  f"{layers[0].shape}, layer {number} is {layer.shape}")
-        self.weights = np.stack([_to_batch_heads(layer) for layer in layers])  # (layers, B, H, Lq, Lk)
-        num_layers, num_batches, num_heads, num_queries, num_keys = self.weights.shape
+        weights = np.stack([_to_batch_heads(layer) for layer in layers])  # (layers, B, H, Lq, Lk)
+        num_queries, num_keys = weights.shape[-2:]
         self.query_labels = _as_labels(query_labels, num_queries, "query_labels", "query row")
         self.key_labels = _as_labels(key_labels, num_keys, "key_labels", "key column")
-        self.title = title
+        self.weights = weights
         self.entropy, self.distance = attention_stats(self.weights)  # (layers, B, H) each
-        if view not in VIEWS:
-            raise ValueError(f"view must be one of {', '.join(map(repr, VIEWS))}, got {view!r}")
 
-        self.layer = _index_slider("layer", num_layers)
-        self.batch = _index_slider("batch", num_batches)
-        self.head = _index_slider("head", num_heads)
-        self.view = widgets.ToggleButtons(options=VIEWS, value=view, description="view",
-                                          style={"button_width": "60px"})
-        self.scale = widgets.Dropdown(options=SCALES, value="linear", description="scale",
-                                      layout=widgets.Layout(width="160px"))
-        self.head.disabled = num_heads == 1 or view == "grid"
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = widgets.VBox([
-            widgets.HBox([self.layer, self.view, self.scale]),
-            widgets.HBox([self.head, self.batch]),
-        ])
-        self.widget = widgets.VBox([controls, self.image])
-        for control in (self.layer, self.batch, self.head, self.view, self.scale):
-            control.observe(self._update_image, names="value")
+    def _query_options(self) -> list:
+        rows = range(self.weights.shape[3])
+        return [("none", NO_QUERY)] + [
+            (f"{row}: {self.query_labels[row]}" if self.query_labels else str(row), row)
+            for row in rows]
+
+    def set_weights(self, weights_per_layer, query_labels=None, key_labels=None) -> None:
+        """Show new weights (same checks as the constructor); the controls keep their values
+        where they still fit, and the picture is redrawn once."""
+        self._load(weights_per_layer, query_labels, key_labels)
+        num_layers, num_batches, num_heads, num_queries, _ = self.weights.shape
+        query = self.query.value
+        self._holding = True
+        try:
+            for control, count in ((self.layer, num_layers), (self.batch, num_batches),
+                                   (self.head, num_heads)):
+                control.value = min(control.value, count - 1)
+                control.max = count - 1
+                control.disabled = count == 1
+            self.query.options = self._query_options()
+            self.query.value = query if query < num_queries else NO_QUERY
+        finally:
+            self._holding = False
+        self._update_image(None)
 
     def head_title(self, layer: int, head: int) -> str:
         batch = self.batch.value
@@ -459,11 +526,15 @@ class ModelExplorer:
                 f"distance {self.distance[layer, batch, head]:.1f}")
 
     def _update_image(self, change) -> None:
+        if self._holding:
+            return
         self.head.disabled = self.weights.shape[2] == 1 or self.view.value == "grid"
         self.image.value = self.render()
 
     def render(self) -> bytes:
         """Draw the current layer (grid) or head (single) and return PNG bytes."""
+        query = getattr(self, "query", None)
+        query = None if query is None or query.value == NO_QUERY else query.value
         layer, batch = self.layer.value, self.batch.value
         heads = range(self.weights.shape[2]) if self.view.value == "grid" else [self.head.value]
         columns = min(len(heads), GRID_COLUMNS)
@@ -479,7 +550,7 @@ class ModelExplorer:
             cbar_ax = figure.add_subplot(grid[row, 2 * column + 1])
             plot_attention(self.weights[layer, batch, head], self.query_labels, self.key_labels,
                            ax=ax, cbar_ax=cbar_ax, title=self.head_title(layer, head),
-                           scale=self.scale.value,
+                           scale=self.scale.value, highlight_query=query,
                            annotate=False if len(heads) > 1 else None)
             ax.title.set_fontsize(9 if len(heads) > 1 else 11)
             if len(heads) > 1:
