@@ -32,6 +32,10 @@ SCALES = ("linear", "auto", "log")
 LOG_FLOOR = 1e-6
 # Beyond 8x8 cells the numbers no longer fit inside them.
 ANNOTATE_MAX_CELLS = 64
+# Up to this many rows or columns every one is labelled; a longer axis gets every n-th label,
+# about ALL_TICK_LABELS / 2 of them (a 64-key axis: every 4th). Laying out text is most of the
+# cost of drawing a heatmap, and 64 labels side by side cannot be read anyway.
+ALL_TICK_LABELS = 32
 CMAP = "viridis"
 HIGHLIGHT_COLOR = "tab:red"
 DPI = 90
@@ -145,6 +149,16 @@ def _new_figure(with_row: bool) -> tuple[Figure, Axes, Axes, Axes | None]:
     return figure, heatmap_ax, cbar_ax, row_ax
 
 
+def _label_ticks(ax: Axes, labels: list[str] | None, count: int, axis: str) -> None:
+    """Label the cells of one axis: all of them on a short axis, every n-th on a long one;
+    positions 0, 1, ... when no labels are given."""
+    step = 1 if count <= ALL_TICK_LABELS else math.ceil(count / (ALL_TICK_LABELS // 2))
+    positions = range(0, count, step)
+    names = [labels[p] if labels else str(p) for p in positions]
+    set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks
+    set_ticks([p + 0.5 for p in positions], names)  # + 0.5: the middle of the cell
+
+
 def _lay_out(figure: Figure) -> None:
     # Switched on only now: seaborn draws the whole figure to check whether its tick
     # labels overlap, and a layout engine would run (and cost time) on that draw too.
@@ -206,18 +220,21 @@ def plot_attention(
         ax=ax,
         cmap=CMAP,
         cbar_ax=cbar_ax,
-        xticklabels=key_labels or "auto",
-        yticklabels=query_labels or "auto",
+        # Labelled below rather than with seaborn's "auto", which draws the whole figure once
+        # more to see whether the labels overlap.
+        xticklabels=False,
+        yticklabels=False,
         # The true values, not the log scale's clipped copy (which turns negatives into 0.00).
         annot=matrix if annotate else None,
         fmt=".2f",
         annot_kws={"fontsize": 8},
         **color_kwargs,
     )
+    _label_ticks(ax, key_labels, num_keys, "x")
+    _label_ticks(ax, query_labels, num_queries, "y")
     ax.set_xlabel("key")
     ax.set_ylabel("query")
-    # seaborn stands row labels on end unless they overlap; tokens read better upright.
-    ax.tick_params(axis="y", labelrotation=0)
+    ax.tick_params(axis="y", labelrotation=0)  # tokens read better upright
     if title is not None:
         ax.set_title(title)
     if highlight_query is not None:
