@@ -157,7 +157,7 @@ def evaluate(model, task: str, length: int = 8, num_examples: int = 1000, seed: 
 
 def train(task: str = "reverse", length: int = 8, steps: int = 600, batch_size: int = 64,
           lr: float = 3e-3, seed: int = 0, device=None, log_every: int = 0, num_threads: int = 1,
-          **model_kwargs):
+          model_class=None, **model_kwargs):
     """Train a TinyTransformer on `task` from a fixed seed; return a TrainResult.
 
     Deterministic for a given seed on a given machine. With the defaults (2 layers, 4 heads,
@@ -165,6 +165,9 @@ def train(task: str = "reverse", length: int = 8, steps: int = 600, batch_size: 
     in a few seconds on a CPU. On a CPU it runs on `num_threads` threads (then restores torch's
     setting): the matrices are tiny, and on a busy shared CPU more threads than free cores make
     each step wait for the slowest (measured: 300 steps in 6 s on 1 thread, 69 s on 2).
+
+    model_class (default TinyTransformer) builds the model from max_len and **model_kwargs: any
+    subclass taking the same arguments (e.g. course.hybrid.HybridTransformer) trains the same way.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -173,15 +176,17 @@ def train(task: str = "reverse", length: int = 8, steps: int = 600, batch_size: 
     if device.type == "cpu" and num_threads:
         torch.set_num_threads(num_threads)
     try:
-        return _train(task, length, steps, batch_size, lr, seed, device, log_every, model_kwargs)
+        return _train(task, length, steps, batch_size, lr, seed, device, log_every, model_kwargs,
+                      model_class or TinyTransformer)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(task, length, steps, batch_size, lr, seed, device, log_every, model_kwargs):
+def _train(task, length, steps, batch_size, lr, seed, device, log_every, model_kwargs,
+           model_class=TinyTransformer):
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = TinyTransformer(max_len=max(64, 2 * length + 1), **model_kwargs).to(device)
+    model = model_class(max_len=max(64, 2 * length + 1), **model_kwargs).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps,
                                                    pct_start=0.1)
