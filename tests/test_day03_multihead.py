@@ -452,3 +452,333 @@ def test_slopes_for_six_heads_follow_the_interleaving_rule():
     expected = [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]
     assert paper_get_slopes(6) == pytest.approx(expected)
     assert library.alibi_slopes(6).tolist() == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- relative_position_bucket
+
+def make_bucket(sign=1, always_bidirectional=False, exact_shift=0, clamp=True, halve_first=True,
+                rounding="trunc", check_args=True):
+    """Hugging Face's T5 _relative_position_bucket (float32 logs), with one knob per mistake."""
+    def relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,
+                                 max_distance=128):
+        bidirectional = bidirectional or always_bidirectional
+        relative_position = sign * relative_position
+        buckets = torch.zeros_like(relative_position)
+        max_exact = None if halve_first else num_buckets // 2
+        if bidirectional:
+            num_buckets //= 2
+            buckets += (relative_position > 0).long() * num_buckets
+            relative_position = relative_position.abs()
+        else:
+            relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+        max_exact = (num_buckets // 2 if max_exact is None else max_exact) + exact_shift
+        if check_args and (max_exact < 1 or max_distance <= max_exact):
+            raise ValueError("bad bucket parameters")
+        is_small = relative_position < max_exact
+        offset = (torch.log(relative_position.float() / max_exact)
+                  / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+        offset = offset.round() if rounding == "round" else offset
+        large = max_exact + offset.to(torch.long)
+        if clamp:
+            large = torch.min(large, torch.full_like(large, num_buckets - 1))
+        return buckets + torch.where(is_small, relative_position, large)
+    return relative_position_bucket
+
+
+def test_hand_computed_buckets_match_the_suites_oracle_and_the_solution(solution):
+    from grader.suites.day03_multihead import buckets64
+    # 32 buckets, bidirectional: 16 per direction, max_exact 8, log-spaced 8..15 up to 128.
+    # -16: 8 + floor(log(2) / log(16) * 8) = 10; +20: 16 + 8 + floor(log(2.5) / log(16) * 8) = 26.
+    relative = torch.tensor([0, -1, 1, -7, -8, -16, 20, -127, -128, -1000, 1000])
+    expected = [0, 1, 17, 7, 8, 10, 26, 15, 15, 15, 31]
+    assert buckets64(relative)[0].tolist() == expected
+    assert solution["relative_position_bucket"](relative).tolist() == expected
+    assert make_bucket()(relative).tolist() == expected
+    # Causal: 32 buckets for the past, max_exact 16; -20: 16 + floor(log(1.25) / log(8) * 16) = 17.
+    relative = torch.tensor([5, 0, -15, -16, -20, -200])
+    expected = [0, 0, 15, 16, 17, 31]
+    assert buckets64(relative, bidirectional=False)[0].tolist() == expected
+    assert solution["relative_position_bucket"](relative, bidirectional=False).tolist() == expected
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_bucket(sign=-1), "bucket_sign"),
+    (make_bucket(always_bidirectional=True), "bucket_always_bidirectional"),
+    (make_bucket(exact_shift=1), "bucket_boundary"),
+    (make_bucket(exact_shift=-1), "bucket_boundary"),
+    (make_bucket(clamp=False), "bucket_not_clamped"),
+    (make_bucket(halve_first=False), "bucket_not_halved"),
+    (make_bucket(rounding="round"), "bucket_rounded"),
+    (make_bucket(check_args=False), "no_clear_error"),
+    (lambda r, b=True, n=32, m=128: make_bucket()(r, b, n, m).int(), "wrong_dtype"),
+    (stub, "not_implemented"),
+], ids=["sign", "always_bidirectional", "boundary_plus", "boundary_minus", "no_clamp",
+        "not_halved", "rounded", "unchecked", "int32", "stub"])
+def test_relative_position_bucket_bug_is_named(bug, key, capsys):
+    assert_named("relative_position_bucket", bug, key, capsys)
+
+
+def loop_bucket(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+    """Mesh TensorFlow's logic in a Python loop over the entries."""
+    half = num_buckets // 2 if bidirectional else num_buckets
+    max_exact = half // 2
+    if max_exact < 1 or max_distance <= max_exact:
+        raise ValueError("bad bucket parameters")
+    out = []
+    for r in relative_position.flatten().tolist():
+        n, base = -r, 0
+        if bidirectional:
+            base, n = (half if n < 0 else 0), abs(n)
+        n = max(n, 0)
+        if n < max_exact:
+            out.append(base + n)
+        else:
+            large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact)
+                                    * (half - max_exact))
+            out.append(base + min(large, half - 1))
+    return torch.tensor(out, dtype=torch.long).view(relative_position.shape)
+
+
+@pytest.mark.parametrize("impl", [make_bucket(), loop_bucket], ids=["hugging_face", "python_loop"])
+def test_other_correct_buckets_pass(impl):
+    for seed in range(5):
+        assert report("relative_position_bucket", impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- shaw_relative_attention
+
+def make_shaw(clip=True, offset=True, sign=1, top_left=False, use_rel_v=True, scale_rel=True,
+              check_tables=True, core="einsum"):
+    def shaw_relative_attention(q, k, v, rel_k, max_relative_position, rel_v=None, mask=None):
+        p, dim, lq, lk = max_relative_position, q.shape[-1], q.shape[-2], k.shape[-2]
+        if check_tables and (rel_k.shape != (2 * p + 1, dim)
+                             or rel_v is not None and rel_v.shape != (2 * p + 1, v.shape[-1])):
+            raise ValueError("bad relative tables")
+        pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+        distance = sign * (torch.arange(lk) - pos_q)
+        if clip:
+            distance = distance.clamp(-p, p)
+        index = distance + p if offset else distance
+        relative = torch.einsum("...qd,qkd->...qk", q, rel_k[index])
+        scores = q @ k.transpose(-2, -1) / math.sqrt(dim)
+        scores = scores + (relative / math.sqrt(dim) if scale_rel else relative)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if core == "sdpa":
+            weights = torch.softmax(scores, -1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.log(weights))
+        else:
+            weights = torch.softmax(scores, -1)
+            out = weights @ v
+        if rel_v is not None and use_rel_v:
+            out = out + torch.einsum("...qk,qkd->...qd", weights, rel_v[index])
+        return out, weights
+    return shaw_relative_attention
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_shaw(clip=False), "shaw_not_clipped"),
+    (make_shaw(offset=False), "shaw_index_offset"),
+    (make_shaw(sign=-1), "shaw_sign"),
+    (make_shaw(top_left=True), "shaw_top_left"),
+    (make_shaw(use_rel_v=False), "shaw_ignores_rel_v"),
+    (make_shaw(scale_rel=False), "shaw_rel_not_scaled"),
+    (make_shaw(check_tables=False), "no_clear_error"),
+    (make_shaw(core="sdpa"), "shortcut"),
+    (stub, "not_implemented"),
+], ids=["not_clipped", "offset", "sign", "top_left", "no_rel_v", "rel_not_scaled", "unchecked",
+        "sdpa", "stub"])
+def test_shaw_relative_attention_bug_is_named(bug, key, capsys):
+    assert_named("shaw_relative_attention", bug, key, capsys)
+
+
+def loop_shaw(q, k, v, rel_k, max_relative_position, rel_v=None, mask=None):
+    """Shaw's equations with explicit loops over the query and key positions."""
+    p, lq, lk = max_relative_position, q.shape[-2], k.shape[-2]
+    if rel_k.shape != (2 * p + 1, q.shape[-1]) or rel_v is not None and rel_v.shape[-1] != v.shape[-1]:
+        raise ValueError("bad relative tables")
+    scores = torch.empty(*q.shape[:-1], lk, dtype=q.dtype)
+    for i in range(lq):
+        for j in range(lk):
+            row = min(max(j - (lk - lq + i), -p), p) + p
+            scores[..., i, j] = (q[..., i, :] * (k[..., j, :] + rel_k[row])).sum(-1)
+    scores = scores / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, -1)
+    out = weights @ v
+    if rel_v is not None:
+        out = out + torch.stack([
+            sum(weights[..., i, j, None] * rel_v[min(max(j - (lk - lq + i), -p), p) + p]
+                for j in range(lk)) for i in range(lq)], dim=-2)
+    return out, weights
+
+
+@pytest.mark.parametrize("impl", [loop_shaw, make_shaw()], ids=["loops", "gather"])
+def test_other_correct_shaws_pass(impl):
+    for seed in range(5):
+        assert report("shaw_relative_attention", impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- relative_bias_attention
+
+def make_relative_bias(sign=1, top_left=False, scale_bias=False, heads="permute",
+                       pass_bidirectional=True, check_heads=True, core="manual"):
+    bucket = make_bucket()
+
+    def relative_bias_attention(q, k, v, bias_table, *, bidirectional=True, max_distance=128,
+                                mask=None, scale=None):
+        num_heads, lq, lk = q.shape[-3], q.shape[-2], k.shape[-2]
+        if check_heads and bias_table.shape[1] != num_heads:
+            raise ValueError("bias_table has the wrong number of heads")
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+        relative = sign * (torch.arange(lk) - pos_q)
+        buckets = bucket(relative, bidirectional if pass_bidirectional else True,
+                         bias_table.shape[0], max_distance)
+        values = bias_table[buckets]  # (Lq, Lk, H)
+        if heads == "permute":
+            bias = values.permute(2, 0, 1)
+        elif heads == "flip":
+            bias = values.permute(2, 0, 1).flip(0)
+        else:  # the first head's bias for every head
+            bias = values[..., :1].permute(2, 0, 1)
+        if core == "sdpa":
+            attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+            return out, None
+        scores = q @ k.transpose(-2, -1) * scale + bias * (scale if scale_bias else 1.0)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, -1)
+        return weights @ v, weights
+    return relative_bias_attention
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_relative_bias(sign=-1), "bias_sign"),
+    (make_relative_bias(top_left=True), "bias_top_left"),
+    (make_relative_bias(scale_bias=True), "bias_scaled"),
+    (make_relative_bias(heads="flip"), "bias_wrong_heads"),
+    (make_relative_bias(heads="first"), "bias_wrong_heads"),
+    (make_relative_bias(pass_bidirectional=False), "bias_ignores_bidirectional"),
+    (make_relative_bias(check_heads=False), "no_clear_error"),
+    (make_relative_bias(core="sdpa"), "shortcut"),
+    (stub, "not_implemented"),
+], ids=["sign", "top_left", "scaled", "flipped_heads", "first_head", "bidirectional", "unchecked",
+        "sdpa", "stub"])
+def test_relative_bias_attention_bug_is_named(bug, key, capsys):
+    assert_named("relative_bias_attention", bug, key, capsys)
+
+
+def test_another_correct_relative_bias_passes():
+    for seed in range(5):
+        assert report("relative_bias_attention", make_relative_bias(), hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- memory_attention
+
+rope = make_rope()  # a correct rotate-half RoPE of the tests above (the library's is refused)
+
+
+def make_memory(detach=True, segment_from=None, memory_after=False, use_start=True, invert=False,
+                squash=True, causal=True, concatenate=False, check_shapes=True, core=None):
+    """Gated memory attention built from course.attention, with one knob per mistake."""
+    def memory_attention(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+        length, memory = q.shape[-2], mem_k.shape[-2]
+        if check_shapes and (mem_k.shape[:-1] != mem_v.shape[:-1] or mem_k.shape[-1] != q.shape[-1]
+                             or gate_logits.shape != q.shape[:-1]):
+            raise ValueError("bad shapes")
+        if detach:
+            mem_k, mem_v = mem_k.detach(), mem_v.detach()
+        start = start if use_start else 0
+        memory_at = start + torch.arange(memory)
+        segment_at = start + memory + torch.arange(length)
+        if segment_from == "zero":
+            segment_at = start + torch.arange(length)
+        if memory_after:
+            segment_at, memory_at = start + torch.arange(length), start + length + torch.arange(memory)
+        q, k, mem_k = rope(q, segment_at, base), rope(k, segment_at, base), rope(mem_k, memory_at, base)
+        local_mask = torch.ones(length, length, dtype=torch.bool).tril() if causal else None
+        gate = torch.sigmoid(gate_logits) if squash else gate_logits
+        if concatenate:
+            mask = torch.cat([torch.ones(length, memory, dtype=torch.bool), local_mask], -1)
+            out, _ = attention(q, torch.cat([mem_k, k], -2), torch.cat([mem_v, v], -2), mask)
+            return out, gate
+        attend = core or attention
+        from_memory, _ = attend(q, mem_k, mem_v)
+        local, _ = attend(q, k, v, local_mask)
+        g = (1 - gate if invert else gate).unsqueeze(-1)
+        return g * from_memory + (1 - g) * local, gate
+    return memory_attention
+
+
+def sdpa_pair(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_memory(detach=False), "memory_not_detached"),
+    (make_memory(segment_from="zero"), "positions_restart"),
+    (make_memory(memory_after=True), "memory_after_segment"),
+    (make_memory(invert=True), "gate_inverted"),
+    (make_memory(squash=False), "gate_not_squashed"),
+    (make_memory(causal=False), "local_not_causal"),
+    (make_memory(concatenate=True), "memory_concatenated"),
+    (make_memory(check_shapes=False), "no_clear_error"),
+    (make_memory(core=sdpa_pair), "shortcut"),
+    (stub, "not_implemented"),
+], ids=["not_detached", "positions_restart", "memory_after", "gate_inverted",
+        "not_squashed", "not_causal", "concatenated", "unchecked", "sdpa", "stub"])
+def test_memory_attention_bug_is_named(bug, key, capsys):
+    assert_named("memory_attention", bug, key, capsys)
+
+
+def test_memory_that_uses_the_library_rope_is_refused(capsys):
+    def uses_library(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+        length, memory = q.shape[-2], mem_k.shape[-2]
+        segment_at = start + memory + torch.arange(length)
+        q = library.apply_rope(q, segment_at, base)
+        return make_memory()(q, k, v, mem_k, mem_v, gate_logits, start=start, base=base)
+
+    assert_named("memory_attention", uses_library, "shortcut", capsys)
+
+
+def explicit_memory(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+    """Concatenated keys with explicit absolute positions and two masked softmaxes, no library."""
+    length, memory, dim = q.shape[-2], mem_k.shape[-2], q.shape[-1]
+    if mem_k.shape[:-1] != mem_v.shape[:-1] or mem_k.shape[-1] != dim or gate_logits.shape != q.shape[:-1]:
+        raise ValueError("bad shapes")
+    positions = start + torch.arange(memory + length)          # [memory ; segment]
+
+    def rotate(x, at):  # rotate-half RoPE, written out
+        theta = base ** (-torch.arange(0, dim, 2, dtype=x.dtype) / dim)
+        angle = at.to(x.dtype).unsqueeze(-1) * theta
+        x1, x2 = x[..., : dim // 2], x[..., dim // 2:]
+        return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()], -1)
+
+    keys = rotate(torch.cat([mem_k.detach(), k], -2), positions)
+    values = torch.cat([mem_v.detach(), v], -2)
+    scores = rotate(q, positions[memory:]) @ keys.transpose(-2, -1) / math.sqrt(dim)
+    is_memory = torch.arange(memory + length) < memory
+    visible_local = (~is_memory) & (positions <= positions[memory:].unsqueeze(-1))
+    from_memory = torch.softmax(scores.masked_fill(~is_memory, float("-inf")), -1) @ values
+    local = torch.softmax(scores.masked_fill(~visible_local, float("-inf")), -1) @ values
+    gate = torch.sigmoid(gate_logits)
+    return gate[..., None] * from_memory + (1 - gate[..., None]) * local, gate
+
+
+def test_start_only_shifts_every_position_so_rope_scores_do_not_change(solution):
+    # RoPE scores depend on differences of positions: start moves memory and segment together.
+    memory_attention = solution["memory_attention"]
+    inputs = [torch.randn(1, 2, 5, 8, dtype=torch.float64) for _ in range(3)]
+    inputs += [torch.randn(1, 2, 3, 8, dtype=torch.float64) for _ in range(2)]
+    inputs.append(torch.randn(1, 2, 5, dtype=torch.float64))
+    assert torch.allclose(memory_attention(*inputs)[0], memory_attention(*inputs, start=40)[0])
+    assert torch.allclose(make_memory(use_start=False)(*inputs, start=40)[0],
+                          memory_attention(*inputs, start=40)[0])
+
+
+def test_another_correct_memory_attention_passes():
+    for seed in range(5):
+        assert report("memory_attention", explicit_memory, hidden=True, seed=seed).passed
