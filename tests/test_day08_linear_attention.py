@@ -340,3 +340,162 @@ def test_performer_calling_softmax_is_a_shortcut():
     def cheat(q, k, v, num_features=256, generator=None):
         return torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -1) @ v
     assert "shortcut" in report("performer_attention", cheat).keys
+
+
+# ----------------------------------------------------------------------------- advanced: Nyström
+
+def seg_means(x, m):
+    """Correct but different: index_add_ of every token into its segment, divided by the counts."""
+    if x.dim() < 2 or not 1 <= m <= x.shape[-2]:
+        raise ValueError("bad x or num_landmarks")
+    L = x.shape[-2]
+    seg = torch.arange(L) * m // L
+    sums = torch.zeros(*x.shape[:-2], m, x.shape[-1], dtype=x.dtype).index_add_(-2, seg, x)
+    return sums / torch.bincount(seg, minlength=m).to(x.dtype)[:, None]
+
+
+def make_landmarks(kind="right", check=True):
+    def landmarks(x, num_landmarks):
+        if check and (x.dim() < 2 or not 1 <= num_landmarks <= x.shape[-2]):
+            raise ValueError("bad x or num_landmarks")
+        L, m = x.shape[-2], num_landmarks
+        if kind == "strided":
+            return x[..., ::L // m, :][..., :m, :]
+        if kind == "first":
+            return x[..., torch.tensor([-(-i * L // m) for i in range(m)]), :]
+        if kind == "equal":  # reshape into equal segments, the remainder dropped
+            s = L // m
+            return x[..., :m * s, :].reshape(*x.shape[:-2], m, s, x.shape[-1]).mean(-2)
+        seg = torch.arange(L) * m // L
+        onehot = (seg == torch.arange(m)[:, None]).to(x.dtype)
+        return (onehot @ x) / onehot.sum(-1, keepdim=True)
+    return landmarks
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_landmarks("strided"), "strided_landmarks"),
+    (make_landmarks("first"), "strided_landmarks"),
+    (make_landmarks("equal"), "wrong_segments"),
+    (make_landmarks(check=False), "no_error_for_bad_input"),
+    (stub, "not_implemented"),
+], ids=["strided", "first-of-segment", "equal-segments", "no-check", "stub"])
+def test_landmarks_bug_is_named(bug, key, capsys):
+    assert_named("landmarks", bug, key, capsys)
+
+
+def test_landmarks_written_differently_passes():
+    assert report("landmarks", seg_means).passed
+    assert report("landmarks", make_landmarks()).passed
+
+
+def test_landmarks_segments_and_errors(solution):
+    x = torch.arange(7.0).reshape(7, 1)
+    torch.testing.assert_close(solution["landmarks"](x, 3).flatten(), torch.tensor([1.0, 3.5, 5.5]))
+    torch.testing.assert_close(solution["landmarks"](x, 7), x)
+    for m in (0, 8):
+        with pytest.raises(ValueError, match="num_landmarks"):
+            solution["landmarks"](x, m)
+    with pytest.raises(ValueError, match=r"\(\.\.\., L, D\)"):
+        solution["landmarks"](torch.randn(5), 2)
+
+
+def make_pinv(init="paper", update="nystrom", fixed=None, check=True, shortcut=False):
+    def iterative_pinv(a, iterations=6):
+        if check and (a.dim() < 2 or a.shape[-1] != a.shape[-2] or iterations < 0):
+            raise ValueError("bad a or iterations")
+        if shortcut:
+            return torch.linalg.pinv(a)
+        n = iterations if fixed is None else fixed
+        norm_1 = torch.linalg.matrix_norm(a, ord=1)          # another way to the same norms
+        norm_inf = torch.linalg.matrix_norm(a, ord=float("inf"))
+        if init == "paper":
+            z = a.mT / (norm_1 * norm_inf)[..., None, None]
+        elif init == "batch":
+            z = a.mT / (norm_1.max() * norm_inf.max())
+        else:
+            z = a.mT
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        for _ in range(n):
+            az = a @ z
+            z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az))) if update == "nystrom" \
+                else z @ (2 * eye - az)
+        return z
+    return iterative_pinv
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_pinv(init="none"), "unscaled_pinv_init"),
+    (make_pinv(init="batch"), "batch_wide_norms"),
+    (make_pinv(update="newton"), "wrong_pinv_update"),
+    (make_pinv(fixed=6), "ignores_iterations"),
+    (make_pinv(check=False), "no_error_for_bad_input"),
+    (make_pinv(shortcut=True), "shortcut"),
+    (stub, "not_implemented"),
+], ids=["unscaled-init", "batch-norms", "newton-schulz", "fixed-steps", "no-check", "linalg-pinv", "stub"])
+def test_iterative_pinv_bug_is_named(bug, key, capsys):
+    assert_named("iterative_pinv", bug, key, capsys)
+
+
+def test_iterative_pinv_written_with_matrix_norm_passes():
+    assert report("iterative_pinv", make_pinv()).passed
+
+
+def test_unscaled_init_diverges_where_the_paper_init_converges(solution):
+    a = 3 * torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]   # every singular value 3
+    torch.testing.assert_close(solution["iterative_pinv"](a, 10), torch.linalg.pinv(a))
+    diverged = make_pinv(init="none")(a, 4)
+    assert not torch.isfinite(diverged).all() or diverged.abs().max() > 1e6
+
+
+def make_nystrom(landmark=make_landmarks(), swap="", scale=True, full_matrix=False, fixed=None,
+                 pinv=make_pinv(), check=True, split_scale=False):
+    def nystrom_attention(q, k, v, num_landmarks, pinv_iterations=6):
+        if check:
+            validate(q, k, v)
+            if not 1 <= num_landmarks <= min(q.shape[-2], k.shape[-2]):
+                raise ValueError("bad num_landmarks")
+        n = pinv_iterations if fixed is None else fixed
+        d = q.shape[-1]
+        if split_scale:  # d^-1/4 on each side: the same scores
+            q, k = q * d ** -0.25, k * d ** -0.25
+        s = 1.0 if split_scale or not scale else d ** -0.5
+        qt, kt = landmark(q, num_landmarks), landmark(k, num_landmarks)
+        f = torch.softmax(kt @ q.mT * s, -1).mT if "F" in swap else torch.softmax(q @ kt.mT * s, -1)
+        a = torch.softmax(kt @ qt.mT * s, -1) if "A" in swap else torch.softmax(qt @ kt.mT * s, -1)
+        b = torch.softmax(k @ qt.mT * s, -1).mT if "B" in swap else torch.softmax(qt @ k.mT * s, -1)
+        z = pinv(a, n)
+        if full_matrix:
+            return (f @ z @ b) @ v
+        return (f @ z) @ (b @ v)
+    return nystrom_attention
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_nystrom(landmark=make_landmarks("strided")), "strided_landmarks"),
+    (make_nystrom(swap="A"), "transposed_kernel"),
+    (make_nystrom(swap="FAB"), "transposed_kernel"),
+    (make_nystrom(swap="B"), "transposed_kernel"),
+    (make_nystrom(scale=False), "kernel_missing_scale"),
+    (make_nystrom(full_matrix=True), "full_attention_matrix"),
+    (make_nystrom(fixed=6), "ignores_iterations"),
+    (make_nystrom(pinv=make_pinv(init="batch")), "batch_wide_norms"),
+    (make_nystrom(pinv=lambda a, n: torch.linalg.pinv(a)), "shortcut"),
+    (make_nystrom(check=False), "no_error_for_bad_input"),
+    (stub, "not_implemented"),
+], ids=["strided", "swapped-A", "swapped-all", "swapped-B", "no-scale", "LxL", "fixed-steps",
+        "batch-norms", "linalg-pinv", "no-check", "stub"])
+def test_nystrom_bug_is_named(bug, key, capsys):
+    assert_named("nystrom_attention", bug, key, capsys)
+
+
+def test_nystrom_written_differently_passes():
+    assert report("nystrom_attention", make_nystrom(landmark=seg_means, split_scale=True)).passed
+
+
+def test_nystrom_is_full_attention_at_m_equals_l_and_rejects_bad_m(solution):
+    q, k, v = (torch.randn(2, 10, 8, dtype=torch.float64) for _ in range(3))
+    full = torch.softmax(q @ k.mT / 8 ** 0.5, -1) @ v
+    torch.testing.assert_close(solution["nystrom_attention"](q, k, v, 10, pinv_iterations=30), full)
+    for m in (0, 11):
+        with pytest.raises(ValueError, match="num_landmarks"):
+            solution["nystrom_attention"](q, k, v, m)
