@@ -609,3 +609,322 @@ def test_other_correct_chunked_attentions_pass(impl):
     for seed in range(3):
         result = report("chunked_attention", impl, hidden=True, seed=seed)
         assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+# ============================================================================= advanced: learned sparsity
+
+def make_topk(axis=-1, count=0, apply_mask=True, renormalise=True, largest=True, by_scores=False,
+              straight_through=False, scale=True, validate=True):
+    """A topk_gated_attention with one planted bug (the defaults give a correct one)."""
+    def topk_gated_attention(q, k, v, gate_scores, k_keep):
+        Lq, Lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+        if validate and (not 1 <= k_keep <= Lk or tuple(gate_scores.shape[-2:]) != (Lq, Lk)):
+            raise ValueError("bad k_keep or gate_scores")
+        scores = q @ k.transpose(-2, -1) / (math.sqrt(d) if scale else 1.0)
+        rank = scores.detach() if by_scores else gate_scores.detach()
+        n = min(k_keep + count, rank.shape[axis])
+        idx = rank.topk(n, dim=axis, largest=largest).indices
+        keep = torch.zeros(rank.shape, dtype=torch.bool).scatter(axis, idx, True)
+        if not apply_mask:
+            return torch.softmax(scores, -1) @ v
+        if not renormalise:
+            return (torch.softmax(scores, -1) * keep) @ v
+        weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1)
+        if straight_through:
+            soft = torch.softmax(gate_scores, -1)
+            weights = weights * (keep + soft - soft.detach())
+        return weights @ v
+    return topk_gated_attention
+
+
+def topk_query_loop(q, k, v, gate_scores, k_keep):
+    Lk = k.shape[-2]
+    if not 1 <= k_keep <= Lk or gate_scores.shape[-1] != Lk:
+        raise ValueError("bad k_keep")
+    rows = []
+    for i in range(q.shape[-2]):
+        idx = gate_scores[..., i, :].topk(k_keep, dim=-1).indices                 # (..., k)
+        keys = k.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, k.shape[-1]))
+        values = v.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, v.shape[-1]))
+        w = torch.softmax((q[..., i:i + 1, :] @ keys.transpose(-2, -1)) / math.sqrt(q.shape[-1]), -1)
+        rows.append(w @ values)
+    return torch.cat(rows, -2)
+
+
+def topk_batch_loop(q, k, v, gate_scores, k_keep):
+    if q.dim() < 3:
+        return make_topk()(q, k, v, gate_scores, k_keep)
+    gate = gate_scores.expand(*q.shape[:-2], *gate_scores.shape[-2:])
+    return torch.stack([make_topk()(q[b], k[b], v[b], gate[b], k_keep) for b in range(q.shape[0])])
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_topk(axis=-2), "topk_wrong_axis"),
+    (make_topk(count=-1), "keeps_wrong_count"),
+    (make_topk(count=1), "keeps_wrong_count"),
+    (make_topk(apply_mask=False), "mask_not_applied"),
+    (make_topk(renormalise=False), "not_renormalised"),
+    (make_topk(largest=False), "keeps_lowest"),
+    (make_topk(by_scores=True), "ignores_gate"),
+    (make_topk(straight_through=True), "gradient_through_selection"),
+    (make_topk(scale=False), "missing_scale"),
+    (make_topk(validate=False), "no_error_for_bad_params"),
+    (topk_query_loop, "python_loop"),
+    (topk_batch_loop, "loop_over_rows"),
+    (lambda q, k, v, g, n: make_topk()(q, k.detach(), v, g, n), "wrong_gradient"),
+    (stub, "not_implemented"),
+], ids=["wrong_axis", "k-1", "k+1", "no_mask", "not_renormalised", "lowest", "by_scores",
+        "straight_through", "no_scale", "no_error", "query_loop", "batch_loop", "detached_k", "stub"])
+def test_topk_gated_attention_bug_is_named(bug, key, capsys):
+    assert_named("topk_gated_attention", bug, key, capsys)
+
+
+def gathered_topk(q, k, v, gate_scores, k_keep):
+    """Gather the kept keys and values: (..., Lq, k_keep, d), O(Lq * k_keep) memory."""
+    Lq, Lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if not 1 <= k_keep <= Lk or tuple(gate_scores.shape[-2:]) != (Lq, Lk):
+        raise ValueError("bad k_keep or gate_scores")
+    lead = torch.broadcast_shapes(q.shape[:-2], gate_scores.shape[:-2])
+    idx = gate_scores.detach().topk(k_keep, -1).indices.expand(*lead, Lq, k_keep)   # (..., Lq, kk)
+    keys = k.expand(*lead, Lk, d).unsqueeze(-3).expand(*lead, Lq, Lk, d)
+    values = v.expand(*lead, Lk, v.shape[-1]).unsqueeze(-3).expand(*lead, Lq, Lk, v.shape[-1])
+    keys = keys.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, d))                   # (..., Lq, kk, d)
+    values = values.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, v.shape[-1]))
+    scores = (keys @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)                      # (..., Lq, kk)
+    return (torch.softmax(scores, -1).unsqueeze(-2) @ values).squeeze(-2)
+
+
+def threshold_topk(q, k, v, gate_scores, k_keep):
+    """Keep the gate scores >= the k-th largest (the same keys when there are no ties)."""
+    if not 1 <= k_keep <= k.shape[-2] or tuple(gate_scores.shape[-2:]) != (q.shape[-2], k.shape[-2]):
+        raise ValueError("bad k_keep or gate_scores")
+    g = gate_scores.detach()
+    kth = g.topk(k_keep, -1).values[..., -1:]
+    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    out = torch.softmax(scores.masked_fill(g < kth, float("-inf")), -1) @ v.double()
+    return out.to(q.dtype)
+
+
+@pytest.mark.parametrize("impl", [gathered_topk, threshold_topk], ids=["gathered", "threshold"])
+def test_other_correct_topk_gated_attentions_pass(impl):
+    for seed in range(3):
+        result = report("topk_gated_attention", impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def make_adaptive(rule=None, widths_of=lambda w: w.unsqueeze(-1), scale=True, validate=True,
+                  ignore_causal=False):
+    """An adaptive_window_attention with one planted bug (the defaults give a correct one).
+    `rule(i, j, w, causal)` is the mask; w is what `widths_of(widths)` gives."""
+    def default(i, j, w, causal):
+        return ((j <= i) & (j > i - w)) if causal else ((i - j).abs() <= w // 2)
+    rule = rule or default
+
+    def adaptive_window_attention(q, k, v, widths, causal=True):
+        L = q.shape[-2]
+        if validate and (k.shape[-2] != L or widths.dtype.is_floating_point or widths.shape[-1] != L
+                         or (widths < 1).any()):
+            raise ValueError("bad widths")
+        i, j = torch.arange(L).unsqueeze(-1), torch.arange(L)
+        mask = rule(i, j, widths_of(widths), causal and not ignore_causal)
+        scores = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
+    return adaptive_window_attention
+
+
+def adaptive_position_loop(q, k, v, widths, causal=True):
+    L = q.shape[-2]
+    if k.shape[-2] != L or widths.dtype.is_floating_point or widths.shape[-1] != L or (widths < 1).any():
+        raise ValueError("bad widths")
+    rows = []
+    j = torch.arange(L)
+    for i in range(L):
+        w = widths[..., i:i + 1]
+        keep = ((j <= i) & (j > i - w)) if causal else ((i - j).abs() <= w // 2)        # (..., L)
+        s = (q[..., i:i + 1, :] @ k.transpose(-2, -1)).squeeze(-2) / math.sqrt(q.shape[-1])
+        rows.append(torch.softmax(s.masked_fill(~keep, float("-inf")), -1).unsqueeze(-2) @ v)
+    return torch.cat(rows, -2)
+
+
+def adaptive_row_loop(q, k, v, widths, causal=True):
+    if q.dim() < 3:
+        return make_adaptive()(q, k, v, widths, causal)
+    widths = widths.expand(*q.shape[:-1])
+    return torch.stack([make_adaptive()(q[b], k[b], v[b], widths[b], causal) for b in range(q.shape[0])])
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_adaptive(lambda i, j, w, c: ((j <= i) & (j >= i - w)) if c else ((i - j).abs() <= w // 2 + 1)),
+     "window_off_by_one"),
+    (make_adaptive(lambda i, j, w, c: ((j < i) & (j >= i - w)) if c else ((i - j).abs() <= w // 2)),
+     "window_off_by_one"),
+    (make_adaptive(lambda i, j, w, c: ((j >= i) & (j < i + w)) if c else ((i - j).abs() <= w // 2)),
+     "causal_looks_ahead"),
+    (make_adaptive(ignore_causal=True), "ignores_causal"),
+    (make_adaptive(widths_of=lambda w: w.unsqueeze(-2)), "width_per_key"),
+    (make_adaptive(widths_of=lambda w: w.amax()), "single_width"),
+    (make_adaptive(widths_of=lambda w: w[..., :1].unsqueeze(-1)), "single_width"),
+    (make_adaptive(scale=False), "missing_scale"),
+    (make_adaptive(validate=False), "no_error_for_bad_params"),
+    (adaptive_position_loop, "python_loop"),
+    (adaptive_row_loop, "loop_over_rows"),
+    (stub, "not_implemented"),
+], ids=["one_too_wide", "past_only", "future", "ignores_causal", "per_key", "max_width",
+        "first_width", "no_scale", "no_error", "position_loop", "row_loop", "stub"])
+def test_adaptive_window_attention_bug_is_named(bug, key, capsys):
+    assert_named("adaptive_window_attention", bug, key, capsys)
+
+
+def distance_adaptive(q, k, v, widths, causal=True):
+    """Distances and float64 inside: the same answers."""
+    L = q.shape[-2]
+    if k.shape[-2] != L or widths.dtype.is_floating_point or widths.shape[-1] != L or (widths < 1).any():
+        raise ValueError("bad widths")
+    distance = torch.arange(L).unsqueeze(-1) - torch.arange(L)          # i - j
+    w = widths.unsqueeze(-1)
+    keep = ((distance >= 0) & (distance < w)) if causal else (2 * distance.abs() <= w - w % 2)
+    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    return (torch.softmax(scores.masked_fill(~keep, float("-inf")), -1) @ v.double()).to(q.dtype)
+
+
+@pytest.mark.parametrize("impl", [make_adaptive(), distance_adaptive], ids=["comparisons", "distances"])
+def test_other_correct_adaptive_windows_pass(impl):
+    for seed in range(3):
+        result = report("adaptive_window_attention", impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda s: s["topk_gated_attention"](*[torch.randn(4, 3)] * 3, torch.randn(4, 4), 0), "k_keep"),
+    (lambda s: s["topk_gated_attention"](*[torch.randn(4, 3)] * 3, torch.randn(4, 4), 5), "k_keep"),
+    (lambda s: s["topk_gated_attention"](*[torch.randn(4, 3)] * 3, torch.randn(3, 4), 2), "gate_scores"),
+    (lambda s: s["adaptive_window_attention"](*[torch.randn(4, 3)] * 3, torch.tensor([1, 0, 2, 3])), "width"),
+    (lambda s: s["adaptive_window_attention"](*[torch.randn(4, 3)] * 3, torch.ones(4)), "integer"),
+    (lambda s: s["adaptive_window_attention"](*[torch.randn(4, 3)] * 3, torch.ones(3, dtype=torch.long)), "widths"),
+    (lambda s: s["adaptive_window_attention"](torch.randn(3, 3), torch.randn(4, 3), torch.randn(4, 3),
+                                              torch.ones(3, dtype=torch.long)), "Lq == Lk"),
+], ids=["k0", "k>Lk", "gate_shape", "width0", "float_widths", "widths_length", "Lq!=Lk"])
+def test_learned_sparsity_bad_parameters_give_clear_errors(solution, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(solution)
+
+
+def test_topk_gated_attention_gradients_reach_kept_keys_only(solution):
+    q, k, v = (torch.randn(1, 5, 4, requires_grad=True) for _ in range(3))
+    gate = torch.zeros(1, 5, 5)
+    gate[..., 1] = gate[..., 3] = 1.0                       # every query keeps keys 1 and 3
+    gate.requires_grad_(True)
+    solution["topk_gated_attention"](q, k, v, gate, 2).sum().backward()
+    assert gate.grad is None or not gate.grad.any()
+    dropped = [0, 2, 4]
+    assert not k.grad[:, dropped].any() and not v.grad[:, dropped].any()
+    assert v.grad[:, [1, 3]].abs().sum() > 0
+
+
+# ============================================================================= advanced: feature-wise attention
+
+import torch.nn as nn
+
+
+def make_columns(flatten=False, share_first=False, scale=True, validate=True, per_column_params=True):
+    """A ColumnwiseAttention with one planted bug (the defaults give a correct one)."""
+    class ColumnwiseAttention(nn.Module):
+        def __init__(self, num_columns, d, num_heads, shared=True):
+            super().__init__()
+            if d % num_heads:
+                raise ValueError("d must be divisible by num_heads")
+            self.C, self.d, self.H, self.shared = num_columns, d, num_heads, shared
+            shape = (d, d) if shared or not per_column_params else (num_columns, d, d)
+            for name in ("q_weight", "k_weight", "v_weight", "out_weight"):
+                setattr(self, name, nn.Parameter(torch.randn(shape) / d ** 0.5))
+
+        def weight(self, w):
+            if self.shared or not per_column_params:
+                return w.T
+            return (w[:1] if share_first else w).transpose(-2, -1)
+
+        def forward(self, x):
+            if validate and (x.dim() != 4 or x.shape[1] != self.C or x.shape[-1] != self.d):
+                raise ValueError("expected (batch, columns, seq, d)")
+            B, C, T, d = x.shape
+            dh = d // self.H
+            q, k, v = (x @ self.weight(w) for w in (self.q_weight, self.k_weight, self.v_weight))
+            if flatten:
+                q, k, v = (t.reshape(B, 1, C * T, d) for t in (q, k, v))
+            q, k, v = (t.unflatten(-1, (self.H, dh)).transpose(-3, -2) for t in (q, k, v))
+            s = q @ k.transpose(-2, -1) / (math.sqrt(dh) if scale else 1.0)
+            out = (torch.softmax(s, -1) @ v).transpose(-3, -2).flatten(-2).reshape(B, C, T, d)
+            return out @ self.weight(self.out_weight)
+    return ColumnwiseAttention
+
+
+@pytest.mark.parametrize("bug, key", [
+    (make_columns(flatten=True), "attends_across_columns"),
+    (make_columns(share_first=True), "weights_shared_by_mistake"),
+    (make_columns(per_column_params=False), "missing_parameter"),
+    (make_columns(scale=False), "missing_scale"),
+    (make_columns(validate=False), "no_error_for_bad_params"),
+    (stub, "not_implemented"),
+], ids=["flatten", "share_first", "shared_params", "no_scale", "no_error", "stub"])
+def test_columnwise_attention_bug_is_named(bug, key, capsys):
+    assert_named("ColumnwiseAttention", bug, key, capsys)
+
+
+def test_columnwise_weights_shared_by_mistake_is_named_by_count_and_independence():
+    """Per-column parameters registered, but forward always uses column 0's."""
+    result = report("ColumnwiseAttention", make_columns(share_first=True))
+    failed = {r.check.split(":")[0]: r.key for r in result.results if not r.passed}
+    assert set(failed.values()) == {"weights_shared_by_mistake"}, failed
+    assert any("parameter count" in check for check in failed)
+
+
+def einsum_columns(num_columns, d, num_heads, shared=True):
+    """Another correct one: einsum projections and F.scaled_dot_product_attention."""
+    class ColumnwiseAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if d % num_heads:
+                raise ValueError("d must be divisible by num_heads")
+            shape = (d, d) if shared else (num_columns, d, d)
+            for name in ("q_weight", "k_weight", "v_weight", "out_weight"):
+                setattr(self, name, nn.Parameter(torch.randn(shape)))
+
+        def proj(self, x, w):
+            return torch.einsum("bctd,ed->bcte", x, w) if shared else torch.einsum("bctd,ced->bcte", x, w)
+
+        def forward(self, x):
+            if x.dim() != 4 or x.shape[1] != num_columns or x.shape[-1] != d:
+                raise ValueError("expected (batch, columns, seq, d)")
+            B, C, T, _ = x.shape
+            q, k, v = (self.proj(x, w).reshape(B * C, T, num_heads, d // num_heads).transpose(1, 2)
+                       for w in (self.q_weight, self.k_weight, self.v_weight))
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, C, T, d)
+            return self.proj(out, self.out_weight)
+    return ColumnwiseAttention()
+
+
+def test_other_correct_columnwise_attention_passes():
+    for seed in range(3):
+        result = report("ColumnwiseAttention", einsum_columns, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def test_columnwise_bad_shapes_give_clear_errors(solution):
+    module = solution["ColumnwiseAttention"](3, 8, 2)
+    for shape in [(2, 30, 8), (2, 3, 10, 8, 1), (2, 4, 10, 8), (2, 3, 10, 6)]:
+        with pytest.raises(ValueError, match="expected x of shape"):
+            module(torch.randn(shape))
+    with pytest.raises(ValueError, match="divisible"):
+        solution["ColumnwiseAttention"](3, 9, 2)
+
+
+def test_columnwise_memory_is_c_times_smaller_than_flattened(solution):
+    from course.bench import peak_memory
+    B, C, T, d, H = 1, 4, 128, 8, 2
+    x = torch.randn(B, C, T, d)
+    columnwise, flat = solution["ColumnwiseAttention"](C, d, H), solution["ColumnwiseAttention"](1, d, H)
+    with torch.no_grad():
+        per_column = peak_memory(lambda: columnwise(x))
+        flattened = peak_memory(lambda: flat(x.reshape(B, 1, C * T, d)))
+    for measured, formula in ((per_column, 2 * 4 * B * H * C * T**2), (flattened, 2 * 4 * B * H * (C * T)**2)):
+        assert abs(measured / formula - 1) < 0.15, (measured, formula)
