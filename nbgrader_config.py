@@ -19,3 +19,10 @@ c.IgnorePattern.enabled = True
 c.IgnorePattern.pattern = r"Warning|^\[W\d{4}"
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# Feedback shows what the checks printed (verdicts and hints), never the source of hidden tests:
+# stock generate_feedback renders the autograded notebook, hidden test lines included.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -15,6 +15,11 @@ instructors:
   python -m grader release                        regenerate exercises/ from solutions/
   python -m grader autograde day01-sdpa --submissions ~/downloads/day01
                                                   grade a folder of STUDENT.ipynb files
+  python -m grader autograde day01-sdpa --workers 2
+                                                  grade submitted/*/day01-sdpa/ in parallel,
+                                                  with limits and a tamper watch
+  python -m grader report day01-sdpa              per-student HTML feedback (no hidden test
+                                                  source), class report with plot, CSV by exercise
   python -m grader feedback day01-sdpa            HTML feedback per student in feedback/
   python -m grader export --to grades.csv         the gradebook as CSV
 students:
@@ -43,10 +48,35 @@ def main(argv=None) -> int:
     autograde.add_argument("--submissions", type=Path, metavar="DIR",
                            help="first copy DIR/STUDENT.ipynb (or DIR/STUDENT/*.ipynb) into submitted/")
     autograde.add_argument("--force", action="store_true", help="grade again what was graded")
+    autograde.add_argument(
+        "--workers", type=int, metavar="N",
+        help="grade across N processes with limits, a tamper watch and a per-submission record "
+             "(feedback/.grader/); without it, stock `nbgrader autograde` runs sequentially")
+    autograde.add_argument("--timeout", type=int, metavar="S",
+                           help="with --workers: seconds per cell (default: Execute.timeout in "
+                                "nbgrader_config.py)")
+    autograde.add_argument("--wall-limit", type=int, default=600, metavar="S",
+                           help="with --workers: seconds per submission (default: 600; 0: none)")
+    autograde.add_argument("--memory-limit", default="4G", metavar="SIZE",
+                           help="with --workers: address space of a submission's kernel, e.g. "
+                                "4G, 512M (default: 4G; 0: none)")
+    autograde.add_argument("--student", action="append", metavar="ID",
+                           help="with --workers: grade only this student (repeatable)")
 
     feedback = commands.add_parser("feedback", help="write HTML feedback for graded submissions")
     feedback.add_argument("assignment", metavar="ASSIGNMENT")
     feedback.add_argument("--force", action="store_true", help="write again what was written")
+
+    report = commands.add_parser(
+        "report", help="HTML feedback per student, a class report and a CSV by exercise",
+        description="From what `autograde --workers` recorded: feedback/STUDENT/ASSIGNMENT/"
+                    "checks.html per student (verdicts and hints of every check, never the hidden "
+                    "tests' source), feedback/ASSIGNMENT-class-report.html (checks that fail most, "
+                    "their hints, a plot, failed submissions, tampering and shortcuts) and "
+                    "a CSV with one row per student and one column per exercise.")
+    report.add_argument("assignment", metavar="ASSIGNMENT")
+    report.add_argument("--csv", type=Path, metavar="FILE",
+                        help="where to write the CSV (default: feedback/ASSIGNMENT-grades.csv)")
 
     export = commands.add_parser("export", help="write the gradebook as a CSV file")
     export.add_argument("--to", type=Path, default=Path("grades.csv"), metavar="FILE",
@@ -75,12 +105,59 @@ def run_release(root, args) -> int:
     return 0
 
 
+def parse_size(text: str) -> int:
+    text = str(text).strip().upper().removesuffix("B")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+    except ValueError:
+        raise pipeline.GradingError(f"--memory-limit {text!r}: expected a size such as 4G or 512M.")
+
+
 def run_autograde(root, args) -> int:
+    if args.workers is not None:
+        return run_parallel_autograde(root, args)
     rows = pipeline.autograde(root, args.assignment, args.submissions, args.force)
     print(f"\n{'student':<24} {'score':>12}")
     for row in rows:
         print(f"{row['student']:<24} {row['score']:>5.1f} / {row['max_score']:<5.1f}")
     print(f"{len(rows)} submissions of {args.assignment} in the gradebook.")
+    return 0
+
+
+def run_parallel_autograde(root, args) -> int:
+    from grader import parallel
+    if args.workers < 1:
+        raise pipeline.GradingError("--workers must be at least 1.")
+    limits = parallel.Limits(cell_timeout=args.timeout, wall_limit=args.wall_limit,
+                             memory_limit=parse_size(args.memory_limit))
+    pipeline.check_assignment(root, args.assignment)
+    if args.submissions is not None:
+        pipeline.collect(root, args.assignment, args.submissions)
+    done = parallel.autograde(root, args.assignment, args.workers, force=args.force, limits=limits,
+                              only=args.student, progress_stream=sys.stderr)
+    results = done["results"]
+    failed = [r for r in results if r["status"] != "graded"]
+    tampered = [r for r in results if r["tamper"]]
+    print(f"\n{'student':<24} {'score':>12}  note")
+    for r in sorted(results, key=lambda r: r["student"]):
+        note = r["reason"] or ("; ".join(t["what"] for t in r["tamper"][:2]) if r["tamper"] else "")
+        print(f"{r['student']:<24} {r['score']:>5.1f} / {r['max_score']:<5.1f}  {note}")
+    seconds = done["seconds"]
+    print(f"{args.assignment}: graded {len(results)} submissions in {seconds:.0f} s with "
+          f"{args.workers} workers ({seconds / max(len(results), 1):.1f} s each); "
+          f"{len(results) - len(failed)} ok, {len(failed)} failed or stopped at a limit, "
+          f"{len(tampered)} with tampering or shortcuts; {len(done['skipped'])} already graded "
+          f"(skipped{'' if done['skipped'] else ''}). Records: feedback/.grader/{args.assignment}/")
+    return min(len(failed), 125)
+
+
+def run_report(root, args) -> int:
+    from grader import reports
+    pipeline.check_assignment(root, args.assignment)
+    written = reports.write_all(root, args.assignment, args.csv)
+    for what, path in written.items():
+        print(f"{what}: {path}")
     return 0
 
 
@@ -108,6 +185,7 @@ def run_check(root, args) -> int:
 
 
 COMMANDS = {"release": run_release, "autograde": run_autograde, "feedback": run_feedback,
+            "report": run_report,
             "export": run_export, "check": run_check}
 
 if __name__ == "__main__":

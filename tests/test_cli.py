@@ -59,3 +59,35 @@ def test_submissions_folder_must_exist_and_hold_notebooks(tmp_path):
     assert done.returncode == 2 and "no submissions in" in done.stderr
     assert not (ROOT / "submitted").exists()
 
+
+
+def test_autograde_help_names_the_parallel_mode_and_its_limits():
+    done = grader("autograde", "--help")
+    assert done.returncode == 0
+    for flag in ("--workers", "--timeout", "--wall-limit", "--memory-limit", "--student"):
+        assert flag in done.stdout
+    assert "report" in grader("--help").stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2", "--memory-limit", "lots"], "expected a size such as 4G"),
+], ids=["no workers", "bad size"])
+def test_bad_parallel_options_are_one_clear_line(args, message):
+    done = grader("autograde", "day01-sdpa", *args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_report_needs_a_parallel_autograde_first(tmp_path):
+    course = tmp_path / "course"
+    (course / "solutions" / "day01-sdpa").mkdir(parents=True)
+    shutil.copy(ROOT / "nbgrader_config.py", course)
+    shutil.copy(ROOT / "solutions" / "day01-sdpa" / "day01-sdpa.ipynb", course / "solutions" / "day01-sdpa")
+    done = grader("--course-dir", str(course), "report", "day01-sdpa")
+    assert done.returncode == 2 and "autograde day01-sdpa --workers" in done.stderr
+
+
+def test_parse_size():
+    from grader.__main__ import parse_size
+    assert parse_size("4G") == 4 << 30 and parse_size("512M") == 512 << 20 and parse_size("0") == 0

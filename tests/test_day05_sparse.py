@@ -581,8 +581,9 @@ def test_other_correct_sliding_window_attentions_pass(impl):
         assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
 
 
-def test_library_attention_passes_the_checks_without_the_guard():
+def test_library_attention_passes_the_checks_without_the_guard(monkeypatch):
     from grader.checking import run
+    monkeypatch.setattr("grader.checking.course_references", lambda exercise: {})
     from grader.suites.day05_sparse import EXERCISES as SUITE
     for name in EXERCISES:
         for seed in range(3):

@@ -42,3 +42,19 @@ def test_torch_names_still_work_beside_functions():
     report = run("softmax", lambda n: torch.softmax(torch.zeros(n), 0), [one_call],
                  {**SOFTMAX, causal_mask: "no"}, verbose=False)
     assert report.keys == {"shortcut"}
+
+
+def softmax_call(impl, rng):
+    """calls the student's softmax once"""
+    impl(torch.randn(2, 3, generator=rng))
+
+
+def test_the_course_reference_of_an_exercise_is_a_shortcut_even_when_the_suite_omits_it():
+    report = run("stable_softmax", lambda x: course.attention.stable_softmax(x), [softmax_call], {},
+                 verbose=False)
+    assert report.keys == {"shortcut"}
+    assert "course.attention.stable_softmax" in report.results[0].message
+    assert "course's reference version" in report.results[0].hint
+    # another exercise may use it
+    assert run("attention", lambda x: course.attention.stable_softmax(x), [softmax_call], {},
+               verbose=False).passed

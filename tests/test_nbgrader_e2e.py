@@ -117,6 +117,7 @@ def test_feedback_and_export_through_the_cli(graded):
     assert done.returncode == 0, done.stderr
     html = (course / "feedback" / "cy" / assignment / f"{assignment}.html").read_text()
     assert planted(assignment)["hint"] in html
+    assert "BEGIN HIDDEN TESTS" not in html and "hidden=True" not in html  # no hidden test source
 
     done = grader("--course-dir", str(course), "export", "--to", str(course / "grades.csv"))
     assert done.returncode == 0, done.stderr

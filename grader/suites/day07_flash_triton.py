@@ -608,11 +608,7 @@ def flash_rejects_bad_input(flash, rng):
 
 def unwrap(impl):
     """The student's object behind `guarded`: the class itself, not a call of it."""
-    inner = getattr(impl, "__wrapped__", None)
-    if inner is None and getattr(impl, "__closure__", None):
-        cells = dict(zip(impl.__code__.co_freevars, impl.__closure__))
-        inner = cells["fn"].cell_contents if "fn" in cells else None
-    return inner or impl
+    return getattr(impl, "__wrapped__", impl)
 
 
 def function_class(impl):

@@ -1,0 +1,5 @@
+import sys
+
+from grader.corpus import main
+
+sys.exit(main())
