@@ -12,6 +12,7 @@ hidden test cells (fresh seed every grading run), and under pytest.
 
 import contextvars
 import dataclasses
+import inspect
 import linecache
 import os
 import secrets
@@ -225,6 +226,11 @@ def course_references(exercise: str) -> dict:
         if module is None or not (name == "course" or name.startswith("course.")):
             continue
         fn = getattr(module, exercise, None)
+        if fn is None:
+            continue
+        # Unwrapped: a decorator's wrapper (torch.no_grad's, say) shares its code with every
+        # function it decorates, the student's too.
+        fn = inspect.unwrap(fn)
         if callable(fn) and getattr(fn, "__code__", None) is not None and \
                 getattr(fn, "__module__", "").startswith("course"):
             found[fn] = (f"write {exercise} yourself: {fn.__module__}.{fn.__qualname__} is the "

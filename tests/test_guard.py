@@ -58,3 +58,16 @@ def test_the_course_reference_of_an_exercise_is_a_shortcut_even_when_the_suite_o
     # another exercise may use it
     assert run("attention", lambda x: course.attention.stable_softmax(x), [softmax_call], {},
                verbose=False).passed
+
+
+def test_a_decorated_student_function_is_not_taken_for_a_decorated_course_reference():
+    """course.kv_cache.generate is wrapped by torch.no_grad, whose wrapper code every no_grad
+    function shares: the guard must compare the functions underneath."""
+    import course.kv_cache  # noqa: F401  (so that its generate is a known course reference)
+    from grader.checking import guarded
+
+    @torch.no_grad()
+    def generate(x):
+        return x + 1
+
+    assert guarded(generate, "generate", {})(torch.ones(1)).item() == 2
