@@ -43,24 +43,6 @@ class HybridTransformer(TinyTransformer):
         full = causal_mask(length, device=device)
         return [local if kind == "local" else full for kind in self.layer_kinds]
 
-    def forward(self, ids: torch.Tensor, return_weights: bool = False):
-        if ids.dim() != 2 or ids.dtype != torch.long:
-            raise ValueError(f"ids must be a (B, L) LongTensor, got {ids.dtype} {tuple(ids.shape)}")
-        length = ids.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
-        positions = torch.arange(length, device=ids.device)
-        x = self.token_embedding(ids)                                     # (B, L, d_model)
-        if self.position_embedding is not None:
-            x = x + self.position_embedding(positions)
-        rope = positions if self.positional == "rope" else None
-        all_weights = []
-        for block, mask in zip(self.blocks, self.layer_masks(length, ids.device)):
-            x, weights = block(x, mask, rope, need_weights=return_weights)
-            all_weights.append(weights)
-        logits = self.lm_head(self.ln_f(x))                               # (B, L, vocab)
-        return (logits, all_weights) if return_weights else logits
-
 
 def attended_pairs(layer_kinds, length: int, window: int) -> int:
     """Query-key pairs scored by all layers on one causal sequence of `length` tokens."""

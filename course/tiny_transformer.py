@@ -109,13 +109,17 @@ class TinyTransformer(nn.Module):
         if self.position_embedding is not None:
             x = x + self.position_embedding(positions)
         rope = positions if self.positional == "rope" else None
-        mask = causal_mask(length, device=ids.device)                     # (L, L)
         all_weights = []
-        for block in self.blocks:
+        for block, mask in zip(self.blocks, self.layer_masks(length, ids.device)):
             x, weights = block(x, mask, rope, need_weights=return_weights)
             all_weights.append(weights)
         logits = self.lm_head(self.ln_f(x))                               # (B, L, vocab)
         return (logits, all_weights) if return_weights else logits
+
+    def layer_masks(self, length: int, device=None) -> list:
+        """One (L, L) bool mask per layer (True = may attend): causal everywhere. A subclass
+        changes which keys each layer sees by overriding this (course.hybrid does)."""
+        return [causal_mask(length, device=device)] * self.num_layers
 
 
 # ----------------------------------------------------------------------------- training

@@ -32,10 +32,11 @@ SCALES = ("linear", "auto", "log")
 LOG_FLOOR = 1e-6
 # Beyond 8x8 cells the numbers no longer fit inside them.
 ANNOTATE_MAX_CELLS = 64
-# Up to this many rows or columns every one is labelled; a longer axis gets every n-th label,
-# about ALL_TICK_LABELS / 2 of them (a 64-key axis: every 4th). Laying out text is most of the
-# cost of drawing a heatmap, and 64 labels side by side cannot be read anyway.
+# Up to this many rows or columns every one is labelled; a longer axis gets about
+# LONG_AXIS_LABELS of them (a 64-key axis: every 8th). Laying out text is most of the cost of
+# drawing a heatmap, and 64 labels side by side cannot be read anyway.
 ALL_TICK_LABELS = 32
+LONG_AXIS_LABELS = 8
 CMAP = "viridis"
 HIGHLIGHT_COLOR = "tab:red"
 DPI = 90
@@ -152,7 +153,7 @@ def _new_figure(with_row: bool) -> tuple[Figure, Axes, Axes, Axes | None]:
 def _label_ticks(ax: Axes, labels: list[str] | None, count: int, axis: str) -> None:
     """Label the cells of one axis: all of them on a short axis, every n-th on a long one;
     positions 0, 1, ... when no labels are given."""
-    step = 1 if count <= ALL_TICK_LABELS else math.ceil(count / (ALL_TICK_LABELS // 2))
+    step = 1 if count <= ALL_TICK_LABELS else math.ceil(count / LONG_AXIS_LABELS)
     positions = range(0, count, step)
     names = [labels[p] if labels else str(p) for p in positions]
     set_ticks = ax.set_xticks if axis == "x" else ax.set_yticks

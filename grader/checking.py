@@ -10,6 +10,7 @@ The same checks run three ways: in the notebook's visible check cells (fixed see
 hidden test cells (fresh seed every grading run), and under pytest.
 """
 
+import contextlib
 import contextvars
 import dataclasses
 import inspect
@@ -245,7 +246,9 @@ def guarded(fn, exercise: str, forbidden: dict):
     def call(*args, **kwargs):
         guard = ShortcutGuard(exercise, forbidden)
         try:
-            with guard:
+            # What the student's code prints to stderr (a debugging line, a warning) shows on
+            # stdout: nbgrader zeroes a test cell with any stderr output, correct or not.
+            with guard, contextlib.redirect_stderr(sys.stdout):
                 result = fn(*args, **kwargs)
         except ShortcutUsed:
             pass  # reported below, from the guard's record, even if the student's code caught it

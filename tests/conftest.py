@@ -27,6 +27,26 @@ def solution_functions(assignment: str) -> dict:
     return namespace
 
 
+@functools.cache
+def solution_cells(assignment: str) -> dict:
+    """grade id -> source of every solution cell of a solution notebook."""
+    notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    return {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in notebook.cells
+            if cell.metadata.get("nbgrader", {}).get("solution")}
+
+
+def edited_solution(assignment: str, solution: dict, cell: str, edits, name: str = None):
+    """A planted bug: the solution's `name` (default: the cell's grade id) after the (old, new)
+    `edits` to solution cell `cell`, each `old` found exactly once, run on top of `solution`."""
+    source = solution_cells(assignment)[cell]
+    for old, new in edits:
+        assert source.count(old) == 1, f"{old!r} is not once in cell {cell}"
+        source = source.replace(old, new)
+    namespace = dict(solution)
+    exec(compile(source, f"<{assignment}:{cell} edited>", "exec"), namespace)
+    return namespace[name or cell]
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

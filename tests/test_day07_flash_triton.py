@@ -6,14 +6,13 @@ is tests/test_suites.py's job.)"""
 import functools
 import math
 
-import nbformat
 import pytest
 import torch
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
 import triton
 import triton.language as tl
-from conftest import ROOT, assert_mistake_named, day_report
+from conftest import assert_mistake_named, day_report, edited_solution
 
 DAY = "day07-flash-triton"
 
@@ -32,22 +31,9 @@ report = functools.partial(day_report, DAY)
 assert_named = functools.partial(assert_mistake_named, DAY)
 
 
-@functools.cache
-def cells() -> dict:
-    notebook = nbformat.read(ROOT / "solutions" / DAY / f"{DAY}.ipynb", as_version=4)
-    return {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in notebook.cells
-            if cell.metadata.get("nbgrader", {}).get("solution")}
-
-
 def planted(solution, cell: str, *edits, name: str = None):
     """The solution's `name` after the (old, new) `edits` in solution cell `cell`."""
-    source = cells()[cell]
-    for old, new in edits:
-        assert source.count(old) == 1, f"{old!r} is not once in cell {cell}"
-        source = source.replace(old, new)
-    namespace = dict(solution)
-    exec(compile(source, f"<planted {cell}>", "exec"), namespace)
-    return namespace[name or cell]
+    return edited_solution(DAY, solution, cell, edits, name)
 
 
 # ----------------------------------------------------------------------------- the solution

@@ -5,13 +5,12 @@ clear errors. Planted bugs are one-line edits of the solution notebook's own cel
 import functools
 import math
 
-import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
-from conftest import ROOT, assert_mistake_named, day_report
+from conftest import assert_mistake_named, day_report, edited_solution
 
 DAY = "day09-mamba-scan"
 EXERCISES = ["linear_recurrence_sequential", "linear_recurrence_parallel", "linear_recurrence_chunked",
@@ -32,20 +31,9 @@ assert_named = functools.partial(assert_mistake_named, DAY)
 
 
 
-@functools.cache
-def cells() -> dict:
-    notebook = nbformat.read(ROOT / "solutions" / DAY / f"{DAY}.ipynb", as_version=4)
-    return {cell.metadata["nbgrader"]["grade_id"]: cell.source for cell in notebook.cells
-            if cell.metadata.get("nbgrader", {}).get("solution")}
-
-
 def planted(solution, cell: str, old: str, new: str, name: str = None):
     """The solution's `name` after replacing `old` by `new` in solution cell `cell`."""
-    source = cells()[cell]
-    assert source.count(old) == 1, f"{old!r} is not once in cell {cell}"
-    namespace = dict(solution)
-    exec(compile(source.replace(old, new), f"<planted {cell}>", "exec"), namespace)
-    return namespace[name or cell]
+    return edited_solution(DAY, solution, cell, [(old, new)], name)
 
 
 # ----------------------------------------------------------------------------- the solution

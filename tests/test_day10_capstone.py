@@ -3,11 +3,10 @@ with its named hint, and bad input gives clear errors."""
 
 import functools
 
-import nbformat
 import pytest
 import torch
 
-from conftest import ROOT, assert_mistake_named, day_report
+from conftest import assert_mistake_named, day_report, edited_solution
 from grader.suites.day10_capstone import HINTS
 
 DAY = "day10-capstone"
@@ -31,21 +30,9 @@ def stub(*args, **kwargs):
     raise NotImplementedError()
 
 
-@functools.cache
-def cell_source(grade_id: str) -> str:
-    notebook = nbformat.read(ROOT / "solutions" / DAY / f"{DAY}.ipynb", as_version=4)
-    return next(c.source for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
-
-
 def variant(solution, cell: str, name: str, *edits):
-    """The solution's function `name` after replacing old -> new in its cell's source."""
-    source = cell_source(cell)
-    for old, new in edits:
-        assert old in source, old
-        source = source.replace(old, new)
-    namespace = dict(solution)
-    exec(compile(source, f"<{cell} variant>", "exec"), namespace)
-    return namespace[name]
+    """The solution's function `name` after the (old, new) edits to its cell's source."""
+    return edited_solution(DAY, solution, cell, edits, name)
 
 
 # ----------------------------------------------------------------------------- the solution

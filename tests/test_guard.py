@@ -71,3 +71,18 @@ def test_a_decorated_student_function_is_not_taken_for_a_decorated_course_refere
         return x + 1
 
     assert guarded(generate, "generate", {})(torch.ones(1)).item() == 2
+
+
+def test_what_a_checked_function_prints_to_stderr_shows_on_stdout(capsys):
+    """nbgrader zeroes a test cell with stderr output: a student's debugging line must not."""
+    import sys
+
+    from grader.checking import guarded
+
+    def attention_scores(x):
+        print("debugging", file=sys.stderr)
+        return x
+
+    assert guarded(attention_scores, "attention_scores", {})(3) == 3
+    printed = capsys.readouterr()
+    assert "debugging" in printed.out and printed.err == ""

@@ -365,9 +365,8 @@ MANIFEST = {
     "growing-memory": (c_growing_memory, "grows a list of buffers until the cap", 6, "graded", "", []),
     "stderr-top-level": (c_stderr_top_level, "prints to stderr in its own cell", 9, "graded", "", []),
     "stderr-in-function": (c_stderr_in_function,
-                           "attention_scores prints to stderr while checked: nbgrader zeroes the "
-                           "cells where that shows (kept, for grades identical to nbgrader's)",
-                           3, "graded", "", []),
+                           "attention_scores prints to stderr while checked: the check shows it on "
+                           "stdout, so nbgrader does not zero the cell", 9, "graded", "", []),
     "delete-course-files": (c_delete_course_files, "deletes ../../../solutions and the config", 9,
                             "graded", "", []),
     "read-solutions": (c_read_solutions, "copies the answers from ../../../solutions", 0, "graded",
