@@ -221,8 +221,8 @@ def plot_attention(
         ax=ax,
         cmap=CMAP,
         cbar_ax=cbar_ax,
-        # Labelled below rather than with seaborn's "auto", which draws the whole figure once
-        # more to see whether the labels overlap.
+        # Labelled below (_label_ticks): seaborn's "auto" would label every cell of a short
+        # axis but thin a long one only by measuring the labels it drew.
         xticklabels=False,
         yticklabels=False,
         # The true values, not the log scale's clipped copy (which turns negatives into 0.00).
