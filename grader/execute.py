@@ -183,6 +183,7 @@ class LimitedExecute(Execute):
                               "other_cells": 0.0, "watch": 0.0}}
         started = time.monotonic()
         try:
+            self._start_kernel(record)
             with self.setup_kernel():
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata["language_info"] = info["content"]["language_info"]
@@ -209,6 +210,24 @@ class LimitedExecute(Execute):
                 json.dump(record, f)
         self.set_widgets_metadata()
         return self.nb, self.resources
+
+    def _start_kernel(self, record):
+        """Start the kernel and its client, once more if the kernel dies before kernel_info.
+
+        Kernels started side by side can race for one free TCP port (jupyter_client picks a
+        port and closes it; the kernel binds it later), and the loser dies at start-up. No cell
+        has run then, so the second start cannot hide anything a submission did.
+        """
+        for attempt in (1, 2):
+            self.km = self.create_kernel_manager()
+            self.start_new_kernel()
+            try:
+                self.start_new_kernel_client()
+                return
+            except RuntimeError as error:  # nbclient has already shut the dead kernel down
+                if attempt == 2 or "before replying to kernel_info" not in str(error):
+                    raise
+                record["kernel_restarts"] = 1
 
     def _died(self, where: str) -> str:
         process = getattr(getattr(self.km, "provisioner", None), "process", None)

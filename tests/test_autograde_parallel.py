@@ -12,6 +12,7 @@ from nbgrader.api import Gradebook
 
 from conftest import ROOT
 from grader import corpus
+from grader.execute import LimitedExecute, limited_kernel_manager
 from grader.pipeline import nbgrader
 
 pytestmark = pytest.mark.slow
@@ -106,3 +107,35 @@ def test_limits_keep_earned_points_and_grades_go_to_the_configured_db_url(tmp_pa
     assert any(o.get("ename") == "MemoryError" for o in memory.outputs)
     last = graded.cells[-1]
     assert last.outputs[0]["ename"] == "NotGraded" and "wall-clock" in last.outputs[0]["evalue"]
+
+
+
+def dying_kernel_manager(deaths: int):
+    """A kernel manager whose first `deaths` kernels exit before they answer kernel_info, as
+    the loser of a race for a port does."""
+    class DyingKernelManager(limited_kernel_manager(0)):
+        def format_kernel_cmd(self, extra_arguments=None):
+            nonlocal deaths
+            if deaths:
+                deaths -= 1
+                return [sys.executable, "-c", "raise SystemExit(1)"]
+            return super().format_kernel_cmd(extra_arguments)
+    return DyingKernelManager
+
+
+@pytest.mark.parametrize("deaths", [1, 2])
+def test_a_kernel_that_dies_at_startup_is_started_once_more(tmp_path, deaths):
+    notebook = tiny_assignment()
+    notebook.cells = notebook.cells[:2]                # twice() and its one-point test
+    record_path = tmp_path / "record.json"
+    execute = LimitedExecute(memory_limit=0, record_path=str(record_path), timeout=60)
+    execute.kernel_manager_class = dying_kernel_manager(deaths)
+    graded, _ = execute.preprocess(notebook, {"metadata": {"path": str(tmp_path)}})
+    record = json.loads(record_path.read_text())
+    test_cell = graded.cells[1]
+    if deaths == 1:                                     # graded as if nothing had happened
+        assert record["kernel_restarts"] == 1 and record["stopped"] is None, record
+        assert record["cells_run"] == 2 and test_cell.outputs == []
+    else:                                               # only once: then it is the submission's reason
+        assert "before replying to kernel_info" in record["stopped"], record
+        assert test_cell.outputs[0]["ename"] == "NotGraded"
