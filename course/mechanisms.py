@@ -78,24 +78,30 @@ class MultiHeadMechanism(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
         _check_input(x, self.out_proj.in_features)
-        if mask is not None and self.kind not in TAKES_MASK:
-            raise ValueError(f"kind {self.kind!r} takes no mask: it never builds the (L, L) scores, "
-                             f"its pattern comes from its arguments {self.options}. Kinds that "
-                             f"take a mask: {', '.join(TAKES_MASK)}")
         q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, L, dh)
         k = split_heads(self.k_proj(x), self.num_heads)  # (B, H, L, dh)
         v = split_heads(self.v_proj(x), self.num_heads)  # (B, H, L, dh)
-        out = self._attend(q, k, v, mask)                # (B, H, L, dh)
+        out = self.attend(q, k, v, mask)                 # (B, H, L, dh)
         return self.out_proj(merge_heads(out))           # (B, L, d_model)
 
-    def _attend(self, q, k, v, mask):
+    def attend(self, q, k, v, mask=None):
+        """The mechanism alone, on heads: q, k, v (B, H, L, dh) -> (B, H, L, dh). What differs
+        between kinds (a benchmark times this step; the projections cost the same for all)."""
         o, L = self.options, q.shape[-2]
         if self.kind in TAKES_MASK:
-            pattern = (causal_mask(L, device=q.device) if o.get("causal") else
-                       strided_mask(L, o["stride"], o["local_window"], device=q.device)
-                       if self.kind == "strided" else None)
-            mask = pattern if mask is None else mask if pattern is None else mask & pattern
+            if self.kind == "strided":
+                pattern = strided_mask(L, o["stride"], o["local_window"], device=q.device)
+            elif o["causal"]:
+                pattern = causal_mask(L, device=q.device)
+            else:
+                pattern = None                                         # every key
+            if pattern is not None:
+                mask = pattern if mask is None else mask & pattern
             return attention(q, k, v, mask)[0]
+        if mask is not None:
+            raise ValueError(f"kind {self.kind!r} takes no mask: it never builds the (L, L) scores, "
+                             f"its pattern comes from its arguments {self.options}. Kinds that "
+                             f"take a mask: {', '.join(TAKES_MASK)}")
         if self.kind == "sliding_window":
             return sliding_window_attention(q, k, v, o["window"], causal=o["causal"])
         if self.kind == "chunked":
@@ -103,9 +109,9 @@ class MultiHeadMechanism(nn.Module):
         if self.kind == "flash":
             return flash_attention_torch(q, k, v, causal=o["causal"], block_q=o["block_q"],
                                          block_k=o["block_k"])
+        if self.kind == "linear" and o["causal"]:
+            return causal_linear_attention_chunked(q, k, v, chunk_size=o["chunk_size"])
         if self.kind == "linear":
-            if o["causal"]:
-                return causal_linear_attention_chunked(q, k, v, chunk_size=o["chunk_size"])
             return linear_attention(q, k, v)
         # performer: the same random features at every call, so the layer is a function of x
         generator = torch.Generator(device=q.device).manual_seed(o["seed"])

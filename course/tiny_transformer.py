@@ -59,12 +59,15 @@ def token_labels(sequence) -> list:
 # ----------------------------------------------------------------------------- the model
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
 
-    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int = None):
+    attn defaults to a MultiHeadAttention; a subclass may hand in another layer (course.hybrid).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, num_kv_heads: int = None, attn: nn.Module = None):
         super().__init__()
         self.ln1 = nn.LayerNorm(d_model)
-        self.attn = MultiHeadAttention(d_model, num_heads, num_kv_heads)
+        self.attn = MultiHeadAttention(d_model, num_heads, num_kv_heads) if attn is None else attn
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(),
                                  nn.Linear(4 * d_model, d_model))
@@ -118,7 +121,7 @@ class TinyTransformer(nn.Module):
 
     def layer_masks(self, length: int, device=None) -> list:
         """One (L, L) bool mask per layer (True = may attend): causal everywhere. A subclass
-        changes which keys each layer sees by overriding this (course.hybrid does)."""
+        whose layers bring their own pattern returns None for them (course.hybrid does)."""
         return [causal_mask(length, device=device)] * self.num_layers
 
 
