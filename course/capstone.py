@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from course.bench import median_time, peak_memory
+from course.mechanisms import make_attention
 
 # kind -> (required keyword arguments, optional ones with defaults)
 KINDS = {
@@ -171,39 +172,31 @@ def estimate_attention_memory(kind: str, batch: int, heads: int, seq_len: int, h
 
 # ----------------------------------------------------------------------------- the implementations
 
-def attention_function(kind: str, **kw):
-    """fn(q, k, v) -> out: the course's library implementation of `kind` (the one the estimate
-    describes), for q, k, v of shape (batch, heads, L, d)."""
-    options = _options(kind, kw)
-    from course.attention import attention, causal_mask
+# Each kind of estimate but "scan": the course.mechanisms.make_attention kind whose mechanism it
+# describes, and the arguments that make it so. Their other keyword arguments have the same names.
+LAYER_KIND = {
+    "dense": ("dense", {}),
+    "dense_masked": ("dense", {"causal": True}),
+    "strided": ("strided", {}),
+    "sliding": ("sliding_window", {}),
+    "chunked": ("chunked", {}),
+    "flash": ("flash", {}),
+    "linear": ("linear", {}),
+    "performer": ("performer", {}),
+}
 
-    if kind == "dense":
-        return lambda q, k, v: attention(q, k, v)[0]
-    if kind == "dense_masked":
-        return lambda q, k, v: attention(q, k, v, causal_mask(q.shape[-2], device=q.device))[0]
-    if kind == "strided":
-        from course.sparse import strided_mask
-        return lambda q, k, v: attention(q, k, v, strided_mask(
-            q.shape[-2], min(options["stride"], q.shape[-2]), options["local_window"], device=q.device))[0]
-    if kind == "sliding":
-        from course.sparse import sliding_window_attention
-        return lambda q, k, v: sliding_window_attention(q, k, v, options["window"], options["causal"])
-    if kind == "chunked":
-        from course.sparse import chunked_attention
-        return lambda q, k, v: chunked_attention(q, k, v, options["chunk_size"], options["overlap"])
-    if kind == "flash":
-        from course.flash import tiled_attention
-        return lambda q, k, v: tiled_attention(q, k, v, options["block_q"], options["block_k"])[0]
-    if kind == "linear":
-        from course.linear_attention import linear_attention
-        return linear_attention
-    if kind == "performer":
-        from course.linear_attention import performer_attention
-        return lambda q, k, v: performer_attention(
-            q, k, v, options["num_features"], torch.Generator(q.device).manual_seed(0))
+
+def attention_function(kind: str, **kw):
+    """fn(q, k, v) -> out, for q, k, v of shape (batch, heads, L, d): the implementation the
+    estimate of `kind` describes. That is the mechanism step (`attend`) of make_attention's layer
+    of the LAYER_KIND, which works on any number and size of heads; "scan" is a selective scan
+    run on attention-shaped inputs (make_attention's "mamba" is a whole block instead)."""
+    options = _options(kind, kw)
     if kind == "scan":
         return _scan_attention(options["state"])
-    raise AssertionError(kind)
+    layer_kind, fixed = LAYER_KIND[kind]
+    layer = make_attention(layer_kind, d_model=1, num_heads=1, **fixed, **options)  # attend never projects
+    return layer.attend
 
 
 def _scan_attention(state: int):

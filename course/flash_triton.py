@@ -273,6 +273,19 @@ def _probs(q, k, lse2, offs_m, offs_n, Lq, Lk, qk_scale, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _query_rows(Q, DO, LSE, DELTA, bh, offs_m, offs_d, Lq, HEAD_DIM: tl.constexpr):
+    """A query tile's q and dO, its logsumexp in log2 units (+inf for a row that saw no key, so
+    its P is 0) and its DELTA: what both backward kernels read per query row."""
+    q_offs = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
+    q = tl.load(Q + q_offs, mask=offs_m[:, None] < Lq, other=0.0)
+    do = tl.load(DO + q_offs, mask=offs_m[:, None] < Lq, other=0.0)
+    lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    return q, do, lse2, delta
+
+
+@triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Lq, Lk, qk_scale, sm_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      CAUSAL: tl.constexpr):
@@ -291,12 +304,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Lq, Lk, qk_scale, sm_scale
         lo = (tl.maximum(start_n - (Lk - Lq), 0) // BLOCK_M) * BLOCK_M
     for start_m in range(lo, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
-        q_offs = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-        q = tl.load(Q + q_offs, mask=offs_m[:, None] < Lq, other=0.0)
-        do = tl.load(DO + q_offs, mask=offs_m[:, None] < Lq, other=0.0)
-        lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
-        lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-        delta = tl.load(DELTA + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+        q, do, lse2, delta = _query_rows(Q, DO, LSE, DELTA, bh, offs_m, offs_d, Lq, HEAD_DIM)
         p = _probs(q, k, lse2, offs_m, offs_n, Lq, Lk, qk_scale, CAUSAL)      # (BLOCK_M, BLOCK_N)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do)
         dp = tl.dot(do, tl.trans(v)).to(tl.float32)
@@ -315,12 +323,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, Lq, Lk, qk_scale, sm_scale,
     bh = tl.program_id(1).to(tl.int64)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_offs = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    q = tl.load(Q + q_offs, mask=offs_m[:, None] < Lq, other=0.0)
-    do = tl.load(DO + q_offs, mask=offs_m[:, None] < Lq, other=0.0)
-    lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
-    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
-    delta = tl.load(DELTA + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)
+    q, do, lse2, delta = _query_rows(Q, DO, LSE, DELTA, bh, offs_m, offs_d, Lq, HEAD_DIM)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     hi = Lk
     if CAUSAL:
@@ -334,6 +337,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, Lq, Lk, qk_scale, sm_scale,
         dp = tl.dot(do, tl.trans(v)).to(tl.float32)
         ds = p * (dp - delta[:, None])
         dq += tl.dot(ds.to(k.dtype), k)
+    q_offs = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
     tl.store(DQ + q_offs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=offs_m[:, None] < Lq)
 
 

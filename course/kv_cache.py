@@ -24,21 +24,42 @@ def kv_cache_bytes(num_layers: int, num_kv_heads: int, head_dim: int, seq_len: i
     return 2 * num_layers * num_kv_heads * head_dim * seq_len * batch_size * element
 
 
-def _check_new(name, k_new, v_new, batch_size, num_heads, head_dim, dtype, device):
-    if k_new.shape != v_new.shape or k_new.dim() != 4:
-        raise ValueError(f"k_new and v_new must be (B, H, L, D) of one shape, got "
-                         f"{tuple(k_new.shape)} and {tuple(v_new.shape)}")
-    b, h, _, d = k_new.shape
-    if (b, h, d) != (batch_size, num_heads, head_dim):
-        raise ValueError(f"{name} holds batch {batch_size}, {num_heads} heads, head_dim "
-                         f"{head_dim}; got k_new {tuple(k_new.shape)}")
-    if k_new.dtype != dtype or v_new.dtype != dtype:
-        raise ValueError(f"{name} holds {dtype}, got {k_new.dtype} / {v_new.dtype}")
-    if k_new.device != device or v_new.device != device:
-        raise ValueError(f"{name} lives on {device}, got k_new on {k_new.device}")
+class _CacheBuffers:
+    """Zeroed K and V buffers (B, Hkv, slots, D), a count of the positions seen, and the check
+    of what update() is handed: what KVCache and RollingKVCache share."""
+
+    def __init__(self, batch_size, num_heads, head_dim, slots, slots_name, dtype, device):
+        if min(batch_size, num_heads, head_dim, slots) < 1:
+            raise ValueError(f"batch_size, num_heads, head_dim and {slots_name} must be >= 1")
+        self.batch_size, self.num_heads, self.head_dim, self.dtype = batch_size, num_heads, head_dim, dtype
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        shape = (batch_size, num_heads, slots, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.seq_len = 0      # positions seen so far (absolute)
+
+    def _check_new(self, k_new, v_new):
+        name = type(self).__name__
+        if k_new.shape != v_new.shape or k_new.dim() != 4:
+            raise ValueError(f"k_new and v_new must be (B, H, L, D) of one shape, got "
+                             f"{tuple(k_new.shape)} and {tuple(v_new.shape)}")
+        b, h, _, d = k_new.shape
+        if (b, h, d) != (self.batch_size, self.num_heads, self.head_dim):
+            raise ValueError(f"{name} holds batch {self.batch_size}, {self.num_heads} heads, "
+                             f"head_dim {self.head_dim}; got k_new {tuple(k_new.shape)}")
+        if k_new.dtype != self.dtype or v_new.dtype != self.dtype:
+            raise ValueError(f"{name} holds {self.dtype}, got {k_new.dtype} / {v_new.dtype}")
+        if k_new.device != self.device or v_new.device != self.device:
+            raise ValueError(f"{name} lives on {self.device}, got k_new on {k_new.device}")
+
+    def get_seq_length(self) -> int:
+        return self.seq_len
+
+    def reset(self) -> None:
+        self.seq_len = 0
 
 
-class KVCache:
+class KVCache(_CacheBuffers):
     """Preallocated K and V buffers (B, Hkv, max_seq_len, D); update() appends new positions.
 
     update(k_new, v_new) with (B, Hkv, L_new, D) writes positions seq_len .. seq_len + L_new - 1
@@ -48,19 +69,11 @@ class KVCache:
 
     def __init__(self, batch_size: int, num_heads: int, head_dim: int, max_seq_len: int,
                  dtype=torch.float32, device=None):
-        if min(batch_size, num_heads, head_dim, max_seq_len) < 1:
-            raise ValueError("batch_size, num_heads, head_dim and max_seq_len must be >= 1")
-        self.batch_size, self.num_heads, self.head_dim = batch_size, num_heads, head_dim
-        self.max_seq_len, self.dtype = max_seq_len, dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
-        shape = (batch_size, num_heads, max_seq_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.seq_len = 0
+        super().__init__(batch_size, num_heads, head_dim, max_seq_len, "max_seq_len", dtype, device)
+        self.max_seq_len = max_seq_len
 
     def update(self, k_new, v_new):
-        _check_new("KVCache", k_new, v_new, self.batch_size, self.num_heads, self.head_dim,
-                   self.dtype, self.device)
+        self._check_new(k_new, v_new)
         start, stop = self.seq_len, self.seq_len + k_new.shape[-2]
         if stop > self.max_seq_len:
             raise ValueError(f"KVCache overflow: {start} + {k_new.shape[-2]} positions exceed "
@@ -70,18 +83,13 @@ class KVCache:
         self.seq_len = stop
         return self.k[:, :, :stop], self.v[:, :, :stop]      # views of the filled prefix
 
-    def get_seq_length(self) -> int:
-        return self.seq_len
-
-    def reset(self) -> None:
-        self.seq_len = 0
 
     def nbytes(self) -> int:
         """Bytes of the preallocated buffers (K and V)."""
         return self.k.numel() * self.k.element_size() * 2
 
 
-class RollingKVCache:
+class RollingKVCache(_CacheBuffers):
     """A ring buffer of `window` slots: position p lives in slot p % window.
 
     update(k_new, v_new) -> (k, v, positions): the keys a sliding window of `window` needs for
@@ -92,19 +100,11 @@ class RollingKVCache:
 
     def __init__(self, batch_size: int, num_heads: int, head_dim: int, window: int,
                  dtype=torch.float32, device=None):
-        if min(batch_size, num_heads, head_dim, window) < 1:
-            raise ValueError("batch_size, num_heads, head_dim and window must be >= 1")
-        self.batch_size, self.num_heads, self.head_dim = batch_size, num_heads, head_dim
-        self.window, self.dtype = window, dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
-        shape = (batch_size, num_heads, window, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.seq_len = 0      # positions seen so far (absolute)
+        super().__init__(batch_size, num_heads, head_dim, window, "window", dtype, device)
+        self.window = window
 
     def update(self, k_new, v_new):
-        _check_new("RollingKVCache", k_new, v_new, self.batch_size, self.num_heads,
-                   self.head_dim, self.dtype, self.device)
+        self._check_new(k_new, v_new)
         start, n = self.seq_len, k_new.shape[-2]
         kept = torch.arange(max(0, start - self.window + 1), start, device=self.device)
         slots = kept % self.window                                          # chronological
@@ -117,11 +117,6 @@ class RollingKVCache:
         self.seq_len = start + n
         return k, v, positions
 
-    def get_seq_length(self) -> int:
-        return self.seq_len
-
-    def reset(self) -> None:
-        self.seq_len = 0
 
 
 class PagedKVCache:

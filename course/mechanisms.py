@@ -90,7 +90,7 @@ class MultiHeadMechanism(nn.Module):
         o, L = self.options, q.shape[-2]
         if self.kind in TAKES_MASK:
             if self.kind == "strided":
-                pattern = strided_mask(L, o["stride"], o["local_window"], device=q.device)
+                pattern = strided_mask(L, min(o["stride"], L), o["local_window"], device=q.device)
             elif o["causal"]:
                 pattern = causal_mask(L, device=q.device)
             else:

@@ -9,6 +9,9 @@ Two parts, one Markdown file (report.md) and its PNG plots in the --out folder:
 1. Every attention mechanism of the course side by side (course.capstone.benchmark_attention):
    time, peak memory (measured, next to course.capstone.estimate_attention_memory's estimate)
    and relative error against exact float64 attention, at the same lengths, plus log-log plots.
+   Each mechanism is the `attend` step of course.mechanisms.make_attention's layer of its kind
+   (course.capstone.attention_function maps an estimate's kind to it), and the scan a selective
+   scan at the same sizes.
 2. Every topic script course/benchmarks/<topic>.py, found with pkgutil (adding a script needs no
    edit here): its `main(argv)` runs with --plot into the folder when it takes --plot, with
    --device when it takes --device, and in --quick mode with tiny values for the options it has

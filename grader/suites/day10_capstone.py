@@ -721,10 +721,9 @@ def make_masks(make_attention, rng):
 
 def make_clear_errors(make_attention, rng):
     """an unknown kind, an argument the kind does not take and a missing required argument raise ValueError; the unknown kind's message names every kind"""
-    make = make_attention
     bogus = ["sparse", "full", "softmax", "local"][draw(rng, 0, 3)]
     try:
-        make(bogus, 16, 2)
+        make_attention(bogus, 16, 2)
     except Mistake as mistake:
         if mistake.key != "raised" or not isinstance(mistake.__cause__, ValueError):
             raise
@@ -735,11 +734,11 @@ def make_clear_errors(make_attention, rng):
                           "unclear_kind_error") from None
     else:
         raise named("unclear_kind_error")
-    expect_value_error(lambda: make("dense", 16, 2, window=4), "make_attention('dense', window=4)",
+    expect_value_error(lambda: make_attention("dense", 16, 2, window=4), "make_attention('dense', window=4)",
                        "unclear_kind_error")
-    expect_value_error(lambda: make("sliding_window", 16, 2), "make_attention('sliding_window') "
+    expect_value_error(lambda: make_attention("sliding_window", 16, 2), "make_attention('sliding_window') "
                        "without window", "unclear_kind_error")
-    expect_value_error(lambda: make("chunked", 16, 2, chunk_size=4, stride=2),
+    expect_value_error(lambda: make_attention("chunked", 16, 2, chunk_size=4, stride=2),
                        "make_attention('chunked', stride=2)", "unclear_kind_error")
 
 
@@ -749,7 +748,7 @@ MAKE_EXERCISE = Exercise(
     forbidden=MAKE_FORBIDDEN)
 
 
-HINTS.update(MAKE_HINTS)
+HINTS.update(MAKE_HINTS)  # the advanced section's mistakes, kept beside its checks
 
 
 EXERCISES = {
