@@ -44,6 +44,7 @@ def pattern(kind, options):
     ("dense", {}), ("dense", {"causal": True}),
     ("sliding_window", {"window": 8}), ("sliding_window", {"window": 8, "causal": True}),
     ("strided", {"stride": 8, "local_window": 4}),
+    ("strided", {"stride": 64, "local_window": 4}),          # a stride past L: column 0 only
     ("chunked", {"chunk_size": 16, "overlap": 4}),
     ("flash", {"causal": True, "block_q": 16, "block_k": 16}), ("flash", {}),
 ])
