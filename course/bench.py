@@ -140,6 +140,16 @@ def saved_figure(path, figsize=(6, 3.8)):
     figure.savefig(path)
 
 
+def scaling_guides(ax, lengths, quadratic_from=None, linear_from=None, **style) -> None:
+    """Dotted O(L^2) and dashed O(L) guides on log-log axes against `lengths`, starting at the
+    values given for the first length (None: that guide is left out)."""
+    if quadratic_from is not None:
+        ax.loglog(lengths, [quadratic_from * (L / lengths[0]) ** 2 for L in lengths], "k:",
+                  label="O(L²)", **style)
+    if linear_from is not None:
+        ax.loglog(lengths, [linear_from * L / lengths[0] for L in lengths], "k--", label="O(L)", **style)
+
+
 def label_lengths_axis(ax, lengths, **labels) -> None:
     """Finish a log-log plot against sequence length: the measured lengths as the x ticks, then
     `labels` (title, ylabel, ...) and the legend."""

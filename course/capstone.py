@@ -36,7 +36,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from course.bench import median_time, peak_memory
+from course.bench import median_time, peak_memory, scaling_guides
 from course.mechanisms import make_attention
 
 # kind -> (required keyword arguments, optional ones with defaults)
@@ -352,8 +352,7 @@ def plot_benchmark(rows, title: str = ""):
         if anchor and len(lengths) > 1:
             x0 = lengths[0]
             y0 = math.exp(sum(math.log(y * x0 / x) for x, y in anchor) / len(anchor))
-            ax.loglog(lengths, [y0 * (L / x0) for L in lengths], "k--", lw=1, label="O(L)")
-            ax.loglog(lengths, [y0 * (L / x0) ** 2 for L in lengths], "k:", lw=1, label="O(L²)")
+            scaling_guides(ax, lengths, quadratic_from=y0, linear_from=y0, lw=1)
         ax.set(xlabel="sequence length L", ylabel=label, title=f"{label} {title}".strip())
         ax.set_xticks(lengths, [str(L) for L in lengths])
         ax.minorticks_off()

@@ -18,24 +18,11 @@ and D = rowsum(dO * out):  dv = pᵀ dO,  dp = dO vᵀ,  ds = p * (dp - D),  dq 
 dk = dsᵀ q / sqrt(d), accumulated tile by tile.
 """
 
-import operator
-
 import torch
 
+from course.sparse import _positive_int  # an int >= 1, or an error naming the parameter
+
 # ----------------------------------------------------------------------------- checking arguments
-
-
-def _block(value, name: str) -> int:
-    """`value` as an int >= 1, or a clear TypeError / ValueError naming the parameter."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {name}={value}")
-    return value
 
 
 def _check_qkv(q, k, v) -> tuple:
@@ -88,7 +75,7 @@ def online_softmax_stats(x: torch.Tensor, block_size: int, dim: int = -1) -> tup
         raise ValueError("x must have at least one dim to reduce over, got a 0-dim tensor")
     if not -x.dim() <= dim < x.dim():
         raise ValueError(f"dim={dim} is out of range for a tensor of {x.dim()} dims")
-    block_size = _block(block_size, "block_size")
+    block_size = _positive_int(block_size, "block_size")
     x = x.movedim(dim, -1)                                         # (..., N)
     m = x.new_full(x.shape[:-1], float("-inf"))                    # (...,) running max
     s = x.new_zeros(x.shape[:-1])                                  # (...,) running sum of exp(x - m)
@@ -157,7 +144,7 @@ def tiled_attention(q, k, v, block_q: int = 64, block_k: int = 64, causal: bool 
     with no key to see gives zeros and lse = -inf.
     """
     _check_qkv(q, k, v)
-    return _forward(q, k, v, _block(block_q, "block_q"), _block(block_k, "block_k"), bool(causal))
+    return _forward(q, k, v, _positive_int(block_q, "block_q"), _positive_int(block_k, "block_k"), bool(causal))
 
 
 # ----------------------------------------------------------------------------- backward
@@ -204,7 +191,7 @@ class FlashAttentionTorch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, is_causal=False, block_q=64, block_k=64):
         _check_qkv(q, k, v)
-        block_q, block_k = _block(block_q, "block_q"), _block(block_k, "block_k")
+        block_q, block_k = _positive_int(block_q, "block_q"), _positive_int(block_k, "block_k")
         out, lse = _forward(q, k, v, block_q, block_k, bool(is_causal))
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.is_causal, ctx.block_q, ctx.block_k = bool(is_causal), block_q, block_k

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from course.bench import label_lengths_axis, median_time, print_verdicts, saved_figure
+from course.bench import label_lengths_axis, median_time, print_verdicts, saved_figure, scaling_guides
 from course.linear_attention import (causal_linear_attention_chunked,
                                      causal_linear_attention_recurrent, quadratic_linear_attention)
 
@@ -97,7 +97,7 @@ def plot(rows, path: str) -> None:
         quad = [(r[0], r[4] * 1e3) for r in rows if r[4] is not None]
         if quad:
             ax.loglog(*zip(*quad), "o-", label="masked quadratic")
-        ax.loglog(lengths, [rows[0][1] * 1e3 * L / lengths[0] for L in lengths], "k--", label="O(L)")
+        scaling_guides(ax, lengths, linear_from=rows[0][1] * 1e3)
         label_lengths_axis(ax, lengths, ylabel="time (ms)", title="causal linear attention, cpu")
 
 

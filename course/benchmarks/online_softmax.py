@@ -18,7 +18,8 @@ import sys
 import torch
 
 from course.attention import attention
-from course.bench import label_lengths_axis, median_time, peak_memory, print_verdicts, saved_figure
+from course.bench import (label_lengths_axis, median_time, peak_memory, print_verdicts, saved_figure,
+                          scaling_guides)
 from course.flash import flash_attention_torch, tiled_attention
 
 MEMORY_TARGET = 0.25   # tiled peak / naive peak at L = 4096
@@ -98,8 +99,7 @@ def plot(rows, path: str, block: int, device) -> None:
         naive_y, tiled_y = [row[3] / 2**20 for row in rows], [row[4] / 2**20 for row in rows]
         ax.loglog(lengths, naive_y, "o-", label="naive")
         ax.loglog(lengths, tiled_y, "o-", label=f"tiled ({block} x {block})")
-        ax.loglog(lengths, [naive_y[0] * (L / lengths[0]) ** 2 for L in lengths], "k:", label="O(L²)")
-        ax.loglog(lengths, [tiled_y[0] * L / lengths[0] for L in lengths], "k--", label="O(L)")
+        scaling_guides(ax, lengths, quadratic_from=naive_y[0], linear_from=tiled_y[0])
         label_lengths_axis(ax, lengths, title=f"peak memory (MiB), {device.type}")
 
 

@@ -17,7 +17,8 @@ import sys
 import torch
 
 from course.attention import attention
-from course.bench import label_lengths_axis, median_time, peak_memory, print_verdicts, saved_figure
+from course.bench import (label_lengths_axis, median_time, peak_memory, print_verdicts, saved_figure,
+                          scaling_guides)
 from course.sparse import sliding_window_attention, sliding_window_mask
 
 MEMORY_TARGET = 0.1  # sliding peak / dense peak at the longest L
@@ -81,8 +82,7 @@ def plot(rows, path: str, window: int, device) -> None:
             sliding_y = [row[sliding] * scale for row in rows]
             ax.loglog(lengths, dense_y, "o-", label="dense masked")
             ax.loglog(lengths, sliding_y, "o-", label="sliding window")
-            ax.loglog(lengths, [dense_y[0] * (L / lengths[0]) ** 2 for L in lengths], "k:", label="O(L²)")
-            ax.loglog(lengths, [sliding_y[0] * L / lengths[0] for L in lengths], "k--", label="O(L)")
+            scaling_guides(ax, lengths, quadratic_from=dense_y[0], linear_from=sliding_y[0])
             label_lengths_axis(ax, lengths, title=f"{title}, window {window}, {device.type}")
 
 

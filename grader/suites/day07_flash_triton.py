@@ -227,29 +227,30 @@ def watch_kernels():
         # the host first, at other addresses: then only launches are counted)
         return watch.extents if all(t_on_cpu for t_on_cpu in watch.on_cpu) else []
 
-    def checked_load(self, ptrs, mask, other, *rest):
+    def inside_mask(access, ptrs, mask):
+        """(ok, mask): which active pointers fall inside the launch's tensors, and the mask cut
+        down to them; the first access that strays outside is recorded."""
         itemsize = ptrs.get_element_ty().primitive_bitwidth // 8
         active = np.broadcast_to(mask.data, ptrs.data.shape)
         extents = _host_extents()
         ok = _inside(ptrs.data, active, itemsize, extents) if extents else np.ones_like(active)
         if not ok.all():
-            watch.out_of_bounds = watch.out_of_bounds or ("load", int((~ok).sum()))
+            watch.out_of_bounds = watch.out_of_bounds or (access, int((~ok).sum()))
             mask = interpreter.TensorHandle(active & ok, mask.dtype)
-            result = load(self, ptrs, mask, other, *rest)
-            data = result.data.copy()
-            if np.issubdtype(data.dtype, np.floating):
-                data[~ok] = np.nan
-            return interpreter.TensorHandle(data, result.dtype)
-        return load(self, ptrs, mask, other, *rest)
+        return ok, mask
+
+    def checked_load(self, ptrs, mask, other, *rest):
+        ok, mask = inside_mask("load", ptrs, mask)
+        result = load(self, ptrs, mask, other, *rest)
+        if ok.all():
+            return result
+        data = result.data.copy()
+        if np.issubdtype(data.dtype, np.floating):
+            data[~ok] = np.nan                      # what was read out of bounds is garbage
+        return interpreter.TensorHandle(data, result.dtype)
 
     def checked_store(self, ptrs, value, mask, *rest):
-        itemsize = ptrs.get_element_ty().primitive_bitwidth // 8
-        active = np.broadcast_to(mask.data, ptrs.data.shape)
-        extents = _host_extents()
-        ok = _inside(ptrs.data, active, itemsize, extents) if extents else np.ones_like(active)
-        if not ok.all():
-            watch.out_of_bounds = watch.out_of_bounds or ("store", int((~ok).sum()))
-            mask = interpreter.TensorHandle(active & ok, mask.dtype)
+        _, mask = inside_mask("store", ptrs, mask)
         return store(self, ptrs, value, mask, *rest)
 
     builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
