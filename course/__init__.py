@@ -14,8 +14,11 @@ from course import device
 # finds Triton in interpreter mode on a machine without a GPU.
 device.configure_triton()
 
+from course import _moved  # noqa: E402
 from course.device import describe_device, get_device, has_gpu, seed_everything  # noqa: E402
-from course.widgets import AttentionExplorer, plot_attention  # noqa: E402
+from course.explore.heatmap import AttentionExplorer, plot_attention  # noqa: E402
+
+_moved.install()  # notebooks saved before course/ was arranged by role import the old names
 
 
 def _not_implemented_yet(shell, etype, value, tb, tb_offset=None):
@@ -24,8 +27,10 @@ def _not_implemented_yet(shell, etype, value, tb, tb_offset=None):
     while tb.tb_next is not None:
         tb = tb.tb_next
     name = tb.tb_frame.f_code.co_name
-    message = (f"NotImplementedError: {name} is not implemented yet: replace `raise "
-               f"NotImplementedError()` in {name} with your code, run that cell, then run this one again.")
+    message = (
+        f"NotImplementedError: {name} is not implemented yet: replace `raise "
+        f"NotImplementedError()` in {name} with your code, run that cell, then run this one again."
+    )
     shell._showtraceback(etype, value, [message])
 
 

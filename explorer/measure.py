@@ -41,9 +41,11 @@ def redraws(control, values):
 
 def main():
     import torch
+
     torch.set_num_threads(1)
-    from course import gallery
-    report("import torch + course.gallery", since(START))
+    from course.explore import gallery
+
+    report("import torch + course.explore.gallery", since(START))
     mark = now()
     model = gallery.trained_model()
     report("trained model (cache, or training on a miss)", since(mark))
@@ -52,8 +54,9 @@ def main():
     report("first section built: first heatmap (grid)", since(mark))
     report("total: process start to first heatmap", since(START))
 
-    from course.pattern_explorer import PatternExplorer
-    from course.widgets import AttentionExplorer
+    from course.explore.heatmap import AttentionExplorer
+    from course.explore.sparse import PatternExplorer
+
     pattern = PatternExplorer(length=64)
     report("redraw 64x64 pattern (window slider), median", redraws(pattern.window, [4, 5, 6, 7, 8]))
     weights = torch.softmax(torch.randn(4, 64, 64), dim=-1)
@@ -61,7 +64,9 @@ def main():
     report("redraw 64x64 heatmap (head slider), median", redraws(attention.head, [1, 2, 3, 0, 1]))
     sentence = gallery.SentenceExplorer(model)
     sentence.heads.view.value = "single"
-    report("redraw one 17x17 head of the model, median", redraws(sentence.heads.head, [1, 2, 3, 0, 1]))
+    report(
+        "redraw one 17x17 head of the model, median", redraws(sentence.heads.head, [1, 2, 3, 0, 1])
+    )
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
 
 

@@ -13,25 +13,40 @@ function that passes every check. `python -m grader --help` wraps the instructor
 import dataclasses
 import sys
 
-from grader.checking import CheckFailed, Report, run
+from grader.harness.checking import CheckFailed, Report, run
 from grader.suites import exercise
 
 __all__ = ["check", "run_exercise", "CheckFailed", "Report"]
 
 
-def run_exercise(assignment: str, name: str, impl, *, hidden: bool = False, seed: int = None,
-                 verbose: bool = True) -> Report:
+def run_exercise(
+    assignment: str,
+    name: str,
+    impl,
+    *,
+    hidden: bool = False,
+    seed: int = None,
+    verbose: bool = True,
+) -> Report:
     """Run the checks of exercise `name` of `assignment` on `impl` and return the Report."""
     suite = exercise(assignment, name)
-    report = run(name, impl, suite.checks, suite.forbidden, hints=suite.hints, hidden=hidden,
-                 seed=seed, verbose=verbose)
+    report = run(
+        name,
+        impl,
+        suite.checks,
+        suite.forbidden,
+        hints=suite.hints,
+        hidden=hidden,
+        seed=seed,
+        verbose=verbose,
+    )
     _record(assignment, report)
     return report
 
 
 def _record(assignment: str, report: Report) -> None:
     """Under `python -m grader autograde --workers`, hand the verdicts to the autograder
-    (grader/execute.py collects them after each graded cell, for feedback and the class report)."""
+    (grader/autograde/execute.py collects them after each graded cell, for feedback and the class report)."""
     state = sys.modules.get("_grader_state")
     if state is not None:
         state.reports.append({"assignment": assignment, **dataclasses.asdict(report)})

@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from grader import pipeline
+from grader.autograde import pipeline
 
 DESCRIPTION = """\
 Grade Attention from Scratch with nbgrader. Run from the repository root (or pass --course-dir):
@@ -29,64 +29,113 @@ students:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m grader", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--course-dir", default=".", type=Path,
-                        help="the course folder, holding nbgrader_config.py (default: .)")
+    parser = argparse.ArgumentParser(
+        prog="python -m grader",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--course-dir",
+        default=".",
+        type=Path,
+        help="the course folder, holding nbgrader_config.py (default: .)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     release = commands.add_parser("release", help="regenerate exercises/ from solutions/")
-    release.add_argument("assignments", nargs="*", metavar="ASSIGNMENT",
-                         help="e.g. day01-sdpa (default: every assignment)")
+    release.add_argument(
+        "assignments",
+        nargs="*",
+        metavar="ASSIGNMENT",
+        help="e.g. day01-sdpa (default: every assignment)",
+    )
 
     autograde = commands.add_parser(
-        "autograde", help="grade every submission of an assignment into the gradebook",
+        "autograde",
+        help="grade every submission of an assignment into the gradebook",
         description="Grade every notebook in submitted/STUDENT/ASSIGNMENT/ with `nbgrader "
-                    "autograde`, after recording the assignment in the gradebook. Already graded "
-                    "submissions are skipped unless --force.")
+        "autograde`, after recording the assignment in the gradebook. Already graded "
+        "submissions are skipped unless --force.",
+    )
     autograde.add_argument("assignment", metavar="ASSIGNMENT")
-    autograde.add_argument("--submissions", type=Path, metavar="DIR",
-                           help="first copy DIR/STUDENT.ipynb (or DIR/STUDENT/*.ipynb) into submitted/")
+    autograde.add_argument(
+        "--submissions",
+        type=Path,
+        metavar="DIR",
+        help="first copy DIR/STUDENT.ipynb (or DIR/STUDENT/*.ipynb) into submitted/",
+    )
     autograde.add_argument("--force", action="store_true", help="grade again what was graded")
     autograde.add_argument(
-        "--workers", type=int, metavar="N",
+        "--workers",
+        type=int,
+        metavar="N",
         help="grade across N processes with limits, a tamper watch and a per-submission record "
-             "(feedback/.grader/); without it, stock `nbgrader autograde` runs sequentially")
-    autograde.add_argument("--timeout", type=int, metavar="S",
-                           help="with --workers: seconds per cell (default: Execute.timeout in "
-                                "nbgrader_config.py)")
-    autograde.add_argument("--wall-limit", type=int, default=600, metavar="S",
-                           help="with --workers: seconds per submission (default: 600; 0: none)")
-    autograde.add_argument("--memory-limit", default="4G", metavar="SIZE",
-                           help="with --workers: address space of a submission's kernel, e.g. "
-                                "4G, 512M (default: 4G; 0: none)")
-    autograde.add_argument("--student", action="append", metavar="ID",
-                           help="with --workers: grade only this student (repeatable)")
+        "(feedback/.grader/); without it, stock `nbgrader autograde` runs sequentially",
+    )
+    autograde.add_argument(
+        "--timeout",
+        type=int,
+        metavar="S",
+        help="with --workers: seconds per cell (default: Execute.timeout in nbgrader_config.py)",
+    )
+    autograde.add_argument(
+        "--wall-limit",
+        type=int,
+        default=600,
+        metavar="S",
+        help="with --workers: seconds per submission (default: 600; 0: none)",
+    )
+    autograde.add_argument(
+        "--memory-limit",
+        default="4G",
+        metavar="SIZE",
+        help="with --workers: address space of a submission's kernel, e.g. "
+        "4G, 512M (default: 4G; 0: none)",
+    )
+    autograde.add_argument(
+        "--student",
+        action="append",
+        metavar="ID",
+        help="with --workers: grade only this student (repeatable)",
+    )
 
     feedback = commands.add_parser("feedback", help="write HTML feedback for graded submissions")
     feedback.add_argument("assignment", metavar="ASSIGNMENT")
     feedback.add_argument("--force", action="store_true", help="write again what was written")
 
     report = commands.add_parser(
-        "report", help="HTML feedback per student, a class report and a CSV by exercise",
+        "report",
+        help="HTML feedback per student, a class report and a CSV by exercise",
         description="From what `autograde --workers` recorded: feedback/STUDENT/ASSIGNMENT/"
-                    "checks.html per student (verdicts and hints of every check, never the hidden "
-                    "tests' source), feedback/ASSIGNMENT-class-report.html (checks that fail most, "
-                    "their hints, a plot, failed submissions, tampering and shortcuts) and "
-                    "a CSV with one row per student and one column per exercise.")
+        "checks.html per student (verdicts and hints of every check, never the hidden "
+        "tests' source), feedback/ASSIGNMENT-class-report.html (checks that fail most, "
+        "their hints, a plot, failed submissions, tampering and shortcuts) and "
+        "a CSV with one row per student and one column per exercise.",
+    )
     report.add_argument("assignment", metavar="ASSIGNMENT")
-    report.add_argument("--csv", type=Path, metavar="FILE",
-                        help="where to write the CSV (default: feedback/ASSIGNMENT-grades.csv)")
+    report.add_argument(
+        "--csv",
+        type=Path,
+        metavar="FILE",
+        help="where to write the CSV (default: feedback/ASSIGNMENT-grades.csv)",
+    )
 
     export = commands.add_parser("export", help="write the gradebook as a CSV file")
-    export.add_argument("--to", type=Path, default=Path("grades.csv"), metavar="FILE",
-                        help="where to write (default: grades.csv)")
+    export.add_argument(
+        "--to",
+        type=Path,
+        default=Path("grades.csv"),
+        metavar="FILE",
+        help="where to write (default: grades.csv)",
+    )
 
     check = commands.add_parser(
-        "check", help="grade one notebook as the autograder would, and print the verdicts",
+        "check",
+        help="grade one notebook as the autograder would, and print the verdicts",
         description="Grade NOTEBOOK exactly as `autograde` would (hidden tests included) in a "
-                    "throwaway course folder, and print each graded cell's points and output. "
-                    "Exit status 0 means full marks.")
+        "throwaway course folder, and print each graded cell's points and output. "
+        "Exit status 0 means full marks.",
+    )
     check.add_argument("notebook", type=Path, metavar="NOTEBOOK")
     check.add_argument("--assignment", help="the assignment (default: the notebook's file name)")
 
@@ -126,16 +175,27 @@ def run_autograde(root, args) -> int:
 
 
 def run_parallel_autograde(root, args) -> int:
-    from grader import parallel
+    from grader.autograde import parallel
+
     if args.workers < 1:
         raise pipeline.GradingError("--workers must be at least 1.")
-    limits = parallel.Limits(cell_timeout=args.timeout, wall_limit=args.wall_limit,
-                             memory_limit=parse_size(args.memory_limit))
+    limits = parallel.Limits(
+        cell_timeout=args.timeout,
+        wall_limit=args.wall_limit,
+        memory_limit=parse_size(args.memory_limit),
+    )
     pipeline.check_assignment(root, args.assignment)
     if args.submissions is not None:
         pipeline.collect(root, args.assignment, args.submissions)
-    done = parallel.autograde(root, args.assignment, args.workers, force=args.force, limits=limits,
-                              only=args.student, progress_stream=sys.stderr)
+    done = parallel.autograde(
+        root,
+        args.assignment,
+        args.workers,
+        force=args.force,
+        limits=limits,
+        only=args.student,
+        progress_stream=sys.stderr,
+    )
     results = done["results"]
     failed = [r for r in results if r["status"] != "graded"]
     tampered = [r for r in results if r["tamper"]]
@@ -144,16 +204,19 @@ def run_parallel_autograde(root, args) -> int:
         note = r["reason"] or ("; ".join(t["what"] for t in r["tamper"][:2]) if r["tamper"] else "")
         print(f"{r['student']:<24} {r['score']:>5.1f} / {r['max_score']:<5.1f}  {note}")
     seconds = done["seconds"]
-    print(f"{args.assignment}: graded {len(results)} submissions in {seconds:.0f} s with "
-          f"{args.workers} workers ({seconds / max(len(results), 1):.1f} s each); "
-          f"{len(results) - len(failed)} ok, {len(failed)} failed or stopped at a limit, "
-          f"{len(tampered)} with tampering or shortcuts; {len(done['skipped'])} already graded "
-          f"(skipped{'' if done['skipped'] else ''}). Records: feedback/.grader/{args.assignment}/")
+    print(
+        f"{args.assignment}: graded {len(results)} submissions in {seconds:.0f} s with "
+        f"{args.workers} workers ({seconds / max(len(results), 1):.1f} s each); "
+        f"{len(results) - len(failed)} ok, {len(failed)} failed or stopped at a limit, "
+        f"{len(tampered)} with tampering or shortcuts; {len(done['skipped'])} already graded "
+        f"(skipped{'' if done['skipped'] else ''}). Records: feedback/.grader/{args.assignment}/"
+    )
     return min(len(failed), 125)
 
 
 def run_report(root, args) -> int:
-    from grader import reports
+    from grader.autograde import reports
+
     pipeline.check_assignment(root, args.assignment)
     written = reports.write_all(root, args.assignment, args.csv)
     for what, path in written.items():
@@ -184,9 +247,14 @@ def run_check(root, args) -> int:
     return 0 if score == max_score else 1
 
 
-COMMANDS = {"release": run_release, "autograde": run_autograde, "feedback": run_feedback,
-            "report": run_report,
-            "export": run_export, "check": run_check}
+COMMANDS = {
+    "release": run_release,
+    "autograde": run_autograde,
+    "feedback": run_feedback,
+    "report": run_report,
+    "export": run_export,
+    "check": run_check,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

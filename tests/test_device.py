@@ -35,7 +35,11 @@ def run_python(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
     env.update(env_overrides)
     return subprocess.run(
         [sys.executable, "-c", code],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -66,8 +70,11 @@ def test_get_device_is_cuda_with_gpu():
 
 
 @needs_triton
-@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")],
-                         ids=["unset: interpreter", "user's value kept"])
+@pytest.mark.parametrize(
+    "user_value, expected",
+    [(None, "1"), ("0", "0")],
+    ids=["unset: interpreter", "user's value kept"],
+)
 def test_importing_course_before_triton(user_value, expected):
     env = {"PYTHONWARNINGS": "always"}
     if user_value is not None:

@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import ROOT
+from helpers import ROOT
 
 ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir())
 
@@ -14,8 +14,13 @@ ASSIGNMENTS = sorted(p.name for p in (ROOT / "solutions").iterdir() if p.is_dir(
 def execute(path, workdir, allow_errors=False):
     """Run a notebook top to bottom in `workdir`; return it with outputs, and the seconds taken."""
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=300, kernel_name="python3", allow_errors=allow_errors,
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        notebook,
+        timeout=300,
+        kernel_name="python3",
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(workdir)}},
+    )
     start = time.perf_counter()
     client.execute()
     return notebook, time.perf_counter() - start
@@ -26,7 +31,11 @@ def printed(cell) -> str:
 
 
 def graded_cells(notebook):
-    return [c for c in notebook.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")]
+    return [
+        c
+        for c in notebook.cells
+        if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")
+    ]
 
 
 @pytest.mark.slow
@@ -43,9 +52,12 @@ def test_solution_runs_top_to_bottom_in_under_a_minute_and_passes_every_check(as
 @pytest.mark.slow
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_untouched_exercise_says_not_implemented_without_a_traceback_wall(assignment, tmp_path):
-    notebook, _ = execute(ROOT / "exercises" / assignment / f"{assignment}.ipynb", tmp_path,
-                          allow_errors=True)
-    visible_checks = [c for c in graded_cells(notebook) if c.metadata.nbgrader["grade_id"].startswith("check_")]
+    notebook, _ = execute(
+        ROOT / "exercises" / assignment / f"{assignment}.ipynb", tmp_path, allow_errors=True
+    )
+    visible_checks = [
+        c for c in graded_cells(notebook) if c.metadata.nbgrader["grade_id"].startswith("check_")
+    ]
     assert visible_checks
     for cell in visible_checks:
         assert "is not implemented yet" in printed(cell)

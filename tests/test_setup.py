@@ -10,8 +10,8 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from conftest import ROOT
-from grader import pipeline
+from grader.autograde import pipeline
+from helpers import ROOT
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -62,7 +62,9 @@ def test_ignore_pattern_drops_python_and_torch_warnings_but_not_other_stderr():
 
 
 def committed_notebooks():
-    return sorted((ROOT / "solutions").glob("*/*.ipynb")) + sorted((ROOT / "exercises").glob("*/*.ipynb"))
+    return sorted((ROOT / "solutions").glob("*/*.ipynb")) + sorted(
+        (ROOT / "exercises").glob("*/*.ipynb")
+    )
 
 
 @pytest.mark.parametrize("path", committed_notebooks(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -78,7 +80,8 @@ def test_every_solution_has_a_committed_release():
     assert pipeline.assignments(ROOT)
     for name in pipeline.assignments(ROOT):
         assert (ROOT / "exercises" / name / f"{name}.ipynb").is_file(), (
-            f"exercises/{name} is missing: run `python -m grader release {name}`")
+            f"exercises/{name} is missing: run `python -m grader release {name}`"
+        )
 
 
 @pytest.mark.slow
@@ -86,5 +89,6 @@ def test_exercises_are_regenerated_from_solutions(tmp_path):
     pipeline.release(ROOT, release_dir=tmp_path)
     for fresh in sorted(tmp_path.glob("*/*.ipynb")):
         committed = ROOT / "exercises" / fresh.relative_to(tmp_path)
-        assert committed.is_file() and json.loads(committed.read_text()) == json.loads(fresh.read_text()), (
-            f"{committed.relative_to(ROOT)} is stale: run `python -m grader release`")
+        assert committed.is_file() and json.loads(committed.read_text()) == json.loads(
+            fresh.read_text()
+        ), f"{committed.relative_to(ROOT)} is stale: run `python -m grader release`"

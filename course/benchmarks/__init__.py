@@ -1,1 +1,1 @@
-"""Benchmark scripts, run as modules: `python -m course.benchmarks.sparse --help`."""
+"""Benchmark scripts, run as modules: `python -m course.bench.sparse --help`."""

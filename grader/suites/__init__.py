@@ -27,8 +27,9 @@ def exercises(assignment: str) -> list:
 
 def _suite(assignment: str):
     if assignment not in assignments():
-        raise ValueError(f"no check suite for assignment {assignment!r}; "
-                         f"expected one of {assignments()}.")
+        raise ValueError(
+            f"no check suite for assignment {assignment!r}; expected one of {assignments()}."
+        )
     return importlib.import_module(f"{__name__}.{assignment.replace('-', '_')}")
 
 
@@ -36,6 +37,7 @@ def exercise(assignment: str, name: str) -> Exercise:
     """The checks for exercise `name` of `assignment`, with a clear error for a wrong name."""
     suite = _suite(assignment)
     if name not in suite.EXERCISES:
-        raise ValueError(f"{assignment} has no exercise {name!r}; "
-                         f"expected one of {sorted(suite.EXERCISES)}.")
+        raise ValueError(
+            f"{assignment} has no exercise {name!r}; expected one of {sorted(suite.EXERCISES)}."
+        )
     return dataclasses.replace(suite.EXERCISES[name], hints=suite.HINTS)

@@ -9,49 +9,77 @@ import math
 import torch
 import torch.nn.functional as F
 
-from grader.checking import Mistake, expect_close, expect_tensor, named
-from grader.guard import SDPA, SOFTMAX
+from grader.harness.checking import Mistake, expect_close, expect_tensor, named
+from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
 
 HINTS = {
-    "wrong_axis": ("softmax taken over another axis than `dim`",
-                   "normalise along `dim`: max and sum both over dim, with keepdim=True."),
-    "ignores_dim": ("softmax over the last axis, whatever `dim` says",
-                    "pass `dim` to your max and sum instead of -1."),
-    "no_max_subtraction": ("exp(x) overflowing because the max was not subtracted",
-                           "exp overflows float32 above x = 88: compute exp(x - max) with the max "
-                           "along dim (softmax(x) = softmax(x - c) for any c)."),
-    "global_max": ("a max taken over the whole tensor instead of along dim",
-                   "take the max along dim: x.amax(dim=dim, keepdim=True); a global max sends "
-                   "the rows far below it to exp(-inf) = 0, then 0/0."),
-    "nan_on_neg_inf": ("NaN where some entries are -inf",
-                       "-inf entries must get weight exp(-inf) = 0; do not add, subtract or "
-                       "multiply the -inf entries by anything else first."),
-    "nan_on_all_masked_row": ("NaN on a row whose entries are all -inf",
-                              "that row's max is -inf and -inf - (-inf) is NaN: replace a -inf "
-                              "max by 0 (torch.where), and divide by a sum that is 0 only when "
-                              "the row is empty, using torch.where(sum > 0, ...) to give 0 there."),
-    "missing_scale": ("q kᵀ without the 1/sqrt(d) scale",
-                      "divide the scores by math.sqrt(d) with d = q.shape[-1]."),
-    "divided_by_d": ("q kᵀ / d instead of / sqrt(d)",
-                     "divide by the square root of the head dimension, math.sqrt(d), not d."),
-    "times_sqrt_d": ("q kᵀ * sqrt(d) instead of / sqrt(d)",
-                     "divide by math.sqrt(d); multiplying makes the scores grow with d."),
-    "scaled_by_length": ("q kᵀ scaled by a sequence length instead of the head dimension",
-                         "d is the head dimension q.shape[-1], not q.shape[-2] or k.shape[-2]."),
-    "swapped_q_k": ("k qᵀ: queries and keys swapped",
-                    "scores[..., i, j] = q_i · k_j / sqrt(d): compute q @ k.transpose(-2, -1)."),
-    "softmax_over_queries": ("softmax over the query axis (dim=-2)",
-                             "each query's weights must sum to 1 over the keys: softmax over "
-                             "dim=-1."),
-    "transposed_v": ("weights @ vᵀ",
-                     "out = weights @ v: weights (..., Lq, Lk) times v (..., Lk, Dv)."),
-    "transposed_weights": ("weightsᵀ @ v",
-                           "out = weights @ v with weights (..., Lq, Lk): do not transpose them."),
+    "wrong_axis": (
+        "softmax taken over another axis than `dim`",
+        "normalise along `dim`: max and sum both over dim, with keepdim=True.",
+    ),
+    "ignores_dim": (
+        "softmax over the last axis, whatever `dim` says",
+        "pass `dim` to your max and sum instead of -1.",
+    ),
+    "no_max_subtraction": (
+        "exp(x) overflowing because the max was not subtracted",
+        "exp overflows float32 above x = 88: compute exp(x - max) with the max "
+        "along dim (softmax(x) = softmax(x - c) for any c).",
+    ),
+    "global_max": (
+        "a max taken over the whole tensor instead of along dim",
+        "take the max along dim: x.amax(dim=dim, keepdim=True); a global max sends "
+        "the rows far below it to exp(-inf) = 0, then 0/0.",
+    ),
+    "nan_on_neg_inf": (
+        "NaN where some entries are -inf",
+        "-inf entries must get weight exp(-inf) = 0; do not add, subtract or "
+        "multiply the -inf entries by anything else first.",
+    ),
+    "nan_on_all_masked_row": (
+        "NaN on a row whose entries are all -inf",
+        "that row's max is -inf and -inf - (-inf) is NaN: replace a -inf "
+        "max by 0 (torch.where), and divide by a sum that is 0 only when "
+        "the row is empty, using torch.where(sum > 0, ...) to give 0 there.",
+    ),
+    "missing_scale": (
+        "q kᵀ without the 1/sqrt(d) scale",
+        "divide the scores by math.sqrt(d) with d = q.shape[-1].",
+    ),
+    "divided_by_d": (
+        "q kᵀ / d instead of / sqrt(d)",
+        "divide by the square root of the head dimension, math.sqrt(d), not d.",
+    ),
+    "times_sqrt_d": (
+        "q kᵀ * sqrt(d) instead of / sqrt(d)",
+        "divide by math.sqrt(d); multiplying makes the scores grow with d.",
+    ),
+    "scaled_by_length": (
+        "q kᵀ scaled by a sequence length instead of the head dimension",
+        "d is the head dimension q.shape[-1], not q.shape[-2] or k.shape[-2].",
+    ),
+    "swapped_q_k": (
+        "k qᵀ: queries and keys swapped",
+        "scores[..., i, j] = q_i · k_j / sqrt(d): compute q @ k.transpose(-2, -1).",
+    ),
+    "softmax_over_queries": (
+        "softmax over the query axis (dim=-2)",
+        "each query's weights must sum to 1 over the keys: softmax over dim=-1.",
+    ),
+    "transposed_v": (
+        "weights @ vᵀ",
+        "out = weights @ v: weights (..., Lq, Lk) times v (..., Lk, Dv).",
+    ),
+    "transposed_weights": (
+        "weightsᵀ @ v",
+        "out = weights @ v with weights (..., Lq, Lk): do not transpose them.",
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- inputs and oracles
+
 
 def draw(rng: torch.Generator, low: int, high: int) -> int:
     """A random int in [low, high]."""
@@ -79,9 +107,12 @@ def scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
 
 # ----------------------------------------------------------------------------- stable_softmax
 
+
 def other_axes(x: torch.Tensor, dim: int = -1) -> list:
     """The softmax over every axis but `dim`: what normalising the wrong axis gives."""
-    return [("wrong_axis", softmax64(x, other)) for other in range(x.dim()) if other != dim % x.dim()]
+    return [
+        ("wrong_axis", softmax64(x, other)) for other in range(x.dim()) if other != dim % x.dim()
+    ]
 
 
 def softmax_matches_reference(stable_softmax, rng):
@@ -97,8 +128,13 @@ def softmax_follows_dim(stable_softmax, rng):
     x = randn(shape, rng, scale=2.0)
     for dim in (0, 1, -2):
         suspects = [("ignores_dim", softmax64(x, -1)), *other_axes(x, dim)]
-        expect_close(stable_softmax(x, dim=dim), softmax64(x, dim), x.dtype,
-                     what=f"stable_softmax(x, dim={dim})", suspects=suspects)
+        expect_close(
+            stable_softmax(x, dim=dim),
+            softmax64(x, dim),
+            x.dtype,
+            what=f"stable_softmax(x, dim={dim})",
+            suspects=suspects,
+        )
 
 
 def softmax_keeps_float64(stable_softmax, rng):
@@ -110,8 +146,13 @@ def softmax_keeps_float64(stable_softmax, rng):
 def softmax_survives_large_logits(stable_softmax, rng):
     """large logits (x ≈ 1000) stay finite: the max is subtracted"""
     x = 1000 + randn((draw(rng, 2, 5), draw(rng, 3, 9)), rng, scale=5.0)
-    expect_close(stable_softmax(x, dim=-1), softmax64(x), x.dtype, suspects=other_axes(x),
-                 nonfinite=named("no_max_subtraction"))
+    expect_close(
+        stable_softmax(x, dim=-1),
+        softmax64(x),
+        x.dtype,
+        suspects=other_axes(x),
+        nonfinite=named("no_max_subtraction"),
+    )
 
 
 def softmax_uses_max_per_row(stable_softmax, rng):
@@ -119,8 +160,13 @@ def softmax_uses_max_per_row(stable_softmax, rng):
     rows, lk = draw(rng, 3, 6), draw(rng, 3, 9)
     offsets = torch.linspace(-70.0, 40.0, rows).unsqueeze(-1)  # (rows, 1)
     x = (offsets + randn((rows, lk), rng, dtype=torch.float64)).float()
-    expect_close(stable_softmax(x, dim=-1), softmax64(x), x.dtype, suspects=other_axes(x),
-                 nonfinite=named("global_max"))
+    expect_close(
+        stable_softmax(x, dim=-1),
+        softmax64(x),
+        x.dtype,
+        suspects=other_axes(x),
+        nonfinite=named("global_max"),
+    )
 
 
 def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
@@ -131,21 +177,32 @@ def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
     blocked[:, 0] = False  # every row keeps at least one finite entry
     x = x.masked_fill(blocked, float("-inf"))
     out = stable_softmax(x, dim=-1)
-    expect_close(out, softmax64(x), x.dtype, suspects=other_axes(x), nonfinite=named("nan_on_neg_inf"))
+    expect_close(
+        out, softmax64(x), x.dtype, suspects=other_axes(x), nonfinite=named("nan_on_neg_inf")
+    )
     if (out[blocked] != 0).any():
-        raise Mistake("entries that were -inf got a non-zero weight.", HINTS["nan_on_neg_inf"][1],
-                      "nan_on_neg_inf")
+        raise Mistake(
+            "entries that were -inf got a non-zero weight.",
+            HINTS["nan_on_neg_inf"][1],
+            "nan_on_neg_inf",
+        )
 
 
 def softmax_all_neg_inf_row_is_zero(stable_softmax, rng):
     """a row that is all -inf (nothing to attend to) gives zeros, not NaN"""
     x = randn((draw(rng, 3, 6), draw(rng, 2, 8)), rng)
     x[draw(rng, 0, x.shape[0] - 1)] = float("-inf")
-    expect_close(stable_softmax(x, dim=-1), softmax64(x), x.dtype, suspects=other_axes(x),
-                 nonfinite=named("nan_on_all_masked_row"))
+    expect_close(
+        stable_softmax(x, dim=-1),
+        softmax64(x),
+        x.dtype,
+        suspects=other_axes(x),
+        nonfinite=named("nan_on_all_masked_row"),
+    )
 
 
 # ----------------------------------------------------------------------------- attention_scores
+
 
 def scale_suspects(q: torch.Tensor, k: torch.Tensor) -> list:
     """What the usual scaling mistakes would give for these q and k."""
@@ -166,8 +223,13 @@ def scores_match_reference(attention_scores, rng):
     batch, heads, d = draw(rng, 1, 3), draw(rng, 1, 4), 2 ** draw(rng, 3, 5)
     q = randn((batch, heads, lq, d), rng)  # (B, H, Lq, D)
     k = randn((batch, heads, lk, d), rng)  # (B, H, Lk, D)
-    expect_close(attention_scores(q, k), scaled_scores(q, k, 1 / math.sqrt(d)), q.dtype,
-                 what="scores", suspects=scale_suspects(q, k))
+    expect_close(
+        attention_scores(q, k),
+        scaled_scores(q, k, 1 / math.sqrt(d)),
+        q.dtype,
+        what="scores",
+        suspects=scale_suspects(q, k),
+    )
 
 
 def scores_any_leading_dims(attention_scores, rng):
@@ -176,8 +238,13 @@ def scores_any_leading_dims(attention_scores, rng):
     d = 2 ** draw(rng, 2, 5)
     for leading in [(), (draw(rng, 1, 3),), (2, draw(rng, 1, 3), 2)]:
         q, k = randn((*leading, lq, d), rng), randn((*leading, lk, d), rng)
-        expect_close(attention_scores(q, k), scaled_scores(q, k, 1 / math.sqrt(d)), q.dtype,
-                     what=f"scores for q of shape {tuple(q.shape)}", suspects=scale_suspects(q, k))
+        expect_close(
+            attention_scores(q, k),
+            scaled_scores(q, k, 1 / math.sqrt(d)),
+            q.dtype,
+            what=f"scores for q of shape {tuple(q.shape)}",
+            suspects=scale_suspects(q, k),
+        )
 
 
 def scores_keep_float64(attention_scores, rng):
@@ -186,16 +253,24 @@ def scores_keep_float64(attention_scores, rng):
     d = 2 ** draw(rng, 2, 6)
     q = randn((lq, d), rng, dtype=torch.float64)
     k = randn((lk, d), rng, dtype=torch.float64)
-    expect_close(attention_scores(q, k), scaled_scores(q, k, 1 / math.sqrt(d)), torch.float64,
-                 what="scores", suspects=scale_suspects(q, k))
+    expect_close(
+        attention_scores(q, k),
+        scaled_scores(q, k, 1 / math.sqrt(d)),
+        torch.float64,
+        what="scores",
+        suspects=scale_suspects(q, k),
+    )
 
 
 # ----------------------------------------------------------------------------- scaled_dot_product_attention
 
+
 def sdpa64(q, k, v) -> tuple:
     """The float64 oracle: (out, weights), out from F.scaled_dot_product_attention."""
     weights = torch.softmax(scaled_scores(q, k, 1 / math.sqrt(q.shape[-1])), dim=-1)
-    batched = [t.double().reshape(-1, *t.shape[-2:]) for t in (q, k, v)]  # (N, L, D): any leading dims
+    batched = [
+        t.double().reshape(-1, *t.shape[-2:]) for t in (q, k, v)
+    ]  # (N, L, D): any leading dims
     out = F.scaled_dot_product_attention(*batched).reshape(*q.shape[:-1], v.shape[-1])
     return out, weights
 
@@ -203,19 +278,26 @@ def sdpa64(q, k, v) -> tuple:
 def unpack(result, q, k, v) -> tuple:
     """The (out, weights) pair, with exact shape checks and a named mistake for each way it fails."""
     if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise Mistake(f"expected a pair (out, weights), got {type(result).__name__}.",
-                      hint="end with `return out, weights`.", key="not_a_pair")
+        raise Mistake(
+            f"expected a pair (out, weights), got {type(result).__name__}.",
+            hint="end with `return out, weights`.",
+            key="not_a_pair",
+        )
     out, weights = result
     lq, lk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    for tensor, name, shape in [(out, "out", (*q.shape[:-2], lq, dv)),
-                                (weights, "weights", (*q.shape[:-2], lq, lk))]:
+    for tensor, name, shape in [
+        (out, "out", (*q.shape[:-2], lq, dv)),
+        (weights, "weights", (*q.shape[:-2], lq, lk)),
+    ]:
         try:
             expect_tensor(tensor, name, shape, q.dtype)
         except Mistake as mistake:
             if mistake.key == "wrong_shape":
-                mistake.hint = ("weights are (..., Lq, Lk): one row per query, one column per key; "
-                                "out = weights @ v is (..., Lq, Dv), and Dv = v.shape[-1] may differ "
-                                "from the q/k dimension.")
+                mistake.hint = (
+                    "weights are (..., Lq, Lk): one row per query, one column per key; "
+                    "out = weights @ v is (..., Lq, Dv), and Dv = v.shape[-1] may differ "
+                    "from the q/k dimension."
+                )
             raise
     return out, weights
 
@@ -250,8 +332,13 @@ def sdpa_matches_reference(scaled_dot_product_attention, rng):
     out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
     expect_close(weights, weights_ref, q.dtype, what="weights", suspects=weight_suspects(q, k))
-    expect_close(out, out_ref, q.dtype, what="out",
-                 suspects=[("transposed_v", weights_ref @ v.double().transpose(-2, -1))])
+    expect_close(
+        out,
+        out_ref,
+        q.dtype,
+        what="out",
+        suspects=[("transposed_v", weights_ref @ v.double().transpose(-2, -1))],
+    )
 
 
 def sdpa_self_attention(scaled_dot_product_attention, rng):
@@ -262,9 +349,16 @@ def sdpa_self_attention(scaled_dot_product_attention, rng):
     out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
     expect_close(weights, weights_ref, q.dtype, what="weights", suspects=weight_suspects(q, k))
-    expect_close(out, out_ref, q.dtype, what="out",
-                 suspects=[("transposed_weights", weights_ref.transpose(-2, -1) @ v.double()),
-                           ("transposed_v", weights_ref @ v.double().transpose(-2, -1))])
+    expect_close(
+        out,
+        out_ref,
+        q.dtype,
+        what="out",
+        suspects=[
+            ("transposed_weights", weights_ref.transpose(-2, -1) @ v.double()),
+            ("transposed_v", weights_ref @ v.double().transpose(-2, -1)),
+        ],
+    )
 
 
 def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
@@ -274,10 +368,20 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
     q, k, v = randn((lq, d), rng, scale=20.0), randn((lk, d), rng, scale=20.0), randn((lk, d), rng)
     out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
-    overflow = Mistake("Your softmax overflowed.", "use your stable_softmax for the weights: it "
-                       "subtracts the max, so large scores stay finite.", "no_max_subtraction")
-    expect_close(weights, weights_ref, q.dtype, what="weights", suspects=weight_suspects(q, k),
-                 nonfinite=overflow)
+    overflow = Mistake(
+        "Your softmax overflowed.",
+        "use your stable_softmax for the weights: it "
+        "subtracts the max, so large scores stay finite.",
+        "no_max_subtraction",
+    )
+    expect_close(
+        weights,
+        weights_ref,
+        q.dtype,
+        what="weights",
+        suspects=weight_suspects(q, k),
+        nonfinite=overflow,
+    )
     expect_close(out, out_ref, q.dtype, what="out")
 
 
@@ -290,22 +394,37 @@ def sdpa_keeps_float64(scaled_dot_product_attention, rng):
     v = randn((*leading, lk, d + 1), rng, dtype=torch.float64)
     out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
-    expect_close(weights, weights_ref, torch.float64, what="weights",
-                 suspects=weight_suspects(q, k))
+    expect_close(
+        weights, weights_ref, torch.float64, what="weights", suspects=weight_suspects(q, k)
+    )
     expect_close(out, out_ref, torch.float64, what="out")
 
 
 EXERCISES = {
     "stable_softmax": Exercise(
-        checks=[softmax_matches_reference, softmax_follows_dim, softmax_keeps_float64,
-                softmax_survives_large_logits, softmax_uses_max_per_row,
-                softmax_zero_weight_for_neg_inf, softmax_all_neg_inf_row_is_zero],
-        forbidden=SOFTMAX),
+        checks=[
+            softmax_matches_reference,
+            softmax_follows_dim,
+            softmax_keeps_float64,
+            softmax_survives_large_logits,
+            softmax_uses_max_per_row,
+            softmax_zero_weight_for_neg_inf,
+            softmax_all_neg_inf_row_is_zero,
+        ],
+        forbidden=SOFTMAX,
+    ),
     "attention_scores": Exercise(
         checks=[scores_match_reference, scores_any_leading_dims, scores_keep_float64],
-        forbidden=SDPA),
+        forbidden=SDPA,
+    ),
     "scaled_dot_product_attention": Exercise(
-        checks=[sdpa_shapes, sdpa_matches_reference, sdpa_self_attention,
-                sdpa_survives_large_scores, sdpa_keeps_float64],
-        forbidden={**SOFTMAX, **SDPA}),
+        checks=[
+            sdpa_shapes,
+            sdpa_matches_reference,
+            sdpa_self_attention,
+            sdpa_survives_large_scores,
+            sdpa_keeps_float64,
+        ],
+        forbidden={**SOFTMAX, **SDPA},
+    ),
 }

@@ -11,90 +11,134 @@ import math
 import torch
 import torch.nn.functional as F
 
-import course.attention as library
-from grader.checking import Mistake, expect_close, expect_tensor, named
-from grader.guard import SDPA, SOFTMAX
-from grader.suites import Exercise
-from grader.suites import day01_sdpa
+import course.reference.masks as library
+from grader.harness.checking import Mistake, expect_close, expect_tensor, named
+from grader.harness.guard import SDPA, SOFTMAX
+from grader.suites import Exercise, day01_sdpa
 from grader.suites.day01_sdpa import draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
     **{key: day01_sdpa.HINTS[key] for key in ("missing_scale", "softmax_over_queries")},
-    "not_boolean": ("a mask that is not a torch.bool tensor",
-                    "masks are torch.bool with True = may attend: a comparison such as "
-                    "`keys <= queries` gives one, or pass dtype=torch.bool."),
-    "inverted_mask": ("the mask inverted: True read as blocked",
-                      "the course's masks say True = may attend. Keep the True entries and "
-                      "block the False ones (masked_fill(~mask, ...), not masked_fill(mask, ...))."),
-    "excludes_diagonal": ("a causal mask without its diagonal: each query blocked from itself",
-                          "query i may attend to key i too: keep the diagonal "
-                          "(tril(diagonal=0) for a square mask, `<=` rather than `<`)."),
-    "upper_triangular": ("the upper triangle: queries attending to the future instead of the past",
-                         "key j is visible to query i when j <= i (the lower triangle, tril)."),
-    "top_left_causal": ("a top-left aligned causal mask (what is_causal=True does in "
-                        "F.scaled_dot_product_attention)",
-                        "the course's causal mask is bottom-right aligned: query i is at absolute "
-                        "position lk - lq + i, so it sees keys j <= lk - lq + i "
-                        "(tril(diagonal=lk - lq))."),
-    "swapped_lengths": ("a mask of shape (lk, lq) instead of (lq, lk)",
-                        "rows are queries and columns are keys: the mask is (lq, lk)."),
-    "ignores_device": ("a mask made on the CPU whatever `device` says",
-                       "create it where it will be used: torch.arange(..., device=device) or "
-                       "torch.ones(..., device=device)."),
-    "off_by_one": ("an off-by-one in the padding mask",
-                   "sequence b has real tokens at positions 0 .. lengths[b] - 1: "
-                   "position < length, not <=, and not < length - 1."),
-    "padding_transposed": ("a padding mask of shape (max_len, B) instead of (B, max_len)",
-                           "one row per sequence: compare torch.arange(max_len) (positions, a row) "
-                           "with lengths[:, None] (one length per row)."),
-    "left_padded": ("a mask for left padding (real tokens at the end)",
-                    "the real tokens come first and the padding after them (right padding)."),
-    "not_additive": ("the mask returned as 0/1 numbers instead of 0 / a large negative",
-                     "blocked entries are added to the scores, so they must be hugely negative: "
-                     "0 where allowed, torch.finfo(dtype).min where blocked."),
-    "additive_neg_inf": ("-inf for blocked entries",
-                         "use torch.finfo(dtype).min: with -inf, a query that may attend to nothing "
-                         "gets a row of -inf, and softmax turns it into NaN."),
-    "not_dtype_min": ("a fixed large negative (like -1e9) instead of the dtype's minimum",
-                      "use torch.finfo(dtype).min: a fixed number is either too small for one "
-                      "dtype or overflows another (float16 stops at -65504)."),
-    "float16_overflow": ("a large negative like -1e9 overflowing float16",
-                         "float16's range ends at -65504: -1e9 (or float32's minimum) becomes -inf "
-                         "or cannot be written at all. Use the dtype's own minimum, "
-                         "torch.finfo(dtype).min (inside attention, -inf also works with a softmax "
-                         "that gives zeros for an all -inf row)."),
-    "mask_ignored": ("attention with the mask left out",
-                     "apply the mask to the scores before the softmax: blocked keys must get "
-                     "exactly zero weight."),
-    "key_padding_ignored": ("attention that ignores key_padding_mask",
-                            "combine it with the mask: view it as (B, 1, ..., 1, Lk) and AND it "
-                            "with mask (or use it alone when mask is None)."),
-    "masked_queries": ("the padding mask applied to queries instead of keys",
-                       "padding hides *keys* from every query: key_padding_mask (B, Lk) becomes "
-                       "(B, 1, 1, Lk), broadcast over heads and queries, not (B, 1, Lk, 1)."),
-    "nan_on_fully_masked_row": ("NaN for a query that may attend to no key",
-                                "a row that is all blocked has no key to normalise over: give it "
-                                "zero weights and a zero output. Either fill with -inf and use a "
-                                "softmax that returns zeros for an all -inf row "
-                                "(course.attention.stable_softmax does), or multiply the weights "
-                                "by mask.any(dim=-1, keepdim=True)."),
-    "fully_masked_row_uniform": ("uniform weights 1/Lk for a query that may attend to no key",
-                                 "a fully blocked row of equal large negatives softmaxes to 1/Lk: "
-                                 "zero those rows, weights * mask.any(dim=-1, keepdim=True)."),
-    "mask_not_broadcast": ("a mask that does not broadcast over batch and heads",
-                           "the mask may be (Lq, Lk), (B, 1, Lq, Lk), (B, 1, 1, Lk), ...: use "
-                           "scores.masked_fill(~mask, value) or torch.where(mask, scores, value), "
-                           "which broadcast. Boolean indexing scores[~mask] needs the full shape."),
+    "not_boolean": (
+        "a mask that is not a torch.bool tensor",
+        "masks are torch.bool with True = may attend: a comparison such as "
+        "`keys <= queries` gives one, or pass dtype=torch.bool.",
+    ),
+    "inverted_mask": (
+        "the mask inverted: True read as blocked",
+        "the course's masks say True = may attend. Keep the True entries and "
+        "block the False ones (masked_fill(~mask, ...), not masked_fill(mask, ...)).",
+    ),
+    "excludes_diagonal": (
+        "a causal mask without its diagonal: each query blocked from itself",
+        "query i may attend to key i too: keep the diagonal "
+        "(tril(diagonal=0) for a square mask, `<=` rather than `<`).",
+    ),
+    "upper_triangular": (
+        "the upper triangle: queries attending to the future instead of the past",
+        "key j is visible to query i when j <= i (the lower triangle, tril).",
+    ),
+    "top_left_causal": (
+        "a top-left aligned causal mask (what is_causal=True does in "
+        "F.scaled_dot_product_attention)",
+        "the course's causal mask is bottom-right aligned: query i is at absolute "
+        "position lk - lq + i, so it sees keys j <= lk - lq + i "
+        "(tril(diagonal=lk - lq)).",
+    ),
+    "swapped_lengths": (
+        "a mask of shape (lk, lq) instead of (lq, lk)",
+        "rows are queries and columns are keys: the mask is (lq, lk).",
+    ),
+    "ignores_device": (
+        "a mask made on the CPU whatever `device` says",
+        "create it where it will be used: torch.arange(..., device=device) or "
+        "torch.ones(..., device=device).",
+    ),
+    "off_by_one": (
+        "an off-by-one in the padding mask",
+        "sequence b has real tokens at positions 0 .. lengths[b] - 1: "
+        "position < length, not <=, and not < length - 1.",
+    ),
+    "padding_transposed": (
+        "a padding mask of shape (max_len, B) instead of (B, max_len)",
+        "one row per sequence: compare torch.arange(max_len) (positions, a row) "
+        "with lengths[:, None] (one length per row).",
+    ),
+    "left_padded": (
+        "a mask for left padding (real tokens at the end)",
+        "the real tokens come first and the padding after them (right padding).",
+    ),
+    "not_additive": (
+        "the mask returned as 0/1 numbers instead of 0 / a large negative",
+        "blocked entries are added to the scores, so they must be hugely negative: "
+        "0 where allowed, torch.finfo(dtype).min where blocked.",
+    ),
+    "additive_neg_inf": (
+        "-inf for blocked entries",
+        "use torch.finfo(dtype).min: with -inf, a query that may attend to nothing "
+        "gets a row of -inf, and softmax turns it into NaN.",
+    ),
+    "not_dtype_min": (
+        "a fixed large negative (like -1e9) instead of the dtype's minimum",
+        "use torch.finfo(dtype).min: a fixed number is either too small for one "
+        "dtype or overflows another (float16 stops at -65504).",
+    ),
+    "float16_overflow": (
+        "a large negative like -1e9 overflowing float16",
+        "float16's range ends at -65504: -1e9 (or float32's minimum) becomes -inf "
+        "or cannot be written at all. Use the dtype's own minimum, "
+        "torch.finfo(dtype).min (inside attention, -inf also works with a softmax "
+        "that gives zeros for an all -inf row).",
+    ),
+    "mask_ignored": (
+        "attention with the mask left out",
+        "apply the mask to the scores before the softmax: blocked keys must get "
+        "exactly zero weight.",
+    ),
+    "key_padding_ignored": (
+        "attention that ignores key_padding_mask",
+        "combine it with the mask: view it as (B, 1, ..., 1, Lk) and AND it "
+        "with mask (or use it alone when mask is None).",
+    ),
+    "masked_queries": (
+        "the padding mask applied to queries instead of keys",
+        "padding hides *keys* from every query: key_padding_mask (B, Lk) becomes "
+        "(B, 1, 1, Lk), broadcast over heads and queries, not (B, 1, Lk, 1).",
+    ),
+    "nan_on_fully_masked_row": (
+        "NaN for a query that may attend to no key",
+        "a row that is all blocked has no key to normalise over: give it "
+        "zero weights and a zero output. Either fill with -inf and use a "
+        "softmax that returns zeros for an all -inf row "
+        "(course.reference.sdpa.stable_softmax does), or multiply the weights "
+        "by mask.any(dim=-1, keepdim=True).",
+    ),
+    "fully_masked_row_uniform": (
+        "uniform weights 1/Lk for a query that may attend to no key",
+        "a fully blocked row of equal large negatives softmaxes to 1/Lk: "
+        "zero those rows, weights * mask.any(dim=-1, keepdim=True).",
+    ),
+    "mask_not_broadcast": (
+        "a mask that does not broadcast over batch and heads",
+        "the mask may be (Lq, Lk), (B, 1, Lq, Lk), (B, 1, 1, Lk), ...: use "
+        "scores.masked_fill(~mask, value) or torch.where(mask, scores, value), "
+        "which broadcast. Boolean indexing scores[~mask] needs the full shape.",
+    ),
 }
 
 
 # ----------------------------------------------------------------------------- exact mask checks
 
+
 def expect_mask(out, ref: torch.Tensor, what: str = "mask", suspects: list = ()) -> None:
     """`out` must equal the boolean `ref` exactly; name the mistake when it matches a suspect."""
     for key, wrong in suspects:
-        if isinstance(out, torch.Tensor) and out.shape == wrong.shape and \
-                torch.equal(out.detach().cpu().bool(), wrong) and not torch.equal(wrong, ref):
+        if (
+            isinstance(out, torch.Tensor)
+            and out.shape == wrong.shape
+            and torch.equal(out.detach().cpu().bool(), wrong)
+            and not torch.equal(wrong, ref)
+        ):
             description, hint = HINTS[key]
             raise Mistake(f"{what} is wrong: it matches {description}.", hint, key)
     try:
@@ -102,18 +146,23 @@ def expect_mask(out, ref: torch.Tensor, what: str = "mask", suspects: list = ())
     except Mistake as mistake:
         if mistake.key != "wrong_dtype":
             raise
-        raise Mistake(f"{what} has dtype {out.dtype}, expected torch.bool.",
-                      HINTS["not_boolean"][1], "not_boolean") from None
+        raise Mistake(
+            f"{what} has dtype {out.dtype}, expected torch.bool.",
+            HINTS["not_boolean"][1],
+            "not_boolean",
+        ) from None
     out = out.detach().cpu()
     if torch.equal(out, ref):
         return
     wrong = torch.nonzero(out != ref)
     first = tuple(wrong[0].tolist())
-    raise Mistake(f"{what} differs in {len(wrong)} of {ref.numel()} entries; the first is at "
-                  f"index {first}: {bool(out[first])}, expected {bool(ref[first])}.",
-                  hint="draw the tiny example above by hand and compare it with your mask, "
-                       "row by row (rows are queries, columns are keys).",
-                  key="wrong_mask")
+    raise Mistake(
+        f"{what} differs in {len(wrong)} of {ref.numel()} entries; the first is at "
+        f"index {first}: {bool(out[first])}, expected {bool(ref[first])}.",
+        hint="draw the tiny example above by hand and compare it with your mask, "
+        "row by row (rows are queries, columns are keys).",
+        key="wrong_mask",
+    )
 
 
 def causal_reference(lq: int, lk: int) -> torch.Tensor:
@@ -138,35 +187,48 @@ def causal_suspects(lq: int, lk: int) -> list:
 
 # ----------------------------------------------------------------------------- causal_mask
 
+
 def causal_square(causal_mask, rng):
     """lq = lk (lk left out, then given): query i sees keys 0 .. i, diagonal included"""
     length = draw(rng, 2, 9)
     ref = causal_reference(length, length)
-    expect_mask(causal_mask(length), ref, f"causal_mask({length})",
-                causal_suspects(length, length))
-    expect_mask(causal_mask(length, length), ref, f"causal_mask({length}, {length})",
-                causal_suspects(length, length))
+    expect_mask(causal_mask(length), ref, f"causal_mask({length})", causal_suspects(length, length))
+    expect_mask(
+        causal_mask(length, length),
+        ref,
+        f"causal_mask({length}, {length})",
+        causal_suspects(length, length),
+    )
 
 
 def causal_more_keys(causal_mask, rng):
     """lq < lk (new queries after cached keys): bottom-right aligned, not top-left"""
     lq, lk = two_lengths(rng)
-    expect_mask(causal_mask(lq, lk), causal_reference(lq, lk), f"causal_mask({lq}, {lk})",
-                causal_suspects(lq, lk))
+    expect_mask(
+        causal_mask(lq, lk),
+        causal_reference(lq, lk),
+        f"causal_mask({lq}, {lk})",
+        causal_suspects(lq, lk),
+    )
 
 
 def causal_one_query(causal_mask, rng):
     """lq = 1 (one decoding step with a KV cache): the new query sees every key"""
     lk = draw(rng, 2, 12)
-    expect_mask(causal_mask(1, lk), causal_reference(1, lk), f"causal_mask(1, {lk})",
-                causal_suspects(1, lk))
+    expect_mask(
+        causal_mask(1, lk), causal_reference(1, lk), f"causal_mask(1, {lk})", causal_suspects(1, lk)
+    )
 
 
 def causal_more_queries(causal_mask, rng):
     """lq > lk: the first lq - lk queries see no key at all (rows of False)"""
     lk, lq = two_lengths(rng)
-    expect_mask(causal_mask(lq, lk), causal_reference(lq, lk), f"causal_mask({lq}, {lk})",
-                causal_suspects(lq, lk))
+    expect_mask(
+        causal_mask(lq, lk),
+        causal_reference(lq, lk),
+        f"causal_mask({lq}, {lk})",
+        causal_suspects(lq, lk),
+    )
 
 
 def causal_follows_device(causal_mask, rng):
@@ -175,17 +237,24 @@ def causal_follows_device(causal_mask, rng):
     out = causal_mask(lq, lk, device=None)
     expect_tensor(out, f"causal_mask({lq}, {lk}, device=None)", (lq, lk), torch.bool)
     if out.device.type != "cpu":
-        raise Mistake(f"causal_mask(..., device=None) is on {out.device}, expected the CPU.",
-                      HINTS["ignores_device"][1], "ignores_device")
+        raise Mistake(
+            f"causal_mask(..., device=None) is on {out.device}, expected the CPU.",
+            HINTS["ignores_device"][1],
+            "ignores_device",
+        )
     out = causal_mask(lq, lk, device=torch.device("meta"))
     if not isinstance(out, torch.Tensor) or out.device.type != "meta":
         where = out.device if isinstance(out, torch.Tensor) else type(out).__name__
-        raise Mistake(f"causal_mask({lq}, {lk}, device='meta') returned a mask on {where}.",
-                      HINTS["ignores_device"][1], "ignores_device")
+        raise Mistake(
+            f"causal_mask({lq}, {lk}, device='meta') returned a mask on {where}.",
+            HINTS["ignores_device"][1],
+            "ignores_device",
+        )
     expect_tensor(out, f"causal_mask({lq}, {lk}, device='meta')", (lq, lk), torch.bool)
 
 
 # ----------------------------------------------------------------------------- padding_mask
+
 
 def padding_reference(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """A brute-force loop: row b is True at positions 0 .. lengths[b] - 1."""
@@ -220,28 +289,40 @@ def padding_matches_loop(padding_mask, rng):
     """True for the first lengths[b] positions of each row, exactly (lengths 0 and max_len too)"""
     batch, max_len = draw(rng, 3, 6), draw(rng, 4, 10)
     lengths = draw_lengths(rng, batch, max_len)
-    expect_mask(padding_mask(lengths.clone(), max_len), padding_reference(lengths, max_len),
-                f"padding_mask({lengths.tolist()}, {max_len})", padding_suspects(lengths, max_len))
+    expect_mask(
+        padding_mask(lengths.clone(), max_len),
+        padding_reference(lengths, max_len),
+        f"padding_mask({lengths.tolist()}, {max_len})",
+        padding_suspects(lengths, max_len),
+    )
 
 
 def padding_int32_and_square(padding_mask, rng):
     """int32 lengths, and B = max_len (so a transposed mask cannot hide behind its shape)"""
     max_len = draw(rng, 3, 8)
     lengths = draw_lengths(rng, max_len, max_len, dtype=torch.int32)
-    expect_mask(padding_mask(lengths.clone(), max_len), padding_reference(lengths, max_len),
-                f"padding_mask({lengths.tolist()} (int32), {max_len})",
-                padding_suspects(lengths.long(), max_len))
+    expect_mask(
+        padding_mask(lengths.clone(), max_len),
+        padding_reference(lengths, max_len),
+        f"padding_mask({lengths.tolist()} (int32), {max_len})",
+        padding_suspects(lengths.long(), max_len),
+    )
 
 
 def padding_one_sequence(padding_mask, rng):
     """B = 1, and max_len longer than every length"""
     max_len = draw(rng, 4, 12)
     lengths = torch.tensor([draw(rng, 1, max_len - 1)])
-    expect_mask(padding_mask(lengths.clone(), max_len), padding_reference(lengths, max_len),
-                f"padding_mask({lengths.tolist()}, {max_len})", padding_suspects(lengths, max_len))
+    expect_mask(
+        padding_mask(lengths.clone(), max_len),
+        padding_reference(lengths, max_len),
+        f"padding_mask({lengths.tolist()}, {max_len})",
+        padding_suspects(lengths, max_len),
+    )
 
 
 # ----------------------------------------------------------------------------- to_additive_mask
+
 
 def random_mask(shape, rng: torch.Generator, p_true: float = 0.6) -> torch.Tensor:
     return torch.rand(shape, generator=rng) < p_true
@@ -254,9 +335,12 @@ def expect_additive(out, mask: torch.Tensor, dtype: torch.dtype, what: str) -> N
         expect_tensor(out, what, mask.shape, dtype)
     except Mistake as mistake:
         if mistake.key == "wrong_dtype":
-            mistake.message = f"{what} has dtype {out.dtype}, expected {dtype} (the dtype asked for)."
-            mistake.hint = ("create the result with dtype=dtype: it is added to scores of that "
-                            "dtype.")
+            mistake.message = (
+                f"{what} has dtype {out.dtype}, expected {dtype} (the dtype asked for)."
+            )
+            mistake.hint = (
+                "create the result with dtype=dtype: it is added to scores of that dtype."
+            )
         raise
     out = out.detach().cpu().double()
     allowed, blocked = out[mask], out[~mask]
@@ -270,13 +354,20 @@ def expect_additive(out, mask: torch.Tensor, dtype: torch.dtype, what: str) -> N
         if (blocked == -math.inf).all():
             raise named_mistake("additive_neg_inf", what)
         if torch.isfinite(blocked).all() and (blocked < 0).all():
-            raise Mistake(f"{what} has {blocked[0].item():.4g} where the mask is False, expected "
-                          f"torch.finfo({dtype}).min = {low:.4g}. It looks like "
-                          f"{HINTS['not_dtype_min'][0]}.", HINTS["not_dtype_min"][1],
-                          "not_dtype_min")
-    raise Mistake(f"{what} should be 0 where the mask is True and torch.finfo({dtype}).min where "
-                  f"it is False.", hint="start from zeros of the mask's shape in `dtype`, then "
-                  "masked_fill(~mask, torch.finfo(dtype).min).", key="wrong_values")
+            raise Mistake(
+                f"{what} has {blocked[0].item():.4g} where the mask is False, expected "
+                f"torch.finfo({dtype}).min = {low:.4g}. It looks like "
+                f"{HINTS['not_dtype_min'][0]}.",
+                HINTS["not_dtype_min"][1],
+                "not_dtype_min",
+            )
+    raise Mistake(
+        f"{what} should be 0 where the mask is True and torch.finfo({dtype}).min where "
+        f"it is False.",
+        hint="start from zeros of the mask's shape in `dtype`, then "
+        "masked_fill(~mask, torch.finfo(dtype).min).",
+        key="wrong_values",
+    )
 
 
 def named_mistake(key: str, what: str) -> Mistake:
@@ -296,8 +387,12 @@ def additive_float32(to_additive_mask, rng):
     lq, lk = two_lengths(rng)
     mask = random_mask((draw(rng, 1, 3), 1, lq, lk), rng)  # (B, 1, Lq, Lk)
     mask[..., 0, :] = False  # a query that may attend to nothing
-    expect_additive(to_additive_mask(mask.clone(), torch.float32), mask, torch.float32,
-                    f"to_additive_mask(mask of shape {tuple(mask.shape)}, torch.float32)")
+    expect_additive(
+        to_additive_mask(mask.clone(), torch.float32),
+        mask,
+        torch.float32,
+        f"to_additive_mask(mask of shape {tuple(mask.shape)}, torch.float32)",
+    )
 
 
 def additive_float16(to_additive_mask, rng):
@@ -310,13 +405,20 @@ def additive_float16(to_additive_mask, rng):
         out = to_additive_mask(mask.clone(), torch.float16)
     except Mistake as mistake:
         raise overflow_is_named(mistake) from None
-    if isinstance(out, torch.Tensor) and out.dtype == torch.float16 and out.shape == mask.shape \
-            and (out[~mask] == -math.inf).all():
+    if (
+        isinstance(out, torch.Tensor)
+        and out.dtype == torch.float16
+        and out.shape == mask.shape
+        and (out[~mask] == -math.inf).all()
+    ):
         float32 = to_additive_mask(mask.clone(), torch.float32)
         if isinstance(float32, torch.Tensor) and torch.isfinite(float32).all():
-            raise Mistake(f"{what} has -inf where the mask is False, though your float32 result "
-                          f"is finite. It looks like {HINTS['float16_overflow'][0]}.",
-                          HINTS["float16_overflow"][1], "float16_overflow")
+            raise Mistake(
+                f"{what} has -inf where the mask is False, though your float32 result "
+                f"is finite. It looks like {HINTS['float16_overflow'][0]}.",
+                HINTS["float16_overflow"][1],
+                "float16_overflow",
+            )
     expect_additive(out, mask, torch.float16, what)
 
 
@@ -334,6 +436,7 @@ def additive_other_dtypes(to_additive_mask, rng):
 
 # ----------------------------------------------------------------------------- masked_attention
 
+
 def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tuple:
     """The float64 oracle (out, weights); out from F.scaled_dot_product_attention with `mask`.
 
@@ -347,7 +450,9 @@ def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tu
     full = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand(scores.shape)
     empty = ~full.any(dim=-1, keepdim=True)  # (..., Lq, 1)
     weights = softmax64(scores.masked_fill(~full, -math.inf), dim=dim)
-    flat = [t.reshape(-1, *t.shape[-2:]) for t in (q64, k64, v64, full)]  # (N, L, D): any leading dims
+    flat = [
+        t.reshape(-1, *t.shape[-2:]) for t in (q64, k64, v64, full)
+    ]  # (N, L, D): any leading dims
     out = F.scaled_dot_product_attention(*flat[:3], attn_mask=flat[3], scale=scale)
     out = out.reshape(*scores.shape[:-1], v.shape[-1])
     if dim != -1:  # only a mistake's weights; its output follows from them
@@ -362,12 +467,14 @@ def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tu
 
 def attention_suspects(q, k, v, mask, **named_masks) -> tuple:
     """What the usual mistakes give: (weight suspects, output suspects)."""
-    cases = [("mask_ignored", {"mask": None}),
-             ("inverted_mask", {"mask": ~mask}),
-             ("inverted_mask", {"mask": ~mask, "empty_rows": "uniform"}),
-             ("fully_masked_row_uniform", {"mask": mask, "empty_rows": "uniform"}),
-             ("missing_scale", {"mask": mask, "scale": 1.0}),
-             ("softmax_over_queries", {"mask": mask, "dim": -2})]
+    cases = [
+        ("mask_ignored", {"mask": None}),
+        ("inverted_mask", {"mask": ~mask}),
+        ("inverted_mask", {"mask": ~mask, "empty_rows": "uniform"}),
+        ("fully_masked_row_uniform", {"mask": mask, "empty_rows": "uniform"}),
+        ("missing_scale", {"mask": mask, "scale": 1.0}),
+        ("softmax_over_queries", {"mask": mask, "dim": -2}),
+    ]
     cases += [(key, {"mask": other}) for key, other in named_masks.items()]
     weights, outs = [], []
     for key, kwargs in cases:
@@ -382,10 +489,17 @@ def expect_attention(result, q, k, v, mask, what="", nonfinite=None, **named_mas
     out_ref, weights_ref = attention64(q, k, v, mask)
     weight_suspects, out_suspects = attention_suspects(q, k, v, mask, **named_masks)
     nonfinite = nonfinite or named("nan_on_fully_masked_row")
-    expect_close(weights, weights_ref, q.dtype, what=f"weights{what}", suspects=weight_suspects,
-                 nonfinite=nonfinite)
-    expect_close(out, out_ref, q.dtype, what=f"out{what}", suspects=out_suspects,
-                 nonfinite=nonfinite)
+    expect_close(
+        weights,
+        weights_ref,
+        q.dtype,
+        what=f"weights{what}",
+        suspects=weight_suspects,
+        nonfinite=nonfinite,
+    )
+    expect_close(
+        out, out_ref, q.dtype, what=f"out{what}", suspects=out_suspects, nonfinite=nonfinite
+    )
 
 
 def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
@@ -398,16 +512,22 @@ def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
         mistake = overflow_is_named(mistake)
         if mistake.key not in ("raised", "wrong_shape") or mask is None:
             raise mistake from None
-        raise Mistake(f"with q {tuple(q.shape)} and a mask of shape {tuple(mask.shape)}: "
-                      f"{mistake.message} It looks like {HINTS['mask_not_broadcast'][0]}.",
-                      HINTS["mask_not_broadcast"][1], "mask_not_broadcast") from None
+        raise Mistake(
+            f"with q {tuple(q.shape)} and a mask of shape {tuple(mask.shape)}: "
+            f"{mistake.message} It looks like {HINTS['mask_not_broadcast'][0]}.",
+            HINTS["mask_not_broadcast"][1],
+            "mask_not_broadcast",
+        ) from None
 
 
 def qkv(rng, leading, lq, lk, dtype=torch.float32, dv=None) -> tuple:
     d = 2 ** draw(rng, 2, 4)
     dv = dv or d + draw(rng, 0, 3)
-    return (randn((*leading, lq, d), rng, dtype, scale=1.5), randn((*leading, lk, d), rng, dtype, scale=1.5),
-            randn((*leading, lk, dv), rng, dtype))
+    return (
+        randn((*leading, lq, d), rng, dtype, scale=1.5),
+        randn((*leading, lk, d), rng, dtype, scale=1.5),
+        randn((*leading, lk, dv), rng, dtype),
+    )
 
 
 def masked_no_mask(masked_attention, rng):
@@ -416,9 +536,16 @@ def masked_no_mask(masked_attention, rng):
     q, k, v = qkv(rng, (draw(rng, 1, 3), draw(rng, 1, 3)), lq, lk)
     out, weights = unpack(masked_attention(q, k, v), q, k, v)
     out_ref, weights_ref = attention64(q, k, v)
-    expect_close(weights, weights_ref, q.dtype, what="weights",
-                 suspects=[("missing_scale", attention64(q, k, v, scale=1.0)[1]),
-                           ("softmax_over_queries", attention64(q, k, v, dim=-2)[1])])
+    expect_close(
+        weights,
+        weights_ref,
+        q.dtype,
+        what="weights",
+        suspects=[
+            ("missing_scale", attention64(q, k, v, scale=1.0)[1]),
+            ("softmax_over_queries", attention64(q, k, v, dim=-2)[1]),
+        ],
+    )
     expect_close(out, out_ref, q.dtype, what="out")
 
 
@@ -427,8 +554,7 @@ def masked_causal(masked_attention, rng):
     lq, lk = two_lengths(rng)
     q, k, v = qkv(rng, (draw(rng, 1, 3), draw(rng, 2, 3)), lq, lk)
     mask = causal_reference(lq, lk)
-    expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask,
-                     " (causal mask)")
+    expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask, " (causal mask)")
 
 
 def masked_padding(masked_attention, rng):
@@ -438,8 +564,7 @@ def masked_padding(masked_attention, rng):
     q, k, v = qkv(rng, (batch, draw(rng, 2, 3)), lq, lk)
     lengths = torch.randint(1, lk, (batch,), generator=rng)  # every sequence has real tokens
     mask = (torch.arange(lk) < lengths[:, None])[:, None, None, :]  # (B, 1, 1, Lk)
-    expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask,
-                     " (padding mask)")
+    expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask, " (padding mask)")
 
 
 def masked_key_padding(masked_attention, rng):
@@ -453,9 +578,17 @@ def masked_key_padding(masked_attention, rng):
     expect_attention(result, q, k, v, keys, " (key_padding_mask only)", masked_queries=queries)
     causal = causal_reference(length, length)
     result = call_masked(masked_attention, q, k, v, causal, key_padding_mask=real.clone())
-    expect_attention(result, q, k, v, causal & keys, " (causal mask and key_padding_mask)",
-                     masked_queries=causal & queries, key_padding_ignored=causal.expand_as(causal & keys),
-                     mask_ignored=keys.expand_as(causal & keys))
+    expect_attention(
+        result,
+        q,
+        k,
+        v,
+        causal & keys,
+        " (causal mask and key_padding_mask)",
+        masked_queries=causal & queries,
+        key_padding_ignored=causal.expand_as(causal & keys),
+        mask_ignored=keys.expand_as(causal & keys),
+    )
 
 
 def masked_fully_masked_rows(masked_attention, rng):
@@ -480,8 +613,9 @@ def masked_broadcasts(masked_attention, rng):
     for shape in [(lq, lk), (batch, 1, lq, lk), (1, heads, 1, lk), (batch, heads, lq, lk)]:
         mask = random_mask(shape, rng, p_true=0.7)
         mask[..., 0] = True  # no empty rows here
-        expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask,
-                         f" (mask of shape {shape})")
+        expect_attention(
+            call_masked(masked_attention, q, k, v, mask), q, k, v, mask, f" (mask of shape {shape})"
+        )
 
 
 def masked_float16(masked_attention, rng):
@@ -506,23 +640,46 @@ def masked_float64_3d(masked_attention, rng):
 # ----------------------------------------------------------------------------- the suite
 
 LIBRARY_MASKS = "build it yourself from torch.arange comparisons or torch.ones(...).tril(...)."
-LIBRARY_ATTENTION = ("build it from your own pieces: scores, your to_additive_mask (or "
-                     "masked_fill), course.attention.stable_softmax, then weights @ v.")
+LIBRARY_ATTENTION = (
+    "build it from your own pieces: scores, your to_additive_mask (or "
+    "masked_fill), course.reference.sdpa.stable_softmax, then weights @ v."
+)
 
 EXERCISES = {
     "causal_mask": Exercise(
-        checks=[causal_square, causal_more_keys, causal_one_query, causal_more_queries,
-                causal_follows_device],
-        forbidden={library.causal_mask: LIBRARY_MASKS}),
+        checks=[
+            causal_square,
+            causal_more_keys,
+            causal_one_query,
+            causal_more_queries,
+            causal_follows_device,
+        ],
+        forbidden={library.causal_mask: LIBRARY_MASKS},
+    ),
     "padding_mask": Exercise(
         checks=[padding_matches_loop, padding_int32_and_square, padding_one_sequence],
-        forbidden={library.padding_mask: LIBRARY_MASKS}),
+        forbidden={library.padding_mask: LIBRARY_MASKS},
+    ),
     "to_additive_mask": Exercise(
-        checks=[additive_float32, additive_float16, additive_other_dtypes],
-        forbidden={}),
+        checks=[additive_float32, additive_float16, additive_other_dtypes], forbidden={}
+    ),
     "masked_attention": Exercise(
-        checks=[masked_no_mask, masked_causal, masked_padding, masked_key_padding,
-                masked_fully_masked_rows, masked_broadcasts, masked_float16, masked_float64_3d],
-        forbidden={**SOFTMAX, **SDPA, library.attention: LIBRARY_ATTENTION,
-                   library.causal_mask: LIBRARY_MASKS, library.padding_mask: LIBRARY_MASKS}),
+        checks=[
+            masked_no_mask,
+            masked_causal,
+            masked_padding,
+            masked_key_padding,
+            masked_fully_masked_rows,
+            masked_broadcasts,
+            masked_float16,
+            masked_float64_3d,
+        ],
+        forbidden={
+            **SOFTMAX,
+            **SDPA,
+            library.attention: LIBRARY_ATTENTION,
+            library.causal_mask: LIBRARY_MASKS,
+            library.padding_mask: LIBRARY_MASKS,
+        },
+    ),
 }

@@ -1,0 +1,221 @@
+"""The tile schedule of FlashAttention: which (query tile, key tile) pairs a program visits.
+
+One Triton program owns one query tile (BLOCK_M queries of one batch*head) and walks the key
+tiles from left to right. Without a mask it visits them all; with the course's bottom-right
+causal mask (query i at key position Lk - Lq + i) it stops after the tile that holds its last
+query's position, so the tiles above the diagonal are never loaded. Tiles cut by the diagonal,
+and the last, partial tiles of ragged lengths, need a mask inside the tile; the others run
+without one.
+
+    TileExplorer()                                          # the schedule alone
+    TileExplorer(flash_attention=flash_attention_triton)    # plus your kernel's lse, checked
+
+Like the other explorers: PNG bytes from `render()` in an ipywidgets.Image, controls as public
+attributes (`lq`, `lk`, `block_m`, `block_n`, `causal`, `program`), `widget` for the layout.
+"""
+
+import math
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+import course
+from course.explore.heatmap import figure_png as _png
+from course.explore.heatmap import slider as _slider
+
+SKIPPED, FULL, MASKED = 0, 1, 2
+CMAP = ListedColormap(["#f3f3f3", "#2b5c8a", "#e08a2c"])  # skipped, whole tile, masked inside
+DPI = 80
+BLOCKS = (16, 32, 64)
+
+
+def tile_schedule(lq: int, lk: int, block_m: int, block_n: int, causal: bool = False) -> np.ndarray:
+    """(ceil(lq / block_m), ceil(lk / block_n)) int array: SKIPPED, FULL or MASKED per tile pair.
+
+    Row m is the program of query tile m; it visits key tiles 0 .. hi - 1 with
+    hi = min(lk, lk - lq + (m + 1) * block_m) (all of them without causal). A visited tile is
+    MASKED when some of its entries are hidden: keys past lk, or (causal) keys after a query's
+    position lk - lq + i. Rows of queries past lq (the last, partial query tile) do not count.
+    """
+    for name, value in (("lq", lq), ("lk", lk), ("block_m", block_m), ("block_n", block_n)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    n_m, n_n = math.ceil(lq / block_m), math.ceil(lk / block_n)
+    grid = np.full((n_m, n_n), SKIPPED, dtype=np.int8)
+    for m in range(n_m):
+        rows = np.arange(m * block_m, min((m + 1) * block_m, lq))
+        hi = min(lk, lk - lq + (m + 1) * block_m) if causal else lk
+        for n in range(n_n):
+            start = n * block_n
+            if start >= hi:
+                continue  # causal: every query of this tile comes before every key of it
+            keys = np.arange(start, start + block_n)
+            seen = keys[None, :] < lk
+            if causal:
+                seen = seen & (keys[None, :] <= lk - lq + rows[:, None])
+            grid[m, n] = FULL if seen.all() else MASKED
+    return grid
+
+
+def visited_fraction(schedule: np.ndarray) -> float:
+    """The share of tile pairs a kernel loads (1.0 without a mask; about half with causal)."""
+    return float((schedule != SKIPPED).mean()) if schedule.size else 0.0
+
+
+class TileExplorer:
+    """Pick lengths, tile sizes and causal; see which tiles each program visits.
+
+    Left: the token-level mask (lit = may attend) with the tile grid over it. Right: one square
+    per (query tile, key tile): blue = loaded whole, orange = loaded and masked inside (the
+    diagonal or a ragged edge), light = skipped. The row of `program` (a query tile) is outlined:
+    its loop runs left to right over the coloured squares of that row.
+
+    With `flash_attention` (your flash_attention_triton), the title also says how far its
+    logsumexp is from a float64 reference on random inputs of these lengths (head_dim 16, small:
+    it runs through the interpreter on a CPU).
+    """
+
+    def __init__(self, *, lq: int = 48, lk: int = 64, causal: bool = True, flash_attention=None):
+        self.flash_attention = flash_attention
+        self.lq = _slider("Lq", lq, 1, 256)
+        self.lk = _slider("Lk", lk, 1, 256)
+        self.block_m = widgets.Dropdown(
+            options=BLOCKS, value=16, description="BLOCK_M", layout=widgets.Layout(width="180px")
+        )
+        self.block_n = widgets.Dropdown(
+            options=BLOCKS, value=16, description="BLOCK_N", layout=widgets.Layout(width="180px")
+        )
+        self.causal = widgets.Checkbox(value=causal, description="causal (bottom-right)")
+        self.program = _slider("program (query tile)", 0, 0, 15)
+        self.error = None
+        self.check = None  # the last check of the student's kernel, a line of text
+        self.image = widgets.Image(value=self.render(), format="png")
+        controls = [self.lq, self.lk, self.causal, self.block_m, self.block_n, self.program]
+        self.widget = widgets.VBox(
+            [widgets.HBox(controls[:3]), widgets.HBox(controls[3:]), self.image]
+        )
+        for control in controls:
+            control.observe(self._update_image, names="value")
+
+    def schedule(self) -> np.ndarray:
+        return tile_schedule(
+            self.lq.value, self.lk.value, self.block_m.value, self.block_n.value, self.causal.value
+        )
+
+    def _check_kernel(self) -> str:
+        if self.flash_attention is None:
+            return ""
+        lq, lk = min(self.lq.value, 64), min(self.lk.value, 64)  # the interpreter is slow
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 1, n, 16, generator=g) for n in (lq, lk, lk))
+        device = course.get_device()  # compiled kernels on a GPU need GPU tensors
+        try:
+            out, lse = self.flash_attention(
+                q.to(device), k.to(device), v.to(device), causal=self.causal.value
+            )
+            lse = lse.detach().cpu()
+        except Exception as exc:  # noqa: BLE001 (shown, not raised: the exercise may not be done)
+            return f"your kernel raised {type(exc).__name__}: {exc}"
+        s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
+        if self.causal.value:
+            i, j = torch.arange(lq)[:, None], torch.arange(lk)[None, :]
+            s = s.masked_fill(j > lk - lq + i, float("-inf"))
+        ref = torch.logsumexp(s, -1)
+        finite = torch.isfinite(ref)
+        error = (lse.double() - ref)[finite].abs().max().item() if finite.any() else 0.0
+        return f"your kernel at Lq={lq}, Lk={lk}: max |lse - reference| = {error:.1e}"
+
+    def _update_image(self, change) -> None:
+        self.image.value = self.render()
+
+    def render(self) -> bytes:
+        """Draw the mask and the tile schedule; return PNG bytes."""
+        try:
+            grid = self.schedule()
+            self.error = None
+        except Exception as exc:  # noqa: BLE001
+            self.error = f"{type(exc).__name__}: {exc}"
+            figure = Figure(figsize=(6, 1.2), dpi=DPI)
+            FigureCanvasAgg(figure)
+            figure.text(0.02, 0.5, self.error, color="tab:red", fontsize=9, va="center")
+            return _png(figure)
+        lq, lk, bm, bn = self.lq.value, self.lk.value, self.block_m.value, self.block_n.value
+        program = min(self.program.value, grid.shape[0] - 1)
+        figure = Figure(figsize=(9.5, 4.4), dpi=DPI)
+        FigureCanvasAgg(figure)
+        left, right = figure.subplots(1, 2)
+
+        i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
+        mask = (j <= lk - lq + i) if self.causal.value else np.ones((lq, lk), bool)
+        left.imshow(
+            mask,
+            cmap=ListedColormap(["#f3f3f3", "#8fb3d9"]),
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            aspect="auto",
+            extent=(0, lk, lq, 0),
+        )
+        for x in range(0, lk + 1, bn):
+            left.axvline(x, color="0.35", lw=0.6)
+        for y in range(0, lq + 1, bm):
+            left.axhline(y, color="0.35", lw=0.6)
+        left.add_patch(
+            Rectangle(
+                (0, program * bm),
+                lk,
+                min(bm, lq - program * bm),
+                fill=False,
+                edgecolor="tab:red",
+                lw=2,
+            )
+        )
+        left.set(
+            xlim=(0, lk),
+            ylim=(lq, 0),
+            xlabel="key j",
+            ylabel="query i",
+            title="token mask (lit = may attend), tiles",
+        )
+
+        right.imshow(grid, cmap=CMAP, vmin=0, vmax=2, interpolation="nearest", aspect="auto")
+        right.add_patch(
+            Rectangle(
+                (-0.5, program - 0.5), grid.shape[1], 1, fill=False, edgecolor="tab:red", lw=2
+            )
+        )
+        visits = int((grid[program] != SKIPPED).sum())
+        right.set(
+            xlabel="key tile",
+            ylabel="query tile (program)",
+            title=f"program {program} visits {visits} of {grid.shape[1]} key tiles",
+        )
+        right.set_xticks(range(grid.shape[1]))
+        right.set_yticks(range(grid.shape[0]))
+        right.tick_params(labelsize=7)
+        handles = [Rectangle((0, 0), 1, 1, color=CMAP(c)) for c in (FULL, MASKED, SKIPPED)]
+        right.legend(
+            handles,
+            ["whole tile", "masked inside", "skipped"],
+            fontsize=7,
+            loc="upper right",
+            framealpha=0.9,
+        )
+
+        self.check = self._check_kernel()
+        line = (
+            f"Lq = {lq}, Lk = {lk}, {'causal' if self.causal.value else 'no mask'}: "
+            f"{(grid != SKIPPED).sum()} of {grid.size} tile pairs visited "
+            f"({visited_fraction(grid):.0%}), {(grid == MASKED).sum()} of them masked"
+        )
+        figure.suptitle(line + (f"\n{self.check}" if self.check else ""), fontsize=10)
+        figure.set_layout_engine("constrained")
+        return _png(figure)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

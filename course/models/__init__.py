@@ -1,0 +1,1 @@
+"""Small models the days train: the tiny transformer of day03 and the hybrid of day10."""

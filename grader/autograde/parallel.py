@@ -1,0 +1,745 @@
+"""`python -m grader autograde ASSIGNMENT --workers N`: a class graded across N processes.
+
+Design (why not N stock `nbgrader autograde` processes on the one gradebook): SQLite takes one
+writer at a time and nbgrader holds its session across a whole submission, so concurrent
+autogrades into one SQLite file fail with "database is locked". Instead:
+
+- each worker process grades one submission at a time with nbgrader's own `Autograde` converter
+  (the same sanitize and autograde steps as `nbgrader autograde`; only `Execute` is swapped for
+  grader.autograde.execute.LimitedExecute, which adds the limits and the tamper watch) in a private,
+  throwaway course folder holding a copy of a gradebook in which the assignment was registered
+  once, and no solutions notebook (a submission cannot read the answers from ../../../solutions
+  nor delete the course's files);
+- the parent is the only writer of the class gradebook: it copies each result in through
+  nbgrader's Gradebook API (so any SQLAlchemy db_url works), then copies the autograded notebook
+  to autograded/STUDENT/ASSIGNMENT/ and a JSON record to feedback/.grader/ASSIGNMENT/STUDENT.json.
+  A submission counts as done only once both are written, so a rerun after an interruption
+  grades only what is missing.
+
+Workers are forked once and reused, so the cost of importing nbgrader is paid once per worker,
+not per submission; a worker stuck past its wall-clock limit is killed with its kernel and
+replaced, and that submission is recorded with the reason.
+"""
+
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import nbformat
+from nbgrader.api import Gradebook, MissingEntry
+from traitlets.config import Config
+from traitlets.config.loader import PyFileConfigLoader
+
+from grader.autograde import pipeline
+
+DEFAULT_MEMORY = 4 << 30  # bytes of address space for a kernel: torch + a day's work fit easily
+GRACE = 60  # seconds past the wall-clock limit before a worker is killed from outside
+
+
+@dataclasses.dataclass
+class Limits:
+    cell_timeout: int = None  # None: nbgrader_config.py's Execute.timeout
+    wall_limit: int = 600
+    memory_limit: int = DEFAULT_MEMORY
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def load_config(root: Path) -> Config:
+    """The course's nbgrader_config.py, as nbgrader reads it."""
+    loader = PyFileConfigLoader("nbgrader_config.py", path=str(root))
+    return loader.load_config()
+
+
+def db_url(root: Path) -> str:
+    """The class gradebook's URL: nbgrader_config.py's CourseDirectory.db_url, or nbgrader's
+    default, sqlite:///ROOT/gradebook.db."""
+    from nbgrader.coursedir import CourseDirectory
+
+    config = load_config(root)
+    config.CourseDirectory.root = str(root)
+    return CourseDirectory(config=config).db_url
+
+
+def course_id(root: Path) -> str:
+    config = load_config(root)
+    return config.CourseDirectory.get("course_id", "default_course") or "default_course"
+
+
+def records_dir(root: Path, assignment: str) -> Path:
+    return root / "feedback" / ".grader" / assignment
+
+
+def record_path(root: Path, assignment: str, student: str) -> Path:
+    return records_dir(root, assignment) / f"{student}.json"
+
+
+def students(root: Path, assignment: str) -> list:
+    return sorted(p.parent.name for p in (root / "submitted").glob(f"*/{assignment}") if p.is_dir())
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def make_template(root: Path, assignment: str, where: Path) -> Path:
+    """A private course folder: config, a gradebook with the assignment registered, and the
+    assignment's non-notebook source files (never its solution notebook)."""
+    where.mkdir(parents=True)
+    shutil.copy(root / "nbgrader_config.py", where)
+    shutil.copytree(root / "solutions" / assignment, where / "solutions" / assignment)
+    config = where / "nbgrader_config.py"
+    config.write_text(
+        config.read_text()
+        + (
+            f"\nc.CourseDirectory.root = {str(where)!r}\n"
+            f"c.CourseDirectory.db_url = 'sqlite:///{where}/gradebook.db'\n"
+        )
+    )
+    register(where, assignment)
+    for notebook in (where / "solutions" / assignment).glob("*.ipynb"):
+        notebook.unlink()
+    shutil.rmtree(where / "exercises", ignore_errors=True)
+    return where
+
+
+def register(course: Path, assignment: str) -> None:
+    """Record the assignment's cells in `course`'s gradebook, as pipeline.register does with
+    `nbgrader generate_assignment`, but in this process (no second start-up of nbgrader)."""
+    from nbgrader.converters import GenerateAssignment
+    from nbgrader.coursedir import CourseDirectory
+
+    scripts = os.path.dirname(sys.executable)  # nbgrader runs `alembic` from PATH
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    with tempfile.TemporaryDirectory() as release:
+        config = load_config(course)
+        config.CourseDirectory.root = str(course)
+        config.CourseDirectory.release_directory = release
+        config.CourseDirectory.assignment_id = assignment
+        coursedir = CourseDirectory(config=config)
+        app = GenerateAssignment(coursedir=coursedir, config=config)
+        app.force = True
+        app.log.setLevel(logging.ERROR)
+        try:
+            app.start()
+        except BaseException as error:
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            raise pipeline.GradingError(
+                f"could not register {assignment} in the gradebook of {course}: {error}"
+            ) from None
+
+
+def source_notebooks(root: Path, assignment: str) -> dict:
+    """{notebook name: (the solutions notebook, the released one or None)}, read once by the parent."""
+    folder = root / "solutions" / assignment
+    out = {}
+    for path in sorted(folder.glob("*.ipynb")):
+        released = root / "exercises" / assignment / path.name
+        out[path.stem] = (
+            nbformat.read(path, as_version=4),
+            nbformat.read(released, as_version=4) if released.is_file() else None,
+        )
+    return out
+
+
+def inspect(path: Path, source: nbformat.NotebookNode, assignment: str, release=None):
+    """(fatal reason or None, notes, tamper findings) for one submitted notebook, before grading.
+    `release` is the notebook students were given (exercises/), for locked cells' text."""
+    notes, tamper = [], []
+    released = {
+        c.metadata.nbgrader["grade_id"]: c
+        for c in (release.cells if release else [])
+        if c.metadata.get("nbgrader", {}).get("grade_id")
+    }
+    try:
+        notebook = nbformat.read(path, as_version=4)
+    except Exception as error:  # bad JSON, not a notebook, an unknown nbformat
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"{path.name} is not a readable notebook: {first[:200]}", notes, tamper
+    try:
+        nbformat.validate(notebook)
+    except Exception as error:
+        notes.append(
+            f"the notebook does not validate ({str(error).splitlines()[0][:120]}); graded anyway"
+        )
+    cells = [c for c in notebook.get("cells", []) if isinstance(c, dict)]
+    ids = [c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in cells]
+    source_cells = {
+        c.metadata.nbgrader["grade_id"]: c
+        for c in source.cells
+        if c.metadata.get("nbgrader", {}).get("grade_id")
+    }
+    if not cells:
+        return "the notebook has no cells", notes, tamper
+    answers_and_tests = {
+        i
+        for i, c in source_cells.items()
+        if c.metadata.nbgrader.get("grade") or c.metadata.nbgrader.get("solution")
+    }
+    if not set(ids) & answers_and_tests:
+        return (
+            (
+                f"this is not a {assignment} notebook: none of its cells belong to the assignment "
+                f"(a notebook from another assignment?)"
+            ),
+            notes,
+            tamper,
+        )
+    seen = set()
+    for grade_id in ids:
+        if grade_id and grade_id in seen:
+            notes.append(
+                f"cell id {grade_id!r} appears more than once; the last one is graded "
+                "(the others run as plain cells)"
+            )
+        seen.add(grade_id)
+    kernel = notebook.metadata.get("kernelspec", {}).get("name")
+    wanted = source.metadata.get("kernelspec", {}).get("name")
+    if kernel != wanted:
+        notes.append(f"kernel {kernel!r} replaced by the assignment's {wanted!r}")
+    first = {}
+    for cell in cells:
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id and grade_id not in first:
+            first[grade_id] = cell
+    for grade_id, original in source_cells.items():
+        meta = original.metadata.nbgrader
+        cell = first.get(grade_id)
+        if meta.get("grade") and not meta.get("solution"):
+            if cell is None:
+                tamper.append(
+                    {
+                        "cell": grade_id,
+                        "kind": "removed",
+                        "what": f"the test cell {grade_id} was deleted (it scores 0)",
+                    }
+                )
+                continue
+        if cell is None:
+            continue
+        given = released.get(grade_id, original).source
+        if meta.get("locked") and given.rstrip() != cell.get("source", "").rstrip():
+            tamper.append(
+                {
+                    "cell": grade_id,
+                    "kind": "edited",
+                    "what": f"the locked cell {grade_id} was edited (graded as released)",
+                }
+            )
+        if cell.get("cell_type") != original.cell_type:
+            tamper.append(
+                {
+                    "cell": grade_id,
+                    "kind": "retyped",
+                    "what": f"cell {grade_id} was changed from {original.cell_type} to "
+                    f"{cell.get('cell_type')} (graded as released)",
+                }
+            )
+    return None, notes, tamper
+
+
+def unduplicate(path: Path) -> None:
+    """Keep the nbgrader metadata of the last cell of each grade id only, as nbgrader's
+    DeduplicateIds means to (it empties the others' metadata, which its next step then rejects as
+    'an old version of the nbgrader metadata format', failing the whole submission)."""
+    notebook = nbformat.read(path, as_version=4)
+    seen = set()
+    for cell in reversed(notebook.cells):
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in seen:
+            del cell.metadata["nbgrader"]
+        elif grade_id:
+            seen.add(grade_id)
+    nbformat.write(notebook, path)
+
+
+def grade_one(
+    root: Path,
+    template: Path,
+    assignment: str,
+    student: str,
+    sources: dict,
+    limits: Limits,
+    scratch: Path,
+) -> dict:
+    """Grade one submission in a private copy of `template`; return everything the parent records."""
+    started = time.monotonic()
+    result = {
+        "student": student,
+        "status": "graded",
+        "reason": "",
+        "notes": [],
+        "tamper": [],
+        "reports": {},
+        "grades": [],
+        "comments": [],
+        "timestamp": None,
+        "seconds": {},
+    }
+    course = scratch / student
+    shutil.rmtree(course, ignore_errors=True)
+    shutil.copytree(template, course, ignore=shutil.ignore_patterns("gradebook.db"))
+    # the private gradebook lives outside the private course, out of reach of a submission that
+    # deletes ../../../* from its working folder (autograded/STUDENT/ASSIGNMENT/)
+    database = scratch / f"{student}.gradebook.db"
+    shutil.copyfile(template / "gradebook.db", database)
+    submitted = root / "submitted" / student / assignment
+    shutil.copytree(submitted, course / "submitted" / student / assignment)
+    for name, (source, release) in sources.items():
+        path = course / "submitted" / student / assignment / f"{name}.ipynb"
+        if not path.exists():
+            found = sorted(p.name for p in path.parent.iterdir())
+            return _failed(
+                result, f"no {name}.ipynb in the submission (found: {found or 'nothing'})", started
+            )
+        fatal, notes, tamper = inspect(path, source, assignment, release)
+        result["notes"] += notes
+        result["tamper"] += tamper
+        if fatal:
+            return _failed(result, fatal, started)
+        if any("appears more than once" in note for note in notes):
+            unduplicate(path)
+
+    from nbgrader.converters import Autograde
+    from nbgrader.coursedir import CourseDirectory
+    from nbgrader.preprocessors import Execute
+
+    from grader.autograde.execute import LimitedExecute
+
+    record = course / "execute.json"
+    config = load_config(course)
+    config.CourseDirectory.root = str(course)
+    config.CourseDirectory.db_url = f"sqlite:///{database}"
+    config.CourseDirectory.assignment_id = assignment
+    config.CourseDirectory.student_id = student
+    config.Autograde.autograde_preprocessors = [
+        LimitedExecute if step is Execute else step
+        for step in Autograde.class_traits()["autograde_preprocessors"].default()
+    ]
+    if limits.cell_timeout:
+        config.LimitedExecute.timeout = int(limits.cell_timeout)
+    config.LimitedExecute.wall_limit = int(limits.wall_limit or 0)
+    config.LimitedExecute.memory_limit = int(limits.memory_limit or 0)
+    config.LimitedExecute.record_path = str(record)
+    coursedir = CourseDirectory(config=config)
+    app = Autograde(coursedir=coursedir, config=config)
+    app.force = True
+    app.create_student = True
+    messages = _Collect()
+    app.log.addHandler(messages)
+    app.log.setLevel(logging.WARNING)
+    try:
+        app.start()
+    except BaseException as error:  # nbgrader says "Please see the error log": find the line
+        if isinstance(error, KeyboardInterrupt):
+            raise
+        reason = messages.reason() or f"{type(error).__name__}: {error}"
+        reason = " ".join(reason.split())
+        return _failed(result, f"nbgrader could not grade it: {reason}", started)
+    finally:
+        app.log.removeHandler(messages)
+    if record.exists():
+        done = json.loads(record.read_text())
+        result["tamper"] += [t for t in done["tamper"]]
+        result["reports"] = done["reports"]
+        result["seconds"].update(done["seconds"])
+        if done["stopped"]:
+            result["status"], result["reason"] = "stopped", done["stopped"]
+        result["tamper"] += shortcuts(done["reports"])
+    with Gradebook(f"sqlite:///{database}") as gradebook:
+        submission = gradebook.find_submission(assignment, student)
+        result["timestamp"] = submission.timestamp.isoformat() if submission.timestamp else None
+        for notebook in submission.notebooks:
+            result["grades"] += [
+                {
+                    "notebook": notebook.name,
+                    "name": g.name,
+                    "auto_score": g.auto_score,
+                    "max_score": g.max_score,
+                    "extra_credit": g.extra_credit,
+                    "needs_manual_grade": g.needs_manual_grade,
+                }
+                for g in notebook.grades
+            ]
+            result["comments"] += [
+                {"notebook": notebook.name, "name": c.name, "auto_comment": c.auto_comment}
+                for c in notebook.comments
+            ]
+            result.setdefault("penalty", {})[notebook.name] = notebook.late_submission_penalty
+    result["autograded"] = str(course / "autograded" / student / assignment)
+    result["seconds"]["submission"] = time.monotonic() - started
+    return result
+
+
+def shortcuts(reports: dict) -> list:
+    """Findings from the checks' own verdicts: a forbidden call (the guard's 'shortcut'), and an
+    exercise that passes its visible checks but fails the hidden ones (answers that only fit the
+    inputs the student saw, e.g. a cache or a hard-coded table)."""
+    found, visible, hidden = [], {}, {}
+    for cell, runs in reports.items():
+        for report in runs:
+            for result in report["results"]:
+                if result["key"] == "shortcut":
+                    found.append({"cell": cell, "kind": "shortcut", "what": result["message"]})
+                    break
+            (hidden if report["hidden"] else visible)[report["exercise"]] = (
+                cell,
+                all(r["passed"] for r in report["results"]),
+            )
+    for exercise, (cell, passed) in hidden.items():
+        if not passed and visible.get(exercise, (None, False))[1]:
+            found.append(
+                {
+                    "cell": cell,
+                    "kind": "visible-only",
+                    "what": f"passes the visible checks of {exercise} but fails the hidden "
+                    "ones (answers fitted to the visible inputs?)",
+                }
+            )
+    return found
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def reason(self) -> str:
+        useful = [
+            l
+            for l in self.lines
+            if l.strip()
+            and "Please see" not in l
+            and "There was an error processing" not in l
+            and "Traceback" not in l
+        ]
+        errors = [l.strip().splitlines()[-1] for l in self.lines if "Error" in l]
+        return (errors or useful or [""])[-1][:300]
+
+
+def _failed(result, reason, started):
+    result.update(status="failed", reason=reason)
+    result["seconds"]["submission"] = time.monotonic() - started
+    return result
+
+
+def _worker(conn, root, template, assignment, sources, limits, scratch, log):
+    """A worker process: grade the students the parent sends, one at a time."""
+    os.setpgrp()  # its own process group, so a stuck worker is killed with its kernels
+    scripts = os.path.dirname(sys.executable)  # nbgrader runs `alembic` from PATH
+    os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    while True:
+        student = conn.recv()
+        if student is None:
+            return
+        try:
+            result = grade_one(root, template, assignment, student, sources, limits, scratch)
+        except Exception:
+            result = {
+                "student": student,
+                "status": "failed",
+                "tamper": [],
+                "notes": [],
+                "reports": {},
+                "grades": [],
+                "comments": [],
+                "timestamp": None,
+                "seconds": {},
+                "reason": "the grader failed: " + traceback.format_exc().strip().splitlines()[-1],
+            }
+        conn.send(result)
+
+
+# ----------------------------------------------------------------------------- the parent
+
+
+def record(root: Path, assignment: str, result: dict, url: str, cid: str) -> dict:
+    """Write one result into the class gradebook (the only writer), then its notebook and record."""
+    import warnings
+    from datetime import datetime
+
+    student = result["student"]
+    with warnings.catch_warnings(), Gradebook(url, cid) as gradebook:
+        warnings.simplefilter("ignore")  # nbgrader's API and SQLAlchemy 2 warn about autoflush
+        gradebook.update_or_create_student(student)
+        timestamp = datetime.fromisoformat(result["timestamp"]) if result.get("timestamp") else None
+        if timestamp is not None:
+            submission = gradebook.update_or_create_submission(
+                assignment, student, timestamp=timestamp
+            )
+        else:
+            submission = gradebook.update_or_create_submission(assignment, student)
+        got = {(g["notebook"], g["name"]): g for g in result["grades"]}
+        comments = {(c["notebook"], c["name"]): c for c in result["comments"]}
+        for notebook in submission.notebooks:
+            for grade in notebook.grades:
+                mine = got.get((notebook.name, grade.name))
+                grade.auto_score = mine["auto_score"] if mine else 0
+                grade.needs_manual_grade = mine["needs_manual_grade"] if mine else False
+                if mine and mine["extra_credit"] is not None:
+                    grade.extra_credit = mine["extra_credit"]
+            for comment in notebook.comments:
+                mine = comments.get((notebook.name, comment.name))
+                comment.auto_comment = mine["auto_comment"] if mine else None
+            if result.get("penalty", {}).get(notebook.name) is not None:
+                notebook.late_submission_penalty = result["penalty"][notebook.name]
+        gradebook.db.commit()
+        submission = gradebook.find_submission(assignment, student)
+        result["score"], result["max_score"] = submission.score, submission.max_score
+    target = root / "autograded" / student / assignment
+    if target.exists():
+        _rmtree(target)
+    if result.get("autograded") and Path(result["autograded"]).is_dir():
+        shutil.copytree(result["autograded"], target)
+    # the grader's source and this run's seeds are in the record, never the hidden tests' source
+    result.pop("autograded", None)
+    path = record_path(root, assignment, student)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, path)
+    return result
+
+
+def _rmtree(path: Path):
+    def writable(func, p, _):
+        os.chmod(p, 0o755)
+        os.chmod(os.path.dirname(p), 0o755)
+        func(p)
+
+    for dirpath, dirnames, _ in os.walk(path):
+        os.chmod(dirpath, 0o755)
+    shutil.rmtree(path, onerror=writable)
+
+
+def done_students(root: Path, assignment: str, url: str, cid: str) -> set:
+    """Students whose submission is fully recorded: a record file and a gradebook row."""
+    have = {p.stem for p in records_dir(root, assignment).glob("*.json")}
+    if not have:
+        return set()
+    with Gradebook(url, cid) as gradebook:
+        try:
+            rows = {s.student_id for s in gradebook.assignment_submissions(assignment)}
+        except MissingEntry:
+            rows = set()
+    return have & rows
+
+
+class Progress:
+    def __init__(self, total: int, stream, width: int = 30):
+        self.total, self.stream, self.width = total, stream, width
+        self.done = self.failed = 0
+        self.started = time.monotonic()
+
+    def update(self, result=None):
+        if result is not None:
+            self.done += 1
+            self.failed += result["status"] != "graded"
+        filled = int(self.width * self.done / max(self.total, 1))
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0
+        who = f" {result['student']}" if result is not None else ""
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total}"
+            f" graded, {self.failed} failed, {elapsed:.0f}s elapsed, ~{eta:.0f}s left"
+            f"{who[:24]:<25}"
+        )
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+def _kill_group(process):
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.join(5)
+
+
+def autograde(
+    root: Path,
+    assignment: str,
+    workers: int = 2,
+    *,
+    force: bool = False,
+    limits: Limits = None,
+    only: list = None,
+    progress_stream=None,
+) -> dict:
+    """Grade every submission in submitted/STUDENT/ASSIGNMENT/ across `workers` processes into
+    the class gradebook. Returns {'results': [...], 'skipped': [...], 'seconds': ...}."""
+    limits = limits or Limits()
+    pipeline.check_assignment(root, assignment)
+    everyone = students(root, assignment)
+    if only:
+        everyone = [s for s in everyone if s in set(only)]
+    if not everyone:
+        raise pipeline.GradingError(
+            f"nothing to grade: no {root}/submitted/STUDENT/{assignment}/ "
+            "folders (pass --submissions DIR to copy them in)."
+        )
+    url, cid = db_url(root), course_id(root)
+    register(root, assignment)
+    skipped = [] if force else sorted(done_students(root, assignment, url, cid) & set(everyone))
+    todo = [s for s in everyone if s not in set(skipped)]
+    started = time.monotonic()
+    results = []
+    if todo:
+        with tempfile.TemporaryDirectory(prefix="grader-") as scratch:
+            scratch = Path(scratch)
+            template = make_template(root, assignment, scratch / "template")
+            sources = source_notebooks(root, assignment)
+            import nbgrader.converters  # noqa: F401  imported once, before the fork
+
+            import grader.autograde.execute  # noqa: F401
+
+            results = _run_pool(
+                root,
+                template,
+                assignment,
+                sources,
+                limits,
+                scratch,
+                todo,
+                max(1, min(workers, len(todo))),
+                url,
+                cid,
+                progress_stream,
+            )
+    return {
+        "results": results,
+        "skipped": skipped,
+        "seconds": time.monotonic() - started,
+        "workers": workers,
+    }
+
+
+def _run_pool(
+    root, template, assignment, sources, limits, scratch, todo, workers, url, cid, stream
+):
+    context = multiprocessing.get_context("fork")
+    progress = Progress(len(todo), stream) if stream is not None else None
+    queue = list(todo)
+    pool = {}  # connection -> [process, student or None, deadline]
+    hard = (limits.wall_limit or 10**6) + GRACE
+
+    def spawn(i):
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_worker,
+            daemon=True,
+            args=(
+                theirs,
+                root,
+                template,
+                assignment,
+                sources,
+                limits,
+                scratch / f"w{i}",
+                str(scratch / f"worker{i}.log"),
+            ),
+        )
+        process.start()
+        theirs.close()
+        pool[ours] = [process, None, None]
+        return ours
+
+    def give(conn):
+        if queue:
+            student = queue.pop(0)
+            conn.send(student)
+            pool[conn][1:] = [student, time.monotonic() + hard]
+        else:
+            pool[conn][1:] = [None, None]
+
+    results = []
+    if progress:
+        progress.update()
+    try:
+        for i in range(workers):
+            give(spawn(i))
+        n = workers
+        while any(entry[1] for entry in pool.values()):
+            ready = wait([c for c, e in pool.items() if e[1]], timeout=1.0)
+            for conn in ready:
+                process, student, _ = pool[conn]
+                try:
+                    result = conn.recv()
+                except (EOFError, OSError):
+                    result = {
+                        "student": student,
+                        "status": "failed",
+                        "grades": [],
+                        "comments": [],
+                        "tamper": [],
+                        "notes": [],
+                        "reports": {},
+                        "timestamp": None,
+                        "seconds": {},
+                        "reason": "the grading worker died",
+                    }
+                    _kill_group(process)
+                    del pool[conn]
+                    conn = spawn(n)
+                    n += 1
+                results.append(record(root, assignment, result, url, cid))
+                if progress:
+                    progress.update(result)
+                give(conn)
+            for conn, (process, student, deadline) in list(pool.items()):
+                if student and time.monotonic() > deadline:
+                    _kill_group(process)
+                    del pool[conn]
+                    result = {
+                        "student": student,
+                        "status": "stopped",
+                        "grades": [],
+                        "comments": [],
+                        "tamper": [],
+                        "notes": [],
+                        "reports": {},
+                        "timestamp": None,
+                        "seconds": {},
+                        "reason": f"grading took longer than {hard} s and was killed",
+                    }
+                    results.append(record(root, assignment, result, url, cid))
+                    if progress:
+                        progress.update(result)
+                    new = spawn(n)
+                    n += 1
+                    give(new)
+    finally:
+        for conn, (process, student, _) in pool.items():
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for conn, (process, student, _) in pool.items():
+            process.join(5 if not student else 0.1)
+            if process.is_alive():
+                _kill_group(process)
+        if progress:
+            progress.close()
+    return results

@@ -1,0 +1,261 @@
+"""The instructor's flow, run through the stock nbgrader commands on this course's layout.
+
+solutions/DAY/DAY.ipynb is nbgrader's source and exercises/DAY/ its release (nbgrader_config.py
+says so), so every step here is a plain `nbgrader ...` command run in the course folder; these
+functions add the checks and the summaries an instructor wants around them.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+from nbgrader.api import Gradebook
+
+
+class GradingError(Exception):
+    """Bad input or a failed nbgrader step, with a message that says what to do."""
+
+
+def course_root(course_dir) -> Path:
+    """The course folder, checked: it holds nbgrader_config.py and solutions/."""
+    root = Path(course_dir).resolve()
+    if not (root / "nbgrader_config.py").is_file() or not (root / "solutions").is_dir():
+        raise GradingError(
+            f"{root} is not a course folder: expected nbgrader_config.py and "
+            "solutions/ in it. Run from the repository root or pass --course-dir."
+        )
+    return root
+
+
+def assignments(root: Path) -> list:
+    """Every assignment in solutions/: a folder DAY holding DAY.ipynb."""
+    return sorted(
+        p.name for p in (root / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file()
+    )
+
+
+def check_assignment(root: Path, assignment: str) -> str:
+    if assignment not in assignments(root):
+        raise GradingError(
+            f"no assignment {assignment!r} in {root / 'solutions'}; "
+            f"expected one of {assignments(root)}."
+        )
+    return assignment
+
+
+def nbgrader(root: Path, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
+    """Run `nbgrader ARGS` in the course folder with this Python; raise GradingError on failure."""
+    command = [sys.executable, "-m", "nbgrader", *args]
+    # nbgrader runs `alembic` from PATH to set up the gradebook: put this Python's scripts first,
+    # so a virtual environment works without being activated.
+    scripts = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    done = subprocess.run(
+        command,
+        cwd=root,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.STDOUT if quiet else None,
+    )
+    if done.returncode != 0:
+        log = f"\n{done.stdout[-4000:]}" if quiet else " (its log is above)"
+        raise GradingError(
+            f"`nbgrader {' '.join(args)}` failed with exit status {done.returncode}{log}"
+        )
+    return done
+
+
+# ----------------------------------------------------------------------------- release
+
+
+def release(root: Path, names: list = None, release_dir: Path = None) -> list:
+    """Regenerate the student notebooks of `names` (all by default) from solutions/.
+
+    Writes exercises/DAY/ unless `release_dir` says otherwise (the staleness test generates
+    elsewhere and compares). The gradebook is not touched.
+    """
+    names = [check_assignment(root, name) for name in names] if names else assignments(root)
+    where = [f"--CourseDirectory.release_directory={release_dir}"] if release_dir else []
+    for name in names:
+        nbgrader(root, "generate_assignment", name, "--force", "--no-db", *where, quiet=True)
+    return names
+
+
+def register(root: Path, assignment: str) -> None:
+    """Record the assignment's cells in the gradebook, which autograde needs, leaving exercises/
+    as it is (the release goes to a throwaway folder)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        nbgrader(
+            root,
+            "generate_assignment",
+            assignment,
+            "--force",
+            f"--CourseDirectory.release_directory={scratch}",
+            quiet=True,
+        )
+
+
+# ----------------------------------------------------------------------------- autograde
+
+
+def collect(root: Path, assignment: str, submissions: Path) -> list:
+    """Copy a folder of submissions into nbgrader's submitted/STUDENT/ASSIGNMENT/ layout.
+
+    `submissions` holds either STUDENT.ipynb files or STUDENT/ folders with one notebook each.
+    Returns the student ids.
+    """
+    submissions = Path(submissions)
+    if not submissions.is_dir():
+        raise GradingError(f"--submissions {submissions}: no such folder.")
+    found = {}
+    for path in sorted(submissions.iterdir()):
+        notebooks = (
+            [path]
+            if path.suffix == ".ipynb"
+            else sorted(path.glob("*.ipynb"))
+            if path.is_dir()
+            else []
+        )
+        if len(notebooks) > 1:
+            raise GradingError(
+                f"{path} holds {len(notebooks)} notebooks; expected one per student."
+            )
+        if notebooks:
+            found[path.stem if path.is_file() else path.name] = notebooks[0]
+    if not found:
+        raise GradingError(
+            f"no submissions in {submissions}: expected STUDENT.ipynb files or "
+            "STUDENT/ folders holding one notebook each."
+        )
+    for student, notebook in found.items():
+        target = root / "submitted" / student / assignment / f"{assignment}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(notebook, target)
+    return sorted(found)
+
+
+def autograde(root: Path, assignment: str, submissions: Path = None, force: bool = False) -> list:
+    """Grade every submission of `assignment` into the gradebook; return its score rows.
+
+    Submissions already graded are skipped unless `force`, so a rerun after an interruption
+    grades only what is missing.
+    """
+    check_assignment(root, assignment)
+    if submissions is not None:
+        collect(root, assignment, submissions)
+    if not any((root / "submitted").glob(f"*/{assignment}")):
+        raise GradingError(
+            f"nothing to grade: no {root}/submitted/STUDENT/{assignment}/ folders "
+            "(pass --submissions DIR to copy them in)."
+        )
+    register(root, assignment)
+    nbgrader(root, "autograde", assignment, *(["--force"] if force else []))
+    return scores(root, assignment)
+
+
+def scores(root: Path, assignment: str) -> list:
+    """[{'student': ..., 'score': ..., 'max_score': ...}] for `assignment`, from `nbgrader export`."""
+    with tempfile.TemporaryDirectory() as scratch:
+        table = Path(scratch) / "grades.csv"
+        nbgrader(root, "export", f"--to={table}", quiet=True)
+        with open(table, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if row["assignment"] == assignment]
+    return [
+        {
+            "student": row["student_id"],
+            "score": float(row["score"] or 0),
+            "max_score": float(row["max_score"] or 0),
+        }
+        for row in rows
+    ]
+
+
+def feedback(root: Path, assignment: str, force: bool = False) -> Path:
+    """Write HTML feedback for every graded submission into feedback/STUDENT/ASSIGNMENT/."""
+    check_assignment(root, assignment)
+    nbgrader(root, "generate_feedback", assignment, *(["--force"] if force else []))
+    return root / "feedback"
+
+
+def export(root: Path, to: Path) -> Path:
+    """Write the whole gradebook as CSV, one row per student and assignment."""
+    nbgrader(root, "export", f"--to={Path(to).resolve()}", quiet=True)
+    return Path(to)
+
+
+# ----------------------------------------------------------------------------- check one notebook
+
+
+def read_notebook(path: Path) -> nbformat.NotebookNode:
+    path = Path(path)
+    if not path.is_file():
+        raise GradingError(f"{path}: no such notebook.")
+    try:
+        return nbformat.read(path, as_version=4)
+    except (json.JSONDecodeError, nbformat.reader.NotJSONError, nbformat.ValidationError) as exc:
+        raise GradingError(f"{path} is not a readable notebook: {exc}") from exc
+
+
+def check_notebook(root: Path, notebook: Path, assignment: str = None) -> list:
+    """Grade one notebook exactly as `autograde` would (hidden tests included), in a throwaway
+    course folder with its own gradebook. Returns one dict per graded cell, in notebook order:
+    name, score, max_score and the text the cell printed."""
+    read_notebook(notebook)
+    if assignment is None and Path(notebook).stem not in assignments(root):
+        raise GradingError(
+            f"{notebook}: its name is not an assignment's; pass --assignment, "
+            f"one of {assignments(root)}."
+        )
+    assignment = check_assignment(root, assignment or Path(notebook).stem)
+    with tempfile.TemporaryDirectory() as scratch:
+        course = Path(scratch)
+        config = (root / "nbgrader_config.py").read_text()
+        (course / "nbgrader_config.py").write_text(
+            f"{config}\n# A private gradebook: checking one notebook never touches the class's.\n"
+            f"c.CourseDirectory.root = {str(course)!r}\n"
+            f"c.CourseDirectory.db_url = 'sqlite:///{course}/gradebook.db'\n"
+        )
+        shutil.copytree(root / "solutions" / assignment, course / "solutions" / assignment)
+        target = course / "submitted" / "you" / assignment / f"{assignment}.ipynb"
+        target.parent.mkdir(parents=True)
+        shutil.copyfile(notebook, target)
+        register(course, assignment)
+        nbgrader(course, "autograde", assignment, quiet=True)
+        graded = nbformat.read(
+            course / "autograded" / "you" / assignment / f"{assignment}.ipynb", as_version=4
+        )
+        with Gradebook(f"sqlite:///{course}/gradebook.db") as gradebook:
+            grades = {
+                grade.name: grade
+                for grade in gradebook.find_submission_notebook(
+                    assignment, assignment, "you"
+                ).grades
+            }
+            return [
+                {
+                    "name": cell.metadata.nbgrader["grade_id"],
+                    "score": grades[cell.metadata.nbgrader["grade_id"]].score,
+                    "max_score": grades[cell.metadata.nbgrader["grade_id"]].max_score,
+                    "output": cell_text(cell),
+                }
+                for cell in graded.cells
+                if cell.metadata.get("nbgrader", {}).get("grade") and cell.cell_type == "code"
+            ]
+
+
+def cell_text(cell) -> str:
+    """What a code cell printed: its streams, and the one-line summary of an error."""
+    parts = []
+    for output in cell.get("outputs", []):
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type == "error":
+            parts.append(f"{output.ename}: {output.evalue}\n")
+    return "".join(parts)

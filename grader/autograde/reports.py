@@ -1,0 +1,280 @@
+"""Feedback, the class report and the CSV by exercise, from what `autograde --workers` recorded
+(feedback/.grader/ASSIGNMENT/STUDENT.json) and the gradebook's scores.
+
+Nothing here reads or shows the source of a test cell: a student's page lists each graded cell's
+points and each check's verdict, message and hint, which is all the checks print.
+"""
+
+import base64
+import collections
+import csv
+import html
+import io
+import json
+import re
+from pathlib import Path
+
+import nbformat
+from nbgrader.api import Gradebook, MissingEntry
+
+from grader.autograde import parallel
+
+CHECK_CALL = re.compile(r"""check\(\s*["']([\w-]+)["']\s*,\s*["'](\w+)["']""")
+
+
+def load_records(root: Path, assignment: str) -> dict:
+    return {
+        p.stem: json.loads(p.read_text())
+        for p in sorted(parallel.records_dir(root, assignment).glob("*.json"))
+    }
+
+
+def cell_exercises(root: Path, assignment: str) -> dict:
+    """{grade cell id: exercise name}, from the check(...) call in each test cell of the source
+    (a cell without one is its own exercise)."""
+    out = {}
+    for path in sorted((root / "solutions" / assignment).glob("*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("grade"):
+                found = CHECK_CALL.search(cell.source)
+                out[meta["grade_id"]] = found.group(2) if found else meta["grade_id"]
+    return out
+
+
+def grades(root: Path, assignment: str) -> dict:
+    """{student: {grade cell id: (score, max_score)}} from the class gradebook."""
+    out = {}
+    with Gradebook(parallel.db_url(root), parallel.course_id(root)) as gradebook:
+        try:
+            submissions = gradebook.assignment_submissions(assignment)
+        except MissingEntry:
+            return {}
+        for submission in submissions:
+            out[submission.student_id] = {
+                g.name: (g.score, g.max_score) for nb in submission.notebooks for g in nb.grades
+            }
+    return out
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def write_csv(root: Path, assignment: str, to: Path) -> Path:
+    """One row per student, one column per exercise (points), then total, max and status."""
+    exercises = cell_exercises(root, assignment)
+    names = list(dict.fromkeys(exercises.values()))
+    records = load_records(root, assignment)
+    table = grades(root, assignment)
+    with open(to, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student_id", *names, "total", "max_score", "status", "reason"])
+        for student in sorted(table):
+            per = collections.defaultdict(float)
+            for cell, (score, _) in table[student].items():
+                per[exercises.get(cell, cell)] += score or 0
+            total = sum(score or 0 for score, _ in table[student].values())
+            maximum = sum(m or 0 for _, m in table[student].values())
+            record = records.get(student, {})
+            writer.writerow(
+                [
+                    student,
+                    *(f"{per[n]:g}" for n in names),
+                    f"{total:g}",
+                    f"{maximum:g}",
+                    record.get("status", ""),
+                    record.get("reason", ""),
+                ]
+            )
+    return Path(to)
+
+
+# ----------------------------------------------------------------------------- per student
+
+STYLE = """<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
+vertical-align:top}.ok{color:#070}.bad{color:#b00}.hint{color:#555}code{background:#f4f4f4}</style>"""
+
+
+def student_html(student: str, assignment: str, record: dict, scores: dict) -> str:
+    e = html.escape
+    total = sum(s or 0 for s, _ in scores.values())
+    maximum = sum(m or 0 for _, m in scores.values())
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{e(assignment)}: {e(student)}</title>",
+        STYLE,
+        f"<h1>{e(assignment)}: {e(student)}</h1>",
+        f"<p><b>Score: {total:g} / {maximum:g}</b></p>",
+    ]
+    if record.get("reason"):
+        parts.append(
+            f"<p class='bad'>Grading stopped: {e(record['reason'])}. Cells graded before "
+            "that kept their points.</p>"
+        )
+    for note in record.get("notes", []):
+        parts.append(f"<p class='hint'>Note: {e(note)}</p>")
+    reports = record.get("reports", {})
+    parts.append("<table><tr><th>graded cell</th><th>points</th><th>checks</th></tr>")
+    for cell, (score, maximum) in scores.items():
+        rows = []
+        for report in reports.get(cell, []):
+            kind = f"hidden checks, seed {report['seed']}" if report["hidden"] else "checks"
+            rows.append(f"<div><i>{e(report['exercise'])}: {e(kind)}</i></div>")
+            for result in report["results"]:
+                if result["passed"]:
+                    rows.append(f"<div class='ok'>✓ {e(result['check'])}</div>")
+                else:
+                    rows.append(
+                        f"<div class='bad'>✗ {e(result['check'])}<br>&nbsp;&nbsp;"
+                        f"{e(result['message'])}</div>"
+                    )
+                    if result["hint"]:
+                        rows.append(
+                            f"<div class='hint'>&nbsp;&nbsp;hint: {e(result['hint'])}</div>"
+                        )
+        if not rows:
+            rows.append("<div class='hint'>no check verdicts recorded for this cell</div>")
+        parts.append(
+            f"<tr><td><code>{e(cell)}</code></td><td>{(score or 0):g} / {(maximum or 0):g}"
+            f"</td><td>{''.join(rows)}</td></tr>"
+        )
+    parts.append("</table>")
+    if record.get("tamper"):
+        parts.append("<h2>Reported to your instructor</h2><ul>")
+        parts += [f"<li>{e(t['what'])} (cell {e(t['cell'])})</li>" for t in record["tamper"]]
+        parts.append("</ul>")
+    return "\n".join(parts)
+
+
+# ----------------------------------------------------------------------------- class report
+
+
+def failing_checks(records: dict) -> list:
+    """[(exercise, check, failed, ran, {hint: count})], most failed first."""
+    ran = collections.Counter()
+    failed = collections.Counter()
+    hints = collections.defaultdict(collections.Counter)
+    for record in records.values():
+        seen = set()
+        for runs in record.get("reports", {}).values():
+            for report in runs:
+                for result in report["results"]:
+                    key = (report["exercise"], result["check"])
+                    if key in seen:
+                        continue  # visible and hidden runs of one check count once per student
+                    seen.add(key)
+                    ran[key] += 1
+                    if not result["passed"]:
+                        failed[key] += 1
+                        if result["hint"]:
+                            hints[key][result["hint"]] += 1
+    return sorted(
+        ((ex, ch, failed[(ex, ch)], ran[(ex, ch)], dict(hints[(ex, ch)])) for ex, ch in ran),
+        key=lambda row: (-row[2] / max(row[3], 1), row[0], row[1]),
+    )
+
+
+def plot_png(rows: list, scores: list) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, max(3, 0.35 * len(rows) + 1.5)), gridspec_kw={"width_ratios": [2, 1]}
+    )
+    labels = [f"{ex}: {ch[:40]}" for ex, ch, *_ in rows][::-1]
+    rates = [100 * failed / max(ran, 1) for _, _, failed, ran, _ in rows][::-1]
+    left.barh(range(len(rates)), rates, color="#c44")
+    left.set_yticks(range(len(rates)), labels, fontsize=8)
+    left.set_xlabel("% of students failing")
+    left.set_xlim(0, 100)
+    left.set_title("checks that fail most")
+    right.hist(scores, bins=10, color="#46a")
+    right.set_xlabel("score")
+    right.set_ylabel("students")
+    right.set_title("scores")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png", dpi=90)
+    plt.close(fig)
+    return out.getvalue()
+
+
+def class_html(assignment: str, records: dict, table: dict, png: bytes) -> str:
+    e = html.escape
+    rows = failing_checks(records)
+    totals = {s: sum(v or 0 for v, _ in g.values()) for s, g in table.items()}
+    maximum = max((sum(m or 0 for _, m in g.values()) for g in table.values()), default=0)
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{e(assignment)}: class report</title>",
+        STYLE,
+        f"<h1>{e(assignment)}: class report</h1>",
+        f"<p>{len(table)} students in the gradebook; mean score "
+        f"{(sum(totals.values()) / max(len(totals), 1)):.2f} / {maximum:g}.</p>",
+        f"<img alt='checks that fail most, and scores' src='data:image/png;base64,"
+        f"{base64.b64encode(png).decode()}'>",
+        "<h2>Checks that fail most</h2><table><tr><th>exercise</th><th>check</th>"
+        "<th>failed</th><th>hints students got</th></tr>",
+    ]
+    for exercise, check, failed, ran, hints in rows:
+        if not failed:
+            continue
+        given = "<br>".join(
+            f"{e(h)} <span class='hint'>({n})</span>"
+            for h, n in sorted(hints.items(), key=lambda kv: -kv[1])
+        )
+        parts.append(
+            f"<tr><td>{e(exercise)}</td><td>{e(check)}</td><td>{failed} / {ran}</td>"
+            f"<td>{given}</td></tr>"
+        )
+    parts.append(
+        "</table><h2>Submissions not graded to the end</h2><table><tr><th>student</th>"
+        "<th>status</th><th>score</th><th>reason</th></tr>"
+    )
+    for student, record in sorted(records.items()):
+        if record.get("status") != "graded":
+            parts.append(
+                f"<tr><td>{e(student)}</td><td>{e(record['status'])}</td>"
+                f"<td>{totals.get(student, 0):g}</td><td>{e(record.get('reason', ''))}</td></tr>"
+            )
+    parts.append(
+        "</table><h2>Tampering and shortcuts</h2><table><tr><th>student</th><th>cell</th>"
+        "<th>kind</th><th>what</th></tr>"
+    )
+    for student, record in sorted(records.items()):
+        for t in record.get("tamper", []):
+            parts.append(
+                f"<tr><td>{e(student)}</td><td><code>{e(t['cell'])}</code></td>"
+                f"<td>{e(t['kind'])}</td><td>{e(t['what'])}</td></tr>"
+            )
+    parts.append("</table>")
+    return "\n".join(parts)
+
+
+def write_all(root: Path, assignment: str, csv_path: Path = None) -> dict:
+    """Write every student's checks.html, the class report (HTML and PNG) and the CSV."""
+    records = load_records(root, assignment)
+    if not records:
+        raise parallel.pipeline.GradingError(
+            f"nothing recorded for {assignment}: run `python -m grader autograde {assignment} "
+            "--workers N` first."
+        )
+    table = grades(root, assignment)
+    for student, record in records.items():
+        page = root / "feedback" / student / assignment / "checks.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(student_html(student, assignment, record, table.get(student, {})))
+    rows = failing_checks(records)
+    png = plot_png(rows, [sum(v or 0 for v, _ in g.values()) for g in table.values()])
+    (root / "feedback" / f"{assignment}-class-report.png").write_bytes(png)
+    report = root / "feedback" / f"{assignment}-class-report.html"
+    report.write_text(class_html(assignment, records, table, png))
+    csv_path = write_csv(
+        root, assignment, csv_path or root / "feedback" / f"{assignment}-grades.csv"
+    )
+    return {
+        "feedback": root / "feedback" / "STUDENT" / assignment / "checks.html",
+        "class report": report,
+        "grades by exercise": csv_path,
+    }

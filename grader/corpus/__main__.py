@@ -1,5 +1,0 @@
-import sys
-
-from grader.corpus import main
-
-sys.exit(main())

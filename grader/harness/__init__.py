@@ -1,0 +1,2 @@
+"""What runs in the student's notebook: the check harness (`checking`) and the guard against
+shortcuts (`guard`)."""

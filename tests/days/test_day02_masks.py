@@ -1,0 +1,513 @@
+"""The day02 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, and correct implementations written differently pass too."""
+
+import functools
+import math
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+import course.reference.masks
+from course.reference.sdpa import stable_softmax
+from grader import check
+from helpers import ROOT, assert_mistake_named, day_report
+
+DAY = "day02-masks"
+
+# For tests/test_nbgrader_e2e.py: a top-left causal mask (what is_causal=True does) costs
+# causal_mask's visible and hidden points (2 + 1), and the feedback names the mistake.
+PLANTED_SUBMISSION = {
+    "cell": "causal_mask",
+    "old": "torch.arange(lq, device=device)[:, None] + (lk - lq)",
+    "new": "torch.arange(lq, device=device)[:, None]",
+    "points_lost": 3,
+    "hint": "the course's causal mask is bottom-right aligned",
+}
+
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+
+
+def assert_named_on_hidden_seeds(name, bug, key, seeds=range(1, 11)):
+    """Hidden tests too: the same mistake is named whatever shapes are drawn."""
+    for seed in seeds:
+        result = report(name, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# ----------------------------------------------------------------------------- the solution
+
+
+def test_check_prints_a_verdict_per_check(solution, capsys):
+    check(DAY, "masked_attention", solution["masked_attention"])
+    printed = capsys.readouterr().out
+    assert printed.count("✓") == 8 and "✗" not in printed
+
+
+def test_planted_submission_is_the_named_top_left_mistake(solution):
+    namespace = {"torch": torch}
+    source = solution_source("causal_mask").replace(
+        PLANTED_SUBMISSION["old"], PLANTED_SUBMISSION["new"]
+    )
+    exec(source, namespace)
+    result = report("causal_mask", namespace["causal_mask"])
+    assert "top_left_causal" in result.keys
+    assert any(PLANTED_SUBMISSION["hint"] in r.hint for r in result.results)
+
+
+def solution_source(grade_id):
+    notebook = nbformat.read(ROOT / "solutions" / DAY / f"{DAY}.ipynb", as_version=4)
+    (cell,) = [
+        c for c in notebook.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id
+    ]
+    assert PLANTED_SUBMISSION["old"] in cell.source or grade_id != PLANTED_SUBMISSION["cell"]
+    return cell.source
+
+
+# ----------------------------------------------------------------------------- causal_mask
+
+
+def tril_mask(diagonal):
+    """A causal mask built with tril and the given diagonal (lq, lk -> diagonal)."""
+
+    def mask(lq, lk=None, device=None):
+        lk = lq if lk is None else lk
+        return torch.ones(lq, lk, dtype=torch.bool, device=device).tril(diagonal=diagonal(lq, lk))
+
+    return mask
+
+
+bottom_right = tril_mask(lambda lq, lk: lk - lq)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda lq, lk=None, device=None: ~bottom_right(lq, lk, device), "inverted_mask"),
+        (tril_mask(lambda lq, lk: 0), "top_left_causal"),
+        (tril_mask(lambda lq, lk: lk - lq - 1), "excludes_diagonal"),
+        (
+            lambda lq, lk=None, device=None: torch.ones(
+                lq, lq if lk is None else lk, dtype=torch.bool, device=device
+            ).triu(),
+            "upper_triangular",
+        ),
+        (lambda lq, lk=None, device=None: bottom_right(lq, lk, device).float(), "not_boolean"),
+        (lambda lq, lk=None, device=None: bottom_right(lq, lk), "ignores_device"),
+        (lambda lq, lk=None, device=None: bottom_right(lq, lk).T, "wrong_shape"),
+        (lambda lq, lk, device=None: bottom_right(lq, lk, device), "raised"),  # lk required
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "inverted",
+        "top_left",
+        "no_diagonal",
+        "upper",
+        "float",
+        "ignores_device",
+        "transposed",
+        "lk_required",
+        "stub",
+    ],
+)
+def test_causal_mask_bug_is_named(bug, key, capsys):
+    assert_named("causal_mask", bug, key, capsys)
+
+
+def test_top_left_alignment_is_named_on_every_hidden_seed():
+    assert_named_on_hidden_seeds("causal_mask", tril_mask(lambda lq, lk: 0), "top_left_causal")
+
+
+def test_swapped_lengths_are_named():
+    def swapped(lq, lk=None, device=None):
+        lk = lq if lk is None else lk
+        return torch.ones(lk, lq, dtype=torch.bool, device=device).tril(diagonal=lq - lk)
+
+    assert "swapped_lengths" in report("causal_mask", swapped).keys
+
+
+def test_library_causal_mask_is_refused():
+    result = report(
+        "causal_mask",
+        lambda lq, lk=None, device=None: course.reference.masks.causal_mask(lq, lk, device),
+    )
+    assert result.keys == {"shortcut"}
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        bottom_right,
+        lambda lq, lk=None, device=None: (
+            torch.arange(lq if lk is None else lk, device=device)
+            <= torch.arange(lq, device=device)[:, None] + ((lq if lk is None else lk) - lq)
+        ),
+        lambda lq, lk=None, device=None: (
+            torch.ones(lq, lq if lk is None else lk, device=device)
+            .tril((lq if lk is None else lk) - lq)
+            .bool()
+        ),
+        lambda lq, lk=None, device=None: (
+            ~torch.ones(lq, lq if lk is None else lk, dtype=torch.bool, device=device).triu(
+                (lq if lk is None else lk) - lq + 1
+            )
+        ),
+    ],
+    ids=["tril_bool", "arange", "tril_float_then_bool", "not_triu"],
+)
+def test_other_correct_causal_masks_pass(mask):
+    for seed in range(5):
+        assert report("causal_mask", mask, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- padding_mask
+
+
+def padding(compare, positions=lambda n: torch.arange(n)):
+    return lambda lengths, max_len: compare(positions(max_len)[None, :], lengths[:, None])
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (padding(lambda p, n: p >= n), "inverted_mask"),
+        (padding(lambda p, n: p <= n), "off_by_one"),
+        (padding(lambda p, n: p < n - 1), "off_by_one"),
+        (
+            lambda lengths, max_len: torch.arange(max_len)[:, None] < lengths[None, :],
+            "padding_transposed",
+        ),
+        (padding(lambda p, n: p >= p.shape[-1] - n), "left_padded"),
+        (lambda lengths, max_len: (torch.arange(max_len) < lengths[:, None]).long(), "not_boolean"),
+        (lambda lengths, max_len: torch.arange(max_len) < lengths, "raised"),  # no [:, None]
+        (stub, "not_implemented"),
+    ],
+    ids=["inverted", "le", "minus_one", "transposed", "left", "long", "no_broadcast", "stub"],
+)
+def test_padding_mask_bug_is_named(bug, key, capsys):
+    assert_named("padding_mask", bug, key, capsys)
+
+
+def test_library_padding_mask_is_refused():
+    assert report("padding_mask", course.reference.masks.padding_mask).keys == {"shortcut"}
+
+
+def padding_loop(lengths, max_len):
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.bool)
+    for b, length in enumerate(lengths.tolist()):
+        mask[b, :length] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        padding_loop,
+        lambda lengths, max_len: (
+            torch.arange(max_len).expand(len(lengths), max_len) < lengths.unsqueeze(1)
+        ),
+        lambda lengths, max_len: torch.ones(len(lengths), max_len).cumsum(-1) <= lengths[:, None],
+    ],
+    ids=["loop", "expand", "cumsum"],
+)
+def test_other_correct_padding_masks_pass(mask):
+    for seed in range(5):
+        assert report("padding_mask", mask, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- to_additive_mask
+
+
+def additive(value):
+    return lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, value(dtype))
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (
+            lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype).masked_fill(
+                mask, torch.finfo(dtype).min
+            ),
+            "inverted_mask",
+        ),
+        (additive(lambda dtype: -math.inf), "additive_neg_inf"),
+        (additive(lambda dtype: -1e4), "not_dtype_min"),
+        (lambda mask, dtype: mask.to(dtype), "not_additive"),
+        (
+            lambda mask, dtype: torch.zeros(mask.shape).masked_fill(
+                ~mask, torch.finfo(torch.float32).min
+            ),
+            "wrong_dtype",
+        ),
+        (stub, "not_implemented"),
+    ],
+    ids=["inverted", "neg_inf", "minus_1e4", "zero_one", "float32_always", "stub"],
+)
+def test_to_additive_mask_bug_is_named(bug, key, capsys):
+    assert_named("to_additive_mask", bug, key, capsys)
+
+
+def minus_1e9_where(mask, dtype):
+    return torch.where(mask, 0.0, -1e9).to(dtype)  # float16: silently -inf
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [
+        minus_1e9_where,
+        additive(lambda dtype: -1e9),  # float16: masked_fill refuses, "without overflow"
+        additive(lambda dtype: torch.finfo(torch.float32).min),
+    ],
+    ids=["where_then_cast", "masked_fill", "float32_min"],
+)
+def test_float16_overflow_is_named(bug, capsys):
+    assert_named("to_additive_mask", bug, "float16_overflow", capsys)
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [
+        lambda mask, dtype: torch.where(
+            mask, torch.tensor(0.0, dtype=dtype), torch.tensor(torch.finfo(dtype).min, dtype=dtype)
+        ),
+        lambda mask, dtype: (~mask).to(dtype) * torch.finfo(dtype).min,
+        lambda mask, dtype: torch.full(mask.shape, torch.finfo(dtype).min, dtype=dtype).masked_fill(
+            mask, 0.0
+        ),
+    ],
+    ids=["where", "multiply", "full_then_fill"],
+)
+def test_other_correct_additive_masks_pass(impl):
+    for seed in range(5):
+        assert report("to_additive_mask", impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- masked_attention
+
+
+def key_view(key_padding_mask, q):
+    """(B, Lk) -> (B, 1, ..., 1, Lk), to broadcast over heads and queries."""
+    batch, lk = key_padding_mask.shape
+    return key_padding_mask.view(batch, *[1] * (q.dim() - 2), lk)
+
+
+def query_view(key_padding_mask, q):
+    """The mistake: (B, Lk) -> (B, 1, ..., Lk, 1), masking queries."""
+    batch, lk = key_padding_mask.shape
+    return key_padding_mask.view(batch, *[1] * (q.dim() - 3), lk, 1)
+
+
+def naive_softmax(x, dim=-1):
+    exps = torch.exp(x - x.amax(dim, keepdim=True))
+    return exps / exps.sum(dim, keepdim=True)
+
+
+def make_masked(
+    fill=lambda s, m: s.masked_fill(~m, torch.finfo(s.dtype).min),
+    softmax=stable_softmax,
+    zero_rows=True,
+    kpm_view=key_view,
+    combine=lambda m, keys: keys if m is None else m & keys,
+    scale=lambda d: 1 / math.sqrt(d),
+    softmax_dim=-1,
+):
+    """An attention built from replaceable parts, so each bug changes exactly one of them."""
+
+    def attention(q, k, v, mask=None, key_padding_mask=None):
+        scores = q @ k.transpose(-2, -1) * scale(q.shape[-1])
+        if key_padding_mask is not None:
+            mask = combine(mask, kpm_view(key_padding_mask, q))
+        if mask is not None:
+            scores = fill(scores, mask)
+        weights = softmax(scores, dim=softmax_dim)
+        if mask is not None and zero_rows:
+            weights = weights * mask.any(dim=-1, keepdim=True)
+        return weights @ v, weights
+
+    return attention
+
+
+def fill_by_indexing(scores, mask):
+    scores = scores.clone()
+    scores[~mask] = -math.inf
+    return scores
+
+
+def any_without_keepdim(q, k, v, mask=None, key_padding_mask=None):
+    out, weights = make_masked(zero_rows=False)(q, k, v, mask, key_padding_mask)
+    if mask is not None:
+        weights = weights * mask.any(dim=-1)  # (..., Lq) broadcast against the keys axis
+    return weights @ v, weights
+
+
+def mask_as_batch_first(q, k, v, mask=None, key_padding_mask=None):
+    """Assumes a (B, Lq, Lk) mask and adds the heads axis itself."""
+    if mask is not None:
+        mask = mask.unsqueeze(1)
+    return make_masked()(q, k, v, mask, key_padding_mask)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (
+            make_masked(fill=lambda s, m: s.masked_fill(m, torch.finfo(s.dtype).min)),
+            "inverted_mask",
+        ),
+        (make_masked(fill=lambda s, m: s), "mask_ignored"),
+        (make_masked(combine=lambda m, keys: keys if m is None else m), "key_padding_ignored"),
+        (make_masked(kpm_view=query_view), "masked_queries"),
+        (
+            make_masked(
+                fill=lambda s, m: s.masked_fill(~m, -math.inf),
+                softmax=naive_softmax,
+                zero_rows=False,
+            ),
+            "nan_on_fully_masked_row",
+        ),
+        (make_masked(zero_rows=False), "fully_masked_row_uniform"),
+        (make_masked(fill=fill_by_indexing), "mask_not_broadcast"),
+        (mask_as_batch_first, "mask_not_broadcast"),
+        (make_masked(fill=lambda s, m: s.masked_fill(~m, -1e9)), "float16_overflow"),
+        (
+            make_masked(fill=lambda s, m: s.masked_fill(~m, torch.finfo(torch.float32).min)),
+            "float16_overflow",
+        ),
+        (make_masked(scale=lambda d: 1.0), "missing_scale"),
+        (make_masked(softmax_dim=-2, zero_rows=False), "softmax_over_queries"),
+        (
+            lambda q, k, v, mask=None, key_padding_mask=None: make_masked()(q, k, v, mask)[::-1],
+            "wrong_shape",
+        ),
+        (lambda q, k, v, mask=None: make_masked()(q, k, v, mask), "raised"),  # no key_padding_mask
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "inverted",
+        "ignored",
+        "kpm_ignored",
+        "masked_queries",
+        "nan_rows",
+        "uniform_rows",
+        "bool_indexing",
+        "mask_unsqueezed",
+        "minus_1e9",
+        "float32_min",
+        "missing_scale",
+        "over_queries",
+        "swapped_outputs",
+        "no_kpm_argument",
+        "stub",
+    ],
+)
+def test_masked_attention_bug_is_named(bug, key, capsys):
+    assert_named("masked_attention", bug, key, capsys)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (
+            make_masked(fill=lambda s, m: s.masked_fill(m, torch.finfo(s.dtype).min)),
+            "inverted_mask",
+        ),
+        (make_masked(kpm_view=query_view), "masked_queries"),
+        (
+            make_masked(
+                fill=lambda s, m: s.masked_fill(~m, -math.inf),
+                softmax=naive_softmax,
+                zero_rows=False,
+            ),
+            "nan_on_fully_masked_row",
+        ),
+        (make_masked(fill=fill_by_indexing), "mask_not_broadcast"),
+        (make_masked(fill=lambda s, m: s.masked_fill(~m, -1e9)), "float16_overflow"),
+    ],
+    ids=["inverted", "masked_queries", "nan_rows", "bool_indexing", "minus_1e9"],
+)
+def test_masked_attention_bugs_are_named_on_hidden_seeds(bug, key):
+    assert_named_on_hidden_seeds("masked_attention", bug, key)
+
+
+def test_zeroing_rows_without_keepdim_fails():
+    assert not report("masked_attention", any_without_keepdim).passed
+
+
+@pytest.mark.parametrize(
+    "shortcut, name",
+    [
+        (
+            lambda q, k, v, mask=None, key_padding_mask=None: make_masked(
+                softmax=lambda s, dim: s.softmax(dim)
+            )(q, k, v, mask, key_padding_mask),
+            "softmax",
+        ),
+        (
+            lambda q, k, v, mask=None, key_padding_mask=None: (
+                F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                make_masked()(q, k, v, mask, key_padding_mask)[1],
+            ),
+            "scaled_dot_product_attention",
+        ),
+        (
+            lambda q, k, v, mask=None, key_padding_mask=None: course.reference.masks.attention(
+                q, k, v, mask if key_padding_mask is None else key_view(key_padding_mask, q)
+            ),
+            "course.reference.masks.attention",
+        ),
+    ],
+    ids=["softmax", "sdpa", "library"],
+)
+def test_masked_attention_shortcuts_are_refused(shortcut, name):
+    result = report("masked_attention", shortcut)
+    assert result.keys == {"shortcut"} and len(result.results) == 1
+    assert name in result.results[0].message
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [
+        make_masked(
+            fill=lambda s, m: s.masked_fill(~m, -math.inf), zero_rows=False
+        ),  # -inf + NaN-safe softmax
+        make_masked(fill=lambda s, m: torch.where(m, s, torch.finfo(s.dtype).min)),
+        make_masked(
+            fill=lambda s, m: s + torch.zeros_like(s).masked_fill(~m, torch.finfo(s.dtype).min)
+        ),
+        make_masked(
+            fill=lambda s, m: s.masked_fill(~m, -math.inf),
+            softmax=lambda s, dim: naive_softmax(s, dim).nan_to_num(0.0),
+            zero_rows=False,
+        ),
+        lambda q, k, v, mask=None, key_padding_mask=None: tuple(
+            t.to(q.dtype)
+            for t in make_masked()(q.double(), k.double(), v.double(), mask, key_padding_mask)
+        ),
+    ],
+    ids=["neg_inf_nan_safe_softmax", "where_dtype_min", "additive", "nan_to_num", "float64_inside"],
+)
+def test_other_correct_attentions_pass(attention):
+    for seed in range(5):
+        result = report("masked_attention", attention, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+# ----------------------------------------------------------------------------- using it wrongly
+
+
+def test_unknown_exercise_names_say_what_exists():
+    with pytest.raises(ValueError, match="expected one of .*'masked_attention'"):
+        check(DAY, "attention", make_masked())
+
+
+def test_passing_a_mask_instead_of_a_function_is_explained():
+    with pytest.raises(TypeError, match="pass the function itself"):
+        check(DAY, "causal_mask", torch.ones(3, 3, dtype=torch.bool))

@@ -1,0 +1,1048 @@
+"""The day03 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, and correct implementations written differently pass too."""
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import course.reference.multihead as library
+from course.reference.masks import attention
+from helpers import assert_mistake_named, day_report
+
+DAY = "day03-multihead"
+
+# For tests/test_nbgrader_e2e.py: RoPE positions offset by one cost apply_rope's visible and
+# hidden points (2 + 1); no other graded cell uses apply_rope.
+PLANTED_SUBMISSION = {
+    "cell": "apply_rope",
+    "old": "angle = positions.to(device=x.device, dtype=x.dtype)",
+    "new": "angle = (positions + 1).to(device=x.device, dtype=x.dtype)",
+    "points_lost": 3,
+    "hint": "use the positions you are given, as they are",
+}
+
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# ----------------------------------------------------------------------------- the solution
+
+
+# ----------------------------------------------------------------------------- split / merge / repeat
+
+
+def split_no_transpose(x, num_heads):
+    batch, length, d_model = x.shape
+    return x.reshape(batch, num_heads, length, d_model // num_heads)
+
+
+def split_strided(x, num_heads):
+    batch, length, d_model = x.shape
+    return x.view(batch, length, d_model // num_heads, num_heads).permute(0, 3, 1, 2)
+
+
+def split_unchecked(x, num_heads):
+    batch, length, d_model = x.shape
+    return x.view(batch, length, num_heads, d_model // num_heads).transpose(1, 2)
+
+
+def split_assert(x, num_heads):
+    assert x.shape[-1] % num_heads == 0
+    return split_unchecked(x, num_heads)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (split_no_transpose, "split_without_transpose"),
+        (split_strided, "heads_interleaved"),
+        (split_unchecked, "no_clear_error"),
+        (split_assert, "no_clear_error"),
+        (lambda x, h: library.split_heads(x, h), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=["no_transpose", "strided", "unchecked", "assert", "library", "stub"],
+)
+def test_split_heads_bug_is_named(bug, key, capsys):
+    assert_named("split_heads", bug, key, capsys)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda x: x.reshape(x.shape[0], x.shape[2], -1), "merge_without_transpose"),
+        (lambda x: x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1).float(), "wrong_dtype"),
+        (lambda x: library.merge_heads(x), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=["no_transpose", "float32", "library", "stub"],
+)
+def test_merge_heads_bug_is_named(bug, key, capsys):
+    assert_named("merge_heads", bug, key, capsys)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda x, n: x.repeat(1, n, 1, 1), "repeat_tiled"),
+        (lambda x, n: torch.cat([x] * n, dim=1), "repeat_tiled"),
+        (lambda x, n: x.repeat_interleave(n, dim=2), "wrong_shape"),
+        (lambda x, n: library.repeat_kv(x, n), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=["tiled", "cat", "wrong_axis", "library", "stub"],
+)
+def test_repeat_kv_bug_is_named(bug, key, capsys):
+    assert_named("repeat_kv", bug, key, capsys)
+
+
+@pytest.mark.parametrize(
+    "split",
+    [
+        lambda x, h: (
+            x.unflatten(-1, (h, -1)).transpose(1, 2) if x.shape[-1] % h == 0 else library_error()
+        ),
+        lambda x, h: (
+            torch.einsum("blhd->bhld", x.reshape(*x.shape[:2], h, x.shape[-1] // h))
+            if x.shape[-1] % h == 0
+            else library_error()
+        ),
+        lambda x, h: (
+            torch.stack(x.split(x.shape[-1] // h, dim=-1), dim=1)
+            if x.shape[-1] % h == 0
+            else library_error()
+        ),
+    ],
+    ids=["unflatten", "einsum", "split-stack"],
+)
+def test_other_correct_splits_pass(split):
+    for seed in range(5):
+        assert report("split_heads", split, hidden=True, seed=seed).passed
+
+
+def library_error():
+    raise ValueError("d_model is not divisible by num_heads")
+
+
+@pytest.mark.parametrize(
+    "merge",
+    [
+        lambda x: x.permute(0, 2, 1, 3).flatten(2),
+        lambda x: torch.cat(x.unbind(1), dim=-1),
+        lambda x: torch.einsum("bhld->blhd", x).contiguous().view(x.shape[0], x.shape[2], -1),
+    ],
+    ids=["permute-flatten", "cat-heads", "einsum"],
+)
+def test_other_correct_merges_pass(merge):
+    for seed in range(5):
+        assert report("merge_heads", merge, hidden=True, seed=seed).passed
+
+
+@pytest.mark.parametrize(
+    "repeat",
+    [
+        lambda x, n: x[:, :, None].expand(-1, -1, n, -1, -1).reshape(x.shape[0], -1, *x.shape[2:]),
+        lambda x, n: x[:, torch.arange(x.shape[1] * n) // n],
+    ],
+    ids=["expand (Hugging Face)", "index"],
+)
+def test_other_correct_repeats_pass(repeat):
+    for seed in range(5):
+        assert report("repeat_kv", repeat, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- MultiHeadAttention
+
+
+def make_mha(
+    split="right",
+    merge="right",
+    scale="head_dim",
+    use_context=True,
+    mask_mode="right",
+    weights_mode="per_head",
+    kv_repeat="interleave",
+    check_args=True,
+    names=None,
+    core=None,
+):
+    """A MultiHeadAttention class built from replaceable parts, so each bug changes one of them."""
+
+    class Bugged(nn.Module):
+        def __init__(self, d_model, num_heads, num_kv_heads=None, bias=True):
+            super().__init__()
+            num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+            if check_args and (d_model % num_heads or num_heads % num_kv_heads):
+                raise ValueError(
+                    f"bad head counts: d_model={d_model}, num_heads={num_heads}, "
+                    f"num_kv_heads={num_kv_heads}"
+                )
+            self.d_model, self.h, self.hkv = d_model, num_heads, num_kv_heads
+            self.dh = d_model // num_heads
+            q, k, v, o = names or ("q_proj", "k_proj", "v_proj", "out_proj")
+            setattr(self, q, nn.Linear(d_model, d_model, bias=bias))
+            setattr(self, k, nn.Linear(d_model, num_kv_heads * self.dh, bias=bias))
+            setattr(self, v, nn.Linear(d_model, num_kv_heads * self.dh, bias=bias))
+            setattr(self, o, nn.Linear(d_model, d_model, bias=bias))
+
+        def to_heads(self, t, n):
+            b, length, _ = t.shape
+            if split == "no_transpose":
+                return t.reshape(b, n, length, self.dh)
+            return t.view(b, length, n, self.dh).transpose(1, 2)
+
+        def forward(self, x, context=None, mask=None, need_weights=False):
+            context = x if context is None or not use_context else context
+            q = self.to_heads(self.q_proj(x), self.h)
+            k = self.to_heads(self.k_proj(context), self.hkv)
+            v = self.to_heads(self.v_proj(context), self.hkv)
+            n_rep = self.h // self.hkv
+            if kv_repeat == "interleave":
+                k, v = k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1)
+            else:
+                k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
+            if scale == "d_model":
+                q = q * math.sqrt(self.dh / self.d_model)  # attention divides by sqrt(dh) again
+            if mask is not None and mask_mode == "ignore":
+                mask = None
+            elif mask is not None and mask_mode == "invert":
+                mask = ~mask
+            out, weights = (core or attention)(q, k, v, mask)
+            b, _, length, _ = out.shape
+            if merge == "no_transpose":
+                merged = out.reshape(b, length, self.d_model)
+            else:
+                merged = out.transpose(1, 2).reshape(b, length, self.d_model)
+            if weights_mode == "averaged":
+                weights = weights.mean(1)
+            if not need_weights and weights_mode != "always":
+                weights = None
+            return self.out_proj(merged), weights
+
+    return Bugged
+
+
+class UsesTorch(nn.Module):
+    def __init__(self, d_model, num_heads, num_kv_heads=None, bias=True):
+        super().__init__()
+        self.inner = nn.MultiheadAttention(d_model, num_heads, bias=bias, batch_first=True)
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(self, x, context=None, mask=None, need_weights=False):
+        context = x if context is None else context
+        return self.inner(x, context, context, need_weights=need_weights)
+
+
+class UsesLibrary(library.MultiHeadAttention):
+    """Inherits the course's own layer: its __init__ and forward run inside the guard."""
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_mha(split="no_transpose", merge="no_transpose"), "split_without_transpose"),
+        (make_mha(split="no_transpose"), "split_without_transpose"),
+        (make_mha(scale="d_model"), "scaled_by_d_model"),
+        (make_mha(use_context=False), "ignores_context"),
+        (make_mha(mask_mode="ignore"), "ignores_mask"),
+        (make_mha(mask_mode="invert"), "inverted_mask"),
+        (make_mha(weights_mode="averaged"), "weights_not_per_head"),
+        (make_mha(weights_mode="always"), "weights_when_not_needed"),
+        (make_mha(kv_repeat="tile"), "gqa_tiled"),
+        (make_mha(check_args=False), "no_clear_error"),
+        (make_mha(names=("q", "k", "v", "o")), "missing_projection"),
+        (UsesTorch, "shortcut"),
+        (UsesLibrary, "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "split_and_merge",
+        "split_only",
+        "d_model",
+        "context",
+        "no_mask",
+        "inverted",
+        "averaged",
+        "always_weights",
+        "gqa_tiled",
+        "unchecked",
+        "names",
+        "nn.MultiheadAttention",
+        "library",
+        "stub",
+    ],
+)
+def test_multihead_attention_bug_is_named(bug, key, capsys):
+    assert_named("MultiHeadAttention", bug, key, capsys)
+
+
+def einsum_core(q, k, v, mask):
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = F.softmax(scores, dim=-1)
+    return torch.einsum("bhqk,bhkd->bhqd", weights, v), weights
+
+
+def sdpa_core(q, k, v, mask):
+    """F.scaled_dot_product_attention for the output, the weights written out."""
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out, einsum_core(q, k, v, mask)[1]
+
+
+@pytest.mark.parametrize(
+    "mha", [make_mha(core=einsum_core), make_mha(core=sdpa_core)], ids=["einsum", "sdpa"]
+)
+def test_other_correct_multihead_attentions_pass(mha):
+    for seed in range(5):
+        assert report("MultiHeadAttention", mha, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- sinusoidal_positions
+
+
+def make_sinusoid(offset=0, layout="interleaved", exponent=2):
+    def sinusoidal_positions(length, dim):
+        position = torch.arange(length, dtype=torch.float32).unsqueeze(-1) + offset
+        pair = torch.arange(0, dim, 2, dtype=torch.float32)
+        angle = position / 10000.0 ** (pair * exponent / 2 / dim)
+        if layout == "halves":
+            return torch.cat([angle.sin(), angle.cos()], dim=-1)
+        table = torch.empty(length, dim)
+        first, second = (
+            (angle.cos(), angle.sin()) if layout == "swapped" else (angle.sin(), angle.cos())
+        )
+        table[:, 0::2], table[:, 1::2] = first, second
+        return table
+
+    return sinusoidal_positions
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_sinusoid(offset=1), "positions_from_one"),
+        (make_sinusoid(layout="halves"), "sin_cos_halves"),
+        (make_sinusoid(layout="swapped"), "sin_cos_swapped"),
+        (make_sinusoid(exponent=1), "frequency_exponent"),
+        (lambda n, d: make_sinusoid()(n, d).double(), "wrong_dtype"),
+        (lambda n, d: library.sinusoidal_positions(n, d), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=["from_one", "halves", "swapped", "exponent", "float64", "library", "stub"],
+)
+def test_sinusoidal_positions_bug_is_named(bug, key, capsys):
+    assert_named("sinusoidal_positions", bug, key, capsys)
+
+
+def annotated_transformer_pe(length, dim):
+    """The Annotated Transformer's version: exp(-log(10000) * 2i / d), all in float32."""
+    pe = torch.zeros(length, dim)
+    position = torch.arange(0, length).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2) * -(math.log(10000.0) / dim))
+    pe[:, 0::2] = torch.sin(position * div_term)
+    pe[:, 1::2] = torch.cos(position * div_term)
+    return pe
+
+
+def loop_pe(length, dim):
+    rows = [
+        [
+            math.sin(p / 10000 ** (2 * (c // 2) / dim))
+            if c % 2 == 0
+            else math.cos(p / 10000 ** (2 * (c // 2) / dim))
+            for c in range(dim)
+        ]
+        for p in range(length)
+    ]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [
+        annotated_transformer_pe,
+        loop_pe,
+        lambda n, d: torch.stack(
+            [make_sinusoid()(n, d)[:, 0::2], make_sinusoid()(n, d)[:, 1::2]], -1
+        ).flatten(-2),
+    ],
+    ids=["annotated", "python loops", "stack-flatten"],
+)
+def test_other_correct_sinusoids_pass(impl):
+    for seed in range(5):
+        assert report("sinusoidal_positions", impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- apply_rope
+
+
+def make_rope(
+    pairs="halves",
+    sign=1.0,
+    exponent=2.0,
+    offset=0,
+    use_positions=True,
+    use_base=True,
+    angle_dtype=None,
+    check_dim=True,
+):
+    def apply_rope(x, positions, base=10000.0):
+        dim = x.shape[-1]
+        if check_dim and dim % 2:
+            raise ValueError(f"odd D={dim}")
+        dtype = angle_dtype or x.dtype
+        base = base if use_base else 10000.0
+        theta = base ** (-exponent * torch.arange(dim // 2, dtype=dtype) / dim)
+        positions = positions if use_positions else torch.arange(x.shape[-2])
+        angle = sign * (positions.to(dtype) + offset).unsqueeze(-1) * theta
+        cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+        if pairs == "halves":
+            x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
+            return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+
+    return apply_rope
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_rope(pairs="interleaved"), "rope_interleaved_pairs"),
+        (make_rope(sign=-1.0), "rope_reversed"),
+        (make_rope(exponent=1.0), "rope_frequency"),
+        (make_rope(offset=1), "positions_offset"),
+        (make_rope(offset=-1), "positions_offset"),
+        (make_rope(use_positions=False), "rope_ignores_positions"),
+        (make_rope(use_base=False), "rope_ignores_base"),
+        (make_rope(angle_dtype=torch.float32), "angles_in_float32"),
+        (make_rope(check_dim=False), "no_clear_error"),
+        (lambda x, p, base=10000.0: library.apply_rope(x, p, base), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "interleaved",
+        "reversed",
+        "frequency",
+        "plus_one",
+        "minus_one",
+        "no_positions",
+        "no_base",
+        "float32_angles",
+        "odd_dim",
+        "library",
+        "stub",
+    ],
+)
+def test_apply_rope_bug_is_named(bug, key, capsys):
+    assert_named("apply_rope", bug, key, capsys)
+
+
+def not_a_rotation(x, positions, base=10000.0):
+    out = make_rope()(x, positions, base)
+    return out * (1 + 1e-3 * (positions.unsqueeze(-1) > 0))  # scales every non-zero position
+
+
+def test_rope_that_is_not_a_rotation_fails():
+    assert not report("apply_rope", not_a_rotation).passed
+
+
+def complex_rope(x, positions, base=10000.0):
+    """RoPE with complex numbers, in rotate-half order: z = x1 + i x2, times e^{i p theta}."""
+    dim = x.shape[-1]
+    if dim % 2:
+        raise ValueError("odd D")
+    theta = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angle = positions.double().unsqueeze(-1) * theta
+    z = torch.complex(x[..., : dim // 2].double(), x[..., dim // 2 :].double()) * torch.polar(
+        torch.ones_like(angle), angle
+    )
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+
+def llama_rope(x, positions, base=10000.0):
+    """Hugging Face's Llama: emb = cat(freqs, freqs), x * cos + rotate_half(x) * sin."""
+    dim = x.shape[-1]
+    if dim % 2:
+        raise ValueError("odd D")
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=x.dtype) / dim))
+    freqs = positions.to(x.dtype)[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+
+    def rotate_half(t):
+        return torch.cat([-t[..., dim // 2 :], t[..., : dim // 2]], dim=-1)
+
+    return x * emb.cos() + rotate_half(x) * emb.sin()
+
+
+@pytest.mark.parametrize("rope", [complex_rope, llama_rope], ids=["complex", "llama"])
+def test_other_correct_ropes_pass(rope):
+    for seed in range(5):
+        assert report("apply_rope", rope, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- alibi_bias
+
+
+def make_alibi(first=1, sign=1.0, top_left=False, clip=None, interpolate=True):
+    def alibi_bias(num_heads, lq, lk):
+        def geometric(n):
+            return [2 ** (-8 * h / n) for h in range(first, n + first)]
+
+        closest = 2 ** int(math.log2(num_heads))
+        slopes = geometric(num_heads if not interpolate else closest)
+        if interpolate and closest < num_heads:
+            slopes += geometric(2 * closest)[0::2][: num_heads - closest]
+        pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+        distance = (pos_q - torch.arange(lk)).float()
+        if clip == "zero":
+            distance = distance.clamp_min(0)
+        elif clip == "abs":
+            distance = distance.abs()
+        return -sign * torch.tensor(slopes).view(-1, 1, 1) * distance
+
+    return alibi_bias
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_alibi(first=0), "alibi_slopes_from_zero"),
+        (make_alibi(sign=-1.0), "alibi_sign"),
+        (make_alibi(top_left=True), "alibi_top_left"),
+        (make_alibi(clip="zero"), "alibi_clipped"),
+        (make_alibi(clip="abs"), "alibi_clipped"),
+        (make_alibi(interpolate=False), "alibi_not_interpolated"),
+        (lambda h, q, k: library.alibi_bias(h, q, k), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "from_zero",
+        "sign",
+        "top_left",
+        "clip_zero",
+        "abs",
+        "not_interpolated",
+        "library",
+        "stub",
+    ],
+)
+def test_alibi_bias_bug_is_named(bug, key, capsys):
+    assert_named("alibi_bias", bug, key, capsys)
+
+
+def paper_get_slopes(n):
+    """Verbatim logic of the ALiBi reference code's get_slopes (ofirpress/attention_with_linear_biases)."""
+
+    def get_slopes_power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return get_slopes_power_of_2(n)
+    closest_power_of_2 = 2 ** math.floor(math.log2(n))
+    return (
+        get_slopes_power_of_2(closest_power_of_2)
+        + paper_get_slopes(2 * closest_power_of_2)[0::2][: n - closest_power_of_2]
+    )
+
+
+def paper_alibi(num_heads, lq, lk):
+    slopes = torch.tensor(paper_get_slopes(num_heads))
+    relative = torch.arange(lk)[None, :] - (torch.arange(lq)[:, None] + lk - lq)  # key - query
+    return (slopes[:, None, None] * relative).float()
+
+
+def test_the_papers_get_slopes_passes():
+    for seed in range(8):
+        assert report("alibi_bias", paper_alibi, hidden=True, seed=seed).passed
+
+
+def test_slopes_for_six_heads_follow_the_interleaving_rule():
+    # The worked example in the notebook: 4 slopes of n = 4, then slopes 1 and 3 (from 0) of 8.
+    expected = [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]
+    assert paper_get_slopes(6) == pytest.approx(expected)
+    assert library.alibi_slopes(6).tolist() == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------- relative_position_bucket
+
+
+def make_bucket(
+    sign=1,
+    always_bidirectional=False,
+    exact_shift=0,
+    clamp=True,
+    halve_first=True,
+    rounding="trunc",
+    check_args=True,
+):
+    """Hugging Face's T5 _relative_position_bucket (float32 logs), with one knob per mistake."""
+
+    def relative_position_bucket(
+        relative_position, bidirectional=True, num_buckets=32, max_distance=128
+    ):
+        bidirectional = bidirectional or always_bidirectional
+        relative_position = sign * relative_position
+        buckets = torch.zeros_like(relative_position)
+        max_exact = None if halve_first else num_buckets // 2
+        if bidirectional:
+            num_buckets //= 2
+            buckets += (relative_position > 0).long() * num_buckets
+            relative_position = relative_position.abs()
+        else:
+            relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+        max_exact = (num_buckets // 2 if max_exact is None else max_exact) + exact_shift
+        if check_args and (max_exact < 1 or max_distance <= max_exact):
+            raise ValueError("bad bucket parameters")
+        is_small = relative_position < max_exact
+        offset = (
+            torch.log(relative_position.float() / max_exact)
+            / math.log(max_distance / max_exact)
+            * (num_buckets - max_exact)
+        )
+        offset = offset.round() if rounding == "round" else offset
+        large = max_exact + offset.to(torch.long)
+        if clamp:
+            large = torch.min(large, torch.full_like(large, num_buckets - 1))
+        return buckets + torch.where(is_small, relative_position, large)
+
+    return relative_position_bucket
+
+
+def test_hand_computed_buckets_match_the_suites_oracle_and_the_solution(solution):
+    from grader.suites.day03_multihead import buckets64
+
+    # 32 buckets, bidirectional: 16 per direction, max_exact 8, log-spaced 8..15 up to 128.
+    # -16: 8 + floor(log(2) / log(16) * 8) = 10; +20: 16 + 8 + floor(log(2.5) / log(16) * 8) = 26.
+    relative = torch.tensor([0, -1, 1, -7, -8, -16, 20, -127, -128, -1000, 1000])
+    expected = [0, 1, 17, 7, 8, 10, 26, 15, 15, 15, 31]
+    assert buckets64(relative)[0].tolist() == expected
+    assert solution["relative_position_bucket"](relative).tolist() == expected
+    assert make_bucket()(relative).tolist() == expected
+    # Causal: 32 buckets for the past, max_exact 16; -20: 16 + floor(log(1.25) / log(8) * 16) = 17.
+    relative = torch.tensor([5, 0, -15, -16, -20, -200])
+    expected = [0, 0, 15, 16, 17, 31]
+    assert buckets64(relative, bidirectional=False)[0].tolist() == expected
+    assert solution["relative_position_bucket"](relative, bidirectional=False).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_bucket(sign=-1), "bucket_sign"),
+        (make_bucket(always_bidirectional=True), "bucket_always_bidirectional"),
+        (make_bucket(exact_shift=1), "bucket_boundary"),
+        (make_bucket(exact_shift=-1), "bucket_boundary"),
+        (make_bucket(clamp=False), "bucket_not_clamped"),
+        (make_bucket(halve_first=False), "bucket_not_halved"),
+        (make_bucket(rounding="round"), "bucket_rounded"),
+        (make_bucket(check_args=False), "no_clear_error"),
+        (lambda r, b=True, n=32, m=128: make_bucket()(r, b, n, m).int(), "wrong_dtype"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "sign",
+        "always_bidirectional",
+        "boundary_plus",
+        "boundary_minus",
+        "no_clamp",
+        "not_halved",
+        "rounded",
+        "unchecked",
+        "int32",
+        "stub",
+    ],
+)
+def test_relative_position_bucket_bug_is_named(bug, key, capsys):
+    assert_named("relative_position_bucket", bug, key, capsys)
+
+
+def loop_bucket(relative_position, bidirectional=True, num_buckets=32, max_distance=128):
+    """Mesh TensorFlow's logic in a Python loop over the entries."""
+    half = num_buckets // 2 if bidirectional else num_buckets
+    max_exact = half // 2
+    if max_exact < 1 or max_distance <= max_exact:
+        raise ValueError("bad bucket parameters")
+    out = []
+    for r in relative_position.flatten().tolist():
+        n, base = -r, 0
+        if bidirectional:
+            base, n = (half if n < 0 else 0), abs(n)
+        n = max(n, 0)
+        if n < max_exact:
+            out.append(base + n)
+        else:
+            large = max_exact + int(
+                math.log(n / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
+            )
+            out.append(base + min(large, half - 1))
+    return torch.tensor(out, dtype=torch.long).view(relative_position.shape)
+
+
+@pytest.mark.parametrize("impl", [make_bucket(), loop_bucket], ids=["hugging_face", "python_loop"])
+def test_other_correct_buckets_pass(impl):
+    for seed in range(5):
+        assert report("relative_position_bucket", impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- shaw_relative_attention
+
+
+def make_shaw(
+    clip=True,
+    offset=True,
+    sign=1,
+    top_left=False,
+    use_rel_v=True,
+    scale_rel=True,
+    check_tables=True,
+    core="einsum",
+):
+    def shaw_relative_attention(q, k, v, rel_k, max_relative_position, rel_v=None, mask=None):
+        p, dim, lq, lk = max_relative_position, q.shape[-1], q.shape[-2], k.shape[-2]
+        if check_tables and (
+            rel_k.shape != (2 * p + 1, dim)
+            or rel_v is not None
+            and rel_v.shape != (2 * p + 1, v.shape[-1])
+        ):
+            raise ValueError("bad relative tables")
+        pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+        distance = sign * (torch.arange(lk) - pos_q)
+        if clip:
+            distance = distance.clamp(-p, p)
+        index = distance + p if offset else distance
+        relative = torch.einsum("...qd,qkd->...qk", q, rel_k[index])
+        scores = q @ k.transpose(-2, -1) / math.sqrt(dim)
+        scores = scores + (relative / math.sqrt(dim) if scale_rel else relative)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        if core == "sdpa":
+            weights = torch.softmax(scores, -1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=torch.log(weights))
+        else:
+            weights = torch.softmax(scores, -1)
+            out = weights @ v
+        if rel_v is not None and use_rel_v:
+            out = out + torch.einsum("...qk,qkd->...qd", weights, rel_v[index])
+        return out, weights
+
+    return shaw_relative_attention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_shaw(clip=False), "shaw_not_clipped"),
+        (make_shaw(offset=False), "shaw_index_offset"),
+        (make_shaw(sign=-1), "shaw_sign"),
+        (make_shaw(top_left=True), "shaw_top_left"),
+        (make_shaw(use_rel_v=False), "shaw_ignores_rel_v"),
+        (make_shaw(scale_rel=False), "shaw_rel_not_scaled"),
+        (make_shaw(check_tables=False), "no_clear_error"),
+        (make_shaw(core="sdpa"), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "not_clipped",
+        "offset",
+        "sign",
+        "top_left",
+        "no_rel_v",
+        "rel_not_scaled",
+        "unchecked",
+        "sdpa",
+        "stub",
+    ],
+)
+def test_shaw_relative_attention_bug_is_named(bug, key, capsys):
+    assert_named("shaw_relative_attention", bug, key, capsys)
+
+
+def loop_shaw(q, k, v, rel_k, max_relative_position, rel_v=None, mask=None):
+    """Shaw's equations with explicit loops over the query and key positions."""
+    p, lq, lk = max_relative_position, q.shape[-2], k.shape[-2]
+    if (
+        rel_k.shape != (2 * p + 1, q.shape[-1])
+        or rel_v is not None
+        and rel_v.shape[-1] != v.shape[-1]
+    ):
+        raise ValueError("bad relative tables")
+    scores = torch.empty(*q.shape[:-1], lk, dtype=q.dtype)
+    for i in range(lq):
+        for j in range(lk):
+            row = min(max(j - (lk - lq + i), -p), p) + p
+            scores[..., i, j] = (q[..., i, :] * (k[..., j, :] + rel_k[row])).sum(-1)
+    scores = scores / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, -1)
+    out = weights @ v
+    if rel_v is not None:
+        out = out + torch.stack(
+            [
+                sum(
+                    weights[..., i, j, None] * rel_v[min(max(j - (lk - lq + i), -p), p) + p]
+                    for j in range(lk)
+                )
+                for i in range(lq)
+            ],
+            dim=-2,
+        )
+    return out, weights
+
+
+@pytest.mark.parametrize("impl", [loop_shaw, make_shaw()], ids=["loops", "gather"])
+def test_other_correct_shaws_pass(impl):
+    for seed in range(5):
+        assert report("shaw_relative_attention", impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- relative_bias_attention
+
+
+def make_relative_bias(
+    sign=1,
+    top_left=False,
+    scale_bias=False,
+    heads="permute",
+    pass_bidirectional=True,
+    check_heads=True,
+    core="manual",
+):
+    bucket = make_bucket()
+
+    def relative_bias_attention(
+        q, k, v, bias_table, *, bidirectional=True, max_distance=128, mask=None, scale=None
+    ):
+        num_heads, lq, lk = q.shape[-3], q.shape[-2], k.shape[-2]
+        if check_heads and bias_table.shape[1] != num_heads:
+            raise ValueError("bias_table has the wrong number of heads")
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+        relative = sign * (torch.arange(lk) - pos_q)
+        buckets = bucket(
+            relative,
+            bidirectional if pass_bidirectional else True,
+            bias_table.shape[0],
+            max_distance,
+        )
+        values = bias_table[buckets]  # (Lq, Lk, H)
+        if heads == "permute":
+            bias = values.permute(2, 0, 1)
+        elif heads == "flip":
+            bias = values.permute(2, 0, 1).flip(0)
+        else:  # the first head's bias for every head
+            bias = values[..., :1].permute(2, 0, 1)
+        if core == "sdpa":
+            attn_mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+            return out, None
+        scores = q @ k.transpose(-2, -1) * scale + bias * (scale if scale_bias else 1.0)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, -1)
+        return weights @ v, weights
+
+    return relative_bias_attention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_relative_bias(sign=-1), "bias_sign"),
+        (make_relative_bias(top_left=True), "bias_top_left"),
+        (make_relative_bias(scale_bias=True), "bias_scaled"),
+        (make_relative_bias(heads="flip"), "bias_wrong_heads"),
+        (make_relative_bias(heads="first"), "bias_wrong_heads"),
+        (make_relative_bias(pass_bidirectional=False), "bias_ignores_bidirectional"),
+        (make_relative_bias(check_heads=False), "no_clear_error"),
+        (make_relative_bias(core="sdpa"), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "sign",
+        "top_left",
+        "scaled",
+        "flipped_heads",
+        "first_head",
+        "bidirectional",
+        "unchecked",
+        "sdpa",
+        "stub",
+    ],
+)
+def test_relative_bias_attention_bug_is_named(bug, key, capsys):
+    assert_named("relative_bias_attention", bug, key, capsys)
+
+
+def test_another_correct_relative_bias_passes():
+    for seed in range(5):
+        assert report(
+            "relative_bias_attention", make_relative_bias(), hidden=True, seed=seed
+        ).passed
+
+
+# ----------------------------------------------------------------------------- memory_attention
+
+rope = make_rope()  # a correct rotate-half RoPE of the tests above (the library's is refused)
+
+
+def make_memory(
+    detach=True,
+    segment_from=None,
+    memory_after=False,
+    use_start=True,
+    invert=False,
+    squash=True,
+    causal=True,
+    concatenate=False,
+    check_shapes=True,
+    core=None,
+):
+    """Gated memory attention built from course.reference.masks, with one knob per mistake."""
+
+    def memory_attention(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+        length, memory = q.shape[-2], mem_k.shape[-2]
+        if check_shapes and (
+            mem_k.shape[:-1] != mem_v.shape[:-1]
+            or mem_k.shape[-1] != q.shape[-1]
+            or gate_logits.shape != q.shape[:-1]
+        ):
+            raise ValueError("bad shapes")
+        if detach:
+            mem_k, mem_v = mem_k.detach(), mem_v.detach()
+        start = start if use_start else 0
+        memory_at = start + torch.arange(memory)
+        segment_at = start + memory + torch.arange(length)
+        if segment_from == "zero":
+            segment_at = start + torch.arange(length)
+        if memory_after:
+            segment_at, memory_at = (
+                start + torch.arange(length),
+                start + length + torch.arange(memory),
+            )
+        q, k, mem_k = (
+            rope(q, segment_at, base),
+            rope(k, segment_at, base),
+            rope(mem_k, memory_at, base),
+        )
+        local_mask = torch.ones(length, length, dtype=torch.bool).tril() if causal else None
+        gate = torch.sigmoid(gate_logits) if squash else gate_logits
+        if concatenate:
+            mask = torch.cat([torch.ones(length, memory, dtype=torch.bool), local_mask], -1)
+            out, _ = attention(q, torch.cat([mem_k, k], -2), torch.cat([mem_v, v], -2), mask)
+            return out, gate
+        attend = core or attention
+        from_memory, _ = attend(q, mem_k, mem_v)
+        local, _ = attend(q, k, v, local_mask)
+        g = (1 - gate if invert else gate).unsqueeze(-1)
+        return g * from_memory + (1 - g) * local, gate
+
+    return memory_attention
+
+
+def sdpa_pair(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_memory(detach=False), "memory_not_detached"),
+        (make_memory(segment_from="zero"), "positions_restart"),
+        (make_memory(memory_after=True), "memory_after_segment"),
+        (make_memory(invert=True), "gate_inverted"),
+        (make_memory(squash=False), "gate_not_squashed"),
+        (make_memory(causal=False), "local_not_causal"),
+        (make_memory(concatenate=True), "memory_concatenated"),
+        (make_memory(check_shapes=False), "no_clear_error"),
+        (make_memory(core=sdpa_pair), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "not_detached",
+        "positions_restart",
+        "memory_after",
+        "gate_inverted",
+        "not_squashed",
+        "not_causal",
+        "concatenated",
+        "unchecked",
+        "sdpa",
+        "stub",
+    ],
+)
+def test_memory_attention_bug_is_named(bug, key, capsys):
+    assert_named("memory_attention", bug, key, capsys)
+
+
+def test_memory_that_uses_the_library_rope_is_refused(capsys):
+    def uses_library(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+        length, memory = q.shape[-2], mem_k.shape[-2]
+        segment_at = start + memory + torch.arange(length)
+        q = library.apply_rope(q, segment_at, base)
+        return make_memory()(q, k, v, mem_k, mem_v, gate_logits, start=start, base=base)
+
+    assert_named("memory_attention", uses_library, "shortcut", capsys)
+
+
+def explicit_memory(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+    """Concatenated keys with explicit absolute positions and two masked softmaxes, no library."""
+    length, memory, dim = q.shape[-2], mem_k.shape[-2], q.shape[-1]
+    if (
+        mem_k.shape[:-1] != mem_v.shape[:-1]
+        or mem_k.shape[-1] != dim
+        or gate_logits.shape != q.shape[:-1]
+    ):
+        raise ValueError("bad shapes")
+    positions = start + torch.arange(memory + length)  # [memory ; segment]
+
+    def rotate(x, at):  # rotate-half RoPE, written out
+        theta = base ** (-torch.arange(0, dim, 2, dtype=x.dtype) / dim)
+        angle = at.to(x.dtype).unsqueeze(-1) * theta
+        x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
+        return torch.cat(
+            [x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()], -1
+        )
+
+    keys = rotate(torch.cat([mem_k.detach(), k], -2), positions)
+    values = torch.cat([mem_v.detach(), v], -2)
+    scores = rotate(q, positions[memory:]) @ keys.transpose(-2, -1) / math.sqrt(dim)
+    is_memory = torch.arange(memory + length) < memory
+    visible_local = (~is_memory) & (positions <= positions[memory:].unsqueeze(-1))
+    from_memory = torch.softmax(scores.masked_fill(~is_memory, float("-inf")), -1) @ values
+    local = torch.softmax(scores.masked_fill(~visible_local, float("-inf")), -1) @ values
+    gate = torch.sigmoid(gate_logits)
+    return gate[..., None] * from_memory + (1 - gate[..., None]) * local, gate
+
+
+def test_start_only_shifts_every_position_so_rope_scores_do_not_change(solution):
+    # RoPE scores depend on differences of positions: start moves memory and segment together.
+    memory_attention = solution["memory_attention"]
+    inputs = [torch.randn(1, 2, 5, 8, dtype=torch.float64) for _ in range(3)]
+    inputs += [torch.randn(1, 2, 3, 8, dtype=torch.float64) for _ in range(2)]
+    inputs.append(torch.randn(1, 2, 5, dtype=torch.float64))
+    assert torch.allclose(memory_attention(*inputs)[0], memory_attention(*inputs, start=40)[0])
+    assert torch.allclose(
+        make_memory(use_start=False)(*inputs, start=40)[0], memory_attention(*inputs, start=40)[0]
+    )
+
+
+def test_another_correct_memory_attention_passes():
+    for seed in range(5):
+        assert report("memory_attention", explicit_memory, hidden=True, seed=seed).passed

@@ -1,0 +1,364 @@
+"""The day04 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, correct implementations written differently pass too."""
+
+import functools
+import math
+
+import pytest
+import torch
+
+import course.reference.kv_cache as library
+from helpers import assert_mistake_named, day_report
+
+DAY = "day04-kv-cache"
+
+# For tests/test_nbgrader_e2e.py: a cache that never advances costs KVCache's 2 + 1 points.
+PLANTED_SUBMISSION = {
+    "cell": "KVCache",
+    "old": "self.seq_len = stop",
+    "new": "pass",
+    "points_lost": 3,
+    "hint": "after writing L_new positions, set self.seq_len += L_new (a plain int).",
+}
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# ----------------------------------------------------------------------------- KVCache bugs
+
+
+def cache_class(solution, **bugs):
+    """The solution's KVCache with one method replaced."""
+    return type("KVCache", (solution["KVCache"],), bugs)
+
+
+def not_advanced(self, k_new, v_new):
+    n = k_new.shape[-2]
+    self.k[:, :, self.seq_len : self.seq_len + n] = k_new
+    self.v[:, :, self.seq_len : self.seq_len + n] = v_new
+    return self.k[:, :, : self.seq_len + n], self.v[:, :, : self.seq_len + n]
+
+
+def at_zero(self, k_new, v_new):
+    n = k_new.shape[-2]
+    self.k[:, :, :n], self.v[:, :, :n] = k_new, v_new
+    self.seq_len += n
+    return self.k[:, :, : self.seq_len], self.v[:, :, : self.seq_len]
+
+
+def whole_buffer(self, k_new, v_new):
+    n, s = k_new.shape[-2], self.seq_len
+    self.k[:, :, s : s + n], self.v[:, :, s : s + n] = k_new, v_new
+    self.seq_len += n
+    return self.k, self.v
+
+
+def no_checks(self, k_new, v_new):
+    n, s = k_new.shape[-2], self.seq_len
+    self.k[:, :, s : s + n] = k_new[:, :, : self.max_seq_len - s]
+    self.v[:, :, s : s + n] = v_new[:, :, : self.max_seq_len - s]
+    self.seq_len = min(s + n, self.max_seq_len)
+    return self.k[:, :, : self.seq_len], self.v[:, :, : self.seq_len]
+
+
+def keep_length(self):
+    pass
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        ({"update": not_advanced}, "not_advanced"),
+        ({"update": at_zero}, "writes_at_zero"),
+        ({"update": whole_buffer}, "whole_buffer"),
+        ({"update": no_checks}, "no_error_for_bad_update"),
+        ({"reset": keep_length}, "reset_keeps_length"),
+    ],
+    ids=["not_advanced", "at_zero", "whole_buffer", "no_errors", "reset"],
+)
+def test_kv_cache_bug_is_named(solution, bug, key, capsys):
+    assert_named("KVCache", cache_class(solution, **bug), key, capsys)
+
+
+def test_kv_cache_with_cat_is_not_preallocated(capsys):
+    class CatCache:
+        def __init__(self, B, H, D, max_len, dtype=torch.float32, device=None):
+            self.k = self.v = None
+            self.seq_len = 0
+
+        def update(self, k, v):
+            self.k = k if self.k is None else torch.cat([self.k, k], -2)
+            self.v = v if self.v is None else torch.cat([self.v, v], -2)
+            self.seq_len = self.k.shape[-2]
+            return self.k, self.v
+
+    assert_named("KVCache", CatCache, "not_preallocated", capsys)
+
+
+def test_kv_cache_library_is_a_shortcut():
+    assert report("KVCache", library.KVCache).keys == {"shortcut"}
+
+
+# ----------------------------------------------------------------------------- cached_attention bugs
+
+
+def make_attention(top_left=False, causal=True, scale=True):
+    def cached_attention(q, k, v):
+        lq, lk = q.shape[-2], k.shape[-2]
+        offset = 0 if top_left else lk - lq
+        allowed = torch.arange(lk) <= torch.arange(lq).unsqueeze(-1) + offset
+        s = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+        if causal:
+            s = s.masked_fill(~allowed, float("-inf"))
+        return torch.softmax(s, -1) @ v
+
+    return cached_attention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_attention(top_left=True), "top_left_causal"),
+        (make_attention(causal=False), "no_causal_mask"),
+        (make_attention(scale=False), "missing_scale"),
+        (lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=["top_left", "no_causal", "no_scale", "sdpa", "stub"],
+)
+def test_cached_attention_bug_is_named(bug, key, capsys):
+    assert_named("cached_attention", bug, key, capsys)
+
+
+# ----------------------------------------------------------------------------- generate bugs
+
+
+@torch.no_grad()
+def no_cache_always(model, prompt_ids, n, use_cache=True):
+    ids = prompt_ids
+    if use_cache:  # the bug: caches made, then never passed to the model
+        model.init_caches(ids.shape[0], ids.shape[1] + n)
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+@torch.no_grad()
+def only_new(model, prompt_ids, n, use_cache=True):
+    ids = prompt_ids
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids[:, prompt_ids.shape[1] :]
+
+
+@torch.no_grad()
+def first_position(model, prompt_ids, n, use_cache=True):
+    ids = prompt_ids
+    for _ in range(n):
+        ids = torch.cat([ids, model(ids)[:, 0].argmax(-1, keepdim=True)], 1)
+    return ids
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (no_cache_always, "cache_unused"),
+        (only_new, "generate_without_prompt"),
+        (first_position, "generate_wrong_tokens"),
+        (lambda m, p, n, use_cache=True: library.generate(m, p, n, use_cache), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=["cache_unused", "only_new", "first_position", "library", "stub"],
+)
+def test_generate_bug_is_named(bug, key, capsys):
+    assert_named("generate", bug, key, capsys)
+
+
+# ----------------------------------------------------------------------------- kv_cache_bytes bugs
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda l, h, d, s, b, dtype: 2 * l * h * d * s * b * 4, "wrong_element_size"),
+        (
+            lambda l, h, d, s, b, dtype: (
+                l * h * d * s * b * torch.empty((), dtype=dtype).element_size()
+            ),
+            "forgot_k_and_v",
+        ),
+        (stub, "not_implemented"),
+    ],
+    ids=["four_bytes", "k_only", "stub"],
+)
+def test_kv_cache_bytes_bug_is_named(bug, key, capsys):
+    assert_named("kv_cache_bytes", bug, key, capsys)
+
+
+# ----------------------------------------------------------------------------- RollingKVCache bugs
+
+
+def relative_positions(solution):
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            k, v, positions = super().update(k_new, v_new)
+            return k, v, positions - positions[0]
+
+    return Rolling
+
+
+def slot_positions(solution):
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            k, v, positions = super().update(k_new, v_new)
+            return k, v, positions % self.window
+
+    return Rolling
+
+
+class Unbounded:
+    def __init__(self, B, H, D, window, dtype=torch.float32, device=None):
+        self.window, self.k, self.v, self.seq_len = (
+            window,
+            torch.zeros(B, H, 0, D),
+            torch.zeros(B, H, 0, D),
+            0,
+        )
+
+    def update(self, k_new, v_new):
+        self.k, self.v = torch.cat([self.k, k_new], -2), torch.cat([self.v, v_new], -2)
+        start = self.seq_len
+        self.seq_len += k_new.shape[-2]
+        first = max(0, start - self.window + 1)
+        return self.k[:, :, first:], self.v[:, :, first:], torch.arange(first, self.seq_len)
+
+
+@pytest.mark.parametrize(
+    "make, key",
+    [
+        (relative_positions, "positions_not_absolute"),
+        (slot_positions, "positions_not_absolute"),
+        (lambda solution: Unbounded, "rolling_not_bounded"),
+    ],
+    ids=["relative", "slots", "unbounded"],
+)
+def test_rolling_bug_is_named(solution, make, key, capsys):
+    assert_named("RollingKVCache", make(solution), key, capsys)
+
+
+# ----------------------------------------------------------------------------- PagedKVCache bugs
+
+
+def paged_class(solution, **bugs):
+    """The solution's PagedKVCache with one method replaced."""
+    return type("PagedKVCache", (solution["PagedKVCache"],), bugs)
+
+
+def allocate_floor(self, seq_id, k_new, v_new):
+    table = self.block_tables.setdefault(seq_id, [])
+    start = self.lengths.get(seq_id, 0)
+    stop = start + k_new.shape[1]
+    table.extend(self.free.pop() for _ in range(stop // self.block_size - len(table)))  # floor
+    for position in range(start, stop):
+        block = table[position // self.block_size]
+        self.k[block, :, position % self.block_size] = k_new[:, position - start]
+        self.v[block, :, position % self.block_size] = v_new[:, position - start]
+    self.lengths[seq_id] = stop
+    return self.gather(seq_id)
+
+
+def allocate_one_extra(self, seq_id, k_new, v_new):
+    table = self.block_tables.setdefault(seq_id, [])
+    start = self.lengths.get(seq_id, 0)
+    stop = start + k_new.shape[1]
+    needed = stop // self.block_size + 1  # one block too many when stop fills its last block
+    if needed - len(table) > len(self.free):
+        raise ValueError("pool full")
+    table.extend(self.free.pop() for _ in range(needed - len(table)))
+    return allocate_floor(self, seq_id, k_new, v_new)
+
+
+def gather_uncropped(self, seq_id):
+    table = self.block_tables[seq_id]
+    return (
+        torch.cat([self.k[b] for b in table], dim=1),
+        torch.cat([self.v[b] for b in table], dim=1),
+    )
+
+
+def gather_reversed(self, seq_id):
+    table, length = self.block_tables[seq_id][::-1], self.lengths[seq_id]
+    return (
+        torch.cat([self.k[b] for b in table], dim=1)[:, :length],
+        torch.cat([self.v[b] for b in table], dim=1)[:, :length],
+    )
+
+
+def free_forgets_blocks(self, seq_id):
+    self.block_tables.pop(seq_id)
+    del self.lengths[seq_id]
+
+
+def share_first_block(self, seq_id, k_new, v_new):
+    if seq_id not in self.block_tables and self.block_tables:
+        self.block_tables[seq_id] = [next(iter(self.block_tables.values()))[0]]
+    return solution_update(self, seq_id, k_new, v_new)
+
+
+solution_update = None  # set by the fixture below, so the bugs can call the real update
+
+
+@pytest.fixture
+def paged_bugs(solution):
+    global solution_update
+    solution_update = solution["PagedKVCache"].update
+    yield
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        ({"update": allocate_floor}, "block_table_off_by_one"),
+        ({"update": allocate_one_extra}, "block_table_off_by_one"),
+        ({"gather": gather_uncropped}, "gather_not_cropped"),
+        ({"gather": gather_reversed}, "wrong_block_for_position"),
+        ({"free_sequence": free_forgets_blocks}, "blocks_not_freed"),
+        ({"update": share_first_block}, "blocks_shared"),
+    ],
+    ids=["floor", "one_extra", "uncropped", "reversed_table", "free_forgets", "shared"],
+)
+def test_paged_bug_is_named(solution, paged_bugs, bug, key, capsys):
+    assert_named("PagedKVCache", paged_class(solution, **bug), key, capsys)
+
+
+def test_paged_library_is_a_shortcut():
+    assert report("PagedKVCache", library.PagedKVCache).keys == {"shortcut"}
+
+
+# ----------------------------------------------------------------------------- other correct answers
+
+
+def test_library_functions_pass_without_the_guard(monkeypatch):
+    from grader.harness.checking import run
+
+    monkeypatch.setattr("grader.harness.checking.course_references", lambda exercise: {})
+    from grader.suites.day04_kv_cache import EXERCISES as SUITE
+
+    # (the classes' methods are guarded by the suite itself, so only the functions run here)
+    impls = {
+        "kv_cache_bytes": library.kv_cache_bytes,
+        "generate": library.generate,
+        "cached_attention": lambda q, k, v: library.cached_attention(q, k, v)[0],
+    }
+    for name, impl in impls.items():
+        for seed in range(3):
+            result = run(name, impl, SUITE[name].checks, {}, seed=seed, verbose=False)
+            assert result.passed, (
+                name,
+                [(r.check, r.message) for r in result.results if not r.passed],
+            )

@@ -1,0 +1,1295 @@
+"""The day05 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, correct implementations written differently pass too, and the builders
+are fast and give clear errors."""
+
+import functools
+import math
+import time
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import course.reference.sparse as library
+from helpers import assert_mistake_named, day_report
+
+DAY = "day05-sparse"
+EXERCISES = [
+    "sliding_window_mask",
+    "strided_mask",
+    "global_local_mask",
+    "random_mask",
+    "block_sparse_mask",
+    "mask_density",
+    "layers_to_full_reach",
+    "sliding_window_attention",
+    "chunked_attention",
+]
+BUILDERS = [
+    "sliding_window_mask",
+    "strided_mask",
+    "global_local_mask",
+    "random_mask",
+    "block_sparse_mask",
+]
+
+# For tests/test_nbgrader_e2e.py: global tokens that are attended but never attend back cost
+# global_local_mask's visible and hidden points (2 + 1), and the feedback names the mistake.
+PLANTED_SUBMISSION = {
+    "cell": "global_local_mask",
+    "old": "mask[index, :] = True  # global tokens attend everywhere",
+    "new": "pass",
+    "points_lost": 3,
+    "hint": "set both the rows mask[g, :] (g attends all) and the columns mask[:, g] (all attend g).",
+}
+
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# ----------------------------------------------------------------------------- the solution
+
+
+def build_seconds(fn, *args) -> float:
+    """Best of three wall times: generous to a busy machine, but still a measurement."""
+    fn(*args)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def long_builder_args(name, L=16384):
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "sliding_window_mask": (L, 256),
+        "strided_mask": (L, 128, 256),
+        "global_local_mask": (L, 256, [0, 1, L - 1]),
+        "random_mask": (L, 3, generator),
+        "block_sparse_mask": (L, 64, torch.rand(L // 64, L // 64, generator=generator) < 0.2),
+    }[name]
+
+
+@pytest.mark.parametrize("source", ["solution", "library"])
+@pytest.mark.parametrize("name", BUILDERS)
+def test_builders_make_a_16k_mask_well_under_a_second(solution, source, name):
+    fn = solution[name] if source == "solution" else getattr(library, name)
+    args = long_builder_args(name)
+    mask = fn(*args)
+    assert mask.shape == (16384, 16384) and mask.dtype == torch.bool
+    del mask
+    assert build_seconds(fn, *args) < 1.0
+
+
+@pytest.mark.parametrize("source", ["solution", "library"])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: m["sliding_window_mask"](8, 0), "window"),
+        (lambda m: m["sliding_window_mask"](8, -3, True), "window"),
+        (lambda m: m["strided_mask"](8, 9, 3), "stride"),
+        (lambda m: m["strided_mask"](8, 0, 3), "stride"),
+        (lambda m: m["strided_mask"](8, 2, 0), "local_window"),
+        (lambda m: m["global_local_mask"](8, 3, [0, 8]), "global_idx"),
+        (lambda m: m["global_local_mask"](8, 3, [-1]), "global_idx"),
+        (lambda m: m["random_mask"](8, 9, torch.Generator()), "num_random"),
+        (lambda m: m["block_sparse_mask"](10, 4, torch.ones(2, 2, dtype=torch.bool)), r"\(3, 3\)"),
+        (lambda m: m["block_sparse_mask"](10, 0, torch.ones(2, 2, dtype=torch.bool)), "block_size"),
+    ],
+    ids=[
+        "window0",
+        "window-3",
+        "stride>L",
+        "stride0",
+        "local0",
+        "global=L",
+        "global<0",
+        "random>L",
+        "layout-shape",
+        "block0",
+    ],
+)
+def test_bad_parameters_give_clear_errors(solution, source, call, match):
+    functions = solution if source == "solution" else vars(library)
+    with pytest.raises(ValueError, match=match):
+        call(functions)
+
+
+# ----------------------------------------------------------------------------- planted bugs: masks
+
+
+def ones(L):
+    return torch.ones(L, L, dtype=torch.bool)
+
+
+def band(L, below, above):
+    return ones(L).tril(above).triu(-below)
+
+
+def make_window(below, above, check_window=True):
+    """A sliding_window_mask whose band is (below(window, causal), above(window, causal))."""
+
+    def sliding_window_mask(L, window, causal=False):
+        if check_window and window < 1:
+            raise ValueError("window must be >= 1")
+        return band(L, below(window, causal), above(window, causal))
+
+    return sliding_window_mask
+
+
+def right_below(w, causal):
+    return w - 1 if causal else w // 2
+
+
+def right_above(w, causal):
+    return 0 if causal else w // 2
+
+
+def row_loop_window(L, window, causal=False):
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i in range(L):
+        lo, hi = (i - window + 1, i) if causal else (i - window // 2, i + window // 2)
+        mask[i, max(0, lo) : hi + 1] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_window(lambda w, c: w if c else w // 2, right_above), "window_off_by_one"),
+        (
+            make_window(
+                lambda w, c: w - 1 if c else w // 2 - 1, lambda w, c: 0 if c else w // 2 - 1
+            ),
+            "window_off_by_one",
+        ),
+        (make_window(right_below, lambda w, c: 0 if c else w // 2 - 1), "asymmetric_window"),
+        (make_window(lambda w, c: w - 1 if c else w // 2 - 1, right_above), "asymmetric_window"),
+        (
+            make_window(lambda w, c: w - 1 if c else w, lambda w, c: 0 if c else w),
+            "window_each_side",
+        ),
+        (make_window(lambda w, c: w // 2, lambda w, c: w // 2), "ignores_causal"),
+        (
+            make_window(lambda w, c: 0 if c else w // 2, lambda w, c: w - 1 if c else w // 2),
+            "causal_looks_ahead",
+        ),
+        (make_window(lambda w, c: w - 1, lambda w, c: 0), "causal_when_symmetric"),
+        (make_window(right_below, right_above, check_window=False), "no_error_for_bad_params"),
+        (
+            lambda L, w, causal=False: make_window(right_below, right_above)(L, w, causal).float(),
+            "not_bool",
+        ),
+        (row_loop_window, "python_loop"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "causal_w+1",
+        "symmetric_narrow",
+        "asym_right",
+        "asym_left",
+        "each_side",
+        "ignores_causal",
+        "looks_ahead",
+        "causal_when_symmetric",
+        "no_error",
+        "float",
+        "row_loop",
+        "stub",
+    ],
+)
+def test_sliding_window_mask_bug_is_named(bug, key, capsys):
+    assert_named("sliding_window_mask", bug, key, capsys)
+
+
+def make_strided(summary, local=lambda L, w: band(L, w // 2, w // 2), validate=True):
+    def strided_mask(L, stride, local_window):
+        if validate and not (1 <= stride <= L and local_window >= 1):
+            raise ValueError("bad stride or local_window")
+        return local(L, local_window) | summary(L, stride)
+
+    return strided_mask
+
+
+def columns(L, stride):
+    return (torch.arange(L) % stride == 0).expand(L, L)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (
+            make_strided(lambda L, s: ((torch.arange(L) + 1) % s == 0).expand(L, L)),
+            "stride_from_one",
+        ),
+        (
+            make_strided(
+                lambda L, s: ((torch.arange(L) % s == 0) & (torch.arange(L) > 0)).expand(L, L)
+            ),
+            "stride_from_one",
+        ),
+        (
+            make_strided(lambda L, s: (torch.arange(L) % s == 0).unsqueeze(-1).expand(L, L)),
+            "strided_rows",
+        ),
+        (
+            make_strided(lambda L, s: (torch.arange(L).unsqueeze(-1) - torch.arange(L)) % s == 0),
+            "relative_stride",
+        ),
+        (
+            make_strided(columns, local=lambda L, w: torch.zeros(L, L, dtype=torch.bool)),
+            "missing_local",
+        ),
+        (make_strided(lambda L, s: torch.zeros(L, L, dtype=torch.bool)), "missing_summary"),
+        (
+            make_strided(columns, local=lambda L, w: band(L, w // 2 + 1, w // 2 + 1)),
+            "window_off_by_one",
+        ),
+        (make_strided(columns, validate=False), "no_error_for_bad_params"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "from_one",
+        "without_0",
+        "rows",
+        "relative",
+        "no_local",
+        "no_summary",
+        "off_by_one",
+        "no_error",
+        "stub",
+    ],
+)
+def test_strided_mask_bug_is_named(bug, key, capsys):
+    assert_named("strided_mask", bug, key, capsys)
+
+
+def make_global(rows=True, cols=True, validate=True):
+    def global_local_mask(L, window, global_idx):
+        index = torch.as_tensor(global_idx, dtype=torch.long)
+        if validate and ((index < 0) | (index >= L)).any():
+            raise ValueError("global_idx out of range")
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        mask = band(L, window // 2, window // 2)
+        if rows:
+            mask[index, :] = True
+        if cols:
+            mask[:, index] = True
+        return mask
+
+    return global_local_mask
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_global(cols=False), "global_rows_only"),
+        (make_global(rows=False), "global_cols_only"),
+        (make_global(validate=False), "no_error_for_bad_params"),
+        (stub, "not_implemented"),
+    ],
+    ids=["rows_only", "cols_only", "no_range_check", "stub"],
+)
+def test_global_local_mask_bug_is_named(bug, key, capsys):
+    assert_named("global_local_mask", bug, key, capsys)
+
+
+def ranked_random(L, num_random, generator):
+    """A correct random_mask: keep the num_random best of random scores per row."""
+    if not 0 <= num_random <= L:
+        raise ValueError("num_random must be in 0 .. L")
+    keys = torch.rand(L, L, generator=generator).argsort(dim=-1)[:, :num_random]
+    return torch.zeros(L, L, dtype=torch.bool).scatter_(1, keys, True)
+
+
+def with_replacement(L, num_random, generator):
+    keys = torch.randint(0, L, (L, num_random), generator=generator)
+    return torch.zeros(L, L, dtype=torch.bool).scatter_(1, keys, True)
+
+
+def global_state(L, num_random, generator):
+    return ranked_random(L, num_random, None)
+
+
+def reseeded(L, num_random, generator):
+    return ranked_random(L, num_random, generator.manual_seed(0))
+
+
+def same_keys_every_row(L, num_random, generator):
+    keys = torch.randperm(L, generator=generator)[:num_random]
+    return torch.zeros(L, L, dtype=torch.bool).index_fill_(1, keys, True)
+
+
+def first_half_only(L, num_random, generator):
+    keys = torch.rand(L, max(L // 2, num_random), generator=generator).argsort(dim=-1)[
+        :, :num_random
+    ]
+    return torch.zeros(L, L, dtype=torch.bool).scatter_(1, keys, True)
+
+
+def shared_offsets(L, num_random, generator):
+    """Rows differ and columns are uniform, but every row uses the same offsets j - i."""
+    offsets = torch.randperm(L, generator=generator)[:num_random]
+    keys = (torch.arange(L).unsqueeze(-1) + offsets) % L
+    return torch.zeros(L, L, dtype=torch.bool).scatter_(1, keys, True)
+
+
+def no_num_random_check(L, num_random, generator):
+    return ranked_random(L, min(num_random, L), generator)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (with_replacement, "not_exactly_num_random"),
+        (global_state, "not_reproducible"),
+        (reseeded, "not_random"),
+        (same_keys_every_row, "same_keys_every_row"),
+        (first_half_only, "not_uniform"),
+        (shared_offsets, "not_uniform"),
+        (no_num_random_check, "no_error_for_bad_params"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "replacement",
+        "global_state",
+        "reseeded",
+        "same_rows",
+        "first_half",
+        "offsets",
+        "no_error",
+        "stub",
+    ],
+)
+def test_random_mask_bug_is_named(bug, key, capsys):
+    assert_named("random_mask", bug, key, capsys)
+
+
+def make_block(expand, crop=True, validate=True):
+    def block_sparse_mask(L, block_size, layout):
+        nb = math.ceil(L / block_size)
+        if validate and tuple(layout.shape) != (nb, nb):
+            raise ValueError("layout must be (nb, nb)")
+        tokens = expand(layout, block_size)
+        return tokens[:L, :L] if crop else tokens
+
+    return block_sparse_mask
+
+
+def interleave(layout, b):
+    return layout.repeat_interleave(b, 0).repeat_interleave(b, 1)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_block(lambda lay, b: interleave(lay.T, b)), "layout_transposed"),
+        (make_block(lambda lay, b: lay.repeat(b, b)), "tiled_not_expanded"),
+        (make_block(interleave, crop=False), "not_cropped"),
+        (make_block(interleave, validate=False), "no_error_for_bad_params"),
+        (stub, "not_implemented"),
+    ],
+    ids=["transposed", "tiled", "not_cropped", "no_error", "stub"],
+)
+def test_block_sparse_mask_bug_is_named(bug, key, capsys):
+    assert_named("block_sparse_mask", bug, key, capsys)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda mask: mask.sum().item(), "count_not_fraction"),
+        (lambda mask: mask[0].float().mean().item(), "wrong_density"),
+        (lambda mask: mask.sum(), "count_not_fraction"),
+        (lambda mask: str(mask.float().mean().item()), "not_a_number"),
+        (stub, "not_implemented"),
+    ],
+    ids=["count", "first_row", "tensor_count", "string", "stub"],
+)
+def test_mask_density_bug_is_named(bug, key, capsys):
+    assert_named("mask_density", bug, key, capsys)
+
+
+def make_reach(self_loops=True, offset=0, never=None):
+    def layers_to_full_reach(mask):
+        L = mask.shape[-1]
+        step = (mask | torch.eye(L, dtype=torch.bool)) if self_loops else mask
+        reach = step
+        for layers in range(1, L + 2):  # a cap, so the buggy versions cannot loop forever
+            if reach.all():
+                return layers + offset
+            grown = (step.float() @ reach.float()) > 0
+            if torch.equal(grown, reach):
+                return never
+            reach = grown
+        return never
+
+    return layers_to_full_reach
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_reach(self_loops=False), "forgot_self"),
+        (make_reach(offset=-1), "off_by_one_layers"),
+        (make_reach(offset=1), "off_by_one_layers"),
+        (make_reach(never=0), "should_be_none"),
+        (stub, "not_implemented"),
+    ],
+    ids=["no_self", "minus_one", "plus_one", "zero_for_never", "stub"],
+)
+def test_layers_to_full_reach_bug_is_named(bug, key, capsys):
+    assert_named("layers_to_full_reach", bug, key, capsys)
+
+
+# ----------------------------------------------------------------------------- planted bugs: attention
+
+
+def make_tiled(keys, allowed=None, scale=lambda d: d**-0.5, edges=None):
+    """Attention tile by tile: query block [s, e) meets keys keys(s, e, L, **params); allowed(i, j,
+    **params) masks inside the tile; edges(L, **params) = (first, last) rows to zero out."""
+
+    def attention(q, k, v, *params, **kwargs):
+        L, d = q.shape[-2], q.shape[-1]
+        out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+        for start in range(0, L, 64):
+            stop = min(start + 64, L)
+            k_start, k_stop = keys(start, stop, L, *params, **kwargs)
+            scores = q[..., start:stop, :] @ k[..., k_start:k_stop, :].transpose(-2, -1) * scale(d)
+            if allowed is not None:
+                i = torch.arange(start, stop).unsqueeze(-1)
+                j = torch.arange(k_start, k_stop)
+                scores = scores.masked_fill(~allowed(i, j, *params, **kwargs), float("-inf"))
+            out[..., start:stop, :] = (
+                torch.softmax(scores, -1).nan_to_num(0.0) @ v[..., k_start:k_stop, :]
+            )
+        if edges is not None:
+            first, last = edges(L, *params, **kwargs)
+            out[..., :first, :] = 0
+            out[..., L - last :, :] = 0
+        return out
+
+    return attention
+
+
+def window_keys(before, after):
+    def keys(start, stop, L, window, causal=False):
+        return max(0, start - before(window, causal)), min(L, stop + after(window, causal))
+
+    return keys
+
+
+def window_band(before, after):
+    def allowed(i, j, window, causal=False):
+        return (j >= i - before(window, causal)) & (j <= i + after(window, causal))
+
+    return allowed
+
+
+def make_swa(before=right_below, after=right_above, **kwargs):
+    wide = lambda w, c: w + 2  # noqa: E731 (fetch enough keys for any band below)
+    return make_tiled(window_keys(wide, wide), window_band(before, after), **kwargs)
+
+
+def unfold_without_padding(q, k, v, window, causal=False):
+    """The banded version that only handles full windows: L - window + 1 (or L - 2h) rows."""
+    span = window if causal else 2 * (window // 2) + 1
+    keys = k.unfold(-2, span, 1).transpose(-2, -1)  # (..., L - span + 1, span, d)
+    values = v.unfold(-2, span, 1).transpose(-2, -1)
+    queries = (
+        q[..., span - 1 :, :] if causal else q[..., window // 2 : q.shape[-2] - window // 2, :]
+    )
+    scores = (queries.unsqueeze(-2) @ keys.transpose(-2, -1)).squeeze(-2) / math.sqrt(q.shape[-1])
+    return (torch.softmax(scores, -1).unsqueeze(-2) @ values).squeeze(-2)
+
+
+def dense_with_mask(q, k, v, window, causal=False):
+    L = q.shape[-2]
+    mask = band(L, *((window - 1, 0) if causal else (window // 2, window // 2)))
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1) @ v
+
+
+def sdpa_with_mask(q, k, v, window, causal=False):
+    L = q.shape[-2]
+    mask = band(L, *((window - 1, 0) if causal else (window // 2, window // 2)))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (
+            make_swa(edges=lambda L, w, causal=False: (w - 1, 0) if causal else (w // 2, w // 2)),
+            "drops_edges",
+        ),
+        (unfold_without_padding, "drops_edges"),
+        (make_swa(before=lambda w, c: w if c else w // 2), "window_off_by_one"),
+        (make_swa(after=lambda w, c: 0 if c else w // 2 - 1), "asymmetric_window"),
+        (make_swa(before=lambda w, c: w // 2, after=lambda w, c: w // 2), "ignores_causal"),
+        (make_swa(scale=lambda d: 1.0), "missing_scale"),
+        (dense_with_mask, "builds_full_matrix"),
+        (sdpa_with_mask, "shortcut"),
+        (
+            lambda q, k, v, window, causal=False: library.sliding_window_attention(
+                q, k, v, window, causal
+            ),
+            "shortcut",
+        ),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "zeroed_edges",
+        "unfold_no_padding",
+        "off_by_one",
+        "asymmetric",
+        "ignores_causal",
+        "missing_scale",
+        "dense",
+        "sdpa",
+        "library",
+        "stub",
+    ],
+)
+def test_sliding_window_attention_bug_is_named(bug, key, capsys):
+    assert_named("sliding_window_attention", bug, key, capsys)
+
+
+def chunk_keys(extra_left=0, extra_right=0, use_overlap=True):
+    def keys(start, stop, L, chunk_size, overlap):
+        o = overlap if use_overlap else 0
+        return max(0, start - o - extra_left), min(L, stop + o + extra_right)
+
+    return keys
+
+
+def make_chunked(keys=chunk_keys(), **kwargs):
+    """Chunked attention tile by tile with the chunk as the tile (see make_tiled)."""
+
+    def chunked_attention(q, k, v, chunk_size, overlap):
+        L, d = q.shape[-2], q.shape[-1]
+        out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+        for start in range(0, L, chunk_size):
+            stop = min(start + chunk_size, L)
+            k_start, k_stop = keys(start, stop, L, chunk_size, overlap)
+            scores = (
+                q[..., start:stop, :]
+                @ k[..., k_start:k_stop, :].transpose(-2, -1)
+                * kwargs.get("scale", d**-0.5)
+            )
+            out[..., start:stop, :] = torch.softmax(scores, -1) @ v[..., k_start:k_stop, :]
+        return out
+
+    return chunked_attention
+
+
+def only_full_chunks(q, k, v, chunk_size, overlap):
+    L = q.shape[-2]
+    full = L - L % chunk_size
+    return (
+        make_chunked()(q[..., :full, :], k[..., :full, :], v[..., :full, :], chunk_size, overlap)
+        if full
+        else q.new_zeros(*q.shape[:-2], 0, v.shape[-1])
+    )
+
+
+def last_chunk_zero(q, k, v, chunk_size, overlap):
+    out = make_chunked()(q, k, v, chunk_size, overlap)
+    L = q.shape[-2]
+    if L % chunk_size:
+        out[..., L - L % chunk_size :, :] = 0
+    return out
+
+
+def dense_chunks(q, k, v, chunk_size, overlap):
+    L = q.shape[-2]
+    chunk = torch.arange(L) // chunk_size
+    j = torch.arange(L)
+    mask = (j >= chunk.unsqueeze(-1) * chunk_size - overlap) & (
+        j < (chunk.unsqueeze(-1) + 1) * chunk_size + overlap
+    )
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1) @ v
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_chunked(lambda s, e, L, c, o: (max(0, s - o), e)), "overlap_one_side"),
+        (make_chunked(chunk_keys(extra_right=1)), "overlap_off_by_one"),
+        (make_chunked(chunk_keys(use_overlap=False)), "ignores_overlap"),
+        (only_full_chunks, "drops_last_chunk"),
+        (last_chunk_zero, "drops_last_chunk"),
+        (make_chunked(scale=1.0), "missing_scale"),
+        (dense_chunks, "builds_full_matrix"),
+        (lambda q, k, v, c, o: banded_attention(q, k, v, 2 * o + 1), "sliding_not_chunked"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "one_side",
+        "off_by_one",
+        "no_overlap",
+        "only_full",
+        "last_zero",
+        "missing_scale",
+        "dense",
+        "window_per_query",
+        "stub",
+    ],
+)
+def test_chunked_attention_bug_is_named(bug, key, capsys):
+    assert_named("chunked_attention", bug, key, capsys)
+
+
+def test_builders_may_not_call_the_library():
+    result = report(
+        "sliding_window_mask", lambda L, w, causal=False: library.sliding_window_mask(L, w, causal)
+    )
+    assert result.keys == {"shortcut"} and "course.reference.sparse" in result.results[0].hint
+
+
+# ----------------------------------------------------------------------------- other correct answers
+
+
+def comparison_window(L, window, causal=False):
+    if window < 1:
+        raise ValueError("window must be >= 1")
+    i, j = torch.arange(L).unsqueeze(-1), torch.arange(L)
+    if causal:
+        return (j <= i) & (j > i - window)
+    return (i - j).abs() <= window // 2
+
+
+def comparison_strided(L, stride, local_window):
+    if stride < 1 or stride > L or local_window < 1:
+        raise ValueError("bad stride")
+    i, j = torch.arange(L).unsqueeze(-1), torch.arange(L)
+    return ((i - j).abs() <= local_window // 2) | (j % stride == 0)
+
+
+def index_global(L, window, global_idx):
+    index = torch.tensor(list(map(int, global_idx)), dtype=torch.long)
+    if ((index < 0) | (index >= L)).any() or window < 1:
+        raise ValueError("global_idx out of range")
+    is_global = torch.zeros(L, dtype=torch.bool)
+    is_global[index] = True
+    return comparison_window(L, window) | is_global.unsqueeze(-1) | is_global
+
+
+def gathered_block(L, block_size, layout):
+    nb = math.ceil(L / block_size)
+    if layout.shape != (nb, nb):
+        raise ValueError("layout must be (nb, nb)")
+    block = torch.arange(L) // block_size
+    return layout[block][:, block]
+
+
+def squaring_reach(mask):
+    """Doubling the layer count by squaring, then a binary search: the same answers."""
+    L = mask.shape[-1]
+    step = (mask | torch.eye(L, dtype=torch.bool)).double()
+    powers, reach, n = [step > 0], step > 0, 1
+    while not reach.all():
+        squared = (reach.double() @ reach.double()) > 0
+        if torch.equal(squared, reach):
+            return None
+        reach, n = squared, 2 * n
+        powers.append(reach)
+    low, high = n // 2, n  # full at `high` layers, not at `low`
+    while high - low > 1:
+        mid = (low + high) // 2
+        r = step > 0
+        for _ in range(mid - 1):
+            r = (step @ r.double()) > 0
+        low, high = (low, mid) if r.all() else (mid, high)
+    return high if n > 1 else 1
+
+
+@pytest.mark.parametrize(
+    "name, impl",
+    [
+        ("sliding_window_mask", comparison_window),
+        ("strided_mask", comparison_strided),
+        ("global_local_mask", index_global),
+        ("random_mask", ranked_random),
+        ("block_sparse_mask", gathered_block),
+        ("mask_density", lambda mask: mask.float().mean().item()),
+        ("mask_density", lambda mask: torch.count_nonzero(mask) / mask.numel()),
+        ("layers_to_full_reach", squaring_reach),
+    ],
+    ids=[
+        "comparisons",
+        "strided",
+        "global_index",
+        "argsort",
+        "gathered",
+        "mean",
+        "tensor",
+        "squaring",
+    ],
+)
+def test_other_correct_masks_pass(name, impl):
+    for seed in range(5):
+        result = report(name, impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def banded_attention(q, k, v, window, causal=False):
+    """A banded implementation written like the library: pad, unfold, mask the padding."""
+    L, d = q.shape[-2], q.shape[-1]
+    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
+    before, after = min(before, L), min(after, L)
+    span = before + after + 1
+    padded_k = (
+        F.pad(k, (0, 0, before, after)).unfold(-2, span, 1).transpose(-2, -1)
+    )  # (..., L, span, d)
+    padded_v = F.pad(v, (0, 0, before, after)).unfold(-2, span, 1).transpose(-2, -1)
+    scores = (q.unsqueeze(-2) @ padded_k.transpose(-2, -1)).squeeze(-2) / math.sqrt(
+        d
+    )  # (..., L, span)
+    position = torch.arange(L).unsqueeze(-1) - before + torch.arange(span)  # key of each slot
+    scores = scores.masked_fill((position < 0) | (position >= L), float("-inf"))
+    return (torch.softmax(scores, -1).unsqueeze(-2) @ padded_v).squeeze(-2)
+
+
+def one_query_at_a_time(q, k, v, window, causal=False):
+    L = q.shape[-2]
+    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
+    rows = []
+    for i in range(L):
+        lo, hi = max(0, i - before), min(L, i + after + 1)
+        weights = torch.softmax(
+            q[..., i : i + 1, :] @ k[..., lo:hi, :].transpose(-2, -1) / math.sqrt(q.shape[-1]), -1
+        )
+        rows.append(weights @ v[..., lo:hi, :])
+    return torch.cat(rows, dim=-2)
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [
+        make_swa(),
+        banded_attention,
+        one_query_at_a_time,
+        lambda q, k, v, w, causal=False: make_swa()(
+            q.double(), k.double(), v.double(), w, causal
+        ).to(q.dtype),
+    ],
+    ids=["tiles", "banded", "per_query", "float64_inside"],
+)
+def test_other_correct_sliding_window_attentions_pass(impl):
+    for seed in range(1 if impl is one_query_at_a_time else 3):  # one query at a time is slow
+        result = report("sliding_window_attention", impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def test_library_attention_passes_the_checks_without_the_guard(monkeypatch):
+    from grader.harness.checking import run
+
+    monkeypatch.setattr("grader.harness.checking.course_references", lambda exercise: {})
+    from grader.suites.day05_sparse import EXERCISES as SUITE
+
+    for name in EXERCISES:
+        for seed in range(3):
+            result = run(
+                name, getattr(library, name), SUITE[name].checks, {}, seed=seed, verbose=False
+            )
+            assert result.passed, (
+                name,
+                [(r.check, r.message) for r in result.results if not r.passed],
+            )
+
+
+def unfolded_chunks(q, k, v, chunk_size, overlap):
+    """Every chunk at once: pad, unfold the keys chunk by chunk, mask the padding."""
+    L, d = q.shape[-2], q.shape[-1]
+    nb = math.ceil(L / chunk_size)
+    span, tail = chunk_size + 2 * overlap, nb * chunk_size - L
+    queries = F.pad(q, (0, 0, 0, tail)).unflatten(-2, (nb, chunk_size))  # (..., nb, c, d)
+    keys = F.pad(k, (0, 0, overlap, overlap + tail)).unfold(-2, span, chunk_size).transpose(-2, -1)
+    values = (
+        F.pad(v, (0, 0, overlap, overlap + tail)).unfold(-2, span, chunk_size).transpose(-2, -1)
+    )
+    position = (
+        torch.arange(nb).unsqueeze(-1) * chunk_size - overlap + torch.arange(span)
+    )  # (nb, span)
+    scores = (queries @ keys.transpose(-2, -1) / math.sqrt(d)).masked_fill(
+        ((position < 0) | (position >= L)).unsqueeze(-2), float("-inf")
+    )
+    return (torch.softmax(scores, -1) @ values).flatten(-3, -2)[..., :L, :]
+
+
+@pytest.mark.parametrize("impl", [make_chunked(), unfolded_chunks], ids=["tiles", "unfolded"])
+def test_other_correct_chunked_attentions_pass(impl):
+    for seed in range(3):
+        result = report("chunked_attention", impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+# ============================================================================= advanced: learned sparsity
+
+
+def make_topk(
+    axis=-1,
+    count=0,
+    apply_mask=True,
+    renormalise=True,
+    largest=True,
+    by_scores=False,
+    straight_through=False,
+    scale=True,
+    validate=True,
+):
+    """A topk_gated_attention with one planted bug (the defaults give a correct one)."""
+
+    def topk_gated_attention(q, k, v, gate_scores, k_keep):
+        Lq, Lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+        if validate and (not 1 <= k_keep <= Lk or tuple(gate_scores.shape[-2:]) != (Lq, Lk)):
+            raise ValueError("bad k_keep or gate_scores")
+        scores = q @ k.transpose(-2, -1) / (math.sqrt(d) if scale else 1.0)
+        rank = scores.detach() if by_scores else gate_scores.detach()
+        n = min(k_keep + count, rank.shape[axis])
+        idx = rank.topk(n, dim=axis, largest=largest).indices
+        keep = torch.zeros(rank.shape, dtype=torch.bool).scatter(axis, idx, True)
+        if not apply_mask:
+            return torch.softmax(scores, -1) @ v
+        if not renormalise:
+            return (torch.softmax(scores, -1) * keep) @ v
+        weights = torch.softmax(scores.masked_fill(~keep, float("-inf")), -1)
+        if straight_through:
+            soft = torch.softmax(gate_scores, -1)
+            weights = weights * (keep + soft - soft.detach())
+        return weights @ v
+
+    return topk_gated_attention
+
+
+def topk_query_loop(q, k, v, gate_scores, k_keep):
+    Lk = k.shape[-2]
+    if not 1 <= k_keep <= Lk or gate_scores.shape[-1] != Lk:
+        raise ValueError("bad k_keep")
+    rows = []
+    for i in range(q.shape[-2]):
+        idx = gate_scores[..., i, :].topk(k_keep, dim=-1).indices  # (..., k)
+        keys = k.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, k.shape[-1]))
+        values = v.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, v.shape[-1]))
+        w = torch.softmax(
+            (q[..., i : i + 1, :] @ keys.transpose(-2, -1)) / math.sqrt(q.shape[-1]), -1
+        )
+        rows.append(w @ values)
+    return torch.cat(rows, -2)
+
+
+def topk_batch_loop(q, k, v, gate_scores, k_keep):
+    if q.dim() < 3:
+        return make_topk()(q, k, v, gate_scores, k_keep)
+    gate = gate_scores.expand(*q.shape[:-2], *gate_scores.shape[-2:])
+    return torch.stack([make_topk()(q[b], k[b], v[b], gate[b], k_keep) for b in range(q.shape[0])])
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_topk(axis=-2), "topk_wrong_axis"),
+        (make_topk(count=-1), "keeps_wrong_count"),
+        (make_topk(count=1), "keeps_wrong_count"),
+        (make_topk(apply_mask=False), "mask_not_applied"),
+        (make_topk(renormalise=False), "not_renormalised"),
+        (make_topk(largest=False), "keeps_lowest"),
+        (make_topk(by_scores=True), "ignores_gate"),
+        (make_topk(straight_through=True), "gradient_through_selection"),
+        (make_topk(scale=False), "missing_scale"),
+        (make_topk(validate=False), "no_error_for_bad_params"),
+        (topk_query_loop, "python_loop"),
+        (topk_batch_loop, "loop_over_rows"),
+        (lambda q, k, v, g, n: make_topk()(q, k.detach(), v, g, n), "wrong_gradient"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "wrong_axis",
+        "k-1",
+        "k+1",
+        "no_mask",
+        "not_renormalised",
+        "lowest",
+        "by_scores",
+        "straight_through",
+        "no_scale",
+        "no_error",
+        "query_loop",
+        "batch_loop",
+        "detached_k",
+        "stub",
+    ],
+)
+def test_topk_gated_attention_bug_is_named(bug, key, capsys):
+    assert_named("topk_gated_attention", bug, key, capsys)
+
+
+def gathered_topk(q, k, v, gate_scores, k_keep):
+    """Gather the kept keys and values: (..., Lq, k_keep, d), O(Lq * k_keep) memory."""
+    Lq, Lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    if not 1 <= k_keep <= Lk or tuple(gate_scores.shape[-2:]) != (Lq, Lk):
+        raise ValueError("bad k_keep or gate_scores")
+    lead = torch.broadcast_shapes(q.shape[:-2], gate_scores.shape[:-2])
+    idx = gate_scores.detach().topk(k_keep, -1).indices.expand(*lead, Lq, k_keep)  # (..., Lq, kk)
+    keys = k.expand(*lead, Lk, d).unsqueeze(-3).expand(*lead, Lq, Lk, d)
+    values = v.expand(*lead, Lk, v.shape[-1]).unsqueeze(-3).expand(*lead, Lq, Lk, v.shape[-1])
+    keys = keys.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, d))  # (..., Lq, kk, d)
+    values = values.gather(-2, idx.unsqueeze(-1).expand(*idx.shape, v.shape[-1]))
+    scores = (keys @ q.unsqueeze(-1)).squeeze(-1) / math.sqrt(d)  # (..., Lq, kk)
+    return (torch.softmax(scores, -1).unsqueeze(-2) @ values).squeeze(-2)
+
+
+def threshold_topk(q, k, v, gate_scores, k_keep):
+    """Keep the gate scores >= the k-th largest (the same keys when there are no ties)."""
+    if not 1 <= k_keep <= k.shape[-2] or tuple(gate_scores.shape[-2:]) != (
+        q.shape[-2],
+        k.shape[-2],
+    ):
+        raise ValueError("bad k_keep or gate_scores")
+    g = gate_scores.detach()
+    kth = g.topk(k_keep, -1).values[..., -1:]
+    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    out = torch.softmax(scores.masked_fill(g < kth, float("-inf")), -1) @ v.double()
+    return out.to(q.dtype)
+
+
+@pytest.mark.parametrize("impl", [gathered_topk, threshold_topk], ids=["gathered", "threshold"])
+def test_other_correct_topk_gated_attentions_pass(impl):
+    for seed in range(3):
+        result = report("topk_gated_attention", impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def make_adaptive(
+    rule=None, widths_of=lambda w: w.unsqueeze(-1), scale=True, validate=True, ignore_causal=False
+):
+    """An adaptive_window_attention with one planted bug (the defaults give a correct one).
+    `rule(i, j, w, causal)` is the mask; w is what `widths_of(widths)` gives."""
+
+    def default(i, j, w, causal):
+        return ((j <= i) & (j > i - w)) if causal else ((i - j).abs() <= w // 2)
+
+    rule = rule or default
+
+    def adaptive_window_attention(q, k, v, widths, causal=True):
+        L = q.shape[-2]
+        if validate and (
+            k.shape[-2] != L
+            or widths.dtype.is_floating_point
+            or widths.shape[-1] != L
+            or (widths < 1).any()
+        ):
+            raise ValueError("bad widths")
+        i, j = torch.arange(L).unsqueeze(-1), torch.arange(L)
+        mask = rule(i, j, widths_of(widths), causal and not ignore_causal)
+        scores = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)
+        return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
+
+    return adaptive_window_attention
+
+
+def adaptive_position_loop(q, k, v, widths, causal=True):
+    L = q.shape[-2]
+    if (
+        k.shape[-2] != L
+        or widths.dtype.is_floating_point
+        or widths.shape[-1] != L
+        or (widths < 1).any()
+    ):
+        raise ValueError("bad widths")
+    rows = []
+    j = torch.arange(L)
+    for i in range(L):
+        w = widths[..., i : i + 1]
+        keep = ((j <= i) & (j > i - w)) if causal else ((i - j).abs() <= w // 2)  # (..., L)
+        s = (q[..., i : i + 1, :] @ k.transpose(-2, -1)).squeeze(-2) / math.sqrt(q.shape[-1])
+        rows.append(torch.softmax(s.masked_fill(~keep, float("-inf")), -1).unsqueeze(-2) @ v)
+    return torch.cat(rows, -2)
+
+
+def adaptive_row_loop(q, k, v, widths, causal=True):
+    if q.dim() < 3:
+        return make_adaptive()(q, k, v, widths, causal)
+    widths = widths.expand(*q.shape[:-1])
+    return torch.stack(
+        [make_adaptive()(q[b], k[b], v[b], widths[b], causal) for b in range(q.shape[0])]
+    )
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (
+            make_adaptive(
+                lambda i, j, w, c: ((j <= i) & (j >= i - w)) if c else ((i - j).abs() <= w // 2 + 1)
+            ),
+            "window_off_by_one",
+        ),
+        (
+            make_adaptive(
+                lambda i, j, w, c: ((j < i) & (j >= i - w)) if c else ((i - j).abs() <= w // 2)
+            ),
+            "window_off_by_one",
+        ),
+        (
+            make_adaptive(
+                lambda i, j, w, c: ((j >= i) & (j < i + w)) if c else ((i - j).abs() <= w // 2)
+            ),
+            "causal_looks_ahead",
+        ),
+        (make_adaptive(ignore_causal=True), "ignores_causal"),
+        (make_adaptive(widths_of=lambda w: w.unsqueeze(-2)), "width_per_key"),
+        (make_adaptive(widths_of=lambda w: w.amax()), "single_width"),
+        (make_adaptive(widths_of=lambda w: w[..., :1].unsqueeze(-1)), "single_width"),
+        (make_adaptive(scale=False), "missing_scale"),
+        (make_adaptive(validate=False), "no_error_for_bad_params"),
+        (adaptive_position_loop, "python_loop"),
+        (adaptive_row_loop, "loop_over_rows"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "one_too_wide",
+        "past_only",
+        "future",
+        "ignores_causal",
+        "per_key",
+        "max_width",
+        "first_width",
+        "no_scale",
+        "no_error",
+        "position_loop",
+        "row_loop",
+        "stub",
+    ],
+)
+def test_adaptive_window_attention_bug_is_named(bug, key, capsys):
+    assert_named("adaptive_window_attention", bug, key, capsys)
+
+
+def distance_adaptive(q, k, v, widths, causal=True):
+    """Distances and float64 inside: the same answers."""
+    L = q.shape[-2]
+    if (
+        k.shape[-2] != L
+        or widths.dtype.is_floating_point
+        or widths.shape[-1] != L
+        or (widths < 1).any()
+    ):
+        raise ValueError("bad widths")
+    distance = torch.arange(L).unsqueeze(-1) - torch.arange(L)  # i - j
+    w = widths.unsqueeze(-1)
+    keep = ((distance >= 0) & (distance < w)) if causal else (2 * distance.abs() <= w - w % 2)
+    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    return (torch.softmax(scores.masked_fill(~keep, float("-inf")), -1) @ v.double()).to(q.dtype)
+
+
+@pytest.mark.parametrize(
+    "impl", [make_adaptive(), distance_adaptive], ids=["comparisons", "distances"]
+)
+def test_other_correct_adaptive_windows_pass(impl):
+    for seed in range(3):
+        result = report("adaptive_window_attention", impl, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda s: s["topk_gated_attention"](*[torch.randn(4, 3)] * 3, torch.randn(4, 4), 0),
+            "k_keep",
+        ),
+        (
+            lambda s: s["topk_gated_attention"](*[torch.randn(4, 3)] * 3, torch.randn(4, 4), 5),
+            "k_keep",
+        ),
+        (
+            lambda s: s["topk_gated_attention"](*[torch.randn(4, 3)] * 3, torch.randn(3, 4), 2),
+            "gate_scores",
+        ),
+        (
+            lambda s: s["adaptive_window_attention"](
+                *[torch.randn(4, 3)] * 3, torch.tensor([1, 0, 2, 3])
+            ),
+            "width",
+        ),
+        (
+            lambda s: s["adaptive_window_attention"](*[torch.randn(4, 3)] * 3, torch.ones(4)),
+            "integer",
+        ),
+        (
+            lambda s: s["adaptive_window_attention"](
+                *[torch.randn(4, 3)] * 3, torch.ones(3, dtype=torch.long)
+            ),
+            "widths",
+        ),
+        (
+            lambda s: s["adaptive_window_attention"](
+                torch.randn(3, 3),
+                torch.randn(4, 3),
+                torch.randn(4, 3),
+                torch.ones(3, dtype=torch.long),
+            ),
+            "Lq == Lk",
+        ),
+    ],
+    ids=["k0", "k>Lk", "gate_shape", "width0", "float_widths", "widths_length", "Lq!=Lk"],
+)
+def test_learned_sparsity_bad_parameters_give_clear_errors(solution, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(solution)
+
+
+def test_topk_gated_attention_gradients_reach_kept_keys_only(solution):
+    q, k, v = (torch.randn(1, 5, 4, requires_grad=True) for _ in range(3))
+    gate = torch.zeros(1, 5, 5)
+    gate[..., 1] = gate[..., 3] = 1.0  # every query keeps keys 1 and 3
+    gate.requires_grad_(True)
+    solution["topk_gated_attention"](q, k, v, gate, 2).sum().backward()
+    assert gate.grad is None or not gate.grad.any()
+    dropped = [0, 2, 4]
+    assert not k.grad[:, dropped].any() and not v.grad[:, dropped].any()
+    assert v.grad[:, [1, 3]].abs().sum() > 0
+
+
+# ============================================================================= advanced: feature-wise attention
+
+
+def make_columns(
+    flatten=False, share_first=False, scale=True, validate=True, per_column_params=True
+):
+    """A ColumnwiseAttention with one planted bug (the defaults give a correct one)."""
+
+    class ColumnwiseAttention(nn.Module):
+        def __init__(self, num_columns, d, num_heads, shared=True):
+            super().__init__()
+            if d % num_heads:
+                raise ValueError("d must be divisible by num_heads")
+            self.C, self.d, self.H, self.shared = num_columns, d, num_heads, shared
+            shape = (d, d) if shared or not per_column_params else (num_columns, d, d)
+            for name in ("q_weight", "k_weight", "v_weight", "out_weight"):
+                setattr(self, name, nn.Parameter(torch.randn(shape) / d**0.5))
+
+        def weight(self, w):
+            if self.shared or not per_column_params:
+                return w.T
+            return (w[:1] if share_first else w).transpose(-2, -1)
+
+        def forward(self, x):
+            if validate and (x.dim() != 4 or x.shape[1] != self.C or x.shape[-1] != self.d):
+                raise ValueError("expected (batch, columns, seq, d)")
+            B, C, T, d = x.shape
+            dh = d // self.H
+            q, k, v = (x @ self.weight(w) for w in (self.q_weight, self.k_weight, self.v_weight))
+            if flatten:
+                q, k, v = (t.reshape(B, 1, C * T, d) for t in (q, k, v))
+            q, k, v = (t.unflatten(-1, (self.H, dh)).transpose(-3, -2) for t in (q, k, v))
+            s = q @ k.transpose(-2, -1) / (math.sqrt(dh) if scale else 1.0)
+            out = (torch.softmax(s, -1) @ v).transpose(-3, -2).flatten(-2).reshape(B, C, T, d)
+            return out @ self.weight(self.out_weight)
+
+    return ColumnwiseAttention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_columns(flatten=True), "attends_across_columns"),
+        (make_columns(share_first=True), "weights_shared_by_mistake"),
+        (make_columns(per_column_params=False), "missing_parameter"),
+        (make_columns(scale=False), "missing_scale"),
+        (make_columns(validate=False), "no_error_for_bad_params"),
+        (stub, "not_implemented"),
+    ],
+    ids=["flatten", "share_first", "shared_params", "no_scale", "no_error", "stub"],
+)
+def test_columnwise_attention_bug_is_named(bug, key, capsys):
+    assert_named("ColumnwiseAttention", bug, key, capsys)
+
+
+def test_columnwise_weights_shared_by_mistake_is_named_by_count_and_independence():
+    """Per-column parameters registered, but forward always uses column 0's."""
+    result = report("ColumnwiseAttention", make_columns(share_first=True))
+    failed = {r.check.split(":")[0]: r.key for r in result.results if not r.passed}
+    assert set(failed.values()) == {"weights_shared_by_mistake"}, failed
+    assert any("parameter count" in check for check in failed)
+
+
+def einsum_columns(num_columns, d, num_heads, shared=True):
+    """Another correct one: einsum projections and F.scaled_dot_product_attention."""
+
+    class ColumnwiseAttention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if d % num_heads:
+                raise ValueError("d must be divisible by num_heads")
+            shape = (d, d) if shared else (num_columns, d, d)
+            for name in ("q_weight", "k_weight", "v_weight", "out_weight"):
+                setattr(self, name, nn.Parameter(torch.randn(shape)))
+
+        def proj(self, x, w):
+            return (
+                torch.einsum("bctd,ed->bcte", x, w)
+                if shared
+                else torch.einsum("bctd,ced->bcte", x, w)
+            )
+
+        def forward(self, x):
+            if x.dim() != 4 or x.shape[1] != num_columns or x.shape[-1] != d:
+                raise ValueError("expected (batch, columns, seq, d)")
+            B, C, T, _ = x.shape
+            q, k, v = (
+                self.proj(x, w).reshape(B * C, T, num_heads, d // num_heads).transpose(1, 2)
+                for w in (self.q_weight, self.k_weight, self.v_weight)
+            )
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, C, T, d)
+            return self.proj(out, self.out_weight)
+
+    return ColumnwiseAttention()
+
+
+def test_other_correct_columnwise_attention_passes():
+    for seed in range(3):
+        result = report("ColumnwiseAttention", einsum_columns, hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def test_columnwise_bad_shapes_give_clear_errors(solution):
+    module = solution["ColumnwiseAttention"](3, 8, 2)
+    for shape in [(2, 30, 8), (2, 3, 10, 8, 1), (2, 4, 10, 8), (2, 3, 10, 6)]:
+        with pytest.raises(ValueError, match="expected x of shape"):
+            module(torch.randn(shape))
+    with pytest.raises(ValueError, match="divisible"):
+        solution["ColumnwiseAttention"](3, 9, 2)
+
+
+def test_columnwise_memory_is_c_times_smaller_than_flattened(solution):
+    from course.bench import peak_memory
+
+    B, C, T, d, H = 1, 4, 128, 8, 2
+    x = torch.randn(B, C, T, d)
+    columnwise, flat = (
+        solution["ColumnwiseAttention"](C, d, H),
+        solution["ColumnwiseAttention"](1, d, H),
+    )
+    with torch.no_grad():
+        per_column = peak_memory(lambda: columnwise(x))
+        flattened = peak_memory(lambda: flat(x.reshape(B, 1, C * T, d)))
+    for measured, formula in (
+        (per_column, 2 * 4 * B * H * C * T**2),
+        (flattened, 2 * 4 * B * H * (C * T) ** 2),
+    ):
+        assert abs(measured / formula - 1) < 0.15, (measured, formula)

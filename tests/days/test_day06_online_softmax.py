@@ -1,0 +1,520 @@
+"""The day06 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, correct implementations written differently pass too, and bad input gives
+clear errors."""
+
+import functools
+import math
+
+import pytest
+import torch
+
+import course.reference.online_softmax as library
+from helpers import assert_mistake_named, day_report
+
+DAY = "day06-online-softmax"
+EXERCISES = ["online_softmax_stats", "tiled_attention", "FlashAttentionTorch"]
+
+# For tests/test_nbgrader_e2e.py: a backward without FlashAttention-2's D term costs
+# FlashAttentionTorch's visible and hidden points (2 + 1), and the feedback names the mistake.
+PLANTED_SUBMISSION = {
+    "cell": "FlashAttentionTorch",
+    "old": "ds = p * (dp - D[..., rows, None])",
+    "new": "ds = p * dp",
+    "points_lost": 3,
+    "hint": "the softmax Jacobian gives ds = p * (dp - D) with D = rowsum(dO * O) per "
+    "query (equal to rowsum(p * dp)); compute D once before the tile loop.",
+}
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+NEG_INF = float("-inf")
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# ----------------------------------------------------------------------------- the solution
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_solution_passes_visible_and_hidden_seeds(solution, name):
+    assert report(name, solution[name]).passed
+    for seed in range(1, 26):
+        result = report(name, solution[name], hidden=True, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def test_the_solution_agrees_with_the_library(solution):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, L, 8, generator=g, dtype=torch.float64) for L in (9, 13, 13))
+    for causal in (False, True):
+        got = solution["tiled_attention"](q, k, v, 4, 5, causal)
+        want = library.tiled_attention(q, k, v, 4, 5, causal)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+    x = torch.randn(3, 17, generator=g)
+    for a, b in zip(solution["online_softmax_stats"](x, 4), library.online_softmax_stats(x, 4)):
+        torch.testing.assert_close(a, b)
+    out = solution["flash_attention_torch"](q, k, v, True)
+    torch.testing.assert_close(out, library.flash_attention_torch(q, k, v, True))
+
+
+@pytest.mark.parametrize("source", ["solution", "library"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda f: f["tiled_attention"](
+            torch.zeros(4, 2), torch.zeros(4, 2), torch.zeros(4, 2), block_q=0
+        ),
+        lambda f: f["tiled_attention"](
+            torch.zeros(4, 2), torch.zeros(4, 2), torch.zeros(4, 2), block_k=-1
+        ),
+        lambda f: f["tiled_attention"](torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4, 2)),
+        lambda f: f["tiled_attention"](torch.zeros(4, 2), torch.zeros(5, 2), torch.zeros(4, 2)),
+        lambda f: f["online_softmax_stats"](torch.zeros(4), 0),
+        lambda f: f["flash_attention_torch"](
+            torch.zeros(4, 3), torch.zeros(4, 2), torch.zeros(4, 2)
+        ),
+    ],
+    ids=["block_q0", "block_k<0", "head-dims", "kv-lengths", "stats-block0", "flash-head-dims"],
+)
+def test_bad_input_gives_a_clear_value_error(solution, source, call):
+    functions = solution if source == "solution" else vars(library)
+    with pytest.raises(ValueError, match=r"block|expected|must"):
+        call(functions)
+
+
+def test_fully_masked_rows_are_zero_with_lse_minus_inf(solution):
+    q, k, v = torch.randn(7, 4), torch.randn(3, 4), torch.randn(3, 5)
+    out, lse = solution["tiled_attention"](q, k, v, 2, 2, True)
+    assert (out[:4] == 0).all() and (lse[:4] == NEG_INF).all() and torch.isfinite(out).all()
+    leaves = [t.clone().double().requires_grad_() for t in (q, k, v)]
+    solution["flash_attention_torch"](*leaves, True).sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in leaves) and (leaves[0].grad[:4] == 0).all()
+
+
+# ----------------------------------------------------------------------------- online_softmax_stats
+
+
+def make_stats(rescale="right", output="sum", guard=True, two_pass=False, check_block=True):
+    """An online_softmax_stats with one mistake switched on."""
+
+    def online_softmax_stats(x, block_size, dim=-1):
+        if check_block and block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        x = x.movedim(dim, -1)
+        m = torch.full(x.shape[:-1], NEG_INF, dtype=x.dtype)
+        s = torch.zeros_like(m)
+        if two_pass:
+            m = x.amax(-1)
+        for start in range(0, x.shape[-1], block_size):
+            block = x[..., start : start + block_size]
+            m_new = torch.maximum(m, block.amax(-1))
+            shift = torch.where(m_new == NEG_INF, 0.0, m_new) if guard else m_new
+            factor = {
+                "right": torch.exp(m - shift),
+                "none": 1.0,
+                "inverted": torch.exp(shift - m).nan_to_num(posinf=0.0),
+            }[rescale]
+            s = s * factor + torch.exp(block - shift[..., None]).sum(-1)
+            m = m_new
+        if output == "log":
+            return m, m + torch.log(s)
+        if output == "keepdim":
+            return m.unsqueeze(-1), s.unsqueeze(-1)
+        return m, s
+
+    return online_softmax_stats
+
+
+def stats_split(x, block_size, dim=-1):
+    """Correct, written differently: torch.split along dim, keepdim until the end, float64 inside."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    m, s = None, None
+    for block in torch.split(x, block_size, dim=dim):
+        top = block.amax(dim=dim, keepdim=True)
+        if m is None:
+            m, s = top, torch.zeros_like(top)
+        new = torch.maximum(m, top)
+        safe = new.masked_fill(new == NEG_INF, 0)
+        s = s * (m - safe).exp() + (block - safe).exp().sum(dim=dim, keepdim=True)
+        m = new
+    return m.squeeze(dim), s.squeeze(dim)
+
+
+def stats_softmax(x, block_size, dim=-1):
+    return x.amax(dim), torch.exp(torch.logsumexp(x, dim) - x.amax(dim))
+
+
+def stats_library(x, block_size, dim=-1):
+    return library.online_softmax_stats(x, block_size, dim)
+
+
+def test_a_different_correct_stats_passes():
+    assert report("online_softmax_stats", stats_split).passed
+    for seed in range(1, 6):
+        assert report("online_softmax_stats", stats_split, hidden=True, seed=seed).passed
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_stats(rescale="none"), "missing_rescale"),
+        (make_stats(rescale="inverted"), "rescale_inverted"),
+        (make_stats(output="log"), "returns_log"),
+        (make_stats(guard=False), "nan_for_masked"),
+        (make_stats(two_pass=True), "not_streaming"),
+        (make_stats(output="keepdim"), "wrong_shape"),
+        (make_stats(check_block=False), "no_error_for_bad_params"),
+        (stats_softmax, "shortcut"),
+        (stats_library, "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "no_rescale",
+        "inverted",
+        "log",
+        "nan",
+        "two_pass",
+        "keepdim",
+        "no_error",
+        "logsumexp",
+        "library",
+        "stub",
+    ],
+)
+def test_online_softmax_stats_bug_is_named(bug, key, capsys):
+    assert_named("online_softmax_stats", bug, key, capsys)
+
+
+# ----------------------------------------------------------------------------- tiled_attention
+
+
+def make_tiled(
+    rescale_l=True,
+    rescale_acc=True,
+    lse="e",
+    causal_mode="bottom_right",
+    skip=True,
+    full_mask=False,
+    scale=True,
+    guard=True,
+    check=True,
+    keepdim=False,
+):
+    """A tiled_attention with one mistake switched on."""
+
+    def tiled_attention(q, k, v, block_q=64, block_k=64, causal=False):
+        if check and (block_q < 1 or block_k < 1 or q.shape[-1] != k.shape[-1]):
+            raise ValueError("bad block sizes or shapes")
+        Lq, Lk = q.shape[-2], k.shape[-2]
+        c = 1 / math.sqrt(q.shape[-1]) if scale else 1.0
+        offset = {"bottom_right": Lk - Lq, "top_left": 0, "strict": Lk - Lq - 1}.get(
+            causal_mode, Lk - Lq
+        )
+        if full_mask:
+            allowed = torch.arange(Lk) <= torch.arange(Lq)[:, None] + offset  # (Lq, Lk): forbidden
+        outs, lses = [], []
+        for i0 in range(0, Lq, block_q):
+            qi = q[..., i0 : i0 + block_q, :]
+            bq = qi.shape[-2]
+            m = torch.full(qi.shape[:-1], NEG_INF, dtype=q.dtype)
+            l = torch.zeros_like(m)
+            acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype)
+            stop = (
+                min(Lk, max(0, offset + i0 + bq))
+                if causal and skip and causal_mode != "flip"
+                else Lk
+            )
+            for j0 in range(0, stop, block_k):
+                kj, vj = k[..., j0 : j0 + block_k, :], v[..., j0 : j0 + block_k, :]
+                s = qi @ kj.transpose(-2, -1) * c
+                if causal and causal_mode != "ignore":
+                    rows = (offset + i0 + torch.arange(bq))[:, None]
+                    cols = (j0 + torch.arange(kj.shape[-2]))[None, :]
+                    if full_mask:
+                        s = s.masked_fill(~allowed[i0 : i0 + bq, j0 : j0 + block_k], NEG_INF)
+                    elif causal_mode == "flip":
+                        s = s.masked_fill(cols < rows, NEG_INF)
+                    else:
+                        s = s.masked_fill(cols > rows, NEG_INF)
+                m_new = torch.maximum(m, s.amax(-1))
+                shift = torch.where(m_new == NEG_INF, 0.0, m_new) if guard else m_new
+                alpha = torch.exp(m - shift)
+                p = torch.exp(s - shift[..., None])
+                l = (l * alpha if rescale_l else l) + p.sum(-1)
+                acc = (acc * alpha[..., None] if rescale_acc else acc) + p @ vj
+                m = m_new
+            outs.append(acc / (torch.where(l == 0, 1.0, l) if guard else l)[..., None])
+            lses.append(
+                {
+                    "e": m + torch.log(l),
+                    "2": (m + torch.log(l)) / math.log(2),
+                    "nomax": torch.log(l),
+                }[lse]
+            )
+        out, lse_ = torch.cat(outs, -2), torch.cat(lses, -1)
+        return out, (lse_.unsqueeze(-1) if keepdim else lse_)
+
+    return tiled_attention
+
+
+def tiled_exp2(q, k, v, block_q=64, block_k=64, causal=False):
+    """Correct, written differently: base-2 exponentials as Triton kernels use (scores times
+    log2(e)), key tiles found by a generator, lse converted back to base e."""
+    if block_q < 1 or block_k < 1 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError("block sizes must be >= 1 and shapes must fit")
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    qs = q * (math.log2(math.e) / math.sqrt(q.shape[-1]))
+    out = q.new_zeros(*q.shape[:-1], v.shape[-1])
+    lse = q.new_empty(q.shape[:-1])
+    for i0 in range(0, Lq, block_q):
+        i1 = min(i0 + block_q, Lq)
+        m = q.new_full(q.shape[:-2] + (i1 - i0,), NEG_INF)
+        l, acc = torch.zeros_like(m), q.new_zeros(*m.shape, v.shape[-1])
+        last = min(Lk, Lk - Lq + i1) if causal else Lk
+        for j0 in range(0, last, block_k):
+            j1 = min(j0 + block_k, Lk)
+            s = qs[..., i0:i1, :] @ k[..., j0:j1, :].mT
+            if causal:
+                s = torch.where(
+                    torch.arange(j0, j1) <= torch.arange(i0, i1)[:, None] + Lk - Lq, s, NEG_INF
+                )
+            m_new = torch.maximum(m, s.amax(-1)).nan_to_num(neginf=0.0)
+            l = l * torch.exp2(m.nan_to_num(neginf=-1e30) - m_new) + torch.exp2(
+                s - m_new[..., None]
+            ).sum(-1)
+            acc = (
+                acc * torch.exp2(m.nan_to_num(neginf=-1e30) - m_new)[..., None]
+                + torch.exp2(s - m_new[..., None]) @ v[..., j0:j1, :]
+            )
+            m = torch.maximum(m, s.amax(-1))
+        out[..., i0:i1, :] = acc / l.clamp_min(torch.finfo(l.dtype).tiny)[..., None]
+        lse[..., i0:i1] = (m + torch.log2(l)) * math.log(2)
+    return out, lse
+
+
+def tiled_sdpa(q, k, v, block_q=64, block_k=64, causal=False):
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return out, out.sum(-1)
+
+
+def test_a_different_correct_tiled_attention_passes():
+    assert report("tiled_attention", tiled_exp2).passed
+    for seed in range(1, 4):
+        assert report("tiled_attention", tiled_exp2, hidden=True, seed=seed).passed
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_tiled(rescale_l=False, rescale_acc=False), "missing_rescale"),
+        (make_tiled(rescale_acc=False), "rescale_l_only"),
+        (make_tiled(rescale_l=False), "rescale_acc_only"),
+        (make_tiled(lse="2"), "lse_base2"),
+        (make_tiled(lse="nomax"), "lse_missing_max"),
+        (make_tiled(causal_mode="top_left"), "causal_top_left"),
+        (make_tiled(causal_mode="strict"), "causal_strict"),
+        (make_tiled(causal_mode="flip"), "causal_wrong_side"),
+        (make_tiled(causal_mode="ignore", skip=False), "ignores_causal"),
+        (make_tiled(skip=False), "computes_masked_tiles"),
+        (make_tiled(full_mask=True), "builds_full_matrix"),
+        (make_tiled(scale=False), "missing_scale"),
+        (make_tiled(guard=False), "nan_for_masked"),
+        (make_tiled(keepdim=True), "wrong_shape"),
+        (make_tiled(check=False), "no_error_for_bad_params"),
+        (tiled_sdpa, "shortcut"),
+        (
+            lambda q, k, v, block_q=64, block_k=64, causal=False: library.tiled_attention(
+                q, k, v, block_q, block_k, causal
+            ),
+            "shortcut",
+        ),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "no_rescale",
+        "l_only",
+        "acc_only",
+        "base2",
+        "nomax",
+        "top_left",
+        "strict",
+        "wrong_side",
+        "ignores",
+        "no_skip",
+        "full_mask",
+        "scale",
+        "nan",
+        "keepdim",
+        "no_error",
+        "sdpa",
+        "library",
+        "stub",
+    ],
+)
+def test_tiled_attention_bug_is_named(bug, key, capsys):
+    assert_named("tiled_attention", bug, key, capsys)
+
+
+# ----------------------------------------------------------------------------- FlashAttentionTorch
+
+
+def make_flash(
+    use_D=True,
+    scale_grads=True,
+    backward_mask=True,
+    save="lse",
+    lse_base=math.e,
+    inf_guard=True,
+    only_causal_wrong=False,
+    grads=3,
+):
+    """A FlashAttentionTorch with one mistake switched on (forward from the library's tiles, so
+    only the Function itself is under test)."""
+    forward_tiles = make_tiled()
+
+    class FlashAttentionTorch(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, is_causal=False):
+            out, lse = forward_tiles(q, k, v, 16, 16, is_causal)
+            if save == "two":
+                ctx.save_for_backward(q, k, v, out, lse, torch.zeros_like(lse))
+            elif save == "p":
+                s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+                ctx.save_for_backward(q, k, v, out, lse, torch.exp(s - lse[..., None]))
+            else:
+                ctx.save_for_backward(q, k, v, out, lse / math.log(lse_base))
+            ctx.is_causal = is_causal
+            return out
+
+        @staticmethod
+        def backward(ctx, d_out):
+            q, k, v, out, lse = ctx.saved_tensors[:5]
+            lse = lse * math.log(lse_base)
+            Lq, Lk = q.shape[-2], k.shape[-2]
+            scale = 1 / math.sqrt(q.shape[-1])
+            s = (
+                q @ k.transpose(-2, -1) * scale
+            )  # a dense backward: these tests are about its formulas
+            if ctx.is_causal and backward_mask:
+                allowed = torch.arange(Lk) <= torch.arange(Lq)[:, None] + Lk - Lq
+                s = s.masked_fill(~allowed, NEG_INF)
+            if inf_guard:
+                lse = torch.where(lse == NEG_INF, float("inf"), lse)
+            p = torch.exp(s - lse[..., None])
+            dv = p.transpose(-2, -1) @ d_out
+            dp = d_out @ v.transpose(-2, -1)
+            D = (d_out * out).sum(-1, keepdim=True)
+            ds = p * (dp - D) if use_D else p * dp
+            if only_causal_wrong and ctx.is_causal:
+                ds = ds * 1.1
+            g = scale if scale_grads else 1.0
+            result = (ds @ k * g, ds.transpose(-2, -1) @ q * g, dv, None)
+            return result[:grads]
+
+    return FlashAttentionTorch
+
+
+class FlashKeyOuter(torch.autograd.Function):
+    """Correct, written differently: 32-wide tiles, query tiles outside in backward, D computed
+    per query tile, is_causal kept as an int."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        out, lse = make_tiled()(q, k, v, 32, 32, bool(is_causal))
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal = int(bool(is_causal))
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        Lq, Lk, b = q.shape[-2], k.shape[-2], 32
+        c = q.shape[-1] ** -0.5
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        lse = lse.masked_fill(lse == NEG_INF, float("inf"))
+        for i0 in range(0, Lq, b):
+            i1 = min(i0 + b, Lq)
+            D = (d_out[..., i0:i1, :] * out[..., i0:i1, :]).sum(-1)
+            stop = min(Lk, max(0, Lk - Lq + i1)) if ctx.causal else Lk
+            for j0 in range(0, stop, b):
+                j1 = min(j0 + b, Lk)
+                s = q[..., i0:i1, :] @ k[..., j0:j1, :].mT * c
+                if ctx.causal:
+                    s = torch.where(
+                        torch.arange(j0, j1) <= torch.arange(i0, i1)[:, None] + Lk - Lq, s, NEG_INF
+                    )
+                p = (s - lse[..., i0:i1, None]).exp()
+                dv[..., j0:j1, :] += p.mT @ d_out[..., i0:i1, :]
+                ds = p * (d_out[..., i0:i1, :] @ v[..., j0:j1, :].mT - D[..., None])
+                dq[..., i0:i1, :] += c * ds @ k[..., j0:j1, :]
+                dk[..., j0:j1, :] += c * ds.mT @ q[..., i0:i1, :]
+        return dq, dk, dv, None
+
+
+class FlashLibrary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        return library.flash_attention_torch(q, k, v, is_causal).detach()
+
+    @staticmethod
+    def backward(ctx, d_out):
+        return d_out, d_out, d_out, None
+
+
+def test_a_different_correct_function_passes():
+    assert report("FlashAttentionTorch", FlashKeyOuter).passed
+    assert report("FlashAttentionTorch", FlashKeyOuter, hidden=True, seed=3).passed
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_flash(use_D=False), "missing_D_term"),
+        (make_flash(scale_grads=False), "grad_missing_scale"),
+        (make_flash(backward_mask=False), "causal_backward_unmasked"),
+        (make_flash(only_causal_wrong=True), "grads_wrong_only_causal"),
+        (make_flash(inf_guard=False), "grad_not_finite"),
+        (make_flash(save="two"), "saves_two_stats"),
+        (make_flash(save="p"), "saves_too_much"),
+        (make_flash(lse_base=2.0), "lse_base2"),
+        (make_flash(grads=2), "autograd_broken"),
+        (FlashLibrary, "shortcut"),
+        (lambda *args: None, "not_a_function"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "no_D",
+        "grad_scale",
+        "unmasked",
+        "only_causal",
+        "nan_grad",
+        "two_stats",
+        "saves_p",
+        "base2",
+        "broken",
+        "library",
+        "function",
+        "stub",
+    ],
+)
+def test_flash_attention_torch_bug_is_named(bug, key, capsys):
+    assert_named("FlashAttentionTorch", bug, key, capsys)
+
+
+class FlashStub(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        raise NotImplementedError()
+
+    @staticmethod
+    def backward(ctx, d_out):
+        raise NotImplementedError()
+
+
+def test_the_untouched_function_class_is_not_implemented():
+    result = report("FlashAttentionTorch", FlashStub)
+    assert result.keys == {"not_implemented"} and len(result.results) == 1

@@ -1,0 +1,628 @@
+"""The day08 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, correct implementations written differently pass too, and bad input gives
+clear errors."""
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_mistake_named, day_report
+
+DAY = "day08-linear-attention"
+
+# For tests/test_nbgrader_e2e.py: a chunked form whose intra-chunk scores are not masked lets
+# queries see future keys of their own chunk; it costs that exercise's 2 + 1 points.
+PLANTED_SUBMISSION = {
+    "cell": "causal_linear_attention_chunked",
+    "old": "local = torch.tril(qc @ kc.transpose(-2, -1))",
+    "new": "local = qc @ kc.transpose(-2, -1)",
+    "points_lost": 3,
+    "hint": "inside a chunk, query i sees only the chunk keys up to itself: mask the (c, c) scores "
+    "with tril (set the rest to 0) before summing.",
+}
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError()
+
+
+# ----------------------------------------------------------------------------- the solution
+
+
+def test_causal_forms_agree_with_each_other_and_the_masked_quadratic_form(solution):
+    q, k, v = (torch.randn(2, 3, 77, 8, dtype=torch.float64) for _ in range(3))
+    w = (solution["elu_feature_map"](q) @ solution["elu_feature_map"](k).transpose(-2, -1)).tril()
+    masked = (w @ v) / (w.sum(-1, keepdim=True) + 1e-6)
+    rec = solution["causal_linear_attention_recurrent"](q, k, v)
+    for c in (1, 5, 64, 100):
+        torch.testing.assert_close(solution["causal_linear_attention_chunked"](q, k, v, c), rec)
+    torch.testing.assert_close(rec, masked)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "linear_attention",
+        "causal_linear_attention_recurrent",
+        "causal_linear_attention_chunked",
+        "performer_attention",
+    ],
+)
+@pytest.mark.parametrize(
+    "shapes, match",
+    [
+        (((2, 5, 4), (2, 5, 4), (2, 6, 4)), "same length"),
+        (((2, 5, 4), (2, 5, 3), (2, 5, 4)), "head dim"),
+        (((5,), (5,), (5,)), r"\(\.\.\., L, D\)"),
+        (((2, 5, 4), (1, 5, 4), (1, 5, 4)), "leading dims"),
+    ],
+    ids=["lengths", "head-dim", "1-D", "leading"],
+)
+def test_bad_input_gives_clear_errors(solution, name, shapes, match):
+    q, k, v = (torch.randn(s) for s in shapes)
+    with pytest.raises(ValueError, match=match):
+        solution[name](q, k, v)
+
+
+def test_causal_forms_reject_lq_not_lk_and_bad_chunk(solution):
+    q, k = torch.randn(4, 8), torch.randn(6, 8)
+    for name in ("causal_linear_attention_recurrent", "causal_linear_attention_chunked"):
+        with pytest.raises(ValueError, match="Lq == Lk"):
+            solution[name](q, k, k)
+    with pytest.raises(ValueError, match="chunk_size"):
+        solution["causal_linear_attention_chunked"](k, k, k, chunk_size=0)
+
+
+# ----------------------------------------------------------------------------- elu_feature_map
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda x: F.elu(x), "negative_features"),
+        (lambda x: x, "negative_features"),
+        (stub, "not_implemented"),
+    ],
+    ids=["elu-only", "identity", "stub"],
+)
+def test_elu_bug_is_named(bug, key, capsys):
+    assert_named("elu_feature_map", bug, key, capsys)
+
+
+def test_elu_written_with_f_elu_passes():
+    assert report("elu_feature_map", lambda x: F.elu(x) + 1).passed
+
+
+# ----------------------------------------------------------------------------- linear_attention
+
+
+def phi(x):
+    return F.elu(x) + 1
+
+
+def validate(q, k, v, causal=False):
+    if (
+        q.dim() < 2
+        or k.dim() < 2
+        or v.dim() < 2
+        or q.shape[-1] != k.shape[-1]
+        or k.shape[-2] != v.shape[-2]
+        or not q.shape[:-2] == k.shape[:-2] == v.shape[:-2]
+        or (causal and q.shape[-2] != k.shape[-2])
+    ):
+        raise ValueError("bad shapes")
+
+
+def make_linear(
+    normalise=True, eps_on=True, use_map=True, quadratic=False, causal=False, check=True
+):
+    def linear_attention(q, k, v, feature_map=phi, eps=1e-6):
+        if check:
+            validate(q, k, v)
+        fmap = feature_map if use_map else (lambda t: t)
+        qf, kf = fmap(q), fmap(k)
+        if quadratic or causal:
+            w = qf @ kf.transpose(-2, -1)
+            if causal:
+                w = w * torch.ones(w.shape[-2:], dtype=w.dtype).tril(k.shape[-2] - q.shape[-2])
+            num, den = w @ v, w.sum(-1, keepdim=True)
+        else:
+            num, den = qf @ (kf.transpose(-2, -1) @ v), qf @ kf.sum(-2).unsqueeze(-1)
+        if not normalise:
+            return num
+        return num / (den + eps) if eps_on else num / den
+
+    return linear_attention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_linear(normalise=False), "missing_normaliser"),
+        (make_linear(eps_on=False), "normaliser_without_eps"),
+        (make_linear(use_map=False), "ignores_feature_map"),
+        (make_linear(quadratic=True), "quadratic_memory"),
+        (make_linear(causal=True), "causal_when_not"),
+        (make_linear(check=False), "no_error_for_bad_input"),
+        (stub, "not_implemented"),
+    ],
+    ids=["no-normaliser", "no-eps", "ignores-map", "quadratic", "causal", "no-check", "stub"],
+)
+def test_linear_attention_bug_is_named(bug, key, capsys):
+    assert_named("linear_attention", bug, key, capsys)
+
+
+def test_linear_attention_written_differently_passes():
+    assert report("linear_attention", make_linear()).passed
+
+
+# ----------------------------------------------------------------------------- causal forms
+
+
+def make_recurrent(leak=False, exclusive=False, eps_on=True, normalise=True, check=True):
+    def causal_linear_attention_recurrent(q, k, v, feature_map=phi, eps=1e-6):
+        if check:
+            validate(q, k, v, causal=True)
+        qf, kf = feature_map(q), feature_map(k)
+        if leak:
+            S0, z0 = kf.transpose(-2, -1) @ v, kf.sum(-2)
+        S = torch.zeros(*q.shape[:-2], kf.shape[-1], v.shape[-1], dtype=q.dtype)
+        z = torch.zeros(*q.shape[:-2], kf.shape[-1], dtype=q.dtype)
+        out = []
+        for t in range(q.shape[-2]):
+            if exclusive:
+                Sr, zr = S, z
+            S = S + kf[..., t, :, None] * v[..., t, None, :]
+            z = z + kf[..., t, :]
+            if not exclusive:
+                Sr, zr = S, z
+            if leak:
+                Sr, zr = S0, z0
+            num = (qf[..., t, :, None] * Sr).sum(-2)
+            den = (qf[..., t, :] * zr).sum(-1, keepdim=True)
+            out.append(num if not normalise else num / (den + eps) if eps_on else num / den)
+        return torch.stack(out, -2)
+
+    return causal_linear_attention_recurrent
+
+
+def cumsum_causal(q, k, v, feature_map=phi, eps=1e-6, chunk_size=None):
+    """Correct but different: prefix sums of the outer products (O(L D Dv) memory)."""
+    validate(q, k, v, causal=True)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError("chunk_size must be >= 1")
+    qf, kf = feature_map(q), feature_map(k)
+    S = torch.cumsum(kf.unsqueeze(-1) * v.unsqueeze(-2), dim=-3)  # (..., L, D', Dv)
+    z = torch.cumsum(kf, dim=-2)
+    return (qf.unsqueeze(-1) * S).sum(-2) / ((qf * z).sum(-1, keepdim=True) + eps)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_recurrent(leak=True), "future_leak"),
+        (make_recurrent(exclusive=True), "excludes_self"),
+        (make_recurrent(eps_on=False), "normaliser_without_eps"),
+        (make_recurrent(normalise=False), "missing_normaliser"),
+        (make_recurrent(check=False), "no_error_for_bad_input"),
+        (stub, "not_implemented"),
+    ],
+    ids=["leak", "exclusive", "no-eps", "no-normaliser", "no-check", "stub"],
+)
+def test_recurrent_bug_is_named(bug, key, capsys):
+    assert_named("causal_linear_attention_recurrent", bug, key, capsys)
+
+
+def test_recurrent_written_with_prefix_sums_passes():
+    assert report("causal_linear_attention_recurrent", cumsum_causal).passed
+
+
+def make_chunked(mask=True, carry=True, drop_last=False, diagonal=0, eps_on=True, check=True):
+    def causal_linear_attention_chunked(q, k, v, chunk_size=64, feature_map=phi, eps=1e-6):
+        if check:
+            validate(q, k, v, causal=True)
+            if chunk_size < 1:
+                raise ValueError("chunk_size must be >= 1")
+        qf, kf = feature_map(q), feature_map(k)
+        S = torch.zeros(*q.shape[:-2], kf.shape[-1], v.shape[-1], dtype=q.dtype)
+        z = torch.zeros(*q.shape[:-2], kf.shape[-1], 1, dtype=q.dtype)
+        L = q.shape[-2]
+        stop = L - L % chunk_size if drop_last and L % chunk_size else L
+        outs = []
+        for s in range(0, stop, chunk_size):
+            qc, kc, vc = (
+                qf[..., s : s + chunk_size, :],
+                kf[..., s : s + chunk_size, :],
+                v[..., s : s + chunk_size, :],
+            )
+            w = qc @ kc.transpose(-2, -1)
+            if mask:
+                w = torch.tril(w, diagonal)
+            num, den = qc @ S + w @ vc, qc @ z + w.sum(-1, keepdim=True)
+            outs.append(num / (den + eps) if eps_on else num / den)
+            if carry:
+                S = S + kc.transpose(-2, -1) @ vc
+                z = z + kc.sum(-2).unsqueeze(-1)
+        return torch.cat(outs, -2)
+
+    return causal_linear_attention_chunked
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_chunked(mask=False), "future_leak_in_chunk"),
+        (make_chunked(carry=False), "state_not_carried"),
+        (make_chunked(drop_last=True), "drops_last_chunk"),
+        (make_chunked(diagonal=-1), "excludes_self"),
+        (make_chunked(eps_on=False), "normaliser_without_eps"),
+        (make_chunked(check=False), "no_error_for_bad_input"),
+        (
+            lambda q, k, v, chunk_size=64, feature_map=phi, eps=1e-6: (
+                make_linear(causal=True)(q, k, v, feature_map, eps)
+                if q.shape[-2] == k.shape[-2]
+                else (_ for _ in ()).throw(ValueError("Lq != Lk"))
+            ),
+            "quadratic_memory",
+        ),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "no-mask",
+        "no-carry",
+        "drop-last",
+        "exclusive",
+        "no-eps",
+        "no-check",
+        "quadratic",
+        "stub",
+    ],
+)
+def test_chunked_bug_is_named(bug, key, capsys):
+    assert_named("causal_linear_attention_chunked", bug, key, capsys)
+
+
+def test_chunked_written_differently_passes():
+    assert report("causal_linear_attention_chunked", make_chunked()).passed
+
+
+# ----------------------------------------------------------------------------- random features
+
+
+def make_orf(orthogonal=True, norms="chi", use_generator=True):
+    def orthogonal_random_features(num_features, dim, generator=None):
+        g = generator if use_generator else None
+        if orthogonal:
+            blocks = [
+                torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))[0].T
+                for _ in range(math.ceil(num_features / dim))
+            ]
+            rows = torch.cat(blocks)[:num_features]
+        else:
+            rows = torch.randn(num_features, dim, generator=g, dtype=torch.float64)
+            rows = rows / rows.norm(dim=-1, keepdim=True)
+        if norms == "chi":
+            rows = rows * torch.randn(num_features, dim, generator=g, dtype=torch.float64).norm(
+                dim=-1, keepdim=True
+            )
+        elif norms == "sqrt":
+            rows = rows * math.sqrt(dim)
+        return rows.float()
+
+    return orthogonal_random_features
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (lambda m, d, g=None: torch.randn(m, d, generator=g), "not_orthogonal"),
+        (make_orf(orthogonal=False), "not_orthogonal"),
+        (make_orf(norms="unit"), "unit_norms"),
+        (make_orf(norms="sqrt"), "fixed_norms"),
+        (make_orf(use_generator=False), "not_reproducible"),
+        (lambda m, d, g=None: make_orf()(m, d, torch.Generator().manual_seed(0)), "not_random"),
+        (stub, "not_implemented"),
+    ],
+    ids=["iid", "iid-normalised", "unit", "sqrt-d", "global-rng", "reseeded", "stub"],
+)
+def test_orf_bug_is_named(bug, key, capsys):
+    assert_named("orthogonal_random_features", bug, key, capsys)
+
+
+def test_orf_without_sign_fix_passes():
+    assert report("orthogonal_random_features", make_orf()).passed
+
+
+def make_favor(kind="right"):
+    def favor_feature_map(x, projection, is_query=False):
+        if kind != "no_check" and x.shape[-1] != projection.shape[-1]:
+            raise ValueError("D differs")
+        m = projection.shape[0]
+        wx = x @ projection.T
+        if kind == "trig":
+            return torch.cat([torch.cos(wx), torch.sin(wx)], -1)[..., :m] / math.sqrt(m)
+        e = wx if kind == "no_norm" else wx - (x * x).sum(-1, keepdim=True) / 2
+        if kind == "none":
+            return torch.exp(e) / math.sqrt(m)
+        if kind == "per_row" or is_query:
+            return torch.exp(e - e.amax(-1, keepdim=True)) / math.sqrt(m)
+        return torch.exp(e - e.amax((-2, -1), keepdim=True)) / math.sqrt(m)
+
+    return favor_feature_map
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_favor("trig"), "negative_features"),
+        (make_favor("no_norm"), "missing_norm_term"),
+        (make_favor("per_row"), "per_key_stabiliser"),
+        (make_favor("none"), "no_stabiliser"),
+        (make_favor("no_check"), "no_error_for_bad_input"),
+        (stub, "not_implemented"),
+    ],
+    ids=["trig", "no-norm-term", "per-row-keys", "no-stabiliser", "no-check", "stub"],
+)
+def test_favor_bug_is_named(bug, key, capsys):
+    assert_named("favor_feature_map", bug, key, capsys)
+
+
+def test_favor_written_differently_passes():
+    assert report("favor_feature_map", make_favor()).passed
+
+
+def make_performer(scale=True, normalise=True, iid=False):
+    def performer_attention(q, k, v, num_features=256, generator=None):
+        validate(q, k, v)
+        d = q.shape[-1]
+        if iid:
+            W = torch.randn(num_features, d, generator=generator, dtype=q.dtype)
+        else:
+            W = make_orf()(num_features, d, generator).to(q.dtype)
+        s = d**-0.25 if scale else 1.0
+        qf, kf = make_favor()(q * s, W, is_query=True), make_favor()(k * s, W)
+        num, den = qf @ (kf.transpose(-2, -1) @ v), qf @ kf.sum(-2).unsqueeze(-1)
+        return num / (den + 1e-6) if normalise else num
+
+    return performer_attention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_performer(scale=False), "missing_scale"),
+        (make_performer(normalise=False), "error_does_not_fall"),
+        (
+            lambda q, k, v, num_features=256, generator=None: make_performer()(
+                q, k, v, num_features, None
+            ),
+            "not_reproducible",
+        ),
+        (stub, "not_implemented"),
+    ],
+    ids=["no-scale", "no-normaliser", "global-rng", "stub"],
+)
+def test_performer_bug_is_named(bug, key, capsys):
+    assert_named("performer_attention", bug, key, capsys)
+
+
+def test_performer_with_iid_features_still_passes():
+    assert report("performer_attention", make_performer(iid=True)).passed
+
+
+def test_performer_calling_softmax_is_a_shortcut():
+    def cheat(q, k, v, num_features=256, generator=None):
+        return torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, -1) @ v
+
+    assert "shortcut" in report("performer_attention", cheat).keys
+
+
+# ----------------------------------------------------------------------------- advanced: Nyström
+
+
+def seg_means(x, m):
+    """Correct but different: index_add_ of every token into its segment, divided by the counts."""
+    if x.dim() < 2 or not 1 <= m <= x.shape[-2]:
+        raise ValueError("bad x or num_landmarks")
+    L = x.shape[-2]
+    seg = torch.arange(L) * m // L
+    sums = torch.zeros(*x.shape[:-2], m, x.shape[-1], dtype=x.dtype).index_add_(-2, seg, x)
+    return sums / torch.bincount(seg, minlength=m).to(x.dtype)[:, None]
+
+
+def make_landmarks(kind="right", check=True):
+    def landmarks(x, num_landmarks):
+        if check and (x.dim() < 2 or not 1 <= num_landmarks <= x.shape[-2]):
+            raise ValueError("bad x or num_landmarks")
+        L, m = x.shape[-2], num_landmarks
+        if kind == "strided":
+            return x[..., :: L // m, :][..., :m, :]
+        if kind == "first":
+            return x[..., torch.tensor([-(-i * L // m) for i in range(m)]), :]
+        if kind == "equal":  # reshape into equal segments, the remainder dropped
+            s = L // m
+            return x[..., : m * s, :].reshape(*x.shape[:-2], m, s, x.shape[-1]).mean(-2)
+        seg = torch.arange(L) * m // L
+        onehot = (seg == torch.arange(m)[:, None]).to(x.dtype)
+        return (onehot @ x) / onehot.sum(-1, keepdim=True)
+
+    return landmarks
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_landmarks("strided"), "strided_landmarks"),
+        (make_landmarks("first"), "strided_landmarks"),
+        (make_landmarks("equal"), "wrong_segments"),
+        (make_landmarks(check=False), "no_error_for_bad_input"),
+        (stub, "not_implemented"),
+    ],
+    ids=["strided", "first-of-segment", "equal-segments", "no-check", "stub"],
+)
+def test_landmarks_bug_is_named(bug, key, capsys):
+    assert_named("landmarks", bug, key, capsys)
+
+
+def test_landmarks_written_differently_passes():
+    assert report("landmarks", seg_means).passed
+    assert report("landmarks", make_landmarks()).passed
+
+
+def test_landmarks_segments_and_errors(solution):
+    x = torch.arange(7.0).reshape(7, 1)
+    torch.testing.assert_close(solution["landmarks"](x, 3).flatten(), torch.tensor([1.0, 3.5, 5.5]))
+    torch.testing.assert_close(solution["landmarks"](x, 7), x)
+    for m in (0, 8):
+        with pytest.raises(ValueError, match="num_landmarks"):
+            solution["landmarks"](x, m)
+    with pytest.raises(ValueError, match=r"\(\.\.\., L, D\)"):
+        solution["landmarks"](torch.randn(5), 2)
+
+
+def make_pinv(init="paper", update="nystrom", fixed=None, check=True, shortcut=False):
+    def iterative_pinv(a, iterations=6):
+        if check and (a.dim() < 2 or a.shape[-1] != a.shape[-2] or iterations < 0):
+            raise ValueError("bad a or iterations")
+        if shortcut:
+            return torch.linalg.pinv(a)
+        n = iterations if fixed is None else fixed
+        norm_1 = torch.linalg.matrix_norm(a, ord=1)  # another way to the same norms
+        norm_inf = torch.linalg.matrix_norm(a, ord=float("inf"))
+        if init == "paper":
+            z = a.mT / (norm_1 * norm_inf)[..., None, None]
+        elif init == "batch":
+            z = a.mT / (norm_1.max() * norm_inf.max())
+        else:
+            z = a.mT
+        eye = torch.eye(a.shape[-1], dtype=a.dtype)
+        for _ in range(n):
+            az = a @ z
+            z = (
+                0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+                if update == "nystrom"
+                else z @ (2 * eye - az)
+            )
+        return z
+
+    return iterative_pinv
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_pinv(init="none"), "unscaled_pinv_init"),
+        (make_pinv(init="batch"), "batch_wide_norms"),
+        (make_pinv(update="newton"), "wrong_pinv_update"),
+        (make_pinv(fixed=6), "ignores_iterations"),
+        (make_pinv(check=False), "no_error_for_bad_input"),
+        (make_pinv(shortcut=True), "shortcut"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "unscaled-init",
+        "batch-norms",
+        "newton-schulz",
+        "fixed-steps",
+        "no-check",
+        "linalg-pinv",
+        "stub",
+    ],
+)
+def test_iterative_pinv_bug_is_named(bug, key, capsys):
+    assert_named("iterative_pinv", bug, key, capsys)
+
+
+def test_iterative_pinv_written_with_matrix_norm_passes():
+    assert report("iterative_pinv", make_pinv()).passed
+
+
+def test_unscaled_init_diverges_where_the_paper_init_converges(solution):
+    a = 3 * torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0]  # every singular value 3
+    torch.testing.assert_close(solution["iterative_pinv"](a, 10), torch.linalg.pinv(a))
+    diverged = make_pinv(init="none")(a, 4)
+    assert not torch.isfinite(diverged).all() or diverged.abs().max() > 1e6
+
+
+def make_nystrom(
+    landmark=make_landmarks(),
+    swap="",
+    scale=True,
+    full_matrix=False,
+    fixed=None,
+    pinv=make_pinv(),
+    check=True,
+    split_scale=False,
+):
+    def nystrom_attention(q, k, v, num_landmarks, pinv_iterations=6):
+        if check:
+            validate(q, k, v)
+            if not 1 <= num_landmarks <= min(q.shape[-2], k.shape[-2]):
+                raise ValueError("bad num_landmarks")
+        n = pinv_iterations if fixed is None else fixed
+        d = q.shape[-1]
+        if split_scale:  # d^-1/4 on each side: the same scores
+            q, k = q * d**-0.25, k * d**-0.25
+        s = 1.0 if split_scale or not scale else d**-0.5
+        qt, kt = landmark(q, num_landmarks), landmark(k, num_landmarks)
+        f = torch.softmax(kt @ q.mT * s, -1).mT if "F" in swap else torch.softmax(q @ kt.mT * s, -1)
+        a = torch.softmax(kt @ qt.mT * s, -1) if "A" in swap else torch.softmax(qt @ kt.mT * s, -1)
+        b = torch.softmax(k @ qt.mT * s, -1).mT if "B" in swap else torch.softmax(qt @ k.mT * s, -1)
+        z = pinv(a, n)
+        if full_matrix:
+            return (f @ z @ b) @ v
+        return (f @ z) @ (b @ v)
+
+    return nystrom_attention
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_nystrom(landmark=make_landmarks("strided")), "strided_landmarks"),
+        (make_nystrom(swap="A"), "transposed_kernel"),
+        (make_nystrom(swap="FAB"), "transposed_kernel"),
+        (make_nystrom(swap="B"), "transposed_kernel"),
+        (make_nystrom(scale=False), "kernel_missing_scale"),
+        (make_nystrom(full_matrix=True), "full_attention_matrix"),
+        (make_nystrom(fixed=6), "ignores_iterations"),
+        (make_nystrom(pinv=make_pinv(init="batch")), "batch_wide_norms"),
+        (make_nystrom(pinv=lambda a, n: torch.linalg.pinv(a)), "shortcut"),
+        (make_nystrom(check=False), "no_error_for_bad_input"),
+        (stub, "not_implemented"),
+    ],
+    ids=[
+        "strided",
+        "swapped-A",
+        "swapped-all",
+        "swapped-B",
+        "no-scale",
+        "LxL",
+        "fixed-steps",
+        "batch-norms",
+        "linalg-pinv",
+        "no-check",
+        "stub",
+    ],
+)
+def test_nystrom_bug_is_named(bug, key, capsys):
+    assert_named("nystrom_attention", bug, key, capsys)
+
+
+def test_nystrom_written_differently_passes():
+    assert report("nystrom_attention", make_nystrom(landmark=seg_means, split_scale=True)).passed
+
+
+def test_nystrom_is_full_attention_at_m_equals_l_and_rejects_bad_m(solution):
+    q, k, v = (torch.randn(2, 10, 8, dtype=torch.float64) for _ in range(3))
+    full = torch.softmax(q @ k.mT / 8**0.5, -1) @ v
+    torch.testing.assert_close(solution["nystrom_attention"](q, k, v, 10, pinv_iterations=30), full)
+    for m in (0, 11):
+        with pytest.raises(ValueError, match="num_landmarks"):
+            solution["nystrom_attention"](q, k, v, m)

@@ -1,0 +1,430 @@
+"""The day09 check suite, tested: the solution passes on every seed, each planted bug is caught
+with its named hint, correct implementations written differently pass, and bad input gives
+clear errors. Planted bugs are one-line edits of the solution notebook's own cells."""
+
+import functools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import course  # noqa: F401  (Triton in interpreter mode without a GPU)
+from helpers import assert_mistake_named, day_report, edited_solution
+
+DAY = "day09-mamba-scan"
+EXERCISES = [
+    "linear_recurrence_sequential",
+    "linear_recurrence_parallel",
+    "linear_recurrence_chunked",
+    "linear_recurrence_triton",
+    "discretize_zoh",
+    "selective_scan",
+    "MambaBlock",
+]
+
+# For tests/test_nbgrader_e2e.py: Euler instead of the zero-order hold for A costs
+# discretize_zoh's visible and hidden points (2 + 1), and the feedback names the mistake.
+PLANTED_SUBMISSION = {
+    "cell": "discretize_zoh",
+    "old": "A_bar = torch.exp(dA)",
+    "new": "A_bar = 1 + dA",
+    "points_lost": 3,
+    "hint": "the exact solution of h' = A h over a step delta is exp(delta*A): A_bar = torch.exp(delta*A).",
+}
+
+report = functools.partial(day_report, DAY)
+assert_named = functools.partial(assert_mistake_named, DAY)
+
+
+def planted(solution, cell: str, old: str, new: str, name: str = None):
+    """The solution's `name` after replacing `old` by `new` in solution cell `cell`."""
+    return edited_solution(DAY, solution, cell, [(old, new)], name)
+
+
+# ----------------------------------------------------------------------------- the solution
+
+
+def test_worked_examples(solution):
+    a, b = torch.tensor([0.5, 0.5, 2.0]), torch.tensor([1.0, 2.0, 3.0])
+    for name in EXERCISES[:4]:
+        fn = solution[name]
+        out = fn(a, b, 2) if name.endswith("chunked") else fn(a, b)
+        torch.testing.assert_close(out, torch.tensor([1.0, 2.5, 8.0]))
+    A_bar, B_bar = solution["discretize_zoh"](
+        torch.ones(1, 1, 1), torch.tensor([[-math.log(2)]]), torch.ones(1, 1, 1)
+    )
+    assert A_bar.item() == pytest.approx(0.5) and B_bar.item() == pytest.approx(0.5 / math.log(2))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda m: m["linear_recurrence_sequential"](torch.ones(3), torch.ones(4)), "same shape"),
+        (
+            lambda m: m["linear_recurrence_parallel"](torch.ones(2, 3), torch.ones(3, 2)),
+            "same shape",
+        ),
+        (lambda m: m["linear_recurrence_chunked"](torch.ones(3), torch.ones(3), 0), "chunk_size"),
+        (lambda m: m["linear_recurrence_triton"](torch.ones(3), torch.ones(2)), "same shape"),
+        (
+            lambda m: m["discretize_zoh"](
+                torch.ones(1, 2, 5), torch.ones(2, 3), torch.ones(1, 5, 3)
+            ),
+            r"\(1, 5, 3\)",
+        ),
+        (
+            lambda m: m["selective_scan"](
+                torch.ones(1, 2, 5),
+                torch.ones(1, 2, 4),
+                torch.ones(2, 3),
+                torch.ones(1, 3, 5),
+                torch.ones(1, 3, 5),
+            ),
+            "u and delta",
+        ),
+        (
+            lambda m: m["selective_scan"](
+                torch.ones(1, 2, 5),
+                torch.ones(1, 2, 5),
+                torch.ones(2, 3),
+                torch.ones(1, 5, 3),
+                torch.ones(1, 3, 5),
+            ),
+            "B must be",
+        ),
+        (lambda m: m["MambaBlock"](8)(torch.ones(1, 5, 9)), r"\(batch, L, 8\)"),
+    ],
+    ids=[
+        "seq-length",
+        "par-transposed",
+        "chunk0",
+        "triton-length",
+        "zoh-layout",
+        "scan-length",
+        "scan-layout",
+        "mamba-features",
+    ],
+)
+def test_bad_input_gives_clear_errors(solution, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(solution)
+
+
+# ----------------------------------------------------------------------------- planted bugs: recurrences
+
+
+def flat_state(a, b):
+    """A loop that never resets the state between rows."""
+    rows_a, rows_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    h = torch.empty_like(rows_b)
+    state = torch.zeros((), dtype=b.dtype)
+    for r in range(rows_a.shape[0]):
+        for t in range(rows_a.shape[1]):
+            state = rows_a[r, t] * state + rows_b[r, t]
+            h[r, t] = state
+    return h.reshape(b.shape)
+
+
+SEQUENTIAL_BUGS = {
+    "exclusive_scan": (
+        "state = a[..., t] * state + b[..., t]\n        h[..., t] = state",
+        "h[..., t] = state\n        state = a[..., t] * state + b[..., t]",
+    ),
+    "decay_after_write": (
+        "state = a[..., t] * state + b[..., t]",
+        "state = a[..., t] * (state + b[..., t])",
+    ),
+    "reversed_time": ("for t in range(b.shape[-1]):", "for t in reversed(range(b.shape[-1])):"),
+    "no_error_for_bad_input": ("if a.shape != b.shape or a.ndim == 0:", "if False:"),
+}
+
+
+@pytest.mark.parametrize("key", SEQUENTIAL_BUGS)
+def test_sequential_planted_bugs_are_named(solution, key, capsys):
+    bug = planted(solution, "linear_recurrence_sequential", *SEQUENTIAL_BUGS[key])
+    assert_named("linear_recurrence_sequential", bug, key, capsys)
+
+
+def test_state_not_reset_between_rows_is_named(capsys):
+    assert_named("linear_recurrence_sequential", flat_state, "state_not_reset", capsys)
+
+
+PARALLEL_BUGS = {
+    "combine_wrong_order": (
+        "A, H = A_left * A, A * H_left + H",
+        "A, H = A_left * A, A_left * H + H_left",
+    ),
+    "exclusive_scan": ("    return H\n", "    return F.pad(H[..., :-1], (1, 0))\n"),
+    "exclusive_plus_b": ("    return H\n", "    return F.pad(H[..., :-1], (1, 0)) + b\n"),
+    "sequential_loop": ("    A, H = a, b\n", "    return linear_recurrence_sequential(a, b)\n"),
+}
+
+
+@pytest.mark.parametrize("key", PARALLEL_BUGS)
+def test_parallel_planted_bugs_are_named(solution, key, capsys):
+    bug = planted(solution, "linear_recurrence_parallel", *PARALLEL_BUGS[key])
+    assert_named("linear_recurrence_parallel", bug, key, capsys)
+
+
+CHUNKED_BUGS = {
+    "no_carry": ("h = local + decay * entering.unsqueeze(-1)", "h = local"),
+    "carry_not_decayed": (
+        "h = local + decay * entering.unsqueeze(-1)",
+        "h = local + entering.unsqueeze(-1)",
+    ),
+    "drops_last_chunk": (
+        "    n = -(-L // chunk_size)\n    pad = n * chunk_size - L\n",
+        "    n = max(L // chunk_size, 1)\n    pad = max(chunk_size - L, 0)\n"
+        "    a, b = a[..., :n * chunk_size], b[..., :n * chunk_size]\n",
+    ),
+    "no_error_for_bad_input": ("if chunk_size < 1:", "if chunk_size < -100:"),
+}
+
+
+@pytest.mark.parametrize("key", CHUNKED_BUGS)
+def test_chunked_planted_bugs_are_named(solution, key, capsys):
+    bug = planted(solution, "linear_recurrence_chunked", *CHUNKED_BUGS[key])
+    assert_named("linear_recurrence_chunked", bug, key, capsys)
+
+
+def test_triton_combine_in_the_wrong_order_is_named(solution, capsys):
+    bug = planted(
+        solution,
+        "linear_recurrence_triton",
+        "return a_left * a_right, a_right * b_left + b_right",
+        "return a_left * a_right, a_left * b_right + b_left",
+    )
+    assert_named("linear_recurrence_triton", bug, "combine_wrong_order", capsys)
+
+
+# ----------------------------------------------------------------------------- planted bugs: ZOH, scan, block
+
+ZOH_BUGS = {
+    "euler_a": ("A_bar = torch.exp(dA)", "A_bar = 1 + dA"),
+    "simplified_b": ("torch.expm1(dA) / torch.where(zero, 1.0, A[:, None, :])", "delta[..., None]"),
+    "b_not_divided": ("torch.expm1(dA) / torch.where(zero, 1.0, A[:, None, :])", "torch.expm1(dA)"),
+    "missing_minus_one": ("torch.expm1(dA) / torch.where", "torch.exp(dA) / torch.where"),
+    "zero_a_nan": (
+        "gain = torch.where(zero, delta[..., None], torch.expm1(dA) / torch.where(zero, 1.0, A[:, None, :]))",
+        "gain = torch.expm1(dA) / A[:, None, :]",
+    ),
+    "no_error_for_bad_input": (
+        "if tuple(A.shape) != (dim, A.shape[1]) or tuple(B.shape) != (batch, A.shape[1], L):",
+        "if False:",
+    ),
+}
+
+
+@pytest.mark.parametrize("key", ZOH_BUGS)
+def test_zoh_planted_bugs_are_named(solution, key, capsys):
+    bug = planted(solution, "discretize_zoh", *ZOH_BUGS[key])
+    assert_named("discretize_zoh", bug, key, capsys)
+
+
+SCAN_BUGS = {
+    "softplus_twice": ("delta = F.softplus(delta)", "delta = F.softplus(F.softplus(delta))"),
+    "softplus_missing": ("if delta_softplus:\n        delta = F.softplus(delta)", "pass"),
+    "softplus_ignores_flag": ("if delta_softplus:\n", "if True:\n"),
+    "bias_after_softplus": (
+        "    if delta_bias is not None:\n        delta = delta + delta_bias[:, None]\n"
+        "    if delta_softplus:\n        delta = F.softplus(delta)\n",
+        "    if delta_softplus:\n        delta = F.softplus(delta)\n"
+        "    if delta_bias is not None:\n        delta = delta + delta_bias[:, None]\n",
+    ),
+    "missing_d": ("y = y + D[:, None] * u", "y = y"),
+    "gate_sigmoid": ("y = y * F.silu(z)", "y = y * torch.sigmoid(z)"),
+    "gate_without_silu": ("y = y * F.silu(z)", "y = y * z"),
+    "euler_a": (
+        "A_bar = torch.exp(delta[..., None] * A[:, None, :])",
+        "A_bar = 1 + delta[..., None] * A[:, None, :]",
+    ),
+    "zoh_b_in_scan": (
+        "Bu = (delta * u)[..., None] * B.transpose(1, 2)[:, None]",
+        "Bu = (torch.expm1(delta[..., None] * A[:, None, :]) / A[:, None, :]) * u[..., None] * B.transpose(1, 2)[:, None]",
+    ),
+    "no_error_for_bad_input": ("if tuple(t.shape) != (batch, A.shape[1], L):", "if False:"),
+}
+
+
+@pytest.mark.parametrize("key", SCAN_BUGS)
+def test_scan_planted_bugs_are_named(solution, key, capsys):
+    bug = planted(solution, "selective_scan", *SCAN_BUGS[key])
+    assert_named("selective_scan", bug, key, capsys)
+
+
+def scan_without_reset(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    x = torch.zeros(u.shape[1], A.shape[1], dtype=u.dtype)
+    y = torch.empty_like(u)
+    for i in range(u.shape[0]):  # the state is never reset: row i starts where row i - 1 ended
+        for t in range(u.shape[2]):
+            x = (
+                torch.exp(delta[i, :, t, None] * A) * x
+                + delta[i, :, t, None] * B[i, None, :, t] * u[i, :, t, None]
+            )
+            y[i, :, t] = x @ C[i, :, t]
+    if D is not None:
+        y = y + D[:, None] * u
+    return y * F.silu(z) if z is not None else y
+
+
+def test_scan_state_not_reset_between_rows_is_named(capsys):
+    assert_named("selective_scan", scan_without_reset, "state_not_reset", capsys)
+
+
+MAMBA_BUGS = {
+    "conv_not_causal": (
+        "u = F.silu(self.conv1d(u)[..., :L])",
+        "u = F.silu(self.conv1d(u)[..., -L:])",
+    ),
+    "no_conv_silu": ("u = F.silu(self.conv1d(u)[..., :L])", "u = self.conv1d(u)[..., :L]"),
+    "a_positive": ("-torch.exp(self.A_log)", "torch.exp(self.A_log)"),
+    "wrong_parameters": (
+        "self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)",
+        "self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state)",
+    ),
+    "gate_ignored": ("D=self.D, z=z,", "D=self.D, z=None,"),
+    "no_error_for_bad_input": ("if x.ndim != 3 or x.shape[-1] != self.d_model:", "if False:"),
+}
+
+
+@pytest.mark.parametrize("key", MAMBA_BUGS)
+def test_mamba_planted_bugs_are_named(solution, key, capsys):
+    bug = planted(solution, "MambaBlock", *MAMBA_BUGS[key])
+    assert_named("MambaBlock", bug, key, capsys)
+
+
+def test_mamba_lookahead_is_not_causal(solution):
+    bug = planted(
+        solution,
+        "MambaBlock",
+        "u = F.silu(self.conv1d(u)[..., :L])",
+        "u = F.silu(self.conv1d(u)[..., -L:])",
+    )
+    assert "not_causal" in report("MambaBlock", bug).keys
+
+
+def test_library_versions_are_forbidden():
+    import course.reference.mamba_scan as library
+
+    for name in EXERCISES[:6]:
+        assert report(name, getattr(library, name)).keys == {"shortcut"}
+    assert "shortcut" in report("MambaBlock", library.MambaBlock).keys
+
+
+# ----------------------------------------------------------------------------- correct, written differently
+
+
+def blelloch_like(a, b):
+    """Recursive doubling on pairs with torch.cat (the other spelling of Hillis-Steele)."""
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(
+            f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    step = 1
+    while step < a.shape[-1]:
+        b = torch.cat([b[..., :step], a[..., step:] * b[..., :-step] + b[..., step:]], -1)
+        a = torch.cat([a[..., :step], a[..., step:] * a[..., :-step]], -1)
+        step *= 2
+    return b
+
+
+def log_depth_recursive(a, b):
+    """Even/odd recursion (the up-sweep idea): pair neighbours, scan the half, fill in the rest."""
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(
+            f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    L = a.shape[-1]
+    if L == 1:
+        return b.clone()
+    if L % 2:
+        a, b = F.pad(a, (0, 1), value=1.0), F.pad(b, (0, 1))
+    a_even, a_odd, b_even, b_odd = a[..., 0::2], a[..., 1::2], b[..., 0::2], b[..., 1::2]
+    h_odd = log_depth_recursive(a_even * a_odd, a_odd * b_even + b_odd)  # h at 1, 3, 5, ...
+    h_even = torch.cat([b_even[..., :1], a_even[..., 1:] * h_odd[..., :-1] + b_even[..., 1:]], -1)
+    return torch.stack([h_even, h_odd], -1).flatten(-2)[..., :L]
+
+
+@pytest.mark.parametrize("impl", [blelloch_like, log_depth_recursive])
+def test_other_correct_parallel_scans_pass(impl):
+    assert report("linear_recurrence_parallel", impl).passed
+
+
+def chunked_with_loop(a, b, chunk_size):
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(
+            f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    h, carry = [], torch.zeros_like(b[..., 0])
+    for start in range(0, a.shape[-1], chunk_size):
+        a_c, b_c = a[..., start : start + chunk_size], b[..., start : start + chunk_size]
+        local = blelloch_like(a_c, b_c)
+        h.append(local + torch.cumprod(a_c, -1) * carry.unsqueeze(-1))
+        carry = h[-1][..., -1]
+    return torch.cat(h, -1)
+
+
+def test_other_correct_chunked_scan_passes():
+    assert report("linear_recurrence_chunked", chunked_with_loop).passed
+
+
+def zoh_without_expm1(delta, A, B):
+    if (
+        delta.ndim != 3
+        or A.ndim != 2
+        or B.ndim != 3
+        or A.shape[0] != delta.shape[1]
+        or B.shape != (delta.shape[0], A.shape[1], delta.shape[2])
+    ):
+        raise ValueError(f"bad shapes {delta.shape}, {A.shape}, {B.shape}")
+    dA = torch.einsum("bdl,dn->bdln", delta, A)
+    safe = torch.where(A == 0, torch.ones_like(A), A)
+    gain = torch.where(
+        (A == 0)[:, None, :], delta.unsqueeze(-1), (torch.exp(dA) - 1) / safe[:, None, :]
+    )
+    return torch.exp(dA), gain * torch.einsum("bnl->bln", B).unsqueeze(1)
+
+
+def test_other_correct_zoh_passes():
+    assert report("discretize_zoh", zoh_without_expm1).passed
+
+
+def scan_as_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    if (
+        u.ndim != 3
+        or u.shape != delta.shape
+        or A.ndim != 2
+        or A.shape[0] != u.shape[1]
+        or B.shape != (u.shape[0], A.shape[1], u.shape[2])
+        or C.shape != B.shape
+    ):
+        raise ValueError(
+            f"bad shapes u {u.shape}, delta {delta.shape}, A {A.shape}, B {B.shape}, C {C.shape}"
+        )
+    if delta_bias is not None:
+        delta = delta + delta_bias[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    x = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        x = (
+            torch.exp(delta[:, :, t, None] * A) * x
+            + (delta[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        )
+        ys.append(torch.einsum("bdn,bn->bd", x, C[:, :, t]))
+    y = torch.stack(ys, -1)
+    if D is not None:
+        y = y + D[:, None] * u
+    return y if z is None else y * F.silu(z)
+
+
+def test_other_correct_selective_scan_passes():
+    assert report("selective_scan", scan_as_loop).passed

@@ -1,0 +1,230 @@
+"""nbgrader end to end, for real: the stock commands on this layout, a real SQLite gradebook,
+real kernels; then `python -m grader` feedback, export and check on what they produced.
+
+Every day is covered: its test module (tests/test_dayNN_slug.py) names one planted bug in
+PLANTED_SUBMISSION, which must cost exactly its points and show its hint.
+"""
+
+import csv
+import importlib
+import re
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+
+from grader.autograde import pipeline
+from grader.autograde.pipeline import nbgrader  # the stock `nbgrader ...` command, run in a folder
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def grader(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, "-m", "grader", *args],
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+    )
+
+
+def planted(assignment) -> dict:
+    """The day's planted bug: cell, old, new, points_lost, hint."""
+    return importlib.import_module(f"test_{assignment.replace('-', '_')}").PLANTED_SUBMISSION
+
+
+def strip_solution_markers(source: str) -> str:
+    return "\n".join(
+        line
+        for line in source.splitlines()
+        if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION")
+    )
+
+
+def filled_in(assignment, bug=None):
+    """A student's submission: the committed release with every stub replaced by the solution's
+    code, and `bug` (a PLANTED_SUBMISSION) applied if given."""
+    source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    answers = {
+        c.metadata.nbgrader["grade_id"]: strip_solution_markers(c.source)
+        for c in source.cells
+        if c.metadata.get("nbgrader", {}).get("solution")
+    }
+    if bug is not None:
+        assert bug["old"] in answers[bug["cell"]]
+        answers[bug["cell"]] = answers[bug["cell"]].replace(bug["old"], bug["new"])
+    notebook = nbformat.read(ROOT / "exercises" / assignment / f"{assignment}.ipynb", as_version=4)
+    for cell in notebook.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers:
+            cell.source = answers[grade_id]
+    return notebook
+
+
+def new_course(where, assignment):
+    """A course folder holding this repository's nbgrader_config.py and one day's source."""
+    where.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "nbgrader_config.py", where)
+    shutil.copytree(ROOT / "solutions" / assignment, where / "solutions" / assignment)
+    return where
+
+
+def submit(course, assignment, student, notebook):
+    path = course / "submitted" / student / assignment / f"{assignment}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(notebook, path)
+
+
+@pytest.fixture(scope="module", params=pipeline.assignments(ROOT))
+def graded(request, tmp_path_factory):
+    """(course, assignment): a class of three graded by the stock commands."""
+    assignment = request.param
+    course = new_course(tmp_path_factory.mktemp(assignment), assignment)
+    nbgrader(course, "generate_assignment", assignment, quiet=True)
+    submit(course, assignment, "ada", filled_in(assignment))
+    submit(
+        course,
+        assignment,
+        "bob",
+        nbformat.read(course / "exercises" / assignment / f"{assignment}.ipynb", as_version=4),
+    )  # untouched
+    submit(course, assignment, "cy", filled_in(assignment, planted(assignment)))
+    nbgrader(course, "autograde", assignment, quiet=True)
+    return course, assignment
+
+
+def scores(course, assignment) -> dict:
+    with Gradebook(f"sqlite:///{course}/gradebook.db") as gradebook:
+        return {
+            s.student_id: (s.score, s.max_score)
+            for s in gradebook.assignment_submissions(assignment)
+        }
+
+
+def test_generated_release_equals_the_committed_one(graded):
+    course, assignment = graded
+    generated = (course / "exercises" / assignment / f"{assignment}.ipynb").read_text()
+    assert generated == (ROOT / "exercises" / assignment / f"{assignment}.ipynb").read_text()
+    assert "raise NotImplementedError()" in generated
+    assert "HIDDEN TESTS" not in generated and "BEGIN SOLUTION" not in generated
+
+
+def test_solution_full_marks_untouched_zero_planted_bug_partial(graded):
+    course, assignment = graded
+    got = scores(course, assignment)
+    total = got["ada"][1]
+    assert got["ada"] == (total, total)
+    assert got["bob"] == (0, total)
+    assert got["cy"] == (total - planted(assignment)["points_lost"], total)
+
+
+def test_planted_bug_shows_its_hint(graded):
+    course, assignment = graded
+    autograded = (course / "autograded" / "cy" / assignment / f"{assignment}.ipynb").read_text()
+    assert planted(assignment)["hint"] in autograded
+
+
+def test_feedback_and_export_through_the_cli(graded):
+    course, assignment = graded
+    done = grader("--course-dir", str(course), "feedback", assignment)
+    assert done.returncode == 0, done.stderr
+    html = (course / "feedback" / "cy" / assignment / f"{assignment}.html").read_text()
+    assert planted(assignment)["hint"] in html
+    assert "BEGIN HIDDEN TESTS" not in html and "hidden=True" not in html  # no hidden test source
+
+    done = grader("--course-dir", str(course), "export", "--to", str(course / "grades.csv"))
+    assert done.returncode == 0, done.stderr
+    with open(course / "grades.csv", newline="") as f:
+        rows = {row["student_id"]: float(row["score"]) for row in csv.DictReader(f)}
+    assert rows == {student: score for student, (score, _) in scores(course, assignment).items()}
+
+
+DAY = "day01-sdpa"  # the CLI and the course-wide config are tested once, on day 1
+
+
+def test_cli_autograde_copies_a_folder_of_submissions_and_resumes(tmp_path):
+    course = new_course(tmp_path / "course", DAY)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(ROOT / "exercises" / DAY / f"{DAY}.ipynb", inbox / "eve.ipynb")
+
+    done = grader("--course-dir", str(course), "autograde", DAY, "--submissions", str(inbox))
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"eve\s+0\.0 / 9\.0", done.stdout)
+    assert (course / "submitted" / "eve" / DAY / f"{DAY}.ipynb").is_file()
+
+    again = grader("--course-dir", str(course), "autograde", DAY)
+    assert again.returncode == 0 and "eve" in again.stdout
+
+
+def test_cli_check_grades_one_notebook_like_the_autograder(tmp_path):
+    mine = tmp_path / f"{DAY}.ipynb"
+    nbformat.write(filled_in(DAY, planted(DAY)), mine)
+    done = grader("check", str(mine))
+    assert done.returncode == 1, done.stderr  # not full marks
+    assert "Total: 6.0 / 9.0" in done.stdout
+    assert re.search(r"check_scaled_dot_product_attention\s+0\.0 / 2\.0", done.stdout)
+    assert re.search(r"hidden_stable_softmax\s+1\.0 / 1\.0", done.stdout)
+    assert planted(DAY)["hint"] in done.stdout
+    assert not (ROOT / "gradebook.db").exists() and not (ROOT / "submitted").exists()
+
+
+WARNING_ASSIGNMENT = {
+    "solution": "def twice(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
+    "test": "import warnings, torch\n"
+    "warnings.warn('a UserWarning on stderr')\n"
+    "torch.tensor([1.0, 2.0]).T  # torch's own deprecation warning\n"
+    "assert twice(2) == 4",
+}
+
+
+def test_warnings_on_stderr_do_not_zero_a_test(tmp_path):
+    course = tmp_path / "course"
+    (course / "solutions" / "warn").mkdir(parents=True)
+    shutil.copy(ROOT / "nbgrader_config.py", course)
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell(
+                WARNING_ASSIGNMENT["solution"],
+                metadata={
+                    "nbgrader": {
+                        "grade": False,
+                        "solution": True,
+                        "locked": False,
+                        "grade_id": "twice",
+                        "schema_version": 3,
+                    }
+                },
+            ),
+            nbformat.v4.new_code_cell(
+                WARNING_ASSIGNMENT["test"],
+                metadata={
+                    "nbgrader": {
+                        "grade": True,
+                        "solution": False,
+                        "locked": True,
+                        "grade_id": "test_twice",
+                        "points": 1,
+                        "schema_version": 3,
+                    }
+                },
+            ),
+        ]
+    )
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, course / "solutions" / "warn" / "warn.ipynb")
+    nbgrader(course, "generate_assignment", "warn", quiet=True)
+    submit(course, "warn", "dee", notebook)  # the solution itself: it passes
+    # The control: without IgnorePattern the warnings on stderr cost the test its point.
+    nbgrader(course, "autograde", "warn", "--IgnorePattern.enabled=False", quiet=True)
+    assert scores(course, "warn") == {"dee": (0.0, 1.0)}
+    nbgrader(course, "autograde", "warn", "--force", quiet=True)
+    assert scores(course, "warn") == {"dee": (1.0, 1.0)}

@@ -1,0 +1,1 @@
+"""Developer tools, outside the wheel: the adversarial corpus and the grading benchmark."""

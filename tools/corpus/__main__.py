@@ -1,0 +1,5 @@
+import sys
+
+from tools.corpus import main
+
+sys.exit(main())
