@@ -41,7 +41,7 @@ def median_time(fn, *args, repeats: int = 5, warmup: int = 1, **kwargs) -> float
     return statistics.median(times)
 
 
-class _LiveStorage(TorchDispatchMode):
+class LiveStorage(TorchDispatchMode):
     """Tracks the bytes of tensor storage allocated by the ops it sees and still alive.
 
     Every op's outputs pass through `__torch_dispatch__`. An output whose storage is not one of
@@ -55,6 +55,7 @@ class _LiveStorage(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.largest = 0  # bytes of the largest single storage allocated
+        self.largest_shape = None  # the shape of the tensor that allocated it
         self._views = {}  # storage key -> [bytes, number of live tensors using it]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -68,7 +69,8 @@ class _LiveStorage(TorchDispatchMode):
                 size = tensor.untyped_storage().nbytes()
                 self._views[key] = [size, 0]
                 self.live += size
-                self.largest = max(self.largest, size)
+                if size > self.largest:
+                    self.largest, self.largest_shape = size, tuple(tensor.shape)
                 self.peak = max(self.peak, self.live)
             self._views[key][1] += 1
             weakref.finalize(tensor, self._release, key)
@@ -112,7 +114,7 @@ def peak_memory(fn, *args, **kwargs) -> int:
         fn(*args, **kwargs)
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    tracker = _LiveStorage()
+    tracker = LiveStorage()
     with tracker:
         fn(*args, **kwargs)
     return tracker.peak

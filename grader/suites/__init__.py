@@ -17,7 +17,11 @@ class Exercise:
 
 def assignments() -> list:
     """The assignments that have a check suite, e.g. ['day01-sdpa']."""
-    return sorted(module.name.replace("_", "-") for module in pkgutil.iter_modules(__path__))
+    return sorted(
+        module.name.replace("_", "-")
+        for module in pkgutil.iter_modules(__path__)
+        if not module.name.startswith("_")  # _common: what the suites share
+    )
 
 
 def exercises(assignment: str) -> list:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from grader.harness.checking import Mistake, expect_close, expect_tensor, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
+from grader.suites._common import draw, randn, softmax64, two_lengths
 
 HINTS = {
     "wrong_axis": (
@@ -79,26 +80,6 @@ HINTS = {
 
 
 # ----------------------------------------------------------------------------- inputs and oracles
-
-
-def draw(rng: torch.Generator, low: int, high: int) -> int:
-    """A random int in [low, high]."""
-    return int(torch.randint(low, high + 1, (1,), generator=rng))
-
-
-def randn(shape, rng: torch.Generator, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
-    return (scale * torch.randn(shape, generator=rng, dtype=torch.float64)).to(dtype)
-
-
-def two_lengths(rng: torch.Generator) -> tuple:
-    """(Lq, Lk) with Lq != Lk, so a swapped axis cannot hide."""
-    lq = draw(rng, 2, 7)
-    return lq, lq + draw(rng, 1, 5)
-
-
-def softmax64(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """The float64 softmax, with zeros (not NaN) for a slice that is all -inf."""
-    return torch.softmax(x.double(), dim=dim).nan_to_num(0.0)
 
 
 def scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ from grader.harness.checking import (
     named,
 )
 from grader.suites import Exercise
-from grader.suites.day01_sdpa import draw, randn
+from grader.suites._common import draw, randn
 
 HINTS = {
     "not_advanced": (

@@ -27,7 +27,7 @@ from grader.harness.checking import (
     student_lines,
 )
 from grader.suites import Exercise, day01_sdpa
-from grader.suites.day01_sdpa import draw, randn
+from grader.suites._common import draw, randn
 
 HINTS = {
     "missing_scale": day01_sdpa.HINTS["missing_scale"],

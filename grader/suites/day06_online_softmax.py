@@ -35,7 +35,7 @@ from grader.harness.checking import (
     relative_error,
 )
 from grader.suites import Exercise, day01_sdpa
-from grader.suites.day01_sdpa import draw, randn
+from grader.suites._common import draw, randn
 from grader.suites.day05_sparse import LargestAllocation
 
 HINTS = {

@@ -24,7 +24,7 @@ from grader.harness.checking import (
 )
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
-from grader.suites.day01_sdpa import draw, randn
+from grader.suites._common import draw, randn
 from grader.suites.day05_sparse import LargestAllocation
 
 HINTS = {

@@ -27,7 +27,7 @@ from grader.harness.checking import (
     student_lines,
 )
 from grader.suites import Exercise
-from grader.suites.day01_sdpa import draw, randn
+from grader.suites._common import draw, randn
 
 HINTS = {
     "combine_wrong_order": (

@@ -34,7 +34,7 @@ from grader.harness.checking import (
     relative_error,
 )
 from grader.suites import Exercise
-from grader.suites.day01_sdpa import draw, randn
+from grader.suites._common import draw, randn
 
 TOLERANCE = 0.15  # estimate vs measured peak, relative
 
