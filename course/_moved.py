@@ -21,7 +21,7 @@ MOVED = {
     "course.linear_attention": ("course.reference.linear_attention",),
     "course.nystrom": ("course.reference.nystrom",),
     "course.scan": ("course.reference.mamba_scan",),
-    "course.capstone": ("course.reference.capstone",),
+    "course.capstone": ("course.reference.capstone", "course.explore.capstone"),
     "course.mechanisms": ("course.reference.mechanisms",),
     "course.tiny_transformer": ("course.models.tiny_transformer",),
     "course.hybrid": ("course.models.hybrid",),

@@ -1,2 +1,3 @@
-"""The interactive heatmap explorers, one module per day (named by its slug), the heatmap they
-all draw with (`heatmap`), and the gallery that puts them on one page (`gallery`)."""
+"""The interactive heatmap explorers, one module per day (named by its slug), the base class they
+all share (`base.Explorer`: one display path, one redraw path, public `stats()`), the heatmap they
+draw with (`heatmap`), and the gallery that puts them on one page (`gallery`)."""

@@ -11,7 +11,8 @@ without one.
     TileExplorer(flash_attention=flash_attention_triton)    # plus your kernel's lse, checked
 
 Like the other explorers: PNG bytes from `render()` in an ipywidgets.Image, controls as public
-attributes (`lq`, `lk`, `block_m`, `block_n`, `causal`, `program`), `widget` for the layout.
+attributes (`lq`, `lk`, `block_m`, `block_n`, `causal`, `program`), `widget` for the layout,
+`stats()` for the share of tiles visited.
 """
 
 import math
@@ -25,8 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 import course
-from course.explore.heatmap import figure_png as _png
-from course.explore.heatmap import slider as _slider
+from course.explore.base import Explorer, figure_png, message_png, slider
 
 SKIPPED, FULL, MASKED = 0, 1, 2
 CMAP = ListedColormap(["#f3f3f3", "#2b5c8a", "#e08a2c"])  # skipped, whole tile, masked inside
@@ -67,7 +67,7 @@ def visited_fraction(schedule: np.ndarray) -> float:
     return float((schedule != SKIPPED).mean()) if schedule.size else 0.0
 
 
-class TileExplorer:
+class TileExplorer(Explorer):
     """Pick lengths, tile sizes and causal; see which tiles each program visits.
 
     Left: the token-level mask (lit = may attend) with the tile grid over it. Right: one square
@@ -82,8 +82,8 @@ class TileExplorer:
 
     def __init__(self, *, lq: int = 48, lk: int = 64, causal: bool = True, flash_attention=None):
         self.flash_attention = flash_attention
-        self.lq = _slider("Lq", lq, 1, 256)
-        self.lk = _slider("Lk", lk, 1, 256)
+        self.lq = slider("Lq", lq, 1, 256)
+        self.lk = slider("Lk", lk, 1, 256)
         self.block_m = widgets.Dropdown(
             options=BLOCKS, value=16, description="BLOCK_M", layout=widgets.Layout(width="180px")
         )
@@ -91,21 +91,26 @@ class TileExplorer:
             options=BLOCKS, value=16, description="BLOCK_N", layout=widgets.Layout(width="180px")
         )
         self.causal = widgets.Checkbox(value=causal, description="causal (bottom-right)")
-        self.program = _slider("program (query tile)", 0, 0, 15)
+        self.program = slider("program (query tile)", 0, 0, 15)
         self.error = None
         self.check = None  # the last check of the student's kernel, a line of text
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = [self.lq, self.lk, self.causal, self.block_m, self.block_n, self.program]
-        self.widget = widgets.VBox(
-            [widgets.HBox(controls[:3]), widgets.HBox(controls[3:]), self.image]
-        )
-        for control in controls:
-            control.observe(self._update_image, names="value")
+        self._show([self.lq, self.lk, self.causal], [self.block_m, self.block_n, self.program])
 
     def schedule(self) -> np.ndarray:
         return tile_schedule(
             self.lq.value, self.lk.value, self.block_m.value, self.block_n.value, self.causal.value
         )
+
+    def stats(self) -> dict:
+        if self.error:
+            return {"error": self.error}
+        grid = self.schedule()
+        return {
+            "tiles": f"{grid.shape[0]} x {grid.shape[1]}",
+            "visited": f"{visited_fraction(grid):.0%}",
+            "masked inside": f"{(grid == MASKED).mean():.0%}",
+            "skipped (sparsity)": f"{(grid == SKIPPED).mean():.0%}",
+        }
 
     def _check_kernel(self) -> str:
         if self.flash_attention is None:
@@ -130,9 +135,6 @@ class TileExplorer:
         error = (lse.double() - ref)[finite].abs().max().item() if finite.any() else 0.0
         return f"your kernel at Lq={lq}, Lk={lk}: max |lse - reference| = {error:.1e}"
 
-    def _update_image(self, change) -> None:
-        self.image.value = self.render()
-
     def render(self) -> bytes:
         """Draw the mask and the tile schedule; return PNG bytes."""
         try:
@@ -140,10 +142,7 @@ class TileExplorer:
             self.error = None
         except Exception as exc:  # noqa: BLE001
             self.error = f"{type(exc).__name__}: {exc}"
-            figure = Figure(figsize=(6, 1.2), dpi=DPI)
-            FigureCanvasAgg(figure)
-            figure.text(0.02, 0.5, self.error, color="tab:red", fontsize=9, va="center")
-            return _png(figure)
+            return message_png(self.error, (6, 1.2), DPI, color="tab:red", fontsize=9)
         lq, lk, bm, bn = self.lq.value, self.lk.value, self.block_m.value, self.block_n.value
         program = min(self.program.value, grid.shape[0] - 1)
         figure = Figure(figsize=(9.5, 4.4), dpi=DPI)
@@ -215,7 +214,4 @@ class TileExplorer:
         )
         figure.suptitle(line + (f"\n{self.check}" if self.check else ""), fontsize=10)
         figure.set_layout_engine("constrained")
-        return _png(figure)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return figure_png(figure)

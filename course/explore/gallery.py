@@ -1,13 +1,14 @@
 """The Attention Explorer: every heatmap explorer of the course on one page.
 
 `ENTRIES` is the registry: one `Entry(title, factory, ...)` per section, in page order. A factory
-returns an explorer in the course's style (controls as public ipywidgets, `image`: an
-ipywidgets.Image of PNG bytes, `widget`: the whole layout). Adding a day's explorer is one line:
+returns a `course.explore.base.Explorer` (controls as public ipywidgets, `image`: an
+ipywidgets.Image of PNG bytes, `widget`: the whole layout, `stats()`: the numbers behind the
+picture). Adding a day's explorer is one line:
 
     Entry("Flash tiles visited", lambda: TileExplorer(), probe="block_q"),
 
-`build_section(entry)` wraps an explorer with its title, a statistics panel beside the picture
-(refreshed whenever the picture changes) and a "save PNG" link; `show_gallery()` displays every
+`build_section(entry)` wraps an explorer with its title, a panel of its `stats()` beside the
+picture (refreshed whenever the picture changes) and a "save PNG" link; `show_gallery()` displays every
 section, which is all the gallery notebook (explorer/attention-explorer.ipynb) does. `make explorer`
 serves that notebook with Voilà on 127.0.0.1: a page of widgets, no code.
 
@@ -19,6 +20,7 @@ takes a few seconds on one CPU thread; the weights are then cached (`trained_mod
 page opens in seconds the next time.
 """
 
+import base64
 import dataclasses
 import html
 import os
@@ -26,36 +28,21 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import ipywidgets as widgets
-import numpy as np
 import torch
 
-from course.explore.heatmap import ModelExplorer, _to_numpy, attention_stats, png_download_link
+from course.explore.base import Explorer
+from course.explore.heatmap import ModelExplorer
 from course.models import tiny_transformer as tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("ATTENTION_EXPLORER_CACHE", ROOT / ".cache" / "explorer"))
 TASK, LENGTH, STEPS, SEED = "reverse", 8, 300, 0
 DEFAULT_DIGITS = "3 1 4 1 5 9 2 6"
-# A weight below this counts as "not attended" in the sparsity statistic.
-SPARSE_BELOW = 0.01
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
-def matrix_stats(weights) -> dict:
-    """Entropy (nats, mean over queries), mean distance (positions) and sparsity (share of
-    weights below SPARSE_BELOW) of a (..., Lq, Lk) attention matrix, averaged over leading dims."""
-    weights = np.nan_to_num(_to_numpy(weights).astype(np.float64))
-    entropy, distance = attention_stats(weights)
-    return {
-        "entropy (nats)": f"{float(np.mean(entropy)):.2f}",
-        "mean distance": f"{float(np.mean(distance)):.2f}",
-        "sparsity": f"{float((weights < SPARSE_BELOW).mean()):.0%}",
-    }
+# ----------------------------------------------------------------------------- the panels
 
 
 def stats_html(stats) -> str:
@@ -74,6 +61,24 @@ def stats_html(stats) -> str:
         for row in stats
     )
     return f'<table class="gallery-stats"><tr>{header}</tr>{rows}</table>'
+
+
+def png_download_link(
+    image: widgets.Image, filename: str = "attention.png", text: str = "save PNG"
+) -> widgets.HTML:
+    """A link that saves what `image` shows as a PNG file, kept up to date as the image changes."""
+    link = widgets.HTML()
+
+    def refresh(change=None) -> None:
+        data = base64.b64encode(bytes(image.value)).decode("ascii")
+        link.value = (
+            f'<a class="png-download" download="{html.escape(filename)}" '
+            f'href="data:image/png;base64,{data}">{html.escape(text)}</a>'
+        )
+
+    refresh()
+    image.observe(refresh, names="value")
+    return link
 
 
 # ----------------------------------------------------------------------------- the trained model
@@ -128,12 +133,13 @@ def reverse_with_model(model, digits: list) -> torch.Tensor:
     return ids[0]
 
 
-class SentenceExplorer:
+class SentenceExplorer(Explorer):
     """Type digits; see the tokens, the model's reversal and every head's attention.
 
     Controls (public): `text` (Text: 8 digits, as in training; Enter or leaving the box applies it), the
     head buttons `head_buttons` (click one to enlarge that head; "all heads" goes back to the
     grid), and the ModelExplorer's controls (`heads`: layer, view, head, scale, query row).
+    The picture is the ModelExplorer's: `image` is `heads.image`, redrawn by `heads`.
     """
 
     def __init__(self, model=None, text: str = DEFAULT_DIGITS):
@@ -193,34 +199,16 @@ class SentenceExplorer:
         self.heads.set_weights(weights, labels, labels)
 
     def enlarge(self, layer: int, head: int) -> None:
-        explorer = self.heads
-        explorer._holding = True
-        try:
-            explorer.layer.value, explorer.head.value = layer, head
-            explorer.view.value = "single"
-        finally:
-            explorer._holding = False
-        explorer._update_image(None)
+        with self.heads.hold():
+            self.heads.layer.value, self.heads.head.value = layer, head
+            self.heads.view.value = "single"
 
-    def stats(self):
+    def stats(self) -> list:
         """Per head of the current layer: entropy, mean distance, sparsity."""
-        explorer = self.heads
-        layer, batch = explorer.layer.value, explorer.batch.value
-        return [
-            {
-                "head": f"L{layer} H{h}",
-                "entropy": f"{explorer.entropy[layer, batch, h]:.2f}",
-                "distance": f"{explorer.distance[layer, batch, h]:.2f}",
-                "sparsity": f"{(explorer.weights[layer, batch, h] < SPARSE_BELOW).mean():.0%}",
-            }
-            for h in range(explorer.weights.shape[2])
-        ]
+        return self.heads.stats()
 
     def render(self) -> bytes:
         return self.heads.render()
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
 
 # ----------------------------------------------------------------------------- the sections
@@ -285,95 +273,17 @@ def scan_section():
     return ScanExplorer()
 
 
-def mask_stats(explorer) -> dict:
-    mask = explorer.mask().expand(1, 1, *explorer.lengths())[0, 0]
-    return {"mask density": f"{mask.float().mean().item():.0%}", **matrix_stats(explorer.weights())}
-
-
-def pattern_stats(explorer) -> dict:
-    if explorer.error:
-        return {"error": explorer.error}
-    mask = explorer.mask().bool()
-    full = explorer.builders["layers_to_full_reach"](mask)
-    return {
-        "density": f"{mask.float().mean().item():.1%}",
-        "sparsity": f"{1 - mask.float().mean().item():.1%}",
-        "layers to full reach": "never" if full is None else str(full),
-    }
-
-
-def cache_stats(explorer) -> dict:
-    step, layer, head = explorer.step.value, explorer.layer.value, explorer.head.value
-    frame = explorer.frames[step]
-    newest = frame["weights"][layer][head][: frame["length"]]
-    return {
-        "cached positions": f"{frame['length']} of {explorer.max_seq_len}",
-        "bytes cached": f"{explorer.bytes_used(step):,}",
-        **matrix_stats(newest[None].float()),
-    }
-
-
-def online_softmax_stats(explorer) -> dict:
-    state = explorer.state()
-    return {
-        "blocks seen": f"{explorer.step.value} of {explorer.blocks()}",
-        "running max m": f"{state['m']:.3f}",
-        "running sum l": f"{state['l']:.3f}",
-        "rescale exp(m_old - m)": f"{state['rescale']:.3f}",
-    }
-
-
-def tile_stats(explorer) -> dict:
-    from course.explore import flash_triton as tile_explorer
-
-    if explorer.error:
-        return {"error": explorer.error}
-    grid = explorer.schedule()
-    return {
-        "tiles": f"{grid.shape[0]} x {grid.shape[1]}",
-        "visited": f"{tile_explorer.visited_fraction(grid):.0%}",
-        "masked inside": f"{(grid == tile_explorer.MASKED).mean():.0%}",
-        "skipped (sparsity)": f"{(grid == tile_explorer.SKIPPED).mean():.0%}",
-    }
-
-
-def linear_stats(explorer) -> dict:
-    if explorer.error:
-        return {"error": explorer.error}
-    if explorer.view.value == "recurrent state":
-        return {"state size": f"{explorer.dim} x {explorer.dim}, whatever the length"}
-    implied, exact = explorer.matrices()
-    return {
-        "TV distance to softmax": f"{explorer.last_error:.3f}",
-        **{f"{k} (linear)": v for k, v in matrix_stats(implied).items()},
-        "entropy (softmax)": matrix_stats(exact)["entropy (nats)"],
-    }
-
-
-def scan_stats(explorer) -> dict:
-    if explorer.error:
-        return {"error": explorer.error}
-    p = explorer.inputs()
-    delta = p["delta"][explorer.channel.value]
-    return {
-        "length x state": f"{explorer.length.value} x {explorer.state.value}",
-        "mean delta": f"{delta.mean().item():.3f}",
-        "max delta": f"{delta.max().item():.3f}",
-        "state memory (1/decay)": f"{1 / explorer.decay.value:.1f} steps at delta = 1",
-    }
-
-
 @dataclasses.dataclass(frozen=True)
 class Entry:
     """One section: its title, a factory of its explorer, and optionally a one-line summary,
-    the name of the control the browser test turns, and a function explorer -> statistics
-    (a dict, or a list of dicts for a table) shown beside the picture."""
+    the name of the control the browser test turns, and whether to show the explorer's
+    `stats()` beside the picture."""
 
     title: str
-    factory: Callable[[], Any]
+    factory: Callable[[], Explorer]
     about: str = ""
     probe: str = None
-    stats: Callable[[Any], Any] = None
+    stats: bool = True
 
     @property
     def slug(self) -> str:
@@ -385,7 +295,6 @@ ENTRIES = [
         "Tiny transformer heads",
         sentence_section,
         probe="text",
-        stats=SentenceExplorer.stats,
         about="Type 8 digits: the model trained on day 3's reverse task writes them "
         "backwards. Each head's title gives its entropy and mean attention distance; "
         "click a head to enlarge it, pick a query row to outline it.",
@@ -394,21 +303,18 @@ ENTRIES = [
         "Masks: causal, padding, cross",
         mask_section,
         probe="kind",
-        stats=mask_stats,
         about="Day 2: a mask and the weights it gives, side by side.",
     ),
     Entry(
         "Sparse patterns: density and reach",
         pattern_section,
         probe="pattern",
-        stats=pattern_stats,
         about="Day 5: a sparse mask and how far information spreads through stacked layers.",
     ),
     Entry(
         "KV cache filling during decoding",
         cache_section,
         probe="step",
-        stats=cache_stats,
         about="Day 4: the trained model reverses 3 1 4 1 5 9 2 6 one token at a time; the "
         "cache fills row by row.",
     ),
@@ -416,28 +322,24 @@ ENTRIES = [
         "Online softmax, block by block",
         online_softmax_section,
         probe="step",
-        stats=online_softmax_stats,
         about="Day 6: the running max and sum after each block of keys.",
     ),
     Entry(
         "Flash tiles visited",
         tile_section,
         probe="block_m",
-        stats=tile_stats,
         about="Day 7: which tiles of the score matrix each FlashAttention program visits.",
     ),
     Entry(
         "Linear attention",
         linear_section,
         probe="view",
-        stats=linear_stats,
         about="Day 8: the attention matrix a feature map implies, next to softmax's.",
     ),
     Entry(
         "Selective scan state over time",
         scan_section,
         probe="seed",
-        stats=scan_stats,
         about="Day 9: the input, the step sizes, the hidden state over time and the matrix the "
         "scan implies.",
     ),
@@ -450,7 +352,7 @@ ENTRIES = [
 @dataclasses.dataclass
 class Section:
     entry: Entry
-    explorer: Any
+    explorer: Explorer
     stats: widgets.HTML
     download: widgets.HTML
     widget: widgets.Widget
@@ -472,11 +374,11 @@ def build_section(entry: Entry) -> Section:
     stats.add_class("gallery-stats-panel")
 
     def refresh(change=None) -> None:
-        if entry.stats is None:
+        if not entry.stats:
             stats.value = ""
             return
         try:
-            stats.value = "<b>statistics</b>" + stats_html(entry.stats(explorer))
+            stats.value = "<b>statistics</b>" + stats_html(explorer.stats())
         except Exception as exc:  # noqa: BLE001 (the picture says what went wrong)
             stats.value = f"<i>no statistics: {html.escape(type(exc).__name__)}</i>"
 

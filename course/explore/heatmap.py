@@ -3,7 +3,8 @@
 `plot_attention` draws one (Lq, Lk) matrix of attention weights, queries down the
 side and keys along the bottom, so row i shows where query i looks.
 `AttentionExplorer` wraps it in ipywidgets controls to step through batches and
-heads, change the colour scale and inspect one query's row in detail.
+heads, change the colour scale and inspect one query's row in detail; `ModelExplorer`
+shows every layer and head of a model. Both are `course.explore.base.Explorer`s.
 
 Both draw on matplotlib's object-oriented API (a `Figure` with an Agg canvas),
 never pyplot: they work the same in JupyterLab, Voilà and headless tests, and leave
@@ -11,9 +12,6 @@ no open figures behind. In a notebook, show a plot with `ax.figure` as the cell'
 last expression (or `display(ax.figure)`); an explorer shows itself.
 """
 
-import base64
-import html
-import io
 import math
 
 import ipywidgets as widgets
@@ -25,6 +23,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from course.explore.base import Explorer, figure_png
 
 SCALES = ("linear", "auto", "log")
 # Weights below this are drawn in the log scale's lowest colour, so the exact zeros
@@ -44,6 +44,8 @@ FIGSIZE = (5.0, 4.0)
 FIGSIZE_WITH_ROW = (5.0, 5.5)
 # The query dropdown's value for "no row highlighted" (ipywidgets reads None as "nothing selected").
 NO_QUERY = -1
+# A weight below this counts as "not attended" in the sparsity statistic.
+SPARSE_BELOW = 0.01
 
 
 def _is_int(value) -> bool:
@@ -277,49 +279,6 @@ def _entropy_nats(row: np.ndarray) -> float:
     return float(-(probabilities * np.log(probabilities)).sum())
 
 
-def figure_png(figure: Figure) -> bytes:
-    """The figure as PNG bytes: what every explorer's `render()` returns."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-_png_bytes = figure_png  # the name the first explorers imported
-
-
-def slider(
-    name: str, value: int, low: int, high: int, step: int = 1, width: str = "260px"
-) -> widgets.IntSlider:
-    """An IntSlider that redraws when released (not on every pixel of a drag)."""
-    return widgets.IntSlider(
-        value=value,
-        min=low,
-        max=high,
-        step=step,
-        description=name,
-        continuous_update=False,
-        layout=widgets.Layout(width=width),
-    )
-
-
-def png_download_link(
-    image: widgets.Image, filename: str = "attention.png", text: str = "save PNG"
-) -> widgets.HTML:
-    """A link that saves what `image` shows as a PNG file, kept up to date as the image changes."""
-    link = widgets.HTML()
-
-    def refresh(change=None) -> None:
-        data = base64.b64encode(bytes(image.value)).decode("ascii")
-        link.value = (
-            f'<a class="png-download" download="{html.escape(filename)}" '
-            f'href="data:image/png;base64,{data}">{html.escape(text)}</a>'
-        )
-
-    refresh()
-    image.observe(refresh, names="value")
-    return link
-
-
 def _index_slider(name: str, count: int) -> widgets.IntSlider:
     return widgets.IntSlider(
         value=0,
@@ -331,7 +290,7 @@ def _index_slider(name: str, count: int) -> widgets.IntSlider:
     )
 
 
-class AttentionExplorer:
+class AttentionExplorer(Explorer):
     """Step through attention weights by batch and head, and inspect one query's row.
 
     Leading dims of `weights` are right-aligned onto (batch, heads): (Lq, Lk) is one
@@ -346,7 +305,8 @@ class AttentionExplorer:
             argmax key.
 
     The picture is `image` (an ipywidgets.Image of PNG bytes from `render()`); the
-    whole layout is `widget`. A cell ending in the explorer displays it:
+    whole layout is `widget`; `stats()` summarises the matrix shown. A cell ending in the
+    explorer displays it:
 
         explorer = AttentionExplorer(weights, tokens, tokens, title="layer 0")
         explorer
@@ -375,11 +335,7 @@ class AttentionExplorer:
             description="query",
             layout=widgets.Layout(width="200px"),
         )
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = widgets.HBox([self.batch, self.head, self.scale, self.query])
-        self.widget = widgets.VBox([controls, self.image])
-        for control in (self.batch, self.head, self.scale, self.query):
-            control.observe(self._update_image, names="value")
+        self._show([self.batch, self.head, self.scale, self.query])
 
     def _query_name(self, row: int) -> str:
         return f"{row}: {self.query_labels[row]}" if self.query_labels else str(row)
@@ -396,12 +352,16 @@ class AttentionExplorer:
             parts.append(f"head {self.head.value}")
         return ", ".join(parts)
 
-    def _update_image(self, change) -> None:
-        self.image.value = self.render()
+    def matrix(self) -> np.ndarray:
+        """(Lq, Lk): the weights of the batch and head shown."""
+        return self.weights[self.batch.value, self.head.value]
+
+    def stats(self) -> dict:
+        return matrix_stats(self.matrix())
 
     def render(self) -> bytes:
         """Draw the current selection and return it as PNG bytes."""
-        matrix = self.weights[self.batch.value, self.head.value]  # (Lq, Lk)
+        matrix = self.matrix()  # (Lq, Lk)
         query = None if self.query.value == NO_QUERY else self.query.value
         figure, heatmap_ax, cbar_ax, row_ax = _new_figure(with_row=query is not None)
         plot_attention(
@@ -418,7 +378,7 @@ class AttentionExplorer:
         if query is not None:
             self._plot_row(row_ax, matrix[query], query)
         _lay_out(figure)
-        return _png_bytes(figure)
+        return figure_png(figure)
 
     def _plot_row(self, ax: Axes, row: np.ndarray, query: int) -> None:
         """Bar chart of one query's weights over the keys, with its entropy and argmax."""
@@ -441,9 +401,6 @@ class AttentionExplorer:
         ax.set_xticks([])  # the heatmap's key labels sit just above
         ax.set_ylabel("weight")
         ax.set_title(", ".join(summary), fontsize=9)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
 
 # ----------------------------------------------------------------------------- whole models
@@ -474,7 +431,19 @@ def attention_stats(weights) -> tuple[np.ndarray, np.ndarray]:
     return entropy, distance
 
 
-class ModelExplorer:
+def matrix_stats(weights) -> dict:
+    """Entropy (nats, mean over queries), mean distance (positions) and sparsity (share of
+    weights below SPARSE_BELOW) of a (..., Lq, Lk) attention matrix, averaged over leading dims."""
+    weights = np.nan_to_num(_to_numpy(weights).astype(np.float64))
+    entropy, distance = attention_stats(weights)
+    return {
+        "entropy (nats)": f"{float(np.mean(entropy)):.2f}",
+        "mean distance": f"{float(np.mean(distance)):.2f}",
+        "sparsity": f"{float((weights < SPARSE_BELOW).mean()):.0%}",
+    }
+
+
+class ModelExplorer(Explorer):
     """Every layer and head of a model's attention: a grid of a layer's heads, or one head.
 
     `weights_per_layer` is a list with one tensor per layer, each (H, Lq, Lk) or (B, H, Lq, Lk)
@@ -486,7 +455,7 @@ class ModelExplorer:
     `plot_attention`), query (Dropdown: a query row to outline in every head, or "none"; the
     `query` argument picks the first one).
     The picture is `image`; the layout is `widget`. `set_weights` shows new weights (another
-    sentence) with the same controls.
+    sentence) with the same controls; `stats()` gives a row of statistics per head of the layer.
 
         ModelExplorer(weights, tokens, tokens, title="reverse")
     """
@@ -527,18 +496,7 @@ class ModelExplorer:
             description="query",
             layout=widgets.Layout(width="200px"),
         )
-        self.head.disabled = num_heads == 1 or view == "grid"
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = widgets.VBox(
-            [
-                widgets.HBox([self.layer, self.view, self.scale]),
-                widgets.HBox([self.head, self.batch, self.query]),
-            ]
-        )
-        self.widget = widgets.VBox([controls, self.image])
-        self._holding = False  # set_weights moves several controls: one redraw at the end
-        for control in (self.layer, self.batch, self.head, self.view, self.scale, self.query):
-            control.observe(self._update_image, names="value")
+        self._show([self.layer, self.view, self.scale], [self.head, self.batch, self.query])
 
     def _load(self, weights_per_layer, query_labels, key_labels) -> None:
         if isinstance(weights_per_layer, (torch.Tensor, np.ndarray)) or not weights_per_layer:
@@ -578,8 +536,7 @@ class ModelExplorer:
         self._load(weights_per_layer, query_labels, key_labels)
         num_layers, num_batches, num_heads, num_queries, _ = self.weights.shape
         query = self.query.value
-        self._holding = True
-        try:
+        with self.hold():
             for control, count in (
                 (self.layer, num_layers),
                 (self.batch, num_batches),
@@ -590,9 +547,6 @@ class ModelExplorer:
                 control.disabled = count == 1
             self.query.options = self._query_options()
             self.query.value = query if query < num_queries else NO_QUERY
-        finally:
-            self._holding = False
-        self._update_image(None)
 
     def head_title(self, layer: int, head: int) -> str:
         batch = self.batch.value
@@ -601,16 +555,26 @@ class ModelExplorer:
             f"distance {self.distance[layer, batch, head]:.1f}"
         )
 
-    def _update_image(self, change) -> None:
-        if self._holding:
-            return
+    def stats(self) -> list:
+        """Per head of the current layer: entropy, mean distance, sparsity."""
+        layer, batch = self.layer.value, self.batch.value
+        return [
+            {
+                "head": f"L{layer} H{head}",
+                "entropy": f"{self.entropy[layer, batch, head]:.2f}",
+                "distance": f"{self.distance[layer, batch, head]:.2f}",
+                "sparsity": f"{(self.weights[layer, batch, head] < SPARSE_BELOW).mean():.0%}",
+            }
+            for head in range(self.weights.shape[2])
+        ]
+
+    def fit_controls(self) -> None:
+        # The grid shows every head: the head slider only picks one for the single view.
         self.head.disabled = self.weights.shape[2] == 1 or self.view.value == "grid"
-        self.image.value = self.render()
 
     def render(self) -> bytes:
         """Draw the current layer (grid) or head (single) and return PNG bytes."""
-        query = getattr(self, "query", None)
-        query = None if query is None or query.value == NO_QUERY else query.value
+        query = None if self.query.value == NO_QUERY else self.query.value
         layer, batch = self.layer.value, self.batch.value
         heads = range(self.weights.shape[2]) if self.view.value == "grid" else [self.head.value]
         columns = min(len(heads), GRID_COLUMNS)
@@ -641,7 +605,4 @@ class ModelExplorer:
         if self.title:
             figure.suptitle(self.title)
         _lay_out(figure)
-        return _png_bytes(figure)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return figure_png(figure)

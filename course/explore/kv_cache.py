@@ -14,15 +14,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from course.explore.heatmap import figure_png
+from course.explore.base import Explorer, figure_png
+from course.explore.heatmap import matrix_stats
 from course.reference.kv_cache import KVCache, kv_cache_bytes
 
 
-class CacheExplorer:
+class CacheExplorer(Explorer):
     """Controls (public): `step` (IntSlider: 0 = after the prefill), `layer` and `head`.
 
     Decoding runs once, up front; `frames[s]` holds, after step s, the cache length, layer 0's
-    K buffer and every layer's attention weights of the newest query. render() -> PNG bytes.
+    K buffer and every layer's attention weights of the newest query. render() -> PNG bytes;
+    stats() -> the cache's fill and bytes, and the newest query's attention statistics.
     """
 
     def __init__(self, decoder, prompt_ids, max_new_tokens: int = 16, cache_factory=KVCache):
@@ -40,11 +42,7 @@ class CacheExplorer:
         self.head = widgets.IntSlider(
             0, 0, decoder.num_heads - 1, description="head", continuous_update=False
         )
-        self.image = widgets.Image(format="png")
-        for control in (self.step, self.layer, self.head):
-            control.observe(lambda change: self.update(), names="value")
-        self.widget = widgets.VBox([widgets.HBox([self.step, self.layer, self.head]), self.image])
-        self.update()
+        self._show([self.step, self.layer, self.head])
 
     @torch.no_grad()
     def _decode(self, steps, cache_factory):
@@ -77,6 +75,16 @@ class CacheExplorer:
             1,
             next(d.parameters()).dtype,
         )
+
+    def stats(self) -> dict:
+        step, layer, head = self.step.value, self.layer.value, self.head.value
+        frame = self.frames[step]
+        newest = frame["weights"][layer][head][: frame["length"]]
+        return {
+            "cached positions": f"{frame['length']} of {self.max_seq_len}",
+            "bytes cached": f"{self.bytes_used(step):,}",
+            **matrix_stats(newest[None].float()),
+        }
 
     def render(self) -> bytes:
         frame = self.frames[self.step.value]
@@ -115,11 +123,3 @@ class CacheExplorer:
         )
         figure.set_layout_engine("constrained")
         return figure_png(figure)
-
-    def update(self) -> None:
-        self.image.value = self.render()
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)

@@ -13,8 +13,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from course.explore.heatmap import figure_png as _png
-from course.explore.heatmap import slider
+from course.explore.base import Explorer, figure_png, message_png, slider
+from course.explore.heatmap import matrix_stats
 from course.reference import linear_attention as library
 
 VIEWS = ("elu + 1", "FAVOR+ (orthogonal)", "recurrent state")
@@ -40,10 +40,11 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, causal: bool = False) ->
     return torch.softmax(scores, dim=-1)
 
 
-class LinearExplorer:
+class LinearExplorer(Explorer):
     """Controls (public): `view` (Dropdown of VIEWS), `length`, `num_features`, `step`, `seed`
     (IntSliders), `causal` (Checkbox). `render() -> bytes` draws the PNG; `error` holds the
-    message of a function that raised (drawn instead of the picture), else None."""
+    message of a function that raised (drawn instead of the picture), else None; `stats()`
+    compares the implied attention with softmax's."""
 
     def __init__(self, *, length: int = 32, dim: int = 8, num_features: int = 16, **functions):
         unknown = set(functions) - set(FUNCTIONS)
@@ -59,24 +60,7 @@ class LinearExplorer:
         self.causal = widgets.Checkbox(value=False, description="causal")
         self.error = None
         self.last_error = None  # mean |A - softmax| of the last attention view
-        self.image = widgets.Image(format="png")
-        for control in (
-            self.view,
-            self.length,
-            self.num_features,
-            self.step,
-            self.seed,
-            self.causal,
-        ):
-            control.observe(self._update, names="value")
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox([self.view, self.causal, self.seed]),
-                widgets.HBox([self.length, self.num_features, self.step]),
-                self.image,
-            ]
-        )
-        self._update(None)
+        self._show([self.view, self.causal, self.seed], [self.length, self.num_features, self.step])
 
     def inputs(self):
         g = torch.Generator().manual_seed(self.seed.value)
@@ -106,8 +90,17 @@ class LinearExplorer:
         phi_k = self.fn["elu_feature_map"](k[:t])
         return phi_k.transpose(0, 1) @ v[:t]
 
-    def _update(self, change) -> None:
-        self.image.value = self.render()
+    def stats(self) -> dict:
+        if self.error:
+            return {"error": self.error}
+        if self.view.value == "recurrent state":
+            return {"state size": f"{self.dim} x {self.dim}, whatever the length"}
+        implied, exact = self.matrices()
+        return {
+            "TV distance to softmax": f"{self.last_error:.3f}",
+            **{f"{k} (linear)": v for k, v in matrix_stats(implied).items()},
+            "entropy (softmax)": matrix_stats(exact)["entropy (nats)"],
+        }
 
     def render(self) -> bytes:
         try:
@@ -116,10 +109,7 @@ class LinearExplorer:
             return png
         except Exception as exc:  # a student's function raised: show it, do not crash the widget
             self.error = f"{type(exc).__name__}: {exc}"
-            figure = Figure(figsize=(6, 1), dpi=DPI)
-            FigureCanvasAgg(figure)
-            figure.text(0.02, 0.5, self.error[:120], color="#b00020", va="center")
-            return _png(figure)
+            return message_png(self.error[:120], (6, 1), DPI, color="#b00020")
 
     def _render(self) -> bytes:
         if self.view.value == "recurrent state":
@@ -138,7 +128,7 @@ class LinearExplorer:
                 fontsize=9,
             )
             ax.set(xlabel="value dim", ylabel="feature dim")
-            return _png(figure)
+            return figure_png(figure)
         implied, exact = self.matrices()
         self.last_error = (implied - exact).abs().sum(-1).mean().item() / 2
         figure = Figure(figsize=(7.2, 3.4), dpi=DPI)
@@ -153,7 +143,4 @@ class LinearExplorer:
             ax.set_title(title, fontsize=9)
             ax.set(xlabel="key j", ylabel="query i")
         figure.suptitle(f"mean total-variation distance per row: {self.last_error:.3f}", fontsize=9)
-        return _png(figure)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        return figure_png(figure)

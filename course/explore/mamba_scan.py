@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from course.explore.heatmap import figure_png as _png
-from course.explore.heatmap import slider as _slider
+from course.explore.base import Explorer, figure_png, message_png, slider
 from course.reference import mamba_scan as scan
 
 DPI = 80
@@ -41,18 +40,19 @@ def toy_sequence(length: int, seed: int) -> torch.Tensor:
     return u
 
 
-class ScanExplorer:
+class ScanExplorer(Explorer):
     """Controls (public ipywidgets): `length`, `state`, `channel`, `seed` (IntSliders),
     `decay` (how fast the state forgets: A = -decay * [1..N] / N) and `selectivity` (how much
     delta depends on the input: 0 = the same step everywhere, an LTI system) (FloatSliders).
-    `render()` returns the PNG; `image` shows it; `widget` is the whole layout."""
+    `render()` returns the PNG; `image` shows it; `widget` is the whole layout; `stats()` sums
+    up the step sizes and the state's memory."""
 
     def __init__(self, selective_scan=None, *, length: int = 48, state: int = 8):
         self.selective_scan = selective_scan or scan.selective_scan
-        self.length = _slider("length L", length, 8, 128, 8)
-        self.state = _slider("state N", state, 1, 16)
-        self.channel = _slider("channel d", 0, 0, DIM - 1)
-        self.seed = _slider("seed", 0, 0, 99)
+        self.length = slider("length L", length, 8, 128, 8)
+        self.state = slider("state N", state, 1, 16)
+        self.channel = slider("channel d", 0, 0, DIM - 1)
+        self.seed = slider("seed", 0, 0, 99)
         self.decay = widgets.FloatSlider(
             value=0.3,
             min=0.01,
@@ -72,16 +72,9 @@ class ScanExplorer:
             layout=widgets.Layout(width="260px"),
         )
         self.error = None
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = [self.length, self.state, self.channel, self.seed, self.decay, self.selectivity]
-        self.widget = widgets.VBox(
-            [widgets.HBox(controls[:3]), widgets.HBox(controls[3:]), self.image]
+        self._show(
+            [self.length, self.state, self.channel], [self.seed, self.decay, self.selectivity]
         )
-        for control in controls:
-            control.observe(lambda change: self._update(), names="value")
-
-    def _update(self):
-        self.image.value = self.render()
 
     # ------------------------------------------------------------------------- the model
 
@@ -130,6 +123,17 @@ class ScanExplorer:
         scores = q @ k.T / math.sqrt(q.shape[-1])
         causal = torch.ones_like(scores, dtype=torch.bool).tril()
         return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+
+    def stats(self) -> dict:
+        if self.error:
+            return {"error": self.error}
+        delta = self.inputs()["delta"][self.channel.value]
+        return {
+            "length x state": f"{self.length.value} x {self.state.value}",
+            "mean delta": f"{delta.mean().item():.3f}",
+            "max delta": f"{delta.max().item():.3f}",
+            "state memory (1/decay)": f"{1 / self.decay.value:.1f} steps at delta = 1",
+        }
 
     # ------------------------------------------------------------------------- drawing
 
@@ -180,21 +184,14 @@ class ScanExplorer:
         ax.imshow(attention.numpy(), cmap="Blues", vmin=0, interpolation="nearest")
         ax.set(title="causal softmax attention, q = C_t, k = B_s", xlabel="key s", ylabel="query t")
         ax.title.set_fontsize(10)
-        return _png(figure)
+        return figure_png(figure)
 
     def _render_error(self) -> bytes:
-        figure = Figure(figsize=(8, 1.6), dpi=DPI)
-        FigureCanvasAgg(figure)
-        figure.text(
-            0.02,
-            0.5,
+        return message_png(
             f"could not run the scan:\n{self.error}",
-            va="center",
+            (8, 1.6),
+            DPI,
             fontsize=11,
             color="#b00020",
             wrap=True,
         )
-        return _png(figure)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)

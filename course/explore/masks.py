@@ -21,7 +21,8 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from course.explore.heatmap import DPI, _is_int, _lay_out, _png_bytes, plot_attention
+from course.explore.base import Explorer, figure_png
+from course.explore.heatmap import DPI, _is_int, _lay_out, matrix_stats, plot_attention
 from course.reference import masks as library
 
 KINDS = ("causal", "padding", "both", "cross")
@@ -36,7 +37,7 @@ def _check_length(value, name: str, low: int, high: int) -> int:
     return int(value)
 
 
-class MaskExplorer:
+class MaskExplorer(Explorer):
     """Pick a kind of mask and its lengths; see the mask and the weights it gives.
 
     Args:
@@ -55,7 +56,8 @@ class MaskExplorer:
 
     Controls (ipywidgets, public so notebooks and tests can set them): `kind` (Dropdown),
     `lq`, `lk`, `length` (IntSliders; a slider that the kind does not use is disabled).
-    The picture is `image` (PNG bytes from `render()`); the whole layout is `widget`.
+    The picture is `image` (PNG bytes from `render()`); the whole layout is `widget`;
+    `stats()` gives the mask's density and the weights' entropy, distance and sparsity.
     """
 
     def __init__(
@@ -126,13 +128,7 @@ class MaskExplorer:
             layout=width,
             style={"description_width": "initial"},
         )
-        self._enable_sliders()
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = widgets.HBox([self.kind, self.lq, self.lk, self.length])
-        self.widget = widgets.VBox([controls, self.image])
-        self._redrawing = False
-        for control in (self.kind, self.lq, self.lk, self.length):
-            control.observe(self._update, names="value")
+        self._show([self.kind, self.lq, self.lk, self.length])
 
     # ------------------------------------------------------------------------- what is shown
 
@@ -193,6 +189,10 @@ class MaskExplorer:
             raise ValueError(f"{name} should give a torch.bool mask of shape {shape}, got {got}")
         return mask
 
+    def stats(self) -> dict:
+        mask = self.mask().expand(1, 1, *self.lengths())[0, 0]
+        return {"mask density": f"{mask.float().mean().item():.0%}", **matrix_stats(self.weights())}
+
     # ------------------------------------------------------------------------- drawing
 
     def _labels(self) -> tuple:
@@ -244,7 +244,7 @@ class MaskExplorer:
         if notes:
             figure.supxlabel(notes, fontsize=9, color=WARNING_COLOR)
         _lay_out(figure)
-        return _png_bytes(figure)
+        return figure_png(figure)
 
     @staticmethod
     def _notes(mask: torch.Tensor, weights: torch.Tensor) -> str:
@@ -266,21 +266,8 @@ class MaskExplorer:
 
     # ------------------------------------------------------------------------- controls
 
-    def _enable_sliders(self) -> None:
+    def fit_controls(self) -> None:
+        self.length.max = self.lk.value  # clamps length when Lk shrinks below it
         kind = self.kind.value
         self.lq.disabled = kind in ("padding", "both")  # self-attention: Lq = Lk
         self.length.disabled = kind == "causal"
-
-    def _update(self, change) -> None:
-        if self._redrawing:
-            return
-        self._redrawing = True
-        try:
-            self.length.max = self.lk.value  # clamps length when Lk shrinks below it
-            self._enable_sliders()
-            self.image.value = self.render()
-        finally:
-            self._redrawing = False
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)

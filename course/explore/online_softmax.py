@@ -23,8 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from course.explore.heatmap import figure_png as _png
-from course.explore.heatmap import slider as _slider
+from course.explore.base import Explorer, figure_png, message_png, slider
 from course.reference import online_softmax as flash
 
 DPI = 80
@@ -32,39 +31,28 @@ DPI = 80
 TILE_COLORS = ListedColormap(["#f3f3f3", "#2b5c8a", "#f28e2b", "#c9c9c9"])
 
 
-class OnlineSoftmaxExplorer:
+class OnlineSoftmaxExplorer(Explorer):
     """Step through the online softmax of one row and the tile schedule of tiled attention.
 
     Controls (public ipywidgets): `length` (N = L), `block_size`, `step` (blocks seen so far,
     0..number of blocks), `seed` (the random row), `query_block` (the query tile on the right)
     and `causal` (Checkbox). `render()` returns the PNG; `image` shows it; `widget` is the layout.
-    `state()` gives the numbers the picture shows.
+    `state()` gives the numbers the picture shows, `stats()` the same as text.
     """
 
     def __init__(self, online_softmax_stats=None, *, length: int = 40, block_size: int = 8):
         self.online_softmax_stats = online_softmax_stats or flash.online_softmax_stats
-        self.length = _slider("length L", length, 4, 128)
-        self.block_size = _slider("block size", block_size, 1, 64)
-        self.step = _slider("step", 1, 0, 64)
-        self.seed = _slider("seed", 0, 0, 99)
-        self.query_block = _slider("query tile", 0, 0, 64)
+        self.length = slider("length L", length, 4, 128)
+        self.block_size = slider("block size", block_size, 1, 64)
+        self.step = slider("step", 1, 0, 64)
+        self.seed = slider("seed", 0, 0, 99)
+        self.query_block = slider("query tile", 0, 0, 64)
         self.causal = widgets.Checkbox(value=True, description="causal")
         self.error = None
-        self._clamp()
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = [
-            self.length,
-            self.block_size,
-            self.step,
-            self.seed,
-            self.query_block,
-            self.causal,
-        ]
-        self.widget = widgets.VBox(
-            [widgets.HBox(controls[:3]), widgets.HBox(controls[3:]), self.image]
+        self._show(
+            [self.length, self.block_size, self.step],
+            [self.seed, self.query_block, self.causal],
         )
-        for control in controls:
-            control.observe(self._update_image, names="value")
 
     # ------------------------------------------------------------------------- the numbers
 
@@ -93,6 +81,15 @@ class OnlineSoftmaxExplorer:
         rescale = 1.0 if t <= 1 else math.exp(m_old - m)
         return {"m": m, "l": l, "m_old": m_old, "l_old": l_old, "rescale": rescale}
 
+    def stats(self) -> dict:
+        state = self.state()
+        return {
+            "blocks seen": f"{self.step.value} of {self.blocks()}",
+            "running max m": f"{state['m']:.3f}",
+            "running sum l": f"{state['l']:.3f}",
+            "rescale exp(m_old - m)": f"{state['rescale']:.3f}",
+        }
+
     def tiles(self) -> np.ndarray:
         """(nb, nb) tile states for query tile `query_block` at key step `step` (see TILE_COLORS)."""
         L, b, nb = self.length.value, self.block_size.value, self.blocks()
@@ -115,14 +112,10 @@ class OnlineSoftmaxExplorer:
 
     # ------------------------------------------------------------------------- drawing
 
-    def _clamp(self) -> None:
+    def fit_controls(self) -> None:
         nb = self.blocks()
         self.step.max = nb
         self.query_block.max = nb - 1
-
-    def _update_image(self, change) -> None:
-        self._clamp()
-        self.image.value = self.render()
 
     def render(self) -> bytes:
         """Draw the current step and return the picture as PNG bytes."""
@@ -131,25 +124,21 @@ class OnlineSoftmaxExplorer:
             self.error = None
         except Exception as exc:  # noqa: BLE001 (shown in the picture: e.g. an exercise not done)
             self.error = f"{type(exc).__name__}: {exc}"
-            figure = Figure(figsize=(8, 1.2), dpi=DPI)
-            FigureCanvasAgg(figure)
-            figure.text(
-                0.02,
-                0.5,
+            return message_png(
                 f"online_softmax_stats failed:\n{self.error}",
+                (8, 1.2),
+                DPI,
                 fontsize=9,
                 color="tab:red",
-                va="center",
                 wrap=True,
             )
-            return _png(figure)
         figure = Figure(figsize=(11, 3.6), dpi=DPI)
         FigureCanvasAgg(figure)
         left, right = figure.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
         self._draw_row(left, state)
         self._draw_tiles(right)
         figure.set_layout_engine("constrained")
-        return _png(figure)
+        return figure_png(figure)
 
     def _draw_row(self, ax, state) -> None:
         x = self.scores().numpy()
@@ -200,6 +189,3 @@ class OnlineSoftmaxExplorer:
         )
         ax.set_xlabel("key tile", fontsize=8)
         ax.set_ylabel("query tile", fontsize=8)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)

@@ -19,8 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from course.explore.heatmap import figure_png as _png
-from course.explore.heatmap import slider as _slider
+from course.explore.base import Explorer, figure_png, message_png, slider
 from course.reference import sparse
 
 PATTERNS = (
@@ -60,7 +59,7 @@ def parse_tokens(text: str) -> list:
     return tokens
 
 
-class PatternExplorer:
+class PatternExplorer(Explorer):
     """Pick a sparse pattern and its parameters; see the mask and its reach after 1..n layers.
 
     Controls (ipywidgets, public so notebooks and tests can set them): `pattern` (Dropdown of
@@ -73,7 +72,8 @@ class PatternExplorer:
 
     A builder that raises (a bad parameter, or an exercise not done yet) is reported in the
     picture instead of raising. The picture is `image` (PNG bytes from `render()`); the whole
-    layout is `widget`, and a cell ending in the explorer displays it.
+    layout is `widget`, and a cell ending in the explorer displays it. `stats()` gives the
+    mask's density and reach.
     """
 
     def __init__(self, *, length: int = 64, layers: int = 3, **builders):
@@ -89,39 +89,22 @@ class PatternExplorer:
             description="pattern",
             layout=widgets.Layout(width="330px"),
         )
-        self.length = _slider("length L", length, 8, 256, 8)
-        self.window = _slider("window", 8, 1, 128)
-        self.stride = _slider("stride", 8, 1, 128)
-        self.num_random = _slider("random keys", 2, 0, 32)
-        self.seed = _slider("seed", 0, 0, 99)
-        self.block_size = _slider("block size", 8, 1, 64)
-        self.layers = _slider("layers", layers, 1, 6)
+        self.length = slider("length L", length, 8, 256, 8)
+        self.window = slider("window", 8, 1, 128)
+        self.stride = slider("stride", 8, 1, 128)
+        self.num_random = slider("random keys", 2, 0, 32)
+        self.seed = slider("seed", 0, 0, 99)
+        self.block_size = slider("block size", 8, 1, 64)
+        self.layers = slider("layers", layers, 1, 6)
         self.global_tokens = widgets.Text(
             value="0", description="global tokens", layout=widgets.Layout(width="260px")
         )
         self.error = None  # the message shown instead of a pattern, if building it failed
-        self.image = widgets.Image(value=self.render(), format="png")
-        controls = [
-            self.pattern,
-            self.length,
-            self.window,
-            self.stride,
-            self.global_tokens,
-            self.num_random,
-            self.seed,
-            self.block_size,
-            self.layers,
-        ]
-        self.widget = widgets.VBox(
-            [
-                widgets.HBox(controls[:3]),
-                widgets.HBox(controls[3:6]),
-                widgets.HBox(controls[6:]),
-                self.image,
-            ]
+        self._show(
+            [self.pattern, self.length, self.window],
+            [self.stride, self.global_tokens, self.num_random],
+            [self.seed, self.block_size, self.layers],
         )
-        for control in controls:
-            control.observe(self._update_image, names="value")
 
     # ------------------------------------------------------------------------- the pattern
 
@@ -159,10 +142,19 @@ class PatternExplorer:
             L, window, parse_tokens(self.global_tokens.value)
         ) | build["random_mask"](L, self.num_random.value, self._generator())
 
-    # ------------------------------------------------------------------------- drawing
+    def stats(self) -> dict:
+        if self.error:
+            return {"error": self.error}
+        mask = self.mask().bool()
+        density = mask.float().mean().item()
+        full = self.builders["layers_to_full_reach"](mask)
+        return {
+            "density": f"{density:.1%}",
+            "sparsity": f"{1 - density:.1%}",
+            "layers to full reach": "never" if full is None else str(full),
+        }
 
-    def _update_image(self, change) -> None:
-        self.image.value = self.render()
+    # ------------------------------------------------------------------------- drawing
 
     def render(self) -> bytes:
         """Draw the current pattern and its reach, and return the picture as PNG bytes."""
@@ -191,7 +183,7 @@ class PatternExplorer:
         )
         figure.suptitle(f"{self.pattern.value}, L = {L}: {verdict}", fontsize=11)
         figure.set_layout_engine("constrained")
-        return _png(figure)
+        return figure_png(figure)
 
     @staticmethod
     def _draw(ax, matrix: torch.Tensor, title: str) -> None:
@@ -204,18 +196,11 @@ class PatternExplorer:
         ax.tick_params(labelsize=7)
 
     def _render_error(self) -> bytes:
-        figure = Figure(figsize=(PANEL_INCHES * 2, 1.2), dpi=DPI)
-        FigureCanvasAgg(figure)
-        figure.text(
-            0.02,
-            0.5,
+        return message_png(
             f"could not build the {self.pattern.value} pattern:\n{self.error}",
+            (PANEL_INCHES * 2, 1.2),
+            DPI,
             fontsize=9,
             color="tab:red",
-            va="center",
             wrap=True,
         )
-        return _png(figure)
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from course.explore import gallery
-from course.explore.heatmap import ModelExplorer, png_download_link
+from course.explore.heatmap import ModelExplorer, matrix_stats
 from course.models import tiny_transformer as tiny
 from helpers import ROOT
 
@@ -124,12 +124,12 @@ def test_parse_digits_and_model_input():
 
 def test_matrix_stats_of_one_hot_and_uniform_rows():
     one_hot = torch.eye(4)
-    assert gallery.matrix_stats(one_hot) == {
+    assert matrix_stats(one_hot) == {
         "entropy (nats)": "0.00",
         "mean distance": "0.00",
         "sparsity": "75%",
     }
-    assert gallery.matrix_stats(torch.full((4, 4), 0.25))["entropy (nats)"] == f"{np.log(4):.2f}"
+    assert matrix_stats(torch.full((4, 4), 0.25))["entropy (nats)"] == f"{np.log(4):.2f}"
 
 
 def test_model_explorer_query_highlight_and_new_weights():
@@ -152,7 +152,7 @@ def test_model_explorer_query_highlight_and_new_weights():
 
 def test_png_download_link_follows_the_image():
     image = widgets.Image(value=b"\x89PNG one", format="png")
-    link = png_download_link(image, "x.png")
+    link = gallery.png_download_link(image, "x.png")
     assert (
         base64.b64encode(b"\x89PNG one").decode() in link.value and 'download="x.png"' in link.value
     )

@@ -1,5 +1,5 @@
 """course.reference.capstone: memory estimates within 15% of measured peaks, the benchmark table and its
-failures, the decision guide, and the explorer."""
+failures and the decision guide (the explorer: tests/explore/test_capstone.py)."""
 
 import pytest
 import torch
@@ -7,7 +7,6 @@ import torch
 from course.reference.capstone import (
     FIELDS,
     KINDS,
-    MemoryExplorer,
     attention_function,
     benchmark_attention,
     choose_attention,
@@ -137,13 +136,3 @@ def test_benchmark_records_failures_and_reports_every_field():
     )
     assert "| exact | 8 | ok |" in format_table(rows)
     plot_benchmark(rows)
-
-
-def test_explorer_renders_a_png_and_shows_the_choice():
-    explorer = MemoryExplorer(estimate_attention_memory, choose_attention)
-    assert explorer.render()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert explorer.choice() == "flash"  # L = 4096, 8 heads, 1 GiB, CPU: dense needs 4 GiB
-    explorer.log2_len.value = 8
-    assert explorer.choice() == "dense"
-    explorer.needs_global.value, explorer.log2_len.value = False, 15
-    assert explorer.choice() == "sliding"
