@@ -1,171 +1,30 @@
-"""Timing and memory for the notebooks' Measure sections and the benchmark scripts.
+"""Timing, memory, records and plots for the notebooks' Measure sections and the benchmarks.
 
-A GPU runs kernels asynchronously, so a timer must wait for the device before reading the clock.
-`peak_memory` measures the most memory a call holds at once, on a GPU or the CPU.
+    timing.py    median_time: wall time of a call, waiting for the GPU
+    memory.py    peak_memory (and LiveStorage, its CPU tracker): the most memory a call holds
+    records.py   Measurement, Verdict, Result: what every benchmark script returns
+    plots.py     saved_figure, plot_by_mechanism, scaling_guides, label_lengths_axis
+
+One script per topic (kv_cache.py, sparse.py, ...), each `python -m course.bench.TOPIC` with a
+`run(...)` function, and `python -m course.bench` to run them all into one report.
 """
 
-import contextlib
-import statistics
-import time
-import weakref
+from course.bench.memory import LiveStorage, peak_memory
+from course.bench.plots import label_lengths_axis, plot_by_mechanism, saved_figure, scaling_guides
+from course.bench.records import Measurement, Result, Verdict, by_point, print_verdicts
+from course.bench.timing import median_time
 
-import torch
-import torch.utils._pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
-
-
-def median_time(fn, *args, repeats: int = 5, warmup: int = 1, **kwargs) -> float:
-    """Median wall time, in seconds, of `fn(*args, **kwargs)` after `warmup` untimed calls.
-
-    The device to wait for is taken from the first tensor argument (CPU if there is none).
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(
-            f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}"
-        )
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-
-    def wait():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(warmup):
-        fn(*args, **kwargs)
-    times = []
-    for _ in range(repeats):
-        wait()
-        start = time.perf_counter()
-        fn(*args, **kwargs)
-        wait()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-class LiveStorage(TorchDispatchMode):
-    """Tracks the bytes of tensor storage allocated by the ops it sees and still alive.
-
-    Every op's outputs pass through `__torch_dispatch__`. An output whose storage is not one of
-    the op's inputs' storages is a new allocation: its bytes are added, and a finalizer on each
-    tensor viewing it takes them off when the last one dies (PyTorch keeps a tensor's Python
-    object alive as long as the tensor itself, so this is when the memory is freed).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self.largest = 0  # bytes of the largest single storage allocated
-        self.largest_shape = None  # the shape of the tensor that allocated it
-        self._views = {}  # storage key -> [bytes, number of live tensors using it]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        seen = {_storage_key(t) for t in _tensors((args, kwargs))}
-        for tensor in _tensors(out):
-            key = _storage_key(tensor)
-            if key is None or (key in seen and key not in self._views):
-                continue  # a view of (or in-place on) memory allocated before measuring began
-            if key not in self._views:
-                size = tensor.untyped_storage().nbytes()
-                self._views[key] = [size, 0]
-                self.live += size
-                if size > self.largest:
-                    self.largest, self.largest_shape = size, tuple(tensor.shape)
-                self.peak = max(self.peak, self.live)
-            self._views[key][1] += 1
-            weakref.finalize(tensor, self._release, key)
-        return out
-
-    def _release(self, key):
-        entry = self._views.get(key)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.live -= entry[0]
-            del self._views[key]
-
-
-def _tensors(tree) -> list:
-    return [x for x in pytree.tree_leaves(tree) if isinstance(x, torch.Tensor)]
-
-
-def _storage_key(tensor: torch.Tensor):
-    """Identifies the memory a tensor lives in (None when it has none)."""
-    if tensor.device.type == "meta" or tensor.untyped_storage().nbytes() == 0:
-        return None
-    return (tensor.device.type, tensor.device.index, tensor.untyped_storage().data_ptr())
-
-
-def peak_memory(fn, *args, **kwargs) -> int:
-    """Peak bytes of memory allocated while `fn(*args, **kwargs)` runs, above what was allocated
-    before it started (its result counts: it is allocated during the call).
-
-    On CUDA (the first tensor argument's device): `torch.cuda.max_memory_allocated`. On the CPU:
-    the tensor storage that the call allocates and that is alive at the same time, tracked op by
-    op with a TorchDispatchMode. Memory that a kernel uses only inside itself (a scratch buffer it
-    frees before returning) is not seen on the CPU; everything a tensor holds is.
-    """
-    device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn(*args, **kwargs)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    tracker = LiveStorage()
-    with tracker:
-        fn(*args, **kwargs)
-    return tracker.peak
-
-
-# ----------------------------------------------------------------------------- benchmark scripts
-
-
-def print_verdicts(results) -> int:
-    """Print each target as a PASS or FAIL line; `results` is a list of (passed, description).
-    Returns the scripts' exit status: 0 when every target passed, else 1."""
-    for passed, line in results:
-        print(f"{'PASS' if passed else 'FAIL'}: {line}")
-    return 0 if all(passed for passed, _ in results) else 1
-
-
-@contextlib.contextmanager
-def saved_figure(path, figsize=(6, 3.8)):
-    """`with saved_figure("plot.png") as figure:` draws on a matplotlib Figure (no display
-    needed: the Agg canvas) and saves it to `path` when the block ends."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=figsize, dpi=100)
-    FigureCanvasAgg(figure)
-    yield figure
-    figure.set_layout_engine("constrained")
-    figure.savefig(path)
-
-
-def scaling_guides(ax, lengths, quadratic_from=None, linear_from=None, **style) -> None:
-    """Dotted O(L^2) and dashed O(L) guides on log-log axes against `lengths`, starting at the
-    values given for the first length (None: that guide is left out)."""
-    if quadratic_from is not None:
-        ax.loglog(
-            lengths,
-            [quadratic_from * (L / lengths[0]) ** 2 for L in lengths],
-            "k:",
-            label="O(L²)",
-            **style,
-        )
-    if linear_from is not None:
-        ax.loglog(
-            lengths, [linear_from * L / lengths[0] for L in lengths], "k--", label="O(L)", **style
-        )
-
-
-def label_lengths_axis(ax, lengths, **labels) -> None:
-    """Finish a log-log plot against sequence length: the measured lengths as the x ticks, then
-    `labels` (title, ylabel, ...) and the legend."""
-    ax.set(xlabel="sequence length L", **labels)
-    ax.set_xticks(lengths, [str(L) for L in lengths])
-    ax.minorticks_off()
-    ax.legend(fontsize=8)
+__all__ = [
+    "LiveStorage",
+    "Measurement",
+    "Result",
+    "Verdict",
+    "by_point",
+    "label_lengths_axis",
+    "median_time",
+    "peak_memory",
+    "plot_by_mechanism",
+    "print_verdicts",
+    "saved_figure",
+    "scaling_guides",
+]

@@ -12,11 +12,13 @@ Two parts, one Markdown file (report.md) and its PNG plots in the --out folder:
    Each mechanism is the `attend` step of course.reference.mechanisms.make_attention's layer of its kind
    (course.reference.capstone.attention_function maps an estimate's kind to it), and the scan a selective
    scan at the same sizes.
-2. Every topic script course/bench/<topic>.py, found with pkgutil (adding a script needs no
-   edit here): its `main(argv)` runs with --plot into the folder when it takes --plot, with
-   --device when it takes --device, and in --quick mode with tiny values for the options it has
-   (see QUICK); its printed table and PASS/FAIL lines go into the report. A script that fails
-   is reported as failed; the others still run.
+2. Every topic script course/bench/<topic>.py (see TOPICS): its `run(...)` is called with this
+   report's device and a plot file where it takes them, and with tiny sizes in --quick mode; its
+   printed table and PASS/FAIL lines go into the report. A script that fails is reported as
+   failed; the others still run.
+
+Every measured point of both parts is also written, one row per mechanism and size, to
+report.csv and report.json (course.bench.Measurement's fields; the JSON adds the verdicts).
 
 The GPU is used when there is one (--device auto). Exit status 0 when everything ran and every
 target passed (targets are not judged in --quick mode), 1 otherwise.
@@ -25,10 +27,7 @@ target passed (targets are not judged in --quick mode), 1 otherwise.
 import argparse
 import contextlib
 import datetime
-import importlib
 import io
-import pkgutil
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,16 @@ from pathlib import Path
 import torch
 
 import course  # noqa: F401  (Triton's interpreter mode without a GPU, before any kernel module)
-import course.bench
+from course.bench import (
+    Measurement,
+    flash_triton,
+    kv_cache,
+    linear_attention,
+    mamba_scan,
+    online_softmax,
+    sparse,
+)
+from course.bench.records import write_csv, write_json
 from course.reference.capstone import (
     attention_function,
     benchmark_attention,
@@ -44,25 +52,6 @@ from course.reference.capstone import (
     format_table,
     plot_benchmark,
 )
-
-# Tiny values for the topic scripts' options in --quick mode (only those a script has are used).
-QUICK = {
-    "--lengths": ["128", "256"],
-    "--length": ["256"],
-    "--repeats": ["1"],
-    "--window": ["32"],
-    "--heads": ["1"],
-    "--head-dim": ["16"],
-    "--chunk-size": ["32"],
-    "--new-tokens": ["8"],
-    "--prompt": ["4"],
-    "--d-model": ["32"],
-    "--layers": ["1"],
-    "--recurrent-steps": ["64"],
-    "--quadratic-max": ["256"],
-    "--rows": ["2"],
-    "--triton-size": ["2", "16"],
-}
 
 # The mechanisms of part 1: (label, kind, keyword arguments).
 MECHANISMS = [
@@ -83,69 +72,67 @@ MECHANISMS = [
 NOT_APPROXIMATIONS = {"dense_masked", "scan"}
 
 
-def topic_modules() -> list:
-    """The names of the topic scripts in course/bench (every module but this one)."""
-    return sorted(
-        m.name for m in pkgutil.iter_modules(course.bench.__path__) if not m.name.startswith("_")
-    )
+# Part 2: each topic script's run function, and the tiny sizes it gets in --quick mode (its own
+# defaults otherwise).
+TOPICS = {
+    "flash_triton": (flash_triton.run, {"lengths": [128, 256], "heads": 1}),
+    "kv_cache": (kv_cache.run, {"new_tokens": 8, "prompt_len": 4, "d_model": 32, "num_layers": 1}),
+    "linear_attention": (
+        linear_attention.run,
+        {
+            "lengths": [128, 256],
+            "heads": 1,
+            "head_dim": 16,
+            "chunk_size": 32,
+            "repeats": 1,
+            "recurrent_steps": 64,
+            "quadratic_max": 256,
+        },
+    ),
+    "mamba_scan": (
+        mamba_scan.run,
+        {"length": 256, "rows": [2], "chunk_size": 32, "repeats": 1, "triton_size": (2, 16)},
+    ),
+    "online_softmax": (
+        online_softmax.run,
+        {"lengths": [128, 256], "heads": 1, "head_dim": 16, "repeats": 1},
+    ),
+    "sparse": (
+        sparse.run,
+        {"lengths": [128, 256], "window": 32, "heads": 1, "head_dim": 16, "repeats": 1},
+    ),
+}
+# The scripts that run on the report's device (the others choose theirs), and those that plot.
+ON_DEVICE = {"mamba_scan", "online_softmax", "sparse"}
+PLOTTED = {"kv_cache", "linear_attention", "online_softmax", "sparse"}
 
 
-def _run_main(module, argv) -> tuple:
-    """(exit status, printed text) of module.main(argv); a crash is status 2, never raised."""
+def topic_options(name: str, out: Path, quick: bool, device: torch.device) -> dict:
+    """The keyword arguments this report gives the topic script's run(...)."""
+    options = dict(TOPICS[name][1]) if quick else {}
+    if name in ON_DEVICE:
+        options["device"] = device.type
+    if name in PLOTTED:
+        options["plot"] = str(out / f"{name}.png")
+    return options
+
+
+def run_topic(name: str, options: dict) -> dict:
+    """Run one topic script with its printed text captured; a crash is reported, never raised
+    (the other scripts still run)."""
+    start = time.perf_counter()
     text = io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
         try:
-            status = module.main(argv)
-        except SystemExit as exit_:
-            status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
-        except Exception as exc:  # reported, never raised: the other scripts still run
+            result = TOPICS[name][0](**options)
+        except Exception as exc:
             print(f"{type(exc).__name__}: {exc}")
-            status = 2
-    return (0 if status is None else status), text.getvalue()
-
-
-def script_options(module) -> set:
-    """The long options a script's argparse parser offers, read from its --help."""
-    _, text = _run_main(module, ["--help"])
-    return set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text)) - {"--help"}
-
-
-def topic_argv(options: set, quick: bool, plot: Path, device: torch.device) -> list:
-    argv = []
-    if quick:
-        for option, values in QUICK.items():
-            if option in options:
-                argv += [option, *values]
-    if "--plot" in options:
-        argv += ["--plot", str(plot)]
-    if "--device" in options:
-        argv += ["--device", device.type]
-    return argv
-
-
-def run_topic(name: str, out: Path, quick: bool, device: torch.device) -> dict:
-    start = time.perf_counter()
-    plot = out / f"{name}.png"
-    try:
-        module = importlib.import_module(f"course.bench.{name}")
-        if not hasattr(module, "main"):
-            raise AttributeError(f"course.bench.{name} has no main(argv)")
-        argv = topic_argv(script_options(module), quick, plot, device)
-        status, text = _run_main(module, argv)
-    except Exception as exc:
-        argv, status, text = [], 2, f"{type(exc).__name__}: {exc}"
-    return {
-        "name": name,
-        "argv": argv,
-        "status": status,
-        "output": text,
-        "plot": plot if plot.exists() else None,
-        "seconds": time.perf_counter() - start,
-    }
+            result = None
+    return {"result": result, "output": text.getvalue(), "seconds": time.perf_counter() - start}
 
 
 def mechanisms_part(out: Path, quick: bool, device: torch.device) -> tuple:
-    """(markdown, all ran) for part 1."""
+    """(markdown, its Measurements) for part 1."""
     if quick:
         lengths, heads, head_dim, repeats, budget = [128, 256], 1, 16, 1, 5.0
     elif device.type == "cuda":
@@ -202,11 +189,27 @@ def mechanisms_part(out: Path, quick: bool, device: torch.device) -> tuple:
         f"causal attention and the scan, which compute something else)."
     )
     text = "\n".join([header, "", *lines, "", "![every mechanism](mechanisms.png)"])
-    return text, all(row["status"] == "ok" for row in rows)
+    measurements = [
+        Measurement(
+            topic="mechanisms",
+            mechanism=row["name"],
+            L=row["seq_len"],
+            seconds=row["time_s"],
+            peak_bytes=row["peak_bytes"],
+            error=row["rel_error"],
+            heads=heads,
+            head_dim=head_dim,
+            device=device.type,
+            note="" if row["status"] == "ok" else f"{row['status']}: {row['message']}",
+        )
+        for row in rows
+    ]
+    return text, measurements
 
 
 def write_report(out: Path, quick: bool, device: torch.device, only=None) -> tuple:
-    """Run everything; write out/report.md; return (path, every part ran and passed)."""
+    """Run everything; write report.md, report.csv and report.json into `out`; return (the
+    Markdown file's path, every part ran and passed)."""
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     parts = [
@@ -216,37 +219,52 @@ def write_report(out: Path, quick: bool, device: torch.device, only=None) -> tup
         f"{torch.__version__}, {course.describe_device()}, {torch.get_num_threads()} threads.",
         "",
     ]
-    ok = True
+    ok, measurements, verdicts = True, [], []
     if only is None or "mechanisms" in only:
-        text, ran = mechanisms_part(out, quick, device)
-        ok &= ran
+        text, rows = mechanisms_part(out, quick, device)
+        ok &= all(row.note == "" for row in rows)  # a failed point's note says why
+        measurements += rows
         parts += ["## Every mechanism side by side", "", text, ""]
-    topics = [name for name in topic_modules() if only is None or name in only]
+    topics = [name for name in TOPICS if only is None or name in only]
     summary = ["| script | result | seconds |", "|---|---|---:|"]
     details = []
     for name in topics:
         print(f"running course.bench.{name} ...", file=sys.stderr, flush=True)
-        result = run_topic(name, out, quick, device)
-        verdict = {0: "PASS", 1: "FAIL"}.get(result["status"], "crashed")
-        if quick and result["status"] in (0, 1):
+        options = topic_options(name, out, quick, device)
+        topic = run_topic(name, options)
+        result = topic["result"]
+        if result is None:
+            verdict, ok = "crashed", False
+        elif quick:
             verdict = "ran (targets not judged in --quick mode)"
-        ok &= result["status"] == 0 or (quick and result["status"] == 1)
-        summary.append(f"| {name} | {verdict} | {result['seconds']:.1f} |")
+        else:
+            verdict = "PASS" if result.status == 0 else "FAIL"
+            ok &= result.status == 0
+        if result is not None:
+            measurements += result.rows
+            verdicts += [(name, v) for v in result.verdicts]
+        summary.append(f"| {name} | {verdict} | {topic['seconds']:.1f} |")
         details += [
             f"### course.bench.{name}",
             "",
-            f"`python -m course.bench.{name} {' '.join(result['argv'])}`",
+            f"`course.bench.{name}.run({', '.join(f'{k}={v!r}' for k, v in options.items())})`",
             "",
             "```",
-            result["output"].rstrip(),
+            topic["output"].rstrip(),
             "```",
             "",
         ]
-        if result["plot"] is not None:
-            details += [f"![{name}]({result['plot'].name})", ""]
+        if "plot" in options and Path(options["plot"]).exists():
+            details += [f"![{name}]({name}.png)", ""]
     if topics:
         parts += ["## The topic scripts", "", *summary, "", *details]
-    parts.append(f"Report written in {time.perf_counter() - started:.0f} s.")
+    write_csv(measurements, out / "report.csv")
+    write_json(measurements, verdicts, out / "report.json")
+    parts += [
+        f"Every measured point: report.csv and report.json ({len(measurements)} rows).",
+        "",
+        f"Report written in {time.perf_counter() - started:.0f} s.",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(parts) + "\n")
     return path, ok
@@ -272,17 +290,13 @@ def main(argv=None) -> int:
         "--only",
         nargs="+",
         metavar="PART",
-        help=f"run only these parts: mechanisms and/or topic scripts "
-        f"({', '.join(topic_modules())})",
+        choices=["mechanisms", *TOPICS],
+        help=f"run only these parts: mechanisms and/or topic scripts ({', '.join(TOPICS)})",
     )
     args = parser.parse_args(argv)
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    if args.only:
-        unknown = set(args.only) - {"mechanisms", *topic_modules()}
-        if unknown:
-            parser.error(f"unknown parts {sorted(unknown)}")
     path, ok = write_report(Path(args.out), args.quick, device, args.only)
     print(path.read_text())
     print(f"report: {path}")

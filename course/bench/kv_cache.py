@@ -16,11 +16,19 @@ import time
 
 import torch
 
-from course.bench import print_verdicts, saved_figure
+from course.bench import (
+    Measurement,
+    Result,
+    Verdict,
+    plot_by_mechanism,
+    print_verdicts,
+    saved_figure,
+)
 from course.models.tiny_transformer import TinyTransformer
 from course.reference.kv_cache import CachedDecoder
 
 SPEEDUP_TARGET = 5.0
+CACHED, PLAIN = "KV cache", "no cache"
 
 
 def build(d_model=256, num_layers=4, max_len=512, seed=0):
@@ -45,7 +53,9 @@ def timed_generate(model, prompt, new_tokens, use_cache):
     return ids, times
 
 
-def measure(new_tokens=256, prompt_len=16, d_model=256, num_layers=4):
+def measure(new_tokens=256, prompt_len=16, d_model=256, num_layers=4) -> tuple:
+    """(a Measurement per generated token with and without the cache, L its position; whether
+    both gave the same tokens)."""
     model = build(d_model, num_layers, max_len=prompt_len + new_tokens)
     prompt = torch.randint(
         0, model.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0)
@@ -53,17 +63,66 @@ def measure(new_tokens=256, prompt_len=16, d_model=256, num_layers=4):
     timed_generate(model, prompt, 4, True)  # warm-up
     cached, t_cached = timed_generate(model, prompt, new_tokens, True)
     plain, t_plain = timed_generate(model, prompt, new_tokens, False)
-    return cached, plain, t_cached, t_plain
+    rows = [
+        Measurement("kv_cache", mechanism, prompt_len + step, seconds, head_dim=d_model // 4)
+        for mechanism, times in [(PLAIN, t_plain), (CACHED, t_cached)]
+        for step, seconds in enumerate(times)
+    ]
+    return rows, torch.equal(cached, plain)
 
 
-def plot(t_cached, t_plain, prompt_len, path):
+def save_plot(rows, path) -> None:
     with saved_figure(path, figsize=(6, 3.5)) as figure:
         ax = figure.subplots()
-        positions = range(prompt_len, prompt_len + len(t_cached))
-        ax.plot(positions, [1e3 * t for t in t_plain], label="no cache (reruns the sequence)")
-        ax.plot(positions, [1e3 * t for t in t_cached], label="KV cache (one token)")
+        plot_by_mechanism(ax, rows, "seconds", 1e3, log=False, marker=None)
         ax.set(xlabel="position of the new token", ylabel="ms per token", title="time per token")
-        ax.legend()
+
+
+def table(rows) -> str:
+    lines = [f"{'':>10} {'total (s)':>10} {'first (ms)':>11} {'last (ms)':>10}"]
+    for mechanism in (PLAIN, CACHED):
+        times = [row.seconds for row in rows if row.mechanism == mechanism]
+        lines.append(
+            f"{mechanism:>10} {sum(times):>10.3f} {1e3 * times[0]:>11.2f} {1e3 * times[-1]:>10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def verdicts(rows, identical: bool, new_tokens: int) -> list:
+    total = {m: sum(row.seconds for row in rows if row.mechanism == m) for m in (PLAIN, CACHED)}
+    speedup = total[PLAIN] / total[CACHED]
+    return [
+        Verdict(
+            speedup >= SPEEDUP_TARGET if new_tokens >= 256 else True,
+            f"speed-up {speedup:.1f}x (target >= {SPEEDUP_TARGET:g}x at 256 new tokens)",
+        ),
+        Verdict(identical, "identical tokens with and without the cache"),
+    ]
+
+
+def run(
+    new_tokens: int = 256,
+    prompt_len: int = 16,
+    d_model: int = 256,
+    num_layers: int = 4,
+    threads: int = 1,
+    plot=None,
+) -> Result:
+    """Generate both ways, print the table and the verdicts, and save time per token against
+    position to the file `plot` if given."""
+    torch.set_num_threads(threads)
+    rows, identical = measure(new_tokens, prompt_len, d_model, num_layers)
+    print(
+        f"greedy generation, {new_tokens} new tokens after a {prompt_len}-token prompt: "
+        f"d_model {d_model}, {num_layers} layers, cpu, {threads} thread(s)"
+    )
+    print(table(rows))
+    result = Result(rows, verdicts(rows, identical, new_tokens))
+    print_verdicts(result.verdicts)
+    if plot:
+        save_plot(rows, plot)
+        print(f"saved {plot}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -83,34 +142,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if min(args.new_tokens, args.prompt, args.d_model, args.layers, args.threads) < 1:
         parser.error("every size must be >= 1")
-    torch.set_num_threads(args.threads)
-    cached, plain, t_cached, t_plain = measure(
-        args.new_tokens, args.prompt, args.d_model, args.layers
-    )
-    total_cached, total_plain = sum(t_cached), sum(t_plain)
-    print(
-        f"greedy generation, {args.new_tokens} new tokens after a {args.prompt}-token prompt: "
-        f"d_model {args.d_model}, {args.layers} layers, cpu, {args.threads} thread(s)"
-    )
-    print(f"{'':>10} {'total (s)':>10} {'first (ms)':>11} {'last (ms)':>10}")
-    for name, times, total in [
-        ("no cache", t_plain, total_plain),
-        ("KV cache", t_cached, total_cached),
-    ]:
-        print(f"{name:>10} {total:>10.3f} {1e3 * times[0]:>11.2f} {1e3 * times[-1]:>10.2f}")
-    speedup = total_plain / total_cached
-    results = [
-        (
-            speedup >= SPEEDUP_TARGET if args.new_tokens >= 256 else True,
-            f"speed-up {speedup:.1f}x (target >= {SPEEDUP_TARGET:g}x at 256 new tokens)",
-        ),
-        (torch.equal(cached, plain), "identical tokens with and without the cache"),
-    ]
-    status = print_verdicts(results)
-    if args.plot:
-        plot(t_cached, t_plain, args.prompt, args.plot)
-        print(f"saved {args.plot}")
-    return status
+    return run(
+        args.new_tokens, args.prompt, args.d_model, args.layers, args.threads, args.plot
+    ).status
 
 
 if __name__ == "__main__":

@@ -19,8 +19,13 @@ import time
 import torch
 
 from course.bench import (
+    Measurement,
+    Result,
+    Verdict,
+    by_point,
     label_lengths_axis,
     median_time,
+    plot_by_mechanism,
     print_verdicts,
     saved_figure,
     scaling_guides,
@@ -33,6 +38,8 @@ from course.reference.linear_attention import (
 
 SPEEDUP_TARGET = 10.0  # recurrent / chunked at L = 4096
 GROWTH_TARGET = 10.0  # chunked t(16k) / t(2k); linear is 8
+CHUNKED, RECURRENT, QUADRATIC = "chunked", "recurrent", "masked quadratic"
+EXTRAPOLATED = "extrapolated"
 
 
 def best_time(fn, *args, repeats: int, **kwargs) -> float:
@@ -56,7 +63,7 @@ def measure(
     recurrent_steps: int,
     quadratic_max: int,
 ) -> list:
-    """One row per L: (L, chunked s, recurrent s, recurrent extrapolated?, quadratic s or None).
+    """A Measurement (time) per form and L; the quadratic form only up to `quadratic_max`.
 
     Every chunked point is measured first, then the recurrent ones, then the quadratic ones: the
     quadratic form's gigabyte matrices would otherwise charge the next small measurements for
@@ -64,61 +71,79 @@ def measure(
     loop, whose thousands of steps average the noise out).
     """
     inputs = {L: [torch.randn(1, heads, L, head_dim) for _ in range(3)] for L in lengths}
-    chunked = {
-        L: best_time(causal_linear_attention_chunked, *inputs[L], chunk_size, repeats=repeats)
+
+    def row(mechanism, L, seconds, note=""):
+        return Measurement(
+            "linear_attention",
+            mechanism,
+            L,
+            seconds,
+            heads=heads,
+            head_dim=head_dim,
+            causal=True,
+            note=note,
+        )
+
+    rows = [
+        row(
+            CHUNKED,
+            L,
+            best_time(causal_linear_attention_chunked, *inputs[L], chunk_size, repeats=repeats),
+            f"chunk {chunk_size}",
+        )
         for L in lengths
-    }
-    recurrent = {}
+    ]
     for L in lengths:
         steps = min(L, recurrent_steps)
         q, k, v = (t[..., :steps, :] for t in inputs[L])
-        recurrent[L] = (
-            median_time(causal_linear_attention_recurrent, q, k, v, repeats=1, warmup=0) * L / steps
-        )
-    quadratic = {
-        L: best_time(
-            quadratic_linear_attention, *inputs[L], causal=True, repeats=repeats if L <= 4096 else 1
-        )
-        for L in lengths
-        if L <= quadratic_max
-    }
-    return [
-        (L, chunked[L], recurrent[L], min(L, recurrent_steps) < L, quadratic.get(L))
-        for L in lengths
-    ]
+        seconds = median_time(causal_linear_attention_recurrent, q, k, v, repeats=1, warmup=0)
+        rows.append(row(RECURRENT, L, seconds * L / steps, EXTRAPOLATED if steps < L else ""))
+    for L in lengths:
+        if L <= quadratic_max:
+            seconds = best_time(
+                quadratic_linear_attention,
+                *inputs[L],
+                causal=True,
+                repeats=repeats if L <= 4096 else 1,
+            )
+            rows.append(row(QUADRATIC, L, seconds))
+    return rows
 
 
 def table(rows) -> str:
+    point = by_point(rows)
     lines = [
         f"{'L':>6} {'chunked':>9} {'recurrent':>11} {'quadratic':>10} {'recurrent/chunked':>18}",
         f"{'':>6} {'(ms)':>9} {'(ms)':>11} {'(ms)':>10} {'':>18}",
     ]
-    for L, chunked, recurrent, extrapolated, quadratic in rows:
-        quad = f"{1e3 * quadratic:>10.1f}" if quadratic is not None else f"{'skipped':>10}"
+    for L in sorted({row.L for row in rows}):
+        chunked, recurrent, quadratic = (point.get((m, L)) for m in (CHUNKED, RECURRENT, QUADRATIC))
+        quad = f"{1e3 * quadratic.seconds:>10.1f}" if quadratic else f"{'skipped':>10}"
+        star = "*" if recurrent.note == EXTRAPOLATED else " "
         lines.append(
-            f"{L:>6} {1e3 * chunked:>9.1f} {1e3 * recurrent:>10.0f}{'*' if extrapolated else ' '} "
-            f"{quad} {recurrent / chunked:>18.1f}"
+            f"{L:>6} {1e3 * chunked.seconds:>9.1f} {1e3 * recurrent.seconds:>10.0f}{star} "
+            f"{quad} {recurrent.seconds / chunked.seconds:>18.1f}"
         )
-    if any(row[3] for row in rows):
+    if any(row.note == EXTRAPOLATED for row in rows):
         lines.append("* recurrent timed on its first tokens, per-step cost extrapolated to L")
     return "\n".join(lines)
 
 
 def verdicts(rows) -> list:
-    by_length = {row[0]: row for row in rows}
+    seconds = {(row.mechanism, row.L): row.seconds for row in rows}
     out = []
-    if 4096 in by_length:
-        speedup = by_length[4096][2] / by_length[4096][1]
+    if (CHUNKED, 4096) in seconds:
+        speedup = seconds[RECURRENT, 4096] / seconds[CHUNKED, 4096]
         out.append(
-            (
+            Verdict(
                 speedup >= SPEEDUP_TARGET,
                 f"chunked vs recurrent at L = 4096: {speedup:.1f}x faster (target >= {SPEEDUP_TARGET:g}x)",
             )
         )
-    if 16384 in by_length and 2048 in by_length:
-        growth = by_length[16384][1] / by_length[2048][1]
+    if (CHUNKED, 16384) in seconds and (CHUNKED, 2048) in seconds:
+        growth = seconds[CHUNKED, 16384] / seconds[CHUNKED, 2048]
         out.append(
-            (
+            Verdict(
                 growth <= GROWTH_TARGET,
                 f"chunked time growth t(16384) / t(2048) = {growth:.2f} (target <= {GROWTH_TARGET:g}, linear is 8)",
             )
@@ -126,18 +151,43 @@ def verdicts(rows) -> list:
     return out
 
 
-def plot(rows, path: str) -> None:
-
-    lengths = [row[0] for row in rows]
+def save_plot(rows, path) -> None:
+    lengths = sorted({row.L for row in rows})
     with saved_figure(path, figsize=(5.5, 3.8)) as figure:
         ax = figure.subplots()
-        ax.loglog(lengths, [r[1] * 1e3 for r in rows], "o-", label="chunked")
-        ax.loglog(lengths, [r[2] * 1e3 for r in rows], "o-", label="recurrent")
-        quad = [(r[0], r[4] * 1e3) for r in rows if r[4] is not None]
-        if quad:
-            ax.loglog(*zip(*quad), "o-", label="masked quadratic")
-        scaling_guides(ax, lengths, linear_from=rows[0][1] * 1e3)
+        y = plot_by_mechanism(ax, rows, "seconds", 1e3)
+        scaling_guides(ax, lengths, linear_from=y[CHUNKED][0])
         label_lengths_axis(ax, lengths, ylabel="time (ms)", title="causal linear attention, cpu")
+
+
+def run(
+    lengths=(1024, 2048, 4096, 8192, 16384),
+    heads: int = 1,
+    head_dim: int = 64,
+    chunk_size: int = 64,
+    repeats: int = 9,
+    recurrent_steps: int = 2048,
+    quadratic_max: int = 16384,
+    threads: int = 1,
+    plot=None,
+) -> Result:
+    """Measure, print the table and the verdicts, and save the plot to the file `plot` if given."""
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    print(
+        f"causal linear attention (elu + 1): batch 1, {heads} head(s), head_dim {head_dim}, "
+        f"chunk {chunk_size}, float32, cpu, {torch.get_num_threads()} threads"
+    )
+    rows = measure(
+        sorted(set(lengths)), heads, head_dim, chunk_size, repeats, recurrent_steps, quadratic_max
+    )
+    print(table(rows))
+    result = Result(rows, verdicts(rows))
+    print_verdicts(result.verdicts)
+    if plot:
+        save_plot(rows, plot)
+        print(f"plot saved to {plot}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -183,27 +233,17 @@ def main(argv=None) -> int:
         parser.error("lengths, --repeats, --chunk-size and --recurrent-steps must be >= 1")
     if args.threads < 1:
         parser.error("--threads must be >= 1")
-    torch.manual_seed(0)
-    torch.set_num_threads(args.threads)
-    print(
-        f"causal linear attention (elu + 1): batch 1, {args.heads} head(s), head_dim {args.head_dim}, "
-        f"chunk {args.chunk_size}, float32, cpu, {torch.get_num_threads()} threads"
-    )
-    rows = measure(
-        sorted(set(args.lengths)),
+    return run(
+        args.lengths,
         args.heads,
         args.head_dim,
         args.chunk_size,
         args.repeats,
         args.recurrent_steps,
         args.quadratic_max,
-    )
-    print(table(rows))
-    status = print_verdicts(verdicts(rows))
-    if args.plot:
-        plot(rows, args.plot)
-        print(f"plot saved to {args.plot}")
-    return status
+        args.threads,
+        args.plot,
+    ).status
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 import torch
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
-from course.bench import median_time, print_verdicts
+from course.bench import Measurement, Result, Verdict, median_time, print_verdicts
 from course.reference.mamba_scan import (
     linear_recurrence_chunked,
     linear_recurrence_parallel,
@@ -39,12 +39,25 @@ def relative_error(out, ref) -> float:
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-def measure(rows: int, L: int, chunk_size: int, repeats: int, device) -> list:
-    """(name, seconds, relative error) for the loop and the scans on (rows, L) float32 inputs."""
-    g = torch.Generator().manual_seed(0)
+def scan(mechanism, fn, rows: int, L: int, repeats: int, device, seed=0) -> Measurement:
+    """Time `fn` on (rows, L) float32 inputs and compare it with the float64 loop."""
+    g = torch.Generator().manual_seed(seed)
     a = (0.5 + 0.5 * torch.rand(rows, L, generator=g)).to(device)
     b = torch.randn(rows, L, generator=g).to(device)
     reference = linear_recurrence_sequential(a.double(), b.double())
+    return Measurement(
+        topic="mamba_scan",
+        mechanism=mechanism,
+        L=L,
+        seconds=median_time(fn, a, b, repeats=repeats),
+        error=relative_error(fn(a, b), reference),
+        batch=rows,
+        device=device.type,
+    )
+
+
+def measure(rows: int, L: int, chunk_size: int, repeats: int, device) -> list:
+    """A Measurement (time, relative error) for the loop and each scan; the loop first."""
     fns = [
         ("sequential loop", linear_recurrence_sequential),
         ("parallel scan", linear_recurrence_parallel),
@@ -52,23 +65,7 @@ def measure(rows: int, L: int, chunk_size: int, repeats: int, device) -> list:
     ]
     if device.type == "cuda":
         fns.append(("triton scan", linear_recurrence_triton))
-    return [
-        (name, median_time(fn, a, b, repeats=repeats), relative_error(fn(a, b), reference))
-        for name, fn in fns
-    ]
-
-
-def triton_row(device, rows: int, L: int):
-    """(label, seconds, relative error, bytes per second or None) for the Triton kernel."""
-    g = torch.Generator().manual_seed(1)
-    a = (0.5 + 0.5 * torch.rand(rows, L, generator=g)).to(device)
-    b = torch.randn(rows, L, generator=g).to(device)
-    seconds = median_time(linear_recurrence_triton, a, b, repeats=3)
-    error = relative_error(
-        linear_recurrence_triton(a, b), linear_recurrence_sequential(a.double(), b.double())
-    )
-    label = "triton (GPU)" if device.type == "cuda" else "triton (CPU interpreter)"
-    return f"{label}, {rows} x {L}", seconds, error
+    return [scan(name, fn, rows, L, repeats, device) for name, fn in fns]
 
 
 def copy_bandwidth(nbytes: int, device) -> float:
@@ -76,37 +73,84 @@ def copy_bandwidth(nbytes: int, device) -> float:
     return 2 * nbytes / median_time(torch.clone, x, repeats=10)  # read + write
 
 
-def table(rows_measured: dict, L: int) -> str:
+def table(measured: list) -> str:
+    """`measured`: one list per number of rows, the loop first."""
     lines = [f"{'rows':>5} {'method':>22} {'time (ms)':>10} {'speed-up':>9} {'rel. error':>11}"]
-    for rows, results in rows_measured.items():
-        loop = results[0][1]
-        for name, seconds, error in results:
+    for results in measured:
+        loop = results[0].seconds
+        for row in results:
             lines.append(
-                f"{rows:>5} {name:>22} {1e3 * seconds:>10.2f} {loop / seconds:>8.1f}x {error:>11.1e}"
+                f"{row.batch:>5} {row.mechanism:>22} {1e3 * row.seconds:>10.2f} "
+                f"{loop / row.seconds:>8.1f}x {row.error:>11.1e}"
             )
     return "\n".join(lines)
 
 
-def verdicts(rows_measured: dict, L: int) -> list:
+def verdicts(measured: list) -> list:
     out = []
-    for rows, results in rows_measured.items():
-        loop = results[0][1]
-        for name, seconds, error in results[1:3]:
-            speedup = loop / seconds
+    for results in measured:
+        loop = results[0].seconds
+        for row in results[1:3]:  # the parallel and chunked scans
+            speedup = loop / row.seconds
+            where = f"{row.mechanism}, {row.batch} x L = {row.L}"
             out.append(
-                (
+                Verdict(
                     speedup >= SPEEDUP_TARGET,
-                    f"{name}, {rows} x L = {L}: {speedup:.1f}x the loop (target >= {SPEEDUP_TARGET:g}x)",
+                    f"{where}: {speedup:.1f}x the loop (target >= {SPEEDUP_TARGET:g}x)",
                 )
             )
             out.append(
-                (
-                    error <= TOLERANCE,
-                    f"{name}, {rows} x L = {L}: relative error {error:.1e} against the float64 loop "
+                Verdict(
+                    row.error <= TOLERANCE,
+                    f"{where}: relative error {row.error:.1e} against the float64 loop "
                     f"(target <= {TOLERANCE:g})",
                 )
             )
     return out
+
+
+def run(
+    length: int = 4096,
+    rows=(16,),
+    chunk_size: int = 64,
+    repeats: int = 5,
+    threads: int = 1,
+    device="cpu",
+    triton_size=(4, 256),
+) -> Result:
+    """Time the loop and the scans for each number of rows, print the table, the Triton line
+    and the verdicts."""
+    device = torch.device(device)
+    torch.set_num_threads(threads)
+    print(
+        f"h_t = a_t h_(t-1) + b_t, float32, L = {length}, {device.type}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
+    measured = [measure(n, length, chunk_size, repeats, device) for n in rows]
+    print(table(measured))
+    result = Result([row for results in measured for row in results])
+    if device.type == "cuda":
+        widest = max(measured, key=lambda results: results[0].batch)
+        triton = next(row for row in widest if row.mechanism == "triton scan")
+        nbytes = 12 * triton.batch * length
+        print(
+            f"triton scan, {triton.batch} x {length}: {nbytes / triton.seconds / 1e9:.1f} GB/s "
+            f"moved; a plain copy on this card: {copy_bandwidth(nbytes, device) / 1e9:.1f} GB/s"
+        )
+    else:
+        # at its own small size: the interpreter runs the kernel in Python
+        triton = scan(
+            "triton (CPU interpreter)", linear_recurrence_triton, *triton_size, 3, device, 1
+        )
+        result.rows.append(triton)
+        print(
+            f"{triton.mechanism}, {triton.batch} x {triton.L}: {1e3 * triton.seconds:.1f} ms, "
+            f"relative error {triton.error:.1e} "
+            "(the interpreter runs the kernel in Python: not comparable with the rows above)"
+        )
+    result.verdicts = verdicts(measured)
+    print_verdicts(result.verdicts)
+    return result
 
 
 def main(argv=None) -> int:
@@ -153,32 +197,15 @@ def main(argv=None) -> int:
         or args.threads < 1
     ):
         parser.error("--length, --rows, --chunk-size, --repeats and --threads must be >= 1")
-    device = torch.device(args.device)
-    torch.set_num_threads(args.threads)
-    print(
-        f"h_t = a_t h_(t-1) + b_t, float32, L = {args.length}, {device.type}, "
-        f"{torch.get_num_threads()} thread(s)"
-    )
-    measured = {
-        rows: measure(rows, args.length, args.chunk_size, args.repeats, device)
-        for rows in args.rows
-    }
-    print(table(measured, args.length))
-    if device.type == "cuda":
-        rows = max(args.rows)
-        nbytes = 12 * rows * args.length
-        seconds = next(s for name, s, _ in measured[rows] if name == "triton scan")
-        print(
-            f"triton scan, {rows} x {args.length}: {nbytes / seconds / 1e9:.1f} GB/s moved; "
-            f"a plain copy on this card: {copy_bandwidth(nbytes, device) / 1e9:.1f} GB/s"
-        )
-    else:
-        label, seconds, error = triton_row(device, *args.triton_size)
-        print(
-            f"{label}: {1e3 * seconds:.1f} ms, relative error {error:.1e} "
-            "(the interpreter runs the kernel in Python: not comparable with the rows above)"
-        )
-    return print_verdicts(verdicts(measured, args.length))
+    return run(
+        args.length,
+        args.rows,
+        args.chunk_size,
+        args.repeats,
+        args.threads,
+        args.device,
+        args.triton_size,
+    ).status
 
 
 if __name__ == "__main__":

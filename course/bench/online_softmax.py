@@ -18,9 +18,14 @@ import sys
 import torch
 
 from course.bench import (
+    Measurement,
+    Result,
+    Verdict,
+    by_point,
     label_lengths_axis,
     median_time,
     peak_memory,
+    plot_by_mechanism,
     print_verdicts,
     saved_figure,
     scaling_guides,
@@ -31,6 +36,7 @@ from course.reference.online_softmax import flash_attention_torch, tiled_attenti
 MEMORY_TARGET = 0.25  # tiled peak / naive peak at L = 4096
 TARGET_LENGTH = 4096
 ERROR_TARGET = 1e-10  # float64 max abs error against the naive float64 reference
+NAIVE, TILED = "naive", "tiled"
 
 
 def naive(q, k, v):
@@ -38,8 +44,8 @@ def naive(q, k, v):
 
 
 def measure(lengths, heads: int, head_dim: int, block: int, repeats: int, device) -> list:
-    """One row per L: (L, time naive, time tiled, peak naive, peak tiled), seconds and bytes.
-    Every tiled point is measured before any naive one (see course.bench.sparse)."""
+    """A Measurement (time and peak memory) per mechanism and L. Every tiled point is measured
+    before any naive one (see course.bench.sparse)."""
     inputs = {
         L: [torch.randn(1, heads, L, head_dim, device=device) for _ in range(3)] for L in lengths
     }
@@ -47,16 +53,20 @@ def measure(lengths, heads: int, head_dim: int, block: int, repeats: int, device
     def tiled(q, k, v):
         return tiled_attention(q, k, v, block_q=block, block_k=block)[0]
 
-    rows_tiled = {
-        L: (median_time(tiled, *inputs[L], repeats=repeats), peak_memory(tiled, *inputs[L]))
-        for L in lengths
-    }
-    rows_naive = {
-        L: (median_time(naive, *inputs[L], repeats=repeats), peak_memory(naive, *inputs[L]))
-        for L in lengths
-    }
     return [
-        (L, rows_naive[L][0], rows_tiled[L][0], rows_naive[L][1], rows_tiled[L][1]) for L in lengths
+        Measurement(
+            topic="online_softmax",
+            mechanism=mechanism,
+            L=L,
+            seconds=median_time(fn, *inputs[L], repeats=repeats),
+            peak_bytes=peak_memory(fn, *inputs[L]),
+            heads=heads,
+            head_dim=head_dim,
+            device=device.type,
+            note=f"{block} x {block} tiles" if fn is tiled else "",
+        )
+        for mechanism, fn in [(TILED, tiled), (NAIVE, naive)]
+        for L in lengths
     ]
 
 
@@ -93,48 +103,74 @@ def correctness(device) -> list:
 
 
 def table(rows) -> str:
+    point = by_point(rows)
     lines = [
         f"{'L':>6} {'time naive':>11} {'time tiled':>11} {'peak naive':>11} {'peak tiled':>11} {'ratio':>7}",
         f"{'':>6} {'(ms)':>11} {'(ms)':>11} {'(MiB)':>11} {'(MiB)':>11} {'':>7}",
     ]
-    for L, t_naive, t_tiled, m_naive, m_tiled in rows:
+    for L in sorted({row.L for row in rows}):
+        naive, tiled = point[NAIVE, L], point[TILED, L]
         lines.append(
-            f"{L:>6} {1e3 * t_naive:>11.1f} {1e3 * t_tiled:>11.1f} {m_naive / 2**20:>11.2f} "
-            f"{m_tiled / 2**20:>11.2f} {m_tiled / m_naive:>7.3f}"
+            f"{L:>6} {1e3 * naive.seconds:>11.1f} {1e3 * tiled.seconds:>11.1f} "
+            f"{naive.peak_bytes / 2**20:>11.2f} {tiled.peak_bytes / 2**20:>11.2f} "
+            f"{tiled.peak_bytes / naive.peak_bytes:>7.3f}"
         )
     return "\n".join(lines)
 
 
 def verdicts(rows, errors) -> list:
-    by_length = {row[0]: row for row in rows}
-    judged = by_length.get(TARGET_LENGTH, by_length[max(by_length)])
-    ratio = judged[4] / judged[3]
-    out = [
-        (
+    point = by_point(rows)
+    lengths = {row.L for row in rows}
+    judged = TARGET_LENGTH if TARGET_LENGTH in lengths else max(lengths)
+    ratio = point[TILED, judged].peak_bytes / point[NAIVE, judged].peak_bytes
+    worst, worst_error = max(errors, key=lambda e: e[1])
+    return [
+        Verdict(
             ratio <= MEMORY_TARGET,
-            f"memory at L = {judged[0]}: tiled / naive = {ratio:.3f} (target <= {MEMORY_TARGET})",
-        )
-    ]
-    worst = max(errors, key=lambda e: e[1])
-    out.append(
-        (
-            worst[1] <= ERROR_TARGET,
+            f"memory at L = {judged}: tiled / naive = {ratio:.3f} (target <= {MEMORY_TARGET})",
+        ),
+        Verdict(
+            worst_error <= ERROR_TARGET,
             f"correctness (float64, forward and gradients, {len(errors)} cases): max abs error "
-            f"{worst[1]:.1e} at {worst[0]} (target <= {ERROR_TARGET:.0e})",
-        )
-    )
-    return out
+            f"{worst_error:.1e} at {worst} (target <= {ERROR_TARGET:.0e})",
+        ),
+    ]
 
 
-def plot(rows, path: str, block: int, device) -> None:
-    lengths = [row[0] for row in rows]
+def save_plot(rows, path, block: int, device) -> None:
+    lengths = sorted({row.L for row in rows})
     with saved_figure(path, figsize=(6, 3.8)) as figure:
         ax = figure.subplots()
-        naive_y, tiled_y = [row[3] / 2**20 for row in rows], [row[4] / 2**20 for row in rows]
-        ax.loglog(lengths, naive_y, "o-", label="naive")
-        ax.loglog(lengths, tiled_y, "o-", label=f"tiled ({block} x {block})")
-        scaling_guides(ax, lengths, quadratic_from=naive_y[0], linear_from=tiled_y[0])
+        y = plot_by_mechanism(ax, rows, "peak_bytes", 2**-20)
+        scaling_guides(ax, lengths, quadratic_from=y[NAIVE][0], linear_from=y[TILED][0])
         label_lengths_axis(ax, lengths, title=f"peak memory (MiB), {device.type}")
+
+
+def run(
+    lengths=(1024, 2048, 4096),
+    heads: int = 1,
+    head_dim: int = 64,
+    block: int = 128,
+    repeats: int = 3,
+    device="cpu",
+    plot=None,
+) -> Result:
+    """Measure, check correctness, print the table and the verdicts, and save the plot to the
+    file `plot` if given."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    print(
+        f"tiled ({block} x {block}) vs naive attention: batch 1, {heads} head(s), "
+        f"head_dim {head_dim}, float32, {device.type}, {torch.get_num_threads()} threads"
+    )
+    rows = measure(sorted(set(lengths)), heads, head_dim, block, repeats, device)
+    print(table(rows))
+    result = Result(rows, verdicts(rows, correctness(device)))
+    print_verdicts(result.verdicts)
+    if plot:
+        save_plot(rows, plot, block, device)
+        print(f"plot saved to {plot}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -171,22 +207,9 @@ def main(argv=None) -> int:
         or args.repeats < 1
     ):
         parser.error("lengths, --heads, --head-dim, --block and --repeats must be >= 1")
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    print(
-        f"tiled ({args.block} x {args.block}) vs naive attention: batch 1, {args.heads} head(s), "
-        f"head_dim {args.head_dim}, float32, {device.type}, {torch.get_num_threads()} threads"
-    )
-    rows = measure(
-        sorted(set(args.lengths)), args.heads, args.head_dim, args.block, args.repeats, device
-    )
-    print(table(rows))
-    errors = correctness(device)
-    status = print_verdicts(verdicts(rows, errors))
-    if args.plot:
-        plot(rows, args.plot, args.block, device)
-        print(f"plot saved to {args.plot}")
-    return status
+    return run(
+        args.lengths, args.heads, args.head_dim, args.block, args.repeats, args.device, args.plot
+    ).status
 
 
 if __name__ == "__main__":

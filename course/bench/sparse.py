@@ -17,9 +17,14 @@ import sys
 import torch
 
 from course.bench import (
+    Measurement,
+    Result,
+    Verdict,
+    by_point,
     label_lengths_axis,
     median_time,
     peak_memory,
+    plot_by_mechanism,
     print_verdicts,
     saved_figure,
     scaling_guides,
@@ -29,6 +34,7 @@ from course.reference.sparse import sliding_window_attention, sliding_window_mas
 
 MEMORY_TARGET = 0.1  # sliding peak / dense peak at the longest L
 TIME_TARGET = 5.0  # t(longest) / t(longest / 4) for the sliding version
+DENSE, SLIDING = "dense masked", "sliding window"
 
 
 def dense_masked(q, k, v, window: int) -> torch.Tensor:
@@ -37,7 +43,7 @@ def dense_masked(q, k, v, window: int) -> torch.Tensor:
 
 
 def measure(lengths, window: int, heads: int, head_dim: int, repeats: int, device) -> list:
-    """One row per L: (L, time dense, time sliding, peak dense, peak sliding), seconds and bytes.
+    """A Measurement (time and peak memory) per mechanism and L.
 
     Every sliding-window point is measured before any dense one: after dense attention has freed
     its gigabytes, the next allocations fault in fresh pages, and the small, fast sliding version
@@ -46,78 +52,100 @@ def measure(lengths, window: int, heads: int, head_dim: int, repeats: int, devic
     inputs = {
         L: [torch.randn(1, heads, L, head_dim, device=device) for _ in range(3)] for L in lengths
     }
-    sliding = {
-        L: (
-            median_time(sliding_window_attention, *inputs[L], window, repeats=repeats),
-            peak_memory(sliding_window_attention, *inputs[L], window),
+    return [
+        Measurement(
+            topic="sparse",
+            mechanism=mechanism,
+            L=L,
+            seconds=median_time(fn, *inputs[L], window, repeats=repeats),
+            peak_bytes=peak_memory(fn, *inputs[L], window),
+            heads=heads,
+            head_dim=head_dim,
+            device=device.type,
+            note=f"window {window}",
         )
+        for mechanism, fn in [(SLIDING, sliding_window_attention), (DENSE, dense_masked)]
         for L in lengths
-    }
-    dense = {
-        L: (
-            median_time(dense_masked, *inputs[L], window, repeats=repeats),
-            peak_memory(dense_masked, *inputs[L], window),
-        )
-        for L in lengths
-    }
-    return [(L, dense[L][0], sliding[L][0], dense[L][1], sliding[L][1]) for L in lengths]
+    ]
 
 
 def table(rows) -> str:
+    point = by_point(rows)
     lines = [
         f"{'L':>6} {'time dense':>11} {'time sliding':>13} {'peak dense':>11} "
         f"{'peak sliding':>13} {'ratio':>7}",
         f"{'':>6} {'(ms)':>11} {'(ms)':>13} {'(MiB)':>11} {'(MiB)':>13} {'':>7}",
     ]
-    for L, t_dense, t_sliding, m_dense, m_sliding in rows:
+    for L in sorted({row.L for row in rows}):
+        dense, sliding = point[DENSE, L], point[SLIDING, L]
         lines.append(
-            f"{L:>6} {1e3 * t_dense:>11.1f} {1e3 * t_sliding:>13.1f} {m_dense / 2**20:>11.1f} "
-            f"{m_sliding / 2**20:>13.1f} {m_sliding / m_dense:>7.3f}"
+            f"{L:>6} {1e3 * dense.seconds:>11.1f} {1e3 * sliding.seconds:>13.1f} "
+            f"{dense.peak_bytes / 2**20:>11.1f} {sliding.peak_bytes / 2**20:>13.1f} "
+            f"{sliding.peak_bytes / dense.peak_bytes:>7.3f}"
         )
     return "\n".join(lines)
 
 
 def verdicts(rows) -> list:
-    """(passed, line) for each target that these lengths can judge."""
-    by_length = {row[0]: row for row in rows}
-    longest = by_length[max(by_length)]
-    out = []
-    ratio = longest[4] / longest[3]
-    out.append(
-        (
+    """A Verdict for each target that these lengths can judge."""
+    point = by_point(rows)
+    longest = max(row.L for row in rows)
+    ratio = point[SLIDING, longest].peak_bytes / point[DENSE, longest].peak_bytes
+    out = [
+        Verdict(
             ratio <= MEMORY_TARGET,
-            f"memory at L = {longest[0]}: sliding / dense = {ratio:.3f} (target <= {MEMORY_TARGET})",
+            f"memory at L = {longest}: sliding / dense = {ratio:.3f} (target <= {MEMORY_TARGET})",
         )
-    )
-    quarter = by_length.get(longest[0] // 4)
+    ]
+    quarter = point.get((SLIDING, longest // 4))
     if quarter is not None:
-        growth = longest[2] / quarter[2]
+        growth = point[SLIDING, longest].seconds / quarter.seconds
         out.append(
-            (
+            Verdict(
                 growth <= TIME_TARGET,
-                f"time growth of sliding, t({longest[0]}) / t({quarter[0]}) = {growth:.2f} "
+                f"time growth of sliding, t({longest}) / t({quarter.L}) = {growth:.2f} "
                 f"(target <= {TIME_TARGET:g}, linear is 4)",
             )
         )
     return out
 
 
-def plot(rows, path: str, window: int, device) -> None:
-
-    lengths = [row[0] for row in rows]
+def save_plot(rows, path, window: int, device) -> None:
+    lengths = sorted({row.L for row in rows})
     with saved_figure(path, figsize=(10, 3.8)) as figure:
-        for ax, (dense, sliding), scale, title in zip(
+        for ax, (quantity, scale, title) in zip(
             figure.subplots(1, 2),
-            [(1, 2), (3, 4)],
-            [1e3, 2**-20],
-            ["time (ms)", "peak memory (MiB)"],
+            [("seconds", 1e3, "time (ms)"), ("peak_bytes", 2**-20, "peak memory (MiB)")],
         ):
-            dense_y = [row[dense] * scale for row in rows]
-            sliding_y = [row[sliding] * scale for row in rows]
-            ax.loglog(lengths, dense_y, "o-", label="dense masked")
-            ax.loglog(lengths, sliding_y, "o-", label="sliding window")
-            scaling_guides(ax, lengths, quadratic_from=dense_y[0], linear_from=sliding_y[0])
+            y = plot_by_mechanism(ax, rows, quantity, scale)
+            scaling_guides(ax, lengths, quadratic_from=y[DENSE][0], linear_from=y[SLIDING][0])
             label_lengths_axis(ax, lengths, title=f"{title}, window {window}, {device.type}")
+
+
+def run(
+    lengths=(1024, 2048, 4096, 8192, 16384),
+    window: int = 256,
+    heads: int = 1,
+    head_dim: int = 64,
+    repeats: int = 5,
+    device="cpu",
+    plot=None,
+) -> Result:
+    """Measure, print the table and the verdicts, and save the plot to the file `plot` if given."""
+    device = torch.device(device)
+    torch.manual_seed(0)
+    print(
+        f"sliding window {window} vs dense masked attention: batch 1, {heads} head(s), "
+        f"head_dim {head_dim}, float32, {device.type}, {torch.get_num_threads()} threads"
+    )
+    rows = measure(sorted(set(lengths)), window, heads, head_dim, repeats, device)
+    print(table(rows))
+    result = Result(rows, verdicts(rows))
+    print_verdicts(result.verdicts)
+    if plot:
+        save_plot(rows, plot, window, device)
+        print(f"plot saved to {plot}")
+    return result
 
 
 def main(argv=None) -> int:
@@ -145,21 +173,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if min(args.lengths) < 1 or args.window < 1 or args.repeats < 1:
         parser.error("lengths, --window and --repeats must be >= 1")
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    print(
-        f"sliding window {args.window} vs dense masked attention: batch 1, {args.heads} head(s), "
-        f"head_dim {args.head_dim}, float32, {device.type}, {torch.get_num_threads()} threads"
-    )
-    rows = measure(
-        sorted(set(args.lengths)), args.window, args.heads, args.head_dim, args.repeats, device
-    )
-    print(table(rows))
-    status = print_verdicts(verdicts(rows))
-    if args.plot:
-        plot(rows, args.plot, args.window, device)
-        print(f"plot saved to {args.plot}")
-    return status
+    return run(
+        args.lengths, args.window, args.heads, args.head_dim, args.repeats, args.device, args.plot
+    ).status
 
 
 if __name__ == "__main__":

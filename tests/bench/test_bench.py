@@ -83,11 +83,49 @@ def test_benchmark_script_runs_on_tiny_sizes(tmp_path, capsys):
     assert (tmp_path / "p.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_print_verdicts_prints_each_target_and_fails_if_any_failed(capsys):
-    from course.bench import print_verdicts
+def test_a_topic_run_returns_named_measurements_and_verdicts(capsys):
+    from course.bench.sparse import run
 
-    assert print_verdicts([(True, "fast enough"), (True, "small enough")]) == 0
-    assert print_verdicts([(True, "fast enough"), (False, "small enough")]) == 1
+    result = run(lengths=[64, 128], window=8, repeats=1, head_dim=8)
+    assert "peak dense" in capsys.readouterr().out
+    assert {(row.mechanism, row.L) for row in result.rows} == {
+        (mechanism, L) for mechanism in ("dense masked", "sliding window") for L in (64, 128)
+    }
+    assert all(
+        row.topic == "sparse" and row.seconds > 0 and row.peak_bytes > 0 for row in result.rows
+    )
+    assert result.verdicts[0].target.startswith("memory at L = 128")
+    assert result.status == (0 if all(v.passed for v in result.verdicts) else 1)
+
+
+def test_records_are_written_as_csv_and_json(tmp_path):
+    import csv
+    import json
+
+    from course.bench import Measurement, Verdict
+    from course.bench.records import write_csv, write_json
+
+    rows = [Measurement("sparse", "dense masked", 64, seconds=0.5, peak_bytes=10)]
+    write_csv(rows, tmp_path / "r.csv")
+    write_json(rows, [("sparse", Verdict(True, "small enough"))], tmp_path / "r.json")
+    with open(tmp_path / "r.csv", newline="") as file:
+        (line,) = csv.DictReader(file)
+    assert (line["mechanism"], line["L"], line["peak_bytes"], line["error"]) == (
+        "dense masked",
+        "64",
+        "10",
+        "",
+    )
+    document = json.loads((tmp_path / "r.json").read_text())
+    assert document["rows"][0]["seconds"] == 0.5 and document["rows"][0]["error"] is None
+    assert document["verdicts"] == [{"topic": "sparse", "passed": True, "target": "small enough"}]
+
+
+def test_print_verdicts_prints_each_target_and_fails_if_any_failed(capsys):
+    from course.bench import Verdict, print_verdicts
+
+    assert print_verdicts([Verdict(True, "fast enough"), Verdict(True, "small enough")]) == 0
+    assert print_verdicts([Verdict(True, "fast enough"), Verdict(False, "small enough")]) == 1
     assert capsys.readouterr().out.splitlines()[-2:] == ["PASS: fast enough", "FAIL: small enough"]
 
 

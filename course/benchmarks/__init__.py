@@ -1,1 +1,0 @@
-"""Benchmark scripts, run as modules: `python -m course.bench.sparse --help`."""
