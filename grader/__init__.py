@@ -46,7 +46,7 @@ def run_exercise(
 
 def _record(assignment: str, report: Report) -> None:
     """Under `python -m grader autograde --workers`, hand the verdicts to the autograder
-    (grader/autograde/execute.py collects them after each graded cell, for feedback and the class report)."""
+    (grader/autograde/kernel_side.py collects them after each graded cell, for feedback and the class report)."""
     state = sys.modules.get("_grader_state")
     if state is not None:
         state.reports.append({"assignment": assignment, **dataclasses.asdict(report)})

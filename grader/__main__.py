@@ -209,7 +209,7 @@ def run_parallel_autograde(root, args) -> int:
         f"{args.workers} workers ({seconds / max(len(results), 1):.1f} s each); "
         f"{len(results) - len(failed)} ok, {len(failed)} failed or stopped at a limit, "
         f"{len(tampered)} with tampering or shortcuts; {len(done['skipped'])} already graded "
-        f"(skipped{'' if done['skipped'] else ''}). Records: feedback/.grader/{args.assignment}/"
+        f"(skipped). Records: feedback/.grader/{args.assignment}/"
     )
     return min(len(failed), 125)
 

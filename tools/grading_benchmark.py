@@ -7,8 +7,8 @@
 Prints a table: seconds in all and per submission for each mode, the speed-up, whether every
 grade is identical, and where the time goes (kernel start, imports of torch and the grader, the
 graded check cells, other cells, and nbgrader's own work around them), from the records of the
-parallel run. The class mixes correct, partial and broken submissions from grader/corpus.
-Submissions drop the notebook's ungraded explorer and benchmark cells (as grader/corpus does)
+parallel run. The class mixes correct, partial and broken submissions from tools/corpus.
+Submissions drop the notebook's ungraded explorer and benchmark cells (as tools/corpus does)
 unless --full-notebooks.
 """
 

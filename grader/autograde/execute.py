@@ -14,12 +14,14 @@ Tamper watch: before the first cell the kernel snapshots the grader's modules, t
 torch.nn.functional, torch.Tensor and builtins. Before every graded cell it compares them with the
 snapshot, puts back whatever the student's cells replaced (so the test cell runs the real checks),
 rebinds `check` to the grader's own, and reports each change. After every graded cell it collects
-the structured verdicts of the checks that ran (for feedback and the class report).
+the structured verdicts of the checks that ran (for feedback and the class report). The code the
+kernel runs for this is kernel_side.py's.
 
 Everything found is written as JSON to `record_path` for the caller.
 """
 
 import ast
+import inspect
 import json
 import sys
 import time
@@ -30,84 +32,14 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Integer, Unicode
 
-# Run by the kernel before the first cell: the snapshot the tamper watch compares against.
-PRELUDE = r"""
-def __grader_prelude():
-    import builtins, sys, types
-    import torch, torch.nn.functional
-    import grader, grader.harness.checking, grader.harness.guard, grader.suites
-    state = types.ModuleType("_grader_state")
-    state.reports = []
-    names = ["builtins", "torch", "torch.nn.functional", "torch.testing"] + sorted(
-        n for n in sys.modules if n == "grader" or n.startswith("grader."))
-    state.modules = {n: sys.modules[n] for n in names if n in sys.modules}
-    watched = dict(state.modules)
-    watched["torch.Tensor"] = torch.Tensor
-    for n, m in list(state.modules.items()):
-        if n.startswith("grader"):
-            for k, v in list(vars(m).items()):
-                if isinstance(v, type) and getattr(v, "__module__", "") == n:
-                    watched[f"{n}.{k}"] = v
-    state.watched = watched
-    # IPython swaps these builtins in and out around every execution
-    managed = {"input", "get_ipython", "display", "exit", "quit", "help", "breakpoint",
-               "copyright", "credits", "license", "getpass", "raw_input"}
-    def snap(obj):
-        out = {}
-        for key, value in list(vars(obj).items()):
-            if (key.startswith("__") and key != "__init__") or not callable(value):
-                continue
-            if obj is builtins and key in managed:
-                continue
-            out[key] = (value, getattr(value, "__code__", None))
-        return out
-    state.snapshot = {n: snap(o) for n, o in watched.items()}
-    state.exercises = {}
-    for n, m in state.modules.items():
-        for ex_name, ex in getattr(m, "EXERCISES", {}).items() if n.startswith("grader.suites.") else ():
-            state.exercises[(n, ex_name)] = (ex, list(ex.checks), dict(ex.forbidden))
-    state.check = grader.check
-    sys.modules["_grader_state"] = state
-__grader_prelude()
-del __grader_prelude
-"""
+from grader.autograde import kernel_side
 
-# Run before each graded cell: put back what was replaced; the expression below reports it.
-RESET = r"""
-def __grader_reset():
-    import sys, json
-    state = sys.modules["_grader_state"]
-    found = []
-    for name, module in state.modules.items():
-        if sys.modules.get(name) is not module:
-            found.append(f"replaced the module {name} in sys.modules")
-            sys.modules[name] = module
-    for name, obj in state.watched.items():
-        for key, (value, code) in state.snapshot[name].items():
-            now = vars(obj).get(key, None)
-            if now is not value:
-                found.append(f"replaced {name}.{key}")
-                setattr(obj, key, value)
-            elif code is not None and getattr(value, "__code__", None) is not code:
-                found.append(f"rewrote the code of {name}.{key}")
-                value.__code__ = code
-    for (name, ex_name), (ex, checks, forbidden) in state.exercises.items():
-        if list(ex.checks) != checks or dict(ex.forbidden) != forbidden:
-            found.append(f"changed the checks of {ex_name} in {name}")
-            ex.checks[:] = checks
-            ex.forbidden.clear()
-            ex.forbidden.update(forbidden)
-    ns = get_ipython().user_ns
-    if "check" in ns and ns["check"] is not state.check:
-        found.append("redefined check()")
-    ns["check"] = state.check
-    state.reports.clear()
-    return json.dumps(found)
-"""
 
-COLLECT = (
-    'json.dumps(sys.modules["_grader_state"].reports) if "_grader_state" in sys.modules else "[]"'
-)
+def kernel_definition(function) -> str:
+    """The source of kernel_side's `function`, renamed __grader_NAME: it is defined in the
+    notebook's own namespace, where a plain name could replace one of the student's."""
+    source = inspect.getsource(function)
+    return source.replace(f"def {function.__name__}(", f"def __grader_{function.__name__}(", 1)
 
 
 def rlimit_command(command: list, memory_bytes: int) -> list:
@@ -163,10 +95,16 @@ class LimitedExecute(Execute):
             timeout = min(timeout, max(1, int(self._deadline - time.monotonic()) + 1))
         return timeout
 
-    def _silent(self, code: str, expression: str):
-        """Run `code` in the kernel, unseen, and return the value of `expression` (a JSON string)."""
+    def _kernel_call(self, function, arguments: str = ""):
+        """Define kernel_side's `function` in the kernel and call it there with `arguments` (an
+        expression the kernel evaluates), unseen; return what it returned (decoded JSON), or None
+        if it failed."""
+        name = f"__grader_{function.__name__}"
         msg_id = self.kc.execute(
-            code, silent=True, store_history=False, user_expressions={"out": expression}
+            kernel_definition(function),
+            silent=True,
+            store_history=False,
+            user_expressions={"out": f"{name}({arguments})"},
         )
         reply = self.wait_for_reply(msg_id)
         if reply is None:
@@ -270,7 +208,7 @@ class LimitedExecute(Execute):
 
     def _run(self, record, resources):
         began = time.monotonic()
-        prelude = self._silent(PRELUDE, '"[]"')
+        prelude = self._kernel_call(kernel_side.snapshot)
         record["seconds"]["imports"] += time.monotonic() - began  # torch and the grader
         if prelude is None:
             raise RuntimeError("the grader could not be imported in the kernel")
@@ -288,7 +226,7 @@ class LimitedExecute(Execute):
                 return
             if graded:
                 watch = time.monotonic()
-                found = self._silent(RESET, "__grader_reset()")
+                found = self._kernel_call(kernel_side.reset, "get_ipython().user_ns")
                 record["seconds"]["watch"] += time.monotonic() - watch
                 for what in found or []:
                     record["tamper"].append(
@@ -338,7 +276,7 @@ class LimitedExecute(Execute):
                 return
             if graded:
                 watch = time.monotonic()
-                reports = self._silent("import json, sys", COLLECT)
+                reports = self._kernel_call(kernel_side.collected_reports)
                 record["seconds"]["watch"] += time.monotonic() - watch
                 if reports:
                     record["reports"][name] = reports

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import nbformat
 from nbgrader.api import Gradebook, MissingEntry
+from tqdm import tqdm
 from traitlets.config import Config
 from traitlets.config.loader import PyFileConfigLoader
 
@@ -544,30 +545,29 @@ def done_students(root: Path, assignment: str, url: str, cid: str) -> set:
     return have & rows
 
 
-class Progress:
-    def __init__(self, total: int, stream, width: int = 30):
-        self.total, self.stream, self.width = total, stream, width
-        self.done = self.failed = 0
-        self.started = time.monotonic()
+class ProgressBar(tqdm):
+    # tqdm's monitor thread could hold stderr's lock at the moment the pool forks a worker,
+    # which would then hang on its first write; the bar is redrawn at every result anyway
+    monitor_interval = 0
 
-    def update(self, result=None):
-        if result is not None:
-            self.done += 1
-            self.failed += result["status"] != "graded"
-        filled = int(self.width * self.done / max(self.total, 1))
-        elapsed = time.monotonic() - self.started
-        eta = elapsed / self.done * (self.total - self.done) if self.done else 0
-        who = f" {result['student']}" if result is not None else ""
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total}"
-            f" graded, {self.failed} failed, {elapsed:.0f}s elapsed, ~{eta:.0f}s left"
-            f"{who[:24]:<25}"
-        )
-        self.stream.flush()
 
-    def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
+def progress_bar(total: int, stream):
+    """A tqdm bar on `stream` (none if None): submissions graded, how many failed, time spent and
+    left, and who was graded last. Shown on a file or a pipe too, where the last state stays."""
+    return ProgressBar(
+        total=total,
+        file=stream,
+        disable=stream is None,
+        bar_format="[{bar:30}] {n_fmt}/{total_fmt} graded{postfix}, {elapsed} elapsed, "
+        "~{remaining} left",
+    )
+
+
+def advance(progress, results: list) -> None:
+    """Show on the bar the result just recorded, the last of `results`."""
+    failed = sum(r["status"] != "graded" for r in results)
+    progress.set_postfix_str(f"{failed} failed, {results[-1]['student'][:24]}", refresh=False)
+    progress.update()
 
 
 def _kill_group(process):
@@ -640,7 +640,7 @@ def _run_pool(
     root, template, assignment, sources, limits, scratch, todo, workers, url, cid, stream
 ):
     context = multiprocessing.get_context("fork")
-    progress = Progress(len(todo), stream) if stream is not None else None
+    progress = progress_bar(len(todo), stream)
     queue = list(todo)
     pool = {}  # connection -> [process, student or None, deadline]
     hard = (limits.wall_limit or 10**6) + GRACE
@@ -675,8 +675,11 @@ def _run_pool(
             pool[conn][1:] = [None, None]
 
     results = []
-    if progress:
-        progress.update()
+
+    def finish(result):
+        results.append(record(root, assignment, result, url, cid))
+        advance(progress, results)
+
     try:
         for i in range(workers):
             give(spawn(i))
@@ -704,9 +707,7 @@ def _run_pool(
                     del pool[conn]
                     conn = spawn(n)
                     n += 1
-                results.append(record(root, assignment, result, url, cid))
-                if progress:
-                    progress.update(result)
+                finish(result)
                 give(conn)
             for conn, (process, student, deadline) in list(pool.items()):
                 if student and time.monotonic() > deadline:
@@ -724,9 +725,7 @@ def _run_pool(
                         "seconds": {},
                         "reason": f"grading took longer than {hard} s and was killed",
                     }
-                    results.append(record(root, assignment, result, url, cid))
-                    if progress:
-                        progress.update(result)
+                    finish(result)
                     new = spawn(n)
                     n += 1
                     give(new)
@@ -740,6 +739,5 @@ def _run_pool(
             process.join(5 if not student else 0.1)
             if process.is_alive():
                 _kill_group(process)
-        if progress:
-            progress.close()
+        progress.close()
     return results

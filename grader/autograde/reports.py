@@ -2,7 +2,8 @@
 (feedback/.grader/ASSIGNMENT/STUDENT.json) and the gradebook's scores.
 
 Nothing here reads or shows the source of a test cell: a student's page lists each graded cell's
-points and each check's verdict, message and hint, which is all the checks print.
+points and each check's verdict, message and hint, which is all the checks print. The pages are
+Jinja2 templates (templates/*.html.j2), autoescaped: a name or a message is shown, never run.
 """
 
 import base64
@@ -14,7 +15,9 @@ import json
 import re
 from pathlib import Path
 
+import jinja2
 import nbformat
+from markupsafe import Markup
 from nbgrader.api import Gradebook, MissingEntry
 
 from grader.autograde import parallel
@@ -89,61 +92,36 @@ def write_csv(root: Path, assignment: str, to: Path) -> Path:
     return Path(to)
 
 
-# ----------------------------------------------------------------------------- per student
+# ----------------------------------------------------------------------------- pages
 
-STYLE = """<style>body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
-vertical-align:top}.ok{color:#070}.bad{color:#b00}.hint{color:#555}code{background:#f4f4f4}</style>"""
+
+def escape(value) -> Markup:
+    """Autoescaping as the pages always escaped: the standard library's html.escape (a quote as
+    &#x27;, where markupsafe would write &#39;)."""
+    return value if isinstance(value, Markup) else Markup(html.escape(str(value)))
+
+
+PAGES = jinja2.Environment(
+    loader=jinja2.PackageLoader("grader.autograde"),  # grader/autograde/templates/
+    autoescape=jinja2.select_autoescape(["html.j2"]),
+    finalize=escape,
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
 
 
 def student_html(student: str, assignment: str, record: dict, scores: dict) -> str:
-    e = html.escape
-    total = sum(s or 0 for s, _ in scores.values())
-    maximum = sum(m or 0 for _, m in scores.values())
-    parts = [
-        f"<!doctype html><meta charset='utf-8'><title>{e(assignment)}: {e(student)}</title>",
-        STYLE,
-        f"<h1>{e(assignment)}: {e(student)}</h1>",
-        f"<p><b>Score: {total:g} / {maximum:g}</b></p>",
-    ]
-    if record.get("reason"):
-        parts.append(
-            f"<p class='bad'>Grading stopped: {e(record['reason'])}. Cells graded before "
-            "that kept their points.</p>"
-        )
-    for note in record.get("notes", []):
-        parts.append(f"<p class='hint'>Note: {e(note)}</p>")
-    reports = record.get("reports", {})
-    parts.append("<table><tr><th>graded cell</th><th>points</th><th>checks</th></tr>")
-    for cell, (score, maximum) in scores.items():
-        rows = []
-        for report in reports.get(cell, []):
-            kind = f"hidden checks, seed {report['seed']}" if report["hidden"] else "checks"
-            rows.append(f"<div><i>{e(report['exercise'])}: {e(kind)}</i></div>")
-            for result in report["results"]:
-                if result["passed"]:
-                    rows.append(f"<div class='ok'>✓ {e(result['check'])}</div>")
-                else:
-                    rows.append(
-                        f"<div class='bad'>✗ {e(result['check'])}<br>&nbsp;&nbsp;"
-                        f"{e(result['message'])}</div>"
-                    )
-                    if result["hint"]:
-                        rows.append(
-                            f"<div class='hint'>&nbsp;&nbsp;hint: {e(result['hint'])}</div>"
-                        )
-        if not rows:
-            rows.append("<div class='hint'>no check verdicts recorded for this cell</div>")
-        parts.append(
-            f"<tr><td><code>{e(cell)}</code></td><td>{(score or 0):g} / {(maximum or 0):g}"
-            f"</td><td>{''.join(rows)}</td></tr>"
-        )
-    parts.append("</table>")
-    if record.get("tamper"):
-        parts.append("<h2>Reported to your instructor</h2><ul>")
-        parts += [f"<li>{e(t['what'])} (cell {e(t['cell'])})</li>" for t in record["tamper"]]
-        parts.append("</ul>")
-    return "\n".join(parts)
+    """One student's checks.html: points and the checks' verdicts per graded cell, the notes and
+    what was reported to the instructor."""
+    return PAGES.get_template("checks.html.j2").render(
+        student=student,
+        assignment=assignment,
+        record=record,
+        scores=scores,
+        total=sum(s or 0 for s, _ in scores.values()),
+        maximum=sum(m or 0 for _, m in scores.values()),
+    )
 
 
 # ----------------------------------------------------------------------------- class report
@@ -202,54 +180,24 @@ def plot_png(rows: list, scores: list) -> bytes:
 
 
 def class_html(assignment: str, records: dict, table: dict, png: bytes) -> str:
-    e = html.escape
-    rows = failing_checks(records)
+    """The class report: the checks that fail most with the hints students got, the plot, the
+    submissions not graded to the end, and every tampering or shortcut found."""
     totals = {s: sum(v or 0 for v, _ in g.values()) for s, g in table.items()}
-    maximum = max((sum(m or 0 for _, m in g.values()) for g in table.values()), default=0)
-    parts = [
-        f"<!doctype html><meta charset='utf-8'><title>{e(assignment)}: class report</title>",
-        STYLE,
-        f"<h1>{e(assignment)}: class report</h1>",
-        f"<p>{len(table)} students in the gradebook; mean score "
-        f"{(sum(totals.values()) / max(len(totals), 1)):.2f} / {maximum:g}.</p>",
-        f"<img alt='checks that fail most, and scores' src='data:image/png;base64,"
-        f"{base64.b64encode(png).decode()}'>",
-        "<h2>Checks that fail most</h2><table><tr><th>exercise</th><th>check</th>"
-        "<th>failed</th><th>hints students got</th></tr>",
+    failing = [
+        (exercise, check, failed, ran, sorted(hints.items(), key=lambda kv: -kv[1]))
+        for exercise, check, failed, ran, hints in failing_checks(records)
+        if failed
     ]
-    for exercise, check, failed, ran, hints in rows:
-        if not failed:
-            continue
-        given = "<br>".join(
-            f"{e(h)} <span class='hint'>({n})</span>"
-            for h, n in sorted(hints.items(), key=lambda kv: -kv[1])
-        )
-        parts.append(
-            f"<tr><td>{e(exercise)}</td><td>{e(check)}</td><td>{failed} / {ran}</td>"
-            f"<td>{given}</td></tr>"
-        )
-    parts.append(
-        "</table><h2>Submissions not graded to the end</h2><table><tr><th>student</th>"
-        "<th>status</th><th>score</th><th>reason</th></tr>"
+    return PAGES.get_template("class_report.html.j2").render(
+        assignment=assignment,
+        students=len(table),
+        mean=sum(totals.values()) / max(len(totals), 1),
+        maximum=max((sum(m or 0 for _, m in g.values()) for g in table.values()), default=0),
+        png_base64=base64.b64encode(png).decode(),
+        failing=failing,
+        records=sorted(records.items()),
+        totals=totals,
     )
-    for student, record in sorted(records.items()):
-        if record.get("status") != "graded":
-            parts.append(
-                f"<tr><td>{e(student)}</td><td>{e(record['status'])}</td>"
-                f"<td>{totals.get(student, 0):g}</td><td>{e(record.get('reason', ''))}</td></tr>"
-            )
-    parts.append(
-        "</table><h2>Tampering and shortcuts</h2><table><tr><th>student</th><th>cell</th>"
-        "<th>kind</th><th>what</th></tr>"
-    )
-    for student, record in sorted(records.items()):
-        for t in record.get("tamper", []):
-            parts.append(
-                f"<tr><td>{e(student)}</td><td><code>{e(t['cell'])}</code></td>"
-                f"<td>{e(t['kind'])}</td><td>{e(t['what'])}</td></tr>"
-            )
-    parts.append("</table>")
-    return "\n".join(parts)
 
 
 def write_all(root: Path, assignment: str, csv_path: Path = None) -> dict:
