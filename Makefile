@@ -1,6 +1,6 @@
 # Attention from Scratch: two commands, both idempotent.
 #   make course   set up .venv, then open the course in JupyterLab (prints the URL)
-#   make test     set up .venv, then run the test suite
+#   make test     set up .venv, then check formatting and lint and run the test suite (what CI runs)
 #   make explorer the Attention Explorer: every heatmap explorer on one page (Voilà, 127.0.0.1)
 # .venv is (re)installed only when pyproject.toml changes.
 
@@ -16,8 +16,16 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 course: $(VENV)/installed
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/exercises $(ALLOW_ROOT)
 
+# Chromium for the browser tests where it can be installed (else one line says why they skip);
+# then formatting and lint, which read their scope and excludes (notebooks, the generated
+# release) from pyproject.toml; then the tests on up to TEST_WORKERS cores (pytest-xdist; the
+# tests that must not run at once are grouped in tests/conftest.py).
+TEST_WORKERS ?= 4
 test: $(VENV)/installed
-	$(BIN)/python -m pytest
+	bash tools/install-chromium.sh
+	$(BIN)/python -m ruff format --check .
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -n auto --maxprocesses=$(TEST_WORKERS)
 
 # Voilà serves the gallery notebook as a page of widgets, its code hidden. EXPLORER_PORT=0
 # would pick a free port; the URL is printed either way.
