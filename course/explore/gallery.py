@@ -98,7 +98,8 @@ def trained_model(cache_dir: Path = None) -> tiny.TinyTransformer:
     model = tiny.train(TASK, length=LENGTH, steps=STEPS, seed=SEED).model.cpu().eval()
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
+        # A name of its own: two processes (test workers, a notebook beside Voilà) may train at once.
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(model.state_dict(), partial)
         partial.replace(path)
     except OSError:

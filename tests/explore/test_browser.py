@@ -142,7 +142,8 @@ def browser():
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip(
-            "Chromium is not installed (Debian package `chromium`): .ci/run installs it "
+            "Chromium is not installed (Debian package `chromium`): `make test` installs it "
+            "(tools/install-chromium.sh) "
             "with apt-get as root or with sudo; without either it cannot be installed here"
         )
     sync_api = pytest.importorskip(

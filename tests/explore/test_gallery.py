@@ -175,8 +175,8 @@ def test_make_explorer_serves_the_notebook_with_voila_on_localhost():
     assert "voila explorer/attention-explorer.ipynb" in recipe and "--Voila.ip=127.0.0.1" in recipe
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"^make explorer$", readme, flags=re.MULTILINE)
-    ci = (ROOT / ".ci" / "run").read_text()
-    assert "apt-get install" in ci and "chromium" in ci
+    installer = (ROOT / "tools" / "install-chromium.sh").read_text()
+    assert "apt-get install" in installer and "chromium" in installer
 
 
 def test_browser_marker_is_registered():
