@@ -1,6 +1,8 @@
 """One check suite per day: `grader/suites/dayNN_slug.py` holds the checks of assignment
-`dayNN-slug`. Its `EXERCISES` maps each exercise (the student's function name) to its checks and
-to what that function must not call, and its `HINTS` names the mistakes the checks recognise.
+`dayNN-slug` (a long suite is a package, `grader/suites/dayNN_slug/`, with a module per exercise
+or group of exercises, put together by its `__init__`). Its `EXERCISES` maps each exercise (the
+student's function name) to its checks and to what that function must not call, and its `HINTS`
+names the mistakes the checks recognise.
 """
 
 import dataclasses

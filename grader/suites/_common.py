@@ -3,6 +3,9 @@ from the generator `rng` it is given (seed 0 for the visible checks, a fresh one
 
 import torch
 
+from course.bench import LiveStorage
+from grader.harness.checking import Mistake, expect_tensor
+
 
 def draw(rng: torch.Generator, low: int, high: int) -> int:
     """A random int in [low, high]."""
@@ -22,3 +25,39 @@ def two_lengths(rng: torch.Generator) -> tuple:
 def softmax64(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """The float64 softmax, with zeros (not NaN) for a slice that is all -inf."""
     return torch.softmax(x.double(), dim=dim).nan_to_num(0.0)
+
+
+def unpack(result, q, k, v) -> tuple:
+    """The (out, weights) pair, with exact shape checks and a named mistake for each way it fails."""
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise Mistake(
+            f"expected a pair (out, weights), got {type(result).__name__}.",
+            hint="end with `return out, weights`.",
+            key="not_a_pair",
+        )
+    out, weights = result
+    lq, lk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
+    for tensor, name, shape in [
+        (out, "out", (*q.shape[:-2], lq, dv)),
+        (weights, "weights", (*q.shape[:-2], lq, lk)),
+    ]:
+        try:
+            expect_tensor(tensor, name, shape, q.dtype)
+        except Mistake as mistake:
+            if mistake.key == "wrong_shape":
+                mistake.hint = (
+                    "weights are (..., Lq, Lk): one row per query, one column per key; "
+                    "out = weights @ v is (..., Lq, Dv), and Dv = v.shape[-1] may differ "
+                    "from the q/k dimension."
+                )
+            raise
+    return out, weights
+
+
+def largest_allocation(call) -> tuple:
+    """(bytes, shape) of the largest tensor storage that `call()` allocates: a check that memory
+    stays below O(L²) compares it with the (L, L) matrix the student must not build."""
+    tracker = LiveStorage()
+    with tracker:
+        call()
+    return tracker.largest, tracker.largest_shape

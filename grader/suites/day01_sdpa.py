@@ -9,10 +9,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import Mistake, expect_close, expect_tensor, named
+from grader.harness.checking import Mistake, expect_close, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
-from grader.suites._common import draw, randn, softmax64, two_lengths
+from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
     "wrong_axis": (
@@ -253,33 +253,6 @@ def sdpa64(q, k, v) -> tuple:
         t.double().reshape(-1, *t.shape[-2:]) for t in (q, k, v)
     ]  # (N, L, D): any leading dims
     out = F.scaled_dot_product_attention(*batched).reshape(*q.shape[:-1], v.shape[-1])
-    return out, weights
-
-
-def unpack(result, q, k, v) -> tuple:
-    """The (out, weights) pair, with exact shape checks and a named mistake for each way it fails."""
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise Mistake(
-            f"expected a pair (out, weights), got {type(result).__name__}.",
-            hint="end with `return out, weights`.",
-            key="not_a_pair",
-        )
-    out, weights = result
-    lq, lk, dv = q.shape[-2], k.shape[-2], v.shape[-1]
-    for tensor, name, shape in [
-        (out, "out", (*q.shape[:-2], lq, dv)),
-        (weights, "weights", (*q.shape[:-2], lq, lk)),
-    ]:
-        try:
-            expect_tensor(tensor, name, shape, q.dtype)
-        except Mistake as mistake:
-            if mistake.key == "wrong_shape":
-                mistake.hint = (
-                    "weights are (..., Lq, Lk): one row per query, one column per key; "
-                    "out = weights @ v is (..., Lq, Dv), and Dv = v.shape[-1] may differ "
-                    "from the q/k dimension."
-                )
-            raise
     return out, weights
 
 

@@ -15,8 +15,7 @@ import course.reference.masks as library
 from grader.harness.checking import Mistake, expect_close, expect_tensor, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise, day01_sdpa
-from grader.suites._common import draw, randn, softmax64, two_lengths
-from grader.suites.day01_sdpa import unpack
+from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
     **{key: day01_sdpa.HINTS[key] for key in ("missing_scale", "softmax_over_queries")},

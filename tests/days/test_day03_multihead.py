@@ -625,7 +625,7 @@ def make_bucket(
 
 
 def test_hand_computed_buckets_match_the_suites_oracle_and_the_solution(solution):
-    from grader.suites.day03_multihead import buckets64
+    from grader.suites.day03_multihead.relative import buckets64
 
     # 32 buckets, bidirectional: 16 per direction, max_exact 8, log-spaced 8..15 up to 128.
     # -16: 8 + floor(log(2) / log(16) * 8) = 10; +20: 16 + 8 + floor(log(2.5) / log(16) * 8) = 26.

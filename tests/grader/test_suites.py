@@ -33,15 +33,16 @@ def test_untouched_stub_is_not_implemented(day, name):
 
 
 def looked_up_keys(tree) -> set:
-    """Mistake keys a suite looks up in its HINTS: named("key"), expect_value_error(..., "key"),
-    and ("key", tensor) suspects."""
+    """Mistake keys a suite looks up in its HINTS: named("key"), hint("key"),
+    expect_value_error(..., "key"), and ("key", tensor) suspects."""
     keys = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) in (
             "named",
+            "hint",
             "expect_value_error",
         ):
-            args = node.args[:1] if node.func.id == "named" else node.args[2:3]
+            args = node.args[2:3] if node.func.id == "expect_value_error" else node.args[:1]
             keys |= {a.value for a in args if isinstance(a, ast.Constant)}
         if (
             isinstance(node, ast.Tuple)
@@ -54,6 +55,12 @@ def looked_up_keys(tree) -> set:
     return keys
 
 
+def source_files(suite) -> list:
+    """A suite's module, or every module of its package."""
+    path = Path(suite.__file__)
+    return sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+
+
 SUITES = {
     day: importlib.import_module(f"grader.suites.{day.replace('-', '_')}") for day in assignments()
 }
@@ -63,5 +70,7 @@ MISTAKES = {key for suite in SUITES.values() for key in suite.HINTS}
 @pytest.mark.parametrize("day", assignments())
 def test_every_mistake_a_suite_looks_up_is_in_its_own_hints(day):
     """Days may word one key differently, so a suite finds words only in its own HINTS."""
-    keys = looked_up_keys(ast.parse(Path(SUITES[day].__file__).read_text()))
+    keys = set().union(
+        *(looked_up_keys(ast.parse(f.read_text())) for f in source_files(SUITES[day]))
+    )
     assert (keys & MISTAKES) - set(SUITES[day].HINTS) == set()

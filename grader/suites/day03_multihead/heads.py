@@ -1,0 +1,232 @@
+"""Checks for split_heads, merge_heads and repeat_kv: float64 reshapes and transposes written
+out here, on shapes where a missing transpose cannot hide.
+"""
+
+import torch
+
+import course.reference.multihead as library
+from grader.harness.checking import (
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    named,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+
+HINTS = {
+    # split_heads / merge_heads
+    "split_without_transpose": (
+        "x.reshape(B, H, L, dh) without a transpose: each 'head' then holds pieces of several "
+        "tokens",
+        "reshape to (B, L, H, dh) first, so head h gets features [h*dh, (h+1)*dh) of every token, "
+        "then .transpose(1, 2) to (B, H, L, dh).",
+    ),
+    "heads_interleaved": (
+        "head h taking the strided features h, h + H, h + 2H, ... instead of a contiguous slice",
+        "view as (B, L, H, dh), not (B, L, dh, H): head h owns features [h*dh, (h+1)*dh).",
+    ),
+    "merge_without_transpose": (
+        "x.reshape(B, L, H*dh) without first moving the heads axis back behind L",
+        "transpose (B, H, L, dh) to (B, L, H, dh) first, then reshape to (B, L, H*dh).",
+    ),
+    "no_clear_error": (
+        "bad input accepted, or refused only by an obscure error from deep inside torch",
+        "check the arguments first and raise ValueError with a message that names them, e.g. "
+        "f'd_model={d_model} is not divisible by num_heads={num_heads}'.",
+    ),
+    # repeat_kv
+    "repeat_tiled": (
+        "the KV heads tiled (0, 1, 0, 1, ...) instead of repeated in place (0, 0, 1, 1, ...)",
+        "query head h uses KV head h // n_rep: repeat each head n_rep times in a row, "
+        "e.g. x.repeat_interleave(n_rep, dim=1), not x.repeat(1, n_rep, 1, 1).",
+    ),
+}
+
+
+HEADS_FORBIDDEN = {
+    library.split_heads: "write it with view/reshape and transpose.",
+    library.merge_heads: "write it with transpose and reshape.",
+    library.repeat_kv: "write it with repeat_interleave (or expand and reshape).",
+}
+
+# ----------------------------------------------------------------------------- split / merge / repeat
+
+
+def heads_shape(rng):
+    """(B, L, H, dh) with all sizes different from each other where possible."""
+    return draw(rng, 1, 3), draw(rng, 3, 9), draw(rng, 2, 5), draw(rng, 2, 6)
+
+
+def split64(x, heads):
+    batch, length, d_model = x.shape
+    return x.double().view(batch, length, heads, d_model // heads).transpose(1, 2)
+
+
+def split_suspects(x, heads):
+    batch, length, d_model = x.shape
+    x = x.double()
+    return [
+        ("split_without_transpose", x.reshape(batch, heads, length, d_model // heads)),
+        ("heads_interleaved", x.view(batch, length, d_model // heads, heads).permute(0, 3, 1, 2)),
+    ]
+
+
+def split_matches_reference(split_heads, rng):
+    """(B, L, d_model) -> (B, H, L, dh), head h owning features [h*dh, (h+1)*dh)"""
+    batch, length, heads, head_dim = heads_shape(rng)
+    x = randn((batch, length, heads * head_dim), rng)
+    expect_close(
+        split_heads(x, heads),
+        split64(x, heads),
+        x.dtype,
+        what="split_heads(x, H)",
+        suspects=split_suspects(x, heads),
+    )
+
+
+def split_square(split_heads, rng):
+    """L = H = dh: a split without a transpose cannot hide behind a wrong shape"""
+    size = draw(rng, 3, 5)
+    x = randn((draw(rng, 1, 2), size, size * size), rng, dtype=torch.float64)
+    expect_close(
+        split_heads(x, size),
+        split64(x, size),
+        torch.float64,
+        what="split_heads(x, H)",
+        suspects=split_suspects(x, size),
+    )
+
+
+def split_one_head(split_heads, rng):
+    """one head: (B, L, d) -> (B, 1, L, d); H = d_model: dh = 1"""
+    batch, length, d_model = draw(rng, 1, 3), draw(rng, 2, 6), draw(rng, 2, 8)
+    x = randn((batch, length, d_model), rng)
+    for heads in (1, d_model):
+        expect_close(
+            split_heads(x, heads),
+            split64(x, heads),
+            x.dtype,
+            what=f"split_heads(x, {heads})",
+            suspects=split_suspects(x, heads),
+        )
+
+
+def split_refuses_indivisible(split_heads, rng):
+    """d_model not divisible by num_heads raises ValueError"""
+    heads = draw(rng, 3, 5)
+    x = randn((2, draw(rng, 2, 5), heads * draw(rng, 2, 4) + 1), rng)
+    expect_value_error(
+        lambda: split_heads(x, heads),
+        f"split_heads on d_model={x.shape[-1]} with num_heads={heads}",
+        "no_clear_error",
+    )
+
+
+def merge64(x):
+    batch, heads, length, head_dim = x.shape
+    return x.double().transpose(1, 2).reshape(batch, length, heads * head_dim)
+
+
+def merge_matches_reference(merge_heads, rng):
+    """(B, H, L, dh) -> (B, L, H*dh), the inverse of split_heads"""
+    batch, length, heads, head_dim = heads_shape(rng)
+    x = randn((batch, heads, length, head_dim), rng)
+    expect_close(
+        merge_heads(x),
+        merge64(x),
+        x.dtype,
+        what="merge_heads(x)",
+        suspects=[("merge_without_transpose", x.double().reshape(batch, length, -1))],
+    )
+
+
+def merge_square(merge_heads, rng):
+    """L = H = dh, float64: the heads axis must move back behind L"""
+    size = draw(rng, 3, 5)
+    x = randn((draw(rng, 1, 2), size, size, size), rng, dtype=torch.float64)
+    expect_close(
+        merge_heads(x),
+        merge64(x),
+        torch.float64,
+        what="merge_heads(x)",
+        suspects=[("merge_without_transpose", x.reshape(x.shape[0], size, -1))],
+    )
+
+
+def merge_inverts_split(merge_heads, rng):
+    """merge_heads undoes the reference split exactly, for a non-contiguous input"""
+    batch, length, heads, head_dim = heads_shape(rng)
+    x = randn((batch, length, heads * head_dim), rng)
+    split = x.view(batch, length, heads, head_dim).transpose(1, 2)  # a non-contiguous view
+    out = merge_heads(split)
+    expect_tensor(out, "merge_heads(split_heads(x))", x.shape, x.dtype)
+    if not torch.equal(out, x):
+        raise named("merge_without_transpose")
+
+
+def repeat64(x, n_rep):
+    return x.double().repeat_interleave(n_rep, dim=1)
+
+
+def repeat_matches_reference(repeat_kv, rng):
+    """(B, Hkv, L, D) -> (B, Hkv*n_rep, L, D), each KV head n_rep times in a row"""
+    batch, length, kv_heads, head_dim = heads_shape(rng)
+    n_rep = draw(rng, 2, 4)
+    x = randn((batch, kv_heads, length, head_dim), rng)
+    expect_close(
+        repeat_kv(x, n_rep),
+        repeat64(x, n_rep),
+        x.dtype,
+        what="repeat_kv(x, n_rep)",
+        suspects=[("repeat_tiled", x.double().repeat(1, n_rep, 1, 1))],
+    )
+
+
+def repeat_one_is_identity(repeat_kv, rng):
+    """n_rep = 1 gives x back; one KV head (MQA) is shared by every query head; float64"""
+    batch, length, kv_heads, head_dim = heads_shape(rng)
+    x = randn((batch, kv_heads, length, head_dim), rng, dtype=torch.float64)
+    expect_close(repeat_kv(x, 1), x, torch.float64, what="repeat_kv(x, 1)")
+    one = x[:, :1]
+    n_rep = draw(rng, 2, 6)
+    expect_close(
+        repeat_kv(one, n_rep),
+        repeat64(one, n_rep),
+        torch.float64,
+        what="repeat_kv(x, n_rep) with one KV head",
+    )
+
+
+def repeat_query_head_uses_h_div_n_rep(repeat_kv, rng):
+    """query head h reads KV head h // n_rep (each head filled with its own index)"""
+    kv_heads, n_rep = draw(rng, 2, 4), draw(rng, 2, 3)
+    x = torch.arange(kv_heads, dtype=torch.float32).view(1, kv_heads, 1, 1).expand(2, -1, 3, 2)
+    out = repeat_kv(x, n_rep)
+    expect_close(
+        out,
+        repeat64(x, n_rep),
+        x.dtype,
+        what="repeat_kv(x, n_rep)",
+        suspects=[("repeat_tiled", x.double().repeat(1, n_rep, 1, 1))],
+    )
+
+
+EXERCISES = {
+    "split_heads": Exercise(
+        checks=[split_matches_reference, split_square, split_one_head, split_refuses_indivisible],
+        forbidden=HEADS_FORBIDDEN,
+    ),
+    "merge_heads": Exercise(
+        checks=[merge_matches_reference, merge_square, merge_inverts_split],
+        forbidden=HEADS_FORBIDDEN,
+    ),
+    "repeat_kv": Exercise(
+        checks=[
+            repeat_matches_reference,
+            repeat_one_is_identity,
+            repeat_query_head_uses_h_div_n_rep,
+        ],
+        forbidden=HEADS_FORBIDDEN,
+    ),
+}

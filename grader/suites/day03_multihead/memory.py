@@ -1,0 +1,253 @@
+"""Checks for memory_attention: gated attention to a detached memory of earlier segments, against
+a float64 oracle with explicit absolute positions.
+"""
+
+import math
+
+import torch
+
+import course.reference.multihead as library
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    hint,
+    named,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.positions import rope64
+from grader.suites.day03_multihead.relative import RELATIVE_FORBIDDEN
+
+HINTS = {
+    "memory_not_detached": (
+        "gradients flowing into the memory: it must be detached (Transformer-XL's stop-gradient)",
+        "use mem_k.detach() and mem_v.detach(): earlier segments are fixed context, and "
+        "backpropagating into them would keep every past segment's graph alive.",
+    ),
+    "positions_restart": (
+        "the segment's positions restarting at 0 instead of continuing after the memory",
+        "memory tokens sit at start .. start + M - 1 and the segment at start + M .. "
+        "start + M + L - 1: rotate q and k at those positions.",
+    ),
+    "memory_after_segment": (
+        "the memory placed after the segment (positions L .. L + M - 1)",
+        "the memory comes from earlier segments: positions start .. start + M - 1, before the "
+        "segment's start + M ..",
+    ),
+    "gate_inverted": (
+        "the gate applied the wrong way round: g must weight the memory",
+        "out = g * attend(memory) + (1 - g) * attend(local), with g = sigmoid(gate_logits).",
+    ),
+    "gate_not_squashed": (
+        "the gate logits used as the gate without a sigmoid (the gate must lie in (0, 1))",
+        "g = torch.sigmoid(gate_logits).",
+    ),
+    "local_not_causal": (
+        "the local attention not causal: a token sees later tokens of its own segment",
+        "mask the local scores with a causal mask (True = may attend), e.g. causal_mask(L).",
+    ),
+    "memory_concatenated": (
+        "one softmax over [memory ; segment] (plain concatenation) instead of two gated attentions",
+        "attend to the memory and to the segment separately, each with its own softmax, and mix "
+        "the two outputs with the gate.",
+    ),
+}
+
+
+MEMORY_FORBIDDEN = {**RELATIVE_FORBIDDEN, library.apply_rope: "use your own apply_rope."}
+
+
+def softmax_attention64(q, k, v, mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def memory64(
+    q,
+    k,
+    v,
+    mem_k,
+    mem_v,
+    gate_logits,
+    start=0,
+    base=10000.0,
+    memory_at=None,
+    segment_at=None,
+    invert=False,
+    squash=True,
+    causal=True,
+    concatenate=False,
+):
+    """Gated memory attention in float64 with explicit absolute positions; the knobs give the
+    mistakes. Returns (out, gate)."""
+    q, k, v, mem_k, mem_v = (t.double() for t in (q, k, v, mem_k, mem_v))
+    length, memory = q.shape[-2], mem_k.shape[-2]
+    memory_at = start + torch.arange(memory) if memory_at is None else memory_at
+    segment_at = start + memory + torch.arange(length) if segment_at is None else segment_at
+    q_rot, k_rot = rope64(q, segment_at, base), rope64(k, segment_at, base)
+    mem_rot = rope64(mem_k, memory_at, base)
+    local_mask = torch.ones(length, length, dtype=torch.bool).tril() if causal else None
+    gate = torch.sigmoid(gate_logits.double()) if squash else gate_logits.double()
+    if concatenate:
+        keys, values = torch.cat([mem_rot, k_rot], -2), torch.cat([mem_v, v], -2)
+        mask = torch.cat([torch.ones(length, memory, dtype=torch.bool), local_mask], -1)
+        return softmax_attention64(q_rot, keys, values, mask), gate
+    from_memory = softmax_attention64(q_rot, mem_rot, mem_v)
+    local = softmax_attention64(q_rot, k_rot, v, local_mask)
+    g = (1 - gate if invert else gate).unsqueeze(-1)
+    return g * from_memory + (1 - g) * local, gate
+
+
+def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
+    length, memory = q.shape[-2], mem_k.shape[-2]
+    args = (q, k, v, mem_k, mem_v, gate_logits, start, base)
+    suspects = [
+        ("positions_restart", memory64(*args, segment_at=start + torch.arange(length))),
+        (
+            "positions_restart",
+            memory64(*args, segment_at=torch.arange(length), memory_at=torch.arange(memory)),
+        ),
+        (
+            "memory_after_segment",
+            memory64(
+                *args,
+                segment_at=start + torch.arange(length),
+                memory_at=start + length + torch.arange(memory),
+            ),
+        ),
+        ("gate_inverted", memory64(*args, invert=True)),
+        ("gate_not_squashed", memory64(*args, squash=False)),
+        ("local_not_causal", memory64(*args, causal=False)),
+        ("memory_concatenated", memory64(*args, concatenate=True)),
+    ]
+    return suspects
+
+
+def memory_inputs(rng, dtype=torch.float32, memory=None, length=None):
+    batch, heads, dim = draw(rng, 1, 2), draw(rng, 1, 3), 2 * draw(rng, 2, 4)
+    length = draw(rng, 2, 6) if length is None else length
+    memory = length + draw(rng, 1, 5) if memory is None else memory
+    q, k, v = (randn((batch, heads, length, dim), rng, dtype) for _ in range(3))
+    mem_k, mem_v = (randn((batch, heads, memory, dim), rng, dtype) for _ in range(2))
+    gate_logits = randn((batch, heads, length), rng, dtype, scale=2.0)
+    return q, k, v, mem_k, mem_v, gate_logits
+
+
+def unpack_memory(result, q, v, gate_logits):
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise Mistake(
+            f"memory_attention should return a pair (out, gate), got {type(result).__name__}.",
+            "end with `return out, gate`.",
+            "not_a_pair",
+        )
+    out, gate = result
+    expect_tensor(out, "out", (*q.shape[:-1], v.shape[-1]), q.dtype)
+    expect_tensor(gate, "gate", gate_logits.shape, q.dtype)
+    return out, gate
+
+
+def compare_memory(result, reference, suspects, dtype):
+    out, gate = result
+    expect_close(
+        out, reference[0], dtype, what="out", suspects=[(key, wrong[0]) for key, wrong in suspects]
+    )
+    inside = bool(((gate > 0) & (gate < 1)).all())
+    if not inside:
+        raise named("gate_not_squashed")
+    expect_close(
+        gate,
+        reference[1],
+        dtype,
+        what="gate",
+        suspects=[(key, wrong[1]) for key, wrong in suspects],
+    )
+
+
+def memory_matches_positions_oracle(memory_attention, rng):
+    """M > L: memory at 0..M-1, the segment at M..M+L-1 (RoPE), two softmaxes mixed by sigmoid gate"""
+    inputs = memory_inputs(rng)
+    result = unpack_memory(memory_attention(*inputs), inputs[0], inputs[2], inputs[5])
+    compare_memory(result, memory64(*inputs), memory_suspects(*inputs), torch.float32)
+
+
+def memory_start_and_short_memory(memory_attention, rng):
+    """M < L, start > 0 (a later segment of a stream), base=500, float64"""
+    length = draw(rng, 4, 8)
+    inputs = memory_inputs(rng, torch.float64, memory=draw(rng, 1, length - 1), length=length)
+    start = draw(rng, 5, 60)
+    result = unpack_memory(
+        memory_attention(*inputs, start=start, base=500.0), inputs[0], inputs[2], inputs[5]
+    )
+    compare_memory(
+        result,
+        memory64(*inputs, start, 500.0),
+        memory_suspects(*inputs, start, 500.0),
+        torch.float64,
+    )
+
+
+def memory_is_detached(memory_attention, rng):
+    """no gradient reaches the memory (mem_k.grad, mem_v.grad stay None); q, k, v get theirs"""
+    q, k, v, mem_k, mem_v, gate_logits = memory_inputs(rng)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, mem_k, mem_v, gate_logits)]
+    out, _ = unpack_memory(memory_attention(*leaves), q, v, gate_logits)
+    if not out.requires_grad:
+        raise Mistake(
+            "out does not require grad although q, k, v and gate_logits do.",
+            "do not detach the current segment's q, k, v or the gate: only the memory.",
+            "no_gradient",
+        )
+    out.square().sum().backward()
+    for name, leaf in zip(("mem_k", "mem_v"), leaves[3:5]):
+        if leaf.grad is not None and leaf.grad.abs().sum() > 0:
+            description, fix = hint("memory_not_detached")
+            raise Mistake(
+                f"{name}.grad is not zero after backward: it looks like {description}.",
+                fix,
+                "memory_not_detached",
+            )
+    for name, leaf in zip(("q", "k", "v", "gate_logits"), leaves[:3] + leaves[5:]):
+        if leaf.grad is None or leaf.grad.abs().sum() == 0:
+            raise Mistake(
+                f"{name}.grad is {'None' if leaf.grad is None else 'zero'} after backward.",
+                "only the memory is detached: the segment's q, k, v and the gate logits "
+                "must get gradients.",
+                "no_gradient",
+            )
+
+
+def memory_refuses_bad_shapes(memory_attention, rng):
+    """mem_k and mem_v of different lengths, a memory head_dim != D, a gate not (..., L): ValueError"""
+    q, k, v, mem_k, mem_v, gate_logits = memory_inputs(rng)
+    expect_value_error(
+        lambda: memory_attention(q, k, v, mem_k, mem_v[..., :-1, :], gate_logits),
+        f"mem_k {tuple(mem_k.shape)} with mem_v {tuple(mem_v[..., :-1, :].shape)}",
+        "no_clear_error",
+    )
+    expect_value_error(
+        lambda: memory_attention(q, k, v, mem_k[..., :-2], mem_v, gate_logits),
+        f"mem_k {tuple(mem_k[..., :-2].shape)} for q {tuple(q.shape)}",
+        "no_clear_error",
+    )
+    expect_value_error(
+        lambda: memory_attention(q, k, v, mem_k, mem_v, gate_logits[..., :-1]),
+        f"gate_logits {tuple(gate_logits[..., :-1].shape)} for q {tuple(q.shape)}",
+        "no_clear_error",
+    )
+
+
+EXERCISES = {
+    "memory_attention": Exercise(
+        checks=[
+            memory_matches_positions_oracle,
+            memory_start_and_short_memory,
+            memory_is_detached,
+            memory_refuses_bad_shapes,
+        ],
+        forbidden=MEMORY_FORBIDDEN,
+    ),
+}

@@ -1,0 +1,505 @@
+"""Checks for MultiHeadAttention against torch.nn.MultiheadAttention, with the student's weights
+copied in, in float64.
+
+MultiHeadAttention is a class: the check receives it wrapped by the guard, so constructing it is
+guarded; every call of the module (its forward) goes through `grader.harness.checking.guarded`
+too, so a shortcut inside forward is refused the same way.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import course.reference.multihead as library
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    guarded,
+    named,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.heads import HEADS_FORBIDDEN
+
+HINTS = {
+    "scaled_by_d_model": (
+        "scores divided by sqrt(d_model) instead of sqrt(head_dim)",
+        "each head is an attention of its own over head_dim = d_model // num_heads features: "
+        "scale by 1 / sqrt(head_dim).",
+    ),
+    "missing_projection": (
+        "a missing or mis-shaped projection",
+        "define self.q_proj, self.k_proj, self.v_proj, self.out_proj as nn.Linear; q_proj and "
+        "out_proj are (d_model -> d_model), k_proj and v_proj (d_model -> num_kv_heads * head_dim).",
+    ),
+    "ignores_context": (
+        "cross-attention computed from x alone: keys and values must come from `context`",
+        "k = k_proj(context), v = v_proj(context), with context = x only when it is None.",
+    ),
+    "ignores_mask": (
+        "the mask ignored",
+        "pass the boolean mask (True = may attend) to the attention: scores of blocked keys "
+        "get -inf (or the dtype's minimum) before the softmax.",
+    ),
+    "inverted_mask": (
+        "the mask inverted: True must mean 'may attend' (torch's nn.MultiheadAttention uses "
+        "the opposite)",
+        "block the keys where mask is False: scores.masked_fill(~mask, -inf).",
+    ),
+    "weights_not_per_head": (
+        "weights with the wrong shape: they should be per head, (B, H, Lq, Lk)",
+        "return the softmax weights before merging the heads, (B, num_heads, Lq, Lk).",
+    ),
+    "weights_when_not_needed": (
+        "weights returned although need_weights=False",
+        "return (out, None) unless need_weights=True.",
+    ),
+    "gqa_tiled": (
+        "query head h paired with KV head h % num_kv_heads instead of h // group",
+        "use your repeat_kv: each KV head repeated num_heads // num_kv_heads times in a row.",
+    ),
+}
+
+
+MHA_ADVICE = "build it from your split_heads, repeat_kv and merge_heads around course.reference.masks.attention."
+MHA_FORBIDDEN = {
+    **HEADS_FORBIDDEN,
+    "multi_head_attention_forward": MHA_ADVICE,
+    "native_multi_head_attention": MHA_ADVICE,
+    library.MultiHeadAttention.__init__: MHA_ADVICE,
+    library.MultiHeadAttention.forward: MHA_ADVICE,
+    library.apply_rope: "write it yourself.",
+}
+
+
+def build(MultiHeadAttention, *args, **kwargs):
+    """The student's module (constructed under the guard) and a guarded way to call it."""
+    module = MultiHeadAttention(*args, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise Mistake(
+            f"MultiHeadAttention(...) gave a {type(module).__name__}, not an nn.Module.",
+            "subclass nn.Module and call super().__init__() first.",
+            "not_a_module",
+        )
+    return module, guarded(module, "MultiHeadAttention", MHA_FORBIDDEN)
+
+
+def projections(module, d_model, kv_dim, bias=True):
+    """The four nn.Linear projections, with their shapes checked."""
+    found = []
+    for name, out_features in [
+        ("q_proj", d_model),
+        ("k_proj", kv_dim),
+        ("v_proj", kv_dim),
+        ("out_proj", d_model),
+    ]:
+        layer = getattr(module, name, None)
+        description, hint = HINTS["missing_projection"]
+        if not isinstance(layer, nn.Linear):
+            raise Mistake(
+                f"module.{name} is {type(layer).__name__}, expected nn.Linear.",
+                hint,
+                "missing_projection",
+            )
+        if (layer.in_features, layer.out_features) != (d_model, out_features):
+            raise Mistake(
+                f"module.{name} maps {layer.in_features} -> {layer.out_features} "
+                f"features, expected {d_model} -> {out_features}.",
+                hint,
+                "missing_projection",
+            )
+        if (layer.bias is not None) != bias:
+            raise Mistake(
+                f"module.{name} {'has no' if bias else 'has a'} bias, with bias={bias}.",
+                "pass bias=bias to every nn.Linear.",
+                "missing_projection",
+            )
+        found.append(layer)
+    return found
+
+
+def load(module, weights: dict):
+    """Copy float64 `weights` (name -> (weight, bias)) into the student's projections."""
+    with torch.no_grad():
+        for name, (weight, bias) in weights.items():
+            layer = getattr(module, name)
+            layer.weight.copy_(weight)
+            if bias is not None:
+                layer.bias.copy_(bias)
+
+
+def random_weights(rng, d_model, kv_dim, bias=True, dtype=torch.float64):
+    scale = d_model**-0.5
+    return {
+        name: (
+            randn((out, d_model), rng, dtype, scale=scale),
+            randn((out,), rng, dtype, scale=0.1) if bias else None,
+        )
+        for name, out in [
+            ("q_proj", d_model),
+            ("k_proj", kv_dim),
+            ("v_proj", kv_dim),
+            ("out_proj", d_model),
+        ]
+    }
+
+
+def torch_mha(weights, d_model, heads, n_rep=1):
+    """nn.MultiheadAttention in float64 holding `weights`; K/V heads repeated n_rep times."""
+    bias = weights["q_proj"][1] is not None
+    reference = nn.MultiheadAttention(
+        d_model, heads, bias=bias, batch_first=True, dtype=torch.float64
+    ).eval()
+    head_dim = d_model // heads
+
+    def repeated(weight):  # (Hkv*dh, ...) -> (Hkv*n_rep*dh, ...), each head block n_rep times
+        return (
+            weight.view(-1, head_dim, *weight.shape[1:]).repeat_interleave(n_rep, 0).flatten(0, 1)
+        )
+
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(
+            torch.cat(
+                [
+                    weights["q_proj"][0],
+                    repeated(weights["k_proj"][0]),
+                    repeated(weights["v_proj"][0]),
+                ]
+            )
+        )
+        reference.out_proj.weight.copy_(weights["out_proj"][0])
+        if bias:
+            reference.in_proj_bias.copy_(
+                torch.cat(
+                    [
+                        weights["q_proj"][1],
+                        repeated(weights["k_proj"][1]),
+                        repeated(weights["v_proj"][1]),
+                    ]
+                )
+            )
+            reference.out_proj.bias.copy_(weights["out_proj"][1])
+    return reference
+
+
+def torch_reference(weights, d_model, heads, x, context=None, mask=None, n_rep=1):
+    """(out, per-head weights, head-averaged weights) from nn.MultiheadAttention, float64."""
+    reference = torch_mha(weights, d_model, heads, n_rep)
+    x = x.double()
+    context = x if context is None else context.double()
+    attn_mask = None if mask is None else ~mask  # torch: True = blocked
+    with torch.no_grad():
+        out, per_head = reference(
+            x, context, context, attn_mask=attn_mask, need_weights=True, average_attn_weights=False
+        )
+        _, averaged = reference(x, context, context, attn_mask=attn_mask, need_weights=True)
+    return out, per_head, averaged
+
+
+def dense64(
+    weights,
+    heads,
+    kv_heads,
+    x,
+    context=None,
+    mask=None,
+    split="contiguous",
+    scale=None,
+    kv_of_head=None,
+):
+    """A float64 MHA written out, with the knobs the named mistakes turn: (out, weights)."""
+    x = x.double()
+    context = x if context is None else context.double()
+    d_model = x.shape[-1]
+    head_dim = d_model // heads
+
+    def project(name, t):
+        weight, bias = weights[name]
+        return F.linear(t, weight, bias)
+
+    def to_heads(t, n):
+        batch, length, _ = t.shape
+        if split in ("no_transpose", "split_only"):
+            return t.reshape(batch, n, length, head_dim)
+        return t.view(batch, length, n, head_dim).transpose(1, 2)
+
+    q = to_heads(project("q_proj", x), heads)
+    k, v = (
+        to_heads(project("k_proj", context), kv_heads),
+        to_heads(project("v_proj", context), kv_heads),
+    )
+    index = torch.tensor(
+        [h // (heads // kv_heads) if kv_of_head is None else kv_of_head(h) for h in range(heads)]
+    )
+    k, v = k[:, index], v[:, index]
+    scores = q @ k.transpose(-2, -1) * (head_dim**-0.5 if scale is None else scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    attn = torch.softmax(scores, dim=-1)
+    out = attn @ v  # (B, H, Lq, dh)
+    batch, _, length, _ = out.shape
+    if split == "no_transpose":
+        merged = out.reshape(batch, length, d_model)
+    else:
+        merged = out.transpose(1, 2).reshape(batch, length, d_model)
+    return project("out_proj", merged), attn
+
+
+def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
+    d_model = x.shape[-1]
+    suspects = [
+        (
+            "split_without_transpose",
+            dense64(weights, heads, kv_heads, x, context, mask, split="no_transpose"),
+        ),
+        (
+            "split_without_transpose",
+            dense64(weights, heads, kv_heads, x, context, mask, split="split_only"),
+        ),
+        (
+            "scaled_by_d_model",
+            dense64(weights, heads, kv_heads, x, context, mask, scale=d_model**-0.5),
+        ),
+    ]
+    if context is not None:
+        suspects.append(("ignores_context", dense64(weights, heads, kv_heads, x, None, None)))
+    if mask is not None:
+        suspects += [
+            ("ignores_mask", dense64(weights, heads, kv_heads, x, context, None)),
+            ("inverted_mask", dense64(weights, heads, kv_heads, x, context, ~mask)),
+        ]
+    if kv_heads not in (1, heads):
+        suspects.append(
+            (
+                "gqa_tiled",
+                dense64(
+                    weights, heads, kv_heads, x, context, mask, kv_of_head=lambda h: h % kv_heads
+                ),
+            )
+        )
+    return suspects
+
+
+def unpack_mha(result, batch, heads, lq, lk, d_model, dtype, need_weights=True):
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise Mistake(
+            f"forward should return a pair (out, weights or None), got {type(result).__name__}.",
+            "end forward with `return out, weights` (weights None unless need_weights).",
+            "not_a_pair",
+        )
+    out, weights = result
+    expect_tensor(out, "out", (batch, lq, d_model), dtype)
+    if not need_weights:
+        if weights is not None:
+            raise named("weights_when_not_needed")
+        return out, None
+    if (
+        isinstance(weights, torch.Tensor)
+        and lq != lk
+        and tuple(weights.shape) == (batch, heads, lq, lq)
+    ):
+        raise named("ignores_context")
+    if isinstance(weights, torch.Tensor) and tuple(weights.shape) != (batch, heads, lq, lk):
+        description, hint = HINTS["weights_not_per_head"]
+        raise Mistake(
+            f"weights have shape {tuple(weights.shape)}, expected "
+            f"{(batch, heads, lq, lk)}: it looks like {description}.",
+            hint,
+            "weights_not_per_head",
+        )
+    expect_tensor(weights, "weights", (batch, heads, lq, lk), dtype)
+    return out, weights
+
+
+def compare_mha(result, reference, suspects, dtype):
+    """out, then the head-averaged weights, then the per-head weights against the references."""
+    out, weights = result
+    out_ref, per_head_ref, averaged_ref = reference
+    expect_close(
+        out, out_ref, dtype, what="out", suspects=[(key, wrong[0]) for key, wrong in suspects]
+    )
+    if weights is not None:
+        weight_suspects = [(key, wrong[1].mean(1)) for key, wrong in suspects]
+        expect_close(
+            weights.mean(1),
+            averaged_ref,
+            dtype,
+            what="weights averaged over heads",
+            suspects=weight_suspects,
+        )
+        expect_close(
+            weights,
+            per_head_ref,
+            dtype,
+            what="weights",
+            suspects=[(key, wrong[1]) for key, wrong in suspects],
+        )
+
+
+def mha_setup(MultiHeadAttention, rng, heads=None, kv_heads=None, bias=True, dtype=torch.float32):
+    heads = draw(rng, 2, 4) if heads is None else heads
+    d_model = heads * draw(rng, 2, 5)
+    kv_heads = heads if kv_heads is None else kv_heads
+    if kv_heads == heads:
+        module, forward = build(MultiHeadAttention, d_model, heads, bias=bias)
+    else:
+        module, forward = build(MultiHeadAttention, d_model, heads, kv_heads, bias=bias)
+    projections(module, d_model, kv_heads * (d_model // heads), bias)
+    module = module.to(dtype).eval()
+    weights = random_weights(rng, d_model, kv_heads * (d_model // heads), bias)
+    load(module, weights)
+    return module, forward, weights, d_model, heads, kv_heads
+
+
+def mha_self_matches_torch(MultiHeadAttention, rng):
+    """self-attention: out and head-averaged weights equal nn.MultiheadAttention's (same weights)"""
+    module, forward, weights, d_model, heads, _ = mha_setup(MultiHeadAttention, rng)
+    batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
+    x = randn((batch, length, d_model), rng)
+    result = unpack_mha(
+        forward(x, need_weights=True), batch, heads, length, length, d_model, x.dtype
+    )
+    compare_mha(
+        result,
+        torch_reference(weights, d_model, heads, x),
+        mha_suspects(weights, heads, heads, x),
+        x.dtype,
+    )
+
+
+def mha_square_heads(MultiHeadAttention, rng):
+    """L = H = head_dim, no bias, float64: a split without a transpose cannot hide"""
+    size = draw(rng, 3, 4)
+    d_model = size * size
+    module, forward = build(MultiHeadAttention, d_model, size, bias=False)
+    projections(module, d_model, d_model, bias=False)
+    module = module.double().eval()
+    weights = random_weights(rng, d_model, d_model, bias=False)
+    load(module, weights)
+    x = randn((2, size, d_model), rng, dtype=torch.float64, scale=2.0)
+    result = unpack_mha(forward(x, need_weights=True), 2, size, size, size, d_model, torch.float64)
+    compare_mha(
+        result,
+        torch_reference(weights, d_model, size, x),
+        mha_suspects(weights, size, size, x),
+        torch.float64,
+    )
+
+
+def mha_cross_attention_with_mask(MultiHeadAttention, rng):
+    """cross-attention (context with Lk ≠ Lq) and a boolean mask (True = may attend)"""
+    module, forward, weights, d_model, heads, _ = mha_setup(MultiHeadAttention, rng)
+    batch, lq = draw(rng, 1, 3), draw(rng, 2, 6)
+    lk = lq + draw(rng, 1, 4)
+    x, context = randn((batch, lq, d_model), rng), randn((batch, lk, d_model), rng)
+    mask = torch.rand((lq, lk), generator=rng) < 0.6
+    mask[torch.arange(lq), torch.randint(0, lk, (lq,), generator=rng)] = True  # no empty row
+    result = unpack_mha(
+        forward(x, context=context, mask=mask, need_weights=True),
+        batch,
+        heads,
+        lq,
+        lk,
+        d_model,
+        x.dtype,
+    )
+    compare_mha(
+        result,
+        torch_reference(weights, d_model, heads, x, context, mask),
+        mha_suspects(weights, heads, heads, x, context, mask),
+        x.dtype,
+    )
+
+
+def mha_need_weights_false(MultiHeadAttention, rng):
+    """need_weights=False (the default) returns (out, None), out unchanged"""
+    module, forward, weights, d_model, heads, _ = mha_setup(MultiHeadAttention, rng)
+    batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
+    x = randn((batch, length, d_model), rng)
+    out, _ = unpack_mha(
+        forward(x), batch, heads, length, length, d_model, x.dtype, need_weights=False
+    )
+    reference = torch_reference(weights, d_model, heads, x)
+    expect_close(
+        out,
+        reference[0],
+        x.dtype,
+        what="out",
+        suspects=[(key, wrong[0]) for key, wrong in mha_suspects(weights, heads, heads, x)],
+    )
+
+
+def mha_gqa_equals_repeated_mha(MultiHeadAttention, rng):
+    """GQA (num_kv_heads < num_heads) equals MHA with each K/V head repeated for its group"""
+    kv_heads = draw(rng, 2, 3)
+    heads = kv_heads * draw(rng, 2, 3)
+    module, forward, weights, d_model, heads, kv_heads = mha_setup(
+        MultiHeadAttention, rng, heads=heads, kv_heads=kv_heads
+    )
+    batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
+    x = randn((batch, length, d_model), rng)
+    mask = torch.ones(length, length, dtype=torch.bool).tril()
+    result = unpack_mha(
+        forward(x, mask=mask, need_weights=True), batch, heads, length, length, d_model, x.dtype
+    )
+    compare_mha(
+        result,
+        torch_reference(weights, d_model, heads, x, mask=mask, n_rep=heads // kv_heads),
+        mha_suspects(weights, heads, kv_heads, x, mask=mask),
+        x.dtype,
+    )
+
+
+def mha_multi_query(MultiHeadAttention, rng):
+    """MQA (num_kv_heads = 1): k_proj and v_proj are d_model -> head_dim, one K/V head for all"""
+    heads = draw(rng, 2, 5)
+    module, forward, weights, d_model, heads, _ = mha_setup(
+        MultiHeadAttention, rng, heads=heads, kv_heads=1
+    )
+    batch, lq = draw(rng, 1, 2), draw(rng, 2, 5)
+    lk = lq + draw(rng, 1, 3)
+    x, context = randn((batch, lq, d_model), rng), randn((batch, lk, d_model), rng)
+    result = unpack_mha(
+        forward(x, context, need_weights=True), batch, heads, lq, lk, d_model, x.dtype
+    )
+    compare_mha(
+        result,
+        torch_reference(weights, d_model, heads, x, context, n_rep=heads),
+        mha_suspects(weights, heads, 1, x, context),
+        x.dtype,
+    )
+
+
+def mha_refuses_bad_head_counts(MultiHeadAttention, rng):
+    """d_model % num_heads != 0 and num_heads % num_kv_heads != 0 raise ValueError"""
+    heads = draw(rng, 3, 5)
+    d_model = heads * draw(rng, 2, 4) + 1
+    expect_value_error(
+        lambda: MultiHeadAttention(d_model, heads),
+        f"MultiHeadAttention(d_model={d_model}, num_heads={heads})",
+        "no_clear_error",
+    )
+    heads, kv_heads = draw(rng, 2, 3) * 2 + 1, 2  # an odd number of heads in 2 KV groups
+    expect_value_error(
+        lambda: MultiHeadAttention(heads * 4, heads, kv_heads),
+        f"MultiHeadAttention(d_model={heads * 4}, num_heads={heads}, num_kv_heads={kv_heads})",
+        "no_clear_error",
+    )
+
+
+EXERCISES = {
+    "MultiHeadAttention": Exercise(
+        checks=[
+            mha_self_matches_torch,
+            mha_square_heads,
+            mha_cross_attention_with_mask,
+            mha_need_weights_false,
+            mha_gqa_equals_repeated_mha,
+            mha_multi_query,
+            mha_refuses_bad_head_counts,
+        ],
+        forbidden=MHA_FORBIDDEN,
+    ),
+}

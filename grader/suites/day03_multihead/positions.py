@@ -1,0 +1,414 @@
+"""Checks for sinusoidal_positions, apply_rope and alibi_bias: the papers' float64 formulas
+written out here, and what each named mistake would give.
+"""
+
+import math
+
+import torch
+
+import course.reference.multihead as library
+from grader.harness.checking import (
+    TOLERANCE,
+    Mistake,
+    expect_close,
+    expect_value_error,
+    relative_error,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+
+HINTS = {
+    # sinusoidal_positions
+    "positions_from_one": (
+        "positions counted from 1 instead of 0",
+        "the first row is position 0: torch.arange(length), so PE[0] = [0, 1, 0, 1, ...].",
+    ),
+    "sin_cos_halves": (
+        "sines in the first half and cosines in the second half (concatenated, not interleaved)",
+        "interleave them: even columns 0, 2, 4, ... get sin, odd columns 1, 3, 5, ... get cos.",
+    ),
+    "sin_cos_swapped": (
+        "cos in the even columns and sin in the odd ones",
+        "PE[p, 2i] = sin(...), PE[p, 2i+1] = cos(...).",
+    ),
+    "frequency_exponent": (
+        "a frequency exponent of i/dim (or 2i/dim per column) instead of 2i/dim per pair",
+        "both columns 2i and 2i+1 share the angle p / 10000^(2i/dim): use "
+        "torch.arange(0, dim, 2) / dim as the exponent.",
+    ),
+    # apply_rope
+    "rope_interleaved_pairs": (
+        "RoPE pairing features (2i, 2i+1) (the original RoFormer layout) instead of (i, i + D/2)",
+        "rotate-half: x1, x2 = x[..., :D//2], x[..., D//2:], and return "
+        "cat([x1*cos - x2*sin, x2*cos + x1*sin], dim=-1).",
+    ),
+    "rope_reversed": (
+        "the rotation turned the wrong way (angle -p*theta)",
+        "the first half is x1*cos - x2*sin and the second x2*cos + x1*sin.",
+    ),
+    "rope_frequency": (
+        "theta_i = base^(-i/D) (or another exponent) instead of base^(-2i/D)",
+        "theta = base ** (-torch.arange(0, D, 2) / D): D/2 frequencies, exponent 2i/D.",
+    ),
+    "positions_offset": (
+        "positions offset by one (p + 1 or p - 1)",
+        "use the positions you are given, as they are: angle = positions[..., None] * theta.",
+    ),
+    "rope_ignores_positions": (
+        "the positions argument ignored (every sequence starts at 0)",
+        "angle = positions[..., None] * theta, with positions broadcast against x's (..., L).",
+    ),
+    "rope_ignores_base": (
+        "the base argument ignored (10000 used anyway)",
+        "theta = base ** (-torch.arange(0, D, 2) / D) with the base you are given.",
+    ),
+    "angles_in_float32": (
+        "angles (or cos and sin) computed in float32 for a float64 input",
+        "make theta and the angles in x's dtype: torch.arange(0, D, 2, dtype=x.dtype), "
+        "positions.to(x.dtype).",
+    ),
+    # alibi_bias
+    "alibi_slopes_from_zero": (
+        "slopes 2^(-8h/H) for h = 0..H-1 instead of h = 1..H",
+        "the first head's slope is 2^(-8/H): torch.arange(1, H + 1).",
+    ),
+    "alibi_sign": (
+        "the bias with the wrong sign: earlier keys must be penalised (negative)",
+        "bias = -m_h * (pos_q - pos_k): 0 on the diagonal, negative for earlier keys.",
+    ),
+    "alibi_top_left": (
+        "queries placed at positions 0..lq-1 instead of bottom-right, lk - lq + i",
+        "the queries are the newest tokens: pos_q = lk - lq + i, so the last query sits at lk - 1.",
+    ),
+    "alibi_clipped": (
+        "future keys given 0 (or |distance| used), instead of -m * (pos_q - pos_k) everywhere",
+        "keep the sign of pos_q - pos_k: future keys get positive values; masking them is the "
+        "causal mask's job.",
+    ),
+    "alibi_not_interpolated": (
+        "2^(-8h/H) used for a number of heads that is not a power of two",
+        "for H not a power of two, take the slopes of the closest power of two below, n, then "
+        "every other slope of 2n, (the ALiBi paper's get_slopes), until there are H.",
+    ),
+}
+
+
+POSITIONS_FORBIDDEN = {
+    library.sinusoidal_positions: "write the table from torch.arange, sin and cos.",
+    library.apply_rope: "write the rotation from torch.arange, cos and sin.",
+    library.alibi_bias: "write the bias from torch.arange.",
+    library.alibi_slopes: "write the slopes (get_slopes in the paper's code) yourself.",
+}
+
+# ----------------------------------------------------------------------------- sinusoidal_positions
+
+
+def sinusoid64(length, dim, offset=0, exponent="pairs", layout="interleaved"):
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(-1) + offset  # (L, 1)
+    pair = torch.arange(0, dim, 2, dtype=torch.float64)  # 2i
+    if exponent == "pairs":
+        angle = position / 10000.0 ** (pair / dim)
+    else:  # i / dim: the pair index without the factor 2
+        angle = position / 10000.0 ** (pair / 2 / dim)
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    if layout == "halves":
+        return torch.cat([angle.sin(), angle.cos()], dim=-1)[:, :dim]
+    sin, cos = (angle.cos(), angle.sin()) if layout == "swapped" else (angle.sin(), angle.cos())
+    table[:, 0::2], table[:, 1::2] = sin, cos[:, : dim // 2]
+    return table
+
+
+def sinusoid_suspects(length, dim):
+    columns = torch.arange(dim, dtype=torch.float64)
+    per_column = torch.arange(length, dtype=torch.float64).unsqueeze(-1) / 10000.0 ** (
+        columns / dim
+    )
+    wrong_exponent = torch.where(columns.long() % 2 == 0, per_column.sin(), per_column.cos())
+    return [
+        ("positions_from_one", sinusoid64(length, dim, offset=1)),
+        ("sin_cos_halves", sinusoid64(length, dim, layout="halves")),
+        ("sin_cos_swapped", sinusoid64(length, dim, layout="swapped")),
+        ("frequency_exponent", sinusoid64(length, dim, exponent="single")),
+        ("frequency_exponent", wrong_exponent),
+    ]
+
+
+def sinusoid_matches_paper(sinusoidal_positions, rng):
+    """(length, dim) float32: PE[p, 2i] = sin(p / 10000^(2i/dim)), PE[p, 2i+1] = cos(...)"""
+    length, dim = draw(rng, 5, 40), 2 * draw(rng, 2, 16)
+    expect_close(
+        sinusoidal_positions(length, dim),
+        sinusoid64(length, dim),
+        torch.float32,
+        what=f"sinusoidal_positions({length}, {dim})",
+        suspects=sinusoid_suspects(length, dim),
+    )
+
+
+def sinusoid_wide(sinusoidal_positions, rng):
+    """a wider table (dim up to 128): every pair has its own frequency"""
+    length, dim = draw(rng, 30, 64), 2 * draw(rng, 16, 64)
+    table = sinusoidal_positions(length, dim)
+    expect_close(
+        table,
+        sinusoid64(length, dim),
+        torch.float32,
+        what=f"sinusoidal_positions({length}, {dim})",
+        suspects=sinusoid_suspects(length, dim),
+    )
+
+
+def sinusoid_tiny(sinusoidal_positions, rng):
+    """tiny tables: dim = 2 (one pair), length = 1"""
+    for length, dim in [(draw(rng, 2, 9), 2), (1, 2 * draw(rng, 1, 8))]:
+        expect_close(
+            sinusoidal_positions(length, dim),
+            sinusoid64(length, dim),
+            torch.float32,
+            what=f"sinusoidal_positions({length}, {dim})",
+            suspects=sinusoid_suspects(length, dim),
+        )
+
+
+# ----------------------------------------------------------------------------- apply_rope
+
+
+def rope64(
+    x,
+    positions,
+    base=10000.0,
+    pairs="halves",
+    sign=1.0,
+    exponent=2.0,
+    offset=0,
+    angle_dtype=torch.float64,
+):
+    """Rotary embedding in float64, rotate-half by default; the knobs give the mistakes."""
+    x = x.double()
+    dim = x.shape[-1]
+    theta = base ** (-exponent * torch.arange(dim // 2, dtype=angle_dtype) / dim)
+    angle = sign * (torch.as_tensor(positions).to(angle_dtype) + offset).unsqueeze(-1) * theta
+    angle = angle.double()
+    cos, sin = angle.cos(), angle.sin()
+    if pairs == "halves":
+        x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+
+
+def rope_suspects(x, positions, base=10000.0):
+    return [
+        ("rope_interleaved_pairs", rope64(x, positions, base, pairs="interleaved")),
+        ("rope_reversed", rope64(x, positions, base, sign=-1.0)),
+        ("rope_frequency", rope64(x, positions, base, exponent=1.0)),
+        ("positions_offset", rope64(x, positions, base, offset=1)),
+        ("positions_offset", rope64(x, positions, base, offset=-1)),
+        ("rope_ignores_base", rope64(x, positions, 10000.0)),
+        ("rope_ignores_positions", rope64(x, torch.arange(x.shape[-2]), base)),
+    ]
+
+
+def expect_close_float64(out, ref, what, suspects):
+    """expect_close for a float64 input, naming float32 arithmetic when only precision is lost."""
+    try:
+        expect_close(out, ref, torch.float64, what=what, suspects=suspects)
+    except Mistake as mistake:
+        if mistake.key == "wrong_values" and relative_error(out, ref) <= TOLERANCE[torch.float32]:
+            description, hint = HINTS["angles_in_float32"]
+            raise Mistake(
+                f"{what} is right only to float32 precision (relative error "
+                f"{relative_error(out, ref):.1e}): it looks like {description}.",
+                hint,
+                "angles_in_float32",
+            ) from None
+        raise
+
+
+def rope_matches_reference(apply_rope, rng):
+    """x (B, H, L, D), positions arange(L): rotate-half at angle p * base^(-2i/D)"""
+    length, dim = draw(rng, 3, 12), 2 * draw(rng, 2, 16)
+    x = randn((draw(rng, 1, 3), draw(rng, 1, 4), length, dim), rng)
+    positions = torch.arange(length)
+    expect_close(
+        apply_rope(x, positions),
+        rope64(x, positions),
+        x.dtype,
+        what="apply_rope(x, positions)",
+        suspects=rope_suspects(x, positions),
+    )
+
+
+def rope_broadcast_positions(apply_rope, rng):
+    """positions (B, 1, L) with a different start per sequence (a KV cache's offsets)"""
+    batch, heads, length, dim = (
+        draw(rng, 2, 4),
+        draw(rng, 1, 3),
+        draw(rng, 2, 8),
+        2 * draw(rng, 2, 12),
+    )
+    x = randn((batch, heads, length, dim), rng)
+    start = torch.randint(1, 40, (batch, 1, 1), generator=rng)
+    positions = start + torch.arange(length)  # (B, 1, L)
+    expect_close(
+        apply_rope(x, positions),
+        rope64(x, positions),
+        x.dtype,
+        what="apply_rope(x, positions) with positions (B, 1, L)",
+        suspects=rope_suspects(x, positions),
+    )
+
+
+def rope_base_and_float64(apply_rope, rng):
+    """float64 in, float64 out, to 1e-10, with base=500 and (L, D) input"""
+    length, dim = draw(rng, 3, 10), 2 * draw(rng, 2, 10)
+    x = randn((length, dim), rng, dtype=torch.float64)
+    positions = torch.randint(0, 100, (length,), generator=rng)
+    expect_close_float64(
+        apply_rope(x, positions, base=500.0),
+        rope64(x, positions, 500.0),
+        "apply_rope(x, positions, base=500.0)",
+        rope_suspects(x, positions, 500.0),
+    )
+
+
+def rope_relative_and_norm(apply_rope, rng):
+    """norms are preserved and <rope(q, m), rope(k, n)> depends only on m - n"""
+    dim = 2 * draw(rng, 2, 16)
+    q, k = randn((1, dim), rng, dtype=torch.float64), randn((1, dim), rng, dtype=torch.float64)
+    m, n, shift = draw(rng, 0, 50), draw(rng, 0, 50), draw(rng, 1, 200)
+    rotated = apply_rope(q, torch.tensor([m]))
+    expect_close_float64(
+        rotated,
+        rope64(q, torch.tensor([m])),
+        f"apply_rope(q, [{m}])",
+        rope_suspects(q, torch.tensor([m])),
+    )
+    if abs(rotated.norm() - q.norm()) > 1e-10 * q.norm():
+        raise Mistake(
+            f"apply_rope changed a vector's norm from {q.norm():.6f} to {rotated.norm():.6f}.",
+            "a rotation preserves norms: each pair (x1_i, x2_i) "
+            "must be rotated by one angle, with cos and sin of the same angle.",
+            "not_a_rotation",
+        )
+    before = (apply_rope(q, torch.tensor([m])) * apply_rope(k, torch.tensor([n]))).sum()
+    after = (
+        apply_rope(q, torch.tensor([m + shift])) * apply_rope(k, torch.tensor([n + shift]))
+    ).sum()
+    if abs(before - after) > 1e-8 * q.norm() * k.norm():
+        raise Mistake(
+            f"<rope(q, {m}), rope(k, {n})> = {before:.6f} but shifting both positions by "
+            f"{shift} gives {after:.6f}.",
+            "rotate q and k by angles that grow linearly "
+            "with the position, so only the difference m - n survives the dot product.",
+            "not_relative",
+        )
+
+
+def rope_refuses_odd_dim(apply_rope, rng):
+    """an odd head dimension raises ValueError"""
+    dim = 2 * draw(rng, 1, 8) + 1
+    x = randn((2, draw(rng, 2, 5), dim), rng)
+    expect_value_error(
+        lambda: apply_rope(x, torch.arange(x.shape[-2])),
+        f"apply_rope with D={dim}",
+        "no_clear_error",
+    )
+
+
+# ----------------------------------------------------------------------------- alibi_bias
+
+
+def slopes64(heads, interpolate=True, first=1):
+    """The ALiBi paper's get_slopes, written out in float64."""
+
+    def geometric(n):
+        return [2.0 ** (-8.0 * h / n) for h in range(first, n + first)]
+
+    if not interpolate or math.log2(heads).is_integer():
+        return torch.tensor(geometric(heads), dtype=torch.float64)
+    closest = 2 ** math.floor(math.log2(heads))
+    extra = geometric(2 * closest)[0::2][: heads - closest]
+    return torch.tensor(geometric(closest) + extra, dtype=torch.float64)
+
+
+def alibi64(heads, lq, lk, slopes=None, sign=1.0, top_left=False, clip=None):
+    slopes = slopes64(heads) if slopes is None else slopes
+    pos_q = torch.arange(lq, dtype=torch.float64).unsqueeze(-1) + (0 if top_left else lk - lq)
+    distance = pos_q - torch.arange(lk, dtype=torch.float64)
+    if clip == "zero":
+        distance = distance.clamp_min(0)
+    elif clip == "abs":
+        distance = distance.abs()
+    return -sign * slopes.view(-1, 1, 1) * distance
+
+
+def alibi_suspects(heads, lq, lk):
+    return [
+        ("alibi_slopes_from_zero", alibi64(heads, lq, lk, slopes64(heads, first=0))),
+        ("alibi_sign", alibi64(heads, lq, lk, sign=-1.0)),
+        ("alibi_top_left", alibi64(heads, lq, lk, top_left=True)),
+        ("alibi_clipped", alibi64(heads, lq, lk, clip="zero")),
+        ("alibi_clipped", alibi64(heads, lq, lk, clip="abs")),
+        ("alibi_not_interpolated", alibi64(heads, lq, lk, slopes64(heads, interpolate=False))),
+    ]
+
+
+def alibi_power_of_two(alibi_bias, rng):
+    """H a power of two: slopes 2^(-8h/H), h = 1..H; bias -m_h (pos_q - pos_k), (H, L, L) float32"""
+    heads, length = 2 ** draw(rng, 0, 4), draw(rng, 3, 12)
+    expect_close(
+        alibi_bias(heads, length, length),
+        alibi64(heads, length, length),
+        torch.float32,
+        what=f"alibi_bias({heads}, {length}, {length})",
+        suspects=alibi_suspects(heads, length, length),
+    )
+
+
+def alibi_interpolated_slopes(alibi_bias, rng):
+    """H not a power of two (3, 5, 6, 12, ...): the paper's interleaving rule for the slopes"""
+    heads = [3, 5, 6, 7, 10, 12, 20, 24][draw(rng, 0, 7)]
+    length = draw(rng, 3, 8)
+    expect_close(
+        alibi_bias(heads, length, length),
+        alibi64(heads, length, length),
+        torch.float32,
+        what=f"alibi_bias({heads}, {length}, {length})",
+        suspects=alibi_suspects(heads, length, length),
+    )
+
+
+def alibi_bottom_right(alibi_bias, rng):
+    """lq < lk: query i sits at position lk - lq + i, so its own key (bias 0) is lk - lq + i"""
+    heads = draw(rng, 1, 8)
+    lq = draw(rng, 1, 5)
+    lk = lq + draw(rng, 1, 6)
+    expect_close(
+        alibi_bias(heads, lq, lk),
+        alibi64(heads, lq, lk),
+        torch.float32,
+        what=f"alibi_bias({heads}, {lq}, {lk})",
+        suspects=alibi_suspects(heads, lq, lk),
+    )
+
+
+EXERCISES = {
+    "sinusoidal_positions": Exercise(
+        checks=[sinusoid_matches_paper, sinusoid_wide, sinusoid_tiny], forbidden=POSITIONS_FORBIDDEN
+    ),
+    "apply_rope": Exercise(
+        checks=[
+            rope_matches_reference,
+            rope_broadcast_positions,
+            rope_base_and_float64,
+            rope_relative_and_norm,
+            rope_refuses_odd_dim,
+        ],
+        forbidden=POSITIONS_FORBIDDEN,
+    ),
+    "alibi_bias": Exercise(
+        checks=[alibi_power_of_two, alibi_interpolated_slopes, alibi_bottom_right],
+        forbidden=POSITIONS_FORBIDDEN,
+    ),
+}

@@ -1,0 +1,620 @@
+"""Checks for the advanced part's relative positions: relative_position_bucket (T5's buckets),
+shaw_relative_attention and relative_bias_attention, against brute-force float64 oracles.
+"""
+
+import math
+
+import torch
+
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    hint,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+
+HINTS = {
+    # relative_position_bucket
+    "bucket_sign": (
+        "the relative position taken as query - memory instead of memory - query",
+        "relative_position = memory_position - query_position, and T5 buckets n = "
+        "-relative_position: keys in the past (n > 0) get the lower buckets, keys in the future "
+        "the upper half when bidirectional.",
+    ),
+    "bucket_always_bidirectional": (
+        "bidirectional=False handled as if it were True",
+        "when not bidirectional, keep all num_buckets for the past: n = max(-relative_position, 0) "
+        "(future keys share bucket 0), and do not halve num_buckets.",
+    ),
+    "bucket_boundary": (
+        "an off-by-one at the boundary between the exact and the log-spaced buckets",
+        "max_exact = num_buckets // 2 (after halving when bidirectional); distances n < max_exact "
+        "get bucket n, and n >= max_exact get max_exact + floor(log(n / max_exact) / "
+        "log(max_distance / max_exact) * (num_buckets - max_exact)).",
+    ),
+    "bucket_not_clamped": (
+        "distances beyond max_distance not clamped to the last bucket",
+        "take min(bucket, num_buckets - 1) (num_buckets halved when bidirectional) for the "
+        "log-spaced part: every distance from max_distance on shares the last bucket.",
+    ),
+    "bucket_not_halved": (
+        "max_exact computed from num_buckets before halving it for the two directions",
+        "when bidirectional, first num_buckets //= 2 (each direction gets half), then "
+        "max_exact = num_buckets // 2.",
+    ),
+    "bucket_rounded": (
+        "the log-spaced bucket rounded to the nearest integer instead of truncated",
+        "T5 truncates: .long() (or .floor()) of the non-negative log-spaced offset, not .round().",
+    ),
+    # shaw_relative_attention
+    "shaw_not_clipped": (
+        "relative distances not clipped to [-max_relative_position, max_relative_position]",
+        "index the tables with clamp(j - pos_q(i), -P, P) + P: every distance beyond P reuses the "
+        "edge embedding.",
+    ),
+    "shaw_index_offset": (
+        "the table indexed without the offset +max_relative_position (negative distances wrap "
+        "around to the end of the table)",
+        "row r of the table is distance r - P: index it with clamp(j - pos_q(i), -P, P) + P.",
+    ),
+    "shaw_sign": (
+        "the relative distance taken as i - j (query - key) instead of j - i (key - query)",
+        "a^K_{ij} = rel_k[clamp(j - pos_q(i), -P, P) + P]: row 0 is the key P positions before "
+        "the query.",
+    ),
+    "shaw_top_left": (
+        "queries placed at positions 0..lq-1 instead of bottom-right, lk - lq + i",
+        "the queries are the newest tokens: pos_q(i) = lk - lq + i, as in causal_mask and "
+        "alibi_bias.",
+    ),
+    "shaw_ignores_rel_v": (
+        "rel_v ignored: the output misses sum_j w_ij a^V_{ij}",
+        "out_i = sum_j w_ij (v_j + rel_v[clamp(j - pos_q(i), -P, P) + P]).",
+    ),
+    "shaw_rel_not_scaled": (
+        "the relative term q_i . a^K_ij not divided by sqrt(D) with q_i . k_j",
+        "scores_ij = q_i . (k_j + a^K_ij) / sqrt(D): scale the whole sum.",
+    ),
+    # relative_bias_attention
+    "bias_sign": (
+        "the buckets computed from query - memory instead of memory - query",
+        "relative_position = memory_position - query_position, i.e. "
+        "arange(lk)[None, :] - pos_q[:, None].",
+    ),
+    "bias_top_left": (
+        "queries placed at positions 0..lq-1 instead of bottom-right, lk - lq + i",
+        "pos_q(i) = lk - lq + i, so the last query sits at the last key, lk - 1.",
+    ),
+    "bias_scaled": (
+        "the bias multiplied by the score scale (1/sqrt(D)) along with q k^T",
+        "scores = scale * q @ k^T + bias: the bias is added after scaling, as it is.",
+    ),
+    "bias_wrong_heads": (
+        "every head given the bias of the wrong head (the table's axes mixed up)",
+        "bias_table is (num_buckets, H), like an nn.Embedding's weight: bias = "
+        "bias_table[buckets] is (lq, lk, H); move the heads first: .permute(2, 0, 1).",
+    ),
+    "bias_ignores_bidirectional": (
+        "the bidirectional argument not passed on to relative_position_bucket",
+        "buckets = relative_position_bucket(relative, bidirectional=bidirectional, "
+        "num_buckets=bias_table.shape[0], max_distance=max_distance).",
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- relative_position_bucket
+
+RELATIVE_FORBIDDEN = {
+    "scaled_dot_product_attention": "write the scores, add the relative term, then softmax and @ v.",
+    "multi_head_attention_forward": "write the scores, add the relative term, then softmax and @ v.",
+}
+
+
+def t5_bucket(
+    relative_position: int,
+    bidirectional=True,
+    num_buckets=32,
+    max_distance=128,
+    sign=1,
+    exact_shift=0,
+    clamp=True,
+    halve_first=True,
+    rounding=math.floor,
+):
+    """One bucket, written out from the T5 paper / Mesh TensorFlow's _relative_position_bucket in
+    plain Python; returns (bucket, ambiguous). The knobs give the named mistakes. `ambiguous` is
+    True when the log-spaced offset lies within 1e-6 of an integer, where float32 arithmetic may
+    round either way."""
+    n = -sign * relative_position  # > 0: the memory position is before the query
+    bucket = 0
+    max_exact = num_buckets // 2 if not halve_first else None
+    if bidirectional:
+        num_buckets //= 2
+        if n < 0:
+            bucket += num_buckets  # the future gets the upper half
+        n = abs(n)
+    else:
+        n = max(n, 0)  # the future shares bucket 0
+    if max_exact is None:
+        max_exact = num_buckets // 2
+    max_exact += exact_shift
+    if n < max_exact:
+        return bucket + n, False
+    offset = (
+        math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    )
+    large = max_exact + int(rounding(offset))
+    if clamp:
+        large = min(large, num_buckets - 1)
+    ambiguous = abs(offset - round(offset)) < 1e-6 and round(offset) > 0
+    return bucket + large, ambiguous
+
+
+def buckets64(relative_position, **knobs):
+    """(buckets, ambiguous) for every entry of the LongTensor `relative_position`."""
+    pairs = [t5_bucket(int(r), **knobs) for r in relative_position.flatten().tolist()]
+    buckets = torch.tensor([b for b, _ in pairs], dtype=torch.long).view(relative_position.shape)
+    ambiguous = torch.tensor([a for _, a in pairs], dtype=torch.bool).view(relative_position.shape)
+    return buckets, ambiguous
+
+
+def bucket_suspects(relative_position, bidirectional, num_buckets, max_distance):
+    args = dict(num_buckets=num_buckets, max_distance=max_distance)
+    suspects = [
+        ("bucket_sign", dict(sign=-1, bidirectional=bidirectional)),
+        ("bucket_boundary", dict(exact_shift=1, bidirectional=bidirectional)),
+        ("bucket_boundary", dict(exact_shift=-1, bidirectional=bidirectional)),
+        ("bucket_not_clamped", dict(clamp=False, bidirectional=bidirectional)),
+        ("bucket_rounded", dict(rounding=round, bidirectional=bidirectional)),
+    ]
+    if bidirectional:
+        suspects.append(("bucket_not_halved", dict(halve_first=False, bidirectional=True)))
+    else:
+        suspects += [
+            ("bucket_always_bidirectional", dict(bidirectional=True)),
+            ("bucket_always_bidirectional", dict(bidirectional=True, sign=-1)),
+        ]
+    found = []
+    for key, knobs in suspects:
+        try:
+            found.append((key, buckets64(relative_position, **args, **knobs)[0]))
+        except (ValueError, ZeroDivisionError):  # a knob that makes a log of 0: never a match
+            pass
+    return found
+
+
+def expect_buckets(out, relative_position, what, bidirectional, num_buckets, max_distance):
+    """Exact comparison of integer buckets, allowing either neighbour where the log-spaced offset
+    is an integer up to rounding (float32 arithmetic may land just below it)."""
+    ref, ambiguous = buckets64(
+        relative_position,
+        bidirectional=bidirectional,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
+    )
+    expect_tensor(out, what, ref.shape, torch.int64)
+    out = out.detach().cpu()
+    wrong = (out != ref) & ~(ambiguous & (out == ref - 1))
+    if not wrong.any():
+        return
+    for key, suspect in bucket_suspects(
+        relative_position, bidirectional, num_buckets, max_distance
+    ):
+        if torch.equal(out, suspect):
+            description, fix = hint(key)
+            raise Mistake(
+                f"{what} is off at {int(wrong.sum())} of {wrong.numel()} entries: it "
+                f"matches {description}.",
+                fix,
+                key,
+            )
+    index = tuple(torch.nonzero(wrong)[0].tolist())
+    raise Mistake(
+        f"{what} is off at {int(wrong.sum())} of {wrong.numel()} entries; first at "
+        f"relative_position={int(relative_position[index])}: got {int(out[index])}, "
+        f"expected {int(ref[index])}.",
+        "work through the hand-computed buckets in the notebook: sign, halving, "
+        "exact part, log part, clamp.",
+    )
+
+
+def relative_grid(lq, lk):
+    """memory_position - query_position, (lq, lk), queries at lk - lq + i."""
+    return torch.arange(lk).unsqueeze(0) - (torch.arange(lq).unsqueeze(-1) + lk - lq)
+
+
+def bucket_bidirectional(relative_position_bucket, rng):
+    """bidirectional: the past in the lower half, the future in the upper half, exact then log"""
+    num_buckets, max_distance = 4 * draw(rng, 2, 8), draw(rng, 20, 60)
+    span = max_distance + draw(rng, 5, 30)
+    relative = torch.arange(-span, span + 1)
+    expect_buckets(
+        relative_position_bucket(
+            relative, bidirectional=True, num_buckets=num_buckets, max_distance=max_distance
+        ),
+        relative,
+        f"relative_position_bucket(arange({-span}, {span + 1}), True, {num_buckets}, "
+        f"{max_distance})",
+        True,
+        num_buckets,
+        max_distance,
+    )
+
+
+def bucket_unidirectional(relative_position_bucket, rng):
+    """bidirectional=False (causal): every bucket for the past, the future in bucket 0"""
+    num_buckets, max_distance = 2 * draw(rng, 4, 16), draw(rng, 40, 100)
+    lq = draw(rng, 3, 8)
+    lk = max_distance + draw(rng, 10, 40)
+    relative = relative_grid(lq, lk)
+    if draw(rng, 0, 1):
+        relative = relative.T.contiguous()  # a few future positions too
+    expect_buckets(
+        relative_position_bucket(
+            relative, bidirectional=False, num_buckets=num_buckets, max_distance=max_distance
+        ),
+        relative,
+        f"relative_position_bucket(positions {tuple(relative.shape)}, False, "
+        f"{num_buckets}, {max_distance})",
+        False,
+        num_buckets,
+        max_distance,
+    )
+
+
+def bucket_defaults_any_shape(relative_position_bucket, rng):
+    """the defaults (bidirectional, 32 buckets, max_distance 128) on a (B, Lq, Lk) tensor"""
+    shape = (draw(rng, 1, 3), draw(rng, 2, 6), draw(rng, 2, 9))
+    relative = torch.randint(-400, 401, shape, generator=rng)
+    relative.view(-1)[:6] = torch.tensor([0, -7, -8, 7, 8, -128])  # the boundaries
+    expect_buckets(
+        relative_position_bucket(relative),
+        relative,
+        f"relative_position_bucket(positions {shape})",
+        True,
+        32,
+        128,
+    )
+
+
+def bucket_refuses_bad_parameters(relative_position_bucket, rng):
+    """max_distance <= num_buckets // 2 (halved when bidirectional) or too few buckets: ValueError"""
+    relative = torch.arange(-5, 6)
+    num_buckets = 4 * draw(rng, 2, 6)
+    max_exact = num_buckets // 4
+    expect_value_error(
+        lambda: relative_position_bucket(relative, True, num_buckets, max_exact),
+        f"relative_position_bucket(..., bidirectional=True, num_buckets={num_buckets}, "
+        f"max_distance={max_exact})",
+        "no_clear_error",
+    )
+    expect_value_error(
+        lambda: relative_position_bucket(relative, True, 1, 16),
+        "relative_position_bucket(..., bidirectional=True, num_buckets=1)",
+        "no_clear_error",
+    )
+
+
+# ----------------------------------------------------------------------------- shaw_relative_attention
+
+
+def shaw64(
+    q,
+    k,
+    v,
+    rel_k,
+    rel_v,
+    max_relative_position,
+    mask=None,
+    sign=1,
+    offset=True,
+    top_left=False,
+    use_rel_v=True,
+    scale_rel=True,
+):
+    """Shaw et al.'s relative attention in float64, with a gather; the knobs give the mistakes."""
+    q, k, v, rel_k = q.double(), k.double(), v.double(), rel_k.double()
+    lq, lk, dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+    distance = (sign * (torch.arange(lk) - pos_q)).clamp(
+        -max_relative_position, max_relative_position
+    )
+    index = distance + max_relative_position if offset else distance  # negative rows wrap around
+    a_k = rel_k[index]  # (Lq, Lk, D)
+    relative = torch.einsum("...qd,qkd->...qk", q, a_k)
+    scores = (q @ k.transpose(-2, -1) + relative) / math.sqrt(dim)
+    if not scale_rel:
+        scores = scores + relative * (1 - 1 / math.sqrt(dim))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    out = weights @ v
+    if rel_v is not None and use_rel_v:
+        out = out + torch.einsum("...qk,qkd->...qd", weights, rel_v.double()[index])
+    return out, weights
+
+
+def shaw_suspects(q, k, v, rel_k, rel_v, p, mask=None):
+    suspects = [
+        ("shaw_index_offset", dict(offset=False)),
+        ("shaw_sign", dict(sign=-1)),
+        ("shaw_rel_not_scaled", dict(scale_rel=False)),
+    ]
+    if q.shape[-2] != k.shape[-2]:
+        suspects.append(("shaw_top_left", dict(top_left=True)))
+    if rel_v is not None:
+        suspects.append(("shaw_ignores_rel_v", dict(use_rel_v=False)))
+    return [(key, shaw64(q, k, v, rel_k, rel_v, p, mask, **knobs)) for key, knobs in suspects]
+
+
+def unpack_pair(result, what, out_shape, weights_shape, dtype):
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise Mistake(
+            f"{what} should return a pair (out, weights), got {type(result).__name__}.",
+            "end with `return out, weights`.",
+            "not_a_pair",
+        )
+    out, weights = result
+    expect_tensor(out, "out", out_shape, dtype)
+    expect_tensor(weights, "weights", weights_shape, dtype)
+    return out, weights
+
+
+def call_shaw(shaw_relative_attention, *args, **kwargs):
+    """The student's call; an index out of range means the distances were not clipped."""
+    try:
+        return shaw_relative_attention(*args, **kwargs)
+    except Mistake as mistake:
+        cause = mistake.__cause__
+        if mistake.key == "raised" and (isinstance(cause, IndexError) or "out of" in str(cause)):
+            description, fix = hint("shaw_not_clipped")
+            raise Mistake(
+                f"your function raised {type(cause).__name__}: {cause}: it looks like "
+                f"{description}.",
+                fix,
+                "shaw_not_clipped",
+            ) from None
+        raise
+
+
+def compare_pair(result, reference, suspects, dtype):
+    out, weights = result
+    expect_close(
+        weights,
+        reference[1],
+        dtype,
+        what="weights",
+        suspects=[(key, wrong[1]) for key, wrong in suspects],
+    )
+    expect_close(
+        out, reference[0], dtype, what="out", suspects=[(key, wrong[0]) for key, wrong in suspects]
+    )
+
+
+def shaw_clipped_self_attention(shaw_relative_attention, rng):
+    """self-attention, L > max_relative_position + 1: clipped a^K in the scores, a^V in the output"""
+    batch, heads, dim = draw(rng, 1, 2), draw(rng, 1, 3), draw(rng, 2, 8)
+    p = draw(rng, 1, 3)
+    length = p + draw(rng, 3, 6)
+    q, k, v = (randn((batch, heads, length, dim), rng) for _ in range(3))
+    rel_k, rel_v = randn((2 * p + 1, dim), rng), randn((2 * p + 1, dim), rng)
+    result = call_shaw(shaw_relative_attention, q, k, v, rel_k, p, rel_v=rel_v)
+    result = unpack_pair(
+        result, "shaw_relative_attention", q.shape, (batch, heads, length, length), q.dtype
+    )
+    compare_pair(
+        result, shaw64(q, k, v, rel_k, rel_v, p), shaw_suspects(q, k, v, rel_k, rel_v, p), q.dtype
+    )
+
+
+def shaw_cross_lengths_no_rel_v(shaw_relative_attention, rng):
+    """lq < lk (queries bottom-right), Dv != D, rel_v=None (scores only), float64"""
+    dim, dv, p = draw(rng, 2, 6), draw(rng, 1, 5), draw(rng, 1, 4)
+    lq = draw(rng, 2, 5)
+    lk = lq + draw(rng, 2, 6)
+    q = randn((2, lq, dim), rng, torch.float64)
+    k, v = randn((2, lk, dim), rng, torch.float64), randn((2, lk, dv), rng, torch.float64)
+    rel_k = randn((2 * p + 1, dim), rng, torch.float64)
+    result = call_shaw(shaw_relative_attention, q, k, v, rel_k, p)
+    result = unpack_pair(result, "shaw_relative_attention", (2, lq, dv), (2, lq, lk), torch.float64)
+    compare_pair(
+        result,
+        shaw64(q, k, v, rel_k, None, p),
+        shaw_suspects(q, k, v, rel_k, None, p),
+        torch.float64,
+    )
+
+
+def shaw_causal_mask(shaw_relative_attention, rng):
+    """a causal mask (True = may attend) with lq != lk; a^V added with the masked weights"""
+    dim, p = draw(rng, 2, 6), draw(rng, 2, 5)
+    lq = draw(rng, 2, 5)
+    lk = lq + draw(rng, 1, 4)
+    q = randn((draw(rng, 1, 2), 2, lq, dim), rng)
+    k, v = randn((q.shape[0], 2, lk, dim), rng), randn((q.shape[0], 2, lk, dim), rng)
+    rel_k, rel_v = randn((2 * p + 1, dim), rng), randn((2 * p + 1, dim), rng)
+    mask = torch.arange(lk) <= torch.arange(lq).unsqueeze(-1) + (lk - lq)
+    result = call_shaw(shaw_relative_attention, q, k, v, rel_k, p, rel_v=rel_v, mask=mask)
+    result = unpack_pair(result, "shaw_relative_attention", q.shape, (*q.shape[:-1], lk), q.dtype)
+    compare_pair(
+        result,
+        shaw64(q, k, v, rel_k, rel_v, p, mask),
+        shaw_suspects(q, k, v, rel_k, rel_v, p, mask),
+        q.dtype,
+    )
+
+
+def shaw_refuses_bad_tables(shaw_relative_attention, rng):
+    """a table that is not (2 * max_relative_position + 1, D) raises ValueError"""
+    dim, p = draw(rng, 2, 6), draw(rng, 1, 4)
+    q, k, v = (randn((1, 4, dim), rng) for _ in range(3))
+    expect_value_error(
+        lambda: shaw_relative_attention(q, k, v, randn((2 * p, dim), rng), p),
+        f"rel_k of shape {(2 * p, dim)} with max_relative_position={p}",
+        "no_clear_error",
+    )
+    expect_value_error(
+        lambda: shaw_relative_attention(
+            q, k, v, randn((2 * p + 1, dim), rng), p, rel_v=randn((2 * p + 1, dim + 1), rng)
+        ),
+        f"rel_v of shape {(2 * p + 1, dim + 1)} for v with Dv={dim}",
+        "no_clear_error",
+    )
+
+
+# ----------------------------------------------------------------------------- relative_bias_attention
+
+
+def bias64(bias_table, lq, lk, bidirectional, max_distance, sign=1, top_left=False):
+    """(H, lq, lk) float64: bias_table[bucket(memory - query), h], from the brute-force buckets."""
+    pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
+    relative = sign * (torch.arange(lk) - pos_q)
+    buckets, _ = buckets64(
+        relative,
+        bidirectional=bidirectional,
+        num_buckets=bias_table.shape[0],
+        max_distance=max_distance,
+    )
+    return bias_table.double()[buckets].permute(2, 0, 1)
+
+
+def relative_bias64(
+    q,
+    k,
+    v,
+    bias_table,
+    bidirectional=True,
+    max_distance=128,
+    mask=None,
+    scale=None,
+    bias=None,
+    scale_bias=False,
+    **bias_knobs,
+):
+    q, k, v = q.double(), k.double(), v.double()
+    lq, lk = q.shape[-2], k.shape[-2]
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    bias = (
+        bias64(bias_table, lq, lk, bidirectional, max_distance, **bias_knobs)
+        if bias is None
+        else bias
+    )
+    scores = q @ k.transpose(-2, -1) * scale + bias * (scale if scale_bias else 1.0)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ v, weights
+
+
+def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mask=None, scale=None):
+    lq, lk, heads = q.shape[-2], k.shape[-2], bias_table.shape[1]
+    args = (q, k, v, bias_table, bidirectional, max_distance, mask, scale)
+    right = bias64(bias_table, lq, lk, bidirectional, max_distance)
+    suspects = [
+        ("bias_sign", relative_bias64(*args, sign=-1)),
+        ("bias_scaled", relative_bias64(*args, scale_bias=True)),
+        ("bias_wrong_heads", relative_bias64(*args, bias=right.flip(0))),
+        ("bias_wrong_heads", relative_bias64(*args, bias=right.roll(1, 0))),
+    ]
+    if lq != lk:
+        suspects.append(("bias_top_left", relative_bias64(*args, top_left=True)))
+    if not bidirectional:
+        suspects.append(
+            (
+                "bias_ignores_bidirectional",
+                relative_bias64(q, k, v, bias_table, True, max_distance, mask, scale),
+            )
+        )
+    if heads > 1:
+        suspects.append(("bias_wrong_heads", relative_bias64(*args, bias=right[:1])))
+    return suspects
+
+
+def rb_bidirectional_self(relative_bias_attention, rng):
+    """bidirectional, lq = lk, default scale 1/sqrt(D): softmax(q k^T / sqrt(D) + bias_h) v"""
+    batch, heads, dim = draw(rng, 1, 2), draw(rng, 2, 4), draw(rng, 2, 8)
+    length, num_buckets, max_distance = draw(rng, 6, 14), 4 * draw(rng, 2, 4), draw(rng, 8, 12)
+    q, k, v = (randn((batch, heads, length, dim), rng) for _ in range(3))
+    table = randn((num_buckets, heads), rng, scale=2.0)
+    result = relative_bias_attention(q, k, v, table, max_distance=max_distance)
+    result = unpack_pair(
+        result, "relative_bias_attention", q.shape, (batch, heads, length, length), q.dtype
+    )
+    compare_pair(
+        result,
+        relative_bias64(q, k, v, table, True, max_distance),
+        relative_bias_suspects(q, k, v, table, True, max_distance),
+        q.dtype,
+    )
+
+
+def rb_causal_t5(relative_bias_attention, rng):
+    """T5's decoder: bidirectional=False, scale=1.0, a causal mask, lq < lk (bottom-right)"""
+    heads, dim = draw(rng, 2, 4), draw(rng, 2, 6)
+    lq = draw(rng, 2, 5)
+    lk = lq + draw(rng, 4, 10)
+    num_buckets, max_distance = 2 * draw(rng, 3, 5), draw(rng, 8, 12)
+    q = randn((1, heads, lq, dim), rng, torch.float64)
+    k, v = (
+        randn((1, heads, lk, dim), rng, torch.float64),
+        randn((1, heads, lk, dim + 1), rng, torch.float64),
+    )
+    table = randn((num_buckets, heads), rng, torch.float64, scale=2.0)
+    mask = torch.arange(lk) <= torch.arange(lq).unsqueeze(-1) + (lk - lq)
+    result = relative_bias_attention(
+        q, k, v, table, bidirectional=False, max_distance=max_distance, mask=mask, scale=1.0
+    )
+    result = unpack_pair(
+        result,
+        "relative_bias_attention",
+        (1, heads, lq, dim + 1),
+        (1, heads, lq, lk),
+        torch.float64,
+    )
+    compare_pair(
+        result,
+        relative_bias64(q, k, v, table, False, max_distance, mask, 1.0),
+        relative_bias_suspects(q, k, v, table, False, max_distance, mask, 1.0),
+        torch.float64,
+    )
+
+
+def rb_refuses_head_mismatch(relative_bias_attention, rng):
+    """a bias_table whose number of heads is not q's raises ValueError"""
+    heads = draw(rng, 2, 4)
+    q, k, v = (randn((1, heads, 5, 4), rng) for _ in range(3))
+    table = randn((8, heads + 1), rng)
+    expect_value_error(
+        lambda: relative_bias_attention(q, k, v, table, max_distance=16),
+        f"bias_table of shape {tuple(table.shape)} for q with {heads} heads",
+        "no_clear_error",
+    )
+
+
+EXERCISES = {
+    "relative_position_bucket": Exercise(
+        checks=[
+            bucket_bidirectional,
+            bucket_unidirectional,
+            bucket_defaults_any_shape,
+            bucket_refuses_bad_parameters,
+        ],
+        forbidden=RELATIVE_FORBIDDEN,
+    ),
+    "shaw_relative_attention": Exercise(
+        checks=[
+            shaw_clipped_self_attention,
+            shaw_cross_lengths_no_rel_v,
+            shaw_causal_mask,
+            shaw_refuses_bad_tables,
+        ],
+        forbidden=RELATIVE_FORBIDDEN,
+    ),
+    "relative_bias_attention": Exercise(
+        checks=[rb_bidirectional_self, rb_causal_t5, rb_refuses_head_mismatch],
+        forbidden=RELATIVE_FORBIDDEN,
+    ),
+}

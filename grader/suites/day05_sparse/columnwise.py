@@ -1,0 +1,276 @@
+"""Checks for the advanced part, feature-wise attention.
+
+ColumnwiseAttention(num_columns, d, num_heads, shared=True): inputs (batch, columns, seq, d),
+multi-head self-attention along time inside each column, never across columns. Projections are
+the parameters q_weight, k_weight, v_weight, out_weight, (d, d) when shared, (columns, d, d)
+when not, used as nn.Linear does (y = x @ W^T, no bias). Oracle: a Python loop over columns,
+each one float64 multi-head attention by F.scaled_dot_product_attention.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_value_error,
+    guarded,
+    hint,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+from grader.suites.day05_sparse.shared import FORBIDDEN_BUILDERS
+
+HINTS = {
+    "attends_across_columns": (
+        "columns flattened into the sequence: every time step attends to every column",
+        "attend along time inside each column: keep the column axis as a "
+        "batch axis, (B, C, T, d) -> (B, C, H, T, dh), and take the "
+        "softmax over T only.",
+    ),
+    "weights_shared_by_mistake": (
+        "per-column weights that are really shared (one column's weights used for all)",
+        "with shared=False column c uses q_weight[c], k_weight[c], ...: "
+        "e.g. torch.einsum('bctd,ced->bcte', x, weight), or "
+        "x @ weight.transpose(-2, -1) with weight (C, d, d) broadcast "
+        "against (B, C, T, d).",
+    ),
+    "missing_parameter": (
+        "projection parameters missing or of the wrong shape",
+        "register q_weight, k_weight, v_weight, out_weight as nn.Parameter: "
+        "(d, d) when shared=True, (num_columns, d, d) when shared=False.",
+    ),
+    "not_a_module": (
+        "something other than an nn.Module",
+        "subclass nn.Module and call super().__init__() first.",
+    ),
+}
+
+
+COLUMN_PARAMS = ("q_weight", "k_weight", "v_weight", "out_weight")
+FORBIDDEN_COLUMNS = {
+    **FORBIDDEN_BUILDERS,
+    "multi_head_attention_forward": "write the attention along time yourself.",
+}
+
+
+def build_columns(ColumnwiseAttention, *args, **kwargs):
+    """The student's module (constructed under the guard) and a guarded way to call it."""
+    module = ColumnwiseAttention(*args, **kwargs)
+    if not isinstance(module, torch.nn.Module):
+        raise Mistake(
+            f"ColumnwiseAttention(...) gave a {type(module).__name__}, not an nn.Module.",
+            hint("not_a_module")[1],
+            "not_a_module",
+        )
+    return module, guarded(module, "ColumnwiseAttention", FORBIDDEN_COLUMNS)
+
+
+def set_column_weights(module, C, d, shared, rng, dtype):
+    """Fresh random weights copied into the module's four parameters; returns them (float64)."""
+    shape = (d, d) if shared else (C, d, d)
+    module.to(dtype)
+    weights = {}
+    for name in COLUMN_PARAMS:
+        p = getattr(module, name, None)
+        if not isinstance(p, torch.nn.Parameter) or tuple(p.shape) != shape:
+            got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+            description, fix = hint("missing_parameter")
+            raise Mistake(
+                f"module.{name} should be an nn.Parameter of shape {shape}, got {got}: "
+                f"it looks like {description}.",
+                fix,
+                "missing_parameter",
+            )
+        w = randn(shape, rng, dtype, scale=d**-0.5)
+        with torch.no_grad():
+            getattr(module, name).copy_(w)
+        weights[name] = w.double()
+    return weights
+
+
+def column_oracle(x, weights, H, shared, flatten=False, column_of=None, scale=True):
+    """Float64 reference: per column c (a Python loop), multi-head attention along time."""
+    x = x.double()
+    B, C, T, d = x.shape
+    dh = d // H
+
+    def w(name, c):
+        W = weights[name]
+        return W if shared else W[c if column_of is None else column_of]
+
+    def mha(seq, c):  # seq (B, n, d)
+        q, k, v = (seq @ w(n, c).T for n in ("q_weight", "k_weight", "v_weight"))
+        q, k, v = (t.unflatten(-1, (H, dh)).transpose(1, 2) for t in (q, k, v))  # (B, H, n, dh)
+        if not scale:
+            q = q * math.sqrt(dh)
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
+        return out @ w("out_weight", c).T
+
+    if flatten:
+        return mha(x.reshape(B, C * T, d), 0).reshape(B, C, T, d)
+    return torch.stack([mha(x[:, c], c) for c in range(C)], dim=1)
+
+
+def column_setup(ColumnwiseAttention, rng, shared, dtype=torch.float32):
+    H = draw(rng, 1, 3)
+    d = H * 2 ** draw(rng, 1, 3)
+    B, C, T = draw(rng, 1, 3), draw(rng, 2, 4), draw(rng, 3, 9)
+    module, forward = build_columns(ColumnwiseAttention, C, d, H, shared=shared)
+    weights = set_column_weights(module, C, d, shared, rng, dtype)
+    x = randn((B, C, T, d), rng, dtype)
+    return module, forward, weights, x, H
+
+
+def expect_columns(forward, x, weights, H, shared, what):
+    ref = column_oracle(x, weights, H, shared)
+    suspects = [
+        ("attends_across_columns", column_oracle(x, weights, H, shared, flatten=True)),
+        ("missing_scale", column_oracle(x, weights, H, shared, scale=False)),
+    ]
+    if not shared:
+        suspects += [
+            ("weights_shared_by_mistake", column_oracle(x, weights, H, False, column_of=c))
+            for c in (0, x.shape[1] - 1)
+        ]
+    expect_close(forward(x), ref, x.dtype, what=what, suspects=suspects)
+
+
+def columns_shared(ColumnwiseAttention, rng):
+    """shared=True: each column equals float64 multi-head attention along time, same weights"""
+    module, forward, weights, x, H = column_setup(ColumnwiseAttention, rng, True)
+    expect_columns(
+        forward, x, weights, H, True, f"ColumnwiseAttention(shared=True) on {tuple(x.shape)}"
+    )
+
+
+def columns_per_column(ColumnwiseAttention, rng):
+    """shared=False: column c uses its own weights q_weight[c], ..., out_weight[c]"""
+    module, forward, weights, x, H = column_setup(ColumnwiseAttention, rng, False)
+    expect_columns(
+        forward, x, weights, H, False, f"ColumnwiseAttention(shared=False) on {tuple(x.shape)}"
+    )
+
+
+def columns_float64(ColumnwiseAttention, rng):
+    """float64 to 1e-10, both weight modes, a single column and a single time step"""
+    for shared in (True, False):
+        module, forward, weights, x, H = column_setup(
+            ColumnwiseAttention, rng, shared, torch.float64
+        )
+        expect_columns(
+            forward, x, weights, H, shared, f"ColumnwiseAttention(shared={shared}) float64"
+        )
+    d = 4
+    for C, T in ((1, draw(rng, 2, 6)), (draw(rng, 2, 4), 1)):
+        module, forward = build_columns(ColumnwiseAttention, C, d, 2, shared=False)
+        weights = set_column_weights(module, C, d, False, rng, torch.float64)
+        x = randn((2, C, T, d), rng, torch.float64)
+        expect_columns(forward, x, weights, 2, False, f"ColumnwiseAttention on {tuple(x.shape)}")
+
+
+def columns_parameters(ColumnwiseAttention, rng):
+    """parameter count 4 d^2 (shared) or 4 C d^2 (per column); column c's weights move column c only"""
+    C, H = draw(rng, 3, 5), 2
+    d = 2 * draw(rng, 2, 4)
+    for shared, expected in ((True, 4 * d * d), (False, 4 * C * d * d)):
+        module, _ = build_columns(ColumnwiseAttention, C, d, H, shared=shared)
+        count = sum(p.numel() for p in module.parameters())
+        if count != expected:
+            key = (
+                "weights_shared_by_mistake"
+                if not shared and count == 4 * d * d
+                else "missing_parameter"
+            )
+            raise Mistake(
+                f"ColumnwiseAttention({C}, {d}, {H}, shared={shared}) has {count} "
+                f"parameters, expected {expected}.",
+                hint(key)[1],
+                key,
+            )
+    module, forward = build_columns(ColumnwiseAttention, C, d, H, shared=False)
+    set_column_weights(module, C, d, False, rng, torch.float64)
+    x = randn((2, C, 5, d), rng, torch.float64)
+    before = forward(x).detach().clone()
+    c = draw(rng, 1, C - 2)  # an inner column: neither the first nor the last
+    with torch.no_grad():
+        module.v_weight[c] += randn((d, d), rng, torch.float64)
+    moved = (forward(x).detach() - before).abs().flatten(2).amax(-1).amax(0) > 1e-9  # (C,)
+    if moved[c] and moved.sum() > 1:
+        description, fix = hint("attends_across_columns")
+        raise Mistake(
+            f"changing v_weight[{c}] changed columns {torch.nonzero(moved).flatten().tolist()}, "
+            f"expected only column {c}: it looks like {description}.",
+            fix,
+            "attends_across_columns",
+        )
+    if not moved[c] or moved.sum() != 1:
+        description, fix = hint("weights_shared_by_mistake")
+        raise Mistake(
+            f"changing v_weight[{c}] changed columns {torch.nonzero(moved).flatten().tolist()}, "
+            f"expected only column {c}: it looks like {description}.",
+            fix,
+            "weights_shared_by_mistake",
+        )
+
+
+def columns_no_leakage(ColumnwiseAttention, rng):
+    """no cross-column leakage: perturbing one column's input leaves every other column unchanged"""
+    for shared in (True, False):
+        module, forward, weights, x, H = column_setup(
+            ColumnwiseAttention, rng, shared, torch.float64
+        )
+        c = draw(rng, 0, x.shape[1] - 1)
+        y = x.clone()
+        y[:, c] += randn(y[:, c].shape, rng, torch.float64)
+        diff = (forward(y).detach() - forward(x).detach()).abs().flatten(2).amax(-1).amax(0)
+        others = [i for i in range(x.shape[1]) if i != c and diff[i] > 1e-9]
+        if others:
+            description, fix = hint("attends_across_columns")
+            raise Mistake(
+                f"changing column {c} of the input changed output columns {others} "
+                f"(shared={shared}): it looks like {description}.",
+                fix,
+                "attends_across_columns",
+            )
+
+
+def columns_rejects_bad_shapes(ColumnwiseAttention, rng):
+    """ValueError for 3-D or 5-D inputs, the wrong number of columns or features, d % heads != 0"""
+    C, H = draw(rng, 2, 4), 2
+    d = 2 * draw(rng, 2, 4)
+    module, forward = build_columns(ColumnwiseAttention, C, d, H)
+    for shape, what in [
+        ((2, C * 5, d), "a 3-D input (batch, seq, d)"),
+        ((2, C, 5, d, 1), "a 5-D input"),
+        ((2, C + 1, 5, d), f"{C + 1} columns for num_columns = {C}"),
+        ((2, C, 5, d + 2), f"d = {d + 2} for d = {d}"),
+    ]:
+        x = torch.randn(shape)
+        expect_value_error(
+            lambda: forward(x),
+            f"ColumnwiseAttention({C}, {d}, {H}) on {what}",
+            "no_error_for_bad_params",
+        )
+    expect_value_error(
+        lambda: ColumnwiseAttention(C, d + 1, H),
+        f"ColumnwiseAttention({C}, {d + 1}, {H}) (d not divisible by num_heads)",
+        "no_error_for_bad_params",
+    )
+
+
+EXERCISES = {
+    "ColumnwiseAttention": Exercise(
+        checks=[
+            columns_shared,
+            columns_per_column,
+            columns_float64,
+            columns_parameters,
+            columns_no_leakage,
+            columns_rejects_bad_shapes,
+        ],
+        forbidden=FORBIDDEN_COLUMNS,
+    ),
+}

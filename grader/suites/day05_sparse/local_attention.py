@@ -1,0 +1,354 @@
+"""Checks for sliding_window_attention and chunked_attention: dense float64 attention under the
+oracle's mask gives the answer, and a torch dispatch mode sees that no (L, L) tensor is ever
+allocated.
+"""
+
+import math
+
+import torch
+
+import course.reference.masks
+import course.reference.sparse
+from grader.harness.checking import (
+    TOLERANCE,
+    Mistake,
+    expect_close,
+    hint,
+    relative_error,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, largest_allocation, randn
+from grader.suites.day05_sparse.shared import (
+    FORBIDDEN_BUILDERS,
+    brute_mask,
+    dense64,
+    window_rule,
+    window_suspects,
+)
+
+HINTS = {
+    "builds_full_matrix": (
+        "an (L, L)-sized tensor: the dense matrix that this exercise avoids",
+        "compute block by block: each block of queries meets only the keys "
+        "its window (or chunk) allows, so no tensor has L * L entries; do not "
+        "build sliding_window_mask(L, ...) either.",
+    ),
+    "drops_edges": (
+        "the first or last queries of the sequence left out (their windows are cut "
+        "by the sequence ends)",
+        "pad the keys (or clip the key range) so that the queries near the ends get "
+        "their shorter windows too: every one of the L queries has an output row.",
+    ),
+    "drops_last_chunk": (
+        "the last, shorter chunk left out when L is not a multiple of chunk_size",
+        "there are ceil(L / chunk_size) chunks; the last one ends at L.",
+    ),
+    "overlap_one_side": (
+        "overlap keys added on one side of the chunk only",
+        "chunk c sees keys [c*chunk_size - overlap, (c+1)*chunk_size + overlap): "
+        "overlap keys before and after the chunk.",
+    ),
+    "overlap_off_by_one": (
+        "a key range one too long or too short at an end",
+        "the key range is half-open: start = c*chunk_size - overlap is in, "
+        "(c+1)*chunk_size + overlap is out; clip to [0, L).",
+    ),
+    "ignores_overlap": (
+        "chunks that see only their own keys",
+        "add `overlap` keys on each side of the chunk.",
+    ),
+    "sliding_not_chunked": (
+        "a window around each query instead of around its chunk",
+        "every query of chunk c sees the same keys: "
+        "[c*chunk_size - overlap, (c+1)*chunk_size + overlap).",
+    ),
+}
+
+
+DENSE = "it builds the full (L, L) matrix; compute block by block instead."
+FORBIDDEN_ATTENTION = {
+    **FORBIDDEN_BUILDERS,
+    "scaled_dot_product_attention": DENSE,
+    course.reference.masks.attention: DENSE,
+}
+
+
+def expect_no_full_matrix(call, L: int, name: str) -> None:
+    """`call()` must never allocate a tensor of L * L bytes or more (an (L, L) bool mask, or a
+    quarter of an (L, L) float32 matrix)."""
+    largest, shape = largest_allocation(call)
+    if largest >= L * L:
+        description, fix = hint("builds_full_matrix")
+        raise Mistake(
+            f"{name} allocated a tensor of shape {shape} ({largest / 2**20:.0f} "
+            f"MiB) for L = {L}: it looks like {description}.",
+            fix,
+            "builds_full_matrix",
+        )
+
+
+def attention_inputs(rng, L: int, dtype=torch.float32, leading=(2, 3)):
+    d = 2 ** draw(rng, 2, 4)
+    dv = d + draw(rng, 1, 4)
+    return (
+        randn((*leading, L, d), rng, dtype),
+        randn((*leading, L, d), rng, dtype),
+        randn((*leading, L, dv), rng, dtype),
+    )
+
+
+def expect_attention(out, q, k, v, mask, what: str, suspect_masks=(), edge: tuple = None) -> None:
+    """Compare with dense float64 attention under `mask`; name suspects (by their masks), and
+    answers right in the middle but wrong at the ends (`edge` = (first, last) rows, and the key
+    to name)."""
+    ref = dense64(q, k, v, mask)
+    L = q.shape[-2]
+    if (
+        edge is not None
+        and isinstance(out, torch.Tensor)
+        and out.dim() == ref.dim()
+        and out.shape[-2] < L
+        and out.shape[:-2] == ref.shape[:-2]
+    ):
+        description, fix = hint(edge[2])
+        raise Mistake(
+            f"{what} has {out.shape[-2]} rows for L = {L}: it looks like {description}.",
+            fix,
+            edge[2],
+        )
+    suspects = [
+        (key, dense64(q, k, v, wrong))
+        for key, wrong in suspect_masks
+        if not torch.equal(wrong, mask)
+    ]
+    suspects.append(("missing_scale", dense64(q * math.sqrt(q.shape[-1]), k, v, mask)))
+    try:
+        expect_close(out, ref, q.dtype, what=what, suspects=suspects)
+    except Mistake as mistake:
+        if edge is None or mistake.key != "wrong_values" or out.shape != ref.shape:
+            raise
+        first, last, key = edge
+        rows = slice(first, L - last)
+        if (
+            L - last > first
+            and relative_error(out[..., rows, :], ref[..., rows, :]) <= TOLERANCE[q.dtype]
+        ):
+            description, fix = hint(key)
+            raise Mistake(
+                f"{what} is right for queries {first} .. {L - last - 1} but wrong outside: "
+                f"it looks like {description}.",
+                fix,
+                key,
+            ) from None
+        raise
+
+
+def window_masks(L: int, window: int, causal: bool) -> list:
+    return [(key, wrong) for key, wrong in window_suspects(L, window, causal) if not callable(key)]
+
+
+def swa_edges(window: int, causal: bool) -> tuple:
+    return (window - 1, 0, "drops_edges") if causal else (window // 2, window // 2, "drops_edges")
+
+
+def swa_symmetric(sliding_window_attention, rng):
+    """symmetric: equals dense attention under sliding_window_mask(L, window), (B, H, L, D)"""
+    L = draw(rng, 20, 48)
+    q, k, v = attention_inputs(rng, L)
+    for window in (2 * draw(rng, 2, 6), 2 * draw(rng, 1, 6) + 1):
+        mask = brute_mask(L, window_rule(window, False))
+        expect_attention(
+            sliding_window_attention(q, k, v, window),
+            q,
+            k,
+            v,
+            mask,
+            f"sliding_window_attention(q, k, v, {window})",
+            window_masks(L, window, False),
+            swa_edges(window, False),
+        )
+
+
+def swa_causal(sliding_window_attention, rng):
+    """causal: equals dense attention under sliding_window_mask(L, window, causal=True)"""
+    L = draw(rng, 20, 48)
+    q, k, v = attention_inputs(rng, L)
+    for window in (draw(rng, 2, 6), draw(rng, 7, 13)):
+        mask = brute_mask(L, window_rule(window, True))
+        expect_attention(
+            sliding_window_attention(q, k, v, window, causal=True),
+            q,
+            k,
+            v,
+            mask,
+            f"sliding_window_attention(q, k, v, {window}, causal=True)",
+            window_masks(L, window, True),
+            swa_edges(window, True),
+        )
+
+
+def swa_shapes_and_float64(sliding_window_attention, rng):
+    """any leading dims ((L, D), (B, L, D)), Dv != D, float64 to 1e-10"""
+    L, window = draw(rng, 9, 30), draw(rng, 2, 7)
+    for leading, dtype in [((), torch.float32), ((draw(rng, 1, 3),), torch.float64)]:
+        q, k, v = attention_inputs(rng, L, dtype, leading)
+        for causal in (False, True):
+            mask = brute_mask(L, window_rule(window, causal))
+            expect_attention(
+                sliding_window_attention(q, k, v, window, causal=causal),
+                q,
+                k,
+                v,
+                mask,
+                f"sliding_window_attention on {tuple(q.shape)} {dtype}, causal={causal}",
+                window_masks(L, window, causal),
+                swa_edges(window, causal),
+            )
+
+
+def swa_extremes(sliding_window_attention, rng):
+    """window = 1 (each query sees itself), a window longer than L, and L shorter than a block"""
+    L = draw(rng, 5, 12)
+    q, k, v = attention_inputs(rng, L, leading=(2,))
+    for window, causal in [(1, False), (1, True), (2 * L + 1, False), (L + draw(rng, 0, 5), True)]:
+        mask = brute_mask(L, window_rule(window, causal))
+        expect_attention(
+            sliding_window_attention(q, k, v, window, causal=causal),
+            q,
+            k,
+            v,
+            mask,
+            f"sliding_window_attention(q, k, v, {window}, causal={causal}) with L = {L}",
+            window_masks(L, window, causal),
+        )
+
+
+def swa_never_full_matrix(sliding_window_attention, rng):
+    """never allocates an (L, L)-sized tensor (L = 4096: O(L * window) memory)"""
+    L, window = 4096, draw(rng, 16, 64)
+    q, k, v = (randn((1, 1, L, 8), rng) for _ in range(3))
+    for causal in (False, True):
+        expect_no_full_matrix(
+            lambda: sliding_window_attention(q, k, v, window, causal=causal),
+            L,
+            f"sliding_window_attention(q, k, v, {window}, causal={causal})",
+        )
+
+
+def chunk_rule(L: int, chunk_size: int, overlap: int, extra_left=0, extra_right=0):
+    def allowed(i, j):
+        c = i // chunk_size
+        return (
+            c * chunk_size - overlap - extra_left
+            <= j
+            < (c + 1) * chunk_size + overlap + extra_right
+        )
+
+    return allowed
+
+
+def chunk_masks(L: int, chunk_size: int, overlap: int) -> list:
+    return [
+        (
+            "overlap_one_side",
+            brute_mask(L, chunk_rule(L, chunk_size, overlap, extra_right=-overlap)),
+        ),
+        (
+            "overlap_one_side",
+            brute_mask(L, chunk_rule(L, chunk_size, overlap, extra_left=-overlap)),
+        ),
+        ("overlap_off_by_one", brute_mask(L, chunk_rule(L, chunk_size, overlap, extra_right=1))),
+        ("overlap_off_by_one", brute_mask(L, chunk_rule(L, chunk_size, overlap, extra_left=-1))),
+        (
+            "overlap_off_by_one",
+            brute_mask(L, chunk_rule(L, chunk_size, overlap, extra_left=-1, extra_right=1)),
+        ),
+        ("ignores_overlap", brute_mask(L, chunk_rule(L, chunk_size, 0))),
+        ("sliding_not_chunked", brute_mask(L, lambda i, j: abs(i - j) <= overlap)),
+        (
+            "sliding_not_chunked",
+            brute_mask(L, lambda i, j: i - overlap <= j < i + chunk_size + overlap),
+        ),
+    ]
+
+
+def expect_chunked(chunked_attention, q, k, v, chunk_size, overlap, what):
+    L = q.shape[-2]
+    last = L % chunk_size or chunk_size
+    expect_attention(
+        chunked_attention(q, k, v, chunk_size, overlap),
+        q,
+        k,
+        v,
+        brute_mask(L, chunk_rule(L, chunk_size, overlap)),
+        what,
+        chunk_masks(L, chunk_size, overlap),
+        edge=(0, last, "drops_last_chunk"),
+    )
+
+
+def chunked_matches(chunked_attention, rng):
+    """chunk c attends keys [c*chunk_size - overlap, (c+1)*chunk_size + overlap), L % chunk_size != 0"""
+    chunk_size = draw(rng, 4, 8)
+    L = chunk_size * draw(rng, 3, 6) + draw(rng, 1, chunk_size - 1)
+    q, k, v = attention_inputs(rng, L)
+    overlap = draw(rng, 1, chunk_size - 1)
+    expect_chunked(
+        chunked_attention,
+        q,
+        k,
+        v,
+        chunk_size,
+        overlap,
+        f"chunked_attention(q, k, v, {chunk_size}, {overlap}) with L = {L}",
+    )
+
+
+def chunked_extremes(chunked_attention, rng):
+    """overlap = 0 (blocks on the diagonal), overlap > chunk_size, chunk_size >= L, L % chunk_size == 0"""
+    chunk_size = draw(rng, 3, 6)
+    L = chunk_size * draw(rng, 3, 5)
+    q, k, v = attention_inputs(rng, L, torch.float64, leading=(draw(rng, 1, 3),))
+    for size, overlap in [
+        (chunk_size, 0),
+        (chunk_size, chunk_size + draw(rng, 1, 3)),
+        (L + draw(rng, 0, 3), 2),
+    ]:
+        expect_chunked(
+            chunked_attention,
+            q,
+            k,
+            v,
+            size,
+            overlap,
+            f"chunked_attention(q, k, v, {size}, {overlap}) with L = {L}, float64",
+        )
+
+
+def chunked_never_full_matrix(chunked_attention, rng):
+    """never allocates an (L, L)-sized tensor (L = 4096)"""
+    L, chunk_size, overlap = 4096, draw(rng, 64, 128), draw(rng, 8, 32)
+    q, k, v = (randn((1, 1, L, 8), rng) for _ in range(3))
+    expect_no_full_matrix(
+        lambda: chunked_attention(q, k, v, chunk_size, overlap),
+        L,
+        f"chunked_attention(q, k, v, {chunk_size}, {overlap})",
+    )
+
+
+EXERCISES = {
+    "sliding_window_attention": Exercise(
+        checks=[
+            swa_symmetric,
+            swa_causal,
+            swa_shapes_and_float64,
+            swa_extremes,
+            swa_never_full_matrix,
+        ],
+        forbidden=FORBIDDEN_ATTENTION,
+    ),
+    "chunked_attention": Exercise(
+        checks=[chunked_matches, chunked_extremes, chunked_never_full_matrix],
+        forbidden=FORBIDDEN_ATTENTION,
+    ),
+}
