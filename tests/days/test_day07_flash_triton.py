@@ -1,7 +1,7 @@
 """The day07 check suite, tested: the solution passes, each planted bug is caught with its named
 hint, correct implementations written differently pass, and bad input gives clear errors.
 Planted bugs are edits of the solution notebook's own cells. (The solution against 25 hidden seeds
-is tests/test_suites.py's job.)"""
+is tests/grader/test_suites.py's job.)"""
 
 import functools
 import math

@@ -1,0 +1,274 @@
+"""Checks for FlashAttentionTorch: the tiled forward saving one logsumexp, and the tiled
+backward, as a torch.autograd.Function."""
+
+import math
+
+import torch
+
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    guarded,
+    named,
+    relative_error,
+)
+from grader.suites._common import draw, randn
+from grader.suites.day06_online_softmax.hints import FORBIDDEN, HINTS
+from grader.suites.day06_online_softmax.oracles import causal_rule, dense64, dense_max64, qkv
+
+
+def dense_grads64(q, k, v, d_out, mask=None, use_D=True, scale_grads=True, backward_mask=True):
+    """(dq, dk, dv) in float64 by the FlashAttention-2 formulas on the full matrix, with the named
+    mistakes switchable: use_D=False drops D; scale_grads=False drops 1/sqrt(d) from dq and dk;
+    backward_mask=False recomputes p = exp(s - lse) from unmasked scores."""
+    q, k, v, d_out = q.double(), k.double(), v.double(), d_out.double()
+    scale = q.shape[-1] ** -0.5
+    out, lse = dense64(q, k, v, mask)
+    s = q @ k.transpose(-2, -1) * scale
+    if mask is not None and backward_mask:
+        s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
+    p = torch.exp(s - lse.unsqueeze(-1))
+    dv = p.transpose(-2, -1) @ d_out
+    dp = d_out @ v.transpose(-2, -1)
+    D = (d_out * out).sum(-1, keepdim=True)
+    ds = p * (dp - D) if use_D else p * dp
+    g = scale if scale_grads else 1.0
+    return ds @ k * g, ds.transpose(-2, -1) @ q * g, dv
+
+
+def autograd64(q, k, v, d_out, mask=None):
+    """(dq, dk, dv): float64 autograd through dense attention (the gradients' oracle)."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out, _ = dense64(*leaves, mask)
+    return torch.autograd.grad(out, leaves, d_out.double())
+
+
+def function_class(impl):
+    cls = getattr(impl, "__wrapped__", impl)  # the student's own class behind the guard's wrapper
+    if not (isinstance(cls, type) and issubclass(cls, torch.autograd.Function)):
+        impl()  # a stub function still says "not implemented yet"
+        raise Mistake(
+            f"FlashAttentionTorch should be a torch.autograd.Function subclass, got {cls!r}.",
+            hint="class FlashAttentionTorch(torch.autograd.Function): with "
+            "@staticmethod forward(ctx, q, k, v, is_causal=False) and backward(ctx, d_out).",
+            key="not_a_function",
+        )
+    return cls
+
+
+def run_flash(impl, q, k, v, causal, d_out=None):
+    """out, and (dq, dk, dv) when d_out is given: forward by .apply and backward by calling
+    FlashAttentionTorch.backward(out.grad_fn, d_out), both under the guard."""
+    cls = function_class(impl)
+    forbidden = FORBIDDEN
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    out = guarded(cls.apply, "FlashAttentionTorch", forbidden)(*leaves, causal)
+    if d_out is None:
+        return out, leaves
+    expect_tensor(
+        out, "FlashAttentionTorch.apply(q, k, v)'s output", (*q.shape[:-1], v.shape[-1]), q.dtype
+    )
+    ctx = out.grad_fn
+    if ctx is None:
+        raise named("autograd_broken")
+    grads = guarded(cls.backward, "FlashAttentionTorch", forbidden)(ctx, d_out)
+    if not isinstance(grads, (tuple, list)) or len(grads) < 3:
+        raise Mistake(
+            f"FlashAttentionTorch.backward returned {type(grads).__name__}, expected "
+            f"(dq, dk, dv, None).",
+            HINTS["autograd_broken"][1],
+            "autograd_broken",
+        )
+    return out, grads[:3]
+
+
+def expect_grads(grads, q, k, v, d_out, mask, what, causal_only=False):
+    refs = autograd64(q, k, v, d_out, mask)
+    wrong = {
+        "missing_D_term": dense_grads64(q, k, v, d_out, mask, use_D=False),
+        "grad_missing_scale": dense_grads64(q, k, v, d_out, mask, scale_grads=False),
+    }
+    if mask is not None:
+        wrong["causal_backward_unmasked"] = dense_grads64(q, k, v, d_out, mask, backward_mask=False)
+    for name, grad, ref, index in zip(("dq", "dk", "dv"), grads, refs, range(3)):
+        suspects = [
+            (key, values[index])
+            for key, values in wrong.items()
+            if relative_error(values[index], ref) > 1e-6
+        ]
+        try:
+            expect_close(
+                grad,
+                ref,
+                q.dtype,
+                what=f"{what}: {name}",
+                suspects=suspects,
+                nonfinite=named("grad_not_finite"),
+            )
+        except Mistake as mistake:
+            if causal_only and mistake.key in ("wrong_values",):
+                description, fix = HINTS["grads_wrong_only_causal"]
+                raise Mistake(
+                    f"{mistake.message} Without causal the gradients are right: it looks "
+                    f"like {description}.",
+                    fix,
+                    "grads_wrong_only_causal",
+                ) from None
+            raise
+
+
+def grads_right_without_causal(impl, rng, Lq, Lk):
+    q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
+    d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
+    _, grads = run_flash(impl, q, k, v, False, d_out)
+    refs = autograd64(q, k, v, d_out)
+    return all(
+        isinstance(g, torch.Tensor) and g.shape == r.shape and relative_error(g, r) <= 1e-8
+        for g, r in zip(grads, refs)
+    )
+
+
+def flash_forward(FlashAttentionTorch, rng):
+    """FlashAttentionTorch.apply(q, k, v, is_causal) matches dense attention (both causal values)"""
+    Lq, Lk = draw(rng, 40, 70), draw(rng, 66, 100)
+    q, k, v = qkv(rng, Lq, Lk)
+    for causal in (False, True):
+        out, _ = run_flash(FlashAttentionTorch, q, k, v, causal)
+        ref, _ = dense64(q, k, v, causal_rule(Lq, Lk) if causal else None)
+        expect_close(
+            out,
+            ref,
+            q.dtype,
+            what=f"FlashAttentionTorch.apply(q {tuple(q.shape)}, k {tuple(k.shape)}, v, {causal})",
+            suspects=[
+                (
+                    "missing_scale",
+                    dense64(q, k, v, causal_rule(Lq, Lk) if causal else None, scale=1.0)[0],
+                )
+            ],
+        )
+
+
+def flash_saves_lse(FlashAttentionTorch, rng):
+    """saves q, k, v, out and exactly one logsumexp (..., Lq) (natural log), no (Lq, Lk) tensor"""
+    Lq, Lk = draw(rng, 20, 30), draw(rng, 34, 40)  # Lq * Lk above any of q, k, v, out (d <= 16)
+    q, k, v = qkv(rng, Lq, Lk, leading=(2, 3))
+    for causal in (False, True):
+        out, _ = run_flash(FlashAttentionTorch, q, k, v, causal)
+        if not isinstance(out, torch.Tensor) or out.grad_fn is None:
+            raise named("autograd_broken")
+        saved = out.grad_fn.saved_tensors
+        big = [t for t in saved if t.numel() >= math.prod(q.shape[:-2]) * Lq * Lk]
+        if big:
+            description, fix = HINTS["saves_too_much"]
+            raise Mistake(
+                f"ctx.saved_tensors holds a tensor of shape {tuple(big[0].shape)} for Lq = "
+                f"{Lq}, Lk = {Lk}: it looks like {description}.",
+                fix,
+                "saves_too_much",
+            )
+        stats = [t for t in saved if tuple(t.shape) == (*q.shape[:-2], Lq)]
+        if len(stats) > 1:
+            raise named("saves_two_stats")
+        if not stats:
+            raise named("no_lse_saved")
+        mask = causal_rule(Lq, Lk) if causal else None
+        _, ref = dense64(q, k, v, mask)
+        m = dense_max64(q, k, mask)
+        expect_close(
+            stats[0],
+            ref,
+            q.dtype,
+            what=f"the saved logsumexp (causal={causal})",
+            suspects=[
+                ("lse_base2", ref / math.log(2)),
+                ("lse_base2", m + (ref - m) / math.log(2)),
+                ("lse_missing_max", ref - m),
+            ],
+        )
+        shapes = sorted(tuple(t.shape) for t in saved)
+        for tensor, name in ((q, "q"), (k, "k"), (v, "v"), (out, "out")):
+            if tuple(tensor.shape) not in shapes:
+                raise Mistake(
+                    f"ctx.saved_tensors has no tensor shaped like {name} {tuple(tensor.shape)} "
+                    f"(saved: {shapes}).",
+                    HINTS["no_lse_saved"][1],
+                    "missing_saved",
+                )
+
+
+def flash_gradients(FlashAttentionTorch, rng):
+    """gradients dq, dk, dv match float64 autograd through dense attention (non-causal, Lq != Lk)"""
+    Lq, Lk = draw(rng, 66, 80), draw(rng, 40, 100)
+    q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
+    d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
+    _, grads = run_flash(FlashAttentionTorch, q, k, v, False, d_out)
+    expect_grads(
+        grads, q, k, v, d_out, None, f"backward for q {tuple(q.shape)}, k {tuple(k.shape)}"
+    )
+
+
+def flash_causal_gradients(FlashAttentionTorch, rng):
+    """causal gradients (bottom-right): Lq == Lk, Lq < Lk, and Lq > Lk (masked rows: zero, finite)"""
+    L = draw(rng, 66, 90)
+    right_otherwise = grads_right_without_causal(FlashAttentionTorch, rng, 66, 70)
+    for Lq, Lk in [(L, L), (draw(rng, 10, 50), L), (L, draw(rng, 20, 50))]:
+        q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
+        d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
+        _, grads = run_flash(FlashAttentionTorch, q, k, v, True, d_out)
+        expect_grads(
+            grads,
+            q,
+            k,
+            v,
+            d_out,
+            causal_rule(Lq, Lk),
+            f"causal backward for q {tuple(q.shape)}, k {tuple(k.shape)}",
+            causal_only=right_otherwise,
+        )
+
+
+def flash_autograd_and_shapes(FlashAttentionTorch, rng):
+    """real autograd: .backward() fills q.grad, k.grad, v.grad; (L, D) and (B, H, L, D) inputs; gradcheck"""
+    cls = function_class(FlashAttentionTorch)
+    for leading in ((), (2, 2)):
+        Lq, Lk = draw(rng, 3, 6), draw(rng, 3, 6)
+        q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=leading)
+        d_out = randn((*leading, Lq, v.shape[-1]), rng, torch.float64)
+        for causal in (False, True):
+            out, leaves = run_flash(FlashAttentionTorch, q, k, v, causal)
+            try:
+                out.backward(d_out)
+            except Exception as exc:
+                raise Mistake(
+                    f"out.backward(...) raised {type(exc).__name__}: {exc}",
+                    HINTS["autograd_broken"][1],
+                    "autograd_broken",
+                ) from None
+            expect_grads(
+                [t.grad for t in leaves],
+                q,
+                k,
+                v,
+                d_out,
+                causal_rule(Lq, Lk) if causal else None,
+                f"autograd with q {tuple(q.shape)}, causal={causal}",
+            )
+    q, k, v = qkv(rng, 4, 5, torch.float64, leading=(1,))
+    inputs = tuple(t.requires_grad_() for t in (q, k, v))
+    try:
+        ok = torch.autograd.gradcheck(
+            lambda a, b, c: cls.apply(a, b, c, True), inputs, raise_exception=False
+        )
+    except Exception:
+        ok = False
+    if not ok:
+        raise Mistake(
+            "torch.autograd.gradcheck (finite differences, float64) disagrees with your "
+            "backward for causal q (1, 4, d), k (1, 5, d).",
+            hint="compare dq, dk, dv with autograd through a naive float64 attention on a "
+            "tiny example.",
+            key="gradcheck",
+        )

@@ -1,0 +1,169 @@
+"""What day06's checks tell the student: HINTS, the mistakes they name, and FORBIDDEN, what
+the student's functions must not call."""
+
+import course.reference.masks
+import course.reference.online_softmax
+import course.reference.sdpa
+from grader.suites import day01_sdpa
+
+HINTS = {
+    "missing_scale": day01_sdpa.HINTS["missing_scale"],
+    "no_error_for_bad_params": (
+        "a bad argument accepted silently",
+        "check the arguments first and raise ValueError with a message "
+        'that names the bad one, e.g. `raise ValueError(f"block_q must '
+        'be >= 1, got {block_q}")`.',
+    ),
+    # online softmax
+    "missing_rescale": (
+        "the running sums not rescaled when the max changes",
+        "terms summed so far were taken against the old max m; when a block "
+        "raises it to m_new, multiply the running sums by exp(m - m_new) before "
+        "adding the new block's exp(x - m_new).",
+    ),
+    "rescale_inverted": (
+        "the rescale factor upside down: exp(m_new - m) instead of exp(m - m_new)",
+        "the old terms exp(x - m) become exp(x - m_new) = exp(x - m) * "
+        "exp(m - m_new): the factor is at most 1.",
+    ),
+    "returns_log": (
+        "log(sum_exp) (a logsumexp) where sum_exp itself is asked for",
+        "return the running sum of exp(x - max) itself, not its log and not max + log.",
+    ),
+    "not_streaming": (
+        "a pass over the whole of x before the blocks (e.g. the global max first): "
+        "two passes, not one streaming pass",
+        "keep the running max and sum as the blocks arrive: every max, sum or exp "
+        "reads one block x[..., start:start + block_size] only.",
+    ),
+    "nan_for_masked": (
+        "NaN where a row (or every row so far) is all -inf",
+        "exp(-inf - (-inf)) is NaN: while the running max is still -inf, shift by "
+        "0 instead (torch.where(m == -inf, 0, m)); an all -inf row gives max = "
+        "-inf, sum = 0 and, in attention, a zero output with lse = -inf.",
+    ),
+    # tiled attention
+    "rescale_l_only": (
+        "the denominator l rescaled when the max changes, but not the accumulator",
+        "both running sums were taken against the old max: multiply acc (the "
+        "running numerator, (bq, dv)) by exp(m_old - m_new) as well as l.",
+    ),
+    "rescale_acc_only": (
+        "the accumulator rescaled when the max changes, but not the denominator l",
+        "both running sums were taken against the old max: multiply l by "
+        "exp(m_old - m_new) as well as acc.",
+    ),
+    "lse_base2": (
+        "the logsumexp in base 2 (log2 instead of the natural log)",
+        "lse = m + log(l) with the natural log (torch.log); base 2 belongs to kernels "
+        "that use exp2, and must be converted back: lse_e = lse_2 * ln 2.",
+    ),
+    "lse_missing_max": (
+        "log(l) without the running max: lse must be m + log(l)",
+        "l = sum exp(s - m) was shifted by the max: logsumexp(s) = m + log(l).",
+    ),
+    "causal_top_left": (
+        "a causal mask aligned top-left (query i sees keys 0..i) when Lq != Lk",
+        "the course aligns bottom-right: query i sits at absolute position "
+        "Lk - Lq + i and sees keys j <= Lk - Lq + i.",
+    ),
+    "causal_strict": (
+        "a causal mask that hides the diagonal (j < i instead of j <= i)",
+        "a query sees its own key: the mask is key_pos <= query_pos, both ends "
+        "counted from the same origin.",
+    ),
+    "causal_wrong_side": (
+        "the causal mask on the wrong side of the diagonal (queries see the future, not the past)",
+        "mask the keys *after* the query: set -inf where key_pos > query_pos.",
+    ),
+    "ignores_causal": (
+        "causal=True ignored",
+        "with causal=True query i (at Lk - Lq + i) sees keys j <= Lk - Lq + i only.",
+    ),
+    "builds_full_matrix": (
+        "an (Lq, Lk)-sized tensor: the matrix that tiling avoids",
+        "compute one (block_q, block_k) tile of scores at a time and keep only "
+        "running statistics per query: no tensor, mask included, has Lq * Lk "
+        "entries.",
+    ),
+    "computes_masked_tiles": (
+        "tiles entirely above the causal diagonal computed (then masked) instead of skipped",
+        "for query tile [q_start, q_end) stop the key loop at "
+        "min(Lk, Lk - Lq + q_end): the keys after that are masked for every "
+        "query of the tile, so their tiles are never computed.",
+    ),
+    # backward
+    "missing_D_term": (
+        "a backward without FlashAttention-2's D term: ds = p * dp instead of p * (dp - D)",
+        "the softmax Jacobian gives ds = p * (dp - D) with D = rowsum(dO * O) per "
+        "query (equal to rowsum(p * dp)); compute D once before the tile loop.",
+    ),
+    "grad_missing_scale": (
+        "dq and dk without the 1 / sqrt(d) of the scores",
+        "s = q kᵀ / sqrt(d), so dq = ds k / sqrt(d) and dk = dsᵀ q / sqrt(d).",
+    ),
+    "grads_wrong_only_causal": (
+        "gradients right without causal but wrong with causal=True",
+        "backward must recompute exactly the forward's tiles: the same "
+        "bottom-right mask on straddling tiles, the same skipped tiles, "
+        "and zero for fully masked rows.",
+    ),
+    "causal_backward_unmasked": (
+        "a causal backward that recomputes p without the mask",
+        "recompute the scores of each tile with the same causal mask "
+        "as in forward before p = exp(s - lse).",
+    ),
+    "saves_too_much": (
+        "an (Lq, Lk)-sized tensor saved for backward (the probabilities?)",
+        "save q, k, v, out and the logsumexp only (ctx.save_for_backward); the "
+        "backward recomputes each tile of p from them.",
+    ),
+    "saves_two_stats": (
+        "the max and the sum saved as two tensors",
+        "fold them into one logsumexp per query, lse = m + log(l), and save that: "
+        "p = exp(s - lse) in backward.",
+    ),
+    "no_lse_saved": (
+        "no logsumexp tensor of shape (..., Lq) among ctx.saved_tensors",
+        "save q, k, v, out and lse with ctx.save_for_backward(q, k, v, out, lse).",
+    ),
+    "grad_not_finite": (
+        "NaN or inf in the gradient of a fully masked row",
+        "a row that sees no key has lse = -inf and p = exp(s - lse) must be 0: "
+        "replace lse = -inf by +inf (or mask those rows) before the exp.",
+    ),
+    "autograd_broken": (
+        "a Function that autograd cannot run backward through",
+        "forward(ctx, q, k, v, is_causal=False) saves with ctx.save_for_backward "
+        "and returns out; backward(ctx, d_out) returns one gradient per forward "
+        "input: (dq, dk, dv, None).",
+    ),
+}
+
+FLASH = (
+    "course.reference.online_softmax is the course's library version, for later days: write yours."
+)
+NO_BUILTIN = (
+    "it computes the whole softmax at once; this exercise builds it from running "
+    "statistics, block by block."
+)
+FORBIDDEN_LIBRARY = {
+    fn: FLASH
+    for fn in (
+        course.reference.online_softmax.online_softmax_stats,
+        course.reference.online_softmax.tiled_attention,
+        course.reference.online_softmax._forward,
+        course.reference.online_softmax._backward,
+        course.reference.online_softmax.flash_attention_torch,
+        course.reference.online_softmax.FlashAttentionTorch.forward,
+    )
+}
+FORBIDDEN = {
+    **FORBIDDEN_LIBRARY,
+    "softmax": NO_BUILTIN,
+    "log_softmax": NO_BUILTIN,
+    "logsumexp": NO_BUILTIN,
+    "scaled_dot_product_attention": NO_BUILTIN,
+    course.reference.masks.attention: NO_BUILTIN,
+    course.reference.sdpa.stable_softmax: NO_BUILTIN,
+}

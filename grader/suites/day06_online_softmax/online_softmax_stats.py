@@ -1,0 +1,197 @@
+"""Checks for online_softmax_stats: the running max and sum, streamed block by block."""
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from grader.harness.checking import Mistake, expect_close, expect_tensor, expect_value_error, named
+from grader.suites._common import draw, randn
+from grader.suites.day06_online_softmax.hints import HINTS
+
+# ----------------------------------------------------------------------------- watching the ops
+
+REDUCTIONS = {
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "sum",
+    "nansum",
+    "mean",
+    "prod",
+    "logsumexp",
+    "cummax",
+    "cumsum",
+    "logcumsumexp",
+    "sort",
+    "topk",
+    "argmax",
+    "kthvalue",
+    "norm",
+    "linalg_vector_norm",
+    "aminmax",
+    "var",
+    "std",
+    "median",
+}
+
+
+class Reductions(TorchDispatchMode):
+    """The largest number of elements that any reduction op reads (and its name)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.name = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__.lstrip("_")
+        if (
+            name in REDUCTIONS
+            and args
+            and isinstance(args[0], torch.Tensor)
+            and args[0].numel() > self.largest
+        ):
+            self.largest, self.name = args[0].numel(), name
+        return func(*args, **(kwargs or {}))
+
+
+def stats64(x, dim):
+    x = x.double()
+    m = x.amax(dim)
+    shift = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    return m, torch.exp(x - shift.unsqueeze(dim)).sum(dim)
+
+
+def stats_suspects(x, block_size, dim):
+    """(key, sum_exp) pairs of the named mistakes, by a float64 block loop."""
+    x = x.double().movedim(dim, -1)
+    m = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float64)
+    plain, inverted = torch.zeros_like(m), torch.zeros_like(m)
+    for start in range(0, x.shape[-1], block_size):
+        block = x[..., start : start + block_size]
+        m_new = torch.maximum(m, block.amax(-1))
+        new = torch.exp(block - m_new.unsqueeze(-1)).sum(-1)
+        plain = plain + new
+        inverted = inverted * torch.exp(m_new - m).nan_to_num(posinf=0.0) + new
+        m = m_new
+    _, right = stats64(x, -1)
+    return [
+        ("missing_rescale", plain),
+        ("rescale_inverted", inverted),
+        ("returns_log", torch.log(right)),
+        ("returns_log", m + torch.log(right)),
+    ]
+
+
+def expect_close_inf(out, ref, dtype, what, suspects=(), nonfinite=None):
+    """expect_close where `ref` may hold infinities: those entries must be equal exactly (else the
+    mistake `nan_for_masked`), the others are compared as usual."""
+    if isinstance(out, torch.Tensor) and out.shape == ref.shape:
+        inf = torch.isinf(ref)
+        if inf.any():
+            expect_tensor(out, what, ref.shape, dtype)
+            if not torch.equal(out.detach().double()[inf], ref[inf]):
+                description, fix = HINTS["nan_for_masked"]
+                raise Mistake(
+                    f"{what} is {out[inf][0].item()} where the answer is {ref[inf][0].item()}: "
+                    f"it looks like {description}.",
+                    fix,
+                    "nan_for_masked",
+                )
+            out, ref = out[~inf], ref[~inf]
+            suspects = [(key, wrong[~inf]) for key, wrong in suspects]
+    expect_close(out, ref, dtype, what=what, suspects=suspects, nonfinite=nonfinite)
+
+
+def expect_stats(online_softmax_stats, x, block_size, dim, what):
+    result = online_softmax_stats(x, block_size, dim=dim)
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise Mistake(
+            f"{what} returned {type(result).__name__}, expected a tuple (max, sum_exp).",
+            hint="return both statistics: `return m, s`.",
+            key="wrong_return",
+        )
+    m_ref, s_ref = stats64(x, dim)
+    expect_close_inf(result[0], m_ref, x.dtype, f"{what}'s max", nonfinite=named("nan_for_masked"))
+    expect_close(
+        result[1],
+        s_ref,
+        x.dtype,
+        what=f"{what}'s sum_exp",
+        suspects=stats_suspects(x, block_size, dim),
+        nonfinite=named("nan_for_masked"),
+    )
+
+
+def stats_match(online_softmax_stats, rng):
+    """max and sum exp(x - max) along the last dim, blocks not dividing the length"""
+    block_size = draw(rng, 3, 7)
+    N = block_size * draw(rng, 3, 6) + draw(rng, 1, block_size - 1)
+    # Growing values: the max changes in most blocks, so every rescale shows.
+    x = randn((draw(rng, 2, 4), N), rng, scale=3.0) + torch.linspace(0, 6, N)
+    expect_stats(
+        online_softmax_stats,
+        x,
+        block_size,
+        -1,
+        f"online_softmax_stats(x of {tuple(x.shape)}, {block_size})",
+    )
+
+
+def stats_dims_and_float64(online_softmax_stats, rng):
+    """another dim (0, 1, negative), float64 to 1e-10, block_size 1 and block_size > length"""
+    x = randn((draw(rng, 5, 12), draw(rng, 2, 4), draw(rng, 5, 9)), rng, torch.float64, scale=4.0)
+    for dim, block_size in [(0, draw(rng, 2, 4)), (1, 1), (-1, 100), (-3, 1)]:
+        expect_stats(
+            online_softmax_stats,
+            x,
+            block_size,
+            dim,
+            f"online_softmax_stats(x of {tuple(x.shape)}, {block_size}, dim={dim})",
+        )
+
+
+def stats_extremes(online_softmax_stats, rng):
+    """no overflow at x = ±1000; -inf entries; an all -inf row gives (-inf, 0), never NaN"""
+    N, block_size = draw(rng, 8, 14), draw(rng, 2, 3)
+    x = randn((4, N), rng, scale=2.0)
+    x[0] += 1000
+    x[1] -= 1000
+    x[2, : N // 2] = float("-inf")  # the first blocks hold nothing
+    x[3] = float("-inf")
+    expect_stats(
+        online_softmax_stats,
+        x,
+        block_size,
+        -1,
+        f"online_softmax_stats on rows +1000, -1000, half -inf, all -inf ({N}, block {block_size})",
+    )
+
+
+def stats_streaming(online_softmax_stats, rng):
+    """one streaming pass: no max, sum or other reduction reads more than one block of x"""
+    block_size = draw(rng, 4, 8)
+    rows, N = draw(rng, 2, 4), block_size * draw(rng, 4, 8)
+    x = randn((rows, N), rng)
+    tracker = Reductions()
+    with tracker:
+        online_softmax_stats(x, block_size, dim=-1)
+    if tracker.largest > rows * block_size:
+        description, fix = HINTS["not_streaming"]
+        raise Mistake(
+            f"a {tracker.name} read {tracker.largest} elements at once, but one block of "
+            f"x ({rows}, {N}) is ({rows}, {block_size}) = {rows * block_size}: it looks like "
+            f"{description}.",
+            fix,
+            "not_streaming",
+        )
+
+
+def stats_rejects_bad_block(online_softmax_stats, rng):
+    """block_size < 1 raises ValueError"""
+    x = randn((3, draw(rng, 4, 8)), rng)
+    for block_size in (0, -draw(rng, 1, 4)):
+        expect_value_error(
+            lambda: online_softmax_stats(x, block_size),
+            f"online_softmax_stats(x, {block_size})",
+            "no_error_for_bad_params",
+        )

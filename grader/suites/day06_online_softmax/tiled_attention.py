@@ -1,0 +1,290 @@
+"""Checks for tiled_attention: out and logsumexp from running statistics, tile by tile, never
+an (Lq, Lk) tensor, and causal tiles above the diagonal skipped."""
+
+import math
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from course.bench import LiveStorage
+from grader.harness.checking import Mistake, expect_close, expect_value_error, named
+from grader.suites._common import draw, randn
+from grader.suites.day06_online_softmax.hints import HINTS
+from grader.suites.day06_online_softmax.oracles import causal_rule, dense64, dense_max64, qkv
+
+
+def tile_loop64(q, k, v, bq, bk, mask=None, rescale_l=True, rescale_acc=True):
+    """(out, lse) of a float64 tile loop with the given rescaling (a suspect when one is off).
+    Tiles with every entry masked are skipped, as the skipping schedule does."""
+    q, k, v = q.double(), k.double(), v.double()
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    s_all = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # fine for an oracle: small sizes
+    if mask is not None:
+        s_all = s_all.masked_fill(~mask, float("-inf"))
+    outs, lses = [], []
+    for a in range(0, Lq, bq):
+        m = torch.full(s_all.shape[:-2] + (min(bq, Lq - a),), float("-inf"), dtype=torch.float64)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(*m.shape, v.shape[-1], dtype=torch.float64)
+        for b in range(0, Lk, bk):
+            s = s_all[..., a : a + bq, b : b + bk]
+            if mask is not None and not mask[a : a + bq, b : b + bk].any():
+                continue
+            m_new = torch.maximum(m, s.amax(-1))
+            safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+            alpha = torch.exp(m - safe)
+            p = torch.exp(s - safe.unsqueeze(-1))
+            l = (l * alpha if rescale_l else l) + p.sum(-1)
+            acc = (acc * alpha.unsqueeze(-1) if rescale_acc else acc) + p @ v[..., b : b + bk, :]
+            m = m_new
+        outs.append(acc / torch.where(l > 0, l, torch.ones_like(l)).unsqueeze(-1))
+        lses.append(m + torch.log(l))
+    return torch.cat(outs, -2), torch.cat(lses, -1)
+
+
+class MatmulFlops(TorchDispatchMode):
+    """Counts the multiply-adds of every matrix product (mm, bmm, addmm, baddbmm, matmul)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if name in ("mm", "bmm", "addmm", "baddbmm", "matmul", "dot", "mv", "addbmm"):
+            a = args[1] if name in ("addmm", "baddbmm", "addbmm") else args[0]
+            if isinstance(out, torch.Tensor):
+                self.flops += out.numel() * (a.shape[-1] if a.dim() else 1)
+        return out
+
+
+def causal_suspects(Lq, Lk):
+    """(key, mask) of the named causal mistakes that differ from the right mask."""
+    right = causal_rule(Lq, Lk)
+    masks = [
+        ("causal_top_left", causal_rule(Lq, Lk, offset=0)),
+        ("causal_top_left", causal_rule(Lq, Lk, offset=0, strict=True)),
+        ("causal_strict", causal_rule(Lq, Lk, strict=True)),
+        ("causal_wrong_side", causal_rule(Lq, Lk, flip=True)),
+        ("causal_wrong_side", causal_rule(Lq, Lk, offset=Lk - Lq + 1, flip=True)),
+        ("ignores_causal", torch.ones(Lq, Lk, dtype=torch.bool)),
+    ]
+    return [(key, mask) for key, mask in masks if not torch.equal(mask, right)]
+
+
+def expect_tiled(result, q, k, v, bq, bk, causal, what):
+    """out and lse against dense float64, naming the mistakes this day recognises."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise Mistake(
+            f"{what} returned {type(result).__name__}, expected a tuple (out, lse).",
+            hint="return the output and the logsumexp: `return out, lse`.",
+            key="wrong_return",
+        )
+    out, lse = result
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    mask = causal_rule(Lq, Lk) if causal else None
+    ref_out, ref_lse = dense64(q, k, v, mask)
+    suspects = [("missing_scale", dense64(q, k, v, mask, scale=1.0)[0])]
+    if causal:
+        suspects += [(key, dense64(q, k, v, wrong)[0]) for key, wrong in causal_suspects(Lq, Lk)]
+    suspects += [
+        ("missing_rescale", tile_loop64(q, k, v, bq, bk, mask, False, False)[0]),
+        ("rescale_l_only", tile_loop64(q, k, v, bq, bk, mask, True, False)[0]),
+        ("rescale_acc_only", tile_loop64(q, k, v, bq, bk, mask, False, True)[0]),
+    ]
+    expect_close(
+        out,
+        ref_out,
+        q.dtype,
+        what=f"{what}'s out",
+        suspects=suspects,
+        nonfinite=named("nan_for_masked"),
+    )
+    lse_suspects = []
+    if isinstance(lse, torch.Tensor) and lse.shape == ref_lse.shape:
+        finite = torch.isfinite(ref_lse)
+        if (torch.isnan(lse) & ~finite).any() or (torch.isfinite(lse) & ~finite).any():
+            raise Mistake(
+                f"{what}'s lse is {lse[~finite][0].item()} for a query that sees no key, "
+                f"expected -inf.",
+                HINTS["nan_for_masked"][1],
+                "nan_for_masked",
+            )
+        if not finite.all():  # compare the rows that see keys
+            lse, ref_lse = lse[finite], ref_lse[finite]
+        m = dense_max64(q, k, mask)[finite] if not finite.all() else dense_max64(q, k, mask)
+        lse_suspects = [
+            ("lse_base2", ref_lse / math.log(2)),
+            ("lse_base2", (m + (ref_lse - m) / math.log(2))),
+            ("lse_missing_max", ref_lse - m),
+        ]
+    expect_close(lse, ref_lse, q.dtype, what=f"{what}'s lse", suspects=lse_suspects)
+
+
+def tiled_matches(tiled_attention, rng):
+    """non-causal: out and the natural-log lse match dense attention; Lq != Lk; ragged tiles"""
+    bq, bk = draw(rng, 3, 6), draw(rng, 3, 6)
+    Lq, Lk = (
+        bq * draw(rng, 2, 4) + draw(rng, 1, bq - 1),
+        bk * draw(rng, 3, 5) + draw(rng, 1, bk - 1),
+    )
+    q, k, v = qkv(rng, Lq, Lk)
+    k = k + torch.linspace(0, 2, Lk).unsqueeze(-1) * q.mean(
+        -2, keepdim=True
+    )  # max moves along the keys
+    expect_tiled(
+        tiled_attention(q, k, v, block_q=bq, block_k=bk),
+        q,
+        k,
+        v,
+        bq,
+        bk,
+        False,
+        f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, block_q={bq}, block_k={bk})",
+    )
+
+
+def tiled_causal(tiled_attention, rng):
+    """causal, bottom-right aligned: Lq == Lk, Lq < Lk (queries are the newest tokens)"""
+    bq, bk = draw(rng, 2, 5), draw(rng, 2, 5)
+    L = draw(rng, 9, 20)
+    for Lq, Lk in [(L, L), (draw(rng, 3, L - 2), L)]:
+        q, k, v = qkv(rng, Lq, Lk)
+        expect_tiled(
+            tiled_attention(q, k, v, block_q=bq, block_k=bk, causal=True),
+            q,
+            k,
+            v,
+            bq,
+            bk,
+            True,
+            f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, block_q={bq}, "
+            f"block_k={bk}, causal=True)",
+        )
+
+
+def tiled_fully_masked_rows(tiled_attention, rng):
+    """causal with Lq > Lk: the first Lq - Lk queries see no key: zeros and lse = -inf, never NaN"""
+    Lk = draw(rng, 3, 8)
+    Lq = Lk + draw(rng, 2, 6)
+    q, k, v = qkv(rng, Lq, Lk, leading=(2,))
+    bq, bk = draw(rng, 2, 4), draw(rng, 2, 4)
+    expect_tiled(
+        tiled_attention(q, k, v, block_q=bq, block_k=bk, causal=True),
+        q,
+        k,
+        v,
+        bq,
+        bk,
+        True,
+        f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, block_q={bq}, block_k={bk}, "
+        f"causal=True)",
+    )
+
+
+def tiled_shapes_and_float64(tiled_attention, rng):
+    """(L, D) and (B, L, D) inputs, float64 to 1e-10, default tiles of 64 (ragged), one tile"""
+    L = 64 + draw(rng, 10, 40)
+    q, k, v = qkv(rng, L, L + draw(rng, 1, 9), torch.float64, leading=(draw(rng, 1, 3),))
+    for causal in (False, True):
+        expect_tiled(
+            tiled_attention(q, k, v, causal=causal),
+            q,
+            k,
+            v,
+            64,
+            64,
+            causal,
+            f"tiled_attention(q {tuple(q.shape)} float64, causal={causal}) with default tiles",
+        )
+    q, k, v = qkv(rng, draw(rng, 3, 7), draw(rng, 3, 7), leading=())
+    expect_tiled(
+        tiled_attention(q, k, v, block_q=16, block_k=16, causal=True),
+        q,
+        k,
+        v,
+        16,
+        16,
+        True,
+        f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, causal=True) in one tile",
+    )
+
+
+def tiled_never_full_matrix(tiled_attention, rng):
+    """never allocates an (Lq, Lk)-sized tensor (Lq x Lk bytes or more: a bool mask counts)"""
+    Lq, Lk, block = 256 + draw(rng, 0, 32), 384 + draw(rng, 0, 32), 2 ** draw(rng, 5, 6)
+    q, k, v = (randn((1, L, 8), rng) for L in (Lq, Lk, Lk))
+    for causal in (False, True):
+        tracker = LiveStorage()
+        with tracker:
+            tiled_attention(q, k, v, block_q=block, block_k=block, causal=causal)
+        if tracker.largest >= Lq * Lk:
+            description, fix = HINTS["builds_full_matrix"]
+            raise Mistake(
+                f"tiled_attention(causal={causal}) allocated a tensor of shape {tracker.largest_shape} "
+                f"({tracker.largest} bytes) for Lq = {Lq}, Lk = {Lk} with {block} x {block} "
+                f"tiles: it looks like {description}.",
+                fix,
+                "builds_full_matrix",
+            )
+
+
+def tiled_skips_masked_tiles(tiled_attention, rng):
+    """causal skips the tiles above the diagonal: about half the matmul work of non-causal"""
+    block = 2 ** draw(rng, 3, 4)
+    n = draw(rng, 6, 9)
+    L = block * n
+    q, k, v = (randn((1, L, 8), rng) for _ in range(3))
+    flops = {}
+    for causal in (False, True):
+        counter = MatmulFlops()
+        with counter:
+            tiled_attention(q, k, v, block_q=block, block_k=block, causal=causal)
+        flops[causal] = counter.flops
+    ideal = (n + 1) / (2 * n)  # tiles on or below the diagonal: n (n + 1) / 2 of n^2
+    if flops[False] == 0:
+        raise Mistake(
+            "no matrix product was seen: compute the scores and the output with @ "
+            "(or torch.matmul) on tiles.",
+            hint="s = q_tile @ k_tile.transpose(-2, -1).",
+            key="no_matmul",
+        )
+    ratio = flops[True] / flops[False]
+    if ratio > ideal + 0.5 * (1 - ideal):
+        description, fix = HINTS["computes_masked_tiles"]
+        raise Mistake(
+            f"with L = {L} and {block} x {block} tiles, causal=True did {ratio:.0%} of the "
+            f"matmul work of causal=False (skipping the tiles above the diagonal gives "
+            f"{ideal:.0%}): it looks like {description}.",
+            fix,
+            "computes_masked_tiles",
+        )
+    dense = 2 * L * L * 8
+    if flops[False] > 1.5 * dense:
+        raise Mistake(
+            f"causal=False did {flops[False]} multiply-adds for L = {L}, d = dv = 8; "
+            f"the tiles need {dense}: some tiles are computed more than once.",
+            hint="visit each (query tile, key tile) pair once.",
+            key="extra_work",
+        )
+
+
+def tiled_rejects_bad_input(tiled_attention, rng):
+    """block_q or block_k < 1, and q, k with different head dims, raise ValueError"""
+    q, k, v = qkv(rng, draw(rng, 3, 6), draw(rng, 3, 6), leading=(2,))
+    expect_value_error(
+        lambda: tiled_attention(q, k, v, block_q=0),
+        "tiled_attention(..., block_q=0)",
+        "no_error_for_bad_params",
+    )
+    expect_value_error(
+        lambda: tiled_attention(q, k, v, block_k=-draw(rng, 1, 4)),
+        "tiled_attention(..., block_k < 0)",
+        "no_error_for_bad_params",
+    )
+    expect_value_error(
+        lambda: tiled_attention(q, k[..., :-1], v),
+        "tiled_attention with q (..., d), k (..., d - 1)",
+        "no_error_for_bad_params",
+    )

@@ -1,0 +1,79 @@
+"""Checks for day07-flash-triton: triton_add, triton_softmax, flash_attention_triton and the
+FlashAttentionTriton autograd.Function (Triton forward and backward).
+
+Oracles: torch elementwise add and a float64 softmax; attention in float64 from its definition
+(scores, bottom-right causal mask, logsumexp, weights @ v); gradients by autograd through that
+float64 attention. Each named mistake is the same oracle with one thing changed: the online
+softmax simulated tile by tile in float64 without the rescale of acc (and l), padded keys left
+unmasked, the logsumexp in base 2 or without the max, the wrong scale, a top-left or ignored
+causal mask, the backward without the D term or without the causal mask.
+
+Honest Triton checks, while a student's function runs (`watch_kernels`):
+- every Triton launch is counted (JITFunction.run / the interpreter's InterpretedFunction.run),
+  so a pure-torch reimplementation is named `no_triton_kernel`;
+- in the interpreter, every load and store is checked against the memory of the tensors given to
+  the launch (the interpreter itself does not flag out-of-bounds accesses): a lane outside reads
+  NaN, is never written, and the mistake `out_of_bounds` is named. On a GPU the ragged check
+  poisons the memory after the inputs with NaN instead.
+
+One module per exercise group, in the notebook's order: warmups (triton_add, triton_softmax),
+flash_forward (flash_attention_triton), flash_autograd (FlashAttentionTriton); `hints` holds HINTS
+and FORBIDDEN, `kernel_watch` the watch on Triton's launches, `oracles` float64 attention and
+its named mistakes.
+"""
+
+from grader.suites import Exercise
+from grader.suites.day07_flash_triton.flash_autograd import (
+    function_causal_gradients,
+    function_forward,
+    function_gradients,
+    function_rejects_bad_input,
+)
+from grader.suites.day07_flash_triton.flash_forward import (
+    flash_causal,
+    flash_in_bounds,
+    flash_matches,
+    flash_rejects_bad_input,
+    flash_shapes,
+)
+from grader.suites.day07_flash_triton.hints import FORBIDDEN, HINTS
+from grader.suites.day07_flash_triton.warmups import (
+    add_matches,
+    add_non_contiguous,
+    add_rejects_bad_input,
+    softmax_matches,
+    softmax_rejects_bad_input,
+    softmax_shapes,
+    softmax_stable,
+)
+
+EXERCISES = {
+    "triton_add": Exercise(
+        checks=[add_matches, add_non_contiguous, add_rejects_bad_input], forbidden=FORBIDDEN
+    ),
+    "triton_softmax": Exercise(
+        checks=[softmax_matches, softmax_stable, softmax_shapes, softmax_rejects_bad_input],
+        forbidden=FORBIDDEN,
+    ),
+    "flash_attention_triton": Exercise(
+        checks=[
+            flash_matches,
+            flash_causal,
+            flash_shapes,
+            flash_in_bounds,
+            flash_rejects_bad_input,
+        ],
+        forbidden=FORBIDDEN,
+    ),
+    "FlashAttentionTriton": Exercise(
+        checks=[
+            function_forward,
+            function_gradients,
+            function_causal_gradients,
+            function_rejects_bad_input,
+        ],
+        forbidden=FORBIDDEN,
+    ),
+}
+
+__all__ = ["EXERCISES", "HINTS"]

@@ -1,0 +1,115 @@
+"""Checks for flash_attention_triton: (out, lse) from one Triton forward kernel, in bounds on
+ragged lengths."""
+
+import torch
+
+from grader.harness.checking import Mistake, expect_value_error, hint
+from grader.suites._common import draw, randn
+from grader.suites.day07_flash_triton.kernel_watch import run_device
+from grader.suites.day07_flash_triton.oracles import call_flash, expect_attention, qkv
+
+
+def flash_matches(flash, rng):
+    """(out, lse) match float64 attention: Lq != Lk, ragged lengths, head_dim 16 and 32"""
+    Lq = draw(rng, 17, 28)
+    Lk = Lq + draw(rng, 1, 8)
+    D = (16, 32)[draw(rng, 0, 1)]
+    q, k, v = qkv(rng, (1, 2), Lq, Lk, D, scale=draw(rng, 2, 4))
+    what = f"flash_attention_triton on q {tuple(q.shape)}, k {tuple(k.shape)}"
+    expect_attention(call_flash(flash, what, q, k, v, False), q, k, v, False, what)
+
+
+def flash_causal(flash, rng):
+    """causal=True, bottom-right aligned (query i at position Lk - Lq + i), diagonal tiles masked"""
+    Lq = draw(rng, 17, 32)
+    Lk = Lq + draw(rng, 0, 1) * draw(rng, 1, 16)
+    q, k, v = qkv(rng, (1, 1), Lq, Lk, 16, scale=2.0)
+    what = f"flash_attention_triton(causal=True) on q {tuple(q.shape)}, k {tuple(k.shape)}"
+    result = call_flash(flash, what, q, k, v, True)
+    try:
+        expect_attention(result, q, k, v, True, what)
+    except Mistake as mistake:
+        if mistake.key not in ("wrong_values", "not_stable"):
+            raise
+        # does a query's output move when only keys after its position change?
+        r = Lq // 2
+        k2, v2 = k.clone(), v.clone()
+        k2[..., Lk - Lq + r :, :] = randn(k2[..., Lk - Lq + r :, :].shape, rng)
+        v2[..., Lk - Lq + r :, :] = randn(v2[..., Lk - Lq + r :, :].shape, rng) + 5
+        out2 = call_flash(flash, what, q, k2, v2, True)[0]
+        if not torch.allclose(
+            result[0][..., :r, :], out2[..., :r, :], rtol=1e-4, atol=1e-5, equal_nan=True
+        ):
+            description, fix = hint("causal_wrong_side")
+            raise Mistake(
+                f"{what}: queries 0..{r - 1} changed when only keys from position "
+                f"{Lk - Lq + r} on did: it looks like {description}.",
+                fix,
+                "causal_wrong_side",
+            ) from None
+        raise
+
+
+def flash_shapes(flash, rng):
+    """any leading dims: (L, D), (B, L, D), (B, H, L, D); Lq = 1; L < 16; head_dim 64"""
+    cases = [
+        ((), draw(rng, 5, 15), draw(rng, 17, 30), 16, False),
+        ((2,), draw(rng, 17, 24), draw(rng, 5, 15), 32, False),
+        ((1, 1), 1, draw(rng, 17, 30), 16, True),
+        ((1, 1), draw(rng, 3, 12), draw(rng, 12, 15), 64, True),
+    ]
+    for lead, Lq, Lk, D, causal in cases:
+        q, k, v = qkv(rng, lead, Lq, Lk, D)
+        what = f"flash_attention_triton(causal={causal}) on q {tuple(q.shape)}, k {tuple(k.shape)}"
+        expect_attention(call_flash(flash, what, q, k, v, causal), q, k, v, causal, what)
+
+
+def poisoned(t: torch.Tensor, extra: int = 4096) -> torch.Tensor:
+    """A contiguous copy of t followed in memory by NaN."""
+    storage = torch.full((t.numel() + extra,), float("nan"), dtype=t.dtype, device=run_device())
+    view = storage[: t.numel()].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+def flash_in_bounds(flash, rng):
+    """ragged last tiles (Lq, Lk not multiples of 16) stay inside q, k, v, out and lse"""
+    Lq, Lk = draw(rng, 1, 15), 16 + draw(rng, 1, 15)
+    q, k, v = (poisoned(t) for t in qkv(rng, (1, 1), Lq, Lk, 16))
+    what = (
+        f"flash_attention_triton on ragged q {tuple(q.shape)}, k {tuple(k.shape)} (NaN after them)"
+    )
+    out, lse = call_flash(flash, what, q, k, v, False)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not torch.isfinite(out).all():
+        description, fix = hint("out_of_bounds")
+        raise Mistake(
+            f"{what}: the output has NaN, read from past the end of the inputs: it looks "
+            f"like {description}.",
+            fix,
+            "out_of_bounds",
+        )
+    expect_attention((out, lse), q, k, v, False, what)
+
+
+def flash_rejects_bad_input(flash, rng):
+    """head_dim 24, mismatched head_dims or lengths, float64 on the CPU: a clear ValueError"""
+    L = draw(rng, 4, 9)
+    q, k, v = qkv(rng, (1, 1), L, L, 24)
+    expect_value_error(lambda: flash(q, k, v), "head_dim 24", "no_error_for_bad_input")
+    q, k, v = qkv(rng, (1, 1), L, L, 16)
+    expect_value_error(
+        lambda: flash(q, randn((1, 1, L, 32), rng), randn((1, 1, L, 32), rng)),
+        "q with head_dim 16, k and v with 32",
+        "no_error_for_bad_input",
+    )
+    expect_value_error(
+        lambda: flash(q, k, v[..., :-1, :]),
+        f"k {tuple(k.shape)}, v {tuple(v[..., :-1, :].shape)}",
+        "no_error_for_bad_input",
+    )
+    if run_device().type == "cpu":
+        expect_value_error(
+            lambda: flash(q.double(), k.double(), v.double()),
+            "float64 on the CPU interpreter",
+            "no_error_for_bad_input",
+        )

@@ -1,0 +1,164 @@
+"""Checks for the causal forms: causal_linear_attention_recurrent and
+causal_linear_attention_chunked."""
+
+import torch
+
+from grader.harness.checking import expect_close, expect_value_error, named
+from grader.suites._common import draw, randn
+from grader.suites.day08_linear_attention.oracles import (
+    bad_inputs,
+    expect_eps_guard,
+    expect_no_quadratic,
+    inputs,
+    la_suspects,
+    phi64,
+    quadratic64,
+)
+
+
+def causal_matches(fn, rng, name, **kw):
+    L = kw.pop("L", None) or draw(rng, 5, 23)
+    q, k, v = inputs(rng, L)
+    expect_close(
+        fn(q, k, v, **kw),
+        quadratic64(q, k, v, True),
+        q.dtype,
+        f"{name}(q, k, v{''.join(f', {a}={b}' for a, b in kw.items())}) with L = {L}",
+        la_suspects(q, k, v, True),
+    )
+
+
+def rec_matches(causal_linear_attention_recurrent, rng):
+    """equals the masked quadratic form: sums over keys j <= i only"""
+    causal_matches(causal_linear_attention_recurrent, rng, "causal_linear_attention_recurrent")
+
+
+def rec_options(causal_linear_attention_recurrent, rng):
+    """feature_map and eps are used; float64, (L, D) and (B, L, D) inputs"""
+    for leading in [(), (draw(rng, 1, 3),)]:
+        L = draw(rng, 3, 12)
+        q, k, v = inputs(rng, L, torch.float64, leading)
+        fmap = lambda t: torch.exp(t.double()).to(t.dtype)  # noqa: E731
+        expect_close(
+            causal_linear_attention_recurrent(q, k, v, feature_map=torch.exp, eps=0.5),
+            quadratic64(q, k, v, True, 0.5, fmap),
+            q.dtype,
+            f"causal_linear_attention_recurrent on {tuple(q.shape)}, feature_map=exp, eps=0.5",
+            la_suspects(q, k, v, True, 0.5, fmap),
+        )
+
+
+def rec_eps_guard(causal_linear_attention_recurrent, rng):
+    """a query with phi(q) = 0 gets 0, not NaN (eps in the normaliser)"""
+    expect_eps_guard(
+        causal_linear_attention_recurrent, rng, True, "causal_linear_attention_recurrent"
+    )
+
+
+def rec_bad_input(causal_linear_attention_recurrent, rng):
+    """mismatched lengths or dims, wrong layouts and Lq != Lk raise ValueError"""
+    bad_inputs(causal_linear_attention_recurrent, rng, causal=True)
+
+
+def chunk_suspects(q, k, v, chunk_size):
+    """What a chunked form with each bug would give."""
+    L = q.shape[-2]
+    chunk = torch.arange(L) // chunk_size
+    same = chunk[:, None] == chunk[None, :]
+    before = chunk[:, None] > chunk[None, :]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    scores = phi64(q) @ phi64(k).transpose(-2, -1)
+
+    def with_mask(mask):
+        s = scores * mask
+        return (s @ v.double()) / (s.sum(-1, keepdim=True) + 1e-6)
+
+    return [
+        ("future_leak_in_chunk", with_mask(same | before)),
+        ("state_not_carried", with_mask(same & causal)),
+    ]
+
+
+def expect_chunked(fn, q, k, v, chunk_size, what):
+    L = q.shape[-2]
+    ref = quadratic64(q, k, v, True)
+    out = fn(q, k, v, chunk_size=chunk_size)
+    if isinstance(out, torch.Tensor) and out.dim() == ref.dim() and out.shape[-2] < L:
+        raise named("drops_last_chunk")
+    expect_close(
+        out, ref, q.dtype, what, chunk_suspects(q, k, v, chunk_size) + la_suspects(q, k, v, True)
+    )
+
+
+def chunked_matches(causal_linear_attention_chunked, rng):
+    """equals the masked quadratic form for L not a multiple of chunk_size"""
+    chunk_size = draw(rng, 3, 7)
+    L = chunk_size * draw(rng, 2, 5) + draw(rng, 1, chunk_size - 1)
+    q, k, v = inputs(rng, L)
+    expect_chunked(
+        causal_linear_attention_chunked,
+        q,
+        k,
+        v,
+        chunk_size,
+        f"causal_linear_attention_chunked(q, k, v, chunk_size={chunk_size}) with L = {L}",
+    )
+
+
+def chunked_extremes(causal_linear_attention_chunked, rng):
+    """chunk_size 1, chunk_size >= L, L a multiple of chunk_size; float64, (L, D)"""
+    chunk_size = draw(rng, 2, 5)
+    L = chunk_size * draw(rng, 2, 4)
+    for leading, dtype in [((), torch.float64), ((2,), torch.float32)]:
+        q, k, v = inputs(rng, L, dtype, leading)
+        for size in (1, chunk_size, L + draw(rng, 0, 3)):
+            expect_chunked(
+                causal_linear_attention_chunked,
+                q,
+                k,
+                v,
+                size,
+                f"causal_linear_attention_chunked(q, k, v, chunk_size={size}) with L = {L}, {dtype}",
+            )
+
+
+def chunked_options(causal_linear_attention_chunked, rng):
+    """feature_map and eps are used; a query with phi(q) = 0 gets 0, not NaN"""
+    L = draw(rng, 7, 15)
+    q, k, v = inputs(rng, L, torch.float64, (2,))
+    fmap = lambda t: torch.exp(t.double())  # noqa: E731
+    expect_close(
+        causal_linear_attention_chunked(q, k, v, chunk_size=4, feature_map=torch.exp, eps=0.5),
+        quadratic64(q, k, v, True, 0.5, fmap),
+        q.dtype,
+        "causal_linear_attention_chunked(q, k, v, 4, feature_map=exp, eps=0.5)",
+        la_suspects(q, k, v, True, 0.5, fmap),
+    )
+    expect_eps_guard(
+        lambda *a, **kw: causal_linear_attention_chunked(*a, chunk_size=4, **kw),
+        rng,
+        True,
+        "causal_linear_attention_chunked",
+    )
+
+
+def chunked_linear_memory(causal_linear_attention_chunked, rng):
+    """never allocates an (L, L)-sized tensor (L = 4096, chunk_size 64)"""
+    L = 4096
+    q, k, v = (randn((1, 1, L, 8), rng) for _ in range(3))
+    expect_no_quadratic(
+        lambda: causal_linear_attention_chunked(q, k, v, chunk_size=64),
+        L,
+        "causal_linear_attention_chunked",
+    )
+
+
+def chunked_bad_input(causal_linear_attention_chunked, rng):
+    """mismatched lengths or dims, wrong layouts, Lq != Lk and chunk_size < 1 raise ValueError"""
+    bad_inputs(causal_linear_attention_chunked, rng, causal=True)
+    q, k, v = inputs(rng, 6)
+    expect_value_error(
+        lambda: causal_linear_attention_chunked(q, k, v, chunk_size=0),
+        "chunk_size=0",
+        "no_error_for_bad_input",
+    )

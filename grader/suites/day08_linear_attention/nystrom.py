@@ -1,0 +1,407 @@
+"""Checks for the advanced Nyström section: landmarks, iterative_pinv and nystrom_attention,
+with what each must not call."""
+
+import torch
+
+import course.reference.nystrom as nystrom_library
+from course.bench import LiveStorage
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    named,
+    relative_error,
+)
+from grader.harness.guard import SDPA
+from grader.suites._common import draw, randn, softmax64
+from grader.suites.day08_linear_attention.hints import HINTS, LIBRARY
+from grader.suites.day08_linear_attention.oracles import bad_inputs, inputs
+
+NYSTROM_COURSE = (
+    "course.reference.nystrom is the course's library version, for later days: write yours."
+)
+NYSTROM_LIBRARY = {
+    fn: NYSTROM_COURSE
+    for fn in (
+        nystrom_library.segment_bounds,
+        nystrom_library.landmarks,
+        nystrom_library.iterative_pinv,
+        nystrom_library.nystrom_attention,
+    )
+}
+INVERSES = {
+    name: "write the iteration yourself: Z_0 = A^T / (||A||_1 ||A||_inf), then the "
+    "update, with matrix products only."
+    for name in (
+        "linalg_pinv",
+        "pinverse",
+        "linalg_inv",
+        "inverse",
+        "linalg_solve",
+        "linalg_lstsq",
+        "linalg_svd",
+        "svd",
+        "linalg_eig",
+        "linalg_eigh",
+    )
+}
+PINV_FORBIDDEN = {**LIBRARY, **NYSTROM_LIBRARY, **INVERSES}
+NYSTROM_FORBIDDEN = {**PINV_FORBIDDEN, **SDPA}  # softmax itself is allowed: three small kernels
+
+
+def segment_ids(L: int, m: int) -> torch.Tensor:
+    return torch.arange(L) * m // L
+
+
+def landmarks64(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Segment means in float64, one segment at a time (token t in segment t * m // L)."""
+    x = x.double()
+    seg = segment_ids(x.shape[-2], m)
+    return torch.stack([x[..., seg == i, :].mean(-2) for i in range(m)], dim=-2)
+
+
+def landmark_suspects(x: torch.Tensor, m: int) -> list:
+    """What the usual wrong landmarks give: strided samples, equal segments of L // m tokens."""
+    x = x.double()
+    L = x.shape[-2]
+    step = L // m
+    starts = torch.tensor([(i * L + m - 1) // m for i in range(m)])
+    suspects = [
+        ("strided_landmarks", x[..., ::step, :]),
+        ("strided_landmarks", x[..., ::step, :][..., :m, :]),
+        ("strided_landmarks", x[..., starts, :]),
+    ]
+    if L % m:
+        equal = x[..., : m * step, :].reshape(*x.shape[:-2], m, step, x.shape[-1]).mean(-2)
+        last = torch.cat(
+            [equal[..., :-1, :], x[..., (m - 1) * step :, :].mean(-2, keepdim=True)], -2
+        )
+        ceil = -(-L // m)
+        idx = torch.arange(L) // ceil
+        padded = torch.stack(
+            [
+                x[..., idx == i, :].mean(-2) if (idx == i).any() else x[..., :1, :].mean(-2) * 0
+                for i in range(m)
+            ],
+            dim=-2,
+        )
+        suspects += [
+            ("wrong_segments", equal),
+            ("wrong_segments", last),
+            ("wrong_segments", padded),
+        ]
+    return suspects
+
+
+def pinv64(
+    a: torch.Tensor, iterations: int, init: str = "paper", update: str = "nystrom"
+) -> torch.Tensor:
+    """The Nyströmformer's iteration in float64 (or a wrong variant, for the suspects)."""
+    a = a.double()
+    eye = torch.eye(a.shape[-1], dtype=torch.float64)
+    col, row = a.abs().sum(-2).amax(-1), a.abs().sum(-1).amax(-1)
+    if init == "paper":
+        z = a.transpose(-2, -1) / (col * row)[..., None, None]
+    elif init == "batch":
+        z = a.transpose(-2, -1) / (col.max() * row.max())
+    else:
+        z = a.transpose(-2, -1).clone()
+    for _ in range(iterations):
+        az = a @ z
+        if update == "nystrom":
+            z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+        else:
+            z = z @ (2 * eye - az)
+    return z
+
+
+def pinv_suspects(a: torch.Tensor, iterations: int, given: int = None) -> list:
+    s = [
+        ("batch_wide_norms", pinv64(a, iterations, "batch")),
+        ("wrong_pinv_update", pinv64(a, iterations, update="newton")),
+        ("wrong_pinv_update", pinv64(a, 2 * iterations, update="newton")),
+    ]
+    with torch.no_grad():
+        unscaled = pinv64(a, iterations, "none")
+    if torch.isfinite(unscaled).all():
+        s.append(("unscaled_pinv_init", unscaled))
+    if given is not None:
+        s += [("ignores_iterations", pinv64(a, n)) for n in (6, 0) if n != given]
+    return s
+
+
+def well_conditioned(rng, leading, n, dtype, scale=1.0) -> torch.Tensor:
+    """Matrices U diag(s) W^T with singular values s in [1, 4] times `scale`."""
+    u = torch.linalg.qr(randn((*leading, n, n), rng, torch.float64))[0]
+    w = torch.linalg.qr(randn((*leading, n, n), rng, torch.float64))[0]
+    s = 1 + 3 * torch.rand((*leading, n), generator=rng, dtype=torch.float64)
+    return (scale * (u * s[..., None, :]) @ w.transpose(-2, -1)).to(dtype)
+
+
+def nystrom64(q, k, v, m, iterations, landmark=landmarks64, scale=True, swap=(), pinv=None):
+    """softmax(Q K~^T/sqrt d) pinv(softmax(Q~ K~^T/sqrt d)) softmax(Q~ K^T/sqrt d) V in float64;
+    `swap` names kernels ('F', 'A', 'B') computed with their factors swapped (a suspect)."""
+    q, k, v = q.double(), k.double(), v.double()
+    s = q.shape[-1] ** -0.5 if scale else 1.0
+    qt, kt = landmark(q, m), landmark(k, m)
+    f = (
+        softmax64(kt @ q.transpose(-2, -1) * s).transpose(-2, -1)
+        if "F" in swap
+        else softmax64(q @ kt.transpose(-2, -1) * s)
+    )
+    a = (
+        softmax64(kt @ qt.transpose(-2, -1) * s)
+        if "A" in swap
+        else softmax64(qt @ kt.transpose(-2, -1) * s)
+    )
+    b = (
+        softmax64(k @ qt.transpose(-2, -1) * s).transpose(-2, -1)
+        if "B" in swap
+        else softmax64(qt @ k.transpose(-2, -1) * s)
+    )
+    z = pinv(a) if pinv is not None else pinv64(a, iterations)
+    return f @ (z @ (b @ v))
+
+
+def nystrom_suspects(q, k, v, m, iterations) -> list:
+    s = [("kernel_missing_scale", nystrom64(q, k, v, m, iterations, scale=False))]
+    s += [
+        ("transposed_kernel", nystrom64(q, k, v, m, iterations, swap=sw))
+        for sw in ("A", "B", "F", "FB", "FAB")
+    ]
+    s += [
+        (
+            "strided_landmarks",
+            nystrom64(
+                q,
+                k,
+                v,
+                m,
+                iterations,
+                landmark=lambda x, n: x.double()[
+                    ..., torch.tensor([(i * x.shape[-2] + n - 1) // n for i in range(n)]), :
+                ],
+            ),
+        ),
+        (
+            "strided_landmarks",
+            nystrom64(
+                q,
+                k,
+                v,
+                m,
+                iterations,
+                landmark=lambda x, n: x.double()[..., :: x.shape[-2] // n, :][..., :n, :],
+            ),
+        ),
+    ]
+    s += [("ignores_iterations", nystrom64(q, k, v, m, n)) for n in (6, 0) if n != iterations]
+    s += [
+        (
+            "batch_wide_norms",
+            nystrom64(q, k, v, m, iterations, pinv=lambda a: pinv64(a, iterations, "batch")),
+        ),
+        (
+            "wrong_pinv_update",
+            nystrom64(
+                q, k, v, m, iterations, pinv=lambda a: pinv64(a, iterations, update="newton")
+            ),
+        ),
+    ]
+    return s
+
+
+# landmarks
+
+
+def lm_matches(landmarks, rng):
+    """segment means, token t in segment t * m // L; L not a multiple of m; any leading dims"""
+    for leading, dtype in [((2, 3), torch.float32), ((), torch.float64)]:
+        m = draw(rng, 2, 6)
+        L = m * draw(rng, 2, 5) + draw(rng, 1, m - 1)
+        x = randn((*leading, L, draw(rng, 2, 9)), rng, dtype)
+        expect_close(
+            landmarks(x, m),
+            landmarks64(x, m),
+            dtype,
+            f"landmarks(x, {m}) with x {tuple(x.shape)}",
+            landmark_suspects(x, m),
+        )
+
+
+def lm_divisible_and_extremes(landmarks, rng):
+    """L a multiple of m (equal segments); m = 1 (the mean of all tokens); m = L (x itself)"""
+    m = draw(rng, 2, 6)
+    L = m * draw(rng, 2, 5)
+    x = randn((2, L, draw(rng, 2, 9)), rng)
+    for n in (m, 1, L):
+        expect_close(
+            landmarks(x, n),
+            landmarks64(x, n),
+            x.dtype,
+            f"landmarks(x, {n}) with x {tuple(x.shape)}",
+            landmark_suspects(x, n),
+        )
+
+
+def lm_bad_input(landmarks, rng):
+    """num_landmarks < 1 or > L, and a 1-D x, raise ValueError"""
+    L = draw(rng, 3, 9)
+    x = randn((2, L, 4), rng)
+    for what, call in [
+        ("num_landmarks=0", lambda: landmarks(x, 0)),
+        (f"num_landmarks={L + 1} > L = {L}", lambda: landmarks(x, L + 1)),
+        ("a 1-D x", lambda: landmarks(x[0, :, 0], 2)),
+    ]:
+        expect_value_error(call, what, "no_error_for_bad_input")
+
+
+# iterative_pinv
+
+
+def ip_iterates(iterative_pinv, rng):
+    """Z_0 = A^T / (||A||_1 ||A||_inf) per matrix, then Z (13I - AZ (15I - AZ (7I - AZ))) / 4"""
+    n = draw(rng, 2, 8)
+    for dtype in (torch.float64, torch.float32):
+        a = well_conditioned(
+            rng,
+            (2, 3),
+            n,
+            dtype,
+            scale=0.5 + 3 * torch.rand((2, 3, 1, 1), generator=rng, dtype=torch.float64),
+        )
+        for iterations in (0, 1, draw(rng, 2, 3)):
+            expect_close(
+                iterative_pinv(a, iterations),
+                pinv64(a, iterations),
+                dtype,
+                f"iterative_pinv(a, {iterations}) on {tuple(a.shape)} {dtype}",
+                pinv_suspects(a, iterations, iterations),
+                nonfinite=named("unscaled_pinv_init"),
+            )
+
+
+def ip_converges(iterative_pinv, rng):
+    """converges to torch.linalg.pinv (float64, well-conditioned, 12 steps); the error falls"""
+    n = draw(rng, 3, 12)
+    a = well_conditioned(
+        rng, (2,), n, torch.float64, scale=1 + 2 * torch.rand((), generator=rng).item()
+    )
+    ref = torch.linalg.pinv(a)
+    errors = []
+    for iterations in (1, 3, 12):
+        out = iterative_pinv(a, iterations)
+        expect_tensor(out, f"iterative_pinv(a, {iterations})", a.shape, a.dtype)
+        if not torch.isfinite(out).all() or relative_error(out, ref) > 1e3:
+            raise named("unscaled_pinv_init")
+        errors.append(relative_error(out, ref))
+    if not (errors[0] > errors[1] > errors[2] and errors[2] < 1e-9):
+        raise Mistake(
+            f"relative error against torch.linalg.pinv after 1, 3, 12 steps: "
+            f"{errors[0]:.1e}, {errors[1]:.1e}, {errors[2]:.1e} (expected falling, "
+            f"below 1e-9 after 12).",
+            HINTS["wrong_pinv_update"][1],
+            "wrong_pinv_update",
+        )
+
+
+def ip_bad_input(iterative_pinv, rng):
+    """a non-square or 1-D a, and iterations < 0, raise ValueError"""
+    n = draw(rng, 2, 6)
+    a = randn((n, n), rng)
+    for what, call in [
+        (f"a non-square ({n}, {n + 1}) a", lambda: iterative_pinv(randn((n, n + 1), rng), 3)),
+        ("a 1-D a", lambda: iterative_pinv(a[0], 3)),
+        ("iterations=-1", lambda: iterative_pinv(a, -1)),
+    ]:
+        expect_value_error(call, what, "no_error_for_bad_input")
+
+
+# nystrom_attention
+
+
+def ny_matches(nystrom_attention, rng):
+    """equals F pinv_n(A) B V (float64 oracle): Lq != Lk, L not a multiple of m, any leading dims"""
+    for leading, iterations in [((2, 2), draw(rng, 2, 5)), ((), 6)]:
+        m = draw(rng, 2, 6)
+        L = m * draw(rng, 2, 4) + draw(rng, 1, m - 1)
+        q, k, v = inputs(rng, L, torch.float64, leading, lk=L + draw(rng, 1, 5))
+        kw = {} if iterations == 6 else {"pinv_iterations": iterations}
+        expect_close(
+            nystrom_attention(q, k, v, m, **kw),
+            nystrom64(q, k, v, m, iterations),
+            q.dtype,
+            f"nystrom_attention(q, k, v, {m}{''.join(f', {a}={b}' for a, b in kw.items())}) "
+            f"with q {tuple(q.shape)}, k {tuple(k.shape)}",
+            nystrom_suspects(q, k, v, m, iterations),
+        )
+
+
+def ny_float32(nystrom_attention, rng):
+    """float32 in, float32 out, within 1e-4 of the float64 result"""
+    m = draw(rng, 3, 8)
+    L = m * draw(rng, 2, 6) + draw(rng, 0, m - 1)
+    q, k, v = inputs(rng, L)
+    what = f"nystrom_attention(q, k, v, {m}) on float32 q {tuple(q.shape)}"
+    out = nystrom_attention(q, k, v, m)
+    ref = nystrom64(q, k, v, m, 6)
+    expect_tensor(out, what, ref.shape, torch.float32)
+    error = relative_error(out, ref)
+    if error > 1e-4:
+        expect_close(out, ref, torch.float32, what, nystrom_suspects(q, k, v, m, 6))
+
+
+def ny_full_when_m_is_L(nystrom_attention, rng):
+    """with m = L every landmark is one token: softmax attention, up to 1e-8 (30 pinv steps)"""
+    L = draw(rng, 3, 12)
+    q, k, v = inputs(rng, L, torch.float64, (2,))
+    full = softmax64(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5) @ v
+    out = nystrom_attention(q, k, v, L, pinv_iterations=30)
+    expect_tensor(out, f"nystrom_attention(q, k, v, {L}, pinv_iterations=30)", full.shape, q.dtype)
+    error = relative_error(out, full)
+    if error > 1e-8:
+        expect_close(
+            out,
+            nystrom64(q, k, v, L, 30),
+            q.dtype,
+            f"nystrom_attention(q, k, v, {L}, pinv_iterations=30) with L = {L}",
+            nystrom_suspects(q, k, v, L, 30),
+        )
+        raise Mistake(
+            f"with m = L = {L} the result is {error:.1e} away from softmax attention.",
+            HINTS["transposed_kernel"][1],
+            "wrong_values",
+        )
+
+
+def ny_linear_memory(nystrom_attention, rng):
+    """never allocates an (Lq, Lk)-sized tensor (L = 4096, m = 32): O(L m) memory"""
+    L, m = 4096, 32
+    q, k, v = (randn((1, 1, L, 8), rng) for _ in range(3))
+    tracker = LiveStorage()
+    with tracker:
+        nystrom_attention(q, k, v, m)
+    if tracker.largest >= L * L:
+        description, hint = HINTS["full_attention_matrix"]
+        raise Mistake(
+            f"nystrom_attention allocated a tensor of shape {tracker.largest_shape} for L = {L}, "
+            f"m = {m}: it looks like {description}.",
+            hint,
+            "full_attention_matrix",
+        )
+
+
+def ny_bad_input(nystrom_attention, rng):
+    """mismatched shapes, num_landmarks < 1 or > L, raise ValueError"""
+    bad_inputs(lambda q, k, v: nystrom_attention(q, k, v, 2), rng, causal=False)
+    L = draw(rng, 4, 9)
+    q, k, v = inputs(rng, L, leading=(2,))
+    expect_value_error(
+        lambda: nystrom_attention(q, k, v, 0), "num_landmarks=0", "no_error_for_bad_input"
+    )
+    expect_value_error(
+        lambda: nystrom_attention(q, k, v, L + 1),
+        f"num_landmarks={L + 1} > L = {L}",
+        "no_error_for_bad_input",
+    )

@@ -1,0 +1,93 @@
+"""Checks for day09-mamba-scan: linear recurrences four ways, ZOH discretisation, the selective
+scan of mamba_ssm's selective_scan_ref, and a Mamba block.
+
+Oracles: float64 Python loops over time (the recurrence, and the reference selective scan written
+as the loop of selective_scan_ref), and torch built-ins (exp, expm1, softplus, silu, conv1d) for
+the discretisation and the block. Each named mistake is the same oracle with one thing changed
+(the combine applied in the wrong order, the scan shifted by one, Euler instead of ZOH, softplus
+twice or not at all, no D term, the state carried from one batch row into the next, ...).
+The parallel scan must take O(log L) vectorised steps: the Python lines it runs may not grow
+with L.
+
+One module per exercise group, in the notebook's order: recurrence (the four
+linear_recurrence_* exercises), discretisation (discretize_zoh), selective_scan, mamba_block
+(MambaBlock); `hints` holds HINTS and FORBIDDEN.
+"""
+
+import torch
+
+from grader.suites import Exercise
+from grader.suites.day09_mamba_scan.discretisation import (
+    zoh_large_steps,
+    zoh_matches,
+    zoh_rejects_bad_layout,
+    zoh_zero_a,
+)
+from grader.suites.day09_mamba_scan.hints import FORBIDDEN, HINTS
+from grader.suites.day09_mamba_scan.mamba_block import (
+    mamba_causal,
+    mamba_defaults,
+    mamba_matches,
+    mamba_rejects_bad_input,
+)
+from grader.suites.day09_mamba_scan.recurrence import (
+    chunk_suspects,
+    chunked_rejects_bad_chunk,
+    chunked_sizes,
+    make_recurrence_checks,
+    parallel_log_steps,
+)
+from grader.suites.day09_mamba_scan.selective_scan import (
+    scan_full,
+    scan_options,
+    scan_rejects_bad_layout,
+    scan_rows_independent,
+)
+
+
+def _call2(impl, a, b):
+    return impl(a, b)
+
+
+def _call_chunked(impl, a, b):
+    return impl(a, b, 4)
+
+
+EXERCISES = {
+    "linear_recurrence_sequential": Exercise(
+        checks=make_recurrence_checks("linear_recurrence_sequential", _call2), forbidden=FORBIDDEN
+    ),
+    "linear_recurrence_parallel": Exercise(
+        checks=make_recurrence_checks("linear_recurrence_parallel", _call2) + [parallel_log_steps],
+        forbidden=FORBIDDEN,
+    ),
+    "linear_recurrence_chunked": Exercise(
+        checks=make_recurrence_checks(
+            "linear_recurrence_chunked",
+            _call_chunked,
+            suspects=lambda a, b: chunk_suspects(a, b, 4),
+        )
+        + [chunked_sizes, chunked_rejects_bad_chunk],
+        forbidden=FORBIDDEN,
+    ),
+    "linear_recurrence_triton": Exercise(
+        checks=make_recurrence_checks(
+            "linear_recurrence_triton", _call2, dtypes=(torch.float32,), max_len=40
+        ),
+        forbidden=FORBIDDEN,
+    ),
+    "discretize_zoh": Exercise(
+        checks=[zoh_matches, zoh_large_steps, zoh_zero_a, zoh_rejects_bad_layout],
+        forbidden=FORBIDDEN,
+    ),
+    "selective_scan": Exercise(
+        checks=[scan_full, scan_options, scan_rows_independent, scan_rejects_bad_layout],
+        forbidden=FORBIDDEN,
+    ),
+    "MambaBlock": Exercise(
+        checks=[mamba_matches, mamba_defaults, mamba_causal, mamba_rejects_bad_input],
+        forbidden=FORBIDDEN,
+    ),
+}
+
+__all__ = ["EXERCISES", "HINTS"]

@@ -1,0 +1,112 @@
+"""Checks for discretize_zoh: the zero-order hold of (delta, A, B)."""
+
+import torch
+
+from grader.harness.checking import Mistake, expect_close, expect_value_error, named
+from grader.suites._common import draw, randn
+
+
+def scan_shapes(rng, batch=None, dim=None, L=None, state=None):
+    batch = batch or draw(rng, 1, 3)
+    dim, L, state = dim or draw(rng, 2, 5), L or draw(rng, 3, 12), state or draw(rng, 2, 6)
+    if state == L:
+        state += 1  # a swapped (L, state) layout cannot hide
+    return batch, dim, L, state
+
+
+def zoh_inputs(rng, batch, dim, L, state, dtype=torch.float64):
+    delta = (0.05 + torch.rand(batch, dim, L, generator=rng, dtype=torch.float64)).to(dtype)
+    A = -(0.2 + 2 * torch.rand(dim, state, generator=rng, dtype=torch.float64)).to(dtype)
+    B = randn((batch, state, L), rng, dtype)
+    return delta, A, B
+
+
+def zoh64(delta, A, B, variant=None):
+    dA = delta.double().unsqueeze(-1) * A.double()[:, None, :]
+    Bt = B.double().transpose(1, 2).unsqueeze(1)
+    A_bar = 1 + dA if variant == "euler_a" else torch.exp(dA)
+    A4 = A.double()[:, None, :].expand_as(dA)
+    ratio = {
+        "simplified_b": delta.double().unsqueeze(-1).expand_as(dA),
+        "b_not_divided": torch.expm1(dA),
+        "missing_minus_one": torch.exp(dA) / A4,
+    }.get(variant)
+    if ratio is None:
+        ratio = torch.where(
+            A4 == 0, delta.double().unsqueeze(-1).expand_as(dA), torch.expm1(dA) / A4
+        )
+    return A_bar, ratio * Bt
+
+
+def expect_pair(out, what):
+    if not isinstance(out, (tuple, list)) or len(out) != 2:
+        raise Mistake(
+            f"{what} should return a pair (A_bar, B_bar), got {type(out).__name__}.",
+            "return A_bar, B_bar.",
+            "not_a_pair",
+        )
+
+
+def expect_zoh(out, delta, A, B, what):
+    expect_pair(out, what)
+    ref_a, ref_b = zoh64(delta, A, B)
+    expect_close(
+        out[0],
+        ref_a,
+        delta.dtype,
+        f"A_bar of {what}",
+        [("euler_a", zoh64(delta, A, B, "euler_a")[0])],
+    )
+    expect_close(
+        out[1],
+        ref_b,
+        delta.dtype,
+        f"B_bar of {what}",
+        [
+            (key, zoh64(delta, A, B, key)[1])
+            for key in ("simplified_b", "b_not_divided", "missing_minus_one")
+        ],
+        nonfinite=named("zero_a_nan"),
+    )
+
+
+def zoh_matches(discretize_zoh, rng):
+    """A_bar = exp(delta A), B_bar = (exp(delta A) - 1) / A * B, shapes (batch, dim, L, state)"""
+    for dtype in (torch.float64, torch.float32):
+        shape = scan_shapes(rng)
+        delta, A, B = zoh_inputs(rng, *shape, dtype)
+        expect_zoh(discretize_zoh(delta, A, B), delta, A, B, f"discretize_zoh on {shape} {dtype}")
+
+
+def zoh_large_steps(discretize_zoh, rng):
+    """large steps (delta up to 5) where Euler and ZOH differ most; tiny steps (1e-4)"""
+    shape = scan_shapes(rng)
+    delta, A, B = zoh_inputs(rng, *shape)
+    for scale in (5.0, 1e-4):
+        d = delta * scale
+        expect_zoh(discretize_zoh(d, A, B), d, A, B, f"discretize_zoh with delta ~ {scale:g}")
+
+
+def zoh_zero_a(discretize_zoh, rng):
+    """A = 0 in some entries: B_bar = delta * B there (the limit), never NaN"""
+    shape = scan_shapes(rng)
+    delta, A, B = zoh_inputs(rng, *shape)
+    A[0, 0] = 0.0
+    A[-1, -1] = 0.0
+    expect_zoh(discretize_zoh(delta, A, B), delta, A, B, "discretize_zoh with A[0, 0] = 0")
+
+
+def zoh_rejects_bad_layout(discretize_zoh, rng):
+    """wrong layouts (B as (batch, L, state), A as (state, dim)) give a clear ValueError"""
+    batch, dim, L, state = scan_shapes(rng, dim=3, state=5)
+    delta, A, B = zoh_inputs(rng, batch, dim, L, state)
+    expect_value_error(
+        lambda: discretize_zoh(delta, A, B.transpose(1, 2)),
+        f"B of shape {tuple(B.transpose(1, 2).shape)} (batch, L, state)",
+        "no_error_for_bad_input",
+    )
+    expect_value_error(
+        lambda: discretize_zoh(delta, A.T, B),
+        f"A of shape {tuple(A.T.shape)} (state, dim)",
+        "no_error_for_bad_input",
+    )

@@ -1,0 +1,191 @@
+"""Checks for MambaBlock: its parameters' shapes, its output against a float64 forward built
+from its own weights, and causality."""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    guarded,
+    named,
+)
+from grader.suites._common import draw, randn
+from grader.suites.day09_mamba_scan.hints import FORBIDDEN, HINTS
+from grader.suites.day09_mamba_scan.selective_scan import ref_scan64
+
+
+def build(MambaBlock, *args, **kwargs):
+    module = MambaBlock(*args, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise named("not_a_module")
+    return module, guarded(module, "MambaBlock", FORBIDDEN)
+
+
+def expected_shapes(d_model, d_state, d_conv, expand):
+    d_inner, rank = expand * d_model, math.ceil(d_model / 16)
+    return {
+        "in_proj.weight": (2 * d_inner, d_model),
+        "conv1d.weight": (d_inner, 1, d_conv),
+        "conv1d.bias": (d_inner,),
+        "x_proj.weight": (rank + 2 * d_state, d_inner),
+        "dt_proj.weight": (d_inner, rank),
+        "dt_proj.bias": (d_inner,),
+        "A_log": (d_inner, d_state),
+        "D": (d_inner,),
+        "out_proj.weight": (d_model, d_inner),
+    }
+
+
+def randomise(module, shapes, rng) -> dict:
+    """Fresh float64 values for every parameter (so a forgotten piece shows); returns them."""
+    params = dict(module.named_parameters())
+    missing = [
+        f"{name} {shape}"
+        for name, shape in shapes.items()
+        if name not in params or tuple(params[name].shape) != shape
+    ]
+    if missing or set(params) - set(shapes):
+        description, hint = HINTS["wrong_parameters"]
+        extra = sorted(set(params) - set(shapes))
+        raise Mistake(
+            f"MambaBlock's parameters differ from mamba_ssm's: expected "
+            f"{', '.join(missing) or 'none missing'}"
+            f"{'; unexpected ' + ', '.join(extra) if extra else ''}.",
+            hint,
+            "wrong_parameters",
+        )
+    module.double()
+    values = {}
+    with torch.no_grad():
+        for name, shape in shapes.items():
+            fan_in = shape[-1] if len(shape) > 1 else 1
+            value = randn(shape, rng, torch.float64, 1 / math.sqrt(fan_in))
+            if name == "A_log":
+                value = torch.log(0.5 + 3 * torch.rand(shape, generator=rng, dtype=torch.float64))
+            elif name == "conv1d.weight":
+                value = randn(shape, rng, torch.float64, 0.5)
+            elif name in ("dt_proj.bias", "conv1d.bias", "D"):
+                value = randn(shape, rng, torch.float64, 0.5)
+            params[name].copy_(value)
+            values[name] = value
+    return values
+
+
+def mamba64(p, x, d_conv, d_state, variant=None):
+    """The Mamba block in float64 from the parameters `p`; `variant` plants a mistake."""
+    x = x.double()
+    L = x.shape[1]
+    d_inner = p["D"].shape[0]
+    rank = p["dt_proj.weight"].shape[1]
+    xz = (x @ p["in_proj.weight"].T).transpose(1, 2)
+    u, z = xz[:, :d_inner], xz[:, d_inner:]
+    conv = F.conv1d(u, p["conv1d.weight"], p["conv1d.bias"], padding=d_conv - 1, groups=d_inner)
+    conv = conv[..., -L:] if variant == "conv_not_causal" else conv[..., :L]
+    u = conv if variant == "no_conv_silu" else F.silu(conv)
+    dbc = u.transpose(1, 2) @ p["x_proj.weight"].T
+    dt, B, C = dbc[..., :rank], dbc[..., rank : rank + d_state], dbc[..., rank + d_state :]
+    delta = (dt @ p["dt_proj.weight"].T).transpose(1, 2)
+    A = torch.exp(p["A_log"]) if variant == "a_positive" else -torch.exp(p["A_log"])
+    scan_variant = variant if variant in ("softplus_missing", "gate_ignored", "missing_d") else None
+    y = ref_scan64(
+        u,
+        delta,
+        A,
+        B.transpose(1, 2),
+        C.transpose(1, 2),
+        p["D"],
+        z,
+        p["dt_proj.bias"],
+        True,
+        variant=scan_variant,
+    )
+    return y.transpose(1, 2) @ p["out_proj.weight"].T
+
+
+MAMBA_VARIANTS = (
+    "conv_not_causal",
+    "no_conv_silu",
+    "a_positive",
+    "softplus_missing",
+    "gate_ignored",
+    "missing_d",
+)
+
+
+def mamba_setup(MambaBlock, rng, **kwargs):
+    d_model = draw(rng, 4, 12)
+    config = {
+        "d_state": draw(rng, 2, 5),
+        "d_conv": draw(rng, 2, 4),
+        "expand": draw(rng, 1, 2),
+        **kwargs,
+    }
+    module, forward = build(MambaBlock, d_model, **config)
+    values = randomise(module, expected_shapes(d_model, **config), rng)
+    return module, forward, values, d_model, config
+
+
+def mamba_matches(MambaBlock, rng):
+    """the block's output matches Mamba's forward (in_proj, causal conv, SiLU, x_proj, dt_proj, scan, gate, out_proj)"""
+    module, forward, values, d_model, config = mamba_setup(MambaBlock, rng)
+    x = randn((draw(rng, 1, 3), draw(rng, 5, 12), d_model), rng, torch.float64)
+    with torch.no_grad():
+        out = forward(x)
+    args = (values, x, config["d_conv"], config["d_state"])
+    expect_close(
+        out,
+        mamba64(*args),
+        torch.float64,
+        f"MambaBlock({d_model}, {config})(x) on {tuple(x.shape)}",
+        [(v, mamba64(*args, variant=v)) for v in MAMBA_VARIANTS],
+    )
+
+
+def mamba_defaults(MambaBlock, rng):
+    """MambaBlock(d_model) has d_state=16, d_conv=4, expand=2, dt_rank = ceil(d_model/16)"""
+    d_model = 16 * draw(rng, 1, 2) + draw(rng, 1, 3)
+    module, forward = build(MambaBlock, d_model)
+    values = randomise(module, expected_shapes(d_model, 16, 4, 2), rng)
+    x = randn((2, draw(rng, 4, 8), d_model), rng, torch.float64)
+    with torch.no_grad():
+        out = forward(x)
+    expect_close(out, mamba64(values, x, 4, 16), torch.float64, f"MambaBlock({d_model})(x)")
+
+
+def mamba_causal(MambaBlock, rng):
+    """causal: changing inputs after position t leaves outputs up to t unchanged"""
+    module, forward, values, d_model, config = mamba_setup(MambaBlock, rng)
+    L = draw(rng, 6, 12)
+    t = draw(rng, 1, L - 3)
+    x = randn((1, L, d_model), rng, torch.float64)
+    later = x.clone()
+    later[:, t + 1 :] = randn((1, L - t - 1, d_model), rng, torch.float64)
+    with torch.no_grad():
+        first, second = forward(x), forward(later)
+    expect_tensor(first, "MambaBlock(x)", x.shape, torch.float64)
+    if not torch.allclose(first[:, : t + 1], second[:, : t + 1], rtol=1e-9, atol=1e-12):
+        description, hint = HINTS["not_causal"]
+        raise Mistake(
+            f"outputs at positions <= {t} changed when only inputs after {t} did: it "
+            f"looks like {description}.",
+            hint,
+            "not_causal",
+        )
+
+
+def mamba_rejects_bad_input(MambaBlock, rng):
+    """x with the wrong feature size gives a clear ValueError"""
+    d_model = draw(rng, 4, 8)
+    module, forward = build(MambaBlock, d_model, d_state=3)
+    x = randn((1, 5, d_model + 1), rng)
+    expect_value_error(
+        lambda: forward(x),
+        f"x of shape {tuple(x.shape)} for d_model = {d_model}",
+        "no_error_for_bad_input",
+    )

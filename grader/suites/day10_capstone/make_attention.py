@@ -1,0 +1,394 @@
+"""The advanced make_attention: its HINTS and FORBIDDEN, and its checks, which recompute every
+kind in float64 from the student's own projection weights."""
+
+import math
+
+import torch
+import torch.nn as nn
+
+import course.reference.mechanisms as mechanisms
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_tensor,
+    expect_value_error,
+    guarded,
+    hint,
+    named,
+    relative_error,
+)
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+
+# One interface for every mechanism. The layer's projections are part of the contract
+# (q_proj, k_proj, v_proj, out_proj: nn.Linear(d_model, d_model), as day03's MultiHeadAttention),
+# so the oracle recomputes each kind in float64 from the student's own weights.
+
+MAKE_HINTS = {
+    "not_a_module": (
+        "make_attention returning something that is not an nn.Module",
+        "return an instance of an nn.Module subclass whose forward(x, mask=None) runs the kind.",
+    ),
+    "missing_projection": (
+        "a multi-head kind without q_proj, k_proj, v_proj and out_proj as nn.Linear(d_model, d_model)",
+        "give every kind but 'mamba' the four projections of day03's MultiHeadAttention, "
+        "named q_proj, k_proj, v_proj and out_proj.",
+    ),
+    "heads_ignored": (
+        "one head of size d_model instead of num_heads heads of size d_model // num_heads",
+        "split q, k and v into heads (B, H, L, dh) before the mechanism and merge after it, as "
+        "day03's split_heads and merge_heads do.",
+    ),
+    "scaled_by_d_model": (
+        "scores scaled by 1/sqrt(d_model) instead of 1/sqrt(head_dim)",
+        "each head is its own attention over head_dim = d_model // num_heads features.",
+    ),
+    "causal_ignored": (
+        "causal=True ignored: the kind still looks at later tokens",
+        "pass causal through to the mechanism (causal_mask for 'dense', causal= for "
+        "sliding_window_attention, flash_attention_torch and the linear forms).",
+    ),
+    "overlap_ignored": (
+        "chunked attention without its overlap",
+        "pass overlap to chunked_attention(q, k, v, chunk_size, overlap).",
+    ),
+    "wrong_window": (
+        "the sliding window one key off, or built from the wrong arguments",
+        "use sliding_window_attention(q, k, v, window, causal) with the layer's own window.",
+    ),
+    "mask_ignored": (
+        "the mask given to forward ignored by a kind that takes one",
+        "for 'dense' and 'strided', combine the mask with the kind's own pattern (logical and) "
+        "before course.reference.masks.attention.",
+    ),
+    "mask_silently_dropped": (
+        "a kind that never builds the (L, L) scores accepting a mask and ignoring it",
+        "raise ValueError when a mask is given to a kind that cannot apply it: ignoring it would "
+        "silently attend to padding.",
+    ),
+    "not_causal_scan": (
+        "a 'mamba' layer whose early outputs depend on later tokens",
+        "the scan runs forward in time; wrap course.reference.mamba_scan.MambaBlock and keep its causal conv.",
+    ),
+    "unclear_kind_error": (
+        "an unknown kind or argument accepted, or refused without naming what is valid",
+        "raise ValueError listing the valid kinds (and for a bad argument, the arguments the kind "
+        "takes), so the caller can fix the call from the message alone.",
+    ),
+}
+
+MAKE_FORBIDDEN = {
+    mechanisms.make_attention: "build each kind yourself around the course's attention functions.",
+    mechanisms.MultiHeadMechanism.__init__: "write your own nn.Module around the mechanisms.",
+    mechanisms.MultiHeadMechanism.forward: "write your own nn.Module around the mechanisms.",
+    mechanisms.MambaMechanism.__init__: "wrap course.reference.mamba_scan.MambaBlock in your own module.",
+}
+
+EXACT_KINDS = ("dense", "strided", "sliding_window", "chunked", "flash")
+
+
+def draw_options(kind: str, rng, L: int) -> dict:
+    """Random keyword arguments for `kind` at length L."""
+    causal = bool(draw(rng, 0, 1))
+    if kind == "dense":
+        return {"causal": causal}
+    if kind == "strided":
+        return {"stride": draw(rng, 2, 5), "local_window": draw(rng, 1, 5)}
+    if kind == "sliding_window":
+        return {"window": draw(rng, 2, 7), "causal": causal}
+    if kind == "chunked":
+        return {"chunk_size": draw(rng, 3, 8), "overlap": draw(rng, 1, 3)}
+    if kind == "flash":
+        return {"causal": causal, "block_q": draw(rng, 4, 16), "block_k": draw(rng, 4, 16)}
+    raise ValueError(kind)
+
+
+def allowed_pairs(kind: str, options: dict, L: int) -> torch.Tensor:
+    """(L, L) bool: which keys each query may attend under `kind`, by plain comparisons."""
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    everything = torch.ones(L, L, dtype=torch.bool)
+    if kind in ("dense", "flash"):
+        return j <= i if options["causal"] else everything
+    if kind == "strided":
+        return (j % options["stride"] == 0) | ((i - j).abs() <= options["local_window"] // 2)
+    if kind == "sliding_window":
+        w = options["window"]
+        return (j <= i) & (j > i - w) if options["causal"] else (i - j).abs() <= w // 2
+    c, o = options["chunk_size"], options["overlap"]
+    return (j >= (i // c) * c - o) & (j < (i // c) * c + c + o)
+
+
+def build_layer(make_attention, kind: str, d_model: int, heads: int, **options):
+    """The student's layer (built under the guard) and a guarded way to call it."""
+    layer = make_attention(kind, d_model, heads, **options)  # already guarded by the harness
+    if not isinstance(layer, nn.Module):
+        raise named("not_a_module")
+    return layer, guarded(layer, "make_attention", MAKE_FORBIDDEN)
+
+
+def projection_weights(layer, d_model: int) -> dict:
+    """float64 copies of the four projections, with their shapes checked."""
+    found = {}
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        linear = getattr(layer, name, None)
+        if not isinstance(linear, nn.Linear) or (linear.in_features, linear.out_features) != (
+            d_model,
+            d_model,
+        ):
+            raise named("missing_projection")
+        bias = linear.bias if linear.bias is not None else torch.zeros(d_model)
+        found[name] = (linear.weight.detach().double(), bias.detach().double())
+    return found
+
+
+def dense_oracle(
+    weights: dict, x: torch.Tensor, allowed: torch.Tensor, heads: int, scale_dim: int = None
+) -> torch.Tensor:
+    """float64 multi-head softmax attention under `allowed` ((L, L) or broadcastable to
+    (B, H, L, L)); fully masked rows give zeros. `scale_dim` replaces head_dim in the scale."""
+    x = x.double()
+    B, L, d_model = x.shape
+    dh = d_model // heads
+
+    def project(name):
+        w, b = weights[name]
+        return x @ w.T + b
+
+    q, k, v = (
+        project(n).view(B, L, heads, dh).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj")
+    )
+    scores = q @ k.transpose(-1, -2) / math.sqrt(scale_dim or dh)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v  # (B, H, L, dh)
+    w, b = weights["out_proj"]
+    return out.transpose(1, 2).reshape(B, L, d_model) @ w.T + b
+
+
+def make_exact_kinds(make_attention, rng):
+    """dense, strided, sliding_window, chunked and flash equal float64 multi-head attention under each kind's pattern"""
+    for kind in EXACT_KINDS:
+        heads = draw(rng, 2, 3)
+        d_model, L, B = heads * draw(rng, 2, 4), draw(rng, 12, 24), draw(rng, 1, 2)
+        options = draw_options(kind, rng, L)
+        layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
+        weights = projection_weights(layer, d_model)
+        x = randn((B, L, d_model), rng)
+        allowed = allowed_pairs(kind, options, L)
+        suspects = [
+            ("heads_ignored", dense_oracle(weights, x, allowed, 1)),
+            ("scaled_by_d_model", dense_oracle(weights, x, allowed, heads, scale_dim=d_model)),
+        ]
+        if options.get("causal"):
+            suspects.append(
+                (
+                    "causal_ignored",
+                    dense_oracle(
+                        weights, x, allowed_pairs(kind, {**options, "causal": False}, L), heads
+                    ),
+                )
+            )
+        if kind == "chunked":
+            suspects.append(
+                (
+                    "overlap_ignored",
+                    dense_oracle(
+                        weights, x, allowed_pairs(kind, {**options, "overlap": 0}, L), heads
+                    ),
+                )
+            )
+        if kind == "sliding_window":
+            for wrong in (options["window"] - 1, options["window"] + 1):
+                suspects.append(
+                    (
+                        "wrong_window",
+                        dense_oracle(
+                            weights, x, allowed_pairs(kind, {**options, "window": wrong}, L), heads
+                        ),
+                    )
+                )
+        with torch.no_grad():
+            out = forward(x)
+        expect_close(
+            out,
+            dense_oracle(weights, x, allowed, heads),
+            torch.float32,
+            what=f"make_attention({kind!r}, {d_model}, {heads}, **{options})(x)",
+            suspects=suspects,
+        )
+
+
+def make_linear_kinds(make_attention, rng):
+    """linear equals float64 elu+1 linear attention of the layer's projections (causal too); performer is deterministic and close to softmax attention"""
+    heads = draw(rng, 2, 3)
+    d_model, L = heads * draw(rng, 2, 4), draw(rng, 10, 20)
+    x = randn((2, L, d_model), rng, scale=0.5)
+    for causal in (False, True):
+        layer, forward = build_layer(
+            make_attention, "linear", d_model, heads, causal=causal, chunk_size=draw(rng, 3, 6)
+        )
+        weights = projection_weights(layer, d_model)
+        with torch.no_grad():
+            out = forward(x)
+        expect_close(
+            out,
+            linear_oracle(weights, x, heads, causal),
+            torch.float32,
+            what=f"make_attention('linear', causal={causal})(x)",
+            suspects=[("causal_ignored", linear_oracle(weights, x, heads, not causal))]
+            if causal
+            else [("heads_ignored", linear_oracle(weights, x, 1, causal))],
+        )
+    layer, forward = build_layer(make_attention, "performer", d_model, heads, num_features=2048)
+    weights = projection_weights(layer, d_model)
+    with torch.no_grad():
+        first, second = forward(x), forward(x)
+    expect_tensor(first, "make_attention('performer')(x)", x.shape, x.dtype)
+    if not torch.equal(first, second):
+        raise Mistake(
+            "make_attention('performer') gave two different outputs for the same x.",
+            "draw the random features once per layer (or from a generator seeded by the "
+            "layer's `seed`), so the layer is a function of its input.",
+        )
+    error = relative_error(
+        first, dense_oracle(weights, x, torch.ones(L, L, dtype=torch.bool), heads)
+    )
+    if error > 0.25:
+        raise Mistake(
+            f"make_attention('performer', num_features=2048) is {error:.0%} away from "
+            "softmax attention with the same projections (expected well under 25%).",
+            "use course.reference.linear_attention.performer_attention on the split heads.",
+        )
+
+
+def linear_oracle(weights: dict, x: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
+    """float64 elu+1 linear attention, quadratic form, with the course's eps = 1e-6."""
+    x = x.double()
+    B, L, d_model = x.shape
+    dh = d_model // heads
+
+    def project(name):
+        w, b = weights[name]
+        return (x @ w.T + b).view(B, L, heads, dh).transpose(1, 2)
+
+    q, k, v = (
+        torch.nn.functional.elu(project(n)) + 1 if n != "v_proj" else project(n)
+        for n in ("q_proj", "k_proj", "v_proj")
+    )
+    scores = q @ k.transpose(-1, -2)  # (B, H, L, L)
+    if causal:
+        scores = scores.tril()
+    out = (scores @ v) / (scores.sum(-1, keepdim=True) + 1e-6)
+    w, b = weights["out_proj"]
+    return out.transpose(1, 2).reshape(B, L, d_model) @ w.T + b
+
+
+def make_causal_kinds_do_not_look_ahead(make_attention, rng):
+    """every causal layer (dense, sliding_window, flash, linear with causal=True, and mamba) gives the same early outputs when later tokens change"""
+    heads = draw(rng, 2, 3)
+    d_model, L = heads * 4, draw(rng, 12, 20)
+    cut = draw(rng, 4, L - 4)
+    x = randn((2, L, d_model), rng)
+    changed = x.clone()
+    changed[:, cut:] += randn((2, L - cut, d_model), rng)
+    for kind, options in [
+        ("dense", {"causal": True}),
+        ("sliding_window", {"window": 5, "causal": True}),
+        ("flash", {"causal": True}),
+        ("linear", {"causal": True}),
+        ("mamba", {"d_state": 4}),
+    ]:
+        layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
+        with torch.no_grad():
+            before, after = forward(x), forward(changed)
+        expect_tensor(before, f"make_attention({kind!r})(x)", x.shape, x.dtype)
+        if relative_error(after[:, :cut], before[:, :cut]) > 1e-5:
+            raise named("not_causal_scan" if kind == "mamba" else "causal_ignored")
+
+
+def make_masks(make_attention, rng):
+    """forward(x, mask): dense and strided apply the mask (and their own pattern); every other kind refuses a mask with ValueError"""
+    heads = draw(rng, 2, 3)
+    d_model, L = heads * draw(rng, 2, 4), draw(rng, 8, 16)
+    x = randn((2, L, d_model), rng)
+    keys = (
+        torch.arange(L)[None, None, None, :] < torch.tensor([L - 3, L])[:, None, None, None]
+    )  # (2, 1, 1, L)
+    for kind, options in [
+        ("dense", {"causal": True}),
+        ("strided", {"stride": 3, "local_window": 3}),
+    ]:
+        layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
+        weights = projection_weights(layer, d_model)
+        pattern = allowed_pairs(kind, {**options}, L)
+        with torch.no_grad():
+            out = forward(x, mask=keys)
+        expect_close(
+            out,
+            dense_oracle(weights, x, pattern & keys, heads),
+            torch.float32,
+            what=f"make_attention({kind!r})(x, mask=padding)",
+            suspects=[("mask_ignored", dense_oracle(weights, x, pattern, heads))],
+        )
+    for kind, options in [
+        ("sliding_window", {"window": 3}),
+        ("chunked", {"chunk_size": 4}),
+        ("flash", {}),
+        ("linear", {}),
+        ("performer", {}),
+        ("mamba", {}),
+    ]:
+        layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
+        expect_value_error(
+            lambda: forward(x, mask=keys),
+            f"make_attention({kind!r})(x, mask=...)",
+            "mask_silently_dropped",
+        )
+
+
+def make_clear_errors(make_attention, rng):
+    """an unknown kind, an argument the kind does not take and a missing required argument raise ValueError; the unknown kind's message names every kind"""
+    bogus = ["sparse", "full", "softmax", "local"][draw(rng, 0, 3)]
+    try:
+        make_attention(bogus, 16, 2)
+    except Mistake as mistake:
+        if mistake.key != "raised" or not isinstance(mistake.__cause__, ValueError):
+            raise
+        missing = [
+            kind for kind in mechanisms.ATTENTION_KINDS if kind not in str(mistake.__cause__)
+        ]
+        if missing:
+            raise Mistake(
+                f"make_attention({bogus!r}, ...) raised ValueError({str(mistake.__cause__)!r}), "
+                f"which does not name the kinds {missing}.",
+                hint("unclear_kind_error")[1],
+                "unclear_kind_error",
+            ) from None
+    else:
+        raise named("unclear_kind_error")
+    expect_value_error(
+        lambda: make_attention("dense", 16, 2, window=4),
+        "make_attention('dense', window=4)",
+        "unclear_kind_error",
+    )
+    expect_value_error(
+        lambda: make_attention("sliding_window", 16, 2),
+        "make_attention('sliding_window') without window",
+        "unclear_kind_error",
+    )
+    expect_value_error(
+        lambda: make_attention("chunked", 16, 2, chunk_size=4, stride=2),
+        "make_attention('chunked', stride=2)",
+        "unclear_kind_error",
+    )
+
+
+MAKE_EXERCISE = Exercise(
+    checks=[
+        make_exact_kinds,
+        make_linear_kinds,
+        make_causal_kinds_do_not_look_ahead,
+        make_masks,
+        make_clear_errors,
+    ],
+    forbidden=MAKE_FORBIDDEN,
+)
