@@ -177,3 +177,28 @@ def test_seed_everything_rejects_non_int_seeds(bad_seed):
 def test_seed_everything_rejects_seeds_numpy_cannot_take(bad_seed):
     with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*32\), got"):
         seed_everything(bad_seed)
+
+
+def test_every_module_that_imports_triton_imports_course_first():
+    """Without a GPU, importing course puts Triton in interpreter mode, which triton reads when
+    it is imported; a formatter's import sorting puts `course` (first party) after `triton`, so
+    each such file keeps `import course` above an `# isort: split`."""
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+
+    def first(lines, prefix):
+        return next((i for i, line in enumerate(lines) if line.startswith(prefix)), None)
+
+    wrong = []
+    for name in tracked:
+        lines = (REPO_ROOT / name).read_text().splitlines()
+        triton_at = first(lines, "import triton")
+        if triton_at is None or name.startswith("course/"):  # inside the package, course runs first
+            continue
+        course_at = first(lines, "import course")
+        if course_at is None or course_at > triton_at:
+            wrong.append(name)
+    assert not wrong, wrong

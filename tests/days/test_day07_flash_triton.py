@@ -3,6 +3,10 @@ hint, correct implementations written differently pass, and bad input gives clea
 Planted bugs are edits of the solution notebook's own cells. (The solution against 25 hidden seeds
 is tests/grader/test_suites.py's job.)"""
 
+# course first: without a GPU it puts Triton in interpreter mode, which triton reads at import.
+import course  # noqa: F401
+
+# isort: split
 import functools
 import math
 
@@ -11,7 +15,6 @@ import torch
 import triton
 import triton.language as tl
 
-import course  # noqa: F401  (Triton in interpreter mode without a GPU)
 from helpers import assert_mistake_named, day_report, edited_solution
 
 DAY = "day07-flash-triton"

@@ -1,9 +1,12 @@
 """Checks for the warm-ups triton_add and triton_softmax."""
 
+# course first: without a GPU it puts Triton in interpreter mode, which triton reads at import.
+import course  # noqa: F401
+
+# isort: split
 import torch
 import triton
 
-import course  # noqa: F401  (Triton in interpreter mode without a GPU, before triton is imported)
 from grader.harness.checking import (
     Mistake,
     expect_close,
