@@ -9,6 +9,9 @@ c = get_config()  # noqa: F821 (nbgrader injects get_config)
 c.CourseDirectory.course_id = "attention-from-scratch"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "exercises"
+# What nbgrader must not copy beside a notebook: its defaults, and solutions/DAY/DAY.py, the text
+# the solution notebook is built from (the solution itself), which must never reach a student.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.py"]
 
 # Seconds per cell: Triton's CPU interpreter (day07, day09) runs kernels in Python, slowly.
 c.Execute.timeout = 300

@@ -19,35 +19,67 @@ ROOT = Path(__file__).resolve().parent.parent
 @functools.cache
 def solution_functions(assignment: str) -> dict:
     """Run a solution notebook's setup and solution cells; return the names they define."""
-    notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     namespace = {}
-    for cell in notebook.cells:
+    for cell in solution_notebook(assignment).cells:
         meta = cell.metadata.get("nbgrader", {})
         if cell.cell_type == "code" and (meta.get("solution") or meta.get("grade_id") == "setup"):
             exec(compile(cell.source, f"<{assignment}:{meta['grade_id']}>", "exec"), namespace)
     return namespace
 
 
+def solution_notebook(assignment: str) -> nbformat.NotebookNode:
+    """solutions/DAY/DAY.ipynb, as nbgrader reads it (tests/test_setup.py checks that it is the
+    build of its text, DAY.py)."""
+    return nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
 @functools.cache
 def solution_cells(assignment: str) -> dict:
     """grade id -> source of every solution cell of a solution notebook."""
-    notebook = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     return {
         cell.metadata["nbgrader"]["grade_id"]: cell.source
-        for cell in notebook.cells
+        for cell in solution_notebook(assignment).cells
         if cell.metadata.get("nbgrader", {}).get("solution")
     }
 
 
+@functools.cache
+def exercise_cells(assignment: str) -> dict:
+    """grade id -> the grade ids of the solution cells of its exercise, in notebook order.
+
+    An exercise is the run of solution cells between two graded cells: the code one check grades,
+    one step per cell (day 7's forward kernel and its launcher; the three backward kernels and
+    the autograd.Function that launches them)."""
+    exercises, run = {}, []
+    for cell in solution_notebook(assignment).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution") and cell.cell_type == "code":
+            run.append(meta["grade_id"])
+            for grade_id in run:
+                exercises[grade_id] = tuple(run)
+        elif meta.get("grade"):
+            run = []
+    return exercises
+
+
 def edited_solution(assignment: str, solution: dict, cell: str, edits, name: str = None):
     """A planted bug: the solution's `name` (default: the cell's grade id) after the (old, new)
-    `edits` to solution cell `cell`, each `old` found exactly once, run on top of `solution`."""
-    source = solution_cells(assignment)[cell]
+    `edits` to the exercise of solution cell `cell`, each `old` found exactly once in its cells,
+    which then run again, in order, on top of `solution` (so a launcher sees its edited kernel)."""
+    sources = {
+        grade_id: solution_cells(assignment)[grade_id]
+        for grade_id in exercise_cells(assignment)[cell]
+    }
     for old, new in edits:
-        assert source.count(old) == 1, f"{old!r} is not once in cell {cell}"
-        source = source.replace(old, new)
+        assert sum(source.count(old) for source in sources.values()) == 1, (
+            f"{old!r} is not once in cell {cell}"
+            + (f" and {sorted(set(sources) - {cell})}" if len(sources) > 1 else "")
+        )
+        (where,) = [grade_id for grade_id, source in sources.items() if old in source]
+        sources[where] = sources[where].replace(old, new)
     namespace = dict(solution)
-    exec(compile(source, f"<{assignment}:{cell} edited>", "exec"), namespace)
+    for grade_id, source in sources.items():
+        exec(compile(source, f"<{assignment}:{grade_id} edited>", "exec"), namespace)
     return namespace[name or cell]
 
 

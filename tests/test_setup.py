@@ -10,7 +10,7 @@ import pytest
 import yaml
 from traitlets.config import Config
 
-from grader.autograde import pipeline
+from grader.autograde import pipeline, sources
 from helpers import ROOT
 
 if sys.version_info >= (3, 11):
@@ -76,6 +76,49 @@ def test_committed_notebooks_carry_no_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:80]
 
 
+@pytest.mark.parametrize(
+    "name", pipeline.assignments(ROOT), ids=lambda name: f"solutions/{name}/{name}.py"
+)
+def test_each_solution_notebook_is_built_from_its_text(name):
+    """solutions/DAY/DAY.py is the source; the committed DAY.ipynb is exactly its build, and the
+    text is what jupytext writes for that notebook (so saving the pair in Jupyter changes nothing)."""
+    notebook = ROOT / "solutions" / name / f"{name}.ipynb"
+    text = sources.text_path(notebook)
+    assert text.is_file(), f"{text.relative_to(ROOT)} is missing"
+    built = sources.notebook_from_text(text)
+    assert sources.notebook_json(built) == notebook.read_text(), (
+        f"{notebook.relative_to(ROOT)} is not the build of {text.name}: run `python -m grader release {name}`"
+    )
+    assert sources.text_from_notebook(built, text) == text.read_text()
+
+
+def test_the_text_keeps_what_nbgrader_needs_in_each_cell_header():
+    """A cell's nbgrader metadata survives the trip text -> notebook, and the notebook's metadata
+    is the kernel and the language only."""
+    text = ROOT / "solutions" / "day01-sdpa" / "day01-sdpa.py"
+    header = '# %% nbgrader={"grade": true, "grade_id": "check_stable_softmax", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}'
+    assert header in text.read_text().splitlines()
+    notebook = sources.notebook_from_text(text)
+    (cell,) = [
+        c
+        for c in notebook.cells
+        if c.metadata.get("nbgrader", {}).get("grade_id") == "check_stable_softmax"
+    ]
+    assert cell.metadata == {
+        "nbgrader": {
+            "grade": True,
+            "grade_id": "check_stable_softmax",
+            "locked": True,
+            "points": 2,
+            "schema_version": 3,
+            "solution": False,
+            "task": False,
+        }
+    }
+    assert set(notebook.metadata) == {"kernelspec", "language_info"}
+    assert [c.id for c in notebook.cells[:3]] == ["cell-00", "cell-01", "cell-02"]
+
+
 def test_every_solution_has_a_committed_release():
     assert pipeline.assignments(ROOT)
     for name in pipeline.assignments(ROOT):
@@ -86,7 +129,14 @@ def test_every_solution_has_a_committed_release():
 
 @pytest.mark.slow
 def test_exercises_are_regenerated_from_solutions(tmp_path):
+    names = pipeline.assignments(ROOT)
+    for name in names:  # or release would rewrite it (tests write nothing into the repository)
+        notebook = ROOT / "solutions" / name / f"{name}.ipynb"
+        built = sources.notebook_from_text(sources.text_path(notebook))
+        assert sources.notebook_json(built) == notebook.read_text(), f"{name}.ipynb is stale"
     pipeline.release(ROOT, release_dir=tmp_path)
+    released = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert released == [f"{name}/{name}.ipynb" for name in names]  # the text source stays behind
     for fresh in sorted(tmp_path.glob("*/*.ipynb")):
         committed = ROOT / "exercises" / fresh.relative_to(tmp_path)
         assert committed.is_file() and json.loads(committed.read_text()) == json.loads(

@@ -2,7 +2,8 @@
 
 solutions/DAY/DAY.ipynb is nbgrader's source and exercises/DAY/ its release (nbgrader_config.py
 says so), so every step here is a plain `nbgrader ...` command run in the course folder; these
-functions add the checks and the summaries an instructor wants around them.
+functions add the checks and the summaries an instructor wants around them. The one step before
+nbgrader: `release` first builds DAY.ipynb from its text, solutions/DAY/DAY.py (see sources.py).
 """
 
 import csv
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import nbformat
 from nbgrader.api import Gradebook
+
+from grader.autograde import sources
 
 
 class GradingError(Exception):
@@ -34,9 +37,11 @@ def course_root(course_dir) -> Path:
 
 
 def assignments(root: Path) -> list:
-    """Every assignment in solutions/: a folder DAY holding DAY.ipynb."""
+    """Every assignment in solutions/: a folder DAY holding DAY.ipynb or its text, DAY.py."""
     return sorted(
-        p.name for p in (root / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file()
+        p.name
+        for p in (root / "solutions").iterdir()
+        if (p / f"{p.name}.ipynb").is_file() or (p / f"{p.name}.py").is_file()
     )
 
 
@@ -78,12 +83,15 @@ def nbgrader(root: Path, *args: str, quiet: bool = False) -> subprocess.Complete
 def release(root: Path, names: list = None, release_dir: Path = None) -> list:
     """Regenerate the student notebooks of `names` (all by default) from solutions/.
 
-    Writes exercises/DAY/ unless `release_dir` says otherwise (the staleness test generates
-    elsewhere and compares). The gradebook is not touched.
+    First each solution notebook is built from its text, solutions/DAY/DAY.py (sources.build
+    writes DAY.ipynb only when the text says something else); then nbgrader generates the
+    release from DAY.ipynb. Writes exercises/DAY/ unless `release_dir` says otherwise (the
+    staleness test generates elsewhere and compares). The gradebook is not touched.
     """
     names = [check_assignment(root, name) for name in names] if names else assignments(root)
     where = [f"--CourseDirectory.release_directory={release_dir}"] if release_dir else []
     for name in names:
+        sources.build(root / "solutions" / name / f"{name}.ipynb")
         nbgrader(root, "generate_assignment", name, "--force", "--no-db", *where, quiet=True)
     return names
 

@@ -1,7 +1,7 @@
 """nbgrader end to end, for real: the stock commands on this layout, a real SQLite gradebook,
 real kernels; then `python -m grader` feedback, export and check on what they produced.
 
-Every day is covered: its test module (tests/test_dayNN_slug.py) names one planted bug in
+Every day is covered: its test module (tests/days/test_dayNN_slug.py) names one planted bug in
 PLANTED_SUBMISSION, which must cost exactly its points and show its hint.
 """
 
@@ -34,7 +34,8 @@ def grader(*args, cwd=ROOT):
 
 def planted(assignment) -> dict:
     """The day's planted bug: cell, old, new, points_lost, hint."""
-    return importlib.import_module(f"test_{assignment.replace('-', '_')}").PLANTED_SUBMISSION
+    module = f"days.test_{assignment.replace('-', '_')}"  # tests/days/, tests/ being on the path
+    return importlib.import_module(module).PLANTED_SUBMISSION
 
 
 def strip_solution_markers(source: str) -> str:
@@ -90,8 +91,8 @@ def graded(request, tmp_path_factory):
         course,
         assignment,
         "bob",
-        nbformat.read(course / "exercises" / assignment / f"{assignment}.ipynb", as_version=4),
-    )  # untouched
+        nbformat.read(ROOT / "exercises" / assignment / f"{assignment}.ipynb", as_version=4),
+    )  # the committed release, untouched: its one run in the suite
     submit(course, assignment, "cy", filled_in(assignment, planted(assignment)))
     nbgrader(course, "autograde", assignment, quiet=True)
     return course, assignment
@@ -120,6 +121,29 @@ def test_solution_full_marks_untouched_zero_planted_bug_partial(graded):
     assert got["ada"] == (total, total)
     assert got["bob"] == (0, total)
     assert got["cy"] == (total - planted(assignment)["points_lost"], total)
+
+
+def printed(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_untouched_exercise_says_not_implemented_without_a_traceback_wall(graded):
+    course, assignment = graded
+    notebook = nbformat.read(
+        course / "autograded" / "bob" / assignment / f"{assignment}.ipynb", as_version=4
+    )
+    visible_checks = [
+        c
+        for c in notebook.cells
+        if c.cell_type == "code"
+        and c.metadata.get("nbgrader", {}).get("grade")
+        and c.metadata.nbgrader["grade_id"].startswith("check_")
+    ]
+    assert visible_checks
+    for cell in visible_checks:
+        assert "is not implemented yet" in printed(cell)
+        (error,) = [o for o in cell.outputs if o.output_type == "error"]
+        assert error.ename == "CheckFailed" and len(error.traceback) == 1
 
 
 def test_planted_bug_shows_its_hint(graded):
