@@ -4,6 +4,8 @@ against the code students are graded against."""
 
 import functools
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -97,3 +99,10 @@ def assert_mistake_named(day: str, name: str, bug, key: str, capsys) -> None:
     with pytest.raises(CheckFailed):
         check(day, name, bug)
     assert f"hint: {named.hint}" in capsys.readouterr().out
+
+
+def grader(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
+    """`python -m grader ARGS` run in `cwd` (the repository by default), its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "grader", *args], cwd=cwd, env=env, text=True, capture_output=True
+    )

@@ -3,7 +3,6 @@ the gradebook nbgrader_config.py names, with the wall-clock and memory limits ap
 
 import json
 import shutil
-import subprocess
 import sys
 
 import nbformat
@@ -12,21 +11,12 @@ from nbgrader.api import Gradebook
 
 from grader.autograde.execute import LimitedExecute, limited_kernel_manager
 from grader.autograde.pipeline import nbgrader
-from helpers import ROOT
+from helpers import ROOT, grader
 from tools import corpus
 
 pytestmark = pytest.mark.slow
 
 DAY = corpus.ASSIGNMENT
-
-
-def grader(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "grader", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-    )
 
 
 def course_with(where, students: dict, assignment=DAY, source=None):

@@ -1,21 +1,10 @@
 """`python -m grader`: its help, and a clear error (exit status 2) for every kind of bad input."""
 
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT
-
-
-def grader(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "grader", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-    )
+from helpers import ROOT, grader
 
 
 def test_help_explains_every_command():

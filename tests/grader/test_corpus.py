@@ -5,27 +5,16 @@ gradebook has a row for every student, and nothing a submission did reached the 
 import csv
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 from nbgrader.api import Gradebook
 
-from helpers import ROOT
+from helpers import ROOT, grader
 from tools import corpus
 
 pytestmark = pytest.mark.slow
 
 DAY = corpus.ASSIGNMENT
-
-
-def grader(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "grader", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-    )
 
 
 def limits():
@@ -115,11 +104,11 @@ def test_report_feedback_class_report_and_csv(graded):
         "--course-dir", str(course), "report", DAY, "--csv", str(course / "by-exercise.csv")
     )
     assert made.returncode == 0, made.stderr
-    page = (course / "feedback" / "planted-axis" / DAY / "checks.html").read_text()
+    page = (course / "feedback" / "planted-axis" / f"{DAY}-checks.html").read_text()
     assert "each query&#x27;s weights must sum to 1 over the keys" in page
     assert "hidden checks, seed" in page and "6 / 9" in page
     for student in manifest:
-        html = (course / "feedback" / student / DAY / "checks.html").read_text()
+        html = (course / "feedback" / student / f"{DAY}-checks.html").read_text()
         assert "hidden=True" not in html and "HIDDEN TESTS" not in html, student
     report = (course / "feedback" / f"{DAY}-class-report.html").read_text()
     assert "data:image/png;base64," in report and "Checks that fail most" in report

@@ -9,8 +9,6 @@ import csv
 import importlib
 import re
 import shutil
-import subprocess
-import sys
 
 import nbformat
 import pytest
@@ -18,18 +16,9 @@ from nbgrader.api import Gradebook
 
 from grader.autograde import pipeline
 from grader.autograde.pipeline import nbgrader  # the stock `nbgrader ...` command, run in a folder
-from helpers import ROOT
+from helpers import ROOT, grader
 
 pytestmark = pytest.mark.slow
-
-
-def grader(*args, cwd=ROOT):
-    return subprocess.run(
-        [sys.executable, "-m", "grader", *args],
-        cwd=cwd,
-        text=True,
-        capture_output=True,
-    )
 
 
 def planted(assignment) -> dict:
