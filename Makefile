@@ -25,7 +25,7 @@ test: $(VENV)/installed
 	bash tools/install-chromium.sh
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -n auto --maxprocesses=$(TEST_WORKERS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=$(TEST_WORKERS) --durations=15
 
 # Voilà serves the gallery notebook as a page of widgets, its code hidden. EXPLORER_PORT=0
 # would pick a free port; the URL is printed either way.
