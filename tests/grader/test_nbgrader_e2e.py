@@ -3,12 +3,17 @@ real kernels; then `python -m grader` feedback, export and check on what they pr
 
 Every day is covered: its test module (tests/days/test_dayNN_slug.py) names one planted bug in
 PLANTED_SUBMISSION, which must cost exactly its points and show its hint.
+
+Each notebook runs once in the whole suite, here: the solution (student "ada", the release with
+every stub filled in by the solution's code), the untouched release ("bob") and the planted bug
+("cy"), graded as a class of three by stock nbgrader.
 """
 
 import csv
 import importlib
 import re
 import shutil
+import time
 
 import nbformat
 import pytest
@@ -69,6 +74,10 @@ def submit(course, assignment, student, notebook):
     nbformat.write(notebook, path)
 
 
+# Seconds nbgrader took to grade each day's solution ("ada"): kernel, every cell, hidden tests.
+SOLUTION_SECONDS = {}
+
+
 @pytest.fixture(scope="module", params=pipeline.assignments(ROOT))
 def graded(request, tmp_path_factory):
     """(course, assignment): a class of three graded by the stock commands."""
@@ -76,6 +85,9 @@ def graded(request, tmp_path_factory):
     course = new_course(tmp_path_factory.mktemp(assignment), assignment)
     nbgrader(course, "generate_assignment", assignment, quiet=True)
     submit(course, assignment, "ada", filled_in(assignment))
+    start = time.perf_counter()
+    nbgrader(course, "autograde", assignment, "--student", "ada", quiet=True)
+    SOLUTION_SECONDS[assignment] = time.perf_counter() - start
     submit(
         course,
         assignment,
@@ -83,7 +95,7 @@ def graded(request, tmp_path_factory):
         nbformat.read(ROOT / "exercises" / assignment / f"{assignment}.ipynb", as_version=4),
     )  # the committed release, untouched: its one run in the suite
     submit(course, assignment, "cy", filled_in(assignment, planted(assignment)))
-    nbgrader(course, "autograde", assignment, quiet=True)
+    nbgrader(course, "autograde", assignment, quiet=True)  # bob and cy (ada is graded)
     return course, assignment
 
 
@@ -116,17 +128,34 @@ def printed(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
 
+def graded_cells(notebook) -> list:
+    return [
+        c
+        for c in notebook.cells
+        if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")
+    ]
+
+
+def test_solution_runs_top_to_bottom_in_under_a_minute_and_passes_every_check(graded):
+    """On a 2-core CPU; the minute includes nbgrader's own work around the notebook."""
+    course, assignment = graded
+    notebook = nbformat.read(
+        course / "autograded" / "ada" / assignment / f"{assignment}.ipynb", as_version=4
+    )
+    print(f"{assignment} solution graded in {SOLUTION_SECONDS[assignment]:.1f} s")
+    for cell in graded_cells(notebook):
+        text = printed(cell)
+        assert "✓" in text and "✗" not in text, text
+    assert SOLUTION_SECONDS[assignment] < 60
+
+
 def test_untouched_exercise_says_not_implemented_without_a_traceback_wall(graded):
     course, assignment = graded
     notebook = nbformat.read(
         course / "autograded" / "bob" / assignment / f"{assignment}.ipynb", as_version=4
     )
     visible_checks = [
-        c
-        for c in notebook.cells
-        if c.cell_type == "code"
-        and c.metadata.get("nbgrader", {}).get("grade")
-        and c.metadata.nbgrader["grade_id"].startswith("check_")
+        c for c in graded_cells(notebook) if c.metadata.nbgrader["grade_id"].startswith("check_")
     ]
     assert visible_checks
     for cell in visible_checks:
