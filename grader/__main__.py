@@ -4,7 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from grader.autograde import pipeline
+from grader.autograde import gradebook, pipeline
 
 DESCRIPTION = """\
 Grade Attention from Scratch with nbgrader. Run from the repository root (or pass --course-dir):
@@ -55,7 +55,9 @@ def main(argv=None) -> int:
         help="grade every submission of an assignment into the gradebook",
         description="Grade every notebook in submitted/STUDENT/ASSIGNMENT/ with `nbgrader "
         "autograde`, after recording the assignment in the gradebook. Already graded "
-        "submissions are skipped unless --force.",
+        "submissions are skipped unless --force (with --workers: those whose gradebook rows "
+        "are as their records in feedback/.grader/ say; rows the gradebook lost are written "
+        "back from the records). One grader runs on a course at a time.",
     )
     autograde.add_argument("assignment", metavar="ASSIGNMENT")
     autograde.add_argument(
@@ -106,8 +108,9 @@ def main(argv=None) -> int:
     report = commands.add_parser(
         "report",
         help="HTML feedback per student, a class report and a CSV by exercise",
-        description="From what `autograde --workers` recorded: feedback/STUDENT/ASSIGNMENT/"
-        "checks.html per student (verdicts and hints of every check, never the hidden "
+        description="From what `autograde --workers` recorded: feedback/STUDENT/ASSIGNMENT-"
+        "checks.html per student, beside stock feedback's feedback/STUDENT/ASSIGNMENT/ "
+        "(verdicts and hints of every check, never the hidden "
         "tests' source), feedback/ASSIGNMENT-class-report.html (checks that fail most, "
         "their hints, a plot, failed submissions, tampering and shortcuts) and "
         "a CSV with one row per student and one column per exercise.",
@@ -166,7 +169,10 @@ def parse_size(text: str) -> int:
 def run_autograde(root, args) -> int:
     if args.workers is not None:
         return run_parallel_autograde(root, args)
-    rows = pipeline.autograde(root, args.assignment, args.submissions, args.force)
+    pipeline.check_assignment(root, args.assignment)
+    usable_gradebook(root)
+    with gradebook.course_lock(root, args.assignment):
+        rows = pipeline.autograde(root, args.assignment, args.submissions, args.force)
     print(f"\n{'student':<24} {'score':>12}")
     for row in rows:
         print(f"{row['student']:<24} {row['score']:>5.1f} / {row['max_score']:<5.1f}")
@@ -184,9 +190,6 @@ def run_parallel_autograde(root, args) -> int:
         wall_limit=args.wall_limit,
         memory_limit=parse_size(args.memory_limit),
     )
-    pipeline.check_assignment(root, args.assignment)
-    if args.submissions is not None:
-        pipeline.collect(root, args.assignment, args.submissions)
     done = parallel.autograde(
         root,
         args.assignment,
@@ -194,6 +197,7 @@ def run_parallel_autograde(root, args) -> int:
         force=args.force,
         limits=limits,
         only=args.student,
+        submissions=args.submissions,
         progress_stream=sys.stderr,
     )
     results = done["results"]
@@ -209,7 +213,8 @@ def run_parallel_autograde(root, args) -> int:
         f"{args.workers} workers ({seconds / max(len(results), 1):.1f} s each); "
         f"{len(results) - len(failed)} ok, {len(failed)} failed or stopped at a limit, "
         f"{len(tampered)} with tampering or shortcuts; {len(done['skipped'])} already graded "
-        f"(skipped). Records: feedback/.grader/{args.assignment}/"
+        f"(skipped), {len(done['restored'])} written back to the gradebook from their records. "
+        f"Records: feedback/.grader/{args.assignment}/"
     )
     return min(len(failed), 125)
 
@@ -225,14 +230,24 @@ def run_report(root, args) -> int:
 
 
 def run_feedback(root, args) -> int:
+    pipeline.check_assignment(root, args.assignment)
+    usable_gradebook(root)
     where = pipeline.feedback(root, args.assignment, args.force)
     print(f"feedback written under {where}/STUDENT/{args.assignment}/")
     return 0
 
 
 def run_export(root, args) -> int:
+    usable_gradebook(root)
     print(f"grades written to {pipeline.export(root, args.to)}")
     return 0
+
+
+def usable_gradebook(root) -> None:
+    """Stop, saying what to do, before a command opens a gradebook that cannot be opened (a
+    database driver not installed, a file that is not a database): nbgrader's own error there
+    is "Please see the above traceback", with no traceback."""
+    gradebook.check_gradebook(gradebook.db_url(root))
 
 
 def run_check(root, args) -> int:

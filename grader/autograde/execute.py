@@ -1,14 +1,24 @@
-"""nbgrader's Execute step, with limits and a tamper watch: what `python -m grader autograde
---workers N` runs in place of stock `Execute` (configured through `Autograde.autograde_preprocessors`,
-so every other step of the autograde is nbgrader's own).
+"""nbgrader's Execute step, with limits, a sandbox and a tamper watch: what `python -m grader
+autograde --workers N` runs in place of stock `Execute` (configured through
+`Autograde.autograde_preprocessors`, so every other step of the autograde is nbgrader's own).
 
 Limits, per submission:
 - a per-cell timeout and a wall-clock limit for the whole notebook; a cell that hits either stops
   the run: the cells before it keep their points, the graded cells after it score 0 with a reason;
-- a memory cap: the kernel process is started under RLIMIT_AS (plain `setrlimit`, works
-  unprivileged), so a huge allocation fails in that cell (a MemoryError/RuntimeError) instead of
-  taking the machine down;
-- kernel death (os._exit, a segfault, the OOM killer) stops the run the same way, with a reason.
+- resource limits on the kernel process, set with plain `setrlimit` (works unprivileged; see
+  sandbox.limits_command): memory (RLIMIT_DATA: a huge allocation fails in that cell, a
+  MemoryError/RuntimeError, instead of taking the machine down), CPU time (the kernel is killed:
+  the run stops with the reason), file size (a write past it fails in that cell) and, in a
+  sandbox, processes and threads (a fork bomb's fork fails);
+- output: past `output_limit` bytes of cell outputs the rest is dropped and the run stops there,
+  so a cell that prints without end cannot fill the grader's memory;
+- kernel death (os._exit, a segfault, the OOM killer, the CPU-time limit) stops the run the same
+  way, with a reason.
+
+Sandbox (`sandbox=True`, see sandbox.py): the kernel runs in a bubblewrap sandbox of its own: no
+network, its own PID namespace (nothing it starts outlives it), a read-only view of the system
+and the Python environment, and its working folder and a private /tmp as its only writable places.
+It then talks over unix sockets (jupyter_client's IPC transport) instead of TCP on localhost.
 
 Tamper watch: before the first cell the kernel snapshots the grader's modules, torch,
 torch.nn.functional, torch.Tensor and builtins. Before every graded cell it compares them with the
@@ -21,18 +31,20 @@ Everything found is written as JSON to `record_path` for the caller.
 """
 
 import ast
+import contextlib
 import inspect
 import json
-import sys
+import os
+import signal
 import time
 
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Integer, Unicode
+from traitlets import Bool, Integer, Unicode
 
-from grader.autograde import kernel_side
+from grader.autograde import kernel_side, sandbox
 
 
 def kernel_definition(function) -> str:
@@ -42,42 +54,70 @@ def kernel_definition(function) -> str:
     return source.replace(f"def {function.__name__}(", f"def __grader_{function.__name__}(", 1)
 
 
-def rlimit_command(command: list, memory_bytes: int) -> list:
-    """`command`, started under an address-space limit of `memory_bytes` (Linux, unprivileged)."""
-    code = (
-        "import resource, os, sys; n = int(sys.argv[1]); "
-        "resource.setrlimit(resource.RLIMIT_AS, (n, n)); os.execvp(sys.argv[2], sys.argv[2:])"
-    )
-    return [sys.executable, "-S", "-c", code, str(int(memory_bytes)), *command]
-
-
-def limited_kernel_manager(memory_bytes: int):
-    """An AsyncKernelManager class whose kernels start under the memory cap (0: none)."""
+def limited_kernel_manager(memory_bytes: int, *, cpu_seconds=0, file_bytes=0, tasks=0):
+    """An AsyncKernelManager class whose kernels start under these limits (0: none; see
+    sandbox.limits_command), in the sandbox given to `confine`, if any: `tasks` applies only
+    there, where the count of processes is the sandbox's own."""
 
     class LimitedKernelManager(AsyncKernelManager):
+        box = None  # the sandbox its kernel starts in (None: none)
+
+        def confine(self, box: sandbox.Sandbox):
+            """Start the kernel in `box`, talking over unix sockets in its folder: TCP on
+            localhost cannot reach into the sandbox's network namespace."""
+            self.box = box
+            self.transport = "ipc"
+            self.connection_file = box.connection_file
+            self.ip = os.path.splitext(box.connection_file)[0] + "-ipc"  # jupyter_client's naming
+
         def format_kernel_cmd(self, extra_arguments=None):
             command = super().format_kernel_cmd(extra_arguments)
-            return rlimit_command(command, memory_bytes) if memory_bytes else command
+            limits = dict(memory=memory_bytes, cpu=cpu_seconds, file_size=file_bytes)
+            if self.box is not None:
+                return self.box.command(sandbox.limits_command(command, **limits, tasks=tasks))
+            return sandbox.limits_command(command, **limits) if any(limits.values()) else command
 
     return LimitedKernelManager
 
 
-def _signal_name(status) -> str:
-    if status is None or status >= 0:
-        return f"exit status {status}" if status is not None else "no exit status"
-    import signal
+def _killed_by(status, sandboxed: bool):
+    """The signal that ended a kernel process with exit status `status` (Popen's), or None.
+    bwrap exits with 128 + N when the kernel inside was killed by signal N."""
+    if status is not None and status < 0:
+        return -status
+    if sandboxed and status is not None and status > 128:
+        return status - 128
+    return None
 
+
+def _signal_name(number: int) -> str:
     try:
-        return f"killed by {signal.Signals(-status).name}"
+        return signal.Signals(number).name
     except ValueError:
-        return f"killed by signal {-status}"
+        return f"signal {number}"
 
 
 class LimitedExecute(Execute):
-    """nbgrader's Execute with a wall-clock limit, a memory cap and the tamper watch."""
+    """nbgrader's Execute with a wall-clock limit, resource limits, a sandbox and the tamper
+    watch."""
 
     wall_limit = Integer(600, help="seconds for the whole notebook (0: none)").tag(config=True)
-    memory_limit = Integer(4 << 30, help="bytes of address space for the kernel (0: none)").tag(
+    memory_limit = Integer(
+        4 << 30, help="bytes of data (heap, private writable mappings) for the kernel (0: none)"
+    ).tag(config=True)
+    cpu_limit = Integer(0, help="seconds of CPU time for the kernel process (0: none)").tag(
+        config=True
+    )
+    file_size_limit = Integer(0, help="bytes a file the kernel writes may reach (0: none)").tag(
+        config=True
+    )
+    tasks_limit = Integer(
+        0, help="processes and threads in the kernel's sandbox (0: none; only with sandbox)"
+    ).tag(config=True)
+    output_limit = Integer(0, help="bytes of cell outputs for the whole notebook (0: none)").tag(
+        config=True
+    )
+    sandbox = Bool(False, help="run the kernel in a bubblewrap sandbox (see sandbox.py)").tag(
         config=True
     )
     record_path = Unicode("", help="where to write what was found, as JSON").tag(config=True)
@@ -85,7 +125,12 @@ class LimitedExecute(Execute):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.shutdown_kernel = "immediate"  # graded: nothing to save, no need to wait for it
-        self.kernel_manager_class = limited_kernel_manager(self.memory_limit)
+        self.kernel_manager_class = limited_kernel_manager(
+            self.memory_limit,
+            cpu_seconds=self.cpu_limit,
+            file_bytes=self.file_size_limit,
+            tasks=self.tasks_limit,
+        )
 
     # -- limits
 
@@ -94,6 +139,16 @@ class LimitedExecute(Execute):
         if self.wall_limit:
             timeout = min(timeout, max(1, int(self._deadline - time.monotonic()) + 1))
         return timeout
+
+    def output(self, outs, msg, display_id, cell_index):
+        """nbclient's, while the notebook's outputs stay under `output_limit` bytes; past it
+        they are dropped (the grader's memory holds them all), and the run stops after the
+        cell (see _run)."""
+        if self.output_limit:
+            self._output_bytes += len(json.dumps(msg["content"]))
+            if self._output_bytes > self.output_limit:
+                return None
+        return super().output(outs, msg, display_id, cell_index)
 
     def _kernel_call(self, function, arguments: str = ""):
         """Define kernel_side's `function` in the kernel and call it there with `arguments` (an
@@ -137,14 +192,16 @@ class LimitedExecute(Execute):
                 "watch": 0.0,
             },
         }
+        self._output_bytes = 0
         started = time.monotonic()
         try:
-            self._start_kernel(record)
-            with self.setup_kernel():
-                info = self.wait_for_reply(self.kc.kernel_info())
-                self.nb.metadata["language_info"] = info["content"]["language_info"]
-                record["seconds"]["kernel_start"] = time.monotonic() - started
-                self._run(record, resources)
+            with self._sandbox() as box:
+                self._start_kernel(record, box)
+                with self.setup_kernel():
+                    info = self.wait_for_reply(self.kc.kernel_info())
+                    self.nb.metadata["language_info"] = info["content"]["language_info"]
+                    record["seconds"]["kernel_start"] = time.monotonic() - started
+                    self._run(record, resources)
         except DeadKernelError:
             if not record["stopped"]:
                 record["stopped"] = self._died("while starting")
@@ -175,15 +232,26 @@ class LimitedExecute(Execute):
         self.set_widgets_metadata()
         return self.nb, self.resources
 
-    def _start_kernel(self, record):
-        """Start the kernel and its client, once more if the kernel dies before kernel_info.
+    def _sandbox(self):
+        """A context giving the kernel's sandbox (None without one), whose writable working
+        folder is the notebook's."""
+        if not self.sandbox:
+            return contextlib.nullcontext()
+        return sandbox.Sandbox(self.resources.get("metadata", {}).get("path") or os.getcwd())
+
+    def _start_kernel(self, record, box):
+        """Start the kernel (in `box`, the sandbox, if any) and its client, once more if the
+        kernel dies before kernel_info.
 
         Kernels started side by side can race for one free TCP port (jupyter_client picks a
         port and closes it; the kernel binds it later), and the loser dies at start-up. No cell
-        has run then, so the second start cannot hide anything a submission did.
+        has run then, so the second start cannot hide anything a submission did. (A sandboxed
+        kernel uses unix sockets in a folder of its own: no race.)
         """
         for attempt in (1, 2):
             self.km = self.create_kernel_manager()
+            if box is not None:
+                self.km.confine(box)
             self.start_new_kernel()
             try:
                 self.start_new_kernel_client()
@@ -196,15 +264,17 @@ class LimitedExecute(Execute):
     def _died(self, where: str) -> str:
         process = getattr(getattr(self.km, "provisioner", None), "process", None)
         status = process.poll() if process is not None else None
-        how = _signal_name(status)
-        cause = ""
-        if status == -9:
-            cause = " (the out-of-memory killer, or the wall-clock limit)"
-        elif status == -11:
-            cause = " (a segmentation fault)"
-        elif status is not None and status >= 0:
-            cause = " (sys.exit/os._exit or a crash)"
-        return f"the kernel died {where}: {how}{cause}"
+        number = _killed_by(status, self.sandbox)
+        if number is None:
+            how = f"exit status {status}" if status is not None else "no exit status"
+            cause = " (sys.exit/os._exit or a crash)" if status is not None else ""
+            return f"the kernel died {where}: {how}{cause}"
+        causes = {
+            signal.SIGKILL: " (the out-of-memory killer, or the wall-clock limit)",
+            signal.SIGSEGV: " (a segmentation fault)",
+            signal.SIGXCPU: f" (the CPU-time limit of {self.cpu_limit} s)",
+        }
+        return f"the kernel died {where}: killed by {_signal_name(number)}{causes.get(number, '')}"
 
     def _run(self, record, resources):
         began = time.monotonic()
@@ -257,6 +327,12 @@ class LimitedExecute(Execute):
                 record["seconds"][kind] += spent
             cell["_ran"] = True
             record["cells_run"] += 1
+            if self.output_limit and self._output_bytes > self.output_limit:
+                record["stopped"] = (
+                    f"the outputs passed the limit of {self.output_limit} bytes in cell {name} "
+                    "(the rest of its output was dropped)"
+                )
+                return
             if not graded:
                 window.append(name)
             timed_out = any(

@@ -12,9 +12,9 @@ autogrades into one SQLite file fail with "database is locked". Instead:
   nor delete the course's files);
 - the parent is the only writer of the class gradebook: it copies each result in through
   nbgrader's Gradebook API (so any SQLAlchemy db_url works), then copies the autograded notebook
-  to autograded/STUDENT/ASSIGNMENT/ and a JSON record to feedback/.grader/ASSIGNMENT/STUDENT.json.
-  A submission counts as done only once both are written, so a rerun after an interruption
-  grades only what is missing.
+  to autograded/STUDENT/ASSIGNMENT/ and a JSON record to feedback/.grader/ASSIGNMENT/STUDENT.json
+  (gradebook.py: a rerun skips what the gradebook holds as recorded, writes back from the
+  records what it lost, and grades the rest; one grader at a time per course).
 
 Workers are forked once and reused, so the cost of importing nbgrader is paid once per worker,
 not per submission; a worker stuck past its wall-clock limit is killed with its kernel and
@@ -36,54 +36,51 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import nbformat
-from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.api import Gradebook
 from tqdm import tqdm
-from traitlets.config import Config
-from traitlets.config.loader import PyFileConfigLoader
 
-from grader.autograde import pipeline
+from grader.autograde import gradebook, pipeline
+from grader.autograde.gradebook import load_config, record
 
-DEFAULT_MEMORY = 4 << 30  # bytes of address space for a kernel: torch + a day's work fit easily
+DEFAULT_MEMORY = 4 << 30  # bytes of data for a kernel (RLIMIT_DATA): torch + a day's work fit
 GRACE = 60  # seconds past the wall-clock limit before a worker is killed from outside
 
 
 @dataclasses.dataclass
 class Limits:
+    """What grading one submission may take (0: no limit); see execute.py and sandbox.py."""
+
     cell_timeout: int = None  # None: nbgrader_config.py's Execute.timeout
     wall_limit: int = 600
     memory_limit: int = DEFAULT_MEMORY
+    cpu_limit: int = 3600  # seconds of CPU time of the kernel process, all its threads together
+    file_size_limit: int = 1 << 30  # bytes a file the kernel writes may reach
+    tasks_limit: int = 1024  # processes and threads in a sandbox (torch starts one per core)
+    output_limit: int = 32 << 20  # bytes of cell outputs in a notebook
+    # "auto": each kernel in a sandbox where bwrap can start one, else a warning (once) and
+    # none, as before sandboxes; "required": refuse to grade without one; "off": none
+    sandbox: str = "auto"
+    sandboxed: bool = dataclasses.field(init=False)  # what "auto" came to, here
+
+    def __post_init__(self):
+        """Find out, once and in the parent (so a warning is printed once, not by every worker),
+        whether the kernels will run in sandboxes."""
+        from grader.autograde import sandbox
+
+        why = "" if self.sandbox == "off" else sandbox.unavailable()
+        if why and self.sandbox == "required":
+            raise pipeline.GradingError(f"no sandbox for the grading kernels: {why}.")
+        if why:
+            print(
+                f"warning: grading WITHOUT a sandbox: {why}. Submissions' code will run with "
+                "the grader's rights: it can read the solutions and the gradebook and reach "
+                "the network.",
+                file=sys.stderr,
+            )
+        self.sandboxed = self.sandbox != "off" and not why
 
 
 # ----------------------------------------------------------------------------- configuration
-
-
-def load_config(root: Path) -> Config:
-    """The course's nbgrader_config.py, as nbgrader reads it."""
-    loader = PyFileConfigLoader("nbgrader_config.py", path=str(root))
-    return loader.load_config()
-
-
-def db_url(root: Path) -> str:
-    """The class gradebook's URL: nbgrader_config.py's CourseDirectory.db_url, or nbgrader's
-    default, sqlite:///ROOT/gradebook.db."""
-    from nbgrader.coursedir import CourseDirectory
-
-    config = load_config(root)
-    config.CourseDirectory.root = str(root)
-    return CourseDirectory(config=config).db_url
-
-
-def course_id(root: Path) -> str:
-    config = load_config(root)
-    return config.CourseDirectory.get("course_id", "default_course") or "default_course"
-
-
-def records_dir(root: Path, assignment: str) -> Path:
-    return root / "feedback" / ".grader" / assignment
-
-
-def record_path(root: Path, assignment: str, student: str) -> Path:
-    return records_dir(root, assignment) / f"{student}.json"
 
 
 def students(root: Path, assignment: str) -> list:
@@ -333,6 +330,11 @@ def grade_one(
         config.LimitedExecute.timeout = int(limits.cell_timeout)
     config.LimitedExecute.wall_limit = int(limits.wall_limit or 0)
     config.LimitedExecute.memory_limit = int(limits.memory_limit or 0)
+    config.LimitedExecute.cpu_limit = int(limits.cpu_limit or 0)
+    config.LimitedExecute.file_size_limit = int(limits.file_size_limit or 0)
+    config.LimitedExecute.tasks_limit = int(limits.tasks_limit or 0)
+    config.LimitedExecute.output_limit = int(limits.output_limit or 0)
+    config.LimitedExecute.sandbox = limits.sandboxed
     config.LimitedExecute.record_path = str(record)
     coursedir = CourseDirectory(config=config)
     app = Autograde(coursedir=coursedir, config=config)
@@ -448,6 +450,10 @@ def _worker(conn, root, template, assignment, sources, limits, scratch, log):
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    # its temporary files (its kernels' sandboxes) in its scratch folder, which the parent
+    # removes: a worker killed past its deadline cannot remove them itself
+    os.makedirs(scratch, exist_ok=True)
+    tempfile.tempdir = str(scratch)
     while True:
         student = conn.recv()
         if student is None:
@@ -471,78 +477,6 @@ def _worker(conn, root, template, assignment, sources, limits, scratch, log):
 
 
 # ----------------------------------------------------------------------------- the parent
-
-
-def record(root: Path, assignment: str, result: dict, url: str, cid: str) -> dict:
-    """Write one result into the class gradebook (the only writer), then its notebook and record."""
-    import warnings
-    from datetime import datetime
-
-    student = result["student"]
-    with warnings.catch_warnings(), Gradebook(url, cid) as gradebook:
-        warnings.simplefilter("ignore")  # nbgrader's API and SQLAlchemy 2 warn about autoflush
-        gradebook.update_or_create_student(student)
-        timestamp = datetime.fromisoformat(result["timestamp"]) if result.get("timestamp") else None
-        if timestamp is not None:
-            submission = gradebook.update_or_create_submission(
-                assignment, student, timestamp=timestamp
-            )
-        else:
-            submission = gradebook.update_or_create_submission(assignment, student)
-        got = {(g["notebook"], g["name"]): g for g in result["grades"]}
-        comments = {(c["notebook"], c["name"]): c for c in result["comments"]}
-        for notebook in submission.notebooks:
-            for grade in notebook.grades:
-                mine = got.get((notebook.name, grade.name))
-                grade.auto_score = mine["auto_score"] if mine else 0
-                grade.needs_manual_grade = mine["needs_manual_grade"] if mine else False
-                if mine and mine["extra_credit"] is not None:
-                    grade.extra_credit = mine["extra_credit"]
-            for comment in notebook.comments:
-                mine = comments.get((notebook.name, comment.name))
-                comment.auto_comment = mine["auto_comment"] if mine else None
-            if result.get("penalty", {}).get(notebook.name) is not None:
-                notebook.late_submission_penalty = result["penalty"][notebook.name]
-        gradebook.db.commit()
-        submission = gradebook.find_submission(assignment, student)
-        result["score"], result["max_score"] = submission.score, submission.max_score
-    target = root / "autograded" / student / assignment
-    if target.exists():
-        _rmtree(target)
-    if result.get("autograded") and Path(result["autograded"]).is_dir():
-        shutil.copytree(result["autograded"], target)
-    # the grader's source and this run's seeds are in the record, never the hidden tests' source
-    result.pop("autograded", None)
-    path = record_path(root, assignment, student)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, path)
-    return result
-
-
-def _rmtree(path: Path):
-    def writable(func, p, _):
-        os.chmod(p, 0o755)
-        os.chmod(os.path.dirname(p), 0o755)
-        func(p)
-
-    for dirpath, dirnames, _ in os.walk(path):
-        os.chmod(dirpath, 0o755)
-    shutil.rmtree(path, onerror=writable)
-
-
-def done_students(root: Path, assignment: str, url: str, cid: str) -> set:
-    """Students whose submission is fully recorded: a record file and a gradebook row."""
-    have = {p.stem for p in records_dir(root, assignment).glob("*.json")}
-    if not have:
-        return set()
-    with Gradebook(url, cid) as gradebook:
-        try:
-            rows = {s.student_id for s in gradebook.assignment_submissions(assignment)}
-        except MissingEntry:
-            rows = set()
-    return have & rows
 
 
 class ProgressBar(tqdm):
@@ -586,12 +520,28 @@ def autograde(
     force: bool = False,
     limits: Limits = None,
     only: list = None,
+    submissions: Path = None,
     progress_stream=None,
 ) -> dict:
-    """Grade every submission in submitted/STUDENT/ASSIGNMENT/ across `workers` processes into
-    the class gradebook. Returns {'results': [...], 'skipped': [...], 'seconds': ...}."""
-    limits = limits or Limits()
+    """Grade every submission in submitted/STUDENT/ASSIGNMENT/ (first copied in from
+    `submissions`, if given) across `workers` processes into the class gradebook.
+
+    Returns {'results': [...], 'skipped': [...], 'restored': [...], 'seconds': ...}: skipped, the
+    submissions the gradebook held as recorded; restored, those written back from their records.
+    Nothing is touched while another grader runs on the course or the gradebook cannot be opened.
+    """
     pipeline.check_assignment(root, assignment)
+    with gradebook.course_lock(root, assignment):
+        url, cid = gradebook.db_url(root), gradebook.course_id(root)
+        gradebook.check_gradebook(url)
+        if submissions is not None:
+            pipeline.collect(root, assignment, submissions)
+        return _grade_class(
+            root, assignment, workers, force, limits or Limits(), only, url, cid, progress_stream
+        )
+
+
+def _grade_class(root, assignment, workers, force, limits, only, url, cid, progress_stream) -> dict:
     everyone = students(root, assignment)
     if only:
         everyone = [s for s in everyone if s in set(only)]
@@ -600,10 +550,12 @@ def autograde(
             f"nothing to grade: no {root}/submitted/STUDENT/{assignment}/ "
             "folders (pass --submissions DIR to copy them in)."
         )
-    url, cid = db_url(root), course_id(root)
     register(root, assignment)
-    skipped = [] if force else sorted(done_students(root, assignment, url, cid) & set(everyone))
-    todo = [s for s in everyone if s not in set(skipped)]
+    if force:
+        skipped, restored = [], []
+    else:
+        skipped, restored = gradebook.settle_recorded(root, assignment, everyone, url, cid)
+    todo = [s for s in everyone if s not in skipped + restored]
     started = time.monotonic()
     results = []
     if todo:
@@ -631,6 +583,7 @@ def autograde(
     return {
         "results": results,
         "skipped": skipped,
+        "restored": restored,
         "seconds": time.monotonic() - started,
         "workers": workers,
     }

@@ -1,6 +1,12 @@
 """Feedback, the class report and the CSV by exercise, from what `autograde --workers` recorded
 (feedback/.grader/ASSIGNMENT/STUDENT.json) and the gradebook's scores.
 
+A student's page is feedback/STUDENT/ASSIGNMENT-checks.html, beside the folder stock
+`nbgrader generate_feedback` writes, feedback/STUDENT/ASSIGNMENT/, never in it: nbgrader owns that
+folder whole. It skips a student whose folder exists ("Skipping existing assignment"), so a page
+in it would stop stock feedback from ever being written, and it deletes the folder before writing
+again (with --force, or once the student is graded again), which would delete the page.
+
 Nothing here reads or shows the source of a test cell: a student's page lists each graded cell's
 points and each check's verdict, message and hint, which is all the checks print. The pages are
 Jinja2 templates (templates/*.html.j2), autoescaped: a name or a message is shown, never run.
@@ -18,9 +24,10 @@ from pathlib import Path
 import jinja2
 import nbformat
 from markupsafe import Markup
-from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.api import MissingEntry
 
-from grader.autograde import parallel
+from grader.autograde import gradebook
+from grader.autograde.pipeline import GradingError
 
 CHECK_CALL = re.compile(r"""check\(\s*["']([\w-]+)["']\s*,\s*["'](\w+)["']""")
 
@@ -28,7 +35,7 @@ CHECK_CALL = re.compile(r"""check\(\s*["']([\w-]+)["']\s*,\s*["'](\w+)["']""")
 def load_records(root: Path, assignment: str) -> dict:
     return {
         p.stem: json.loads(p.read_text())
-        for p in sorted(parallel.records_dir(root, assignment).glob("*.json"))
+        for p in sorted(gradebook.records_dir(root, assignment).glob("*.json"))
     }
 
 
@@ -48,9 +55,9 @@ def cell_exercises(root: Path, assignment: str) -> dict:
 def grades(root: Path, assignment: str) -> dict:
     """{student: {grade cell id: (score, max_score)}} from the class gradebook."""
     out = {}
-    with Gradebook(parallel.db_url(root), parallel.course_id(root)) as gradebook:
+    with gradebook.open_gradebook(gradebook.db_url(root), gradebook.course_id(root)) as book:
         try:
-            submissions = gradebook.assignment_submissions(assignment)
+            submissions = book.assignment_submissions(assignment)
         except MissingEntry:
             return {}
         for submission in submissions:
@@ -111,8 +118,13 @@ PAGES = jinja2.Environment(
 )
 
 
+def checks_page(root: Path, student: str, assignment: str) -> Path:
+    """Where a student's page goes: feedback/STUDENT/ASSIGNMENT-checks.html."""
+    return root / "feedback" / student / f"{assignment}-checks.html"
+
+
 def student_html(student: str, assignment: str, record: dict, scores: dict) -> str:
-    """One student's checks.html: points and the checks' verdicts per graded cell, the notes and
+    """One student's checks page: points and the checks' verdicts per graded cell, the notes and
     what was reported to the instructor."""
     return PAGES.get_template("checks.html.j2").render(
         student=student,
@@ -201,16 +213,17 @@ def class_html(assignment: str, records: dict, table: dict, png: bytes) -> str:
 
 
 def write_all(root: Path, assignment: str, csv_path: Path = None) -> dict:
-    """Write every student's checks.html, the class report (HTML and PNG) and the CSV."""
+    """Write every student's checks page, the class report (HTML and PNG) and the CSV."""
     records = load_records(root, assignment)
     if not records:
-        raise parallel.pipeline.GradingError(
+        raise GradingError(
             f"nothing recorded for {assignment}: run `python -m grader autograde {assignment} "
             "--workers N` first."
         )
+    gradebook.check_gradebook(gradebook.db_url(root))
     table = grades(root, assignment)
     for student, record in records.items():
-        page = root / "feedback" / student / assignment / "checks.html"
+        page = checks_page(root, student, assignment)
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(student_html(student, assignment, record, table.get(student, {})))
     rows = failing_checks(records)
@@ -222,7 +235,7 @@ def write_all(root: Path, assignment: str, csv_path: Path = None) -> dict:
         root, assignment, csv_path or root / "feedback" / f"{assignment}-grades.csv"
     )
     return {
-        "feedback": root / "feedback" / "STUDENT" / assignment / "checks.html",
+        "feedback": checks_page(root, "STUDENT", assignment),
         "class report": report,
         "grades by exercise": csv_path,
     }

@@ -1,0 +1,219 @@
+"""Each grading kernel runs in a bubblewrap sandbox (grader/autograde/sandbox.py): what a graded
+cell tries against the grader, the course and the machine fails there, what it starts dies with
+it, an honest answer still gets its points, and a resource limit stops a submission with the
+reason. Real kernels; skipped, saying why, where bwrap cannot start a sandbox."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+
+from grader.autograde import parallel, pipeline, sandbox
+from grader.autograde.execute import LimitedExecute
+from helpers import ROOT
+
+pytestmark = pytest.mark.slow
+needs_bwrap = pytest.mark.skipif(
+    bool(sandbox.unavailable()), reason=f"no sandbox here: {sandbox.unavailable()}"
+)
+
+# The first cell of every notebook here: what the cells after it call.
+SETUP = '''\
+import os, socket, subprocess
+
+def refused(action):
+    """True if `action` fails with an OSError: the sandbox said no."""
+    try:
+        action()
+    except OSError:
+        return True
+    return False
+'''
+
+
+def code(source: str, grade_id: str, points: int = None):
+    """A cell of an nbgrader source notebook: a test cell worth `points`, or else a solution."""
+    meta = {"grade": points is not None, "solution": points is None, "locked": points is not None}
+    meta.update(grade_id=grade_id, schema_version=3)
+    if points is not None:
+        meta["points"] = points
+    return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
+
+
+def notebook(cells: list):
+    nb = nbformat.v4.new_notebook(cells=[code(SETUP, "setup"), *cells])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    return nb
+
+
+def escapes(course: Path, port: int, token: str) -> dict:
+    """grade id -> a test cell's assertion that one way out of the sandbox is closed."""
+    return {
+        "read_solutions": f"assert refused(lambda: open({str(course / 'solutions')!r} + "
+        "'/escape/escape.ipynb').read())",
+        "write_gradebook": f"assert refused(lambda: open({str(course / 'gradebook.db')!r}, 'ab'))",
+        "write_config": f"assert refused(lambda: open({str(course / 'nbgrader_config.py')!r}, 'a'))",
+        "write_grader": f"assert refused(lambda: open({str(ROOT / 'grader' / '__init__.py')!r}, 'a'))",
+        "network": f"assert refused(lambda: socket.create_connection(('127.0.0.1', {port}), 5))",
+        # the test's process started the grader: in the sandbox's PID namespace it does not exist
+        "signal_the_grader": f"assert refused(lambda: os.kill({os.getpid()}, 0))",
+        # a daemon: its own session, so the kernel's process group does not hold it
+        "daemon": f"daemon = subprocess.Popen(['sleep', '{token}'], start_new_session=True)\n"
+        "assert daemon.poll() is None",
+        "own_folder_and_tmp": "open('written.txt', 'w').write('ok')\n"
+        f"open('/tmp/{token}.txt', 'w').write('ok')\n"
+        f"assert open('written.txt').read() == open('/tmp/{token}.txt').read() == 'ok'",
+    }
+
+
+def running(token: str) -> list:
+    """The pids of the processes whose command line holds `token`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if token.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+@needs_bwrap
+def test_a_graded_cell_reaches_nothing_outside_its_sandbox(tmp_path):
+    listener = socket.create_server(("127.0.0.1", 0))  # reachable from outside the sandbox
+    port = listener.getsockname()[1]
+    token = f"1000.{uuid.uuid4().int % 10**9}"  # `sleep 1000.123456789`, findable in /proc
+    course = tmp_path / "course"
+    checks = escapes(course, port, token)
+    honest = code(
+        "def twice(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION", "twice"
+    )
+    source = notebook(
+        [honest, code("assert twice(2) == 4", "test_twice", 1)]
+        + [code(assertion, grade_id, 1) for grade_id, assertion in checks.items()]
+    )
+    (course / "solutions" / "escape").mkdir(parents=True)
+    nbformat.write(source, course / "solutions" / "escape" / "escape.ipynb")
+    shutil.copy(ROOT / "nbgrader_config.py", course)
+    submitted = course / "submitted" / "alice" / "escape" / "escape.ipynb"
+    submitted.parent.mkdir(parents=True)
+    nbformat.write(source, submitted)
+    config_before = (course / "nbgrader_config.py").read_text()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "grader", "--course-dir", str(course)]
+            + ["autograde", "escape", "--workers", "1", "--timeout", "60"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
+    finally:
+        listener.close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WITHOUT a sandbox" not in done.stderr
+    with Gradebook(f"sqlite:///{course / 'gradebook.db'}") as gradebook:
+        submission = gradebook.find_submission("escape", "alice")
+        scores = {g.name: g.score for nb in submission.notebooks for g in nb.grades}
+    assert scores == {"test_twice": 1, **{grade_id: 1 for grade_id in checks}}, scores
+    assert (course / "nbgrader_config.py").read_text() == config_before
+    graded = course / "autograded" / "alice" / "escape"
+    assert (graded / "written.txt").read_text() == "ok"  # its own folder: written, kept
+    assert not (Path("/tmp") / f"{token}.txt").exists()  # its /tmp: private, gone
+    assert not running(token), "the daemon outlived its kernel"
+
+
+def execute(tmp_path, cells: list, **limits):
+    """Run a notebook of `cells` through LimitedExecute in a sandbox: (its cells, the record)."""
+    record_path = tmp_path / "record.json"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    limits = {"timeout": 60, **limits}
+    run = LimitedExecute(sandbox=True, record_path=str(record_path), **limits)
+    graded, _ = run.preprocess(notebook(cells), {"metadata": {"path": str(workdir)}})
+    return {c.metadata["nbgrader"]["grade_id"]: c for c in graded.cells}, json.loads(
+        record_path.read_text()
+    )
+
+
+def errors(cell) -> list:
+    return [f"{o['ename']}: {o['evalue']}" for o in cell.outputs if o["output_type"] == "error"]
+
+
+@needs_bwrap
+def test_file_size_and_output_limits(tmp_path):
+    cells, record = execute(
+        tmp_path,
+        [
+            code("assert refused(lambda: open('big', 'wb').write(bytes(2 << 20)))", "big_file", 1),
+            code("print('x' * 200_000)", "chatty"),
+            code("assert True", "after_the_limit", 1),
+        ],
+        file_size_limit=1 << 20,
+        output_limit=100_000,
+    )
+    assert errors(cells["big_file"]) == []
+    assert "outputs passed the limit of 100000 bytes in cell chatty" in record["stopped"], record
+    assert errors(cells["after_the_limit"])[0].startswith("NotGraded")
+
+
+@needs_bwrap
+def test_the_per_cell_timeout_interrupts_the_kernel_not_its_sandbox(tmp_path):
+    # jupyter_client interrupts with SIGINT to the kernel's process group, bwrap included
+    cells, record = execute(
+        tmp_path,
+        [code("while True:\n    pass", "spin"), code("assert True", "after", 1)],
+        timeout=3,
+    )
+    assert "ran longer than the per-cell timeout of 3 s" in record["stopped"], record
+    assert any("KeyboardInterrupt" in error for error in errors(cells["spin"])), cells["spin"]
+
+
+@needs_bwrap
+def test_the_cpu_time_limit_stops_the_submission_with_its_reason(tmp_path):
+    # 8 s: importing torch and the grader (the tamper watch's snapshot) takes a few of them
+    cells, record = execute(
+        tmp_path,
+        [code("while True:\n    pass", "spin"), code("assert True", "after", 1)],
+        cpu_limit=8,
+    )
+    assert "killed by SIGXCPU (the CPU-time limit of 8 s)" in record["stopped"], record
+    assert errors(cells["after"])[0].startswith("NotGraded")
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.getuid() == 0, reason="Linux does not enforce RLIMIT_NPROC for root")
+def test_a_fork_bomb_hits_the_tasks_limit(tmp_path):
+    bomb = (
+        "import threading, time\n"
+        "try:\n"
+        "    for _ in range(500):\n"
+        "        threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+        "except RuntimeError as error:\n"
+        "    stopped = str(error)\n"
+        "assert 'thread' in stopped"
+    )
+    cells, record = execute(tmp_path, [code(bomb, "bomb", 1)], tasks_limit=128)
+    assert errors(cells["bomb"]) == [], record
+
+
+def test_without_bwrap_the_grader_warns_once_or_refuses(monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "unavailable", lambda: "bwrap is not installed")
+    assert not parallel.Limits().sandboxed
+    assert "warning: grading WITHOUT a sandbox: bwrap is not installed" in capsys.readouterr().err
+    with pytest.raises(pipeline.GradingError, match="no sandbox for the grading kernels"):
+        parallel.Limits(sandbox="required")
+    assert not parallel.Limits(sandbox="off").sandboxed
+    assert capsys.readouterr().err == ""  # "off" says nothing: it was asked for
