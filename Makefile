@@ -22,7 +22,7 @@ course: $(VENV)/installed
 # tests that must not run at once are grouped in tests/conftest.py).
 TEST_WORKERS ?= 4
 test: $(VENV)/installed
-	bash tools/install-chromium.sh
+	bash tools/install-debian-packages.sh
 	$(BIN)/python -m ruff format --check .
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -n auto --maxprocesses=$(TEST_WORKERS) --durations=15

@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         "--memory-limit",
         default="4G",
         metavar="SIZE",
-        help="with --workers: address space of a submission's kernel, e.g. "
-        "4G, 512M (default: 4G; 0: none)",
+        help="with --workers: data size (heap and private mappings) of a submission's kernel, "
+        "e.g. 4G, 512M (default: 4G; 0: none)",
     )
     autograde.add_argument(
         "--student",

@@ -40,7 +40,7 @@ def test_the_tree_is_ruff_clean(command):
 
 def test_make_test_installs_chromium_then_runs_ruff_then_pytest_on_every_core():
     lines = [line.strip() for line in recipe("test").splitlines()[1:]]
-    assert lines[0] == "bash tools/install-chromium.sh"
+    assert lines[0] == "bash tools/install-debian-packages.sh"
     assert re.fullmatch(r"\$\(BIN\)/python -m ruff format --check \.", lines[1])
     assert re.fullmatch(r"\$\(BIN\)/python -m ruff check \.", lines[2])
     assert re.match(
@@ -59,24 +59,27 @@ def test_ci_is_make_test_and_nothing_more():
     assert not any("apt-get" in line or "pytest" in line for line in commands)
 
 
-def test_chromium_is_installed_with_apt_get_by_the_one_script():
-    script = (ROOT / "tools" / "install-chromium.sh").read_text()
-    assert "apt-get install" in script and "chromium" in script
+def test_the_system_packages_are_installed_with_apt_get_by_the_one_script():
+    script = (ROOT / "tools" / "install-debian-packages.sh").read_text()
+    assert "apt-get install" in script
+    assert all(name in script for name in ("chromium", "bubblewrap", "postgresql"))
 
 
 @pytest.mark.parametrize(
     "uid, reason", [("1000", "neither root nor passwordless sudo"), ("0", "no apt-get")]
 )
-def test_without_a_way_to_install_chromium_one_line_says_why_and_make_test_goes_on(
+def test_without_a_way_to_install_the_packages_one_line_says_why_and_make_test_goes_on(
     tmp_path, uid, reason
 ):
     """On a PATH with only a stand-in `id`: no chromium, sudo or apt-get to find."""
     (tmp_path / "id").write_text(f"#!/bin/sh\necho {uid}\n")
     (tmp_path / "id").chmod(0o755)
-    done = run(shutil.which("bash"), "tools/install-chromium.sh", env={"PATH": str(tmp_path)})
+    done = run(
+        shutil.which("bash"), "tools/install-debian-packages.sh", env={"PATH": str(tmp_path)}
+    )
     assert done.returncode == 0
     (line,) = done.stderr.splitlines()
-    assert reason in line and "the browser tests will skip" in line
+    assert reason in line and "the tests that need them will skip" in line
 
 
 def test_the_wheel_carries_every_file_the_packages_read_that_is_not_python():

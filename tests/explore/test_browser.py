@@ -143,7 +143,7 @@ def browser():
     if chromium is None:
         pytest.skip(
             "Chromium is not installed (Debian package `chromium`): `make test` installs it "
-            "(tools/install-chromium.sh) "
+            "(tools/install-debian-packages.sh) "
             "with apt-get as root or with sudo; without either it cannot be installed here"
         )
     sync_api = pytest.importorskip(

@@ -175,7 +175,7 @@ def test_make_explorer_serves_the_notebook_with_voila_on_localhost():
     assert "voila explorer/attention-explorer.ipynb" in recipe and "--Voila.ip=127.0.0.1" in recipe
     readme = (ROOT / "README.md").read_text()
     assert re.search(r"^make explorer$", readme, flags=re.MULTILINE)
-    installer = (ROOT / "tools" / "install-chromium.sh").read_text()
+    installer = (ROOT / "tools" / "install-debian-packages.sh").read_text()
     assert "apt-get install" in installer and "chromium" in installer
 
 
