@@ -106,3 +106,13 @@ def grader(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "grader", *args], cwd=cwd, env=env, text=True, capture_output=True
     )
+
+
+def nbgrader_cell(source: str, grade_id: str, points: int = None):
+    """A code cell of an nbgrader source notebook: a locked test worth `points`, or else a
+    solution cell."""
+    meta = {"grade": points is not None, "solution": points is None, "locked": points is not None}
+    meta.update(grade_id=grade_id, schema_version=3)
+    if points is not None:
+        meta["points"] = points
+    return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})

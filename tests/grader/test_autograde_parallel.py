@@ -11,7 +11,7 @@ from nbgrader.api import Gradebook
 
 from grader.autograde.execute import LimitedExecute, limited_kernel_manager
 from grader.autograde.pipeline import nbgrader
-from helpers import ROOT, grader
+from helpers import ROOT, grader, nbgrader_cell
 from tools import corpus
 
 pytestmark = pytest.mark.slow
@@ -65,30 +65,18 @@ def tiny_assignment():
     """Three one-point tests: one passes, one allocates past the memory cap, and one comes
     after cells that sleep past the wall-clock limit."""
 
-    def code(source, grade_id, points=None):
-        meta = {
-            "grade": points is not None,
-            "solution": points is None,
-            "locked": points is not None,
-            "grade_id": grade_id,
-            "schema_version": 3,
-        }
-        if points is not None:
-            meta["points"] = points
-        return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
-
     notebook = nbformat.v4.new_notebook(
         cells=[
-            code(
+            nbgrader_cell(
                 "def twice(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION",
                 "twice",
             ),
-            code("assert twice(2) == 4", "test_twice", 1),
-            code("hog = bytearray(3 << 30)\nassert twice(3) == 6", "test_memory", 1),
+            nbgrader_cell("assert twice(2) == 4", "test_twice", 1),
+            nbgrader_cell("hog = bytearray(3 << 30)\nassert twice(3) == 6", "test_memory", 1),
             nbformat.v4.new_code_cell("import time\ntime.sleep(6)"),
             nbformat.v4.new_code_cell("time.sleep(6)"),
             nbformat.v4.new_code_cell("time.sleep(6)"),
-            code("assert twice(0) == 0", "test_after_sleeping", 1),
+            nbgrader_cell("assert twice(0) == 0", "test_after_sleeping", 1),
         ]
     )
     notebook.metadata["kernelspec"] = {

@@ -21,7 +21,7 @@ import sqlalchemy.dialects.postgresql
 from nbgrader.api import Gradebook
 
 from grader.autograde.gradebook import DRIVER_PACKAGES
-from helpers import ROOT, grader
+from helpers import ROOT, grader, nbgrader_cell
 
 pytestmark = pytest.mark.slow
 
@@ -31,29 +31,16 @@ TOTALS = {"ann": 2.0, "bob": 1.0}
 COURSE = "attention-from-scratch"  # nbgrader_config.py's course_id
 
 
-def code(source, grade_id, points=None):
-    meta = {
-        "grade": points is not None,
-        "solution": points is None,
-        "locked": points is not None,
-        "grade_id": grade_id,
-        "schema_version": 3,
-    }
-    if points is not None:
-        meta["points"] = points
-    return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
-
-
 def tiny(answer="2 * x", sleep=0):
     """Two one-point tests of twice(x), the solution returning `answer`; a submission with
     `sleep` takes that many seconds before its tests."""
     cells = [
-        code(
+        nbgrader_cell(
             f"def twice(x):\n    ### BEGIN SOLUTION\n    return {answer}\n    ### END SOLUTION",
             "twice",
         ),
-        code("assert twice(2) == 4", "test_two", 1),
-        code("assert twice(0) == 0", "test_zero", 1),
+        nbgrader_cell("assert twice(2) == 4", "test_two", 1),
+        nbgrader_cell("assert twice(0) == 0", "test_zero", 1),
     ]
     if sleep:
         cells.insert(1, nbformat.v4.new_code_cell(f"import time\ntime.sleep({sleep})"))

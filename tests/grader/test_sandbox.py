@@ -18,7 +18,7 @@ from nbgrader.api import Gradebook
 
 from grader.autograde import parallel, pipeline, sandbox
 from grader.autograde.execute import LimitedExecute
-from helpers import ROOT
+from helpers import ROOT, nbgrader_cell
 
 pytestmark = pytest.mark.slow
 needs_bwrap = pytest.mark.skipif(
@@ -39,17 +39,8 @@ def refused(action):
 '''
 
 
-def code(source: str, grade_id: str, points: int = None):
-    """A cell of an nbgrader source notebook: a test cell worth `points`, or else a solution."""
-    meta = {"grade": points is not None, "solution": points is None, "locked": points is not None}
-    meta.update(grade_id=grade_id, schema_version=3)
-    if points is not None:
-        meta["points"] = points
-    return nbformat.v4.new_code_cell(source, metadata={"nbgrader": meta})
-
-
 def notebook(cells: list):
-    nb = nbformat.v4.new_notebook(cells=[code(SETUP, "setup"), *cells])
+    nb = nbformat.v4.new_notebook(cells=[nbgrader_cell(SETUP, "setup"), *cells])
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
@@ -97,12 +88,12 @@ def test_a_graded_cell_reaches_nothing_outside_its_sandbox(tmp_path):
     token = f"1000.{uuid.uuid4().int % 10**9}"  # `sleep 1000.123456789`, findable in /proc
     course = tmp_path / "course"
     checks = escapes(course, port, token)
-    honest = code(
+    honest = nbgrader_cell(
         "def twice(x):\n    ### BEGIN SOLUTION\n    return 2 * x\n    ### END SOLUTION", "twice"
     )
     source = notebook(
-        [honest, code("assert twice(2) == 4", "test_twice", 1)]
-        + [code(assertion, grade_id, 1) for grade_id, assertion in checks.items()]
+        [honest, nbgrader_cell("assert twice(2) == 4", "test_twice", 1)]
+        + [nbgrader_cell(assertion, grade_id, 1) for grade_id, assertion in checks.items()]
     )
     (course / "solutions" / "escape").mkdir(parents=True)
     nbformat.write(source, course / "solutions" / "escape" / "escape.ipynb")
@@ -157,9 +148,11 @@ def test_file_size_and_output_limits(tmp_path):
     cells, record = execute(
         tmp_path,
         [
-            code("assert refused(lambda: open('big', 'wb').write(bytes(2 << 20)))", "big_file", 1),
-            code("print('x' * 200_000)", "chatty"),
-            code("assert True", "after_the_limit", 1),
+            nbgrader_cell(
+                "assert refused(lambda: open('big', 'wb').write(bytes(2 << 20)))", "big_file", 1
+            ),
+            nbgrader_cell("print('x' * 200_000)", "chatty"),
+            nbgrader_cell("assert True", "after_the_limit", 1),
         ],
         file_size_limit=1 << 20,
         output_limit=100_000,
@@ -174,7 +167,7 @@ def test_the_per_cell_timeout_interrupts_the_kernel_not_its_sandbox(tmp_path):
     # jupyter_client interrupts with SIGINT to the kernel's process group, bwrap included
     cells, record = execute(
         tmp_path,
-        [code("while True:\n    pass", "spin"), code("assert True", "after", 1)],
+        [nbgrader_cell("while True:\n    pass", "spin"), nbgrader_cell("assert True", "after", 1)],
         timeout=3,
     )
     assert "ran longer than the per-cell timeout of 3 s" in record["stopped"], record
@@ -186,7 +179,7 @@ def test_the_cpu_time_limit_stops_the_submission_with_its_reason(tmp_path):
     # 8 s: importing torch and the grader (the tamper watch's snapshot) takes a few of them
     cells, record = execute(
         tmp_path,
-        [code("while True:\n    pass", "spin"), code("assert True", "after", 1)],
+        [nbgrader_cell("while True:\n    pass", "spin"), nbgrader_cell("assert True", "after", 1)],
         cpu_limit=8,
     )
     assert "killed by SIGXCPU (the CPU-time limit of 8 s)" in record["stopped"], record
@@ -205,7 +198,7 @@ def test_a_fork_bomb_hits_the_tasks_limit(tmp_path):
         "    stopped = str(error)\n"
         "assert 'thread' in stopped"
     )
-    cells, record = execute(tmp_path, [code(bomb, "bomb", 1)], tasks_limit=128)
+    cells, record = execute(tmp_path, [nbgrader_cell(bomb, "bomb", 1)], tasks_limit=128)
     assert errors(cells["bomb"]) == [], record
 
 
