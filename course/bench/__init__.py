@@ -11,7 +11,14 @@ One script per topic (kv_cache.py, sparse.py, ...), each `python -m course.bench
 
 from course.bench.memory import LiveStorage, peak_memory
 from course.bench.plots import label_lengths_axis, plot_by_mechanism, saved_figure, scaling_guides
-from course.bench.records import Measurement, Result, Verdict, by_point, print_verdicts
+from course.bench.records import (
+    Measurement,
+    Result,
+    Verdict,
+    by_point,
+    print_verdicts,
+    report,
+)
 from course.bench.timing import median_time
 
 __all__ = [
@@ -25,6 +32,7 @@ __all__ = [
     "peak_memory",
     "plot_by_mechanism",
     "print_verdicts",
+    "report",
     "saved_figure",
     "scaling_guides",
 ]

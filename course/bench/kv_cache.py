@@ -21,7 +21,7 @@ from course.bench import (
     Result,
     Verdict,
     plot_by_mechanism,
-    print_verdicts,
+    report,
     saved_figure,
 )
 from course.models.tiny_transformer import TinyTransformer
@@ -116,13 +116,7 @@ def run(
         f"greedy generation, {new_tokens} new tokens after a {prompt_len}-token prompt: "
         f"d_model {d_model}, {num_layers} layers, cpu, {threads} thread(s)"
     )
-    print(table(rows))
-    result = Result(rows, verdicts(rows, identical, new_tokens))
-    print_verdicts(result.verdicts)
-    if plot:
-        save_plot(rows, plot)
-        print(f"saved {plot}")
-    return result
+    return report(rows, verdicts(rows, identical, new_tokens), table(rows), plot, save_plot)
 
 
 def main(argv=None) -> int:

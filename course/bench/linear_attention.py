@@ -26,7 +26,7 @@ from course.bench import (
     label_lengths_axis,
     median_time,
     plot_by_mechanism,
-    print_verdicts,
+    report,
     saved_figure,
     scaling_guides,
 )
@@ -181,13 +181,7 @@ def run(
     rows = measure(
         sorted(set(lengths)), heads, head_dim, chunk_size, repeats, recurrent_steps, quadratic_max
     )
-    print(table(rows))
-    result = Result(rows, verdicts(rows))
-    print_verdicts(result.verdicts)
-    if plot:
-        save_plot(rows, plot)
-        print(f"plot saved to {plot}")
-    return result
+    return report(rows, verdicts(rows), table(rows), plot, save_plot)
 
 
 def main(argv=None) -> int:

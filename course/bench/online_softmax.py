@@ -13,6 +13,7 @@ float64 naive attention and its autograd.
 """
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -26,7 +27,7 @@ from course.bench import (
     median_time,
     peak_memory,
     plot_by_mechanism,
-    print_verdicts,
+    report,
     saved_figure,
     scaling_guides,
 )
@@ -164,13 +165,8 @@ def run(
         f"head_dim {head_dim}, float32, {device.type}, {torch.get_num_threads()} threads"
     )
     rows = measure(sorted(set(lengths)), heads, head_dim, block, repeats, device)
-    print(table(rows))
-    result = Result(rows, verdicts(rows, correctness(device)))
-    print_verdicts(result.verdicts)
-    if plot:
-        save_plot(rows, plot, block, device)
-        print(f"plot saved to {plot}")
-    return result
+    draw = functools.partial(save_plot, block=block, device=device)
+    return report(rows, verdicts(rows, correctness(device)), table(rows), plot, draw)
 
 
 def main(argv=None) -> int:

@@ -63,6 +63,18 @@ def print_verdicts(verdicts) -> int:
     return Result(verdicts=list(verdicts)).status
 
 
+def report(rows, verdicts, table: str, plot=None, save_plot=None) -> Result:
+    """The end of every topic's run(): print its table and verdicts, and when `plot` names a
+    file, draw the rows there with `save_plot(rows, plot)`."""
+    print(table)
+    result = Result(rows, verdicts)
+    print_verdicts(result.verdicts)
+    if plot:
+        save_plot(rows, plot)
+        print(f"plot saved to {plot}")
+    return result
+
+
 def write_csv(rows, path) -> None:
     """One line per measurement, one column per field of Measurement."""
     with open(path, "w", newline="") as file:

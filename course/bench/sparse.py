@@ -12,6 +12,7 @@ of the dense one's, and its time grows linearly, t(16k) / t(4k) <= 5.
 """
 
 import argparse
+import functools
 import sys
 
 import torch
@@ -25,7 +26,7 @@ from course.bench import (
     median_time,
     peak_memory,
     plot_by_mechanism,
-    print_verdicts,
+    report,
     saved_figure,
     scaling_guides,
 )
@@ -139,13 +140,8 @@ def run(
         f"head_dim {head_dim}, float32, {device.type}, {torch.get_num_threads()} threads"
     )
     rows = measure(sorted(set(lengths)), window, heads, head_dim, repeats, device)
-    print(table(rows))
-    result = Result(rows, verdicts(rows))
-    print_verdicts(result.verdicts)
-    if plot:
-        save_plot(rows, plot, window, device)
-        print(f"plot saved to {plot}")
-    return result
+    draw = functools.partial(save_plot, window=window, device=device)
+    return report(rows, verdicts(rows), table(rows), plot, draw)
 
 
 def main(argv=None) -> int:
