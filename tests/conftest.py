@@ -1,14 +1,11 @@
 """Fixtures for the project's tests, and how they share the cores; the helpers they share are in
 `helpers`.
 
-`make test` runs the suite on every core with pytest-xdist (`-n auto`, `--dist loadgroup`): each
-worker is its own process that collects every test and runs the ones it is sent. Two things
-follow, both handled here:
-
-- The workers share the machine, so each gets its share of torch's threads, set before torch is
-  imported (the variable also reaches the kernels and subprocesses the tests start).
-- Some tests must not run at the same time as others, or are cheap only on one worker; they are
-  put in an xdist group, and a group's tests all run on one worker, in order (see `GROUPS`).
+`make test` runs the suite on every core with pytest-xdist (`-n auto`, `--dist loadscope`): each
+worker is its own process that collects every test and runs whole test modules, so a module's
+expensive fixtures (a graded class, a browser and its servers) are set up once. The workers share
+the machine, so each gets its share of torch's threads, set here before torch is imported (the
+variable also reaches the kernels and subprocesses the tests start).
 
 Session-scoped fixtures run once per worker, not once per run: none of them may write into the
 repository (tests write under `tmp_path`).
@@ -42,48 +39,3 @@ def solution_namespace():
 def solution(request):
     """The solution notebook's own functions, for the test module's DAY."""
     return solution_functions(request.module.DAY)
-
-
-# ----------------------------------------------------------------------------- xdist groups
-
-# Tests that share something that cannot be used twice at once, by group name.
-GROUPS = {
-    # The servers' logs and timings.json are fixed files in test-artifacts/browser/, and one
-    # headless Chromium with its servers is load enough for a 2-core machine.
-    "browser": lambda item: item.get_closest_marker("browser") is not None,
-}
-
-
-def own_module_fixtures(item) -> list:
-    """The module-scoped fixtures that `item` uses and its own module defines (a graded class,
-    a built explorer): expensive, and set up once per worker that runs one of their tests.
-    (conftest's `solution` is module-scoped too, but cheap: solution_functions is cached.)"""
-    module = item.nodeid.split("::")[0]
-    # _fixtureinfo: pytest's record of the fixtures an item uses, the closest definition last
-    return [
-        name
-        for name, definitions in item._fixtureinfo.name2fixturedefs.items()
-        if definitions[-1].scope == "module" and definitions[-1].baseid == module
-    ]
-
-
-def xdist_group(item):
-    """The group `item` runs in, or None to let xdist send it to any worker."""
-    for group, belongs in GROUPS.items():
-        if belongs(item):
-            return group
-    fixtures = own_module_fixtures(item)
-    if fixtures:  # the module's tests on one worker; one group per parameter of the fixture
-        params = getattr(item, "callspec", None)
-        key = [str(params.params[name]) for name in fixtures if params and name in params.params]
-        return "::".join([item.nodeid.split("::")[0], *key])
-    return None
-
-
-def pytest_collection_modifyitems(config, items):
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        group = xdist_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))

@@ -2,7 +2,6 @@
 Makefile's test recipe is what CI runs (Chromium, ruff, pytest on every core), and the tests that
 must not run at once are grouped for pytest-xdist."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -103,37 +102,8 @@ def test_the_wheel_carries_every_file_the_packages_read_that_is_not_python():
     assert data and data <= carried, sorted(str(p.relative_to(ROOT)) for p in data - carried)
 
 
-def test_pytest_keeps_xdist_groups_together():
+def test_pytest_runs_each_test_module_whole_on_one_worker():
+    """The browser tests share test-artifacts/browser/, and a module's graded class must be
+    graded once: with loadscope a module never spreads over two workers."""
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert "--dist loadgroup" in options["addopts"]
-
-
-GROUP_PLUGIN = """
-def pytest_collection_finish(session):
-    for item in session.items:
-        mark = item.get_closest_marker("xdist_group")
-        print("GROUP", item.nodeid, mark.args[0] if mark else "-")
-"""
-
-
-@pytest.mark.slow  # collects the browser tests, which import torch and the gallery
-def test_the_tests_that_share_a_server_or_a_class_are_grouped(tmp_path):
-    (tmp_path / "show_groups.py").write_text(GROUP_PLUGIN)
-    files = ["tests/explore/test_browser.py", "tests/grader/test_corpus.py", "tests/test_device.py"]
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    done = run(PYTHON, "-m", "pytest", "--collect-only", "-q", "-p", "show_groups", *files, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    # "GROUP nodeid group": the nodeid may hold spaces (in a parameter), the group does not
-    lines = done.stdout.splitlines()
-    group = dict(line[6:].rsplit(" ", 1) for line in lines if line.startswith("GROUP "))
-
-    def groups(module, unless=None):
-        return {
-            g for n, g in group.items() if n.startswith(module) and not (unless and unless in n)
-        }
-
-    assert groups("tests/explore/test_browser.py") == {"browser"}
-    # the tests of the module's graded class run on one worker, which grades the class once
-    corpus = "tests/grader/test_corpus.py"
-    assert groups(corpus, unless="corpus_is_big_enough") == {corpus}
-    assert groups("tests/test_device.py") == {"-"}  # the rest go to any worker
+    assert "--dist loadscope" in options["addopts"]
