@@ -115,8 +115,11 @@ def test_orthogonal_random_features_norms_follow_chi():
 
 
 def test_favor_features_estimate_the_softmax_kernel_and_stay_positive():
+    # every draw from one seeded generator: the estimate is random, and its error must not
+    # depend on which tests ran before this one
     g = torch.Generator().manual_seed(0)
-    x, y = 0.4 * rand(5, 8), 0.4 * rand(7, 8)
+    x = 0.4 * torch.randn(5, 8, generator=g, dtype=torch.float64)
+    y = 0.4 * torch.randn(7, 8, generator=g, dtype=torch.float64)
     w = la.orthogonal_random_features(4000, 8, g, dtype=torch.float64)
     fx, fy = la.favor_feature_map(x, w, is_query=True), la.favor_feature_map(y, w)
     assert (fx > 0).all() and (fy > 0).all()
