@@ -38,9 +38,10 @@ release: $(VENV)/installed
 	$(BIN)/python -m grader release
 
 # torch first, pinned: pip then keeps that build (the CPU one where it is on disk) instead of
-# resolving torch again for the project's own dependencies.
+# resolving torch again for the project's own dependencies. Then the course with every extra
+# (`all`: grader, lab, explorer, test; pyproject.toml says what each holds).
 $(VENV)/installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[all]"
 	touch $@

@@ -1,15 +1,21 @@
-"""python -m grader: the instructor's nbgrader flow on this course, and a local check for students."""
+"""python -m grader: the instructor's nbgrader flow on this course, and a local check for students.
+
+Only `check` (and `--help`, `--version`) works with the course's core install; the other commands
+are the instructor's and need the `grader` extra (nbgrader), which they ask for when missing."""
 
 import argparse
+import importlib.metadata
+import importlib.util
 import sys
 from pathlib import Path
 
-from grader.autograde import gradebook, pipeline
+from grader.autograde import pipeline, sources
 
 DESCRIPTION = """\
 Grade Attention from Scratch with nbgrader. Run from the repository root (or pass --course-dir):
 solutions/DAY/DAY.ipynb is the source, exercises/DAY/ the student release, and grading work
 (submitted/, autograded/, feedback/, gradebook.db) lives beside them, never committed.
+Every command but check needs nbgrader: pip install 'attention-from-scratch[grader]'.
 
 instructors:
   python -m grader release                        regenerate exercises/ from solutions/
@@ -22,27 +28,61 @@ instructors:
                                                   source), class report with plot, CSV by exercise
   python -m grader feedback day01-sdpa            HTML feedback per student in feedback/
   python -m grader export --to grades.csv         the gradebook as CSV
-students:
-  python -m grader check exercises/day01-sdpa/day01-sdpa.ipynb
-                                                  grade your notebook as the autograder would
+students (the course installed is enough: no solutions/, no nbgrader_config.py):
+  python -m grader check day01-sdpa.ipynb         grade your notebook as the autograder would
 """
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
+    args = parser().parse_args(argv)
+    try:
+        if args.command != "check" and importlib.util.find_spec("nbgrader") is None:
+            raise pipeline.GradingError(
+                f"`python -m grader {args.command}` needs nbgrader, the instructor's tools: "
+                f"pip install '{sources.DISTRIBUTION}[grader]'. (`check` works without it.)"
+            )
+        return COMMANDS[args.command](args)
+    except pipeline.GradingError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def version() -> str:
+    """The installed distribution's version: pyproject.toml's, its one source."""
+    try:
+        return importlib.metadata.version(sources.DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: pip install -e . in the repository)"
+
+
+COURSE_DIR_HELP = "the course folder, holding nbgrader_config.py and solutions/ (default: .)"
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line: `python -m grader [--course-dir DIR] COMMAND [options]`; --course-dir
+    is also taken after the command, and each command's --help lists it."""
+    main = argparse.ArgumentParser(
         prog="python -m grader",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--course-dir",
-        default=".",
-        type=Path,
-        help="the course folder, holding nbgrader_config.py (default: .)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    main.add_argument("--version", action="version", version=f"{sources.DISTRIBUTION} {version()}")
+    main.add_argument("--course-dir", type=Path, metavar="DIR", help=COURSE_DIR_HELP)
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    release = commands.add_parser("release", help="regenerate exercises/ from solutions/")
+    def command(name: str, course_dir_help: str = COURSE_DIR_HELP, **kwargs):
+        sub = commands.add_parser(name, **kwargs)
+        # SUPPRESS: given before the command, the value stays; given after, it wins
+        sub.add_argument(
+            "--course-dir",
+            type=Path,
+            metavar="DIR",
+            default=argparse.SUPPRESS,
+            help=course_dir_help,
+        )
+        return sub
+
+    release = command("release", help="regenerate exercises/ from solutions/")
     release.add_argument(
         "assignments",
         nargs="*",
@@ -50,7 +90,7 @@ def main(argv=None) -> int:
         help="e.g. day01-sdpa (default: every assignment)",
     )
 
-    autograde = commands.add_parser(
+    autograde = command(
         "autograde",
         help="grade every submission of an assignment into the gradebook",
         description="Grade every notebook in submitted/STUDENT/ASSIGNMENT/ with `nbgrader "
@@ -101,11 +141,11 @@ def main(argv=None) -> int:
         help="with --workers: grade only this student (repeatable)",
     )
 
-    feedback = commands.add_parser("feedback", help="write HTML feedback for graded submissions")
+    feedback = command("feedback", help="write HTML feedback for graded submissions")
     feedback.add_argument("assignment", metavar="ASSIGNMENT")
     feedback.add_argument("--force", action="store_true", help="write again what was written")
 
-    report = commands.add_parser(
+    report = command(
         "report",
         help="HTML feedback per student, a class report and a CSV by exercise",
         description="From what `autograde --workers` recorded: feedback/STUDENT/ASSIGNMENT-"
@@ -123,7 +163,7 @@ def main(argv=None) -> int:
         help="where to write the CSV (default: feedback/ASSIGNMENT-grades.csv)",
     )
 
-    export = commands.add_parser("export", help="write the gradebook as a CSV file")
+    export = command("export", help="write the gradebook as a CSV file")
     export.add_argument(
         "--to",
         type=Path,
@@ -132,27 +172,37 @@ def main(argv=None) -> int:
         help="where to write (default: grades.csv)",
     )
 
-    check = commands.add_parser(
+    check = command(
         "check",
+        course_dir_help="grade against this course folder's solutions/ and nbgrader_config.py "
+        "(an instructor trying answers before a release; needs nbgrader). Default: the course "
+        "as installed, which carries what grading needs",
         help="grade one notebook as the autograder would, and print the verdicts",
-        description="Grade NOTEBOOK exactly as `autograde` would (hidden tests included) in a "
-        "throwaway course folder, and print each graded cell's points and output. "
-        "Exit status 0 means full marks.",
+        description="Grade NOTEBOOK as `autograde` would, hidden tests included, in a "
+        "throwaway course folder, and print each exercise's points, each graded cell's "
+        "points and output, and the total. Needs only the course installed and the notebook. "
+        "With nbgrader installed it grades with `autograde --workers`'s own code (in a "
+        "bubblewrap sandbox where one can start); without it, the same cells run with "
+        "nbclient and score as nbgrader scores them. Exit status 0 means full marks.",
     )
-    check.add_argument("notebook", type=Path, metavar="NOTEBOOK")
-    check.add_argument("--assignment", help="the assignment (default: the notebook's file name)")
+    check.add_argument(
+        "notebook", type=Path, metavar="NOTEBOOK", help="the notebook, e.g. day01-sdpa.ipynb"
+    )
+    check.add_argument(
+        "--assignment",
+        metavar="ASSIGNMENT",
+        help="the assignment, e.g. day01-sdpa (default: the notebook's file name)",
+    )
+    return main
 
-    args = parser.parse_args(argv)
-    try:
-        root = pipeline.course_root(args.course_dir)
-        return COMMANDS[args.command](root, args)
-    except pipeline.GradingError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+
+def course_root(args) -> Path:
+    """The course folder the command works on: --course-dir, else the current folder."""
+    return pipeline.course_root(args.course_dir or ".")
 
 
-def run_release(root, args) -> int:
-    for name in pipeline.release(root, args.assignments):
+def run_release(args) -> int:
+    for name in pipeline.release(course_root(args), args.assignments):
         print(f"released exercises/{name}/")
     return 0
 
@@ -166,7 +216,10 @@ def parse_size(text: str) -> int:
         raise pipeline.GradingError(f"--memory-limit {text!r}: expected a size such as 4G or 512M.")
 
 
-def run_autograde(root, args) -> int:
+def run_autograde(args) -> int:
+    from grader.autograde import gradebook
+
+    root = course_root(args)
     if args.workers is not None:
         return run_parallel_autograde(root, args)
     pipeline.check_assignment(root, args.assignment)
@@ -219,9 +272,10 @@ def run_parallel_autograde(root, args) -> int:
     return min(len(failed), 125)
 
 
-def run_report(root, args) -> int:
+def run_report(args) -> int:
     from grader.autograde import reports
 
+    root = course_root(args)
     pipeline.check_assignment(root, args.assignment)
     written = reports.write_all(root, args.assignment, args.csv)
     for what, path in written.items():
@@ -229,7 +283,8 @@ def run_report(root, args) -> int:
     return 0
 
 
-def run_feedback(root, args) -> int:
+def run_feedback(args) -> int:
+    root = course_root(args)
     pipeline.check_assignment(root, args.assignment)
     usable_gradebook(root)
     where = pipeline.feedback(root, args.assignment, args.force)
@@ -237,7 +292,8 @@ def run_feedback(root, args) -> int:
     return 0
 
 
-def run_export(root, args) -> int:
+def run_export(args) -> int:
+    root = course_root(args)
     usable_gradebook(root)
     print(f"grades written to {pipeline.export(root, args.to)}")
     return 0
@@ -247,19 +303,43 @@ def usable_gradebook(root) -> None:
     """Stop, saying what to do, before a command opens a gradebook that cannot be opened (a
     database driver not installed, a file that is not a database): nbgrader's own error there
     is "Please see the above traceback", with no traceback."""
+    from grader.autograde import gradebook
+
     gradebook.check_gradebook(gradebook.db_url(root))
 
 
-def run_check(root, args) -> int:
+def run_check(args) -> int:
+    """Grade the notebook and print, per exercise, its points and its graded cells' points and
+    output, then the total; exit status 0 only for full marks."""
+    root = pipeline.course_root(args.course_dir) if args.course_dir else sources.PACKAGED_COURSE
     print(f"Grading {args.notebook} as the autograder would (hidden tests included)...\n")
-    cells = pipeline.check_notebook(root, args.notebook, args.assignment)
-    for cell in cells:
-        print(f"{cell['name']:<48} {cell['score']:>4.1f} / {cell['max_score']:.1f}")
-        for line in cell["output"].rstrip().splitlines():
-            print(f"    {line}")
-    score, max_score = sum(c["score"] for c in cells), sum(c["max_score"] for c in cells)
+    checked = pipeline.check_notebook(root, args.notebook, args.assignment)
+    for exercise, cells in by_exercise(checked["cells"]).items():
+        score, max_score = points(cells)
+        print(f"{exercise:<50} {score:>5.1f} / {max_score:.1f}")
+        for cell in cells:
+            print(f"  {cell['name']:<48} {cell['score']:>5.1f} / {cell['max_score']:.1f}")
+            for line in cell["output"].rstrip().splitlines():
+                print(f"      {line}")
+    if checked["note"]:
+        print(f"\nGrading stopped early: {checked['note']}")
+    score, max_score = points(checked["cells"])
     print(f"\nTotal: {score:.1f} / {max_score:.1f}")
     return 0 if score == max_score else 1
+
+
+def points(cells: list) -> tuple:
+    """(score, max_score) of graded cells, added up."""
+    return sum(c["score"] for c in cells), sum(c["max_score"] for c in cells)
+
+
+def by_exercise(cells: list) -> dict:
+    """{exercise: its graded cells}, in order: check_NAME and hidden_NAME grade exercise NAME."""
+    exercises = {}
+    for cell in cells:
+        name = cell["name"].removeprefix("check_").removeprefix("hidden_")
+        exercises.setdefault(name, []).append(cell)
+    return exercises
 
 
 COMMANDS = {

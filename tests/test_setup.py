@@ -7,27 +7,15 @@ import sys
 
 import nbformat
 import pytest
-import yaml
 from traitlets.config import Config
 
 from grader.autograde import pipeline, sources
 from helpers import ROOT
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:
-    import tomli as tomllib
-
-
-def test_environment_yml_lists_exactly_the_pyproject_dependencies():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = project["dependencies"] + project["optional-dependencies"]["test"]
-    environment = yaml.safe_load((ROOT / "environment.yml").read_text())
-    conda = [d for d in environment["dependencies"] if isinstance(d, str)]
-    (pip,) = [d["pip"] for d in environment["dependencies"] if isinstance(d, dict)]
-    assert sorted(d for d in pip if d != "-e .") == sorted(wanted)
-    assert "-e ." in pip
-    assert f"python{project['requires-python']}" in conda
+    pass
 
 
 def test_ci_runs_the_test_command_that_readme_gives():

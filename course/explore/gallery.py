@@ -30,14 +30,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ipywidgets as widgets
+import platformdirs
 import torch
 
 from course.explore.base import Explorer
 from course.explore.heatmap import ModelExplorer
 from course.models import tiny_transformer as tiny
 
-ROOT = Path(__file__).resolve().parents[2]
-CACHE_DIR = Path(os.environ.get("ATTENTION_EXPLORER_CACHE", ROOT / ".cache" / "explorer"))
+# The user's cache folder (~/.cache/attention-from-scratch/explorer on Linux), never the package's
+# own: an installed package may be read-only, and is shared by every user of the environment.
+CACHE_DIR = Path(
+    os.environ.get("ATTENTION_EXPLORER_CACHE")
+    or Path(platformdirs.user_cache_dir("attention-from-scratch")) / "explorer"
+)
 TASK, LENGTH, STEPS, SEED = "reverse", 8, 300, 0
 DEFAULT_DIGITS = "3 1 4 1 5 9 2 6"
 
@@ -103,7 +108,7 @@ def trained_model(cache_dir: Path = None) -> tiny.TinyTransformer:
         torch.save(model.state_dict(), partial)
         partial.replace(path)
     except OSError:
-        pass  # a read-only checkout: train again next time
+        pass  # a cache folder that cannot be written: train again next time
     return model
 
 

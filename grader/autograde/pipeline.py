@@ -7,6 +7,7 @@ nbgrader: `release` first builds DAY.ipynb from its text, solutions/DAY/DAY.py (
 """
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -16,9 +17,8 @@ import tempfile
 from pathlib import Path
 
 import nbformat
-from nbgrader.api import Gradebook
 
-from grader.autograde import sources
+from grader.autograde import selfcheck, sources
 
 
 class GradingError(Exception):
@@ -83,15 +83,16 @@ def nbgrader(root: Path, *args: str, quiet: bool = False) -> subprocess.Complete
 def release(root: Path, names: list = None, release_dir: Path = None) -> list:
     """Regenerate the student notebooks of `names` (all by default) from solutions/.
 
-    First each solution notebook is built from its text, solutions/DAY/DAY.py (sources.build
-    writes DAY.ipynb only when the text says something else); then nbgrader generates the
-    release from DAY.ipynb. Writes exercises/DAY/ unless `release_dir` says otherwise (the
-    staleness test generates elsewhere and compares). The gradebook is not touched.
+    First each solution notebook is built from its text, solutions/DAY/DAY.py, with its install
+    cell and Colab link, and the packaged course is brought up to date (sources.build_release
+    writes only what changed); then nbgrader generates the release from DAY.ipynb. Writes
+    exercises/DAY/ unless `release_dir` says otherwise (the staleness test generates elsewhere
+    and compares). The gradebook is not touched.
     """
     names = [check_assignment(root, name) for name in names] if names else assignments(root)
     where = [f"--CourseDirectory.release_directory={release_dir}"] if release_dir else []
+    sources.build_release(root, names, assignments(root))
     for name in names:
-        sources.build(root / "solutions" / name / f"{name}.ipynb")
         nbgrader(root, "generate_assignment", name, "--force", "--no-db", *where, quiet=True)
     return names
 
@@ -211,19 +212,25 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
         raise GradingError(f"{path} is not a readable notebook: {exc}") from exc
 
 
-def check_notebook(root: Path, notebook: Path, assignment: str = None) -> list:
-    """Grade one notebook exactly as `autograde` would (hidden tests included), in a throwaway
-    course folder with its own gradebook. Returns one dict per graded cell, in notebook order:
-    name, score, max_score and the text the cell printed."""
-    read_notebook(notebook)
+def check_notebook(root: Path, notebook: Path, assignment: str = None) -> dict:
+    """Grade one notebook as `autograde` would (hidden tests included), against the course
+    folder `root` (the packaged course by default, see `python -m grader check --help`), in a
+    throwaway copy with its own gradebook: `root` is only read.
+
+    With nbgrader installed, the grading is `autograde --workers`'s own (its limits, tamper
+    watch and, where bubblewrap runs, sandbox); without it, selfcheck.py does the same steps
+    with nbclient. Returns {"cells": one dict per graded cell in the assignment's order (name,
+    score, max_score, the text the cell printed), "note": why grading stopped early, or ""}."""
+    submitted = read_notebook(notebook)
     if assignment is None and Path(notebook).stem not in assignments(root):
         raise GradingError(
             f"{notebook}: its name is not an assignment's; pass --assignment, "
             f"one of {assignments(root)}."
         )
     assignment = check_assignment(root, assignment or Path(notebook).stem)
-    with tempfile.TemporaryDirectory() as scratch:
-        course = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="grader-check-") as scratch:
+        course = Path(scratch) / "course"
+        (course / "solutions").mkdir(parents=True)
         config = (root / "nbgrader_config.py").read_text()
         (course / "nbgrader_config.py").write_text(
             f"{config}\n# A private gradebook: checking one notebook never touches the class's.\n"
@@ -231,39 +238,59 @@ def check_notebook(root: Path, notebook: Path, assignment: str = None) -> list:
             f"c.CourseDirectory.db_url = 'sqlite:///{course}/gradebook.db'\n"
         )
         shutil.copytree(root / "solutions" / assignment, course / "solutions" / assignment)
-        target = course / "submitted" / "you" / assignment / f"{assignment}.ipynb"
-        target.parent.mkdir(parents=True)
-        shutil.copyfile(notebook, target)
-        register(course, assignment)
-        nbgrader(course, "autograde", assignment, quiet=True)
-        graded = nbformat.read(
-            course / "autograded" / "you" / assignment / f"{assignment}.ipynb", as_version=4
+        if importlib.util.find_spec("nbgrader") is None:
+            try:
+                return selfcheck.grade(course, assignment, submitted)
+            except selfcheck.NotPackaged:
+                raise GradingError(
+                    f"{root} is a course folder of solutions: grading against it needs nbgrader "
+                    f"(pip install '{sources.DISTRIBUTION}[grader]'). Without --course-dir, "
+                    "check grades against the course as installed."
+                ) from None
+        return check_with_nbgrader(course, assignment, Path(notebook), Path(scratch))
+
+
+def check_with_nbgrader(course: Path, assignment: str, notebook: Path, scratch: Path) -> dict:
+    """Grade `notebook` in the throwaway `course` with `autograde --workers`'s code: one worker,
+    its default limits, and a sandbox where one can start here (none on a laptop without
+    bubblewrap, and then no warning: the only code at risk is the student's own)."""
+    from nbgrader.api import Gradebook
+
+    from grader.autograde import parallel, sandbox
+
+    inbox = scratch / "inbox"
+    inbox.mkdir()
+    shutil.copyfile(notebook, inbox / f"{selfcheck.STUDENT}.ipynb")
+    limits = parallel.Limits(sandbox="off" if sandbox.unavailable() else "auto")
+    (result,) = parallel.autograde(course, assignment, 1, limits=limits, submissions=inbox)[
+        "results"
+    ]
+    autograded = course / "autograded" / selfcheck.STUDENT / assignment / f"{assignment}.ipynb"
+    outputs = {}
+    if autograded.is_file():
+        outputs = {
+            selfcheck.grade_id(cell): selfcheck.cell_text(cell)
+            for cell in nbformat.read(autograded, as_version=4).cells
+            if selfcheck.grade_id(cell)
+        }
+    with Gradebook(f"sqlite:///{course}/gradebook.db") as gradebook:
+        grades = {
+            grade.name: grade
+            for grade in gradebook.find_submission_notebook(
+                assignment, assignment, selfcheck.STUDENT
+            ).grades
+        }
+        source = nbformat.read(
+            course / "solutions" / assignment / f"{assignment}.ipynb", as_version=4
         )
-        with Gradebook(f"sqlite:///{course}/gradebook.db") as gradebook:
-            grades = {
-                grade.name: grade
-                for grade in gradebook.find_submission_notebook(
-                    assignment, assignment, "you"
-                ).grades
+        cells = [
+            {
+                "name": name,
+                "score": grades[name].score,
+                "max_score": grades[name].max_score,
+                "output": outputs.get(name, ""),
             }
-            return [
-                {
-                    "name": cell.metadata.nbgrader["grade_id"],
-                    "score": grades[cell.metadata.nbgrader["grade_id"]].score,
-                    "max_score": grades[cell.metadata.nbgrader["grade_id"]].max_score,
-                    "output": cell_text(cell),
-                }
-                for cell in graded.cells
-                if cell.metadata.get("nbgrader", {}).get("grade") and cell.cell_type == "code"
-            ]
-
-
-def cell_text(cell) -> str:
-    """What a code cell printed: its streams, and the one-line summary of an error."""
-    parts = []
-    for output in cell.get("outputs", []):
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif output.output_type == "error":
-            parts.append(f"{output.ename}: {output.evalue}\n")
-    return "".join(parts)
+            for name in (selfcheck.grade_id(cell) for cell in source.cells)
+            if name in grades
+        ]
+    return {"cells": cells, "note": result["reason"]}

@@ -1,9 +1,12 @@
 """`python -m grader`: its help, and a clear error (exit status 2) for every kind of bad input."""
 
+import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 
+from grader.__main__ import main, parser
 from helpers import ROOT, grader
 
 
@@ -49,6 +52,49 @@ def test_a_renamed_notebook_needs_its_assignment_named(tmp_path):
     shutil.copy(ROOT / "exercises" / "day01-sdpa" / "day01-sdpa.ipynb", mine)
     done = grader("check", str(mine))
     assert done.returncode == 2 and "pass --assignment" in done.stderr
+
+
+def test_check_needs_no_course_folder(tmp_path):
+    """Outside the repository, check grades against the course as installed: it knows the
+    assignments without solutions/ or nbgrader_config.py (a typo is named among them)."""
+    mine = tmp_path / "mine.ipynb"
+    shutil.copy(ROOT / "exercises" / "day01-sdpa" / "day01-sdpa.ipynb", mine)
+    done = grader("check", str(mine), "--assignment", "day1", cwd=tmp_path)
+    assert done.returncode == 2 and "no assignment 'day1'" in done.stderr
+    assert "day01-sdpa" in done.stderr and "not a course folder" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command", ["release", "autograde", "feedback", "report", "export", "check"]
+)
+def test_every_command_lists_every_option_it_takes_course_dir_included(command, capsys):
+    """Each command's --help names every option the command accepts, --course-dir too, which
+    is taken before or after the command."""
+    (commands,) = [a for a in parser()._actions if a.dest == "command"]
+    options = [o for a in commands.choices[command]._actions for o in a.option_strings]
+    assert "--course-dir" in options
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    for option in options:
+        assert option in shown, option
+    for argv in (["--course-dir", "D", command], [command, "--course-dir", "D"]):
+        required = {"autograde": ["day01-sdpa"], "feedback": ["x"], "report": ["x"]}
+        argv += required.get(command, []) + (["nb.ipynb"] if command == "check" else [])
+        assert parser().parse_args(argv).course_dir == Path("D")
+
+
+def test_instructor_commands_without_nbgrader_say_what_to_install(monkeypatch, capsys):
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "nbgrader" else found(name, *a),
+    )
+    assert main(["export"]) == 2
+    error = capsys.readouterr().err
+    assert "needs nbgrader" in error and "attention-from-scratch[grader]" in error
 
 
 def test_outside_a_course_folder_says_where_to_run(tmp_path):
