@@ -3,17 +3,20 @@
 In a notebook, one call checks one exercise and prints a verdict per check:
 
     from grader import check
-    check("day01-sdpa", "stable_softmax", stable_softmax)               # visible, seed 0
-    check("day01-sdpa", "stable_softmax", stable_softmax, hidden=True)  # fresh seed
+    check("day01-sdpa", "stable_softmax", stable_softmax, points=2)               # seed 0
+    check("day01-sdpa", "stable_softmax", stable_softmax, hidden=True, points=1)  # fresh seed
 
-It raises CheckFailed when anything is wrong, so nbgrader awards the cell's points only to a
-function that passes every check. `python -m grader --help` wraps the instructor's nbgrader flow.
+A cell that passes prints its ✓ lines. One that fails returns the points its passed checks earn,
+split by their weights (grader/harness/points.py), which nbgrader scores as the cell's partial
+credit; without `points`, it raises CheckFailed instead (all or nothing). `python -m grader
+--help` wraps the instructor's nbgrader flow.
 """
 
 import dataclasses
 import sys
 
 from grader.harness.checking import CheckFailed, Report, run
+from grader.harness.points import earned
 from grader.suites import exercise
 
 __all__ = ["check", "run_exercise", "CheckFailed", "Report"]
@@ -52,8 +55,25 @@ def _record(assignment: str, report: Report) -> None:
         state.reports.append({"assignment": assignment, **dataclasses.asdict(report)})
 
 
-def check(assignment: str, name: str, impl, *, hidden: bool = False, seed: int = None) -> None:
-    """Print a verdict per check of exercise `name`; raise CheckFailed unless all pass."""
+def check(
+    assignment: str,
+    name: str,
+    impl,
+    *,
+    hidden: bool = False,
+    seed: int = None,
+    points: float = None,
+):
+    """Print a verdict per check of exercise `name`.
+
+    Without `points`, raise CheckFailed unless all pass. With `points` (the cell's), a failing
+    exercise returns the points its passed checks earn (grader/harness/points.py): nbgrader
+    scores a cell whose last output is a number with that number."""
     report = run_exercise(assignment, name, impl, hidden=hidden, seed=seed)
-    if not report.passed:
+    if report.passed:
+        return None
+    if points is None:
         raise CheckFailed(f"{report.summary()} Read the ✗ lines and hints above.")
+    got = earned(report, exercise(assignment, name).checks, points)
+    print(f"{got:g} of {points:g} points. Read the ✗ lines and hints above.")
+    return got

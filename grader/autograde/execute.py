@@ -44,7 +44,7 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode
 
-from grader.autograde import kernel_side, sandbox
+from grader.autograde import kernel_side, remote, sandbox, source_scan, verdicts
 
 
 def kernel_definition(function) -> str:
@@ -121,6 +121,20 @@ class LimitedExecute(Execute):
         config=True
     )
     record_path = Unicode("", help="where to write what was found, as JSON").tag(config=True)
+    remote_checks = Bool(
+        True, help="grade check cells in this process, calling into the kernel (verdicts.py)"
+    ).tag(config=True)
+    student = Unicode("", help="whose notebook this is: part of the hidden checks' seed").tag(
+        config=True
+    )
+    secret = Unicode(
+        "", help="the course's secret, the rest of that seed (empty: a fresh one per run)"
+    ).tag(config=True)
+    partial_credit = Bool(
+        True,
+        help="a check cell earns the share of its points its passed checks weigh (False: all "
+        "or nothing)",
+    ).tag(config=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -135,9 +149,12 @@ class LimitedExecute(Execute):
     # -- limits
 
     def _cell_timeout(self, cell):
+        """Seconds left for `cell`: the per-cell timeout, within the notebook's wall clock (and,
+        for a check cell graded from here, counted from the cell's start, not per request)."""
         timeout = self.timeout or 10**9
-        if self.wall_limit:
-            timeout = min(timeout, max(1, int(self._deadline - time.monotonic()) + 1))
+        deadline = min(self._deadline, self._cell_deadline)
+        if deadline < 10**9:
+            timeout = min(timeout, max(1, int(deadline - time.monotonic()) + 1))
         return timeout
 
     def output(self, outs, msg, display_id, cell_index):
@@ -178,8 +195,11 @@ class LimitedExecute(Execute):
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         self._deadline = time.monotonic() + (self.wall_limit or 10**9)
+        self._cell_deadline = 10**9
+        self._secret = self.secret.encode() or os.urandom(32)
         record = {
             "stopped": None,
+            "notes": [],
             "tamper": [],
             "reports": {},
             "cells_run": 0,
@@ -282,6 +302,13 @@ class LimitedExecute(Execute):
         record["seconds"]["imports"] += time.monotonic() - began  # torch and the grader
         if prelude is None:
             raise RuntimeError("the grader could not be imported in the kernel")
+        if self.remote_checks:
+            sources = [c.source for c in self.nb.cells if c.cell_type == "code"]
+            for number, what in source_scan.tampering(sources):
+                where = f"code cell {number}"
+                record["tamper"].append(
+                    {"cell": where, "before": where, "kind": "tampering", "what": what}
+                )
         window = []  # the cells run since the last graded one: where a change came from
         for index, cell in enumerate(self.nb.cells):
             if cell.cell_type != "code":
@@ -309,8 +336,15 @@ class LimitedExecute(Execute):
                     )
                 window = []
             began = time.monotonic()
+            calls = verdicts.check_calls(cell.source) if graded and self.remote_checks else None
             try:
-                self.preprocess_cell(cell, resources, index)
+                if calls:
+                    self._grade_here(cell, calls, record, name)
+                else:
+                    self.preprocess_cell(cell, resources, index)
+            except remote.KernelGone as error:
+                record["stopped"] = f"the kernel did not answer the checks of cell {name}: {error}"
+                return
             except DeadKernelError:
                 record["stopped"] = self._died(f"in cell {name}")
                 return
@@ -350,9 +384,50 @@ class LimitedExecute(Execute):
                     )
                 cell["_ran"] = True
                 return
-            if graded:
+            if graded and not calls:
                 watch = time.monotonic()
                 reports = self._kernel_call(kernel_side.collected_reports)
                 record["seconds"]["watch"] += time.monotonic() - watch
                 if reports:
                     record["reports"][name] = reports
+
+    # -- check cells graded from here (verdicts.py, remote.py)
+
+    def _grade_here(self, cell, calls: list, record: dict, name: str) -> None:
+        """Grade check cell `cell` in this process: its verdicts, outputs and reports."""
+        self._cell_deadline = time.monotonic() + (self.timeout or 10**9)
+        try:
+            ask = lambda payload: self._ask(payload, cell)  # noqa: E731
+            sources = [c.source for c in self.nb.cells if c.cell_type == "code"]
+            points = float(cell.metadata.get("nbgrader", {}).get("points", 0))
+            outputs, reports = verdicts.grade_cell(
+                ask, calls, self.student, self._secret, sources, points, self.partial_credit
+            )
+            remote.RemoteKernel(ask).request("forget")  # the handles this cell's checks held
+        except remote.KernelGone:
+            raise
+        except Exception as error:  # the grader's own fault: this cell fails, with the reason
+            reason = f"the grader could not check this cell: {type(error).__name__}: {error}"
+            record["notes"].append(f"{name}: {reason}")
+            outputs, reports = [self._error_output("GraderError", reason)], []
+        finally:
+            self._cell_deadline = 10**9
+        cell.outputs = outputs
+        if reports:
+            record["reports"][name] = [verdicts.report_record(*r) for r in reports]
+
+    @staticmethod
+    def _error_output(ename: str, evalue: str) -> NotebookNode:
+        return NotebookNode(
+            output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"]
+        )
+
+    def _ask(self, payload: str, cell) -> str:
+        """One request to kernel_rpc.serve in the kernel, within the cell's time; its reply."""
+        msg_id = self.kc.execute(
+            "", silent=True, store_history=False, user_expressions=remote.expression(payload)
+        )
+        reply = self.wait_for_reply(msg_id, cell)
+        if reply is None:
+            raise remote.KernelGone(f"no answer within the per-cell timeout of {self.timeout} s")
+        return remote.reply_text(reply)

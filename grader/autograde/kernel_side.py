@@ -87,9 +87,13 @@ def reset(namespace: dict) -> str:
     `namespace` to the grader's own, so the next graded cell runs the real checks; clear the
     verdicts collected so far. Returns the changes found, as a JSON list of sentences."""
     import json
+    import os
     import sys
 
+    import torch
+
     state = sys.modules["_grader_state"]
+    torch_dir = os.path.dirname(torch.__file__)
     found = []
     for name, module in state.modules.items():
         if sys.modules.get(name) is not module:
@@ -98,6 +102,9 @@ def reset(namespace: dict) -> str:
     for name, obj in state.watched.items():
         for key, (value, code) in state.snapshot[name].items():
             now = vars(obj).get(key, None)
+            wrapper = getattr(getattr(now, "__code__", None), "co_filename", "")
+            if getattr(now, "__wrapped__", None) is value and wrapper.startswith(torch_dir):
+                continue  # torch wrapping its own function: torch._dynamo wraps manual_seed
             if now is not value:
                 found.append(f"replaced {name}.{key}")
                 setattr(obj, key, value)

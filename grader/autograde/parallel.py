@@ -39,7 +39,7 @@ import nbformat
 from nbgrader.api import Gradebook
 from tqdm import tqdm
 
-from grader.autograde import gradebook, pipeline
+from grader.autograde import gradebook, pipeline, verdicts
 from grader.autograde.gradebook import load_config, record
 
 DEFAULT_MEMORY = 4 << 30  # bytes of data for a kernel (RLIMIT_DATA): torch + a day's work fit
@@ -336,6 +336,8 @@ def grade_one(
     config.LimitedExecute.output_limit = int(limits.output_limit or 0)
     config.LimitedExecute.sandbox = limits.sandboxed
     config.LimitedExecute.record_path = str(record)
+    config.LimitedExecute.student = student
+    config.LimitedExecute.secret = verdicts.course_secret(root).decode()
     coursedir = CourseDirectory(config=config)
     app = Autograde(coursedir=coursedir, config=config)
     app.force = True
@@ -356,6 +358,7 @@ def grade_one(
     if record.exists():
         done = json.loads(record.read_text())
         result["tamper"] += [t for t in done["tamper"]]
+        result["notes"] += done["notes"]
         result["reports"] = done["reports"]
         result["seconds"].update(done["seconds"])
         if done["stopped"]:
@@ -551,6 +554,7 @@ def _grade_class(root, assignment, workers, force, limits, only, url, cid, progr
             "folders (pass --submissions DIR to copy them in)."
         )
     register(root, assignment)
+    verdicts.course_secret(root)  # made here, once, before the workers read it
     if force:
         skipped, restored = [], []
     else:
@@ -566,6 +570,9 @@ def _grade_class(root, assignment, workers, force, limits, only, url, cid, progr
             import nbgrader.converters  # noqa: F401  imported once, before the fork
 
             import grader.autograde.execute  # noqa: F401
+            from grader.suites import exercises
+
+            exercises(assignment)  # the suite, which checks each cell here, in every worker
 
             results = _run_pool(
                 root,

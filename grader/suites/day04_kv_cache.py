@@ -20,6 +20,7 @@ from grader.harness.checking import (
     guarded,
     named,
 )
+from grader.harness.measuring import address
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
 
@@ -271,7 +272,7 @@ def cache_is_preallocated(KVCache, rng):
         randn((B, H, 2, D), rng, torch.float64), randn((B, H, 2, D), rng, torch.float64)
     )
     expect_tensor(k_all, "k_all", (B, H, 2, D), torch.float64)
-    if k_all.data_ptr() != buffers[0].data_ptr():
+    if address(k_all) != address(buffers[0]):
         raise Mistake(
             "k_all is a copy, not a view of the preallocated buffer.",
             "return self.k[:, :, :self.seq_len] (slicing gives a view, no copy).",

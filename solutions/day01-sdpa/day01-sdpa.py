@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 1 · Scaled dot-product attention
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day01-sdpa/day01-sdpa.ipynb)
 #
 # **What you will build.** The three functions every attention layer is made of:
 #
@@ -128,12 +147,12 @@ def stable_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 stable_softmax(torch.tensor([[0.0, math.log(3.0)], [-math.inf, -math.inf]]))
 
 # %% nbgrader={"grade": true, "grade_id": "check_stable_softmax", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day01-sdpa", "stable_softmax", stable_softmax)
+check("day01-sdpa", "stable_softmax", stable_softmax, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_stable_softmax", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day01-sdpa", "stable_softmax", stable_softmax, hidden=True)
+check("day01-sdpa", "stable_softmax", stable_softmax, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -172,12 +191,12 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 attention_scores(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 1.0], [2.0, 0.0], [0.0, 3.0]])) * math.sqrt(2)
 
 # %% nbgrader={"grade": true, "grade_id": "check_attention_scores", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day01-sdpa", "attention_scores", attention_scores)
+check("day01-sdpa", "attention_scores", attention_scores, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_attention_scores", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day01-sdpa", "attention_scores", attention_scores, hidden=True)
+check("day01-sdpa", "attention_scores", attention_scores, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -222,12 +241,12 @@ print(out.shape, weights.shape)  # (2, 4, 6, 5) and (2, 4, 6, 9)
 print("max |difference| from F.scaled_dot_product_attention:", (out - F.scaled_dot_product_attention(q, k, v)).abs().max().item())
 
 # %% nbgrader={"grade": true, "grade_id": "check_scaled_dot_product_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day01-sdpa", "scaled_dot_product_attention", scaled_dot_product_attention)
+check("day01-sdpa", "scaled_dot_product_attention", scaled_dot_product_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_scaled_dot_product_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day01-sdpa", "scaled_dot_product_attention", scaled_dot_product_attention, hidden=True)
+check("day01-sdpa", "scaled_dot_product_attention", scaled_dot_product_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

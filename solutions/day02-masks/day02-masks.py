@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 2 · Masks: causal, padding, cross-attention
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day02-masks/day02-masks.ipynb)
 #
 # **What you will build.** The masks that decide which keys each query may see, and attention that obeys them:
 #
@@ -136,12 +155,12 @@ def causal_mask(lq: int, lk: int = None, device=None) -> torch.Tensor:
 causal_mask(2, 5)  # [[T, T, T, T, F], [T, T, T, T, T]]
 
 # %% nbgrader={"grade": true, "grade_id": "check_causal_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day02-masks", "causal_mask", causal_mask)
+check("day02-masks", "causal_mask", causal_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_causal_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day02-masks", "causal_mask", causal_mask, hidden=True)
+check("day02-masks", "causal_mask", causal_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -208,12 +227,12 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 padding_mask(torch.tensor([3, 1]), 4)  # [[T, T, T, F], [T, F, F, F]]
 
 # %% nbgrader={"grade": true, "grade_id": "check_padding_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day02-masks", "padding_mask", padding_mask)
+check("day02-masks", "padding_mask", padding_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_padding_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day02-masks", "padding_mask", padding_mask, hidden=True)
+check("day02-masks", "padding_mask", padding_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -263,12 +282,12 @@ def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 to_additive_mask(torch.tensor([True, False]), torch.float16)  # [0, -65504]
 
 # %% nbgrader={"grade": true, "grade_id": "check_to_additive_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day02-masks", "to_additive_mask", to_additive_mask)
+check("day02-masks", "to_additive_mask", to_additive_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_to_additive_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day02-masks", "to_additive_mask", to_additive_mask, hidden=True)
+check("day02-masks", "to_additive_mask", to_additive_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -337,12 +356,12 @@ print((out - F.scaled_dot_product_attention(q, k, v, attn_mask=padding_mask(torc
 print(masked_attention(q, k, v, causal_mask(3, 1))[0][0, 0])  # lq > lk: rows 0 and 1 are zero
 
 # %% nbgrader={"grade": true, "grade_id": "check_masked_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day02-masks", "masked_attention", masked_attention)
+check("day02-masks", "masked_attention", masked_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_masked_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day02-masks", "masked_attention", masked_attention, hidden=True)
+check("day02-masks", "masked_attention", masked_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 3 · Multi-head attention and positions
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day03-multihead/day03-multihead.ipynb)
 #
 # **What you will build.** The attention layer of a real transformer, and three ways to tell it where each token is:
 #
@@ -94,12 +113,12 @@ def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_split_heads", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "split_heads", split_heads)
+check("day03-multihead", "split_heads", split_heads, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_split_heads", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "split_heads", split_heads, hidden=True)
+check("day03-multihead", "split_heads", split_heads, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -122,12 +141,12 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_merge_heads", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "merge_heads", merge_heads)
+check("day03-multihead", "merge_heads", merge_heads, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_merge_heads", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "merge_heads", merge_heads, hidden=True)
+check("day03-multihead", "merge_heads", merge_heads, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -158,12 +177,12 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_repeat_kv", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "repeat_kv", repeat_kv)
+check("day03-multihead", "repeat_kv", repeat_kv, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_repeat_kv", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "repeat_kv", repeat_kv, hidden=True)
+check("day03-multihead", "repeat_kv", repeat_kv, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -253,12 +272,12 @@ print("weights:", weights.shape, "max |diff| of the head average", (weights.mean
 print("GQA k_proj:", MultiHeadAttention(16, 4, num_kv_heads=2).k_proj, " MQA:", MultiHeadAttention(16, 4, num_kv_heads=1).k_proj)
 
 # %% nbgrader={"grade": true, "grade_id": "check_MultiHeadAttention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "MultiHeadAttention", MultiHeadAttention)
+check("day03-multihead", "MultiHeadAttention", MultiHeadAttention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_MultiHeadAttention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "MultiHeadAttention", MultiHeadAttention, hidden=True)
+check("day03-multihead", "MultiHeadAttention", MultiHeadAttention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -305,12 +324,12 @@ fig.colorbar(image, ax=ax)
 plt.show()
 
 # %% nbgrader={"grade": true, "grade_id": "check_sinusoidal_positions", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "sinusoidal_positions", sinusoidal_positions)
+check("day03-multihead", "sinusoidal_positions", sinusoidal_positions, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_sinusoidal_positions", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "sinusoidal_positions", sinusoidal_positions, hidden=True)
+check("day03-multihead", "sinusoidal_positions", sinusoidal_positions, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -379,12 +398,12 @@ ax.set(xlabel="m - n", ylabel="normalised score", title="RoPE: <rope(x, m), rope
 plt.show()
 
 # %% nbgrader={"grade": true, "grade_id": "check_apply_rope", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "apply_rope", apply_rope)
+check("day03-multihead", "apply_rope", apply_rope, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_apply_rope", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "apply_rope", apply_rope, hidden=True)
+check("day03-multihead", "apply_rope", apply_rope, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -435,12 +454,12 @@ fig.tight_layout()
 plt.show()
 
 # %% nbgrader={"grade": true, "grade_id": "check_alibi_bias", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "alibi_bias", alibi_bias)
+check("day03-multihead", "alibi_bias", alibi_bias, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_alibi_bias", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "alibi_bias", alibi_bias, hidden=True)
+check("day03-multihead", "alibi_bias", alibi_bias, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -577,12 +596,12 @@ ax.set(xscale="symlog", xlabel="how far back the key is (log scale)", ylabel="bu
 plt.show()
 
 # %% nbgrader={"grade": true, "grade_id": "check_relative_position_bucket", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "relative_position_bucket", relative_position_bucket)
+check("day03-multihead", "relative_position_bucket", relative_position_bucket, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_relative_position_bucket", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "relative_position_bucket", relative_position_bucket, hidden=True)
+check("day03-multihead", "relative_position_bucket", relative_position_bucket, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -648,12 +667,12 @@ plot_attention(weights[0], title="Shaw: a^K peaked at distance -1 (the previous 
 plt.show()
 
 # %% nbgrader={"grade": true, "grade_id": "check_shaw_relative_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "shaw_relative_attention", shaw_relative_attention)
+check("day03-multihead", "shaw_relative_attention", shaw_relative_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_shaw_relative_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "shaw_relative_attention", shaw_relative_attention, hidden=True)
+check("day03-multihead", "shaw_relative_attention", shaw_relative_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -734,12 +753,12 @@ for head in range(heads):
     print(f"head {head}: " + ", ".join(f"{name} {value:.0%}" for name, value in mass.items()))
 
 # %% nbgrader={"grade": true, "grade_id": "check_relative_bias_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "relative_bias_attention", relative_bias_attention)
+check("day03-multihead", "relative_bias_attention", relative_bias_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_relative_bias_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "relative_bias_attention", relative_bias_attention, hidden=True)
+check("day03-multihead", "relative_bias_attention", relative_bias_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -840,12 +859,12 @@ out.square().sum().backward()
 print("q got a gradient:", q.grad is not None, "| gradient reaching the memory:", mem_k.grad)  # None: detached
 
 # %% nbgrader={"grade": true, "grade_id": "check_memory_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day03-multihead", "memory_attention", memory_attention)
+check("day03-multihead", "memory_attention", memory_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_memory_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day03-multihead", "memory_attention", memory_attention, hidden=True)
+check("day03-multihead", "memory_attention", memory_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

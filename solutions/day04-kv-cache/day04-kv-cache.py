@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 4 · The KV cache: incremental decoding
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day04-kv-cache/day04-kv-cache.ipynb)
 #
 # **What you will build.**
 #
@@ -127,12 +146,12 @@ k_all, v_all = cache.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))  #
 print(cache.seq_len, tuple(k_all.shape))  # 4 (1, 2, 4, 4)
 
 # %% nbgrader={"grade": true, "grade_id": "check_KVCache", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day04-kv-cache", "KVCache", KVCache)
+check("day04-kv-cache", "KVCache", KVCache, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_KVCache", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day04-kv-cache", "KVCache", KVCache, hidden=True)
+check("day04-kv-cache", "KVCache", KVCache, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -171,12 +190,12 @@ def cached_attention(q, k, v):
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_cached_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day04-kv-cache", "cached_attention", cached_attention)
+check("day04-kv-cache", "cached_attention", cached_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_cached_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day04-kv-cache", "cached_attention", cached_attention, hidden=True)
+check("day04-kv-cache", "cached_attention", cached_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -223,12 +242,12 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True):
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_generate", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day04-kv-cache", "generate", generate)
+check("day04-kv-cache", "generate", generate, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_generate", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day04-kv-cache", "generate", generate, hidden=True)
+check("day04-kv-cache", "generate", generate, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -274,12 +293,12 @@ def kv_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch_size, dtyp
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_kv_cache_bytes", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day04-kv-cache", "kv_cache_bytes", kv_cache_bytes)
+check("day04-kv-cache", "kv_cache_bytes", kv_cache_bytes, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_kv_cache_bytes", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day04-kv-cache", "kv_cache_bytes", kv_cache_bytes, hidden=True)
+check("day04-kv-cache", "kv_cache_bytes", kv_cache_bytes, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %%
@@ -343,12 +362,12 @@ class RollingKVCache:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_RollingKVCache", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day04-kv-cache", "RollingKVCache", RollingKVCache)
+check("day04-kv-cache", "RollingKVCache", RollingKVCache, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_RollingKVCache", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day04-kv-cache", "RollingKVCache", RollingKVCache, hidden=True)
+check("day04-kv-cache", "RollingKVCache", RollingKVCache, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -453,12 +472,12 @@ class PagedKVCache:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_PagedKVCache", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day04-kv-cache", "PagedKVCache", PagedKVCache)
+check("day04-kv-cache", "PagedKVCache", PagedKVCache, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_PagedKVCache", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day04-kv-cache", "PagedKVCache", PagedKVCache, hidden=True)
+check("day04-kv-cache", "PagedKVCache", PagedKVCache, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 5 · Sparse attention patterns that really save memory
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day05-sparse/day05-sparse.ipynb)
 #
 # **What you will build.**
 #
@@ -123,12 +142,12 @@ def sliding_window_mask(L: int, window: int, causal: bool = False) -> torch.Tens
 print(format_mask(sliding_window_mask(6, 3, causal=True)))  # 3 keys each: i-2, i-1, i
 
 # %% nbgrader={"grade": true, "grade_id": "check_sliding_window_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "sliding_window_mask", sliding_window_mask)
+check("day05-sparse", "sliding_window_mask", sliding_window_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_sliding_window_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "sliding_window_mask", sliding_window_mask, hidden=True)
+check("day05-sparse", "sliding_window_mask", sliding_window_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -161,12 +180,12 @@ def strided_mask(L: int, stride: int, local_window: int) -> torch.Tensor:
 print(format_mask(strided_mask(10, 4, 3)))
 
 # %% nbgrader={"grade": true, "grade_id": "check_strided_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "strided_mask", strided_mask)
+check("day05-sparse", "strided_mask", strided_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_strided_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "strided_mask", strided_mask, hidden=True)
+check("day05-sparse", "strided_mask", strided_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -199,12 +218,12 @@ def global_local_mask(L: int, window: int, global_idx) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_global_local_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "global_local_mask", global_local_mask)
+check("day05-sparse", "global_local_mask", global_local_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_global_local_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "global_local_mask", global_local_mask, hidden=True)
+check("day05-sparse", "global_local_mask", global_local_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -240,12 +259,12 @@ def random_mask(L: int, num_random: int, generator: torch.Generator) -> torch.Te
 print(format_mask(random_mask(8, 2, torch.Generator().manual_seed(0))))
 
 # %% nbgrader={"grade": true, "grade_id": "check_random_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "random_mask", random_mask)
+check("day05-sparse", "random_mask", random_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_random_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "random_mask", random_mask, hidden=True)
+check("day05-sparse", "random_mask", random_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -278,12 +297,12 @@ def block_sparse_mask(L: int, block_size: int, layout: torch.Tensor) -> torch.Te
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_block_sparse_mask", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "block_sparse_mask", block_sparse_mask)
+check("day05-sparse", "block_sparse_mask", block_sparse_mask, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_block_sparse_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "block_sparse_mask", block_sparse_mask, hidden=True)
+check("day05-sparse", "block_sparse_mask", block_sparse_mask, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -312,12 +331,12 @@ def mask_density(mask: torch.Tensor) -> float:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_mask_density", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "mask_density", mask_density)
+check("day05-sparse", "mask_density", mask_density, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_mask_density", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "mask_density", mask_density, hidden=True)
+check("day05-sparse", "mask_density", mask_density, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": false, "grade_id": "layers_to_full_reach", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -349,12 +368,12 @@ print(mask_density(sliding_window_mask(1000, 64)), "≈ 65 / 1000")
 print(layers_to_full_reach(sliding_window_mask(4, 2)), layers_to_full_reach(sliding_window_mask(8, 4, causal=True)))  # 3, None
 
 # %% nbgrader={"grade": true, "grade_id": "check_layers_to_full_reach", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "layers_to_full_reach", layers_to_full_reach)
+check("day05-sparse", "layers_to_full_reach", layers_to_full_reach, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_layers_to_full_reach", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "layers_to_full_reach", layers_to_full_reach, hidden=True)
+check("day05-sparse", "layers_to_full_reach", layers_to_full_reach, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -445,12 +464,12 @@ for causal in (False, True):
     print(f"causal={causal}: max |yours - dense| =", (sliding_window_attention(q, k, v, 31, causal) - dense).abs().max().item())
 
 # %% nbgrader={"grade": true, "grade_id": "check_sliding_window_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "sliding_window_attention", sliding_window_attention)
+check("day05-sparse", "sliding_window_attention", sliding_window_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_sliding_window_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "sliding_window_attention", sliding_window_attention, hidden=True)
+check("day05-sparse", "sliding_window_attention", sliding_window_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -492,12 +511,12 @@ def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_s
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_chunked_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "chunked_attention", chunked_attention)
+check("day05-sparse", "chunked_attention", chunked_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_chunked_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "chunked_attention", chunked_attention, hidden=True)
+check("day05-sparse", "chunked_attention", chunked_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -606,12 +625,12 @@ manual = torch.softmax(q @ k[:, [1, 3]].transpose(-2, -1) / math.sqrt(8), -1) @ 
 print("max |yours - by hand| =", (topk_gated_attention(q, k, v, gate, 2) - manual).abs().max().item())
 
 # %% nbgrader={"grade": true, "grade_id": "check_topk_gated_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "topk_gated_attention", topk_gated_attention)
+check("day05-sparse", "topk_gated_attention", topk_gated_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_topk_gated_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "topk_gated_attention", topk_gated_attention, hidden=True)
+check("day05-sparse", "topk_gated_attention", topk_gated_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -668,12 +687,12 @@ v = torch.arange(4.0).unsqueeze(-1)   # the output is a weighted mean of the key
 print(adaptive_window_attention(q, k, v, widths).squeeze(-1))   # row 0 sees {0}, 1 {0,1}, 2 {2}, 3 {1,2,3}
 
 # %% nbgrader={"grade": true, "grade_id": "check_adaptive_window_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "adaptive_window_attention", adaptive_window_attention)
+check("day05-sparse", "adaptive_window_attention", adaptive_window_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_adaptive_window_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "adaptive_window_attention", adaptive_window_attention, hidden=True)
+check("day05-sparse", "adaptive_window_attention", adaptive_window_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -786,12 +805,12 @@ y = x.clone(); y[:, 1] += 1.0                               # change column 1 on
 print("output columns that moved:", ((shared(y) - shared(x)).abs().amax(dim=(0, 2, 3)) > 0).tolist())
 
 # %% nbgrader={"grade": true, "grade_id": "check_ColumnwiseAttention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day05-sparse", "ColumnwiseAttention", ColumnwiseAttention)
+check("day05-sparse", "ColumnwiseAttention", ColumnwiseAttention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_ColumnwiseAttention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day05-sparse", "ColumnwiseAttention", ColumnwiseAttention, hidden=True)
+check("day05-sparse", "ColumnwiseAttention", ColumnwiseAttention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 6 · Online softmax: exact attention, one tile at a time
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day06-online-softmax/day06-online-softmax.ipynb)
 #
 # **What you will build.**
 #
@@ -110,12 +129,12 @@ m, l = online_softmax_stats(torch.tensor([1.0, 3.0, 2.0, 5.0]), block_size=2)
 print(m.item(), l.item())  # 5.0 1.2034...
 
 # %% nbgrader={"grade": true, "grade_id": "check_online_softmax_stats", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day06-online-softmax", "online_softmax_stats", online_softmax_stats)
+check("day06-online-softmax", "online_softmax_stats", online_softmax_stats, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_online_softmax_stats", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day06-online-softmax", "online_softmax_stats", online_softmax_stats, hidden=True)
+check("day06-online-softmax", "online_softmax_stats", online_softmax_stats, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -215,12 +234,12 @@ ref, _ = dense_attention(q, k, v, torch.ones(5, 5, dtype=torch.bool).tril())
 print("max |out - dense|:", (out - ref).abs().max().item(), " lse shape:", tuple(lse.shape))
 
 # %% nbgrader={"grade": true, "grade_id": "check_tiled_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day06-online-softmax", "tiled_attention", tiled_attention)
+check("day06-online-softmax", "tiled_attention", tiled_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_tiled_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day06-online-softmax", "tiled_attention", tiled_attention, hidden=True)
+check("day06-online-softmax", "tiled_attention", tiled_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -311,12 +330,12 @@ dense_attention(q, k, v, torch.ones(7, 7, dtype=torch.bool).tril())[0].sum().bac
 print("max |grad - autograd|:", max((a - t.grad).abs().max().item() for a, t in zip(mine, (q, k, v))))
 
 # %% nbgrader={"grade": true, "grade_id": "check_FlashAttentionTorch", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day06-online-softmax", "FlashAttentionTorch", FlashAttentionTorch)
+check("day06-online-softmax", "FlashAttentionTorch", FlashAttentionTorch, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_FlashAttentionTorch", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day06-online-softmax", "FlashAttentionTorch", FlashAttentionTorch, hidden=True)
+check("day06-online-softmax", "FlashAttentionTorch", FlashAttentionTorch, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

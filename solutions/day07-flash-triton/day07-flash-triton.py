@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 7 · FlashAttention in Triton
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day07-flash-triton/day07-flash-triton.ipynb)
 #
 # **What you will build.**
 #
@@ -134,12 +153,12 @@ print(triton_add(torch.arange(5.0), torch.ones(5)))  # 1, 2, 3, 4, 5
 # - shapes or dtypes that differ accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_triton_add", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day07-flash-triton", "triton_add", triton_add)
+check("day07-flash-triton", "triton_add", triton_add, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_triton_add", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day07-flash-triton", "triton_add", triton_add, hidden=True)
+check("day07-flash-triton", "triton_add", triton_add, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -197,12 +216,12 @@ print(triton_softmax(torch.tensor([[0.0, math.log(3.0)], [1.0, float("-inf")]]))
 # - a 0-d tensor accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_triton_softmax", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day07-flash-triton", "triton_softmax", triton_softmax)
+check("day07-flash-triton", "triton_softmax", triton_softmax, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_triton_softmax", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day07-flash-triton", "triton_softmax", triton_softmax, hidden=True)
+check("day07-flash-triton", "triton_softmax", triton_softmax, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -338,12 +357,12 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # - no Triton kernel; inf/NaN for large scores; unsupported head_dim, shapes or dtype accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_flash_attention_triton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day07-flash-triton", "flash_attention_triton", flash_attention_triton)
+check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_flash_attention_triton", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, hidden=True)
+check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -537,12 +556,12 @@ print(q.grad.shape, k.grad.norm().item() > 0, v.grad.norm().item() > 0)
 # - something other than an autograd.Function; head_dim 24 accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_FlashAttentionTriton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day07-flash-triton", "FlashAttentionTriton", FlashAttentionTriton)
+check("day07-flash-triton", "FlashAttentionTriton", FlashAttentionTriton, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_FlashAttentionTriton", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day07-flash-triton", "FlashAttentionTriton", FlashAttentionTriton, hidden=True)
+check("day07-flash-triton", "FlashAttentionTriton", FlashAttentionTriton, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 8 · Linear attention: kernels, RNNs and Performers
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day08-linear-attention/day08-linear-attention.ipynb)
 #
 # **What you will build.**
 #
@@ -79,12 +98,12 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_elu_feature_map", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "elu_feature_map", elu_feature_map)
+check("day08-linear-attention", "elu_feature_map", elu_feature_map, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_elu_feature_map", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "elu_feature_map", elu_feature_map, hidden=True)
+check("day08-linear-attention", "elu_feature_map", elu_feature_map, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -147,12 +166,12 @@ quadratic = (weights @ v) / (weights.sum(-1, keepdim=True) + 1e-6)
 print("max |linear - quadratic| =", (linear_attention(q, k, v) - quadratic).abs().max().item())
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "linear_attention", linear_attention)
+check("day08-linear-attention", "linear_attention", linear_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_linear_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "linear_attention", linear_attention, hidden=True)
+check("day08-linear-attention", "linear_attention", linear_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -197,12 +216,12 @@ def causal_linear_attention_recurrent(q, k, v, feature_map=elu_feature_map, eps:
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_causal_linear_attention_recurrent", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "causal_linear_attention_recurrent", causal_linear_attention_recurrent)
+check("day08-linear-attention", "causal_linear_attention_recurrent", causal_linear_attention_recurrent, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_causal_linear_attention_recurrent", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "causal_linear_attention_recurrent", causal_linear_attention_recurrent, hidden=True)
+check("day08-linear-attention", "causal_linear_attention_recurrent", causal_linear_attention_recurrent, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -261,12 +280,12 @@ print("recurrent vs masked quadratic:", (recurrent - masked).abs().max().item())
 print("chunked(16) vs recurrent (L = 100, not a multiple):", (causal_linear_attention_chunked(q, k, v, 16) - recurrent).abs().max().item())
 
 # %% nbgrader={"grade": true, "grade_id": "check_causal_linear_attention_chunked", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "causal_linear_attention_chunked", causal_linear_attention_chunked)
+check("day08-linear-attention", "causal_linear_attention_chunked", causal_linear_attention_chunked, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_causal_linear_attention_chunked", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "causal_linear_attention_chunked", causal_linear_attention_chunked, hidden=True)
+check("day08-linear-attention", "causal_linear_attention_chunked", causal_linear_attention_chunked, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -307,12 +326,12 @@ def orthogonal_random_features(num_features: int, dim: int, generator: torch.Gen
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_orthogonal_random_features", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_features)
+check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_features, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_orthogonal_random_features", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_features, hidden=True)
+check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_features, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -346,12 +365,12 @@ def favor_feature_map(x: torch.Tensor, projection: torch.Tensor, is_query: bool 
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_favor_feature_map", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "favor_feature_map", favor_feature_map)
+check("day08-linear-attention", "favor_feature_map", favor_feature_map, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_favor_feature_map", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "favor_feature_map", favor_feature_map, hidden=True)
+check("day08-linear-attention", "favor_feature_map", favor_feature_map, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -384,12 +403,12 @@ def performer_attention(q, k, v, num_features: int = 256, generator: torch.Gener
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_performer_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "performer_attention", performer_attention)
+check("day08-linear-attention", "performer_attention", performer_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_performer_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "performer_attention", performer_attention, hidden=True)
+check("day08-linear-attention", "performer_attention", performer_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -526,12 +545,12 @@ x = torch.arange(7.0).reshape(7, 1)   # tokens 0..6, one feature each
 print(landmarks(x, 3).flatten())      # segments {0,1,2}, {3,4}, {5,6}: means 1, 3.5, 5.5
 
 # %% nbgrader={"grade": true, "grade_id": "check_landmarks", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "landmarks", landmarks)
+check("day08-linear-attention", "landmarks", landmarks, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_landmarks", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "landmarks", landmarks, hidden=True)
+check("day08-linear-attention", "landmarks", landmarks, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -591,12 +610,12 @@ for n in range(1, 4):
     print(f"unscaled start on 3 I, step {n}: Z[0, 0] = {z[0, 0].item():.2e} (the answer is 0.33)")
 
 # %% nbgrader={"grade": true, "grade_id": "check_iterative_pinv", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "iterative_pinv", iterative_pinv)
+check("day08-linear-attention", "iterative_pinv", iterative_pinv, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_iterative_pinv", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "iterative_pinv", iterative_pinv, hidden=True)
+check("day08-linear-attention", "iterative_pinv", iterative_pinv, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -647,12 +666,12 @@ for n in (6, 30):
     print(f"m = L = 12, {n:>2} pinv steps: relative error against softmax attention {error.item():.1e}")
 
 # %% nbgrader={"grade": true, "grade_id": "check_nystrom_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day08-linear-attention", "nystrom_attention", nystrom_attention)
+check("day08-linear-attention", "nystrom_attention", nystrom_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_nystrom_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day08-linear-attention", "nystrom_attention", nystrom_attention, hidden=True)
+check("day08-linear-attention", "nystrom_attention", nystrom_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 9 · Selective scans: the recurrence inside Mamba
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day09-mamba-scan/day09-mamba-scan.ipynb)
 #
 # **What you will build.**
 #
@@ -99,12 +118,12 @@ print(linear_recurrence_sequential(torch.tensor([0.5, 0.5, 2.0]), torch.tensor([
 # - mismatched shapes accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_sequential", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "linear_recurrence_sequential", linear_recurrence_sequential)
+check("day09-mamba-scan", "linear_recurrence_sequential", linear_recurrence_sequential, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_linear_recurrence_sequential", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "linear_recurrence_sequential", linear_recurrence_sequential, hidden=True)
+check("day09-mamba-scan", "linear_recurrence_sequential", linear_recurrence_sequential, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -162,12 +181,12 @@ def linear_recurrence_parallel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 # - the state carried across batch rows; mismatched shapes accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_parallel", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "linear_recurrence_parallel", linear_recurrence_parallel)
+check("day09-mamba-scan", "linear_recurrence_parallel", linear_recurrence_parallel, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_linear_recurrence_parallel", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "linear_recurrence_parallel", linear_recurrence_parallel, hidden=True)
+check("day09-mamba-scan", "linear_recurrence_parallel", linear_recurrence_parallel, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -215,12 +234,12 @@ def linear_recurrence_chunked(a: torch.Tensor, b: torch.Tensor, chunk_size: int 
 # - the general recurrence mistakes above; chunk_size < 1 accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_chunked", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "linear_recurrence_chunked", linear_recurrence_chunked)
+check("day09-mamba-scan", "linear_recurrence_chunked", linear_recurrence_chunked, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_linear_recurrence_chunked", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "linear_recurrence_chunked", linear_recurrence_chunked, hidden=True)
+check("day09-mamba-scan", "linear_recurrence_chunked", linear_recurrence_chunked, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -279,12 +298,12 @@ def linear_recurrence_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # - the recurrence mistakes above; mismatched shapes accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_triton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "linear_recurrence_triton", linear_recurrence_triton)
+check("day09-mamba-scan", "linear_recurrence_triton", linear_recurrence_triton, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_linear_recurrence_triton", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "linear_recurrence_triton", linear_recurrence_triton, hidden=True)
+check("day09-mamba-scan", "linear_recurrence_triton", linear_recurrence_triton, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -345,12 +364,12 @@ for step in (0.01, 0.1, 1.0, 3.0):
 # - wrong layouts accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_discretize_zoh", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "discretize_zoh", discretize_zoh)
+check("day09-mamba-scan", "discretize_zoh", discretize_zoh, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_discretize_zoh", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "discretize_zoh", discretize_zoh, hidden=True)
+check("day09-mamba-scan", "discretize_zoh", discretize_zoh, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -411,12 +430,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 # - the state carried from one batch row into the next; wrong layouts accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_selective_scan", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "selective_scan", selective_scan)
+check("day09-mamba-scan", "selective_scan", selective_scan, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_selective_scan", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "selective_scan", selective_scan, hidden=True)
+check("day09-mamba-scan", "selective_scan", selective_scan, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -484,12 +503,12 @@ class MambaBlock(nn.Module):
 # - no softplus on Δ, no gate, no D; an output that depends on later inputs; a wrong feature size accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_MambaBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day09-mamba-scan", "MambaBlock", MambaBlock)
+check("day09-mamba-scan", "MambaBlock", MambaBlock, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_MambaBlock", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day09-mamba-scan", "MambaBlock", MambaBlock, hidden=True)
+check("day09-mamba-scan", "MambaBlock", MambaBlock, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %%

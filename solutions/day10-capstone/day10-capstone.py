@@ -8,8 +8,27 @@
 #     name: python
 # ---
 
+# %% nbgrader={"grade": false, "grade_id": "install", "locked": true, "schema_version": 3, "solution": false, "task": false}
+# Installs the course where it is missing (Colab, a JupyterHub without it): about a minute, once
+# per runtime. Where the course is installed, this cell does nothing. pip adds only what is
+# missing, and the course asks for no newer Jupyter than hosted runtimes have (ipykernel,
+# notebook, IPython stay as they are).
+import importlib.metadata
+import subprocess
+import sys
+
+try:
+    importlib.metadata.version("attention-from-scratch")
+except importlib.metadata.PackageNotFoundError:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "attention-from-scratch"], check=True
+    )
+    importlib.invalidate_caches()  # so that the next cells find what was just installed
+
 # %% [markdown]
 # # Day 10 · Capstone: choose and measure
+#
+# [Open in Colab](https://colab.research.google.com/github/attention-from-scratch/attention-from-scratch/blob/main/exercises/day10-capstone/day10-capstone.ipynb)
 #
 # **What you will build.** The tools to pick an attention mechanism for a job, backed by numbers:
 #
@@ -213,12 +232,12 @@ def blocked_bytes(N, L, d, s, block, left, right):
 estimate_attention_memory("dense", 1, 1, 4, 2, torch.float32)
 
 # %% nbgrader={"grade": true, "grade_id": "check_estimate_attention_memory", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day10-capstone", "estimate_attention_memory", estimate_attention_memory)
+check("day10-capstone", "estimate_attention_memory", estimate_attention_memory, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_estimate_attention_memory", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day10-capstone", "estimate_attention_memory", estimate_attention_memory, hidden=True)
+check("day10-capstone", "estimate_attention_memory", estimate_attention_memory, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -309,12 +328,12 @@ def benchmark_attention(fns, seq_lens, *, batch=1, heads=2, head_dim=32, dtype=t
 
 
 # %% nbgrader={"grade": true, "grade_id": "check_benchmark_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day10-capstone", "benchmark_attention", benchmark_attention)
+check("day10-capstone", "benchmark_attention", benchmark_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_benchmark_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day10-capstone", "benchmark_attention", benchmark_attention, hidden=True)
+check("day10-capstone", "benchmark_attention", benchmark_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -409,12 +428,12 @@ for L, global_, budget, gpu in [(512, True, 2**33, False), (6000, True, 2**28, F
           choose_attention(L, global_, budget, gpu))
 
 # %% nbgrader={"grade": true, "grade_id": "check_choose_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day10-capstone", "choose_attention", choose_attention)
+check("day10-capstone", "choose_attention", choose_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_choose_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day10-capstone", "choose_attention", choose_attention, hidden=True)
+check("day10-capstone", "choose_attention", choose_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -633,12 +652,12 @@ def make_attention(kind: str, d_model: int, num_heads: int, **kwargs) -> nn.Modu
 # refused without naming what is valid. They also refuse `course.reference.mechanisms`, the library version.
 
 # %% nbgrader={"grade": true, "grade_id": "check_make_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-check("day10-capstone", "make_attention", make_attention)
+check("day10-capstone", "make_attention", make_attention, points=2)
 
 # %% nbgrader={"grade": true, "grade_id": "hidden_make_attention", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 # When your notebook is graded, hidden tests run here: the same checks on fresh random shapes.
 ### BEGIN HIDDEN TESTS
-check("day10-capstone", "make_attention", make_attention, hidden=True)
+check("day10-capstone", "make_attention", make_attention, hidden=True, points=1)
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -50,3 +50,24 @@ def test_each_function_is_sent_under_a_name_no_notebook_uses():
     exec(kernel_definition(kernel_side.collected_reports), namespace)
     assert json.loads(namespace["__grader_collected_reports"]()) == []
     assert "collected_reports" not in namespace
+
+
+def test_torch_wrapping_its_own_function_is_not_a_change_but_a_students_wrapper_is(watched):
+    import functools
+
+    import torch
+
+    seed = torch.manual_seed
+    try:
+        # what torch._dynamo does to torch.manual_seed when a notebook first imports it
+        torch.manual_seed = torch._disable_dynamo(seed)
+        assert json.loads(kernel_side.reset({})) == []
+
+        @functools.wraps(seed)
+        def pinned(value):
+            return seed(0)
+
+        torch.manual_seed = pinned
+        assert json.loads(kernel_side.reset({})) == ["replaced torch.manual_seed"]
+    finally:
+        torch.manual_seed = seed

@@ -121,13 +121,15 @@ def projections(module, d_model, kv_dim, bias=True):
 
 
 def load(module, weights: dict):
-    """Copy float64 `weights` (name -> (weight, bias)) into the student's projections."""
-    with torch.no_grad():
-        for name, (weight, bias) in weights.items():
-            layer = getattr(module, name)
-            layer.weight.copy_(weight)
-            if bias is not None:
-                layer.bias.copy_(bias)
+    """Copy float64 `weights` (name -> (weight, bias)) into the student's projections, with one
+    call of the module's own load_state_dict: the module may live in the student's kernel
+    (grader/autograde/remote.py), where only calls reach it."""
+    state = {}
+    for name, (weight, bias) in weights.items():
+        state[f"{name}.weight"] = weight
+        if bias is not None:
+            state[f"{name}.bias"] = bias
+    module.load_state_dict(state, strict=False)
 
 
 def random_weights(rng, d_model, kv_dim, bias=True, dtype=torch.float64):

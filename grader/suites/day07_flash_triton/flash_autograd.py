@@ -15,6 +15,7 @@ from grader.harness.checking import (
     hint,
     named,
 )
+from grader.harness.measuring import saved_tensors
 from grader.suites._common import draw, randn
 from grader.suites.day07_flash_triton.hints import FORBIDDEN
 from grader.suites.day07_flash_triton.kernel_watch import expect_triton, watch_kernels, watched
@@ -54,21 +55,13 @@ def grads64(q, k, v, dout, causal, variant=None):
     return ds @ k * factor, ds.transpose(-1, -2) @ q * factor, dv
 
 
-def saved_by_student(out) -> tuple:
-    """What the student's forward saved (past the copy back from the GPU, if any)."""
-    node = out.grad_fn
-    while node is not None and type(node).__name__.startswith("ToCopyBackward"):
-        node = node.next_functions[0][0]
-    return tuple(getattr(node, "saved_tensors", ()))
-
-
 def run_function(cls, q, k, v, causal, rng, what):
     """Forward and backward through the student's class, watched; returns (out, grads, saved)."""
     apply = guarded(cls.apply, "FlashAttentionTriton", FORBIDDEN)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out = watched(apply, f"FlashAttentionTriton.apply on {what}", *leaves, causal)
     expect_tensor(out, f"FlashAttentionTriton.apply on {what}", q.shape, q.dtype)
-    saved = saved_by_student(out)
+    saved = saved_tensors(out) or ()
     dout = randn(out.shape, rng, out.dtype)
     backward = guarded(
         lambda: torch.autograd.grad(out, leaves, dout), "FlashAttentionTriton", FORBIDDEN
@@ -110,7 +103,7 @@ def function_forward(FlashAttentionTriton, rng):
         f"FlashAttentionTriton.apply on {what}",
         out_suspects(q, k, v, False),
     )
-    saved = saved_by_student(out)
+    saved = saved_tensors(out) or ()
     shapes = sorted(tuple(t.shape) for t in saved)
     expected = sorted(
         [tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(q.shape), tuple(q.shape[:-1])]

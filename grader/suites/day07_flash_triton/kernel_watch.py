@@ -9,6 +9,7 @@ import torch
 
 import course.reference.flash_triton
 from grader.harness.checking import Mistake, hint
+from grader.harness.measuring import measuring
 from grader.suites.day07_flash_triton.hints import LIBRARY
 
 
@@ -21,6 +22,12 @@ class KernelWatch:
         self.extents = []  # (start, end) bytes of the tensors given to the current launch
         self.on_cpu = []
         self.library_kernel = None  # the first of the course's own kernels launched, if any
+
+    def absorb(self, seen: dict):
+        """Add what the same watch saw in the student's kernel (grader/harness/measuring)."""
+        self.launches += seen["launches"]
+        self.out_of_bounds = self.out_of_bounds or seen["out_of_bounds"]
+        self.library_kernel = self.library_kernel or seen["library_kernel"]
 
 
 def _extent(t: torch.Tensor):
@@ -108,7 +115,8 @@ def watch_kernels():
 
     builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
     try:
-        yield watch
+        with measuring(f"{__name__}:watch_kernels", watch.absorb):
+            yield watch
     finally:
         builder.create_masked_load, builder.create_masked_store = load, store
         for cls, run in originals.items():

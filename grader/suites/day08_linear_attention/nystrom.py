@@ -4,7 +4,6 @@ with what each must not call."""
 import torch
 
 import course.reference.nystrom as nystrom_library
-from course.bench import LiveStorage
 from grader.harness.checking import (
     Mistake,
     expect_close,
@@ -14,7 +13,7 @@ from grader.harness.checking import (
     relative_error,
 )
 from grader.harness.guard import SDPA
-from grader.suites._common import draw, randn, softmax64
+from grader.suites._common import draw, largest_allocation, randn, softmax64
 from grader.suites.day08_linear_attention.hints import HINTS, LIBRARY
 from grader.suites.day08_linear_attention.oracles import bad_inputs, inputs
 
@@ -379,13 +378,11 @@ def ny_linear_memory(nystrom_attention, rng):
     """never allocates an (Lq, Lk)-sized tensor (L = 4096, m = 32): O(L m) memory"""
     L, m = 4096, 32
     q, k, v = (randn((1, 1, L, 8), rng) for _ in range(3))
-    tracker = LiveStorage()
-    with tracker:
-        nystrom_attention(q, k, v, m)
-    if tracker.largest >= L * L:
+    largest, shape = largest_allocation(lambda: nystrom_attention(q, k, v, m))
+    if largest >= L * L:
         description, hint = HINTS["full_attention_matrix"]
         raise Mistake(
-            f"nystrom_attention allocated a tensor of shape {tracker.largest_shape} for L = {L}, "
+            f"nystrom_attention allocated a tensor of shape {shape} for L = {L}, "
             f"m = {m}: it looks like {description}.",
             hint,
             "full_attention_matrix",

@@ -4,9 +4,8 @@ cases that the linear attention exercises share."""
 import torch
 import torch.nn.functional as F
 
-from course.bench import LiveStorage
 from grader.harness.checking import Mistake, expect_close, expect_value_error, named
-from grader.suites._common import draw, randn
+from grader.suites._common import draw, largest_allocation, randn
 from grader.suites.day08_linear_attention.hints import HINTS
 
 
@@ -49,14 +48,11 @@ def relu_map(x):
 
 
 def expect_no_quadratic(call, L: int, name: str) -> None:
-    tracker = LiveStorage()
-    with tracker:
-        call()
-    if tracker.largest >= L * L:
+    largest, shape = largest_allocation(call)
+    if largest >= L * L:
         description, hint = HINTS["quadratic_memory"]
         raise Mistake(
-            f"{name} allocated a tensor of shape {tracker.largest_shape} for L = {L}: it looks "
-            f"like {description}.",
+            f"{name} allocated a tensor of shape {shape} for L = {L}: it looks like {description}.",
             hint,
             "quadratic_memory",
         )

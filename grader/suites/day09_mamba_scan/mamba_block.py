@@ -62,18 +62,19 @@ def randomise(module, shapes, rng) -> dict:
         )
     module.double()
     values = {}
-    with torch.no_grad():
-        for name, shape in shapes.items():
-            fan_in = shape[-1] if len(shape) > 1 else 1
-            value = randn(shape, rng, torch.float64, 1 / math.sqrt(fan_in))
-            if name == "A_log":
-                value = torch.log(0.5 + 3 * torch.rand(shape, generator=rng, dtype=torch.float64))
-            elif name == "conv1d.weight":
-                value = randn(shape, rng, torch.float64, 0.5)
-            elif name in ("dt_proj.bias", "conv1d.bias", "D"):
-                value = randn(shape, rng, torch.float64, 0.5)
-            params[name].copy_(value)
-            values[name] = value
+    for name, shape in shapes.items():
+        fan_in = shape[-1] if len(shape) > 1 else 1
+        value = randn(shape, rng, torch.float64, 1 / math.sqrt(fan_in))
+        if name == "A_log":
+            value = torch.log(0.5 + 3 * torch.rand(shape, generator=rng, dtype=torch.float64))
+        elif name == "conv1d.weight":
+            value = randn(shape, rng, torch.float64, 0.5)
+        elif name in ("dt_proj.bias", "conv1d.bias", "D"):
+            value = randn(shape, rng, torch.float64, 0.5)
+        values[name] = value
+    # one call of the module's own load_state_dict: the module may live in the student's kernel
+    # (grader/autograde/remote.py), where only calls reach it
+    module.load_state_dict(values, strict=False)
     return values
 
 
