@@ -233,16 +233,27 @@ def _argument_states(args, kwargs) -> dict:
     code recorded into it (a check's instrumented model counts its calls), for remote.py to
     write back into the grader's own object, as if it had been passed by reference."""
     states = {}
-    for where, value in [*enumerate(args), *kwargs.items()]:
+    for where, value in _objects_in([*enumerate(args), *kwargs.items()]):
         if isinstance(value, torch.Generator):  # the draws the student's code took from it
-            states[str(where)] = {"generator_state": _pack(value.get_state(), [])}
-            continue
-        if isinstance(value, (torch.Tensor, bool, int, float, str, type(None), tuple, list, dict)):
+            states[where] = {"generator_state": _pack(value.get_state(), [])}
             continue
         plain = {name: _pack(attribute, []) for name, attribute in plain_state(value).items()}
         if plain:
-            states[str(where)] = plain
+            states[where] = plain
     return states
+
+
+def _objects_in(items, prefix=""):
+    """(path, object) of the objects among `items` ((key, value) pairs) and inside their lists,
+    tuples and dicts: the path is the keys joined by '/', e.g. '0/moody' for args[0]['moody']."""
+    for key, value in items:
+        path = f"{prefix}{key}"
+        if isinstance(value, (list, tuple)):
+            yield from _objects_in(enumerate(value), f"{path}/")
+        elif isinstance(value, dict):
+            yield from _objects_in(value.items(), f"{path}/")
+        elif not isinstance(value, (torch.Tensor, bool, int, float, str, type(None))):
+            yield path, value
 
 
 def lookup(handle: Handle):
@@ -275,9 +286,13 @@ def backward(call_id: int, grads: list, probes: dict):
     leaves, outputs = _calls[call_id]
     grads = _unpack(grads, [])
     pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
-    found, reply = _watched(
+    found, reply = _watched(  # the graph is kept: gradcheck asks for several backwards
         lambda: torch.autograd.grad(
-            [o for o, _ in pairs], leaves, [g for _, g in pairs], allow_unused=True
+            [o for o, _ in pairs],
+            leaves,
+            [g for _, g in pairs],
+            allow_unused=True,
+            retain_graph=True,
         ),
         probes,
     )

@@ -343,9 +343,7 @@ def _write_back(args, kwargs, states, kernel) -> None:
     if type(states) is not dict:
         return
     for where, state in states.items():
-        target = (
-            args[int(where)] if where.isdigit() and int(where) < len(args) else kwargs.get(where)
-        )
+        target = _at_path(args, kwargs, where)
         if target is None or type(state) is not dict:
             continue
         if isinstance(target, torch.Generator) and "generator_state" in state:
@@ -362,6 +360,20 @@ def _write_back(args, kwargs, states, kernel) -> None:
                 current[:] = value
             elif not callable(current):
                 setattr(target, name, value)
+
+
+def _at_path(args, kwargs, path: str):
+    """The argument object at kernel_rpc._objects_in's `path` ('0/moody': args[0]['moody'])."""
+    first, *rest = str(path).split("/")
+    value = args[int(first)] if first.isdigit() and int(first) < len(args) else kwargs.get(first)
+    for key in rest:
+        if isinstance(value, (list, tuple)) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
+            return None
+    return value
 
 
 # ----------------------------------------------------------------------------- gradients

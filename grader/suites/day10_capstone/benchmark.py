@@ -1,5 +1,10 @@
 """Checks for benchmark_attention, driven with fake mechanisms whose time, memory, output and
-failures are known exactly."""
+failures are known exactly.
+
+The fakes are classes of this module, not closures: when the autograder runs the student's
+harness in their kernel (grader/autograde/remote.py), each fake is sent there by reference and
+runs there, so that its time and memory are the student's harness's to measure, and what it
+records (Moody's calls) comes back."""
 
 import time
 
@@ -15,6 +20,57 @@ FIELDS = ("name", "seq_len", "status", "time_s", "peak_bytes", "rel_error", "mes
 
 def exact(q, k, v):
     return F.scaled_dot_product_attention(q, k, v)
+
+
+class Scaled:
+    """Exact attention times `scale`: a relative error of scale - 1."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __call__(self, q, k, v):
+        return self.scale * exact(q, k, v)
+
+
+class Moody:
+    """Slow on its first call (a warm-up) and on its third (an outlier); counts its calls."""
+
+    def __init__(self, slow_first, outlier):
+        self.slow_first, self.outlier, self.calls = slow_first, outlier, []
+
+    def __call__(self, q, k, v):
+        self.calls.append(1)
+        n = len(self.calls)
+        time.sleep(self.slow_first if n == 1 else self.outlier if n == 3 else 0.002)
+        return exact(q, k, v)
+
+
+class Hungry:
+    """A scratch buffer of L x `floats` float64, then the output."""
+
+    def __init__(self, floats):
+        self.floats = floats
+
+    def __call__(self, q, k, v):
+        scratch = torch.empty(q.shape[-2], self.floats, dtype=torch.float64)
+        scratch.fill_(1.0)
+        return exact(q, k, v)
+
+
+class FailsPast:
+    """Exact attention up to length `short`; past it, out of memory, too slow or an error."""
+
+    def __init__(self, short, failure):
+        self.short, self.failure = short, failure
+
+    def __call__(self, q, k, v):
+        if q.shape[-2] > self.short:
+            if self.failure == "out_of_memory":
+                raise torch.OutOfMemoryError("out of memory (simulated): tried to allocate 64 GiB")
+            if self.failure == "error":
+                raise IndexError("simulated bug")
+            time.sleep(0.3)
+        return exact(q, k, v)
 
 
 def run_benchmark(benchmark_attention, fns, seq_lens, **kw):
@@ -57,7 +113,7 @@ def bench_table(benchmark_attention, rng):
     """one row per mechanism and length, with time, peak memory and relative error"""
     lengths = [8 * draw(rng, 1, 3), 8 * draw(rng, 4, 6)]
     scale = 1 + draw(rng, 1, 9) / 10
-    fns = {"exact": exact, "scaled": lambda q, k, v: scale * exact(q, k, v)}
+    fns = {"exact": exact, "scaled": Scaled(scale)}
     rows = run_benchmark(benchmark_attention, fns, lengths, heads=2, head_dim=8, repeats=2)
     for (name, L), row in rows.items():
         if row["status"] != "ok":
@@ -92,14 +148,8 @@ def bench_table(benchmark_attention, rng):
 
 def bench_warmup_and_median(benchmark_attention, rng):
     """a warm-up call first, then the median of `repeats` timed calls, then a memory measurement"""
-    calls = []
     slow_first, outlier = 0.5, 0.4
-
-    def moody(q, k, v):  # slow on its first call (a warm-up), and on its third (an outlier)
-        calls.append(1)
-        time.sleep(slow_first if len(calls) == 1 else outlier if len(calls) == 3 else 0.002)
-        return exact(q, k, v)
-
+    moody = Moody(slow_first, outlier)
     L = 8 * draw(rng, 1, 4)
     rows = run_benchmark(
         benchmark_attention,
@@ -111,10 +161,10 @@ def bench_warmup_and_median(benchmark_attention, rng):
         time_budget_s=5.0,
     )
     row = rows[("moody", L)]
-    if len(calls) < 3 + 2:
+    if len(moody.calls) < 3 + 2:
         description, fix = hint("too_few_calls")
         raise Mistake(
-            f"with repeats=3 the function was called {len(calls)} times: it looks like "
+            f"with repeats=3 the function was called {len(moody.calls)} times: it looks like "
             f"{description}.",
             fix,
             "too_few_calls",
@@ -144,12 +194,7 @@ def bench_warmup_and_median(benchmark_attention, rng):
 def bench_peak_memory(benchmark_attention, rng):
     """peak memory is what one call allocates and holds at once (course.bench.peak_memory)"""
     floats = 1000 * draw(rng, 1, 5)
-
-    def hungry(q, k, v):  # a scratch buffer of L * floats float64, then the output
-        scratch = torch.empty(q.shape[-2], floats, dtype=torch.float64)
-        scratch.fill_(1.0)
-        return exact(q, k, v)
-
+    hungry = Hungry(floats)
     L = 8 * draw(rng, 1, 4)
     rows = run_benchmark(
         benchmark_attention, {"hungry": hungry}, [L], batch=1, heads=2, head_dim=8, repeats=1
@@ -172,22 +217,12 @@ def bench_failures_recorded(benchmark_attention, rng):
     """out of memory, too slow and errors are recorded as rows, never raised; longer lengths skipped"""
     short, long_, longest = 8, 16 * draw(rng, 1, 2), 64
 
-    def greedy(q, k, v):
-        if q.shape[-2] > short:
-            raise torch.OutOfMemoryError("out of memory (simulated): tried to allocate 64 GiB")
-        return exact(q, k, v)
-
-    def sluggish(q, k, v):
-        if q.shape[-2] > short:
-            time.sleep(0.3)
-        return exact(q, k, v)
-
-    def broken(q, k, v):
-        if q.shape[-2] > short:
-            raise IndexError("simulated bug")
-        return exact(q, k, v)
-
-    fns = {"exact": exact, "greedy": greedy, "sluggish": sluggish, "broken": broken}
+    fns = {
+        "exact": exact,
+        "greedy": FailsPast(short, "out_of_memory"),
+        "sluggish": FailsPast(short, "too_slow"),
+        "broken": FailsPast(short, "error"),
+    }
     rows = run_benchmark(
         benchmark_attention,
         fns,
