@@ -21,7 +21,7 @@ from nbgrader.api import Gradebook
 
 from grader.autograde import pipeline
 from grader.autograde.pipeline import nbgrader  # the stock `nbgrader ...` command, run in a folder
-from helpers import ROOT, grader
+from helpers import ROOT, grader, solution_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -115,13 +115,42 @@ def test_generated_release_equals_the_committed_one(graded):
     assert "HIDDEN TESTS" not in generated and "BEGIN SOLUTION" not in generated
 
 
+def cell_scores(course, assignment, student) -> dict:
+    with Gradebook(f"sqlite:///{course}/gradebook.db") as gradebook:
+        notebook = gradebook.find_submission_notebook(assignment, assignment, student)
+        return {grade.name: (grade.score, grade.max_score) for grade in notebook.grades}
+
+
+def check_cells_of(assignment, solution_cell: str) -> set:
+    """The graded cells that check the exercise of `solution_cell`: those after its run of
+    solution cells, up to the next solution cell."""
+    found, inside = set(), False
+    for cell in solution_notebook(assignment).cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            if found:
+                break
+            inside = inside or meta["grade_id"] == solution_cell
+        elif meta.get("grade") and inside:
+            found.add(meta["grade_id"])
+    return found
+
+
 def test_solution_full_marks_untouched_zero_planted_bug_partial(graded):
     course, assignment = graded
     got = scores(course, assignment)
     total = got["ada"][1]
     assert got["ada"] == (total, total)
     assert got["bob"] == (0, total)
-    assert got["cy"] == (total - planted(assignment)["points_lost"], total)
+    # the planted bug costs its exercise's cells some of their points (the checks it fails
+    # weigh; harness/points.py), never more than the exercise's, and no other cell anything
+    bug = planted(assignment)
+    cells = cell_scores(course, assignment, "cy")
+    hit = check_cells_of(assignment, bug["cell"])
+    assert {name for name, (score, most) in cells.items() if score < most} == hit
+    lost = sum(cells[name][1] - cells[name][0] for name in hit)
+    assert 0 < lost <= bug["points_lost"]
+    assert got["cy"][0] == pytest.approx(total - lost)
 
 
 def printed(cell) -> str:

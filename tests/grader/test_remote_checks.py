@@ -355,3 +355,49 @@ def test_vars_of_a_remote_object_are_the_students_objects_attributes(kernel):
     ring = RemoteKernel(ask).lookup("Ring")(3)
     state = vars(ring)
     assert state["seen"] == 0 and state["k"].shape == (1, 1, 3, 2)
+
+
+def setup_and_solution_cells(assignment: str) -> list:
+    """The sources a graded kernel needs for the checks: the locked setup cell, then every
+    solution cell (no explorations, benchmarks or training)."""
+    cells = solution_notebook(assignment).cells
+    return [
+        c.source
+        for c in cells
+        if c.cell_type == "code"
+        and (
+            c.metadata.get("nbgrader", {}).get("grade_id") == "setup"
+            or c.metadata.get("nbgrader", {}).get("solution")
+        )
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("assignment", assignments())
+def test_every_solution_passes_every_check_run_from_outside_its_kernel(assignment):
+    """Each day's reference solution, run in a real kernel, passes every exercise's visible and
+    hidden checks graded from this process: the proxies, probes and write-backs of remote.py
+    carry every kind of check the suites have."""
+    from grader.suites import exercises
+
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        for source in setup_and_solution_cells(assignment):
+            reply = client.execute_interactive(source, timeout=300)
+            assert reply["content"]["status"] == "ok", reply["content"].get("evalue")
+
+        def ask(payload: str) -> str:
+            reply = client.execute_interactive(
+                "", silent=True, user_expressions=remote.expression(payload), timeout=300
+            )
+            return remote.reply_text(reply)
+
+        sources = setup_and_solution_cells(assignment)
+        for name in exercises(assignment):
+            for hidden in (False, True):
+                call = verdicts.CheckCall(assignment, name, name, hidden)
+                report = verdicts.check_one(ask, call, "ada", SECRET, sources)
+                assert report.passed, (name, hidden, [r for r in report.results if not r.passed])
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
