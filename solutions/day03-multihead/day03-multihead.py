@@ -777,7 +777,7 @@ check("day03-multihead", "relative_bias_attention", relative_bias_attention, hid
 #
 # Use your `apply_rope` and the course's `attention(q, k, v, mask)` and `causal_mask`. The gate logits come in as an argument (a layer computes them from $x$, see below).
 #
-# The checks compare with a float64 oracle that writes out every absolute position, run `backward` to see whether any gradient reaches the memory, and recognise: the memory not detached, the segment's positions restarting at 0, the memory placed after the segment, the gate inverted ($g$ on the local part), the logits used without a sigmoid, a local attention that is not causal, one softmax over the concatenation, and bad shapes (memory keys and values of different lengths, a memory head size that is not $D$, gate logits that are not `(B, H, L)`) not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention` and `course.reference.multihead`.
+# The checks compare with a float64 oracle that writes out every absolute position, run `backward` to see whether any gradient reaches the memory, and recognise: the memory not detached, the segment's positions restarting at 0, the memory placed after the segment, the gate inverted ($g$ on the local part), the logits used without a sigmoid, a local attention that is not causal, one softmax over the concatenation, memory keys not rotated or `base` not passed on, a gate without its last axis, an empty memory ($M = 0$, the first segment) not handled, and bad shapes (memory keys and values of different lengths, a memory head size that is not $D$, gate logits that are not `(B, H, L)`) not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention` and `course.reference.multihead`.
 
 # %% nbgrader={"grade": false, "grade_id": "memory_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def memory_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_k: torch.Tensor,
@@ -788,7 +788,8 @@ def memory_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_k: t
     Args:
         q, k, v: (B, H, L, D) the current segment's queries, keys, values (before RoPE).
         mem_k, mem_v: (B, H, M, D) keys and values of earlier segments (before RoPE); M may differ
-            from L. They are fixed context: no gradient flows into them (detached).
+            from L, and is 0 for a stream's first segment (then from_memory is all zeros, as
+            attention gives it). They are fixed context: no gradient flows into them (detached).
         gate_logits: (B, H, L), one logit per token and head (e.g. a linear layer of x).
         start: absolute position of the first memory token. Positions continue: the memory sits
             at start .. start + M - 1, the segment at start + M .. start + M + L - 1 (RoPE scores

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import course.reference.multihead as library
 from course.reference.masks import attention
-from helpers import assert_mistake_named, day_report
+from helpers import assert_mistake_named, day_report, edited_solution
 
 DAY = "day03-multihead"
 
@@ -95,7 +95,7 @@ def test_merge_heads_bug_is_named(bug, key, capsys):
     [
         (lambda x, n: x.repeat(1, n, 1, 1), "repeat_tiled"),
         (lambda x, n: torch.cat([x] * n, dim=1), "repeat_tiled"),
-        (lambda x, n: x.repeat_interleave(n, dim=2), "wrong_shape"),
+        (lambda x, n: x.repeat_interleave(n, dim=2), "repeat_wrong_dim"),
         (lambda x, n: library.repeat_kv(x, n), "shortcut"),
         (stub, "not_implemented"),
     ],
@@ -337,7 +337,7 @@ def make_sinusoid(offset=0, layout="interleaved", exponent=2):
         (make_sinusoid(layout="halves"), "sin_cos_halves"),
         (make_sinusoid(layout="swapped"), "sin_cos_swapped"),
         (make_sinusoid(exponent=1), "frequency_exponent"),
-        (lambda n, d: make_sinusoid()(n, d).double(), "wrong_dtype"),
+        (lambda n, d: make_sinusoid()(n, d).double(), "table_not_float32"),
         (lambda n, d: library.sinusoidal_positions(n, d), "shortcut"),
         (stub, "not_implemented"),
     ],
@@ -1025,7 +1025,8 @@ def explicit_memory(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0
     scores = rotate(q, positions[memory:]) @ keys.transpose(-2, -1) / math.sqrt(dim)
     is_memory = torch.arange(memory + length) < memory
     visible_local = (~is_memory) & (positions <= positions[memory:].unsqueeze(-1))
-    from_memory = torch.softmax(scores.masked_fill(~is_memory, float("-inf")), -1) @ values
+    from_memory = torch.softmax(scores.masked_fill(~is_memory, float("-inf")), -1)
+    from_memory = from_memory.nan_to_num(0.0) @ values  # no memory (M = 0): nothing from it
     local = torch.softmax(scores.masked_fill(~visible_local, float("-inf")), -1) @ values
     gate = torch.sigmoid(gate_logits)
     return gate[..., None] * from_memory + (1 - gate[..., None]) * local, gate
@@ -1046,3 +1047,354 @@ def test_start_only_shifts_every_position_so_rope_scores_do_not_change(solution)
 def test_another_correct_memory_attention_passes():
     for seed in range(5):
         assert report("memory_attention", explicit_memory, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- a beginner's mistakes
+
+# A beginner's pass through the notebook (issue #18): each mistake as an edit of the solution's
+# cell, and the key that must name it, on the visible seed and on fresh hidden ones.
+BEGINNER_MISTAKES = {
+    "transpose_first": (
+        "split_heads",
+        [
+            (
+                "return x.view(batch, length, num_heads, d_model // num_heads).transpose(1, 2)",
+                "return x.transpose(1, 2).reshape(batch, num_heads, length, d_model // num_heads)",
+            )
+        ],
+        "transpose_before_reshape",
+    ),
+    "true_division": (
+        "split_heads",
+        [("d_model // num_heads).transpose", "d_model / num_heads).transpose")],
+        "float_head_size",
+    ),
+    "transpose_1_3": (
+        "split_heads",
+        [(".transpose(1, 2)  # (B, H, L, dh)", ".transpose(1, 3)  # (B, H, L, dh)")],
+        "split_wrong_dims_swapped",
+    ),
+    "dot_T": ("split_heads", [(".transpose(1, 2)  # (B, H, L, dh)", ".T")], "T_on_batched"),
+    "guard_inverted": (
+        "split_heads",
+        [("if d_model % num_heads != 0:", "if num_heads % d_model != 0:")],
+        "refuses_valid_input",
+    ),
+    "merge_view": (
+        "merge_heads",
+        [(".reshape(batch, length, heads * head_dim)", ".view(batch, length, heads * head_dim)")],
+        "view_after_transpose",
+    ),
+    "merge_heads_last": (
+        "merge_heads",
+        [("x.transpose(1, 2).reshape", "x.permute(0, 2, 3, 1).reshape")],
+        "merge_heads_last",
+    ),
+    "merge_cat_tokens": (
+        "merge_heads",
+        [
+            (
+                "return x.transpose(1, 2).reshape(batch, length, heads * head_dim)",
+                "return torch.cat(x.unbind(1), dim=1)",
+            )
+        ],
+        "merge_heads_along_tokens",
+    ),
+    "merge_unpacked_wrong": (
+        "merge_heads",
+        [("batch, heads, length, head_dim = x.shape", "batch, length, heads, head_dim = x.shape")],
+        "shape_unpacked_wrong",
+    ),
+    "merge_transpose_2_3": (
+        "merge_heads",
+        [("x.transpose(1, 2)", "x.transpose(2, 3)")],
+        "merge_wrong_dims_swapped",
+    ),
+    "repeat_length_axis": (
+        "repeat_kv",
+        [("repeat_interleave(n_rep, dim=1)", "repeat_interleave(n_rep, dim=2)")],
+        "repeat_wrong_dim",
+    ),
+    "repeat_no_dim": (
+        "repeat_kv",
+        [("repeat_interleave(n_rep, dim=1)", "repeat_interleave(n_rep)")],
+        "repeat_flattened",
+    ),
+    "repeat_stack_last": (
+        "repeat_kv",
+        [
+            (
+                "return x.repeat_interleave(n_rep, dim=1)",
+                "return torch.stack([x] * n_rep, dim=-1).reshape(x.shape[0], -1, *x.shape[2:])",
+            )
+        ],
+        "repeat_features_interleaved",
+    ),
+    "mha_context_ignored": (
+        "MultiHeadAttention",
+        [
+            ("split_heads(self.k_proj(context)", "split_heads(self.k_proj(x)"),
+            ("split_heads(self.v_proj(context)", "split_heads(self.v_proj(x)"),
+        ],
+        "ignores_context",
+    ),
+    "mha_inverted_mask": (
+        "MultiHeadAttention",
+        [("= attention(q, k, v, mask)", "= attention(q, k, v, None if mask is None else ~mask)")],
+        "inverted_mask",
+    ),
+    "mha_out_proj_unused": (
+        "MultiHeadAttention",
+        [("out = self.out_proj(merge_heads(out))", "out = merge_heads(out)")],
+        "missing_projection",
+    ),
+    "mha_no_super_init": (
+        "MultiHeadAttention",
+        [("super().__init__()", "pass")],
+        "no_super_init",
+    ),
+    "mha_mask_unsqueezed": (
+        "MultiHeadAttention",
+        [
+            (
+                "= attention(q, k, v, mask)",
+                "= attention(q, k, v, None if mask is None else mask.unsqueeze(1))",
+            )
+        ],
+        "mask_not_broadcastable",
+    ),
+    "mha_if_not_context": (
+        "MultiHeadAttention",
+        [
+            (
+                "context = x if context is None else context",
+                "context = x if not context else context",
+            )
+        ],
+        "tensor_truth_value",
+    ),
+    "sin_multiplied": (
+        "sinusoidal_positions",
+        [("10000.0 ** (-torch.arange", "10000.0 ** (torch.arange")],
+        "frequency_inverted",
+    ),
+    "sin_integer_exponent": (
+        "sinusoidal_positions",
+        [
+            (
+                "(-torch.arange(0, dim, 2, dtype=torch.float32) / dim)",
+                "(-(torch.arange(0, dim, 2) // dim))",
+            )
+        ],
+        "integer_exponent",
+    ),
+    "sin_one_row_short": (
+        "sinusoidal_positions",
+        [("torch.arange(length, dtype", "torch.arange(length - 1, dtype")],
+        "positions_one_short",
+    ),
+    "sin_transposed": (
+        "sinusoidal_positions",
+        [("    return table", "    return table.T")],
+        "table_transposed",
+    ),
+    "sin_float64": (
+        "sinusoidal_positions",
+        [("torch.empty(length, dim)", "torch.empty(length, dim, dtype=torch.float64)")],
+        "table_not_float32",
+    ),
+    "rope_no_minus": (
+        "apply_rope",
+        [("torch.cat([x1 * cos - x2 * sin", "torch.cat([x1 * cos + x2 * sin")],
+        "not_a_rotation",
+    ),
+    "rope_in_place": (
+        "apply_rope",
+        [
+            (
+                "return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)",
+                "x1[...], x2[...] = x1 * cos - x2 * sin, x2 * cos + x1 * sin\n    return x",
+            )
+        ],
+        "rope_in_place",
+    ),
+    "rope_no_unsqueeze": (
+        "apply_rope",
+        [
+            (
+                "angle = positions.to(device=x.device, dtype=x.dtype).unsqueeze(-1) * theta",
+                "angle = (theta[:, None] * positions.to(x.dtype)).transpose(-1, -2)",
+            )
+        ],
+        "rope_positions_not_unsqueezed",
+    ),
+    "alibi_first_of_2n": (
+        "alibi_bias",
+        [("geometric(2 * closest)[0::2]", "geometric(2 * closest)")],
+        "alibi_wrong_extra_slopes",
+    ),
+    "alibi_odd_of_2n": (
+        "alibi_bias",
+        [("geometric(2 * closest)[0::2]", "geometric(2 * closest)[1::2]")],
+        "alibi_wrong_extra_slopes",
+    ),
+    "alibi_float64": (
+        "alibi_bias",
+        [("(-slopes.view(-1, 1, 1) * distance).float()", "(-slopes.view(-1, 1, 1) * distance)")],
+        "alibi_not_float32",
+    ),
+    "bucket_future_abs": (
+        "relative_position_bucket",
+        [("n = n.clamp_min(0)", "n = n.abs()")],
+        "bucket_future_not_zero",
+    ),
+    "bucket_integer_ratio": (
+        "relative_position_bucket",
+        [
+            (
+                "torch.log(n.clamp_min(max_exact).double() / max_exact)",
+                "torch.log((n // max_exact).clamp_min(1).double())",
+            )
+        ],
+        "bucket_integer_ratio",
+    ),
+    "bucket_exact_ends_early": (
+        "relative_position_bucket",
+        [("is_small = n < max_exact", "is_small = n < max_exact - 1")],
+        "bucket_boundary",
+    ),
+    "bucket_rounded": (
+        "relative_position_bucket",
+        [("* (num_buckets - max_exact)).long()", "* (num_buckets - max_exact)).round().long()")],
+        "bucket_rounded",
+    ),
+    "shaw_inverted_mask": (
+        "shaw_relative_attention",
+        [("masked_fill(~mask, ", "masked_fill(mask, ")],
+        "inverted_mask",
+    ),
+    "shaw_fill_zero": (
+        "shaw_relative_attention",
+        [('masked_fill(~mask, float("-inf"))', "masked_fill(~mask, 0.0)")],
+        "mask_fill_zero",
+    ),
+    "shaw_softmax_queries": (
+        "shaw_relative_attention",
+        [("torch.softmax(scores, dim=-1)", "torch.softmax(scores, dim=-2)")],
+        "softmax_wrong_dim",
+    ),
+    "shaw_rel_k_for_values": (
+        "shaw_relative_attention",
+        [("weights, rel_v[index])", "weights, rel_k[index])")],
+        "shaw_rel_k_for_values",
+    ),
+    "bias_reshaped_lookup": (
+        "relative_bias_attention",
+        [(".permute(2, 0, 1)", ".reshape(heads, lq, lk)")],
+        "bias_wrong_heads",
+    ),
+    "bias_table_reshaped": (
+        "relative_bias_attention",
+        [("bias_table[buckets].permute(2, 0, 1)", "bias_table.reshape(heads, -1)[:, buckets]")],
+        "bias_wrong_heads",
+    ),
+    "bias_scale_one": (
+        "relative_bias_attention",
+        [("scale = q.shape[-1] ** -0.5 if scale", "scale = 1.0 if scale")],
+        "bias_scale_default",
+    ),
+    "bias_num_buckets_dropped": (
+        "relative_bias_attention",
+        [
+            (
+                "bidirectional, bias_table.shape[0], max_distance)",
+                "bidirectional, max_distance=max_distance)",
+            )
+        ],
+        "bias_bucket_arguments",
+    ),
+    "bias_max_distance_in_num_buckets": (
+        "relative_bias_attention",
+        [("bidirectional, bias_table.shape[0], max_distance)", "bidirectional, max_distance)")],
+        "bias_bucket_arguments",
+    ),
+    "bias_inverted_mask": (
+        "relative_bias_attention",
+        [("masked_fill(~mask, ", "masked_fill(mask, ")],
+        "inverted_mask",
+    ),
+    "memory_gate_not_unsqueezed": (
+        "memory_attention",
+        [("g = gate.unsqueeze(-1)", "g = gate")],
+        "gate_not_unsqueezed",
+    ),
+    "memory_keys_not_rotated": (
+        "memory_attention",
+        [("mem_k = apply_rope(mem_k, memory_at, base)", "mem_k = mem_k")],
+        "memory_not_rotated",
+    ),
+    "memory_base_dropped": (
+        "memory_attention",
+        [
+            (
+                "apply_rope(q, segment_at, base), apply_rope(k, segment_at, base)",
+                "apply_rope(q, segment_at), apply_rope(k, segment_at)",
+            ),
+            ("apply_rope(mem_k, memory_at, base)", "apply_rope(mem_k, memory_at)"),
+        ],
+        "memory_ignores_base",
+    ),
+    "memory_amax_on_empty": (
+        "memory_attention",
+        [
+            (
+                "from_memory, _ = attention(q, mem_k, mem_v)",
+                "s = q @ mem_k.transpose(-2, -1) / dim**0.5\n"
+                "    from_memory = torch.softmax(s - s.amax(-1, keepdim=True), -1) @ mem_v",
+            )
+        ],
+        "empty_memory",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", BEGINNER_MISTAKES)
+def test_beginner_mistake_is_named_on_every_seed(mistake, solution, capsys):
+    cell, edits, key = BEGINNER_MISTAKES[mistake]
+    bug = edited_solution(DAY, solution, cell, edits)
+    assert_named(cell, bug, key, capsys)
+    for seed in (11, 12, 13):  # hidden checks draw fresh inputs
+        result = report(cell, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
+def exp_log_einsum_rope(x, positions, base=10000.0):
+    """theta = exp(-2i/D * log(base)) and an einsum outer product, all in x's dtype: equal to the
+    reference in exact arithmetic, a few ulps off in float64 (once rejected as float32 angles)."""
+    dim = x.shape[-1]
+    if dim % 2:
+        raise ValueError(f"D={dim} is odd")
+    pair = torch.arange(0, dim, 2, dtype=x.dtype)
+    theta = torch.exp(-pair / dim * math.log(base))
+    angle = torch.einsum("...l,d->...ld", positions.to(x.dtype), theta)
+    x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
+    return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()], -1)
+
+
+def float64_then_float32_table(length, dim):
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    angle = position * 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2).float()
+
+
+@pytest.mark.parametrize(
+    "name, impl",
+    [
+        ("apply_rope", exp_log_einsum_rope),
+        ("sinusoidal_positions", float64_then_float32_table),
+    ],
+    ids=["rope_exp_log_einsum", "sinusoid_float64_cast"],
+)
+def test_beginners_correct_alternatives_pass(name, impl):
+    for seed in (0, 1, 2, 1056, 1512190363):  # 1056 and 1512190363 once rejected the rope
+        assert report(name, impl, hidden=seed != 0, seed=seed).passed, seed

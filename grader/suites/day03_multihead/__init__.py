@@ -9,9 +9,16 @@ One module per group of exercises; this one puts their checks and hints together
 notebook's order.
 """
 
-from grader.suites.day03_multihead import heads, memory, multihead_attention, positions, relative
+from grader.suites.day03_multihead import (
+    crashes,
+    heads,
+    memory,
+    multihead_attention,
+    positions,
+    relative,
+)
 
 _GROUPS = [heads, multihead_attention, positions, relative, memory]  # the notebook's order
 
-HINTS = {key: words for group in _GROUPS for key, words in group.HINTS.items()}
+HINTS = {key: words for group in [crashes, *_GROUPS] for key, words in group.HINTS.items()}
 EXERCISES = {name: checks for group in _GROUPS for name, checks in group.EXERCISES.items()}

@@ -7,12 +7,11 @@ import torch
 import course.reference.multihead as library
 from grader.harness.checking import (
     expect_close,
-    expect_tensor,
     expect_value_error,
-    named,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import REFUSES_VALID, naming_crashes
 
 HINTS = {
     # split_heads / merge_heads
@@ -30,10 +29,50 @@ HINTS = {
         "x.reshape(B, L, H*dh) without first moving the heads axis back behind L",
         "transpose (B, H, L, dh) to (B, L, H, dh) first, then reshape to (B, L, H*dh).",
     ),
+    "transpose_before_reshape": (
+        "x transposed to (B, d_model, L) before the reshape: the reshape then cuts across tokens",
+        "reshape first, transpose after: x.view(B, L, H, dh).transpose(1, 2).",
+    ),
+    "split_wrong_dims_swapped": (
+        "a transpose of the wrong dims: (B, L, H, dh).transpose(1, 3) moves dh, not H, to dim 1",
+        "swap the length and heads axes of (B, L, H, dh): .transpose(1, 2).",
+    ),
+    "T_on_batched": (
+        "x.T (or .mT/.t()) on a 4-D tensor: .T reverses every dim, (B, L, H, dh) -> (dh, H, L, B)",
+        "swap only the dims you mean to, by number: .transpose(1, 2).",
+    ),
+    "float_head_size": (
+        "the head size computed with / (a float): view and reshape take integer sizes",
+        "use integer division: head_dim = d_model // num_heads.",
+    ),
     "no_clear_error": (
         "bad input accepted, or refused only by an obscure error from deep inside torch",
         "check the arguments first and raise ValueError with a message that names them, e.g. "
         "f'd_model={d_model} is not divisible by num_heads={num_heads}'.",
+    ),
+    "view_after_transpose": (
+        ".view on the transposed (non-contiguous) tensor: view cannot merge dims whose strides "
+        "do not line up",
+        "use .reshape(B, L, H * dh) (it copies when it must), or .contiguous().view(...).",
+    ),
+    "merge_heads_last": (
+        "the heads axis moved to the end, (B, L, dh, H): each token's features then interleave "
+        "the heads",
+        "move the heads axis just before dh: x.transpose(1, 2) gives (B, L, H, dh), then reshape.",
+    ),
+    "merge_wrong_dims_swapped": (
+        "a transpose of the wrong dims (L and dh, not H and L) before the reshape",
+        "x.transpose(1, 2): (B, H, L, dh) -> (B, L, H, dh), then reshape to (B, L, H*dh).",
+    ),
+    "merge_heads_along_tokens": (
+        "the heads concatenated along the token axis (B, H*L, dh) instead of the features",
+        "concatenate along the last dim (torch.cat(x.unbind(1), dim=-1)), or transpose(1, 2) "
+        "then reshape to (B, L, H*dh).",
+    ),
+    "shape_unpacked_wrong": (
+        "x.shape unpacked in the wrong order: merge_heads' input is (B, H, L, dh)",
+        "batch, heads, length, head_dim = x.shape, then transpose(1, 2).reshape(batch, length, "
+        "heads * head_dim).",
     ),
     # repeat_kv
     "repeat_tiled": (
@@ -41,7 +80,28 @@ HINTS = {
         "query head h uses KV head h // n_rep: repeat each head n_rep times in a row, "
         "e.g. x.repeat_interleave(n_rep, dim=1), not x.repeat(1, n_rep, 1, 1).",
     ),
+    "repeat_wrong_dim": (
+        "the repeat along the wrong axis (the length, dim 2, instead of the heads, dim 1)",
+        "repeat the heads axis: x.repeat_interleave(n_rep, dim=1).",
+    ),
+    "repeat_flattened": (
+        "repeat_interleave without dim=: it flattens x first and returns a 1-D tensor",
+        "pass the axis: x.repeat_interleave(n_rep, dim=1).",
+    ),
+    "repeat_features_interleaved": (
+        "the copies stacked on the last dim and then reshaped: each 'head' mixes features of "
+        "several copies",
+        "put the new axis right after the heads: x[:, :, None].expand(B, Hkv, n_rep, L, D)"
+        ".reshape(B, Hkv * n_rep, L, D), or x.repeat_interleave(n_rep, dim=1).",
+    ),
 }
+
+# The crashes that name a mistake of split_heads and merge_heads.
+SPLIT_CRASHES = (("float_head_size", "TypeError", "float"), REFUSES_VALID)
+MERGE_CRASHES = (
+    ("view_after_transpose", "RuntimeError", "view size is not compatible"),
+    ("float_head_size", "TypeError", "float"),
+)
 
 
 HEADS_FORBIDDEN = {
@@ -66,10 +126,23 @@ def split64(x, heads):
 def split_suspects(x, heads):
     batch, length, d_model = x.shape
     x = x.double()
+    by_head = x.view(batch, length, heads, d_model // heads)  # (B, L, H, dh)
     return [
         ("split_without_transpose", x.reshape(batch, heads, length, d_model // heads)),
         ("heads_interleaved", x.view(batch, length, d_model // heads, heads).permute(0, 3, 1, 2)),
+        (
+            "transpose_before_reshape",
+            x.transpose(1, 2).reshape(batch, heads, length, d_model // heads),
+        ),
+        ("split_wrong_dims_swapped", by_head.transpose(1, 3)),
+        ("T_on_batched", by_head.permute(3, 2, 1, 0)),
     ]
+
+
+def call_split(split_heads, x, heads):
+    """The student's split, with the crashes that give a mistake away named."""
+    with naming_crashes(*SPLIT_CRASHES):
+        return split_heads(x, heads)
 
 
 def split_matches_reference(split_heads, rng):
@@ -77,7 +150,7 @@ def split_matches_reference(split_heads, rng):
     batch, length, heads, head_dim = heads_shape(rng)
     x = randn((batch, length, heads * head_dim), rng)
     expect_close(
-        split_heads(x, heads),
+        call_split(split_heads, x, heads),
         split64(x, heads),
         x.dtype,
         what="split_heads(x, H)",
@@ -90,7 +163,7 @@ def split_square(split_heads, rng):
     size = draw(rng, 3, 5)
     x = randn((draw(rng, 1, 2), size, size * size), rng, dtype=torch.float64)
     expect_close(
-        split_heads(x, size),
+        call_split(split_heads, x, size),
         split64(x, size),
         torch.float64,
         what="split_heads(x, H)",
@@ -104,7 +177,7 @@ def split_one_head(split_heads, rng):
     x = randn((batch, length, d_model), rng)
     for heads in (1, d_model):
         expect_close(
-            split_heads(x, heads),
+            call_split(split_heads, x, heads),
             split64(x, heads),
             x.dtype,
             what=f"split_heads(x, {heads})",
@@ -128,45 +201,61 @@ def merge64(x):
     return x.double().transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
+def merge_suspects(x):
+    """What each named mistake of merge_heads gives on x (B, H, L, dh), in float64."""
+    batch, heads, length, head_dim = x.shape
+    x = x.double()
+    return [
+        ("merge_without_transpose", x.reshape(batch, length, -1)),
+        ("merge_heads_last", x.permute(0, 2, 3, 1).reshape(batch, length, -1)),
+        ("merge_wrong_dims_swapped", x.transpose(2, 3).reshape(batch, length, -1)),
+        ("merge_heads_along_tokens", torch.cat(x.unbind(1), dim=1)),
+        ("shape_unpacked_wrong", x.transpose(1, 2).reshape(batch, heads, length * head_dim)),
+    ]
+
+
+def expect_merged(merge_heads, x, what="merge_heads(x)"):
+    """The student's merge of x against the float64 one, naming the known mistakes."""
+    with naming_crashes(*MERGE_CRASHES):
+        out = merge_heads(x)
+    expect_close(out, merge64(x), x.dtype, what=what, suspects=merge_suspects(x))
+
+
 def merge_matches_reference(merge_heads, rng):
     """(B, H, L, dh) -> (B, L, H*dh), the inverse of split_heads"""
     batch, length, heads, head_dim = heads_shape(rng)
-    x = randn((batch, heads, length, head_dim), rng)
-    expect_close(
-        merge_heads(x),
-        merge64(x),
-        x.dtype,
-        what="merge_heads(x)",
-        suspects=[("merge_without_transpose", x.double().reshape(batch, length, -1))],
-    )
+    expect_merged(merge_heads, randn((batch, heads, length, head_dim), rng))
 
 
 def merge_square(merge_heads, rng):
     """L = H = dh, float64: the heads axis must move back behind L"""
     size = draw(rng, 3, 5)
-    x = randn((draw(rng, 1, 2), size, size, size), rng, dtype=torch.float64)
-    expect_close(
-        merge_heads(x),
-        merge64(x),
-        torch.float64,
-        what="merge_heads(x)",
-        suspects=[("merge_without_transpose", x.reshape(x.shape[0], size, -1))],
-    )
+    expect_merged(merge_heads, randn((draw(rng, 1, 2), size, size, size), rng, torch.float64))
 
 
 def merge_inverts_split(merge_heads, rng):
-    """merge_heads undoes the reference split exactly, for a non-contiguous input"""
+    """merge_heads undoes the reference split, for a non-contiguous input"""
     batch, length, heads, head_dim = heads_shape(rng)
     x = randn((batch, length, heads * head_dim), rng)
     split = x.view(batch, length, heads, head_dim).transpose(1, 2)  # a non-contiguous view
-    out = merge_heads(split)
-    expect_tensor(out, "merge_heads(split_heads(x))", x.shape, x.dtype)
-    if not torch.equal(out, x):
-        raise named("merge_without_transpose")
+    expect_merged(merge_heads, split, "merge_heads(split_heads(x))")
 
 
 def repeat64(x, n_rep):
     return x.double().repeat_interleave(n_rep, dim=1)
+
+
+def repeat_suspects(x, n_rep):
+    """What each named mistake of repeat_kv gives on x (B, Hkv, L, D), in float64."""
+    batch, kv_heads, length, head_dim = x.shape
+    x = x.double()
+    copies_last = torch.stack([x] * n_rep, dim=-1).reshape(batch, -1, length, head_dim)
+    return [
+        ("repeat_tiled", x.repeat(1, n_rep, 1, 1)),
+        ("repeat_wrong_dim", x.repeat_interleave(n_rep, dim=2)),
+        ("repeat_flattened", x.repeat_interleave(n_rep)),
+        ("repeat_features_interleaved", copies_last),
+    ]
 
 
 def repeat_matches_reference(repeat_kv, rng):
@@ -179,7 +268,7 @@ def repeat_matches_reference(repeat_kv, rng):
         repeat64(x, n_rep),
         x.dtype,
         what="repeat_kv(x, n_rep)",
-        suspects=[("repeat_tiled", x.double().repeat(1, n_rep, 1, 1))],
+        suspects=repeat_suspects(x, n_rep),
     )
 
 
@@ -187,7 +276,9 @@ def repeat_one_is_identity(repeat_kv, rng):
     """n_rep = 1 gives x back; one KV head (MQA) is shared by every query head; float64"""
     batch, length, kv_heads, head_dim = heads_shape(rng)
     x = randn((batch, kv_heads, length, head_dim), rng, dtype=torch.float64)
-    expect_close(repeat_kv(x, 1), x, torch.float64, what="repeat_kv(x, 1)")
+    expect_close(
+        repeat_kv(x, 1), x, torch.float64, what="repeat_kv(x, 1)", suspects=repeat_suspects(x, 1)
+    )
     one = x[:, :1]
     n_rep = draw(rng, 2, 6)
     expect_close(
@@ -195,6 +286,7 @@ def repeat_one_is_identity(repeat_kv, rng):
         repeat64(one, n_rep),
         torch.float64,
         what="repeat_kv(x, n_rep) with one KV head",
+        suspects=repeat_suspects(one, n_rep),
     )
 
 
@@ -208,7 +300,7 @@ def repeat_query_head_uses_h_div_n_rep(repeat_kv, rng):
         repeat64(x, n_rep),
         x.dtype,
         what="repeat_kv(x, n_rep)",
-        suspects=[("repeat_tiled", x.double().repeat(1, n_rep, 1, 1))],
+        suspects=repeat_suspects(x, n_rep),
     )
 
 

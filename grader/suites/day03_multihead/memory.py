@@ -17,6 +17,7 @@ from grader.harness.checking import (
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import named_crash
 from grader.suites.day03_multihead.positions import rope64
 from grader.suites.day03_multihead.relative import RELATIVE_FORBIDDEN
 
@@ -53,6 +54,26 @@ HINTS = {
         "attend to the memory and to the segment separately, each with its own softmax, and mix "
         "the two outputs with the gate.",
     ),
+    "gate_not_unsqueezed": (
+        "the gate (B, H, L) multiplied into outputs (B, H, L, D) without a last axis: it "
+        "broadcasts against the features, not the tokens",
+        "g = gate.unsqueeze(-1) (or gate[..., None]), (B, H, L, 1), then g * from_memory + "
+        "(1 - g) * local.",
+    ),
+    "memory_not_rotated": (
+        "the memory keys used without RoPE (only q and k rotated)",
+        "rotate mem_k too, at the memory's positions: apply_rope(mem_k, start + arange(M), base).",
+    ),
+    "memory_ignores_base": (
+        "the base argument not passed on to apply_rope (its default 10000 used)",
+        "apply_rope(t, positions, base) for q, k and mem_k alike.",
+    ),
+    "empty_memory": (
+        "an empty memory (M = 0, a stream's first segment) not handled",
+        "with M = 0 attention over the memory gives zeros (no key to attend to) and out = "
+        "(1 - g) * local; a max or a reduction over an empty axis fails, so skip it "
+        "(`if M == 0`) or use the course's attention, which handles it.",
+    ),
 }
 
 
@@ -81,6 +102,8 @@ def memory64(
     squash=True,
     causal=True,
     concatenate=False,
+    rotate_memory=True,
+    gate_axis=-1,
 ):
     """Gated memory attention in float64 with explicit absolute positions; the knobs give the
     mistakes. Returns (out, gate)."""
@@ -89,7 +112,7 @@ def memory64(
     memory_at = start + torch.arange(memory) if memory_at is None else memory_at
     segment_at = start + memory + torch.arange(length) if segment_at is None else segment_at
     q_rot, k_rot = rope64(q, segment_at, base), rope64(k, segment_at, base)
-    mem_rot = rope64(mem_k, memory_at, base)
+    mem_rot = rope64(mem_k, memory_at, base) if rotate_memory else mem_k
     local_mask = torch.ones(length, length, dtype=torch.bool).tril() if causal else None
     gate = torch.sigmoid(gate_logits.double()) if squash else gate_logits.double()
     if concatenate:
@@ -98,7 +121,7 @@ def memory64(
         return softmax_attention64(q_rot, keys, values, mask), gate
     from_memory = softmax_attention64(q_rot, mem_rot, mem_v)
     local = softmax_attention64(q_rot, k_rot, v, local_mask)
-    g = (1 - gate if invert else gate).unsqueeze(-1)
+    g = (1 - gate if invert else gate).unsqueeze(gate_axis)
     return g * from_memory + (1 - g) * local, gate
 
 
@@ -123,8 +146,25 @@ def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
         ("gate_not_squashed", memory64(*args, squash=False)),
         ("local_not_causal", memory64(*args, causal=False)),
         ("memory_concatenated", memory64(*args, concatenate=True)),
+        ("memory_not_rotated", memory64(*args, rotate_memory=False)),
     ]
+    if base != 10000.0:
+        suspects.append(("memory_ignores_base", memory64(*args[:-1], 10000.0)))
+    if length == q.shape[-1]:  # a gate without its last axis broadcasts against the features
+        suspects.append(("gate_not_unsqueezed", memory64(*args, gate_axis=-2)))
     return suspects
+
+
+def call_memory(memory_attention, inputs, **kwargs):
+    """The student's call; a broadcast that pairs the gate's L with out's D names the gate."""
+    length, dim = inputs[0].shape[-2:]
+    try:
+        return memory_attention(*inputs, **kwargs)
+    except Mistake as crash:
+        sizes = f"({length})" in crash.message and f"({dim})" in crash.message
+        if crash.key == "raised" and "must match the size" in crash.message and sizes:
+            raise named_crash(crash, "gate_not_unsqueezed") from None
+        raise
 
 
 def memory_inputs(rng, dtype=torch.float32, memory=None, length=None):
@@ -150,10 +190,15 @@ def unpack_memory(result, q, v, gate_logits):
     return out, gate
 
 
-def compare_memory(result, reference, suspects, dtype):
+def compare_memory(result, reference, suspects, dtype, nonfinite=None):
     out, gate = result
     expect_close(
-        out, reference[0], dtype, what="out", suspects=[(key, wrong[0]) for key, wrong in suspects]
+        out,
+        reference[0],
+        dtype,
+        what="out",
+        suspects=[(key, wrong[0]) for key, wrong in suspects],
+        nonfinite=nonfinite,
     )
     inside = bool(((gate > 0) & (gate < 1)).all())
     if not inside:
@@ -170,7 +215,7 @@ def compare_memory(result, reference, suspects, dtype):
 def memory_matches_positions_oracle(memory_attention, rng):
     """M > L: memory at 0..M-1, the segment at M..M+L-1 (RoPE), two softmaxes mixed by sigmoid gate"""
     inputs = memory_inputs(rng)
-    result = unpack_memory(memory_attention(*inputs), inputs[0], inputs[2], inputs[5])
+    result = unpack_memory(call_memory(memory_attention, inputs), inputs[0], inputs[2], inputs[5])
     compare_memory(result, memory64(*inputs), memory_suspects(*inputs), torch.float32)
 
 
@@ -180,13 +225,36 @@ def memory_start_and_short_memory(memory_attention, rng):
     inputs = memory_inputs(rng, torch.float64, memory=draw(rng, 1, length - 1), length=length)
     start = draw(rng, 5, 60)
     result = unpack_memory(
-        memory_attention(*inputs, start=start, base=500.0), inputs[0], inputs[2], inputs[5]
+        call_memory(memory_attention, inputs, start=start, base=500.0),
+        inputs[0],
+        inputs[2],
+        inputs[5],
     )
     compare_memory(
         result,
         memory64(*inputs, start, 500.0),
         memory_suspects(*inputs, start, 500.0),
         torch.float64,
+    )
+
+
+def memory_empty(memory_attention, rng):
+    """an empty memory (M = 0, a stream's first segment): out = (1 - g) * local attention"""
+    inputs = memory_inputs(rng, memory=0)
+    try:
+        result = call_memory(memory_attention, inputs)
+    except Mistake as crash:
+        if crash.key == "raised":  # not a crash of the gate's: one of the empty memory's
+            raise named_crash(crash, "empty_memory") from None
+        raise
+    result = unpack_memory(result, inputs[0], inputs[2], inputs[5])
+    # NaN: a softmax over no key at all (every score -inf), where attention gives zeros
+    compare_memory(
+        result,
+        memory64(*inputs),
+        memory_suspects(*inputs),
+        torch.float32,
+        nonfinite=named("empty_memory"),
     )
 
 
@@ -245,6 +313,7 @@ EXERCISES = {
         checks=[
             memory_matches_positions_oracle,
             memory_start_and_short_memory,
+            memory_empty,
             memory_is_detached,
             memory_refuses_bad_shapes,
         ],

@@ -21,6 +21,12 @@ from grader.harness.checking import (
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import (
+    REFUSES_VALID,
+    TENSOR_TRUTH,
+    named_crash,
+    naming_crashes,
+)
 from grader.suites.day03_multihead.heads import HEADS_FORBIDDEN
 
 HINTS = {
@@ -48,6 +54,16 @@ HINTS = {
         "the opposite)",
         "block the keys where mask is False: scores.masked_fill(~mask, -inf).",
     ),
+    "mask_not_broadcastable": (
+        "the mask reshaped (an unsqueeze, a view) so that it no longer broadcasts against the "
+        "scores (B, H, Lq, Lk)",
+        "pass the (Lq, Lk) mask as it is: it broadcasts over batch and heads by itself.",
+    ),
+    "no_super_init": (
+        "super().__init__() not called before the layers are assigned",
+        "start __init__ with super().__init__(): nn.Module must set itself up before it can hold "
+        "layers.",
+    ),
     "weights_not_per_head": (
         "weights with the wrong shape: they should be per head, (B, H, Lq, Lk)",
         "return the softmax weights before merging the heads, (B, num_heads, Lq, Lk).",
@@ -74,16 +90,31 @@ MHA_FORBIDDEN = {
 }
 
 
+# The crashes that name a mistake of MultiHeadAttention.__init__ and of forward.
+INIT_CRASHES = (
+    ("no_super_init", "AttributeError", "before Module.__init__() call"),
+    REFUSES_VALID,
+)
+FORWARD_CRASHES = (TENSOR_TRUTH,)
+
+
 def build(MultiHeadAttention, *args, **kwargs):
     """The student's module (constructed under the guard) and a guarded way to call it."""
-    module = MultiHeadAttention(*args, **kwargs)
+    with naming_crashes(*INIT_CRASHES):
+        module = MultiHeadAttention(*args, **kwargs)
     if not isinstance(module, nn.Module):
         raise Mistake(
             f"MultiHeadAttention(...) gave a {type(module).__name__}, not an nn.Module.",
             "subclass nn.Module and call super().__init__() first.",
             "not_a_module",
         )
-    return module, guarded(module, "MultiHeadAttention", MHA_FORBIDDEN)
+    forward = guarded(module, "MultiHeadAttention", MHA_FORBIDDEN)
+
+    def call(*args, **kwargs):
+        with naming_crashes(*FORWARD_CRASHES):
+            return forward(*args, **kwargs)
+
+    return module, call
 
 
 def projections(module, d_model, kv_dim, bias=True):
@@ -210,6 +241,8 @@ def dense64(
     split="contiguous",
     scale=None,
     kv_of_head=None,
+    out_proj=True,
+    fill=-torch.inf,
 ):
     """A float64 MHA written out, with the knobs the named mistakes turn: (out, weights)."""
     x = x.double()
@@ -238,15 +271,20 @@ def dense64(
     k, v = k[:, index], v[:, index]
     scores = q @ k.transpose(-2, -1) * (head_dim**-0.5 if scale is None else scale)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    attn = torch.softmax(scores, dim=-1)
+        scores = scores.masked_fill(~mask, fill)
+    # a row with every key blocked (an inverted mask's) gets zero weights, as the course's
+    # attention gives it; with fill = the dtype's minimum, uniform weights
+    attn = torch.softmax(scores, dim=-1).nan_to_num(0.0)
     out = attn @ v  # (B, H, Lq, dh)
     batch, _, length, _ = out.shape
     if split == "no_transpose":
         merged = out.reshape(batch, length, d_model)
     else:
         merged = out.transpose(1, 2).reshape(batch, length, d_model)
-    return project("out_proj", merged), attn
+    return (project("out_proj", merged) if out_proj else merged), attn
+
+
+MASK_MIN = torch.finfo(torch.float64).min  # a fill that gives uniform weights to a blocked row
 
 
 def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
@@ -264,6 +302,10 @@ def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
             "scaled_by_d_model",
             dense64(weights, heads, kv_heads, x, context, mask, scale=d_model**-0.5),
         ),
+        (
+            "missing_projection",
+            dense64(weights, heads, kv_heads, x, context, mask, out_proj=False),
+        ),
     ]
     if context is not None:
         suspects.append(("ignores_context", dense64(weights, heads, kv_heads, x, None, None)))
@@ -271,6 +313,10 @@ def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
         suspects += [
             ("ignores_mask", dense64(weights, heads, kv_heads, x, context, None)),
             ("inverted_mask", dense64(weights, heads, kv_heads, x, context, ~mask)),
+            (
+                "inverted_mask",
+                dense64(weights, heads, kv_heads, x, context, ~mask, fill=MASK_MIN),
+            ),
         ]
     if kv_heads not in (1, heads):
         suspects.append(
@@ -315,12 +361,24 @@ def unpack_mha(result, batch, heads, lq, lk, d_model, dtype, need_weights=True):
     return out, weights
 
 
-def compare_mha(result, reference, suspects, dtype):
+def fully_masked_rows() -> Mistake:
+    """What NaN in a masked attention means: a row with every key blocked, which the checks'
+    masks never have, so the mask was turned around."""
+    return named("inverted_mask")
+
+
+def compare_mha(result, reference, suspects, dtype, masked=False):
     """out, then the head-averaged weights, then the per-head weights against the references."""
     out, weights = result
     out_ref, per_head_ref, averaged_ref = reference
+    nonfinite = fully_masked_rows() if masked else None
     expect_close(
-        out, out_ref, dtype, what="out", suspects=[(key, wrong[0]) for key, wrong in suspects]
+        out,
+        out_ref,
+        dtype,
+        what="out",
+        suspects=[(key, wrong[0]) for key, wrong in suspects],
+        nonfinite=nonfinite,
     )
     if weights is not None:
         weight_suspects = [(key, wrong[1].mean(1)) for key, wrong in suspects]
@@ -330,6 +388,7 @@ def compare_mha(result, reference, suspects, dtype):
             dtype,
             what="weights averaged over heads",
             suspects=weight_suspects,
+            nonfinite=nonfinite,
         )
         expect_close(
             weights,
@@ -337,7 +396,26 @@ def compare_mha(result, reference, suspects, dtype):
             dtype,
             what="weights",
             suspects=[(key, wrong[1]) for key, wrong in suspects],
+            nonfinite=nonfinite,
         )
+
+
+def forward_masked(forward, x, context, mask, lk):
+    """forward(x, context, mask, need_weights=True); when it crashes, one more call without the
+    mask tells whether the mask is the trouble (reshaped so that it no longer broadcasts) or the
+    keys (computed from x, so an (Lq, Lk) mask cannot fit scores of (Lq, Lq))."""
+    try:
+        return forward(x, context=context, mask=mask, need_weights=True)
+    except Mistake as crash:
+        if crash.key != "raised":
+            raise
+        try:
+            _, weights = forward(x, context=context, need_weights=True)
+        except Mistake:
+            raise crash from None
+        if isinstance(weights, torch.Tensor) and weights.shape[-1] != lk:
+            raise named("ignores_context") from None
+        raise named_crash(crash, "mask_not_broadcastable") from None
 
 
 def mha_setup(MultiHeadAttention, rng, heads=None, kv_heads=None, bias=True, dtype=torch.float32):
@@ -394,12 +472,13 @@ def mha_cross_attention_with_mask(MultiHeadAttention, rng):
     """cross-attention (context with Lk ≠ Lq) and a boolean mask (True = may attend)"""
     module, forward, weights, d_model, heads, _ = mha_setup(MultiHeadAttention, rng)
     batch, lq = draw(rng, 1, 3), draw(rng, 2, 6)
+    lq += lq == heads  # a mask unsqueezed for the heads, (Lq, 1, Lk), must not broadcast
     lk = lq + draw(rng, 1, 4)
     x, context = randn((batch, lq, d_model), rng), randn((batch, lk, d_model), rng)
     mask = torch.rand((lq, lk), generator=rng) < 0.6
     mask[torch.arange(lq), torch.randint(0, lk, (lq,), generator=rng)] = True  # no empty row
     result = unpack_mha(
-        forward(x, context=context, mask=mask, need_weights=True),
+        forward_masked(forward, x, context, mask, lk),
         batch,
         heads,
         lq,
@@ -412,6 +491,7 @@ def mha_cross_attention_with_mask(MultiHeadAttention, rng):
         torch_reference(weights, d_model, heads, x, context, mask),
         mha_suspects(weights, heads, heads, x, context, mask),
         x.dtype,
+        masked=True,
     )
 
 
@@ -441,16 +521,24 @@ def mha_gqa_equals_repeated_mha(MultiHeadAttention, rng):
         MultiHeadAttention, rng, heads=heads, kv_heads=kv_heads
     )
     batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
+    length += length == heads  # a mask unsqueezed for the heads, (L, 1, L), must not broadcast
     x = randn((batch, length, d_model), rng)
     mask = torch.ones(length, length, dtype=torch.bool).tril()
     result = unpack_mha(
-        forward(x, mask=mask, need_weights=True), batch, heads, length, length, d_model, x.dtype
+        forward_masked(forward, x, None, mask, length),
+        batch,
+        heads,
+        length,
+        length,
+        d_model,
+        x.dtype,
     )
     compare_mha(
         result,
         torch_reference(weights, d_model, heads, x, mask=mask, n_rep=heads // kv_heads),
         mha_suspects(weights, heads, kv_heads, x, mask=mask),
         x.dtype,
+        masked=True,
     )
 
 

@@ -12,9 +12,11 @@ from grader.harness.checking import (
     expect_tensor,
     expect_value_error,
     hint,
+    named,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import named_crash
 
 HINTS = {
     # relative_position_bucket
@@ -49,6 +51,17 @@ HINTS = {
         "the log-spaced bucket rounded to the nearest integer instead of truncated",
         "T5 truncates: .long() (or .floor()) of the non-negative log-spaced offset, not .round().",
     ),
+    "bucket_future_not_zero": (
+        "future keys (relative_position > 0) given buckets by their distance; with "
+        "bidirectional=False they all share bucket 0",
+        "when not bidirectional: n = max(-relative_position, 0), e.g. "
+        "torch.clamp(-relative_position, min=0); no abs().",
+    ),
+    "bucket_integer_ratio": (
+        "the log taken of n // max_exact (integer division) instead of n / max_exact",
+        "divide in floating point: torch.log(n.float() / max_exact), then truncate the whole "
+        "log-spaced offset with .long() at the end.",
+    ),
     # shaw_relative_attention
     "shaw_not_clipped": (
         "relative distances not clipped to [-max_relative_position, max_relative_position]",
@@ -78,6 +91,19 @@ HINTS = {
         "the relative term q_i . a^K_ij not divided by sqrt(D) with q_i . k_j",
         "scores_ij = q_i . (k_j + a^K_ij) / sqrt(D): scale the whole sum.",
     ),
+    "mask_fill_zero": (
+        "blocked scores set to 0 instead of -inf: exp(0) = 1 still gives blocked keys weight",
+        "scores.masked_fill(~mask, float('-inf')) (or the dtype's minimum) before the softmax.",
+    ),
+    "softmax_wrong_dim": (
+        "the softmax over the queries (dim=-2) instead of over the keys",
+        "each query's weights sum to 1 over the keys: torch.softmax(scores, dim=-1).",
+    ),
+    "shaw_rel_k_for_values": (
+        "rel_k used in the output's relative term where rel_v belongs",
+        "out_i = sum_j w_ij (v_j + rel_v[index]): the keys' table goes into the scores, the "
+        "values' table into the output.",
+    ),
     # relative_bias_attention
     "bias_sign": (
         "the buckets computed from query - memory instead of memory - query",
@@ -102,6 +128,17 @@ HINTS = {
         "buckets = relative_position_bucket(relative, bidirectional=bidirectional, "
         "num_buckets=bias_table.shape[0], max_distance=max_distance).",
     ),
+    "bias_bucket_arguments": (
+        "relative_position_bucket called without num_buckets = the table's size (its default "
+        "32, or max_distance passed in num_buckets' place): buckets beyond the table",
+        "pass every argument by name: relative_position_bucket(relative, "
+        "bidirectional=bidirectional, num_buckets=bias_table.shape[0], "
+        "max_distance=max_distance).",
+    ),
+    "bias_scale_default": (
+        "scale=None taken as 1.0 (T5's own choice) instead of the default 1/sqrt(D)",
+        "if scale is None: scale = q.shape[-1] ** -0.5; T5 passes scale=1.0 itself.",
+    ),
 }
 
 
@@ -123,11 +160,16 @@ def t5_bucket(
     clamp=True,
     halve_first=True,
     rounding=math.floor,
+    exact_below=0,
+    future="zero",
+    integer_ratio=False,
 ):
     """One bucket, written out from the T5 paper / Mesh TensorFlow's _relative_position_bucket in
     plain Python; returns (bucket, ambiguous). The knobs give the named mistakes. `ambiguous` is
     True when the log-spaced offset lies within 1e-6 of an integer, where float32 arithmetic may
-    round either way."""
+    round either way. `exact_below` moves only the test n < max_exact (a log-spaced offset
+    below 0 is then truncated toward 0, as .long() does); `future="abs"` buckets the future by its
+    distance when not bidirectional."""
     n = -sign * relative_position  # > 0: the memory position is before the query
     bucket = 0
     max_exact = num_buckets // 2 if not halve_first else None
@@ -137,16 +179,15 @@ def t5_bucket(
             bucket += num_buckets  # the future gets the upper half
         n = abs(n)
     else:
-        n = max(n, 0)  # the future shares bucket 0
+        n = abs(n) if future == "abs" else max(n, 0)  # the future shares bucket 0
     if max_exact is None:
         max_exact = num_buckets // 2
     max_exact += exact_shift
-    if n < max_exact:
+    if n < max_exact + exact_below:
         return bucket + n, False
-    offset = (
-        math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    )
-    large = max_exact + int(rounding(offset))
+    ratio = max(n // max_exact, 1) if integer_ratio else n / max_exact
+    offset = math.log(ratio) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    large = max_exact + (int(offset) if offset < 0 else int(rounding(offset)))
     if clamp:
         large = min(large, num_buckets - 1)
     ambiguous = abs(offset - round(offset)) < 1e-6 and round(offset) > 0
@@ -165,10 +206,13 @@ def bucket_suspects(relative_position, bidirectional, num_buckets, max_distance)
     args = dict(num_buckets=num_buckets, max_distance=max_distance)
     suspects = [
         ("bucket_sign", dict(sign=-1, bidirectional=bidirectional)),
+        ("bucket_rounded", dict(rounding=round, bidirectional=bidirectional)),
+        ("bucket_boundary", dict(exact_below=-1, bidirectional=bidirectional)),
+        ("bucket_boundary", dict(exact_below=1, bidirectional=bidirectional)),
         ("bucket_boundary", dict(exact_shift=1, bidirectional=bidirectional)),
         ("bucket_boundary", dict(exact_shift=-1, bidirectional=bidirectional)),
         ("bucket_not_clamped", dict(clamp=False, bidirectional=bidirectional)),
-        ("bucket_rounded", dict(rounding=round, bidirectional=bidirectional)),
+        ("bucket_integer_ratio", dict(integer_ratio=True, bidirectional=bidirectional)),
     ]
     if bidirectional:
         suspects.append(("bucket_not_halved", dict(halve_first=False, bidirectional=True)))
@@ -176,6 +220,7 @@ def bucket_suspects(relative_position, bidirectional, num_buckets, max_distance)
         suspects += [
             ("bucket_always_bidirectional", dict(bidirectional=True)),
             ("bucket_always_bidirectional", dict(bidirectional=True, sign=-1)),
+            ("bucket_future_not_zero", dict(bidirectional=False, future="abs")),
         ]
     found = []
     for key, knobs in suspects:
@@ -200,17 +245,20 @@ def expect_buckets(out, relative_position, what, bidirectional, num_buckets, max
     wrong = (out != ref) & ~(ambiguous & (out == ref - 1))
     if not wrong.any():
         return
+    matches = []  # on a small input two mistakes may give the same buckets: name them all
     for key, suspect in bucket_suspects(
         relative_position, bidirectional, num_buckets, max_distance
     ):
-        if torch.equal(out, suspect):
-            description, fix = hint(key)
-            raise Mistake(
-                f"{what} is off at {int(wrong.sum())} of {wrong.numel()} entries: it "
-                f"matches {description}.",
-                fix,
-                key,
-            )
+        if torch.equal(out, suspect) and key not in matches:
+            matches.append(key)
+    if matches:
+        descriptions = ", or ".join(hint(key)[0] for key in matches)
+        raise Mistake(
+            f"{what} is off at {int(wrong.sum())} of {wrong.numel()} entries: it matches "
+            f"{descriptions}.",
+            " ".join(hint(key)[1] for key in matches),
+            matches[0],
+        )
     index = tuple(torch.nonzero(wrong)[0].tolist())
     raise Mistake(
         f"{what} is off at {int(wrong.sum())} of {wrong.numel()} entries; first at "
@@ -314,8 +362,12 @@ def shaw64(
     top_left=False,
     use_rel_v=True,
     scale_rel=True,
+    fill=-math.inf,
+    softmax_dim=-1,
+    values_table=None,
 ):
-    """Shaw et al.'s relative attention in float64, with a gather; the knobs give the mistakes."""
+    """Shaw et al.'s relative attention in float64, with a gather; the knobs give the mistakes.
+    Blocked scores get `fill`; the output's relative term reads `values_table` (rel_v)."""
     q, k, v, rel_k = q.double(), k.double(), v.double(), rel_k.double()
     lq, lk, dim = q.shape[-2], k.shape[-2], q.shape[-1]
     pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
@@ -329,11 +381,12 @@ def shaw64(
     if not scale_rel:
         scores = scores + relative * (1 - 1 / math.sqrt(dim))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
+        scores = scores.masked_fill(~mask, fill)
+    weights = torch.softmax(scores, dim=softmax_dim)
     out = weights @ v
+    values_table = rel_v if values_table is None else values_table
     if rel_v is not None and use_rel_v:
-        out = out + torch.einsum("...qk,qkd->...qd", weights, rel_v.double()[index])
+        out = out + torch.einsum("...qk,qkd->...qd", weights, values_table.double()[index])
     return out, weights
 
 
@@ -342,12 +395,21 @@ def shaw_suspects(q, k, v, rel_k, rel_v, p, mask=None):
         ("shaw_index_offset", dict(offset=False)),
         ("shaw_sign", dict(sign=-1)),
         ("shaw_rel_not_scaled", dict(scale_rel=False)),
+        ("softmax_wrong_dim", dict(softmax_dim=-2)),
     ]
     if q.shape[-2] != k.shape[-2]:
         suspects.append(("shaw_top_left", dict(top_left=True)))
     if rel_v is not None:
         suspects.append(("shaw_ignores_rel_v", dict(use_rel_v=False)))
-    return [(key, shaw64(q, k, v, rel_k, rel_v, p, mask, **knobs)) for key, knobs in suspects]
+        if rel_v.shape == rel_k.shape:
+            suspects.append(("shaw_rel_k_for_values", dict(values_table=rel_k)))
+    suspects = [(key, shaw64(q, k, v, rel_k, rel_v, p, mask, **knobs)) for key, knobs in suspects]
+    if mask is not None:
+        suspects += [
+            ("mask_fill_zero", shaw64(q, k, v, rel_k, rel_v, p, mask, fill=0.0)),
+            ("inverted_mask", shaw64(q, k, v, rel_k, rel_v, p, ~mask, fill=MASK_MIN)),
+        ]
+    return suspects
 
 
 def unpack_pair(result, what, out_shape, weights_shape, dtype):
@@ -380,17 +442,31 @@ def call_shaw(shaw_relative_attention, *args, **kwargs):
         raise
 
 
-def compare_pair(result, reference, suspects, dtype):
+# The float64 minimum, as course.reference.masks.attention fills blocked scores: a row with every
+# key blocked (an inverted mask's) gets uniform weights, where -inf gives NaN.
+MASK_MIN = torch.finfo(torch.float64).min
+
+
+def compare_pair(result, reference, suspects, dtype, masked=False):
+    """weights, then out, against the references; with a mask, NaN where the answer is finite
+    means a row with every key blocked, which the checks' masks never have: an inverted mask."""
     out, weights = result
+    nonfinite = named("inverted_mask") if masked else None
     expect_close(
         weights,
         reference[1],
         dtype,
         what="weights",
         suspects=[(key, wrong[1]) for key, wrong in suspects],
+        nonfinite=nonfinite,
     )
     expect_close(
-        out, reference[0], dtype, what="out", suspects=[(key, wrong[0]) for key, wrong in suspects]
+        out,
+        reference[0],
+        dtype,
+        what="out",
+        suspects=[(key, wrong[0]) for key, wrong in suspects],
+        nonfinite=nonfinite,
     )
 
 
@@ -444,6 +520,7 @@ def shaw_causal_mask(shaw_relative_attention, rng):
         shaw64(q, k, v, rel_k, rel_v, p, mask),
         shaw_suspects(q, k, v, rel_k, rel_v, p, mask),
         q.dtype,
+        masked=True,
     )
 
 
@@ -468,17 +545,42 @@ def shaw_refuses_bad_tables(shaw_relative_attention, rng):
 # ----------------------------------------------------------------------------- relative_bias_attention
 
 
-def bias64(bias_table, lq, lk, bidirectional, max_distance, sign=1, top_left=False):
-    """(H, lq, lk) float64: bias_table[bucket(memory - query), h], from the brute-force buckets."""
+def bias64(
+    bias_table,
+    lq,
+    lk,
+    bidirectional,
+    max_distance,
+    sign=1,
+    top_left=False,
+    lookup="permute",
+    num_buckets=None,
+    bucket_distance=None,
+):
+    """(H, lq, lk) float64: bias_table[bucket(memory - query), h], from the brute-force buckets.
+    The knobs give the mistakes: `lookup` how the (lq, lk, H) lookup becomes (H, lq, lk), and
+    the num_buckets and max_distance given to the buckets. None where the buckets fall outside
+    the table (the mistake crashes there)."""
     pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
     relative = sign * (torch.arange(lk) - pos_q)
-    buckets, _ = buckets64(
-        relative,
-        bidirectional=bidirectional,
-        num_buckets=bias_table.shape[0],
-        max_distance=max_distance,
-    )
-    return bias_table.double()[buckets].permute(2, 0, 1)
+    try:
+        buckets, _ = buckets64(
+            relative,
+            bidirectional=bidirectional,
+            num_buckets=bias_table.shape[0] if num_buckets is None else num_buckets,
+            max_distance=max_distance if bucket_distance is None else bucket_distance,
+        )
+    except (ValueError, ZeroDivisionError):  # parameters with no log-spaced bucket
+        return None
+    if int(buckets.max()) >= bias_table.shape[0]:
+        return None
+    table = bias_table.double()  # (num_buckets, H)
+    heads = table.shape[1]
+    if lookup == "reshape":  # (lq, lk, H) read as (H, lq, lk)
+        return table[buckets].reshape(heads, lq, lk)
+    if lookup == "table_reshaped":  # the table read as (H, num_buckets)
+        return table.reshape(heads, -1)[:, buckets]
+    return table[buckets].permute(2, 0, 1)
 
 
 def relative_bias64(
@@ -492,6 +594,7 @@ def relative_bias64(
     scale=None,
     bias=None,
     scale_bias=False,
+    fill=-math.inf,
     **bias_knobs,
 ):
     q, k, v = q.double(), k.double(), v.double()
@@ -504,7 +607,7 @@ def relative_bias64(
     )
     scores = q @ k.transpose(-2, -1) * scale + bias * (scale if scale_bias else 1.0)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores.masked_fill(~mask, fill)
     weights = torch.softmax(scores, dim=-1)
     return weights @ v, weights
 
@@ -518,7 +621,16 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
         ("bias_scaled", relative_bias64(*args, scale_bias=True)),
         ("bias_wrong_heads", relative_bias64(*args, bias=right.flip(0))),
         ("bias_wrong_heads", relative_bias64(*args, bias=right.roll(1, 0))),
+        ("bias_wrong_heads", relative_bias64(*args, lookup="reshape")),
+        ("bias_wrong_heads", relative_bias64(*args, lookup="table_reshaped")),
     ]
+    for knobs in (dict(num_buckets=32), dict(num_buckets=max_distance, bucket_distance=128)):
+        if bias64(bias_table, lq, lk, bidirectional, max_distance, **knobs) is not None:
+            suspects.append(("bias_bucket_arguments", relative_bias64(*args, **knobs)))
+    if scale is None:
+        suspects.append(("bias_scale_default", relative_bias64(*args[:-1], scale=1.0)))
+    if mask is not None:
+        suspects.append(("inverted_mask", relative_bias64(*args[:6], ~mask, scale, fill=MASK_MIN)))
     if lq != lk:
         suspects.append(("bias_top_left", relative_bias64(*args, top_left=True)))
     if not bidirectional:
@@ -533,13 +645,24 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
     return suspects
 
 
+def call_relative_bias(relative_bias_attention, *args, **kwargs):
+    """The student's call; a bucket out of the table's range, or the student's own bucket
+    function refusing the parameters, means the bucket arguments were not passed on."""
+    try:
+        return relative_bias_attention(*args, **kwargs)
+    except Mistake as crash:
+        if crash.key == "raised" and ("out of" in crash.message or "ValueError" in crash.message):
+            raise named_crash(crash, "bias_bucket_arguments") from None
+        raise
+
+
 def rb_bidirectional_self(relative_bias_attention, rng):
     """bidirectional, lq = lk, default scale 1/sqrt(D): softmax(q k^T / sqrt(D) + bias_h) v"""
     batch, heads, dim = draw(rng, 1, 2), draw(rng, 2, 4), draw(rng, 2, 8)
     length, num_buckets, max_distance = draw(rng, 6, 14), 4 * draw(rng, 2, 4), draw(rng, 8, 12)
     q, k, v = (randn((batch, heads, length, dim), rng) for _ in range(3))
     table = randn((num_buckets, heads), rng, scale=2.0)
-    result = relative_bias_attention(q, k, v, table, max_distance=max_distance)
+    result = call_relative_bias(relative_bias_attention, q, k, v, table, max_distance=max_distance)
     result = unpack_pair(
         result, "relative_bias_attention", q.shape, (batch, heads, length, length), q.dtype
     )
@@ -564,8 +687,16 @@ def rb_causal_t5(relative_bias_attention, rng):
     )
     table = randn((num_buckets, heads), rng, torch.float64, scale=2.0)
     mask = torch.arange(lk) <= torch.arange(lq).unsqueeze(-1) + (lk - lq)
-    result = relative_bias_attention(
-        q, k, v, table, bidirectional=False, max_distance=max_distance, mask=mask, scale=1.0
+    result = call_relative_bias(
+        relative_bias_attention,
+        q,
+        k,
+        v,
+        table,
+        bidirectional=False,
+        max_distance=max_distance,
+        mask=mask,
+        scale=1.0,
     )
     result = unpack_pair(
         result,
@@ -579,6 +710,7 @@ def rb_causal_t5(relative_bias_attention, rng):
         relative_bias64(q, k, v, table, False, max_distance, mask, 1.0),
         relative_bias_suspects(q, k, v, table, False, max_distance, mask, 1.0),
         torch.float64,
+        masked=True,
     )
 
 

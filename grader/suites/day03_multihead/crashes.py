@@ -1,0 +1,60 @@
+"""Naming the mistakes that crash: a student's function that raises gives the Mistake "raised"
+(the error's text, passed through); some errors are the signature of one mistake, and the checks
+name it instead.
+
+The error is read from the Mistake's message ("your function raised TypeError: ..."), which reads
+the same whether the function ran here or in the student's kernel (grader/autograde/remote.py,
+where only the message and ValueError-or-not come back).
+"""
+
+import contextlib
+
+from grader.harness.checking import Mistake, hint
+
+
+def crashed_with(mistake: Mistake, error: str, *fragments: str) -> bool:
+    """The student's function raised `error` (a type name) with every fragment in its text."""
+    return (
+        mistake.key == "raised"
+        and mistake.message.startswith(f"your function raised {error}:")
+        and all(fragment in mistake.message for fragment in fragments)
+    )
+
+
+def named_crash(mistake: Mistake, key: str) -> Mistake:
+    """The crash `mistake`, reported as the mistake `key` of HINTS: the error's text stays, so the
+    student sees both what torch said and what it means."""
+    description, fix = hint(key)
+    return Mistake(f"{mistake.message}\n      It looks like {description}.", fix, key)
+
+
+@contextlib.contextmanager
+def naming_crashes(*rules):
+    """Inside, a crash that matches a rule (key, error type name, text fragments...) is reported
+    as that rule's mistake; the first matching rule wins."""
+    try:
+        yield
+    except Mistake as mistake:
+        for key, error, *fragments in rules:
+            if crashed_with(mistake, error, *fragments):
+                raise named_crash(mistake, key) from None
+        raise
+
+
+# A ValueError for arguments that are valid: the guard's condition inverted or too strict.
+REFUSES_VALID = ("refuses_valid_input", "ValueError")
+# `if not tensor:` or `if mask:` where `is None` was meant.
+TENSOR_TRUTH = ("tensor_truth_value", "RuntimeError", "Boolean value of Tensor")
+
+HINTS = {
+    "refuses_valid_input": (
+        "a ValueError raised for valid arguments: the guard's condition is inverted or too strict",
+        "raise only for the bad case, e.g. `if d_model % num_heads != 0: raise ValueError(...)`; "
+        "test your function on a valid input first.",
+    ),
+    "tensor_truth_value": (
+        "a tensor used as a condition (`if not context:`, `if mask:`), where `is None` was meant",
+        "test optional arguments with `if context is None:`: the truth value of a tensor with "
+        "several entries is undefined.",
+    ),
+}
