@@ -35,6 +35,7 @@ from traitlets.config import Config
 from traitlets.config.loader import PyFileConfigLoader
 
 from grader.autograde.pipeline import GradingError
+from grader.autograde.plain_copy import copy_plain
 
 LOCK_NAME = ".grader.lock"
 
@@ -289,7 +290,8 @@ def record(root: Path, assignment: str, result: dict, url: str, cid: str) -> dic
     if target.exists():
         _rmtree(target)
     if result.get("autograded") and Path(result["autograded"]).is_dir():
-        shutil.copytree(result["autograded"], target)
+        left_out = copy_plain(Path(result["autograded"]), target)
+        result["notes"] = result.get("notes", []) + [f"not kept: {line}" for line in left_out]
     # the grader's source and this run's seeds are in the record, never the hidden tests' source
     result.pop("autograded", None)
     path = record_path(root, assignment, student)

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from grader.autograde import gradebook, pipeline, verdicts
 from grader.autograde.gradebook import load_config, record
+from grader.autograde.plain_copy import copy_plain
 
 DEFAULT_MEMORY = 4 << 30  # bytes of data for a kernel (RLIMIT_DATA): torch + a day's work fit
 GRACE = 60  # seconds past the wall-clock limit before a worker is killed from outside
@@ -294,7 +295,8 @@ def grade_one(
     database = scratch / f"{student}.gradebook.db"
     shutil.copyfile(template / "gradebook.db", database)
     submitted = root / "submitted" / student / assignment
-    shutil.copytree(submitted, course / "submitted" / student / assignment)
+    for line in copy_plain(submitted, course / "submitted" / student / assignment):
+        result["notes"].append(f"not graded: {line}")
     for name, (source, release) in sources.items():
         path = course / "submitted" / student / assignment / f"{name}.ipynb"
         if not path.exists():
@@ -570,9 +572,10 @@ def _grade_class(root, assignment, workers, force, limits, only, url, cid, progr
             import nbgrader.converters  # noqa: F401  imported once, before the fork
 
             import grader.autograde.execute  # noqa: F401
-            from grader.suites import exercises
+            from grader.suites import assignments, exercises
 
-            exercises(assignment)  # the suite, which checks each cell here, in every worker
+            if assignment in assignments():  # its suite, which checks each cell in the workers
+                exercises(assignment)
 
             results = _run_pool(
                 root,

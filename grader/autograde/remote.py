@@ -29,7 +29,7 @@ import torch
 
 from grader.autograde.kernel_rpc import ITERATE as _ITERATE
 from grader.autograde.kernel_rpc import Handle, Leaf
-from grader.harness.checking import Mistake, NotImplementedYet
+from grader.harness.checking import Mistake, NotImplementedYet, note_inputs
 from grader.harness.measuring import collecting
 
 # The dtypes a reply may name (no object dtypes, nothing torch would have to import).
@@ -121,6 +121,7 @@ class RemoteKernel:
         return self._value(self.request("lookup", Handle(name)))[0]
 
     def call(self, handle, args, kwargs):
+        note_inputs(*args, *kwargs.values())  # the tolerances follow them (harness.checking)
         inputs = []  # the grader's tensors that require grad, in the order the kernel sees them
         packed = _pack((args, kwargs), inputs)
         reply = self.request("call", handle, *packed, self._probes())

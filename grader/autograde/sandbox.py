@@ -12,9 +12,12 @@ What a sandboxed kernel sees and can do:
   /dev, the GPUs' device files) and of the Python environment (the virtual environment, the
   interpreter it was made from, and the `course` and `grader` packages);
 - one writable folder, its working folder (the submission's autograded/STUDENT/ASSIGNMENT/, where
-  nbgrader put the submission's files), and a private /tmp that is also its $HOME;
+  nbgrader put the submission's files), and a private /tmp that is also its $HOME: a tmpfs of
+  `tmp_size` bytes, as is /dev/shm (of SHM_SIZE), so neither can fill the grader's disk or memory;
 - nothing else of the course: not solutions/, the gradebook, other submissions, nbgrader_config.py,
-  the grader's records, nor the instructor's home.
+  the grader's records, nor the instructor's home;
+- none of the grader's environment variables but those a kernel needs (`kernel_environment`): a
+  database URL with its password or an API token in the grader's environment stays there.
 
 Resource limits are set by a small launcher inside the sandbox, just before it becomes the kernel
 (`limits_command`): setrlimit works unprivileged, and RLIMIT_NPROC must be set inside the
@@ -55,6 +58,38 @@ ETC = [
 ]
 PACKAGES = ["course", "grader"]  # what a notebook imports from the course folder
 NOBODY = 65534  # the kernel's user and group inside the sandbox: it is not root there
+TMP_SIZE = 512 << 20  # bytes of the private /tmp (and $HOME): caches of matplotlib, Triton, torch
+SHM_SIZE = 64 << 20  # bytes of /dev/shm (left alone, --dev's is half the machine's memory)
+
+# The grader's environment variables a kernel gets, by name or by prefix (`kernel_environment`):
+# where to find programs and the interpreter's settings, the locale, the threads and devices to
+# use, and Triton's interpreter switch (course/device.py). Nothing else: a grader's environment
+# may hold secrets (a database URL with its password, an API token, cloud credentials).
+KERNEL_VARIABLES = {
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONIOENCODING",
+    "PYTHONUTF8",
+    "PYTHONWARNINGS",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "VIRTUAL_ENV",
+    "MPLBACKEND",
+    "TRITON_INTERPRET",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "CUBLAS_WORKSPACE_CONFIG",
+}
+KERNEL_PREFIXES = ("LC_", "JPY_")  # the locale's categories; Jupyter's own kernel settings
 
 # Set inside the sandbox: the resource limits, then the kernel. SIGINT back to its default (the
 # sandbox is started with it ignored, see `Sandbox.command`), so Python raises KeyboardInterrupt.
@@ -108,6 +143,20 @@ def python_environment() -> list:
     return sorted({os.path.realpath(f) for f in folders})
 
 
+def kernel_environment(environ=None) -> dict:
+    """The environment of a sandboxed kernel: the variables of `environ` (default: this
+    process's) that KERNEL_VARIABLES and KERNEL_PREFIXES allow, and its own home, temporary folder
+    and parent (ipykernel exits when its parent seems gone; in the sandbox its parent is bwrap's
+    reaper, PID 1)."""
+    environ = os.environ if environ is None else environ
+    allowed = {
+        name: value
+        for name, value in environ.items()
+        if name in KERNEL_VARIABLES or name.startswith(KERNEL_PREFIXES)
+    }
+    return {**allowed, "HOME": "/tmp", "TMPDIR": "/tmp", "JPY_PARENT_PID": "1"}
+
+
 def system_arguments() -> list:
     """bwrap's arguments for the read-only system: its folders, /etc's files, /sys, a fresh
     /proc and /dev, and the GPUs' device files (NVIDIA's; ROCm's /dev/kfd and /dev/dri)."""
@@ -120,25 +169,26 @@ def system_arguments() -> list:
     for name in ETC:
         arguments += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     arguments += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
+    arguments += ["--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]
     for device in sorted(glob.glob("/dev/nvidia*") + ["/dev/kfd", "/dev/dri"]):
         arguments += ["--dev-bind-try", device, device]
     return arguments
 
 
 class Sandbox:
-    """One kernel's sandbox: its private folder (the sockets it talks over, its /tmp) and the
-    bwrap command that starts the kernel in it, with `workdir` its one writable folder.
+    """One kernel's sandbox: its private folder (the sockets it talks over) and the bwrap
+    command that starts the kernel in it, with `workdir` its one writable folder on disk and a
+    private /tmp of `tmp_size` bytes in memory.
 
     A context manager: its private folder is removed on exit."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, tmp_size: int = TMP_SIZE):
         self.workdir = os.path.realpath(workdir)
+        self.tmp_size = tmp_size
         # short: a unix socket's path must fit in 107 bytes
         self.folder = tempfile.mkdtemp(prefix="sandbox-")
         self.sockets = os.path.join(self.folder, "sockets")
-        self.tmp = os.path.join(self.folder, "tmp")
         os.mkdir(self.sockets)
-        os.mkdir(self.tmp)
 
     @property
     def connection_file(self) -> str:
@@ -150,22 +200,29 @@ class Sandbox:
 
         SIGINT is ignored by bwrap (`trap ''` survives the exec): jupyter_client interrupts a
         kernel by sending SIGINT to its process group, bwrap included, and bwrap would die of it
-        and take the kernel along. The launcher inside sets it back to its default."""
+        and take the kernel along. The launcher inside sets it back to its default.
+
+        The kernel's environment is spelled out: --clearenv, then `kernel_environment`'s
+        variables. bwrap itself starts with an empty one (`env -i`): it stays in the sandbox as
+        its PID 1, and a kernel can read /proc/1/environ: the environment bwrap was started with,
+        whatever it passes on to the kernel."""
+        environment = kernel_environment()
         arguments = [
             *("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"),
             *("--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"),
             *system_arguments(),
             # the private /tmp first: the folders below may lie under the grader's own /tmp
-            *("--bind", self.tmp, "/tmp"),
+            *("--size", str(self.tmp_size), "--tmpfs", "/tmp"),
             *[a for folder in python_environment() for a in ("--ro-bind", folder, folder)],
             *("--bind", self.sockets, self.sockets),
             *("--bind", self.workdir, self.workdir),
             *("--chdir", self.workdir),
-            *("--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp"),
-            # ipykernel exits when its parent seems gone; here its parent is bwrap's reaper, PID 1
-            *("--setenv", "JPY_PARENT_PID", "1"),
+            "--clearenv",
+            *[a for name, value in environment.items() for a in ("--setenv", name, value)],
         ]
-        return ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", "bwrap", *arguments, "--", *command]
+        bwrap = shutil.which("bwrap") or "bwrap"  # found before `env -i` empties PATH
+        trap = "trap '' INT; exec \"$@\""
+        return ["sh", "-c", trap, "sh", "env", "-i", bwrap, *arguments, "--", *command]
 
     def close(self):
         for parent, folders, _ in os.walk(self.folder):  # a kernel may have chmod'ed them 000

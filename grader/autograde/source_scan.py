@@ -41,6 +41,36 @@ def shortcuts(sources: list, exercise: str, forbidden: dict) -> list:
             advice = _forbidden_name(dotted, names) or _course_function(dotted, course)
             if advice is not None and (written, advice) not in found:
                 found.append((written, advice))
+        found += [(written, RUN_TIME_NAME) for written in _names_built_at_run_time(node, imports)]
+    return found
+
+
+# An exercise has no reason to look up torch's functions by a name it computes: only a
+# shortcut hidden from this reading does (a thread then hides it from the guard as well).
+RUN_TIME_NAME = (
+    "call torch's functions by their names, written out: here, write the exercise yourself."
+)
+
+
+def _names_built_at_run_time(node, imports: dict) -> list:
+    """`getattr(torch..., NAME)` calls whose NAME is not a literal string, as written."""
+    found = []
+    for call in ast.walk(node):
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name)
+            and call.func.id == "getattr"
+            and len(call.args) >= 2
+            and not isinstance(call.args[1], ast.Constant)
+        ):
+            base = call.args[0]
+            dotted = (
+                _dotted(base, imports)
+                if isinstance(base, ast.Attribute)
+                else imports.get(getattr(base, "id", ""), "")
+            )
+            if dotted == "torch" or dotted.startswith("torch."):
+                found.append(ast.unparse(call))
     return found
 
 

@@ -401,3 +401,21 @@ def test_every_solution_passes_every_check_run_from_outside_its_kernel(assignmen
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def test_a_torch_function_named_at_run_time_is_a_shortcut():
+    sources = [
+        "import torch",
+        "def stable_softmax(x, dim=-1):\n"
+        "    shortcut = getattr(torch, 'soft' + 'max')\n"
+        "    return shortcut(x, dim)",
+    ]
+    found = source_scan.shortcuts(
+        sources, "stable_softmax", exercise(DAY, "stable_softmax").forbidden
+    )
+    assert found and "getattr(torch, 'soft' + 'max')" in found[0][0]
+    literal = [
+        "import torch",
+        "def stable_softmax(x, dim=-1):\n    return getattr(torch, 'exp')(x)",
+    ]
+    assert source_scan.shortcuts(literal, "stable_softmax", {}) == []

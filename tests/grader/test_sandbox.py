@@ -202,6 +202,106 @@ def test_a_fork_bomb_hits_the_tasks_limit(tmp_path):
     assert errors(cells["bomb"]) == [], record
 
 
+# Secrets of the kind a grader's environment holds; each is set in the grader's environment
+# and must not reach a kernel, not even through /proc/1/environ (bwrap's own, PID 1 there).
+SECRETS = {
+    "GRADER_DB_URL": "postgresql://grader:hunter2-{token}@db.example/class",
+    "GITHUB_TOKEN": "ghp_{token}",
+    "AWS_SECRET_ACCESS_KEY": "aws-{token}",
+    "PYTHON_KEYRING_PASSWORD": "keyring-{token}",  # a PYTHON* name is not allowed by its prefix
+}
+
+
+def test_the_kernel_environment_keeps_only_what_a_kernel_needs():
+    grader_environment = {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_NUMERIC": "C",
+        "TRITON_INTERPRET": "1",
+        "OMP_NUM_THREADS": "2",
+        "PYTHONPATH": "/course",
+        "JPY_SESSION_NAME": "day01",
+        "HOME": "/home/instructor",
+        "TMPDIR": "/var/tmp/grader",
+        **{name: value.format(token="x") for name, value in SECRETS.items()},
+    }
+    kept = sandbox.kernel_environment(grader_environment)
+    assert kept == {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_NUMERIC": "C",
+        "TRITON_INTERPRET": "1",
+        "OMP_NUM_THREADS": "2",
+        "PYTHONPATH": "/course",
+        "JPY_SESSION_NAME": "day01",
+        "HOME": "/tmp",  # the sandbox's own, not the instructor's
+        "TMPDIR": "/tmp",
+        "JPY_PARENT_PID": "1",
+    }
+
+
+@needs_bwrap
+def test_no_secret_of_the_graders_environment_reaches_a_kernel(tmp_path, monkeypatch):
+    token = uuid.uuid4().hex
+    secrets = {name: value.format(token=token) for name, value in SECRETS.items()}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("LC_MESSAGES", "C.UTF-8")
+    leaks = (
+        f"leaks = [name for name in os.environ if name in {sorted(secrets)!r}]\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):  # PID 1 is bwrap\n"
+        "    try:\n"
+        "        environ = open(f'/proc/{pid}/environ', 'rb').read()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        f"    if {token!r}.encode() in environ:\n"
+        "        leaks.append(f'/proc/{pid}/environ')\n"
+        "assert leaks == [], leaks"
+    )
+    needed = (
+        "assert os.environ['HOME'] == os.environ['TMPDIR'] == '/tmp'\n"
+        "assert os.environ['TRITON_INTERPRET'] == '1'\n"
+        "assert os.environ['LC_MESSAGES'] == 'C.UTF-8'\n"
+        f"assert os.environ['PATH'] == {os.environ['PATH']!r}"
+    )
+    cells, record = execute(
+        tmp_path, [nbgrader_cell(leaks, "no_secrets", 1), nbgrader_cell(needed, "needed", 1)]
+    )
+    assert record["stopped"] is None, record
+    assert errors(cells["no_secrets"]) == []
+    assert errors(cells["needed"]) == []
+
+
+def in_sandbox(tmp_path, code: str, **options) -> subprocess.CompletedProcess:
+    """`python -c code`, run in a sandbox (Sandbox's `options`) whose working folder is tmp_path."""
+    with sandbox.Sandbox(tmp_path, **options) as box:
+        command = box.command([sys.executable, "-c", code])
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@needs_bwrap
+def test_tmp_and_shared_memory_are_small_and_private(tmp_path):
+    # 4 MiB of /tmp: 8 MiB does not fit; /dev/shm holds SHM_SIZE bytes, not half the memory
+    fill = (
+        "import errno, os\n"
+        "def fill(path, size):\n"
+        "    try:\n"
+        "        with open(path, 'wb') as f:\n"
+        "            f.write(bytes(size))\n"
+        "    except OSError as error:\n"
+        "        os.remove(path)  # what did fit: the next file gets the room back\n"
+        "        return errno.errorcode[error.errno]\n"
+        "    return 'written'\n"
+        "print(fill('/tmp/big', 8 << 20), fill('/tmp/small', 1 << 20), "
+        f"fill('/dev/shm/big', {2 * sandbox.SHM_SIZE}))"
+    )
+    done = in_sandbox(tmp_path, fill, tmp_size=4 << 20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ENOSPC", "written", "ENOSPC"]
+    assert os.listdir(tmp_path) == []  # neither was the working folder
+
+
 def test_without_bwrap_the_grader_warns_once_or_refuses(monkeypatch, capsys):
     monkeypatch.setattr(sandbox, "unavailable", lambda: "bwrap is not installed")
     assert not parallel.Limits().sandboxed
