@@ -124,7 +124,7 @@ trace(attention_function("dense"), q, k, v)
 #
 # **Sliding window and chunked** (`course.reference.sparse`'s blocked attention). Queries are cut into $n_b = \lceil L/b \rceil$ blocks of $b$ (for a window $w$: left $= w-1$, right $= 0$ if causal, else $\lfloor w/2 \rfloor$ each; $b = \max(16, \min(L, \text{left}+\text{right}+1))$; for chunks: $b$ = chunk size, left = right = overlap). Block $c$ meets $\text{span} = b + \text{left} + \text{right}$ keys. It allocates padded copies of $q$ ($n_b b$ rows), of $k$ **and** $v$ ($L + \text{left} + \text{right} + \text{tail}$ rows each, tail $= n_b b - L$), the output ($n_b b$ rows), the band pattern ($b \times \text{span}$ offsets in int64 plus bool tests: $\approx 11$ bytes per entry, and likewise for $n_b \times \text{span}$ key positions, $9\,n_b b$ for query positions), then works on $g = \min(n_b, \max(1, \lfloor 2^{18} / (N b\,\text{span}) \rfloor))$ blocks at a time. A group holds $S = N g b\,\text{span}$ scores and their softmax, plus a copy of the key (value) tiles $T = N g\,\text{span}\,d$ when $N > 1$ (matmul cannot fold $(N, g)$ into one batch dimension of the strided view), plus the group's output $O = Ngbd$; the next group computes its scores while the previous scores are alive:
 # $$M_\text{blocked} = s\big(N n_b b d + 2N(L + \text{left} + \text{right} + \text{tail})d + N n_b b d\big) + 11\,b\,\text{span} + 11\,n_b\,\text{span} + 9\,n_b b + s \max\big(2S + \max(T + O,\, 2S/s),\ S + 2S' + T'\big)$$
-# with $S', T'$ those of the next group (the last, smaller one when there are only two groups). The point: $S \le \max(2^{18}, Nb\,\text{span})$, so memory grows like $L\cdot d + L \cdot w$, **not** $L^2$.
+# with $S', T'$ those of the next group: with one group there is no next one (drop the second term); with two, the next is the last, smaller group of $n_b - g$ blocks; with three or more, a full group ($S' = S$, $T' = T$). The point: $S \le \max(2^{18}, Nb\,\text{span})$, so memory grows like $L\cdot d + L \cdot w$, **not** $L^2$.
 #
 # **Flash / tiled** (`course.reference.online_softmax.tiled_attention`, blocks $b_q, b_k$): the output and the logsumexp ($NLd + NL$), one query tile with its running max, denominator and numerator ($N b_q (2d + 8)$ counting a few $(N, b_q)$ vectors), and four $(b_q, b_k)$ tiles at once (the new scores, $s - m$, $p$, and the previous $p$; three when one query block covers $L$):
 # $$M_\text{flash} = s\big(NLd + NL + Nb_q(2d + 8) + 4Nb_qb_k\big).$$
@@ -137,13 +137,17 @@ trace(attention_function("dense"), q, k, v)
 #
 # **Scan** (`course.reference.mamba_scan.selective_scan` with $N' = BHd$ channels and state size $n$): $\bar A$ and $\bar B u$ are $(N', L, n)$; the parallel scan clones both and adds one temporary: five at once, plus three $(N', L)$ inputs:
 # $$M_\text{scan} = s\,(5N'Ln + 3N'L).$$
+#
+# **Where the formulas hold.** They count full tiles: $L$ a multiple of the block sizes and chunks no longer than $L$ (the sizes the checks use). A partial last block or a chunk longer than $L$ allocates less than the formula says (flash at $L = 100$ with $b_q = 64$ measures about 20% below it), so compare with `peak_memory` at such sizes.
 
 # %% [markdown]
 # ### Exercise 1: `estimate_attention_memory`
 #
 # Turn the formulas into code. Check your arguments first: an unknown kind, a missing keyword (`window` for `"sliding"`; `chunk_size` and `overlap` for `"chunked"`; `stride` and `local_window` for `"strided"`) or a size below 1 raises `ValueError`.
 #
-# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; an $(L, L)$ matrix for the banded sliding window; the padded K and V counted once; chunks without their overlap; a bad argument accepted silently.
+# Return an `int`: bytes are whole, so divide with `//` (or round up with `-(-a // b)`).
+#
+# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; the padded K and V counted once; chunks without their overlap; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; a bad argument accepted silently.
 
 # %% nbgrader={"grade": false, "grade_id": "estimate_attention_memory", "locked": false, "schema_version": 3, "solution": true, "task": false}
 GROUP_SCORES = 1 << 18  # course.reference.sparse works on groups of query blocks of about this many scores
@@ -271,7 +275,7 @@ for kind, kw in KIND_KW.items():
 #
 # ### Exercise 2: `benchmark_attention`
 #
-# The checks drive your function with fake mechanisms whose behaviour is known: they recognise rows without the table's fields or with rows missing, a failure raised instead of recorded, the wrong status for a failure, a timed warm-up, the mean instead of the median, too few calls, a peak memory that is not `peak_memory`'s, and a wrong relative error.
+# The checks drive your function with fake mechanisms whose behaviour is known: they recognise rows without the table's fields or with rows missing, the skipped lengths left out, a failure raised instead of recorded, the wrong status for a failure, a failed mechanism run again at longer lengths instead of skipped, an `(out, weights)` tuple not unpacked, a timed warm-up (alone or among the timed calls), the mean instead of the median, a time in milliseconds, too few calls, a peak memory that is not `peak_memory`'s, and a relative error divided by $\lVert\text{out}\rVert$, not divided at all, or against a reference without the $1/\sqrt{d}$ scale.
 
 # %% nbgrader={"grade": false, "grade_id": "benchmark_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 FIELDS = ("name", "seq_len", "status", "time_s", "peak_bytes", "rel_error", "message")
@@ -385,7 +389,9 @@ plot_benchmark(rows, title=f"({device.type})")
 #
 # What each choice gives up: **dense** needs $O(L^2)$ memory; **flash** on a CPU is slower than dense; **sliding** sees only its window in one layer (stack layers, or add a global layer, to reach further); **linear** attention approximates the softmax with a kernel feature map and blurs sharp attention patterns. When nothing fits, raise `ValueError`.
 #
-# The checks recognise a choice that does not follow the rule, and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
+# The kind names are `estimate_attention_memory`'s: `"sliding"` (which `make_attention`, below, calls `"sliding_window"`), `"dense"`, `"flash"`, `"linear"`. Estimate each candidate with the sizes you were given (`batch`, `heads`, `head_dim`, `dtype`, and `window=window` for `"sliding"`).
+#
+# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, the sliding window for a sequence no longer than the window, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window; and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
 
 # %% nbgrader={"grade": false, "grade_id": "choose_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 EXACT_MAX_LEN_CPU = 8192  # measured: past this, exact attention takes seconds per layer on a CPU
@@ -567,7 +573,7 @@ class AttentionLayer(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(B, L, H * dh))
         ### END SOLUTION
 
-    def attend(self, q, k, v, mask):
+    def attend(self, q, k, v, mask=None):
         """The mechanism of self.kind on heads q, k, v (B, H, L, d/H), with self.options."""
         ### BEGIN SOLUTION
         o, L = self.options, q.shape[-2]
@@ -647,9 +653,11 @@ def make_attention(kind: str, d_model: int, num_heads: int, **kwargs) -> nn.Modu
 # %% [markdown]
 # The checks recognise: heads ignored (one head of size $d$), scores scaled by $1/\sqrt{d}$
 # instead of $1/\sqrt{d/H}$, `causal=True` ignored, a sliding window one key off, chunked attention
-# without its overlap, a mask ignored by `dense` or `strided`, a mask silently dropped by a kind
-# that cannot apply it, a Mamba layer that looks ahead, and an unknown kind or argument accepted or
-# refused without naming what is valid. They also refuse `course.reference.mechanisms`, the library version.
+# without its overlap, heads merged without the transpose back, a mask ignored by `dense` or
+# `strided`, a mask combined with the pattern by OR or used instead of it, a mask silently dropped
+# by a kind that cannot apply it, a Performer layer that draws new features at every call, a Mamba
+# layer that looks ahead, and an unknown kind or argument accepted or refused without naming what
+# is valid. They also refuse `course.reference.mechanisms`, the library version.
 
 # %% nbgrader={"grade": true, "grade_id": "check_make_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day10-capstone", "make_attention", make_attention, points=2)

@@ -174,7 +174,13 @@ BENCH_EDITS = {
     "failure_raised": [("except Exception as exc:", "except ZeroDivisionError as exc:")],
     "wrong_status": [('"out_of_memory" if oom else "error"', '"error"')],
     "peak_wrong": [("peak_memory(fn, q, k, v)", "peak_memory(lambda *a: None, q, k, v)")],
-    "quality_wrong": [(" / ref.norm()).item()", ").item()")],
+    "quality_not_relative": [(" / ref.norm()).item()", ").item()")],
+    "quality_wrong": [
+        (
+            "((out.double().cpu() - ref).norm() / ref.norm())",
+            "(out.double().cpu() - ref).abs().mean()",
+        )
+    ],
     "missing_fields": [("row = dict.fromkeys(FIELDS)", "row = dict.fromkeys(FIELDS[:-1])")],
     "too_few_calls": [("repeats=repeats, warmup=0", "repeats=1, warmup=0")],
 }
@@ -196,9 +202,12 @@ def test_benchmark_bug_is_named(solution, key, capsys):
 # ----------------------------------------------------------------------------- choose bugs
 
 CHOOSE_EDITS = {
-    "ignores_gpu": ([("if has_gpu:", "if False:")], "wrong_choice"),
-    "no_length_limit": ([("elif seq_len <= EXACT_MAX_LEN_CPU:", "elif True:")], "wrong_choice"),
-    "ignores_budget": ([("<= memory_budget_bytes:", "> 0:")], "wrong_choice"),
+    "ignores_gpu": ([("if has_gpu:", "if False:")], "gpu_ignored"),
+    "no_length_limit": (
+        [("elif seq_len <= EXACT_MAX_LEN_CPU:", "elif True:")],
+        "exact_past_cpu_limit",
+    ),
+    "ignores_budget": ([("<= memory_budget_bytes:", "> 0:")], "budget_ignored"),
     "no_error": (
         [
             (
@@ -206,7 +215,11 @@ CHOOSE_EDITS = {
                 'return "linear"\n    raise ValueError(f"nothing fits',
             )
         ],
-        "no_error_for_bad_params",
+        "nothing_fits_accepted",
+    ),
+    "wrong_rule": (
+        [('candidates = ["sliding", "linear"]', 'candidates = ["linear"]')],
+        "wrong_choice",
     ),
 }
 
@@ -277,3 +290,402 @@ def test_make_attention_shortcut_and_stub(solution, capsys):
 
     assert_named("make_attention", stub, "not_implemented", capsys)
     assert_named("make_attention", course.reference.mechanisms.make_attention, "shortcut", capsys)
+
+
+# ----------------------------------------------------------------------------- a beginner's mistakes
+
+# A beginner's pass through the notebook (issue #18): each mistake as an edit of the solution's
+# exercise, and the key that must name it, on the visible seed and on fresh hidden ones.
+BEGINNER_MISTAKES = {
+    "estimate_no_heads": (
+        "estimate_attention_memory",
+        [("N, L, d = batch * heads, seq_len, head_dim", "N, L, d = batch, seq_len, head_dim")],
+        "forgot_heads",
+    ),
+    "estimate_bits": (
+        "estimate_attention_memory",
+        [("s = torch.empty((), dtype=dtype).element_size()", "s = torch.finfo(dtype).bits")],
+        "bits_not_bytes",
+    ),
+    "estimate_float": (
+        "estimate_attention_memory",
+        [("s = torch.empty((), dtype=dtype).element_size()", "s = torch.finfo(dtype).bits / 8")],
+        "not_an_int",
+    ),
+    "estimate_float_in_one_branch": (
+        "estimate_attention_memory",
+        [("2 * scores // s)", "2 * scores / s)")],
+        "not_an_int",
+    ),
+    "estimate_sliding_dense": (
+        "estimate_attention_memory",
+        [('    if kind == "dense":', '    if kind in ("dense", "sliding"):')],
+        "banded_quadratic",
+    ),
+    "estimate_no_overlap": (
+        "estimate_attention_memory",
+        [('overlap = min(options["overlap"], L)', "overlap = 0")],
+        "forgot_overlap",
+    ),
+    "estimate_masked_two_buffers": (
+        "estimate_attention_memory",
+        [("return 3 * s * N * L * L + L * L + L", "return 2 * s * N * L * L + L * L + L")],
+        "masked_two_buffers",
+    ),
+    "estimate_scan_channels": (
+        "estimate_attention_memory",
+        [("5 * N * d * L * n + 3 * N * d * L", "5 * N * L * n + 3 * N * L")],
+        "scan_channels",
+    ),
+    "estimate_performer_features_only": (
+        "estimate_attention_memory",
+        [("s * (4 * N * L * m + N * L * d + m * d) + 8 * m * d", "s * 4 * N * L * m")],
+        "performer_features_only",
+    ),
+    "estimate_no_validation": (
+        "estimate_attention_memory",
+        [
+            ("    if kind not in KINDS:\n        raise", "    if False:\n        raise"),
+            ("required, defaults = KINDS[kind]", "required, defaults = KINDS.get(kind, ((), {}))"),
+            ("    if missing:\n        raise", "    if False:\n        raise"),
+            ("or value < low:", "and False:"),
+        ],
+        "no_error_for_bad_params",
+    ),
+    "estimate_zero_size": (
+        "estimate_attention_memory",
+        [("or value < low:", "and False:")],
+        "no_error_for_bad_params",
+    ),
+    "estimate_missing_keyword_keyerror": (
+        "estimate_attention_memory",
+        [("    if missing:\n        raise", "    if False:\n        raise")],
+        "no_error_for_bad_params",
+    ),
+    "bench_warmup_among_timed": (
+        "benchmark_attention",
+        [
+            (
+                'row["time_s"] = median_time(fn, q, k, v, repeats=repeats, warmup=0)',
+                'row["time_s"] = statistics.median([time.perf_counter() - start] + '
+                "[median_time(fn, q, k, v, repeats=1, warmup=0) for _ in range(repeats)])",
+            )
+        ],
+        "warmup_timed",
+    ),
+    "bench_milliseconds": (
+        "benchmark_attention",
+        [('row["time_s"] = median_time(', 'row["time_s"] = 1e3 * median_time(')],
+        "time_not_seconds",
+    ),
+    "bench_peak_of_output": (
+        "benchmark_attention",
+        [("peak_memory(fn, q, k, v)", "out.numel() * out.element_size()")],
+        "peak_wrong",
+    ),
+    "bench_divided_by_output": (
+        "benchmark_attention",
+        [(" / ref.norm()).item()", " / out.double().norm()).item()")],
+        "quality_by_output_norm",
+    ),
+    "bench_reference_unscaled": (
+        "benchmark_attention",
+        [(" / math.sqrt(head_dim), dim=-1)", ", dim=-1)")],
+        "reference_unscaled",
+    ),
+    "bench_skipped_rows_left_out": (
+        "benchmark_attention",
+        [('row.update(status="skipped", message=failed[name])', "rows.remove(row)")],
+        "skipped_rows_missing",
+    ),
+    "bench_failed_run_again": (
+        "benchmark_attention",
+        [("failed[name] = f\"{row['status']} at L = {L}\"", "pass")],
+        "not_skipped",
+    ),
+    "bench_no_time_budget": (
+        "benchmark_attention",
+        [("if time.perf_counter() - start > time_budget_s:", "if False:")],
+        "wrong_status",
+    ),
+    "bench_status_oom": (
+        "benchmark_attention",
+        [('"out_of_memory" if oom else "error"', '"oom" if oom else "error"')],
+        "wrong_status",
+    ),
+    "bench_tuple_not_unpacked": (
+        "benchmark_attention",
+        [("out = out[0] if isinstance(out, tuple) else out", "pass")],
+        "tuple_not_unpacked",
+    ),
+    "choose_dense_first_on_gpu": (
+        "choose_attention",
+        [('candidates = ["flash", "linear"]', 'candidates = ["dense", "flash", "linear"]')],
+        "gpu_ignored",
+    ),
+    "choose_short_sequence_local": (
+        "choose_attention",
+        [("if needs_global_context or seq_len <= window:", "if needs_global_context:")],
+        "short_sequence_local",
+    ),
+    "choose_flash_first_on_cpu": (
+        "choose_attention",
+        [('["dense", "flash", "linear"]', '["flash", "dense", "linear"]')],
+        "cpu_order",
+    ),
+    "choose_default_sizes": (
+        "choose_attention",
+        [
+            (
+                "estimate_attention_memory(kind, batch, heads, seq_len, head_dim, dtype, **kw)",
+                "estimate_attention_memory(kind, 1, 8, seq_len, 64, torch.float32, **kw)",
+            )
+        ],
+        "arguments_ignored",
+    ),
+    "choose_default_window": (
+        "choose_attention",
+        [
+            ("or seq_len <= window:", "or seq_len <= 256:"),
+            ('kw = {"window": window}', 'kw = {"window": 256}'),
+        ],
+        "arguments_ignored",
+    ),
+    "choose_window_not_passed": (
+        "choose_attention",
+        [('kw = {"window": window} if kind == "sliding" else {}', "kw = {}")],
+        "window_not_passed",
+    ),
+    "choose_make_attention_name": (
+        "choose_attention",
+        [
+            ('candidates = ["sliding", "linear"]', 'candidates = ["sliding_window", "linear"]'),
+            ('if kind == "sliding" else {}', 'if kind == "sliding_window" else {}'),
+            (
+                "estimate_attention_memory(kind, batch",
+                'estimate_attention_memory(kind.replace("sliding_window", "sliding"), batch',
+            ),
+        ],
+        "kind_name",
+    ),
+    "choose_make_attention_name_estimated": (
+        "choose_attention",
+        [('candidates = ["sliding", "linear"]', 'candidates = ["sliding_window", "linear"]')],
+        "kind_name",
+    ),
+    "make_dense_causal_ignored": (
+        "make_attention",
+        [('elif o["causal"]:', "elif False:")],
+        "causal_ignored",
+    ),
+    "make_window_one_short": (
+        "make_attention",
+        [('o["window"], causal=o["causal"])', 'o["window"] - 1, causal=o["causal"])')],
+        "wrong_window",
+    ),
+    "make_window_one_long": (
+        "make_attention",
+        [('o["window"], causal=o["causal"])', 'o["window"] + 1, causal=o["causal"])')],
+        "wrong_window",
+    ),
+    "make_linear_causal_ignored": (
+        "make_attention",
+        [('if self.kind == "linear" and o["causal"]:', "if False:")],
+        "causal_ignored",
+    ),
+    "make_mamba_both_ways": (
+        "make_attention",
+        [("return self.block(x)", "return self.block(x) + self.block(x.flip(1)).flip(1)")],
+        "not_causal_scan",
+    ),
+    "make_unknown_kind_accepted": (
+        "make_attention",
+        [
+            ("    if kind not in LAYER_KINDS:\n        raise", "    if False:\n        raise"),
+            ("set(LAYER_KINDS[kind])\n", "set(LAYER_KINDS.get(kind, {}))\n"),
+            (
+                "options = {**LAYER_KINDS[kind], **kwargs}",
+                "options = {**LAYER_KINDS.get(kind, {}), **kwargs}",
+            ),
+        ],
+        "unclear_kind_error",
+    ),
+    "make_bad_argument_unexplained": (
+        "make_attention",
+        [
+            (
+                'raise ValueError(f"kind {kind!r} takes {sorted(LAYER_KINDS[kind])}, not {sorted(unknown)}")',
+                'raise ValueError("bad argument")',
+            )
+        ],
+        "unclear_kind_error",
+    ),
+    "make_missing_argument_unchecked": (
+        "make_attention",
+        [("    if missing:\n        raise", "    if False:\n        raise")],
+        "unclear_kind_error",
+    ),
+    "make_mask_or_pattern": (
+        "make_attention",
+        [
+            (
+                "pattern if mask is None else pattern & mask",
+                "pattern if mask is None else pattern | mask",
+            )
+        ],
+        "mask_or_pattern",
+    ),
+    "make_mask_replaces_pattern": (
+        "make_attention",
+        [("pattern if mask is None else pattern & mask", "pattern if mask is None else mask")],
+        "mask_replaces_pattern",
+    ),
+    "make_performer_fresh_features": (
+        "make_attention",
+        [
+            (
+                'generator = torch.Generator(device=q.device).manual_seed(o["seed"])',
+                "generator = None",
+            )
+        ],
+        "performer_not_deterministic",
+    ),
+    "make_merge_without_transpose": (
+        "make_attention",
+        [("out.transpose(1, 2).reshape(B, L, H * dh)", "out.reshape(B, L, H * dh)")],
+        "merge_without_transpose",
+    ),
+}
+
+
+@pytest.mark.parametrize("mistake", BEGINNER_MISTAKES)
+def test_beginner_mistake_is_named_on_every_seed(mistake, solution, capsys):
+    cell, edits, key = BEGINNER_MISTAKES[mistake]
+    bug = variant(solution, cell, cell, *edits)
+    assert_named(cell, bug, key, capsys)
+    for seed in (11, 12, 13):  # hidden checks draw fresh inputs
+        result = report(cell, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
+# Correct but unusual solutions from the same pass: each must pass the visible and hidden checks.
+CORRECT_ALTERNATIVES = {
+    "estimate_itemsize_and_ceil_division": (
+        "estimate_attention_memory",
+        [
+            ("s = torch.empty((), dtype=dtype).element_size()", "s = dtype.itemsize"),
+            ("nb = math.ceil(L / block)", "nb = -(-L // block)"),
+        ],
+    ),
+    "estimate_float_arithmetic_rounded_up": (
+        "estimate_attention_memory",
+        [("return base + s * peak", "return math.ceil(float(base) + float(s) * peak)")],
+    ),
+    "bench_peak_before_timing": (
+        "benchmark_attention",
+        [
+            (
+                'row["time_s"] = median_time(fn, q, k, v, repeats=repeats, warmup=0)\n'
+                '                        row["peak_bytes"] = peak_memory(fn, q, k, v)',
+                'row["peak_bytes"] = peak_memory(fn, q, k, v)\n'
+                '                        row["time_s"] = median_time(fn, q, k, v, repeats=repeats, warmup=0)',
+            )
+        ],
+    ),
+    "bench_own_timing_loop": (
+        "benchmark_attention",
+        [
+            (
+                'row["time_s"] = median_time(fn, q, k, v, repeats=repeats, warmup=0)',
+                "times = []\n"
+                "                        for _ in range(repeats):\n"
+                "                            begin = time.perf_counter_ns()\n"
+                "                            fn(q, k, v)\n"
+                "                            times.append((time.perf_counter_ns() - begin) / 1e9)\n"
+                '                        row["time_s"] = statistics.median(times)',
+            ),
+            (
+                "oom = isinstance(exc, torch.OutOfMemoryError)",
+                'oom = "OutOfMemory" in type(exc).__name__',
+            ),
+        ],
+    ),
+    "make_logical_and_tril_flatten": (
+        "make_attention",
+        [
+            (
+                "pattern if mask is None else pattern & mask",
+                "pattern if mask is None else torch.logical_and(pattern, mask)",
+            ),
+            (
+                "pattern = causal_mask(L, device=q.device)",
+                "pattern = torch.ones(L, L, device=q.device).tril().bool()",
+            ),
+            ("out.transpose(1, 2).reshape(B, L, H * dh)", "out.transpose(1, 2).flatten(2)"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("alternative", CORRECT_ALTERNATIVES)
+def test_beginners_correct_alternatives_pass(alternative, solution):
+    cell, edits = CORRECT_ALTERNATIVES[alternative]
+    impl = variant(solution, cell, cell, *edits)
+    for seed in (0, 1, 2):
+        result = report(cell, impl, hidden=seed != 0, seed=seed)
+        assert result.passed, (seed, [(r.key, r.message) for r in result.results if not r.passed])
+
+
+def choose_by_table(solution):
+    """choose_attention as a table keyed by (GPU, global) and the first candidate that fits."""
+    estimate = solution["estimate_attention_memory"]
+
+    def choose_attention(
+        seq_len,
+        needs_global_context,
+        memory_budget_bytes,
+        has_gpu,
+        *,
+        batch=1,
+        heads=8,
+        head_dim=64,
+        dtype=torch.float32,
+        window=256,
+    ):
+        if seq_len < 1 or memory_budget_bytes <= 0:
+            raise ValueError("seq_len and memory_budget_bytes must be positive")
+        global_ = needs_global_context or seq_len <= window
+        exact = ["dense", "flash"] if seq_len <= 8192 else []
+        table = {
+            (True, True): ["flash", "linear"],
+            (True, False): ["sliding", "linear"],
+            (False, True): [*exact, "linear"],
+            (False, False): ["sliding", "linear"],
+        }
+        sizes = (batch, heads, seq_len, head_dim, dtype)
+        fits = (
+            kind
+            for kind in table[(has_gpu, global_)]
+            if estimate(kind, *sizes, **({"window": window} if kind == "sliding" else {}))
+            <= memory_budget_bytes
+        )
+        choice = next(fits, None)
+        if choice is None:
+            raise ValueError(f"nothing fits {memory_budget_bytes} bytes")
+        return choice
+
+    return choose_attention
+
+
+def test_choose_by_table_passes(solution):
+    impl = choose_by_table(solution)
+    for seed in (0, 1, 2):
+        assert report("choose_attention", impl, hidden=seed != 0, seed=seed).passed, seed
+
+
+def test_the_stub_attend_takes_no_mask(solution):
+    """The benchmark cell calls a layer's attend(q, k, v): the stub's mask has a default."""
+    import inspect
+
+    layer = solution["make_attention"]("dense", 8, 2)
+    assert inspect.signature(layer.attend).parameters["mask"].default is None

@@ -29,6 +29,7 @@ from grader.suites.day10_capstone.choose import (
     choose_cpu,
     choose_gpu_and_short,
     choose_nothing_fits,
+    choose_uses_its_arguments,
 )
 from grader.suites.day10_capstone.estimate_memory import (
     est_bad_arguments,
@@ -61,7 +62,8 @@ EXERCISES = {
         forbidden=FORBIDDEN_BENCH,
     ),
     "choose_attention": Exercise(
-        checks=[choose_cpu, choose_gpu_and_short, choose_nothing_fits], forbidden=FORBIDDEN_CHOOSE
+        checks=[choose_cpu, choose_gpu_and_short, choose_uses_its_arguments, choose_nothing_fits],
+        forbidden=FORBIDDEN_CHOOSE,
     ),
     "make_attention": MAKE_EXERCISE,
 }

@@ -6,6 +6,8 @@ harness in their kernel (grader/autograde/remote.py), each fake is sent there by
 runs there, so that its time and memory are the student's harness's to measure, and what it
 records (Moody's calls) comes back."""
 
+import math
+import statistics
 import time
 
 import torch
@@ -23,26 +25,35 @@ def exact(q, k, v):
 
 
 class Scaled:
-    """Exact attention times `scale`: a relative error of scale - 1."""
+    """Exact attention times `scale`: a relative error of scale - 1. Records the inputs of its
+    calls (`inputs`), so a wrong relative error can be recomputed the ways a mistake would;
+    with `with_weights`, returns (out, weights) as course.reference.masks.attention does."""
 
-    def __init__(self, scale):
-        self.scale = scale
+    def __init__(self, scale, with_weights=False):
+        self.scale, self.with_weights, self.inputs = scale, with_weights, []
 
     def __call__(self, q, k, v):
-        return self.scale * exact(q, k, v)
+        self.inputs.append([q, k, v])
+        if not self.with_weights:
+            return self.scale * exact(q, k, v)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return self.scale * (weights @ v), weights
 
 
 class Moody:
-    """Slow on its first call (a warm-up) and on its third (an outlier); counts its calls."""
+    """Slow on its first call (a warm-up) and on its third (an outlier); records how long each
+    call took (`seconds`)."""
 
     def __init__(self, slow_first, outlier):
-        self.slow_first, self.outlier, self.calls = slow_first, outlier, []
+        self.slow_first, self.outlier, self.seconds = slow_first, outlier, []
 
     def __call__(self, q, k, v):
-        self.calls.append(1)
-        n = len(self.calls)
+        start = time.perf_counter()
+        n = len(self.seconds) + 1
         time.sleep(self.slow_first if n == 1 else self.outlier if n == 3 else 0.002)
-        return exact(q, k, v)
+        out = exact(q, k, v)
+        self.seconds.append(time.perf_counter() - start)
+        return out
 
 
 class Hungry:
@@ -104,24 +115,68 @@ def run_benchmark(benchmark_attention, fns, seq_lens, **kw):
     cells = sorted((r["name"], r["seq_len"]) for r in rows)
     wanted = sorted((name, L) for name in fns for L in seq_lens)
     if cells != wanted:
+        missing = sorted(set(wanted) - set(cells))
+        if set(cells) < set(wanted) and all(failed_before(rows, *cell) for cell in missing):
+            description, fix = hint("skipped_rows_missing")
+            raise Mistake(
+                f"the table has no rows for {missing}, the longer lengths of mechanisms that "
+                f"failed: it looks like {description}.",
+                fix,
+                "skipped_rows_missing",
+            )
         description, fix = hint("wrong_rows")
         raise Mistake(f"the rows cover {cells}, expected {wanted}.", fix, "wrong_rows")
     return {(r["name"], r["seq_len"]): r for r in rows}
+
+
+def failed_before(rows: list, name: str, L: int) -> bool:
+    """Whether mechanism `name` has a failed row at a length shorter than L."""
+    return any(
+        r["name"] == name and r["seq_len"] < L and r["status"] not in ("ok", "skipped")
+        for r in rows
+    )
+
+
+def reference(q, k, v, scale: float = None) -> torch.Tensor:
+    """Exact attention in float64; `scale` replaces 1/sqrt(d)."""
+    q, k, v = (t.detach().double().cpu() for t in (q, k, v))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
+
+
+def quality_slips(fake: Scaled, L: int) -> list:
+    """(key, rel_error) that each wrong way of computing the relative error would report for
+    `fake` at length L, from the inputs the student's harness passed it there."""
+    q, k, v = next(inputs for inputs in reversed(fake.inputs) if inputs[0].shape[-2] == L)
+    ref = reference(q, k, v)
+    out = fake.scale * ref
+    unscaled = reference(q, k, v, scale=1.0)
+    return [
+        ("quality_by_output_norm", ((out - ref).norm() / out.norm()).item()),
+        ("quality_not_relative", (out - ref).norm().item()),
+        ("reference_unscaled", ((out - unscaled).norm() / unscaled.norm()).item()),
+    ]
+
+
+def close(got: float, want: float) -> bool:
+    return abs(got - want) <= 1e-4 + 1e-3 * abs(want)
 
 
 def bench_table(benchmark_attention, rng):
     """one row per mechanism and length, with time, peak memory and relative error"""
     lengths = [8 * draw(rng, 1, 3), 8 * draw(rng, 4, 6)]
     scale = 1 + draw(rng, 1, 9) / 10
-    fns = {"exact": exact, "scaled": Scaled(scale)}
+    fns = {"exact": Scaled(1.0), "scaled": Scaled(scale), "with weights": Scaled(1.0, True)}
     rows = run_benchmark(benchmark_attention, fns, lengths, heads=2, head_dim=8, repeats=2)
     for (name, L), row in rows.items():
         if row["status"] != "ok":
-            description, fix = hint("wrong_status")
+            key = "tuple_not_unpacked" if name == "with weights" else "wrong_status"
+            description, fix = hint(key)
             raise Mistake(
-                f"{name} at L = {L} has status {row['status']!r}, expected 'ok'.",
+                f"{name} at L = {L} has status {row['status']!r} ({row['message']}), expected "
+                f"'ok': it looks like {description}.",
                 fix,
-                "wrong_status",
+                key,
             )
         for field in ("time_s", "peak_bytes", "rel_error"):
             if (
@@ -135,20 +190,27 @@ def bench_table(benchmark_attention, rng):
                     fix,
                     "missing_fields",
                 )
-        want = 0.0 if name == "exact" else scale - 1
-        if abs(row["rel_error"] - want) > 1e-4 + 1e-3 * want:
-            description, fix = hint("quality_wrong")
-            raise Mistake(
-                f"{name} at L = {L}: rel_error = {row['rel_error']:.3g}, expected "
-                f"{want:.3g} (its output is {scale} x the exact one).",
-                fix,
-                "quality_wrong",
-            )
+    for (name, L), row in sorted(rows.items(), key=lambda item: item[0][0] == "exact"):
+        fake = fns[name]
+        want = fake.scale - 1
+        if close(row["rel_error"], want):
+            continue
+        seen = f"{name} at L = {L}: rel_error = {row['rel_error']:.3g}, expected {want:.3g} " + (
+            "(its output is the exact one)"
+            if want == 0
+            else f"(its output is {fake.scale} x the exact one)"
+        )
+        key = next(
+            (key for key, slip in quality_slips(fake, L) if close(row["rel_error"], slip)),
+            "quality_wrong",
+        )
+        description, fix = hint(key)
+        raise Mistake(f"{seen}: it looks like {description}.", fix, key)
 
 
 def bench_warmup_and_median(benchmark_attention, rng):
     """a warm-up call first, then the median of `repeats` timed calls, then a memory measurement"""
-    slow_first, outlier = 0.5, 0.4
+    slow_first, outlier, repeats = 0.5, 0.4, 3
     moody = Moody(slow_first, outlier)
     L = 8 * draw(rng, 1, 4)
     rows = run_benchmark(
@@ -157,38 +219,51 @@ def bench_warmup_and_median(benchmark_attention, rng):
         [L],
         heads=1,
         head_dim=8,
-        repeats=3,
+        repeats=repeats,
         time_budget_s=5.0,
     )
     row = rows[("moody", L)]
-    if len(moody.calls) < 3 + 2:
+    seconds = moody.seconds
+    if len(seconds) < repeats + 2:
         description, fix = hint("too_few_calls")
         raise Mistake(
-            f"with repeats=3 the function was called {len(moody.calls)} times: it looks like "
+            f"with repeats=3 the function was called {len(seconds)} times: it looks like "
             f"{description}.",
             fix,
             "too_few_calls",
         )
     t = row["time_s"]
-    if not isinstance(t, (int, float)):
+    if not isinstance(t, (int, float)) or isinstance(t, bool):
         description, fix = hint("missing_fields")
         raise Mistake(f"time_s = {t!r}, expected seconds.", fix, "missing_fields")
-    if t >= 0.3:
-        description, fix = hint("no_warmup")
-        raise Mistake(
-            f"time_s = {t:.3f} s for a function that takes {slow_first} s only on its "
-            f"first call: it looks like {description}.",
-            fix,
-            "no_warmup",
-        )
-    if t >= 0.08:
-        description, fix = hint("mean_not_median")
-        raise Mistake(
-            f"time_s = {t:.3f} s, but two of three timed calls took 0.002 s: it looks "
-            f"like {description}.",
-            fix,
-            "mean_not_median",
-        )
+    if 0 < t < 0.08:
+        return
+    key = timing_slip(t, seconds, repeats)
+    description, fix = hint(key)
+    raise Mistake(
+        f"time_s = {t:.3f} s; the calls took {', '.join(f'{s:.3f}' for s in seconds)} s "
+        f"(the first is the warm-up, the third an outlier): it looks like {description}.",
+        fix,
+        key,
+    )
+
+
+def timing_slip(t: float, seconds: list, repeats: int) -> str:
+    """The mistake whose time, computed from the calls' own durations, is nearest to `t`."""
+    warmup, timed = seconds[0], seconds[1 : 1 + repeats]
+    slips = [
+        ("mean_not_median", statistics.mean(timed)),
+        ("warmup_timed", statistics.median([warmup, *timed])),
+        ("warmup_timed", statistics.mean([warmup, *timed])),
+        ("no_warmup", statistics.median(seconds[:repeats])),
+        ("no_warmup", statistics.mean(seconds[:repeats])),
+    ]
+    if t <= 0:
+        return "time_wrong"
+    if 1 <= t < 80:  # in seconds this would have passed
+        return "time_not_seconds"
+    distance, key = min((abs(math.log(t / value)), key) for key, value in slips)
+    return key if distance < math.log(1.2) else "time_wrong"
 
 
 def bench_peak_memory(benchmark_attention, rng):
@@ -234,25 +309,28 @@ def bench_failures_recorded(benchmark_attention, rng):
     )
     expected = {"greedy": "out_of_memory", "sluggish": "too_slow", "broken": "error"}
     for name in fns:
-        got = (
-            rows[(name, short)]["status"],
-            rows[(name, long_)]["status"],
-            rows[(name, longest)]["status"],
-        )
+        cells = [rows[(name, L)] for L in (short, long_, longest)]
+        got = tuple(row["status"] for row in cells)
         if name == "exact":
-            want_ok = got == ("ok", "ok", "ok")
-            if not want_ok:
+            if got != ("ok", "ok", "ok"):
+                messages = "; ".join(str(row["message"]) for row in cells if row["status"] != "ok")
                 description, fix = hint("wrong_status")
                 raise Mistake(
-                    f"exact attention got statuses {got}, expected all 'ok'.", fix, "wrong_status"
+                    f"exact attention got statuses {got} ({messages}), expected all 'ok'.",
+                    fix,
+                    "wrong_status",
                 )
             continue
         failure = expected[name]
-        if got[0] != "ok" or got[1] != failure or got[2] not in ("skipped", failure):
-            description, fix = hint("wrong_status")
-            raise Mistake(
-                f"{name} at L = {short}, {long_}, {longest} got statuses {got}, expected "
-                f"('ok', {failure!r}, 'skipped'): it looks like {description}.",
-                fix,
-                "wrong_status",
-            )
+        key = "wrong_status"
+        if got == ("ok", failure, failure):
+            key = "not_skipped"
+        elif got == ("ok", failure, "skipped"):
+            continue
+        description, fix = hint(key)
+        raise Mistake(
+            f"{name} at L = {short}, {long_}, {longest} got statuses {got}, expected "
+            f"('ok', {failure!r}, 'skipped'): it looks like {description}.",
+            fix,
+            key,
+        )

@@ -1,39 +1,77 @@
-"""Checks for choose_attention against the rule in its docstring."""
+"""Checks for choose_attention against the rule in its docstring, on cases whose budgets are far
+from every estimate; a wrong choice is named by what the common slips would have returned."""
 
+import torch
+
+from course.reference.capstone import estimate_attention_memory
 from grader.harness.checking import Mistake, expect_value_error, hint
 from grader.suites._common import draw
 
+GiB = 2**30
+ESTIMATE_KINDS = ("dense", "flash", "linear", "sliding")  # the names choose_attention returns
 
-def expect_choice(choose_attention, args: dict, want: str) -> None:
-    got = choose_attention(**args)
-    if got != want:
-        description, fix = hint("wrong_choice")
-        shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
-        raise Mistake(
-            f"choose_attention({shown}) = {got!r}, expected {want!r}.", fix, "wrong_choice"
+
+def expect_choice(choose_attention, args: dict, want: str, slips: dict = None) -> None:
+    """choose_attention(**args) == want; `slips` maps what a mistake would return on these
+    arguments to its key."""
+    shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    try:
+        got = choose_attention(**args)
+    except Mistake as mistake:
+        cause = mistake.__cause__
+        if mistake.key != "raised" or not isinstance(cause, ValueError):
+            raise
+        key = (
+            "kind_name"
+            if "sliding_window" in str(cause)
+            else "window_not_passed"
+            if "window" in str(cause)
+            else None
         )
+        if key is None:
+            raise
+        description, fix = hint(key)
+        raise Mistake(
+            f"choose_attention({shown}) raised ValueError({str(cause)!r}): it looks like "
+            f"{description}.",
+            fix,
+            key,
+        ) from None
+    if got == want:
+        return
+    key = (slips or {}).get(got)
+    if key is None and got not in ESTIMATE_KINDS:
+        key = "kind_name"
+    seen = f"choose_attention({shown}) = {got!r}, expected {want!r}"
+    if key is None:
+        description, fix = hint("wrong_choice")
+        raise Mistake(f"{seen}.", fix, "wrong_choice")
+    description, fix = hint(key)
+    raise Mistake(f"{seen}: it looks like {description}.", fix, key)
 
 
 def choose_cpu(choose_attention, rng):
     """CPU: dense when it fits, flash when only O(L) fits, linear past 8k tokens, sliding for local"""
-    GiB = 2**30
     L = 128 * draw(rng, 2, 8)
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=False),
         "dense",
+        {"flash": "cpu_order"},
     )
     L = 1024 * draw(rng, 4, 8)  # dense needs > 1 GiB (8 heads), tiled ~ 10 MB
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=GiB // 4, has_gpu=False),
         "flash",
+        {"dense": "budget_ignored"},
     )
     L = 1024 * draw(rng, 9, 32)
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=False),
         "linear",
+        {"dense": "exact_past_cpu_limit", "flash": "exact_past_cpu_limit"},
     )
     L = 1024 * draw(rng, 2, 32)
     expect_choice(
@@ -44,35 +82,99 @@ def choose_cpu(choose_attention, rng):
 
 
 def choose_gpu_and_short(choose_attention, rng):
-    """GPU: flash; a sequence no longer than the window is global anyway"""
-    GiB = 2**30
+    """flash on a GPU; a sequence no longer than the window counts as global, on a CPU or a GPU"""
     L = 128 * draw(rng, 1, 64)
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=True),
         "flash",
+        {"dense": "gpu_ignored"},
     )
     L = draw(rng, 16, 256)
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=False),
         "dense",
+        {"sliding": "short_sequence_local", "flash": "cpu_order"},
     )
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=True),
         "flash",
+        {"sliding": "short_sequence_local", "dense": "gpu_ignored"},
+    )
+
+
+def between(low: int, high: int) -> int:
+    """A budget at the geometric middle of two estimates, far from both."""
+    return int((low * high) ** 0.5)
+
+
+def choose_uses_its_arguments(choose_attention, rng):
+    """the sizes passed (batch, heads, head_dim, dtype, window) decide the estimates and the window"""
+    # One head in float16 makes dense 16 times smaller than with the defaults (8 heads, float32):
+    # a budget between the two fits dense only with the sizes passed.
+    L, d = 512 * draw(rng, 2, 6), 64
+    small = estimate_attention_memory("dense", 1, 1, L, d, torch.float16)
+    default = estimate_attention_memory("dense", 1, 8, L, d, torch.float32)
+    expect_choice(
+        choose_attention,
+        dict(
+            seq_len=L,
+            needs_global_context=True,
+            memory_budget_bytes=between(small, default),
+            has_gpu=False,
+            heads=1,
+            dtype=torch.float16,
+        ),
+        "dense",
+        {"flash": "arguments_ignored"},
+    )
+    # More heads and a larger batch make dense too big for a budget the defaults fit.
+    L = 256 * draw(rng, 2, 4)
+    large = estimate_attention_memory("dense", 4, 16, L, d, torch.float32)
+    default = estimate_attention_memory("dense", 1, 8, L, d, torch.float32)
+    expect_choice(
+        choose_attention,
+        dict(
+            seq_len=L,
+            needs_global_context=True,
+            memory_budget_bytes=between(default, large),
+            has_gpu=False,
+            batch=4,
+            heads=16,
+        ),
+        "flash",
+        {"dense": "arguments_ignored"},
+    )
+    # A window shorter than the sequence makes local context a sliding window.
+    window = 16 * draw(rng, 2, 8)
+    L = window + draw(rng, 1, 256 - window)  # <= 256, the default window
+    expect_choice(
+        choose_attention,
+        dict(
+            seq_len=L,
+            needs_global_context=False,
+            memory_budget_bytes=64 * GiB,
+            has_gpu=False,
+            window=window,
+        ),
+        "sliding",
+        {"dense": "arguments_ignored"},
     )
 
 
 def choose_nothing_fits(choose_attention, rng):
     """ValueError when nothing fits the budget, and for bad arguments"""
     L = 1024 * draw(rng, 1, 16)
-    for args, what in [
-        (
-            dict(seq_len=L, needs_global_context=True, memory_budget_bytes=1000, has_gpu=False),
-            "a 1000-byte budget",
+    expect_value_error(
+        lambda: choose_attention(
+            seq_len=L, needs_global_context=True, memory_budget_bytes=1000, has_gpu=False
         ),
+        "choose_attention with a 1000-byte budget",
+        "nothing_fits_accepted",
+    )
+    for args, what in [
         (
             dict(seq_len=0, needs_global_context=True, memory_budget_bytes=2**30, has_gpu=False),
             "seq_len = 0",
@@ -85,5 +187,5 @@ def choose_nothing_fits(choose_attention, rng):
         expect_value_error(
             lambda: choose_attention(**args),
             f"choose_attention with {what}",
-            "no_error_for_bad_params",
+            "choose_bad_arguments",
         )

@@ -2,6 +2,7 @@
 the course's implementation of that kind."""
 
 import math
+import numbers
 
 import torch
 
@@ -30,9 +31,11 @@ def measured(kind, batch, heads, L, d, dtype=torch.float32, **kw) -> int:
 
 
 def expect_number(value, what: str) -> float:
+    """A positive whole number of bytes, as an int (the docstring's promise): a float, even a
+    whole one, comes from a division somewhere in the formula."""
     if (
         isinstance(value, bool)
-        or not isinstance(value, (int, float))
+        or not isinstance(value, (numbers.Integral, float))
         or not value > 0
         or not math.isfinite(value)
     ):
@@ -40,6 +43,9 @@ def expect_number(value, what: str) -> float:
         raise Mistake(
             f"{what} returned {value!r}: it looks like {description}.", fix, "not_a_number"
         )
+    if not isinstance(value, numbers.Integral):
+        description, fix = hint("not_an_int")
+        raise Mistake(f"{what} returned {value!r}: it looks like {description}.", fix, "not_an_int")
     return float(value)
 
 
@@ -50,15 +56,15 @@ def describe(kind, batch, heads, L, d, dtype, kw) -> str:
 
 def expect_estimate(estimate, kind, batch, heads, L, d, dtype=torch.float32, suspects=(), **kw):
     """The student's estimate within 15% of the measured peak; `suspects` are callables
-    (value, measured) -> key or None that name a mistake."""
+    (value, measured) -> key or None that name a mistake (bits for bytes is tried on every kind)."""
     what = describe(kind, batch, heads, L, d, dtype, kw)
     value = expect_number(estimate(kind, batch, heads, L, d, dtype, **kw), what)
     peak = measured(kind, batch, heads, L, d, dtype, **kw)
     error = abs(value - peak) / peak
     if error <= TOLERANCE:
         return value
-    seen = f"{what} = {value:.0f} bytes, measured {peak} ({100 * error:.0f}% off, allowed 15%)"
-    for suspect in suspects:
+    seen = f"{what} = {value:.0f} bytes, measured {peak} ({100 * error:.1f}% off, allowed 15%)"
+    for suspect in (*suspects, bits_not_bytes):
         key = suspect(value, peak)
         if key:
             description, fix = hint(key)
@@ -69,6 +75,21 @@ def expect_estimate(estimate, kind, batch, heads, L, d, dtype=torch.float32, sus
 
 def same(a: float, b: float, tol: float = 0.01) -> bool:
     return abs(a - b) <= tol * max(abs(a), abs(b), 1.0)
+
+
+def bits_not_bytes(value, peak):
+    """torch.finfo(dtype).bits where bytes were meant: exactly 8 times the right estimate."""
+    return "bits_not_bytes" if abs(value / 8 - peak) <= TOLERANCE * peak else None
+
+
+def missing_part(part: float, key: str, tol: float = 0.05):
+    """A suspect: the estimate equals the measured peak without `part` bytes (a buffer the
+    mistake forgets), to within `tol`."""
+
+    def suspect(value, peak):
+        return key if same(value, peak - part, tol) else None
+
+    return suspect
 
 
 def heads_suspect(estimate, kind, batch, heads, L, d, dtype, **kw):
@@ -94,17 +115,10 @@ def est_dense_family(estimate_attention_memory, rng):
     for kind in ("dense", "dense_masked", "strided"):
         B, H, L, d = draw(rng, 1, 2), draw(rng, 2, 4), 32 * draw(rng, 3, 8), 2 ** draw(rng, 4, 6)
         kw = KIND_ARGS[kind]
-        expect_estimate(
-            estimate_attention_memory,
-            kind,
-            B,
-            H,
-            L,
-            d,
-            torch.float32,
-            [heads_suspect(estimate_attention_memory, kind, B, H, L, d, torch.float32, **kw)],
-            **kw,
-        )
+        suspects = [heads_suspect(estimate_attention_memory, kind, B, H, L, d, torch.float32, **kw)]
+        if kind != "dense":  # one of the three (L, L) float buffers forgotten
+            suspects.append(missing_part(4 * B * H * L * L, "masked_two_buffers", 0.03))
+        expect_estimate(estimate_attention_memory, kind, B, H, L, d, torch.float32, suspects, **kw)
 
 
 def est_dtypes(estimate_attention_memory, rng):
@@ -139,71 +153,59 @@ def sliding_copy_bytes(N, L, d, s, window, causal):
     return N * (L + left + right + tail) * d * s
 
 
+def quadratic_suspect(estimate, heads, L, d, **kw):
+    """A banded attention estimated like dense grows like L^2: doubling L more than triples it."""
+
+    def suspect(value, peak):
+        longer = float(estimate("sliding", 1, heads, 2 * L, d, torch.float32, **kw))
+        return "banded_quadratic" if longer > 3 * value else None
+
+    return suspect
+
+
+def kv_once_suspect(heads, L, d, window, causal):
+    """The estimate equals the measured peak less one padded copy of K (or V)."""
+    return missing_part(sliding_copy_bytes(heads, L, d, 4, window, causal), "kv_once")
+
+
 def est_sliding(estimate_attention_memory, rng):
     """sliding window: within 15%, growing like L * window (not L^2), K and V both copied"""
     est = estimate_attention_memory
     causal = bool(draw(rng, 0, 1))
-    H, L, window, d = draw(rng, 1, 3), 256 * draw(rng, 2, 4), 2 * draw(rng, 4, 16), 32
-    kw = {"window": window, "causal": causal}
-
-    def quadratic(value, peak):
-        longer = float(est("sliding", 1, H, 2 * L, d, torch.float32, **kw))
-        if longer > 3 * value:
-            return "banded_quadratic"
-
-    copy = sliding_copy_bytes(H, L, d, 4, window, causal)
-
-    def kv_once(value, peak):
-        return "kv_once" if same(value, peak - copy, 0.05) else None
-
-    expect_estimate(
-        est,
-        "sliding",
-        1,
-        H,
-        L,
-        d,
-        torch.float32,
-        [quadratic, heads_suspect(est, "sliding", 1, H, L, d, torch.float32, **kw), kv_once],
-        **kw,
-    )
-    # wide heads, a narrow window: the padded copies of q, k, v and the output dominate
-    L, window, d = 512 * draw(rng, 3, 4), draw(rng, 4, 8), 128
-    kw = {"window": window, "causal": causal}
-    copy = sliding_copy_bytes(1, L, d, 4, window, causal)
-    expect_estimate(est, "sliding", 1, 1, L, d, torch.float32, [kv_once, quadratic], **kw)
+    cases = [
+        (draw(rng, 1, 3), 256 * draw(rng, 2, 4), 2 * draw(rng, 4, 16), 32),
+        # wide heads, a narrow window: the padded copies of q, k, v and the output dominate
+        (1, 512 * draw(rng, 3, 4), draw(rng, 4, 8), 128),
+        # one narrow head, a wide window: all blocks in one group, where the softmax's copy of
+        # the scores (2 S / s) outweighs the key tiles and the output
+        (1, 256 * draw(rng, 1, 2), 16 * draw(rng, 2, 4), 8),
+    ]
+    for H, L, window, d in cases:
+        kw = {"window": window, "causal": causal}
+        suspects = [
+            quadratic_suspect(est, H, L, d, **kw),
+            heads_suspect(est, "sliding", 1, H, L, d, torch.float32, **kw),
+            kv_once_suspect(H, L, d, window, causal),
+        ]
+        expect_estimate(est, "sliding", 1, H, L, d, torch.float32, suspects, **kw)
 
 
 def est_chunked(estimate_attention_memory, rng):
     """chunked with overlap: within 15%; the overlap widens every tile"""
     est = estimate_attention_memory
-    chunk = 16 * draw(rng, 1, 2)
-    overlap = chunk + draw(rng, 0, chunk)
-    H, L, d = draw(rng, 4, 8), 256 * draw(rng, 2, 4), 8
+    many_heads = (draw(rng, 4, 8), 256 * draw(rng, 2, 4), 16 * draw(rng, 1, 2))
+    # few scores (N L span < 2^18): every block in one group, whose scores grow with the overlap
+    few_scores = (draw(rng, 2, 4), 256 * draw(rng, 1, 2), 16)
+    for H, L, chunk in (many_heads, few_scores):
+        overlap, d = chunk + draw(rng, 0, chunk), 8
+        kw = {"chunk_size": chunk, "overlap": overlap}
 
-    def no_overlap(value, peak):
-        if same(
-            value, float(est("chunked", 1, H, L, d, torch.float32, chunk_size=chunk, overlap=0))
-        ):
-            return "forgot_overlap"
+        def no_overlap(value, peak):
+            without = est("chunked", 1, H, L, d, torch.float32, chunk_size=chunk, overlap=0)
+            return "forgot_overlap" if same(value, float(without)) else None
 
-    expect_estimate(
-        est,
-        "chunked",
-        1,
-        H,
-        L,
-        d,
-        torch.float32,
-        [
-            no_overlap,
-            heads_suspect(
-                est, "chunked", 1, H, L, d, torch.float32, chunk_size=chunk, overlap=overlap
-            ),
-        ],
-        chunk_size=chunk,
-        overlap=overlap,
-    )
+        suspects = [no_overlap, heads_suspect(est, "chunked", 1, H, L, d, torch.float32, **kw)]
+        expect_estimate(est, "chunked", 1, H, L, d, torch.float32, suspects, **kw)
 
 
 def est_linear_family(estimate_attention_memory, rng):
@@ -224,20 +226,31 @@ def est_linear_family(estimate_attention_memory, rng):
             2 ** draw(rng, 4, 5),
             {"num_features": 2 ** draw(rng, 5, 7)},
         ),
+        # wide heads, few features: the scaled copy of the input weighs as much as the features
+        ("performer", 128 * draw(rng, 1, 4), 64, {"num_features": 32}),
         ("scan", 64 * draw(rng, 1, 4), 16, {"state": 2 ** draw(rng, 2, 4)}),
     ]
     for kind, L, d, kw in cases:
-        expect_estimate(
-            est,
-            kind,
-            B,
-            H,
-            L,
-            d,
-            torch.float32,
-            [heads_suspect(est, kind, B, H, L, d, torch.float32, **kw)],
-            **kw,
-        )
+        suspects = [heads_suspect(est, kind, B, H, L, d, torch.float32, **kw)]
+        if kind == "performer":
+            m, N = kw["num_features"], B * H
+            suspects.append(
+                missing_part(4 * (N * L * d + m * d) + 8 * m * d, "performer_features_only", 0.15)
+            )
+        if kind == "scan":
+            suspects.append(scan_channels_suspect(est, B, H, L, d, **kw))
+        expect_estimate(est, kind, B, H, L, d, torch.float32, suspects, **kw)
+
+
+def scan_channels_suspect(estimate, batch, heads, L, d, **kw):
+    """The scan runs over batch * heads * head_dim channels: an estimate that does not double
+    with head_dim counted batch * heads channels."""
+
+    def suspect(value, peak):
+        wider = float(estimate("scan", batch, heads, L, 2 * d, torch.float32, **kw))
+        return "scan_channels" if same(value, wider) else None
+
+    return suspect
 
 
 def est_bad_arguments(estimate_attention_memory, rng):

@@ -10,6 +10,31 @@ HINTS = {
         "an estimate that is not a positive number of bytes",
         "return the number of bytes as an int (e.g. int(...) of your formula).",
     ),
+    "not_an_int": (
+        "a number of bytes that is not an int (a float, from a division or math.ceil of a float)",
+        "bytes are whole: divide with // (or round up with -(-a // b)), or return int(...) "
+        "of the total; the docstring promises an int.",
+    ),
+    "bits_not_bytes": (
+        "bits per element where bytes were meant (8 times too much)",
+        "torch.finfo(dtype).bits counts bits; the bytes per element are "
+        "torch.empty((), dtype=dtype).element_size() (or dtype.itemsize).",
+    ),
+    "masked_two_buffers": (
+        "two (L, L) float buffers for masked attention where three are alive at once",
+        "masked_fill makes a masked copy of the scores, and zeroing the fully masked rows "
+        "copies the weights while scores and weights are alive: 3 s N L² + L² + L.",
+    ),
+    "performer_features_only": (
+        "a Performer estimate with only the four (L, m) feature buffers",
+        "the feature map also holds a scaled copy of the input (N L d elements) and the (m, d) "
+        "projection, built in float64: s (4NLm + NLd + md) + 8md.",
+    ),
+    "scan_channels": (
+        "a scan over batch * heads channels instead of batch * heads * head_dim",
+        "every feature of every head is its own channel of the scan: N' = batch * heads * "
+        "head_dim in s (5 N' L n + 3 N' L).",
+    ),
     "forgot_heads": (
         "an estimate that ignores the number of heads",
         "every head has its own scores and outputs: N = batch * heads independent "
@@ -68,6 +93,37 @@ HINTS = {
         "a table without one row per mechanism and length",
         "append one row for every (length, mechanism) pair, failures included.",
     ),
+    "skipped_rows_missing": (
+        "the longer lengths of a failed mechanism left out of the table",
+        "a skipped length is a row too: append {'status': 'skipped', ...} for each longer "
+        "length of a mechanism that failed, so the table shows where it stopped.",
+    ),
+    "not_skipped": (
+        "a mechanism that failed run again at the longer lengths",
+        "remember which mechanisms failed (a set or dict) and record 'skipped' for their "
+        "longer lengths without calling them: a mechanism out of memory at L fails at 2L too.",
+    ),
+    "tuple_not_unpacked": (
+        "a mechanism's (out, weights) tuple used as its output",
+        "a mechanism may return a tuple whose first item is the output (as "
+        "course.reference.masks.attention does): out = out[0] if isinstance(out, tuple) else out.",
+    ),
+    "warmup_timed": (
+        "the warm-up call's time counted among the timed calls",
+        "time only the `repeats` calls after the warm-up: the warm-up's time decides "
+        "'too_slow' and nothing else.",
+    ),
+    "time_not_seconds": (
+        "a time in milliseconds where seconds were asked",
+        "time_s is in seconds: time.perf_counter() differences already are; scale to ms only "
+        "when printing.",
+    ),
+    "time_wrong": (
+        "a time that is not the median of the timed calls after the warm-up",
+        "one untimed warm-up call, then `repeats` timed calls; report statistics.median of "
+        "their durations in seconds (or course.bench.median_time(fn, q, k, v, repeats=repeats, "
+        "warmup=0)).",
+    ),
     "no_warmup": (
         "the first (warm-up) call timed",
         "call the function once untimed before timing: the first call pays for "
@@ -87,6 +143,19 @@ HINTS = {
         "measure with course.bench.peak_memory(fn, q, k, v) (the bytes allocated and "
         "alive at once during the call, its output included).",
     ),
+    "quality_by_output_norm": (
+        "a relative error divided by ||out|| instead of ||ref||",
+        "the error is relative to the reference: (out.double() - ref).norm() / ref.norm().",
+    ),
+    "quality_not_relative": (
+        "an absolute error ||out - ref|| where the relative one was asked",
+        "divide by the reference's norm: (out.double() - ref).norm() / ref.norm().",
+    ),
+    "reference_unscaled": (
+        "a float64 reference computed without the 1/sqrt(d) scale",
+        "the reference is softmax(q kᵀ / sqrt(head_dim)) v in float64: exact attention must "
+        "show a relative error of 0.",
+    ),
     "quality_wrong": (
         "a relative error that is not ||out - ref|| / ||ref|| against float64 attention",
         "compute ref = softmax(q kᵀ / sqrt(d)) v in float64 on the same q, k, v, "
@@ -96,6 +165,55 @@ HINTS = {
         "a choice that does not follow the rule",
         "go through the candidates in the docstring's order and return the first "
         "whose estimate fits the budget.",
+    ),
+    "gpu_ignored": (
+        "the CPU candidates used on a GPU",
+        "with has_gpu=True the global candidates are flash, then linear: dense is never a GPU "
+        "candidate (flash is exact, faster and O(L) there).",
+    ),
+    "cpu_order": (
+        "flash tried before dense on a CPU",
+        "on a CPU dense comes first (the fastest exact mechanism there); flash only when "
+        "dense does not fit the budget.",
+    ),
+    "budget_ignored": (
+        "a candidate chosen whether or not its estimate fits the budget",
+        "compare each candidate's estimate_attention_memory(...) with memory_budget_bytes "
+        "and skip those above it.",
+    ),
+    "exact_past_cpu_limit": (
+        "exact attention (dense or flash) chosen on a CPU past 8192 tokens",
+        "on a CPU, dense and flash are candidates only while seq_len <= EXACT_MAX_LEN_CPU "
+        "(8192): past it, exact attention takes seconds per layer, so only linear remains.",
+    ),
+    "short_sequence_local": (
+        "the sliding window chosen for a sequence no longer than the window",
+        "when seq_len <= window the window already covers every key: use the global "
+        "candidates (needs_global_context or seq_len <= window).",
+    ),
+    "kind_name": (
+        "a kind name that estimate_attention_memory does not take",
+        "return the names of estimate_attention_memory: 'sliding' (make_attention calls it "
+        "'sliding_window'), 'dense', 'flash', 'linear'.",
+    ),
+    "arguments_ignored": (
+        "the estimates made with the default sizes instead of the ones passed",
+        "pass batch, heads, head_dim and dtype on to estimate_attention_memory, and compare "
+        "seq_len with the `window` given.",
+    ),
+    "window_not_passed": (
+        "'sliding' estimated without its window",
+        "estimate the sliding window with estimate_attention_memory('sliding', ..., "
+        "window=window): it has no default.",
+    ),
+    "nothing_fits_accepted": (
+        "a choice returned although no candidate fits the budget",
+        "after trying every candidate, raise ValueError naming the budget and the candidates "
+        "tried: never return one whose estimate is over the budget.",
+    ),
+    "choose_bad_arguments": (
+        "a bad argument accepted silently",
+        "raise ValueError for seq_len < 1 and for memory_budget_bytes <= 0, before estimating.",
     ),
 }
 

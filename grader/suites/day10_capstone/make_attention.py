@@ -61,6 +61,20 @@ MAKE_HINTS = {
         "for 'dense' and 'strided', combine the mask with the kind's own pattern (logical and) "
         "before course.reference.masks.attention.",
     ),
+    "mask_or_pattern": (
+        "the mask and the kind's own pattern combined with OR (either one lets a pair through)",
+        "a pair is allowed only where both the pattern and the mask allow it: pattern & mask "
+        "(torch.logical_and).",
+    ),
+    "mask_replaces_pattern": (
+        "the mask given to forward used instead of the kind's own pattern",
+        "keep the kind's pattern (causal or strided) and combine the mask with it: pattern & mask.",
+    ),
+    "merge_without_transpose": (
+        "heads merged by reshaping (B, H, L, dh) straight to (B, L, d_model)",
+        "move the heads next to the features first: out.transpose(1, 2).reshape(B, L, "
+        "d_model), as day03's merge_heads does.",
+    ),
     "mask_silently_dropped": (
         "a kind that never builds the (L, L) scores accepting a mask and ignoring it",
         "raise ValueError when a mask is given to a kind that cannot apply it: ignoring it would "
@@ -70,8 +84,19 @@ MAKE_HINTS = {
         "a 'mamba' layer whose early outputs depend on later tokens",
         "the scan runs forward in time; wrap course.reference.mamba_scan.MambaBlock and keep its causal conv.",
     ),
+    "performer_not_deterministic": (
+        "a Performer layer that draws new random features at every call",
+        "draw the features from a generator seeded with the layer's `seed` at every call "
+        "(torch.Generator().manual_seed(seed)), so the layer is a function of its input.",
+    ),
+    "performer_wrong": (
+        "a Performer layer far from the softmax attention it approximates",
+        "use course.reference.linear_attention.performer_attention on the split heads, with "
+        "the layer's num_features.",
+    ),
     "unclear_kind_error": (
-        "an unknown kind or argument accepted, or refused without naming what is valid",
+        "an unknown kind, an unknown argument or a missing one accepted, or refused without "
+        "naming what is valid",
         "raise ValueError listing the valid kinds (and for a bad argument, the arguments the kind "
         "takes), so the caller can fix the call from the message alone.",
     ),
@@ -84,18 +109,30 @@ MAKE_FORBIDDEN = {
     mechanisms.MambaMechanism.__init__: "wrap course.reference.mamba_scan.MambaBlock in your own module.",
 }
 
-EXACT_KINDS = ("dense", "strided", "sliding_window", "chunked", "flash")
+# (kind, causal or None to draw it): the sliding window both ways, as each mode shows a window
+# one key off differently (see draw_options)
+EXACT_CASES = [
+    ("dense", None),
+    ("strided", None),
+    ("sliding_window", False),
+    ("sliding_window", True),
+    ("chunked", None),
+    ("flash", None),
+]
 
 
-def draw_options(kind: str, rng, L: int) -> dict:
-    """Random keyword arguments for `kind` at length L."""
-    causal = bool(draw(rng, 0, 1))
+def draw_options(kind: str, rng, L: int, causal: bool = None) -> dict:
+    """Random keyword arguments for `kind` at length L (`causal` drawn unless given)."""
+    causal = bool(draw(rng, 0, 1)) if causal is None else causal
     if kind == "dense":
         return {"causal": causal}
     if kind == "strided":
         return {"stride": draw(rng, 2, 5), "local_window": draw(rng, 1, 5)}
     if kind == "sliding_window":
-        return {"window": draw(rng, 2, 7), "causal": causal}
+        # not causal, a window w sees w // 2 keys each side: an odd w and w - 1 (an even w and
+        # w + 1) are the same pattern, so the one-key-off check draws each parity where it shows
+        window = draw(rng, 2, 7)
+        return {"window": window + window % 2 if not causal else window, "causal": causal}
     if kind == "chunked":
         return {"chunk_size": draw(rng, 3, 8), "overlap": draw(rng, 1, 3)}
     if kind == "flash":
@@ -142,10 +179,16 @@ def projection_weights(layer, d_model: int) -> dict:
 
 
 def dense_oracle(
-    weights: dict, x: torch.Tensor, allowed: torch.Tensor, heads: int, scale_dim: int = None
+    weights: dict,
+    x: torch.Tensor,
+    allowed: torch.Tensor,
+    heads: int,
+    scale_dim: int = None,
+    merge=None,
 ) -> torch.Tensor:
     """float64 multi-head softmax attention under `allowed` ((L, L) or broadcastable to
-    (B, H, L, L)); fully masked rows give zeros. `scale_dim` replaces head_dim in the scale."""
+    (B, H, L, L)); fully masked rows give zeros. `scale_dim` replaces head_dim in the scale;
+    `merge` replaces the merge of the heads (see `merged`)."""
     x = x.double()
     B, L, d_model = x.shape
     dh = d_model // heads
@@ -161,15 +204,27 @@ def dense_oracle(
     scores = scores.masked_fill(~allowed, float("-inf"))
     out = torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v  # (B, H, L, dh)
     w, b = weights["out_proj"]
-    return out.transpose(1, 2).reshape(B, L, d_model) @ w.T + b
+    return (merge or merged)(out) @ w.T + b
+
+
+def merged(out: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, dh) -> (B, L, H * dh): the heads side by side for each token."""
+    B, H, L, dh = out.shape
+    return out.transpose(1, 2).reshape(B, L, H * dh)
+
+
+def merged_without_transpose(out: torch.Tensor) -> torch.Tensor:
+    """The mistake merge_without_transpose: (B, H, L, dh) reshaped straight to (B, L, H * dh)."""
+    B, H, L, dh = out.shape
+    return out.reshape(B, L, H * dh)
 
 
 def make_exact_kinds(make_attention, rng):
     """dense, strided, sliding_window, chunked and flash equal float64 multi-head attention under each kind's pattern"""
-    for kind in EXACT_KINDS:
+    for kind, causal in EXACT_CASES:
         heads = draw(rng, 2, 3)
         d_model, L, B = heads * draw(rng, 2, 4), draw(rng, 12, 24), draw(rng, 1, 2)
-        options = draw_options(kind, rng, L)
+        options = draw_options(kind, rng, L, causal)
         layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
         weights = projection_weights(layer, d_model)
         x = randn((B, L, d_model), rng)
@@ -177,6 +232,10 @@ def make_exact_kinds(make_attention, rng):
         suspects = [
             ("heads_ignored", dense_oracle(weights, x, allowed, 1)),
             ("scaled_by_d_model", dense_oracle(weights, x, allowed, heads, scale_dim=d_model)),
+            (
+                "merge_without_transpose",
+                dense_oracle(weights, x, allowed, heads, merge=merged_without_transpose),
+            ),
         ]
         if options.get("causal"):
             suspects.append(
@@ -234,9 +293,16 @@ def make_linear_kinds(make_attention, rng):
             linear_oracle(weights, x, heads, causal),
             torch.float32,
             what=f"make_attention('linear', causal={causal})(x)",
-            suspects=[("causal_ignored", linear_oracle(weights, x, heads, not causal))]
-            if causal
-            else [("heads_ignored", linear_oracle(weights, x, 1, causal))],
+            suspects=[
+                (
+                    "causal_ignored" if causal else "heads_ignored",
+                    linear_oracle(weights, x, heads if causal else 1, False),
+                ),
+                (
+                    "merge_without_transpose",
+                    linear_oracle(weights, x, heads, causal, merge=merged_without_transpose),
+                ),
+            ],
         )
     layer, forward = build_layer(make_attention, "performer", d_model, heads, num_features=2048)
     weights = projection_weights(layer, d_model)
@@ -244,24 +310,32 @@ def make_linear_kinds(make_attention, rng):
         first, second = forward(x), forward(x)
     expect_tensor(first, "make_attention('performer')(x)", x.shape, x.dtype)
     if not torch.equal(first, second):
+        description, fix = hint("performer_not_deterministic")
         raise Mistake(
-            "make_attention('performer') gave two different outputs for the same x.",
-            "draw the random features once per layer (or from a generator seeded by the "
-            "layer's `seed`), so the layer is a function of its input.",
+            "make_attention('performer') gave two different outputs for the same x: it looks "
+            f"like {description}.",
+            fix,
+            "performer_not_deterministic",
         )
     error = relative_error(
         first, dense_oracle(weights, x, torch.ones(L, L, dtype=torch.bool), heads)
     )
     if error > 0.25:
+        description, fix = hint("performer_wrong")
         raise Mistake(
             f"make_attention('performer', num_features=2048) is {error:.0%} away from "
-            "softmax attention with the same projections (expected well under 25%).",
-            "use course.reference.linear_attention.performer_attention on the split heads.",
+            f"softmax attention with the same projections (expected well under 25%): it looks "
+            f"like {description}.",
+            fix,
+            "performer_wrong",
         )
 
 
-def linear_oracle(weights: dict, x: torch.Tensor, heads: int, causal: bool) -> torch.Tensor:
-    """float64 elu+1 linear attention, quadratic form, with the course's eps = 1e-6."""
+def linear_oracle(
+    weights: dict, x: torch.Tensor, heads: int, causal: bool, merge=None
+) -> torch.Tensor:
+    """float64 elu+1 linear attention, quadratic form, with the course's eps = 1e-6; `merge`
+    replaces the merge of the heads."""
     x = x.double()
     B, L, d_model = x.shape
     dh = d_model // heads
@@ -277,9 +351,9 @@ def linear_oracle(weights: dict, x: torch.Tensor, heads: int, causal: bool) -> t
     scores = q @ k.transpose(-1, -2)  # (B, H, L, L)
     if causal:
         scores = scores.tril()
-    out = (scores @ v) / (scores.sum(-1, keepdim=True) + 1e-6)
+    out = (scores @ v) / (scores.sum(-1, keepdim=True) + 1e-6)  # (B, H, L, dh)
     w, b = weights["out_proj"]
-    return out.transpose(1, 2).reshape(B, L, d_model) @ w.T + b
+    return (merge or merged)(out) @ w.T + b
 
 
 def make_causal_kinds_do_not_look_ahead(make_attention, rng):
@@ -302,7 +376,21 @@ def make_causal_kinds_do_not_look_ahead(make_attention, rng):
             before, after = forward(x), forward(changed)
         expect_tensor(before, f"make_attention({kind!r})(x)", x.shape, x.dtype)
         if relative_error(after[:, :cut], before[:, :cut]) > 1e-5:
+            if kind != "mamba" and merges_without_transpose(layer, kind, options, heads, x, before):
+                raise named("merge_without_transpose")  # it mixes tokens, not the mechanism
             raise named("not_causal_scan" if kind == "mamba" else "causal_ignored")
+
+
+def merges_without_transpose(layer, kind: str, options: dict, heads: int, x, out) -> bool:
+    """Whether `out` is the causal layer's output with its heads merged without the transpose
+    back: that merge mixes tokens, so early outputs see later tokens however causal the mechanism."""
+    weights = projection_weights(layer, x.shape[-1])
+    if kind == "linear":
+        wrong = linear_oracle(weights, x, heads, True, merge=merged_without_transpose)
+    else:
+        allowed = allowed_pairs(kind, options, x.shape[1])
+        wrong = dense_oracle(weights, x, allowed, heads, merge=merged_without_transpose)
+    return relative_error(out, wrong) <= 1e-4
 
 
 def make_masks(make_attention, rng):
@@ -327,7 +415,15 @@ def make_masks(make_attention, rng):
             dense_oracle(weights, x, pattern & keys, heads),
             torch.float32,
             what=f"make_attention({kind!r})(x, mask=padding)",
-            suspects=[("mask_ignored", dense_oracle(weights, x, pattern, heads))],
+            suspects=[
+                ("mask_ignored", dense_oracle(weights, x, pattern, heads)),
+                ("mask_or_pattern", dense_oracle(weights, x, pattern | keys, heads)),
+                ("mask_replaces_pattern", dense_oracle(weights, x, keys, heads)),
+                (
+                    "merge_without_transpose",
+                    dense_oracle(weights, x, pattern & keys, heads, merge=merged_without_transpose),
+                ),
+            ],
         )
     for kind, options in [
         ("sliding_window", {"window": 3}),
@@ -345,40 +441,52 @@ def make_masks(make_attention, rng):
         )
 
 
-def make_clear_errors(make_attention, rng):
-    """an unknown kind, an argument the kind does not take and a missing required argument raise ValueError; the unknown kind's message names every kind"""
-    bogus = ["sparse", "full", "softmax", "local"][draw(rng, 0, 3)]
+def expect_clear_error(call, what: str, words) -> None:
+    """`call()` raises ValueError whose message names each of `words` (what is valid, or what
+    is missing); anything else is the mistake unclear_kind_error."""
+    fix = hint("unclear_kind_error")[1]
     try:
-        make_attention(bogus, 16, 2)
+        call()
     except Mistake as mistake:
-        if mistake.key != "raised" or not isinstance(mistake.__cause__, ValueError):
+        if mistake.key != "raised":
             raise
-        missing = [
-            kind for kind in mechanisms.ATTENTION_KINDS if kind not in str(mistake.__cause__)
-        ]
-        if missing:
+        error = mistake.__cause__
+        if not isinstance(error, ValueError):
             raise Mistake(
-                f"make_attention({bogus!r}, ...) raised ValueError({str(mistake.__cause__)!r}), "
-                f"which does not name the kinds {missing}.",
-                hint("unclear_kind_error")[1],
+                f"{what} raised {type(error).__name__}, not ValueError: {error}",
+                fix,
                 "unclear_kind_error",
             ) from None
-    else:
-        raise named("unclear_kind_error")
-    expect_value_error(
-        lambda: make_attention("dense", 16, 2, window=4),
-        "make_attention('dense', window=4)",
-        "unclear_kind_error",
+        unnamed = [word for word in words if word not in str(error)]
+        if unnamed:
+            raise Mistake(
+                f"{what} raised ValueError({str(error)!r}), which does not name {unnamed}.",
+                fix,
+                "unclear_kind_error",
+            ) from None
+        return
+    raise Mistake(f"{what} was accepted without an error.", fix, "unclear_kind_error")
+
+
+def make_clear_errors(make_attention, rng):
+    """an unknown kind, an argument the kind does not take and a missing required argument raise ValueError naming what is valid (or missing)"""
+    bogus = ["sparse", "full", "softmax", "local"][draw(rng, 0, 3)]
+    expect_clear_error(
+        lambda: make_attention(bogus, 16, 2),
+        f"make_attention({bogus!r}, 16, 2)",
+        list(mechanisms.ATTENTION_KINDS),
     )
-    expect_value_error(
+    for kind, extra in [("dense", {"window": 4}), ("chunked", {"chunk_size": 4, "stride": 2})]:
+        shown = ", ".join(f"{k}={v}" for k, v in extra.items())
+        expect_clear_error(
+            lambda: make_attention(kind, 16, 2, **extra),
+            f"make_attention({kind!r}, 16, 2, {shown})",
+            list(mechanisms.ATTENTION_KINDS[kind]),
+        )
+    expect_clear_error(
         lambda: make_attention("sliding_window", 16, 2),
-        "make_attention('sliding_window') without window",
-        "unclear_kind_error",
-    )
-    expect_value_error(
-        lambda: make_attention("chunked", 16, 2, chunk_size=4, stride=2),
-        "make_attention('chunked', stride=2)",
-        "unclear_kind_error",
+        "make_attention('sliding_window', 16, 2) without window",
+        ["window"],
     )
 
 
