@@ -98,6 +98,48 @@ print(out)
 
 
 # %% [markdown]
+# The flash kernels need five more idioms, all in the two small kernels below:
+#
+# - **A running max starts at $-\infty$**: `tl.full([BLOCK], float("-inf"), dtype=tl.float32)`. Starting at 0 is wrong as soon as every value of a row is negative.
+# - **A loop with a runtime bound** inside a kernel: `for start in range(0, hi, BLOCK):` where `hi` is an argument or computed from one (not a constexpr). Each turn handles one block.
+# - **`tl.minimum(a, b)`** (and `tl.maximum`) elementwise, also on scalars: `hi = tl.minimum(n_cols, max_cols)`. Python's `min` does not work on Triton values.
+# - **`.to(dtype)`** converts a block: `x.to(tl.float32)` to compute in float32, `p.to(v.dtype)` before a `tl.dot` with float16 `v`, `out.to(O.dtype.element_ty)` before storing into `O`.
+# - **`tl.trans(k)`** transposes a 2-D tile: for q `(M, D)` and k `(N, D)`, `tl.dot(q, tl.trans(k))` is $q k^\top$, `(M, N)`. `tl.dot(q, k)` is a shape error, unless $N = D$: then it silently computes something else (while debugging, pick sizes that differ).
+
+# %%
+@triton.jit
+def row_max_kernel(x_ptr, out_ptr, n_cols, max_cols, BLOCK: tl.constexpr):
+    """out[row] = max of the first min(n_cols, max_cols) entries of row `row`."""
+    row = tl.program_id(0)
+    m = tl.full([BLOCK], float("-inf"), dtype=tl.float32)   # running max of each lane
+    hi = tl.minimum(n_cols, max_cols)                        # a runtime bound, not a constexpr
+    for start in range(0, hi, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * n_cols + cols, mask=cols < hi, other=float("-inf"))
+        m = tl.maximum(m, x.to(tl.float32))
+    tl.store(out_ptr + row, tl.max(m, axis=0))
+
+
+@triton.jit
+def scores_kernel(q_ptr, k_ptr, s_ptr, M: tl.constexpr, N: tl.constexpr, D: tl.constexpr):
+    """s = q @ k.T for one (M, D) tile of q and one (N, D) tile of k."""
+    m, n, d = tl.arange(0, M), tl.arange(0, N), tl.arange(0, D)
+    q = tl.load(q_ptr + m[:, None] * D + d[None, :])          # (M, D)
+    k = tl.load(k_ptr + n[:, None] * D + d[None, :])          # (N, D)
+    tl.store(s_ptr + m[:, None] * N + n[None, :], tl.dot(q, tl.trans(k)))
+
+
+x = -1 - torch.arange(60.0).reshape(3, 20)                   # every entry < 0
+row_max = torch.empty(3)
+row_max_kernel[(3,)](x, row_max, 20, 12, BLOCK=8)
+print(row_max)                                               # -1, -21, -41
+q, k = torch.randn(16, 32), torch.randn(32, 32)
+s = torch.empty(16, 32)
+scores_kernel[(1,)](q, k, s, M=16, N=32, D=32)
+print(torch.allclose(s, q @ k.T, atol=1e-4))
+
+
+# %% [markdown]
 # ## 2. Warm-up: `triton_add`
 #
 # Write `add_kernel` (one block of `x + y` per program) and the wrapper `triton_add` that checks its inputs, makes them contiguous, allocates the output and launches $\lceil n / \text{BLOCK} \rceil$ programs. Any shape: flatten it, the kernel sees a flat vector of $n$ elements. A block of 1024 is a good size (on the interpreter, fewer programs is faster).
@@ -347,14 +389,18 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # %% [markdown]
 # **Mistakes the checks recognise:**
 #
-# - no rescale at all, or `l_i` rescaled but `acc` not, when the running max changes
+# - no rescale at all, or only one of `l_i` and `acc` rescaled, when the running max changes
+# - `m_i` started at 0 instead of $-\infty$ (NaN for a row whose scores are all very negative)
 # - the output not divided by `l_i`
 # - keys past $L_k$ in the last tile counted (loaded as zeros, never set to $-\infty$)
 # - a load or store outside the tensors (a ragged tile without a mask)
 # - the wrong scale: none, $1/D$, or `tl.exp2` without $\log_2 e$ folded in
-# - the logsumexp in base 2, or without the max
+# - the logsumexp in base 2 (or half converted), or without the max
+# - non-contiguous q, k, v read as if contiguous (`reshape` can return a strided view: add `.contiguous()`)
 # - `causal=True` ignored, a top-left mask, or the diagonal tile masked on the wrong side
-# - no Triton kernel; inf/NaN for large scores; unsupported head_dim, shapes or dtype accepted
+# - with `causal=True`, the key tiles above the diagonal loaded (the loop must stop at `hi`), or a loop that stops too early (`hi = start_m + BLOCK_M`, top-left)
+# - K/V of head `bh` at `bh * Lq * D` (or Q at `bh * Lk * D`): a per-head offset with the other length
+# - no Triton kernel; inf/NaN for large scores; unsupported head_dim, shapes or dtypes (q, k, v not all the same) accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_flash_attention_triton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, points=2)
@@ -387,7 +433,9 @@ TileExplorer(lq=48, lk=64, causal=True, flash_attention=flash_attention_triton)
 #
 # FlashAttention 2 splits the work into three kernels, below, so that no two programs write the same memory.
 #
-# (The other way, one kernel that adds to $dQ$ with `tl.atomic_add`, is also fine.) Every recomputed $P$ must be masked exactly as in the forward: keys $\ge L_k$, queries $\ge L_q$, and, when causal, keys after each query's position. With `lse` in natural log and scores in base-2 units, $P$ = `tl.exp2(s - lse * log2(e))`.
+# The backward kernels get two scales: `qk_scale` $= \log_2 e / \sqrt d$ for the scores, as in the forward, and `ds_scale` $= 1/\sqrt d$, the factor of $dQ$ and $dK$ (from $S = Q K^\top / \sqrt d$), applied once to each at the end.
+#
+# (The other way, one kernel that adds to $dQ$ with `tl.atomic_add`, is also fine: `tl.atomic_add(ptrs, values, mask=...)` adds `values` into memory in one indivisible step, so programs of different key tiles that add to the same rows of $dQ$ never lose each other's sums; accumulate into a zeroed float32 buffer.) Every recomputed $P$ must be masked exactly as in the forward: keys $\ge L_k$, queries $\ge L_q$, and, when causal, keys after each query's position. With `lse` in natural log and scores in base-2 units, $P$ = `tl.exp2(s - lse * log2(e))`.
 #
 # The checks compare $dq, dk, dv$ with autograd through float64 attention, count the kernels your backward launches, and look at what the forward saved.
 
@@ -552,6 +600,8 @@ print(q.grad.shape, k.grad.norm().item() > 0, v.grad.norm().item() > 0)
 # - `dS = P * dP` without the $D$ term
 # - $dQ$, $dK$ without the $1/\sqrt d$ (or with it twice)
 # - gradients right without a mask but wrong with `is_causal=True` (the backward's $P$ not masked like the forward's)
+# - $P$ = `tl.exp2(s - lse)` with `lse` still in natural log (not multiplied by $\log_2 e$)
+# - a non-contiguous `dout` (the gradient of a transposed output) read as if contiguous
 # - a backward that launches no Triton kernel; a forward that saves the attention matrix
 # - something other than an autograd.Function; head_dim 24 accepted
 

@@ -136,6 +136,16 @@ SOFTMAX_BUGS = {
         )
     ],
     "no_error_for_bad_input": [("if x.ndim == 0:", "if False:")],
+    "softmax_not_divided": [("num / tl.sum(num, axis=0)", "num")],
+    "softmax_exp2": [("num = tl.exp(x)", "num = tl.exp2(x)")],
+    "non_contiguous": [
+        ("rows = x.contiguous().reshape(-1, x.shape[-1])", "rows = x.view(-1, x.shape[-1])")
+    ],
+    # 0.0 in the padded lanes, kept out of the sum but not out of the max
+    "padding_wins_max": [
+        ('other=float("-inf"))', "other=0.0)"),
+        ("num = tl.exp(x)", "num = tl.where(inside, tl.exp(x), 0.0)"),
+    ],
 }
 
 
@@ -209,6 +219,68 @@ def test_flash_planted_bugs_are_named(solution, key, capsys):
     assert_named("flash_attention_triton", bug, key, capsys)
 
 
+# Hidden checks draw a fresh seed: these mistakes must be named on several, not only on seed 0.
+HIDDEN_SEEDS = (1, 2, 3)
+
+HI = "hi = tl.minimum(Lk, Lk - Lq + start_m + BLOCK_M)"
+LSE = "lse = (m_i + tl.log2(l_i)) * 0.6931471805599453"
+FLATTEN = "q3, k3, v3 = (t.reshape(-1, t.shape[-2], D){} for t in (q, k, v))"
+
+FLASH_BUGS_ON_EVERY_SEED = {  # name: (the key it must be named under, the edits)
+    # the loop runs to Lk with causal=True and only masks: right values, twice the loads
+    "no_tile_skipped": ("causal_tiles_not_skipped", [(HI, "hi = Lk")]),
+    "top_left_loop_bound": ("causal_loop_bound", [(HI, "hi = tl.minimum(Lk, start_m + BLOCK_M)")]),
+    "loop_one_tile_short": ("causal_loop_bound", [(HI, "hi = tl.minimum(Lk, Lk - Lq + start_m)")]),
+    # K/V of head bh read at bh * Lq * D: inside the tensors, wrong rows
+    "kv_offset_with_lq": (
+        "head_offset",
+        [("kv_offs = bh * Lk * HEAD_DIM", "kv_offs = bh * Lq * HEAD_DIM")],
+    ),
+    # Q of head bh read at bh * Lk * D: past the end of q, the first head alone is right
+    "q_offset_with_lk": (
+        "head_offset",
+        [("q_offs = bh * Lq * HEAD_DIM", "q_offs = bh * Lk * HEAD_DIM")],
+    ),
+    "l_not_rescaled": (
+        "rescale_acc_not_l",
+        [("l_i = l_i * alpha + tl.sum(p, axis=1)", "l_i = l_i + tl.sum(p, axis=1)")],
+    ),
+    "lse_mixed_units": ("lse_base2", [(LSE, "lse = m_i * 0.6931471805599453 + tl.log2(l_i)")]),
+    "m_i_from_zero": (
+        "m_i_not_minus_inf",
+        [
+            (
+                'm_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)',
+                "m_i = tl.zeros([BLOCK_M], dtype=tl.float32)",
+            )
+        ],
+    ),
+    "no_contiguous": (
+        "inputs_not_contiguous",
+        [(FLATTEN.format(".contiguous()"), FLATTEN.format(""))],
+    ),
+    "mixed_dtypes_accepted": (
+        "no_error_for_bad_input",
+        [
+            (
+                "or not (q.dtype == k.dtype == v.dtype):",
+                ":",
+            )
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", FLASH_BUGS_ON_EVERY_SEED)
+def test_flash_planted_bugs_are_named_on_hidden_seeds(solution, bug, capsys):
+    key, edits = FLASH_BUGS_ON_EVERY_SEED[bug]
+    impl = planted(solution, "flash_attention_triton", *edits)
+    assert_named("flash_attention_triton", impl, key, capsys)
+    for seed in HIDDEN_SEEDS:
+        result = report("flash_attention_triton", impl, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
 def test_a_diagonal_mask_on_the_wrong_side_is_caught_by_the_probe(solution):
     """Keys after the diagonal kept, the diagonal itself too: no dense suspect, the probe names it."""
     bug = planted(solution, "flash_attention_triton", *FLASH_BUGS["causal_wrong_side"])
@@ -274,6 +346,14 @@ FUNCTION_BUGS = {
     ],
     "grad_wrong_scale": [("ds_scale = 1.0 / math.sqrt(D)", "ds_scale = 1.0")],
     "causal_backward": [("CAUSAL=ctx.is_causal)", "CAUSAL=False)")],
+    "dout_not_contiguous": [
+        (
+            "q3, k3, v3, o3, do3 = (t.reshape(-1, t.shape[-2], D).contiguous() "
+            "for t in (q, k, v, out, dout))",
+            "q3, k3, v3, o3 = (t.reshape(-1, t.shape[-2], D).contiguous() for t in (q, k, v, out))"
+            "; do3 = dout.reshape(-1, Lq, D)",
+        )
+    ],
 }
 
 
@@ -281,6 +361,31 @@ FUNCTION_BUGS = {
 def test_function_planted_bugs_are_named(solution, key, capsys):
     bug = planted(solution, "FlashAttentionTriton", *FUNCTION_BUGS[key])
     assert_named("FlashAttentionTriton", bug, key, capsys)
+
+
+LSE_IN_NATURAL_LOG = [  # P = exp2(s - lse) in both kernels: lse never turned into base 2
+    (
+        "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634\n"
+        "        delta",
+        "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)\n        delta",
+    ),
+    (
+        "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634\n"
+        "    Di",
+        "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)\n    Di",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "edits", [LSE_IN_NATURAL_LOG, LSE_IN_NATURAL_LOG[:1]], ids=["both", "dkdv"]
+)
+def test_backward_lse_in_natural_log_is_named_on_hidden_seeds(solution, edits, capsys):
+    bug = planted(solution, "FlashAttentionTriton", *edits)
+    assert_named("FlashAttentionTriton", bug, "backward_lse_natural", capsys)
+    for seed in HIDDEN_SEEDS[:2]:
+        result = report("FlashAttentionTriton", bug, hidden=True, seed=seed)
+        assert "backward_lse_natural" in result.keys, [(r.key, r.message) for r in result.results]
 
 
 def test_causal_only_gradient_bug_passes_the_non_causal_check(solution):

@@ -35,6 +35,8 @@ from grader.suites.day07_flash_triton.flash_forward import (
     flash_matches,
     flash_rejects_bad_input,
     flash_shapes,
+    flash_skips_future_tiles,
+    flash_unusual_inputs,
 )
 from grader.suites.day07_flash_triton.hints import FORBIDDEN, HINTS
 from grader.suites.day07_flash_triton.warmups import (
@@ -59,7 +61,9 @@ EXERCISES = {
         checks=[
             flash_matches,
             flash_causal,
+            flash_skips_future_tiles,
             flash_shapes,
+            flash_unusual_inputs,
             flash_in_bounds,
             flash_rejects_bad_input,
         ],

@@ -45,7 +45,9 @@ def grads64(q, k, v, dout, causal, variant=None):
     p = torch.exp(s - lse[..., None])
     p_true = p.masked_fill(~keep, 0.0)
     out = p_true @ v
-    if variant != "causal_backward":
+    if variant == "backward_lse_natural":  # exp2(s * log2(e) - lse) = exp(s - lse * ln 2)
+        p = torch.exp(s - lse[..., None] * math.log(2)).masked_fill(~keep, 0.0)
+    elif variant != "causal_backward":
         p = p_true
     dv = p.transpose(-1, -2) @ dout
     dp = dout @ v.transpose(-1, -2)
@@ -55,14 +57,19 @@ def grads64(q, k, v, dout, causal, variant=None):
     return ds @ k * factor, ds.transpose(-1, -2) @ q * factor, dv
 
 
-def run_function(cls, q, k, v, causal, rng, what):
-    """Forward and backward through the student's class, watched; returns (out, grads, saved)."""
+def run_function(cls, q, k, v, causal, rng, what, dout_transposed=False):
+    """Forward and backward through the student's class, watched; returns (out, dout, grads,
+    saved). With `dout_transposed`, dout is a non-contiguous view, as behind a downstream
+    transpose."""
     apply = guarded(cls.apply, "FlashAttentionTriton", FORBIDDEN)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     out = watched(apply, f"FlashAttentionTriton.apply on {what}", *leaves, causal)
     expect_tensor(out, f"FlashAttentionTriton.apply on {what}", q.shape, q.dtype)
     saved = saved_tensors(out) or ()
-    dout = randn(out.shape, rng, out.dtype)
+    if dout_transposed:  # (..., D, L) memory seen as (..., L, D)
+        dout = randn((*out.shape[:-2], out.shape[-1], out.shape[-2]), rng, out.dtype).mT
+    else:
+        dout = randn(out.shape, rng, out.dtype)
     backward = guarded(
         lambda: torch.autograd.grad(out, leaves, dout), "FlashAttentionTriton", FORBIDDEN
     )
@@ -74,7 +81,7 @@ def run_function(cls, q, k, v, causal, rng, what):
 
 def expect_grads(grads, q, k, v, dout, causal, what):
     ref = grads64(q, k, v, dout, causal)
-    variants = ["no_d_term", "grad_wrong_scale", "grad_scale_twice"] + (
+    variants = ["no_d_term", "grad_wrong_scale", "grad_scale_twice", "backward_lse_natural"] + (
         ["causal_backward"] if causal else []
     )
     wrong = {variant: grads64(q, k, v, dout, causal, variant) for variant in variants}
@@ -133,6 +140,20 @@ def function_gradients(FlashAttentionTriton, rng):
             out_suspects(q, k, v, False),
         )
         expect_grads(grads, q, k, v, dout, False, what)
+        what += ", dout non-contiguous"
+        _, dout, grads, _ = run_function(cls, q, k, v, False, rng, what, dout_transposed=True)
+        read_as_contiguous = dout.mT.reshape(
+            dout.shape
+        )  # what a kernel reads without .contiguous()
+        suspects = grads64(q, k, v, read_as_contiguous, False)
+        for i, name in [(2, "dv"), (0, "dq"), (1, "dk")]:
+            expect_close(
+                grads[i],
+                grads64(q, k, v, dout, False)[i],
+                q.dtype,
+                f"{name} of {what}",
+                [("dout_not_contiguous", suspects[i])],
+            )
 
 
 def function_causal_gradients(FlashAttentionTriton, rng):

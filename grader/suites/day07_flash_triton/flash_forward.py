@@ -1,12 +1,14 @@
 """Checks for flash_attention_triton: (out, lse) from one Triton forward kernel, in bounds on
 ragged lengths."""
 
+import itertools
+
 import torch
 
-from grader.harness.checking import Mistake, expect_value_error, hint
+from grader.harness.checking import Mistake, expect_close, expect_value_error, hint
 from grader.suites._common import draw, randn
-from grader.suites.day07_flash_triton.kernel_watch import run_device
-from grader.suites.day07_flash_triton.oracles import call_flash, expect_attention, qkv
+from grader.suites.day07_flash_triton.kernel_watch import flash_dtype, run_device
+from grader.suites.day07_flash_triton.oracles import attention64, call_flash, expect_attention, qkv
 
 
 def flash_matches(flash, rng):
@@ -50,6 +52,27 @@ def flash_causal(flash, rng):
         raise
 
 
+def flash_skips_future_tiles(flash, rng):
+    """causal=True skips the key tiles above the diagonal: fewer elements loaded than without"""
+    L = draw(rng, 100, 128)
+    q, k, v = qkv(rng, (1, 1), L, L, 16)
+    what = f"flash_attention_triton on q, k, v {tuple(q.shape)}"
+    loaded = {}
+    for causal in (False, True):
+        result, watch = call_flash(flash, f"{what}, causal={causal}", q, k, v, causal, counts=True)
+        expect_attention(result, q, k, v, causal, f"{what}, causal={causal}")
+        loaded[causal] = watch.elements_loaded
+    # only the interpreter counts loads; compiled for a GPU both counts are 0
+    if loaded[False] and loaded[True] >= loaded[False]:
+        description, fix = hint("causal_tiles_not_skipped")
+        raise Mistake(
+            f"{what}: causal=True loaded {loaded[True]} elements, causal=False {loaded[False]}: "
+            f"it looks like {description}.",
+            fix,
+            "causal_tiles_not_skipped",
+        )
+
+
 def flash_shapes(flash, rng):
     """any leading dims: (L, D), (B, L, D), (B, H, L, D); Lq = 1; L < 16; head_dim 64"""
     cases = [
@@ -62,6 +85,47 @@ def flash_shapes(flash, rng):
         q, k, v = qkv(rng, lead, Lq, Lk, D)
         what = f"flash_attention_triton(causal={causal}) on q {tuple(q.shape)}, k {tuple(k.shape)}"
         expect_attention(call_flash(flash, what, q, k, v, causal), q, k, v, causal, what)
+
+
+def heads_transposed(shape, rng) -> tuple:
+    """(t, memory): t of `shape` (B, H, L, D) as the non-contiguous transpose of a (B, L, H, D)
+    tensor, and t's memory read as if t were contiguous (what a kernel sees without .contiguous())."""
+    B, H, L, D = shape
+    base = randn((B, L, H, D), rng, flash_dtype())
+    return base.transpose(1, 2), base.reshape(shape)
+
+
+def flash_unusual_inputs(flash, rng):
+    """non-contiguous q, k, v (heads transposed), and rows whose scores are all below -100"""
+    Lq, Lk = draw(rng, 5, 20), draw(rng, 17, 30)
+    (q, q_mem), (k, k_mem), (v, v_mem) = (
+        heads_transposed((1, 2, L, 16), rng) for L in (Lq, Lk, Lk)
+    )
+    what = f"flash_attention_triton on non-contiguous q {tuple(q.shape)}, k {tuple(k.shape)}"
+    out, lse = call_flash(flash, what, q, k, v, False)
+    suspects = []
+    for used in itertools.product((q, q_mem), (k, k_mem), (v, v_mem)):
+        if all(t is orig for t, orig in zip(used, (q, k, v))):
+            continue
+        written = attention64(*used)[0]  # in memory order, into a contiguous out ...
+        suspects.append(("inputs_not_contiguous", written))
+        if used[0] is q_mem:  # ... or into an out laid out like q (torch.empty_like)
+            laid_out = written.reshape(-1).as_strided(q.shape, q.stride())
+            suspects.append(("inputs_not_contiguous", laid_out))
+    expect_close(out, attention64(q, k, v)[0], q.dtype, f"out of {what}", suspects)
+    # q . k / 4 near -150 for every key: exp(s - 0) underflows to 0 unless m_i starts at -inf
+    q = 6.0 + randn((1, 1, Lq, 16), rng, flash_dtype(), 0.3)
+    k, v = -6.0 - randn((1, 1, Lk, 16), rng, flash_dtype(), 0.3), randn((1, 1, Lk, 16), rng)
+    what = f"flash_attention_triton on q {tuple(q.shape)} with every score near -150"
+    out, lse = call_flash(flash, what, q, k, v.to(q.dtype), False)
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.isfinite().all():
+        description, fix = hint("m_i_not_minus_inf")
+        raise Mistake(
+            f"{what} has NaN or inf where the answer is finite: it looks like {description}.",
+            fix,
+            "m_i_not_minus_inf",
+        )
+    expect_attention((out, lse), q, k, v.to(q.dtype), False, what)
 
 
 def poisoned(t: torch.Tensor, extra: int = 4096) -> torch.Tensor:
@@ -100,6 +164,12 @@ def flash_rejects_bad_input(flash, rng):
     expect_value_error(
         lambda: flash(q, randn((1, 1, L, 32), rng), randn((1, 1, L, 32), rng)),
         "q with head_dim 16, k and v with 32",
+        "no_error_for_bad_input",
+    )
+    other = torch.float64 if run_device().type == "cpu" else torch.float32
+    expect_value_error(
+        lambda: flash(q, k.to(other), v.to(other)),
+        f"q {q.dtype}, k and v {other}",
         "no_error_for_bad_input",
     )
     expect_value_error(

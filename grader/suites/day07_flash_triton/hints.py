@@ -29,6 +29,20 @@ HINTS = {
         "the padded lanes of the block counted in the sum: loaded with other=0.0, so each adds exp(0 - max)",
         "load the lanes past n_cols with other=float('-inf'): exp(-inf) = 0 leaves max and sum alone.",
     ),
+    "padding_wins_max": (
+        "the padded lanes in the max: loaded as 0.0, they win it for a row far below 0, so "
+        "exp(x - 0) is 0 everywhere and the row is 0 / 0",
+        "load the lanes past n_cols with other=float('-inf'), so they never win the max and add "
+        "exp(-inf) = 0 to the sum.",
+    ),
+    "softmax_not_divided": (
+        "exp(x - max) not divided by its row sum (returned as is, or divided by its max, 1)",
+        "y = e / tl.sum(e, axis=0): the row sum of e = exp(x - max) is the softmax denominator.",
+    ),
+    "softmax_exp2": (
+        "tl.exp2(x) without log2(e): a softmax in base 2",
+        "use tl.exp(x), or tl.exp2(x * 1.4426950408889634) (e^x = 2^(x log2 e)).",
+    ),
     "wrong_axis": (
         "softmax over the wrong axis (columns instead of rows)",
         "one program per row: normalise along the last axis, tl.max(x, axis=0) and "
@@ -37,6 +51,24 @@ HINTS = {
     "not_stable": (
         "inf or NaN for large inputs: exp() of an unshifted score overflows",
         "subtract the (running) max before exp: exp(x - max) is at most 1.",
+    ),
+    "head_offset": (
+        "a per-head base offset with the wrong length: K/V at bh * Lq * D (or Q at bh * Lk * D), "
+        "right for the first head only",
+        "each tensor steps over its own rows: q and out at bh * Lq * HEAD_DIM, k and v at "
+        "bh * Lk * HEAD_DIM, lse at bh * Lq.",
+    ),
+    "causal_tiles_not_skipped": (
+        "the key tiles above the diagonal loaded with causal=True: the loop runs to Lk and only "
+        "masks them",
+        "with causal=True stop the key loop at hi = tl.minimum(Lk, Lk - Lq + start_m + BLOCK_M): "
+        "the tiles from hi on are all in the future and must not be loaded.",
+    ),
+    "causal_loop_bound": (
+        "a causal key loop that stops too early (hi = start_m + BLOCK_M, top-left, or "
+        "Lk - Lq + start_m, one tile short): the last queries of a tile miss keys they may see",
+        "a program's last query sits at Lk - Lq + start_m + BLOCK_M - 1, so loop up to "
+        "hi = tl.minimum(Lk, Lk - Lq + start_m + BLOCK_M).",
     ),
     "not_a_pair": (
         "something other than the pair (out, lse)",
@@ -52,6 +84,27 @@ HINTS = {
         "l rescaled when the max changes but acc not",
         "acc holds sums of exp(s - m_i) * v, so it needs the same alpha = exp(m_i - m_new) as l: "
         "acc = acc * alpha[:, None] + tl.dot(p, v).",
+    ),
+    "rescale_acc_not_l": (
+        "acc rescaled when the max changes but l not",
+        "l_i holds sums of exp(s - m_i) too, so it needs the same alpha = exp(m_i - m_new): "
+        "l_i = l_i * alpha + tl.sum(p, axis=1).",
+    ),
+    "m_i_not_minus_inf": (
+        "a running max that starts at 0 instead of -inf: a row whose scores are all very "
+        "negative gets exp(s - 0) = 0 everywhere, l = 0 and out = 0 / 0",
+        'start it at -inf: m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32).',
+    ),
+    "inputs_not_contiguous": (
+        "wrong values for non-contiguous q, k, v (a transpose of the heads axis) though right "
+        "for contiguous ones",
+        "reshape may return a strided view: flatten with t.reshape(-1, L, D).contiguous() "
+        "before the launch.",
+    ),
+    "dout_not_contiguous": (
+        "gradients wrong for a non-contiguous dout (the gradient of a transposed output) though "
+        "right for a contiguous one",
+        "the kernels read dO row by row: dout.reshape(-1, Lq, D).contiguous() in backward.",
     ),
     "not_normalised": (
         "the output not divided by the softmax denominator l",
@@ -120,6 +173,12 @@ HINTS = {
         "gradients right without a mask but wrong with is_causal=True",
         "recompute P with the forward's causal mask (keys j <= Lk - Lq + i), and start / stop the "
         "tile loops where the forward does: the backward must zero exactly the same entries.",
+    ),
+    "backward_lse_natural": (
+        "P recomputed as exp2(s - lse) with lse still in natural log (s in base-2 units)",
+        "the forward stored lse in natural log: convert it for exp2, "
+        "P = tl.exp2(s - lse * 1.4426950408889634) (log2(e)); or use tl.exp with natural-unit "
+        "scores.",
     ),
     "no_error_for_bad_input": (
         "bad input accepted without a clear error",

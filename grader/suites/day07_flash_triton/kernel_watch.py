@@ -22,12 +22,14 @@ class KernelWatch:
         self.extents = []  # (start, end) bytes of the tensors given to the current launch
         self.on_cpu = []
         self.library_kernel = None  # the first of the course's own kernels launched, if any
+        self.elements_loaded = 0  # active lanes of every tl.load (counted in the interpreter only)
 
     def absorb(self, seen: dict):
         """Add what the same watch saw in the student's kernel (grader/harness/measuring)."""
         self.launches += seen["launches"]
         self.out_of_bounds = self.out_of_bounds or seen["out_of_bounds"]
         self.library_kernel = self.library_kernel or seen["library_kernel"]
+        self.elements_loaded += seen.get("elements_loaded", 0)
 
 
 def _extent(t: torch.Tensor):
@@ -100,6 +102,7 @@ def watch_kernels():
         return ok, mask
 
     def checked_load(self, ptrs, mask, other, *rest):
+        watch.elements_loaded += int(np.broadcast_to(mask.data, ptrs.data.shape).sum())
         ok, mask = inside_mask("load", ptrs, mask)
         result = load(self, ptrs, mask, other, *rest)
         if ok.all():
@@ -148,12 +151,17 @@ def _to_cpu(x):
 def watched(impl, what: str, *args, **kwargs):
     """impl(*args) with its Triton launches watched: it must launch one, in bounds. Arguments go
     to the run device (differentiably), results come back to the CPU (no-ops without a GPU)."""
+    return watched_with_counts(impl, what, *args, **kwargs)[0]
+
+
+def watched_with_counts(impl, what: str, *args, **kwargs):
+    """watched(impl, ...) and the KernelWatch that saw it (what it loaded, for instance)."""
     args = [_to_run(a) for a in args]
     kwargs = {name: _to_run(a) for name, a in kwargs.items()}
     with watch_kernels() as watch:
         result = impl(*args, **kwargs)
     expect_triton(watch, what)
-    return _to_cpu(result)
+    return _to_cpu(result), watch
 
 
 def expect_triton(watch: KernelWatch, what: str, key: str = "no_triton_kernel") -> None:

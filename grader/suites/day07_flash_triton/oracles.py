@@ -7,7 +7,11 @@ import torch
 
 from grader.harness.checking import Mistake, expect_close, expect_tensor, hint, named
 from grader.suites._common import randn
-from grader.suites.day07_flash_triton.kernel_watch import flash_dtype, watched
+from grader.suites.day07_flash_triton.kernel_watch import (
+    flash_dtype,
+    watched,
+    watched_with_counts,
+)
 
 BLOCKS = (16, 32, 64)  # key-tile sizes a student's kernel may use on the CPU
 
@@ -33,14 +37,64 @@ def scores64(q, k, scale=None):
     return (f64(q) @ f64(k).transpose(-1, -2)) * scale
 
 
-def attention64(q, k, v, causal=False, kind="bottom_right", scale=None):
-    """(out, lse) in float64, from the definition."""
-    s = scores64(q, k, scale).masked_fill(
-        ~visible(q.shape[-2], k.shape[-2], causal, kind), float("-inf")
-    )
+def attention64(q, k, v, causal=False, kind="bottom_right", scale=None, keep=None):
+    """(out, lse) in float64, from the definition; `keep` (Lq, Lk) replaces the causal mask."""
+    keep = visible(q.shape[-2], k.shape[-2], causal, kind) if keep is None else keep
+    s = scores64(q, k, scale).masked_fill(~keep, float("-inf"))
     lse = torch.logsumexp(s, -1)
     p = torch.exp(s - lse[..., None])
     return p @ f64(v), lse
+
+
+def short_loop64(q, k, v, block_m, block_n, top_left):
+    """Causal attention whose key loop stops at hi = start_m + BLOCK_M (top-left) or
+    Lk - Lq + start_m (one tile short): the keys of the tiles from hi on are never seen."""
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    start_m = torch.arange(Lq) // block_m * block_m
+    hi = (start_m + block_m if top_left else Lk - Lq + start_m).clamp(max=Lk)
+    seen_until = -(-hi // block_n) * block_n  # every tile with start_n < hi is visited
+    keep = visible(Lq, Lk, True) & (torch.arange(Lk)[None, :] < seen_until[:, None])
+    return attention64(q, k, v, keep=keep)[0]  # a row with no key left is NaN, as in a kernel
+
+
+def loop_bound_suspects(q, k, v):
+    """What a causal kernel gives with its key loop stopping too early, for each tile size."""
+    exact = attention64(q, k, v, True)[0]
+    suspects = [
+        short_loop64(q, k, v, block_m, block_n, top_left)
+        for block_m in BLOCKS
+        for block_n in BLOCKS
+        for top_left in (True, False)
+    ]
+    return [
+        ("causal_loop_bound", wrong)
+        for wrong in suspects
+        if not torch.allclose(wrong, exact, equal_nan=True)
+    ]
+
+
+def heads_from(t: torch.Tensor, rows: int, length: int) -> torch.Tensor | None:
+    """t's heads as a kernel reads them when head bh starts at row bh * rows (not bh * length);
+    None when the last head would run past t (the bounds watch names that)."""
+    flat = f64(t).reshape(-1, t.shape[-1])
+    heads = flat.shape[0] // length
+    if (heads - 1) * rows + length > flat.shape[0]:
+        return None
+    return torch.stack([flat[h * rows : h * rows + length] for h in range(heads)]).reshape(t.shape)
+
+
+def head_offset_suspects(q, k, v, causal):
+    """Every head after the first read from K/V at bh * Lq * D, or from Q at bh * Lk * D."""
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if Lq == Lk or q[..., 0, 0].numel() < 2:
+        return []
+    k_wrong, v_wrong, q_wrong = heads_from(k, Lq, Lk), heads_from(v, Lq, Lk), heads_from(q, Lk, Lq)
+    suspects = []
+    if k_wrong is not None:
+        suspects.append(("head_offset", attention64(q, k_wrong, v_wrong, causal)[0]))
+    if q_wrong is not None:
+        suspects.append(("head_offset", attention64(q_wrong, k, v, causal)[0]))
+    return suspects
 
 
 def online64(q, k, v, causal, block_n, variant):
@@ -60,7 +114,8 @@ def online64(q, k, v, causal, block_n, variant):
         m_new = torch.maximum(m, tile.amax(-1))
         p = torch.exp(tile - m_new[..., None])
         alpha = torch.exp(m - m_new)
-        l = l + p.sum(-1) if variant == "missing_rescale" else alpha * l + p.sum(-1)
+        l_kept = variant in ("missing_rescale", "rescale_acc_not_l")
+        l = l + p.sum(-1) if l_kept else alpha * l + p.sum(-1)
         scale_acc = 1.0 if variant in ("missing_rescale", "rescale_l_not_acc") else alpha[..., None]
         acc = scale_acc * acc + p @ v[..., start : start + block_n, :]
         m = m_new
@@ -74,7 +129,7 @@ def out_suspects(q, k, v, causal):
         if block_n < Lk:
             suspects += [
                 (key, online64(q, k, v, causal, block_n, key))
-                for key in ("missing_rescale", "rescale_l_not_acc")
+                for key in ("missing_rescale", "rescale_l_not_acc", "rescale_acc_not_l")
             ]
         if Lk % block_n and not causal:
             suspects.append(
@@ -91,13 +146,37 @@ def out_suspects(q, k, v, causal):
         ]
         if q.shape[-2] < Lk:
             suspects.append(("causal_wrong_side", attention64(q, k, v, True, "strict")[0]))
-    return suspects
+        suspects += [
+            (key, wrong) for key, wrong in loop_bound_suspects(q, k, v) if wrong.isfinite().all()
+        ]
+    return suspects + head_offset_suspects(q, k, v, causal)
 
 
 def lse_suspects(q, k, causal):
     s = scores64(q, k).masked_fill(~visible(q.shape[-2], k.shape[-2], causal), float("-inf"))
     lse = torch.logsumexp(s, -1)
-    return [("lse_base2", lse / math.log(2)), ("lse_without_max", lse - s.amax(-1))]
+    top = s.amax(-1)
+    return [
+        ("lse_base2", lse / math.log(2)),
+        # m_i converted to natural log, log2(l_i) not: top + log(l) / ln 2
+        ("lse_base2", top + (lse - top) / math.log(2)),
+        ("lse_without_max", lse - top),
+    ]
+
+
+def expect_no_short_loop(out, q, k, v, what):
+    """NaN rows exactly where a causal key loop that stops too early leaves queries no key."""
+    for key, wrong in loop_bound_suspects(q, k, v):
+        if out.shape == wrong.shape and torch.allclose(
+            f64(out), wrong, rtol=1e-3, atol=1e-4, equal_nan=True
+        ):
+            description, fix = hint(key)
+            raise Mistake(
+                f"out of {what} has NaN rows (queries that saw no key) and matches the rest: "
+                f"it looks like {description}.",
+                fix,
+                key,
+            )
 
 
 def qkv(rng, lead, Lq, Lk, D, scale=1.0):
@@ -109,21 +188,50 @@ def qkv(rng, lead, Lq, Lk, D, scale=1.0):
     )
 
 
-def call_flash(flash, what, q, k, v, causal):
-    """The student's (out, lse), watched."""
-    result = watched(flash, what, q, k, v, causal=causal)
+def call_flash(flash, what, q, k, v, causal, counts=False):
+    """The student's (out, lse), watched (and the KernelWatch with `counts`)."""
+    try:
+        result, watch = watched_with_counts(flash, what, q, k, v, causal=causal)
+    except Mistake as mistake:
+        if mistake.key == "out_of_bounds" and first_head_is_right(flash, q, k, v, causal):
+            description, fix = hint("head_offset")
+            raise Mistake(
+                f"{mistake.message} The first head alone stays in bounds and is right: it "
+                f"looks like {description}.",
+                fix,
+                "head_offset",
+            ) from None
+        raise
     if not isinstance(result, tuple) or len(result) != 2:
         raise Mistake(
             f"{what} returned {type(result).__name__}: it looks like {hint('not_a_pair')[0]}.",
             hint("not_a_pair")[1],
             "not_a_pair",
         )
-    return result
+    return (result, watch) if counts else result
+
+
+def first_head_is_right(flash, q, k, v, causal) -> bool:
+    """With several heads, does the first head alone, (1, L, D), stay in bounds and come out
+    right? Then what strayed is the step from one head to the next."""
+    if q[..., 0, 0].numel() < 2:
+        return False
+    q1, k1, v1 = (t.reshape(-1, *t.shape[-2:])[:1] for t in (q, k, v))
+    try:
+        out, lse = watched(flash, "the first head", q1, k1, v1, causal=causal)
+    except Exception:  # noqa: BLE001  (out of bounds again, or anything else: not this mistake)
+        return False
+    ref_out, ref_lse = attention64(q1, k1, v1, causal)
+    return torch.allclose(f64(out), ref_out, rtol=1e-3, atol=1e-4) and torch.allclose(
+        f64(lse), ref_lse, rtol=1e-3, atol=1e-4
+    )
 
 
 def expect_attention(result, q, k, v, causal, what):
     out, lse = result
     ref_out, ref_lse = attention64(q, k, v, causal)
+    if causal and isinstance(out, torch.Tensor) and not f64(out).isfinite().all():
+        expect_no_short_loop(out, q, k, v, what)
     expect_close(
         out,
         ref_out,

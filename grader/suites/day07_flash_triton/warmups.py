@@ -4,6 +4,8 @@
 import course  # noqa: F401
 
 # isort: split
+import math
+
 import torch
 import triton
 
@@ -96,6 +98,17 @@ def softmax_suspects(x):
         suspects.append(("padding_counted", softmax64(padded)[..., :n]))
     if x.ndim >= 2 and x.shape[-2] > 1:
         suspects.append(("wrong_axis", softmax64(x, -2)))
+    if not x.is_contiguous():  # x's memory read as if contiguous, out written the same way
+        written = softmax64(x.T.contiguous().reshape(x.shape))
+        suspects += [  # into a contiguous out, or into one laid out like x (empty_like)
+            ("non_contiguous", written),
+            ("non_contiguous", written.reshape(-1).as_strided(x.shape, x.stride())),
+        ]
+    shifted = x.double() - x.double().amax(-1, keepdim=True)
+    suspects += [
+        ("softmax_not_divided", shifted.exp()),  # e, or e / max(e) (max(e) = 1)
+        ("softmax_exp2", softmax64(x.double() * math.log(2))),  # 2^x / sum 2^x
+    ]
     return suspects
 
 
@@ -111,10 +124,23 @@ def softmax_matches(triton_softmax, rng):
 
 def softmax_stable(triton_softmax, rng):
     """large inputs (up to 1e4) and -inf entries: finite, exact where expected"""
-    shape = (draw(rng, 2, 5), draw(rng, 10, 70))
+    n_cols = draw(rng, 10, 70)
+    n_cols += n_cols & (n_cols - 1) == 0  # not a power of two: the block has padded lanes
+    shape = (draw(rng, 2, 5), n_cols)
     x = randn(shape, rng, scale=1000.0) + 5000.0
     x[0, : draw(rng, 1, 5)] = float("-inf")
+    x[-1] = randn(shape[-1:], rng) - 10000.0  # a row far below 0: padded lanes must not win the max
     out = watched(triton_softmax, f"triton_softmax on {shape} with entries near 1e4", x)
+    if isinstance(out, torch.Tensor) and out.shape == x.shape and out.is_floating_point():
+        finite = out.isfinite().all(-1)
+        if finite[:-1].all() and not finite[-1]:
+            description, fix = hint("padding_wins_max")
+            raise Mistake(
+                f"triton_softmax on {shape}: the last row, entries near -1e4, has NaN/inf, the "
+                f"others are finite: it looks like {description}.",
+                fix,
+                "padding_wins_max",
+            )
     expect_close(
         out,
         softmax64(x),
