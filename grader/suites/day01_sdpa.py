@@ -2,6 +2,13 @@
 
 Oracles are torch's own softmax and F.scaled_dot_product_attention in float64. Each check draws
 its shapes and values from `rng`, so hidden tests (fresh seed) see shapes nobody hard-coded.
+
+A crash is explained where it can be: a broadcast error in a softmax is a reduction without
+keepdim=True; a function that raises on batched inputs but is right on 2-D ones has a transpose
+that reverses or picks the leading dims (`explain_by_rank`); an attention that raises when
+Lq != Lk != D but runs when every size is equal is run there and its mistake named
+(`explain_by_square_inputs`). A function that writes into its inputs is named before its output
+is compared (`call_unchanged`).
 """
 
 import math
@@ -12,7 +19,15 @@ import torch.nn.functional as F
 from grader.harness.checking import Mistake, expect_close, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
-from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
+from grader.suites._common import (
+    attention_shapes,
+    draw,
+    head_dim,
+    randn,
+    softmax64,
+    two_lengths,
+    unpack,
+)
 
 HINTS = {
     "wrong_axis": (
@@ -24,14 +39,26 @@ HINTS = {
         "pass `dim` to your max and sum instead of -1.",
     ),
     "no_max_subtraction": (
-        "exp(x) overflowing because the max was not subtracted",
-        "exp overflows float32 above x = 88: compute exp(x - max) with the max "
-        "along dim (softmax(x) = softmax(x - c) for any c).",
+        "exp overflowing because the row's max was not subtracted (no shift at all, or a "
+        "shift by another number such as the min or the mean)",
+        "exp overflows float32 above 88: compute exp(x - max) with the max along dim, so every "
+        "exponent is <= 0 (softmax(x) = softmax(x - c) for any c, but only c = max keeps "
+        "them all small).",
     ),
     "global_max": (
         "a max taken over the whole tensor instead of along dim",
         "take the max along dim: x.amax(dim=dim, keepdim=True); a global max sends "
         "the rows far below it to exp(-inf) = 0, then 0/0.",
+    ),
+    "missing_keepdim": (
+        "a max or sum taken without keepdim=True, so it no longer lines up with x",
+        "reduce with keepdim=True: x.amax(dim=dim, keepdim=True) and exps.sum(dim=dim, "
+        "keepdim=True) keep a size-1 axis where dim was, so x - max and exps / sum broadcast "
+        "along the right axis.",
+    ),
+    "max_without_values": (
+        "x.max(dim=...) used as a tensor: with a dim it returns a pair (values, indices)",
+        "take the values: x.amax(dim=dim, keepdim=True), or x.max(dim=dim, keepdim=True).values.",
     ),
     "nan_on_neg_inf": (
         "NaN where some entries are -inf",
@@ -43,6 +70,17 @@ HINTS = {
         "that row's max is -inf and -inf - (-inf) is NaN: replace a -inf "
         "max by 0 (torch.where), and divide by a sum that is 0 only when "
         "the row is empty, using torch.where(sum > 0, ...) to give 0 there.",
+    ),
+    "all_masked_row_uniform": (
+        "equal weights 1/n on a row that is all -inf (the -inf turned into a finite number, "
+        "by clamp or nan_to_num, before the softmax)",
+        "keep -inf as it is: exp(-inf) = 0, so an all -inf row sums to 0. Shift that row by 0 "
+        "instead of its max, and give it zeros with torch.where(sum > 0, ...).",
+    ),
+    "modified_input": (
+        "an input changed in place",
+        "compute into new tensors: x - m, not x -= m or x.sub_(m); q / s, not q /= s. "
+        "The caller still needs its own tensor afterwards.",
     ),
     "missing_scale": (
         "q kᵀ without the 1/sqrt(d) scale",
@@ -56,17 +94,54 @@ HINTS = {
         "q kᵀ * sqrt(d) instead of / sqrt(d)",
         "divide by math.sqrt(d); multiplying makes the scores grow with d.",
     ),
+    "float32_constant": (
+        "a scale computed in float32 (a tensor made without dtype=, such as "
+        "torch.sqrt(torch.tensor(d)))",
+        "use math.sqrt(d), a Python float, which keeps the input's precision; or create the "
+        "tensor with dtype=q.dtype.",
+    ),
+    "integer_sqrt": (
+        "q kᵀ / isqrt(d): the square root of d rounded down to a whole number",
+        "divide by math.sqrt(d); math.isqrt(d) and int(d ** 0.5) round it down.",
+    ),
     "scaled_by_length": (
         "q kᵀ scaled by a sequence length instead of the head dimension",
         "d is the head dimension q.shape[-1], not q.shape[-2] or k.shape[-2].",
+    ),
+    "d_from_wrong_axis": (
+        "q kᵀ scaled by the size of a leading dim (q.shape[0] or q.shape[1]) instead of the "
+        "head dimension",
+        "d is the last axis: q.shape[-1]. Count from the end, since the number of leading "
+        "dims varies.",
     ),
     "swapped_q_k": (
         "k qᵀ: queries and keys swapped",
         "scores[..., i, j] = q_i · k_j / sqrt(d): compute q @ k.transpose(-2, -1).",
     ),
+    "batched_transpose": (
+        "a transpose that counts its dims from the front (k.T, k.transpose(0, 1), "
+        "k.transpose(1, -1)): right without leading dims, wrong with them",
+        "swap the last two axes only: k.transpose(-2, -1) (or k.mT). k.T reverses every axis "
+        "and transpose(0, 1) swaps the first two: both are right only without leading dims.",
+    ),
+    "fixed_rank": (
+        "code written for one number of dims only",
+        "support any leading dims: use @ (torch.matmul broadcasts over them; torch.bmm takes "
+        "3-D tensors only) and read sizes from the end (q.shape[-1]) instead of unpacking "
+        "B, H, L, d = q.shape.",
+    ),
     "softmax_over_queries": (
         "softmax over the query axis (dim=-2)",
         "each query's weights must sum to 1 over the keys: softmax over dim=-1.",
+    ),
+    "scaled_by_value_dim": (
+        "q kᵀ / sqrt(dv): the values' width instead of the head dimension of q and k",
+        "d = q.shape[-1], the width q and k share; v.shape[-1] may differ from it.",
+    ),
+    "scale_after_softmax": (
+        "the 1/sqrt(d) scale applied after the softmax, so the rows sum to 1/sqrt(d)",
+        "scale the scores, then take the softmax: stable_softmax(attention_scores(q, k)), "
+        "and attention_scores already divides by sqrt(d).",
     ),
     "transposed_v": (
         "weights @ vᵀ",
@@ -76,7 +151,80 @@ HINTS = {
         "weightsᵀ @ v",
         "out = weights @ v with weights (..., Lq, Lk): do not transpose them.",
     ),
+    "weights_transposed": (
+        "the weights returned transposed, (..., Lk, Lq): one row per key instead of per query",
+        "return the weights as the softmax gave them, (..., Lq, Lk), without a transpose.",
+    ),
+    "swapped_outputs": (
+        "the pair returned as (weights, out)",
+        "return out first, as the docstring says: `return out, weights`.",
+    ),
 }
+
+
+# ----------------------------------------------------------------------------- calling the student
+
+
+def call_unchanged(fn, inputs: dict, **kwargs):
+    """fn(*inputs.values(), **kwargs), where `inputs` maps argument names to the tensors passed;
+    an input the function wrote into in place is the mistake modified_input. (Under the
+    autograder the student's function gets copies, so nothing is seen there, and nothing lost.)"""
+    copies = {name: tensor.clone() for name, tensor in inputs.items()}
+    result = fn(*inputs.values(), **kwargs)
+    changed = [name for name, tensor in inputs.items() if not torch.equal(tensor, copies[name])]
+    if changed:
+        raise Mistake(
+            f"your function changed its input {changed[0]} in place (an in-place operation "
+            f"such as {changed[0]}.sub_(...), {changed[0]} /= ..., or {changed[0]}[...] = ...): "
+            "whoever called it has lost the original values.",
+            HINTS["modified_input"][1],
+            "modified_input",
+        )
+    return result
+
+
+def named_or_none(run_check):
+    """The named Mistake (a key of HINTS) that `run_check()` raises, or None."""
+    try:
+        run_check()
+    except Mistake as mistake:
+        return mistake if mistake.key in HINTS else None
+    return None
+
+
+def right_answer(run_check) -> bool:
+    try:
+        run_check()
+    except Mistake:
+        return False
+    return True
+
+
+# Sizes for the probes below, all different from each other and from the probes' leading dims.
+PROBE_LEADING, PROBE_LQ, PROBE_LK, PROBE_D = (2, 3, 4), 5, 6, 7
+
+
+def explain_by_rank(raised: Mistake, rank: int, gives_answer) -> None:
+    """After the student's function raised on `rank`-D inputs: if `gives_answer(r)` (it is
+    right on r-D inputs) holds for other ranks, name the mistake: right on 2-D is a transpose
+    that counts dims from the front, right on others only is code written for those ranks."""
+    working = [r for r in (2, 3, 4, 5) if r != rank and gives_answer(r)]
+    if not working:
+        return
+    key = "batched_transpose" if 2 in working else "fixed_rank"
+    ranks = ", ".join(f"{r}-D" for r in working)
+    raise Mistake(
+        f"{raised.message}\n      It raised on {rank}-D inputs, but gives the right answer on "
+        f"{ranks} ones: it looks like {HINTS[key][0]}.",
+        HINTS[key][1],
+        key,
+    ) from None
+
+
+def probe_inputs(rng, rank: int, dtype, *widths) -> list:
+    """Random inputs of rank `rank`, one per (length, width) pair in `widths`."""
+    leading = PROBE_LEADING[: rank - 2]
+    return [randn((*leading, length, width), rng, dtype) for length, width in widths]
 
 
 # ----------------------------------------------------------------------------- inputs and oracles
@@ -88,19 +236,61 @@ def scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
 
 # ----------------------------------------------------------------------------- stable_softmax
 
+# What a crash of a softmax says about it: (text in the error message, the mistake).
+SOFTMAX_CRASHES = [
+    ("must match the size of tensor", "missing_keepdim"),
+    ("torch.return_types", "max_without_values"),
+]
 
-def other_axes(x: torch.Tensor, dim: int = -1) -> list:
-    """The softmax over every axis but `dim`: what normalising the wrong axis gives."""
-    return [
+
+def call_softmax(stable_softmax, x: torch.Tensor, **kwargs):
+    """stable_softmax(x, **kwargs); an input written into, or a crash SOFTMAX_CRASHES
+    recognises, is named."""
+    try:
+        return call_unchanged(stable_softmax, {"x": x}, **kwargs)
+    except Mistake as mistake:
+        for text, key in SOFTMAX_CRASHES:
+            if mistake.key == "raised" and text in mistake.message:
+                raise Mistake(
+                    f"{mistake.message}\n      It looks like {HINTS[key][0]}.", HINTS[key][1], key
+                ) from None
+        raise
+
+
+def softmax_mistakes(x: torch.Tensor, dim: int = -1) -> list:
+    """What the common mistakes give on x: the softmax over every other axis, and a max or sum
+    taken without keepdim=True where it still broadcasts (it lines up with the wrong axis)."""
+    found = [
         ("wrong_axis", softmax64(x, other)) for other in range(x.dim()) if other != dim % x.dim()
     ]
+    x64 = x.double()
+    top = x64.amax(dim, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, 0.0)
+    for flat_max, flat_sum in ((True, False), (False, True), (True, True)):
+        try:
+            shift = top.squeeze(dim) if flat_max else top
+            exps = torch.exp(x64 - shift)
+            total = exps.sum(dim, keepdim=not flat_sum)
+            found.append(("missing_keepdim", exps / torch.where(total > 0, total, 1.0)))
+        except RuntimeError:
+            continue  # it does not broadcast: the student's code raises, named in call_softmax
+    return found
+
+
+def shifted_softmax(x: torch.Tensor, max_dim: int, sum_dim: int) -> torch.Tensor:
+    """exp(x - max along max_dim) / its sum along sum_dim: `dim` passed to one reduction and
+    -1 to the other."""
+    exps = torch.exp(x.double() - x.double().amax(max_dim, keepdim=True))
+    return exps / exps.sum(sum_dim, keepdim=True)
 
 
 def softmax_matches_reference(stable_softmax, rng):
     """matches the float64 softmax on random (B, H, Lq, Lk) scores, default dim"""
     lq, lk = two_lengths(rng)
     x = randn((draw(rng, 1, 3), draw(rng, 1, 4), lq, lk), rng, scale=3.0)  # (B, H, Lq, Lk)
-    expect_close(stable_softmax(x), softmax64(x), x.dtype, suspects=other_axes(x))
+    expect_close(
+        call_softmax(stable_softmax, x), softmax64(x), x.dtype, suspects=softmax_mistakes(x)
+    )
 
 
 def softmax_follows_dim(stable_softmax, rng):
@@ -108,9 +298,14 @@ def softmax_follows_dim(stable_softmax, rng):
     shape = (draw(rng, 2, 4), draw(rng, 5, 7), draw(rng, 8, 10))  # all different sizes
     x = randn(shape, rng, scale=2.0)
     for dim in (0, 1, -2):
-        suspects = [("ignores_dim", softmax64(x, -1)), *other_axes(x, dim)]
+        suspects = [
+            ("ignores_dim", softmax64(x, -1)),
+            ("ignores_dim", shifted_softmax(x, max_dim=dim, sum_dim=-1)),
+            ("ignores_dim", shifted_softmax(x, max_dim=-1, sum_dim=dim)),
+            *softmax_mistakes(x, dim),
+        ]
         expect_close(
-            stable_softmax(x, dim=dim),
+            call_softmax(stable_softmax, x, dim=dim),
             softmax64(x, dim),
             x.dtype,
             what=f"stable_softmax(x, dim={dim})",
@@ -121,19 +316,34 @@ def softmax_follows_dim(stable_softmax, rng):
 def softmax_keeps_float64(stable_softmax, rng):
     """float64 in, float64 out, to 1e-10"""
     x = randn((draw(rng, 2, 6), draw(rng, 2, 9)), rng, dtype=torch.float64, scale=4.0)
-    expect_close(stable_softmax(x, dim=-1), softmax64(x), torch.float64, suspects=other_axes(x))
+    expect_close(
+        call_softmax(stable_softmax, x, dim=-1),
+        softmax64(x),
+        torch.float64,
+        suspects=softmax_mistakes(x),
+    )
 
 
 def softmax_survives_large_logits(stable_softmax, rng):
-    """large logits (x ≈ 1000) stay finite: the max is subtracted"""
+    """large logits (x ≈ 1000, one entry per row 300 lower) stay finite: the max is subtracted"""
     x = 1000 + randn((draw(rng, 2, 5), draw(rng, 3, 9)), rng, scale=5.0)
+    low = torch.randint(x.shape[1], (x.shape[0],), generator=rng)  # (rows,)
+    x[torch.arange(x.shape[0]), low] -= 300  # exp(x - min) overflows: only the max is safe
     expect_close(
-        stable_softmax(x, dim=-1),
+        call_softmax(stable_softmax, x, dim=-1),
         softmax64(x),
         x.dtype,
-        suspects=other_axes(x),
+        suspects=softmax_mistakes(x),
         nonfinite=named("no_max_subtraction"),
     )
+
+
+def global_max_softmax(x: torch.Tensor) -> torch.Tensor:
+    """A softmax shifted by the max of the whole tensor, its exp taken in x's dtype: the rows
+    far below that max underflow to 0 (and come out as zeros, with an empty-row guard)."""
+    exps = torch.exp(x - x.max()).double()
+    total = exps.sum(-1, keepdim=True)
+    return exps / torch.where(total > 0, total, 1.0)
 
 
 def softmax_uses_max_per_row(stable_softmax, rng):
@@ -142,10 +352,10 @@ def softmax_uses_max_per_row(stable_softmax, rng):
     offsets = torch.linspace(-70.0, 40.0, rows).unsqueeze(-1)  # (rows, 1)
     x = (offsets + randn((rows, lk), rng, dtype=torch.float64)).float()
     expect_close(
-        stable_softmax(x, dim=-1),
+        call_softmax(stable_softmax, x, dim=-1),
         softmax64(x),
         x.dtype,
-        suspects=other_axes(x),
+        suspects=[("global_max", global_max_softmax(x)), *softmax_mistakes(x)],
         nonfinite=named("global_max"),
     )
 
@@ -157,9 +367,13 @@ def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
     blocked = torch.rand((lq, lk), generator=rng) < 0.4
     blocked[:, 0] = False  # every row keeps at least one finite entry
     x = x.masked_fill(blocked, float("-inf"))
-    out = stable_softmax(x, dim=-1)
+    out = call_softmax(stable_softmax, x, dim=-1)
     expect_close(
-        out, softmax64(x), x.dtype, suspects=other_axes(x), nonfinite=named("nan_on_neg_inf")
+        out,
+        softmax64(x),
+        x.dtype,
+        suspects=softmax_mistakes(x),
+        nonfinite=named("nan_on_neg_inf"),
     )
     if (out[blocked] != 0).any():
         raise Mistake(
@@ -172,17 +386,27 @@ def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
 def softmax_all_neg_inf_row_is_zero(stable_softmax, rng):
     """a row that is all -inf (nothing to attend to) gives zeros, not NaN"""
     x = randn((draw(rng, 3, 6), draw(rng, 2, 8)), rng)
-    x[draw(rng, 0, x.shape[0] - 1)] = float("-inf")
+    empty = draw(rng, 0, x.shape[0] - 1)
+    x[empty] = float("-inf")
+    ref = softmax64(x)
+    uniform = ref.clone()
+    uniform[empty] = 1 / x.shape[1]  # what a -inf clamped to a finite number gives
     expect_close(
-        stable_softmax(x, dim=-1),
-        softmax64(x),
+        call_softmax(stable_softmax, x, dim=-1),
+        ref,
         x.dtype,
-        suspects=other_axes(x),
+        suspects=[("all_masked_row_uniform", uniform), *softmax_mistakes(x)],
         nonfinite=named("nan_on_all_masked_row"),
     )
 
 
 # ----------------------------------------------------------------------------- attention_scores
+
+
+def float32_scales(d: int) -> list:
+    """1/sqrt(d) as float32 code computes it: 1 / sqrt(d) and rsqrt(d), each rounded to float32."""
+    d32 = torch.tensor(float(d))  # float32, as torch.tensor(d) without dtype= makes it
+    return [1 / float(d32.sqrt()), float(d32.rsqrt())]
 
 
 def scale_suspects(q: torch.Tensor, k: torch.Tensor) -> list:
@@ -192,25 +416,56 @@ def scale_suspects(q: torch.Tensor, k: torch.Tensor) -> list:
         ("missing_scale", scaled_scores(q, k, 1.0)),
         ("divided_by_d", scaled_scores(q, k, 1 / d)),
         ("times_sqrt_d", scaled_scores(q, k, math.sqrt(d))),
+        *[("float32_constant", scaled_scores(q, k, scale)) for scale in float32_scales(d)],
+        ("integer_sqrt", scaled_scores(q, k, 1 / math.isqrt(d))),
         ("scaled_by_length", scaled_scores(q, k, 1 / math.sqrt(lq))),
         ("scaled_by_length", scaled_scores(q, k, 1 / math.sqrt(lk))),
+        *[("d_from_wrong_axis", scaled_scores(q, k, 1 / math.sqrt(size))) for size in q.shape[:-2]],
         ("swapped_q_k", scaled_scores(k, q, 1 / math.sqrt(d))),
     ]
 
 
-def scores_match_reference(attention_scores, rng):
-    """(B, H, Lq, D) and (B, H, Lk, D) give q kᵀ / sqrt(D), shape (B, H, Lq, Lk), Lq ≠ Lk"""
-    lq, lk = two_lengths(rng)
-    batch, heads, d = draw(rng, 1, 3), draw(rng, 1, 4), 2 ** draw(rng, 3, 5)
-    q = randn((batch, heads, lq, d), rng)  # (B, H, Lq, D)
-    k = randn((batch, heads, lk, d), rng)  # (B, H, Lk, D)
+def call_scores(attention_scores, q: torch.Tensor, k: torch.Tensor, rng):
+    """attention_scores(q, k); an input written into, or a crash on these leading dims only,
+    is named."""
+    try:
+        return call_unchanged(attention_scores, {"q": q, "k": k})
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+
+        def gives_answer(rank):
+            probe_q, probe_k = probe_inputs(
+                rng, rank, q.dtype, (PROBE_LQ, PROBE_D), (PROBE_LK, PROBE_D)
+            )
+            return right_answer(
+                lambda: expect_close(
+                    attention_scores(probe_q, probe_k),
+                    scaled_scores(probe_q, probe_k, 1 / math.sqrt(PROBE_D)),
+                    q.dtype,
+                )
+            )
+
+        explain_by_rank(mistake, q.dim(), gives_answer)
+        raise
+
+
+def expect_scores(attention_scores, q, k, rng, what="scores") -> None:
     expect_close(
-        attention_scores(q, k),
-        scaled_scores(q, k, 1 / math.sqrt(d)),
+        call_scores(attention_scores, q, k, rng),
+        scaled_scores(q, k, 1 / math.sqrt(q.shape[-1])),
         q.dtype,
-        what="scores",
+        what=what,
         suspects=scale_suspects(q, k),
     )
+
+
+def scores_match_reference(attention_scores, rng):
+    """(B, H, Lq, D) and (B, H, Lk, D) give q kᵀ / sqrt(D), shape (B, H, Lq, Lk), Lq ≠ Lk"""
+    size = attention_shapes(rng)  # every size different, D not a perfect square
+    q = randn((size.batch, size.heads, size.lq, size.d), rng)  # (B, H, Lq, D)
+    k = randn((size.batch, size.heads, size.lk, size.d), rng)  # (B, H, Lk, D)
+    expect_scores(attention_scores, q, k, rng)
 
 
 def scores_any_leading_dims(attention_scores, rng):
@@ -219,28 +474,16 @@ def scores_any_leading_dims(attention_scores, rng):
     d = 2 ** draw(rng, 2, 5)
     for leading in [(), (draw(rng, 1, 3),), (2, draw(rng, 1, 3), 2)]:
         q, k = randn((*leading, lq, d), rng), randn((*leading, lk, d), rng)
-        expect_close(
-            attention_scores(q, k),
-            scaled_scores(q, k, 1 / math.sqrt(d)),
-            q.dtype,
-            what=f"scores for q of shape {tuple(q.shape)}",
-            suspects=scale_suspects(q, k),
-        )
+        expect_scores(attention_scores, q, k, rng, what=f"scores for q of shape {tuple(q.shape)}")
 
 
 def scores_keep_float64(attention_scores, rng):
     """float64 in, float64 out, to 1e-10"""
     lq, lk = two_lengths(rng)
-    d = 2 ** draw(rng, 2, 6)
+    d = head_dim(rng)  # not a perfect square: a float32 sqrt(d) is off in float64
     q = randn((lq, d), rng, dtype=torch.float64)
     k = randn((lk, d), rng, dtype=torch.float64)
-    expect_close(
-        attention_scores(q, k),
-        scaled_scores(q, k, 1 / math.sqrt(d)),
-        torch.float64,
-        what="scores",
-        suspects=scale_suspects(q, k),
-    )
+    expect_scores(attention_scores, q, k, rng)
 
 
 # ----------------------------------------------------------------------------- scaled_dot_product_attention
@@ -256,15 +499,109 @@ def sdpa64(q, k, v) -> tuple:
     return out, weights
 
 
-def weight_suspects(q, k) -> list:
-    d = q.shape[-1]
+def weight_suspects(q, k, v) -> list:
+    d, dv = q.shape[-1], v.shape[-1]
     return [
         ("softmax_over_queries", softmax64(scaled_scores(q, k, 1 / math.sqrt(d)), dim=-2)),
         ("missing_scale", softmax64(scaled_scores(q, k, 1.0))),
         ("divided_by_d", softmax64(scaled_scores(q, k, 1 / d))),
         ("times_sqrt_d", softmax64(scaled_scores(q, k, math.sqrt(d)))),
+        ("scaled_by_value_dim", softmax64(scaled_scores(q, k, 1 / math.sqrt(dv)))),
+        *[
+            ("float32_constant", softmax64(scaled_scores(q, k, scale)))
+            for scale in float32_scales(d)
+        ],
+        ("scale_after_softmax", softmax64(scaled_scores(q, k, 1.0)) / math.sqrt(d)),
         ("swapped_q_k", softmax64(scaled_scores(k, q, 1 / math.sqrt(d)))),
     ]
+
+
+def out_suspects(weights_ref: torch.Tensor, v: torch.Tensor) -> list:
+    """What out would be with weights or v transposed (where the shapes allow it)."""
+    v64 = v.double()
+    lq, lk, dv = weights_ref.shape[-2], weights_ref.shape[-1], v.shape[-1]
+    found = []
+    if lq == lk:
+        found.append(("transposed_weights", weights_ref.transpose(-2, -1) @ v64))
+    if dv == lk:
+        found.append(("transposed_v", weights_ref @ v64.transpose(-2, -1)))
+    return found
+
+
+def unpack_attention(result, q, k, v) -> tuple:
+    """`unpack`, with the pair in the wrong order named."""
+    out_shape = (*q.shape[:-1], v.shape[-1])
+    weights_shape = (*q.shape[:-1], k.shape[-2])
+    if (
+        isinstance(result, (tuple, list))
+        and len(result) == 2
+        and all(isinstance(t, torch.Tensor) for t in result)
+        and out_shape != weights_shape
+        and (tuple(result[0].shape), tuple(result[1].shape)) == (weights_shape, out_shape)
+    ):
+        raise Mistake(
+            f"the first tensor returned has the weights' shape {weights_shape} and the second "
+            f"the output's {out_shape}: it looks like {HINTS['swapped_outputs'][0]}.",
+            HINTS["swapped_outputs"][1],
+            "swapped_outputs",
+        )
+    if (
+        isinstance(result, (tuple, list))
+        and len(result) == 2
+        and isinstance(result[1], torch.Tensor)
+        and k.shape[-2] != q.shape[-2]
+        and tuple(result[1].shape) == (*q.shape[:-2], k.shape[-2], q.shape[-2])
+    ):
+        raise Mistake(
+            f"weights has shape {tuple(result[1].shape)}, expected {weights_shape}: it looks "
+            f"like {HINTS['weights_transposed'][0]}.",
+            HINTS["weights_transposed"][1],
+            "weights_transposed",
+        )
+    return unpack(result, q, k, v)
+
+
+def expect_attention(result, q, k, v, what="") -> None:
+    """The student's (out, weights) against the oracle, each common mistake named."""
+    out, weights = unpack_attention(result, q, k, v)
+    out_ref, weights_ref = sdpa64(q, k, v)
+    expect_close(
+        weights, weights_ref, q.dtype, what=f"weights{what}", suspects=weight_suspects(q, k, v)
+    )
+    expect_close(out, out_ref, q.dtype, what=f"out{what}", suspects=out_suspects(weights_ref, v))
+
+
+def explain_by_square_inputs(sdpa, raised: Mistake, rng, dtype) -> None:
+    """After the student's attention raised: run it where Lq = Lk = D = Dv, where transposed
+    weights, a transposed v or swapped q and k fit, and name what it returns there."""
+    size = PROBE_LQ
+    q, k, v = (randn((*PROBE_LEADING[:2], size, size), rng, dtype, scale=2.0) for _ in range(3))
+    found = named_or_none(lambda: expect_attention(sdpa(q, k, v), q, k, v))
+    if found is not None:
+        raise Mistake(
+            f"{raised.message}\n      It raised on these shapes; on inputs where Lq = Lk = D = Dv "
+            f"(shape {tuple(q.shape)}) it runs, and {found.message}",
+            found.hint,
+            found.key,
+        ) from None
+
+
+def call_attention(sdpa, q, k, v, rng):
+    """sdpa(q, k, v); an input written into, or a crash that other shapes explain, is named."""
+    try:
+        return call_unchanged(sdpa, {"q": q, "k": k, "v": v})
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+
+        def gives_answer(rank):
+            widths = (PROBE_LQ, PROBE_D), (PROBE_LK, PROBE_D), (PROBE_LK, PROBE_D + 1)
+            probe = probe_inputs(rng, rank, q.dtype, *widths)
+            return right_answer(lambda: expect_attention(sdpa(*probe), *probe))
+
+        explain_by_rank(mistake, q.dim(), gives_answer)
+        explain_by_square_inputs(sdpa, mistake, rng, q.dtype)
+        raise
 
 
 def sdpa_shapes(scaled_dot_product_attention, rng):
@@ -274,7 +611,7 @@ def sdpa_shapes(scaled_dot_product_attention, rng):
     dv = dk + draw(rng, 1, 8)
     q, k = randn((batch, heads, lq, dk), rng), randn((batch, heads, lk, dk), rng)
     v = randn((batch, heads, lk, dv), rng)
-    unpack(scaled_dot_product_attention(q, k, v), q, k, v)
+    unpack_attention(call_attention(scaled_dot_product_attention, q, k, v, rng), q, k, v)
 
 
 def sdpa_matches_reference(scaled_dot_product_attention, rng):
@@ -283,16 +620,7 @@ def sdpa_matches_reference(scaled_dot_product_attention, rng):
     dk, dv = 2 ** draw(rng, 3, 5), lk  # Dv = Lk, so that weights @ vᵀ has the right shape
     q, k = randn((2, 3, lq, dk), rng, scale=2.0), randn((2, 3, lk, dk), rng, scale=2.0)
     v = randn((2, 3, lk, dv), rng)
-    out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
-    out_ref, weights_ref = sdpa64(q, k, v)
-    expect_close(weights, weights_ref, q.dtype, what="weights", suspects=weight_suspects(q, k))
-    expect_close(
-        out,
-        out_ref,
-        q.dtype,
-        what="out",
-        suspects=[("transposed_v", weights_ref @ v.double().transpose(-2, -1))],
-    )
+    expect_attention(call_attention(scaled_dot_product_attention, q, k, v, rng), q, k, v)
 
 
 def sdpa_self_attention(scaled_dot_product_attention, rng):
@@ -300,19 +628,7 @@ def sdpa_self_attention(scaled_dot_product_attention, rng):
     length = draw(rng, 4, 9)
     shape = (draw(rng, 1, 3), length, length)  # (B, L, D) with D = L: every transpose fits
     q, k, v = (randn(shape, rng, scale=2.0) for _ in range(3))
-    out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
-    out_ref, weights_ref = sdpa64(q, k, v)
-    expect_close(weights, weights_ref, q.dtype, what="weights", suspects=weight_suspects(q, k))
-    expect_close(
-        out,
-        out_ref,
-        q.dtype,
-        what="out",
-        suspects=[
-            ("transposed_weights", weights_ref.transpose(-2, -1) @ v.double()),
-            ("transposed_v", weights_ref @ v.double().transpose(-2, -1)),
-        ],
-    )
+    expect_attention(call_attention(scaled_dot_product_attention, q, k, v, rng), q, k, v)
 
 
 def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
@@ -320,7 +636,8 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
     lq, lk = two_lengths(rng)
     d = 2 ** draw(rng, 3, 5)
     q, k, v = randn((lq, d), rng, scale=20.0), randn((lk, d), rng, scale=20.0), randn((lk, d), rng)
-    out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
+    result = call_attention(scaled_dot_product_attention, q, k, v, rng)
+    out, weights = unpack_attention(result, q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
     overflow = Mistake(
         "Your softmax overflowed.",
@@ -333,7 +650,7 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
         weights_ref,
         q.dtype,
         what="weights",
-        suspects=weight_suspects(q, k),
+        suspects=weight_suspects(q, k, v),
         nonfinite=overflow,
     )
     expect_close(out, out_ref, q.dtype, what="out")
@@ -342,16 +659,11 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
 def sdpa_keeps_float64(scaled_dot_product_attention, rng):
     """float64 in, float64 out, to 1e-10, with a 5-D input (B, H, G, L, D)"""
     lq, lk = two_lengths(rng)
-    d, leading = 2 ** draw(rng, 2, 5), (2, draw(rng, 1, 3), 2)
+    d, leading = head_dim(rng), (2, draw(rng, 1, 3), 2)  # d not a perfect square
     q = randn((*leading, lq, d), rng, dtype=torch.float64)
     k = randn((*leading, lk, d), rng, dtype=torch.float64)
     v = randn((*leading, lk, d + 1), rng, dtype=torch.float64)
-    out, weights = unpack(scaled_dot_product_attention(q, k, v), q, k, v)
-    out_ref, weights_ref = sdpa64(q, k, v)
-    expect_close(
-        weights, weights_ref, torch.float64, what="weights", suspects=weight_suspects(q, k)
-    )
-    expect_close(out, out_ref, torch.float64, what="out")
+    expect_attention(call_attention(scaled_dot_product_attention, q, k, v, rng), q, k, v)
 
 
 EXERCISES = {

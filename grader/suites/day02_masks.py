@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 import course.reference.masks as library
-from grader.harness.checking import Mistake, expect_close, expect_tensor, named
+from grader.harness.checking import Mistake, NotImplementedYet, expect_close, expect_tensor, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise, day01_sdpa
 from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
-    **{key: day01_sdpa.HINTS[key] for key in ("missing_scale", "softmax_over_queries")},
+    **{
+        key: day01_sdpa.HINTS[key]
+        for key in ("missing_scale", "softmax_over_queries", "modified_input")
+    },
     "not_boolean": (
         "a mask that is not a torch.bool tensor",
         "masks are torch.bool with True = may attend: a comparison such as "
@@ -44,6 +47,62 @@ HINTS = {
         "the course's causal mask is bottom-right aligned: query i is at absolute "
         "position lk - lq + i, so it sees keys j <= lk - lq + i "
         "(tril(diagonal=lk - lq)).",
+    ),
+    "offset_sign": (
+        "a causal mask with its offset's sign flipped: tril(diagonal=lq - lk)",
+        "query i sits at absolute position lk - lq + i, so it sees keys j <= i + (lk - lq): "
+        "the diagonal is lk - lq, positive when there are more keys than queries.",
+    ),
+    "first_key_always_visible": (
+        "every query allowed key 0, even the first lq - lk queries, which come before every key",
+        "when lq > lk, queries 0 .. lq - lk - 1 come before the first key: their rows are all "
+        "False (tril(diagonal=lk - lq) gives that; a slice [:max(..., 0) + 1] does not).",
+    ),
+    "lk_none_unhandled": (
+        "lk=None (left out) not replaced by lq",
+        "begin with `if lk is None: lk = lq`: causal_mask(L) is the square (L, L) mask.",
+    ),
+    "extra_dims": (
+        "the right mask with extra size-1 dims",
+        "return the documented shape only; whoever uses the mask adds the dims it needs "
+        "(mask[:, None, None, :]).",
+    ),
+    "width_from_lengths": (
+        "a mask as wide as the longest length instead of max_len",
+        "make max_len columns: torch.arange(max_len). A batch may be padded beyond its "
+        "longest sequence.",
+    ),
+    "padding_no_unsqueeze": (
+        "positions and lengths compared as two 1-D tensors, without making one a column",
+        "compare a row with a column: torch.arange(max_len)[None, :] < lengths[:, None] "
+        "broadcasts to (B, max_len).",
+    ),
+    "additive_positive": (
+        "a large positive number (torch.finfo(dtype).max) where blocked entries need the most "
+        "negative one",
+        "use torch.finfo(dtype).min: added to a score, it sends that key's weight to 0; a "
+        "positive number would make the blocked key win.",
+    ),
+    "finfo_tiny": (
+        "-torch.finfo(dtype).tiny (about -1e-38, almost 0) instead of the most negative number",
+        "use torch.finfo(dtype).min (about -3.4e38 in float32): .tiny is the smallest positive "
+        "normal number, not the minimum.",
+    ),
+    "none_not_handled": (
+        "mask or key_padding_mask used without checking for None",
+        "both are optional: start with no mask (all True) and AND in each one only when it "
+        "is not None.",
+    ),
+    "masks_combined_with_or": (
+        "mask and key_padding_mask combined with OR (a key allowed by either one)",
+        "a key is visible only if both allow it: AND them, mask & key_padding_mask viewed as "
+        "(B, 1, ..., 1, Lk).",
+    ),
+    "key_padding_fixed_rank": (
+        "key_padding_mask reshaped for 4-D inputs only",
+        "view key_padding_mask (B, Lk) as (B, 1, ..., 1, Lk), with as many 1s as q has dims "
+        "between the batch and the last two: key_padding_mask.view(B, *[1] * (q.dim() - 2), "
+        "Lk).",
     ),
     "swapped_lengths": (
         "a mask of shape (lk, lq) instead of (lq, lk)",
@@ -141,6 +200,19 @@ def expect_mask(out, ref: torch.Tensor, what: str = "mask", suspects: list = ())
         ):
             description, hint = HINTS[key]
             raise Mistake(f"{what} is wrong: it matches {description}.", hint, key)
+    if (
+        isinstance(out, torch.Tensor)
+        and out.shape != ref.shape
+        and out.numel() == ref.numel()
+        and out.squeeze().shape == ref.squeeze().shape
+        and torch.equal(out.detach().cpu().reshape(ref.shape).bool(), ref)
+    ):
+        raise Mistake(
+            f"{what} has shape {tuple(out.shape)}, expected {tuple(ref.shape)}: it holds the "
+            f"right mask, as {HINTS['extra_dims'][0]}.",
+            HINTS["extra_dims"][1],
+            "extra_dims",
+        )
     try:
         expect_tensor(out, what, ref.shape, torch.bool)
     except Mistake as mistake:
@@ -182,6 +254,8 @@ def causal_suspects(lq: int, lk: int) -> list:
         ("upper_triangular", ones.triu()),
         ("swapped_lengths", torch.ones(lk, lq, dtype=torch.bool).tril(diagonal=lq - lk)),
         ("swapped_lengths", torch.ones(lk, lq, dtype=torch.bool).tril()),
+        ("offset_sign", ones.tril(diagonal=lq - lk)),
+        ("first_key_always_visible", ref | (torch.arange(lk) == 0)),
     ]
 
 
@@ -192,7 +266,19 @@ def causal_square(causal_mask, rng):
     """lq = lk (lk left out, then given): query i sees keys 0 .. i, diagonal included"""
     length = draw(rng, 2, 9)
     ref = causal_reference(length, length)
-    expect_mask(causal_mask(length), ref, f"causal_mask({length})", causal_suspects(length, length))
+    try:
+        square = causal_mask(length)
+    except Mistake as mistake:
+        if mistake.key == "raised" and isinstance(causal_mask(length, length), torch.Tensor):
+            raise Mistake(
+                f"causal_mask({length}) {mistake.message.removeprefix('your function ')} "
+                f"while causal_mask({length}, {length}) works: it looks like "
+                f"{HINTS['lk_none_unhandled'][0]}.",
+                HINTS["lk_none_unhandled"][1],
+                "lk_none_unhandled",
+            ) from None
+        raise
+    expect_mask(square, ref, f"causal_mask({length})", causal_suspects(length, length))
     expect_mask(
         causal_mask(length, length),
         ref,
@@ -268,14 +354,18 @@ def padding_reference(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 def padding_suspects(lengths: torch.Tensor, max_len: int) -> list:
     ref = padding_reference(lengths, max_len)
     positions = torch.arange(max_len)
-    return [
+    suspects = [
         ("inverted_mask", ~ref),
+        ("width_from_lengths", padding_reference(lengths, int(lengths.max()))),
         ("off_by_one", positions <= lengths[:, None]),
         ("off_by_one", positions < lengths[:, None] - 1),
         ("off_by_one", positions[1:] <= lengths[:, None]),
         ("padding_transposed", ref.T),
         ("left_padded", ref.flip(-1)),
     ]
+    if len(lengths) == max_len:  # 1-D positions against 1-D lengths: it runs, elementwise
+        suspects.append(("padding_no_unsqueeze", positions < lengths))
+    return suspects
 
 
 def draw_lengths(rng: torch.Generator, batch: int, max_len: int, dtype=torch.long) -> torch.Tensor:
@@ -285,12 +375,26 @@ def draw_lengths(rng: torch.Generator, batch: int, max_len: int, dtype=torch.lon
     return lengths[torch.randperm(batch, generator=rng)].to(dtype)
 
 
+def call_padding(padding_mask, lengths: torch.Tensor, max_len: int):
+    """padding_mask(a copy of lengths, max_len); a broadcast error is named."""
+    try:
+        return padding_mask(lengths.clone(), max_len)
+    except Mistake as mistake:
+        if mistake.key == "raised" and "must match the size of tensor" in mistake.message:
+            raise Mistake(
+                f"{mistake.message}\n      It looks like {HINTS['padding_no_unsqueeze'][0]}.",
+                HINTS["padding_no_unsqueeze"][1],
+                "padding_no_unsqueeze",
+            ) from None
+        raise
+
+
 def padding_matches_loop(padding_mask, rng):
     """True for the first lengths[b] positions of each row, exactly (lengths 0 and max_len too)"""
     batch, max_len = draw(rng, 3, 6), draw(rng, 4, 10)
     lengths = draw_lengths(rng, batch, max_len)
     expect_mask(
-        padding_mask(lengths.clone(), max_len),
+        call_padding(padding_mask, lengths, max_len),
         padding_reference(lengths, max_len),
         f"padding_mask({lengths.tolist()}, {max_len})",
         padding_suspects(lengths, max_len),
@@ -302,7 +406,7 @@ def padding_int32_and_square(padding_mask, rng):
     max_len = draw(rng, 3, 8)
     lengths = draw_lengths(rng, max_len, max_len, dtype=torch.int32)
     expect_mask(
-        padding_mask(lengths.clone(), max_len),
+        call_padding(padding_mask, lengths, max_len),
         padding_reference(lengths, max_len),
         f"padding_mask({lengths.tolist()} (int32), {max_len})",
         padding_suspects(lengths.long(), max_len),
@@ -314,11 +418,54 @@ def padding_one_sequence(padding_mask, rng):
     max_len = draw(rng, 4, 12)
     lengths = torch.tensor([draw(rng, 1, max_len - 1)])
     expect_mask(
-        padding_mask(lengths.clone(), max_len),
+        call_padding(padding_mask, lengths, max_len),
         padding_reference(lengths, max_len),
         f"padding_mask({lengths.tolist()}, {max_len})",
         padding_suspects(lengths, max_len),
     )
+
+
+def padding_follows_device(padding_mask, rng):
+    """lengths on PyTorch's 'meta' device give a mask there (on lengths' device)"""
+    batch, max_len = draw(rng, 2, 5), draw(rng, 4, 9)
+    lengths = draw_lengths(rng, batch, max_len).to("meta")
+    expect_on_meta(
+        lambda: padding_mask(lengths, max_len), f"padding_mask(lengths on 'meta', {max_len})"
+    )
+
+
+def expect_on_meta(call, what: str) -> None:
+    """`call()`, given inputs on PyTorch's 'meta' device (shapes, no data), must return a tensor
+    there. A crash that says a tensor was on the CPU is ignores_device; another crash says
+    nothing (correct code that reads the values, lengths.tolist() say, cannot run without
+    data), and passes."""
+    try:
+        out = call()
+    except NotImplementedYet:
+        return  # e.g. lengths.tolist() or mask.cpu(): "cannot copy out of meta tensor"
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+        if "expected device" not in mistake.message:
+            return
+        raise Mistake(
+            f"{what}: {mistake.message} It looks like a tensor made on the CPU, whatever "
+            "device the input is on.",
+            ON_INPUT_DEVICE,
+            "ignores_device",
+        ) from None
+    if isinstance(out, torch.Tensor) and out.device.type != "meta":
+        raise Mistake(
+            f"{what} returned a tensor on {out.device}, not on the input's device.",
+            ON_INPUT_DEVICE,
+            "ignores_device",
+        )
+
+
+ON_INPUT_DEVICE = (
+    "make each new tensor on the input's device: torch.arange(max_len, device=lengths.device), "
+    "torch.zeros(mask.shape, dtype=dtype, device=mask.device)."
+)
 
 
 # ----------------------------------------------------------------------------- to_additive_mask
@@ -348,9 +495,13 @@ def expect_additive(out, mask: torch.Tensor, dtype: torch.dtype, what: str) -> N
         return
     if (allowed == low).all() and (blocked == 0).all():
         raise named_mistake("inverted_mask", what)
+    if (allowed == 0).all() and blocked.numel() and (blocked > 0).all():
+        raise named_mistake("additive_positive", what)
     if torch.isin(out, torch.tensor([0.0, 1.0], dtype=torch.float64)).all():
         raise named_mistake("not_additive", what)
     if (allowed == 0).all() and blocked.numel():
+        if (blocked == -torch.finfo(dtype).tiny).all():
+            raise named_mistake("finfo_tiny", what)
         if (blocked == -math.inf).all():
             raise named_mistake("additive_neg_inf", what)
         if torch.isfinite(blocked).all() and (blocked < 0).all():
@@ -434,6 +585,16 @@ def additive_other_dtypes(to_additive_mask, rng):
         expect_additive(out, mask, dtype, f"to_additive_mask(mask of shape {shape}, {dtype})")
 
 
+def additive_follows_device(to_additive_mask, rng):
+    """a mask on PyTorch's 'meta' device gives an additive mask there (on mask's device)"""
+    lq, lk = two_lengths(rng)
+    mask = random_mask((lq, lk), rng).to("meta")
+    expect_on_meta(
+        lambda: to_additive_mask(mask, torch.float32),
+        "to_additive_mask(mask on 'meta', torch.float32)",
+    )
+
+
 # ----------------------------------------------------------------------------- masked_attention
 
 
@@ -505,18 +666,37 @@ def expect_attention(result, q, k, v, mask, what="", nonfinite=None, **named_mas
 def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
     """The student's result; a crash or a wrong shape caused by the mask's shape is named."""
     try:
-        result = masked_attention(q, k, v, mask=mask, **kwargs)
+        inputs = {"q": q, "k": k, "v": v}
+        result = day01_sdpa.call_unchanged(masked_attention, inputs, mask=mask, **kwargs)
         unpack(result, q, k, v)
         return result
     except Mistake as mistake:
         mistake = overflow_is_named(mistake)
-        if mistake.key not in ("raised", "wrong_shape") or mask is None:
+        if mistake.key == "raised" and "NoneType" in mistake.message:
+            raise Mistake(
+                f"{mistake.message}\n      It looks like {HINTS['none_not_handled'][0]}.",
+                HINTS["none_not_handled"][1],
+                "none_not_handled",
+            ) from None
+        padding = kwargs.get("key_padding_mask")
+        if (
+            mistake.key not in ("raised", "wrong_shape")
+            or (mask is None and padding is None)
+            or "raised TypeError" in mistake.message  # an argument missing, not a shape
+        ):
             raise mistake from None
+        given = [
+            f"{name} of shape {tuple(m.shape)}"
+            for name, m in (("a mask", mask), ("key_padding_mask", padding))
+            if m is not None
+        ]
+        key = "key_padding_fixed_rank" if padding is not None and q.dim() != 4 else None
+        key = key or "mask_not_broadcast"
         raise Mistake(
-            f"with q {tuple(q.shape)} and a mask of shape {tuple(mask.shape)}: "
-            f"{mistake.message} It looks like {HINTS['mask_not_broadcast'][0]}.",
-            HINTS["mask_not_broadcast"][1],
-            "mask_not_broadcast",
+            f"with q {tuple(q.shape)} and {' and '.join(given)}: "
+            f"{mistake.message} It looks like {HINTS[key][0]}.",
+            HINTS[key][1],
+            key,
         ) from None
 
 
@@ -534,7 +714,7 @@ def masked_no_mask(masked_attention, rng):
     """mask=None is plain attention: out (B, H, Lq, Dv), weights (B, H, Lq, Lk), Lq ≠ Lk"""
     lq, lk = two_lengths(rng)
     q, k, v = qkv(rng, (draw(rng, 1, 3), draw(rng, 1, 3)), lq, lk)
-    out, weights = unpack(masked_attention(q, k, v), q, k, v)
+    out, weights = call_masked(masked_attention, q, k, v)
     out_ref, weights_ref = attention64(q, k, v)
     expect_close(
         weights,
@@ -544,6 +724,8 @@ def masked_no_mask(masked_attention, rng):
         suspects=[
             ("missing_scale", attention64(q, k, v, scale=1.0)[1]),
             ("softmax_over_queries", attention64(q, k, v, dim=-2)[1]),
+            ("inverted_mask", torch.zeros_like(weights_ref)),  # no mask inverted: all blocked
+            ("inverted_mask", torch.full_like(weights_ref, 1 / lk)),
         ],
     )
     expect_close(out, out_ref, q.dtype, what="out")
@@ -568,14 +750,21 @@ def masked_padding(masked_attention, rng):
 
 
 def masked_key_padding(masked_attention, rng):
-    """key_padding_mask (B, Lk) hides keys, not queries (Lq = Lk), alone and with a causal mask"""
+    """key_padding_mask (B, Lk) hides keys, not queries, empty sequences too; with a causal mask"""
     length, batch = draw(rng, 4, 8), draw(rng, 2, 4)
-    q, k, v = qkv(rng, (batch, draw(rng, 1, 3)), length, length)
+    heads = draw(rng, 1, 3)
+    q, k, v = qkv(rng, (batch, heads), length, length)
     lengths = torch.randint(2, length, (batch,), generator=rng)  # padding in every sequence
+    lengths[draw(rng, 0, batch - 1)] = 0  # and one sequence with no real token at all
     real = torch.arange(length) < lengths[:, None]  # (B, L)
     keys, queries = real[:, None, None, :], real[:, None, :, None]  # (B, 1, 1, L), (B, 1, L, 1)
+    misaligned = {}
+    if heads == batch:  # (B, 1, L) against (B, H, L, L): the batch lines up with the heads
+        misaligned["mask_not_broadcast"] = real[None, :, None, :]
     result = call_masked(masked_attention, q, k, v, None, key_padding_mask=real.clone())
-    expect_attention(result, q, k, v, keys, " (key_padding_mask only)", masked_queries=queries)
+    expect_attention(
+        result, q, k, v, keys, " (key_padding_mask only)", masked_queries=queries, **misaligned
+    )
     causal = causal_reference(length, length)
     result = call_masked(masked_attention, q, k, v, causal, key_padding_mask=real.clone())
     expect_attention(
@@ -588,6 +777,7 @@ def masked_key_padding(masked_attention, rng):
         masked_queries=causal & queries,
         key_padding_ignored=causal.expand_as(causal & keys),
         mask_ignored=keys.expand_as(causal & keys),
+        masks_combined_with_or=causal | keys,
     )
 
 
@@ -629,12 +819,16 @@ def masked_float16(masked_attention, rng):
 
 
 def masked_float64_3d(masked_attention, rng):
-    """float64 to 1e-10, 3-D inputs (B, L, D) with a (B, Lq, Lk) mask"""
+    """float64 to 1e-10, 3-D inputs (B, L, D) with a (B, Lq, Lk) mask, then a key_padding_mask"""
     lq, lk = two_lengths(rng)
     batch = draw(rng, 2, 4)
     q, k, v = qkv(rng, (batch,), lq, lk, dtype=torch.float64)
     mask = causal_reference(lq, lk) | random_mask((batch, lq, lk), rng, p_true=0.3)
     expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask, " (float64)")
+    real = torch.arange(lk) < torch.randint(1, lk + 1, (batch, 1), generator=rng)  # (B, Lk)
+    result = call_masked(masked_attention, q, k, v, mask, key_padding_mask=real.clone())
+    both = mask & real[:, None, :]  # (B, Lq, Lk)
+    expect_attention(result, q, k, v, both, " (float64, 3-D, with key_padding_mask)")
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -657,11 +851,22 @@ EXERCISES = {
         forbidden={library.causal_mask: LIBRARY_MASKS},
     ),
     "padding_mask": Exercise(
-        checks=[padding_matches_loop, padding_int32_and_square, padding_one_sequence],
+        checks=[
+            padding_matches_loop,
+            padding_int32_and_square,
+            padding_one_sequence,
+            padding_follows_device,
+        ],
         forbidden={library.padding_mask: LIBRARY_MASKS},
     ),
     "to_additive_mask": Exercise(
-        checks=[additive_float32, additive_float16, additive_other_dtypes], forbidden={}
+        checks=[
+            additive_float32,
+            additive_float16,
+            additive_other_dtypes,
+            additive_follows_device,
+        ],
+        forbidden={},
     ),
     "masked_attention": Exercise(
         checks=[

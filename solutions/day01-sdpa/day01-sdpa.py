@@ -110,13 +110,25 @@ print("naive  ", torch.exp(x) / torch.exp(x).sum())  # inf / inf
 shifted = torch.exp(x - x.max())
 print("shifted", shifted / shifted.sum())
 
+# %% [markdown]
+# Three tools for the exercise below. A reduction along a dim, with `keepdim=True`, keeps that axis with size 1, so the result broadcasts back against the tensor it came from. `torch.where(condition, a, b)` picks `a` where the condition is True and `b` elsewhere, entry by entry: it replaces chosen entries, and it makes a division safe where the denominator is 0.
+
+# %%
+t = torch.tensor([[1.0, 5.0, 3.0], [-math.inf, -math.inf, -math.inf]])  # (2, 3): the second row is all -inf
+print(t.amax(dim=-1).shape)                # torch.Size([2]): the reduced axis is gone
+print(t.amax(dim=-1, keepdim=True).shape)  # torch.Size([2, 1]): kept with size 1, so t - t.amax(-1, keepdim=True) broadcasts
+print(t.max(dim=-1))                       # with a dim, max returns a pair (values, indices); amax returns the values alone
+print(torch.where(torch.isinf(t), torch.zeros_like(t), t))  # each infinite entry replaced by 0
+denominator = torch.tensor([2.0, 0.0])
+print(torch.where(denominator > 0, 1.0 / denominator, 0.0))  # 1/2, and 0 (not inf) where the denominator is 0
+
 
 # %% [markdown]
 # ### Exercise 1: `stable_softmax`
 #
 # Along `dim`, subtract the max (with `keepdim=True`, so it broadcasts), exponentiate, then divide by the sum. Then handle the edge case: a slice that is all $-\infty$ must come out as zeros, with no NaN. `torch.where` is the tool for that.
 #
-# The checks recognise these mistakes, and each gives a hint: normalising over the wrong axis or ignoring `dim`; no max subtraction (overflow at $x \approx 1000$); a max over the whole tensor instead of along `dim`; NaN from $-\infty$ entries or from a row that is all $-\infty$; a float64 input returned as float32; a call to a built-in softmax.
+# The checks recognise these mistakes, and each gives a hint: normalising over the wrong axis or ignoring `dim` (in the max, the sum or both); a max or sum without `keepdim=True`; `x.max(dim)` used without `.values`; no max subtraction, or a shift by the min (overflow at $x \approx 1000$); a max over the whole tensor instead of along `dim`; NaN from $-\infty$ entries or from a row that is all $-\infty$; equal weights on a row that is all $-\infty$; an input changed in place; a float64 input returned as float32; a call to a built-in softmax.
 
 # %% nbgrader={"grade": false, "grade_id": "stable_softmax", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def stable_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -162,11 +174,19 @@ check("day01-sdpa", "stable_softmax", stable_softmax, hidden=True, points=1)
 #
 # `k.transpose(-2, -1)` swaps only the last two axes, and `@` broadcasts over any leading ones, so one line serves `(L, d)`, `(B, L, d)` and `(B, H, L, d)` alike. (`k.T` reverses *all* the axes; it is only right for 2-D tensors.)
 #
+# With leading dimensions, only the last two axes may swap:
+
+# %%
+k4 = torch.randn(2, 3, 5, 4)                      # (B, H, Lk, d)
+print(k4.transpose(-2, -1).shape, k4.mT.shape)    # both (2, 3, 4, 5): the last two axes swapped
+print(k4.permute(3, 2, 1, 0).shape)               # (4, 5, 3, 2): what k4.T does, every axis reversed
+
+# %% [markdown]
 # Tiny example: $q = \begin{bmatrix}1 & 0\\ 0 & 1\end{bmatrix}$ and $k = \begin{bmatrix}1 & 1\\ 2 & 0\\ 0 & 3\end{bmatrix}$ give $S = \frac{1}{\sqrt{2}}\begin{bmatrix}1 & 2 & 0\\ 1 & 0 & 3\end{bmatrix}$.
 #
 # ### Exercise 2: `attention_scores`
 #
-# The checks recognise: a missing scale, dividing by $d$, multiplying by $\sqrt{d}$, scaling by a sequence length instead of the head dimension, queries and keys swapped, and a transpose that breaks with leading dimensions.
+# The checks recognise: a missing scale, dividing by $d$, multiplying by $\sqrt{d}$, an integer or float32 $\sqrt{d}$, scaling by a sequence length or a leading dimension instead of the head dimension, queries and keys swapped, a transpose that breaks with leading dimensions, code written for one number of dimensions (`torch.bmm`, `B, H, L, d = q.shape`), and an input scaled in place.
 
 # %% nbgrader={"grade": false, "grade_id": "attention_scores", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -208,7 +228,7 @@ check("day01-sdpa", "attention_scores", attention_scores, hidden=True, points=1)
 #
 # ### Exercise 3: `scaled_dot_product_attention`
 #
-# The checks recognise: softmax over the query axis, each scaling mistake from exercise 2, queries and keys swapped, `weights @ v.transpose(-2, -1)`, `weights.transpose(-2, -1) @ v`, wrong output shapes when $L_q \ne L_k$ or $d_v \ne d$, overflow at large scores, and calls to the built-ins.
+# The checks recognise: softmax over the query axis, each scaling mistake from exercise 2, scaling by $\sqrt{d_v}$ or after the softmax, queries and keys swapped, `weights @ v.transpose(-2, -1)`, `weights.transpose(-2, -1) @ v`, a transpose that breaks with leading dimensions, wrong output shapes when $L_q \ne L_k$ or $d_v \ne d$, `(weights, out)` in the wrong order, overflow at large scores, and calls to the built-ins.
 
 # %% nbgrader={"grade": false, "grade_id": "scaled_dot_product_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

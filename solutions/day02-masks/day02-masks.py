@@ -125,7 +125,7 @@ print("stable", stable_softmax(blocked))    # zeros
 #
 # Compare positions, all at once: a column of query positions, `(lq, 1)`, against a row of key positions, `(1, lk)`, broadcasts to the whole `(lq, lk)` mask. `torch.ones(lq, lk).tril(diagonal=...)` works too. Create the tensors on `device`.
 #
-# The checks recognise: an inverted mask; a missing diagonal; the upper triangle instead of the lower; top-left alignment when $L_q \ne L_k$; the shape `(lk, lq)`; a float mask instead of a boolean one; ignoring `device`.
+# The checks recognise: an inverted mask; a missing diagonal; the upper triangle instead of the lower; top-left alignment when $L_q \ne L_k$, or the offset's sign flipped; key 0 given to queries that come before every key; the shape `(lk, lq)`, or extra size-1 dims; `lk=None` left unhandled; a float mask instead of a boolean one; ignoring `device`.
 
 # %% nbgrader={"grade": false, "grade_id": "causal_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_mask(lq: int, lk: int = None, device=None) -> torch.Tensor:
@@ -201,7 +201,7 @@ plt.show()
 #
 # One comparison does it: a row of positions `torch.arange(max_len)` against a column of lengths `lengths[:, None]`. No Python loop.
 #
-# The checks recognise: an inverted mask; an off-by-one (`<=`, or `< length - 1`); the shape `(max_len, B)`; padding at the start instead of the end; a mask that is not boolean.
+# The checks recognise: an inverted mask; an off-by-one (`<=`, or `< length - 1`); the shape `(max_len, B)`, extra size-1 dims, or a width from `lengths.max()` instead of `max_len`; positions and lengths compared without `[:, None]`; padding at the start instead of the end; a mask that is not boolean; a mask made on the CPU whatever `lengths`' device.
 
 # %% nbgrader={"grade": false, "grade_id": "padding_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -257,7 +257,7 @@ except RuntimeError as error:
 #
 # ### Exercise 3: `to_additive_mask`
 #
-# The checks recognise: an inverted mask; $-\infty$ instead of the minimum; a fixed constant such as $-10^9$ (and its float16 overflow); 0/1 numbers instead of 0/large negative; a result in the wrong dtype.
+# The checks recognise: an inverted mask; $-\infty$ instead of the minimum; a fixed constant such as $-10^9$ (and its float16 overflow); `finfo.max` or `finfo.tiny` instead of `finfo.min`; 0/1 numbers instead of 0/large negative; a result in the wrong dtype; a result made on the CPU whatever the mask's device.
 
 # %% nbgrader={"grade": false, "grade_id": "to_additive_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -307,7 +307,7 @@ check("day02-masks", "to_additive_mask", to_additive_mask, hidden=True, points=1
 #
 # Build it from your own pieces: the scores, your `to_additive_mask` (or `masked_fill`), `stable_softmax`, then `weights @ v`. Then make rows with nothing to see exactly zero.
 #
-# The checks recognise: an inverted mask; the mask ignored; `key_padding_mask` ignored, or applied to queries instead of keys; NaN, or uniform weights $1/L_k$, for a query that may see no key; a mask that does not broadcast over batch and heads; float16 overflow from a constant like $-10^9$; the missing $1/\sqrt{d}$; softmax over the queries; calls to the built-ins or to the course's attention.
+# The checks recognise: an inverted mask; the mask ignored; `key_padding_mask` ignored, or applied to queries instead of keys; NaN, or uniform weights $1/L_k$, for a query that may see no key; a mask that does not broadcast over batch and heads; float16 overflow from a constant like $-10^9$; the missing $1/\sqrt{d}$; softmax over the queries; `mask` or `key_padding_mask` used without checking for `None`; the two combined with OR instead of AND; `key_padding_mask` reshaped for 4-D inputs only; calls to the built-ins or to the course's attention.
 
 # %% nbgrader={"grade": false, "grade_id": "masked_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

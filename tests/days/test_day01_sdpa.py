@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from grader import CheckFailed, check
-from helpers import assert_mistake_named, day_report
+from helpers import assert_mistake_named, day_report, solution_notebook
 
 DAY = "day01-sdpa"
 
@@ -47,6 +47,16 @@ def test_hidden_checks_draw_a_fresh_seed_each_run(solution):
 
 # ----------------------------------------------------------------------------- planted bugs
 
+# Hidden checks draw a fresh seed: a planted bug must be named on several, not only on seed 0.
+HIDDEN_SEEDS = (1, 2, 3)
+
+
+def assert_named_on_every_seed(name: str, bug, key: str, capsys) -> None:
+    assert_named(name, bug, key, capsys)
+    for seed in HIDDEN_SEEDS:
+        result = report(name, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
 
 def softmax_no_max(x, dim=-1):
     exps = torch.exp(x)
@@ -58,14 +68,75 @@ def softmax_max_no_empty_rows(x, dim=-1):
     return exps / exps.sum(dim, keepdim=True)
 
 
+def guarded_division(exps, total):
+    """exps / total, and 0 where total is 0 (an empty row): the correct last step."""
+    return torch.where(total > 0, exps / torch.where(total > 0, total, 1.0), 0.0)
+
+
 def softmax_global_max(x, dim=-1):
     exps = torch.exp(x - x.max())
     return exps / exps.sum(dim, keepdim=True)
 
 
+def softmax_global_max_guarded(x, dim=-1):
+    exps = torch.exp(x - x.max())
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
 def softmax_min_shift(x, dim=-1):
     exps = torch.exp(x - x.amin(dim, keepdim=True))
     return exps / exps.sum(dim, keepdim=True)
+
+
+def softmax_min_shift_guarded(x, dim=-1):
+    low = x.amin(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(low), 0.0, low))
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
+def softmax_max_without_keepdim(x, dim=-1):
+    top = x.amax(dim=dim)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
+def softmax_sum_without_keepdim(x, dim=-1):
+    top = x.amax(dim=dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return guarded_division(exps, exps.sum(dim))
+
+
+def softmax_max_pair(x, dim=-1):
+    top = x.max(dim=dim, keepdim=True)  # a (values, indices) pair
+    exps = torch.exp(x - top)
+    return exps / exps.sum(dim, keepdim=True)
+
+
+def softmax_half_fix(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return exps / exps.sum(dim, keepdim=True)  # 0 / 0 on an empty row
+
+
+def softmax_clamped(x, dim=-1):
+    return softmax_max_no_empty_rows(x.clamp(min=-1e9), dim)
+
+
+def softmax_in_place(x, dim=-1):
+    x.sub_(x.amax(dim, keepdim=True).nan_to_num(0.0, neginf=0.0))
+    x.exp_()
+    return guarded_division(x, x.sum(dim, keepdim=True))
+
+
+def softmax_sum_over_last(x, dim=-1):
+    exps = torch.exp(x - x.amax(dim, keepdim=True))
+    return exps / exps.sum(-1, keepdim=True)
+
+
+def softmax_guard_for_whole_tensor(x, dim=-1):
+    if torch.isinf(x).all():
+        return torch.zeros_like(x)
+    return softmax_max_no_empty_rows(x, dim)
 
 
 def softmax_in_float32(x, dim=-1):
@@ -77,49 +148,97 @@ def stub(*args, **kwargs):
     raise NotImplementedError()
 
 
-@pytest.mark.parametrize(
-    "bug, key",
-    [
-        (lambda x, dim=-1: softmax_max_no_empty_rows(x, dim=0), "wrong_axis"),
-        (lambda x, dim=-1: softmax_max_no_empty_rows(x, dim=-1), "ignores_dim"),
-        (softmax_no_max, "no_max_subtraction"),
-        (softmax_global_max, "global_max"),
-        (softmax_max_no_empty_rows, "nan_on_all_masked_row"),
-        (softmax_min_shift, "nan_on_neg_inf"),
-        (softmax_in_float32, "wrong_dtype"),
-        (stub, "not_implemented"),
-    ],
-    ids=[
-        "wrong_axis",
-        "ignores_dim",
-        "no_max",
-        "global_max",
-        "nan_all_masked",
-        "min_shift",
-        "float32",
-        "stub",
-    ],
-)
+SOFTMAX_BUGS = {
+    "wrong_axis": (lambda x, dim=-1: softmax_max_no_empty_rows(x, dim=0), "wrong_axis"),
+    "ignores_dim": (lambda x, dim=-1: softmax_max_no_empty_rows(x, dim=-1), "ignores_dim"),
+    "sum_over_last": (softmax_sum_over_last, "ignores_dim"),
+    "no_max": (softmax_no_max, "no_max_subtraction"),
+    "min_shift_guarded": (softmax_min_shift_guarded, "no_max_subtraction"),
+    "global_max": (softmax_global_max, "global_max"),
+    "global_max_guarded": (softmax_global_max_guarded, "global_max"),
+    "max_without_keepdim": (softmax_max_without_keepdim, "missing_keepdim"),
+    "sum_without_keepdim": (softmax_sum_without_keepdim, "missing_keepdim"),
+    "max_pair": (softmax_max_pair, "max_without_values"),
+    "nan_all_masked": (softmax_max_no_empty_rows, "nan_on_all_masked_row"),
+    "half_fix": (softmax_half_fix, "nan_on_all_masked_row"),
+    "whole_tensor_guard": (softmax_guard_for_whole_tensor, "nan_on_all_masked_row"),
+    "clamped": (softmax_clamped, "all_masked_row_uniform"),
+    "in_place": (softmax_in_place, "modified_input"),
+    "min_shift": (softmax_min_shift, "nan_on_neg_inf"),
+    "float32": (softmax_in_float32, "wrong_dtype"),
+    "stub": (stub, "not_implemented"),
+}
+
+
+@pytest.mark.parametrize("bug, key", SOFTMAX_BUGS.values(), ids=SOFTMAX_BUGS.keys())
 def test_stable_softmax_bug_is_named(bug, key, capsys):
-    assert_named("stable_softmax", bug, key, capsys)
+    assert_named_on_every_seed("stable_softmax", bug, key, capsys)
 
 
-@pytest.mark.parametrize(
-    "bug, key",
-    [
-        (lambda q, k: q @ k.transpose(-2, -1), "missing_scale"),
-        (lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1], "divided_by_d"),
-        (lambda q, k: q @ k.transpose(-2, -1) * math.sqrt(q.shape[-1]), "times_sqrt_d"),
-        (lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.shape[-2]), "scaled_by_length"),
-        (lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.shape[-1]), "swapped_q_k"),
-        (lambda q, k: q @ k.T / math.sqrt(q.shape[-1]), "raised"),
-        (stub, "not_implemented"),
-    ],
-    ids=["missing_scale", "divided_by_d", "times_sqrt_d", "length", "swapped", "k.T", "stub"],
-)
+def scores_in_4d_loops(q, k):
+    batch, heads, _, d = q.shape  # 4-D only
+    return torch.stack(
+        [
+            torch.stack([q[b, h] @ k[b, h].T / math.sqrt(d) for h in range(heads)])
+            for b in range(batch)
+        ]
+    )
+
+
+def scores_scale_q_in_place(q, k):
+    q /= math.sqrt(q.shape[-1])
+    return q @ k.transpose(-2, -1)
+
+
+SCORES_BUGS = {
+    "missing_scale": (lambda q, k: q @ k.transpose(-2, -1), "missing_scale"),
+    "divided_by_d": (lambda q, k: q @ k.transpose(-2, -1) / q.shape[-1], "divided_by_d"),
+    "times_sqrt_d": (
+        lambda q, k: q @ k.transpose(-2, -1) * math.sqrt(q.shape[-1]),
+        "times_sqrt_d",
+    ),
+    "length": (
+        lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.shape[-2]),
+        "scaled_by_length",
+    ),
+    "scores_width": (
+        lambda q, k: (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-2]),
+        "scaled_by_length",
+    ),
+    "shape_1": (
+        lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.shape[1]),
+        "d_from_wrong_axis",
+    ),
+    "swapped": (lambda q, k: k @ q.transpose(-2, -1) / math.sqrt(q.shape[-1]), "swapped_q_k"),
+    "k.T": (lambda q, k: q @ k.T / math.sqrt(q.shape[-1]), "batched_transpose"),
+    "transpose_1_-1": (
+        lambda q, k: (
+            q @ (k.transpose(0, 1) if k.dim() == 2 else k.transpose(1, -1)) / math.sqrt(q.shape[-1])
+        ),
+        "batched_transpose",
+    ),
+    "bmm": (
+        lambda q, k: torch.bmm(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1]),
+        "fixed_rank",
+    ),
+    "4d_loops": (scores_in_4d_loops, "fixed_rank"),
+    "float32_sqrt": (
+        lambda q, k: q @ k.transpose(-2, -1) / torch.sqrt(torch.tensor(q.shape[-1])),
+        "float32_constant",
+    ),
+    "isqrt": (
+        lambda q, k: q @ k.transpose(-2, -1) / math.isqrt(q.shape[-1]),
+        "integer_sqrt",
+    ),
+    "in_place": (scores_scale_q_in_place, "modified_input"),
+    "stub": (stub, "not_implemented"),
+}
+
+
+@pytest.mark.parametrize("bug, key", SCORES_BUGS.values(), ids=SCORES_BUGS.keys())
 @pytest.mark.filterwarnings("ignore:The use of `x.T`:UserWarning")
 def test_attention_scores_bug_is_named(bug, key, capsys):
-    assert_named("attention_scores", bug, key, capsys)
+    assert_named_on_every_seed("attention_scores", bug, key, capsys)
 
 
 def make_sdpa(
@@ -140,48 +259,140 @@ def make_sdpa(
 good_softmax = softmax_max_no_empty_rows  # no row is all -inf in these checks
 
 
-@pytest.mark.parametrize(
-    "bug, key",
-    [
-        (make_sdpa(lambda s: good_softmax(s, dim=-2)), "softmax_over_queries"),
-        (make_sdpa(good_softmax, scale=lambda d: 1.0), "missing_scale"),
-        (make_sdpa(good_softmax, scale=lambda d: 1 / d), "divided_by_d"),
-        (make_sdpa(good_softmax, scale=lambda d: math.sqrt(d)), "times_sqrt_d"),
-        (make_sdpa(good_softmax, scores=lambda q, k: k @ q.transpose(-2, -1)), "swapped_q_k"),
-        (make_sdpa(good_softmax, combine=lambda w, v: w @ v.transpose(-2, -1)), "transposed_v"),
-        (
-            make_sdpa(good_softmax, combine=lambda w, v: w.transpose(-2, -1) @ v),
-            "transposed_weights",
-        ),
-        (make_sdpa(softmax_no_max), "no_max_subtraction"),
-        (lambda q, k, v: make_sdpa(good_softmax)(q, k, v)[::-1], "wrong_shape"),
-        (lambda q, k, v: make_sdpa(good_softmax)(q, k, v)[0], "not_a_pair"),
-        (
-            lambda q, k, v: (
-                make_sdpa(good_softmax)(q, k, v)[0][..., : q.shape[-1]],
-                make_sdpa(good_softmax)(q, k, v)[1],
-            ),
-            "wrong_shape",
-        ),
-        (stub, "not_implemented"),
-    ],
-    ids=[
-        "over_queries",
-        "missing_scale",
-        "divided_by_d",
-        "times_sqrt_d",
+def sdpa_scaled_by_value_width(q, k, v):
+    weights = good_softmax(q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1]))
+    return weights @ v, weights
+
+
+def sdpa_scaled_after_softmax(q, k, v):
+    weights = good_softmax(q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    return weights @ v, weights
+
+
+def sdpa_with_float32_rsqrt(q, k, v):
+    weights = good_softmax(q @ k.transpose(-2, -1) * torch.rsqrt(torch.tensor(float(q.shape[-1]))))
+    return weights @ v, weights
+
+
+SDPA_BUGS = {
+    "over_queries": (make_sdpa(lambda s: good_softmax(s, dim=-2)), "softmax_over_queries"),
+    "missing_scale": (make_sdpa(good_softmax, scale=lambda d: 1.0), "missing_scale"),
+    "double_scale": (make_sdpa(good_softmax, scale=lambda d: 1 / d), "divided_by_d"),
+    "times_sqrt_d": (make_sdpa(good_softmax, scale=lambda d: math.sqrt(d)), "times_sqrt_d"),
+    "value_width": (sdpa_scaled_by_value_width, "scaled_by_value_dim"),
+    "scale_after_softmax": (sdpa_scaled_after_softmax, "scale_after_softmax"),
+    "float32_rsqrt": (sdpa_with_float32_rsqrt, "float32_constant"),
+    "swapped_q_k": (
+        make_sdpa(good_softmax, scores=lambda q, k: k @ q.transpose(-2, -1)),
         "swapped_q_k",
+    ),
+    "k.T": (make_sdpa(good_softmax, scores=lambda q, k: q @ k.T), "batched_transpose"),
+    "transposed_v": (
+        make_sdpa(good_softmax, combine=lambda w, v: w @ v.transpose(-2, -1)),
         "transposed_v",
+    ),
+    "transposed_weights": (
+        make_sdpa(good_softmax, combine=lambda w, v: w.transpose(-2, -1) @ v),
         "transposed_weights",
-        "overflow",
+    ),
+    "overflow": (make_sdpa(softmax_no_max), "no_max_subtraction"),
+    "swapped_outputs": (
+        lambda q, k, v: make_sdpa(good_softmax)(q, k, v)[::-1],
         "swapped_outputs",
-        "out_only",
-        "out_sliced_to_dk",
-        "stub",
-    ],
-)
+    ),
+    "weights_returned_transposed": (
+        lambda q, k, v: (
+            make_sdpa(good_softmax)(q, k, v)[0],
+            make_sdpa(good_softmax)(q, k, v)[1].transpose(-2, -1),
+        ),
+        "weights_transposed",
+    ),
+    "out_only": (lambda q, k, v: make_sdpa(good_softmax)(q, k, v)[0], "not_a_pair"),
+    "out_sliced_to_dk": (
+        lambda q, k, v: (
+            make_sdpa(good_softmax)(q, k, v)[0][..., : q.shape[-1]],
+            make_sdpa(good_softmax)(q, k, v)[1],
+        ),
+        "wrong_shape",
+    ),
+    "stub": (stub, "not_implemented"),
+}
+
+
+@pytest.mark.parametrize("bug, key", SDPA_BUGS.values(), ids=SDPA_BUGS.keys())
+@pytest.mark.filterwarnings("ignore:The use of `x.T`:UserWarning")
 def test_sdpa_bug_is_named(bug, key, capsys):
-    assert_named("scaled_dot_product_attention", bug, key, capsys)
+    assert_named_on_every_seed("scaled_dot_product_attention", bug, key, capsys)
+
+
+# What each exercise's "The checks recognise: ..." list in the notebook promises, and the key the
+# planted bugs above are named under: every promise is kept by at least one planted bug.
+PROMISES = {
+    "stable_softmax": {
+        "normalising over the wrong axis": "wrong_axis",
+        "ignoring `dim`": "ignores_dim",
+        "without `keepdim=True`": "missing_keepdim",
+        "`x.max(dim)` used without `.values`": "max_without_values",
+        "no max subtraction, or a shift by the min": "no_max_subtraction",
+        "a max over the whole tensor": "global_max",
+        "NaN from $-\\infty$ entries": "nan_on_neg_inf",
+        "a row that is all $-\\infty$;": "nan_on_all_masked_row",
+        "equal weights on a row that is all $-\\infty$": "all_masked_row_uniform",
+        "an input changed in place": "modified_input",
+        "a float64 input returned as float32": "wrong_dtype",
+        "a call to a built-in softmax": "shortcut",
+    },
+    "attention_scores": {
+        "a missing scale": "missing_scale",
+        "dividing by $d$": "divided_by_d",
+        "multiplying by $\\sqrt{d}$": "times_sqrt_d",
+        "an integer or float32 $\\sqrt{d}$": ("integer_sqrt", "float32_constant"),
+        "scaling by a sequence length": "scaled_by_length",
+        "or a leading dimension": "d_from_wrong_axis",
+        "queries and keys swapped": "swapped_q_k",
+        "a transpose that breaks with leading dimensions": "batched_transpose",
+        "code written for one number of dimensions": "fixed_rank",
+        "an input scaled in place": "modified_input",
+    },
+    "scaled_dot_product_attention": {
+        "softmax over the query axis": "softmax_over_queries",
+        "each scaling mistake from exercise 2": ("missing_scale", "divided_by_d", "times_sqrt_d"),
+        "scaling by $\\sqrt{d_v}$": "scaled_by_value_dim",
+        "or after the softmax": "scale_after_softmax",
+        "queries and keys swapped": "swapped_q_k",
+        "`weights @ v.transpose(-2, -1)`": "transposed_v",
+        "`weights.transpose(-2, -1) @ v`": "transposed_weights",
+        "a transpose that breaks with leading dimensions": "batched_transpose",
+        "wrong output shapes": ("wrong_shape", "weights_transposed"),
+        "`(weights, out)` in the wrong order": "swapped_outputs",
+        "overflow at large scores": "no_max_subtraction",
+        "calls to the built-ins": "shortcut",
+    },
+}
+PLANTED_KEYS = {
+    "stable_softmax": {key for _, key in SOFTMAX_BUGS.values()} | {"shortcut"},
+    "attention_scores": {key for _, key in SCORES_BUGS.values()},
+    "scaled_dot_product_attention": {key for _, key in SDPA_BUGS.values()} | {"shortcut"},
+}
+
+
+@pytest.mark.parametrize("name", PROMISES)
+def test_the_notebook_lists_only_mistakes_the_checks_name(name):
+    text = solution_notebook(DAY).cells
+    promise_cell = next(
+        cell.source
+        for i, cell in enumerate(text)
+        if cell.cell_type == "markdown"
+        and "The checks recognise" in cell.source
+        and any(
+            later.metadata.get("nbgrader", {}).get("grade_id") == name
+            for later in text[i + 1 : i + 2]
+        )
+    )
+    for phrase, keys in PROMISES[name].items():
+        assert phrase in promise_cell, phrase
+        keys = (keys,) if isinstance(keys, str) else keys
+        assert set(keys) <= PLANTED_KEYS[name], (phrase, set(keys) - PLANTED_KEYS[name])
 
 
 # ----------------------------------------------------------------------------- the shortcut guard
@@ -258,10 +469,58 @@ def softmax_via_float64(x, dim=-1):
     return (exps / total.where(total > 0, 1.0)).to(x.dtype)
 
 
-@pytest.mark.parametrize("softmax", [softmax_nan_to_num, softmax_via_float64])
+def softmax_via_logsumexp(x, dim=-1):
+    lse = torch.logsumexp(x, dim=dim, keepdim=True)  # float32 x - lse is off by ulp(1000) / 2
+    return torch.where(torch.isneginf(lse), 0.0, torch.exp(x - lse))
+
+
+def softmax_row_by_row(x, dim=-1):
+    moved = x.movedim(dim, -1)
+    rows = []
+    for row in moved.reshape(-1, moved.shape[-1]):
+        if torch.isneginf(row.max()):
+            rows.append(torch.zeros_like(row))
+        else:
+            exps = (row - row.max()).exp()
+            rows.append(exps / exps.sum())
+    return torch.stack(rows).reshape(moved.shape).movedim(-1, dim)
+
+
+def softmax_masked_fill(x, dim=-1):
+    top = x.amax(dim=dim, keepdim=True)
+    dead = torch.isneginf(top)
+    exps = (x - top.masked_fill(dead, 0.0)).exp()
+    return exps / exps.sum(dim=dim, keepdim=True).masked_fill(dead, 1.0)
+
+
+def softmax_times_reciprocal(x, dim=-1):
+    top = x.amax(dim=dim, keepdim=True)
+    exps = torch.exp(x - top)
+    out = exps * exps.sum(dim=dim, keepdim=True).reciprocal()
+    return torch.where(torch.isneginf(top), 0.0, out)
+
+
+@pytest.mark.parametrize(
+    "softmax",
+    [
+        softmax_nan_to_num,
+        softmax_via_float64,
+        softmax_via_logsumexp,
+        softmax_row_by_row,
+        softmax_masked_fill,
+        softmax_times_reciprocal,
+    ],
+)
 def test_other_correct_softmaxes_pass(softmax):
     for seed in range(5):
         assert report("stable_softmax", softmax, hidden=True, seed=seed).passed
+
+
+def test_logsumexp_softmax_passes_25_hidden_seeds():
+    """Once rejected on most hidden seeds: float32 x - logsumexp(x) near x = 1000 is right only
+    to about 1000 * u, and the tolerance must allow what the rounding allows."""
+    for seed in range(100, 125):
+        assert report("stable_softmax", softmax_via_logsumexp, hidden=True, seed=seed).passed
 
 
 @pytest.mark.parametrize(
@@ -270,12 +529,33 @@ def test_other_correct_softmaxes_pass(softmax):
         lambda q, k: torch.einsum("...qd,...kd->...qk", q, k) / math.sqrt(q.shape[-1]),
         lambda q, k: (q * q.shape[-1] ** -0.5) @ k.mT,
         lambda q, k: torch.matmul(q, k.transpose(-1, -2)).div(math.sqrt(k.size(-1))),
+        lambda q, k: (q * q.shape[-1] ** -0.25) @ (k * q.shape[-1] ** -0.25).mT,
+        lambda q, k: (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) / math.sqrt(q.shape[-1]),
+        lambda q, k: q @ k.transpose(-2, -1) / torch.tensor(q.shape[-1], dtype=q.dtype).sqrt(),
     ],
-    ids=["einsum", "pre-scaled", "matmul"],
+    ids=["einsum", "pre-scaled", "matmul", "quarter-powers", "broadcast-sum", "tensor-sqrt"],
 )
 def test_other_correct_scores_pass(scores):
     for seed in range(5):
         assert report("attention_scores", scores, hidden=True, seed=seed).passed
+
+
+def sdpa_normalised_after_matmul(q, k, v):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    exps = torch.exp(scores - scores.amax(-1, keepdim=True))
+    total = exps.sum(-1, keepdim=True)
+    return (exps @ v) / total, exps / total
+
+
+def sdpa_query_by_query(q, k, v):
+    weights = softmax_masked_fill(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))
+    out = torch.cat([weights[..., i : i + 1, :] @ v for i in range(q.shape[-2])], dim=-2)
+    return out, weights
+
+
+def sdpa_scaled_query(q, k, v):
+    weights = softmax_masked_fill((q / math.sqrt(q.shape[-1])) @ k.mT)
+    return torch.matmul(weights, v), weights
 
 
 @pytest.mark.parametrize(
@@ -288,8 +568,11 @@ def test_other_correct_scores_pass(scores):
             t.to(q.dtype)
             for t in make_sdpa(softmax_via_float64)(q.double(), k.double(), v.double())
         ),
+        sdpa_normalised_after_matmul,
+        sdpa_query_by_query,
+        sdpa_scaled_query,
     ],
-    ids=["einsum", "float64 inside"],
+    ids=["einsum", "float64 inside", "normalised after", "query by query", "scaled q"],
 )
 def test_other_correct_attentions_pass(attention):
     for seed in range(5):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import course.reference.masks
 from course.reference.sdpa import stable_softmax
 from grader import check
-from helpers import ROOT, assert_mistake_named, day_report
+from helpers import ROOT, assert_mistake_named, day_report, solution_notebook
 
 DAY = "day02-masks"
 
@@ -87,6 +87,15 @@ def tril_mask(diagonal):
 bottom_right = tril_mask(lambda lq, lk: lk - lq)
 
 
+def causal_loop_with_key_zero(lq, lk=None, device=None):
+    """Rows before every key (lq > lk) still get key 0: a slice end clamped at 0, plus one."""
+    lk = lq if lk is None else lk
+    mask = torch.zeros(lq, lk, dtype=torch.bool, device=device)
+    for i in range(lq):
+        mask[i, : max(lk - lq + i, 0) + 1] = True
+    return mask
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -102,7 +111,11 @@ bottom_right = tril_mask(lambda lq, lk: lk - lq)
         (lambda lq, lk=None, device=None: bottom_right(lq, lk, device).float(), "not_boolean"),
         (lambda lq, lk=None, device=None: bottom_right(lq, lk), "ignores_device"),
         (lambda lq, lk=None, device=None: bottom_right(lq, lk).T, "wrong_shape"),
-        (lambda lq, lk, device=None: bottom_right(lq, lk, device), "raised"),  # lk required
+        (lambda lq, lk, device=None: bottom_right(lq, lk, device), "lk_none_unhandled"),
+        (tril_mask(lambda lq, lk: lq - lk), "offset_sign"),
+        (causal_loop_with_key_zero, "first_key_always_visible"),
+        (lambda lq, lk=None, device=None: bottom_right(lq, lk, device)[None, None], "extra_dims"),
+        (lambda lq, lk=None, device=None: bottom_right(lq, lk, device).long(), "not_boolean"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -114,11 +127,16 @@ bottom_right = tril_mask(lambda lq, lk: lk - lq)
         "ignores_device",
         "transposed",
         "lk_required",
+        "offset_sign",
+        "key_zero_always",
+        "extra_dims",
+        "long",
         "stub",
     ],
 )
 def test_causal_mask_bug_is_named(bug, key, capsys):
     assert_named("causal_mask", bug, key, capsys)
+    assert_named_on_hidden_seeds("causal_mask", bug, key, seeds=range(1, 4))
 
 
 def test_top_left_alignment_is_named_on_every_hidden_seed():
@@ -186,13 +204,40 @@ def padding(compare, positions=lambda n: torch.arange(n)):
         ),
         (padding(lambda p, n: p >= p.shape[-1] - n), "left_padded"),
         (lambda lengths, max_len: (torch.arange(max_len) < lengths[:, None]).long(), "not_boolean"),
-        (lambda lengths, max_len: torch.arange(max_len) < lengths, "raised"),  # no [:, None]
+        (lambda lengths, max_len: torch.arange(max_len) < lengths, "padding_no_unsqueeze"),
+        (
+            lambda lengths, max_len: torch.arange(int(lengths.max()))[None, :] < lengths[:, None],
+            "width_from_lengths",
+        ),
+        (
+            lambda lengths, max_len: on_device(lengths, max_len)[:, None, None, :],
+            "extra_dims",
+        ),
+        (padding(lambda p, n: p < n), "ignores_device"),
         (stub, "not_implemented"),
     ],
-    ids=["inverted", "le", "minus_one", "transposed", "left", "long", "no_broadcast", "stub"],
+    ids=[
+        "inverted",
+        "le",
+        "minus_one",
+        "transposed",
+        "left",
+        "long",
+        "no_broadcast",
+        "width_from_lengths",
+        "keys_4d",
+        "ignores_device",
+        "stub",
+    ],
 )
 def test_padding_mask_bug_is_named(bug, key, capsys):
     assert_named("padding_mask", bug, key, capsys)
+    assert_named_on_hidden_seeds("padding_mask", bug, key, seeds=range(1, 4))
+
+
+def on_device(lengths, max_len):
+    """The right padding mask, on lengths' device."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def test_library_padding_mask_is_refused():
@@ -211,11 +256,20 @@ def padding_loop(lengths, max_len):
     [
         padding_loop,
         lambda lengths, max_len: (
-            torch.arange(max_len).expand(len(lengths), max_len) < lengths.unsqueeze(1)
+            torch.arange(max_len, device=lengths.device).expand(len(lengths), max_len)
+            < lengths.unsqueeze(1)
         ),
-        lambda lengths, max_len: torch.ones(len(lengths), max_len).cumsum(-1) <= lengths[:, None],
+        lambda lengths, max_len: (
+            torch.ones(len(lengths), max_len, device=lengths.device).cumsum(-1) <= lengths[:, None]
+        ),
+        lambda lengths, max_len: (
+            F.one_hot(lengths.long(), max_len + 1).cumsum(-1)[:, :max_len] == 0
+        ),
+        lambda lengths, max_len: torch.ones(
+            max_len + 1, max_len, dtype=torch.bool, device=lengths.device
+        ).tril(diagonal=-1)[lengths.long()],
     ],
-    ids=["loop", "expand", "cumsum"],
+    ids=["loop", "expand", "cumsum", "one_hot", "lookup_table"],
 )
 def test_other_correct_padding_masks_pass(mask):
     for seed in range(5):
@@ -226,7 +280,9 @@ def test_other_correct_padding_masks_pass(mask):
 
 
 def additive(value):
-    return lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, value(dtype))
+    return lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, value(dtype)
+    )
 
 
 @pytest.mark.parametrize(
@@ -247,12 +303,31 @@ def additive(value):
             ),
             "wrong_dtype",
         ),
+        (additive(lambda dtype: torch.finfo(dtype).max), "additive_positive"),
+        (additive(lambda dtype: -torch.finfo(dtype).tiny), "finfo_tiny"),
+        (
+            lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype).masked_fill(
+                ~mask, torch.finfo(dtype).min
+            ),
+            "ignores_device",
+        ),
         (stub, "not_implemented"),
     ],
-    ids=["inverted", "neg_inf", "minus_1e4", "zero_one", "float32_always", "stub"],
+    ids=[
+        "inverted",
+        "neg_inf",
+        "minus_1e4",
+        "zero_one",
+        "float32_always",
+        "finfo_max",
+        "finfo_tiny",
+        "ignores_device",
+        "stub",
+    ],
 )
 def test_to_additive_mask_bug_is_named(bug, key, capsys):
     assert_named("to_additive_mask", bug, key, capsys)
+    assert_named_on_hidden_seeds("to_additive_mask", bug, key, seeds=range(1, 4))
 
 
 def minus_1e9_where(mask, dtype):
@@ -272,6 +347,13 @@ def test_float16_overflow_is_named(bug, capsys):
     assert_named("to_additive_mask", bug, "float16_overflow", capsys)
 
 
+def additive_by_index_assignment(mask, dtype):
+    out = mask.to(dtype)
+    out[out == 0] = torch.finfo(dtype).min
+    out[out == 1] = 0
+    return out
+
+
 @pytest.mark.parametrize(
     "impl",
     [
@@ -279,11 +361,13 @@ def test_float16_overflow_is_named(bug, capsys):
             mask, torch.tensor(0.0, dtype=dtype), torch.tensor(torch.finfo(dtype).min, dtype=dtype)
         ),
         lambda mask, dtype: (~mask).to(dtype) * torch.finfo(dtype).min,
-        lambda mask, dtype: torch.full(mask.shape, torch.finfo(dtype).min, dtype=dtype).masked_fill(
-            mask, 0.0
-        ),
+        lambda mask, dtype: torch.full(
+            mask.shape, torch.finfo(dtype).min, dtype=dtype, device=mask.device
+        ).masked_fill(mask, 0.0),
+        lambda mask, dtype: (1.0 - mask.to(dtype)) * torch.finfo(dtype).min,
+        additive_by_index_assignment,
     ],
-    ids=["where", "multiply", "full_then_fill"],
+    ids=["where", "multiply", "full_then_fill", "one_minus", "index_assignment"],
 )
 def test_other_correct_additive_masks_pass(impl):
     for seed in range(5):
@@ -355,6 +439,24 @@ def mask_as_batch_first(q, k, v, mask=None, key_padding_mask=None):
     return make_masked()(q, k, v, mask, key_padding_mask)
 
 
+def query_scaled_in_place(q, k, v, mask=None, key_padding_mask=None):
+    q /= math.sqrt(q.shape[-1])
+    return make_masked(scale=lambda d: 1.0)(q, k, v, mask, key_padding_mask)
+
+
+def empty_rows_found_before_padding(q, k, v, mask=None, key_padding_mask=None):
+    """Finds the rows with nothing to see before key_padding_mask is ANDed in, so a sequence
+    with no real token gets uniform weights."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    allowed = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand_as(scores)
+    alive = allowed.any(dim=-1, keepdim=True)
+    if key_padding_mask is not None:
+        allowed = allowed & key_view(key_padding_mask, q)
+    weights = stable_softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
+    weights = torch.where(alive, weights, 0.0)
+    return weights @ v, weights
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -388,6 +490,19 @@ def mask_as_batch_first(q, k, v, mask=None, key_padding_mask=None):
             "wrong_shape",
         ),
         (lambda q, k, v, mask=None: make_masked()(q, k, v, mask), "raised"),  # no key_padding_mask
+        (make_masked(combine=lambda m, keys: m & keys), "none_not_handled"),
+        (
+            make_masked(combine=lambda m, keys: keys if m is None else m | keys),
+            "masks_combined_with_or",
+        ),
+        (make_masked(kpm_view=lambda kpm, q: kpm.unsqueeze(1)), "mask_not_broadcast"),
+        (make_masked(kpm_view=lambda kpm, q: kpm[:, None, None, :]), "key_padding_fixed_rank"),
+        (empty_rows_found_before_padding, "fully_masked_row_uniform"),
+        (query_scaled_in_place, "modified_input"),
+        (
+            make_masked(fill=lambda s, m: s.masked_fill(m, -math.inf), zero_rows=False),
+            "inverted_mask",
+        ),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -405,11 +520,19 @@ def mask_as_batch_first(q, k, v, mask=None, key_padding_mask=None):
         "over_queries",
         "swapped_outputs",
         "no_kpm_argument",
+        "none_and",
+        "or_combined",
+        "kpm_unsqueeze_1",
+        "kpm_4d_only",
+        "empty_rows_before_padding",
+        "q_scaled_in_place",
+        "inverted_on_no_mask",
         "stub",
     ],
 )
 def test_masked_attention_bug_is_named(bug, key, capsys):
     assert_named("masked_attention", bug, key, capsys)
+    assert_named_on_hidden_seeds("masked_attention", bug, key, seeds=range(1, 4))
 
 
 @pytest.mark.parametrize(
@@ -472,6 +595,30 @@ def test_masked_attention_shortcuts_are_refused(shortcut, name):
     assert name in result.results[0].message
 
 
+def multiplicative_mask_attention(q, k, v, mask=None, key_padding_mask=None):
+    """Blocked keys multiplied by 0 after the exp; an empty row's sum clamped away from 0."""
+    scores = torch.einsum("...qd,...kd->...qk", q, k) / math.sqrt(q.shape[-1])
+    allowed = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand_as(scores)
+    if key_padding_mask is not None:
+        allowed = allowed & key_view(key_padding_mask, q)
+    top = scores.masked_fill(~allowed, -math.inf).amax(-1, keepdim=True)
+    exps = (scores - top.nan_to_num(0.0, neginf=0.0)).exp() * allowed
+    weights = exps / exps.sum(-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+    return weights @ v, weights
+
+
+def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    allowed = torch.ones_like(scores, dtype=torch.bool)
+    if mask is not None:
+        allowed = allowed & mask
+    if key_padding_mask is not None:
+        for b in range(key_padding_mask.shape[0]):
+            allowed[b, ..., ~key_padding_mask[b]] = False
+    weights = stable_softmax(scores.masked_fill(~allowed, -math.inf))
+    return weights @ v, weights
+
+
 @pytest.mark.parametrize(
     "attention",
     [
@@ -491,8 +638,27 @@ def test_masked_attention_shortcuts_are_refused(shortcut, name):
             t.to(q.dtype)
             for t in make_masked()(q.double(), k.double(), v.double(), mask, key_padding_mask)
         ),
+        multiplicative_mask_attention,
+        lambda q, k, v, mask=None, key_padding_mask=None: tuple(
+            t.to(q.dtype)
+            for t in make_masked()(
+                *(t.to(torch.promote_types(q.dtype, torch.float32)) for t in (q, k, v)),
+                mask,
+                key_padding_mask,
+            )
+        ),
+        key_padding_by_batch_loop,
     ],
-    ids=["neg_inf_nan_safe_softmax", "where_dtype_min", "additive", "nan_to_num", "float64_inside"],
+    ids=[
+        "neg_inf_nan_safe_softmax",
+        "where_dtype_min",
+        "additive",
+        "nan_to_num",
+        "float64_inside",
+        "multiplicative",
+        "float16_in_float32",
+        "batch_loop",
+    ],
 )
 def test_other_correct_attentions_pass(attention):
     for seed in range(5):
@@ -511,3 +677,96 @@ def test_unknown_exercise_names_say_what_exists():
 def test_passing_a_mask_instead_of_a_function_is_explained():
     with pytest.raises(TypeError, match="pass the function itself"):
         check(DAY, "causal_mask", torch.ones(3, 3, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Each exercise's "The checks recognise: ..." list in the notebook, phrase by phrase, and the key a
+# planted bug above is named under: every promise is kept by a test.
+PROMISES = {
+    "causal_mask": {
+        "an inverted mask": "inverted_mask",
+        "a missing diagonal": "excludes_diagonal",
+        "the upper triangle instead of the lower": "upper_triangular",
+        "top-left alignment": "top_left_causal",
+        "the offset's sign flipped": "offset_sign",
+        "key 0 given to queries that come before every key": "first_key_always_visible",
+        "the shape `(lk, lq)`": "swapped_lengths",
+        "extra size-1 dims": "extra_dims",
+        "`lk=None` left unhandled": "lk_none_unhandled",
+        "a float mask instead of a boolean one": "not_boolean",
+        "ignoring `device`": "ignores_device",
+    },
+    "padding_mask": {
+        "an inverted mask": "inverted_mask",
+        "an off-by-one": "off_by_one",
+        "the shape `(max_len, B)`": "padding_transposed",
+        "extra size-1 dims": "extra_dims",
+        "a width from `lengths.max()`": "width_from_lengths",
+        "compared without `[:, None]`": "padding_no_unsqueeze",
+        "padding at the start instead of the end": "left_padded",
+        "a mask that is not boolean": "not_boolean",
+        "a mask made on the CPU": "ignores_device",
+    },
+    "to_additive_mask": {
+        "an inverted mask": "inverted_mask",
+        "$-\\infty$ instead of the minimum": "additive_neg_inf",
+        "a fixed constant such as $-10^9$": "not_dtype_min",
+        "(and its float16 overflow)": "float16_overflow",
+        "`finfo.max`": "additive_positive",
+        "`finfo.tiny`": "finfo_tiny",
+        "0/1 numbers": "not_additive",
+        "a result in the wrong dtype": "wrong_dtype",
+        "a result made on the CPU": "ignores_device",
+    },
+    "masked_attention": {
+        "an inverted mask": "inverted_mask",
+        "the mask ignored": "mask_ignored",
+        "`key_padding_mask` ignored": "key_padding_ignored",
+        "applied to queries instead of keys": "masked_queries",
+        "NaN, or uniform weights": ("nan_on_fully_masked_row", "fully_masked_row_uniform"),
+        "a mask that does not broadcast": "mask_not_broadcast",
+        "float16 overflow": "float16_overflow",
+        "the missing $1/\\sqrt{d}$": "missing_scale",
+        "softmax over the queries": "softmax_over_queries",
+        "used without checking for `None`": "none_not_handled",
+        "combined with OR instead of AND": "masks_combined_with_or",
+        "reshaped for 4-D inputs only": "key_padding_fixed_rank",
+        "calls to the built-ins": "shortcut",
+    },
+}
+
+
+def planted_keys(test) -> set:
+    """The keys a parametrized planted-bug test expects."""
+    (marker,) = [m for m in test.pytestmark if m.name == "parametrize" and m.args[0] == "bug, key"]
+    return {key for _, key in marker.args[1]}
+
+
+PLANTED = {
+    "causal_mask": lambda: (
+        planted_keys(test_causal_mask_bug_is_named) | {"swapped_lengths"}
+    ),  # test_swapped_lengths_are_named
+    "padding_mask": lambda: planted_keys(test_padding_mask_bug_is_named),
+    "to_additive_mask": lambda: (
+        planted_keys(test_to_additive_mask_bug_is_named) | {"float16_overflow"}
+    ),  # test_float16_overflow_is_named
+    "masked_attention": lambda: (
+        planted_keys(test_masked_attention_bug_is_named) | {"shortcut"}
+    ),  # test_masked_attention_shortcuts_are_refused
+}
+
+
+@pytest.mark.parametrize("name", PROMISES)
+def test_the_notebook_lists_only_mistakes_the_checks_name(name):
+    cells = solution_notebook(DAY).cells
+    (promise,) = [
+        cell.source
+        for cell, following in zip(cells, cells[1:])
+        if "The checks recognise" in cell.source
+        and following.metadata.get("nbgrader", {}).get("grade_id") == name
+    ]
+    for phrase, keys in PROMISES[name].items():
+        assert phrase in promise, phrase
+        keys = {keys} if isinstance(keys, str) else set(keys)
+        assert keys <= PLANTED[name](), (phrase, keys - PLANTED[name]())
