@@ -8,13 +8,33 @@ that names the mistake (so the project's tests can assert *which* mistake was re
 
 The same checks run three ways: in the notebook's visible check cells (fixed seed), in nbgrader's
 hidden test cells (fresh seed every grading run), and under pytest.
+
+What a suite uses to compare a result with its oracle:
+
+    expect_close(out, ref, dtype, what, suspects, nonfinite, *, reduction=None, condition=None)
+
+checks shape, dtype, NaN/inf, then the relative error ||out - ref|| / ||ref|| against
+`tolerance(dtype, reduction, condition)`: the rounding a right answer computed in `dtype` can show
+(see `tolerance` for why this bound). By default `reduction` is the longest axis of the reference
+and of the tensors the check passed to the student's function, and `condition` the largest
+magnitude among those inputs' entries (`note_inputs` notes them; `guarded` does it for every
+call); pass either where the check knows better, e.g. `condition=` the largest |logit| when the
+logits are products of the inputs. When `out` is off, the first suspect it matches names the
+mistake (`Mistake.key`); when it matches none, `diagnose` says what it shows: `Mistake.key` stays
+"wrong_values" (or "wrong_shape") and `Mistake.diagnosis` is one of DIAGNOSES (transposed,
+permuted, reshaped, wrong_axis, scaled, scaled_per_slice, wrong_order, partly_wrong, all_zero,
+lost_precision, imprecise, first_wrong_entry), which `Report.diagnoses` collects. The message
+always ends with the first wrong entry (index, got, expected) and the shape.
+`recorded_comparisons()` records every comparison's error and tolerance (tools/seed_sweep.py).
 """
 
 import contextlib
 import contextvars
 import dataclasses
 import inspect
+import itertools
 import linecache
+import math
 import os
 import secrets
 import sys
@@ -24,24 +44,22 @@ import traceback
 import torch
 
 from grader.harness.guard import ShortcutGuard, ShortcutUsed
-
-# Relative error ||out - ref|| / ||ref|| allowed against a float64 reference, by input dtype.
-TOLERANCE = {
-    torch.float64: 1e-10,
-    torch.float32: 1e-5,
-    torch.float16: 1e-2,
-    torch.bfloat16: 2e-2,
-}
+from grader.harness.measuring import measuring
 
 
 class Mistake(AssertionError):
-    """A check found a wrong result. `key` names the mistake; `hint` says how to fix it."""
+    """A check found a wrong result. `key` names the mistake; `hint` says how to fix it;
+    `diagnosis` names what `diagnose` saw in a wrong result no named mistake matches (a key of
+    DIAGNOSES, or "")."""
 
-    def __init__(self, message: str, hint: str = "", key: str = "wrong_values"):
+    def __init__(
+        self, message: str, hint: str = "", key: str = "wrong_values", diagnosis: str = ""
+    ):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.key = key
+        self.diagnosis = diagnosis
 
 
 class NotImplementedYet(Exception):
@@ -63,6 +81,7 @@ class Result:
     message: str = ""
     hint: str = ""
     key: str = ""
+    diagnosis: str = ""
 
 
 @dataclasses.dataclass
@@ -80,6 +99,11 @@ class Report:
     def keys(self) -> set:
         """The names of the mistakes that were recognised."""
         return {result.key for result in self.results if not result.passed}
+
+    @property
+    def diagnoses(self) -> set:
+        """What `diagnose` saw in the wrong results that no named mistake matched."""
+        return {result.diagnosis for result in self.results if result.diagnosis}
 
     def summary(self) -> str:
         n_passed = sum(result.passed for result in self.results)
@@ -105,6 +129,117 @@ def named(key: str) -> Mistake:
     """The Mistake for a known mistake in HINTS, for checks that recognise it without a suspect."""
     description, fix = hint(key)
     return Mistake(f"It looks like {description}.", fix, key)
+
+
+# ----------------------------------------------------------------------------- how close is right
+
+# How far above the typical rounding error a right answer may land: the reference solutions'
+# worst error over thousands of seeds (tools/seed_sweep.py) stays well below `tolerance`.
+ROUNDING_SAFETY = 4
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = eps / 2: the largest relative error of rounding one real number to `dtype` (0 for
+    integers and booleans, which are compared exactly)."""
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return 0.0
+    return torch.finfo(dtype).eps / 2
+
+
+def tolerance(dtype: torch.dtype, reduction: int = 1, condition: float = 1.0) -> float:
+    """The relative error ||out - ref|| / ||ref|| that a right answer computed in `dtype` may
+    show against the float64 reference:
+
+        ROUNDING_SAFETY * u * (sqrt(reduction) + condition)  +  u ** (2/3)
+
+    The first term is the rounding of a stable computation. Each intermediate result is rounded
+    to `dtype`, each time by a relative error of at most u (`unit_roundoff`), and that grows:
+    - a sum of n terms (a dot product, a row sum, a scan over n steps) rounds n partial sums;
+      their errors have random signs and grow like sqrt(n) * u (the worst case, n * u, is not
+      approached by random data, and blocked or pairwise sums stay below sqrt(n) * u);
+    - exp(z) turns an absolute error of z into the same relative error of exp(z), and a z of
+      magnitude M computed in `dtype` carries an absolute error of about M * u. So softmax
+      weights of logits near 1000 are right only to about 1000 * u in *any* formulation:
+      exp(x - max) and exp(x - logsumexp(x)) differ by that much in float32. `condition` is
+      that M, how many times the computation may amplify a rounding error (at least 1);
+    - a handful of other operations per entry add a few u more: ROUNDING_SAFETY covers them
+      and the seeds where the errors happen to line up.
+    The second term lets a right formula be computed in a way that cancels: exp(x) - 1 for a
+    small x, or the difference of two nearly equal sums, loses digits to the cancellation. Up to
+    a third of the dtype's digits may go (float64 2.4e-11, float32 1.5e-5, float16 6.2e-3,
+    bfloat16 2.5e-2); a mistake costs far more (a float32 step in float64 work 1e-8 and up, a
+    wrong formula 1e-2 and up).
+    """
+    return _tolerance(dtype, math.sqrt(max(reduction, 1)) + max(condition, 1.0))
+
+
+def _tolerance(dtype: torch.dtype, growth: float) -> float:
+    """`tolerance` for a rounding error that grows `growth` = sqrt(reduction) + condition times."""
+    u = unit_roundoff(dtype)
+    return ROUNDING_SAFETY * u * growth + u ** (2 / 3)
+
+
+# The tolerance by dtype for comparisons a suite makes itself, outside expect_close: sums of up
+# to 64 terms of values up to 4. (expect_close works out its own from what it is given.)
+TOLERANCE = {
+    dtype: tolerance(dtype, reduction=64, condition=4.0)
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+}
+
+# The tensors the running check has passed to the student's function (see `guarded`): the
+# rounding a right answer may show depends on their sizes and magnitudes.
+_check_inputs = contextvars.ContextVar("check_inputs", default=None)
+
+
+def note_inputs(*values) -> None:
+    """Note the tensors among `values` as inputs of the running check (a no-op outside one):
+    whatever calls the student's function on a check's behalf passes it the call's arguments."""
+    noted = _check_inputs.get()
+    if noted is not None:
+        noted.extend(value for value in values if isinstance(value, torch.Tensor))
+
+
+def rounding_scales(ref: torch.Tensor) -> tuple:
+    """(reduction, condition) for `tolerance` when a check does not say: the longest axis of the
+    reference and of the check's inputs (no sum can be longer in an attention-like computation),
+    and the largest magnitude among the inputs' entries (a softmax amplifies rounding by the
+    logits' magnitude)."""
+    tensors = [ref, *(_check_inputs.get() or ())]
+    reduction = max(max(t.shape, default=1) for t in tensors)
+    magnitudes = [_magnitude(t) for t in tensors[1:] if t.is_floating_point()]
+    return reduction, max(magnitudes, default=1.0)
+
+
+def _magnitude(t: torch.Tensor) -> float:
+    """The largest |entry| of `t` that carries information through exp: finite, and below 1 / u,
+    beyond which the entry's own rounding error exceeds 1 (a stand-in for -inf in a mask)."""
+    values = t.detach().abs()
+    kept = values[torch.isfinite(values) & (values < 1 / unit_roundoff(t.dtype))]
+    return float(kept.max()) if kept.numel() else 0.0
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One comparison expect_close made: the relative error it saw and the tolerance."""
+
+    what: str
+    error: float
+    allowed: float
+
+
+_comparisons = contextvars.ContextVar("comparisons", default=None)
+
+
+@contextlib.contextmanager
+def recorded_comparisons():
+    """Inside, every comparison expect_close makes is appended to the list this yields, as a
+    Comparison: how close right answers come to their tolerance (tools/seed_sweep.py)."""
+    comparisons = []
+    token = _comparisons.set(comparisons)
+    try:
+        yield comparisons
+    finally:
+        _comparisons.reset(token)
 
 
 # ----------------------------------------------------------------------------- comparing tensors
@@ -148,18 +283,31 @@ def expect_close(
     what: str = "output",
     suspects: list = (),
     nonfinite: Mistake = None,
+    *,
+    reduction: int = None,
+    condition: float = None,
 ) -> None:
     """Check `out` (expected in `dtype`) against the float64 reference `ref`; name the mistake.
 
     `suspects` lists `(key, tensor)` pairs: the result that the mistake named `key` in HINTS would
     have produced on these inputs. When `out` is off but matches a suspect, that mistake and its
-    hint are reported. `nonfinite` is the Mistake to raise when `out` has NaN or inf where the
-    reference is finite.
+    hint are reported; when it matches none, `diagnose` says what it sees. `nonfinite` is the
+    Mistake to raise when `out` has NaN or inf where the reference is finite.
+
+    The error allowed is `tolerance(dtype, reduction, condition)`; each defaults to what
+    `rounding_scales` reads from the reference and the check's inputs. Pass `reduction` (the
+    longest sum behind one entry) or `condition` (the largest magnitude that goes through exp,
+    e.g. of the logits when only q and k are inputs) where the check knows better.
     """
+    default_reduction, default_condition = rounding_scales(ref)
+    reduction = default_reduction if reduction is None else reduction
+    condition = default_condition if condition is None else condition
+    growth = math.sqrt(max(reduction, 1)) + max(condition, 1.0)
+    tol = _tolerance(dtype, growth)
     if isinstance(out, torch.Tensor) and tuple(out.shape) != tuple(ref.shape):
-        _raise_if_suspect(out, suspects, what, TOLERANCE.get(dtype, 0.0), "the wrong shape")
+        _raise_if_suspect(out, suspects, what, tol, "the wrong shape")
+        _raise_if_rearranged(out, ref, what, tol)
     expect_tensor(out, what, ref.shape, dtype)
-    tol = TOLERANCE[dtype]
     bad = ~torch.isfinite(out.detach()) & torch.isfinite(ref)
     if bad.any():
         where = tuple(torch.nonzero(bad)[0].tolist())
@@ -173,14 +321,20 @@ def expect_close(
             seen, hint="look for exp() of a large number, 0/0, or inf - inf.", key="not_finite"
         )
     error = relative_error(out, ref)
+    recorded = _comparisons.get()
+    if recorded is not None:
+        recorded.append(Comparison(what, error, tol))
     if error <= tol:
         return
     _raise_if_suspect(out, suspects, what, tol, f"relative error {error:.1e}")
-    raise Mistake(
-        f"{what} is off: relative error {error:.1e} against the float64 reference "
-        f"(allowed {tol:.0e} for {dtype}).",
-        hint="work through the tiny example above by hand and compare with your result.",
-    )
+    diagnosis = diagnose(out.detach().double().cpu(), ref.detach().double().cpu(), dtype, growth)
+    seen = [
+        f"{what} is off: relative error {error:.1e} against the float64 reference (allowed "
+        f"{tol:.1e} for {dtype}).",
+        diagnosis.seen,
+        first_wrong_entry(out, ref, tol),
+    ]
+    raise Mistake(" ".join(part for part in seen if part), diagnosis.fix, diagnosis=diagnosis.key)
 
 
 def _raise_if_suspect(out: torch.Tensor, suspects: list, what: str, tol: float, seen: str) -> None:
@@ -188,6 +342,314 @@ def _raise_if_suspect(out: torch.Tensor, suspects: list, what: str, tol: float, 
         if wrong.shape == out.shape and relative_error(out, wrong) <= tol:
             description, fix = hint(key)
             raise Mistake(f"{what} is off ({seen}): it matches {description}.", fix, key)
+
+
+# ----------------------------------------------------------------------------- what a wrong result shows
+
+# What the diagnostics below can recognise in a wrong result that no named mistake matches. Keys
+# go to Mistake.diagnosis (Mistake.key stays "wrong_values", or "wrong_shape", so a suite can
+# still refine an unnamed mistake); suites and their tests may rely on these keys.
+DIAGNOSES = {
+    "all_zero": (
+        "It is all zeros.",
+        "nothing was written into the result: check that every entry is stored (each loop "
+        "step, each tile of the grid) into the tensor you return.",
+    ),
+    "imprecise": (
+        "It is close, but {ratio:.0f} times further off than rounding explains.",
+        "the formula is right but computed in a way that loses precision: exp of a large "
+        "number, a difference of two nearly equal large numbers, or a long sum kept in a "
+        "lower precision than the input's.",
+    ),
+    "lost_precision": (
+        "It is right only to {low} precision, as if part of your function computed in {low}.",
+        "keep every tensor in the input's dtype: a tensor made without dtype= "
+        "(torch.tensor(d), torch.ones(n), torch.arange(n) as floats) is float32, and so is a "
+        ".float(); use math.sqrt(d) for a number, or dtype=x.dtype for a new tensor.",
+    ),
+    "transposed": (
+        "It equals the answer with its last two dims swapped.",
+        "swap only the dims you mean to, by number: x.transpose(-2, -1), never .T or "
+        "transpose(0, 1), which pick other dims when there are leading ones.",
+    ),
+    "permuted": (
+        "It equals the answer with its dims reordered: answer.permute{order}.",
+        "follow the shape comments through each step: a transpose or permute that moves "
+        "the wrong dims, or dims indexed from the front where the leading dims vary.",
+    ),
+    "reshaped": (
+        "It holds the answer's values in the answer's order, in shape {shape}.",
+        "dims were merged, split, kept or dropped: check keepdim=, squeeze and unsqueeze, "
+        "and reshape the result back to the documented shape.",
+    ),
+    "wrong_axis": (
+        "It sums to 1 over {got} where the answer sums to 1 over {expected}.",
+        "normalise along the dim the docstring names: pass that dim (and keepdim=True) to "
+        "every max and sum, not a different one or none at all.",
+    ),
+    "scaled": (
+        "It is the answer times {factor}.",
+        "a scale factor is missing, doubled or inverted: check each multiplication and "
+        "division by a constant (1/sqrt(d), a normalisation, a sign).",
+    ),
+    "wrong_order": (
+        "It has the answer's values, in the wrong places.",
+        "the values are right but land elsewhere: a reshape or view where a transpose was "
+        "needed, an index or an offset mixed up, or a flip/roll along an axis.",
+    ),
+    "partly_wrong": (
+        "Only the entries with index {where} along dim {dim} (of {size}) are wrong.",
+        "look at what those positions share: the last, ragged tile or block; a loop or "
+        "range bound that stops one short or goes one too far; the edge of a mask.",
+    ),
+    "scaled_per_slice": (
+        "Each slice along dim {dim} is the answer times its own factor ({low} to {high}).",
+        "a per-row quantity is missing or taken over the wrong entries: a normalisation "
+        "(a sum, a count, the softmax denominator), or a max or scale for the wrong slice.",
+    ),
+    "first_wrong_entry": (
+        "",
+        "no known mistake matches: follow the docstring's formula step by step on a small "
+        "input of your own, printing the shape and a few values after each step.",
+    ),
+}
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    key: str
+    seen: str
+    fix: str
+
+
+def _diagnosis(key: str, **details) -> Diagnosis:
+    seen, fix = DIAGNOSES[key]
+    return Diagnosis(key, seen.format(**details), fix)
+
+
+def diagnose(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, growth: float) -> Diagnosis:
+    """What a wrong `out` (expected in `dtype`; same shape as `ref`, finite where `ref` is, both
+    float64) shows, from the most specific to the least: the first diagnostic that recognises
+    it, else first_wrong_entry. `growth` is the rounding's growth `tolerance` allowed for."""
+    if not torch.isfinite(ref).all() or not torch.isfinite(out).all():
+        return _diagnosis("first_wrong_entry")  # -inf where expected: compare entry by entry
+    tol = _tolerance(dtype, growth)
+    if not out.any() and ref.any():
+        return _diagnosis("all_zero")
+    found = _lost_precision(out, ref, dtype, growth)
+    if found is not None:
+        return found
+    for recognise in (
+        _imprecise,
+        _rearranged,
+        _normalised_elsewhere,
+        _scaled,
+        _wrong_order,
+        _scaled_per_slice,
+        _partly_wrong,
+    ):
+        found = recognise(out, ref, tol)
+        if found is not None:
+            return found
+    return _diagnosis("first_wrong_entry")
+
+
+def first_wrong_entry(out: torch.Tensor, ref: torch.Tensor, tol: float) -> str:
+    """'First wrong entry at index (...): got ..., expected ...; n of N entries are wrong, shape
+    (...).': one entry the student can work out by hand for the same inputs."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    wrong = wrong_entries(out, ref, tol)
+    # when the error is spread thinly over every entry, none is wrong alone: show the largest
+    first = wrong if wrong.any() else (out - ref).abs() == (out - ref).abs().max()
+    index = tuple(torch.nonzero(first)[0].tolist())
+    got, expected = out[index].item(), ref[index].item()
+    digits = _digits_that_differ(got, expected)
+    return (
+        f"First wrong entry at index {index}: got {got:.{digits}g}, expected "
+        f"{expected:.{digits}g}; {int(wrong.sum())} of {ref.numel()} entries are wrong, "
+        f"shape {tuple(ref.shape)}."
+    )
+
+
+def _digits_that_differ(a: float, b: float) -> int:
+    """Significant digits enough to show where a and b differ (6 at least, 17 at most)."""
+    if a == b or not math.isfinite(a - b) or b == 0:
+        return 6
+    return min(17, max(6, 2 - math.floor(math.log10(abs(a - b) / abs(b)))))
+
+
+def wrong_entries(out: torch.Tensor, ref: torch.Tensor, tol: float) -> torch.Tensor:
+    """Where `out` is off by more than its share of the tolerance: tol times the entry's own
+    size plus the typical size of the reference's entries (float64 inputs, bool result)."""
+    typical = ref.pow(2).mean().sqrt() if ref.numel() else ref.new_zeros(())
+    allowed = tol * (ref.abs() + typical)
+    return ~((out - ref).abs() <= allowed)  # NaN counts as wrong
+
+
+# Floating dtypes from the most precise down: a result right only to a less precise one's tolerance
+# was computed, in part, in that dtype.
+_PRECISIONS = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def _lost_precision(out, ref, dtype, growth):
+    error = relative_error(out, ref)
+    for low in _PRECISIONS[_PRECISIONS.index(dtype) + 1 :] if dtype in _PRECISIONS else ():
+        # a half-precision result gives itself away: each value is one that dtype can hold
+        held = low == torch.float32 or torch.equal(out.to(low).double(), out)
+        if held and error <= _tolerance(low, growth):
+            return _diagnosis("lost_precision", low=str(low).replace("torch.", ""))
+    return None
+
+
+# An error up to this many times the tolerance, and below 0.1%, is a matter of precision only.
+IMPRECISE = 100
+
+
+def _imprecise(out, ref, tol):
+    error = relative_error(out, ref)
+    if error <= min(IMPRECISE * tol, 1e-3):
+        return _diagnosis("imprecise", ratio=error / tol)
+    return None
+
+
+def _raise_if_rearranged(out, ref: torch.Tensor, what: str, tol: float) -> None:
+    """A result of the wrong shape that holds the answer transposed, permuted or reshaped."""
+    if out.numel() != ref.numel() or out.is_complex() or not out.is_floating_point():
+        return
+    found = _rearranged(out.detach().double().cpu(), ref.detach().double().cpu(), tol)
+    if found is None and relative_error(out.reshape(ref.shape), ref) <= tol:
+        found = _diagnosis("reshaped", shape=tuple(out.shape))
+    if found is not None:
+        raise Mistake(
+            f"{what} has shape {tuple(out.shape)}, expected {tuple(ref.shape)}. {found.seen}",
+            found.fix,
+            "wrong_shape",
+            diagnosis=found.key,
+        )
+
+
+def _rearranged(out, ref, tol):
+    """The answer with its dims transposed or permuted (any order that gives out's shape)."""
+    if ref.dim() > 6:
+        return None  # 720 orders is the most worth trying
+    for order in itertools.permutations(range(ref.dim())):
+        if order == tuple(range(ref.dim())):
+            continue
+        moved = ref.permute(order)
+        if moved.shape == out.shape and relative_error(out, moved) <= tol:
+            swapped_last_two = (*range(ref.dim() - 2), ref.dim() - 1, ref.dim() - 2)
+            if order == swapped_last_two:
+                return _diagnosis("transposed")
+            return _diagnosis("permuted", order=order)
+    return None
+
+
+def _normalised_elsewhere(out, ref, tol):
+    """A distribution over the wrong dims: out sums to 1 over dims where the answer does not."""
+    if (ref < 0).any() or (out < 0).any() or ref.dim() == 0:
+        return None
+    groups = [(d,) for d in range(ref.dim())] + [
+        tuple(range(first, ref.dim())) for first in range(ref.dim() - 1)
+    ]  # each dim alone, and each run of trailing dims (all of them: the whole tensor)
+    groups = [dims for dims in groups if math.prod(ref.shape[d] for d in dims) > 1]
+    expected = [dims for dims in groups if _sums_to_one(ref, dims)]
+    got = [dims for dims in groups if _sums_to_one(out, dims) and dims not in expected]
+    if not expected or not got:
+        return None
+    return _diagnosis(
+        "wrong_axis", got=_dims(got[0], ref.dim()), expected=_dims(expected[0], ref.dim())
+    )
+
+
+def _sums_to_one(x: torch.Tensor, dims: tuple) -> bool:
+    """Every slice over `dims` sums to 1 (or to 0: a slice with nothing to attend to), some to 1."""
+    sums = x.sum(dim=dims)
+    one, zero = (sums - 1).abs() <= 1e-3, sums.abs() <= 1e-3
+    return bool((one | zero).all() and one.any())
+
+
+def _dims(dims: tuple, ndim: int) -> str:
+    if len(dims) == ndim and ndim > 1:
+        return "the whole tensor"
+    if len(dims) == 1:
+        return f"dim {dims[0]}"
+    return f"dims {dims} together"
+
+
+def _scaled(out, ref, tol):
+    """out = c * ref for one number c."""
+    factor = float((out * ref).sum() / ref.pow(2).sum())
+    if relative_error(out, factor * ref) <= tol:
+        return _diagnosis("scaled", factor=_describe_factor(factor))
+    return None
+
+
+def _describe_factor(c: float) -> str:
+    """c, and the simple number it is when it is one: n, 1/n, sqrt(n) or 1/sqrt(n), n <= 4096."""
+    sign, size = ("-" if c < 0 else ""), abs(c)
+    if abs(size - 1) <= 1e-6:
+        return f"{c:.6g} (the sign is flipped)"
+    for form, value in (
+        ("{}", size),
+        ("1/{}", 1 / size),
+        ("sqrt({})", size**2),
+        ("1/sqrt({})", size**-2),
+    ):
+        n = round(value)
+        if 2 <= n <= 4096 and abs(value - n) <= 1e-6 * n:
+            return f"{c:.6g} = {sign}{form.format(n)}"
+    return f"{c:.6g}"
+
+
+def _wrong_order(out, ref, tol):
+    """The same values as the answer (sorted, they match), in other places."""
+    if relative_error(out.flatten().sort().values, ref.flatten().sort().values) <= tol:
+        return _diagnosis("wrong_order")
+    return None
+
+
+def _partly_wrong(out, ref, tol):
+    """The wrong entries all sit at a few indices along one dim; the rest is right."""
+    wrong = wrong_entries(out, ref, tol)
+    best = None
+    for dim in range(ref.dim()):
+        others = [d for d in range(ref.dim()) if d != dim]
+        indices = wrong.any(dim=others) if others else wrong  # (size of dim,)
+        if indices.any() and not indices.all():
+            share = float(indices.float().mean())
+            if best is None or share < best[0]:
+                best = (share, dim, torch.nonzero(indices).flatten().tolist())
+    if best is None:
+        return None
+    _, dim, where = best
+    return _diagnosis("partly_wrong", where=_ranges(where), dim=dim, size=ref.shape[dim])
+
+
+def _ranges(indices: list) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0..2, 5, 7..8' (at most four runs, then how many more)."""
+    runs = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = [f"{a}..{b}" if b > a else f"{a}" for a, b in runs[:4]]
+    if len(runs) > 4:
+        text.append(f"and {len(runs) - 4} more runs")
+    return ", ".join(text)
+
+
+def _scaled_per_slice(out, ref, tol):
+    """out = c * ref with one c per slice along a dim (a row's missing normalisation, say)."""
+    for dim in reversed(range(ref.dim())):
+        if ref.shape[dim] < 2:
+            continue
+        norms = ref.pow(2).sum(dim, keepdim=True)
+        factors = torch.where(norms > 0, (out * ref).sum(dim, keepdim=True) / norms, 1.0)
+        if relative_error(out, factors * ref) <= tol:
+            low, high = float(factors.min()), float(factors.max())
+            return _diagnosis("scaled_per_slice", dim=dim, low=f"{low:.3g}", high=f"{high:.3g}")
+    return None
 
 
 def expect_value_error(call, what: str, key: str) -> None:
@@ -223,27 +685,42 @@ NOT_STUDENT_CODE = tuple(
 )
 
 
+class StudentLines:
+    """Counts the lines of the student's own Python that run inside the block (`.count`)."""
+
+    def __enter__(self):
+        self.count = 0
+        self.remote = None  # the kernel's count, when the student's code ran there
+
+        def local(frame, event, arg):
+            if event == "line":
+                self.count += 1
+            return local
+
+        def trace(frame, event, arg):
+            return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
+
+        self._outer = sys.gettrace()
+        sys.settrace(trace)
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.settrace(self._outer)
+        if self.remote is not None:  # the student's code ran in their kernel: here, the grader's
+            self.count = self.remote
+
+    def absorb(self, seen: dict):
+        """Count the lines the same probe counted in the student's kernel (see measuring)."""
+        self.remote = (self.remote or 0) + seen["count"]
+
+
 def student_lines(call) -> int:
     """How many lines of the student's own Python run while `call()` runs: a loop over positions
-    shows up as a count that grows with the length."""
-    count = 0
-
-    def local(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return local
-
-    def trace(frame, event, arg):
-        return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
-
-    outer = sys.gettrace()
-    sys.settrace(trace)
-    try:
+    shows up as a count that grows with the length (in the student's kernel too)."""
+    lines = StudentLines()
+    with measuring("grader.harness.checking:StudentLines", lines.absorb), lines:
         call()
-    finally:
-        sys.settrace(outer)
-    return count
+    return lines.count
 
 
 # ----------------------------------------------------------------------------- calling the student
@@ -276,10 +753,16 @@ def course_references(exercise: str) -> dict:
 
 
 def guarded(fn, exercise: str, forbidden: dict):
-    """Wrap the student's `fn` so that a shortcut, a stub or a crash becomes a readable Mistake."""
+    """Wrap the student's `fn` so that a shortcut, a stub or a crash becomes a readable Mistake.
+
+    A function the autograder calls in the student's kernel (grader/autograde/remote.py) is
+    guarded there, and raises these Mistakes itself: it is returned as it is."""
+    if getattr(type(fn), "guards_its_calls", False):
+        return fn
     forbidden = {**course_references(exercise), **forbidden}
 
     def call(*args, **kwargs):
+        note_inputs(*args, *kwargs.values())
         guard = ShortcutGuard(exercise, forbidden)
         try:
             # What the student's code prints to stderr (a debugging line, a warning) shows on
@@ -363,25 +846,42 @@ def _run_checks(exercise, student, checks, seed, hidden, verbose) -> Report:
     results = []
     for i, check in enumerate(checks):
         description = check.__doc__.strip().splitlines()[0]
-        rng = torch.Generator().manual_seed(seed + i)
-        try:
-            check(student, rng)
-        except NotImplementedYet:
-            mistake = Mistake(
-                f"{exercise} is not implemented yet.",
-                "replace `raise NotImplementedError()` with your code, then run this cell again.",
-                "not_implemented",
-            )
-        except Mistake as found:
-            mistake = found
-        else:
+        mistake = _mistake_found(exercise, check, student, torch.Generator().manual_seed(seed + i))
+        if mistake is None:
             results.append(Result(description, True))
             say(f"  ✓ {description}")
             continue
-        results.append(Result(description, False, mistake.message, mistake.hint, mistake.key))
+        results.append(
+            Result(
+                description,
+                False,
+                mistake.message,
+                mistake.hint,
+                mistake.key,
+                mistake.diagnosis,
+            )
+        )
         say(f"  ✗ {description}\n      {mistake.message}\n      hint: {mistake.hint}")
         if mistake.key in ("not_implemented", "shortcut"):
             break  # every other check would fail the same way
     report = Report(exercise, seed, hidden, results)
     say(report.summary())
     return report
+
+
+def _mistake_found(exercise: str, check, student, rng):
+    """The Mistake that `check` finds in `student`, or None when it passes."""
+    inputs = _check_inputs.set([])  # what the check passes to the student: see rounding_scales
+    try:
+        check(student, rng)
+    except NotImplementedYet:
+        return Mistake(
+            f"{exercise} is not implemented yet.",
+            "replace `raise NotImplementedError()` with your code, then run this cell again.",
+            "not_implemented",
+        )
+    except Mistake as found:
+        return found
+    finally:
+        _check_inputs.reset(inputs)
+    return None

@@ -1,10 +1,22 @@
 """Inputs and oracles that several days' suites share. A suite draws its own shapes and values
-from the generator `rng` it is given (seed 0 for the visible checks, a fresh one for the hidden)."""
+from the generator `rng` it is given (seed 0 for the visible checks, a fresh one for the hidden).
+
+A hidden draw must expose the common mistakes on every seed, not on most. The shape helpers here
+guarantee it: `attention_shapes` gives a batch and a head count of at least 2 that differ (so
+`.T` or `transpose(0, 1)` on batched inputs is wrong in shape), Lq != Lk (a swapped axis cannot
+hide), a head dimension that is not a perfect square (so a float32 sqrt(d) differs from
+math.sqrt(d)), Dv != D, and no two sizes alike (so no transpose keeps the shape by chance);
+`distinct_sizes`, `head_dim` and `two_lengths` give one guarantee at a time.
+"""
+
+import dataclasses
+import math
 
 import torch
 
 from course.bench import LiveStorage
 from grader.harness.checking import Mistake, expect_tensor
+from grader.harness.measuring import measuring
 
 
 def draw(rng: torch.Generator, low: int, high: int) -> int:
@@ -20,6 +32,64 @@ def two_lengths(rng: torch.Generator) -> tuple:
     """(Lq, Lk) with Lq != Lk, so a swapped axis cannot hide."""
     lq = draw(rng, 2, 7)
     return lq, lq + draw(rng, 1, 5)
+
+
+def distinct_sizes(rng: torch.Generator, *ranges: tuple, avoid: tuple = ()) -> tuple:
+    """One size from each inclusive (low, high) range, each different from the others and from
+    the sizes in `avoid`: when every axis has its own size, a swapped axis changes the shape."""
+    chosen = []
+    for low, high in ranges:
+        free = [n for n in range(low, high + 1) if n not in (*avoid, *chosen)]
+        if not free:
+            raise ValueError(f"no size in [{low}, {high}] differs from {[*avoid, *chosen]}")
+        chosen.append(free[draw(rng, 0, len(free) - 1)])
+    return tuple(chosen)
+
+
+def head_dim(
+    rng: torch.Generator,
+    low: int = 5,
+    high: int = 40,
+    *,
+    powers_of_two: bool = False,
+    avoid: tuple = (),
+) -> int:
+    """A head dimension in [low, high] that is not a perfect square, so that a float32 sqrt(d)
+    (torch.sqrt(torch.tensor(d))) differs from math.sqrt(d) and the float64 checks see it. With
+    `powers_of_two`, an odd power of two (8, 32, 128: what Triton's tl.dot tiles accept)."""
+    choices = [
+        d
+        for d in range(low, high + 1)
+        if math.isqrt(d) ** 2 != d and d not in avoid and (not powers_of_two or d & (d - 1) == 0)
+    ]
+    if not choices:
+        raise ValueError(f"no head dimension in [{low}, {high}] that is not a perfect square")
+    return choices[draw(rng, 0, len(choices) - 1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionShapes:
+    """q is (batch, heads, lq, d), k (batch, heads, lk, d), v (batch, heads, lk, dv)."""
+
+    batch: int
+    heads: int
+    lq: int
+    lk: int
+    d: int
+    dv: int
+
+
+def attention_shapes(
+    rng: torch.Generator, max_length: int = 9, max_dim: int = 40
+) -> AttentionShapes:
+    """Sizes for attention inputs that expose the common mistakes on every draw: batch and heads
+    in 2..4 and different, Lq != Lk in 2..max_length, d not a perfect square, dv != d, and no two
+    sizes alike (see the module's docstring)."""
+    batch, heads = distinct_sizes(rng, (2, 4), (2, 4))
+    lq, lk = distinct_sizes(rng, (2, max_length), (2, max_length), avoid=(batch, heads))
+    d = head_dim(rng, 5, max_dim, avoid=(batch, heads, lq, lk))
+    (dv,) = distinct_sizes(rng, (2, max_dim), avoid=(batch, heads, lq, lk, d))
+    return AttentionShapes(batch, heads, lq, lk, d, dv)
 
 
 def softmax64(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -54,10 +124,30 @@ def unpack(result, q, k, v) -> tuple:
     return out, weights
 
 
+class LargestAllocation(LiveStorage):
+    """LiveStorage as a probe (grader/harness/measuring.py), in the student's kernel too."""
+
+    def __init__(self):
+        super().__init__()
+        self.remote = (
+            None  # (bytes, shape) of the kernel's largest, when the student's code ran there
+        )
+
+    def absorb(self, seen: dict):
+        if self.remote is None or seen["largest"] > self.remote[0]:
+            shape = seen["largest_shape"]
+            self.remote = (seen["largest"], tuple(shape) if shape is not None else None)
+
+    def __exit__(self, *exc_info):
+        super().__exit__(*exc_info)
+        if self.remote is not None:  # the student's code ran in their kernel: here, the grader's
+            self.largest, self.largest_shape = self.remote
+
+
 def largest_allocation(call) -> tuple:
     """(bytes, shape) of the largest tensor storage that `call()` allocates: a check that memory
     stays below O(L²) compares it with the (L, L) matrix the student must not build."""
-    tracker = LiveStorage()
-    with tracker:
+    tracker = LargestAllocation()
+    with measuring("grader.suites._common:LargestAllocation", tracker.absorb), tracker:
         call()
     return tracker.largest, tracker.largest_shape
