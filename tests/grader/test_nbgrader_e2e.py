@@ -189,8 +189,10 @@ def test_untouched_exercise_says_not_implemented_without_a_traceback_wall(graded
     assert visible_checks
     for cell in visible_checks:
         assert "is not implemented yet" in printed(cell)
-        (error,) = [o for o in cell.outputs if o.output_type == "error"]
-        assert error.ename == "CheckFailed" and len(error.traceback) == 1
+        # check(..., points=N) returns the points earned, 0, as nbgrader's partial credit
+        assert not [o for o in cell.outputs if o.output_type == "error"]
+        (result,) = [o for o in cell.outputs if o.output_type == "execute_result"]
+        assert float(result.data["text/plain"]) == 0.0
 
 
 def test_planted_bug_shows_its_hint(graded):
@@ -237,8 +239,9 @@ def test_cli_check_grades_one_notebook_like_the_autograder(tmp_path):
     nbformat.write(filled_in(DAY, planted(DAY)), mine)
     done = grader("check", str(mine))
     assert done.returncode == 1, done.stderr  # not full marks
-    assert "Total: 6.0 / 9.0" in done.stdout
-    assert re.search(r"check_scaled_dot_product_attention\s+0\.0 / 2\.0", done.stdout)
+    assert "Total: 6.6 / 9.0" in done.stdout  # 6, and a share of the planted exercise
+    share = re.search(r"check_scaled_dot_product_attention\s+([\d.]+) / 2\.0", done.stdout)
+    assert share and float(share.group(1)) < 2  # a share: the checks the bug passes
     assert re.search(r"hidden_stable_softmax\s+1\.0 / 1\.0", done.stdout)
     assert planted(DAY)["hint"] in done.stdout
     assert not (ROOT / "gradebook.db").exists() and not (ROOT / "submitted").exists()

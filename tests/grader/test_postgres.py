@@ -26,7 +26,7 @@ from tools import corpus
 pytestmark = pytest.mark.slow
 
 DAY = corpus.ASSIGNMENT
-CLASS = {"full-marks": 9, "planted-axis": 6, "bad-json": 0}  # correct, partial, broken: points
+CLASS = {"full-marks": 9, "planted-axis": 6.6, "bad-json": 0}  # correct, partial, broken: points
 USER = "grader"  # the database role the course connects as
 SUBMITTED_AT = "2026-12-01 10:00:00.000000 UTC"  # as nbgrader's collect writes timestamp.txt
 
@@ -186,7 +186,7 @@ def test_a_class_graded_into_postgresql_has_the_rows_of_a_sqlite_run(postgres_ur
     assert not (in_postgres / "gradebook.db").exists()
     expected = every_row(f"sqlite:///{in_sqlite}/gradebook.db")
     assert every_row(postgres_url) == expected
-    assert {student: expected[student][1] for student in CLASS} == CLASS
+    assert {student: round(expected[student][1], 6) for student in CLASS} == CLASS
     # a rerun reads the rows back from PostgreSQL and finds them as recorded
     again = grader("--course-dir", str(in_postgres), "autograde", DAY, "--workers", "2")
     assert again.returncode == 0, again.stdout + again.stderr
