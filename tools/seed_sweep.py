@@ -49,9 +49,15 @@ def sweep_seeds(day: str, exercise: str, seeds) -> Sweep:
     solution = _solutions(day)[exercise]
     result = Sweep(day, exercise)
     for seed in seeds:
-        with recorded_comparisons() as comparisons:
-            report = run_exercise(day, exercise, solution, hidden=True, seed=seed, verbose=False)
         result.seeds += 1
+        with recorded_comparisons() as comparisons:
+            try:
+                report = run_exercise(
+                    day, exercise, solution, hidden=True, seed=seed, verbose=False
+                )
+            except Exception as exc:  # the check itself crashed on this draw: a suite's bug
+                result.failures.append((seed, "the check itself", f"{type(exc).__name__}: {exc}"))
+                continue
         result.failures += [(seed, r.check, r.message) for r in report.results if not r.passed][:1]
         for comparison in comparisons:
             ratio = comparison.error / comparison.allowed

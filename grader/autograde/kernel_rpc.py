@@ -183,12 +183,14 @@ def call(handle: Handle, args, kwargs, probes: dict):
     leaves = []
     fn = _resolve(handle)
     args, kwargs = _unpack(args, leaves), _unpack(kwargs, leaves)
+    before = _tensor_copies(args, kwargs)
     result, reply = _watched(lambda: fn(*args, **kwargs), probes)
     if "shortcut" in reply:
         return reply
     outputs = []
     reply["value"] = _pack(result, outputs)
     reply["arguments"] = _argument_states(args, kwargs)
+    reply["written"] = _written(args, kwargs, before)
     if outputs:
         _calls[len(_calls) + 1] = (leaves, outputs)
         reply["call"] = len(_calls)
@@ -233,7 +235,9 @@ def _argument_states(args, kwargs) -> dict:
     code recorded into it (a check's instrumented model counts its calls), for remote.py to
     write back into the grader's own object, as if it had been passed by reference."""
     states = {}
-    for where, value in _objects_in([*enumerate(args), *kwargs.items()]):
+    for where, value in _arguments_in([*enumerate(args), *kwargs.items()]):
+        if isinstance(value, (torch.Tensor, bool, int, float, str, type(None))):
+            continue
         if isinstance(value, torch.Generator):  # the draws the student's code took from it
             states[where] = {"generator_state": _pack(value.get_state(), [])}
             continue
@@ -243,16 +247,47 @@ def _argument_states(args, kwargs) -> dict:
     return states
 
 
-def _objects_in(items, prefix=""):
-    """(path, object) of the objects among `items` ((key, value) pairs) and inside their lists,
+def _tensor_copies(args, kwargs) -> dict:
+    """A copy of each tensor argument that holds data, by path: to see after the call which
+    ones the student's code wrote into."""
+    return {
+        where: value.detach().clone()
+        for where, value in _arguments_in([*enumerate(args), *kwargs.items()])
+        if isinstance(value, torch.Tensor) and value.device.type != "meta"
+    }
+
+
+def _written(args, kwargs, before: dict) -> dict:
+    """The tensor arguments the call wrote into in place, by path, as they are now: remote.py
+    writes them into the grader's own tensors, so a check sees an input changed in place as it
+    would in the notebook."""
+    now = dict(_arguments_in([*enumerate(args), *kwargs.items()]))
+    return {
+        where: _pack(now[where].detach(), [])
+        for where, copy in before.items()
+        if not _same(now[where], copy)
+    }
+
+
+def _same(now: torch.Tensor, before: torch.Tensor) -> bool:
+    """Equal shape, dtype and values, a NaN where there was one included."""
+    if now.shape != before.shape or now.dtype != before.dtype:
+        return False
+    if now.is_floating_point() or now.is_complex():
+        return bool(((now == before) | (now.isnan() & before.isnan())).all())
+    return torch.equal(now, before)
+
+
+def _arguments_in(items, prefix=""):
+    """(path, value) of the arguments among `items` ((key, value) pairs) and inside their lists,
     tuples and dicts: the path is the keys joined by '/', e.g. '0/moody' for args[0]['moody']."""
     for key, value in items:
         path = f"{prefix}{key}"
         if isinstance(value, (list, tuple)):
-            yield from _objects_in(enumerate(value), f"{path}/")
+            yield from _arguments_in(enumerate(value), f"{path}/")
         elif isinstance(value, dict):
-            yield from _objects_in(value.items(), f"{path}/")
-        elif not isinstance(value, (torch.Tensor, bool, int, float, str, type(None))):
+            yield from _arguments_in(value.items(), f"{path}/")
+        else:
             yield path, value
 
 

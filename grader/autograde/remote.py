@@ -127,6 +127,7 @@ class RemoteKernel:
         reply = self.request("call", handle, *packed, self._probes())
         value, outputs = self._value(reply)
         _write_back(args, kwargs, reply.get("arguments"), self)
+        _write_back_tensors(args, kwargs, reply.get("written"), self)
         if "call" in reply and inputs and outputs:
             value = _attach_graph(value, outputs, _Backward(self, reply["call"], inputs))
         return value
@@ -171,7 +172,7 @@ class RemoteKernel:
             )
         if "raised" in reply:
             if reply.get("not_implemented"):
-                raise NotImplementedYet()
+                raise NotImplementedYet(str(reply.get("line", "")))
             message, line = str(reply.get("message", "")), str(reply.get("line", ""))
             cause = (ValueError if reply.get("value_error") else RuntimeError)(message)
             at = f"\n      at: {line}" if line else ""
@@ -363,8 +364,25 @@ def _write_back(args, kwargs, states, kernel) -> None:
                 setattr(target, name, value)
 
 
+def _write_back_tensors(args, kwargs, written, kernel) -> None:
+    """Write into the grader's own tensor arguments what the student's code wrote into the
+    kernel's copies in place (kernel_rpc._written), so a check that looks for an input changed
+    in place (suites' call_unchanged) sees it here as it would in the notebook."""
+    if type(written) is not dict:
+        return
+    for where, packed in written.items():
+        target, value = _at_path(args, kwargs, where), decode(packed, kernel, [])
+        if (
+            isinstance(target, torch.Tensor)
+            and isinstance(value, torch.Tensor)
+            and (value.shape, value.dtype) == (target.shape, target.dtype)
+        ):
+            with torch.no_grad():
+                target.copy_(value)
+
+
 def _at_path(args, kwargs, path: str):
-    """The argument object at kernel_rpc._objects_in's `path` ('0/moody': args[0]['moody'])."""
+    """The argument at kernel_rpc._arguments_in's `path` ('0/moody': args[0]['moody'])."""
     first, *rest = str(path).split("/")
     value = args[int(first)] if first.isdigit() and int(first) < len(args) else kwargs.get(first)
     for key in rest:

@@ -63,7 +63,12 @@ class Mistake(AssertionError):
 
 
 class NotImplementedYet(Exception):
-    """The student's function still raises the stub's NotImplementedError."""
+    """The student's function raised NotImplementedError: the stub's, or torch's own (a 'meta'
+    tensor's values read). `line` is the student's line that raised it ('' when unknown)."""
+
+    def __init__(self, line: str = ""):
+        super().__init__(line)
+        self.line = line
 
 
 class CheckFailed(AssertionError):
@@ -356,7 +361,7 @@ DIAGNOSES = {
         "step, each tile of the grid) into the tensor you return.",
     ),
     "imprecise": (
-        "It is close, but {ratio:.0f} times further off than rounding explains.",
+        "It is close, but {ratio:.2g} times further off than rounding explains.",
         "the formula is right but computed in a way that loses precision: exp of a large "
         "number, a difference of two nearly equal large numbers, or a long sum kept in a "
         "lower precision than the input's.",
@@ -772,7 +777,7 @@ def guarded(fn, exercise: str, forbidden: dict):
         except ShortcutUsed:
             pass  # reported below, from the guard's record, even if the student's code caught it
         except NotImplementedError as exc:
-            raise NotImplementedYet() from exc
+            raise NotImplementedYet(_student_code(exc)) from exc
         except Exception as exc:
             raise Mistake(
                 f"your function raised {type(exc).__name__}: {exc}{_student_line(exc)}",
@@ -794,6 +799,12 @@ def guarded(fn, exercise: str, forbidden: dict):
 
 def _student_line(exc: BaseException) -> str:
     """An 'at: <code>' line for the innermost frame of the student's own code, or ''."""
+    line = _student_code(exc)
+    return f"\n      at: {line}" if line else ""
+
+
+def _student_code(exc: BaseException) -> str:
+    """The code of the innermost frame of the student's own code that `exc` went through, or ''."""
     torch_dir, grader_dir = os.path.dirname(torch.__file__), GRADER_DIR
     frames = [
         frame
@@ -802,8 +813,7 @@ def _student_line(exc: BaseException) -> str:
     ]
     if not frames:
         return ""
-    line = frames[-1].line or linecache.getline(frames[-1].filename, frames[-1].lineno).strip()
-    return f"\n      at: {line}" if line else ""
+    return frames[-1].line or linecache.getline(frames[-1].filename, frames[-1].lineno).strip()
 
 
 # ----------------------------------------------------------------------------- running a suite

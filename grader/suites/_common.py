@@ -97,6 +97,32 @@ def softmax64(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return torch.softmax(x.double(), dim=dim).nan_to_num(0.0)
 
 
+MODIFIED_INPUT = (
+    "an input changed in place",
+    "compute into new tensors: x - m, not x -= m or x.sub_(m); q / s, not q /= s. "
+    "The caller still needs its own tensor afterwards.",
+)
+
+
+def call_unchanged(fn, inputs: dict, **kwargs):
+    """fn(*inputs.values(), **kwargs), where `inputs` maps argument names to the tensors passed;
+    an input the function wrote into in place is the mistake modified_input. (Graded from outside
+    the kernel, what the student's code wrote into its copies is written back into `inputs`:
+    autograde/remote.py.)"""
+    copies = {name: tensor.clone() for name, tensor in inputs.items()}
+    result = fn(*inputs.values(), **kwargs)
+    changed = [name for name, tensor in inputs.items() if not torch.equal(tensor, copies[name])]
+    if changed:
+        raise Mistake(
+            f"your function changed its input {changed[0]} in place (an in-place operation "
+            f"such as {changed[0]}.sub_(...), {changed[0]} /= ..., or {changed[0]}[...] = ...): "
+            "whoever called it has lost the original values.",
+            MODIFIED_INPUT[1],
+            "modified_input",
+        )
+    return result
+
+
 def unpack(result, q, k, v) -> tuple:
     """The (out, weights) pair, with exact shape checks and a named mistake for each way it fails."""
     if not isinstance(result, (tuple, list)) or len(result) != 2:

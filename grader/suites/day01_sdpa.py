@@ -20,7 +20,9 @@ from grader.harness.checking import Mistake, expect_close, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
 from grader.suites._common import (
+    MODIFIED_INPUT,
     attention_shapes,
+    call_unchanged,
     draw,
     head_dim,
     randn,
@@ -77,11 +79,7 @@ HINTS = {
         "keep -inf as it is: exp(-inf) = 0, so an all -inf row sums to 0. Shift that row by 0 "
         "instead of its max, and give it zeros with torch.where(sum > 0, ...).",
     ),
-    "modified_input": (
-        "an input changed in place",
-        "compute into new tensors: x - m, not x -= m or x.sub_(m); q / s, not q /= s. "
-        "The caller still needs its own tensor afterwards.",
-    ),
+    "modified_input": MODIFIED_INPUT,
     "missing_scale": (
         "q kᵀ without the 1/sqrt(d) scale",
         "divide the scores by math.sqrt(d) with d = q.shape[-1].",
@@ -163,24 +161,6 @@ HINTS = {
 
 
 # ----------------------------------------------------------------------------- calling the student
-
-
-def call_unchanged(fn, inputs: dict, **kwargs):
-    """fn(*inputs.values(), **kwargs), where `inputs` maps argument names to the tensors passed;
-    an input the function wrote into in place is the mistake modified_input. (Under the
-    autograder the student's function gets copies, so nothing is seen there, and nothing lost.)"""
-    copies = {name: tensor.clone() for name, tensor in inputs.items()}
-    result = fn(*inputs.values(), **kwargs)
-    changed = [name for name, tensor in inputs.items() if not torch.equal(tensor, copies[name])]
-    if changed:
-        raise Mistake(
-            f"your function changed its input {changed[0]} in place (an in-place operation "
-            f"such as {changed[0]}.sub_(...), {changed[0]} /= ..., or {changed[0]}[...] = ...): "
-            "whoever called it has lost the original values.",
-            HINTS["modified_input"][1],
-            "modified_input",
-        )
-    return result
 
 
 def named_or_none(run_check):

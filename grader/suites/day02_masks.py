@@ -15,7 +15,7 @@ import course.reference.masks as library
 from grader.harness.checking import Mistake, NotImplementedYet, expect_close, expect_tensor, named
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise, day01_sdpa
-from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
+from grader.suites._common import call_unchanged, draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
     **{
@@ -438,11 +438,18 @@ def expect_on_meta(call, what: str) -> None:
     """`call()`, given inputs on PyTorch's 'meta' device (shapes, no data), must return a tensor
     there. A crash that says a tensor was on the CPU is ignores_device; another crash says
     nothing (correct code that reads the values, lengths.tolist() say, cannot run without
-    data), and passes."""
+    data), and passes, unless the line that raised moves a tensor to the CPU."""
     try:
         out = call()
-    except NotImplementedYet:
-        return  # e.g. lengths.tolist() or mask.cpu(): "cannot copy out of meta tensor"
+    except NotImplementedYet as stopped:  # "Cannot copy out of meta tensor": values were read
+        if not moves_to_cpu(stopped.line):
+            return  # e.g. lengths.tolist(): right code that cannot run without data
+        raise Mistake(
+            f"{what} stopped at `{stopped.line}`, which copies the input to the CPU: the mask "
+            "would then be made on the CPU, whatever device the input is on.",
+            ON_INPUT_DEVICE,
+            "ignores_device",
+        ) from None
     except Mistake as mistake:
         if mistake.key != "raised":
             raise
@@ -460,6 +467,12 @@ def expect_on_meta(call, what: str) -> None:
             ON_INPUT_DEVICE,
             "ignores_device",
         )
+
+
+def moves_to_cpu(line: str) -> bool:
+    """Whether a line of code copies a tensor to the CPU (.cpu(), .to("cpu"), .numpy())."""
+    code = line.replace(" ", "").replace("'", '"')
+    return any(move in code for move in (".cpu()", '"cpu"', ".numpy()"))
 
 
 ON_INPUT_DEVICE = (
@@ -667,7 +680,7 @@ def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
     """The student's result; a crash or a wrong shape caused by the mask's shape is named."""
     try:
         inputs = {"q": q, "k": k, "v": v}
-        result = day01_sdpa.call_unchanged(masked_attention, inputs, mask=mask, **kwargs)
+        result = call_unchanged(masked_attention, inputs, mask=mask, **kwargs)
         unpack(result, q, k, v)
         return result
     except Mistake as mistake:

@@ -214,6 +214,7 @@ def padding(compare, positions=lambda n: torch.arange(n)):
             "extra_dims",
         ),
         (padding(lambda p, n: p < n), "ignores_device"),
+        (lambda lengths, max_len: on_device(lengths.cpu(), max_len), "ignores_device"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -227,6 +228,7 @@ def padding(compare, positions=lambda n: torch.arange(n)):
         "width_from_lengths",
         "keys_4d",
         "ignores_device",
+        "lengths_to_cpu",
         "stub",
     ],
 )
@@ -311,6 +313,10 @@ def additive(value):
             ),
             "ignores_device",
         ),
+        (
+            lambda mask, dtype: additive(lambda dtype: torch.finfo(dtype).min)(mask.cpu(), dtype),
+            "ignores_device",
+        ),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -322,6 +328,7 @@ def additive(value):
         "finfo_max",
         "finfo_tiny",
         "ignores_device",
+        "mask_to_cpu",
         "stub",
     ],
 )

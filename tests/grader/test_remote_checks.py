@@ -342,6 +342,21 @@ def test_a_generator_passed_in_advances_as_if_passed_by_reference(kernel):
     assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=twin))
 
 
+def test_an_input_written_in_place_in_the_kernel_is_seen_by_the_check(kernel):
+    run, ask = kernel
+    run(
+        """
+        def softmax_in_place(x, dim=-1):
+            x -= x.amax(dim=dim, keepdim=True)  # the caller's x is changed
+            return x.exp() / x.exp().sum(dim=dim, keepdim=True)
+        """
+    )
+    call = verdicts.CheckCall(DAY, "stable_softmax", "softmax_in_place", True)
+    report = verdicts.check_one(ask, call, "ada", SECRET, [])
+    assert not report.passed
+    assert "modified_input" in {result.key for result in report.results if not result.passed}
+
+
 def test_vars_of_a_remote_object_are_the_students_objects_attributes(kernel):
     run, ask = kernel
     run(
