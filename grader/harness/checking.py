@@ -136,6 +136,39 @@ def named(key: str) -> Mistake:
     return Mistake(f"It looks like {description}.", fix, key)
 
 
+def crashed_with(mistake: Mistake, error: str, *fragments: str) -> bool:
+    """The student's function raised `error` (a type name) with every fragment in its text.
+
+    The error is read from the Mistake's message ("your function raised TypeError: ..."), which
+    reads the same whether the function ran here or in the student's kernel (autograde/remote.py,
+    where only the message comes back)."""
+    return (
+        mistake.key == "raised"
+        and mistake.message.startswith(f"your function raised {error}:")
+        and all(fragment in mistake.message for fragment in fragments)
+    )
+
+
+def named_crash(mistake: Mistake, key: str) -> Mistake:
+    """The crash `mistake`, reported as the mistake `key` of HINTS: the error's text stays, so the
+    student sees both what torch said and what it means."""
+    description, fix = hint(key)
+    return Mistake(f"{mistake.message}\n      It looks like {description}.", fix, key)
+
+
+@contextlib.contextmanager
+def naming_crashes(*rules):
+    """Inside, a crash that is the signature of one mistake is reported as that mistake: each
+    rule is (key, error type name, text fragments...), and the first that matches wins."""
+    try:
+        yield
+    except Mistake as mistake:
+        for key, error, *fragments in rules:
+            if crashed_with(mistake, error, *fragments):
+                raise named_crash(mistake, key) from None
+        raise
+
+
 # ----------------------------------------------------------------------------- how close is right
 
 # How far above the typical rounding error a right answer may land: the reference solutions'

@@ -15,7 +15,7 @@ import math
 import torch
 
 from course.bench import LiveStorage
-from grader.harness.checking import Mistake, expect_tensor
+from grader.harness.checking import Mistake, expect_tensor, hint
 from grader.harness.measuring import measuring
 
 
@@ -104,20 +104,20 @@ MODIFIED_INPUT = (
 )
 
 
-def call_unchanged(fn, inputs: dict, **kwargs):
-    """fn(*inputs.values(), **kwargs), where `inputs` maps argument names to the tensors passed;
-    an input the function wrote into in place is the mistake modified_input. (Graded from outside
-    the kernel, what the student's code wrote into its copies is written back into `inputs`:
-    autograde/remote.py.)"""
+def call_unchanged(fn, inputs: dict, *args, **kwargs):
+    """fn(*inputs.values(), *args, **kwargs), where `inputs` maps argument names to the tensors
+    passed; an input the function wrote into in place is the mistake modified_input, with the
+    running suite's hint for it. (Graded from outside the kernel, what the student's code wrote
+    into its copies is written back into `inputs`: autograde/remote.py.)"""
     copies = {name: tensor.clone() for name, tensor in inputs.items()}
-    result = fn(*inputs.values(), **kwargs)
+    result = fn(*inputs.values(), *args, **kwargs)
     changed = [name for name, tensor in inputs.items() if not torch.equal(tensor, copies[name])]
     if changed:
         raise Mistake(
             f"your function changed its input {changed[0]} in place (an in-place operation "
             f"such as {changed[0]}.sub_(...), {changed[0]} /= ..., or {changed[0]}[...] = ...): "
             "whoever called it has lost the original values.",
-            MODIFIED_INPUT[1],
+            hint("modified_input")[1],
             "modified_input",
         )
     return result

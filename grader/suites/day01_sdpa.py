@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import Mistake, expect_close, named
+from grader.harness.checking import Mistake, expect_close, named, naming_crashes
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.suites import Exercise
 from grader.suites._common import (
@@ -217,24 +217,18 @@ def scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tenso
 # ----------------------------------------------------------------------------- stable_softmax
 
 # What a crash of a softmax says about it: (text in the error message, the mistake).
+# (mistake, error type, text): a crash of stable_softmax whose error says so is this mistake
 SOFTMAX_CRASHES = [
-    ("must match the size of tensor", "missing_keepdim"),
-    ("torch.return_types", "max_without_values"),
+    ("missing_keepdim", "RuntimeError", "must match the size of tensor"),
+    ("max_without_values", "TypeError", "torch.return_types"),
 ]
 
 
 def call_softmax(stable_softmax, x: torch.Tensor, **kwargs):
     """stable_softmax(x, **kwargs); an input written into, or a crash SOFTMAX_CRASHES
     recognises, is named."""
-    try:
+    with naming_crashes(*SOFTMAX_CRASHES):
         return call_unchanged(stable_softmax, {"x": x}, **kwargs)
-    except Mistake as mistake:
-        for text, key in SOFTMAX_CRASHES:
-            if mistake.key == "raised" and text in mistake.message:
-                raise Mistake(
-                    f"{mistake.message}\n      It looks like {HINTS[key][0]}.", HINTS[key][1], key
-                ) from None
-        raise
 
 
 def softmax_mistakes(x: torch.Tensor, dim: int = -1) -> list:

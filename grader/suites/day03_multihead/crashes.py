@@ -7,40 +7,6 @@ the same whether the function ran here or in the student's kernel (grader/autogr
 where only the message and ValueError-or-not come back).
 """
 
-import contextlib
-
-from grader.harness.checking import Mistake, hint
-
-
-def crashed_with(mistake: Mistake, error: str, *fragments: str) -> bool:
-    """The student's function raised `error` (a type name) with every fragment in its text."""
-    return (
-        mistake.key == "raised"
-        and mistake.message.startswith(f"your function raised {error}:")
-        and all(fragment in mistake.message for fragment in fragments)
-    )
-
-
-def named_crash(mistake: Mistake, key: str) -> Mistake:
-    """The crash `mistake`, reported as the mistake `key` of HINTS: the error's text stays, so the
-    student sees both what torch said and what it means."""
-    description, fix = hint(key)
-    return Mistake(f"{mistake.message}\n      It looks like {description}.", fix, key)
-
-
-@contextlib.contextmanager
-def naming_crashes(*rules):
-    """Inside, a crash that matches a rule (key, error type name, text fragments...) is reported
-    as that rule's mistake; the first matching rule wins."""
-    try:
-        yield
-    except Mistake as mistake:
-        for key, error, *fragments in rules:
-            if crashed_with(mistake, error, *fragments):
-                raise named_crash(mistake, key) from None
-        raise
-
-
 # A ValueError for arguments that are valid: the guard's condition inverted or too strict.
 REFUSES_VALID = ("refuses_valid_input", "ValueError")
 # `if not tensor:` or `if mask:` where `is None` was meant.

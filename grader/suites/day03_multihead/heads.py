@@ -5,13 +5,10 @@ out here, on shapes where a missing transpose cannot hide.
 import torch
 
 import course.reference.multihead as library
-from grader.harness.checking import (
-    expect_close,
-    expect_value_error,
-)
+from grader.harness.checking import expect_close, expect_value_error, naming_crashes
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import REFUSES_VALID, naming_crashes
+from grader.suites.day03_multihead.crashes import REFUSES_VALID
 
 HINTS = {
     # split_heads / merge_heads

@@ -14,10 +14,10 @@ from grader.harness.checking import (
     expect_value_error,
     hint,
     named,
+    named_crash,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import named_crash
 from grader.suites.day03_multihead.positions import rope64
 from grader.suites.day03_multihead.relative import RELATIVE_FORBIDDEN
 

@@ -18,15 +18,12 @@ from grader.harness.checking import (
     expect_value_error,
     guarded,
     named,
-)
-from grader.suites import Exercise
-from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import (
-    REFUSES_VALID,
-    TENSOR_TRUTH,
     named_crash,
     naming_crashes,
 )
+from grader.suites import Exercise
+from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import REFUSES_VALID, TENSOR_TRUTH
 from grader.suites.day03_multihead.heads import HEADS_FORBIDDEN
 
 HINTS = {

@@ -13,11 +13,11 @@ from grader.harness.checking import (
     expect_close,
     expect_value_error,
     named,
+    named_crash,
     relative_error,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import named_crash
 
 HINTS = {
     # sinusoidal_positions

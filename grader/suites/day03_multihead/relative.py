@@ -13,10 +13,10 @@ from grader.harness.checking import (
     expect_value_error,
     hint,
     named,
+    named_crash,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import named_crash
 
 HINTS = {
     # relative_position_bucket
