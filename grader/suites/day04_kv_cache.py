@@ -7,6 +7,8 @@ from torch's own element sizes. The classes are checked through their methods, e
 through `grader.harness.checking.guarded`, so a crash or a shortcut in a method reads like any other.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -19,10 +21,12 @@ from grader.harness.checking import (
     expect_value_error,
     guarded,
     named,
+    named_crash,
+    naming_crashes,
 )
 from grader.harness.measuring import address
-from grader.suites import Exercise
-from grader.suites._common import draw, randn
+from grader.suites import Exercise, day01_sdpa, day02_masks
+from grader.suites._common import distinct_sizes, draw, randn
 
 HINTS = {
     "not_advanced": (
@@ -50,6 +54,26 @@ HINTS = {
         'naming what is wrong, e.g. `raise ValueError(f"overflow: '
         '{start} + {n} > max_seq_len={self.max_seq_len}")`.',
     ),
+    "writes_at_wrong_offset": (
+        "new keys written at another offset than seq_len (e.g. seq_len advanced before the write)",
+        "write first, at [seq_len, seq_len + L_new): start = self.seq_len; "
+        "self.k[:, :, start:start + L_new] = k_new; then self.seq_len = start + L_new.",
+    ),
+    "prefix_wrong_length": (
+        "a returned prefix one position too long or too short",
+        "return exactly the positions written so far: self.k[:, :, :self.seq_len], after "
+        "seq_len was advanced by L_new.",
+    ),
+    "v_gets_k": (
+        "the keys written into the value buffer (a copy-paste slip: self.v[...] = k_new)",
+        "write k_new into self.k and v_new into self.v.",
+    ),
+    "reset_keeps_keys": (
+        "reset() that keeps the old keys: the cache grows with torch.cat, so seq_len = 0 "
+        "does not empty it",
+        "preallocate the buffers once and return self.k[:, :, :self.seq_len]: then reset() only "
+        "sets seq_len = 0, and the next update overwrites the old entries.",
+    ),
     "not_preallocated": (
         "buffers that are not (batch, heads, max_seq_len, head_dim) of the "
         "cache's dtype, allocated once",
@@ -62,6 +86,18 @@ HINTS = {
         "Lk - Lq + i and sees keys j <= Lk - Lq + i (day 2's bottom-right "
         "causal mask).",
     ),
+    "mask_hides_every_key": (
+        "a mask that leaves a query no key at all (an all -inf row: NaN), e.g. the offset "
+        "Lk - Lq with the wrong sign, or the diagonal blocked",
+        "query i sits at position Lk - Lq + i and sees keys j <= Lk - Lq + i, its own "
+        "position included: every query sees at least one key.",
+    ),
+    "excludes_diagonal": day02_masks.HINTS["excludes_diagonal"],
+    "mask_inverted": (
+        "an inverted mask: each query sees only the keys after its own position",
+        "mask (with -inf) the keys j > Lk - Lq + i, and keep the others.",
+    ),
+    "softmax_over_queries": day01_sdpa.HINTS["softmax_over_queries"],
     "no_causal_mask": (
         "no causal mask: prefill queries see later tokens",
         "mask keys after each query's position: j <= Lk - Lq + i.",
@@ -89,6 +125,59 @@ HINTS = {
         "caches = model.init_caches(batch_size, prompt_len + "
         "max_new_tokens), then pass them to every model call.",
     ),
+    "cache_used_when_off": (
+        "use_cache=False that still makes or passes caches",
+        "with use_cache=False run the whole sequence every step, model(ids), with no caches: it "
+        "is the brute-force baseline the cache is compared with (and timed against).",
+    ),
+    "decode_without_caches": (
+        "decode steps that call the model without the caches",
+        "pass the same caches to every call: model(next_id, caches); without them the model "
+        "sees only the newest token.",
+    ),
+    "fed_wrong_token": (
+        "a decode step fed another token than the one just generated",
+        "feed the newest token, ids[:, -1:] (B, 1), right after appending it.",
+    ),
+    "argmax_first_position": (
+        "the next token taken from the logits at position 0 instead of the last",
+        "logits[:, -1] (B, vocab): the prediction after the last token.",
+    ),
+    "argmax_without_keepdim": (
+        "a next token of shape (B,) where (B, 1) is needed",
+        "logits[:, -1].argmax(-1, keepdim=True) is (B, 1); torch.cat([ids, next_id], dim=1).",
+    ),
+    "next_token_wrong_shape": (
+        "a next token of the wrong shape or concatenated along the wrong axis",
+        "argmax over the vocabulary, logits[:, -1].argmax(dim=-1, keepdim=True) (B, 1), then "
+        "torch.cat([ids, next_id], dim=1): tokens grow along dim 1.",
+    ),
+    "wrong_token_count": (
+        "a number of new tokens other than max_new_tokens",
+        "loop max_new_tokens times: the result is (B, L + max_new_tokens).",
+    ),
+    "caches_too_small": (
+        "caches too short for the prompt and the new tokens",
+        "model.init_caches(batch_size, prompt_len + max_new_tokens).",
+    ),
+    "missing_factor": (
+        "one factor of the product missing",
+        "multiply all seven: 2 (K and V), layers, kv_heads, head_dim, seq_len, batch and the "
+        "dtype's element size.",
+    ),
+    "bits_not_bytes": (
+        "bits instead of bytes (8 times too many)",
+        "element_size() is already in bytes: do not multiply by 8.",
+    ),
+    "wrong_unit": (
+        "the size in GiB, MiB or GB instead of bytes",
+        "return the plain number of bytes, an int: no division by 2**30 or 1e9.",
+    ),
+    "element_size_by_hand": (
+        "bytes per element worked out for some dtypes only",
+        "torch.empty((), dtype=dtype).element_size() (or dtype.itemsize) works for every dtype, "
+        "int8 and bfloat16 included; torch.finfo() refuses integer dtypes.",
+    ),
     "wrong_element_size": (
         "a fixed number of bytes per element whatever the dtype",
         "bytes per element depend on the dtype: "
@@ -108,6 +197,16 @@ HINTS = {
         "keys that do not match their positions, or a window with keys missing or extra",
         "return exactly the keys at positions max(0, start - window + 1) .. "
         "start + L_new - 1, each next to its absolute position.",
+    ),
+    "rolling_wrong_order": (
+        "the triple returned in another order than (k, v, positions)",
+        "return k, v, positions, in that order.",
+    ),
+    "rolling_overwritten_before_read": (
+        "old keys read after the new ones were written into the ring (or kept as views of its "
+        "slots): after a wrap, a new position lands in the slot of an old one it replaces",
+        "gather (and .clone()) the old keys you return before writing the new ones, or build "
+        "the result from the old keys and k_new directly: the ring is overwritten in place.",
     ),
     "rolling_not_bounded": (
         "a rolling cache that keeps more than `window` positions",
@@ -134,6 +233,26 @@ HINTS.update(
         "blocks_shared": (
             "a block held by two sequences, or by a sequence and the free list",
             "pop blocks off the free list, so each block has exactly one owner.",
+        ),
+        "free_keeps_table": (
+            "free_sequence that returns the blocks but keeps the sequence's table",
+            "after returning the blocks, forget the sequence: del self.block_tables[seq_id] "
+            "and its length.",
+        ),
+        "free_keeps_length": (
+            "free_sequence that keeps the sequence's length: the id reused starts past 0",
+            "forget the length too (del self.lengths[seq_id]): a new sequence with a freed id "
+            "starts at position 0.",
+        ),
+        "blocks_leaked_on_error": (
+            "blocks taken from the free list before the ValueError, and never given back",
+            "check that enough blocks are free before taking any: "
+            "if need > len(self.free): raise ValueError(...).",
+        ),
+        "no_error_for_full_pool": (
+            "a full pool that does not raise ValueError",
+            "before taking blocks, compare the blocks needed with len(self.free) and raise "
+            'ValueError(f"need {need} blocks, {len(self.free)} free") when they are too few.',
         ),
         "blocks_not_freed": (
             "free_sequence that does not return the sequence's blocks",
@@ -213,13 +332,54 @@ def cache_prefill_then_decode(KVCache, rng):
         if isinstance(k_all, torch.Tensor) and k_all.shape == ref_k.shape and len(ks) > 1:
             if torch.equal(k_all[..., :n, :], k) and not torch.equal(k_all, ref_k):
                 raise named("writes_at_zero")
+        raise_if_misplaced(cache, k, total - n)
+        expect_seq_len(cache, total)
+        if isinstance(k_all, torch.Tensor) and k_all.dim() == 4 and k_all.shape[-2] != total:
+            kept = min(total, k_all.shape[-2])
+            if torch.equal(k_all[..., :kept, :], ref_k[..., :kept, :]):
+                raise Mistake(
+                    f"k_all after {len(ks)} updates holds {k_all.shape[-2]} positions, the "
+                    f"{total} written so far expected: it looks like "
+                    f"{HINTS['prefix_wrong_length'][0]}.",
+                    HINTS["prefix_wrong_length"][1],
+                    "prefix_wrong_length",
+                )
         expect_close(k_all, ref_k.double(), torch.float32, what=f"k_all after {len(ks)} updates")
-        expect_close(v_all, ref_v.double(), torch.float32, what=f"v_all after {len(ks)} updates")
-        if _seq_len(cache) != total:
+        expect_close(
+            v_all,
+            ref_v.double(),
+            torch.float32,
+            what=f"v_all after {len(ks)} updates",
+            suspects=[("v_gets_k", ref_k.double())],
+        )
+
+
+def expect_seq_len(cache, total):
+    if _seq_len(cache) != total:
+        raise Mistake(
+            f"cache.seq_len is {_seq_len(cache)} after {total} positions were written.",
+            HINTS["not_advanced"][1],
+            "not_advanced",
+        )
+
+
+def raise_if_misplaced(cache, k_new, start):
+    """The cache's key buffer holds k_new at another offset than `start`, not at `start`."""
+    buffer = getattr(cache, "k", None)
+    if not isinstance(buffer, torch.Tensor) or buffer.shape[:2] != k_new.shape[:2]:
+        return
+    n = k_new.shape[-2]
+    window = buffer[..., start : start + n, :]
+    if window.shape == k_new.shape and torch.equal(window, k_new):
+        return
+    for offset in range(buffer.shape[-2] - n + 1):
+        if torch.equal(buffer[..., offset : offset + n, :], k_new):
             raise Mistake(
-                f"cache.seq_len is {_seq_len(cache)} after {total} positions were written.",
-                HINTS["not_advanced"][1],
-                "not_advanced",
+                f"the update of positions [{start}, {start + n}) wrote its keys at "
+                f"[{offset}, {offset + n}) of self.k: it looks like "
+                f"{HINTS['writes_at_wrong_offset'][0]}.",
+                HINTS["writes_at_wrong_offset"][1],
+                "writes_at_wrong_offset",
             )
 
 
@@ -250,13 +410,21 @@ def cache_seq_len_and_reset(KVCache, rng):
         raise named("reset_keeps_length")
     k, v = randn((B, H, 3, D), rng), randn((B, H, 3, D), rng)
     k_all, _ = update(k, v)
+    grown = [t for t in (k_all, getattr(cache, "k", None)) if isinstance(t, torch.Tensor)]
+    if any(t.dim() == 4 and t.shape[-2] == n + 3 for t in grown):
+        raise Mistake(
+            f"after reset() and 3 new positions the cache holds {n + 3}: it looks like "
+            f"{HINTS['reset_keeps_keys'][0]}.",
+            HINTS["reset_keeps_keys"][1],
+            "reset_keeps_keys",
+        )
     expect_close(k_all, k.double(), torch.float32, what="k_all after reset() and one update")
 
 
 def cache_is_preallocated(KVCache, rng):
     """the buffers are preallocated (B, H, max_seq_len, D) in the cache's dtype; views come back"""
-    B, H, D = _kv_shape(rng)
-    max_len = draw(rng, 4, 12)
+    # Every axis its own size: a buffer laid out (B, max_seq_len, H, D) shows in its shape.
+    B, H, D, max_len = distinct_sizes(rng, (1, 3), (1, 4), (2, 8), (4, 12))
     cache = KVCache(B, H, D, max_len, dtype=torch.float64, device="cpu")
     update, _ = _methods(cache, "KVCache")
     buffers = [
@@ -280,8 +448,21 @@ def cache_is_preallocated(KVCache, rng):
         )
 
 
+def crash_not_stub(method):
+    """`method` where a NotImplementedError (torch's, on copying out of a 'meta' tensor) is a
+    crash like any other: not the stub's 'not implemented yet', and never a pass."""
+
+    def call(*args):
+        try:
+            return method(*args)
+        except NotImplementedError as exc:
+            raise RuntimeError(f"NotImplementedError: {exc}") from exc
+
+    return call
+
+
 def cache_clear_errors(KVCache, rng):
-    """overflow, a batch/head/head_dim mismatch and a dtype mismatch raise ValueError"""
+    """overflow, a batch/head/head_dim mismatch, a dtype and a device mismatch raise ValueError"""
     B, H, D = _kv_shape(rng)
     cache = KVCache(B, H, D, 4, dtype=torch.float32, device="cpu")
     update, _ = _methods(cache, "KVCache")
@@ -311,6 +492,18 @@ def cache_clear_errors(KVCache, rng):
         "update with float64 into a float32 cache",
         key,
     )
+    expect_value_error(
+        lambda: update(randn((B, H, 1, D + 1), rng), randn((B, H, 1, D + 1), rng)),
+        "update with the wrong head_dim",
+        key,
+    )
+    # A device other than the cache's: 'meta' (shapes only, no data) exists on every machine.
+    meta_update = guarded(crash_not_stub(fresh.update), "KVCache", FORBIDDEN)
+    expect_value_error(
+        lambda: meta_update(*(torch.zeros(B, H, 1, D, device="meta") for _ in "kv")),
+        "update with k_new, v_new on the 'meta' device into a cpu cache",
+        key,
+    )
 
 
 # ----------------------------------------------------------------------------- cached_attention
@@ -319,6 +512,14 @@ def cache_clear_errors(KVCache, rng):
 def attention64(q, k, v, positions_q, positions_k):
     allowed = positions_q.unsqueeze(-1) >= positions_k
     return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=allowed)
+
+
+def softmax_attention64(q, k, v, allowed, dim=-1):
+    """softmax(q kᵀ / sqrt(d) masked to `allowed` (Lq, Lk), over `dim`) @ v in float64, with
+    zeros (not NaN) where a softmax slice is all -inf: what a mask mistake returns."""
+    scores = q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=dim)
+    return weights.nan_to_num(0.0) @ v.double()
 
 
 def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
@@ -338,8 +539,28 @@ def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
         scale=1.0,
     )
     suspects.append(("missing_scale", scaled))
+    right = pos_k[lk - lq :].unsqueeze(-1) >= pos_k  # (Lq, Lk)
+    suspects += [
+        (
+            "excludes_diagonal",
+            softmax_attention64(q, k, v, right & (pos_k[lk - lq :, None] > pos_k)),
+        ),
+        ("mask_inverted", softmax_attention64(q, k, v, ~right)),
+        ("softmax_over_queries", softmax_attention64(q, k, v, right, dim=-2)),
+    ]
     out = cached_attention(q, k, v)
-    expect_close(out, ref, dtype, what=f"cached_attention with Lq={lq}, Lk={lk}", suspects=suspects)
+    expect_close(
+        out,
+        ref,
+        dtype,
+        what=f"cached_attention with Lq={lq}, Lk={lk}",
+        suspects=[(key, wrong) for key, wrong in suspects if not torch.allclose(wrong, ref)],
+        nonfinite=Mistake(
+            f"It looks like {HINTS['mask_hides_every_key'][0]}.",
+            HINTS["mask_hides_every_key"][1],
+            "mask_hides_every_key",
+        ),
+    )
 
 
 def attention_prefill_after_cache(cached_attention, rng):
@@ -369,6 +590,7 @@ class Recorder(torch.nn.Module):
         super().__init__()
         self.decoder = decoder
         self.calls = []  # (tokens fed, caches given?)
+        self.fed = []  # the ids of each call, (B, tokens)
         self.inits = 0
 
     def init_caches(self, batch_size, max_seq_len, *args, **kwargs):
@@ -377,6 +599,7 @@ class Recorder(torch.nn.Module):
 
     def forward(self, ids, caches=None):
         self.calls.append((ids.shape[1], caches is not None))
+        self.fed.append(ids.clone())
         return self.decoder(ids, caches)
 
 
@@ -391,12 +614,59 @@ def tiny_decoder(rng, **kwargs):
 
 
 @torch.no_grad()
-def greedy64(decoder, prompt, n):
-    """Brute force: run the whole sequence every step, append the argmax."""
+def greedy64(decoder, prompt, n, position=-1):
+    """Brute force: run the whole sequence every step, append the argmax of the logits at
+    `position` (-1: the last, greedy decoding)."""
     ids = prompt
     for _ in range(n):
-        ids = torch.cat([ids, decoder(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        ids = torch.cat([ids, decoder(ids)[:, position].argmax(-1, keepdim=True)], dim=1)
     return ids
+
+
+# (mistake, error type, text): a crash of generate whose error says so is this mistake
+GENERATE_CRASHES = [
+    ("argmax_without_keepdim", "RuntimeError", "Tensors must have same number of dimensions"),
+    ("next_token_wrong_shape", "RuntimeError", "Sizes of tensors must match except in dimension"),
+    ("caches_too_small", "ValueError", "KVCache overflow"),
+    ("cache_not_initialised", "ValueError", "need one cache per layer"),
+]
+
+
+def call_generate(generate, model, prompt, n, use_cache):
+    """generate(...); a crash GENERATE_CRASHES recognises, or caches not made by
+    model.init_caches, is named."""
+    try:
+        with naming_crashes(*GENERATE_CRASHES):
+            return generate(model, prompt, n, use_cache=use_cache)
+    except Mistake as mistake:
+        if mistake.key == "raised" and use_cache and model.inits == 0:
+            raise named_crash(mistake, "cache_not_initialised") from None
+        raise
+
+
+def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
+    """Name why `out` (the right shape) holds other tokens than greedy decoding's."""
+    L = prompt.shape[1]
+    if torch.equal(out, greedy64(decoder, prompt, n, position=0)):
+        raise named("argmax_first_position")
+    if use_cache and model.calls and not all(cached for _, cached in model.calls[1:]):
+        raise named("decode_without_caches")
+    decode_steps = model.fed[1:] if use_cache else []
+    for step, ids in enumerate(decode_steps):
+        newest = out[:, L + step : L + step + 1]
+        if ids.shape == newest.shape and not torch.equal(ids, newest):
+            raise Mistake(
+                f"decode call {step + 1} was fed {ids.flatten().tolist()}, but the token just "
+                f"generated was {newest.flatten().tolist()}: it looks like "
+                f"{HINTS['fed_wrong_token'][0]}.",
+                HINTS["fed_wrong_token"][1],
+                "fed_wrong_token",
+            )
+    raise Mistake(
+        f"generate(..., use_cache={use_cache}) gave other tokens than greedy decoding.",
+        HINTS["generate_wrong_tokens"][1],
+        "generate_wrong_tokens",
+    )
 
 
 def _generate_check(generate, rng, use_cache, **model_kwargs):
@@ -404,23 +674,29 @@ def _generate_check(generate, rng, use_cache, **model_kwargs):
     B, L, n = draw(rng, 1, 3), draw(rng, 2, 8), draw(rng, 3, 12)
     prompt = torch.randint(0, decoder.vocab_size, (B, L), generator=rng)
     model = Recorder(decoder)
-    out = generate(model, prompt.clone(), n, use_cache=use_cache)
+    out = call_generate(generate, model, prompt.clone(), n, use_cache)
     ref = greedy64(decoder, prompt, n)
     if isinstance(out, torch.Tensor) and out.shape == (B, n) and torch.equal(out, ref[:, L:]):
         raise named("generate_without_prompt")
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == B:
+        made = out.shape[1] - L
+        if made != n and torch.equal(out[:, : L + min(made, n)], ref[:, : L + min(made, n)]):
+            raise Mistake(
+                f"generate(..., max_new_tokens={n}) made {made} new tokens.",
+                HINTS["wrong_token_count"][1],
+                "wrong_token_count",
+            )
     expect_tensor(out, f"generate(..., {n}, use_cache={use_cache})", (B, L + n), torch.long)
     if not torch.equal(out, ref):
-        raise Mistake(
-            f"generate(..., use_cache={use_cache}) gave other tokens than greedy decoding.",
-            HINTS["generate_wrong_tokens"][1],
-            "generate_wrong_tokens",
-        )
+        explain_other_tokens(model, decoder, out, prompt, n, use_cache)
     return model, L, n
 
 
 def generate_without_cache(generate, rng):
     """use_cache=False: greedy tokens, the prompt followed by max_new_tokens new ones"""
-    _generate_check(generate, rng, False)
+    model, _, _ = _generate_check(generate, rng, False)
+    if model.inits or any(cached for _, cached in model.calls):
+        raise named("cache_used_when_off")
 
 
 def generate_with_cache(generate, rng):
@@ -462,27 +738,61 @@ def bytes_reference(layers, kv_heads, head_dim, seq_len, batch, dtype):
     )
 
 
+FACTORS = ("num_layers", "num_kv_heads", "head_dim", "seq_len", "batch_size")
+
+
+def call_bytes(kv_cache_bytes, args, dtype):
+    """kv_cache_bytes(*args, dtype); a TypeError or KeyError for one dtype is a size table or
+    torch.finfo that does not cover it."""
+    try:
+        return kv_cache_bytes(*args, dtype)
+    except Mistake as mistake:
+        if mistake.key == "raised" and isinstance(mistake.__cause__, (TypeError, KeyError)):
+            description, fix = HINTS["element_size_by_hand"]
+            raise Mistake(
+                f"{mistake.message}\n      (for {dtype}) It looks like {description}.",
+                fix,
+                "element_size_by_hand",
+            ) from None
+        raise
+
+
+def explain_bytes(got, ref, args, dtype):
+    """Name the factor that `got` is off by, when it is one."""
+    if got == ref // 2:
+        raise named("forgot_k_and_v")
+    size = torch.tensor([], dtype=dtype).element_size()
+    if any(got == ref // size * fixed for fixed in (1, 2, 4, 8)):
+        raise named("wrong_element_size")
+    if got == ref * 8:
+        raise named("bits_not_bytes")
+    if isinstance(got, (int, float)) and any(
+        math.isclose(got, ref / unit, rel_tol=1e-6) for unit in (2**30, 2**20, 1e9, 1e6)
+    ):
+        raise named("wrong_unit")
+    for name, factor in zip(FACTORS, args):
+        if got * factor == ref:
+            raise Mistake(
+                f"kv_cache_bytes{args + (dtype,)} = {got}, expected {ref}: {name} = {factor} "
+                f"is missing from the product.",
+                HINTS["missing_factor"][1],
+                "missing_factor",
+            )
+
+
 def bytes_every_dtype(kv_cache_bytes, rng):
     """2 * layers * kv_heads * head_dim * seq_len * batch * bytes, for float32/16, bf16, int8"""
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.float64):
-        args = (
-            draw(rng, 1, 40),
-            draw(rng, 1, 8),
-            draw(rng, 16, 128),
-            draw(rng, 1, 4096),
-            draw(rng, 1, 8),
+        # Every factor its own size, none an element size (1, 2, 4, 8): a missing factor is
+        # told apart from the others by the ratio it leaves.
+        args = distinct_sizes(
+            rng, (3, 40), (3, 8), (16, 128), (9, 4096), (3, 8), avoid=(4, 8, 16, 32, 64, 128)
         )
-        got = kv_cache_bytes(*args, dtype)
+        got = call_bytes(kv_cache_bytes, args, dtype)
         ref = bytes_reference(*args, dtype)
         if got == ref:
             continue
-        if got == ref // 2:
-            raise named("forgot_k_and_v")
-        if any(
-            got == ref // torch.tensor([], dtype=dtype).element_size() * size
-            for size in (1, 2, 4, 8)
-        ):
-            raise named("wrong_element_size")
+        explain_bytes(got, ref, args, dtype)
         raise Mistake(
             f"kv_cache_bytes{args + (dtype,)} = {got}, expected {ref}.",
             "multiply all six factors: 2 (K and V), layers, kv_heads, head_dim, "
@@ -539,9 +849,33 @@ def rolling_run(RollingKVCache, rng, window, chunks, B=1, H=2, D=4):
                 "return the keys, the values and their absolute positions (a LongTensor).",
                 "rolling_wrong_keys",
             )
+        ranks = [t.dim() if isinstance(t, torch.Tensor) else None for t in result]
+        if ranks[0] == 1 and ranks[1:] == [4, 4]:
+            raise named("rolling_wrong_order")
+        expect_bounded(cache, window)
         k, v, positions = result
+        if not isinstance(positions, torch.Tensor) or positions.dtype != torch.long:
+            raise Mistake(
+                f"positions should be a LongTensor, got {positions!r}.",
+                HINTS["positions_not_absolute"][1],
+                "positions_not_absolute",
+            )
         yield start, n, k, v, positions, k_seq, v_seq, cache
         start += n
+
+
+def expect_bounded(cache, window):
+    """No 4-D tensor of the cache holds more than `window` positions."""
+    buffers = [t for t in vars(cache).values() if isinstance(t, torch.Tensor) and t.dim() == 4]
+    if not buffers or any(t.shape[-2] > window for t in buffers):
+        raise named("rolling_not_bounded")
+
+
+def overwritten_keys(k_seq, positions, start, last, window):
+    """The keys at `positions` as a ring read after writing positions start..last would give
+    them: an old position's slot holds the latest position up to `last` that maps to it."""
+    latest = [p + (last - p) // window * window if p < start else p for p in positions]
+    return k_seq[..., latest, :]
 
 
 def _expected_positions(start, n, window):
@@ -555,12 +889,6 @@ def rolling_positions_are_absolute(RollingKVCache, rng):
     for start, n, k, v, positions, k_seq, v_seq, _ in rolling_run(
         RollingKVCache, rng, window, chunks
     ):
-        if not isinstance(positions, torch.Tensor) or positions.dtype != torch.long:
-            raise Mistake(
-                f"positions should be a LongTensor, got {positions!r}.",
-                HINTS["positions_not_absolute"][1],
-                "positions_not_absolute",
-            )
         want = _expected_positions(start, n, window)
         got = positions.flatten().tolist()
         if sorted(got) != want:
@@ -572,12 +900,8 @@ def rolling_positions_are_absolute(RollingKVCache, rng):
                 HINTS["rolling_wrong_keys"][1],
                 "rolling_wrong_keys",
             )
-        expect_close(
-            k,
-            k_seq[..., positions.flatten(), :].double(),
-            torch.float32,
-            what=f"k next to positions {got}",
-            suspects=[] if start + n <= window else [],
+        expect_window_keys(
+            k, k_seq, positions, start, start + n - 1, window, f"k next to positions {got}"
         )
         expect_close(
             v,
@@ -585,6 +909,20 @@ def rolling_positions_are_absolute(RollingKVCache, rng):
             torch.float32,
             what=f"v next to positions {got}",
         )
+
+
+def expect_window_keys(k, k_seq, positions, start, last, window, what):
+    """The returned keys are those of their positions; old keys overwritten by the update's
+    new ones (positions start..last) before they were read are named."""
+    order = positions.flatten().tolist()
+    right = k_seq[..., order, :].double()
+    overwritten = overwritten_keys(k_seq, order, start, last, window).double()
+    suspects = (
+        []
+        if torch.equal(overwritten, right)
+        else [("rolling_overwritten_before_read", overwritten)]
+    )
+    expect_close(k, right, torch.float32, what=what, suspects=suspects)
 
 
 def rolling_equals_window_attention(RollingKVCache, rng):
@@ -600,6 +938,13 @@ def rolling_equals_window_attention(RollingKVCache, rng):
     for start, n, k, v, positions, k_seq, v_seq, _ in rolling_run(
         RollingKVCache, rng, window, total_chunks, B, H, D
     ):
+        if (
+            isinstance(k, torch.Tensor)
+            and isinstance(positions, torch.Tensor)
+            and (positions.numel() == k.shape[-2])
+        ):
+            what = f"k returned after positions {start}..{start + n - 1} (window {window})"
+            expect_window_keys(k, k_seq, positions, start, start + n - 1, window, what)
         pos_q = torch.arange(start, start + n)
         distance = pos_q.unsqueeze(-1) - positions.flatten()
         mask = (distance >= 0) & (distance < window)
@@ -626,9 +971,7 @@ def rolling_is_bounded(RollingKVCache, rng):
     chunks = [1] * (4 * window)
     for *_, cache in rolling_run(RollingKVCache, rng, window, chunks):
         pass
-    buffers = [t for t in vars(cache).values() if isinstance(t, torch.Tensor) and t.dim() == 4]
-    if not buffers or any(t.shape[-2] > window for t in buffers):
-        raise named("rolling_not_bounded")
+    expect_bounded(cache, window)
     if _seq_len(cache) != 4 * window:
         raise Mistake(
             f"seq_len is {_seq_len(cache)} after {4 * window} positions.",
@@ -674,6 +1017,7 @@ def paged_fill(PagedKVCache, rng):
                         "block_table_off_by_one",
                     )
                 raise
+            expect_no_block_twice(cache)
             expect_gathered(result, written[name], block_size, f"update({name!r}, ...)")
     return cache, written, block_size, num_blocks
 
@@ -707,6 +1051,19 @@ def paged_gather_equals_contiguous(PagedKVCache, rng):
         expect_gathered(gather(name), reference, block_size, f"gather({name!r})")
 
 
+def expect_no_block_twice(cache):
+    """No block in two tables, or in a table and the free list."""
+    owners = [block for table in cache.block_tables.values() for block in table] + list(cache.free)
+    if len(owners) != len(set(owners)):
+        twice = sorted({block for block in owners if owners.count(block) > 1})
+        raise Mistake(
+            f"block {twice[0]} is owned twice (block tables {dict(cache.block_tables)}, free "
+            f"{list(cache.free)}): it looks like {HINTS['blocks_shared'][0]}.",
+            HINTS["blocks_shared"][1],
+            "blocks_shared",
+        )
+
+
 def expect_owned_once(cache, num_blocks):
     """Every block is in exactly one place: one sequence's table, or the free list."""
     owners = [block for table in cache.block_tables.values() for block in table] + list(cache.free)
@@ -734,17 +1091,32 @@ def paged_free_and_reuse(PagedKVCache, rng):
     cache, written, block_size, num_blocks = paged_fill(PagedKVCache, rng)
     freed = list(cache.block_tables["b"])
     guarded(cache.free_sequence, "PagedKVCache", FORBIDDEN)("b")
-    if "b" in cache.block_tables or sorted(cache.free) != sorted(freed):
+    if sorted(cache.free) != sorted(freed):
         raise named("blocks_not_freed")
+    if "b" in cache.block_tables:
+        raise named("free_keeps_table")
     expect_owned_once(cache, num_blocks)
     H, length, D = written["b"][0].shape
     k, v = randn((H, length, D), rng), randn((H, length, D), rng)
-    expect_gathered(
-        guarded(cache.update, "PagedKVCache", FORBIDDEN)("d", k, v),
-        (k, v),
-        block_size,
-        "update('d', ...) after freeing 'b'",
-    )
+    # The freed id used again: a new sequence, from position 0.
+    try:
+        result = guarded(cache.update, "PagedKVCache", FORBIDDEN)("b", k, v)
+    except Mistake as mistake:
+        # The blocks came back and the table is gone: only a kept length runs the pool dry.
+        if isinstance(mistake.__cause__, (IndexError, ValueError)):
+            description, fix = HINTS["free_keeps_length"]
+            raise Mistake(
+                f"{mistake.message}\n      (update('b', ...) of {length} positions, after "
+                f"free_sequence('b') gave its {len(freed)} blocks back) It looks like "
+                f"{description}.",
+                fix,
+                "free_keeps_length",
+            ) from None
+        raise
+    if isinstance(result, (tuple, list)) and isinstance(result[0], torch.Tensor):
+        if result[0].dim() == 3 and result[0].shape[1] == 2 * length:
+            raise named("free_keeps_length")
+    expect_gathered(result, (k, v), block_size, "update('b', ...) after freeing 'b'")
     gather = guarded(cache.gather, "PagedKVCache", FORBIDDEN)
     for name in ("a", "c"):
         expect_gathered(gather(name), written[name], block_size, f"gather({name!r})")
@@ -754,12 +1126,25 @@ def paged_full_pool_errors(PagedKVCache, rng):
     """a pool with no free block left raises ValueError, not an overwrite"""
     cache, written, block_size, _ = paged_fill(PagedKVCache, rng)
     H, _, D = written["a"][0].shape
+    update = guarded(cache.update, "PagedKVCache", FORBIDDEN)
     k = randn((H, block_size, D), rng)
+    expect_value_error(lambda: update("a", k, k), "update on a full pool", "no_error_for_full_pool")
+    # Some blocks free, one too few: the failed update must leave the free list as it was.
+    guarded(cache.free_sequence, "PagedKVCache", FORBIDDEN)("b")
+    free_before = sorted(cache.free)
+    k = randn((H, (len(free_before) + 1) * block_size, D), rng)
     expect_value_error(
-        lambda: guarded(cache.update, "PagedKVCache", FORBIDDEN)("a", k, k),
-        "update on a full pool",
-        "no_error_for_bad_update",
+        lambda: update("c", k, k),
+        f"update needing {len(free_before) + 1} new blocks with {len(free_before)} free",
+        "no_error_for_full_pool",
     )
+    if sorted(cache.free) != free_before:
+        raise Mistake(
+            f"after the failed update the free list is {sorted(cache.free)}, it was "
+            f"{free_before}: it looks like {HINTS['blocks_leaked_on_error'][0]}.",
+            HINTS["blocks_leaked_on_error"][1],
+            "blocks_leaked_on_error",
+        )
 
 
 EXERCISES = {

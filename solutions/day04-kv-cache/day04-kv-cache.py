@@ -80,7 +80,7 @@ print(course.describe_device())
 #
 # ### Exercise 1: `KVCache`
 #
-# The checks recognise: `seq_len` not advanced, every update written at position 0, the whole buffer returned instead of the filled prefix, `reset()` that keeps the length, buffers that are not preallocated (or copies instead of views), and no `ValueError` on overflow or on a batch, head, dtype or device that is not the cache's.
+# The checks recognise: `seq_len` not advanced, every update written at position 0 (or at another offset than `seq_len`, e.g. `seq_len` advanced before the write), the whole buffer returned instead of the filled prefix (or a prefix one position too long or short), the keys written into the value buffer, `reset()` that keeps the length (or the old keys, when the cache grows with `torch.cat`), buffers that are not preallocated (or copies instead of views), and no `ValueError` on overflow or on a batch, head, head_dim, dtype or device that is not the cache's.
 
 # %% nbgrader={"grade": false, "grade_id": "KVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class KVCache:
@@ -169,7 +169,7 @@ check("day04-kv-cache", "KVCache", KVCache, hidden=True, points=1)
 #
 # ### Exercise 2: `cached_attention`
 #
-# The checks recognise: a top-left causal mask, no causal mask at all, and a missing $1/\sqrt d$.
+# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees only later keys), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a softmax over the queries instead of the keys, and a missing $1/\sqrt d$.
 
 # %% nbgrader={"grade": false, "grade_id": "cached_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def cached_attention(q, k, v):
@@ -211,7 +211,9 @@ check("day04-kv-cache", "cached_attention", cached_attention, hidden=True, point
 #
 # ### Exercise 3: `generate`
 #
-# The checks recognise: other tokens than greedy decoding's, only the new tokens returned without the prompt, `use_cache=True` that still feeds the whole sequence every step, and caches not made with `model.init_caches`.
+# With `use_cache=False` no cache is made or passed: every step runs `model(ids)` on the whole sequence, the brute-force baseline the cache is compared with.
+#
+# The checks recognise: other tokens than greedy decoding's (e.g. the logits at position 0 instead of the last, or a decode step fed another token than the one just generated), only the new tokens returned without the prompt, another number of new tokens than `max_new_tokens`, a next token of shape `(B,)` instead of `(B, 1)` or concatenated along the wrong axis, `use_cache=True` that still feeds the whole sequence every step, caches not made with `model.init_caches` or too short for the prompt and the new tokens, decode steps called without the caches, and caches made or passed when `use_cache=False`.
 
 # %% nbgrader={"grade": false, "grade_id": "generate", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @torch.no_grad()
@@ -254,7 +256,10 @@ check("day04-kv-cache", "generate", generate, hidden=True, points=1)
 # A model that knows a task: train the tiny transformer to reverse 8 digits (a few seconds), then decode the answer after the separator with your `generate`, both ways.
 
 # %%
-result = train("reverse", steps=300)
+import os
+
+steps = 30 if os.environ.get("NBGRADER_EXECUTION") else 300  # graded: no points here
+result = train("reverse", steps=steps)
 model = CachedDecoder(result.model)
 batch = make_batch("reverse", 4, 8, torch.Generator().manual_seed(1))
 prompt = batch[:, :9]                                     # digits and the separator
@@ -280,7 +285,7 @@ print("largest logit difference, cached vs full:", (torch.stack(step_logits, 1) 
 #
 # ### Exercise 4: `kv_cache_bytes`
 #
-# The checks recognise: a fixed number of bytes per element whatever the dtype, and K or V counted alone.
+# The checks recognise: a fixed number of bytes per element whatever the dtype (or a size worked out for some dtypes only: `torch.finfo` refuses int8), K or V counted alone, another factor missing, bits instead of bytes, and GiB or GB instead of bytes.
 
 # %% nbgrader={"grade": false, "grade_id": "kv_cache_bytes", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def kv_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch_size, dtype):
@@ -323,7 +328,9 @@ for name, (layers, heads, kv, d) in shapes.items():
 #
 # ### Exercise 5: `RollingKVCache`
 #
-# The checks recognise: positions that restart (slot numbers instead of absolute positions), keys that do not match their positions, missing or extra keys, a cache that grows past $w$ slots, and `seq_len` not counting every position.
+# After a wrap the new positions land in the slots of old positions the same update still returns, so read those old keys (as copies: slices of the ring are views) before writing the new ones.
+#
+# The checks recognise: positions that restart (slot numbers instead of absolute positions), keys that do not match their positions, missing or extra keys, old keys overwritten by the update before they were read, a cache that grows past $w$ slots, `seq_len` not counting every position, and a triple in another order than `(k, v, positions)`.
 
 # %% nbgrader={"grade": false, "grade_id": "RollingKVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class RollingKVCache:
@@ -413,7 +420,7 @@ plt.xlabel("position"); plt.ylabel("ms per token"); plt.legend(); plt.show()
 #
 # ### Exercise 6: `PagedKVCache`
 #
-# The checks recognise: a block table one block short or long, positions in the wrong block or offset, a gather that keeps the unused tail of the last block, a block owned twice, a `free_sequence` that loses blocks, and a full pool that does not raise `ValueError`.
+# The checks recognise: a block table one block short or long, positions in the wrong block or offset, a gather that keeps the unused tail of the last block, a block owned twice, a `free_sequence` that loses blocks or keeps the sequence's table or length (a freed id reused must start at position 0), a full pool that does not raise `ValueError`, and blocks taken before that `ValueError` and never given back.
 
 # %% nbgrader={"grade": false, "grade_id": "PagedKVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class PagedKVCache:

@@ -88,7 +88,9 @@ print("two passes:", x.max().item(), torch.exp(x - x.max()).sum().item())
 # %% [markdown]
 # ### Exercise 1: `online_softmax_stats`
 #
-# The checks recognise: the running sum not rescaled when the max changes, the rescale factor upside down ($e^{m_{t+1} - m_t}$), a log-sum instead of the sum, NaN for rows (or first blocks) that are all $-\infty$, a pass over the whole row before the blocks (e.g. the global max first: two passes, so no reduction may read more than one block), a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`), and no `ValueError` for `block_size < 1`.
+# Leave the caller's `x` as it is, here and in `tiled_attention`: no in-place op on an input (`masked_fill_`, `x[...] = ...`); the shift-by-0 guard, `torch.where(m == -inf, 0, m)`, handles $-\infty$ without one.
+#
+# The checks recognise: the running sum not rescaled when the max changes, the rescale factor upside down ($e^{m_{t+1} - m_t}$), NaN for rows (or first blocks) that are all $-\infty$, the last, shorter block dropped, a log-sum instead of the sum, the last axis reduced whatever `dim` says, a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`), `x` changed in place, a pass over the whole row before the blocks (e.g. the global max first: two passes, so no reduction may read more than one block), and no `ValueError` for `block_size < 1`.
 
 # %% nbgrader={"grade": false, "grade_id": "online_softmax_stats", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def online_softmax_stats(x: torch.Tensor, block_size: int, dim: int = -1) -> tuple:
@@ -169,7 +171,7 @@ explorer
 # %% [markdown]
 # ### Exercise 2: `tiled_attention`
 #
-# The checks recognise: the accumulator and $\ell$ not rescaled when the max changes, $\ell$ rescaled but not the accumulator (and the other way round), the lse in base 2 or without the max, a causal mask aligned top-left, strict ($j < i$), on the wrong side, or ignored, NaN or a finite lse for queries that see no key, a missing $1/\sqrt d$, any tensor with $L_q \times L_k$ entries (mask included), causal tiles above the diagonal computed instead of skipped (the checks count the matmul work), wrong shapes, and no `ValueError` for block sizes $< 1$ or mismatched head dims.
+# The checks recognise: the accumulator and $\ell$ not rescaled when the max changes, $\ell$ rescaled but not the accumulator (and the other way round), a missing $1/\sqrt d$, `.T` on a batched tile, the lse in base 2 or without the max, a causal mask aligned top-left, strict ($j < i$), on the wrong side, or ignored, a causal key loop that stops one key early (the diagonal key missed), NaN (e.g. $0/0$ from `acc / l`) or a finite lse for queries that see no key, `(lse, out)` returned instead of `(out, lse)`, any tensor with $L_q \times L_k$ entries (mask included), causal tiles above the diagonal computed instead of skipped (the checks count the matmul work), wrong shapes, and no `ValueError` for block sizes $< 1$ or mismatched head dims.
 
 # %% nbgrader={"grade": false, "grade_id": "tiled_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int = 64,
@@ -262,7 +264,7 @@ check("day06-online-softmax", "tiled_attention", tiled_attention, hidden=True, p
 # %% [markdown]
 # ### Exercise 3: `FlashAttentionTorch`
 #
-# Use your `tiled_attention` in forward; write backward's tile loop. The checks compare with float64 autograd through dense attention (and `torch.autograd.gradcheck`), and recognise: a backward without the $D$ term, $dQ$ and $dK$ without $1/\sqrt d$, gradients wrong only with `causal` (e.g. $P$ recomputed without the mask), NaN in the gradients of queries that see no key, an $(L_q, L_k)$ tensor or two statistics (max and sum) saved instead of one logsumexp, an lse in base 2, and a Function that autograd cannot run.
+# Use your `tiled_attention` in forward; write backward's tile loop. The checks compare with float64 autograd through dense attention (and `torch.autograd.gradcheck`), and recognise: a backward without the $D$ term (or with $D$ summed over one key tile only), $dV = P\,dO$ without the transpose, $dQ$ and $dK$ without $1/\sqrt d$, gradients wrong only with `causal` (e.g. $P$ recomputed without the mask), causal tiles above the diagonal computed in backward, NaN in the gradients of queries that see no key, an $(L_q, L_k)$ tensor or two statistics (max and sum) saved instead of one logsumexp (or no logsumexp saved), an lse in base 2 or without the max, and a Function that autograd cannot run.
 
 # %% nbgrader={"grade": false, "grade_id": "FlashAttentionTorch", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class FlashAttentionTorch(torch.autograd.Function):

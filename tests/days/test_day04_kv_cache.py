@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import course.reference.kv_cache as library
-from helpers import assert_mistake_named, day_report
+from grader.suites.day04_kv_cache import EXERCISES as SUITE
+from helpers import assert_mistake_named, day_report, edited_solution
 
 DAY = "day04-kv-cache"
 
@@ -169,7 +170,7 @@ def first_position(model, prompt_ids, n, use_cache=True):
     [
         (no_cache_always, "cache_unused"),
         (only_new, "generate_without_prompt"),
-        (first_position, "generate_wrong_tokens"),
+        (first_position, "argmax_first_position"),
         (lambda m, p, n, use_cache=True: library.generate(m, p, n, use_cache), "shortcut"),
         (stub, "not_implemented"),
     ],
@@ -362,3 +363,272 @@ def test_library_functions_pass_without_the_guard(monkeypatch):
                 name,
                 [(r.check, r.message) for r in result.results if not r.passed],
             )
+
+
+# ----------------------------------------------------------------------------- beginner mistakes
+
+# The beginner pass's mistakes (issue #18), each planted in the solution's own code and named on
+# the visible seed and on hidden ones; then the unusual correct answers it tried.
+HIDDEN_SEEDS = (1, 2)
+
+
+def assert_named_on_every_seed(name: str, bug, key: str, capsys) -> None:
+    assert_named(name, bug, key, capsys)
+    for seed in HIDDEN_SEEDS:
+        result = report(name, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
+def planted(solution, cell: str, *edits):
+    return edited_solution(DAY, solution, cell, edits)
+
+
+BEGINNER_BUGS = [
+    # (exercise, the cell its code is in, key, edits)
+    ("KVCache", "KVCache", "not_advanced", [("        self.seq_len = stop\n", "")]),
+    (
+        "KVCache",
+        "KVCache",
+        "writes_at_wrong_offset",  # seq_len advanced before the write: one slot late
+        [
+            ("self.k[:, :, start:stop] = k_new", "self.k[:, :, stop - 1 : stop - 1 + n] = k_new"),
+            ("self.v[:, :, start:stop] = v_new", "self.v[:, :, stop - 1 : stop - 1 + n] = v_new"),
+        ],
+    ),
+    (
+        "KVCache",
+        "KVCache",
+        "prefix_wrong_length",
+        [("return self.k[:, :, :stop]", "return self.k[:, :, :stop + 1]")],
+    ),
+    (
+        "KVCache",
+        "KVCache",
+        "v_gets_k",
+        [("self.v[:, :, start:stop] = v_new", "self.v[:, :, start:stop] = k_new")],
+    ),
+    (
+        "KVCache",
+        "KVCache",
+        "no_error_for_bad_update",  # the device unchecked: a 'meta' k_new is written
+        [(" or k_new.device != self.device", "")],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "mask_hides_every_key",
+        [
+            (
+                "torch.arange(lk - lq, lk, device=q.device)",
+                "torch.arange(lq - lk, 2 * lq - lk, device=q.device)",
+            )
+        ],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "excludes_diagonal",
+        [
+            (
+                "torch.arange(lk, device=q.device) <= query_pos",
+                "torch.arange(lk, device=q.device) < query_pos",
+            )
+        ],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "softmax_over_queries",
+        [("torch.softmax(scores, dim=-1)", "torch.softmax(scores, dim=-2)")],
+    ),
+    (
+        "generate",
+        "generate",
+        "cache_used_when_off",
+        [("    if not use_cache:\n", "    if False:\n")],
+    ),
+    (
+        "generate",
+        "generate",
+        "decode_without_caches",
+        [("logits = model(next_id, caches)", "logits = model(next_id)")],
+    ),
+    (
+        "generate",
+        "generate",
+        "argmax_without_keepdim",
+        [
+            (
+                "next_id = logits[:, -1].argmax(-1, keepdim=True)",
+                "next_id = logits[:, -1].argmax(-1)",
+            )
+        ],
+    ),
+    (
+        "generate",
+        "generate",
+        "caches_too_small",
+        [
+            (
+                "model.init_caches(ids.shape[0], ids.shape[1] + max_new_tokens)",
+                "model.init_caches(ids.shape[0], ids.shape[1])",
+            )
+        ],
+    ),
+    (
+        "RollingKVCache",
+        "RollingKVCache",
+        "rolling_wrong_order",
+        [("        return k, v, positions\n", "        return positions, k, v\n")],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
+        "blocks_leaked_on_error",  # blocks taken one by one, the ValueError after them
+        [
+            ("table.extend(self.free.pop() for _ in range(missing))", "pass"),
+            (
+                "        if missing > len(self.free):\n",
+                "        table.extend(self.free.pop() for _ in range(min(missing, len(self.free))))\n"
+                "        if len(table) < -(-stop // self.block_size):\n",
+            ),
+        ],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
+        "free_keeps_length",
+        [("        del self.lengths[seq_id]\n", "")],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
+        "free_keeps_table",
+        [
+            (
+                "self.free.extend(self.block_tables.pop(seq_id))",
+                "self.free.extend(self.block_tables[seq_id])",
+            )
+        ],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
+        "blocks_shared",
+        [
+            (
+                "table.extend(self.free.pop() for _ in range(missing))",
+                "table.extend(self.free[:missing])",
+            )
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, cell, key, edits",
+    BEGINNER_BUGS,
+    ids=[f"{name}-{key}" for name, _, key, _ in BEGINNER_BUGS],
+)
+def test_beginner_mistake_is_named(solution, name, cell, key, edits, capsys):
+    assert_named_on_every_seed(name, planted(solution, cell, *edits), key, capsys)
+
+
+def bytes_without(factor: str):
+    def kv_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch_size, dtype):
+        sizes = dict(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim)
+        sizes.update(seq_len=seq_len, batch_size=batch_size)
+        sizes[factor] = 1
+        return 2 * math.prod(sizes.values()) * torch.empty((), dtype=dtype).element_size()
+
+    return kv_cache_bytes
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (bytes_without("batch_size"), "missing_factor"),  # once named as K or V only
+        (bytes_without("num_layers"), "missing_factor"),
+        (lambda *args: bytes_without("none")(*args) * 8, "bits_not_bytes"),
+        (lambda *args: bytes_without("none")(*args) / 2**30, "wrong_unit"),
+        (
+            lambda l, h, d, s, b, dtype: 2 * l * h * d * s * b * torch.finfo(dtype).bits // 8,
+            "element_size_by_hand",
+        ),
+    ],
+    ids=["no_batch", "no_layers", "bits", "gib", "finfo"],
+)
+def test_beginner_bytes_mistake_is_named(bug, key, capsys):
+    assert_named_on_every_seed("kv_cache_bytes", bug, key, capsys)
+
+
+@pytest.mark.parametrize("name", list(SUITE))
+def test_solution_passes_visible_and_hidden_seeds(solution, name):
+    for seed in (0, *HIDDEN_SEEDS, 3, 4):
+        result = report(name, solution[name], hidden=seed > 0, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+class NarrowCopyCache:
+    """A KVCache written with narrow().copy_() and seq_len kept as a read-only property."""
+
+    def __init__(
+        self, batch_size, num_heads, head_dim, max_seq_len, dtype=torch.float32, device=None
+    ):
+        self.shape, self.dtype = (batch_size, num_heads, head_dim), dtype
+        self.device = torch.device("cpu" if device is None else device)
+        self.k = torch.zeros(
+            batch_size, num_heads, max_seq_len, head_dim, dtype=dtype, device=device
+        )
+        self.v = torch.zeros_like(self.k)
+        self._length = 0
+
+    @property
+    def seq_len(self):
+        return self._length
+
+    def update(self, k_new, v_new):
+        B, H, n, D = k_new.shape
+        if (B, H, D) != self.shape or k_new.dtype != self.dtype or k_new.device != self.device:
+            raise ValueError(f"k_new {tuple(k_new.shape)} {k_new.dtype} does not fit the cache")
+        if self._length + n > self.k.shape[2]:
+            raise ValueError("overflow")
+        self.k.narrow(2, self._length, n).copy_(k_new)
+        self.v.narrow(2, self._length, n).copy_(v_new)
+        self._length += n
+        return self.k[:, :, : self._length], self.v[:, :, : self._length]
+
+    def get_seq_length(self):
+        return self._length
+
+    def reset(self):
+        self._length = 0
+
+
+def test_a_different_correct_kv_cache_passes():
+    for seed in (0, *HIDDEN_SEEDS):
+        assert report("KVCache", NarrowCopyCache, hidden=seed > 0, seed=seed).passed
+
+
+def chronological_ring(solution):
+    """A RollingKVCache whose ring keeps the window in time order (shift and copy)."""
+
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            start, n, w = self.seq_len, k_new.shape[-2], self.window
+            kept = min(start, w - 1)  # the old positions still in the window
+            k = torch.cat([self.k[:, :, w - kept :], k_new], dim=-2) if kept else k_new
+            v = torch.cat([self.v[:, :, w - kept :], v_new], dim=-2) if kept else v_new
+            self.k.copy_(torch.cat([self.k, k_new], -2)[:, :, -w:])
+            self.v.copy_(torch.cat([self.v, v_new], -2)[:, :, -w:])
+            self.seq_len = start + n
+            return k, v, torch.arange(start - kept, start + n)
+
+    return Rolling
+
+
+def test_a_chronological_ring_passes(solution):
+    for seed in (0, *HIDDEN_SEEDS):
+        assert report(
+            "RollingKVCache", chronological_ring(solution), hidden=seed > 0, seed=seed
+        ).passed

@@ -9,7 +9,10 @@ import pytest
 import torch
 
 import course.reference.online_softmax as library
-from helpers import assert_mistake_named, day_report
+from grader.harness.checking import run
+from grader.suites.day06_online_softmax import EXERCISES as SUITE
+from grader.suites.day06_online_softmax import HINTS
+from helpers import assert_mistake_named, day_report, edited_solution
 
 DAY = "day06-online-softmax"
 EXERCISES = ["online_softmax_stats", "tiled_attention", "FlashAttentionTorch"]
@@ -322,7 +325,10 @@ def test_a_different_correct_tiled_attention_passes():
         (make_tiled(skip=False), "computes_masked_tiles"),
         (make_tiled(full_mask=True), "builds_full_matrix"),
         (make_tiled(scale=False), "missing_scale"),
-        (make_tiled(guard=False), "nan_for_masked"),
+        # Without the guards, skipped tiles leave the empty rows' state right (lse = -inf):
+        # only the last division, 0 / 0, shows. Computed tiles show the shift's NaN first.
+        (make_tiled(guard=False), "empty_rows_divided_by_zero"),
+        (make_tiled(guard=False, skip=False), "nan_for_masked"),
         (make_tiled(keepdim=True), "wrong_shape"),
         (make_tiled(check=False), "no_error_for_bad_params"),
         (tiled_sdpa, "shortcut"),
@@ -348,6 +354,7 @@ def test_a_different_correct_tiled_attention_passes():
         "full_mask",
         "scale",
         "nan",
+        "nan_no_skip",
         "keepdim",
         "no_error",
         "sdpa",
@@ -518,3 +525,165 @@ class FlashStub(torch.autograd.Function):
 def test_the_untouched_function_class_is_not_implemented():
     result = report("FlashAttentionTorch", FlashStub)
     assert result.keys == {"not_implemented"} and len(result.results) == 1
+
+
+# ----------------------------------------------------------------------------- beginner mistakes
+
+# The beginner pass's mistakes (issue #18), each planted in the solution's own code and named on
+# the visible seed and on hidden ones.
+HIDDEN_SEEDS = (1, 2)
+
+
+def assert_named_on_every_seed(name: str, bug, key: str, capsys) -> None:
+    assert_named(name, bug, key, capsys)
+    for seed in HIDDEN_SEEDS:
+        result = report(name, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
+def planted(solution, cell: str, *edits):
+    return edited_solution(DAY, solution, cell, edits)
+
+
+def assert_check_names(name: str, check_name: str, bug, key: str) -> None:
+    """The one check that recognises the mistake names it, on seed 0 and the hidden seeds (the
+    whole exercise takes seconds per run here: its other checks need not run again)."""
+    (check,) = [c for c in SUITE[name].checks if c.__name__ == check_name]
+    for seed in (0, *HIDDEN_SEEDS):
+        result = run(name, bug, [check], SUITE[name].forbidden, hints=HINTS, seed=seed)
+        assert result.keys == {key}, (seed, [(r.key, r.message) for r in result.results])
+        assert result.results[0].hint == HINTS[key][1]
+
+
+STATS_BUGS = {
+    "modified_input": [
+        (
+            "x = x.movedim(dim, -1)  ",
+            'x.masked_fill_(x == float("-inf"), -1e30)\n    x = x.movedim(dim, -1)  ',
+        ),
+        ('shift = torch.where(new_max == float("-inf"), 0.0, new_max)', "shift = new_max"),
+    ],
+    "rescale_inverted": [
+        ("torch.exp(running_max - shift)", "torch.exp(shift - running_max)"),
+    ],
+    "dim_ignored": [("x = x.movedim(dim, -1)  ", "x = x  ")],
+    "last_block_dropped": [
+        ("range(0, x.shape[-1], block_size)", "range(0, x.shape[-1] - block_size + 1, block_size)")
+    ],
+}
+
+
+@pytest.mark.parametrize("key", STATS_BUGS)
+def test_beginner_stats_mistake_is_named(solution, key, capsys):
+    bug = planted(solution, "online_softmax_stats", *STATS_BUGS[key])
+    assert_named_on_every_seed("online_softmax_stats", bug, key, capsys)
+
+
+TILED_BUGS = {  # key: (the check that names it, the edits)
+    "empty_rows_divided_by_zero": [
+        ("acc / torch.where(l == 0, 1.0, l)[..., None]", "acc / l[..., None]"),
+    ],
+    "lse_finite_for_empty": [
+        ("lses.append(m + torch.log(l))", "lses.append((m + torch.log(l)).nan_to_num())")
+    ],
+    "returns_swapped": [
+        (
+            "return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)",
+            "return torch.cat(lses, dim=-1), torch.cat(outs, dim=-2)",
+        )
+    ],
+    "causal_tile_stops_early": [
+        ("min(Lk, Lk - Lq + i0 + bq)", "min(Lk, max(0, Lk - Lq + i0 + bq - 1))"),
+        (
+            "k[..., j0:j0 + block_k, :], v[..., j0:j0 + block_k, :]",
+            "k[..., j0:min(j0 + block_k, key_end), :], v[..., j0:min(j0 + block_k, key_end), :]",
+        ),
+    ],
+    "batched_transpose": [("s = qi @ kj.transpose(-2, -1) * scale", "s = qi @ kj.T * scale")],
+    "causal_strict": [("key_pos > query_pos", "key_pos >= query_pos")],
+}
+
+
+TILED_CHECK = {
+    "empty_rows_divided_by_zero": "tiled_fully_masked_rows",
+    "lse_finite_for_empty": "tiled_fully_masked_rows",
+    "returns_swapped": "tiled_matches",
+    "causal_tile_stops_early": "tiled_causal",
+    "batched_transpose": "tiled_matches",
+    "causal_strict": "tiled_causal",  # once named top-left on an Lq == Lk input
+}
+
+
+@pytest.mark.parametrize("key", TILED_BUGS)
+def test_beginner_tiled_mistake_is_named(solution, key):
+    bug = planted(solution, "tiled_attention", *TILED_BUGS[key])
+    assert_check_names("tiled_attention", TILED_CHECK[key], bug, key)
+
+
+def test_a_named_tiled_mistake_prints_its_hint(solution, capsys):
+    bug = planted(solution, "tiled_attention", *TILED_BUGS["empty_rows_divided_by_zero"])
+    assert_named("tiled_attention", bug, "empty_rows_divided_by_zero", capsys)
+
+
+FLASH_BUGS = {
+    "D_per_tile": [
+        ("ds = p * (dp - D[..., rows, None])", "ds = p * (dp - (p * dp).sum(-1, keepdim=True))")
+    ],
+    "dv_not_transposed": [
+        (
+            "p.transpose(-2, -1) @ d_oi",
+            "(p @ d_oi if p.shape[-1] == p.shape[-2] else p.transpose(-2, -1) @ d_oi)",
+        )
+    ],
+    "backward_computes_masked_tiles": [
+        ("first_query = max(0, j0 - (Lk - Lq)) if ctx.is_causal else 0", "first_query = 0")
+    ],
+}
+
+
+FLASH_CHECK = {
+    "D_per_tile": "flash_gradients",
+    "dv_not_transposed": "flash_gradients",
+    "backward_computes_masked_tiles": "flash_backward_skips_masked_tiles",
+}
+
+
+@pytest.mark.parametrize("key", FLASH_BUGS)
+def test_beginner_flash_mistake_is_named(solution, key):
+    bug = planted(solution, "FlashAttentionTorch", *FLASH_BUGS[key])
+    assert_check_names("FlashAttentionTorch", FLASH_CHECK[key], bug, key)
+
+
+def stats_nan_to_num(x, block_size, dim=-1):
+    """No shift guard, but NaN (only ever from an all -inf prefix, where 0 is right) zeroed."""
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    x = x.movedim(dim, -1)
+    m = torch.full(x.shape[:-1], NEG_INF, dtype=x.dtype)
+    l = torch.zeros_like(m)
+    for block in torch.split(x, block_size, dim=-1):
+        m_new = torch.maximum(m, block.amax(-1))
+        l = l * torch.exp(m - m_new) + torch.exp(block - m_new[..., None]).sum(-1)
+        l, m = torch.nan_to_num(l), m_new
+    return m, l
+
+
+def stats_logaddexp(x, block_size, dim=-1):
+    """A running logsumexp with torch.logaddexp; the sum recovered at the end."""
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
+    x = x.movedim(dim, -1)
+    m = torch.full(x.shape[:-1], NEG_INF, dtype=x.dtype)
+    a = torch.full_like(m, NEG_INF)
+    for block in torch.split(x, block_size, dim=-1):
+        m = torch.maximum(m, block.amax(-1))
+        for j in range(block.shape[-1]):
+            a = torch.logaddexp(a, block[..., j])
+    return m, torch.where(torch.isneginf(m), 0.0, torch.exp(a - m))
+
+
+@pytest.mark.parametrize("stats", [stats_nan_to_num, stats_logaddexp])
+def test_beginner_correct_stats_pass(stats):
+    assert report("online_softmax_stats", stats).passed
+    for seed in HIDDEN_SEEDS:
+        assert report("online_softmax_stats", stats, hidden=True, seed=seed).passed

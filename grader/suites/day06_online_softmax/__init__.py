@@ -24,6 +24,7 @@ float64 attention and the inputs that the last two share.
 from grader.suites import Exercise
 from grader.suites.day06_online_softmax.flash_autograd import (
     flash_autograd_and_shapes,
+    flash_backward_skips_masked_tiles,
     flash_causal_gradients,
     flash_forward,
     flash_gradients,
@@ -77,6 +78,7 @@ EXERCISES = {
             flash_gradients,
             flash_causal_gradients,
             flash_autograd_and_shapes,
+            flash_backward_skips_masked_tiles,
         ],
         forbidden=FORBIDDEN,
     ),

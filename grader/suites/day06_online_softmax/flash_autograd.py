@@ -1,6 +1,7 @@
 """Checks for FlashAttentionTorch: the tiled forward saving one logsumexp, and the tiled
 backward, as a torch.autograd.Function."""
 
+import contextlib
 import math
 
 import torch
@@ -13,10 +14,11 @@ from grader.harness.checking import (
     named,
     relative_error,
 )
-from grader.harness.measuring import saved_tensors
+from grader.harness.measuring import measuring, saved_tensors
 from grader.suites._common import draw, randn
 from grader.suites.day06_online_softmax.hints import FORBIDDEN, HINTS
 from grader.suites.day06_online_softmax.oracles import causal_rule, dense64, dense_max64, qkv
+from grader.suites.day06_online_softmax.tiled_attention import MatmulFlops
 
 
 def dense_grads64(q, k, v, d_out, mask=None, use_D=True, scale_grads=True, backward_mask=True):
@@ -59,9 +61,10 @@ def function_class(impl):
     return cls
 
 
-def run_flash(impl, q, k, v, causal, d_out=None):
+def run_flash(impl, q, k, v, causal, d_out=None, watch_backward=None):
     """out, and (dq, dk, dv) when d_out is given: forward by .apply and backward by calling
-    FlashAttentionTorch.backward(out.grad_fn, d_out), both under the guard."""
+    FlashAttentionTorch.backward(out.grad_fn, d_out), both under the guard; the backward inside
+    the context manager `watch_backward`, when given."""
     cls = function_class(impl)
     forbidden = FORBIDDEN
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
@@ -74,7 +77,8 @@ def run_flash(impl, q, k, v, causal, d_out=None):
     ctx = out.grad_fn
     if ctx is None:
         raise named("autograd_broken")
-    grads = guarded(cls.backward, "FlashAttentionTorch", forbidden)(ctx, d_out)
+    with watch_backward or contextlib.nullcontext():
+        grads = guarded(cls.backward, "FlashAttentionTorch", forbidden)(ctx, d_out)
     if not isinstance(grads, (tuple, list)) or len(grads) < 3:
         raise Mistake(
             f"FlashAttentionTorch.backward returned {type(grads).__name__}, expected "
@@ -200,15 +204,74 @@ def flash_saves_lse(FlashAttentionTorch, rng):
                 )
 
 
+def wrong_grads(impl, rng, Lq, Lk) -> list:
+    """The names of the non-causal gradients that are wrong for q (2, Lq, d), k (2, Lk, d)."""
+    q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
+    d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
+    _, grads = run_flash(impl, q, k, v, False, d_out)
+    return [
+        name
+        for name, g, r in zip(("dq", "dk", "dv"), grads, autograd64(q, k, v, d_out))
+        if not (isinstance(g, torch.Tensor) and g.shape == r.shape and relative_error(g, r) <= 1e-8)
+    ]
+
+
+def explain_by_one_tile(impl, rng, raised: Mistake) -> None:
+    """After wrong gradients on several tiles: gradients right when every length fits one tile
+    (5 queries, 7 keys) name a per-tile mistake, by which gradient is wrong. D summed over one
+    key tile spoils dq and dk only; p @ dO for dv (its shapes fit on square tiles) dv only."""
+    if wrong_grads(impl, rng, 5, 7):
+        return
+    wrong = wrong_grads(impl, rng, 66, 88)
+    key = {("dq", "dk"): "D_per_tile", ("dv",): "dv_not_transposed"}.get(tuple(wrong))
+    if key is None:
+        return
+    description, fix = HINTS[key]
+    raise Mistake(
+        f"{raised.message}\n      With 5 queries and 7 keys (one tile) the gradients are "
+        f"right; with several tiles {' and '.join(wrong)} are wrong: it looks like {description}.",
+        fix,
+        key,
+    ) from None
+
+
 def flash_gradients(FlashAttentionTorch, rng):
     """gradients dq, dk, dv match float64 autograd through dense attention (non-causal, Lq != Lk)"""
-    Lq, Lk = draw(rng, 66, 80), draw(rng, 40, 100)
+    # Lk > 64: several key tiles of the usual 64 (per-tile mistakes show), Lq < Lk.
+    Lq, Lk = draw(rng, 66, 80), draw(rng, 81, 100)
     q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
     d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
     _, grads = run_flash(FlashAttentionTorch, q, k, v, False, d_out)
-    expect_grads(
-        grads, q, k, v, d_out, None, f"backward for q {tuple(q.shape)}, k {tuple(k.shape)}"
-    )
+    try:
+        expect_grads(
+            grads, q, k, v, d_out, None, f"backward for q {tuple(q.shape)}, k {tuple(k.shape)}"
+        )
+    except Mistake as raised:
+        if raised.key == "wrong_values":
+            explain_by_one_tile(FlashAttentionTorch, rng, raised)
+        raise
+
+
+def flash_backward_skips_masked_tiles(FlashAttentionTorch, rng):
+    """causal backward skips the tiles above the diagonal, as forward does"""
+    L = 256 + draw(rng, 0, 8)  # 4 tiles of 64: skipping gives 62% of the work, 128-tiles 75%
+    q, k, v = qkv(rng, L, L, leading=(1,))
+    d_out = randn((1, L, v.shape[-1]), rng)
+    flops = {}
+    for causal in (False, True):
+        counter = MatmulFlops()
+        with measuring(f"{MatmulFlops.__module__}:MatmulFlops", counter.absorb):
+            run_flash(FlashAttentionTorch, q, k, v, causal, d_out, watch_backward=counter)
+        flops[causal] = counter.flops
+    if flops[False] and flops[True] > 0.8 * flops[False]:
+        description, fix = HINTS["backward_computes_masked_tiles"]
+        raise Mistake(
+            f"with L = {L}, the causal backward did {flops[True] / flops[False]:.0%} of the "
+            f"matmul work of the non-causal one (skipping the tiles above the diagonal gives "
+            f"about 62% with tiles of 64): it looks like {description}.",
+            fix,
+            "backward_computes_masked_tiles",
+        )
 
 
 def flash_causal_gradients(FlashAttentionTorch, rng):

@@ -30,6 +30,19 @@ HINTS = {
         "log(sum_exp) (a logsumexp) where sum_exp itself is asked for",
         "return the running sum of exp(x - max) itself, not its log and not max + log.",
     ),
+    "modified_input": (
+        "x changed in place (e.g. -inf entries overwritten to avoid NaN)",
+        "leave the caller's x as it is: no masked_fill_, x[...] = ... or other in-place op "
+        "on it; handle -inf with the shift-by-0 guard instead (torch.where(m == -inf, 0, m)).",
+    ),
+    "dim_ignored": (
+        "the statistics taken along the last dim whatever `dim` says",
+        "bring `dim` last first, x = x.movedim(dim, -1), then run the block loop over it.",
+    ),
+    "last_block_dropped": (
+        "the last, shorter block dropped when block_size does not divide the length",
+        "loop over range(0, N, block_size): the last block x[..., start:N] may be shorter.",
+    ),
     "not_streaming": (
         "a pass over the whole of x before the blocks (e.g. the global max first): "
         "two passes, not one streaming pass",
@@ -43,6 +56,27 @@ HINTS = {
         "-inf, sum = 0 and, in attention, a zero output with lse = -inf.",
     ),
     # tiled attention
+    "empty_rows_divided_by_zero": (
+        "out = acc / l computed where l = 0 (a query that sees no key): 0 / 0 is NaN",
+        "divide by 1 where l = 0: out = acc / torch.where(l > 0, l, 1)[..., None]; acc is "
+        "0 there, so the output is 0.",
+    ),
+    "lse_finite_for_empty": (
+        "a finite lse for a query that sees no key",
+        "lse = m + log(l) is already -inf where l = 0 (log 0 = -inf): return it as it is, "
+        "without nan_to_num or a where that replaces it.",
+    ),
+    "returns_swapped": (
+        "the pair returned as (lse, out)",
+        "return out first, as the docstring says: `return out, lse`.",
+    ),
+    "causal_tile_stops_early": (
+        "a causal key loop that stops one key early: the last query of each query tile "
+        "misses its own (diagonal) key",
+        "for query tile [q_start, q_end) the last key needed is Lk - Lq + q_end - 1: stop the "
+        "key loop at min(Lk, Lk - Lq + q_end) (an exclusive end), not one before.",
+    ),
+    "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
     "rescale_l_only": (
         "the denominator l rescaled when the max changes, but not the accumulator",
         "both running sums were taken against the old max: multiply acc (the "
@@ -97,6 +131,20 @@ HINTS = {
         "a backward without FlashAttention-2's D term: ds = p * dp instead of p * (dp - D)",
         "the softmax Jacobian gives ds = p * (dp - D) with D = rowsum(dO * O) per "
         "query (equal to rowsum(p * dp)); compute D once before the tile loop.",
+    ),
+    "D_per_tile": (
+        "D summed over the current key tile only (rowsum(p * dp) of one tile)",
+        "D is the sum over *all* keys of the row: compute it once before the tile loop as "
+        "D = (dO * O).sum(-1), which equals rowsum(p * dp) over the whole row.",
+    ),
+    "dv_not_transposed": (
+        "dv = p @ dO instead of pᵀ @ dO",
+        "out = p @ v, so dv = pᵀ @ dO: p.transpose(-2, -1) @ dO, (Lk, Lq) @ (Lq, dv).",
+    ),
+    "backward_computes_masked_tiles": (
+        "a causal backward that computes (then masks) the tiles above the diagonal",
+        "skip them as forward does: for query tile [q_start, q_end) stop the key loop at "
+        "min(Lk, Lk - Lq + q_end).",
     ),
     "grad_missing_scale": (
         "dq and dk without the 1 / sqrt(d) of the scores",

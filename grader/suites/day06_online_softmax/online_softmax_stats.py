@@ -4,7 +4,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from grader.harness.checking import Mistake, expect_close, expect_tensor, expect_value_error, named
-from grader.suites._common import draw, randn
+from grader.suites._common import call_unchanged, draw, randn
 from grader.suites.day06_online_softmax.hints import HINTS
 
 # ----------------------------------------------------------------------------- watching the ops
@@ -102,23 +102,55 @@ def expect_close_inf(out, ref, dtype, what, suspects=(), nonfinite=None):
     expect_close(out, ref, dtype, what=what, suspects=suspects, nonfinite=nonfinite)
 
 
+def pair_suspects(x, block_size, dim):
+    """(key, (max, sum_exp)) of the mistakes that change both statistics, even their shape."""
+    found = []
+    if dim % x.dim() != x.dim() - 1:
+        found.append(("dim_ignored", stats64(x, -1)))
+    rows = x.movedim(dim, -1)
+    kept = rows.shape[-1] // block_size * block_size  # the full blocks only
+    if kept < rows.shape[-1]:
+        if kept == 0:
+            nothing = torch.full(rows.shape[:-1], float("-inf"), dtype=torch.float64)
+            found.append(("last_block_dropped", (nothing, torch.zeros_like(nothing))))
+        else:
+            found.append(("last_block_dropped", stats64(rows[..., :kept], -1)))
+    return found
+
+
+def raise_if_pair_suspect(result, suspects, what):
+    """Both statistics equal to what a named mistake gives (infinities alike): that mistake."""
+    for key, pair in suspects:
+        if all(
+            isinstance(got, torch.Tensor)
+            and got.shape == wrong.shape
+            and torch.allclose(got.detach().double(), wrong, rtol=1e-4, atol=1e-6)
+            for got, wrong in zip(result, pair)
+        ):
+            description, fix = HINTS[key]
+            raise Mistake(f"{what} gives what {description} gives.", fix, key)
+
+
 def expect_stats(online_softmax_stats, x, block_size, dim, what):
-    result = online_softmax_stats(x, block_size, dim=dim)
+    result = call_unchanged(online_softmax_stats, {"x": x}, block_size, dim=dim)
     if not isinstance(result, tuple) or len(result) != 2:
         raise Mistake(
             f"{what} returned {type(result).__name__}, expected a tuple (max, sum_exp).",
             hint="return both statistics: `return m, s`.",
             key="wrong_return",
         )
+    raise_if_pair_suspect(result, pair_suspects(x, block_size, dim), what)
     m_ref, s_ref = stats64(x, dim)
-    expect_close_inf(result[0], m_ref, x.dtype, f"{what}'s max", nonfinite=named("nan_for_masked"))
+    # On finite x only an upside-down factor makes NaN: exp(m_new - (-inf)) = inf times l = 0.
+    nonfinite = named("rescale_inverted" if torch.isfinite(x).all() else "nan_for_masked")
+    expect_close_inf(result[0], m_ref, x.dtype, f"{what}'s max", nonfinite=nonfinite)
     expect_close(
         result[1],
         s_ref,
         x.dtype,
         what=f"{what}'s sum_exp",
         suspects=stats_suspects(x, block_size, dim),
-        nonfinite=named("nan_for_masked"),
+        nonfinite=nonfinite,
     )
 
 

@@ -66,15 +66,47 @@ class MatmulFlops(TorchDispatchMode):
 def causal_suspects(Lq, Lk):
     """(key, mask) of the named causal mistakes that differ from the right mask."""
     right = causal_rule(Lq, Lk)
-    masks = [
+    masks = [  # the first that matches names the mistake: strict before top-left and strict
+        ("causal_strict", causal_rule(Lq, Lk, strict=True)),
         ("causal_top_left", causal_rule(Lq, Lk, offset=0)),
         ("causal_top_left", causal_rule(Lq, Lk, offset=0, strict=True)),
-        ("causal_strict", causal_rule(Lq, Lk, strict=True)),
         ("causal_wrong_side", causal_rule(Lq, Lk, flip=True)),
         ("causal_wrong_side", causal_rule(Lq, Lk, offset=Lk - Lq + 1, flip=True)),
         ("ignores_causal", torch.ones(Lq, Lk, dtype=torch.bool)),
     ]
     return [(key, mask) for key, mask in masks if not torch.equal(mask, right)]
+
+
+def stops_one_key_early(Lq, Lk, bq):
+    """The causal mask of a key loop that ends at Lk - Lq + q_end - 1 for each query tile: the
+    last query of every tile loses its diagonal key."""
+    tile_end = torch.clamp((torch.arange(Lq) // bq + 1) * bq, max=Lq).unsqueeze(-1)
+    return causal_rule(Lq, Lk) & (torch.arange(Lk) < Lk - Lq + tile_end - 1)
+
+
+def call_tiled(tiled_attention, q, k, v, **tiles):
+    """tiled_attention(q, k, v, **tiles); a crash on batched inputs that 2-D inputs (one batch
+    and head) do not cause is a transpose counted from the front (k.T on a batched tile)."""
+    try:
+        return tiled_attention(q, k, v, **tiles)
+    except Mistake as raised:
+        if raised.key != "raised" or q.dim() == 2:
+            raise
+        one = [t.reshape(-1, *t.shape[-2:])[0] for t in (q, k, v)]  # (L, D): the first head
+        try:
+            out, _ = tiled_attention(*one, **tiles)
+        except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
+            raise raised from None
+        mask = causal_rule(one[0].shape[-2], one[1].shape[-2]) if tiles.get("causal") else None
+        if not torch.allclose(out.double(), dense64(*one, mask)[0], rtol=1e-4, atol=1e-5):
+            raise
+        description, fix = HINTS["batched_transpose"]
+        raise Mistake(
+            f"{raised.message}\n      It raised on {q.dim()}-D inputs, but gives the right "
+            f"answer on (L, D) ones: it looks like {description}.",
+            fix,
+            "batched_transpose",
+        ) from None
 
 
 def expect_tiled(result, q, k, v, bq, bk, causal, what):
@@ -89,9 +121,17 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
     Lq, Lk = q.shape[-2], k.shape[-2]
     mask = causal_rule(Lq, Lk) if causal else None
     ref_out, ref_lse = dense64(q, k, v, mask)
+    if all(isinstance(t, torch.Tensor) for t in result) and (
+        (out.shape, lse.shape) == (ref_lse.shape, ref_out.shape)
+    ):
+        raise named("returns_swapped")
     suspects = [("missing_scale", dense64(q, k, v, mask, scale=1.0)[0])]
     if causal:
         suspects += [(key, dense64(q, k, v, wrong)[0]) for key, wrong in causal_suspects(Lq, Lk)]
+        short = stops_one_key_early(Lq, Lk, bq)
+        if not torch.equal(short, mask):
+            suspects.append(("causal_tile_stops_early", dense64(q, k, v, short)[0]))
+    expect_empty_rows(out, lse, ref_lse, what)
     suspects += [
         ("missing_rescale", tile_loop64(q, k, v, bq, bk, mask, False, False)[0]),
         ("rescale_l_only", tile_loop64(q, k, v, bq, bk, mask, True, False)[0]),
@@ -109,11 +149,12 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
     if isinstance(lse, torch.Tensor) and lse.shape == ref_lse.shape:
         finite = torch.isfinite(ref_lse)
         if (torch.isnan(lse) & ~finite).any() or (torch.isfinite(lse) & ~finite).any():
+            key = "nan_for_masked" if torch.isnan(lse[~finite]).any() else "lse_finite_for_empty"
             raise Mistake(
                 f"{what}'s lse is {lse[~finite][0].item()} for a query that sees no key, "
                 f"expected -inf.",
-                HINTS["nan_for_masked"][1],
-                "nan_for_masked",
+                HINTS[key][1],
+                key,
             )
         if not finite.all():  # compare the rows that see keys
             lse, ref_lse = lse[finite], ref_lse[finite]
@@ -124,6 +165,24 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
             ("lse_missing_max", ref_lse - m),
         ]
     expect_close(lse, ref_lse, q.dtype, what=f"{what}'s lse", suspects=lse_suspects)
+
+
+def expect_empty_rows(out, lse, ref_lse, what):
+    """NaN outputs for the queries that see no key, next to their right lse = -inf: the state is
+    right (m = -inf, l = 0, acc = 0), the last division is 0 / 0."""
+    empty = torch.isneginf(ref_lse)
+    if not (isinstance(out, torch.Tensor) and isinstance(lse, torch.Tensor)) or not empty.any():
+        return
+    if out.shape[:-1] != empty.shape or lse.shape != empty.shape:
+        return
+    if torch.isnan(out[empty]).any() and torch.isneginf(lse[empty]).all():
+        description, fix = HINTS["empty_rows_divided_by_zero"]
+        raise Mistake(
+            f"{what}'s out is NaN for the {int(empty.sum())} queries that see no key, and "
+            f"their lse is -inf as it should be: it looks like {description}.",
+            fix,
+            "empty_rows_divided_by_zero",
+        )
 
 
 def tiled_matches(tiled_attention, rng):
@@ -138,7 +197,7 @@ def tiled_matches(tiled_attention, rng):
         -2, keepdim=True
     )  # max moves along the keys
     expect_tiled(
-        tiled_attention(q, k, v, block_q=bq, block_k=bk),
+        call_tiled(tiled_attention, q, k, v, block_q=bq, block_k=bk),
         q,
         k,
         v,
@@ -156,7 +215,7 @@ def tiled_causal(tiled_attention, rng):
     for Lq, Lk in [(L, L), (draw(rng, 3, L - 2), L)]:
         q, k, v = qkv(rng, Lq, Lk)
         expect_tiled(
-            tiled_attention(q, k, v, block_q=bq, block_k=bk, causal=True),
+            call_tiled(tiled_attention, q, k, v, block_q=bq, block_k=bk, causal=True),
             q,
             k,
             v,
