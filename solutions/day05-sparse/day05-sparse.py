@@ -109,7 +109,7 @@ print(format_mask(library.strided_mask(8, 3, 1)))
 #
 # ### Exercise 1: `sliding_window_mask`
 #
-# The checks recognise: a window one key too wide or too narrow ($w$ vs $w + 1$ keys), $w$ keys on each side instead of $\lfloor w/2 \rfloor$, a symmetric window that reaches further on one side, `causal` ignored or looking ahead, a causal window when `causal=False`, no `ValueError` for `window < 1`, a non-bool mask, and a Python loop over positions (the checks count the Python lines your builder runs at $L = 64$ and $L = 1024$).
+# The checks recognise: a window one key too wide or too narrow ($w$ vs $w + 1$ keys), $w$ keys on each side instead of $\lfloor w/2 \rfloor$, a symmetric window that reaches further on one side, `causal` ignored or looking ahead, a causal window of only $\lfloor w/2 \rfloor$ keys back (the symmetric half-width), a causal window when `causal=False`, no `ValueError` for `window < 1`, a non-bool mask, and a Python loop over positions (the checks count the Python lines your builder runs at $L = 64$ and $L = 1024$).
 
 # %% nbgrader={"grade": false, "grade_id": "sliding_window_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sliding_window_mask(L: int, window: int, causal: bool = False) -> torch.Tensor:
@@ -155,7 +155,7 @@ check("day05-sparse", "sliding_window_mask", sliding_window_mask, hidden=True, p
 #
 # The Sparse Transformer's strided pattern: every query sees its neighbourhood, and a few *summary* columns $j = 0, s, 2s, \ldots$ that every query can read. With $s \approx \sqrt L$ each query sees about $2\sqrt L$ keys.
 #
-# The checks recognise: summary columns counted from 1 ($s-1, 2s-1, \ldots$ or without column 0), summary rows instead of columns, $(i - j) \bmod s = 0$ instead of $j \bmod s = 0$, a missing local band or missing summary columns, a local window off by one, no `ValueError` for `stride > L`, `stride < 1` or `local_window < 1`, and a Python loop over positions.
+# The checks recognise: summary columns counted from 1 ($s-1, 2s-1, \ldots$ or without column 0), summary rows instead of columns, $(i - j) \bmod s = 0$ instead of $j \bmod s = 0$, a missing local band or missing summary columns, a local band off by one on each side (the visible check has an even `local_window`: 4 gives 2 keys on each side, not $(4 - 1) // 2 = 1$) or one-sided (causal), no `ValueError` for `stride > L`, `stride < 1` or `local_window < 1`, and a Python loop over positions.
 
 # %% nbgrader={"grade": false, "grade_id": "strided_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def strided_mask(L: int, stride: int, local_window: int) -> torch.Tensor:
@@ -193,7 +193,7 @@ check("day05-sparse", "strided_mask", strided_mask, hidden=True, points=1)
 #
 # Longformer adds a few *global* tokens (a `[CLS]` token, the question in question answering) to the sliding window. A global token attends to every position (its row is all True), and every position attends to it (its column is all True). Two layers then connect any pair: $i \to g \to j$.
 #
-# The checks recognise: global tokens that attend everywhere but are not attended (rows only), or the reverse (columns only), a window off by one or causal, no `ValueError` for an index outside $[0, L)$ or `window < 1`, and a Python loop over positions. `global_idx` may be a list or a LongTensor, and may be empty.
+# The checks recognise: global tokens that attend everywhere but are not attended (rows only), or the reverse (columns only), a window off by one, causal, or with $w$ keys on each side, no `ValueError` for an index outside $[0, L)$ (a negative one too: torch's indexing would wrap $-1$ to $L - 1$) or `window < 1`, an empty `global_idx` that crashes, and a Python loop over positions. `global_idx` may be a list or a LongTensor, and may be empty: `torch.as_tensor(global_idx, dtype=torch.long)` turns all three into a LongTensor (`torch.tensor([])` alone is float, and indexing with it fails).
 
 # %% nbgrader={"grade": false, "grade_id": "global_local_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def global_local_mask(L: int, window: int, global_idx) -> torch.Tensor:
@@ -231,9 +231,9 @@ check("day05-sparse", "global_local_mask", global_local_mask, hidden=True, point
 #
 # BigBird adds $r$ random keys per query. Exactly $r$ *distinct* keys, uniform, drawn from the `generator` you are given, so the same generator state gives the same mask (a model must see the same pattern at every step).
 #
-# The simple way: give each pair a random score and keep the $r$ best per row, `torch.rand(L, L, generator=g).argsort(-1)[:, :r]`, then scatter True there. It is correct, and costs $O(L^2 \log L)$. **Floyd's algorithm** draws $r$ distinct numbers from $0..L-1$ in $r$ steps: for $t = L - r, \ldots, L - 1$, draw $x$ uniform in $0..t$; keep $x$ if it is new, else keep $t$ (new for sure). Done for all rows at once, it is a loop over $r$, not over positions.
+# The simple way: give each pair a random score and keep the $r$ best per row, `torch.rand(L, L, generator=g).argsort(-1)[:, :r]`, then scatter True there. It is correct, and costs $O(L^2 \log L)$. **Floyd's algorithm** draws $r$ distinct numbers from $0..L-1$ in $r$ steps: for $t = L - r, \ldots, L - 1$, draw $x$ uniform in $0..t$, $t$ included (`(torch.rand(L, generator=g) * (t + 1)).long()`); keep $x$ if it is new, else keep $t$ (new for sure). Done for all rows at once, it is a loop over $r$, not over positions.
 #
-# The checks recognise: rows with other than $r$ keys (drawn with replacement), masks that change for the same generator state (the global random state was used), masks that do not change at all, the same keys for every query, keys that are not uniform (over 20 masks every key and every offset $j - i$ must turn up about equally often), no `ValueError` for $r > L$, and a Python loop over positions.
+# The checks recognise: rows with other than $r$ keys (drawn with replacement), masks that change for the same generator state (the global random state was used), masks that do not change at all, the same keys for every query, keys drawn per key column instead of per query, keys that are not uniform (over 20 masks every key and every offset $j - i$ must turn up about equally often, and with $r = 1$ every key must turn up: Floyd's $x$ drawn from $0..t-1$ never picks key $L - 1$), no `ValueError` for $r > L$ or $r < 0$, and a Python loop over positions.
 
 # %% nbgrader={"grade": false, "grade_id": "random_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def random_mask(L: int, num_random: int, generator: torch.Generator) -> torch.Tensor:
@@ -272,7 +272,7 @@ check("day05-sparse", "random_mask", random_mask, hidden=True, points=1)
 #
 # Hardware likes blocks: a GPU kernel computes a whole $64 \times 64$ tile or skips it. A block-sparse pattern is a small bool `layout` of shape $(n_b, n_b)$, $n_b = \lceil L / b \rceil$; entry $(B_i, B_j)$ switches on every pair with $i$ in query block $B_i$ and $j$ in key block $B_j$: $M_{ij} = \text{layout}[\lfloor i/b \rfloor, \lfloor j/b \rfloor]$. The last block may stick out past $L$: crop it.
 #
-# The checks recognise: the layout transposed, tiled (`repeat`) instead of expanded (`repeat_interleave`), not cropped to $L$, no `ValueError` for a layout of the wrong shape, and a Python loop over positions.
+# The checks recognise: the layout transposed, tiled (`repeat`) instead of expanded (`repeat_interleave`), key columns indexed without `// block_size`, not cropped to $L$ or cropped from the wrong end, a valid layout rejected ($n_b = \lceil L / b \rceil$, not $\lfloor L / b \rfloor$), no `ValueError` for a layout of the wrong shape or `block_size < 1`, and a Python loop over positions.
 
 # %% nbgrader={"grade": false, "grade_id": "block_sparse_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def block_sparse_mask(L: int, block_size: int, layout: torch.Tensor) -> torch.Tensor:
@@ -314,13 +314,13 @@ check("day05-sparse", "block_sparse_mask", block_sparse_mask, hidden=True, point
 #
 # $$R_n = A^n, \qquad (R_{n+1})_{ij} = \bigvee_m A_{im} \land (R_n)_{mj}.$$
 #
-# In float arithmetic: `(A.float() @ R.float()) > 0`. `layers_to_full_reach(mask)` is the least $n$ with $R_n$ all True. A symmetric window of half-width $h$ needs about $(L - 1)/h$ layers; a global token needs 2. A causal mask never gets there (no future key reaches the past), and neither does a pattern split into separate blocks: once $R_{n+1} = R_n$ nothing grows any more, so return `None`.
+# In float arithmetic: `(A.float() @ R.float()) > 0` (torch has no matrix product of bool tensors). `layers_to_full_reach(mask)` is the least $n$ with $R_n$ all True. A symmetric window of half-width $h$ needs about $(L - 1)/h$ layers; a global token needs 2. A causal mask never gets there (no future key reaches the past), and neither does a pattern split into separate blocks: once $R_{n+1} = R_n$ nothing grows any more, so return `None`. That test is sure to fire only because $A$ includes $I$: then the reach only grows, and at most $L - 1$ layers are ever needed. Without $I$ it can cycle instead (on a ring, query $i$ seeing key $i - 1$, the reach moves one step round per layer) and a `while` loop never ends.
 #
 # Tiny example: $L = 4$, symmetric window 2 ($h = 1$). $R_1$ reaches one neighbour, $R_2$ two, $R_3$ three: query 0 hears key 3 after 3 layers, so the answer is 3.
 #
 # ### Exercise 6: `mask_density` and Exercise 7: `layers_to_full_reach`
 #
-# The checks recognise: a count instead of a fraction; reach through the mask alone without $I$ (it fails on masks without their diagonal), a layer count one off, and a number where the answer is `None`.
+# The checks recognise: a count instead of a fraction (or per row, or over one side squared), the fraction of False entries, integer division, float16 rounding, `mean()` of a bool tensor, a 0-d tensor instead of a Python float; reach through the mask alone without $I$ (it fails on masks without their diagonal), a loop that never stops (stopped after 10 s: no exit when full reach never happens, or a reach without $I$ that cycles), a matrix product of bool tensors, the number of squarings $R \leftarrow R R$ counted instead of the layers, a layer count one off, and a number where the answer is `None`.
 
 # %% nbgrader={"grade": false, "grade_id": "mask_density", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mask_density(mask: torch.Tensor) -> float:
@@ -422,7 +422,7 @@ for name, mask in patterns.items():
 #
 # ### Exercise 8: `sliding_window_attention`
 #
-# The checks compare with dense float64 attention under the sliding-window mask, and recognise: every window mistake of exercise 1, a missing $1/\sqrt{d}$, dropped edge queries, and any tensor with $L^2$ bytes or more (they run your function at $L = 4096$ and record every allocation, so building `sliding_window_mask(L, ...)` there fails too).
+# The checks compare with dense float64 attention under the sliding-window mask, and recognise: every window mistake of exercise 1, a missing $1/\sqrt{d}$ (or one applied to the weights after the softmax), `.T` on a batched tile, dropped edge queries (also whole blocks skipped because their window is cut), block bookkeeping that is right for the first block only (one check has $L$ of a few hundred: positions counted from a tile's start, or the output stored at the wrong offset), and any tensor with $L^2$ bytes or more (they run your function at $L = 4096$ and record every allocation, so building `sliding_window_mask(L, ...)` there fails too).
 
 # %% nbgrader={"grade": false, "grade_id": "sliding_window_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
@@ -481,7 +481,7 @@ check("day05-sparse", "sliding_window_attention", sliding_window_attention, hidd
 #
 # their own chunk plus `overlap` keys on each side. Every query of a chunk sees the same keys, so a chunk is one dense tile: a query at the start of its chunk sees $b - 1 + \text{overlap}$ keys ahead, one at the end only `overlap`. With overlap $\ge w/2$ the chunks cover every sliding window of width $w$ (and a bit more). When $L$ is not a multiple of $b$ the last chunk is shorter.
 #
-# The checks recognise: overlap on one side only, a key range one too long or short at an end, overlap ignored, a window around each query instead of around its chunk, a dropped last chunk, a missing $1/\sqrt d$, and any $L^2$-byte tensor.
+# The checks recognise: overlap on one side only, a key range one too long or short at an end, overlap ignored, a window around each query instead of around its chunk, a dropped last chunk, a first chunk whose key slice starts below 0 (unclipped: it counts from the end), a softmax over the queries of a tile, a missing $1/\sqrt d$ (or one after the softmax), `.T` on a batched tile, and any $L^2$-byte tensor.
 
 # %% nbgrader={"grade": false, "grade_id": "chunked_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk_size: int,
@@ -527,8 +527,11 @@ check("day05-sparse", "chunked_attention", chunked_attention, hidden=True, point
 # Sized for a 2-core CPU; a GPU gets longer sequences. The full run, $L$ = 1k…16k, is `python -m course.bench.sparse`.
 
 # %%
+import os
+
 window, heads, head_dim = 256, 1, 64
 lengths = [512, 1024, 2048, 4096] if device.type == "cpu" else [1024, 2048, 4096, 8192, 16384]
+lengths = lengths[:2] if os.environ.get("NBGRADER_EXECUTION") else lengths  # graded: no points here
 
 
 def dense_masked(q, k, v):
@@ -576,13 +579,13 @@ plt.show()
 #
 # **Which gradient?** Choosing the top $k$ is a step function of the gate: its derivative is zero almost everywhere. This course's `topk_gated_attention` uses **detached selection**: the gate only decides *which* keys; gradients flow to $q$, $k$, $v$ through the kept pairs only (a key that no query kept gets zero gradient), and none reaches `gate_scores`. Models that train the gate end to end add another path, e.g. a *straight-through* estimator that uses the hard top-$k$ mask forward and the gradient of a soft mask ($\operatorname{softmax}(g)$) backward, or multiply the output by the gate's probability (as mixture-of-experts routers do).
 #
-# **Ties.** When several keys share the $k$-th highest gate score, which of them is kept is unspecified (`torch.topk`'s order); the checks draw gate scores without ties. A real gate outputs floats, where ties are rare; if they matter, add a tiny position-dependent offset.
+# **Ties.** When several keys share the $k$-th highest gate score, which of them is kept is unspecified (`torch.topk`'s order); the checks draw gate scores without ties. A real gate outputs floats, where ties are rare; if they matter, add a tiny position-dependent offset to a copy (`gate_scores + offset`, never `gate_scores += offset`: the checks see the caller's tensor change).
 #
 # Tiny example: $g_{0,:} = (0.1, 0.9, 0.5, 0.7)$ and $k = 2$ keep keys 1 and 3, so query 0 is a softmax over $s_{01}, s_{03}$ only. Widths $(1, 2, 1, 3)$, causal, give rows $\{0\}, \{0, 1\}, \{2\}, \{1, 2, 3\}$.
 #
 # ### Exercise 10: `topk_gated_attention`
 #
-# The checks compare with float64 attention under a top-$k$ mask built by sorting each row in Python, take the gradients of both, and recognise: top-$k$ over the queries (`dim=-2`) instead of the keys, $k-1$ or $k+1$ keys kept, the lowest-gated keys, keys chosen by $q \cdot k$ instead of the gate, a softmax over all keys (mask not applied), the full softmax zeroed afterwards (not renormalised), a missing $1/\sqrt d$, a gradient reaching `gate_scores`, wrong gradients for $q, k, v$, a Python loop over queries or over batch rows, and bad `k_keep` or gate shapes accepted without a `ValueError`.
+# The checks compare with float64 attention under a top-$k$ mask built by sorting each row in Python, take the gradients of both, and recognise: top-$k$ over the queries (`dim=-2`) instead of the keys, $k-1$ or $k+1$ keys kept, the lowest-gated keys, keys chosen by $q \cdot k$ instead of the gate, a softmax over all keys (mask not applied), the full softmax zeroed afterwards (not renormalised), a missing $1/\sqrt d$, a gradient reaching `gate_scores`, wrong gradients for $q, k, v$, a Python loop over queries or over batch rows, the caller's `gate_scores` (or `q`, `k`, `v`) changed in place, and bad `k_keep` or gate shapes accepted without a `ValueError`.
 
 # %% nbgrader={"grade": false, "grade_id": "topk_gated_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def topk_gated_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -638,7 +641,7 @@ check("day05-sparse", "topk_gated_attention", topk_gated_attention, hidden=True,
 #
 # `widths` is a LongTensor `(..., L)`: `widths[..., i]` is query $i$'s window (a gate would predict it, e.g. rounded from a sigmoid times a maximum span). The mask is one comparison of the `(L, L)` grid of positions with a `(..., L, 1)` column of widths: no loop over positions, and none over batch rows or heads (the check counts the lines of Python your function runs at two lengths and at two batch sizes). This exercise may build the dense `(..., L, L)` mask; the $O(L \cdot w_{\max})$ version is the tiles of exercise 8 with $w = \max_i w_i$.
 #
-# The checks compare with float64 attention under a mask built by Python loops, and recognise: a window one key too wide or too narrow, a window that looks at the future instead of the past, causal ignored (or applied when `causal=False`), each *key's* width used instead of each query's, one width for all queries, a missing $1/\sqrt d$, a Python loop over positions or rows, and bad widths accepted without a `ValueError`.
+# The checks compare with float64 attention under a mask built by Python loops, and recognise: a window one key too wide or too narrow, $w$ keys on each side instead of $\lfloor w/2 \rfloor$, a window that looks at the future instead of the past, causal ignored (or applied when `causal=False`), each *key's* width used instead of each query's, one width for all queries, a missing $1/\sqrt d$, a Python loop over positions or rows, and bad widths or $L_q \ne L_k$ accepted without a `ValueError`.
 
 # %% nbgrader={"grade": false, "grade_id": "adaptive_window_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def adaptive_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, widths: torch.Tensor,
@@ -737,7 +740,7 @@ plt.show()
 #
 # Contract: `ColumnwiseAttention(num_columns, d, num_heads, shared=True)` is an `nn.Module` with four `nn.Parameter`s `q_weight, k_weight, v_weight, out_weight`, of shape `(d, d)` when `shared=True` and `(num_columns, d, d)` when `shared=False`, used as `nn.Linear` uses its weight ($y = x W^\top$, no bias); heads split the features into contiguous slices as on day 3 (head $h$ owns features $[h\,d_h, (h+1)\,d_h)$). `forward(x)` takes `(batch, num_columns, seq, d)` and returns the same shape.
 #
-# The checks set fresh random weights into your parameters, compare each column with float64 multi-head attention computed one column at a time, and recognise: columns flattened into the sequence (attention across columns), per-column weights that are really shared (one column's used for all; a parameter count of $4d^2$; changing `v_weight[c]` moving other columns than $c$), leakage (perturbing one input column changes another output column), a missing $1/\sqrt{d_h}$, missing or mis-shaped parameters, and wrong ranks or shapes accepted without a `ValueError`. `F.scaled_dot_product_attention` is allowed here: the point is the layout.
+# The checks set fresh random weights into your parameters, compare each column with float64 multi-head attention computed one column at a time, and recognise: columns flattened into the sequence (attention across columns), per-column weights that are really shared (one column's used for all; a parameter count of $4d^2$; changing `v_weight[c]` moving other columns than $c$), leakage (perturbing one input column changes another output column), attention across the columns at each time step (the wrong axis), a missing $1/\sqrt{d_h}$ or $1/\sqrt{d}$ (the model width) in its place, heads interleaved (features split as $(d_h, H)$), heads merged without moving $H$ back next to $d_h$, $x W$ instead of $x W^\top$, plain tensors instead of `nn.Parameter`s, missing or mis-shaped parameters, and wrong ranks or shapes accepted without a `ValueError`. `F.scaled_dot_product_attention` is allowed here: the point is the layout.
 
 # %% nbgrader={"grade": false, "grade_id": "ColumnwiseAttention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 import torch.nn as nn

@@ -11,6 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import course.reference.sparse as library
+import grader.suites.day05_sparse as day05
+import grader.suites.day05_sparse.reach as reach_checks
+from grader.harness.checking import run as run_checks
 from helpers import assert_mistake_named, day_report
 
 DAY = "day05-sparse"
@@ -240,8 +243,13 @@ def columns(L, stride):
         (make_strided(lambda L, s: torch.zeros(L, L, dtype=torch.bool)), "missing_summary"),
         (
             make_strided(columns, local=lambda L, w: band(L, w // 2 + 1, w // 2 + 1)),
-            "window_off_by_one",
+            "local_off_by_one",
         ),
+        (
+            make_strided(columns, local=lambda L, w: band(L, (w - 1) // 2, (w - 1) // 2)),
+            "local_off_by_one",
+        ),
+        (make_strided(columns, local=lambda L, w: band(L, w // 2, 0)), "one_sided_local"),
         (make_strided(columns, validate=False), "no_error_for_bad_params"),
         (stub, "not_implemented"),
     ],
@@ -253,6 +261,8 @@ def columns(L, stride):
         "no_local",
         "no_summary",
         "off_by_one",
+        "even_window_off_by_one",
+        "one_sided",
         "no_error",
         "stub",
     ],
@@ -261,14 +271,14 @@ def test_strided_mask_bug_is_named(bug, key, capsys):
     assert_named("strided_mask", bug, key, capsys)
 
 
-def make_global(rows=True, cols=True, validate=True):
+def make_global(rows=True, cols=True, validate=True, negative_ok=False, half=lambda w: w // 2):
     def global_local_mask(L, window, global_idx):
         index = torch.as_tensor(global_idx, dtype=torch.long)
-        if validate and ((index < 0) | (index >= L)).any():
+        if validate and ((index < -L * negative_ok) | (index >= L)).any():
             raise ValueError("global_idx out of range")
         if window < 1:
             raise ValueError("window must be >= 1")
-        mask = band(L, window // 2, window // 2)
+        mask = band(L, half(window), half(window))
         if rows:
             mask[index, :] = True
         if cols:
@@ -278,15 +288,37 @@ def make_global(rows=True, cols=True, validate=True):
     return global_local_mask
 
 
+def float_index_global(L, window, global_idx):
+    """torch.tensor([]) is float32: indexing with it fails."""
+    index = torch.tensor(global_idx)
+    if window < 1 or (index.numel() and (index.min() < 0 or index.max() >= L)):
+        raise ValueError("bad window or global_idx")
+    mask = band(L, window // 2, window // 2)
+    mask[index, :] = True
+    mask[:, index] = True
+    return mask
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
         (make_global(cols=False), "global_rows_only"),
         (make_global(rows=False), "global_cols_only"),
         (make_global(validate=False), "no_error_for_bad_params"),
+        (make_global(negative_ok=True), "no_error_for_bad_params"),
+        (make_global(half=lambda w: w), "window_each_side"),
+        (float_index_global, "empty_global_idx"),
         (stub, "not_implemented"),
     ],
-    ids=["rows_only", "cols_only", "no_range_check", "stub"],
+    ids=[
+        "rows_only",
+        "cols_only",
+        "no_range_check",
+        "negative_wraps",
+        "window_each_side",
+        "empty_float",
+        "stub",
+    ],
 )
 def test_global_local_mask_bug_is_named(bug, key, capsys):
     assert_named("global_local_mask", bug, key, capsys)
@@ -336,6 +368,36 @@ def no_num_random_check(L, num_random, generator):
     return ranked_random(L, min(num_random, L), generator)
 
 
+def no_negative_check(L, num_random, generator):
+    """num_random < 0 accepted: [:, :-r] keeps L - r keys."""
+    if num_random > L:
+        raise ValueError("num_random must be <= L")
+    keys = torch.rand(L, L, generator=generator).argsort(dim=-1)[:, :num_random]
+    return torch.zeros(L, L, dtype=torch.bool).scatter_(1, keys, True)
+
+
+def floyd(L, num_random, generator, inclusive=True):
+    """Floyd's algorithm for every row at once: for t = L - r .. L - 1 draw x in 0..t (or, the
+    off-by-one, in 0..t-1) and take x, or t if x is already taken."""
+    if not 0 <= num_random <= L:
+        raise ValueError("num_random must be in 0 .. L")
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    rows = torch.arange(L)
+    for t in range(L - num_random, L):
+        x = (torch.rand(L, generator=generator) * (t + inclusive)).long()
+        taken = mask[rows, x]
+        mask[rows, torch.where(taken, t, x)] = True
+    return mask
+
+
+def keys_per_column(L, num_random, generator):
+    """The ranking along the wrong axis: num_random queries per key."""
+    if not 0 <= num_random <= L:
+        raise ValueError("num_random must be in 0 .. L")
+    queries = torch.rand(L, L, generator=generator).argsort(dim=0)[:num_random]
+    return torch.zeros(L, L, dtype=torch.bool).scatter_(0, queries, True)
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -346,6 +408,9 @@ def no_num_random_check(L, num_random, generator):
         (first_half_only, "not_uniform"),
         (shared_offsets, "not_uniform"),
         (no_num_random_check, "no_error_for_bad_params"),
+        (no_negative_check, "no_error_for_bad_params"),
+        (functools.partial(floyd, inclusive=False), "not_uniform"),
+        (keys_per_column, "keys_per_column"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -356,6 +421,9 @@ def no_num_random_check(L, num_random, generator):
         "first_half",
         "offsets",
         "no_error",
+        "negative",
+        "floyd_off_by_one",
+        "per_column",
         "stub",
     ],
 )
@@ -363,13 +431,14 @@ def test_random_mask_bug_is_named(bug, key, capsys):
     assert_named("random_mask", bug, key, capsys)
 
 
-def make_block(expand, crop=True, validate=True):
+def make_block(expand, crop=lambda m, L: m[:L, :L], validate=True, nb_of=math.ceil):
     def block_sparse_mask(L, block_size, layout):
-        nb = math.ceil(L / block_size)
+        if validate and block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        nb = nb_of(L / block_size)
         if validate and tuple(layout.shape) != (nb, nb):
             raise ValueError("layout must be (nb, nb)")
-        tokens = expand(layout, block_size)
-        return tokens[:L, :L] if crop else tokens
+        return crop(expand(layout, block_size), L)
 
     return block_sparse_mask
 
@@ -378,16 +447,47 @@ def interleave(layout, b):
     return layout.repeat_interleave(b, 0).repeat_interleave(b, 1)
 
 
+def columns_mod_nb(L, block_size, layout):
+    """Rows blocked with // block_size, columns with % nb."""
+    nb = math.ceil(L / block_size)
+    if block_size < 1 or tuple(layout.shape) != (nb, nb):
+        raise ValueError("bad block_size or layout")
+    positions = torch.arange(L)
+    return layout[(positions // block_size).unsqueeze(-1), positions % nb]
+
+
+def no_block_size_check(L, block_size, layout):
+    """The layout's shape is checked, block_size < 1 is not: a ZeroDivisionError, say."""
+    nb = math.ceil(L / block_size)
+    if tuple(layout.shape) != (nb, nb):
+        raise ValueError("layout must be (nb, nb)")
+    return interleave(layout, block_size)[:L, :L]
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
         (make_block(lambda lay, b: interleave(lay.T, b)), "layout_transposed"),
         (make_block(lambda lay, b: lay.repeat(b, b)), "tiled_not_expanded"),
-        (make_block(interleave, crop=False), "not_cropped"),
+        (make_block(interleave, crop=lambda m, L: m), "not_cropped"),
+        (make_block(interleave, crop=lambda m, L: m[-L:, -L:]), "cropped_from_the_end"),
+        (make_block(interleave, nb_of=math.floor), "rejects_valid_layout"),
         (make_block(interleave, validate=False), "no_error_for_bad_params"),
+        (no_block_size_check, "no_error_for_bad_params"),
+        (columns_mod_nb, "columns_not_blocked"),
         (stub, "not_implemented"),
     ],
-    ids=["transposed", "tiled", "not_cropped", "no_error", "stub"],
+    ids=[
+        "transposed",
+        "tiled",
+        "not_cropped",
+        "cropped_from_end",
+        "floor_nb",
+        "no_error",
+        "no_block_size_check",
+        "columns_mod_nb",
+        "stub",
+    ],
 )
 def test_block_sparse_mask_bug_is_named(bug, key, capsys):
     assert_named("block_sparse_mask", bug, key, capsys)
@@ -400,9 +500,29 @@ def test_block_sparse_mask_bug_is_named(bug, key, capsys):
         (lambda mask: mask[0].float().mean().item(), "wrong_density"),
         (lambda mask: mask.sum(), "count_not_fraction"),
         (lambda mask: str(mask.float().mean().item()), "not_a_number"),
+        (lambda mask: mask.float().mean(), "tensor_not_float"),
+        (lambda mask: mask.sum().item() / mask.shape[0] ** 2, "square_count"),
+        (lambda mask: mask.sum(-1).float().mean().item(), "per_row_count"),
+        (lambda mask: (~mask).float().mean().item(), "fraction_of_false"),
+        (lambda mask: mask.sum().item() // mask.numel(), "integer_division"),
+        (lambda mask: mask.half().mean().item(), "low_precision"),
+        (lambda mask: mask.mean().item(), "mean_of_bool"),
         (stub, "not_implemented"),
     ],
-    ids=["count", "first_row", "tensor_count", "string", "stub"],
+    ids=[
+        "count",
+        "first_row",
+        "tensor_count",
+        "string",
+        "tensor",
+        "square",
+        "per_row",
+        "false_fraction",
+        "integer_division",
+        "float16",
+        "bool_mean",
+        "stub",
+    ],
 )
 def test_mask_density_bug_is_named(bug, key, capsys):
     assert_named("mask_density", bug, key, capsys)
@@ -425,6 +545,40 @@ def make_reach(self_loops=True, offset=0, never=None):
     return layers_to_full_reach
 
 
+def reach_until_all(mask, self_loops=True, product=lambda a, b: (a.float() @ b.float()) > 0):
+    """A reach loop with no 'nothing new' test: it ends only when the reach is all True."""
+    L = mask.shape[-1]
+    step = (mask | torch.eye(L, dtype=torch.bool)) if self_loops else mask
+    reach, layers = step, 1
+    while not reach.all():
+        reach, layers = product(step, reach), layers + 1
+    return layers
+
+
+def squaring_count(mask):
+    """R <- R @ R doubles the layers each step, but the count goes up by one."""
+    L = mask.shape[-1]
+    reach, steps = mask | torch.eye(L, dtype=torch.bool), 1
+    while not reach.all():
+        grown = (reach.float() @ reach.float()) > 0
+        if torch.equal(grown, reach):
+            return None
+        reach, steps = grown, steps + 1
+    return steps
+
+
+def reach_of_mask_alone(mask):
+    """Each position keeps its own state in the first layer only: the reach can cycle."""
+    L = mask.shape[-1]
+    reach, layers = mask | torch.eye(L, dtype=torch.bool), 1
+    while not reach.all():
+        grown = (mask.float() @ reach.float()) > 0
+        if torch.equal(grown, reach):
+            return None
+        reach, layers = grown, layers + 1
+    return layers
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -432,20 +586,52 @@ def make_reach(self_loops=True, offset=0, never=None):
         (make_reach(offset=-1), "off_by_one_layers"),
         (make_reach(offset=1), "off_by_one_layers"),
         (make_reach(never=0), "should_be_none"),
+        (squaring_count, "counts_squarings"),
+        (reach_until_all, "never_stops"),
+        (functools.partial(reach_until_all, product=lambda a, b: (a @ b) > 0), "bool_matmul"),
         (stub, "not_implemented"),
     ],
-    ids=["no_self", "minus_one", "plus_one", "zero_for_never", "stub"],
+    ids=[
+        "no_self",
+        "minus_one",
+        "plus_one",
+        "zero_for_never",
+        "squarings",
+        "no_exit",
+        "bool_matmul",
+        "stub",
+    ],
 )
-def test_layers_to_full_reach_bug_is_named(bug, key, capsys):
+def test_layers_to_full_reach_bug_is_named(bug, key, capsys, monkeypatch):
+    monkeypatch.setattr(reach_checks.TimeLimit, "seconds", 1)  # an endless loop, found sooner
     assert_named("layers_to_full_reach", bug, key, capsys)
+
+
+def test_a_reach_that_cycles_is_stopped_and_named(monkeypatch):
+    """On a ring (query i sees key i + 1), a step without I shifts the reach around forever."""
+    monkeypatch.setattr(reach_checks.TimeLimit, "seconds", 1)
+    ring = torch.eye(9, dtype=torch.bool).roll(-1, dims=0)  # ring[i, (i + 1) % 9]
+
+    def ring_only(layers_to_full_reach, rng):
+        """a ring"""
+        reach_checks.expect_layers(layers_to_full_reach, ring, "a ring")
+
+    found = run_checks(
+        "layers_to_full_reach", reach_of_mask_alone, [ring_only], {}, hints=day05.HINTS
+    )
+    assert found.keys == {"cycles_without_self"}, found.results
 
 
 # ----------------------------------------------------------------------------- planted bugs: attention
 
 
-def make_tiled(keys, allowed=None, scale=lambda d: d**-0.5, edges=None):
+def make_tiled(
+    keys, allowed=None, scale=lambda d: d**-0.5, edges=None, block_local=False, out_at_keys=False
+):
     """Attention tile by tile: query block [s, e) meets keys keys(s, e, L, **params); allowed(i, j,
-    **params) masks inside the tile; edges(L, **params) = (first, last) rows to zero out."""
+    **params) masks inside the tile; edges(L, **params) = (first, last) rows to zero out. The
+    bookkeeping bugs: positions counted from each tile's start (block_local), the output tile
+    stored at the keys' offset (out_at_keys)."""
 
     def attention(q, k, v, *params, **kwargs):
         L, d = q.shape[-2], q.shape[-1]
@@ -455,10 +641,11 @@ def make_tiled(keys, allowed=None, scale=lambda d: d**-0.5, edges=None):
             k_start, k_stop = keys(start, stop, L, *params, **kwargs)
             scores = q[..., start:stop, :] @ k[..., k_start:k_stop, :].transpose(-2, -1) * scale(d)
             if allowed is not None:
-                i = torch.arange(start, stop).unsqueeze(-1)
-                j = torch.arange(k_start, k_stop)
+                i = torch.arange(start, stop).unsqueeze(-1) - start * block_local
+                j = torch.arange(k_start, k_stop) - k_start * block_local
                 scores = scores.masked_fill(~allowed(i, j, *params, **kwargs), float("-inf"))
-            out[..., start:stop, :] = (
+            row = k_start if out_at_keys else start
+            out[..., row : row + stop - start, :] = (
                 torch.softmax(scores, -1).nan_to_num(0.0) @ v[..., k_start:k_stop, :]
             )
         if edges is not None:
@@ -487,6 +674,18 @@ def window_band(before, after):
 def make_swa(before=right_below, after=right_above, **kwargs):
     wide = lambda w, c: w + 2  # noqa: E731 (fetch enough keys for any band below)
     return make_tiled(window_keys(wide, wide), window_band(before, after), **kwargs)
+
+
+def skips_cut_windows(q, k, v, window, causal=False):
+    """The blocks of 64 queries whose window is cut by an end of the sequence are skipped."""
+    L = q.shape[-2]
+    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
+    full = make_swa()(q, k, v, window, causal)
+    out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+    for start in range(0, L, 64):
+        if start - before >= 0 and start + 64 + after <= L:
+            out[..., start : start + 64, :] = full[..., start : start + 64, :]
+    return out
 
 
 def unfold_without_padding(q, k, v, window, causal=False):
@@ -522,10 +721,13 @@ def sdpa_with_mask(q, k, v, window, causal=False):
             "drops_edges",
         ),
         (unfold_without_padding, "drops_edges"),
+        (skips_cut_windows, "drops_edges"),
         (make_swa(before=lambda w, c: w if c else w // 2), "window_off_by_one"),
         (make_swa(after=lambda w, c: 0 if c else w // 2 - 1), "asymmetric_window"),
         (make_swa(before=lambda w, c: w // 2, after=lambda w, c: w // 2), "ignores_causal"),
         (make_swa(scale=lambda d: 1.0), "missing_scale"),
+        (make_swa(block_local=True), "later_blocks_wrong"),
+        (make_swa(out_at_keys=True), "later_blocks_wrong"),
         (dense_with_mask, "builds_full_matrix"),
         (sdpa_with_mask, "shortcut"),
         (
@@ -539,10 +741,13 @@ def sdpa_with_mask(q, k, v, window, causal=False):
     ids=[
         "zeroed_edges",
         "unfold_no_padding",
+        "skips_cut_blocks",
         "off_by_one",
         "asymmetric",
         "ignores_causal",
         "missing_scale",
+        "block_local_positions",
+        "out_at_key_offset",
         "dense",
         "sdpa",
         "library",
@@ -561,8 +766,14 @@ def chunk_keys(extra_left=0, extra_right=0, use_overlap=True):
     return keys
 
 
-def make_chunked(keys=chunk_keys(), **kwargs):
-    """Chunked attention tile by tile with the chunk as the tile (see make_tiled)."""
+def make_chunked(
+    keys=chunk_keys(),
+    scale=lambda d: d**-0.5,
+    weights_scale=lambda d: 1.0,
+    softmax_dim=-1,
+):
+    """Chunked attention tile by tile with the chunk as the tile (see make_tiled); the defaults
+    give a correct one."""
 
     def chunked_attention(q, k, v, chunk_size, overlap):
         L, d = q.shape[-2], q.shape[-1]
@@ -570,15 +781,22 @@ def make_chunked(keys=chunk_keys(), **kwargs):
         for start in range(0, L, chunk_size):
             stop = min(start + chunk_size, L)
             k_start, k_stop = keys(start, stop, L, chunk_size, overlap)
-            scores = (
-                q[..., start:stop, :]
-                @ k[..., k_start:k_stop, :].transpose(-2, -1)
-                * kwargs.get("scale", d**-0.5)
-            )
-            out[..., start:stop, :] = torch.softmax(scores, -1) @ v[..., k_start:k_stop, :]
+            scores = q[..., start:stop, :] @ k[..., k_start:k_stop, :].mT * scale(d)
+            weights = torch.softmax(scores, softmax_dim) * weights_scale(d)
+            out[..., start:stop, :] = weights @ v[..., k_start:k_stop, :]
         return out
 
     return chunked_attention
+
+
+def chunks_with_dot_T(q, k, v, chunk_size, overlap):
+    """k.T on a batched tile reverses every dim: torch's shape error names the line."""
+    L, tiles = q.shape[-2], []
+    for start in range(0, L, chunk_size):
+        keys = slice(max(0, start - overlap), min(L, start + chunk_size + overlap))
+        scores = q[..., start : start + chunk_size, :] @ k[..., keys, :].T / q.shape[-1] ** 0.5
+        tiles.append(torch.softmax(scores, -1) @ v[..., keys, :])
+    return torch.cat(tiles, -2)
 
 
 def only_full_chunks(q, k, v, chunk_size, overlap):
@@ -618,7 +836,11 @@ def dense_chunks(q, k, v, chunk_size, overlap):
         (make_chunked(chunk_keys(use_overlap=False)), "ignores_overlap"),
         (only_full_chunks, "drops_last_chunk"),
         (last_chunk_zero, "drops_last_chunk"),
-        (make_chunked(scale=1.0), "missing_scale"),
+        (make_chunked(scale=lambda d: 1.0), "missing_scale"),
+        (make_chunked(scale=lambda d: 1.0, weights_scale=lambda d: d**-0.5), "scale_after_softmax"),
+        (make_chunked(softmax_dim=-2), "softmax_over_queries"),
+        (make_chunked(lambda s, e, L, c, o: (s - o, min(L, e + o))), "key_start_not_clipped"),
+        (chunks_with_dot_T, "batched_transpose"),
         (dense_chunks, "builds_full_matrix"),
         (lambda q, k, v, c, o: banded_attention(q, k, v, 2 * o + 1), "sliding_not_chunked"),
         (stub, "not_implemented"),
@@ -630,6 +852,10 @@ def dense_chunks(q, k, v, chunk_size, overlap):
         "only_full",
         "last_zero",
         "missing_scale",
+        "scale_after_softmax",
+        "softmax_over_queries",
+        "negative_key_start",
+        "dot_T",
         "dense",
         "window_per_query",
         "stub",
@@ -675,6 +901,8 @@ def index_global(L, window, global_idx):
 
 
 def gathered_block(L, block_size, layout):
+    if block_size < 1:
+        raise ValueError("block_size must be >= 1")
     nb = math.ceil(L / block_size)
     if layout.shape != (nb, nb):
         raise ValueError("layout must be (nb, nb)")
@@ -712,7 +940,10 @@ def squaring_reach(mask):
         ("random_mask", ranked_random),
         ("block_sparse_mask", gathered_block),
         ("mask_density", lambda mask: mask.float().mean().item()),
-        ("mask_density", lambda mask: torch.count_nonzero(mask) / mask.numel()),
+        ("mask_density", lambda mask: torch.count_nonzero(mask).item() / mask.numel()),
+        ("mask_density", lambda mask: float(mask.sum(dtype=torch.float64) / mask.numel())),
+        ("mask_density", lambda mask: int(mask.sum()) / math.prod(mask.shape)),
+        ("random_mask", floyd),
         ("layers_to_full_reach", squaring_reach),
     ],
     ids=[
@@ -722,7 +953,10 @@ def squaring_reach(mask):
         "argsort",
         "gathered",
         "mean",
-        "tensor",
+        "count_nonzero",
+        "float64_sum",
+        "prod_of_shape",
+        "floyd",
         "squaring",
     ],
 )
@@ -885,6 +1119,12 @@ def topk_batch_loop(q, k, v, gate_scores, k_keep):
     return torch.stack([make_topk()(q[b], k[b], v[b], gate[b], k_keep) for b in range(q.shape[0])])
 
 
+def tie_break_in_place(q, k, v, gate_scores, k_keep):
+    """The Ties paragraph's position-dependent offset, added to the caller's tensor."""
+    gate_scores += 1e-6 * torch.arange(gate_scores.shape[-1])
+    return make_topk()(q, k, v, gate_scores, k_keep)
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -901,6 +1141,7 @@ def topk_batch_loop(q, k, v, gate_scores, k_keep):
         (topk_query_loop, "python_loop"),
         (topk_batch_loop, "loop_over_rows"),
         (lambda q, k, v, g, n: make_topk()(q, k.detach(), v, g, n), "wrong_gradient"),
+        (tie_break_in_place, "modified_input"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -917,6 +1158,7 @@ def topk_batch_loop(q, k, v, gate_scores, k_keep):
         "query_loop",
         "batch_loop",
         "detached_k",
+        "tie_break_in_place",
         "stub",
     ],
 )
@@ -961,7 +1203,12 @@ def test_other_correct_topk_gated_attentions_pass(impl):
 
 
 def make_adaptive(
-    rule=None, widths_of=lambda w: w.unsqueeze(-1), scale=True, validate=True, ignore_causal=False
+    rule=None,
+    widths_of=lambda w: w.unsqueeze(-1),
+    scale=True,
+    validate=True,
+    ignore_causal=False,
+    check_lq_lk=True,
 ):
     """An adaptive_window_attention with one planted bug (the defaults give a correct one).
     `rule(i, j, w, causal)` is the mask; w is what `widths_of(widths)` gives."""
@@ -974,7 +1221,7 @@ def make_adaptive(
     def adaptive_window_attention(q, k, v, widths, causal=True):
         L = q.shape[-2]
         if validate and (
-            k.shape[-2] != L
+            (check_lq_lk and k.shape[-2] != L)
             or widths.dtype.is_floating_point
             or widths.shape[-1] != L
             or (widths < 1).any()
@@ -1043,6 +1290,21 @@ def adaptive_row_loop(q, k, v, widths, causal=True):
         (make_adaptive(widths_of=lambda w: w[..., :1].unsqueeze(-1)), "single_width"),
         (make_adaptive(scale=False), "missing_scale"),
         (make_adaptive(validate=False), "no_error_for_bad_params"),
+        (make_adaptive(check_lq_lk=False), "no_error_for_bad_params"),
+        (
+            make_adaptive(
+                rule=lambda i, j, w, c: ((j <= i) & (j > i - w)) if c else ((i - j).abs() <= w)
+            ),
+            "window_each_side",
+        ),
+        (
+            make_adaptive(
+                rule=lambda i, j, w, c: (
+                    ((j <= i) & ((j > i - w + 1) | (j == i))) if c else ((i - j).abs() <= w // 2)
+                )
+            ),
+            "window_off_by_one",
+        ),
         (adaptive_position_loop, "python_loop"),
         (adaptive_row_loop, "loop_over_rows"),
         (stub, "not_implemented"),
@@ -1057,6 +1319,9 @@ def adaptive_row_loop(q, k, v, widths, causal=True):
         "first_width",
         "no_scale",
         "no_error",
+        "no_lq_lk_check",
+        "each_side",
+        "narrow_keeping_self",
         "position_loop",
         "row_loop",
         "stub",
@@ -1156,7 +1421,17 @@ def test_topk_gated_attention_gradients_reach_kept_keys_only(solution):
 
 
 def make_columns(
-    flatten=False, share_first=False, scale=True, validate=True, per_column_params=True
+    flatten=False,
+    share_first=False,
+    scale=lambda d, dh: math.sqrt(dh),
+    validate=True,
+    per_column_params=True,
+    interleave_heads=False,
+    interleave_merge=False,
+    linear_weights=True,
+    merge_heads=True,
+    along_time=True,
+    wrap=nn.Parameter,
 ):
     """A ColumnwiseAttention with one planted bug (the defaults give a correct one)."""
 
@@ -1168,12 +1443,18 @@ def make_columns(
             self.C, self.d, self.H, self.shared = num_columns, d, num_heads, shared
             shape = (d, d) if shared or not per_column_params else (num_columns, d, d)
             for name in ("q_weight", "k_weight", "v_weight", "out_weight"):
-                setattr(self, name, nn.Parameter(torch.randn(shape) / d**0.5))
+                setattr(self, name, wrap(torch.randn(shape) / d**0.5))
 
         def weight(self, w):
             if self.shared or not per_column_params:
-                return w.T
-            return (w[:1] if share_first else w).transpose(-2, -1)
+                return w.T if linear_weights else w
+            w = w[:1] if share_first else w
+            return w.transpose(-2, -1) if linear_weights else w
+
+        def split(self, t, dh):  # (B, C, T, d) -> (B, C, H, T, dh)
+            if interleave_heads:
+                return t.unflatten(-1, (dh, self.H)).movedim(-1, -3)
+            return t.unflatten(-1, (self.H, dh)).transpose(-3, -2)
 
         def forward(self, x):
             if validate and (x.dim() != 4 or x.shape[1] != self.C or x.shape[-1] != self.d):
@@ -1183,10 +1464,18 @@ def make_columns(
             q, k, v = (x @ self.weight(w) for w in (self.q_weight, self.k_weight, self.v_weight))
             if flatten:
                 q, k, v = (t.reshape(B, 1, C * T, d) for t in (q, k, v))
-            q, k, v = (t.unflatten(-1, (self.H, dh)).transpose(-3, -2) for t in (q, k, v))
-            s = q @ k.transpose(-2, -1) / (math.sqrt(dh) if scale else 1.0)
-            out = (torch.softmax(s, -1) @ v).transpose(-3, -2).flatten(-2).reshape(B, C, T, d)
-            return out @ self.weight(self.out_weight)
+            if not along_time:
+                q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+            q, k, v = (self.split(t, dh) for t in (q, k, v))
+            s = q @ k.transpose(-2, -1) / scale(d, dh)
+            out = torch.softmax(s, -1) @ v  # (B, C, H, T, dh)
+            if interleave_merge:
+                out = out.movedim(-3, -1)  # (B, C, T, dh, H)
+            elif merge_heads:
+                out = out.transpose(-3, -2)
+            out = out.reshape(B, *q.shape[1:2], -1, d)
+            out = out if along_time else out.transpose(1, 2)
+            return out.reshape(B, C, T, d) @ self.weight(self.out_weight)
 
     return ColumnwiseAttention
 
@@ -1197,11 +1486,32 @@ def make_columns(
         (make_columns(flatten=True), "attends_across_columns"),
         (make_columns(share_first=True), "weights_shared_by_mistake"),
         (make_columns(per_column_params=False), "missing_parameter"),
-        (make_columns(scale=False), "missing_scale"),
+        (make_columns(scale=lambda d, dh: 1.0), "missing_head_scale"),
+        (make_columns(scale=lambda d, dh: math.sqrt(d)), "scale_by_model_width"),
+        (make_columns(interleave_heads=True), "heads_interleaved"),
+        (make_columns(interleave_heads=True, interleave_merge=True), "heads_interleaved"),
+        (make_columns(linear_weights=False), "weight_not_transposed"),
+        (make_columns(merge_heads=False), "heads_merged_without_transpose"),
+        (make_columns(along_time=False), "attends_along_columns"),
+        (make_columns(wrap=lambda t: t), "parameter_not_registered"),
         (make_columns(validate=False), "no_error_for_bad_params"),
         (stub, "not_implemented"),
     ],
-    ids=["flatten", "share_first", "shared_params", "no_scale", "no_error", "stub"],
+    ids=[
+        "flatten",
+        "share_first",
+        "shared_params",
+        "no_scale",
+        "scale_by_d",
+        "interleaved",
+        "interleaved_both_ways",
+        "x_at_w",
+        "merge_no_transpose",
+        "across_columns",
+        "plain_tensors",
+        "no_error",
+        "stub",
+    ],
 )
 def test_columnwise_attention_bug_is_named(bug, key, capsys):
     assert_named("ColumnwiseAttention", bug, key, capsys)

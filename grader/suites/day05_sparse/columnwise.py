@@ -42,6 +42,38 @@ HINTS = {
         "register q_weight, k_weight, v_weight, out_weight as nn.Parameter: "
         "(d, d) when shared=True, (num_columns, d, d) when shared=False.",
     ),
+    "missing_head_scale": (
+        "each head's scores without the 1/sqrt(dh) scale",
+        "divide each head's q kᵀ by math.sqrt(dh), with dh = d // num_heads: the head's own "
+        "width (q.shape[-1] after the head split), not the model width d.",
+    ),
+    "scale_by_model_width": (
+        "scores divided by sqrt(d), the model width, instead of sqrt(dh) = sqrt(d // num_heads)",
+        "a head's scores sum over its dh = d // num_heads features: divide by math.sqrt(dh).",
+    ),
+    "heads_interleaved": (
+        "heads interleaved: the features split as (dh, H) instead of (H, dh)",
+        "head h owns the contiguous features h*dh .. (h+1)*dh - 1: "
+        "x.unflatten(-1, (num_heads, dh)), then move the head axis before T.",
+    ),
+    "weight_not_transposed": (
+        "x @ W instead of x @ Wᵀ (nn.Linear's convention)",
+        "the parameters are used as nn.Linear uses its weight: y = x @ W.T "
+        "(per column: torch.einsum('bctd,ced->bcte', x, W)).",
+    ),
+    "heads_merged_without_transpose": (
+        "heads merged by a reshape of (…, H, T, dh) straight to (…, T, d)",
+        "move the head axis back next to dh first: out.transpose(-3, -2) to (…, T, H, dh), "
+        "then flatten the last two dims.",
+    ),
+    "attends_along_columns": (
+        "attention across the columns at each time step instead of along time in each column",
+        "the sequence axis is T (dim 2): (B, C, T, d) -> (B, C, H, T, dh), softmax over T.",
+    ),
+    "parameter_not_registered": (
+        "weights stored as plain tensors, not nn.Parameter (they are not trained or saved)",
+        "wrap them: self.q_weight = nn.Parameter(torch.randn(...) * d ** -0.5).",
+    ),
     "not_a_module": (
         "something other than an nn.Module",
         "subclass nn.Module and call super().__init__() first.",
@@ -77,12 +109,15 @@ def set_column_weights(module, C, d, shared, rng, dtype):
         p = getattr(module, name, None)
         if not isinstance(p, torch.nn.Parameter) or tuple(p.shape) != shape:
             got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
-            description, fix = hint("missing_parameter")
+            key = "missing_parameter"
+            if isinstance(p, torch.Tensor) and tuple(p.shape) == shape:
+                got, key = f"a plain tensor of shape {shape}", "parameter_not_registered"
+            description, fix = hint(key)
             raise Mistake(
                 f"module.{name} should be an nn.Parameter of shape {shape}, got {got}: "
                 f"it looks like {description}.",
                 fix,
-                "missing_parameter",
+                key,
             )
         weights[name] = randn(shape, rng, dtype, scale=d**-0.5)
     # one call of the module's own load_state_dict: the module may live in the student's kernel
@@ -91,31 +126,49 @@ def set_column_weights(module, C, d, shared, rng, dtype):
     return {name: w.double() for name, w in weights.items()}
 
 
-def column_oracle(x, weights, H, shared, flatten=False, column_of=None, scale=True):
-    """Float64 reference: per column c (a Python loop), multi-head attention along time."""
+def column_oracle(x, weights, H, shared, flatten=False, column_of=None, mistake=None):
+    """Float64 reference: per column c (a Python loop), multi-head attention along time; or, with
+    `mistake` (a key of HINTS, or heads_interleaved_split_only: interleaved heads merged back
+    contiguously), the answer that mistake gives."""
     x = x.double()
     B, C, T, d = x.shape
     dh = d // H
 
     def w(name, c):
         W = weights[name]
-        return W if shared else W[c if column_of is None else column_of]
+        W = W if shared else W[c if column_of is None else column_of]
+        return W if mistake == "weight_not_transposed" else W.T
+
+    interleaved = mistake in ("heads_interleaved", "heads_interleaved_split_only")
+
+    def split(t):  # (B, n, d) -> (B, H, n, dh)
+        if interleaved:
+            return t.unflatten(-1, (dh, H)).permute(0, 3, 1, 2)
+        return t.unflatten(-1, (H, dh)).transpose(1, 2)
 
     def mha(seq, c):  # seq (B, n, d)
-        q, k, v = (seq @ w(n, c).T for n in ("q_weight", "k_weight", "v_weight"))
-        q, k, v = (t.unflatten(-1, (H, dh)).transpose(1, 2) for t in (q, k, v))  # (B, H, n, dh)
-        if not scale:
-            q = q * math.sqrt(dh)
-        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2)
-        return out @ w("out_weight", c).T
+        q, k, v = (split(seq @ w(n, c)) for n in ("q_weight", "k_weight", "v_weight"))
+        q = q * {"missing_head_scale": math.sqrt(dh), "scale_by_model_width": (dh / d) ** 0.5}.get(
+            mistake, 1.0
+        )
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, n, dh)
+        if mistake == "heads_merged_without_transpose":
+            out = out.reshape(B, -1, d)
+        elif mistake == "heads_interleaved":  # merged back the way they were split
+            out = out.permute(0, 2, 3, 1).flatten(-2)
+        else:
+            out = out.transpose(1, 2).flatten(-2)
+        return out @ w("out_weight", c)
 
     if flatten:
         return mha(x.reshape(B, C * T, d), 0).reshape(B, C, T, d)
+    if mistake == "attends_along_columns":  # shared weights: one sequence of C per time step
+        return torch.stack([mha(x[:, :, t], 0) for t in range(T)], dim=2)
     return torch.stack([mha(x[:, c], c) for c in range(C)], dim=1)
 
 
 def column_setup(ColumnwiseAttention, rng, shared, dtype=torch.float32):
-    H = draw(rng, 1, 3)
+    H = draw(rng, 2, 3)  # two heads or more: a head split, merge and scale to get wrong
     d = H * 2 ** draw(rng, 1, 3)
     B, C, T = draw(rng, 1, 3), draw(rng, 2, 4), draw(rng, 3, 9)
     module, forward = build_columns(ColumnwiseAttention, C, d, H, shared=shared)
@@ -128,8 +181,28 @@ def expect_columns(forward, x, weights, H, shared, what):
     ref = column_oracle(x, weights, H, shared)
     suspects = [
         ("attends_across_columns", column_oracle(x, weights, H, shared, flatten=True)),
-        ("missing_scale", column_oracle(x, weights, H, shared, scale=False)),
+        *[
+            (key, column_oracle(x, weights, H, shared, mistake=key))
+            for key in (
+                "missing_head_scale",
+                "scale_by_model_width",
+                "heads_interleaved",
+                "weight_not_transposed",
+                "heads_merged_without_transpose",
+            )
+        ],
+        (
+            "heads_interleaved",
+            column_oracle(x, weights, H, shared, mistake="heads_interleaved_split_only"),
+        ),
     ]
+    if shared:
+        suspects.append(
+            (
+                "attends_along_columns",
+                column_oracle(x, weights, H, True, mistake="attends_along_columns"),
+            )
+        )
     if not shared:
         suspects += [
             ("weights_shared_by_mistake", column_oracle(x, weights, H, False, column_of=c))

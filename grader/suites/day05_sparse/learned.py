@@ -22,10 +22,11 @@ from grader.harness.checking import (
     student_lines,
 )
 from grader.suites import Exercise
-from grader.suites._common import draw, randn
+from grader.suites._common import MODIFIED_INPUT, call_unchanged, draw, randn
 from grader.suites.day05_sparse.shared import FORBIDDEN_BUILDERS
 
 HINTS = {
+    "modified_input": MODIFIED_INPUT,
     "topk_wrong_axis": (
         "top-k taken over the queries (dim=-2) instead of over the keys",
         "each query keeps its own k_keep keys: gate_scores.topk(k_keep, dim=-1), "
@@ -80,8 +81,9 @@ HINTS = {
     ),
     "loop_over_rows": (
         "a Python loop over batch rows or heads",
-        "broadcast over every leading dim at once: widths.unsqueeze(-1) has shape "
-        "(..., L, 1) and compares with the (L, L) grid of positions in one go.",
+        "broadcast over every leading dim at once: @, softmax and topk work on (..., L, L) "
+        "whole (gate_scores.topk(k_keep, dim=-1) ranks every row), and widths.unsqueeze(-1), "
+        "(..., L, 1), compares with the (L, L) grid of positions in one go.",
     ),
 }
 
@@ -193,9 +195,16 @@ def topk_suspects(q, k, gate, k_keep) -> list:
     return suspects
 
 
+def topk_keeping_inputs(topk_gated_attention, q, k, v, gate, k_keep):
+    """topk_gated_attention(q, k, v, gate, k_keep); an input written into in place (a tie-break
+    offset added to the caller's gate scores, say) is the mistake modified_input."""
+    inputs = {"q": q, "k": k, "v": v, "gate_scores": gate}
+    return call_unchanged(topk_gated_attention, inputs, k_keep)
+
+
 def expect_topk(topk_gated_attention, q, k, v, gate, k_keep, what: str) -> None:
     mask = brute_topk_mask(gate, k_keep)
-    out = topk_gated_attention(q, k, v, gate, k_keep)
+    out = topk_keeping_inputs(topk_gated_attention, q, k, v, gate, k_keep)
     suspects = topk_suspects(q, k, gate, k_keep)
     suspects.append(("not_renormalised", masked64(q, k, v, mask, renormalise=False)))
     expect_masked_attention(out, q, k, v, mask, what, suspects)
@@ -355,7 +364,8 @@ def adaptive_suspects(widths: torch.Tensor, causal: bool) -> list:
     suspects.append(
         ("width_per_key", brute_adaptive_mask(widths, adaptive_rule(causal), per_key=True))
     )
-    for single in (widths[..., :1], widths.amax(-1, keepdim=True), widths[..., -1:]):
+    everywhere = widths.amax().reshape((1,) * widths.dim())  # one max over every row too
+    for single in (widths[..., :1], widths.amax(-1, keepdim=True), widths[..., -1:], everywhere):
         suspects.append(
             (
                 "single_width",
@@ -370,9 +380,17 @@ def adaptive_suspects(widths: torch.Tensor, causal: bool) -> list:
                 brute_adaptive_mask(widths, lambda i, j, w: i <= j <= i + w - 1),
             ),
             ("window_off_by_one", brute_adaptive_mask(widths, lambda i, j, w: i - w <= j < i)),
+            # one key too narrow, with the query itself kept for width 1
+            (
+                "window_off_by_one",
+                brute_adaptive_mask(widths, lambda i, j, w: i - max(w - 2, 0) <= j <= i),
+            ),
         ]
     else:
-        suspects.append(("causal_when_symmetric", brute_adaptive_mask(widths, adaptive_rule(True))))
+        suspects += [
+            ("causal_when_symmetric", brute_adaptive_mask(widths, adaptive_rule(True))),
+            ("window_each_side", brute_adaptive_mask(widths, lambda i, j, w: abs(i - j) <= w)),
+        ]
     return suspects
 
 
@@ -484,7 +502,9 @@ def adaptive_rejects_bad_widths(adaptive_window_attention, rng):
         (zero, q, k, v, "a width of 0"),
         (widths.float(), q, k, v, "float widths"),
         (widths[..., :-1], q, k, v, f"widths of length {L - 1} for L = {L}"),
-        (widths, q[..., :-1, :], k, v, f"Lq = {L - 1} != Lk = {L}"),
+        (widths, q[..., :-1, :], k, v, f"Lq = {L - 1} != Lk = {L}, widths of length Lk"),
+        # widths that fit q: only a test of Lq against Lk itself finds this one
+        (widths[..., :-1], q[..., :-1, :], k, v, f"Lq = {L - 1} != Lk = {L}, widths of length Lq"),
     ]
     for w, qq, kk, vv, what in cases:
         expect_value_error(

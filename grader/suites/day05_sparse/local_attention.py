@@ -3,7 +3,9 @@ oracle's mask gives the answer, and a torch dispatch mode sees that no (L, L) te
 allocated.
 """
 
+import functools
 import math
+import re
 
 import torch
 
@@ -16,7 +18,7 @@ from grader.harness.checking import (
     hint,
     relative_error,
 )
-from grader.suites import Exercise
+from grader.suites import Exercise, day01_sdpa
 from grader.suites._common import draw, largest_allocation, randn
 from grader.suites.day05_sparse.shared import (
     FORBIDDEN_BUILDERS,
@@ -27,6 +29,21 @@ from grader.suites.day05_sparse.shared import (
 )
 
 HINTS = {
+    "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
+    "scale_after_softmax": (
+        "the 1/sqrt(d) applied to the weights after the softmax instead of to the scores",
+        "scale the scores before the softmax: softmax(q kᵀ / sqrt(d)) @ v.",
+    ),
+    "softmax_over_queries": (
+        "a softmax over the queries of a tile (dim=-2) instead of over its keys",
+        "each query's weights sum to 1 over its keys: torch.softmax(scores, dim=-1).",
+    ),
+    "key_start_not_clipped": (
+        "the first chunk's keys sliced from a negative start: k[..., -overlap:e] counts from "
+        "the end, so the first chunk sees the wrong keys or none",
+        "clip the key range to the sequence: start = max(0, c*chunk_size - overlap), "
+        "end = min(L, (c+1)*chunk_size + overlap).",
+    ),
     "builds_full_matrix": (
         "an (L, L)-sized tensor: the dense matrix that this exercise avoids",
         "compute block by block: each block of queries meets only the keys "
@@ -38,6 +55,13 @@ HINTS = {
         "by the sequence ends)",
         "pad the keys (or clip the key range) so that the queries near the ends get "
         "their shorter windows too: every one of the L queries has an output row.",
+    ),
+    "later_blocks_wrong": (
+        "block bookkeeping that only holds for the first block: positions counted from the "
+        "block's start instead of the sequence's, or the output written at the wrong offset",
+        "in the block of queries s .. e - 1 with keys ks .. ke - 1, the band compares the "
+        "absolute positions s + arange(e - s) and ks + arange(ke - ks), and the result goes to "
+        "out[..., s:e, :]; clip the key range to [0, L); print max |yours - dense| at L = 300.",
     ),
     "drops_last_chunk": (
         "the last, shorter chunk left out when L is not a multiple of chunk_size",
@@ -97,10 +121,12 @@ def attention_inputs(rng, L: int, dtype=torch.float32, leading=(2, 3)):
     )
 
 
-def expect_attention(out, q, k, v, mask, what: str, suspect_masks=(), edge: tuple = None) -> None:
-    """Compare with dense float64 attention under `mask`; name suspects (by their masks), and
-    answers right in the middle but wrong at the ends (`edge` = (first, last) rows, and the key
-    to name)."""
+def expect_attention(
+    out, q, k, v, mask, what: str, suspect_masks=(), edge: tuple = None, extra_suspects=()
+) -> None:
+    """Compare with dense float64 attention under `mask`; name suspects (by their masks, or as
+    (key, answer) in `extra_suspects`), and answers right in the middle but wrong at the ends
+    (`edge` = (first, last) rows, and the key to name)."""
     ref = dense64(q, k, v, mask)
     L = q.shape[-2]
     if (
@@ -121,7 +147,12 @@ def expect_attention(out, q, k, v, mask, what: str, suspect_masks=(), edge: tupl
         for key, wrong in suspect_masks
         if not torch.equal(wrong, mask)
     ]
-    suspects.append(("missing_scale", dense64(q * math.sqrt(q.shape[-1]), k, v, mask)))
+    unscaled = dense64(q * math.sqrt(q.shape[-1]), k, v, mask)
+    suspects += [
+        *extra_suspects,
+        ("missing_scale", unscaled),
+        ("scale_after_softmax", unscaled / math.sqrt(q.shape[-1])),
+    ]
     try:
         expect_close(out, ref, q.dtype, what=what, suspects=suspects)
     except Mistake as mistake:
@@ -156,16 +187,12 @@ def swa_symmetric(sliding_window_attention, rng):
     L = draw(rng, 20, 48)
     q, k, v = attention_inputs(rng, L)
     for window in (2 * draw(rng, 2, 6), 2 * draw(rng, 1, 6) + 1):
-        mask = brute_mask(L, window_rule(window, False))
-        expect_attention(
+        expect_window_attention(
             sliding_window_attention(q, k, v, window),
-            q,
-            k,
-            v,
-            mask,
+            (q, k, v),
+            window,
+            False,
             f"sliding_window_attention(q, k, v, {window})",
-            window_masks(L, window, False),
-            swa_edges(window, False),
         )
 
 
@@ -174,16 +201,12 @@ def swa_causal(sliding_window_attention, rng):
     L = draw(rng, 20, 48)
     q, k, v = attention_inputs(rng, L)
     for window in (draw(rng, 2, 6), draw(rng, 7, 13)):
-        mask = brute_mask(L, window_rule(window, True))
-        expect_attention(
+        expect_window_attention(
             sliding_window_attention(q, k, v, window, causal=True),
-            q,
-            k,
-            v,
-            mask,
+            (q, k, v),
+            window,
+            True,
             f"sliding_window_attention(q, k, v, {window}, causal=True)",
-            window_masks(L, window, True),
-            swa_edges(window, True),
         )
 
 
@@ -193,17 +216,81 @@ def swa_shapes_and_float64(sliding_window_attention, rng):
     for leading, dtype in [((), torch.float32), ((draw(rng, 1, 3),), torch.float64)]:
         q, k, v = attention_inputs(rng, L, dtype, leading)
         for causal in (False, True):
-            mask = brute_mask(L, window_rule(window, causal))
-            expect_attention(
+            expect_window_attention(
                 sliding_window_attention(q, k, v, window, causal=causal),
-                q,
-                k,
-                v,
-                mask,
+                (q, k, v),
+                window,
+                causal,
                 f"sliding_window_attention on {tuple(q.shape)} {dtype}, causal={causal}",
-                window_masks(L, window, causal),
-                swa_edges(window, causal),
             )
+
+
+def swa_many_blocks(sliding_window_attention, rng):
+    """L of a few hundred: many query blocks, with small windows and windows longer than 64"""
+    L = draw(rng, 200, 330)
+    q, k, v = attention_inputs(rng, L, leading=(1, 2))
+    for window, causal in [
+        (2 * draw(rng, 2, 6), False),
+        (draw(rng, 2, 8), True),
+        (draw(rng, 65, 140), False),
+        (draw(rng, 65, 140), True),
+    ]:
+        expect_window_attention(
+            sliding_window_attention(q, k, v, window, causal=causal),
+            (q, k, v),
+            window,
+            causal,
+            f"sliding_window_attention(q, k, v, {window}, causal={causal}) with L = {L}",
+        )
+
+
+def expect_window_attention(out, qkv: tuple, window: int, causal: bool, what: str) -> None:
+    """expect_attention under the window's mask. Two more wrong answers are named: queries left
+    at zero and the others right (blocks skipped), and an answer right for the first queries
+    only (the first block is right, the bookkeeping of the later ones is not)."""
+    L = qkv[0].shape[-2]
+    mask = brute_mask(L, window_rule(window, causal))
+    try:
+        expect_attention(
+            out, *qkv, mask, what, window_masks(L, window, causal), swa_edges(window, causal)
+        )
+    except Mistake as mistake:
+        if mistake.key not in ("wrong_values", "not_finite"):
+            raise
+        ref = dense64(*qkv, mask)
+        wrong, zero = wrong_queries(out, ref), (out == 0).all(-1).reshape(-1, L).all(0)  # (L,)
+        if wrong.any() and not wrong.all() and not (wrong & ~zero).any():
+            description, fix = hint("drops_edges")
+            skipped = torch.nonzero(wrong).flatten().tolist()
+            raise Mistake(
+                f"{what} left {len(skipped)} queries at zero (from {skipped[0]} to "
+                f"{skipped[-1]}) and got the others right: it looks like {description}.",
+                fix,
+                "drops_edges",
+            ) from None
+        first = first_wrong_query(out, ref)
+        if first < 8:  # wrong from the start: not the later blocks alone
+            raise
+        description, fix = hint("later_blocks_wrong")
+        raise Mistake(
+            f"{what} is right for queries 0 .. {first - 1}, wrong from query {first} on: "
+            f"it looks like {description}.",
+            fix,
+            "later_blocks_wrong",
+        ) from None
+
+
+def wrong_queries(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """(L,) bool: the queries (dim -2) whose row is clearly wrong (rounding errors are ~1e-7), or
+    not finite (rows never written to, say)."""
+    error = (out.double() - ref).abs().amax(-1)  # (..., L)
+    return ~(error <= 1e-4 * ref.abs().max()).reshape(-1, error.shape[-1]).all(0)
+
+
+def first_wrong_query(out: torch.Tensor, ref: torch.Tensor) -> int:
+    """The first clearly wrong query, or L when there is none."""
+    wrong = wrong_queries(out, ref)
+    return int(torch.nonzero(wrong)[0]) if wrong.any() else ref.shape[-2]
 
 
 def swa_extremes(sliding_window_attention, rng):
@@ -272,19 +359,51 @@ def chunk_masks(L: int, chunk_size: int, overlap: int) -> list:
     ]
 
 
+def chunk_tiles64(q, k, v, chunk_size: int, overlap: int, softmax_dim: int = -1):
+    """Chunked attention in float64, one tile per chunk, the softmax along `softmax_dim`: -1 is
+    right, -2 (over the tile's queries) the mistake."""
+    L, d = q.shape[-2], q.shape[-1]
+    q, k, v = q.double(), k.double(), v.double()
+    tiles = []
+    for start in range(0, L, chunk_size):
+        stop = min(start + chunk_size, L)
+        keys = slice(max(0, start - overlap), min(L, stop + overlap))
+        scores = q[..., start:stop, :] @ k[..., keys, :].transpose(-2, -1) / math.sqrt(d)
+        tiles.append(torch.softmax(scores, softmax_dim) @ v[..., keys, :])
+    return torch.cat(tiles, dim=-2)
+
+
 def expect_chunked(chunked_attention, q, k, v, chunk_size, overlap, what):
     L = q.shape[-2]
     last = L % chunk_size or chunk_size
-    expect_attention(
-        chunked_attention(q, k, v, chunk_size, overlap),
-        q,
-        k,
-        v,
-        brute_mask(L, chunk_rule(L, chunk_size, overlap)),
-        what,
-        chunk_masks(L, chunk_size, overlap),
-        edge=(0, last, "drops_last_chunk"),
-    )
+    out = chunked_attention(q, k, v, chunk_size, overlap)
+    try:
+        expect_attention(
+            out,
+            q,
+            k,
+            v,
+            brute_mask(L, chunk_rule(L, chunk_size, overlap)),
+            what,
+            chunk_masks(L, chunk_size, overlap),
+            edge=(0, last, "drops_last_chunk"),
+            extra_suspects=[
+                ("softmax_over_queries", chunk_tiles64(q, k, v, chunk_size, overlap, -2))
+            ],
+        )
+    except Mistake as mistake:
+        ref = chunk_tiles64(q, k, v, chunk_size, overlap)
+        if mistake.key != "wrong_values" or overlap == 0 or L <= chunk_size:
+            raise
+        if first_wrong_query(out[..., chunk_size:, :], ref[..., chunk_size:, :]) < L - chunk_size:
+            raise  # not the first chunk alone
+        description, fix = hint("key_start_not_clipped")
+        raise Mistake(
+            f"{what} is wrong for the first chunk (queries 0 .. {chunk_size - 1}) only: it looks "
+            f"like {description}.",
+            fix,
+            "key_start_not_clipped",
+        ) from None
 
 
 def chunked_matches(chunked_attention, rng):
@@ -336,19 +455,59 @@ def chunked_never_full_matrix(chunked_attention, rng):
     )
 
 
+# ----------------------------------------------------------------------------- errors named
+
+TRANSPOSE_ALL = re.compile(r"\.T(?![\w(])")  # k.T, not k.transpose(...) or k.Tx
+
+
+def naming_transposes(check):
+    """`check`, with the student's function wrapped so that torch's shape error from a line
+    with `.T` (which reverses every dim of a batched tile) names that mistake."""
+
+    def student_named(student):
+        def call(*args, **kwargs):
+            try:
+                return student(*args, **kwargs)
+            except Mistake as mistake:
+                at = mistake.message.rpartition("at:")[2]
+                if mistake.key != "raised" or not TRANSPOSE_ALL.search(at):
+                    raise
+                description, fix = hint("batched_transpose")
+                raise Mistake(
+                    f"{mistake.message}\n      it looks like {description}.",
+                    fix,
+                    "batched_transpose",
+                ) from None
+
+        return call
+
+    @functools.wraps(check)
+    def run(student, rng):
+        return check(student_named(student), rng)
+
+    return run
+
+
 EXERCISES = {
     "sliding_window_attention": Exercise(
         checks=[
-            swa_symmetric,
-            swa_causal,
-            swa_shapes_and_float64,
-            swa_extremes,
-            swa_never_full_matrix,
+            naming_transposes(check)
+            for check in (
+                swa_symmetric,
+                swa_causal,
+                swa_shapes_and_float64,
+                swa_many_blocks,
+                swa_extremes,
+                swa_never_full_matrix,
+            )
         ],
         forbidden=FORBIDDEN_ATTENTION,
     ),
     "chunked_attention": Exercise(
-        checks=[chunked_matches, chunked_extremes, chunked_never_full_matrix],
+        checks=[
+            naming_transposes(check)
+            for check in (chunked_matches, chunked_extremes, chunked_never_full_matrix)
+        ],
         forbidden=FORBIDDEN_ATTENTION,
     ),
 }

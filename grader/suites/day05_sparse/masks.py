@@ -47,6 +47,21 @@ HINTS = {
         "the local window without the summary columns",
         "OR the two parts: (j % stride == 0) | (|i - j| <= local_window // 2).",
     ),
+    "local_off_by_one": (
+        "a local band one key too wide or too narrow on each side",
+        "the local band is |i - j| <= local_window // 2, even windows too: local_window = 4 "
+        "gives 2 keys on each side (not (local_window - 1) // 2 = 1).",
+    ),
+    "one_sided_local": (
+        "a one-sided (causal) local band: only the keys before the query",
+        "strided_mask has no causal option: the band is symmetric, |i - j| <= local_window // 2.",
+    ),
+    "empty_global_idx": (
+        "an empty global_idx not handled (torch.tensor([]) is float; max() of [] fails)",
+        "torch.as_tensor(global_idx, dtype=torch.long) takes a list, [] and a LongTensor alike; "
+        "test the range only when there are entries: if g.numel() and (g.min() < 0 or "
+        "g.max() >= L).",
+    ),
     "global_rows_only": (
         "global tokens that attend everywhere but are not attended by others",
         "set both the rows mask[g, :] (g attends all) and the columns mask[:, g] (all attend g).",
@@ -54,6 +69,11 @@ HINTS = {
     "global_cols_only": (
         "global tokens that are attended by everyone but do not attend everywhere",
         "set both the rows mask[g, :] (g attends all) and the columns mask[:, g] (all attend g).",
+    ),
+    "keys_per_column": (
+        "num_random queries drawn per key (the draw along the wrong axis)",
+        "each query (row) draws its num_random keys: rank along the last dim, "
+        "argsort(dim=-1), and scatter into the row's columns.",
     ),
     "not_exactly_num_random": (
         "rows with other than num_random distinct keys (drawn with replacement?)",
@@ -79,7 +99,8 @@ HINTS = {
     "not_uniform": (
         "random keys that are not uniform over all positions",
         "every key 0..L-1 must be equally likely: draw from the whole row, "
-        "e.g. by ranking torch.rand scores.",
+        "e.g. by ranking torch.rand scores (in Floyd's algorithm x is uniform in 0..t, "
+        "t included: (torch.rand(...) * (t + 1)).long()).",
     ),
     "layout_transposed": (
         "the block layout transposed (layout[bj, bi])",
@@ -90,6 +111,20 @@ HINTS = {
         "the layout tiled (repeat) instead of each block expanded (repeat_interleave)",
         "each layout entry becomes a block_size x block_size block: "
         "repeat_interleave along both dims, then crop to L.",
+    ),
+    "cropped_from_the_end": (
+        "the expanded layout cropped from the wrong end ([-L:, -L:])",
+        "blocks start at position 0: keep the first L rows and columns, [:L, :L].",
+    ),
+    "rejects_valid_layout": (
+        "a valid layout rejected: nb computed with floor division",
+        "nb = ceil(L / block_size), e.g. math.ceil(L / block_size) or "
+        "(L + block_size - 1) // block_size: the last block may be partial.",
+    ),
+    "columns_not_blocked": (
+        "key columns indexed without // block_size (j % nb, say): only the rows are blocked",
+        "both axes go through // block_size: mask[i, j] = layout[i // block_size, "
+        "j // block_size].",
     ),
     "not_cropped": (
         "a mask of nb * block_size rows and columns, not cropped to L",
@@ -192,24 +227,37 @@ def strided_suspects(L: int, stride: int, local_window: int) -> list:
             brute_mask(L, lambda i, j: (i - j) % stride == 0 or abs(i - j) <= half),
         ),
         ("missing_local", brute_mask(L, lambda i, j: j % stride == 0)),
+        *[
+            (
+                "local_off_by_one",
+                brute_mask(L, lambda i, j, e=e: j % stride == 0 or abs(i - j) <= half + e),
+            )
+            for e in (-1, 1)
+        ],
         ("missing_local", brute_mask(L, lambda i, j: j % stride == 0 or i == j)),
         ("missing_summary", brute_mask(L, lambda i, j: abs(i - j) <= half)),
-        (
-            "window_off_by_one",
-            brute_mask(L, lambda i, j: j % stride == 0 or abs(i - j) <= half + 1),
-        ),
-        ("window_off_by_one", brute_mask(L, lambda i, j: j % stride == 0 or abs(i - j) < half)),
         (
             "window_each_side",
             brute_mask(L, lambda i, j: j % stride == 0 or abs(i - j) <= local_window),
         ),
+        *[
+            ("one_sided_local", brute_mask(L, lambda i, j, w=w: j % stride == 0 or 0 <= i - j <= w))
+            for w in (half, local_window - 1)
+        ],
     ]
 
 
 def strided_matches(strided_mask, rng):
-    """summary columns j % stride == 0 plus the local band |i - j| <= local_window // 2"""
+    """summary columns j % stride == 0 plus the band |i - j| <= local_window // 2 (odd and even)"""
     L = draw(rng, 14, 30)
-    for stride, local_window in [(draw(rng, 3, 7), draw(rng, 2, 5)), (draw(rng, 3, 7), 1)]:
+    # An even window of 4 or more tells (local_window - 1) // 2 from local_window // 2, and
+    # a band of 1 from none.
+    even, odd = 2 * draw(rng, 2, 3), 2 * draw(rng, 1, 2) + 1
+    for stride, local_window in [
+        (draw(rng, 3, 7), even),
+        (draw(rng, 3, 7), odd),
+        (draw(rng, 3, 7), 1),
+    ]:
         expect_mask(
             strided_mask(L, stride, local_window),
             brute_mask(L, strided_rule(stride, local_window)),
@@ -280,6 +328,10 @@ def global_suspects(L: int, window: int, global_idx) -> list:
                 L, lambda i, j: window_rule(window, True)(i, j) or i in chosen or j in chosen
             ),
         ),
+        (
+            "window_each_side",
+            brute_mask(L, lambda i, j: abs(i - j) <= window or i in chosen or j in chosen),
+        ),
         ("missing_local", brute_mask(L, lambda i, j: i in chosen or j in chosen)),
     ]
 
@@ -306,21 +358,38 @@ def global_index_kinds(global_local_mask, rng):
     for global_idx in (torch.tensor([0, L - 1]), torch.tensor(random_global(rng, L, 2)), []):
         shown = global_idx.tolist() if isinstance(global_idx, torch.Tensor) else global_idx
         expect_mask(
-            global_local_mask(L, window, global_idx),
+            mask_for_empty_too(global_local_mask, L, window, global_idx),
             brute_mask(L, global_rule(window, shown)),
             f"global_local_mask({L}, {window}, {shown})",
             global_suspects(L, window, shown),
         )
 
 
+def mask_for_empty_too(global_local_mask, L: int, window: int, global_idx):
+    """global_local_mask(L, window, global_idx); a crash on an empty list is named."""
+    try:
+        return global_local_mask(L, window, global_idx)
+    except Mistake as mistake:
+        if len(global_idx) or mistake.key != "raised":
+            raise
+        description, fix = hint("empty_global_idx")
+        raise Mistake(
+            f"global_local_mask({L}, {window}, []) raised: {mistake.message.split(': ', 1)[-1]}"
+            f"\n      it looks like {description}.",
+            fix,
+            "empty_global_idx",
+        ) from None
+
+
 def global_rejects_out_of_range(global_local_mask, rng):
-    """a global index outside [0, L) and window < 1 raise ValueError"""
+    """a global index outside [0, L) (negative too) and window < 1 raise ValueError"""
     L = draw(rng, 5, 12)
-    expect_value_error(
-        lambda: global_local_mask(L, 3, [0, L + draw(rng, 0, 3)]),
-        f"global_local_mask({L}, 3, [0, {L}+])",
-        "no_error_for_bad_params",
-    )
+    for bad in (L + draw(rng, 0, 3), -draw(rng, 1, L)):  # a negative index wraps in torch
+        expect_value_error(
+            lambda: global_local_mask(L, 3, [0, bad]),
+            f"global_local_mask({L}, 3, [0, {bad}])",
+            "no_error_for_bad_params",
+        )
     expect_value_error(
         lambda: global_local_mask(L, 0, [0]),
         f"global_local_mask({L}, 0, [0])",
@@ -352,6 +421,13 @@ def random_counts(random_mask, rng):
             raise named("not_bool")
         expect_tensor(out, f"random_mask({L}, {num_random}, g)", (L, L), torch.bool)
         per_row = out.sum(-1)
+        if (per_row != num_random).any() and (out.sum(0) == num_random).all():
+            raise Mistake(
+                f"random_mask({L}, {num_random}, g): every key column has {num_random} queries, "
+                f"but the rows do not: it looks like {hint('keys_per_column')[0]}.",
+                hint("keys_per_column")[1],
+                "keys_per_column",
+            )
         if (per_row != num_random).any():
             i = int(torch.nonzero(per_row != num_random)[0])
             description, fix = hint("not_exactly_num_random")
@@ -428,15 +504,37 @@ def random_uniform(random_mask, rng):
             description, fix = hint("not_uniform")
             raise Mistake(
                 f"over {draws} masks of L = {L}, num_random = {num_random}, {name} {worst} "
-                f"was chosen {int(counts[worst])} times; expected about {mean:.0f} ± "
-                f"{sd:.0f}: it looks like {description}.",
+                f"was chosen {int(counts[worst])} times; expected {mean:.0f} (a correct draw "
+                f"stays within {mean - 6 * sd:.0f} .. {mean + 6 * sd:.0f}): it looks like "
+                f"{description}.",
                 fix,
                 "not_uniform",
             )
+    expect_every_key_drawn(random_mask, seed)
+
+
+def expect_every_key_drawn(random_mask, seed: int, L: int = 8, draws: int = 20) -> None:
+    """With one key per query, each key turns up in L * draws rows; a correct draw misses one
+    with probability L * (1 - 1/L) ** (L * draws), about 4e-9. Floyd's x drawn from 0..t-1
+    instead of 0..t never picks the last key."""
+    seen = torch.zeros(L, dtype=torch.bool)
+    for n in range(draws):
+        out = random_mask(L, 1, seeded(seed + n))
+        expect_tensor(out, f"random_mask({L}, 1, g)", (L, L), torch.bool)
+        seen |= out.any(0)
+    if not seen.all():
+        never = torch.nonzero(~seen).flatten().tolist()
+        description, fix = hint("not_uniform")
+        raise Mistake(
+            f"over {draws} masks of random_mask({L}, 1, g), {L * draws} queries in all, key(s) "
+            f"{never} never came up: it looks like {description}.",
+            fix,
+            "not_uniform",
+        )
 
 
 def random_extremes(random_mask, rng):
-    """num_random = 0 (no keys), num_random = L (all keys); num_random > L raises ValueError"""
+    """num_random = 0 (no keys), L (all keys); num_random > L or < 0 raises ValueError"""
     L = draw(rng, 3, 10)
     g = seeded(draw(rng, 0, 10**6))
     expect_mask(
@@ -445,9 +543,10 @@ def random_extremes(random_mask, rng):
     expect_mask(
         random_mask(L, L, g), torch.ones(L, L, dtype=torch.bool), f"random_mask({L}, {L}, g)"
     )
-    expect_value_error(
-        lambda: random_mask(L, L + 1, g), f"random_mask({L}, {L + 1}, g)", "no_error_for_bad_params"
-    )
+    for bad in (L + 1, -draw(rng, 1, L)):  # a negative num_random would keep L - |r| keys
+        expect_value_error(
+            lambda: random_mask(L, bad, g), f"random_mask({L}, {bad}, g)", "no_error_for_bad_params"
+        )
 
 
 def random_vectorised(random_mask, rng):
@@ -467,16 +566,31 @@ def block_case(rng, L: int, block_size: int) -> torch.Tensor:
 
 
 def block_suspects(L: int, block_size: int, layout) -> list:
+    nb = layout.shape[0]
+    expanded = layout.repeat_interleave(block_size, 0).repeat_interleave(block_size, 1)
     return [
         ("layout_transposed", brute_mask(L, lambda i, j: layout[j // block_size, i // block_size])),
         ("tiled_not_expanded", layout.repeat(block_size, block_size)[:L, :L]),
+        ("cropped_from_the_end", expanded[-L:, -L:]),
+        ("columns_not_blocked", brute_mask(L, lambda i, j: layout[i // block_size, j % nb])),
     ]
 
 
 def expect_block(block_sparse_mask, L, block_size, layout):
-    out = block_sparse_mask(L, block_size, layout)
     what = f"block_sparse_mask({L}, {block_size}, layout)"
     nb = layout.shape[0]
+    try:
+        out = block_sparse_mask(L, block_size, layout)
+    except Mistake as mistake:
+        if not isinstance(mistake.__cause__, ValueError):
+            raise
+        description, fix = hint("rejects_valid_layout")
+        raise Mistake(
+            f"{what} rejected a valid ({nb}, {nb}) layout ({mistake.__cause__}): it looks like "
+            f"{description}.",
+            fix,
+            "rejects_valid_layout",
+        ) from None
     if (
         isinstance(out, torch.Tensor)
         and tuple(out.shape) == (nb * block_size,) * 2
@@ -514,7 +628,7 @@ def block_extremes(block_sparse_mask, rng):
 
 
 def block_rejects_wrong_layout(block_sparse_mask, rng):
-    """a layout that is not (ceil(L / block_size),) * 2 raises ValueError"""
+    """a layout that is not (ceil(L / block_size),) * 2, and block_size < 1, raise ValueError"""
     block_size = draw(rng, 2, 4)
     L = block_size * draw(rng, 2, 4) + 1  # ceil != floor
     floor = L // block_size
@@ -523,6 +637,12 @@ def block_rejects_wrong_layout(block_sparse_mask, rng):
         f"block_sparse_mask({L}, {block_size}, a ({floor}, {floor}) layout)",
         "no_error_for_bad_params",
     )
+    for bad in (0, -draw(rng, 1, 4)):  # with an (L, L) layout, as if block_size were 1
+        expect_value_error(
+            lambda: block_sparse_mask(L, bad, torch.ones(L, L, dtype=torch.bool)),
+            f"block_sparse_mask({L}, {bad}, an ({L}, {L}) layout)",
+            "no_error_for_bad_params",
+        )
 
 
 def block_vectorised(block_sparse_mask, rng):

@@ -1,14 +1,23 @@
 """Checks for mask_density and layers_to_full_reach, against the fraction counted here and a
 brute-force reach: the set of keys each query hears, grown one layer at a time.
+
+A reach loop whose stopping test never fires runs forever, so the student's function runs under
+a time limit that stops it wherever it runs (here, or in the student's kernel when grading).
 """
+
+import math
+import sys
+import time
 
 import torch
 
 from grader.harness.checking import (
+    NOT_STUDENT_CODE,
     Mistake,
+    NotImplementedYet,
     hint,
-    named,
 )
+from grader.harness.measuring import measuring
 from grader.suites import Exercise
 from grader.suites._common import draw
 from grader.suites.day05_sparse.masks import global_rule, strided_rule
@@ -19,6 +28,35 @@ HINTS = {
         "the number of True entries instead of their fraction",
         "divide by the number of entries, mask.numel().",
     ),
+    "per_row_count": (
+        "the number of keys per query (a row's count) instead of the fraction of all entries",
+        "divide the whole count by mask.numel(), not by the number of rows.",
+    ),
+    "square_count": (
+        "a count divided by the square of one side, shape[0] ** 2 or shape[-1] ** 2",
+        "mask.numel() counts every entry, for non-square and batched masks too.",
+    ),
+    "fraction_of_false": (
+        "the fraction of False entries (1 - density)",
+        "count the True entries: True = may attend, the pairs that are computed.",
+    ),
+    "integer_division": (
+        "integer division: count // numel is 0 below 1",
+        "divide with /, which gives a float: mask.sum().item() / mask.numel().",
+    ),
+    "low_precision": (
+        "a mean in float16 or bfloat16 (about 3 significant digits)",
+        "count in float32 or as an int: mask.float().mean().item(), or "
+        "mask.sum().item() / mask.numel().",
+    ),
+    "mean_of_bool": (
+        "mean() of a bool tensor, which torch does not define",
+        "convert first: mask.float().mean().item().",
+    ),
+    "tensor_not_float": (
+        "a 0-d tensor, not a Python float",
+        "return a number: .item() turns a one-element tensor into a Python float.",
+    ),
     "forgot_self": (
         "reach through the mask alone, without each position keeping its own state",
         "a layer keeps what a position already knew (the residual stream): one "
@@ -28,6 +66,28 @@ HINTS = {
         "a layer count one too high or too low",
         "one layer of mask | I is n = 1; count the layers applied until the "
         "reach matrix is all True.",
+    ),
+    "never_stops": (
+        "a loop that never stops when full reach never happens (no test for a step that adds "
+        "nothing)",
+        "once a step adds nothing, R_{n+1} == R_n, nothing will ever grow: return None then "
+        "(and at most L - 1 layers are ever needed, so `for n in range(1, L + 1)` is a safe "
+        "bound).",
+    ),
+    "cycles_without_self": (
+        "a loop whose 'nothing new' test never fires: without I the reach can cycle "
+        "(a ring passes each key on) instead of settling",
+        "step with mask | I, I = torch.eye(L, dtype=torch.bool): with each position keeping its "
+        "own state the reach only grows, so R_{n+1} == R_n is sure to come.",
+    ),
+    "bool_matmul": (
+        "a matrix product of bool tensors, which torch does not implement",
+        "multiply as floats and compare: (A.float() @ R.float()) > 0.",
+    ),
+    "counts_squarings": (
+        "the number of squarings R <- R @ R (each doubles the layers) instead of the layers",
+        "one layer more is R <- A @ R with A = mask | I: multiply by A, not by R itself; "
+        "count the layers applied until the reach matrix is all True.",
     ),
     "should_be_none": (
         "a number where full reach never happens",
@@ -40,24 +100,70 @@ HINTS = {
 # ----------------------------------------------------------------------------- mask_density
 
 
+def density_suspects(mask, expected: float) -> list:
+    """(key, value) of the common wrong densities of `mask`."""
+    count, shape = expected * mask.numel(), tuple(mask.shape)
+    return [
+        ("count_not_fraction", count),
+        ("per_row_count", expected * shape[-1]),
+        *[("square_count", count / side**2) for side in (shape[0], shape[-1])],
+        ("fraction_of_false", 1 - expected),
+    ]
+
+
 def expect_number(out, expected: float, what: str, mask) -> None:
-    if isinstance(out, torch.Tensor) and out.numel() == 1:
-        out = out.item()
-    if isinstance(out, bool) or not isinstance(out, (int, float)):
+    """`out` must be the Python float `expected` (float32 arithmetic is fine); a wrong value is
+    named when a suspect of density_suspects matches it."""
+    number = out.item() if isinstance(out, torch.Tensor) and out.numel() == 1 else out
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
         raise Mistake(
             f"{what} should be a number, got {type(out).__name__}.",
             hint="return a Python float: e.g. mask.float().mean().item().",
             key="not_a_number",
         )
-    if abs(out - expected) <= 1e-6:  # float32 arithmetic is fine; one entry more is >= 1/400
-        return
-    if abs(out - expected * mask.numel()) <= 1e-3:
-        raise named("count_not_fraction")
-    raise Mistake(
-        f"{what} = {out}, expected {expected}.",
-        hint="the fraction of True entries over the whole mask: count / mask.numel().",
-        key="wrong_density",
+    if abs(number - expected) > 1e-6:  # one entry more or less is >= 1/400
+        raise wrong_density(number, expected, what, mask)
+    if isinstance(out, torch.Tensor):
+        raise Mistake(
+            f"{what} = {out!r}: it looks like {hint('tensor_not_float')[0]}.",
+            hint("tensor_not_float")[1],
+            "tensor_not_float",
+        )
+
+
+def wrong_density(number, expected: float, what: str, mask) -> Mistake:
+    """The Mistake for a wrong density: a suspect's when one matches."""
+    found = [key for key, wrong in density_suspects(mask, expected) if abs(number - wrong) <= 1e-3]
+    if abs(number - expected) <= 1e-3:
+        found = ["low_precision"]
+    elif isinstance(number, int) and number == int(expected):
+        found = ["integer_division"]
+    if not found:
+        return Mistake(
+            f"{what} = {number}, expected {expected}.",
+            hint="the fraction of True entries over the whole mask: count / mask.numel().",
+            key="wrong_density",
+        )
+    description, fix = hint(found[0])
+    return Mistake(
+        f"{what} = {number}, expected {expected}: it looks like {description}.", fix, found[0]
     )
+
+
+def density_of(mask_density, mask):
+    """mask_density(mask); torch's error for the mean of a bool tensor is named."""
+    try:
+        return mask_density(mask)
+    except Mistake as mistake:
+        if mistake.key != "raised" or "Got: Bool" not in mistake.message:
+            raise
+        description, fix = hint("mean_of_bool")
+        raise Mistake(
+            f"mask_density raised: {mistake.message.split(': ', 1)[-1]}\n      it looks like "
+            f"{description}.",
+            fix,
+            "mean_of_bool",
+        ) from None
 
 
 def density_matches(mask_density, rng):
@@ -65,27 +171,29 @@ def density_matches(mask_density, rng):
     for shape in [(draw(rng, 5, 20),) * 2, (draw(rng, 3, 9), draw(rng, 10, 15))]:
         mask = torch.rand(shape, generator=rng) < 0.3
         expected = sum(map(sum, mask.tolist())) / (shape[0] * shape[1])
-        expect_number(mask_density(mask), expected, f"mask_density of a {shape} mask", mask)
+        expect_number(
+            density_of(mask_density, mask), expected, f"mask_density of a {shape} mask", mask
+        )
 
 
 def density_extremes(mask_density, rng):
     """all False gives 0.0, all True 1.0, a batch (B, L, L) counts every entry"""
     L = draw(rng, 3, 9)
     expect_number(
-        mask_density(torch.zeros(L, L, dtype=torch.bool)),
+        density_of(mask_density, torch.zeros(L, L, dtype=torch.bool)),
         0.0,
         "mask_density(all False)",
         torch.zeros(L, L),
     )
     expect_number(
-        mask_density(torch.ones(L, L, dtype=torch.bool)),
+        density_of(mask_density, torch.ones(L, L, dtype=torch.bool)),
         1.0,
         "mask_density(all True)",
         torch.ones(L, L),
     )
     batch = torch.rand(draw(rng, 2, 4), L, L, generator=rng) < 0.5
     expect_number(
-        mask_density(batch),
+        density_of(mask_density, batch),
         batch.sum().item() / batch.numel(),
         f"mask_density of a {tuple(batch.shape)} batch",
         batch,
@@ -110,8 +218,73 @@ def reach_oracle(mask: torch.Tensor, self_loops: bool = True):
     return None
 
 
+class StillRunning(Exception):
+    """Raised inside the student's function once it has run past TimeLimit.seconds."""
+
+
+class TimeLimit:
+    """A probe (grader/harness/measuring.py) that raises StillRunning in the student's code
+    once it has run `seconds`: the reach of a 30-token mask takes milliseconds, and a loop
+    that never ends must give a message, not a kernel that hangs."""
+
+    seconds = 10
+
+    def __enter__(self):
+        deadline = time.monotonic() + self.seconds
+
+        def local(frame, event, arg):
+            if event == "line" and time.monotonic() > deadline:
+                raise StillRunning(f"still running after {self.seconds} s")
+            return local
+
+        def trace(frame, event, arg):
+            return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
+
+        self._outer = sys.gettrace()
+        sys.settrace(trace)
+        return self
+
+    def __exit__(self, *exc_info):
+        sys.settrace(self._outer)
+
+
+def stopped_by_the_limit(mistake: Mistake) -> bool:
+    """The student's function raised StillRunning (in the kernel, only its name comes back)."""
+    return isinstance(mistake.__cause__, StillRunning) or "raised StillRunning" in mistake.message
+
+
+def torch_bool_product(stub: NotImplementedYet) -> bool:
+    """torch's NotImplementedError for a bool matmul, not the stub's: its message (here) names
+    'Bool'; in the kernel only the student's line comes back."""
+    said = f"{stub} {stub.__cause__ or ''}"
+    return "'Bool'" in said or any(op in str(stub) for op in ("@", "matmul", "mm("))
+
+
+def layers_within_limit(layers_to_full_reach, mask, what: str):
+    """layers_to_full_reach(mask), or a Mistake that names an endless loop or a bool product."""
+    L = mask.shape[-1]
+    try:
+        with measuring(f"{__name__}:TimeLimit", lambda seen: None), TimeLimit():
+            return layers_to_full_reach(mask)
+    except Mistake as mistake:
+        if not stopped_by_the_limit(mistake):
+            raise
+        # No exit when full reach never happens; or, when it does, a reach that cycles.
+        key = "never_stops" if reach_oracle(mask) is None else "cycles_without_self"
+        seen = f"ran past {TimeLimit.seconds} s, yet at most {L - 1} layers are ever needed"
+    except NotImplementedYet as stub:
+        if not torch_bool_product(stub):
+            raise
+        key, seen = "bool_matmul", "raised torch's NotImplementedError"
+    description, fix = hint(key)
+    raise Mistake(
+        f"layers_to_full_reach on {what} {seen}: it looks like {description}.", fix, key
+    ) from None
+
+
 def expect_layers(layers_to_full_reach, mask, what: str) -> None:
-    expected, out = reach_oracle(mask), layers_to_full_reach(mask)
+    expected = reach_oracle(mask)
+    out = layers_within_limit(layers_to_full_reach, mask, what)
     if isinstance(out, torch.Tensor) and out.numel() == 1:
         out = int(out.item())
     if out == expected and (out is None) == (expected is None):
@@ -139,6 +312,13 @@ def expect_layers(layers_to_full_reach, mask, what: str) -> None:
             f"{what}: got {out}, expected {expected}.",
             hint("off_by_one_layers")[1],
             "off_by_one_layers",
+        )
+    if out == 1 + math.ceil(math.log2(expected)):  # 2 ** (out - 1) layers
+        description, fix = hint("counts_squarings")
+        raise Mistake(
+            f"{what}: got {out}, expected {expected}: it looks like {description}.",
+            fix,
+            "counts_squarings",
         )
     raise Mistake(
         f"{what}: got {out}, expected {expected}.",

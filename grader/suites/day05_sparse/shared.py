@@ -45,6 +45,10 @@ HINTS = {
         "a causal window when causal=False",
         "causal=False means a symmetric window: window // 2 keys on each side.",
     ),
+    "causal_half_window": (
+        "a causal window of window // 2 keys back (the symmetric half-width)",
+        "a causal window puts all its `window` keys in the past: keys i-window+1 .. i.",
+    ),
     "causal_looks_ahead": (
         "a causal window that looks forward (keys i .. i+window-1)",
         "a causal query sees the past: keys i-window+1 .. i.",
@@ -155,6 +159,7 @@ def window_suspects(L: int, window: int, causal: bool) -> list:
             ("ignores_causal", brute_mask(L, window_rule(window, False))),
             ("causal_looks_ahead", brute_mask(L, lambda i, j: i <= j <= i + window - 1)),
             ("window_off_by_one", brute_mask(L, lambda i, j: i - window <= j < i)),
+            ("causal_half_window", brute_mask(L, lambda i, j: i - window // 2 <= j <= i)),
         ]
     else:
         half = window // 2
