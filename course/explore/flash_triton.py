@@ -8,13 +8,18 @@ and the last, partial tiles of ragged lengths, need a mask inside the tile; the 
 without one.
 
     TileExplorer()                                          # the schedule alone
-    TileExplorer(flash_attention=flash_attention_triton)    # plus your kernel's lse, checked
+    TileExplorer(flash_attention=flash_attention_triton)    # plus the tiles your kernel loaded
+
+With a kernel, a third panel shows which (query tile, key tile) pairs its programs really loaded
+(recorded load by load in Triton's interpreter), against the schedule: a kernel that loops over
+every key tile and only masks the future ones shows the tiles above the diagonal in crimson.
 
 Like the other explorers: PNG bytes from `render()` in an ipywidgets.Image, controls as public
 attributes (`lq`, `lk`, `block_m`, `block_n`, `causal`, `program`), `widget` for the layout,
 `stats()` for the share of tiles visited.
 """
 
+import contextlib
 import math
 
 import ipywidgets as widgets
@@ -30,6 +35,9 @@ from course.explore.base import Explorer, figure_png, message_png, slider
 
 SKIPPED, FULL, MASKED = 0, 1, 2
 CMAP = ListedColormap(["#f3f3f3", "#2b5c8a", "#e08a2c"])  # skipped, whole tile, masked inside
+# your kernel's loads against the schedule: neither, as scheduled, loaded but skippable, missing
+NEITHER, AS_SCHEDULED, EXTRA, MISSING = 0, 1, 2, 3
+LOADS_CMAP = ListedColormap(["#f3f3f3", "#2b5c8a", "#b8336a", "#f7d154"])
 DPI = 80
 BLOCKS = (16, 32, 64)
 
@@ -67,6 +75,61 @@ def visited_fraction(schedule: np.ndarray) -> float:
     return float((schedule != SKIPPED).mean()) if schedule.size else 0.0
 
 
+def _rows_read(addresses: np.ndarray, t: torch.Tensor) -> np.ndarray:
+    """The rows of t (contiguous, (1, 1, L, D)) that these byte addresses fall in."""
+    start, row_bytes = t.data_ptr(), t.shape[-1] * t.element_size()
+    inside = (addresses >= start) & (addresses < start + t.numel() * t.element_size())
+    return np.unique((addresses[inside] - start) // row_bytes)
+
+
+@contextlib.contextmanager
+def recorded_loads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Record which rows of q and of k or v each Triton program loads, in the interpreter.
+
+    Yields {program id: (query rows, key rows)}, filled while the block runs: every active lane of
+    every tl.load is an address, and the interpreter runs one program at a time, so the builder's
+    grid index says whose load it is.
+    """
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    load = builder.create_masked_load
+    rows = {}
+
+    def recording_load(self, ptrs, mask, *rest):
+        addresses = ptrs.data[np.broadcast_to(mask.data, ptrs.data.shape)]
+        query_rows, key_rows = rows.setdefault(self.grid_idx, (set(), set()))
+        query_rows.update(_rows_read(addresses, q).tolist())
+        key_rows.update(_rows_read(addresses, k).tolist() + _rows_read(addresses, v).tolist())
+        return load(self, ptrs, mask, *rest)
+
+    builder.create_masked_load = recording_load
+    try:
+        yield rows
+    finally:
+        builder.create_masked_load = load
+
+
+def tiles_loaded(rows: dict, lq: int, lk: int, block_m: int, block_n: int) -> np.ndarray:
+    """(ceil(lq / block_m), ceil(lk / block_n)) bool: a tile pair is loaded when some program
+    loaded both a query row and a key row of it (the kernel's own tile sizes may differ)."""
+    pairs = np.zeros((lq, lk), dtype=bool)  # (query, key): loaded by the same program
+    for query_rows, key_rows in rows.values():
+        pairs[np.ix_(sorted(query_rows), sorted(key_rows))] = True
+    n_m, n_n = math.ceil(lq / block_m), math.ceil(lk / block_n)
+    padded = np.zeros((n_m * block_m, n_n * block_n), dtype=bool)
+    padded[:lq, :lk] = pairs
+    return padded.reshape(n_m, block_m, n_n, block_n).any(axis=(1, 3))
+
+
+def compare_loads(schedule: np.ndarray, loaded: np.ndarray) -> np.ndarray:
+    """Per tile pair: NEITHER, AS_SCHEDULED, EXTRA (loaded, the schedule skips it) or MISSING."""
+    visits = schedule != SKIPPED
+    return np.select(
+        [visits & loaded, loaded & ~visits, visits & ~loaded], [AS_SCHEDULED, EXTRA, MISSING]
+    ).astype(np.int8)
+
+
 class TileExplorer(Explorer):
     """Pick lengths, tile sizes and causal; see which tiles each program visits.
 
@@ -76,8 +139,11 @@ class TileExplorer(Explorer):
     its loop runs left to right over the coloured squares of that row.
 
     With `flash_attention` (your flash_attention_triton), the title also says how far its
-    logsumexp is from a float64 reference on random inputs of these lengths (head_dim 16, small:
-    it runs through the interpreter on a CPU).
+    logsumexp is from a float64 reference on random inputs of these lengths (head_dim 16, at most
+    64: it runs through the interpreter on a CPU), and a third panel compares the tiles it loaded
+    with the schedule at those lengths: blue = loaded as scheduled, crimson = loaded although the
+    schedule skips it, yellow = scheduled but never loaded. `loaded` holds the tiles it loaded
+    (None without a kernel, or with compiled GPU kernels, whose loads cannot be recorded).
     """
 
     def __init__(self, *, lq: int = 48, lk: int = 64, causal: bool = True, flash_attention=None):
@@ -94,6 +160,8 @@ class TileExplorer(Explorer):
         self.program = slider("program (query tile)", 0, 0, 15)
         self.error = None
         self.check = None  # the last check of the student's kernel, a line of text
+        self.loaded = None  # (query tile, key tile) bool: what the student's kernel loaded
+        self.loaded_lengths = None  # the (lq, lk) it ran at
         self._show([self.lq, self.lk, self.causal], [self.block_m, self.block_n, self.program])
 
     def schedule(self) -> np.ndarray:
@@ -105,27 +173,39 @@ class TileExplorer(Explorer):
         if self.error:
             return {"error": self.error}
         grid = self.schedule()
-        return {
+        stats = {
             "tiles": f"{grid.shape[0]} x {grid.shape[1]}",
             "visited": f"{visited_fraction(grid):.0%}",
             "masked inside": f"{(grid == MASKED).mean():.0%}",
             "skipped (sparsity)": f"{(grid == SKIPPED).mean():.0%}",
         }
+        if self.loaded is not None:
+            stats["loaded by your kernel"] = f"{self.loaded.mean():.0%}"
+        return stats
 
     def _check_kernel(self) -> str:
+        """Run the student's kernel at these lengths: record its loads, check its lse."""
+        self.loaded = self.loaded_lengths = None
         if self.flash_attention is None:
             return ""
         lq, lk = min(self.lq.value, 64), min(self.lk.value, 64)  # the interpreter is slow
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(1, 1, n, 16, generator=g) for n in (lq, lk, lk))
+        from course.reference.flash_triton import interpreted
+
         device = course.get_device()  # compiled kernels on a GPU need GPU tensors
+        record = interpreted() and device.type == "cpu"  # the interpreter sees every load
         try:
-            out, lse = self.flash_attention(
-                q.to(device), k.to(device), v.to(device), causal=self.causal.value
-            )
+            with recorded_loads(q, k, v) if record else contextlib.nullcontext() as rows:
+                out, lse = self.flash_attention(
+                    q.to(device), k.to(device), v.to(device), causal=self.causal.value
+                )
             lse = lse.detach().cpu()
         except Exception as exc:  # noqa: BLE001 (shown, not raised: the exercise may not be done)
             return f"your kernel raised {type(exc).__name__}: {exc}"
+        if record:
+            self.loaded = tiles_loaded(rows, lq, lk, self.block_m.value, self.block_n.value)
+            self.loaded_lengths = lq, lk
         s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
         if self.causal.value:
             i, j = torch.arange(lq)[:, None], torch.arange(lk)[None, :]
@@ -136,7 +216,7 @@ class TileExplorer(Explorer):
         return f"your kernel at Lq={lq}, Lk={lk}: max |lse - reference| = {error:.1e}"
 
     def render(self) -> bytes:
-        """Draw the mask and the tile schedule; return PNG bytes."""
+        """Draw the mask, the tile schedule and (with a kernel) its loads; return PNG bytes."""
         try:
             grid = self.schedule()
             self.error = None
@@ -145,9 +225,11 @@ class TileExplorer(Explorer):
             return message_png(self.error, (6, 1.2), DPI, color="tab:red", fontsize=9)
         lq, lk, bm, bn = self.lq.value, self.lk.value, self.block_m.value, self.block_n.value
         program = min(self.program.value, grid.shape[0] - 1)
-        figure = Figure(figsize=(9.5, 4.4), dpi=DPI)
+        self.check = self._check_kernel()
+        panels = 2 if self.loaded is None else 3
+        figure = Figure(figsize=(4.75 * panels, 4.4), dpi=DPI)
         FigureCanvasAgg(figure)
-        left, right = figure.subplots(1, 2)
+        left, right, *loads = figure.subplots(1, panels)
 
         i, j = np.arange(lq)[:, None], np.arange(lk)[None, :]
         mask = (j <= lk - lq + i) if self.causal.value else np.ones((lq, lk), bool)
@@ -205,8 +287,9 @@ class TileExplorer(Explorer):
             loc="upper right",
             framealpha=0.9,
         )
+        if loads:
+            self._draw_loads(loads[0])
 
-        self.check = self._check_kernel()
         line = (
             f"Lq = {lq}, Lk = {lk}, {'causal' if self.causal.value else 'no mask'}: "
             f"{(grid != SKIPPED).sum()} of {grid.size} tile pairs visited "
@@ -215,3 +298,35 @@ class TileExplorer(Explorer):
         figure.suptitle(line + (f"\n{self.check}" if self.check else ""), fontsize=10)
         figure.set_layout_engine("constrained")
         return figure_png(figure)
+
+    def _draw_loads(self, axes) -> None:
+        """The tiles the student's kernel loaded, against the schedule at the lengths it ran at."""
+        lq, lk = self.loaded_lengths
+        bm, bn = self.block_m.value, self.block_n.value
+        schedule = tile_schedule(lq, lk, bm, bn, self.causal.value)
+        compared = compare_loads(schedule, self.loaded)
+        axes.imshow(
+            compared, cmap=LOADS_CMAP, vmin=0, vmax=3, interpolation="nearest", aspect="auto"
+        )
+        extra, missing = int((compared == EXTRA).sum()), int((compared == MISSING).sum())
+        axes.set(
+            xlabel="key tile",
+            ylabel="query tile",
+            title=f"your kernel (Lq={lq}, Lk={lk}): {extra} extra, {missing} missing",
+        )
+        axes.set_xticks(range(compared.shape[1]))
+        axes.set_yticks(range(compared.shape[0]))
+        axes.tick_params(labelsize=7)
+        labels = {
+            AS_SCHEDULED: "loaded, as scheduled",
+            EXTRA: "loaded, schedule skips",
+            MISSING: "scheduled, not loaded",
+        }
+        shown = [kind for kind in labels if (compared == kind).any()]  # only what is drawn
+        axes.legend(
+            [Rectangle((0, 0), 1, 1, color=LOADS_CMAP(kind)) for kind in shown],
+            [labels[kind] for kind in shown],
+            fontsize=7,
+            loc="upper right",
+            framealpha=0.9,
+        )

@@ -62,10 +62,14 @@ import triton.language as tl
 from course.bench import median_time
 from course.explore.flash_triton import TileExplorer, tile_schedule
 from grader import check
+from grader.harness.triton_watch import watch_every_launch
 
 device = course.get_device()
 course.seed_everything(0)
 print(course.describe_device())
+# In the interpreter, a load or store outside the tensors would write over Python's own memory
+# and kill the kernel: watched, every launch of the notebook raises an error that names it instead.
+watch_every_launch()
 
 
 # %% [markdown]
@@ -142,7 +146,7 @@ print(torch.allclose(s, q @ k.T, atol=1e-4))
 # %% [markdown]
 # ## 2. Warm-up: `triton_add`
 #
-# Write `add_kernel` (one block of `x + y` per program) and the wrapper `triton_add` that checks its inputs, makes them contiguous, allocates the output and launches $\lceil n / \text{BLOCK} \rceil$ programs. Any shape: flatten it, the kernel sees a flat vector of $n$ elements. A block of 1024 is a good size (on the interpreter, fewer programs is faster).
+# Write `add_kernel` (one block of `x + y` per program) and the wrapper `triton_add` that checks its inputs, makes them contiguous, allocates the output and launches $\lceil n / \text{BLOCK} \rceil$ programs. Any shape: flatten it, the kernel sees a flat vector of $n$ elements. Only `.contiguous()` promises rows one after the other: `reshape`, `flatten` and `view` of a transpose or a strided slice may return a strided view (or fail), and `torch.empty_like(x)` keeps a transpose's strides, so allocate the output from the contiguous copy. A block of 1024 is a good size (on the interpreter, fewer programs is faster).
 
 # %% nbgrader={"grade": false, "grade_id": "triton_add", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @triton.jit
@@ -190,8 +194,8 @@ print(triton_add(torch.arange(5.0), torch.ones(5)))  # 1, 2, 3, 4, 5
 #
 # - no Triton kernel launched (the sum computed with torch)
 # - a load or store outside the tensors: the last block not masked
-# - the last elements never written: `n // BLOCK` programs instead of `triton.cdiv(n, BLOCK)`
-# - wrong values for non-contiguous inputs (no `.contiguous()`)
+# - the last elements never written: `n // BLOCK` programs instead of `triton.cdiv(n, BLOCK)`, offsets without `pid * BLOCK`, or a mask against `BLOCK` instead of `n`
+# - wrong values for non-contiguous inputs (no `.contiguous()`, `x.view(-1)` of a transpose), or an output made with `torch.empty_like(x)` of a transposed `x`
 # - shapes or dtypes that differ accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_triton_add", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -254,7 +258,9 @@ print(triton_softmax(torch.tensor([[0.0, math.log(3.0)], [1.0, float("-inf")]]))
 #
 # - padded lanes counted in the sum (loaded with `other=0.0` instead of `-inf`)
 # - inf or NaN for large inputs (no max subtracted)
-# - softmax over the wrong axis; no Triton kernel; a load or store outside the tensors
+# - padded lanes that win the max (a row far below 0); `exp(x - max)` not divided by its sum; `tl.exp2` without $\log_2 e$
+# - softmax over the wrong axis; a non-contiguous input read as if contiguous; one program for all rows; rows read at `row * BLOCK` instead of `row * n_cols`; a `BLOCK` that is not a power of two
+# - no Triton kernel; a load or store outside the tensors
 # - a 0-d tensor accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_triton_softmax", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -396,8 +402,9 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # - a load or store outside the tensors (a ragged tile without a mask)
 # - the wrong scale: none, $1/D$, or `tl.exp2` without $\log_2 e$ folded in
 # - the logsumexp in base 2 (or half converted), or without the max
+# - `alpha = exp2(m_new - m_i)` (inverted: NaN everywhere); `tl.dot(q, k)` without `tl.trans(k)`
 # - non-contiguous q, k, v read as if contiguous (`reshape` can return a strided view: add `.contiguous()`)
-# - `causal=True` ignored, a top-left mask, or the diagonal tile masked on the wrong side
+# - `causal=True` ignored, a top-left mask, or the diagonal tile masked on the wrong side; query rows left with no key (NaN) by the causal positions
 # - with `causal=True`, the key tiles above the diagonal loaded (the loop must stop at `hi`), or a loop that stops too early (`hi = start_m + BLOCK_M`, top-left)
 # - K/V of head `bh` at `bh * Lq * D` (or Q at `bh * Lk * D`): a per-head offset with the other length
 # - no Triton kernel; inf/NaN for large scores; unsupported head_dim, shapes or dtypes (q, k, v not all the same) accepted
@@ -414,7 +421,7 @@ check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, hi
 # %% [markdown]
 # ## 5. Explore: the tile schedule
 #
-# Each row of the right panel is one program (one query tile); its loop visits the coloured key tiles from left to right. Without a mask every program visits every tile. With the bottom-right causal mask the programs stop at the diagonal: about half the tiles are never loaded, which is where the 2× of causal attention comes from. Orange tiles are the ones that need the mask inside: those the diagonal crosses, and the partial tiles of ragged lengths. The title checks **your** kernel's logsumexp against a float64 reference at these lengths.
+# Each row of the right panel is one program (one query tile); its loop visits the coloured key tiles from left to right. Without a mask every program visits every tile. With the bottom-right causal mask the programs stop at the diagonal: about half the tiles are never loaded, which is where the 2× of causal attention comes from. Orange tiles are the ones that need the mask inside: those the diagonal crosses, and the partial tiles of ragged lengths. The title checks **your** kernel's logsumexp against a float64 reference at these lengths, and the third panel shows the tiles your kernel **really loaded** (every `tl.load` is recorded in the interpreter) against the schedule: crimson tiles were loaded although the schedule skips them (a causal loop that runs to `Lk` and only masks), yellow ones were scheduled but never loaded (a loop that stops too early).
 #
 # Things to try: `Lq` = `Lk` versus `Lq` much shorter than `Lk` (decoding a few new tokens against a long cache: every program sees almost all keys); `BLOCK_M` = 64 with `BLOCK_N` = 16 (more masked tiles per program); lengths that are not multiples of the block.
 
@@ -597,7 +604,9 @@ print(q.grad.shape, k.grad.norm().item() > 0, v.grad.norm().item() > 0)
 # %% [markdown]
 # **Mistakes the checks recognise:**
 #
-# - `dS = P * dP` without the $D$ term
+# - `dS = P * dP` without the $D$ term, or $D$ summed from `dO` alone (or `O * O`) instead of `dO * O`
+# - $dK = dS^\top dO$ instead of $dS^\top Q$
+# - `backward` returning three gradients (no `None` for `is_causal`), or them in another order than `q, k, v`
 # - $dQ$, $dK$ without the $1/\sqrt d$ (or with it twice)
 # - gradients right without a mask but wrong with `is_causal=True` (the backward's $P$ not masked like the forward's)
 # - $P$ = `tl.exp2(s - lse)` with `lse` still in natural log (not multiplied by $\log_2 e$)

@@ -62,10 +62,14 @@ import triton.language as tl
 from course.bench import median_time
 from course.explore.mamba_scan import ScanExplorer
 from grader import check
+from grader.harness.triton_watch import watch_every_launch
 
 device = course.get_device()
 course.seed_everything(0)
 print(course.describe_device())
+# In the interpreter, a load or store outside the tensors would write over Python's own memory
+# and kill the kernel: watched, every launch of the notebook raises an error that names it instead.
+watch_every_launch()
 
 
 # %% [markdown]
@@ -115,7 +119,9 @@ print(linear_recurrence_sequential(torch.tensor([0.5, 0.5, 2.0]), torch.tensor([
 # - `h_t = a_t * (h_{t-1} + b_t)`: the input decayed with the old state
 # - the recurrence run backwards in time
 # - the state carried from one batch row into the next (it must restart at 0 for each row)
-# - mismatched shapes accepted without a ValueError
+# - the scan run along the first axis instead of the last; each step decayed by the previous step's $a_{t-1}$; a state started at 1; $a$ and $b$ swapped
+# - an input changed in place (the caller still needs `a` and `b`)
+# - mismatched shapes or 0-d tensors accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_sequential", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "linear_recurrence_sequential", linear_recurrence_sequential, points=2)
@@ -178,7 +184,8 @@ def linear_recurrence_parallel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 # - the combine applied in the wrong order (`a_left * H + H_left`): a different map, since the operator is not commutative
 # - an exclusive scan (shifted by one), or an exclusive scan turned inclusive as `excl + b` instead of `a * excl + b`
 # - a Python loop over time: the Python work must not grow with L
-# - the state carried across batch rows; mismatched shapes accepted
+# - $\lfloor \log_2 L \rfloor$ doubling steps (one too few when $L$ is not a power of two); the decays `A` never composed, or updated before `H` reads them
+# - the state carried across batch rows; an input changed in place; mismatched shapes accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_parallel", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "linear_recurrence_parallel", linear_recurrence_parallel, points=2)
@@ -195,6 +202,8 @@ check("day09-mamba-scan", "linear_recurrence_parallel", linear_recurrence_parall
 # Real kernels (Mamba's, Mamba-2's SSD) cut the sequence into chunks of $C$ steps. Inside each chunk, scan from zero: $\ell_t$ (the local state) and $P_t = \prod_{\text{chunk start} \le r \le t} a_r$ (the decay since the chunk began). The state entering chunk $c$ is $H_{c-1}$, the true state at the end of the previous chunk, and
 #
 # $$h_t = \ell_t + P_t \, H_{c-1}.$$
+#
+# $P_t$ includes $a_t$ itself (`torch.cumprod` within the chunk), and $H_{c-1}$ is the true end state, $h$ at the chunk's last step, not the local $\ell^{\text{end}}$ (which started from zero).
 #
 # The chunk ends obey a recurrence of their own, $H_c = P^{\text{end}}_c H_{c-1} + \ell^{\text{end}}_c$: only $L / C$ steps, which you can loop over or scan again. When $L$ is not a multiple of $C$, pad with the identity $(a, b) = (1, 0)$ and crop.
 
@@ -229,9 +238,10 @@ def linear_recurrence_chunked(a: torch.Tensor, b: torch.Tensor, chunk_size: int 
 # %% [markdown]
 # **Mistakes the checks recognise:**
 #
-# - each chunk scanned from zero (no carry), or the carry added without the decay P_t
+# - each chunk scanned from zero (no carry), or the carry added without the decay P_t, or with a P_t that leaves out $a_t$
+# - the state entering the next chunk taken from the local scan $\ell^{\text{end}}$ instead of the true end state, or with the carry added twice
 # - the last, shorter chunk dropped when L is not a multiple of chunk_size
-# - the general recurrence mistakes above; chunk_size < 1 accepted
+# - the general recurrence mistakes above; chunk_size < 1 accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_chunked", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "linear_recurrence_chunked", linear_recurrence_chunked, points=2)
@@ -245,9 +255,11 @@ check("day09-mamba-scan", "linear_recurrence_chunked", linear_recurrence_chunked
 # %% [markdown]
 # ## 4. The scan in Triton: `tl.associative_scan`
 #
-# Triton has the scan built in: `tl.associative_scan(values, axis, combine_fn)` scans a block with any associative `combine_fn` you write as a `@triton.jit` function. For a tuple of tensors `(a, b)`, `combine_fn` receives the left (earlier) operand's fields, then the right's: `combine(a_left, b_left, a_right, b_right)` and returns the combined tuple. One program per row, the whole row in one block of `BLOCK = triton.next_power_of_2(L)` lanes; lanes past $L$ load the identity $(1, 0)$ (`mask=`, `other=`).
+# Triton has the scan built in: `tl.associative_scan(values, axis, combine_fn)` scans a block with any associative `combine_fn` you write as a `@triton.jit` function. For a tuple of tensors `(a, b)`, `combine_fn` receives the left (earlier) operand's fields, then the right's: `combine(a_left, b_left, a_right, b_right)` and returns the combined tuple. The scan returns the scanned tuple in the order you passed it: here the running products of $a$, then $h$ (`_, h = tl.associative_scan((a, b), 0, scan_combine)`). One program per row, the whole row in one block of `BLOCK = triton.next_power_of_2(L)` lanes; lanes past $L$ load the identity $(1, 0)$ (`mask=`, `other=`), and the store is masked too (`mask=offsets < L`): an unmasked store writes past the end of the row.
 #
-# On a CPU, Triton runs through its interpreter (the setup cell imported `course` first, which sets `TRITON_INTERPRET=1`): it is slow and float32 only, so the checks use short float32 rows. The interpreter of Triton 3.x supports `tl.associative_scan` with a tuple and a custom combine function, so the same code runs on a GPU unchanged.
+# The rows go to the kernel as one contiguous `(rows, L)` tensor, since the kernel finds entry $t$ of row $r$ at `r * L + t`. `reshape` keeps a view's strides when it can (`a[:, ::2]` stays strided), so call `.contiguous()` after it.
+#
+# On a CPU, Triton runs through its interpreter (the setup cell imported `course` first, which sets `TRITON_INTERPRET=1`): it is slow and float32 only, so the checks use short float32 rows. The interpreter of Triton 3.x supports `tl.associative_scan` with a tuple and a custom combine function, so the same code runs on a GPU. One difference matters here: the interpreter scans left to right, one element at a time, while a GPU combines whole blocks in a tree, so only an associative `scan_combine` gives the same answer on both. The checks scan in a tree, as a GPU does. A load or store outside the tensors, which would crash the interpreter, raises an error that names it (the setup cell turned this watch on).
 
 # %% nbgrader={"grade": false, "grade_id": "linear_recurrence_triton", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @triton.jit
@@ -294,7 +306,10 @@ def linear_recurrence_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # %% [markdown]
 # **Mistakes the checks recognise:**
 #
-# - `scan_combine` with its operands swapped (the later block applied first)
+# - `scan_combine` with its operands swapped (the later block applied first), its first field not `a_left * a_right`, or the earlier block's `b` decayed by its own `a`
+# - the scan's first field (the products of $a$) stored instead of $h$
+# - a load or store outside the tensors (an unmasked store, a row offset of `row * BLOCK`)
+# - strided inputs read as if they were contiguous (no `.contiguous()`)
 # - the recurrence mistakes above; mismatched shapes accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_triton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -360,7 +375,8 @@ for step in (0.01, 0.1, 1.0, 3.0):
 #
 # - Euler for A (`1 + delta*A`) instead of `exp(delta*A)`
 # - `delta*B` (Mamba's simplification) where the exact hold is asked, `(exp(delta*A) - 1) * B` without `/ A`, or `exp(delta*A) / A * B` without the `- 1`
-# - NaN where A = 0
+# - NaN where A = 0, or `B` there instead of the limit `delta * B`; an extra factor `delta` on top of the exact hold
+# - the pair returned as `(B_bar, A_bar)`; `A` changed in place (to avoid the division by 0)
 # - wrong layouts accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_discretize_zoh", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -427,6 +443,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 # - the `D * u` skip term missing, or added after the gate
 # - the gate as `z` or `sigmoid(z)` instead of `silu(z)`, or ignored
 # - Euler for A (`1 + delta*A`), or the exact ZOH $\bar B$ where the reference uses `delta*B`
+# - $y_t$ read out before step $t$'s update; `B` and `C` swapped; `u` left out of the input term
 # - the state carried from one batch row into the next; wrong layouts accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_selective_scan", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -443,9 +460,9 @@ check("day09-mamba-scan", "selective_scan", selective_scan, hidden=True, points=
 #
 # A Mamba block wraps the scan (parameter names as in `mamba_ssm.Mamba`; $d_\text{inner} = \text{expand} \cdot d_\text{model}$, $r = \lceil d_\text{model} / 16 \rceil$):
 #
-# 1. `in_proj` (no bias): $x \in \mathbb{R}^{B \times L \times d_\text{model}} \to (u, z)$, each $d_\text{inner}$ channels;
+# 1. `in_proj` (no bias): $x \in \mathbb{R}^{B \times L \times d_\text{model}} \to (u, z)$, each $d_\text{inner}$ channels, $u$ the first half and the gate $z$ the second;
 # 2. `conv1d`: a **causal depthwise** convolution over time (kernel `d_conv`, `groups=d_inner`, `padding=d_conv-1`, keep the *first* $L$ outputs), then SiLU;
-# 3. `x_proj` (no bias): $u_t \to (\delta_t \in \mathbb{R}^r, B_t, C_t \in \mathbb{R}^{N})$: the input-dependent parts; `dt_proj`: $\delta_t \to \Delta_t \in \mathbb{R}^{d_\text{inner}}$, whose bias is passed as `delta_bias` with `delta_softplus=True`;
+# 3. `x_proj` (no bias): $u_t \to (\delta_t \in \mathbb{R}^r, B_t, C_t \in \mathbb{R}^{N})$: the input-dependent parts; `dt_proj`: $\delta_t \to \Delta_t \in \mathbb{R}^{d_\text{inner}}$ by its weight only (`F.linear(dt, self.dt_proj.weight)`, not `self.dt_proj(dt)`): its bias is passed as `delta_bias` with `delta_softplus=True`, so the scan adds it once;
 # 4. $A = -\exp(\texttt{A\_log})$ (negative, so the state decays), `A_log` initialised to $\log(1, \ldots, N)$ per channel, `D` to ones;
 # 5. `selective_scan(u, Δ, A, B, C, D, z, delta_bias, delta_softplus=True)`, then `out_proj` (no bias) back to $d_\text{model}$.
 
@@ -501,6 +518,8 @@ class MambaBlock(nn.Module):
 # - a convolution that looks ahead (the last L outputs kept instead of the first L), or no SiLU after it
 # - A = exp(A_log) (positive: a state that blows up) instead of -exp(A_log)
 # - no softplus on Δ, no gate, no D; an output that depends on later inputs; a wrong feature size accepted
+# - `u` and `z` swapped; `x_proj`'s output split in another order than $(\delta, B, C)$; `dt_proj`'s bias added twice (by `self.dt_proj(dt)` and again as `delta_bias`)
+# - a fresh block not initialised as `mamba_ssm`'s (`A_log`, `D`)
 
 # %% nbgrader={"grade": true, "grade_id": "check_MambaBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "MambaBlock", MambaBlock, points=2)

@@ -99,6 +99,21 @@ def test_bad_input_gives_clear_errors(solution, call, match):
 
 ADD_BUGS = {
     "grid_too_small": [("add_kernel[(triton.cdiv(n, BLOCK),)]", "add_kernel[(n // BLOCK,)]")],
+    "offsets_without_block_start": [
+        ("offsets = pid * BLOCK + tl.arange(0, BLOCK)", "offsets = pid + tl.arange(0, BLOCK)")
+    ],
+    "mask_against_block": [("inside = offsets < n", "inside = offsets < BLOCK")],
+    # empty_like(x) before x is made contiguous: a transpose's output keeps its strides
+    "output_like_input": [
+        ("x, y = x.contiguous(), y.contiguous()", "xc, yc = x.contiguous(), y.contiguous()"),
+        ("out = torch.empty_like(x)", "out = torch.empty_like(x); x, y = xc, yc"),
+    ],
+    "view_of_non_contiguous": [
+        (
+            "x, y = x.contiguous(), y.contiguous()",
+            "x, y = x.view(-1).view(x.shape), y.view(-1).view(y.shape)",
+        )
+    ],
     "out_of_bounds": [
         ("x = tl.load(x_ptr + offsets, mask=inside)", "x = tl.load(x_ptr + offsets)"),
         ("tl.store(out_ptr + offsets, x + y, mask=inside)", "tl.store(out_ptr + offsets, x + y)"),
@@ -138,6 +153,14 @@ SOFTMAX_BUGS = {
     "no_error_for_bad_input": [("if x.ndim == 0:", "if False:")],
     "softmax_not_divided": [("num / tl.sum(num, axis=0)", "num")],
     "softmax_exp2": [("num = tl.exp(x)", "num = tl.exp2(x)")],
+    "one_program_for_all_rows": [("softmax_kernel[(rows.shape[0],)]", "softmax_kernel[(1,)]")],
+    "row_stride_block": [
+        ("x_ptr + row * n_cols + cols", "x_ptr + row * BLOCK + cols"),
+        ("out_ptr + row * n_cols + cols", "out_ptr + row * BLOCK + cols"),
+    ],
+    "block_not_power_of_two": [
+        ("BLOCK=triton.next_power_of_2(rows.shape[1])", "BLOCK=rows.shape[1]")
+    ],
     "non_contiguous": [
         ("rows = x.contiguous().reshape(-1, x.shape[-1])", "rows = x.view(-1, x.shape[-1])")
     ],
@@ -209,6 +232,15 @@ FLASH_BUGS = {
     ],
     "pad_keys_not_masked": [("keep = offs_n[None, :] < Lk", "keep = offs_n[None, :] >= 0")],
     "wrong_scale": [("1.4426950408889634 / math.sqrt(D)", "1.0 / math.sqrt(D)")],
+    "alpha_inverted": [("alpha = tl.exp2(m_i - m_new)", "alpha = tl.exp2(m_new - m_i)")],
+    "causal_row_without_keys": [("pos = (Lk - Lq) + offs_m", "pos = (Lq - Lk) + offs_m")],
+    "grid_axes_swapped": [
+        (
+            "grid = (triton.cdiv(Lq, BLOCK), q3.shape[0])",
+            "grid = (q3.shape[0], triton.cdiv(Lq, BLOCK))",
+        )
+    ],
+    "dot_shapes": [("s = tl.dot(q, tl.trans(k)) * qk_scale  ", "s = tl.dot(q, k) * qk_scale  ")],
     "no_error_for_bad_input": [("if D not in (16, 32, 64, 128):", "if False:")],
 }
 
@@ -346,6 +378,26 @@ FUNCTION_BUGS = {
     ],
     "grad_wrong_scale": [("ds_scale = 1.0 / math.sqrt(D)", "ds_scale = 1.0")],
     "causal_backward": [("CAUSAL=ctx.is_causal)", "CAUSAL=False)")],
+    "wrong_delta": [("tl.sum(o * do, axis=1)", "tl.sum(do, axis=1)")],
+    "delta_rows_missing": [("(o3, do3, delta, BH * Lq,", "(o3, do3, delta, Lq,")],
+    # BLOCK_M = BLOCK_N = 16 and D = 16: the tiles' shapes agree, the values do not
+    "dv_p_not_transposed": [
+        ("dv += tl.dot(tl.trans(p.to(do.dtype)), do)", "dv += tl.dot(p.to(do.dtype), do)")
+    ],
+    "delta_wrong_axis": [("(dp - Di[:, None])", "(dp - Di[None, :])")],
+    "dk_from_dout": [
+        (
+            "dk += tl.dot(tl.trans(ds.to(q.dtype)), q)",
+            "dk += tl.dot(tl.trans(ds.to(q.dtype)), do)",
+        )
+    ],
+    "backward_gradient_count": [("dv.reshape(v.shape), None", "dv.reshape(v.shape)")],
+    "backward_gradient_order": [
+        (
+            "return dq.reshape(q.shape), dk.reshape(k.shape)",
+            "return dk.reshape(k.shape), dq.reshape(q.shape)",
+        )
+    ],
     "dout_not_contiguous": [
         (
             "q3, k3, v3, o3, do3 = (t.reshape(-1, t.shape[-2], D).contiguous() "
@@ -480,8 +532,33 @@ def add_grid_stride(x, y):
     return out
 
 
+def passes_on_hidden_seeds(name: str, impl, seeds=HIDDEN_SEEDS) -> bool:
+    """impl passes exercise `name`'s visible checks and its hidden ones on each seed."""
+    return report(name, impl).passed and all(
+        report(name, impl, hidden=True, seed=seed).passed for seed in seeds
+    )
+
+
 def test_a_grid_stride_add_passes():
-    assert report("triton_add", add_grid_stride).passed
+    assert passes_on_hidden_seeds("triton_add", add_grid_stride)
+
+
+SOFTMAX_ALTERNATIVES = {  # written differently, right all the same
+    "exp2_with_log2e": [("num = tl.exp(x)", "num = tl.exp2(x * 1.4426950408889634)")],
+    "logsumexp_form": [
+        ("num / tl.sum(num, axis=0)", "tl.exp(x - tl.log(tl.sum(num, axis=0)))"),
+    ],
+    # padded lanes loaded as 0.0, then set to -inf before the max
+    "where_after_load": [
+        ('other=float("-inf"))', 'other=0.0)\n    x = tl.where(inside, x, float("-inf"))'),
+    ],
+}
+
+
+@pytest.mark.parametrize("alternative", SOFTMAX_ALTERNATIVES)
+def test_softmax_alternatives_pass(solution, alternative):
+    impl = planted(solution, "triton_softmax", *SOFTMAX_ALTERNATIVES[alternative])
+    assert passes_on_hidden_seeds("triton_softmax", impl)
 
 
 @triton.jit
@@ -560,7 +637,7 @@ def flash_natural(q, k, v, causal=False):
 
 
 def test_a_natural_log_kernel_with_other_tiles_passes():
-    assert report("flash_attention_triton", flash_natural).passed
+    assert passes_on_hidden_seeds("flash_attention_triton", flash_natural, HIDDEN_SEEDS[:1])
 
 
 def test_a_library_style_kernel_passes():

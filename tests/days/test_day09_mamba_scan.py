@@ -4,13 +4,16 @@ clear errors. Planted bugs are one-line edits of the solution notebook's own cel
 
 import functools
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import ROOT, assert_mistake_named, day_report, edited_solution
 
 DAY = "day09-mamba-scan"
 EXERCISES = [
@@ -137,13 +140,37 @@ SEQUENTIAL_BUGS = {
     ),
     "reversed_time": ("for t in range(b.shape[-1]):", "for t in reversed(range(b.shape[-1])):"),
     "no_error_for_bad_input": ("if a.shape != b.shape or a.ndim == 0:", "if False:"),
+    "no_error_for_bad_input (0-d)": (
+        "if a.shape != b.shape or a.ndim == 0:",
+        "if a.shape != b.shape:",
+    ),
+    "scan_along_first_axis": (
+        "state = torch.zeros_like(b[..., 0])  # one state per leading index\n"
+        "    for t in range(b.shape[-1]):\n"
+        "        state = a[..., t] * state + b[..., t]\n"
+        "        h[..., t] = state",
+        "state = torch.zeros_like(b[0])\n"
+        "    for t in range(b.shape[0]):\n"
+        "        state = a[t] * state + b[t]\n"
+        "        h[t] = state",
+    ),
+    "decay_shifted": (
+        "state = a[..., t] * state + b[..., t]",
+        "state = (a[..., t - 1] if t > 0 else 1.0) * state + b[..., t]",
+    ),
+    "initial_state_one": ("torch.zeros_like(b[..., 0])", "torch.ones_like(b[..., 0])"),
+    "a_b_swapped": (
+        "state = a[..., t] * state + b[..., t]",
+        "state = b[..., t] * state + a[..., t]",
+    ),
+    "modified_input": ("h = torch.empty_like(b)", "h = b"),  # the right values, written into b
 }
 
 
-@pytest.mark.parametrize("key", SEQUENTIAL_BUGS)
-def test_sequential_planted_bugs_are_named(solution, key, capsys):
-    bug = planted(solution, "linear_recurrence_sequential", *SEQUENTIAL_BUGS[key])
-    assert_named("linear_recurrence_sequential", bug, key, capsys)
+@pytest.mark.parametrize("case", SEQUENTIAL_BUGS)
+def test_sequential_planted_bugs_are_named(solution, case, capsys):
+    bug = planted(solution, "linear_recurrence_sequential", *SEQUENTIAL_BUGS[case])
+    assert_named("linear_recurrence_sequential", bug, case.split()[0], capsys)
 
 
 def test_state_not_reset_between_rows_is_named(capsys):
@@ -158,6 +185,21 @@ PARALLEL_BUGS = {
     "exclusive_scan": ("    return H\n", "    return F.pad(H[..., :-1], (1, 0))\n"),
     "exclusive_plus_b": ("    return H\n", "    return F.pad(H[..., :-1], (1, 0)) + b\n"),
     "sequential_loop": ("    A, H = a, b\n", "    return linear_recurrence_sequential(a, b)\n"),
+    "missing_last_step": (
+        "while step < b.shape[-1]:",
+        "for _ in range(int(math.log2(b.shape[-1]))):",
+    ),
+    "decays_not_composed": ("A, H = A_left * A, A * H_left + H", "H = A * H_left + H"),
+    "decays_updated_before_h": (
+        "A, H = A_left * A, A * H_left + H",
+        "A = A_left * A\n        H = A * H_left + H",
+    ),
+    # the right values, computed in a and b themselves
+    "modified_input": (
+        "A, H = A_left * A, A * H_left + H",
+        "H[..., step:] = A[..., step:] * H[..., :-step] + H[..., step:]\n"
+        "        A[..., step:] = A[..., :-step] * A[..., step:]",
+    ),
 }
 
 
@@ -178,7 +220,15 @@ CHUNKED_BUGS = {
         "    n = max(L // chunk_size, 1)\n    pad = max(chunk_size - L, 0)\n"
         "    a, b = a[..., :n * chunk_size], b[..., :n * chunk_size]\n",
     ),
-    "no_error_for_bad_input": ("if chunk_size < 1:", "if chunk_size < -100:"),
+    "no_error_for_bad_chunk_size": ("if chunk_size < 1:", "if chunk_size < -100:"),
+    "decay_without_a_t": (
+        "decay = torch.cumprod(a_c, dim=-1)",
+        "decay = torch.cumprod(F.pad(a_c[..., :-1], (1, 0), value=1.0), dim=-1)",
+    ),
+    "carry_from_local_end": (
+        "ends = linear_recurrence_parallel(decay[..., -1], local[..., -1])",
+        "ends = local[..., -1]",
+    ),
 }
 
 
@@ -188,14 +238,101 @@ def test_chunked_planted_bugs_are_named(solution, key, capsys):
     assert_named("linear_recurrence_chunked", bug, key, capsys)
 
 
-def test_triton_combine_in_the_wrong_order_is_named(solution, capsys):
-    bug = planted(
-        solution,
-        "linear_recurrence_triton",
-        "return a_left * a_right, a_right * b_left + b_right",
-        "return a_left * a_right, a_left * b_right + b_left",
+TRITON_BUGS = {
+    "combine_wrong_order": [
+        (
+            "return a_left * a_right, a_right * b_left + b_right",
+            "return a_left * a_right, a_left * b_right + b_left",
+        )
+    ],
+    # right in the interpreter's left-to-right scan, wrong in a GPU's tree
+    "combine_a_not_composed": [
+        (
+            "return a_left * a_right, a_right * b_left + b_right",
+            "return a_left, a_right * b_left + b_right",
+        )
+    ],
+    "combine_decays_own_b": [
+        (
+            "return a_left * a_right, a_right * b_left + b_right",
+            "return a_left * a_right, a_left * b_left + b_right",
+        )
+    ],
+    "scan_product_stored": [("_, h = tl.associative_scan", "h, _ = tl.associative_scan")],
+    "block_not_power_of_two": [("BLOCK=triton.next_power_of_2(L)", "BLOCK=L")],
+    "strided_as_contiguous": [
+        ("a_rows = a.reshape(-1, L).contiguous()", "a_rows = a.reshape(-1, L)"),
+        ("b_rows = b.reshape(-1, L).contiguous()", "b_rows = b.reshape(-1, L)"),
+    ],
+    # both crashed the interpreter before the checks watched the launches
+    "out_of_bounds (unmasked store)": [
+        (
+            "tl.store(h_ptr + row * L + offsets, h, mask=inside)",
+            "tl.store(h_ptr + row * L + offsets, h)",
+        )
+    ],
+    "out_of_bounds (row * BLOCK)": [
+        (
+            "row * L + offsets, mask=inside, other=1.0",
+            "row * BLOCK + offsets, mask=inside, other=1.0",
+        ),
+        (
+            "row * L + offsets, mask=inside, other=0.0",
+            "row * BLOCK + offsets, mask=inside, other=0.0",
+        ),
+        ("tl.store(h_ptr + row * L + offsets", "tl.store(h_ptr + row * BLOCK + offsets"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", TRITON_BUGS)
+def test_triton_planted_bugs_are_named(solution, case, capsys):
+    bug = edited_solution(DAY, solution, "linear_recurrence_triton", TRITON_BUGS[case])
+    assert_named("linear_recurrence_triton", bug, case.split()[0], capsys)
+
+
+# An out-of-bounds store in a plain call (the example cell after the kernel, say), outside any
+# check: the setup cell's watch must name it and the process live on to the next launch.
+OUT_OF_BOUNDS_SCRIPT = """
+import nbformat, torch, triton, triton.language as tl
+
+notebook = nbformat.read({notebook!r}, as_version=4)
+exec(next(c.source for c in notebook.cells if c.metadata.get("nbgrader", {{}}).get("grade_id") == "setup"))
+
+@triton.jit
+def copy_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    inside = offsets < n
+    if MASKED:
+        tl.store(y_ptr + offsets, tl.load(x_ptr + offsets, mask=inside), mask=inside)
+    else:
+        tl.store(y_ptr + offsets, tl.load(x_ptr + offsets))
+
+x, y = torch.arange(5.0), torch.zeros(5)
+try:
+    copy_kernel[(1,)](x, y, 5, BLOCK=4096, MASKED=False)
+except Exception as error:
+    print(type(error).__name__, error.key)
+    print(error)
+copy_kernel[(1,)](x, y, 5, BLOCK=8, MASKED=True)
+print("alive", torch.equal(x, y))
+"""
+
+
+@pytest.mark.parametrize("day", ["day07-flash-triton", DAY])
+def test_out_of_bounds_outside_the_checks_is_named(day, tmp_path):
+    script = tmp_path / "plain_launch.py"  # a file: Triton reads its kernels' source
+    script.write_text(
+        OUT_OF_BOUNDS_SCRIPT.format(notebook=str(ROOT / "solutions" / day / f"{day}.ipynb"))
     )
-    assert_named("linear_recurrence_triton", bug, "combine_wrong_order", capsys)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "MPLBACKEND": "Agg"}
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "OutOfBounds out_of_bounds" in run.stdout, run.stdout
+    assert "copy_kernel: a load touched" in run.stdout and "hint: mask every tl.load" in run.stdout
+    assert run.stdout.rstrip().endswith("alive True"), run.stdout
 
 
 # ----------------------------------------------------------------------------- planted bugs: ZOH, scan, block
@@ -212,6 +349,16 @@ ZOH_BUGS = {
     "no_error_for_bad_input": (
         "if tuple(A.shape) != (dim, A.shape[1]) or tuple(B.shape) != (batch, A.shape[1], L):",
         "if False:",
+    ),
+    "pair_swapped": ("return A_bar, B_bar", "return B_bar, A_bar"),
+    "zero_a_limit_b": (
+        "torch.where(zero, delta[..., None], torch.expm1",
+        "torch.where(zero, 1.0, torch.expm1",
+    ),
+    "b_delta_twice": ("B_bar = gain * B", "B_bar = gain * delta[..., None] * B"),
+    "modified_input": (
+        "zero = (A == 0)[:, None, :]",
+        "zero = (A == 0)[:, None, :]\n    A[A == 0] = 1.0",
     ),
 }
 
@@ -244,6 +391,11 @@ SCAN_BUGS = {
         "Bu = (torch.expm1(delta[..., None] * A[:, None, :]) / A[:, None, :]) * u[..., None] * B.transpose(1, 2)[:, None]",
     ),
     "no_error_for_bad_input": ("if tuple(t.shape) != (batch, A.shape[1], L):", "if False:"),
+    "readout_before_update": (
+        'y = torch.einsum("bdnl,bnl->bdl", x, C)',
+        'y = torch.einsum("bdnl,bnl->bdl", F.pad(x[..., :-1], (1, 0)), C)',
+    ),
+    "u_missing": ("Bu = (delta * u)[..., None]", "Bu = delta[..., None]"),
 }
 
 
@@ -251,6 +403,15 @@ SCAN_BUGS = {
 def test_scan_planted_bugs_are_named(solution, key, capsys):
     bug = planted(solution, "selective_scan", *SCAN_BUGS[key])
     assert_named("selective_scan", bug, key, capsys)
+
+
+def test_scan_with_b_and_c_swapped_is_named(solution, capsys):
+    edits = [
+        ("Bu = (delta * u)[..., None] * B.transpose", "Bu = (delta * u)[..., None] * C.transpose"),
+        ('y = torch.einsum("bdnl,bnl->bdl", x, C)', 'y = torch.einsum("bdnl,bnl->bdl", x, B)'),
+    ]
+    bug = edited_solution(DAY, solution, "selective_scan", edits)
+    assert_named("selective_scan", bug, "b_c_swapped", capsys)
 
 
 def scan_without_reset(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -289,6 +450,16 @@ MAMBA_BUGS = {
     ),
     "gate_ignored": ("D=self.D, z=z,", "D=self.D, z=None,"),
     "no_error_for_bad_input": ("if x.ndim != 3 or x.shape[-1] != self.d_model:", "if False:"),
+    "u_z_swapped": ("u, z = self.in_proj(x)", "z, u = self.in_proj(x)"),
+    "x_proj_split_order": (
+        "dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state]",
+        "B, C, dt = self.x_proj(u.transpose(1, 2)).split([self.d_state, self.d_state, self.dt_rank]",
+    ),
+    "dt_bias_twice": ("delta = F.linear(dt, self.dt_proj.weight)", "delta = self.dt_proj(dt)"),
+    "not_initialised_as_mamba": (
+        "nn.Parameter(torch.ones(d_inner))",
+        "nn.Parameter(torch.zeros(d_inner))",
+    ),
 }
 
 

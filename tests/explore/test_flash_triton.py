@@ -13,7 +13,9 @@ import torch  # noqa: E402
 
 import course  # noqa: F401,E402  (Triton in interpreter mode without a GPU)
 from course.explore.flash_triton import (
+    EXTRA,
     FULL,
+    LOADS_CMAP,
     MASKED,
     SKIPPED,
     TileExplorer,
@@ -114,3 +116,25 @@ def test_widget_displays():
     assert isinstance(explorer.schedule(), np.ndarray) and torch.is_tensor(
         torch.as_tensor(explorer.schedule())
     )
+
+
+def shows_colour(png: bytes, rgb) -> bool:
+    return bool((np.abs(pixels(png)[..., :3] - np.asarray(rgb)) < 0.02).all(-1).any())
+
+
+def test_it_draws_the_tiles_the_kernel_really_loaded():
+    from course.reference.flash_triton import flash_attention_triton
+
+    explorer = TileExplorer(lq=48, lk=48, causal=True, flash_attention=flash_attention_triton)
+    scheduled = explorer.schedule() != SKIPPED
+    assert np.array_equal(explorer.loaded, scheduled)  # the reference skips what it should
+    assert not shows_colour(explorer.image.value, LOADS_CMAP(EXTRA)[:3])
+
+    def skips_no_tile(q, k, v, causal=False):  # every program loops over every key tile
+        return flash_attention_triton(q, k, v, causal=False)
+
+    explorer = TileExplorer(lq=48, lk=48, causal=True, flash_attention=skips_no_tile)
+    assert explorer.loaded.all()  # the upper triangle too, which the schedule skips
+    assert np.array_equal(np.triu(explorer.loaded, 1), np.triu(~scheduled, 1))
+    assert shows_colour(explorer.image.value, LOADS_CMAP(EXTRA)[:3])
+    assert explorer.stats()["loaded by your kernel"] == "100%"

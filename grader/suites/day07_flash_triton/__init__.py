@@ -38,7 +38,7 @@ from grader.suites.day07_flash_triton.flash_forward import (
     flash_skips_future_tiles,
     flash_unusual_inputs,
 )
-from grader.suites.day07_flash_triton.hints import FORBIDDEN, HINTS
+from grader.suites.day07_flash_triton.hints import FORBIDDEN, HINTS, names_crashes
 from grader.suites.day07_flash_triton.warmups import (
     add_matches,
     add_non_contiguous,
@@ -49,35 +49,29 @@ from grader.suites.day07_flash_triton.warmups import (
     softmax_stable,
 )
 
+CHECKS = {
+    "triton_add": [add_matches, add_non_contiguous, add_rejects_bad_input],
+    "triton_softmax": [softmax_matches, softmax_stable, softmax_shapes, softmax_rejects_bad_input],
+    "flash_attention_triton": [
+        flash_matches,
+        flash_causal,
+        flash_skips_future_tiles,
+        flash_shapes,
+        flash_unusual_inputs,
+        flash_in_bounds,
+        flash_rejects_bad_input,
+    ],
+    "FlashAttentionTriton": [
+        function_forward,
+        function_gradients,
+        function_causal_gradients,
+        function_rejects_bad_input,
+    ],
+}
+# a crash that is the signature of one mistake (hints.CRASHES) is named in every check
 EXERCISES = {
-    "triton_add": Exercise(
-        checks=[add_matches, add_non_contiguous, add_rejects_bad_input], forbidden=FORBIDDEN
-    ),
-    "triton_softmax": Exercise(
-        checks=[softmax_matches, softmax_stable, softmax_shapes, softmax_rejects_bad_input],
-        forbidden=FORBIDDEN,
-    ),
-    "flash_attention_triton": Exercise(
-        checks=[
-            flash_matches,
-            flash_causal,
-            flash_skips_future_tiles,
-            flash_shapes,
-            flash_unusual_inputs,
-            flash_in_bounds,
-            flash_rejects_bad_input,
-        ],
-        forbidden=FORBIDDEN,
-    ),
-    "FlashAttentionTriton": Exercise(
-        checks=[
-            function_forward,
-            function_gradients,
-            function_causal_gradients,
-            function_rejects_bad_input,
-        ],
-        forbidden=FORBIDDEN,
-    ),
+    name: Exercise(checks=[names_crashes(check) for check in checks], forbidden=FORBIDDEN)
+    for name, checks in CHECKS.items()
 }
 
 __all__ = ["EXERCISES", "HINTS"]

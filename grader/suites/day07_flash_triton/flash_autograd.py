@@ -19,7 +19,14 @@ from grader.harness.measuring import saved_tensors
 from grader.suites._common import draw, randn
 from grader.suites.day07_flash_triton.hints import FORBIDDEN
 from grader.suites.day07_flash_triton.kernel_watch import expect_triton, watch_kernels, watched
-from grader.suites.day07_flash_triton.oracles import attention64, f64, out_suspects, qkv, visible
+from grader.suites.day07_flash_triton.oracles import (
+    BLOCKS,
+    attention64,
+    f64,
+    out_suspects,
+    qkv,
+    visible,
+)
 
 
 def function_class(impl):
@@ -51,10 +58,63 @@ def grads64(q, k, v, dout, causal, variant=None):
         p = p_true
     dv = p.transpose(-1, -2) @ dout
     dp = dout @ v.transpose(-1, -2)
-    d = (dout * out).sum(-1, keepdim=True)
+    d = {  # D_i = rowsum(dO_i * O_i), or what a slip in the preprocessing kernel sums
+        "delta_of_dout": dout.sum(-1, keepdim=True),
+        "delta_of_out_squared": (out * out).sum(-1, keepdim=True),
+    }.get(variant, (dout * out).sum(-1, keepdim=True))
     ds = p * dp if variant == "no_d_term" else p * (dp - d)
     factor = {"grad_wrong_scale": 1.0, "grad_scale_twice": scale * scale}.get(variant, scale)
-    return ds @ k * factor, ds.transpose(-1, -2) @ q * factor, dv
+    dk = ds.transpose(-1, -2) @ (dout if variant == "dk_from_dout" else q) * factor
+    return ds @ k * factor, dk, dv
+
+
+def split_tiles(t: torch.Tensor, b: int, dim: int) -> torch.Tensor:
+    """t along `dim` (negative) zero-padded to whole tiles of b and split into (tiles, b): what
+    a kernel with masked loads sees, tile by tile."""
+    pad = [0, 0] * (-dim - 1) + [0, -t.shape[dim] % b]
+    return torch.nn.functional.pad(t, pad).unflatten(dim, (-1, b))
+
+
+def tile_slips64(q, k, v, dout, causal) -> list:
+    """(key, gradient index, wrong gradient) for the slips inside a kernel whose tile shapes
+    happen to agree (BLOCK_M = BLOCK_N = b, or = D), for each tile size b: the same code with
+    other sizes is a shape error instead. In float64, from the formulas, tile by tile."""
+    q, k, v, dout = (f64(t) for t in (q, k, v, dout))
+    Lq, Lk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1 / math.sqrt(D)
+    keep = visible(Lq, Lk, causal)
+    p = torch.softmax((q @ k.transpose(-1, -2) * scale).masked_fill(~keep, float("-inf")), -1)
+    out, dp = p @ v, dout @ v.transpose(-1, -2)
+    d = (dout * out).sum(-1, keepdim=True)
+    ds = p * (dp - d)
+    slips = []
+    for b in BLOCKS:
+        # (..., Lq, Lk) -> (..., query tiles, b, key tiles, b): [m, a, n, c]
+        p4, dp4, ds4 = (split_tiles(split_tiles(t, b, -1), b, -3) for t in (p, dp, ds))
+        # dV += P dO: query a of the tile paired with key c, dO read at query c
+        dv = torch.einsum("...manc,...mcd->...nad", p4, split_tiles(dout, b, -2))
+        slips.append(("dv_p_not_transposed", 2, dv.flatten(-3, -2)[..., :Lk, :]))
+        # dS = P * (dP - delta[None, :]): D of query c subtracted in column c
+        d4 = split_tiles(d[..., 0], b, -1)[..., :, None, None, :]
+        ds_wrong = (p4 * (dp4 - d4)).flatten(-2, -1).flatten(-3, -2)[..., :Lq, :Lk]
+        slips += [
+            ("delta_wrong_axis", 0, ds_wrong @ k * scale),
+            ("delta_wrong_axis", 1, ds_wrong.mT @ q * scale),
+        ]
+        if b != D:
+            continue
+        # dQ += dS K^T (b = D): key i of the tile read as head dim i
+        dq = torch.einsum("...mani,...nji->...maj", ds4, split_tiles(k, b, -2))
+        slips.append(("dq_k_transposed", 0, dq.flatten(-3, -2)[..., :Lq, :] * scale))
+        # D = tl.sum(o * do, axis=0) (a preprocess block of b = D rows): a column sum per row
+        rows = split_tiles((dout * out).reshape(-1, D), b, -2).sum(-2).flatten()
+        d_wrong = rows[: d.numel()].reshape(d.shape)
+        ds_wrong = p * (dp - d_wrong)
+        slips += [
+            ("wrong_delta", 0, ds_wrong @ k * scale),
+            ("wrong_delta", 1, ds_wrong.mT @ q * scale),
+        ]
+    return slips
 
 
 def run_function(cls, q, k, v, causal, rng, what, dout_transposed=False):
@@ -79,18 +139,53 @@ def run_function(cls, q, k, v, causal, rng, what, dout_transposed=False):
     return out, dout, grads, saved
 
 
+def delta_rows_written(grads, ref, Lq: int) -> int:
+    """How many rows (heads flattened) a preprocessing grid too small wrote D for, or 0: dV
+    right (it needs no D), dK wrong, and dQ right exactly on its first rows, a head's Lq rows or
+    whole blocks of them. The rows past them read D from uninitialised memory."""
+    dq_dk_dv = [torch.isclose(f64(g), r, rtol=1e-3, atol=1e-4) for g, r in zip(grads, ref)]
+    rows_right = dq_dk_dv[0].all(-1).reshape(-1)
+    if not dq_dk_dv[2].all() or dq_dk_dv[1].all() or rows_right.all():
+        return 0
+    written = int((~rows_right).nonzero()[0])
+    return written if written and any(written % size == 0 for size in (Lq, *BLOCKS)) else 0
+
+
 def expect_grads(grads, q, k, v, dout, causal, what):
     ref = grads64(q, k, v, dout, causal)
-    variants = ["no_d_term", "grad_wrong_scale", "grad_scale_twice", "backward_lse_natural"] + (
-        ["causal_backward"] if causal else []
-    )
+    variants = [
+        "no_d_term",
+        "grad_wrong_scale",
+        "grad_scale_twice",
+        "backward_lse_natural",
+        "delta_of_dout",
+        "delta_of_out_squared",
+        "dk_from_dout",
+    ] + (["causal_backward"] if causal else [])
+    named_as = {
+        "grad_scale_twice": "grad_wrong_scale",
+        "delta_of_dout": "wrong_delta",
+        "delta_of_out_squared": "wrong_delta",
+    }
     wrong = {variant: grads64(q, k, v, dout, causal, variant) for variant in variants}
+    slips = tile_slips64(q, k, v, dout, causal)
+    if written := delta_rows_written(grads, ref, q.shape[-2]):
+        description, fix = hint("delta_rows_missing")
+        raise Mistake(
+            f"dv of {what} is right, dk wrong, and dq right on its first {written} rows (heads "
+            f"flattened) only: it looks like {description}.",
+            fix,
+            "delta_rows_missing",
+        )
     for i, name in [(2, "dv"), (0, "dq"), (1, "dk")]:
         suspects = [
-            ("grad_wrong_scale" if variant == "grad_scale_twice" else variant, wrong[variant][i])
+            (named_as.get(variant, variant), wrong[variant][i])
             for variant in variants
             if not torch.allclose(wrong[variant][i], ref[i])
         ]
+        if i < 2 and q.shape == k.shape:  # dq and dk swapped: torch cannot tell by their shapes
+            suspects.append(("backward_gradient_order", ref[1 - i]))
+        suspects += [(slip, grad) for slip, index, grad in slips if index == i]
         expect_close(grads[i], ref[i], q.dtype, f"{name} of {what}", suspects)
 
 

@@ -31,7 +31,7 @@ def flash_causal(flash, rng):
     try:
         expect_attention(result, q, k, v, True, what)
     except Mistake as mistake:
-        if mistake.key not in ("wrong_values", "not_stable"):
+        if mistake.key not in ("wrong_values", "not_finite", "causal_row_without_keys"):
             raise
         # does a query's output move when only keys after its position change?
         r = Lq // 2

@@ -1,7 +1,12 @@
-"""What day07's checks tell the student: HINTS, the mistakes they name, and FORBIDDEN, what
-the student's functions must not call."""
+"""What day07's checks tell the student: HINTS, the mistakes they name, the crashes that are
+the signature of one mistake (`naming_crashes`), and FORBIDDEN, what the student's functions
+must not call."""
+
+import contextlib
+import functools
 
 import course.reference.flash_triton
+from grader.harness.checking import Mistake, crashed_with, hint
 from grader.harness.guard import SDPA, SOFTMAX
 
 HINTS = {
@@ -14,6 +19,105 @@ HINTS = {
         "a load or store outside the tensors (a lane past the end of the last, partial block)",
         "mask every tl.load and tl.store of a block that can stick out: offsets < n for rows "
         "and columns, e.g. tl.load(ptr + offs, mask=offs < n, other=0.0).",
+    ),
+    "offsets_without_block_start": (
+        "offsets without pid * BLOCK: program pid covers pid .. pid + BLOCK - 1, so the "
+        "programs overlap and the elements past BLOCK + (programs - 1) are never written",
+        "each program starts a whole block further: offs = pid * BLOCK + tl.arange(0, BLOCK).",
+    ),
+    "mask_against_block": (
+        "only the first block written: the mask compares the offsets with BLOCK instead of n, "
+        "so every later program is masked off entirely",
+        "mask the lanes past the end of the tensor: mask = offs < n (n the number of elements).",
+    ),
+    "output_like_input": (
+        "an output allocated with torch.empty_like(x) of a non-contiguous x: it keeps x's "
+        "strides, but the kernel writes it as if it were contiguous",
+        "allocate the output like the contiguous copy: out = torch.empty_like(xc) with "
+        "xc = x.contiguous() (or torch.empty(x.shape, dtype=x.dtype, device=x.device)).",
+    ),
+    "view_of_non_contiguous": (
+        "x.view(...) of a non-contiguous input (a transpose or a strided slice): view cannot "
+        "flatten memory that is not one block",
+        "make the input contiguous first: x.contiguous().view(-1), or x.reshape(-1).contiguous() "
+        "(reshape alone may return a strided view, which the kernel misreads).",
+    ),
+    "one_program_for_all_rows": (
+        "only the first row written: a grid of one program, where each program handles one row",
+        "launch one program per row, softmax_kernel[(n_rows,)](...), and let each read its row "
+        "with tl.program_id(0) * n_cols.",
+    ),
+    "row_stride_block": (
+        "rows read at row * BLOCK (the padded block) instead of row * n_cols: row 0 is right, "
+        "every later row starts in the wrong place and the last runs past the end",
+        "step over whole rows of the tensor, x_ptr + row * n_cols + cols: BLOCK only sizes the "
+        "lanes of one row.",
+    ),
+    "block_not_power_of_two": (
+        "a block size that is not a power of two: tl.arange(0, BLOCK) needs a power of two",
+        "round the block up, BLOCK = triton.next_power_of_2(n_cols), and mask the lanes past "
+        "n_cols (mask=cols < n_cols, other=float('-inf')).",
+    ),
+    "dot_shapes": (
+        "tl.dot(a, b) of tiles whose inner sizes differ: a (M, K) needs b (K, N)",
+        "for q (BLOCK_M, D) and k (BLOCK_N, D) the scores are tl.dot(q, tl.trans(k)) "
+        "(BLOCK_M, BLOCK_N); then tl.dot(p, v) (BLOCK_M, D). Write each tile's shape beside it.",
+    ),
+    "tile_shapes": (
+        "two tiles combined elementwise whose shapes do not broadcast (a per-row vector against "
+        "a per-column one, or a sum over the wrong axis)",
+        "write each tile's shape beside it: a per-row vector is used as v[:, None], a per-column "
+        "one as v[None, :]; tl.sum(x, axis=1) gives one value per row of x.",
+    ),
+    "alpha_inverted": (
+        "a rescale factor that grows: alpha = exp(m_new - m_i) instead of exp(m_i - m_new), so "
+        "acc and l blow up to inf and out is inf / inf",
+        "alpha = tl.exp2(m_i - m_new) (old max minus new max) is at most 1: it shrinks the old "
+        "sums to the new max.",
+    ),
+    "causal_row_without_keys": (
+        "with causal=True some query rows see no key at all (all scores -inf, 0 / 0): the "
+        "causal positions or the loop bound leave them nothing",
+        "query i sits at position Lk - Lq + i and sees keys j <= Lk - Lq + i, always at least "
+        "one: pos = Lk - Lq + offs_m, hi = tl.minimum(Lk, Lk - Lq + start_m + BLOCK_M).",
+    ),
+    "wrong_delta": (
+        "D_i computed from something else than rowsum(dO_i * O_i) (dO alone, O * O, or summed "
+        "down the rows, axis=0, instead of along each row)",
+        "D_i = sum over d of dO[i, d] * O[i, d]: delta = tl.sum(o * do, axis=1) in the "
+        "preprocessing kernel, o and do loaded as float32.",
+    ),
+    "delta_rows_missing": (
+        "D = rowsum(dO * O) written for the first rows only: the preprocessing kernel's grid or "
+        "row count covers fewer than BH * Lq rows (n_rows = Lq, or n_rows // BLOCK programs), "
+        "so the other rows read D from uninitialised memory",
+        "flatten every head's rows, n_rows = BH * Lq, and launch triton.cdiv(n_rows, BLOCK) "
+        "programs with the last block masked (rows < n_rows).",
+    ),
+    "dv_p_not_transposed": (
+        "dV += P dO instead of P^T dO (the tile shapes agree when BLOCK_M = BLOCK_N, so no error)",
+        "dV sums over queries: dv += tl.dot(tl.trans(p), do), (BLOCK_N, BLOCK_M) @ (BLOCK_M, D).",
+    ),
+    "dq_k_transposed": (
+        "dQ += dS K^T instead of dS K (the tile shapes agree when BLOCK_N = D, so no error)",
+        "dS is (BLOCK_M, BLOCK_N) and k (BLOCK_N, D): dq += tl.dot(ds, k), no transpose.",
+    ),
+    "delta_wrong_axis": (
+        "D broadcast along the wrong axis in dS = P * (dP - D): delta[None, :] (one value per "
+        "key column) instead of delta[:, None] (one per query row)",
+        "D_i belongs to query row i: ds = p * (dp - delta[:, None]).",
+    ),
+    "dk_from_dout": (
+        "dK = dS^T dO instead of dS^T Q",
+        "S = scale * Q K^T, so dK = scale * dS^T Q: accumulate dk += tl.dot(tl.trans(ds), q).",
+    ),
+    "backward_gradient_count": (
+        "backward returning a different number of gradients than forward has inputs",
+        "return one per input of forward after ctx: dq, dk, dv, None (None for is_causal).",
+    ),
+    "backward_gradient_order": (
+        "gradients returned in another order than forward's inputs",
+        "return them in the order of forward(ctx, q, k, v, is_causal): dq, dk, dv, None.",
     ),
     "grid_too_small": (
         "the last elements never written: the grid has n // BLOCK programs instead of ceil(n / BLOCK)",
@@ -57,6 +161,12 @@ HINTS = {
         "right for the first head only",
         "each tensor steps over its own rows: q and out at bh * Lq * HEAD_DIM, k and v at "
         "bh * Lk * HEAD_DIM, lse at bh * Lq.",
+    ),
+    "grid_axes_swapped": (
+        "the grid's axes swapped: (BH, query tiles) launched for a kernel that reads "
+        "tl.program_id(0) as the query tile and tl.program_id(1) as bh",
+        "launch grid = (triton.cdiv(Lq, BLOCK_M), BH), in the order the kernel reads "
+        "tl.program_id(0) and tl.program_id(1).",
     ),
     "causal_tiles_not_skipped": (
         "the key tiles above the diagonal loaded with causal=True: the loop runs to Lk and only "
@@ -186,6 +296,46 @@ HINTS = {
         '`raise ValueError(f"head_dim must be one of (16, 32, 64, 128), got {D}")`.',
     ),
 }
+
+# (mistake, error type, text fragments...): a crash whose error says so is this mistake
+CRASHES = [
+    ("block_not_power_of_two", "InterpreterError", "arange's range must be a power of 2"),
+    ("block_not_power_of_two", "CompilationError", "arange's range must be a power of 2"),
+    ("dot_shapes", "InterpreterError", "must have equal reduction dimensions"),
+    ("dot_shapes", "CompilationError", "must have equal reduction dimensions"),
+    ("tile_shapes", "InterpreterError", "Cannot make_shape_compatible"),
+    ("tile_shapes", "CompilationError", "Cannot make_shape_compatible"),
+    ("view_of_non_contiguous", "RuntimeError", "view size is not compatible"),
+    ("backward_gradient_count", "RuntimeError", "returned an incorrect number of gradients"),
+    ("backward_gradient_order", "RuntimeError", "returned an invalid gradient at index"),
+]
+
+
+@contextlib.contextmanager
+def naming_crashes():
+    """Inside, a crash of the student's function that is the signature of one mistake (CRASHES)
+    is reported as that mistake; the error's text stays, without an "at:" line inside Triton."""
+    try:
+        yield
+    except Mistake as mistake:
+        for key, error, *fragments in CRASHES:
+            if crashed_with(mistake, error, *fragments):
+                message = mistake.message.split("\n      at: raise InterpreterError")[0]
+                description, fix = hint(key)
+                raise Mistake(f"{message}\n      It looks like {description}.", fix, key) from None
+        raise
+
+
+def names_crashes(check):
+    """`check` with naming_crashes() around it, as an Exercise's check."""
+
+    @functools.wraps(check)
+    def check_naming_crashes(student, rng):
+        with naming_crashes():
+            check(student, rng)
+
+    return check_naming_crashes
+
 
 LIBRARY = "course.reference.flash_triton is the course's library version: write yours."
 FORBIDDEN = {

@@ -21,10 +21,24 @@ from grader.suites._common import draw, randn, softmax64
 from grader.suites.day07_flash_triton.kernel_watch import watched
 
 
+def unwritten_tail(n: int, right: int) -> str:
+    """The launch mistake that leaves only the first `right` of n elements right, for a block
+    size that is a power of two: too few programs, offsets without pid * BLOCK (programs overlap
+    by all but one element), or a mask against BLOCK (only the first block written)."""
+    for block in (2**p for p in range(4, 15)):
+        if right == triton.cdiv(n, block) - 1 + block:
+            return "offsets_without_block_start"
+        if right == n // block * block and n - right < block:
+            return "grid_too_small"
+    return "mask_against_block" if right & (right - 1) == 0 else "grid_too_small"
+
+
 def add_matches(triton_add, rng):
     """matches x + y for sizes that are not a multiple of the block (1-D, 2-D, 3-D), in bounds"""
     for shape in [
-        (draw(rng, 1000, 3000),),
+        # odd, so never a multiple of a block; past 2048, so a mask against BLOCK (1024) leaves
+        # more wrong than right, which too few programs never does
+        (2048 + 2 * draw(rng, 0, 475) + 1,),
         (draw(rng, 3, 9), draw(rng, 100, 300)),
         (2, draw(rng, 2, 5), draw(rng, 7, 40)),
     ]:
@@ -41,12 +55,13 @@ def add_matches(triton_add, rng):
             flat = wrong.reshape(-1)
             first = int(flat.nonzero()[0])
             if first > 0 and flat[first:].all():
-                description, fix = hint("grid_too_small")
+                key = unwritten_tail(flat.numel(), first)
+                description, fix = hint(key)
                 raise Mistake(
                     f"triton_add on {shape}: the first {first} elements are right, the "
                     f"last {flat.numel() - first} wrong: it looks like {description}.",
                     fix,
-                    "grid_too_small",
+                    key,
                 )
         expect_close(out, ref, torch.float32, f"triton_add on {shape}")
 
@@ -60,8 +75,13 @@ def add_non_contiguous(triton_add, rng):
     ]:
         out = watched(triton_add, f"triton_add with {what}", x, y)
         ref = x.double() + y.double()
+        # written in order into torch.empty_like(x), which keeps a transpose's strides
+        like_x = ref.reshape(-1).as_strided(x.shape, torch.empty_like(x).stride())
+        suspects = [("output_like_input", like_x)] if not torch.equal(like_x, ref) else []
         try:
-            expect_close(out, ref, torch.float32, f"triton_add with {what} (non-contiguous)")
+            expect_close(
+                out, ref, torch.float32, f"triton_add with {what} (non-contiguous)", suspects
+            )
         except Mistake as mistake:
             if mistake.key not in ("wrong_values", "out_of_bounds"):
                 raise
@@ -89,6 +109,11 @@ def add_rejects_bad_input(triton_add, rng):
     )
 
 
+def ragged(n_cols: int) -> int:
+    """n_cols, or n_cols + 1 when it is a power of two: the row's block then has padded lanes."""
+    return n_cols + (n_cols & (n_cols - 1) == 0)
+
+
 def softmax_suspects(x):
     n = x.shape[-1]
     pad = triton.next_power_of_2(n) - n
@@ -112,11 +137,58 @@ def softmax_suspects(x):
     return suspects
 
 
+def watched_rows(triton_softmax, what: str, x):
+    """triton_softmax(x), watched; a load or store out of bounds whose first row alone is in
+    bounds and right is named: the rows start at row * BLOCK, not row * n_cols."""
+    try:
+        return watched(triton_softmax, what, x)
+    except Mistake as mistake:
+        if mistake.key != "out_of_bounds" or not first_row_is_right(triton_softmax, x):
+            raise
+        description, fix = hint("row_stride_block")
+        seen = mistake.message.split(": it looks like")[0]  # what strayed, not the usual guess
+        raise Mistake(
+            f"{seen}; row 0 alone stays in bounds and is right: it looks like {description}.",
+            fix,
+            "row_stride_block",
+        ) from None
+
+
+def first_row_is_right(triton_softmax, x) -> bool:
+    """Does triton_softmax on x's first row alone stay in bounds and come out right?"""
+    row = x.reshape(-1, x.shape[-1])[:1].clone()  # (1, n_cols)
+    try:
+        out = watched(triton_softmax, "row 0", row)
+    except Exception:  # noqa: BLE001  (out of bounds again, or anything else: not this mistake)
+        return False
+    return out.shape == row.shape and torch.allclose(out.double(), softmax64(row), atol=1e-5)
+
+
+def expect_rows_written(out, x, what: str) -> None:
+    """Name a grid of one program: the first row right, every other one wrong."""
+    if not (isinstance(out, torch.Tensor) and out.shape == x.shape and x.ndim >= 2):
+        return
+    rows = out.detach().double().reshape(-1, x.shape[-1])
+    right = torch.isclose(rows, softmax64(x).reshape(rows.shape), rtol=1e-4, atol=1e-6).all(-1)
+    if right[0] and not right[1:].any():
+        description, fix = hint("one_program_for_all_rows")
+        raise Mistake(
+            f"{what}: row 0 is right, the {len(right) - 1} others wrong: it looks like "
+            f"{description}.",
+            fix,
+            "one_program_for_all_rows",
+        )
+
+
 def softmax_matches(triton_softmax, rng):
     """row-wise softmax for rows whose length is not a power of two, any leading dims"""
-    for shape in [(draw(rng, 3, 9), draw(rng, 20, 120)), (2, draw(rng, 2, 4), draw(rng, 5, 60))]:
+    for shape in [
+        (draw(rng, 3, 9), ragged(draw(rng, 20, 120))),
+        (2, draw(rng, 2, 4), ragged(draw(rng, 5, 60))),
+    ]:
         x = randn(shape, rng, scale=3.0)
-        out = watched(triton_softmax, f"triton_softmax on {shape}", x)
+        out = watched_rows(triton_softmax, f"triton_softmax on {shape}", x)
+        expect_rows_written(out, x, f"triton_softmax on {shape}")
         expect_close(
             out, softmax64(x), torch.float32, f"triton_softmax on {shape}", softmax_suspects(x)
         )
@@ -124,9 +196,7 @@ def softmax_matches(triton_softmax, rng):
 
 def softmax_stable(triton_softmax, rng):
     """large inputs (up to 1e4) and -inf entries: finite, exact where expected"""
-    n_cols = draw(rng, 10, 70)
-    n_cols += n_cols & (n_cols - 1) == 0  # not a power of two: the block has padded lanes
-    shape = (draw(rng, 2, 5), n_cols)
+    shape = (draw(rng, 2, 5), ragged(draw(rng, 10, 70)))
     x = randn(shape, rng, scale=1000.0) + 5000.0
     x[0, : draw(rng, 1, 5)] = float("-inf")
     x[-1] = randn(shape[-1:], rng) - 10000.0  # a row far below 0: padded lanes must not win the max

@@ -7,7 +7,10 @@ the discretisation and the block. Each named mistake is the same oracle with one
 (the combine applied in the wrong order, the scan shifted by one, Euler instead of ZOH, softplus
 twice or not at all, no D term, the state carried from one batch row into the next, ...).
 The parallel scan must take O(log L) vectorised steps: the Python lines it runs may not grow
-with L.
+with L. The recurrences must leave their inputs as they were. The Triton scan's launches are
+watched (grader/harness/triton_watch): a load or store outside the tensors is named, not a
+crash, and its scans combine in a tree as on a GPU, so a scan_combine that is not associative
+fails in the interpreter too.
 
 One module per exercise group, in the notebook's order: recurrence (the four
 linear_recurrence_* exercises), discretisation (discretize_zoh), selective_scan, mamba_block
@@ -27,15 +30,20 @@ from grader.suites.day09_mamba_scan.hints import FORBIDDEN, HINTS
 from grader.suites.day09_mamba_scan.mamba_block import (
     mamba_causal,
     mamba_defaults,
+    mamba_initialised,
     mamba_matches,
     mamba_rejects_bad_input,
 )
 from grader.suites.day09_mamba_scan.recurrence import (
+    call_triton,
     chunk_suspects,
     chunked_rejects_bad_chunk,
     chunked_sizes,
     make_recurrence_checks,
     parallel_log_steps,
+    parallel_suspects,
+    triton_strided_inputs,
+    triton_suspects,
 )
 from grader.suites.day09_mamba_scan.selective_scan import (
     scan_full,
@@ -58,7 +66,10 @@ EXERCISES = {
         checks=make_recurrence_checks("linear_recurrence_sequential", _call2), forbidden=FORBIDDEN
     ),
     "linear_recurrence_parallel": Exercise(
-        checks=make_recurrence_checks("linear_recurrence_parallel", _call2) + [parallel_log_steps],
+        checks=make_recurrence_checks(
+            "linear_recurrence_parallel", _call2, suspects=parallel_suspects
+        )
+        + [parallel_log_steps],
         forbidden=FORBIDDEN,
     ),
     "linear_recurrence_chunked": Exercise(
@@ -72,8 +83,13 @@ EXERCISES = {
     ),
     "linear_recurrence_triton": Exercise(
         checks=make_recurrence_checks(
-            "linear_recurrence_triton", _call2, dtypes=(torch.float32,), max_len=40
-        ),
+            "linear_recurrence_triton",
+            call_triton,
+            dtypes=(torch.float32,),
+            max_len=40,
+            suspects=triton_suspects,
+        )
+        + [triton_strided_inputs],
         forbidden=FORBIDDEN,
     ),
     "discretize_zoh": Exercise(
@@ -85,7 +101,14 @@ EXERCISES = {
         forbidden=FORBIDDEN,
     ),
     "MambaBlock": Exercise(
-        checks=[mamba_matches, mamba_defaults, mamba_causal, mamba_rejects_bad_input],
+        checks=[
+            mamba_matches,
+            mamba_defaults,
+            mamba_initialised,
+            mamba_causal,
+            mamba_rejects_bad_input,
+            mamba_initialised,
+        ],
         forbidden=FORBIDDEN,
     ),
 }

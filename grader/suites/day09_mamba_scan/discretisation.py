@@ -2,8 +2,14 @@
 
 import torch
 
-from grader.harness.checking import Mistake, expect_close, expect_value_error, named
-from grader.suites._common import draw, randn
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_value_error,
+    named,
+    relative_error,
+)
+from grader.suites._common import call_unchanged, draw, randn
 
 
 def scan_shapes(rng, batch=None, dim=None, L=None, state=None):
@@ -26,15 +32,17 @@ def zoh64(delta, A, B, variant=None):
     Bt = B.double().transpose(1, 2).unsqueeze(1)
     A_bar = 1 + dA if variant == "euler_a" else torch.exp(dA)
     A4 = A.double()[:, None, :].expand_as(dA)
+    step = delta.double().unsqueeze(-1).expand_as(dA)  # (batch, dim, L, state)
     ratio = {
-        "simplified_b": delta.double().unsqueeze(-1).expand_as(dA),
+        "simplified_b": step,
         "b_not_divided": torch.expm1(dA),
         "missing_minus_one": torch.exp(dA) / A4,
     }.get(variant)
     if ratio is None:
-        ratio = torch.where(
-            A4 == 0, delta.double().unsqueeze(-1).expand_as(dA), torch.expm1(dA) / A4
-        )
+        limit = torch.ones_like(dA) if variant == "zero_a_limit_b" else step
+        ratio = torch.where(A4 == 0, limit, torch.expm1(dA) / A4)
+    if variant == "b_delta_twice":
+        ratio = ratio * step
     return A_bar, ratio * Bt
 
 
@@ -50,6 +58,10 @@ def expect_pair(out, what):
 def expect_zoh(out, delta, A, B, what):
     expect_pair(out, what)
     ref_a, ref_b = zoh64(delta, A, B)
+    if out[0].shape == ref_b.shape and relative_error(out[0], ref_b) < 1e-6 < relative_error(
+        out[1], ref_b
+    ):
+        raise named("pair_swapped")
     expect_close(
         out[0],
         ref_a,
@@ -64,7 +76,13 @@ def expect_zoh(out, delta, A, B, what):
         f"B_bar of {what}",
         [
             (key, zoh64(delta, A, B, key)[1])
-            for key in ("simplified_b", "b_not_divided", "missing_minus_one")
+            for key in (
+                "simplified_b",
+                "b_not_divided",
+                "missing_minus_one",
+                "zero_a_limit_b",
+                "b_delta_twice",
+            )
         ],
         nonfinite=named("zero_a_nan"),
     )
@@ -75,7 +93,8 @@ def zoh_matches(discretize_zoh, rng):
     for dtype in (torch.float64, torch.float32):
         shape = scan_shapes(rng)
         delta, A, B = zoh_inputs(rng, *shape, dtype)
-        expect_zoh(discretize_zoh(delta, A, B), delta, A, B, f"discretize_zoh on {shape} {dtype}")
+        out = call_unchanged(discretize_zoh, {"delta": delta, "A": A, "B": B})
+        expect_zoh(out, delta, A, B, f"discretize_zoh on {shape} {dtype}")
 
 
 def zoh_large_steps(discretize_zoh, rng):
@@ -93,7 +112,8 @@ def zoh_zero_a(discretize_zoh, rng):
     delta, A, B = zoh_inputs(rng, *shape)
     A[0, 0] = 0.0
     A[-1, -1] = 0.0
-    expect_zoh(discretize_zoh(delta, A, B), delta, A, B, "discretize_zoh with A[0, 0] = 0")
+    out = call_unchanged(discretize_zoh, {"delta": delta, "A": A, "B": B})
+    expect_zoh(out, delta, A, B, "discretize_zoh with A[0, 0] = 0")
 
 
 def zoh_rejects_bad_layout(discretize_zoh, rng):

@@ -2,6 +2,7 @@
 the student's functions must not call."""
 
 import course.reference.mamba_scan
+from grader.harness.triton_watch import OUT_OF_BOUNDS
 
 HINTS = {
     "combine_wrong_order": (
@@ -36,6 +37,67 @@ HINTS = {
         "every row starts from h_{-1} = 0: scan along the last axis only, never across rows "
         "(reset the state for each row, or keep every leading dim separate).",
     ),
+    "scan_along_first_axis": (
+        "the scan run along the first axis (a[t] indexes dim 0) instead of the last",
+        "time is the LAST axis: a[..., t] and b[..., t]; every leading dim is a separate row.",
+    ),
+    "decay_shifted": (
+        "h_t = a_{t-1} h_{t-1} + b_t: each step decayed by the previous step's a",
+        "step t decays the old state by its own a_t: h_t = a[..., t] * h + b[..., t] (in the "
+        "unrolled sum the product runs over s < r <= t, so it ends with a_t).",
+    ),
+    "initial_state_one": (
+        "the state started at 1 instead of h_{-1} = 0",
+        "start from zeros: torch.zeros(a.shape[:-1], dtype=a.dtype, device=a.device).",
+    ),
+    "a_b_swapped": (
+        "a and b swapped: h_t = b_t h_{t-1} + a_t",
+        "a decays the old state, b is what step t writes: h_t = a_t * h_{t-1} + b_t.",
+    ),
+    "modified_input": (
+        "an input changed in place",
+        "the caller still needs a and b: update copies (A, H = a.clone(), b.clone()) or build "
+        "h in a new tensor, never a[...] = ... or b[...] += ....",
+    ),
+    "missing_last_step": (
+        "floor(log2 L) doubling steps, one too few when L is not a power of two (the "
+        "positions from the largest power of two on miss their earliest inputs)",
+        "keep doubling while d < L (ceil(log2 L) steps): `d = 1; while d < L: ...; d *= 2`.",
+    ),
+    "decays_not_composed": (
+        "the decays A never composed: each step combined H but left A as the single a_t",
+        "a step updates both fields: A_t <- A_{t-d} * A_t as well as H_t <- A_t * H_{t-d} + H_t, "
+        "so that A_t stays the product of the decays H_t spans.",
+    ),
+    "decays_updated_before_h": (
+        "A updated before H in the same step, so H read the new A",
+        "within one step compute both from the OLD A and H (H first, or new tensors for both): "
+        "H_t <- A_t * H_{t-d} + H_t with the A_t of before the step.",
+    ),
+    "decay_without_a_t": (
+        "the carry decayed by a_start * ... * a_{t-1}, without a_t",
+        "P_t includes step t itself: P = torch.cumprod(a_chunk, -1), then h_t = local_t + P_t * "
+        "h_entering.",
+    ),
+    "carry_from_local_end": (
+        "the state entering the next chunk taken from the chunk's local scan (started at 0) "
+        "instead of its true last state",
+        "the next chunk starts from the TRUE end state, h_end = local_end + P_end * h_entering "
+        "(the last entry of the chunk's corrected h).",
+    ),
+    "carry_added_twice": (
+        "the carry added twice into the next chunk's entering state",
+        "the corrected last entry h_end already holds P_end * h_entering: carry h_end itself.",
+    ),
+    "no_error_for_bad_chunk_size": (
+        "chunk_size < 1 accepted without a clear error",
+        'check it first: `if chunk_size < 1: raise ValueError(f"chunk_size must be >= 1, '
+        'got {chunk_size}")`.',
+    ),
+    "block_not_power_of_two": (
+        "a block whose size is not a power of two (tl.arange needs one)",
+        "round the row up: BLOCK = triton.next_power_of_2(L), and mask the lanes past L.",
+    ),
     "sequential_loop": (
         "a Python loop over time steps",
         "the parallel scan takes ceil(log2 L) vectorised steps: at step d = 1, 2, 4, ... every "
@@ -54,6 +116,28 @@ HINTS = {
         "carry the last state of each chunk into the next: h_t = local_t + (prod of a in the "
         "chunk up to t) * h_entering.",
     ),
+    "combine_a_not_composed": (
+        "scan_combine's first field not a_left * a_right: right when the scan runs one element "
+        "at a time, left to right, wrong when it combines two blocks, as a GPU's tree does",
+        "the combined block decays by both blocks' decays: return a_left * a_right, "
+        "a_right * b_left + b_right.",
+    ),
+    "combine_decays_own_b": (
+        "scan_combine decaying the earlier block's b by its own a (a_left * b_left)",
+        "the earlier block's b decays through the LATER block: a_right * b_left + b_right.",
+    ),
+    "scan_product_stored": (
+        "the scan's first field stored: the running product of a, not h",
+        "tl.associative_scan returns the scanned tuple in the order you passed it: "
+        "`_, h = tl.associative_scan((a, b), 0, scan_combine)` and store h.",
+    ),
+    "strided_as_contiguous": (
+        "a strided view read as if it were contiguous (row * L + t indexes its memory, not its "
+        "entries)",
+        "reshape keeps a view's strides; the kernel assumes contiguous rows: "
+        "a.reshape(-1, L).contiguous() before the launch.",
+    ),
+    "out_of_bounds": OUT_OF_BOUNDS,
     "euler_a": (
         "A_bar = 1 + delta*A (Euler) instead of the zero-order hold exp(delta*A)",
         "the exact solution of h' = A h over a step delta is exp(delta*A): A_bar = torch.exp(delta*A).",
@@ -75,6 +159,50 @@ HINTS = {
         "NaN where A = 0 (0 / 0)",
         "where A == 0 the hold gives B_bar = delta * B (the limit of (exp(delta*A) - 1) / A): "
         "use torch.where, dividing by a safe A.",
+    ),
+    "pair_swapped": (
+        "the pair returned as (B_bar, A_bar)",
+        "return A_bar first, then B_bar: `return A_bar, B_bar`.",
+    ),
+    "zero_a_limit_b": (
+        "B_bar = B where A = 0 (the limit without its delta)",
+        "as A -> 0, (exp(delta*A) - 1) / A -> delta: B_bar = delta * B there.",
+    ),
+    "b_delta_twice": (
+        "B_bar multiplied by delta on top of the exact hold (exp(delta*A) - 1) / A * delta * B",
+        "the exact hold has no extra delta: B_bar = (exp(delta*A) - 1) / A * B (delta * B is "
+        "its small-step limit, not a factor to add).",
+    ),
+    "readout_before_update": (
+        "y_t read out from the state before step t's update (C_t x_{t-1})",
+        "update the state first, then read out: x = deltaA * x + deltaB_u; y_t = x @ C_t.",
+    ),
+    "b_c_swapped": (
+        "B and C swapped: C writes into the state and B reads it out",
+        "B writes (deltaB_u = delta * B * u), C reads (y_t = x @ C_t); both are (batch, state, L).",
+    ),
+    "u_missing": (
+        "the input term without u: x_t = deltaA x_{t-1} + delta * B",
+        "the input enters the state: deltaB_u = delta * B * u.",
+    ),
+    "u_z_swapped": (
+        "u and z swapped: the first half of in_proj's output used as the gate",
+        "in_proj's output splits as (u, z), u first: u, z = xz.chunk(2, dim=1).",
+    ),
+    "x_proj_split_order": (
+        "x_proj's output split in another order than (dt, B, C)",
+        "x_proj's output is (dt, B, C) along the last axis: "
+        "torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1).",
+    ),
+    "dt_bias_twice": (
+        "dt_proj's bias added twice: by self.dt_proj(dt) and again as delta_bias",
+        "apply dt_proj's weight only (dt @ self.dt_proj.weight.T); its bias goes in once, as "
+        "delta_bias.",
+    ),
+    "not_initialised_as_mamba": (
+        "a fresh block not initialised as mamba_ssm's",
+        "A_log = log(1, 2, ..., d_state) in every row (torch.arange(1, d_state + 1) repeated "
+        "d_inner times, then torch.log) and D = ones(d_inner).",
     ),
     "softplus_twice": (
         "softplus applied to delta twice",

@@ -86,12 +86,18 @@ def mamba64(p, x, d_conv, d_state, variant=None):
     rank = p["dt_proj.weight"].shape[1]
     xz = (x @ p["in_proj.weight"].T).transpose(1, 2)
     u, z = xz[:, :d_inner], xz[:, d_inner:]
+    if variant == "u_z_swapped":
+        u, z = z, u
     conv = F.conv1d(u, p["conv1d.weight"], p["conv1d.bias"], padding=d_conv - 1, groups=d_inner)
     conv = conv[..., -L:] if variant == "conv_not_causal" else conv[..., :L]
     u = conv if variant == "no_conv_silu" else F.silu(conv)
     dbc = u.transpose(1, 2) @ p["x_proj.weight"].T
     dt, B, C = dbc[..., :rank], dbc[..., rank : rank + d_state], dbc[..., rank + d_state :]
+    if variant == "x_proj_split_order":
+        B, C, dt = dbc[..., :d_state], dbc[..., d_state : 2 * d_state], dbc[..., 2 * d_state :]
     delta = (dt @ p["dt_proj.weight"].T).transpose(1, 2)
+    if variant == "dt_bias_twice":  # dt_proj(dt) with its bias, then delta_bias again
+        delta = delta + p["dt_proj.bias"][:, None]
     A = torch.exp(p["A_log"]) if variant == "a_positive" else -torch.exp(p["A_log"])
     scan_variant = variant if variant in ("softplus_missing", "gate_ignored", "missing_d") else None
     y = ref_scan64(
@@ -116,6 +122,9 @@ MAMBA_VARIANTS = (
     "softplus_missing",
     "gate_ignored",
     "missing_d",
+    "u_z_swapped",
+    "x_proj_split_order",
+    "dt_bias_twice",
 )
 
 
@@ -157,6 +166,28 @@ def mamba_defaults(MambaBlock, rng):
     with torch.no_grad():
         out = forward(x)
     expect_close(out, mamba64(values, x, 4, 16), torch.float64, f"MambaBlock({d_model})(x)")
+
+
+def mamba_initialised(MambaBlock, rng):
+    """a fresh block starts as mamba_ssm's: A_log = log(1..d_state) in every row, D = 1"""
+    d_model, d_state = draw(rng, 4, 12), draw(rng, 2, 6)
+    module, _ = build(MambaBlock, d_model, d_state=d_state, expand=1)
+    params = {name: p.detach().double() for name, p in module.named_parameters()}
+    if params.get("A_log", torch.empty(0)).shape != (d_model, d_state) or "D" not in params:
+        return  # the parameters' names and shapes are mamba_matches' to name
+    A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float64)).repeat(d_model, 1)
+    started_right = torch.allclose(params["A_log"], A_log, atol=1e-6) and torch.allclose(
+        params["D"], torch.ones(d_model, dtype=torch.float64)
+    )
+    if not started_right:
+        description, fix = HINTS["not_initialised_as_mamba"]
+        raise Mistake(
+            f"MambaBlock({d_model}, d_state={d_state}, expand=1) starts with A_log[0] = "
+            f"{params['A_log'][0].tolist()} and D[:3] = {params['D'][:3].tolist()}: it looks like "
+            f"{description}.",
+            fix,
+            "not_initialised_as_mamba",
+        )
 
 
 def mamba_causal(MambaBlock, rng):

@@ -2,9 +2,17 @@
 chunked, Triton): one set of checks made for each, plus the parallel and chunked forms' own."""
 
 import torch
+import torch.nn.functional as F
 
-from grader.harness.checking import Mistake, expect_close, expect_value_error, student_lines
-from grader.suites._common import draw, randn
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_value_error,
+    named,
+    student_lines,
+)
+from grader.harness.triton_watch import expect_in_bounds, tree_shaped_scans, watch_kernels
+from grader.suites._common import call_unchanged, draw, randn
 from grader.suites.day09_mamba_scan.hints import HINTS
 
 
@@ -34,6 +42,7 @@ def recurrence_suspects(a, b) -> list:
     h = loop64(a, b)
     zero = torch.zeros_like(h[..., :1])
     flat = loop64(a.reshape(1, -1), b.reshape(1, -1)).reshape(h.shape)
+    previous_decay = torch.cat([torch.ones_like(a[..., :1]), a[..., :-1]], -1)  # a_{t-1} at t
     return [
         ("combine_wrong_order", wrong_order64(a, b)),
         ("exclusive_scan", torch.cat([zero, h[..., :-1]], -1)),
@@ -43,6 +52,10 @@ def recurrence_suspects(a, b) -> list:
         ("decay_after_write", loop64(a, a.double() * b.double())),
         ("reversed_time", loop64(a.flip(-1), b.flip(-1)).flip(-1)),
         ("state_not_reset", flat),
+        ("scan_along_first_axis", loop64(a.movedim(0, -1), b.movedim(0, -1)).movedim(-1, 0)),
+        ("decay_shifted", loop64(previous_decay, b)),
+        ("initial_state_one", h + torch.cumprod(a.double(), -1)),
+        ("a_b_swapped", loop64(b, a)),
     ]
 
 
@@ -56,6 +69,11 @@ def expect_recurrence(out, a, b, what, extra_suspects=()):
     expect_close(out, loop64(a, b), a.dtype, what, list(extra_suspects) + recurrence_suspects(a, b))
 
 
+def call_on(call, impl, a, b):
+    """call(impl, a, b), which must leave a and b as they were."""
+    return call_unchanged(lambda a, b: call(impl, a, b), {"a": a, "b": b})
+
+
 def make_recurrence_checks(
     name: str, call, dtypes=(torch.float64, torch.float32), max_len=70, suspects=lambda a, b: ()
 ):
@@ -67,25 +85,27 @@ def make_recurrence_checks(
         for dtype in dtypes:
             shape = (draw(rng, 2, 3), draw(rng, 2, 4), 2 * draw(rng, 3, max_len // 2) + 1)
             a, b = recurrence_inputs(rng, shape, dtype)
-            expect_recurrence(call(impl, a, b), a, b, f"{name} on {shape} {dtype}", suspects(a, b))
+            out = call_on(call, impl, a, b)
+            expect_recurrence(out, a, b, f"{name} on {shape} {dtype}", suspects(a, b))
 
     def shapes(impl, rng):
         """any leading dims: (L,), (rows, L); L = 1 and L = 2 by hand"""
         dtype = dtypes[0]
         for shape in [(draw(rng, 5, max_len),), (draw(rng, 2, 5), draw(rng, 5, 40)), (3, 1), (2,)]:
             a, b = recurrence_inputs(rng, shape, dtype)
-            expect_recurrence(call(impl, a, b), a, b, f"{name} on {shape}", suspects(a, b))
+            expect_recurrence(call_on(call, impl, a, b), a, b, f"{name} on {shape}", suspects(a, b))
 
     def rows_independent(impl, rng):
         """each batch row starts from h = 0 (the state is reset between rows)"""
         dtype = dtypes[0]
-        L = draw(rng, 4, 12)
+        L = 2 * draw(rng, 2, 6) + 1  # odd: never a power of two, so every doubling step counts
         a = torch.ones(4, L, dtype=dtype)
         b = randn((4, L), rng, dtype)
-        expect_recurrence(call(impl, a, b), a, b, f"{name} on 4 rows with a = 1 (running sums)")
+        out = call_on(call, impl, a, b)
+        expect_recurrence(out, a, b, f"{name} on 4 rows with a = 1 (running sums)")
 
     def rejects_bad_input(impl, rng):
-        """mismatched shapes give a clear ValueError"""
+        """mismatched shapes and 0-d tensors give a clear ValueError"""
         L = draw(rng, 4, 12)
         a, b = recurrence_inputs(rng, (2, L), dtypes[0])
         expect_value_error(
@@ -98,9 +118,38 @@ def make_recurrence_checks(
             f"{name} with a {tuple(a.shape)}, b {tuple(b.T.shape)} (transposed)",
             "no_error_for_bad_input",
         )
+        expect_value_error(
+            lambda: call(impl, a[0, 0], b[0, 0]),
+            f"{name} with 0-d a and b (no time axis)",
+            "no_error_for_bad_input",
+        )
 
     matches.__name__, shapes.__name__ = f"{name}_matches", f"{name}_shapes"
     return [matches, shapes, rows_independent, rejects_bad_input]
+
+
+def doubling64(a, b, steps: int, compose_a: bool = True, h_sees_new_a: bool = False):
+    """Hillis-Steele in float64 with `steps` doubling steps: step d = 1, 2, 4, ... combines
+    each position with the one d before it. Its mistakes: the decays never composed
+    (`compose_a=False`), or composed before H reads them (`h_sees_new_a`)."""
+    A, H = a.double(), b.double()
+    for d in (2**k for k in range(steps)):
+        A_new = torch.cat([A[..., :d], A[..., :-d] * A[..., d:]], -1) if compose_a else A
+        A_read = A_new if h_sees_new_a else A
+        H = torch.cat([H[..., :d], A_read[..., d:] * H[..., :-d] + H[..., d:]], -1)
+        A = A_new
+    return H
+
+
+def parallel_suspects(a, b):
+    """The doubling steps done wrong: one too few, the decays not composed or updated first."""
+    L = b.shape[-1]
+    steps = (L - 1).bit_length()  # ceil(log2 L)
+    return [
+        ("missing_last_step", doubling64(a, b, L.bit_length() - 1)),  # floor(log2 L)
+        ("decays_not_composed", doubling64(a, b, steps, compose_a=False)),
+        ("decays_updated_before_h", doubling64(a, b, steps, h_sees_new_a=True)),
+    ]
 
 
 def parallel_log_steps(impl, rng):
@@ -121,26 +170,61 @@ def parallel_log_steps(impl, rng):
         )
 
 
+def chunked64(a, b, chunk_size, output, next_carry):
+    """The chunked scan in float64, with its two formulas given: `output(local, a_c, carry)`
+    the chunk's h from its local scan, its a and the state entering it (..., 1), and
+    `next_carry(h, local, a_c, carry)` the state entering the next chunk."""
+    h = torch.empty_like(b, dtype=torch.float64)
+    carry = torch.zeros_like(b[..., :1], dtype=torch.float64)  # (..., 1)
+    for start in range(0, b.shape[-1], chunk_size):
+        part = slice(start, start + chunk_size)
+        a_c = a[..., part].double()
+        local = loop64(a_c, b[..., part])
+        h[..., part] = output(local, a_c, carry)
+        carry = next_carry(h[..., part], local, a_c, carry)
+    return h
+
+
+def _carried(local, a_c, carry):
+    return local + torch.cumprod(a_c, -1) * carry
+
+
+def _true_end(h, local, a_c, carry):
+    return local[..., -1:] + torch.cumprod(a_c, -1)[..., -1:] * carry
+
+
+def _last(h, local, a_c, carry):
+    return h[..., -1:]
+
+
+def _without_a_t(local, a_c, carry):
+    """The carry decayed from the chunk start up to t, a_t left out."""
+    return local + torch.cumprod(F.pad(a_c[..., :-1], (1, 0), value=1.0), -1) * carry
+
+
 def chunk_suspects(a, b, chunk_size):
     """The chunked scan with the carry between chunks done wrong."""
     L = b.shape[-1]
-    no_carry, undecayed = (
-        torch.empty_like(b, dtype=torch.float64),
-        torch.empty_like(b, dtype=torch.float64),
-    )
-    carry = torch.zeros_like(b[..., 0], dtype=torch.float64)
-    for start in range(0, L, chunk_size):
-        part = slice(start, min(start + chunk_size, L))
-        local = loop64(a[..., part], b[..., part])
-        no_carry[..., part] = local
-        undecayed[..., part] = local + carry.unsqueeze(-1)
-        carry = loop64(a[..., : part.stop], b[..., : part.stop])[..., -1]
     last = (L // chunk_size) * chunk_size
     dropped = loop64(a, b)
     dropped[..., last:] = 0
+
+    def undecayed(local, a_c, carry):
+        return local + carry
+
+    def carried_twice(h, local, a_c, carry):
+        return h[..., -1:] + torch.cumprod(a_c, -1)[..., -1:] * carry
+
+    def local_end(h, local, a_c, carry):
+        return local[..., -1:]
+
     return [
-        ("no_carry", no_carry),
-        ("carry_not_decayed", undecayed),
+        ("no_carry", chunked64(a, b, chunk_size, lambda local, a_c, carry: local, _last)),
+        ("carry_not_decayed", chunked64(a, b, chunk_size, undecayed, _true_end)),
+        ("carry_not_decayed", chunked64(a, b, chunk_size, undecayed, _last)),
+        ("decay_without_a_t", chunked64(a, b, chunk_size, _without_a_t, _last)),
+        ("carry_from_local_end", chunked64(a, b, chunk_size, _carried, local_end)),
+        ("carry_added_twice", chunked64(a, b, chunk_size, _carried, carried_twice)),
         ("drops_last_chunk", dropped),
         ("drops_last_chunk", dropped[..., :last]),
     ]
@@ -167,5 +251,66 @@ def chunked_rejects_bad_chunk(impl, rng):
         expect_value_error(
             lambda: impl(a, b, chunk_size),
             f"linear_recurrence_chunked(a, b, chunk_size={chunk_size})",
-            "no_error_for_bad_input",
+            "no_error_for_bad_chunk_size",
         )
+
+
+# ----------------------------------------------------------------------------- the Triton scan
+
+
+def call_triton(impl, a, b):
+    """impl(a, b) with its launches watched (every load and store inside the tensors) and its
+    scans combined in a tree, as on a GPU: the interpreter's own scan runs left to right and
+    never composes two blocks, so a combine that is right only that way would pass here."""
+    with watch_kernels() as watch, tree_shaped_scans():
+        try:
+            h = impl(a, b)
+        except Mistake as raised:
+            if "must be a power of 2" in raised.message:
+                raise named("block_not_power_of_two") from raised
+            raise
+    expect_in_bounds(watch, "linear_recurrence_triton")
+    return h
+
+
+def tree_scan64(a, b, combine):
+    """The scan of (a, b) with `combine(a_left, b_left, a_right, b_right)` in float64, in the
+    tree order of `tree_shaped_scans`: step d combines each position with the one d before it."""
+    A, H = a.double(), b.double()
+    step = 1
+    while step < A.shape[-1]:
+        A_new, H_new = combine(A[..., :-step], H[..., :-step], A[..., step:], H[..., step:])
+        A, H = torch.cat([A[..., :step], A_new], -1), torch.cat([H[..., :step], H_new], -1)
+        step *= 2
+    return H
+
+
+def triton_suspects(a, b):
+    """scan_combine written wrong, and the wrong field of the scan stored."""
+    return [
+        ("combine_a_not_composed", tree_scan64(a, b, lambda al, bl, ar, br: (al, ar * bl + br))),
+        ("combine_a_not_composed", tree_scan64(a, b, lambda al, bl, ar, br: (ar, ar * bl + br))),
+        ("combine_decays_own_b", tree_scan64(a, b, lambda al, bl, ar, br: (al * ar, al * bl + br))),
+        ("scan_product_stored", torch.cumprod(a.double(), -1)),
+    ]
+
+
+def as_if_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The (rows, L) view `t` read as a kernel indexing row * L + column reads it: its memory as
+    if it were contiguous."""
+    return t.as_strided(t.shape, (t.shape[-1], 1))
+
+
+def triton_strided_inputs(impl, rng):
+    """inputs that are strided views (every other column of a wider tensor)"""
+    rows, L = draw(rng, 2, 4), draw(rng, 5, 20)
+    a, b = recurrence_inputs(rng, (rows, 2 * L), torch.float32)
+    a, b = a[:, ::2], b[:, ::2]  # (rows, L), strides (2L, 2)
+    strided_as_contiguous = loop64(as_if_contiguous(a), as_if_contiguous(b))
+    expect_recurrence(
+        call_triton(impl, a, b),
+        a,
+        b,
+        f"linear_recurrence_triton on a[:, ::2], b[:, ::2] of shape {(rows, L)}",
+        [("strided_as_contiguous", strided_as_contiguous)],
+    )

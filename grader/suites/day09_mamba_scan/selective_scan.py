@@ -13,6 +13,8 @@ def ref_scan64(
 ):
     """selective_scan_ref as a float64 loop over batch rows and time; `variant` plants a mistake."""
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    if variant == "b_c_swapped":
+        B, C = C, B
     batch, dim, L = u.shape
     if delta_bias is not None and variant != "bias_ignored":
         if variant == "bias_after_softplus" and delta_softplus:
@@ -37,8 +39,11 @@ def ref_scan64(
                 b_bar = torch.expm1(dA) / A * B[i, None, :, t]
             else:
                 b_bar = delta[i, :, t, None] * B[i, None, :, t]
-            x = deltaA * x + b_bar * u[i, :, t, None]
-            y[i, :, t] = x @ C[i, :, t]
+            if variant == "readout_before_update":
+                y[i, :, t] = x @ C[i, :, t]
+            x = deltaA * x + b_bar * (1.0 if variant == "u_missing" else u[i, :, t, None])
+            if variant != "readout_before_update":
+                y[i, :, t] = x @ C[i, :, t]
     out = y
     if D is not None and variant not in ("missing_d", "d_after_gate"):
         out = out + D.double()[:, None] * u
@@ -64,6 +69,9 @@ SCAN_VARIANTS = (
     "euler_a",
     "zoh_b_in_scan",
     "state_not_reset",
+    "readout_before_update",
+    "b_c_swapped",
+    "u_missing",
 )
 
 
