@@ -84,7 +84,7 @@ print(course.describe_device())
 #
 # ### Exercise 1: `elu_feature_map`
 #
-# The checks recognise a feature map that can go negative (`elu(x)` without the `+ 1`, or `x` itself).
+# The checks recognise a feature map that can go negative (`elu(x)` without the `+ 1`, or `x` itself), a positive map that is not $\operatorname{elu}(x) + 1$ (`relu(x) + 1`, `exp(x)`, `softplus(x)`), and an input changed in place (`F.elu(x, inplace=True)`).
 
 # %% nbgrader={"grade": false, "grade_id": "elu_feature_map", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ check("day08-linear-attention", "elu_feature_map", elu_feature_map, hidden=True,
 #
 # Compute $S = \phi(K)^\top V$ and $z$ first, then read them with $\phi(Q)$: nothing of size $L \times L$. Accept any leading dims `(..., L, D)`, $L_q \ne L_k$ and $D_v \ne D$; raise `ValueError` with a clear message for mismatched lengths (`k` and `v`), mismatched head dims (`q` and `k`), different leading dims, or a tensor that is not `(..., L, D)`.
 #
-# The checks recognise: the normaliser missing, the normaliser without `eps` (a query with $\phi(q) = 0$ gives NaN; the checks use `feature_map=torch.relu`), the `feature_map` argument ignored, a causal sum, an $(L, L)$ tensor (at $L = 4096$), and bad input accepted.
+# The checks recognise: the normaliser missing, the normaliser without `eps` (a query with $\phi(q) = 0$ gives NaN; the checks use `feature_map=torch.relu`), the `feature_map` argument ignored, a causal sum, an $(L, L)$ tensor (at $L = 4096$), `eps` added after the division, another normaliser (a mean over the keys, a sum over the features), the feature map applied to $v$, `.T` on batched inputs, and bad input accepted. `check_qkv` comes back in the causal forms and the Performer, with `causal=True` where $L_q = L_k$ is required.
 
 # %% nbgrader={"grade": false, "grade_id": "linear_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def check_qkv(q, k, v, causal=False):
@@ -185,7 +185,7 @@ check("day08-linear-attention", "linear_attention", linear_attention, hidden=Tru
 #
 # ### Exercise 3: `causal_linear_attention_recurrent`
 #
-# A Python loop over the positions, one state update per step. The checks recognise: future keys (the non-causal sums), keys $j < i$ only (read before the update), the normaliser missing or without `eps`, `feature_map` ignored, and bad input (also $L_q \ne L_k$).
+# A Python loop over the positions, one state update per step. The checks recognise: future keys (the non-causal sums), keys $j < i$ only (read before the update), the normaliser missing or without `eps`, `feature_map` ignored, $z$ not starting at zero, $S$ and $z$ updated at different times, a state kept as $(D_v, D')$, positions indexed from the front (`x[t]`), and bad input (also $L_q \ne L_k$).
 
 # %% nbgrader={"grade": false, "grade_id": "causal_linear_attention_recurrent", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_linear_attention_recurrent(q, k, v, feature_map=elu_feature_map, eps: float = 1e-6) -> torch.Tensor:
@@ -234,7 +234,7 @@ check("day08-linear-attention", "causal_linear_attention_recurrent", causal_line
 #
 # After the chunk, add its keys to the state: $S \mathrel{+}= \phi(K_C)^\top V_C$, $z \mathrel{+}= \sum \phi(K_C)$. The last chunk may be shorter. Time $O(L c D + L D D_v)$: linear in $L$, with big matrix products.
 #
-# The checks recognise: future keys inside a chunk (the intra-chunk scores not masked), the state not carried across chunks, the last short chunk dropped, the normaliser missing or without `eps`, an $(L, L)$ tensor at $L = 4096$, and bad input (also `chunk_size < 1`).
+# The checks recognise: future keys inside a chunk (the intra-chunk scores not masked, or masked with `triu`), the state not carried across chunks ($S$ and $z$, or $z$ alone), the state updated before the chunk reads it, the normaliser without the chunk's own part, the last short chunk dropped or a mask that assumes full-size chunks, the normaliser missing or without `eps`, an $(L, L)$ tensor at $L = 4096$, and bad input (also `chunk_size < 1`).
 
 # %% nbgrader={"grade": false, "grade_id": "causal_linear_attention_chunked", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_linear_attention_chunked(q, k, v, chunk_size: int = 64, feature_map=elu_feature_map,
@@ -303,7 +303,7 @@ check("day08-linear-attention", "causal_linear_attention_chunked", causal_linear
 #
 # ### Exercise 5: `orthogonal_random_features`
 #
-# The checks recognise: rows not orthogonal within a block (iid Gaussian rows where orthogonal ones were asked), rows left at norm 1, all rows with the same norm (norms are checked against $\chi(d)$'s mean and variance over many draws), and features not reproducible from the generator (or not random).
+# The checks recognise: rows not orthogonal within a block (iid Gaussian rows where orthogonal ones were asked), rows left at norm 1, all rows with the same norm (norms are checked against $\chi(d)$'s mean and variance over many draws), one norm shared by every row of a call, $\lfloor m/d \rfloor$ blocks where the last partial block is needed, and features not reproducible from the generator (or not random).
 
 # %% nbgrader={"grade": false, "grade_id": "orthogonal_random_features", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def orthogonal_random_features(num_features: int, dim: int, generator: torch.Generator = None) -> torch.Tensor:
@@ -337,7 +337,7 @@ check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_
 # %% [markdown]
 # ### Exercise 6: `favor_feature_map`
 #
-# The checks recognise: features that can go negative, the $-\|x\|^2/2$ term missing, a stabiliser per key row when `is_query=False`, and no stabiliser (with $\|x\| = 25$ every unstabilised feature underflows to 0).
+# The checks recognise: features that can go negative, the $-\|x\|^2/2$ term missing or without its $/2$, a stabiliser per key row when `is_query=False`, a query stabiliser over the positions, one stabiliser for the whole tensor, a factor other than $1/\sqrt m$, `x @ projection` untransposed, and no stabiliser (with $\|x\| = 25$ every unstabilised feature underflows to 0).
 
 # %% nbgrader={"grade": false, "grade_id": "favor_feature_map", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def favor_feature_map(x: torch.Tensor, projection: torch.Tensor, is_query: bool = False) -> torch.Tensor:
@@ -376,7 +376,7 @@ check("day08-linear-attention", "favor_feature_map", favor_feature_map, hidden=T
 # %% [markdown]
 # ### Exercise 7: `performer_attention`
 #
-# Put it together: draw `num_features` orthogonal random features from `generator`, scale $q$ and $k$ by $d^{-1/4}$, map them (queries with `is_query=True`), and use your `linear_attention` with the identity feature map. The checks recognise: an error against softmax attention that does not fall as the features grow (16 to 1024 features), the $1/\sqrt d$ scale missing, output not reproducible from the generator, and bad input.
+# Put it together: draw `num_features` orthogonal random features from `generator` once, and use that same $W$ for $q$ and $k$ ($\mathbb E[\phi_W(q)\cdot\phi_W(k)] = e^{q\cdot k}$ holds only with one $W$ on both sides); scale $q$ and $k$ each by $d^{-1/4}$, so that their product carries $1/\sqrt d$; map them (queries with `is_query=True`), and use your `linear_attention` with the identity feature map. The output is random, so the checks average 12 draws of 8192 features and compare that average with softmax attention, allowing for the noise of your own draws. They recognise: an average that stays off however many features (a biased estimate), the $1/\sqrt d$ scale missing or squared ($q$ and $k$ each scaled by $d^{-1/2}$), different features for $q$ and $k$, `linear_attention`'s default `elu + 1` applied on top, keys stabilised per row, `num_features` ignored, $W$ left in float32 for float64 inputs, output not reproducible from the generator, and bad input.
 
 # %% nbgrader={"grade": false, "grade_id": "performer_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def performer_attention(q, k, v, num_features: int = 256, generator: torch.Generator = None) -> torch.Tensor:
@@ -462,9 +462,12 @@ LinearExplorer(elu_feature_map=elu_feature_map, favor_feature_map=favor_feature_
 # The recurrent loop does $L$ tiny steps; the chunked form $L / 64$ big ones; the masked quadratic form $L^2$ work. Sized for a 2-core CPU; the full run, $L$ = 1k…16k, is `python -m course.bench.linear_attention` (targets: chunked at least 10× faster than recurrent at $L = 4096$, and $t(16k)/t(2k) \le 10$).
 
 # %%
+import os
+
 torch.set_num_threads(1)  # many small ops: one thread is faster and steadier on a shared CPU
 heads, head_dim = 1, 32
 lengths = [256, 512, 1024, 2048] if device.type == "cpu" else [1024, 2048, 4096, 8192]
+lengths = lengths[:2] if os.environ.get("NBGRADER_EXECUTION") else lengths  # graded: no points here
 
 
 def quadratic_causal(q, k, v):
@@ -517,7 +520,7 @@ plt.legend(fontsize=8); plt.tight_layout(); plt.show()
 #
 # Segment means, vectorised (no Python loop over tokens): `torch.arange(L) * m // L` is every token's segment; a one-hot $(m, L)$ matrix, `index_add_`, or prefix sums all work. Raise `ValueError` unless $1 \le m \le L$, or for an `x` that is not `(..., L, D)`.
 #
-# The checks recognise: strided samples `x[..., ::L // m, :]` (or the first token of each segment) instead of means, other segments (equal segments of $\lfloor L/m\rfloor$ tokens with the rest dropped or added to the last one, or segments of $\lceil L/m \rceil$ tokens), and bad input accepted.
+# The checks recognise: strided samples `x[..., ::L // m, :]` (or the first token of each segment) instead of means, other segments (equal segments of $\lfloor L/m\rfloor$ tokens with the rest dropped or added to the last one, or segments of $\lceil L/m \rceil$ tokens; every hidden draw has an $L$ and $m$ where these differ), segment sums instead of means, an index such as `t * L // m` that leaves segments empty, a Python loop over the tokens, a one-hot matrix left in float32, and bad input accepted.
 
 # %% nbgrader={"grade": false, "grade_id": "landmarks", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def landmarks(x: torch.Tensor, num_landmarks: int) -> torch.Tensor:
@@ -558,7 +561,7 @@ check("day08-linear-attention", "landmarks", landmarks, hidden=True, points=1)
 #
 # The iteration above, for a batch of square matrices `(..., n, n)`: each matrix gets its own $\|A\|_1 \|A\|_\infty$ (the paper's code takes one maximum over the whole batch: not here). `iterations` counts the update steps, so `iterations=0` returns $Z_0$. Raise `ValueError` for a non-square or 1-D `a`, or `iterations < 0`.
 #
-# The checks compare your $Z_0, Z_1, \dots$ with the float64 iteration on well-conditioned matrices, then compare 12 steps with `torch.linalg.pinv`. They recognise: $Z_0 = A^\top$ without the scaling (at 0 steps it is plainly $A^\top$; later it diverges whenever $\sigma_{\max}(A)$ is above about 2), one scaling for the whole batch, another update (plain Newton–Schulz $Z(2I - AZ)$), `iterations` ignored, and bad input accepted.
+# The checks compare your $Z_0, Z_1, \dots$ with the float64 iteration on well-conditioned matrices, then compare 12 steps with `torch.linalg.pinv`. They recognise: $Z_0 = A^\top$ without the scaling (at 0 steps it is plainly $A^\top$; later it diverges whenever $\sigma_{\max}(A)$ is above about 2), one scaling for the whole batch, another update (plain Newton–Schulz $Z(2I - AZ)$), `iterations` ignored or one step off, the update's factors in the wrong order, its $1/4$ missing, $AZ$ not recomputed each step, $Z_0$ scaled by another norm or not transposed, and bad input accepted. A divergence is reported from where it starts: an unscaled $Z_0$, or a right $Z_0$ with a wrong update.
 
 # %% nbgrader={"grade": false, "grade_id": "iterative_pinv", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def iterative_pinv(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
@@ -623,7 +626,7 @@ check("day08-linear-attention", "iterative_pinv", iterative_pinv, hidden=True, p
 #
 # Put it together with your `landmarks` and `iterative_pinv`: $\tilde Q$, $\tilde K$ from $m$ = `num_landmarks` segments, the three kernels $F$, $A$, $B$ (scores scaled by $1/\sqrt d$, softmax along the last axis), `pinv_iterations` steps for $A^+$, multiplied right to left. Accept any leading dims and $L_q \ne L_k$ ($m \le \min(L_q, L_k)$); raise `ValueError` for mismatched shapes (your `check_qkv`) or $m$ outside $1..\min(L_q, L_k)$.
 #
-# The checks compare with a float64 oracle, check that $m = L$ gives softmax attention (30 pinv steps), and track every allocation at $L = 4096$, $m = 32$. They recognise: strided landmarks, a kernel with its factors swapped ($\sigma(\tilde K \tilde Q^\top)$ for $A$, or the softmax of $B$ taken over the landmarks), the $1/\sqrt d$ scale missing, `pinv_iterations` ignored, the pinv mistakes above, an $(L_q, L_k)$ tensor (e.g. $F A^+ B$ built before multiplying by $V$), and bad input accepted.
+# The checks compare with a float64 oracle, check that $m = L$ gives softmax attention (30 pinv steps), and track every allocation at $L = 4096$, $m = 32$. They recognise: strided landmarks, a kernel with its factors swapped ($\sigma(\tilde K \tilde Q^\top)$ for $A$, or the softmax of $B$ taken over the landmarks), the $1/\sqrt d$ scale missing or inverted, key landmarks taken from $q$, the pseudo-inverse left out, `pinv_iterations` ignored, the pinv mistakes above, an $(L_q, L_k)$ tensor (e.g. $F A^+ B$ built before multiplying by $V$), and bad input accepted.
 
 # %% nbgrader={"grade": false, "grade_id": "nystrom_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def nystrom_attention(q, k, v, num_landmarks: int, pinv_iterations: int = 6) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_mistake_named, day_report
+from helpers import assert_mistake_named, day_report, edited_solution
 
 DAY = "day08-linear-attention"
 
@@ -377,16 +377,42 @@ def test_favor_written_differently_passes():
     assert report("favor_feature_map", make_favor()).passed
 
 
-def make_performer(scale=True, normalise=True, iid=False):
+def make_performer(
+    scale="quarter",
+    normalise=True,
+    iid=False,
+    shared_features=True,
+    key_map="per_slice",
+    remap=False,
+    fixed_features=None,
+    cast=True,
+):
+    """A Performer; each argument plants a mistake (or a right alternative: iid features, or
+    scale="q_only", q alone scaled by 1/sqrt(d): the same kernel, a noisier estimate)."""
+
     def performer_attention(q, k, v, num_features=256, generator=None):
         validate(q, k, v)
         d = q.shape[-1]
-        if iid:
-            W = torch.randn(num_features, d, generator=generator, dtype=q.dtype)
-        else:
-            W = make_orf()(num_features, d, generator).to(q.dtype)
-        s = d**-0.25 if scale else 1.0
-        qf, kf = make_favor()(q * s, W, is_query=True), make_favor()(k * s, W)
+        m = fixed_features or num_features
+
+        def features():
+            if iid:
+                return torch.randn(m, d, generator=generator, dtype=torch.float64)
+            return make_orf()(m, d, generator)
+
+        W = features()
+        Wk = W if shared_features else features()
+        W, Wk = (w.to(q.dtype) if cast else w for w in (W, Wk))
+        qs, ks = {
+            "quarter": (d**-0.25, d**-0.25),
+            "none": (1.0, 1.0),
+            "half": (d**-0.5, d**-0.5),
+            "q_only": (d**-0.5, 1.0),
+        }[scale]
+        qf = make_favor()(q * qs, W, is_query=True)
+        kf = make_favor("per_row" if key_map == "per_row" else "right")(k * ks, Wk)
+        if remap:
+            qf, kf = phi(qf), phi(kf)
         num, den = qf @ (kf.transpose(-2, -1) @ v), qf @ kf.sum(-2).unsqueeze(-1)
         return num / (den + 1e-6) if normalise else num
 
@@ -396,8 +422,14 @@ def make_performer(scale=True, normalise=True, iid=False):
 @pytest.mark.parametrize(
     "bug, key",
     [
-        (make_performer(scale=False), "missing_scale"),
+        (make_performer(scale="none"), "missing_scale"),
+        (make_performer(scale="half"), "scale_squared"),
         (make_performer(normalise=False), "error_does_not_fall"),
+        (make_performer(shared_features=False), "separate_features"),
+        (make_performer(key_map="per_row"), "noise_does_not_fall"),
+        (make_performer(remap=True), "features_remapped"),
+        (make_performer(fixed_features=64), "ignores_num_features"),
+        (make_performer(cast=False), "features_not_cast"),
         (
             lambda q, k, v, num_features=256, generator=None: make_performer()(
                 q, k, v, num_features, None
@@ -406,14 +438,50 @@ def make_performer(scale=True, normalise=True, iid=False):
         ),
         (stub, "not_implemented"),
     ],
-    ids=["no-scale", "no-normaliser", "global-rng", "stub"],
+    ids=[
+        "no-scale",
+        "scores-over-d",
+        "no-normaliser",
+        "separate-features",
+        "per-row-keys",
+        "elu-on-top",
+        "fixed-features",
+        "float32-features",
+        "global-rng",
+        "stub",
+    ],
 )
 def test_performer_bug_is_named(bug, key, capsys):
     assert_named("performer_attention", bug, key, capsys)
 
 
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_performer(scale="half"), "scale_squared"),
+        (make_performer(shared_features=False), "separate_features"),
+    ],
+    ids=["scores-over-d", "separate-features"],
+)
+def test_performer_bug_is_named_on_hidden_seeds(bug, key):
+    """Once flaky or missed: scores / d passed 2 of 5 hidden seeds, separate features all."""
+    for seed in (1, 2):
+        result = report("performer_attention", bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
 def test_performer_with_iid_features_still_passes():
     assert report("performer_attention", make_performer(iid=True)).passed
+
+
+def test_performer_scaling_only_q_passes_25_hidden_seeds():
+    """Once rejected on 2 of 5 hidden seeds: exp((q / sqrt(d)) . k) is the same kernel as
+    exp((q d^-1/4) . (k d^-1/4)), estimated with a far larger variance. The check's tolerance
+    comes from the spread of the student's own draws, so a right but noisy estimator passes.
+    (iid features: no QR per block, so 25 seeds stay cheap; they are the noisier kind.)"""
+    noisy = make_performer(scale="q_only", iid=True)
+    for seed in range(100, 125):
+        assert report("performer_attention", noisy, hidden=True, seed=seed).passed, seed
 
 
 def test_performer_calling_softmax_is_a_shortcut():
@@ -626,3 +694,249 @@ def test_nystrom_is_full_attention_at_m_equals_l_and_rejects_bad_m(solution):
     for m in (0, 11):
         with pytest.raises(ValueError, match="num_landmarks"):
             solution["nystrom_attention"](q, k, v, m)
+
+
+# ----------------------------------------------------------------------------- every recorded mistake
+
+# One-line edits of the solution's own cells: the beginner pass's mistakes (#18), each with the
+# mistake the checks name. exercise -> [(id, [(old, new), ...], key)].
+SOLUTION_EDITS = {
+    "elu_feature_map": [
+        (
+            "relu-plus-one",
+            [("torch.where(x > 0, x + 1, torch.exp(torch.clamp(x, max=0)))", "F.relu(x) + 1")],
+            "wrong_positive_map",
+        ),
+        (
+            "in-place",
+            [
+                (
+                    "torch.where(x > 0, x + 1, torch.exp(torch.clamp(x, max=0)))",
+                    "F.elu(x, inplace=True).add_(1)",
+                )
+            ],
+            "modified_input",
+        ),
+    ],
+    "linear_attention": [
+        (
+            "eps-outside",
+            [
+                (
+                    "numerator / (denominator[..., None] + eps)",
+                    "numerator / denominator[..., None] + eps",
+                )
+            ],
+            "eps_outside_division",
+        ),
+        ("z-mean", [("z = phi_k.sum(dim=-2)", "z = phi_k.mean(dim=-2)")], "wrong_normaliser"),
+        (
+            "map-on-v",
+            [('"...jd,...je->...de", phi_k, v)', '"...jd,...je->...de", phi_k, feature_map(v))')],
+            "feature_map_on_v",
+        ),
+        (
+            "dot-T",
+            [('torch.einsum("...jd,...je->...de", phi_k, v)', "phi_k.T @ v")],
+            "fixed_rank",
+        ),
+    ],
+    "causal_linear_attention_recurrent": [
+        ("z-ones", [("z = torch.zeros(", "z = torch.ones(")], "state_not_zero"),
+        (
+            "z-after-read",
+            [
+                ("        z = z + phi_k[..., t, :]                ", "        "),
+                (
+                    "outs.append(num / (den + eps))",
+                    "outs.append(num / (den + eps))\n        z = z + phi_k[..., t, :]",
+                ),
+            ],
+            "half_updated_state",
+        ),
+        (
+            "time-from-front",
+            [("qt = phi_q[..., t, :]", "qt = phi_q[t]")],
+            "fixed_rank",
+        ),
+    ],
+    "causal_linear_attention_chunked": [
+        ("triu", [("local = torch.tril(", "local = torch.triu(")], "future_leak_in_chunk"),
+        ("z-not-carried", [("z = z + kc.sum(-2).unsqueeze(-1)", "pass")], "z_not_carried"),
+        (
+            "no-chunk-in-normaliser",
+            [("den = qc @ z + local.sum(-1, keepdim=True)", "den = qc @ z")],
+            "normaliser_without_chunk",
+        ),
+    ],
+    "orthogonal_random_features": [
+        (
+            "one-norm-per-call",
+            [
+                (
+                    "torch.randn(num_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)",
+                    "torch.randn(dim, generator=generator, dtype=torch.float64).norm().expand(num_features)",
+                )
+            ],
+            "fixed_norms",
+        ),
+        (
+            "floor-blocks",
+            [("range(-(-num_features // dim))", "range(max(1, num_features // dim))")],
+            "partial_block",
+        ),
+    ],
+    "favor_feature_map": [
+        (
+            "one-max-for-all",
+            [
+                (
+                    "s = exponent.amax(dim=dims, keepdim=True)",
+                    "s = exponent.max() if not is_query else exponent.amax(dim=dims, keepdim=True)",
+                )
+            ],
+            "global_stabiliser",
+        ),
+        ("norm-not-halved", [("- 0.5 * (x ** 2)", "- (x ** 2)")], "norm_term_not_halved"),
+        ("no-sqrt-m", [(" / math.sqrt(projection.shape[0])", "")], "wrong_feature_scale"),
+        (
+            "query-max-over-L",
+            [("dims = (-1,) if is_query", "dims = (-2,) if is_query")],
+            "stabiliser_per_feature",
+        ),
+        (
+            "not-transposed",
+            [("x @ projection.transpose(0, 1)", "x @ projection")],
+            "projection_not_transposed",
+        ),
+    ],
+    "landmarks": [
+        (
+            "ceil-segments",
+            [
+                (
+                    "segment = torch.arange(L, device=x.device) * m // L",
+                    "segment = torch.arange(L, device=x.device) // -(-L // m)",
+                )
+            ],
+            "wrong_segments",
+        ),
+        (
+            "sums",
+            [("return (onehot @ x) / onehot.sum(dim=-1, keepdim=True)", "return onehot @ x")],
+            "segment_sums",
+        ),
+        ("t-L-over-m", [("* m // L  ", "* L // m  ")], "empty_segments"),
+        (
+            "token-loop",
+            [
+                (
+                    "return (onehot @ x) / onehot.sum(dim=-1, keepdim=True)",
+                    "rows = [x[..., None, t, :] * onehot[:, t, None] for t in range(L)]\n"
+                    "    return sum(rows) / onehot.sum(dim=-1, keepdim=True)",
+                )
+            ],
+            "token_loop",
+        ),
+        ("float32-onehot", [(".to(x.dtype)", ".float()")], "new_tensor_dtype"),
+    ],
+    "iterative_pinv": [
+        (
+            "norm-1-squared",
+            [("(norm_1 * norm_inf)[..., None, None]", "(norm_1 * norm_1)[..., None, None]")],
+            "wrong_pinv_scaling",
+        ),
+        (
+            "factor-left",
+            [
+                (
+                    "0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))",
+                    "0.25 * (13 * eye - az @ (15 * eye - az @ (7 * eye - az))) @ z",
+                )
+            ],
+            "pinv_factor_order",
+        ),
+        ("no-quarter", [("z = 0.25 * z @", "z = z @")], "pinv_missing_quarter"),
+        (
+            "stale-az",
+            [
+                (
+                    "for _ in range(iterations):\n        az = a @ z",
+                    "az = a @ z\n    for _ in range(iterations):",
+                )
+            ],
+            "pinv_stale_az",
+        ),
+        (
+            "one-step-more",
+            [("range(iterations)", "range(iterations + 1)")],
+            "iterations_off_by_one",
+        ),
+        (
+            "not-transposed",
+            [("z = a.transpose(-2, -1) / ", "z = a / ")],
+            "pinv_init_not_transposed",
+        ),
+    ],
+    "nystrom_attention": [
+        (
+            "scale-inverted",
+            [("scale = q.shape[-1] ** -0.5", "scale = q.shape[-1] ** 0.5")],
+            "kernel_scale_inverted",
+        ),
+        (
+            "key-landmarks-from-q",
+            [("landmarks(k, num_landmarks)", "landmarks(q, num_landmarks)")],
+            "key_landmarks_from_q",
+        ),
+        (
+            "pinv-skipped",
+            [("iterative_pinv(kernel_a, pinv_iterations) @ (kernel_b @ v)", "kernel_b @ v")],
+            "pinv_skipped",
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "name, edits, key",
+    [(name, edits, key) for name, cases in SOLUTION_EDITS.items() for _, edits, key in cases],
+    ids=[f"{name}-{case}" for name, cases in SOLUTION_EDITS.items() for case, _, _ in cases],
+)
+def test_recorded_mistake_is_named(solution, name, edits, key, capsys):
+    assert_named(name, edited_solution(DAY, solution, name, edits), key, capsys)
+
+
+@pytest.mark.parametrize(
+    "name, edits, key",
+    [
+        ("orthogonal_random_features", *SOLUTION_EDITS["orthogonal_random_features"][0][1:]),
+        ("landmarks", *SOLUTION_EDITS["landmarks"][0][1:]),
+    ],
+    ids=["one-norm-per-call", "ceil-segments"],
+)
+def test_once_flaky_mistake_is_named_on_hidden_seeds(solution, name, edits, key):
+    """One chi draw per call passed 2 of 5 hidden seeds, ceil-sized segments 3 of 5: every hidden
+    draw now holds the case that shows them."""
+    bug = edited_solution(DAY, solution, name, edits)
+    for seed in range(1, 6):
+        result = report(name, bug, hidden=True, seed=seed)
+        assert result.keys & {key, "empty_segments"}, (
+            seed,
+            [(r.key, r.message) for r in result.results],
+        )
+
+
+def test_favor_with_unsigned_qr_and_unusual_forms_passes():
+    """Correct alternatives from the beginner pass: einsum, vector_norm and a flattened max."""
+
+    def favor(x, projection, is_query=False):
+        if x.shape[-1] != projection.shape[-1]:
+            raise ValueError("D differs")
+        e = torch.einsum("...ld,md->...lm", x, projection)
+        e = e - torch.linalg.vector_norm(x, dim=-1, keepdim=True) ** 2 / 2
+        s = e.amax(-1, keepdim=True) if is_query else e.flatten(-2).max(-1).values[..., None, None]
+        return torch.exp(e - s - 0.5 * math.log(projection.shape[0]))
+
+    for seed in range(3):
+        assert report("favor_feature_map", favor, hidden=True, seed=seed).passed

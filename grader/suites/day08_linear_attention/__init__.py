@@ -43,6 +43,7 @@ from grader.suites.day08_linear_attention.nystrom import (
     lm_bad_input,
     lm_divisible_and_extremes,
     lm_matches,
+    lm_vectorised,
     ny_bad_input,
     ny_float32,
     ny_full_when_m_is_L,
@@ -90,7 +91,8 @@ EXERCISES = {
         checks=[performer_shapes, performer_converges, performer_bad_input], forbidden=FORBIDDEN
     ),
     "landmarks": Exercise(
-        checks=[lm_matches, lm_divisible_and_extremes, lm_bad_input], forbidden=NYSTROM_LIBRARY
+        checks=[lm_matches, lm_divisible_and_extremes, lm_vectorised, lm_bad_input],
+        forbidden=NYSTROM_LIBRARY,
     ),
     "iterative_pinv": Exercise(
         checks=[ip_iterates, ip_converges, ip_bad_input], forbidden=PINV_FORBIDDEN

@@ -3,16 +3,18 @@ causal_linear_attention_chunked."""
 
 import torch
 
-from grader.harness.checking import expect_close, expect_value_error, named
+from grader.harness.checking import Mistake, expect_close, expect_value_error, named
 from grader.suites._common import draw, randn
 from grader.suites.day08_linear_attention.oracles import (
     bad_inputs,
+    call_any_rank,
     expect_eps_guard,
     expect_no_quadratic,
     inputs,
     la_suspects,
     phi64,
     quadratic64,
+    runs,
 )
 
 
@@ -20,7 +22,7 @@ def causal_matches(fn, rng, name, **kw):
     L = kw.pop("L", None) or draw(rng, 5, 23)
     q, k, v = inputs(rng, L)
     expect_close(
-        fn(q, k, v, **kw),
+        call_any_rank(fn, q, k, v, **kw),
         quadratic64(q, k, v, True),
         q.dtype,
         f"{name}(q, k, v{''.join(f', {a}={b}' for a, b in kw.items())}) with L = {L}",
@@ -69,20 +71,39 @@ def chunk_suspects(q, k, v, chunk_size):
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     scores = phi64(q) @ phi64(k).transpose(-2, -1)
 
-    def with_mask(mask):
-        s = scores * mask
-        return (s @ v.double()) / (s.sum(-1, keepdim=True) + 1e-6)
+    def with_masks(numerator, denominator=None):
+        """The form whose numerator sums the keys of one mask and normaliser another's."""
+        denominator = numerator if denominator is None else denominator
+        num, den = scores * numerator, scores * denominator
+        return (num @ v.double()) / (den.sum(-1, keepdim=True) + 1e-6)
 
+    inside = same & causal
+    carried = before.double() + same.double()  # the state read after adding its own chunk
     return [
-        ("future_leak_in_chunk", with_mask(same | before)),
-        ("state_not_carried", with_mask(same & causal)),
+        ("future_leak_in_chunk", with_masks(same | before)),
+        ("future_leak_in_chunk", with_masks(before | (same & causal.T))),  # triu, not tril
+        ("state_not_carried", with_masks(inside)),
+        ("z_not_carried", with_masks(before | inside, inside)),
+        ("normaliser_without_chunk", with_masks(before | inside, before)),
+        ("state_updated_before_read", with_masks(carried + inside.double())),
     ]
 
 
 def expect_chunked(fn, q, k, v, chunk_size, what):
     L = q.shape[-2]
     ref = quadratic64(q, k, v, True)
-    out = fn(q, k, v, chunk_size=chunk_size)
+    try:
+        out = call_any_rank(fn, q, k, v, chunk_size=chunk_size)
+    except Mistake as mistake:
+        whole = L - L % chunk_size
+        cut = [t[..., :whole, :] for t in (q, k, v)]
+        if (
+            mistake.key == "raised"
+            and L % chunk_size
+            and runs(lambda: fn(*cut, chunk_size=chunk_size))
+        ):
+            raise named("full_size_chunks_only") from None
+        raise
     if isinstance(out, torch.Tensor) and out.dim() == ref.dim() and out.shape[-2] < L:
         raise named("drops_last_chunk")
     expect_close(

@@ -21,6 +21,42 @@ HINTS = {
         "a feature map may give phi(q_i) = 0 (e.g. relu): divide by "
         "(phi(q_i) . z + eps), so such a query gets 0, not NaN.",
     ),
+    "eps_outside_division": (
+        "eps added after the division: num / den + eps",
+        "eps belongs inside the denominator: num / (phi(q_i) . z + eps); added to the "
+        "result it shifts every output by eps.",
+    ),
+    "wrong_normaliser": (
+        "a normaliser other than phi(q_i) . z with z = sum over keys of phi(k_j) (a mean over "
+        "the keys, a sum over the features, or phi(q_i) . phi(q_i))",
+        "z = phi(K).sum(-2), one D'-vector summed over the keys (dim -2); the normaliser of "
+        "query i is the dot product phi(q_i) . z: (phi_q * z[..., None, :]).sum(-1, "
+        "keepdim=True).",
+    ),
+    "feature_map_on_v": (
+        "the feature map applied to v too",
+        "phi maps only q and k (it builds the kernel); v is averaged as it is: S = phi(K)^T V.",
+    ),
+    "state_not_zero": (
+        "a normaliser state z that does not start at zero (torch.ones?)",
+        "both states start empty: S = zeros (D', Dv) and z = zeros (D',), with dtype=q.dtype.",
+    ),
+    "half_updated_state": (
+        "S and z updated at different times: one includes key i when query i reads it, the "
+        "other does not",
+        "update both, S += phi(k_i) v_i^T and z += phi(k_i), before reading them for query i.",
+    ),
+    "fixed_rank": (
+        "code that works for (L, D) inputs only: .T, or positions indexed from the front "
+        "(x[t]), on batched (..., L, D) tensors",
+        "count dims from the end: x.transpose(-2, -1) (or x.mT) instead of x.T, and "
+        "x[..., t, :] for position t.",
+    ),
+    "state_orientation": (
+        "a state S of shape (Dv, D') where it is (D', Dv): it only runs when Dv = D",
+        "S = phi(K)^T V is (D', Dv): add phi(k_t)[:, None] * v_t[None, :] (column times row) "
+        "and read it with phi(q_t) @ S.",
+    ),
     "ignores_feature_map": (
         "the feature_map argument ignored",
         "apply the feature_map you are given to q and k: phi = feature_map.",
@@ -41,7 +77,8 @@ HINTS = {
         "reading it for query i (or use tril with diagonal 0).",
     ),
     "future_leak_in_chunk": (
-        "future keys inside a chunk: the intra-chunk scores are not masked",
+        "future keys inside a chunk: the intra-chunk scores not masked, or masked with triu "
+        "(which keeps the future) instead of tril",
         "inside a chunk, query i sees only the chunk keys up to itself: "
         "mask the (c, c) scores with tril (set the rest to 0) before summing.",
     ),
@@ -49,6 +86,34 @@ HINTS = {
         "chunks that forget the earlier chunks: the state is not carried",
         "after each chunk add phi(K_c)^T V_c to S and phi(K_c) summed to z, and "
         "let every query of the next chunks read S and z.",
+    ),
+    "z_not_carried": (
+        "S carried across chunks but z not: the normaliser forgets the earlier chunks",
+        "after each chunk update both states: S += phi(K_c)^T V_c and z += phi(K_c).sum(-2).",
+    ),
+    "normaliser_without_chunk": (
+        "a normaliser without the chunk's own part: phi(Q_c) z only",
+        "the normaliser has both parts, like the numerator: phi(Q_c) z (earlier chunks) plus "
+        "the masked scores' row sums W.sum(-1) (this chunk).",
+    ),
+    "state_updated_before_read": (
+        "the state updated with the chunk before the chunk reads it: its own keys counted twice",
+        "read S and z (earlier chunks only) together with the masked intra-chunk scores, and "
+        "add the chunk to S and z after its outputs are computed.",
+    ),
+    "full_size_chunks_only": (
+        "code that assumes every chunk is chunk_size long (it runs when chunk_size divides L)",
+        "the last chunk is shorter: build its mask from its own length, n = Qc.shape[-2], "
+        "torch.ones(n, n).tril().",
+    ),
+    "wrong_positive_map": (
+        "a positive map that is not elu(x) + 1 (relu(x) + 1, exp(x) or softplus(x)?)",
+        "elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0: F.elu(x) + 1.",
+    ),
+    "modified_input": (
+        "an input changed in place",
+        "compute into new tensors: F.elu(x) + 1, not F.elu(x, inplace=True) or x.add_(1). "
+        "The caller still needs its own tensor afterwards.",
     ),
     "drops_last_chunk": (
         "the last, shorter chunk left out when L is not a multiple of chunk_size",
@@ -70,6 +135,12 @@ HINTS = {
         "random features whose rows are not orthogonal within a block (iid Gaussian rows?)",
         "draw a (dim, dim) Gaussian, take Q from torch.linalg.qr: its dim columns "
         "are orthonormal; stack such blocks, then rescale each row.",
+    ),
+    "partial_block": (
+        "num_features // dim blocks: the rows of a last, partial block missing when "
+        "num_features is not a multiple of dim",
+        "draw ceil(num_features / dim) blocks, -(-num_features // dim), stack them and keep "
+        "the first num_features rows.",
     ),
     "unit_norms": (
         "orthonormal rows left at norm 1",
@@ -101,6 +172,32 @@ HINTS = {
         "for keys subtract one max over all rows and features of the slice "
         "(amax over dims (-2, -1)); only queries may use a max per row.",
     ),
+    "projection_not_transposed": (
+        "x @ projection where x @ projection.T is meant (it runs only when m = D)",
+        "projection is (m, D), one feature w_i per row: w_i . x for every i is "
+        "x @ projection.transpose(-2, -1), (..., L, m).",
+    ),
+    "norm_term_not_halved": (
+        "exp(w . x - |x|^2) without the / 2 on |x|^2",
+        "FAVOR+ subtracts |x|^2 / 2: (x * x).sum(-1, keepdim=True) / 2.",
+    ),
+    "stabiliser_per_feature": (
+        "a query stabiliser taken over the positions (one max per feature, amax(dim=-2))",
+        "for queries subtract each row's own max over the features: "
+        "amax(dim=-1, keepdim=True); a max over the positions mixes rows.",
+    ),
+    "global_stabiliser": (
+        "one stabiliser for the whole tensor instead of one per row (queries) or per (...) "
+        "slice (keys)",
+        "keep the leading dims apart: amax(dim=-1, keepdim=True) for queries, "
+        "amax(dim=(-2, -1), keepdim=True) for keys, never x.max() over everything: a slice "
+        "whose scores sit far below another's would underflow to 0.",
+    ),
+    "wrong_feature_scale": (
+        "features scaled by another factor than 1 / sqrt(m)",
+        "divide exp(...) by math.sqrt(m) once, with m = projection.shape[0]: not by m, "
+        "not left out.",
+    ),
     "no_stabiliser": (
         "exp underflowing to 0 for large inputs: no max-stabiliser",
         "subtract the max of the exponent before exp: per row for queries "
@@ -108,15 +205,51 @@ HINTS = {
         "normalisation.",
     ),
     "error_does_not_fall": (
-        "an approximation error that does not fall as num_features grows",
-        "use num_features random features (orthogonal_random_features), "
-        "positive FAVOR+ features for q and k, and linear attention with "
-        "the normaliser.",
+        "an estimate that stays off however many features it draws: a biased estimator, "
+        "not a noisy one",
+        "check each piece: one W = orthogonal_random_features(num_features, d, generator) "
+        "for q and k; q and k each scaled by d ** -0.25; favor_feature_map(q', W, "
+        "is_query=True) and favor_feature_map(k', W) (is_query=False); then "
+        "linear_attention(phi_q, phi_k, v, feature_map=lambda t: t), which divides by the "
+        "normaliser.",
     ),
     "missing_scale": (
         "q kᵀ without the 1/sqrt(d) scale",
         "softmax attention uses q . k / sqrt(d): scale q and k by d ** -0.25 "
         "before the feature map.",
+    ),
+    "scale_squared": (
+        "scores divided by d instead of sqrt(d) (q and k each scaled by d ** -0.5)",
+        "the product q' . k' must be q . k / sqrt(d): scale each of q and k by d ** -0.25 "
+        "(the fourth root), so that the two factors multiply to 1 / sqrt(d).",
+    ),
+    "separate_features": (
+        "q and k mapped with different random features, whose average is uniform attention",
+        "E[phi_W(q) . phi_W(k)] = exp(q . k) only with the same W on both sides: draw W "
+        "once, W = orthogonal_random_features(num_features, d, generator), and pass that W "
+        "to both favor_feature_map calls.",
+    ),
+    "features_remapped": (
+        "uniform attention: the FAVOR+ features mapped again by linear_attention's default "
+        "elu(x) + 1 (they are at most 1 / sqrt(m), so every weight is about 1)",
+        "phi_q and phi_k are already the features: call linear_attention(phi_q, phi_k, v, "
+        "feature_map=lambda t: t).",
+    ),
+    "ignores_num_features": (
+        "num_features ignored: the same output for 128 and 8192 features",
+        "draw W = orthogonal_random_features(num_features, d, generator) with the "
+        "num_features you are given.",
+    ),
+    "noise_does_not_fall": (
+        "noise that does not fall as num_features grows: a stabiliser taken per key row "
+        "(keys with is_query=True, or q and k's is_query swapped)",
+        "subtracting a different max from each key changes its weight, whatever m: map the "
+        "queries with is_query=True and the keys with is_query=False (one max per slice).",
+    ),
+    "features_not_cast": (
+        "random features left in float32 for float64 inputs",
+        "orthogonal_random_features returns float32: cast W to the inputs' dtype, "
+        "W = orthogonal_random_features(...).to(q.dtype).",
     ),
     "strided_landmarks": (
         "landmarks taken as strided samples x[..., ::L // m, :] instead of segment means",
@@ -130,11 +263,66 @@ HINTS = {
         "cover all L tokens, and differ in size by at most one; "
         "torch.arange(L) * m // L gives every token's segment.",
     ),
+    "segment_sums": (
+        "segment sums instead of segment means (not divided by the segment's token count)",
+        "divide each segment's sum by its number of tokens: the counts differ by one between "
+        "segments when m does not divide L.",
+    ),
+    "empty_segments": (
+        "empty segments (0 / 0): a segment index that skips some of 0 .. m - 1, such as t * L // m",
+        "token t belongs to segment t * m // L (multiply by m, then divide by L): every "
+        "segment gets L // m or L // m + 1 tokens.",
+    ),
+    "token_loop": (
+        "a Python loop over the tokens",
+        "build every token's segment at once, seg = torch.arange(L) * m // L, then sum with a "
+        "one-hot (m, L) matrix @ x or index_add_; a loop over the m segments is fine.",
+    ),
+    "new_tensor_dtype": (
+        "a new tensor made in float32 (the default) meeting a float64 input",
+        "make new tensors in the input's dtype: torch.zeros(..., dtype=x.dtype) or "
+        "mask.to(x.dtype), never .float().",
+    ),
     "unscaled_pinv_init": (
         "Z_0 = A^T without the 1 / (||A||_1 ||A||_inf) scaling: the iteration diverges",
         "start from Z_0 = A^T / (||A||_1 ||A||_inf), with ||A||_1 the largest "
         "column sum of |A| and ||A||_inf the largest row sum: it puts every "
         "eigenvalue of A Z_0 in (0, 1], where the iteration converges.",
+    ),
+    "pinv_init_not_transposed": (
+        "Z_0 = A / (||A||_1 ||A||_inf), not transposed: the iteration diverges",
+        "start from the transpose, Z_0 = A.transpose(-2, -1) / (||A||_1 ||A||_inf): then "
+        "A Z_0 = A A^T / (...) is symmetric with eigenvalues in (0, 1].",
+    ),
+    "pinv_update_diverges": (
+        "an update that diverges although Z_0 is right",
+        "check the update against Z = 0.25 * Z @ (13 I - AZ @ (15 I - AZ @ (7 I - AZ))), "
+        "with AZ = A @ Z recomputed at every step from the newest Z.",
+    ),
+    "wrong_pinv_scaling": (
+        "Z_0 scaled by another norm than ||A||_1 ||A||_inf (||A||_1 twice, sums without "
+        "abs, or the Frobenius norm squared)",
+        "||A||_1 is the largest column sum of |A|, a.abs().sum(-2).amax(-1); ||A||_inf the "
+        "largest row sum, a.abs().sum(-1).amax(-1); Z_0 = A^T divided by their product.",
+    ),
+    "pinv_factor_order": (
+        "the update's factors in the wrong order: (13I - AZ (...)) Z instead of Z (13I - ...)",
+        "matrix products do not commute: Z = 0.25 * Z @ (13 I - AZ @ (15 I - AZ @ (7 I - AZ))), "
+        "with Z on the left.",
+    ),
+    "pinv_missing_quarter": (
+        "the update without its factor 1/4",
+        "Z = 0.25 * Z @ (13 I - AZ @ (15 I - AZ @ (7 I - AZ))): at the fixed point Z = A^+ the "
+        "bracket is 4 I, and the 0.25 brings it back to Z.",
+    ),
+    "pinv_stale_az": (
+        "AZ computed once before the loop, not from the newest Z",
+        "recompute AZ = A @ Z at the start of every step, inside the loop.",
+    ),
+    "iterations_off_by_one": (
+        "one update step too many or too few",
+        "run exactly `iterations` steps, for _ in range(iterations): iterative_pinv(a, 0) "
+        "returns Z_0 itself.",
     ),
     "batch_wide_norms": (
         "one ||A||_1 ||A||_inf for the whole batch (the paper's code takes one "
@@ -163,6 +351,19 @@ HINTS = {
         "scores without the 1/sqrt(d) scale",
         "every one of the three kernels is softmax(scores / sqrt(d)), with d "
         "the head dim of q and k.",
+    ),
+    "kernel_scale_inverted": (
+        "scores multiplied by sqrt(d) instead of divided",
+        "every kernel is softmax(scores / math.sqrt(d)): divide, or multiply by d ** -0.5.",
+    ),
+    "key_landmarks_from_q": (
+        "key landmarks K~ taken from q",
+        "K~ = landmarks(k, m) and Q~ = landmarks(q, m): each from its own input.",
+    ),
+    "pinv_skipped": (
+        "F (B V) without pinv(A) in the middle",
+        "the Nyström product is F @ (iterative_pinv(A, pinv_iterations) @ (B @ V)): the "
+        "pseudo-inverse of the landmarks' kernel A joins F and B.",
     ),
     "full_attention_matrix": (
         "an (Lq, Lk)-sized tensor: the attention matrix Nyström avoids",

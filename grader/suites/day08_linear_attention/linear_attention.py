@@ -3,16 +3,18 @@
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import expect_close, named
+from grader.harness.checking import Mistake, expect_close, named
 from grader.suites._common import draw, randn
 from grader.suites.day08_linear_attention.oracles import (
     bad_inputs,
+    call_any_rank,
     expect_eps_guard,
     expect_no_quadratic,
     inputs,
     la_suspects,
     phi64,
     quadratic64,
+    runs,
 )
 
 
@@ -24,15 +26,25 @@ def elu_matches(elu_feature_map, rng):
     ]:
         x = randn(shape, rng, dtype, scale=3.0)
         x[..., 0] = -30.0  # elu(-30) + 1 is tiny but positive
+        kept = x.clone()
         out = elu_feature_map(x)
+        if not torch.equal(x, kept):
+            raise named("modified_input")
         if isinstance(out, torch.Tensor) and out.shape == x.shape and (out < 0).any():
             raise named("negative_features")
+        x64 = x.double()
         expect_close(
             out,
             phi64(x),
             dtype,
             "elu_feature_map(x)",
-            suspects=[("negative_features", F.elu(x.double())), ("negative_features", x.double())],
+            suspects=[
+                ("negative_features", F.elu(x64)),
+                ("negative_features", x64),
+                ("wrong_positive_map", F.relu(x64) + 1),
+                ("wrong_positive_map", torch.exp(x64)),
+                ("wrong_positive_map", F.softplus(x64)),
+            ],
         )
 
 
@@ -40,8 +52,15 @@ def la_matches(linear_attention, rng):
     """equals the quadratic form (phi(Q) phi(K)^T) V row-normalised, Lq != Lk, Dv != D"""
     L = draw(rng, 5, 20)
     q, k, v = inputs(rng, L, lk=L + draw(rng, 1, 6))
+    try:
+        out = call_any_rank(linear_attention, q, k, v)
+    except Mistake as mistake:  # runs only when Lq == Lk: a causal, position-by-position sum?
+        same_length = [t[..., :L, :] for t in (k, v)]
+        if mistake.key == "raised" and runs(lambda: linear_attention(q, *same_length)):
+            raise named("causal_when_not") from None
+        raise
     expect_close(
-        linear_attention(q, k, v),
+        out,
         quadratic64(q, k, v, False),
         q.dtype,
         "linear_attention(q, k, v)",

@@ -11,11 +11,12 @@ from grader.harness.checking import (
     expect_value_error,
     named,
     relative_error,
+    student_lines,
 )
 from grader.harness.guard import SDPA
 from grader.suites._common import draw, largest_allocation, randn, softmax64
 from grader.suites.day08_linear_attention.hints import HINTS, LIBRARY
-from grader.suites.day08_linear_attention.oracles import bad_inputs, inputs
+from grader.suites.day08_linear_attention.oracles import bad_inputs, dtype_clash, inputs, runs
 
 NYSTROM_COURSE = (
     "course.reference.nystrom is the course's library version, for later days: write yours."
@@ -76,21 +77,48 @@ def landmark_suspects(x: torch.Tensor, m: int) -> list:
         last = torch.cat(
             [equal[..., :-1, :], x[..., (m - 1) * step :, :].mean(-2, keepdim=True)], -2
         )
-        ceil = -(-L // m)
-        idx = torch.arange(L) // ceil
-        padded = torch.stack(
-            [
-                x[..., idx == i, :].mean(-2) if (idx == i).any() else x[..., :1, :].mean(-2) * 0
-                for i in range(m)
-            ],
-            dim=-2,
-        )
+        padded = segment_means(x, torch.arange(L) // -(-L // m), m)
+        rounded = (torch.arange(L) * m / L).round().long().clamp(max=m - 1)
         suspects += [
             ("wrong_segments", equal),
             ("wrong_segments", last),
             ("wrong_segments", padded),
+            ("wrong_segments", segment_means(x, rounded, m)),
         ]
-    return suspects
+    counts = torch.bincount(segment_ids(L, m), minlength=m).double()[:, None]
+    return suspects + [("segment_sums", landmarks64(x, m) * counts)]
+
+
+def segment_means(x: torch.Tensor, seg: torch.Tensor, m: int) -> torch.Tensor:
+    """(..., m, D): the mean of the tokens with seg == i, for each i (0 where there are none)."""
+    zero = x[..., :1, :].mean(-2) * 0
+    return torch.stack(
+        [x[..., seg == i, :].mean(-2) if (seg == i).any() else zero for i in range(m)], dim=-2
+    )
+
+
+# Z_0 = A^T / scale: the paper's scale and the usual wrong ones, each from the (..., n, n) batch
+PINV_INITS = {
+    "paper": lambda a: a.abs().sum(-2).amax(-1) * a.abs().sum(-1).amax(-1),
+    "batch": lambda a: a.abs().sum(-2).amax() * a.abs().sum(-1).amax(),
+    "none": lambda a: torch.ones(a.shape[:-2], dtype=a.dtype),
+    "norm_1_squared": lambda a: a.abs().sum(-2).amax(-1) ** 2,
+    "signed_sums": lambda a: a.sum(-2).amax(-1) * a.sum(-1).amax(-1),
+    "frobenius": lambda a: (a * a).sum((-2, -1)),
+}
+
+
+def pinv_step(a, z, eye, update: str):
+    """One update of Z (the Nyströmformer's, or a wrong variant for the suspects)."""
+    az = a @ z
+    if update == "newton":
+        return z @ (2 * eye - az)
+    poly = 13 * eye - az @ (15 * eye - az @ (7 * eye - az))
+    if update == "left":
+        return 0.25 * poly @ z
+    if update == "no_quarter":
+        return z @ poly
+    return 0.25 * z @ poly
 
 
 def pinv64(
@@ -99,35 +127,64 @@ def pinv64(
     """The Nyströmformer's iteration in float64 (or a wrong variant, for the suspects)."""
     a = a.double()
     eye = torch.eye(a.shape[-1], dtype=torch.float64)
-    col, row = a.abs().sum(-2).amax(-1), a.abs().sum(-1).amax(-1)
-    if init == "paper":
-        z = a.transpose(-2, -1) / (col * row)[..., None, None]
-    elif init == "batch":
-        z = a.transpose(-2, -1) / (col.max() * row.max())
-    else:
-        z = a.transpose(-2, -1).clone()
-    for _ in range(iterations):
+    scale = PINV_INITS[init](a)
+    z = a.transpose(-2, -1) / (scale[..., None, None] if scale.dim() else scale)
+    if update == "stale":  # AZ computed once, before the loop
         az = a @ z
-        if update == "nystrom":
+        for _ in range(iterations):
             z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
-        else:
-            z = z @ (2 * eye - az)
+        return z
+    for _ in range(iterations):
+        z = pinv_step(a, z, eye, update)
     return z
 
 
+def finite_suspects(pairs) -> list:
+    """The (key, tensor) pairs whose tensor is finite: a diverging variant matches nothing."""
+    return [(key, t) for key, t in pairs if torch.isfinite(t).all()]
+
+
 def pinv_suspects(a: torch.Tensor, iterations: int, given: int = None) -> list:
-    s = [
-        ("batch_wide_norms", pinv64(a, iterations, "batch")),
-        ("wrong_pinv_update", pinv64(a, iterations, update="newton")),
-        ("wrong_pinv_update", pinv64(a, 2 * iterations, update="newton")),
-    ]
     with torch.no_grad():
-        unscaled = pinv64(a, iterations, "none")
-    if torch.isfinite(unscaled).all():
-        s.append(("unscaled_pinv_init", unscaled))
-    if given is not None:
-        s += [("ignores_iterations", pinv64(a, n)) for n in (6, 0) if n != given]
-    return s
+        s = [
+            ("batch_wide_norms", pinv64(a, iterations, "batch")),
+            ("wrong_pinv_update", pinv64(a, iterations, update="newton")),
+            ("wrong_pinv_update", pinv64(a, 2 * iterations, update="newton")),
+            ("unscaled_pinv_init", pinv64(a, iterations, "none")),
+            *[
+                ("wrong_pinv_scaling", pinv64(a, iterations, init))
+                for init in ("norm_1_squared", "signed_sums", "frobenius")
+            ],
+            ("pinv_factor_order", pinv64(a, iterations, update="left")),
+            ("pinv_missing_quarter", pinv64(a, iterations, update="no_quarter")),
+            ("pinv_stale_az", pinv64(a, iterations, update="stale")),
+        ]
+        if iterations == 0:
+            s.append(("pinv_init_not_transposed", pinv64(a, 0).transpose(-2, -1)))
+        if given is not None:
+            s += [("ignores_iterations", pinv64(a, n)) for n in (6, 0) if n != given]
+            s += [("iterations_off_by_one", pinv64(a, n)) for n in (given - 1, given + 1) if n >= 0]
+    return finite_suspects(s)
+
+
+def divergence(iterative_pinv, a) -> Mistake:
+    """The Mistake for an iteration that blows up, named from where it starts: Z_0 =
+    iterative_pinv(a, 0) is A^T unscaled, A scaled but not transposed, right (then the update
+    diverges), or scaled some other way."""
+    z0 = iterative_pinv(a, 0)
+    right = pinv64(a, 0)
+    for key, start in [
+        ("unscaled_pinv_init", a.transpose(-2, -1)),
+        ("pinv_init_not_transposed", right.transpose(-2, -1)),
+        ("pinv_update_diverges", right),
+    ]:
+        if (
+            isinstance(z0, torch.Tensor)
+            and z0.shape == a.shape
+            and relative_error(z0, start) < 1e-6
+        ):
+            return named(key)
+    return named("wrong_pinv_scaling")
 
 
 def well_conditioned(rng, leading, n, dtype, scale=1.0) -> torch.Tensor:
@@ -138,12 +195,15 @@ def well_conditioned(rng, leading, n, dtype, scale=1.0) -> torch.Tensor:
     return (scale * (u * s[..., None, :]) @ w.transpose(-2, -1)).to(dtype)
 
 
-def nystrom64(q, k, v, m, iterations, landmark=landmarks64, scale=True, swap=(), pinv=None):
+def nystrom64(
+    q, k, v, m, iterations, landmark=landmarks64, scale=True, swap=(), pinv=None, key_landmarks="k"
+):
     """softmax(Q K~^T/sqrt d) pinv(softmax(Q~ K~^T/sqrt d)) softmax(Q~ K^T/sqrt d) V in float64;
-    `swap` names kernels ('F', 'A', 'B') computed with their factors swapped (a suspect)."""
+    `swap` names kernels ('F', 'A', 'B') computed with their factors swapped, key_landmarks="q"
+    takes K~ from q (suspects)."""
     q, k, v = q.double(), k.double(), v.double()
     s = q.shape[-1] ** -0.5 if scale else 1.0
-    qt, kt = landmark(q, m), landmark(k, m)
+    qt, kt = landmark(q, m), landmark(q if key_landmarks == "q" else k, m)
     f = (
         softmax64(kt @ q.transpose(-2, -1) * s).transpose(-2, -1)
         if "F" in swap
@@ -164,7 +224,20 @@ def nystrom64(q, k, v, m, iterations, landmark=landmarks64, scale=True, swap=(),
 
 
 def nystrom_suspects(q, k, v, m, iterations) -> list:
-    s = [("kernel_missing_scale", nystrom64(q, k, v, m, iterations, scale=False))]
+    d = q.shape[-1]
+    s = [
+        ("kernel_missing_scale", nystrom64(q, k, v, m, iterations, scale=False)),
+        ("kernel_scale_inverted", nystrom64(q * d, k, v, m, iterations)),  # scores * sqrt(d)
+        ("key_landmarks_from_q", nystrom64(q, k, v, m, iterations, key_landmarks="q")),
+        (
+            "pinv_skipped",
+            nystrom64(q, k, v, m, iterations, pinv=lambda a: torch.eye(m, dtype=a.dtype)),
+        ),
+        (
+            "unscaled_pinv_init",
+            nystrom64(q, k, v, m, iterations, pinv=lambda a: pinv64(a, iterations, "none")),
+        ),
+    ]
     s += [
         ("transposed_kernel", nystrom64(q, k, v, m, iterations, swap=sw))
         for sw in ("A", "B", "F", "FB", "FAB")
@@ -214,18 +287,66 @@ def nystrom_suspects(q, k, v, m, iterations) -> list:
 # landmarks
 
 
+def uneven_segments(rng) -> tuple:
+    """(m, L), L not a multiple of m, where segments of ceil(L / m) or floor(L / m) tokens (the
+    rest added to the last) both differ from t * m // L: every draw exposes both mistakes."""
+    while True:
+        m = draw(rng, 2, 6)
+        L = m * draw(rng, 2, 5) + draw(rng, 1, m - 1)
+        right, t = segment_ids(L, m), torch.arange(L)
+        ceil_sized, floor_sized = t // -(-L // m), (t // (L // m)).clamp(max=m - 1)
+        if not torch.equal(ceil_sized, right) and not torch.equal(floor_sized, right):
+            return m, L
+
+
+def call_landmarks(landmarks, x, m):
+    """landmarks(x, m), with a crash that only uneven segments cause named."""
+    try:
+        return landmarks(x, m)
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+        if dtype_clash(mistake):
+            raise named("new_tensor_dtype") from None
+        L = x.shape[-2]
+        if L % m and runs(lambda: landmarks(x[..., : L - L % m, :], m)):
+            description, fix = HINTS["wrong_segments"]
+            raise Mistake(
+                f"landmarks(x, {m}) with L = {L} raised {type(mistake.__cause__).__name__} "
+                f"({mistake.__cause__}), and works when m divides L: it looks like "
+                f"{description}.",
+                fix,
+                "wrong_segments",
+            ) from None
+        raise
+
+
 def lm_matches(landmarks, rng):
     """segment means, token t in segment t * m // L; L not a multiple of m; any leading dims"""
     for leading, dtype in [((2, 3), torch.float32), ((), torch.float64)]:
-        m = draw(rng, 2, 6)
-        L = m * draw(rng, 2, 5) + draw(rng, 1, m - 1)
+        m, L = uneven_segments(rng)
         x = randn((*leading, L, draw(rng, 2, 9)), rng, dtype)
         expect_close(
-            landmarks(x, m),
+            call_landmarks(landmarks, x, m),
             landmarks64(x, m),
             dtype,
             f"landmarks(x, {m}) with x {tuple(x.shape)}",
             landmark_suspects(x, m),
+            nonfinite=named("empty_segments"),
+        )
+
+
+def lm_vectorised(landmarks, rng):
+    """no Python loop over tokens: the Python work does not grow with L"""
+    x_short, x_long = randn((2, 64, 4), rng), randn((2, 2048, 4), rng)
+    short, long = (student_lines(lambda x=x: landmarks(x, 4)) for x in (x_short, x_long))
+    if long > short + 120:
+        description, fix = HINTS["token_loop"]
+        raise Mistake(
+            f"landmarks ran {short} lines of Python for L = 64 and {long} for L = 2048: it "
+            f"looks like {description}.",
+            fix,
+            "token_loop",
         )
 
 
@@ -241,6 +362,7 @@ def lm_divisible_and_extremes(landmarks, rng):
             x.dtype,
             f"landmarks(x, {n}) with x {tuple(x.shape)}",
             landmark_suspects(x, n),
+            nonfinite=named("empty_segments"),
         )
 
 
@@ -277,7 +399,7 @@ def ip_iterates(iterative_pinv, rng):
                 dtype,
                 f"iterative_pinv(a, {iterations}) on {tuple(a.shape)} {dtype}",
                 pinv_suspects(a, iterations, iterations),
-                nonfinite=named("unscaled_pinv_init"),
+                nonfinite=divergence(iterative_pinv, a),
             )
 
 
@@ -293,7 +415,7 @@ def ip_converges(iterative_pinv, rng):
         out = iterative_pinv(a, iterations)
         expect_tensor(out, f"iterative_pinv(a, {iterations})", a.shape, a.dtype)
         if not torch.isfinite(out).all() or relative_error(out, ref) > 1e3:
-            raise named("unscaled_pinv_init")
+            raise divergence(iterative_pinv, a)
         errors.append(relative_error(out, ref))
     if not (errors[0] > errors[1] > errors[2] and errors[2] < 1e-9):
         raise Mistake(

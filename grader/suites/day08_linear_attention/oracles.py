@@ -1,12 +1,34 @@
 """The float64 quadratic form of linear attention and the inputs, memory watch and bad-input
 cases that the linear attention exercises share."""
 
+import re
+
 import torch
 import torch.nn.functional as F
 
 from grader.harness.checking import Mistake, expect_close, expect_value_error, named
 from grader.suites._common import draw, largest_allocation, randn
 from grader.suites.day08_linear_attention.hints import HINTS
+
+
+def dtype_clash(mistake: Mistake) -> bool:
+    """The student's function crashed where a tensor it made (float32 by default) met a float64
+    input: a matmul or an in-place op between two dtypes."""
+    return (
+        mistake.key == "raised"
+        and re.search(r"dtype|scalar type|Double|double != float", str(mistake.__cause__))
+        is not None
+    )
+
+
+def runs(call) -> bool:
+    """Whether `call()` returns without raising (another size or dtype than the one that
+    crashed: a crash only some inputs cause names the mistake)."""
+    try:
+        call()
+    except Mistake:
+        return False
+    return True
 
 
 def phi64(x: torch.Tensor) -> torch.Tensor:
@@ -24,12 +46,18 @@ def quadratic64(
     diagonal: int = 0,
 ) -> torch.Tensor:
     """(phi(q) phi(k)^T, tril-masked if causal) row-normalised, @ v, in float64."""
-    scores = feature_map(q.double()) @ feature_map(k.double()).transpose(-2, -1)
-    if causal:
-        lq, lk = q.shape[-2], k.shape[-2]  # bottom-right aligned when lq != lk
-        scores = scores * torch.ones(lq, lk, dtype=torch.float64).tril(diagonal + lk - lq)
+    scores = scores64(q, k, causal, feature_map, diagonal)
     out = scores @ v.double()
     return out / (scores.sum(-1, keepdim=True) + eps) if normalise else out
+
+
+def scores64(q, k, causal: bool, feature_map=phi64, diagonal: int = 0) -> torch.Tensor:
+    """phi(q) phi(k)^T, (..., Lq, Lk), tril-masked (bottom-right aligned) if causal."""
+    scores = feature_map(q.double()) @ feature_map(k.double()).transpose(-2, -1)
+    if causal:
+        lq, lk = q.shape[-2], k.shape[-2]
+        scores = scores * torch.ones(lq, lk, dtype=torch.float64).tril(diagonal + lk - lq)
+    return scores
 
 
 def inputs(rng, L, dtype=torch.float32, leading=(2, 3), lk=None):
@@ -74,20 +102,55 @@ def bad_inputs(fn, rng, causal: bool) -> None:
 
 
 def la_suspects(q, k, v, causal, eps=1e-6, feature_map=phi64):
+    pq, pk = feature_map(q.double()), feature_map(k.double())
     s = [
         ("missing_normaliser", quadratic64(q, k, v, causal, eps, feature_map, normalise=False)),
         ("normaliser_without_eps", quadratic64(q, k, v, causal, 0.0, feature_map)),
+        ("eps_outside_division", quadratic64(q, k, v, causal, 0.0, feature_map) + eps),
         ("ignores_feature_map", quadratic64(q, k, v, causal, eps, lambda t: t.double())),
         ("ignores_feature_map", quadratic64(q, k, v, causal, eps, lambda t: phi64(t))),
+        ("feature_map_on_v", quadratic64(q, k, feature_map(v.double()), causal, eps, feature_map)),
     ]
+    scores, v64 = scores64(q, k, causal, feature_map), v.double()
+    num, den = scores @ v64, scores.sum(-1, keepdim=True)  # phi(q_i) S_i and phi(q_i) . z_i
     if causal:
+        strict = scores64(q, k, True, feature_map, diagonal=-1)  # keys j < i
+        num_strict, den_strict = strict @ v64, strict.sum(-1, keepdim=True)
         s += [
             ("future_leak", quadratic64(q, k, v, False, eps, feature_map)),
             ("excludes_self", quadratic64(q, k, v, True, eps, feature_map, diagonal=-1)),
+            ("state_not_zero", num / (den + pq.sum(-1, keepdim=True) + eps)),
+            ("half_updated_state", num / (den_strict + eps)),
+            ("half_updated_state", num_strict / (den + eps)),
         ]
     else:
-        s += [("causal_when_not", quadratic64(q, k, v, True, eps, feature_map))]
+        s += [
+            ("causal_when_not", quadratic64(q, k, v, True, eps, feature_map)),
+            ("wrong_normaliser", num / (den / k.shape[-2] + eps)),
+            (
+                "wrong_normaliser",
+                num / (pq.sum(-1, keepdim=True) * pk.sum((-2, -1))[..., None, None] + eps),
+            ),
+            ("wrong_normaliser", num / ((pq * pq).sum(-1, keepdim=True) + eps)),
+        ]
     return s
+
+
+def call_any_rank(fn, q, k, v, **kwargs):
+    """fn(q, k, v, **kwargs), with a crash that only batched inputs cause named: code written
+    for (L, D) tensors (.T, or positions indexed from the front), or a state S kept as
+    (Dv, D') where the inputs have Dv != D."""
+    try:
+        return fn(q, k, v, **kwargs)
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+        first = [t.reshape(-1, *t.shape[-2:])[0] for t in (q, k, v)]  # (L, D) each
+        if q.dim() > 2 and runs(lambda: fn(*first, **kwargs)):
+            raise named("fixed_rank") from None
+        if v.shape[-1] > q.shape[-1] and runs(lambda: fn(q, k, v[..., : q.shape[-1]], **kwargs)):
+            raise named("state_orientation") from None
+        raise
 
 
 def zero_feature_queries(rng, L, dtype=torch.float32):
