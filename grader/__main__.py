@@ -135,6 +135,14 @@ def parser() -> argparse.ArgumentParser:
         "e.g. 4G, 512M (default: 4G; 0: none)",
     )
     autograde.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="grade on the Dask distributed cluster whose scheduler is at ADDRESS "
+        "(tcp://host:8786) instead of local processes, with --workers' limits and records; its "
+        "workers must see the course folder at the same path "
+        "(pip install 'attention-from-scratch[cluster]')",
+    )
+    autograde.add_argument(
         "--student",
         action="append",
         metavar="ID",
@@ -220,7 +228,7 @@ def run_autograde(args) -> int:
     from grader.autograde import gradebook
 
     root = course_root(args)
-    if args.workers is not None:
+    if args.workers is not None or args.scheduler:
         return run_parallel_autograde(root, args)
     pipeline.check_assignment(root, args.assignment)
     usable_gradebook(root)
@@ -236,6 +244,8 @@ def run_autograde(args) -> int:
 def run_parallel_autograde(root, args) -> int:
     from grader.autograde import parallel
 
+    if args.workers is None:  # --scheduler alone: the cluster's workers do the grading
+        args.workers = 1
     if args.workers < 1:
         raise pipeline.GradingError("--workers must be at least 1.")
     limits = parallel.Limits(
@@ -252,6 +262,7 @@ def run_parallel_autograde(root, args) -> int:
         only=args.student,
         submissions=args.submissions,
         progress_stream=sys.stderr,
+        scheduler=args.scheduler,
     )
     results = done["results"]
     failed = [r for r in results if r["status"] != "graded"]

@@ -18,7 +18,8 @@ autogrades into one SQLite file fail with "database is locked". Instead:
 
 Workers are forked once and reused, so the cost of importing nbgrader is paid once per worker,
 not per submission; a worker stuck past its wall-clock limit is killed with its kernel and
-replaced, and that submission is recorded with the reason.
+replaced, and that submission is recorded with the reason. Given a Dask scheduler's address
+instead, the same grading runs on that cluster's workers (distributed.py).
 """
 
 import dataclasses
@@ -84,6 +85,14 @@ class Limits:
 # ----------------------------------------------------------------------------- configuration
 
 
+def scripts_on_path() -> None:
+    """Put this Python's scripts first on PATH: nbgrader runs `alembic` from there, and a
+    virtual environment works without being activated."""
+    scripts = os.path.dirname(sys.executable)
+    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+
+
 def students(root: Path, assignment: str) -> list:
     return sorted(p.parent.name for p in (root / "submitted").glob(f"*/{assignment}") if p.is_dir())
 
@@ -118,9 +127,7 @@ def register(course: Path, assignment: str) -> None:
     from nbgrader.converters import GenerateAssignment
     from nbgrader.coursedir import CourseDirectory
 
-    scripts = os.path.dirname(sys.executable)  # nbgrader runs `alembic` from PATH
-    if scripts not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    scripts_on_path()
     with tempfile.TemporaryDirectory() as release:
         config = load_config(course)
         config.CourseDirectory.root = str(course)
@@ -440,6 +447,22 @@ class _Collect(logging.Handler):
         return (errors or useful or [""])[-1][:300]
 
 
+def unfinished(student: str, status: str, reason: str) -> dict:
+    """The result of a submission whose grading ended before nbgrader's did: no grades."""
+    return {
+        "student": student,
+        "status": status,
+        "reason": reason,
+        "grades": [],
+        "comments": [],
+        "tamper": [],
+        "notes": [],
+        "reports": {},
+        "timestamp": None,
+        "seconds": {},
+    }
+
+
 def _failed(result, reason, started):
     result.update(status="failed", reason=reason)
     result["seconds"]["submission"] = time.monotonic() - started
@@ -449,8 +472,7 @@ def _failed(result, reason, started):
 def _worker(conn, root, template, assignment, sources, limits, scratch, log):
     """A worker process: grade the students the parent sends, one at a time."""
     os.setpgrp()  # its own process group, so a stuck worker is killed with its kernels
-    scripts = os.path.dirname(sys.executable)  # nbgrader runs `alembic` from PATH
-    os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
+    scripts_on_path()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -466,18 +488,8 @@ def _worker(conn, root, template, assignment, sources, limits, scratch, log):
         try:
             result = grade_one(root, template, assignment, student, sources, limits, scratch)
         except Exception:
-            result = {
-                "student": student,
-                "status": "failed",
-                "tamper": [],
-                "notes": [],
-                "reports": {},
-                "grades": [],
-                "comments": [],
-                "timestamp": None,
-                "seconds": {},
-                "reason": "the grader failed: " + traceback.format_exc().strip().splitlines()[-1],
-            }
+            why = traceback.format_exc().strip().splitlines()[-1]
+            result = unfinished(student, "failed", f"the grader failed: {why}")
         conn.send(result)
 
 
@@ -527,9 +539,11 @@ def autograde(
     only: list = None,
     submissions: Path = None,
     progress_stream=None,
+    scheduler: str = None,
 ) -> dict:
     """Grade every submission in submitted/STUDENT/ASSIGNMENT/ (first copied in from
-    `submissions`, if given) across `workers` processes into the class gradebook.
+    `submissions`, if given) across `workers` processes into the class gradebook, or, given a
+    `scheduler`'s address, on that Dask distributed cluster (distributed.py).
 
     Returns {'results': [...], 'skipped': [...], 'restored': [...], 'seconds': ...}: skipped, the
     submissions the gradebook held as recorded; restored, those written back from their records.
@@ -542,11 +556,22 @@ def autograde(
         if submissions is not None:
             pipeline.collect(root, assignment, submissions)
         return _grade_class(
-            root, assignment, workers, force, limits or Limits(), only, url, cid, progress_stream
+            root,
+            assignment,
+            workers,
+            force,
+            limits or Limits(),
+            only,
+            url,
+            cid,
+            progress_stream,
+            scheduler,
         )
 
 
-def _grade_class(root, assignment, workers, force, limits, only, url, cid, progress_stream) -> dict:
+def _grade_class(
+    root, assignment, workers, force, limits, only, url, cid, progress_stream, scheduler
+) -> dict:
     everyone = students(root, assignment)
     if only:
         everyone = [s for s in everyone if s in set(only)]
@@ -577,19 +602,15 @@ def _grade_class(root, assignment, workers, force, limits, only, url, cid, progr
             if assignment in assignments():  # its suite, which checks each cell in the workers
                 exercises(assignment)
 
-            results = _run_pool(
-                root,
-                template,
-                assignment,
-                sources,
-                limits,
-                scratch,
-                todo,
-                max(1, min(workers, len(todo))),
-                url,
-                cid,
-                progress_stream,
-            )
+            job = (root, template, assignment, sources, limits, scratch, todo)
+            if scheduler:
+                from grader.autograde import distributed
+
+                results = distributed.run_cluster(scheduler, *job, url, cid, progress_stream)
+            else:
+                results = _run_pool(
+                    *job, max(1, min(workers, len(todo))), url, cid, progress_stream
+                )
     return {
         "results": results,
         "skipped": skipped,
@@ -654,18 +675,7 @@ def _run_pool(
                 try:
                     result = conn.recv()
                 except (EOFError, OSError):
-                    result = {
-                        "student": student,
-                        "status": "failed",
-                        "grades": [],
-                        "comments": [],
-                        "tamper": [],
-                        "notes": [],
-                        "reports": {},
-                        "timestamp": None,
-                        "seconds": {},
-                        "reason": "the grading worker died",
-                    }
+                    result = unfinished(student, "failed", "the grading worker died")
                     _kill_group(process)
                     del pool[conn]
                     conn = spawn(n)
@@ -676,19 +686,8 @@ def _run_pool(
                 if student and time.monotonic() > deadline:
                     _kill_group(process)
                     del pool[conn]
-                    result = {
-                        "student": student,
-                        "status": "stopped",
-                        "grades": [],
-                        "comments": [],
-                        "tamper": [],
-                        "notes": [],
-                        "reports": {},
-                        "timestamp": None,
-                        "seconds": {},
-                        "reason": f"grading took longer than {hard} s and was killed",
-                    }
-                    finish(result)
+                    reason = f"grading took longer than {hard} s and was killed"
+                    finish(unfinished(student, "stopped", reason))
                     new = spawn(n)
                     n += 1
                     give(new)

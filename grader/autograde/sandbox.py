@@ -63,9 +63,12 @@ SHM_SIZE = 64 << 20  # bytes of /dev/shm (left alone, --dev's is half the machin
 
 # The grader's environment variables a kernel gets, by name or by prefix (`kernel_environment`):
 # where to find programs and the interpreter's settings, the locale, the threads and devices to
-# use, and Triton's interpreter switch (course/device.py). Nothing else: a grader's environment
-# may hold secrets (a database URL with its password, an API token, cloud credentials).
+# use, Triton's interpreter switch (course/device.py), and nbgrader's NBGRADER_EXECUTION, which
+# tells a notebook it is being graded (its teaching-only cells then run at their smallest sizes).
+# Nothing else: a grader's environment may hold secrets (a database URL with its password, an API
+# token, cloud credentials).
 KERNEL_VARIABLES = {
+    "NBGRADER_EXECUTION",
     "PATH",
     "LANG",
     "LANGUAGE",

@@ -2,17 +2,22 @@
 the gradebook nbgrader_config.py names, with the wall-clock and memory limits applied."""
 
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
+import time
 
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
 
+from grader.autograde import parallel, sandbox
 from grader.autograde.execute import LimitedExecute, limited_kernel_manager
 from grader.autograde.pipeline import nbgrader
 from helpers import ROOT, grader, nbgrader_cell
-from tools import corpus
+from tools import corpus, grading_benchmark
 
 pytestmark = pytest.mark.slow
 
@@ -161,3 +166,117 @@ def test_a_kernel_that_dies_at_startup_is_started_once_more(tmp_path, deaths):
     else:  # only once: then it is the submission's reason
         assert "before replying to kernel_info" in record["stopped"], record
         assert test_cell.outputs[0]["ename"] == "NotGraded"
+
+
+# ----------------------------------------------------------------------------- only what grading needs
+
+# The days whose teaching-only cells (benchmarks, training) run at their smallest sizes when the
+# notebook is graded (NBGRADER_EXECUTION set), and a line only their full size prints
+SHRUNK_WHEN_GRADED = {
+    "day01-sdpa": "2048",  # the timing table's row at L = 2048
+    "day02-masks": "1024",
+    "day03-multihead": "trained 300 steps",
+    "day04-kv-cache": "same tokens: True  correct answers: True",  # trained 300 steps
+    "day05-sparse": "4096",
+    "day08-linear-attention": "2048",
+}
+
+
+def shrinking_cell_output(course, day: str, student: str) -> str:
+    """What the cell that reads NBGRADER_EXECUTION printed in the student's graded notebook."""
+    path = course / "autograded" / student / day / f"{day}.ipynb"
+    (cell,) = [
+        c for c in nbformat.read(path, as_version=4).cells if "NBGRADER_EXECUTION" in c.source
+    ]
+    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+
+
+@pytest.mark.parametrize("day", SHRUNK_WHEN_GRADED)
+def test_teaching_cells_shrunk_for_grading_change_no_grade(tmp_path, monkeypatch, day):
+    """The same class graded with the kernels seeing NBGRADER_EXECUTION (teaching cells at their
+    smallest) and not seeing it (full sizes, as a student runs them): the same grades."""
+    if sandbox.unavailable():  # only a sandbox's own environment can hide nbgrader's variable
+        pytest.skip(f"no sandbox here: {sandbox.unavailable()}")
+    cls = {
+        kind: grading_benchmark.submission(day, kind) for kind in ("correct", "partial", "broken")
+    }
+    graded = course_with(tmp_path / "graded", cls, day)
+    full = course_with(tmp_path / "full", cls, day)
+    parallel.autograde(graded, day, 2)
+    monkeypatch.setattr(
+        sandbox, "KERNEL_VARIABLES", sandbox.KERNEL_VARIABLES - {"NBGRADER_EXECUTION"}
+    )
+    parallel.autograde(full, day, 2)
+
+    assert grades(f"sqlite:///{graded}/gradebook.db", day) == grades(
+        f"sqlite:///{full}/gradebook.db", day
+    )
+    # the kernels saw the variable in the first run only: the full size ran in the second only
+    shrunk, whole = (shrinking_cell_output(c, day, "correct").splitlines() for c in (graded, full))
+    full_size_line = SHRUNK_WHEN_GRADED[day]
+    assert shrunk and not any(line.strip().startswith(full_size_line) for line in shrunk)
+    assert any(line.strip().startswith(full_size_line) for line in whole)
+
+
+# ----------------------------------------------------------------------------- on a Dask cluster
+
+
+CLUSTER_CLASS = ["full-marks", "planted-axis", "untouched", "shortcut-softmax"]
+
+
+def kill_a_busy_worker(client, killed: list) -> None:
+    """Kill (SIGKILL) the process of the first worker seen grading, a few seconds into its
+    submission (its kernel running); put the student it was grading in `killed`."""
+    pids = client.run(os.getpid)  # worker address -> its process id
+    prefix = f"grade-{DAY}-"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        busy = {w: keys for w, keys in client.processing().items() if keys}
+        if busy:
+            worker, keys = next(iter(busy.items()))
+            time.sleep(3)
+            if keys[0] in client.processing().get(worker, ()):  # still grading that one
+                os.kill(pids[worker], signal.SIGKILL)
+                killed.append(keys[0][len(prefix) : -len("-12345678")])
+                return
+        time.sleep(0.2)
+
+
+def test_a_scheduler_that_does_not_answer_is_one_clear_error():
+    pytest.importorskip("distributed")
+    from grader.autograde import distributed
+    from grader.autograde.pipeline import GradingError
+
+    with pytest.raises(GradingError, match="no Dask scheduler answers at tcp://127.0.0.1:9"):
+        distributed.connect("tcp://127.0.0.1:9", timeout="2s")
+
+
+def test_on_a_dask_cluster_a_worker_killed_mid_class_costs_a_retry_never_a_row(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    cls = {kind: corpus.MANIFEST[kind][0]() for kind in CLUSTER_CLASS}
+    local = course_with(tmp_path / "local", cls)
+    cluster_course = course_with(tmp_path / "cluster", cls)
+    parallel.autograde(local, DAY, 2)
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        killed = []
+        killer = threading.Thread(target=kill_a_busy_worker, args=(client, killed))
+        killer.start()
+        done = parallel.autograde(cluster_course, DAY, scheduler=cluster.scheduler_address)
+        killer.join()
+
+    assert killed and killed[0] in CLUSTER_CLASS, f"no worker was seen grading: {killed}"
+    results = done["results"]
+    assert sorted(r["student"] for r in results) == sorted(CLUSTER_CLASS)  # each once
+    assert {r["status"] for r in results} == {"graded"}
+    expected = grades(f"sqlite:///{local}/gradebook.db")
+    assert grades(f"sqlite:///{cluster_course}/gradebook.db") == expected
+    assert {s for s, _, _ in expected} == set(CLUSTER_CLASS)
+    # the tamper record travelled back with its task: the shortcut is found on the cluster too
+    shortcut = next(r for r in results if r["student"] == "shortcut-softmax")
+    assert any(t["kind"] == "shortcut" for t in shortcut["tamper"])

@@ -115,7 +115,8 @@ def test_submissions_folder_must_exist_and_hold_notebooks(tmp_path):
 def test_autograde_help_names_the_parallel_mode_and_its_limits():
     done = grader("autograde", "--help")
     assert done.returncode == 0
-    for flag in ("--workers", "--timeout", "--wall-limit", "--memory-limit", "--student"):
+    flags = ("--workers", "--timeout", "--wall-limit", "--memory-limit", "--student", "--scheduler")
+    for flag in flags:
         assert flag in done.stdout
     assert "report" in grader("--help").stdout
 
