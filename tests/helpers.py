@@ -101,6 +101,15 @@ def assert_mistake_named(day: str, name: str, bug, key: str, capsys) -> None:
     assert f"hint: {named.hint}" in capsys.readouterr().out
 
 
+def assert_named_on_seeds(day: str, name: str, bug, key: str, capsys, seeds) -> None:
+    """assert_mistake_named, and the same mistake named by the hidden checks on every seed of
+    `seeds`, whatever shapes they draw."""
+    assert_mistake_named(day, name, bug, key, capsys)
+    for seed in seeds:
+        result = day_report(day, name, bug, hidden=True, seed=seed)
+        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
 def grader(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     """`python -m grader ARGS` run in `cwd` (the repository by default), its output as text."""
     return subprocess.run(

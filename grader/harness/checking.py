@@ -723,27 +723,42 @@ NOT_STUDENT_CODE = tuple(
 )
 
 
+@contextlib.contextmanager
+def on_student_lines(on_line):
+    """Inside, `on_line()` runs before each line of the student's own Python (not the grader's,
+    torch's or the standard library's: their frames are not traced at all, which keeps it fast)."""
+
+    def local(frame, event, arg):
+        if event == "line":
+            on_line()
+        return local
+
+    def trace(frame, event, arg):
+        return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
+
+    outer = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(outer)
+
+
 class StudentLines:
     """Counts the lines of the student's own Python that run inside the block (`.count`)."""
 
     def __enter__(self):
         self.count = 0
         self.remote = None  # the kernel's count, when the student's code ran there
-
-        def local(frame, event, arg):
-            if event == "line":
-                self.count += 1
-            return local
-
-        def trace(frame, event, arg):
-            return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
-
-        self._outer = sys.gettrace()
-        sys.settrace(trace)
+        self._tracing = on_student_lines(self._count_line)
+        self._tracing.__enter__()
         return self
 
+    def _count_line(self):
+        self.count += 1
+
     def __exit__(self, *exc_info):
-        sys.settrace(self._outer)
+        self._tracing.__exit__(*exc_info)
         if self.remote is not None:  # the student's code ran in their kernel: here, the grader's
             self.count = self.remote
 

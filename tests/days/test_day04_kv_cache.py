@@ -9,7 +9,7 @@ import torch
 
 import course.reference.kv_cache as library
 from grader.suites.day04_kv_cache import EXERCISES as SUITE
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
 
 DAY = "day04-kv-cache"
 
@@ -373,10 +373,7 @@ HIDDEN_SEEDS = (1, 2)
 
 
 def assert_named_on_every_seed(name: str, bug, key: str, capsys) -> None:
-    assert_named(name, bug, key, capsys)
-    for seed in HIDDEN_SEEDS:
-        result = report(name, bug, hidden=True, seed=seed)
-        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+    assert_named_on_seeds(DAY, name, bug, key, capsys, HIDDEN_SEEDS)
 
 
 def planted(solution, cell: str, *edits):

@@ -12,7 +12,7 @@ import course.reference.online_softmax as library
 from grader.harness.checking import run
 from grader.suites.day06_online_softmax import EXERCISES as SUITE
 from grader.suites.day06_online_softmax import HINTS
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
 
 DAY = "day06-online-softmax"
 EXERCISES = ["online_softmax_stats", "tiled_attention", "FlashAttentionTorch"]
@@ -535,10 +535,7 @@ HIDDEN_SEEDS = (1, 2)
 
 
 def assert_named_on_every_seed(name: str, bug, key: str, capsys) -> None:
-    assert_named(name, bug, key, capsys)
-    for seed in HIDDEN_SEEDS:
-        result = report(name, bug, hidden=True, seed=seed)
-        assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+    assert_named_on_seeds(DAY, name, bug, key, capsys, HIDDEN_SEEDS)
 
 
 def planted(solution, cell: str, *edits):

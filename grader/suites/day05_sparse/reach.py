@@ -6,16 +6,15 @@ a time limit that stops it wherever it runs (here, or in the student's kernel wh
 """
 
 import math
-import sys
 import time
 
 import torch
 
 from grader.harness.checking import (
-    NOT_STUDENT_CODE,
     Mistake,
     NotImplementedYet,
     hint,
+    on_student_lines,
 )
 from grader.harness.measuring import measuring
 from grader.suites import Exercise
@@ -230,22 +229,17 @@ class TimeLimit:
     seconds = 10
 
     def __enter__(self):
-        deadline = time.monotonic() + self.seconds
-
-        def local(frame, event, arg):
-            if event == "line" and time.monotonic() > deadline:
-                raise StillRunning(f"still running after {self.seconds} s")
-            return local
-
-        def trace(frame, event, arg):
-            return None if frame.f_code.co_filename.startswith(NOT_STUDENT_CODE) else local
-
-        self._outer = sys.gettrace()
-        sys.settrace(trace)
+        self._deadline = time.monotonic() + self.seconds
+        self._tracing = on_student_lines(self._stop_when_late)
+        self._tracing.__enter__()
         return self
 
+    def _stop_when_late(self):
+        if time.monotonic() > self._deadline:
+            raise StillRunning(f"still running after {self.seconds} s")
+
     def __exit__(self, *exc_info):
-        sys.settrace(self._outer)
+        self._tracing.__exit__(*exc_info)
 
 
 def stopped_by_the_limit(mistake: Mistake) -> bool:
