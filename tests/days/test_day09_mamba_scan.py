@@ -194,6 +194,10 @@ PARALLEL_BUGS = {
         "A, H = A_left * A, A * H_left + H",
         "A = A_left * A\n        H = A * H_left + H",
     ),
+    "decay_from_left": (
+        "A, H = A_left * A, A * H_left + H",
+        "A, H = A_left * A, A_left * H_left + H",
+    ),
     # the right values, computed in a and b themselves
     "modified_input": (
         "A, H = A_left * A, A * H_left + H",
@@ -229,6 +233,18 @@ CHUNKED_BUGS = {
         "ends = linear_recurrence_parallel(decay[..., -1], local[..., -1])",
         "ends = local[..., -1]",
     ),
+    "front_padding": (
+        "F.pad(a, (0, pad), value=1.0).unflatten(-1, (n, chunk_size))  # (..., n, C)\n"
+        "    b_c = F.pad(b, (0, pad), value=0.0)",
+        "F.pad(a, (pad, 0), value=1.0).unflatten(-1, (n, chunk_size))  # (..., n, C)\n"
+        "    b_c = F.pad(b, (pad, 0), value=0.0)",
+    ),
+    "chunks_strided": (
+        ".unflatten(-1, (n, chunk_size))  # (..., n, C)\n"
+        "    b_c = F.pad(b, (0, pad), value=0.0).unflatten(-1, (n, chunk_size))\n",
+        ".unflatten(-1, (chunk_size, n)).mT\n"
+        "    b_c = F.pad(b, (0, pad), value=0.0).unflatten(-1, (chunk_size, n)).mT\n",
+    ),
 }
 
 
@@ -260,6 +276,8 @@ TRITON_BUGS = {
     ],
     "scan_product_stored": [("_, h = tl.associative_scan", "h, _ = tl.associative_scan")],
     "block_not_power_of_two": [("BLOCK=triton.next_power_of_2(L)", "BLOCK=L")],
+    # the rows after the first are left as torch.empty gave them
+    "rows_not_launched": [("scan_rows_kernel[(a_rows.shape[0],)]", "scan_rows_kernel[(1,)]")],
     "strided_as_contiguous": [
         ("a_rows = a.reshape(-1, L).contiguous()", "a_rows = a.reshape(-1, L)"),
         ("b_rows = b.reshape(-1, L).contiguous()", "b_rows = b.reshape(-1, L)"),
@@ -396,6 +414,14 @@ SCAN_BUGS = {
         'y = torch.einsum("bdnl,bnl->bdl", F.pad(x[..., :-1], (1, 0)), C)',
     ),
     "u_missing": ("Bu = (delta * u)[..., None]", "Bu = delta[..., None]"),
+    "readout_over_channels": (
+        'y = torch.einsum("bdnl,bnl->bdl", x, C)',
+        'y = torch.einsum("bdnl,bnl->bl", x, C)[:, None].expand_as(u) / u.shape[1]',
+    ),
+    "softplus_overflow": (
+        "delta = F.softplus(delta)",
+        "delta = torch.log(1 + torch.exp(delta))",
+    ),
 }
 
 

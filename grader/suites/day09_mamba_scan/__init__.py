@@ -47,6 +47,7 @@ from grader.suites.day09_mamba_scan.recurrence import (
 )
 from grader.suites.day09_mamba_scan.selective_scan import (
     scan_full,
+    scan_large_steps,
     scan_options,
     scan_rejects_bad_layout,
     scan_rows_independent,
@@ -97,7 +98,13 @@ EXERCISES = {
         forbidden=FORBIDDEN,
     ),
     "selective_scan": Exercise(
-        checks=[scan_full, scan_options, scan_rows_independent, scan_rejects_bad_layout],
+        checks=[
+            scan_full,
+            scan_options,
+            scan_large_steps,
+            scan_rows_independent,
+            scan_rejects_bad_layout,
+        ],
         forbidden=FORBIDDEN,
     ),
     "MambaBlock": Exercise(

@@ -64,6 +64,29 @@ HINTS = {
         "positions from the largest power of two on miss their earliest inputs)",
         "keep doubling while d < L (ceil(log2 L) steps): `d = 1; while d < L: ...; d *= 2`.",
     ),
+    "rows_not_launched": (
+        "a grid with fewer programs than rows: the rows no program ran for are never written "
+        "(h keeps whatever torch.empty gave)",
+        "launch one program per row, kernel[(rows,)](...) with rows = a.numel() // L, and let "
+        "each program find its row with tl.program_id(0).",
+    ),
+    "decay_from_left": (
+        "the absorbed H_{t-d} decayed by the earlier position's A_{t-d} instead of A_t",
+        "position t decays what it absorbs by its own decays: H_t <- A_t * H_{t-d} + H_t "
+        "(A[..., d:] * H[..., :-d]: the same slice for A as for the H being updated).",
+    ),
+    "front_padding": (
+        "the sequence padded at the front but cropped at the end: h shifted right by the pad, "
+        "zeros first",
+        "pad at the end, where the crop [..., :L] removes it: F.pad(a, (0, pad), value=1.0) and "
+        "F.pad(b, (0, pad)).",
+    ),
+    "chunks_strided": (
+        "the chunks cut as (chunk_size, n) and transposed: chunk j holds positions j, j + n, "
+        "j + 2n, ... instead of a run of consecutive steps",
+        "a chunk is consecutive steps: reshape (..., L) to (..., n, chunk_size) directly "
+        "(n chunks first), with no transpose.",
+    ),
     "decays_not_composed": (
         "the decays A never composed: each step combined H but left A as the single a_t",
         "a step updates both fields: A_t <- A_{t-d} * A_t as well as H_t <- A_t * H_{t-d} + H_t, "
@@ -177,6 +200,11 @@ HINTS = {
         "y_t read out from the state before step t's update (C_t x_{t-1})",
         "update the state first, then read out: x = deltaA * x + deltaB_u; y_t = x @ C_t.",
     ),
+    "readout_over_channels": (
+        "y_t summed over the channels d instead of the state n: every channel reads out the same",
+        "each channel d reads out its own state row: y_t[d] = sum_n C_t[n] x_t[d, n], i.e. "
+        "x @ C_t or an einsum summing over n only.",
+    ),
     "b_c_swapped": (
         "B and C swapped: C writes into the state and B reads it out",
         "B writes (deltaB_u = delta * B * u), C reads (y_t = x @ C_t); both are (batch, state, L).",
@@ -207,6 +235,10 @@ HINTS = {
     "softplus_twice": (
         "softplus applied to delta twice",
         "apply F.softplus once, after adding delta_bias, and only when delta_softplus=True.",
+    ),
+    "softplus_overflow": (
+        "softplus written as log(1 + exp(delta)), which overflows to inf once exp(delta) does",
+        "use F.softplus(delta): it returns delta itself for large delta instead of exp'ing it.",
     ),
     "softplus_missing": (
         "no softplus although delta_softplus=True",

@@ -102,7 +102,7 @@ def make_recurrence_checks(
         a = torch.ones(4, L, dtype=dtype)
         b = randn((4, L), rng, dtype)
         out = call_on(call, impl, a, b)
-        expect_recurrence(out, a, b, f"{name} on 4 rows with a = 1 (running sums)")
+        expect_recurrence(out, a, b, f"{name} on 4 rows with a = 1 (running sums)", suspects(a, b))
 
     def rejects_bad_input(impl, rng):
         """mismatched shapes and 0-d tensors give a clear ValueError"""
@@ -128,15 +128,19 @@ def make_recurrence_checks(
     return [matches, shapes, rows_independent, rejects_bad_input]
 
 
-def doubling64(a, b, steps: int, compose_a: bool = True, h_sees_new_a: bool = False):
+def doubling64(
+    a, b, steps: int, compose_a: bool = True, h_sees_new_a: bool = False, left_a: bool = False
+):
     """Hillis-Steele in float64 with `steps` doubling steps: step d = 1, 2, 4, ... combines
     each position with the one d before it. Its mistakes: the decays never composed
-    (`compose_a=False`), or composed before H reads them (`h_sees_new_a`)."""
+    (`compose_a=False`), composed before H reads them (`h_sees_new_a`), or the absorbed H
+    decayed by the earlier position's A_{t-d} instead of A_t (`left_a`)."""
     A, H = a.double(), b.double()
     for d in (2**k for k in range(steps)):
         A_new = torch.cat([A[..., :d], A[..., :-d] * A[..., d:]], -1) if compose_a else A
         A_read = A_new if h_sees_new_a else A
-        H = torch.cat([H[..., :d], A_read[..., d:] * H[..., :-d] + H[..., d:]], -1)
+        decay = A_read[..., :-d] if left_a else A_read[..., d:]
+        H = torch.cat([H[..., :d], decay * H[..., :-d] + H[..., d:]], -1)
         A = A_new
     return H
 
@@ -149,6 +153,7 @@ def parallel_suspects(a, b):
         ("missing_last_step", doubling64(a, b, L.bit_length() - 1)),  # floor(log2 L)
         ("decays_not_composed", doubling64(a, b, steps, compose_a=False)),
         ("decays_updated_before_h", doubling64(a, b, steps, h_sees_new_a=True)),
+        ("decay_from_left", doubling64(a, b, steps, left_a=True)),
     ]
 
 
@@ -203,11 +208,19 @@ def _without_a_t(local, a_c, carry):
 
 
 def chunk_suspects(a, b, chunk_size):
-    """The chunked scan with the carry between chunks done wrong."""
+    """The chunked scan with the carry between chunks done wrong, or the chunks cut wrong."""
     L = b.shape[-1]
     last = (L // chunk_size) * chunk_size
     dropped = loop64(a, b)
     dropped[..., last:] = 0
+    n = -(-L // chunk_size)
+    pad = n * chunk_size - L
+    # padded at the front, cropped at the end: h shifted right by pad, zeros first
+    front_padded = F.pad(loop64(a, b), (pad, 0))[..., :L]
+    # reshaped to (C, n) and transposed: chunk j holds positions j, j + n, j + 2n, ...
+    strided = torch.arange(n * chunk_size).view(chunk_size, n).T.flatten()
+    a_p, b_p = F.pad(a, (0, pad), value=1.0), F.pad(b, (0, pad))
+    chunks_strided = loop64(a_p[..., strided], b_p[..., strided])[..., :L]
 
     def undecayed(local, a_c, carry):
         return local + carry
@@ -227,6 +240,8 @@ def chunk_suspects(a, b, chunk_size):
         ("carry_added_twice", chunked64(a, b, chunk_size, _carried, carried_twice)),
         ("drops_last_chunk", dropped),
         ("drops_last_chunk", dropped[..., :last]),
+        ("front_padding", front_padded),
+        ("chunks_strided", chunks_strided),
     ]
 
 
@@ -270,7 +285,24 @@ def call_triton(impl, a, b):
                 raise named("block_not_power_of_two") from raised
             raise
     expect_in_bounds(watch, "linear_recurrence_triton")
+    expect_every_row_read(watch, a)
     return h
+
+
+def expect_every_row_read(watch, a):
+    """The kernels read every b and every a but a_0 (it meets h_{-1} = 0), in every row: fewer
+    loads mean programs were never launched for some rows, whose h is then never written. The
+    interpreter counts the loads; on a GPU (none counted) this is skipped."""
+    rows = a.numel() // max(a.shape[-1], 1)
+    needed = 2 * a.numel() - rows
+    if 0 < watch.elements_loaded < needed:
+        mistake = named("rows_not_launched")
+        raise Mistake(
+            f"linear_recurrence_triton on {rows} rows of L = {a.shape[-1]}: its kernels read "
+            f"{watch.elements_loaded} elements of a and b, of {2 * a.numel()}. {mistake.message}",
+            mistake.hint,
+            mistake.key,
+        )
 
 
 def tree_scan64(a, b, combine):

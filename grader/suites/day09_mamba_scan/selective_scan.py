@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import expect_close, expect_value_error
+from grader.harness.checking import expect_close, expect_value_error, named
 from grader.suites._common import draw, randn
 from grader.suites.day09_mamba_scan.discretisation import scan_shapes
 
@@ -42,7 +42,9 @@ def ref_scan64(
             if variant == "readout_before_update":
                 y[i, :, t] = x @ C[i, :, t]
             x = deltaA * x + b_bar * (1.0 if variant == "u_missing" else u[i, :, t, None])
-            if variant != "readout_before_update":
+            if variant == "readout_over_channels":
+                y[i, :, t] = (x @ C[i, :, t]).mean()  # one y_t, the same for every channel
+            elif variant != "readout_before_update":
                 y[i, :, t] = x @ C[i, :, t]
     out = y
     if D is not None and variant not in ("missing_d", "d_after_gate"):
@@ -70,6 +72,7 @@ SCAN_VARIANTS = (
     "zoh_b_in_scan",
     "state_not_reset",
     "readout_before_update",
+    "readout_over_channels",
     "b_c_swapped",
     "u_missing",
 )
@@ -90,14 +93,14 @@ def scan_inputs(rng, batch, dim, L, state, dtype=torch.float64, full=True):
     return (u, delta, A, B, C), extra
 
 
-def expect_scan(out, args, kwargs, dtype, what):
+def expect_scan(out, args, kwargs, dtype, what, nonfinite=None):
     ref = ref_scan64(*args, **kwargs)
     suspects = []
     for variant in SCAN_VARIANTS:
         wrong = ref_scan64(*args, **kwargs, variant=variant)
         if not torch.allclose(wrong, ref, rtol=1e-9, atol=1e-12):
             suspects.append((variant, wrong))
-    expect_close(out, ref, dtype, what, suspects)
+    expect_close(out, ref, dtype, what, suspects, nonfinite)
 
 
 def scan_full(selective_scan, rng):
@@ -135,6 +138,22 @@ def scan_options(selective_scan, rng):
             torch.float64,
             f"selective_scan with {sorted(kwargs) or 'no options'} on {shape}",
         )
+
+
+def scan_large_steps(selective_scan, rng):
+    """raw steps near 100 in float32 (exp overflows past 88): softplus(delta) must stay finite"""
+    shape = scan_shapes(rng, batch=2)
+    (u, delta, A, B, C), _ = scan_inputs(rng, *shape, torch.float32, full=False)
+    delta[..., ::2] += 90 + 10 * torch.rand(delta[..., ::2].shape, generator=rng)  # every other t
+    args = (u, delta, A, B, C)
+    expect_scan(
+        selective_scan(*args, delta_softplus=True),
+        args,
+        {"delta_softplus": True},
+        torch.float32,
+        f"selective_scan(..., delta_softplus=True) with raw delta up to 100 on {shape} float32",
+        nonfinite=named("softplus_overflow"),
+    )
 
 
 def scan_rows_independent(selective_scan, rng):
