@@ -7,6 +7,7 @@ from torch's own element sizes. The classes are checked through their methods, e
 through `grader.harness.checking.guarded`, so a crash or a shortcut in a method reads like any other.
 """
 
+import functools
 import math
 
 import torch
@@ -98,6 +99,7 @@ HINTS = {
         "mask (with -inf) the keys j > Lk - Lq + i, and keep the others.",
     ),
     "softmax_over_queries": day01_sdpa.HINTS["softmax_over_queries"],
+    "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
     "no_causal_mask": (
         "no causal mask: prefill queries see later tokens",
         "mask keys after each query's position: j <= Lk - Lq + i.",
@@ -142,6 +144,11 @@ HINTS = {
     "argmax_first_position": (
         "the next token taken from the logits at position 0 instead of the last",
         "logits[:, -1] (B, vocab): the prediction after the last token.",
+    ),
+    "next_token_not_argmax": (
+        "a next token not chosen by argmax (sampled, e.g. torch.multinomial)",
+        "greedy decoding takes the most likely token: logits[:, -1].argmax(-1, keepdim=True), "
+        "no softmax or sampling.",
     ),
     "argmax_without_keepdim": (
         "a next token of shape (B,) where (B, 1) is needed",
@@ -225,6 +232,17 @@ HINTS.update(
             "positions stored in the wrong block or at the wrong offset",
             "position p lives in block table[p // block_size], at offset "
             "p % block_size; gather the table's blocks in order.",
+        ),
+        "k_new_axes_swapped": (
+            "k_new read as (L_new, num_heads, head_dim): positions taken from its first axis",
+            "k_new is (num_heads, L_new, head_dim): position t of it is k_new[:, t], "
+            "(num_heads, head_dim), not k_new[t].",
+        ),
+        "pool_written_from_its_own_view": (
+            "a pool copied into from a view of itself (reshape returns a view when it can and "
+            "a copy otherwise, so the bug shows on some shapes only)",
+            "write into the pool in place, self.k[block, :, offset] = k_new[:, t]; or clone() "
+            "the reshaped pool before editing it and copying it back.",
         ),
         "gather_not_cropped": (
             "gathered K/V that keep the unused tail of the last block",
@@ -522,6 +540,31 @@ def softmax_attention64(q, k, v, allowed, dim=-1):
     return weights.nan_to_num(0.0) @ v.double()
 
 
+def call_attention(cached_attention, q, k, v, ref):
+    """cached_attention(q, k, v); a crash on (B, H, L, D) inputs that is the right answer on one
+    head's (L, D) inputs is a transpose counted from the front (k.T on batched keys)."""
+    try:
+        return cached_attention(q, k, v)
+    except Mistake as raised:
+        if raised.key != "raised":
+            raise
+        try:
+            out = cached_attention(q[0, 0], k[0, 0], v[0, 0])  # (Lq, D): the first head
+        except Mistake:
+            raise raised from None
+        if not isinstance(out, torch.Tensor) or not torch.allclose(
+            out.double(), ref[0, 0], rtol=1e-4, atol=1e-5
+        ):
+            raise raised from None
+        description, fix = HINTS["batched_transpose"]
+        raise Mistake(
+            f"{raised.message}\n      It raised on 4-D inputs, but gives the right answer on "
+            f"(L, D) ones: it looks like {description}.",
+            fix,
+            "batched_transpose",
+        ) from None
+
+
 def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
     B, H, D = draw(rng, 1, 3), draw(rng, 1, 4), draw(rng, 2, 16)
     q, k, v = (randn((B, H, n, D), rng, dtype) for n in (lq, lk, lk))
@@ -548,7 +591,7 @@ def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
         ("mask_inverted", softmax_attention64(q, k, v, ~right)),
         ("softmax_over_queries", softmax_attention64(q, k, v, right, dim=-2)),
     ]
-    out = cached_attention(q, k, v)
+    out = call_attention(cached_attention, q, k, v, ref)
     expect_close(
         out,
         ref,
@@ -591,6 +634,7 @@ class Recorder(torch.nn.Module):
         self.decoder = decoder
         self.calls = []  # (tokens fed, caches given?)
         self.fed = []  # the ids of each call, (B, tokens)
+        self.last_logits = []  # what each call returned at its last position, (B, vocab)
         self.inits = 0
 
     def init_caches(self, batch_size, max_seq_len, *args, **kwargs):
@@ -600,7 +644,9 @@ class Recorder(torch.nn.Module):
     def forward(self, ids, caches=None):
         self.calls.append((ids.shape[1], caches is not None))
         self.fed.append(ids.clone())
-        return self.decoder(ids, caches)
+        logits = self.decoder(ids, caches)
+        self.last_logits.append(logits[:, -1].detach().clone())
+        return logits
 
 
 def tiny_decoder(rng, **kwargs):
@@ -661,6 +707,17 @@ def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
                 f"{HINTS['fed_wrong_token'][0]}.",
                 HINTS["fed_wrong_token"][1],
                 "fed_wrong_token",
+            )
+    # Call s of a one-call-per-step loop returned the logits that choose token L + s.
+    for step, logits in enumerate(model.last_logits[:n]):
+        chosen, best = out[:, L + step], logits.argmax(-1)  # (B,)
+        if not torch.equal(chosen, best):
+            raise Mistake(
+                f"new token {step} is {chosen.tolist()}, but the model call before it returned "
+                f"logits whose last position has its argmax at {best.tolist()}: it looks like "
+                f"{HINTS['next_token_not_argmax'][0]}.",
+                HINTS["next_token_not_argmax"][1],
+                "next_token_not_argmax",
             )
     raise Mistake(
         f"generate(..., use_cache={use_cache}) gave other tokens than greedy decoding.",
@@ -1022,6 +1079,55 @@ def paged_fill(PagedKVCache, rng):
     return cache, written, block_size, num_blocks
 
 
+def reads_axes_swapped(PagedKVCache, rng) -> bool:
+    """With num_heads == L_new, a fresh pool gathers back k_new with its first two axes swapped:
+    the class reads k_new as (L_new, num_heads, head_dim)."""
+    H = L = 3  # one shape for both readings, so this layout mistake cannot crash
+    D, block_size = 4, 2
+    k, v = randn((H, L, D), rng), randn((H, L, D), rng)
+    cache = PagedKVCache(-(-L // block_size), block_size, H, D)
+    try:
+        result = guarded(cache.update, "PagedKVCache", FORBIDDEN)("probe", k, v)
+    except Mistake:
+        return False
+    swapped = (k.transpose(0, 1), v.transpose(0, 1))
+    return (
+        isinstance(result, (tuple, list))
+        and len(result) == 2
+        and all(isinstance(got, torch.Tensor) for got in result)
+        and all(
+            got.shape == ref.shape and torch.equal(got, ref) for got, ref in zip(result, swapped)
+        )
+    )
+
+
+def naming_paged_crashes(check):
+    """`check`, where a crash that reads from a view of the pool while writing into it, or a
+    failure of a class that reads k_new's axes swapped (often an IndexError or a shape error),
+    is named."""
+
+    @functools.wraps(check)
+    def run(PagedKVCache, rng):
+        try:
+            with naming_crashes(
+                ("pool_written_from_its_own_view", "RuntimeError", "single memory location")
+            ):
+                return check(PagedKVCache, rng)
+        except Mistake as mistake:
+            recognised = ("raised", "block_table_off_by_one", "wrong_block_for_position")
+            if mistake.key in recognised and reads_axes_swapped(PagedKVCache, rng):
+                description, fix = HINTS["k_new_axes_swapped"]
+                raise Mistake(
+                    f"{mistake.message}\n      With num_heads == L_new, update gives back k_new "
+                    f"with its first two axes swapped: it looks like {description}.",
+                    fix,
+                    "k_new_axes_swapped",
+                ) from None
+            raise
+
+    return run
+
+
 def expect_gathered(result, reference, block_size, what):
     """(k, v) equal to the reference, with the mistakes a block layout makes named."""
     if not isinstance(result, (tuple, list)) or len(result) != 2:
@@ -1178,10 +1284,13 @@ EXERCISES = {
     ),
     "PagedKVCache": Exercise(
         checks=[
-            paged_gather_equals_contiguous,
-            paged_block_tables,
-            paged_free_and_reuse,
-            paged_full_pool_errors,
+            naming_paged_crashes(check)
+            for check in (
+                paged_gather_equals_contiguous,
+                paged_block_tables,
+                paged_free_and_reuse,
+                paged_full_pool_errors,
+            )
         ],
         forbidden=FORBIDDEN,
     ),

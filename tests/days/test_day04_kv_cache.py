@@ -439,6 +439,12 @@ BEGINNER_BUGS = [
         [("torch.softmax(scores, dim=-1)", "torch.softmax(scores, dim=-2)")],
     ),
     (
+        "cached_attention",
+        "cached_attention",
+        "batched_transpose",
+        [("q @ k.transpose(-2, -1)", "q @ k.T")],
+    ),
+    (
         "generate",
         "generate",
         "cache_used_when_off",
@@ -494,6 +500,43 @@ BEGINNER_BUGS = [
     (
         "PagedKVCache",
         "PagedKVCache",
+        "k_new_axes_swapped",  # k_new read as (L_new, H, D)
+        [
+            ("= k_new[:, position - start]", "= k_new[position - start]"),
+            ("= v_new[:, position - start]", "= v_new[position - start]"),
+        ],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
+        "pool_written_from_its_own_view",  # edits a flat reshape of the pool, copies it back
+        [
+            (
+                "        for position in range(start, stop):\n",
+                "        bs, (_, H, _, D) = self.block_size, self.k.shape\n"
+                "        flat_k = self.k.permute(1, 0, 2, 3).reshape(H, -1, D)\n"
+                "        flat_v = self.v.permute(1, 0, 2, 3).reshape(H, -1, D)\n"
+                "        for position in range(start, stop):\n",
+            ),
+            (
+                "self.k[block, :, offset] = k_new[:, position - start]",
+                "flat_k[:, block * bs + offset] = k_new[:, position - start]",
+            ),
+            (
+                "self.v[block, :, offset] = v_new[:, position - start]",
+                "flat_v[:, block * bs + offset] = v_new[:, position - start]",
+            ),
+            (
+                "        self.lengths[seq_id] = stop\n",
+                "        self.k.copy_(flat_k.reshape(H, -1, bs, D).permute(1, 0, 2, 3))\n"
+                "        self.v.copy_(flat_v.reshape(H, -1, bs, D).permute(1, 0, 2, 3))\n"
+                "        self.lengths[seq_id] = stop\n",
+            ),
+        ],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
         "free_keeps_length",
         [("        del self.lengths[seq_id]\n", "")],
     ),
@@ -529,6 +572,19 @@ BEGINNER_BUGS = [
 )
 def test_beginner_mistake_is_named(solution, name, cell, key, edits, capsys):
     assert_named_on_every_seed(name, planted(solution, cell, *edits), key, capsys)
+
+
+def test_sampling_instead_of_argmax_is_named(solution, capsys):
+    sample = "torch.multinomial(torch.softmax({}[:, -1], dim=-1), 1)"
+    sampled = planted(
+        solution,
+        "generate",
+        ("model(ids)[:, -1].argmax(-1, keepdim=True)", sample.format("model(ids)")),
+        ("logits[:, -1].argmax(-1, keepdim=True)", sample.format("logits")),
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the planted bug draws from torch's global generator
+        assert_named_on_every_seed("generate", sampled, "next_token_not_argmax", capsys)
 
 
 def bytes_without(factor: str):

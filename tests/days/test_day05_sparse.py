@@ -676,6 +676,21 @@ def make_swa(before=right_below, after=right_above, **kwargs):
     return make_tiled(window_keys(wide, wide), window_band(before, after), **kwargs)
 
 
+right_window = window_band(right_below, right_above)
+
+
+def keys_unclipped(at_start=True, at_stop=True):
+    """The right key range, left unclipped at one end: the slice clips (or wraps) it silently,
+    the positions from torch.arange do not."""
+
+    def keys(start, stop, L, window, causal=False):
+        k_start = start - right_below(window, causal)
+        k_stop = stop + right_above(window, causal)
+        return max(0, k_start) if at_start else k_start, min(L, k_stop) if at_stop else k_stop
+
+    return keys
+
+
 def skips_cut_windows(q, k, v, window, causal=False):
     """The blocks of 64 queries whose window is cut by an end of the sequence are skipped."""
     L = q.shape[-2]
@@ -728,6 +743,8 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         (make_swa(scale=lambda d: 1.0), "missing_scale"),
         (make_swa(block_local=True), "later_blocks_wrong"),
         (make_swa(out_at_keys=True), "later_blocks_wrong"),
+        (make_tiled(keys_unclipped(at_start=False), right_window), "range_not_clipped"),
+        (make_tiled(keys_unclipped(at_stop=False), right_window), "range_not_clipped"),
         (dense_with_mask, "builds_full_matrix"),
         (sdpa_with_mask, "shortcut"),
         (
@@ -748,6 +765,8 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         "missing_scale",
         "block_local_positions",
         "out_at_key_offset",
+        "stop_not_clipped",
+        "start_not_clipped",
         "dense",
         "sdpa",
         "library",
@@ -1112,8 +1131,9 @@ def topk_query_loop(q, k, v, gate_scores, k_keep):
     return torch.cat(rows, -2)
 
 
-def topk_batch_loop(q, k, v, gate_scores, k_keep):
-    if q.dim() < 3:
+def topk_batch_loop(q, k, v, gate_scores, k_keep, every_rank=False):
+    """A loop over the first dim, for inputs that have a leading dim (or for all: every_rank)."""
+    if q.dim() < 3 and not every_rank:
         return make_topk()(q, k, v, gate_scores, k_keep)
     gate = gate_scores.expand(*q.shape[:-2], *gate_scores.shape[-2:])
     return torch.stack([make_topk()(q[b], k[b], v[b], gate[b], k_keep) for b in range(q.shape[0])])
@@ -1140,6 +1160,7 @@ def tie_break_in_place(q, k, v, gate_scores, k_keep):
         (make_topk(validate=False), "no_error_for_bad_params"),
         (topk_query_loop, "python_loop"),
         (topk_batch_loop, "loop_over_rows"),
+        (functools.partial(topk_batch_loop, every_rank=True), "fixed_rank"),
         (lambda q, k, v, g, n: make_topk()(q, k.detach(), v, g, n), "wrong_gradient"),
         (tie_break_in_place, "modified_input"),
         (stub, "not_implemented"),
@@ -1157,6 +1178,7 @@ def tie_break_in_place(q, k, v, gate_scores, k_keep):
         "no_error",
         "query_loop",
         "batch_loop",
+        "batch_loop_on_(L, D)",
         "detached_k",
         "tie_break_in_place",
         "stub",

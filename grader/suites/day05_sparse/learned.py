@@ -21,12 +21,13 @@ from grader.harness.checking import (
     relative_error,
     student_lines,
 )
-from grader.suites import Exercise
+from grader.suites import Exercise, day01_sdpa
 from grader.suites._common import MODIFIED_INPUT, call_unchanged, draw, randn
 from grader.suites.day05_sparse.shared import FORBIDDEN_BUILDERS
 
 HINTS = {
     "modified_input": MODIFIED_INPUT,
+    "fixed_rank": day01_sdpa.HINTS["fixed_rank"],
     "topk_wrong_axis": (
         "top-k taken over the queries (dim=-2) instead of over the keys",
         "each query keeps its own k_keep keys: gate_scores.topk(k_keep, dim=-1), "
@@ -242,15 +243,35 @@ def topk_shapes_and_float64(topk_gated_attention, rng):
         f"topk_gated_attention with a gate of shape {tuple(gate.shape)}, k_keep = {k_keep}",
     )
     q, k, v, gate = topk_inputs(rng, (), Lq, Lk, torch.float64)
-    expect_topk(
-        topk_gated_attention,
-        q,
-        k,
-        v,
-        gate,
-        k_keep,
-        f"topk_gated_attention on (L, D) float64, k_keep = {k_keep}",
-    )
+    what = f"topk_gated_attention on (L, D) float64, k_keep = {k_keep}"
+    try:
+        expect_topk(topk_gated_attention, q, k, v, gate, k_keep, what)
+    except Mistake as raised:
+        if raised.key != "raised" or not right_with_a_leading_dim(
+            topk_gated_attention, q, k, v, gate, k_keep
+        ):
+            raise
+        description, fix = hint("fixed_rank")
+        raise Mistake(
+            f"{raised.message}\n      It raised on (L, D) inputs, but gives the right answer on "
+            f"the same inputs as (1, L, D): it looks like {description}.",
+            fix,
+            "fixed_rank",
+        ) from None
+
+
+def right_with_a_leading_dim(topk_gated_attention, q, k, v, gate, k_keep) -> bool:
+    """topk_gated_attention is right on (q, k, v, gate) given one leading dim of size 1."""
+    try:
+        expect_topk(
+            topk_gated_attention,
+            *(t.unsqueeze(0) for t in (q, k, v, gate)),
+            k_keep,
+            "topk_gated_attention on (1, L, D)",
+        )
+    except Mistake:
+        return False
+    return True
 
 
 def topk_extremes(topk_gated_attention, rng):

@@ -16,6 +16,7 @@ from grader.harness.checking import (
     Mistake,
     expect_close,
     hint,
+    named_crash,
     relative_error,
 )
 from grader.suites import Exercise, day01_sdpa
@@ -43,6 +44,13 @@ HINTS = {
         "the end, so the first chunk sees the wrong keys or none",
         "clip the key range to the sequence: start = max(0, c*chunk_size - overlap), "
         "end = min(L, (c+1)*chunk_size + overlap).",
+    ),
+    "range_not_clipped": (
+        "a tile's key positions (torch.arange) running past the sequence's ends: a slice "
+        "clips a bound past L (and counts a negative one from the end), arange does not, so "
+        "positions and sliced keys differ in length",
+        "clip each tile's key range to the sequence once, k_start = max(0, start - before) and "
+        "k_stop = min(L, stop + after), and use those bounds for the slice and the positions.",
     ),
     "builds_full_matrix": (
         "an (L, L)-sized tensor: the dense matrix that this exercise avoids",
@@ -458,26 +466,40 @@ def chunked_never_full_matrix(chunked_attention, rng):
 # ----------------------------------------------------------------------------- errors named
 
 TRANSPOSE_ALL = re.compile(r"\.T(?![\w(])")  # k.T, not k.transpose(...) or k.Tx
+SIZES_DIFFER = re.compile(
+    r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) "
+    r"at non-singleton dimension (\d+)"
+)
 
 
-def naming_transposes(check):
-    """`check`, with the student's function wrapped so that torch's shape error from a line
-    with `.T` (which reverses every dim of a batched tile) names that mistake."""
+def runs_past_the_ends(message: str, q: torch.Tensor) -> bool:
+    """torch's broadcast error says the key axis of the scores (the last) met more than the L
+    positions there are, or none (a slice from a negative start that wrapped past its stop):
+    a range that was not clipped to [0, L)."""
+    sizes = SIZES_DIFFER.search(message)
+    if sizes is None:
+        return False
+    a, b, dim = (int(n) for n in sizes.groups())
+    return dim == q.dim() - 1 and (max(a, b) > q.shape[-2] or min(a, b) == 0)
+
+
+def naming_shape_errors(check):
+    """`check`, with the student's function wrapped so that torch's shape errors that have one
+    cause name it: from a line with `.T` (which reverses every dim of a batched tile), or from
+    key positions that run past the sequence's ends."""
 
     def student_named(student):
-        def call(*args, **kwargs):
+        def call(q, *args, **kwargs):
             try:
-                return student(*args, **kwargs)
+                return student(q, *args, **kwargs)
             except Mistake as mistake:
-                at = mistake.message.rpartition("at:")[2]
-                if mistake.key != "raised" or not TRANSPOSE_ALL.search(at):
+                if mistake.key != "raised":
                     raise
-                description, fix = hint("batched_transpose")
-                raise Mistake(
-                    f"{mistake.message}\n      it looks like {description}.",
-                    fix,
-                    "batched_transpose",
-                ) from None
+                if TRANSPOSE_ALL.search(mistake.message.rpartition("at:")[2]):
+                    raise named_crash(mistake, "batched_transpose") from None
+                if runs_past_the_ends(mistake.message, q):
+                    raise named_crash(mistake, "range_not_clipped") from None
+                raise
 
         return call
 
@@ -491,7 +513,7 @@ def naming_transposes(check):
 EXERCISES = {
     "sliding_window_attention": Exercise(
         checks=[
-            naming_transposes(check)
+            naming_shape_errors(check)
             for check in (
                 swa_symmetric,
                 swa_causal,
@@ -505,7 +527,7 @@ EXERCISES = {
     ),
     "chunked_attention": Exercise(
         checks=[
-            naming_transposes(check)
+            naming_shape_errors(check)
             for check in (chunked_matches, chunked_extremes, chunked_never_full_matrix)
         ],
         forbidden=FORBIDDEN_ATTENTION,
