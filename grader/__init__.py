@@ -17,9 +17,10 @@ import sys
 
 from grader.harness.checking import CheckFailed, Report, run
 from grader.harness.points import earned
+from grader.harness.triton_watch import watch_every_launch
 from grader.suites import exercise
 
-__all__ = ["check", "run_exercise", "CheckFailed", "Report"]
+__all__ = ["check", "run_exercise", "watch_every_launch", "CheckFailed", "Report"]
 
 
 def run_exercise(

@@ -194,8 +194,8 @@ def _library_versions(exercise: str) -> dict:
     return course_references(exercise)
 
 
-# What a notebook may use of the grader: the check and what it reports.
-GRADER_API = {"check", "run_exercise", "CheckFailed", "Report"}
+# What a notebook may use of the grader: the check, what it reports, and the Triton days' watch.
+GRADER_API = {"check", "run_exercise", "watch_every_launch", "CheckFailed", "Report"}
 # Names that only code reaching into the grader's machinery uses.
 MACHINERY = (
     "_grader_state",

@@ -136,13 +136,27 @@ def watch_kernels():
     builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
     _open_watches.append(watch)
     try:
-        with measuring(f"{__name__}:watch_kernels", watch.absorb):
+        with measuring(f"{__name__}:watch_kernels", watch.absorb), unwritten_reads_nan():
             yield watch
     finally:
         _open_watches.remove(watch)
         builder.create_masked_load, builder.create_masked_store = load, store
         for cls, run in originals.items():
             cls.run = run
+
+
+@contextlib.contextmanager
+def unwritten_reads_nan():
+    """Inside, new tensors (torch.empty and the like) come filled with NaN (torch's deterministic
+    mode fills uninitialised memory), so an element a kernel never writes reads as NaN, not as
+    whatever an earlier call of the same size left there, which can look right."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def out_of_bounds_message(what: str, watch: KernelWatch) -> str:

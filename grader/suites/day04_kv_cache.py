@@ -17,6 +17,7 @@ import course.reference.kv_cache as library
 import course.reference.masks
 from grader.harness.checking import (
     Mistake,
+    NotImplementedYet,
     expect_close,
     expect_tensor,
     expect_value_error,
@@ -466,15 +467,21 @@ def cache_is_preallocated(KVCache, rng):
         )
 
 
-def crash_not_stub(method):
-    """`method` where a NotImplementedError (torch's, on copying out of a 'meta' tensor) is a
-    crash like any other: not the stub's 'not implemented yet', and never a pass."""
+def crash_not_stub(update):
+    """The guarded `update`, where a NotImplementedError (torch's, on copying out of a 'meta'
+    tensor) is a crash like any other: not the stub's 'not implemented yet', and never a pass.
+    (The student's method may run in their kernel, so the stub's mark is what comes back.)"""
 
     def call(*args):
         try:
-            return method(*args)
-        except NotImplementedError as exc:
-            raise RuntimeError(f"NotImplementedError: {exc}") from exc
+            return update(*args)
+        except NotImplementedYet as stopped:
+            crash = NotImplementedError(f"at: {stopped.line}" if stopped.line else "")
+            raise Mistake(
+                f"your function raised NotImplementedError: {crash}",
+                "read the error and the line it points to.",
+                "raised",
+            ) from crash
 
     return call
 
@@ -516,7 +523,7 @@ def cache_clear_errors(KVCache, rng):
         key,
     )
     # A device other than the cache's: 'meta' (shapes only, no data) exists on every machine.
-    meta_update = guarded(crash_not_stub(fresh.update), "KVCache", FORBIDDEN)
+    meta_update = crash_not_stub(guarded(fresh.update, "KVCache", FORBIDDEN))
     expect_value_error(
         lambda: meta_update(*(torch.zeros(B, H, 1, D, device="meta") for _ in "kv")),
         "update with k_new, v_new on the 'meta' device into a cpu cache",

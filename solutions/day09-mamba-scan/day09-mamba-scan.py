@@ -61,8 +61,7 @@ import triton.language as tl
 
 from course.bench import median_time
 from course.explore.mamba_scan import ScanExplorer
-from grader import check
-from grader.harness.triton_watch import watch_every_launch
+from grader import check, watch_every_launch
 
 device = course.get_device()
 course.seed_everything(0)
