@@ -62,13 +62,18 @@ class Limits:
     # "auto": each kernel in a sandbox where bwrap can start one, else a warning (once) and
     # none, as before sandboxes; "required": refuse to grade without one; "off": none
     sandbox: str = "auto"
-    sandboxed: bool = dataclasses.field(init=False)  # what "auto" came to, here
 
-    def __post_init__(self):
-        """Find out, once and in the parent (so a warning is printed once, not by every worker),
-        whether the kernels will run in sandboxes."""
+    def settled(self) -> "Limits":
+        """These limits with "auto" decided: "required" where a sandbox can start, else "off".
+        Called once, in the parent, as a run starts (so a warning is printed once, not by every
+        worker, and building a Limits probes nothing); raises GradingError where a sandbox is
+        required and none can start."""
         from grader.autograde import sandbox
 
+        if self.sandbox not in ("auto", "required", "off"):
+            raise pipeline.GradingError(
+                f"sandbox must be 'auto', 'required' or 'off', not {self.sandbox!r}."
+            )
         why = "" if self.sandbox == "off" else sandbox.unavailable()
         if why and self.sandbox == "required":
             raise pipeline.GradingError(f"no sandbox for the grading kernels: {why}.")
@@ -79,7 +84,9 @@ class Limits:
                 "the network.",
                 file=sys.stderr,
             )
-        self.sandboxed = self.sandbox != "off" and not why
+        return dataclasses.replace(
+            self, sandbox="off" if why or self.sandbox == "off" else "required"
+        )
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -343,7 +350,7 @@ def grade_one(
     config.LimitedExecute.file_size_limit = int(limits.file_size_limit or 0)
     config.LimitedExecute.tasks_limit = int(limits.tasks_limit or 0)
     config.LimitedExecute.output_limit = int(limits.output_limit or 0)
-    config.LimitedExecute.sandbox = limits.sandboxed
+    config.LimitedExecute.sandbox = limits.sandbox != "off"  # settled: "required" or "off"
     config.LimitedExecute.record_path = str(record)
     config.LimitedExecute.student = student
     config.LimitedExecute.secret = verdicts.course_secret(root).decode()
@@ -550,6 +557,7 @@ def autograde(
     Nothing is touched while another grader runs on the course or the gradebook cannot be opened.
     """
     pipeline.check_assignment(root, assignment)
+    limits = (limits or Limits()).settled()
     with gradebook.course_lock(root, assignment):
         url, cid = gradebook.db_url(root), gradebook.course_id(root)
         gradebook.check_gradebook(url)
@@ -560,7 +568,7 @@ def autograde(
             assignment,
             workers,
             force,
-            limits or Limits(),
+            limits,
             only,
             url,
             cid,

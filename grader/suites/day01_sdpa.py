@@ -24,8 +24,10 @@ from grader.suites._common import (
     attention_shapes,
     call_unchanged,
     draw,
+    explain_by_rank,
     head_dim,
     randn,
+    right_answer,
     softmax64,
     two_lengths,
     unpack,
@@ -172,33 +174,8 @@ def named_or_none(run_check):
     return None
 
 
-def right_answer(run_check) -> bool:
-    try:
-        run_check()
-    except Mistake:
-        return False
-    return True
-
-
 # Sizes for the probes below, all different from each other and from the probes' leading dims.
 PROBE_LEADING, PROBE_LQ, PROBE_LK, PROBE_D = (2, 3, 4), 5, 6, 7
-
-
-def explain_by_rank(raised: Mistake, rank: int, gives_answer) -> None:
-    """After the student's function raised on `rank`-D inputs: if `gives_answer(r)` (it is
-    right on r-D inputs) holds for other ranks, name the mistake: right on 2-D is a transpose
-    that counts dims from the front, right on others only is code written for those ranks."""
-    working = [r for r in (2, 3, 4, 5) if r != rank and gives_answer(r)]
-    if not working:
-        return
-    key = "batched_transpose" if 2 in working else "fixed_rank"
-    ranks = ", ".join(f"{r}-D" for r in working)
-    raise Mistake(
-        f"{raised.message}\n      It raised on {rank}-D inputs, but gives the right answer on "
-        f"{ranks} ones: it looks like {HINTS[key][0]}.",
-        HINTS[key][1],
-        key,
-    ) from None
 
 
 def probe_inputs(rng, rank: int, dtype, *widths) -> list:
@@ -613,6 +590,9 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
     result = call_attention(scaled_dot_product_attention, q, k, v, rng)
     out, weights = unpack_attention(result, q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
+    # the logits, not q and k, go through exp: their rounding is what a right answer carries
+    logits = q.double() @ k.double().transpose(-2, -1) / math.sqrt(d)  # (lq, lk)
+    condition = float(logits.abs().max())
     overflow = Mistake(
         "Your softmax overflowed.",
         "use your stable_softmax for the weights: it "
@@ -626,8 +606,9 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
         what="weights",
         suspects=weight_suspects(q, k, v),
         nonfinite=overflow,
+        condition=condition,
     )
-    expect_close(out, out_ref, q.dtype, what="out")
+    expect_close(out, out_ref, q.dtype, what="out", condition=condition)
 
 
 def sdpa_keeps_float64(scaled_dot_product_attention, rng):

@@ -304,9 +304,17 @@ def test_tmp_and_shared_memory_are_small_and_private(tmp_path):
 
 def test_without_bwrap_the_grader_warns_once_or_refuses(monkeypatch, capsys):
     monkeypatch.setattr(sandbox, "unavailable", lambda: "bwrap is not installed")
-    assert not parallel.Limits().sandboxed
+    limits = parallel.Limits()
+    assert capsys.readouterr().err == ""  # building limits probes nothing: a run decides
+    assert limits.settled().sandbox == "off"
     assert "warning: grading WITHOUT a sandbox: bwrap is not installed" in capsys.readouterr().err
     with pytest.raises(pipeline.GradingError, match="no sandbox for the grading kernels"):
-        parallel.Limits(sandbox="required")
-    assert not parallel.Limits(sandbox="off").sandboxed
+        parallel.Limits(sandbox="required").settled()
+    assert parallel.Limits(sandbox="off").settled().sandbox == "off"
     assert capsys.readouterr().err == ""  # "off" says nothing: it was asked for
+    with pytest.raises(pipeline.GradingError, match="sandbox must be 'auto', 'required' or 'off'"):
+        parallel.Limits(sandbox="on").settled()
+    # a run decides as it starts, before it locks or opens anything of the course
+    required = parallel.Limits(sandbox="required")
+    with pytest.raises(pipeline.GradingError, match="no sandbox for the grading kernels"):
+        parallel.autograde(ROOT, "day01-sdpa", 1, limits=required)

@@ -49,6 +49,21 @@ def test_solution_passes_a_sample_of_far_apart_hidden_seeds(day):
         assert result.worst[0] < 1
 
 
+# Hidden seeds on which `python -m tools.seed_sweep` once found a right answer failing or a check
+# crashing: each stays here once fixed, so the fix cannot quietly come undone.
+SWEEP_FINDINGS = [
+    ("day01-sdpa", "scaled_dot_product_attention", 6001),  # logits ~1000: condition from q, k
+    ("day01-sdpa", "scaled_dot_product_attention", 9630),
+    ("day03-multihead", "relative_position_bucket", 9625),  # a (1, 2, 2) draw, 6 boundaries set
+]
+
+
+@pytest.mark.parametrize("day, name, seed", SWEEP_FINDINGS)
+def test_solution_passes_the_seeds_a_sweep_once_failed(day, name, seed):
+    result = sweep_seeds(day, name, [seed])
+    assert result.failures == [], result.failures
+
+
 @pytest.mark.parametrize("day, name", EXERCISES, ids=[f"{d}:{n}" for d, n in EXERCISES])
 def test_untouched_stub_is_not_implemented(day, name):
     result = day_report(day, name, stub)

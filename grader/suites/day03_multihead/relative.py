@@ -315,9 +315,10 @@ def bucket_unidirectional(relative_position_bucket, rng):
 
 def bucket_defaults_any_shape(relative_position_bucket, rng):
     """the defaults (bidirectional, 32 buckets, max_distance 128) on a (B, Lq, Lk) tensor"""
-    shape = (draw(rng, 1, 3), draw(rng, 2, 6), draw(rng, 2, 9))
+    boundaries = torch.tensor([0, -7, -8, 7, 8, -128])
+    shape = (draw(rng, 1, 3), draw(rng, 2, 6), draw(rng, 3, 9))  # room for every boundary
     relative = torch.randint(-400, 401, shape, generator=rng)
-    relative.view(-1)[:6] = torch.tensor([0, -7, -8, 7, 8, -128])  # the boundaries
+    relative.view(-1)[: len(boundaries)] = boundaries
     expect_buckets(
         relative_position_bucket(relative),
         relative,
