@@ -177,3 +177,30 @@ def largest_allocation(call) -> tuple:
     with measuring("grader.suites._common:LargestAllocation", tracker.absorb), tracker:
         call()
     return tracker.largest, tracker.largest_shape
+
+
+def right_answer(run_check) -> bool:
+    """Whether `run_check()` passes (raises no Mistake)."""
+    try:
+        run_check()
+    except Mistake:
+        return False
+    return True
+
+
+def explain_by_rank(raised: Mistake, rank: int, gives_answer) -> None:
+    """After the student's function raised on `rank`-D inputs: if `gives_answer(r)` (it is
+    right on r-D inputs) holds for other ranks, name the mistake: right on 2-D is a transpose
+    that counts dims from the front, right on others only is code written for those ranks (the
+    running suite's HINTS name both: batched_transpose and fixed_rank)."""
+    working = [r for r in (2, 3, 4, 5) if r != rank and gives_answer(r)]
+    if not working:
+        return
+    key = "batched_transpose" if 2 in working else "fixed_rank"
+    ranks = ", ".join(f"{r}-D" for r in working)
+    raise Mistake(
+        f"{raised.message}\n      It raised on {rank}-D inputs, but gives the right answer on "
+        f"{ranks} ones: it looks like {hint(key)[0]}.",
+        hint(key)[1],
+        key,
+    ) from None

@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import course.reference.kv_cache as library
 import course.reference.masks
@@ -26,7 +27,7 @@ from grader.harness.checking import (
     named_crash,
     naming_crashes,
 )
-from grader.harness.measuring import address
+from grader.harness.measuring import address, measuring
 from grader.suites import Exercise, day01_sdpa, day02_masks
 from grader.suites._common import distinct_sizes, draw, randn
 
@@ -95,6 +96,7 @@ HINTS = {
         "position included: every query sees at least one key.",
     ),
     "excludes_diagonal": day02_masks.HINTS["excludes_diagonal"],
+    "float16_overflow": day02_masks.HINTS["float16_overflow"],
     "mask_inverted": (
         "an inverted mask: each query sees only the keys after its own position",
         "mask (with -inf) the keys j > Lk - Lq + i, and keep the others.",
@@ -219,6 +221,12 @@ HINTS = {
     "rolling_not_bounded": (
         "a rolling cache that keeps more than `window` positions",
         "store K and V in a ring of `window` slots: position p goes to slot p % window.",
+    ),
+    "rolling_duplicate_slots": (
+        "all L_new new keys written into the ring at once when L_new > window: several land in "
+        "one slot, and which of them stays is undefined (right on a CPU by luck, any on a GPU)",
+        "store only the last `window` positions, each in its own slot: stay = "
+        "positions[-window:], then self.k[:, :, stay % window] = k[:, :, -len(stay):].",
     ),
 }
 
@@ -630,6 +638,15 @@ def attention_decode_one(cached_attention, rng):
     attention_checks(1, draw(rng, 1, 12), cached_attention, rng)
 
 
+def attention_in_float16(cached_attention, rng):
+    """float16, as caches are kept on a GPU: the mask's fill fits it (-inf, not -1e9)"""
+    lq = draw(rng, 2, 6)
+    with naming_crashes(
+        ("float16_overflow", "RuntimeError", "cannot be converted to type", "without overflow")
+    ):
+        attention_checks(lq, lq + draw(rng, 2, 6), cached_attention, rng, torch.float16)
+
+
 # ----------------------------------------------------------------------------- generate
 
 
@@ -899,6 +916,39 @@ def bytes_match_real_buffers(kv_cache_bytes, rng):
 # ----------------------------------------------------------------------------- RollingKVCache
 
 
+class DuplicateWrites(TorchDispatchMode):
+    """Counts the indexed writes (x[index] = y, index_put_, index_copy_) that send several values
+    to one place: which of them stays is undefined (on a GPU, any)."""
+
+    def __init__(self):
+        super().__init__()
+        self.duplicates = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in ("index_put_", "index_put", "_index_put_impl_"):
+            accumulate = args[3] if len(args) > 3 else kwargs.get("accumulate", False)
+            if not accumulate and repeats_a_place(args[1]):  # accumulate=True adds them all up
+                self.duplicates += 1
+        elif name in ("index_copy_", "index_copy") and repeats_a_place([args[2]]):
+            self.duplicates += 1
+        return func(*args, **kwargs)
+
+    def absorb(self, seen: dict):
+        """Add what the same probe counted in the student's kernel (grader/harness/measuring)."""
+        self.duplicates += seen["duplicates"]
+
+
+def repeats_a_place(indices) -> bool:
+    """Two of the places that index_put's `indices` (None: a whole dim) name are the same."""
+    used = [index for index in indices if index is not None]
+    if not used or any(index.dtype == torch.bool for index in used):
+        return False  # a bool mask names each place once
+    places = torch.stack([index.flatten() for index in torch.broadcast_tensors(*used)])
+    return places.unique(dim=1).shape[1] < places.shape[1]  # places: (len(used), n)
+
+
 def rolling_run(RollingKVCache, rng, window, chunks, B=1, H=2, D=4):
     cache = RollingKVCache(B, H, D, window, dtype=torch.float32, device="cpu")
     update, _ = _methods(cache, "RollingKVCache")
@@ -906,7 +956,17 @@ def rolling_run(RollingKVCache, rng, window, chunks, B=1, H=2, D=4):
     k_seq, v_seq = randn((B, H, total, D), rng), randn((B, H, total, D), rng)
     start = 0
     for n in chunks:
-        result = update(k_seq[..., start : start + n, :], v_seq[..., start : start + n, :])
+        writes = DuplicateWrites()
+        with measuring(f"{__name__}:DuplicateWrites", writes.absorb), writes:
+            result = update(k_seq[..., start : start + n, :], v_seq[..., start : start + n, :])
+        if writes.duplicates:
+            description, fix = HINTS["rolling_duplicate_slots"]
+            raise Mistake(
+                f"update with {n} new positions (window {window}) wrote several values into one "
+                f"slot in one indexed assignment: it looks like {description}.",
+                fix,
+                "rolling_duplicate_slots",
+            )
         if not (isinstance(result, tuple) and len(result) == 3):
             raise Mistake(
                 "update should return (k, v, positions).",
@@ -1030,15 +1090,15 @@ def rolling_equals_window_attention(RollingKVCache, rng):
 
 
 def rolling_is_bounded(RollingKVCache, rng):
-    """the ring holds `window` slots, whatever the number of positions seen; seq_len counts all"""
+    """the ring holds `window` slots after a prompt longer than the window; seq_len counts all"""
     window = draw(rng, 2, 6)
-    chunks = [1] * (4 * window)
+    chunks = [window + draw(rng, 1, window)] + [1] * (3 * window)
     for *_, cache in rolling_run(RollingKVCache, rng, window, chunks):
         pass
     expect_bounded(cache, window)
-    if _seq_len(cache) != 4 * window:
+    if _seq_len(cache) != sum(chunks):
         raise Mistake(
-            f"seq_len is {_seq_len(cache)} after {4 * window} positions.",
+            f"seq_len is {_seq_len(cache)} after {sum(chunks)} positions.",
             "seq_len counts every position seen (absolute), not the slots in use.",
             "not_advanced",
         )
@@ -1271,7 +1331,12 @@ EXERCISES = {
         forbidden=FORBIDDEN,
     ),
     "cached_attention": Exercise(
-        checks=[attention_prefill_after_cache, attention_prefill_square, attention_decode_one],
+        checks=[
+            attention_prefill_after_cache,
+            attention_prefill_square,
+            attention_decode_one,
+            attention_in_float16,
+        ],
         forbidden=ATTENTION_FORBIDDEN,
     ),
     "generate": Exercise(

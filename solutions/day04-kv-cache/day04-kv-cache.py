@@ -169,7 +169,7 @@ check("day04-kv-cache", "KVCache", KVCache, hidden=True, points=1)
 #
 # ### Exercise 2: `cached_attention`
 #
-# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees only later keys), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a softmax over the queries instead of the keys, and a missing $1/\sqrt d$.
+# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees only later keys), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a softmax over the queries instead of the keys, a missing $1/\sqrt d$, and a mask filled with `-1e9` (float16 cannot hold it: fill with `-inf` or `torch.finfo(dtype).min`).
 
 # %% nbgrader={"grade": false, "grade_id": "cached_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def cached_attention(q, k, v):
@@ -256,9 +256,7 @@ check("day04-kv-cache", "generate", generate, hidden=True, points=1)
 # A model that knows a task: train the tiny transformer to reverse 8 digits (a few seconds), then decode the answer after the separator with your `generate`, both ways.
 
 # %%
-import os
-
-steps = 30 if os.environ.get("NBGRADER_EXECUTION") else 300  # graded: no points here
+steps = 30 if course.being_graded() else 300  # graded: no points here
 result = train("reverse", steps=steps)
 model = CachedDecoder(result.model)
 batch = make_batch("reverse", 4, 8, torch.Generator().manual_seed(1))
@@ -330,7 +328,7 @@ for name, (layers, heads, kv, d) in shapes.items():
 #
 # After a wrap the new positions land in the slots of old positions the same update still returns, so read those old keys (as copies: slices of the ring are views) before writing the new ones.
 #
-# The checks recognise: positions that restart (slot numbers instead of absolute positions), keys that do not match their positions, missing or extra keys, old keys overwritten by the update before they were read, a cache that grows past $w$ slots, `seq_len` not counting every position, and a triple in another order than `(k, v, positions)`.
+# The checks recognise: positions that restart (slot numbers instead of absolute positions), keys that do not match their positions, missing or extra keys, old keys overwritten by the update before they were read, a cache that grows past $w$ slots, several new keys written into one slot at once (a scatter with repeated indices, whose result torch leaves undefined), `seq_len` not counting every position, and a triple in another order than `(k, v, positions)`.
 
 # %% nbgrader={"grade": false, "grade_id": "RollingKVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class RollingKVCache:

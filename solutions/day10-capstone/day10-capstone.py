@@ -391,7 +391,7 @@ plot_benchmark(rows, title=f"({device.type})")
 #
 # The kind names are `estimate_attention_memory`'s: `"sliding"` (which `make_attention`, below, calls `"sliding_window"`), `"dense"`, `"flash"`, `"linear"`. Estimate each candidate with the sizes you were given (`batch`, `heads`, `head_dim`, `dtype`, and `window=window` for `"sliding"`).
 #
-# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, the sliding window for a sequence no longer than the window, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window; and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
+# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, the sliding window for a sequence no longer than the window, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window, a budget that must be beaten rather than met (`<` where "fits" means `<=`); and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
 
 # %% nbgrader={"grade": false, "grade_id": "choose_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 EXACT_MAX_LEN_CPU = 8192  # measured: past this, exact attention takes seconds per layer on a CPU

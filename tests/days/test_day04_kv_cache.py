@@ -445,6 +445,18 @@ BEGINNER_BUGS = [
         [("q @ k.transpose(-2, -1)", "q @ k.T")],
     ),
     (
+        "cached_attention",
+        "cached_attention",
+        "float16_overflow",  # a -1e9 fill: masked_fill refuses it in float16
+        [('scores.masked_fill(~allowed, float("-inf"))', "scores.masked_fill(~allowed, -1e9)")],
+    ),
+    (
+        "RollingKVCache",
+        "RollingKVCache",
+        "rolling_duplicate_slots",  # every new position stored, two in one slot when n > window
+        [("stay = positions[-self.window:]", "stay = positions[len(kept):]")],
+    ),
+    (
         "generate",
         "generate",
         "cache_used_when_off",
@@ -680,8 +692,51 @@ def chronological_ring(solution):
     return Rolling
 
 
-def test_a_chronological_ring_passes(solution):
+def own_softmax_attention(q, k, v):
+    """cached_attention with its own softmax, every step in q's dtype (float16 too)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    allowed = torch.arange(lk) <= torch.arange(lk - lq, lk).unsqueeze(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    scores = torch.where(allowed, scores, torch.tensor(float("-inf"), dtype=scores.dtype))
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+    return weights / weights.sum(-1, keepdim=True) @ v
+
+
+def dtype_min_bias_attention(q, k, v):
+    """cached_attention with an additive bias of the dtype's minimum (day 2's mask)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    blocked = torch.arange(lk) > torch.arange(lk - lq, lk).unsqueeze(-1)
+    bias = torch.zeros(lq, lk, dtype=q.dtype).masked_fill(blocked, torch.finfo(q.dtype).min)
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, -1) @ v
+
+
+@pytest.mark.parametrize("impl", [own_softmax_attention, dtype_min_bias_attention])
+def test_other_correct_cached_attentions_pass_in_float16_too(impl):
     for seed in (0, *HIDDEN_SEEDS):
-        assert report(
-            "RollingKVCache", chronological_ring(solution), hidden=seed > 0, seed=seed
-        ).passed
+        result = report("cached_attention", impl, hidden=seed > 0, seed=seed)
+        assert result.passed, [(r.check, r.message) for r in result.results if not r.passed]
+
+
+def token_by_token_ring(solution):
+    """A RollingKVCache that stores every new position, one assignment each: a later position
+    overwrites an earlier one in program order, so n > window is fine."""
+
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            start, n, w = self.seq_len, k_new.shape[-2], self.window
+            kept = torch.arange(max(0, start - w + 1), start)
+            k = torch.cat([self.k[:, :, kept % w], k_new], dim=-2)
+            v = torch.cat([self.v[:, :, kept % w], v_new], dim=-2)
+            for t in range(n):
+                self.k[:, :, (start + t) % w] = k_new[:, :, t]
+                self.v[:, :, (start + t) % w] = v_new[:, :, t]
+            self.seq_len = start + n
+            return k, v, torch.cat([kept, torch.arange(start, start + n)])
+
+    return Rolling
+
+
+@pytest.mark.parametrize("make", [chronological_ring, token_by_token_ring])
+def test_other_correct_rings_pass(solution, make):
+    for seed in (0, *HIDDEN_SEEDS):
+        assert report("RollingKVCache", make(solution), hidden=seed > 0, seed=seed).passed

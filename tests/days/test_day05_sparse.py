@@ -14,7 +14,7 @@ import course.reference.sparse as library
 import grader.suites.day05_sparse as day05
 import grader.suites.day05_sparse.reach as reach_checks
 from grader.harness.checking import run as run_checks
-from helpers import assert_mistake_named, day_report
+from helpers import assert_mistake_named, assert_named_on_seeds, day_report
 
 DAY = "day05-sparse"
 EXERCISES = [
@@ -775,6 +775,49 @@ def sdpa_with_mask(q, k, v, window, causal=False):
 )
 def test_sliding_window_attention_bug_is_named(bug, key, capsys):
     assert_named("sliding_window_attention", bug, key, capsys)
+
+
+def test_every_block_skipped_on_a_short_sequence_is_named_not_all_zeros():
+    """With L < 64 every block's window is cut, so skipping cut blocks returns all zeros: the
+    checks on short sequences run it again on a longer one and name the mistake, not 'nothing
+    was written'."""
+    for hidden, seed in [(False, 0), (True, 1), (True, 2)]:
+        result = report("sliding_window_attention", skips_cut_windows, hidden=hidden, seed=seed)
+        short = result.results[:3]  # symmetric, causal, leading dims: L <= 48
+        assert all(r.key == "drops_edges" and r.hint for r in short), [
+            (r.key, r.message) for r in short
+        ]
+
+
+# A k.T in code run through exec: torch's error comes without the line that raised it.
+DOT_T_SOURCE = """
+def sliding_window_attention(q, k, v, window, causal=False):
+    L = q.shape[-2]
+    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
+    out = q.new_empty(*q.shape[:-1], v.shape[-1])
+    for start in range(0, L, 64):
+        stop = min(start + 64, L)
+        k_start, k_stop = max(0, start - before), min(L, stop + after)
+        scores = q[..., start:stop, :] @ k[..., k_start:k_stop, :].T / math.sqrt(q.shape[-1])
+        i = torch.arange(start, stop).unsqueeze(-1)
+        j = torch.arange(k_start, k_stop)
+        scores = scores.masked_fill((j < i - before) | (j > i + after), float("-inf"))
+        out[..., start:stop, :] = torch.softmax(scores, -1) @ v[..., k_start:k_stop, :]
+    return out
+"""
+
+
+def test_dot_T_is_named_without_the_line_that_raised(capsys):
+    namespace = {"math": math, "torch": torch}
+    exec(compile(DOT_T_SOURCE, "<attempt>", "exec"), namespace)
+    assert_named_on_seeds(
+        DAY,
+        "sliding_window_attention",
+        namespace["sliding_window_attention"],
+        "batched_transpose",
+        capsys,
+        seeds=(1,),
+    )
 
 
 def chunk_keys(extra_left=0, extra_right=0, use_overlap=True):

@@ -20,7 +20,7 @@ from grader.harness.checking import (
     relative_error,
 )
 from grader.suites import Exercise, day01_sdpa
-from grader.suites._common import draw, largest_allocation, randn
+from grader.suites._common import draw, explain_by_rank, largest_allocation, randn, right_answer
 from grader.suites.day05_sparse.shared import (
     FORBIDDEN_BUILDERS,
     brute_mask,
@@ -31,6 +31,7 @@ from grader.suites.day05_sparse.shared import (
 
 HINTS = {
     "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
+    "fixed_rank": day01_sdpa.HINTS["fixed_rank"],
     "scale_after_softmax": (
         "the 1/sqrt(d) applied to the weights after the softmax instead of to the scores",
         "scale the scores before the softmax: softmax(q kᵀ / sqrt(d)) @ v.",
@@ -201,6 +202,7 @@ def swa_symmetric(sliding_window_attention, rng):
             window,
             False,
             f"sliding_window_attention(q, k, v, {window})",
+            sliding_window_attention,
         )
 
 
@@ -215,6 +217,7 @@ def swa_causal(sliding_window_attention, rng):
             window,
             True,
             f"sliding_window_attention(q, k, v, {window}, causal=True)",
+            sliding_window_attention,
         )
 
 
@@ -230,6 +233,7 @@ def swa_shapes_and_float64(sliding_window_attention, rng):
                 window,
                 causal,
                 f"sliding_window_attention on {tuple(q.shape)} {dtype}, causal={causal}",
+                sliding_window_attention,
             )
 
 
@@ -252,10 +256,14 @@ def swa_many_blocks(sliding_window_attention, rng):
         )
 
 
-def expect_window_attention(out, qkv: tuple, window: int, causal: bool, what: str) -> None:
+def expect_window_attention(
+    out, qkv: tuple, window: int, causal: bool, what: str, student=None
+) -> None:
     """expect_attention under the window's mask. Two more wrong answers are named: queries left
     at zero and the others right (blocks skipped), and an answer right for the first queries
-    only (the first block is right, the bookkeeping of the later ones is not)."""
+    only (the first block is right, the bookkeeping of the later ones is not). An answer that is
+    all zeros may be blocks skipped too, every one of them cut by an end when L is short:
+    `student` (the function) is then run again on a longer sequence to tell."""
     L = qkv[0].shape[-2]
     mask = brute_mask(L, window_rule(window, causal))
     try:
@@ -266,16 +274,17 @@ def expect_window_attention(out, qkv: tuple, window: int, causal: bool, what: st
         if mistake.key not in ("wrong_values", "not_finite"):
             raise
         ref = dense64(*qkv, mask)
-        wrong, zero = wrong_queries(out, ref), (out == 0).all(-1).reshape(-1, L).all(0)  # (L,)
-        if wrong.any() and not wrong.all() and not (wrong & ~zero).any():
+        skipped = skipped_queries(out, ref)
+        if skipped:
             description, fix = hint("drops_edges")
-            skipped = torch.nonzero(wrong).flatten().tolist()
             raise Mistake(
                 f"{what} left {len(skipped)} queries at zero (from {skipped[0]} to "
                 f"{skipped[-1]}) and got the others right: it looks like {description}.",
                 fix,
                 "drops_edges",
             ) from None
+        if student is not None and (out == 0).all():
+            explain_all_zeros(student, qkv, window, causal, what)
         first = first_wrong_query(out, ref)
         if first < 8:  # wrong from the start: not the later blocks alone
             raise
@@ -285,6 +294,37 @@ def expect_window_attention(out, qkv: tuple, window: int, causal: bool, what: st
             f"it looks like {description}.",
             fix,
             "later_blocks_wrong",
+        ) from None
+
+
+def skipped_queries(out: torch.Tensor, ref: torch.Tensor) -> list:
+    """The queries left at zero, when some (not all) are and every other query is right."""
+    L = ref.shape[-2]
+    wrong, zero = wrong_queries(out, ref), (out == 0).all(-1).reshape(-1, L).all(0)  # (L,)
+    if wrong.any() and not wrong.all() and not (wrong & ~zero).any():
+        return torch.nonzero(wrong).flatten().tolist()
+    return []
+
+
+def explain_all_zeros(sliding_window_attention, qkv: tuple, window: int, causal: bool, what):
+    """An all-zero answer on a short sequence: skipped blocks whose window an end cuts (every
+    block, when L is below the block size) leave the middle of a longer sequence right. Run the
+    same call on the inputs repeated to L = 256 + 2 * window, where a block of up to 64 queries
+    has its whole window, and name the mistake if that shows."""
+    L = 256 + 2 * window
+    longer = [t.repeat(*[1] * (t.dim() - 2), -(-L // t.shape[-2]), 1)[..., :L, :] for t in qkv]
+    out = sliding_window_attention(*longer, window, causal=causal)
+    if not isinstance(out, torch.Tensor) or out.shape[:-1] != longer[0].shape[:-1]:
+        return
+    skipped = skipped_queries(out, dense64(*longer, brute_mask(L, window_rule(window, causal))))
+    if skipped:
+        description, fix = hint("drops_edges")
+        raise Mistake(
+            f"{what} is all zeros, and on a longer sequence (L = {L}) it left {len(skipped)} "
+            f"queries at zero (from {skipped[0]} to {skipped[-1]}) and got the others right: it "
+            f"looks like {description}.",
+            fix,
+            "drops_edges",
         ) from None
 
 
@@ -483,15 +523,42 @@ def runs_past_the_ends(message: str, q: torch.Tensor) -> bool:
     return dim == q.dim() - 1 and (max(a, b) > q.shape[-2] or min(a, b) == 0)
 
 
-def naming_shape_errors(check):
+def window_oracle(q, k, v, window, causal=False):
+    """sliding_window_attention in float64 (a vectorised band: L may be 4096 here)."""
+    offset = torch.arange(q.shape[-2]).unsqueeze(-1) - torch.arange(q.shape[-2])  # i - j
+    band = (offset >= 0) & (offset < window) if causal else offset.abs() <= window // 2
+    return dense64(q, k, v, band)
+
+
+def explain_by_one_head(student, oracle, raised: Mistake, q, k, v, *args, **kwargs) -> None:
+    """After `student` raised on these inputs: name a transpose counted from the front, or code
+    for one number of dims, when the same call on one head's tiles, (L, D) or with leading
+    dims of size 1, gives `oracle`'s answer (explain_by_rank). This works where the
+    line that raised is unknown (code run through exec, say)."""
+    one_head = [t.reshape(-1, *t.shape[-2:])[0] for t in (q, k, v)]  # (L, D) each
+    ref = oracle(*one_head, *args, **kwargs)
+
+    def gives_answer(rank):
+        inputs = [t.reshape(*[1] * (rank - 2), *t.shape) for t in one_head]
+        return right_answer(
+            lambda: expect_close(
+                student(*inputs, *args, **kwargs), ref.reshape(*inputs[0].shape[:-1], -1), q.dtype
+            )
+        )
+
+    explain_by_rank(raised, q.dim(), gives_answer)
+
+
+def naming_shape_errors(check, oracle):
     """`check`, with the student's function wrapped so that torch's shape errors that have one
-    cause name it: from a line with `.T` (which reverses every dim of a batched tile), or from
-    key positions that run past the sequence's ends."""
+    cause name it: from a line with `.T` (which reverses every dim of a batched tile), from key
+    positions that run past the sequence's ends, or, whatever the line, from a crash on these
+    leading dims that fewer dims do not cause (`oracle`, called as the student is, tells)."""
 
     def student_named(student):
-        def call(q, *args, **kwargs):
+        def call(q, k, v, *args, **kwargs):
             try:
-                return student(q, *args, **kwargs)
+                return student(q, k, v, *args, **kwargs)
             except Mistake as mistake:
                 if mistake.key != "raised":
                     raise
@@ -499,6 +566,7 @@ def naming_shape_errors(check):
                     raise named_crash(mistake, "batched_transpose") from None
                 if runs_past_the_ends(mistake.message, q):
                     raise named_crash(mistake, "range_not_clipped") from None
+                explain_by_one_head(student, oracle, mistake, q, k, v, *args, **kwargs)
                 raise
 
         return call
@@ -513,7 +581,7 @@ def naming_shape_errors(check):
 EXERCISES = {
     "sliding_window_attention": Exercise(
         checks=[
-            naming_shape_errors(check)
+            naming_shape_errors(check, window_oracle)
             for check in (
                 swa_symmetric,
                 swa_causal,
@@ -527,7 +595,7 @@ EXERCISES = {
     ),
     "chunked_attention": Exercise(
         checks=[
-            naming_shape_errors(check)
+            naming_shape_errors(check, chunk_tiles64)
             for check in (chunked_matches, chunked_extremes, chunked_never_full_matrix)
         ],
         forbidden=FORBIDDEN_ATTENTION,

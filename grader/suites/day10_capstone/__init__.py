@@ -7,7 +7,8 @@ thing being estimated, not an answer), within 15%; named mistakes are recognised
 student's own estimates move when one argument changes (heads, dtype, L, overlap) or by matching
 the measurement minus one copy of K or V. benchmark_attention is driven with fake mechanisms
 whose time, memory, output and failures are known exactly. choose_attention against the rule in
-its docstring, on cases whose budgets are far from every estimate. make_attention: every kind
+its docstring, on cases whose budgets are far from every estimate (and one exactly on dense's,
+which fits). make_attention: every kind
 recomputed in float64 from the student's own projection weights (dense softmax attention under the
 kind's pattern, written out here; linear attention's quadratic form), plus causality by
 perturbing later tokens.

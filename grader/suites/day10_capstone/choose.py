@@ -1,5 +1,6 @@
 """Checks for choose_attention against the rule in its docstring, on cases whose budgets are far
-from every estimate; a wrong choice is named by what the common slips would have returned."""
+from every estimate, and one exactly on an estimate (fitting is <=); a wrong choice is named by
+what the common slips would have returned."""
 
 import torch
 
@@ -51,7 +52,7 @@ def expect_choice(choose_attention, args: dict, want: str, slips: dict = None) -
 
 
 def choose_cpu(choose_attention, rng):
-    """CPU: dense when it fits, flash when only O(L) fits, linear past 8k tokens, sliding for local"""
+    """CPU: dense when it fits (a budget of exactly its estimate too), flash when only O(L) fits, linear past 8k tokens, sliding for local"""
     L = 128 * draw(rng, 2, 8)
     expect_choice(
         choose_attention,
@@ -78,6 +79,28 @@ def choose_cpu(choose_attention, rng):
         choose_attention,
         dict(seq_len=L, needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=False),
         "sliding",
+    )
+    L = 128 * draw(rng, 2, 8)
+    expect_exact_budget_fits(choose_attention, L)
+
+
+def expect_exact_budget_fits(choose_attention, L: int) -> None:
+    """A budget of exactly dense's estimate fits dense. The student's choose_attention uses their
+    own estimate, which may differ from the library's (within 15%): only a choice that turns to
+    dense one byte above the library's estimate is certainly a `<` where `<=` was meant."""
+    estimate = estimate_attention_memory("dense", 1, 8, L, 64, torch.float32)  # the defaults
+    args = dict(seq_len=L, needs_global_context=True, has_gpu=False)
+    if choose_attention(**args, memory_budget_bytes=estimate) == "dense":
+        return
+    if choose_attention(**args, memory_budget_bytes=estimate + 1) != "dense":
+        return  # their dense estimate is above the library's: not dense is right for them
+    description, fix = hint("fit_not_inclusive")
+    raise Mistake(
+        f"choose_attention(seq_len={L}, needs_global_context=True, has_gpu=False) chose dense "
+        f"with a budget of {estimate + 1} bytes but not {estimate}, dense's estimate: it looks "
+        f"like {description}.",
+        fix,
+        "fit_not_inclusive",
     )
 
 

@@ -181,6 +181,11 @@ HINTS = {
         "compare each candidate's estimate_attention_memory(...) with memory_budget_bytes "
         "and skip those above it.",
     ),
+    "fit_not_inclusive": (
+        "a budget exactly equal to an estimate refused: `<` where fitting means `<=`",
+        "a candidate fits when estimate_attention_memory(...) <= memory_budget_bytes: a "
+        "budget of exactly the estimate is enough.",
+    ),
     "exact_past_cpu_limit": (
         "exact attention (dense or flash) chosen on a CPU past 8192 tokens",
         "on a CPU, dense and flash are candidates only while seq_len <= EXACT_MAX_LEN_CPU "
