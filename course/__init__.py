@@ -15,7 +15,13 @@ from course import device
 device.configure_triton()
 
 from course import _moved  # noqa: E402
-from course.device import describe_device, get_device, has_gpu, seed_everything  # noqa: E402
+from course.device import (  # noqa: E402
+    being_graded,
+    describe_device,
+    get_device,
+    has_gpu,
+    seed_everything,
+)
 from course.explore.heatmap import AttentionExplorer, plot_attention  # noqa: E402
 
 _moved.install()  # notebooks saved before course/ was arranged by role import the old names
@@ -48,6 +54,7 @@ _install_not_implemented_message()
 
 __all__ = [
     "AttentionExplorer",
+    "being_graded",
     "describe_device",
     "get_device",
     "has_gpu",

@@ -49,6 +49,12 @@ def configure_triton() -> None:
         )
 
 
+def being_graded() -> bool:
+    """Whether nbgrader is executing this notebook (it sets NBGRADER_EXECUTION): then cells that
+    award no points (timings, training for a picture) run at their smallest sizes."""
+    return bool(os.environ.get("NBGRADER_EXECUTION"))
+
+
 def seed_everything(seed: int = 0) -> torch.Generator:
     """Seed Python's `random`, NumPy and PyTorch, and return a fresh seeded generator.
 

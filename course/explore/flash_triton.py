@@ -42,6 +42,14 @@ DPI = 80
 BLOCKS = (16, 32, 64)
 
 
+def _tile_axes(axes, grid: np.ndarray, ylabel: str) -> None:
+    """Label a (query tile, key tile) grid's axes, one tick per tile."""
+    axes.set(xlabel="key tile", ylabel=ylabel)
+    axes.set_xticks(range(grid.shape[1]))
+    axes.set_yticks(range(grid.shape[0]))
+    axes.tick_params(labelsize=7)
+
+
 def tile_schedule(lq: int, lk: int, block_m: int, block_n: int, causal: bool = False) -> np.ndarray:
     """(ceil(lq / block_m), ceil(lk / block_n)) int array: SKIPPED, FULL or MASKED per tile pair.
 
@@ -271,14 +279,8 @@ class TileExplorer(Explorer):
             )
         )
         visits = int((grid[program] != SKIPPED).sum())
-        right.set(
-            xlabel="key tile",
-            ylabel="query tile (program)",
-            title=f"program {program} visits {visits} of {grid.shape[1]} key tiles",
-        )
-        right.set_xticks(range(grid.shape[1]))
-        right.set_yticks(range(grid.shape[0]))
-        right.tick_params(labelsize=7)
+        _tile_axes(right, grid, "query tile (program)")
+        right.set_title(f"program {program} visits {visits} of {grid.shape[1]} key tiles")
         handles = [Rectangle((0, 0), 1, 1, color=CMAP(c)) for c in (FULL, MASKED, SKIPPED)]
         right.legend(
             handles,
@@ -309,14 +311,8 @@ class TileExplorer(Explorer):
             compared, cmap=LOADS_CMAP, vmin=0, vmax=3, interpolation="nearest", aspect="auto"
         )
         extra, missing = int((compared == EXTRA).sum()), int((compared == MISSING).sum())
-        axes.set(
-            xlabel="key tile",
-            ylabel="query tile",
-            title=f"your kernel (Lq={lq}, Lk={lk}): {extra} extra, {missing} missing",
-        )
-        axes.set_xticks(range(compared.shape[1]))
-        axes.set_yticks(range(compared.shape[0]))
-        axes.tick_params(labelsize=7)
+        _tile_axes(axes, compared, "query tile")
+        axes.set_title(f"your kernel (Lq={lq}, Lk={lk}): {extra} extra, {missing} missing")
         labels = {
             AS_SCHEDULED: "loaded, as scheduled",
             EXTRA: "loaded, schedule skips",

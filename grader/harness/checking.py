@@ -31,6 +31,7 @@ always ends with the first wrong entry (index, got, expected) and the shape.
 import contextlib
 import contextvars
 import dataclasses
+import importlib.util
 import inspect
 import itertools
 import linecache
@@ -710,14 +711,17 @@ def expect_value_error(call, what: str, key: str) -> None:
     raise Mistake(f"{what} was accepted without an error.", hint(key)[1], key)
 
 
-# Where code that is not the student's lives: torch, the grader, the standard library, packages.
+# Where code that is not the student's lives: torch, the grader, the course's own library (an
+# editable install keeps it outside site-packages), the standard library, packages.
 GRADER_DIR = os.path.dirname(
     os.path.dirname(__file__)
 )  # grader/, suites included, not only harness/
+COURSE_DIR = os.path.dirname(importlib.util.find_spec("course").origin)
 NOT_STUDENT_CODE = tuple(
     {
         os.path.dirname(torch.__file__),
         GRADER_DIR,
+        COURSE_DIR,
         *(sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")),
     }
 )
@@ -853,11 +857,10 @@ def _student_line(exc: BaseException) -> str:
 
 def _student_code(exc: BaseException) -> str:
     """The code of the innermost frame of the student's own code that `exc` went through, or ''."""
-    torch_dir, grader_dir = os.path.dirname(torch.__file__), GRADER_DIR
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith((torch_dir, grader_dir))
+        if not frame.filename.startswith(NOT_STUDENT_CODE)
     ]
     if not frames:
         return ""

@@ -374,11 +374,9 @@ plt.show()
 # Your attention *materialises* the weights: one number per (query, key) pair, for each batch and head. Memory grows as $L^2$, and time grows as $L^2 d$. Below we time your function against PyTorch's fused `F.scaled_dot_product_attention` on the course device, and count the bytes of the weight matrix. On a GPU the lengths are larger.
 
 # %%
-import os
-
 batch, heads, head_dim = 1, 8, 64
 lengths = [128, 256, 512, 1024, 2048] if device.type == "cpu" else [512, 1024, 2048, 4096, 8192]
-lengths = lengths[:2] if os.environ.get("NBGRADER_EXECUTION") else lengths  # graded: no points here
+lengths = lengths[:2] if course.being_graded() else lengths  # graded: no points here
 yours, fused, weight_bytes = [], [], []
 for length in lengths:
     q, k, v = (torch.randn(batch, heads, length, head_dim, device=device) for _ in range(3))

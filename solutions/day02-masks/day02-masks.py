@@ -385,11 +385,9 @@ MaskExplorer(masked_attention, causal_mask=causal_mask, padding_mask=padding_mas
 # A causal mask blocks almost half the scores, yet your attention computes every one of them and then throws half away. Below we time your `masked_attention` with and without a causal mask, and PyTorch's fused attention with `is_causal=True`. We also count the bytes of the mask: a broadcast `(L, L)` mask against one expanded to `(B, H, L, L)`.
 
 # %%
-import os
-
 batch, heads, head_dim = 2, 4, 64
 lengths = [128, 256, 512, 1024] if device.type == "cpu" else [512, 1024, 2048, 4096]
-lengths = lengths[:2] if os.environ.get("NBGRADER_EXECUTION") else lengths  # graded: no points here
+lengths = lengths[:2] if course.being_graded() else lengths  # graded: no points here
 plain, masked, fused = [], [], []
 for length in lengths:
     q, k, v = (torch.randn(batch, heads, length, head_dim, device=device) for _ in range(3))

@@ -468,9 +468,7 @@ check("day03-multihead", "alibi_bias", alibi_bias, hidden=True, points=1)
 # `course.models.tiny_transformer` has a 2-layer, 4-head, $d_{\text{model}} = 64$ causal decoder built on the course's library `MultiHeadAttention` (the same layer as yours), with learned positions, and toy tasks with real structure. We train it to **reverse** 8 digits: it reads `5 2 1 6 3 7 7 9 |` and must write `9 7 7 3 6 1 2 5`. Each answer token has to find one particular input token, by position. On a 2-core CPU, 300 steps take a few seconds and reach 100% accuracy (every token and every string right) on 1000 fresh strings.
 
 # %%
-import os
-
-steps = 30 if os.environ.get("NBGRADER_EXECUTION") else 300  # graded: no points here
+steps = 30 if course.being_graded() else 300  # graded: no points here
 result = train("reverse", length=8, steps=steps, seed=0)
 print(f"trained {result.steps} steps in {result.seconds:.1f} s: token accuracy {result.token_accuracy:.1%}, "
       f"whole strings right {result.sequence_accuracy:.1%} (1000 fresh strings)")

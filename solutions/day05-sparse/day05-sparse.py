@@ -527,11 +527,9 @@ check("day05-sparse", "chunked_attention", chunked_attention, hidden=True, point
 # Sized for a 2-core CPU; a GPU gets longer sequences. The full run, $L$ = 1k…16k, is `python -m course.bench.sparse`.
 
 # %%
-import os
-
 window, heads, head_dim = 256, 1, 64
 lengths = [512, 1024, 2048, 4096] if device.type == "cpu" else [1024, 2048, 4096, 8192, 16384]
-lengths = lengths[:2] if os.environ.get("NBGRADER_EXECUTION") else lengths  # graded: no points here
+lengths = lengths[:2] if course.being_graded() else lengths  # graded: no points here
 
 
 def dense_masked(q, k, v):

@@ -171,7 +171,8 @@ def test_a_kernel_that_dies_at_startup_is_started_once_more(tmp_path, deaths):
 # ----------------------------------------------------------------------------- only what grading needs
 
 # The days whose teaching-only cells (benchmarks, training) run at their smallest sizes when the
-# notebook is graded (NBGRADER_EXECUTION set), and a line only their full size prints
+# notebook is graded (course.being_graded(): NBGRADER_EXECUTION set), and a line only their full
+# size prints
 SHRUNK_WHEN_GRADED = {
     "day01-sdpa": "2048",  # the timing table's row at L = 2048
     "day02-masks": "1024",
@@ -183,11 +184,9 @@ SHRUNK_WHEN_GRADED = {
 
 
 def shrinking_cell_output(course, day: str, student: str) -> str:
-    """What the cell that reads NBGRADER_EXECUTION printed in the student's graded notebook."""
+    """What the cell that asks course.being_graded() printed in the student's graded notebook."""
     path = course / "autograded" / student / day / f"{day}.ipynb"
-    (cell,) = [
-        c for c in nbformat.read(path, as_version=4).cells if "NBGRADER_EXECUTION" in c.source
-    ]
+    (cell,) = [c for c in nbformat.read(path, as_version=4).cells if "being_graded()" in c.source]
     return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
 
 

@@ -237,3 +237,29 @@ def test_the_report_collects_diagnoses():
     report = run("identity", lambda w: w.transpose(0, 1), [check_values], {}, verbose=False)
     assert report.keys == {"wrong_values"} and report.diagnoses == {"permuted"}
     assert run("identity", lambda w: w, [check_values], {}, verbose=False).diagnoses == set()
+
+
+# ----------------------------------------------------------------------------- where it went wrong
+
+
+def test_a_crash_under_the_memory_meter_points_at_the_students_line(tmp_path):
+    """A student's error raised while course.bench.peak_memory watches the call surfaces in the
+    meter's own dispatch frame; the 'at:' line is still the student's, not the course's."""
+    import importlib.util
+
+    from course.bench import peak_memory
+
+    cell = tmp_path / "student_cell.py"
+    cell.write_text("def attend(x):\n    return x @ x.T.unsqueeze(0).mT[0, :3]\n")
+    spec = importlib.util.spec_from_file_location("student_cell", cell)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def measured(attend, rng):
+        """runs under the memory meter"""
+        peak_memory(attend, torch.randn(4, 5))
+
+    report = run("attend", module.attend, [measured], {}, verbose=False)
+    (result,) = report.results
+    assert not result.passed
+    assert "at: return x @ x.T.unsqueeze(0).mT[0, :3]" in result.message, result.message

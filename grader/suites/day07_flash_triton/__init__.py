@@ -8,18 +8,21 @@ softmax simulated tile by tile in float64 without the rescale of acc (and l), pa
 unmasked, the logsumexp in base 2 or without the max, the wrong scale, a top-left or ignored
 causal mask, the backward without the D term or without the causal mask.
 
-Honest Triton checks, while a student's function runs (`watch_kernels`):
+Honest Triton checks, while a student's function runs (the watch of grader/harness/triton_watch,
+as `kernel_watch` applies it to day07):
 - every Triton launch is counted (JITFunction.run / the interpreter's InterpretedFunction.run),
   so a pure-torch reimplementation is named `no_triton_kernel`;
 - in the interpreter, every load and store is checked against the memory of the tensors given to
   the launch (the interpreter itself does not flag out-of-bounds accesses): a lane outside reads
   NaN, is never written, and the mistake `out_of_bounds` is named. On a GPU the ragged check
   poisons the memory after the inputs with NaN instead.
+Outside the checks, the notebook's setup cell runs `watch_every_launch()`, so a stray load or
+store in any cell raises the named mistake instead of killing the kernel.
 
 One module per exercise group, in the notebook's order: warmups (triton_add, triton_softmax),
 flash_forward (flash_attention_triton), flash_autograd (FlashAttentionTriton); `hints` holds HINTS
-and FORBIDDEN, `kernel_watch` the watch on Triton's launches, `oracles` float64 attention and
-its named mistakes.
+and FORBIDDEN, `kernel_watch` where the kernels run and the verdicts on what a watch saw,
+`oracles` float64 attention and its named mistakes.
 """
 
 from grader.suites import Exercise
