@@ -24,6 +24,13 @@ notebook does the derivations); the tests check them against measured peaks with
     performer     s (4 N L m + N L d + m d) + 8 m d   (the projection is built in float64)
     scan          s (5 N' L n + 3 N' L)       N' = batch * heads * head_dim channels, state n
 
+In float16 and bfloat16, linear, performer and scan compute in float32 (their inputs are cast up,
+only the output is rounded back): their estimate is the float32 one plus what the casts add, the
+half inputs' float32 copies for linear and performer (4 * 3 N L d) and the half output
+(s N L d); for scan, u and delta made in the half dtype before their float32 copies (2 s N' L).
+The other kinds stay in the input's dtype; flash keeps one query tile's statistics and
+numerator in float32, which its formula (in s) leaves out: it measures up to 10% above it.
+
 `benchmark_attention` measures many mechanisms at many lengths (failures recorded as rows),
 `plot_benchmark` draws them on log-log axes and `choose_attention` is the decision guide
 (course.explore.capstone's `MemoryExplorer` shows estimates against a budget with sliders).
@@ -50,6 +57,9 @@ KINDS = {
     "performer": ((), {"num_features": 256}),
     "scan": ((), {"state": 16}),
 }
+
+# Kinds whose library implementation computes float16 and bfloat16 in float32.
+COMPUTED_IN_FLOAT32 = ("linear", "performer", "scan")
 
 # The sparse library's tile size, in score entries per group of blocks (course.reference.sparse).
 GROUP_SCORES = 1 << 18
@@ -169,6 +179,11 @@ def estimate_attention_memory(
         bq, bk = min(options["block_q"], L), min(options["block_k"], L)
         tiles = 4 if L > bq else 3  # a query block's new scores, s - m, p, and the previous p
         return s * (N * L * d + N * L + N * bq * (2 * d + 8) + tiles * N * bq * bk)
+    if kind in COMPUTED_IN_FLOAT32 and s < 4:
+        in_float32 = estimate_attention_memory(kind, B, H, L, d, torch.float32, **options)
+        if kind == "scan":
+            return in_float32 + 2 * s * N * d * L
+        return in_float32 + 4 * 3 * N * L * d + s * N * L * d
     if kind == "linear":
         return s * (4 * N * L * d + 2 * N * L + N * d * d + N * d)
     if kind == "performer":

@@ -61,11 +61,15 @@ def _check_device_dtype(what: str, tensors: dict) -> None:
             )
     allowed = _supported_dtypes(first.device)
     if first.dtype not in allowed:
-        where = "the CPU interpreter" if first.device.type == "cpu" or interpreted() else "the GPU"
-        raise ValueError(
-            f"{what}: dtype {first.dtype} is not supported on {where}; use one of "
-            f"{[str(d) for d in allowed]}"
-        )
+        if allowed == (torch.float32,):
+            where = (
+                "the CPU interpreter (float32 only: it computes in NumPy, which has no bfloat16)"
+            )
+            fix = "cast the inputs with .float() and the result back with .to(dtype)"
+        else:
+            where = "the GPU (the kernels are written for float16, bfloat16 and float32)"
+            fix = f"use one of {', '.join(str(d) for d in allowed)}"
+        raise ValueError(f"{what}: dtype {first.dtype} is not supported on {where}; {fix}")
     if first.device.type != "cuda" and not interpreted():
         raise ValueError(
             f"{what}: tensors are on {first.device} but Triton is not in interpreter "

@@ -14,6 +14,7 @@ bottom-right aligned against the cache (query i of Lq new ones sits at position 
 import torch
 import torch.nn as nn
 
+from course.reference import check_same_dtype
 from course.reference.multihead import apply_rope, merge_heads, repeat_kv, split_heads
 
 
@@ -28,6 +29,16 @@ def kv_cache_bytes(
     """Bytes of K and V for every layer: 2 * layers * kv_heads * head_dim * seq_len * batch * size."""
     element = torch.empty((), dtype=dtype).element_size()
     return 2 * num_layers * num_kv_heads * head_dim * seq_len * batch_size * element
+
+
+def _check_dtype(name: str, dtype: torch.dtype, k_new, v_new) -> None:
+    """A cache stores what it is handed, so k_new and v_new must have its dtype (under autocast
+    too: a store is not a matmul, and torch would not cast it)."""
+    if k_new.dtype != dtype or v_new.dtype != dtype:
+        raise ValueError(
+            f"{name} holds {dtype}, got k_new {k_new.dtype} / v_new {v_new.dtype}: cast them "
+            f"with .to({dtype}), or make the cache with dtype={k_new.dtype}"
+        )
 
 
 class _CacheBuffers:
@@ -62,8 +73,7 @@ class _CacheBuffers:
                 f"{name} holds batch {self.batch_size}, {self.num_heads} heads, "
                 f"head_dim {self.head_dim}; got k_new {tuple(k_new.shape)}"
             )
-        if k_new.dtype != self.dtype or v_new.dtype != self.dtype:
-            raise ValueError(f"{name} holds {self.dtype}, got {k_new.dtype} / {v_new.dtype}")
+        _check_dtype(name, self.dtype, k_new, v_new)
         if k_new.device != self.device or v_new.device != self.device:
             raise ValueError(f"{name} lives on {self.device}, got k_new on {k_new.device}")
 
@@ -190,6 +200,7 @@ class PagedKVCache:
                 f"expected k_new, v_new ({self.num_heads}, L, {self.head_dim}), "
                 f"got {tuple(k_new.shape)}"
             )
+        _check_dtype("PagedKVCache", self.dtype, k_new, v_new)
         table = self.block_tables.setdefault(seq_id, [])
         start = self.lengths.get(seq_id, 0)
         stop = start + k_new.shape[1]
@@ -232,6 +243,7 @@ def cached_attention(q, k, v, positions_k=None, window: int = None):
     positions <= its own, and with `window` only the last `window` of them.
     Returns (out (B, H, Lq, D), weights (B, H, Lq, Lk)).
     """
+    check_same_dtype("cached_attention", q=q, k=k, v=v)
     lq, lk = q.shape[-2], k.shape[-2]
     if positions_k is None:
         positions_k = torch.arange(lk, device=q.device)

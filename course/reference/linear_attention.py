@@ -9,9 +9,11 @@ Causal forms sum over j <= i only, either as a recurrence (an RNN with a D' x Dv
 by chunk (quadratic inside a chunk, the state carried between chunks).
 
 Performer (FAVOR+): phi(x) = exp(W x - |x|^2 / 2) / sqrt(m) with W's rows orthogonal random
-features gives E[phi(q) . phi(k)] = exp(q . k), the softmax kernel.
+features gives E[phi(q) . phi(k)] = exp(q . k), the softmax kernel. Its causal form is the chunked
+causal linear attention above on these features.
 
-Tensors are (..., L, D) with the same leading dims for q, k and v.
+Tensors are (..., L, D) with the same leading dims and one floating dtype for q, k and v.
+float16 and bfloat16 inputs are computed in float32 and the output rounded back to their dtype.
 """
 
 import math
@@ -42,6 +44,10 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
             f"q, k and v must have the same leading dims (..., L, D), got "
             f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if not (q.dtype == k.dtype == v.dtype) or not q.dtype.is_floating_point:
+        raise ValueError(
+            f"q, k and v must share one floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     if causal and q.shape[-2] != k.shape[-2]:
         raise ValueError(
             f"causal linear attention needs as many queries as keys, got "
@@ -49,12 +55,27 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool =
         )
 
 
+# ----------------------------------------------------------------------------- precision
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _in_float32(*tensors: torch.Tensor) -> tuple:
+    """The tensors, float16 and bfloat16 ones as float32 (exactly: float32 holds every value of
+    both). Half precision is too coarse to compute in here: the sums over L (the state S, the
+    normaliser z and their prefix sums) overflow float16 past 65504 and drift in bfloat16's 8-bit
+    mantissa, and elu(x) + 1 for x < 0 loses its small value to cancellation. So each function
+    computes in float32 and rounds only its output back to the input's dtype."""
+    return tuple(t.float() if t.dtype in HALF_DTYPES else t for t in tensors)
+
+
 # ----------------------------------------------------------------------------- feature maps
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """phi(x) = elu(x) + 1 > 0 (Katharopoulos et al. 2020), elementwise."""
-    return F.elu(x) + 1
+    (x32,) = _in_float32(x)
+    return (F.elu(x32) + 1).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- non-causal
@@ -63,12 +84,14 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 def linear_attention(q, k, v, feature_map=elu_feature_map, eps: float = 1e-6) -> torch.Tensor:
     """O(L) attention: phi(q) (phi(k)^T v) / (phi(q) phi(k)^T 1 + eps). (..., Lq, Dv)."""
     _check_qkv(q, k, v)
+    dtype = q.dtype
+    q, k, v = _in_float32(q, k, v)
     qf, kf = feature_map(q), feature_map(k)  # (..., Lq, D'), (..., Lk, D')
     state = kf.transpose(-2, -1) @ v  # (..., D', Dv)
     z = kf.sum(dim=-2)  # (..., D')
     numerator = qf @ state  # (..., Lq, Dv)
     denominator = (qf * z.unsqueeze(-2)).sum(dim=-1, keepdim=True)  # (..., Lq, 1)
-    return numerator / (denominator + eps)
+    return (numerator / (denominator + eps)).to(dtype)
 
 
 def quadratic_linear_attention(
@@ -76,11 +99,13 @@ def quadratic_linear_attention(
 ) -> torch.Tensor:
     """The same result the O(L^2) way: (phi(q) phi(k)^T, masked if causal) row-normalised, @ v."""
     _check_qkv(q, k, v, causal)
+    dtype = q.dtype
+    q, k, v = _in_float32(q, k, v)
     scores = feature_map(q) @ feature_map(k).transpose(-2, -1)  # (..., Lq, Lk)
     if causal:
         L = q.shape[-2]
         scores = scores.masked_fill(~torch.ones(L, L, dtype=torch.bool, device=q.device).tril(), 0)
-    return (scores @ v) / (scores.sum(dim=-1, keepdim=True) + eps)
+    return ((scores @ v) / (scores.sum(dim=-1, keepdim=True) + eps)).to(dtype)
 
 
 # ----------------------------------------------------------------------------- causal
@@ -91,6 +116,8 @@ def causal_linear_attention_recurrent(
 ) -> torch.Tensor:
     """The RNN view: S_t = S_{t-1} + phi(k_t) v_t^T, z_t = z_{t-1} + phi(k_t), one step per token."""
     _check_qkv(q, k, v, causal=True)
+    dtype = q.dtype
+    q, k, v = _in_float32(q, k, v)
     qf, kf = feature_map(q), feature_map(k)
     L = q.shape[-2]
     state = q.new_zeros(*q.shape[:-2], kf.shape[-1], v.shape[-1])  # (..., D', Dv)
@@ -102,7 +129,7 @@ def causal_linear_attention_recurrent(
         numerator = (qf[..., t, :, None] * state).sum(dim=-2)  # (..., Dv)
         denominator = (qf[..., t, :] * z).sum(dim=-1, keepdim=True)  # (..., 1)
         out[..., t, :] = numerator / (denominator + eps)
-    return out
+    return out.to(dtype)
 
 
 def causal_linear_attention_chunked(
@@ -123,6 +150,8 @@ def causal_linear_attention_chunked(
     _check_qkv(q, k, v, causal=True)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    dtype = q.dtype
+    q, k, v = _in_float32(q, k, v)
     qf, kf = feature_map(q), feature_map(k)
     L, c = q.shape[-2], min(chunk_size, q.shape[-2])
     group = c * max(1, tokens_per_step // c)
@@ -152,7 +181,7 @@ def causal_linear_attention_chunked(
         outs.append(out.reshape(*out.shape[:-3], n * c, v.shape[-1])[..., :length, :])
         state = state + kv.sum(dim=-3, keepdim=True)
         z = z + ksum.sum(dim=-3, keepdim=True)
-    return torch.cat(outs, dim=-2)
+    return torch.cat(outs, dim=-2).to(dtype)
 
 
 # ----------------------------------------------------------------------------- Performer
@@ -191,25 +220,55 @@ def favor_feature_map(
             f"x (..., L, D) and projection (m, D) must share D, got {tuple(x.shape)} "
             f"and {tuple(projection.shape)}"
         )
+    if x.dtype != projection.dtype:
+        raise ValueError(
+            f"x and projection must share a dtype, got {x.dtype} and {projection.dtype}"
+        )
+    dtype = x.dtype
+    x, projection = _in_float32(x, projection)
     m = projection.shape[0]
     exponent = x @ projection.T - (x * x).sum(dim=-1, keepdim=True) / 2  # (..., L, m)
     if is_query:
         stabiliser = exponent.amax(dim=-1, keepdim=True)
     else:
         stabiliser = exponent.amax(dim=(-2, -1), keepdim=True)
-    return torch.exp(exponent - stabiliser) / math.sqrt(m)
+    return (torch.exp(exponent - stabiliser) / math.sqrt(m)).to(dtype)
 
 
 def performer_attention(
-    q, k, v, num_features: int = 256, generator: torch.Generator = None, eps: float = 1e-6
+    q,
+    k,
+    v,
+    num_features: int = 256,
+    generator: torch.Generator = None,
+    eps: float = 1e-6,
+    causal: bool = False,
+    chunk_size: int = 64,
 ) -> torch.Tensor:
-    """FAVOR+ approximation of softmax(q k^T / sqrt(d)) v in O(L m d)."""
-    _check_qkv(q, k, v)
+    """FAVOR+ approximation of softmax(q k^T / sqrt(d)) v in O(L m d).
+
+    causal=True approximates the causal softmax (query i sees keys j <= i, Lq == Lk): the prefix
+    sums sum_{j <= i} phi(k_j) v_j^T and sum_{j <= i} phi(k_j), by causal_linear_attention_chunked
+    with chunks of chunk_size.
+    """
+    _check_qkv(q, k, v, causal)
+    dtype = q.dtype
+    q, k, v = _in_float32(q, k, v)
     d = q.shape[-1]
     projection = orthogonal_random_features(
         num_features, d, generator, dtype=q.dtype, device=q.device
     )
     scale = d**-0.25  # q k^T / sqrt(d) = (q d^-1/4) (k d^-1/4)^T
-    qf = favor_feature_map(q * scale, projection, is_query=True)
-    kf = favor_feature_map(k * scale, projection)
-    return linear_attention(qf, kf, v, feature_map=lambda t: t, eps=eps)
+    qf = favor_feature_map(q * scale, projection, is_query=True)  # (..., Lq, m)
+    # The keys' stabiliser is one constant s per slice, the max over all L keys, later ones
+    # included, and still causal: every phi(k_j) carries the same factor e^-s, so for query i the
+    # numerator and the denominator, both sums over j <= i, carry it too and it cancels. A
+    # constant per key would reweight the keys; a running max over j <= i would change the
+    # factor along the prefix sums. (A later key far larger than the earlier ones can still
+    # underflow their features, the same limit as without causal.)
+    kf = favor_feature_map(k * scale, projection)  # (..., Lk, m)
+    if causal:
+        out = causal_linear_attention_chunked(qf, kf, v, chunk_size, lambda t: t, eps)
+    else:
+        out = linear_attention(qf, kf, v, feature_map=lambda t: t, eps=eps)
+    return out.to(dtype)

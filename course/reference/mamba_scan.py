@@ -7,6 +7,10 @@ steps, a chunked scan, and a Triton kernel built on tl.associative_scan), then t
 Mamba layer: zero-order-hold discretisation, the selective scan in the layout of mamba_ssm's
 selective_scan_ref, and MambaBlock. Written independently of the day09 solution notebook.
 
+Precision: float16/bfloat16 inputs are computed in float32 (float64 stays float64) and the
+result comes back in the input's dtype, as selective_scan_ref does: a recurrence rounds at every
+step, so 16-bit accumulation loses digits over a long sequence.
+
 Import `course` before this module on a machine without a GPU: Triton then runs through its
 interpreter (slow, float32 only: keep sizes small there).
 """
@@ -20,6 +24,15 @@ import triton
 import triton.language as tl
 
 import course  # noqa: F401  (sets TRITON_INTERPRET=1 without a GPU, before triton is imported)
+
+
+def _compute_dtype(*tensors) -> torch.dtype:
+    """float32, or wider where an input is (float64): the dtype to accumulate in. None is skipped."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -36,15 +49,23 @@ def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------- linear recurrences
 
 
+def _upcast_pair(a: torch.Tensor, b: torch.Tensor):
+    """Checks a and b; returns them in the dtype to accumulate in, and the dtype h goes back in
+    (a * b's: float16/bfloat16 stay so)."""
+    _check_pair(a, b)
+    dtype = _compute_dtype(a, b)
+    return a.to(dtype), b.to(dtype), torch.promote_types(a.dtype, b.dtype)
+
+
 def linear_recurrence_sequential(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """The loop over time: L small steps. a, b: (..., L) -> h: (..., L)."""
-    _check_pair(a, b)
+    a, b, out_dtype = _upcast_pair(a, b)
     h = torch.empty_like(b)
     state = torch.zeros_like(b[..., 0])
     for t in range(b.shape[-1]):
         state = a[..., t] * state + b[..., t]
         h[..., t] = state
-    return h
+    return h.to(out_dtype)
 
 
 def _scan_pairs(a: torch.Tensor, b: torch.Tensor):
@@ -71,15 +92,15 @@ def _scan_pairs(a: torch.Tensor, b: torch.Tensor):
 
 def linear_recurrence_parallel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Associative scan in ceil(log2 L) vectorised steps. a, b: (..., L) -> h: (..., L)."""
-    _check_pair(a, b)
-    return _scan_pairs(a, b)[1]
+    a, b, out_dtype = _upcast_pair(a, b)
+    return _scan_pairs(a, b)[1].to(out_dtype)
 
 
 def linear_recurrence_chunked(
     a: torch.Tensor, b: torch.Tensor, chunk_size: int = 64
 ) -> torch.Tensor:
     """Scan inside chunks in parallel, then carry each chunk's last state into the next one."""
-    _check_pair(a, b)
+    a, b, out_dtype = _upcast_pair(a, b)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     L = b.shape[-1]
@@ -96,7 +117,7 @@ def linear_recurrence_chunked(
         carry = decay[..., c, -1] * carry + local[..., c, -1]
     entering = torch.stack(entering, dim=-1).unsqueeze(-1)  # (..., n_chunks, 1)
     h = local + decay * entering
-    return h.reshape(*h.shape[:-2], n_chunks * chunk_size)[..., :L]
+    return h.reshape(*h.shape[:-2], n_chunks * chunk_size)[..., :L].to(out_dtype)
 
 
 @triton.jit
@@ -135,7 +156,8 @@ def linear_recurrence_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
     """Exact zero-order hold for a diagonal A.
     delta: (batch, dim, L), A: (dim, state), B: (batch, state, L)
-    -> A_bar, B_bar: (batch, dim, L, state); where A == 0, B_bar = delta * B (the limit)."""
+    -> A_bar, B_bar: (batch, dim, L, state) in delta's dtype; where A == 0, B_bar = delta * B
+    (the limit)."""
     if delta.ndim != 3 or A.ndim != 2 or B.ndim != 3:
         raise ValueError(
             f"expected delta (batch, dim, L), A (dim, state), B (batch, state, L); "
@@ -147,28 +169,34 @@ def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
             f"shapes do not agree: delta {tuple(delta.shape)} (batch, dim, L), "
             f"A {tuple(A.shape)} (dim, state), B {tuple(B.shape)} (batch, state, L)"
         )
+    out_dtype, dtype = delta.dtype, _compute_dtype(delta, A, B)
+    delta, A, B = delta.to(dtype), A.to(dtype), B.to(dtype)
     dA = delta.unsqueeze(-1) * A[:, None, :]  # (batch, dim, L, state)
     A_bar = torch.exp(dA)
     safe_A = torch.where(A == 0, torch.ones_like(A), A)[:, None, :]
     ratio = torch.where(A[:, None, :] == 0, delta.unsqueeze(-1), torch.expm1(dA) / safe_A)
     B_bar = ratio * B.transpose(1, 2).unsqueeze(1)  # (batch, 1, L, state)
-    return A_bar, B_bar
+    return A_bar.to(out_dtype), B_bar.to(out_dtype)
 
 
-def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
+def _check_real(**tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.is_complex():
+            raise ValueError(
+                f"{name} is {t.dtype}: the course supports real A only (not the complex variant "
+                "of selective_scan_ref), so every input must be real"
+            )
+
+
+def _check_scan_inputs(u, delta, A, D, z, delta_bias) -> None:
+    """Everything but B and C, whose layouts _state_matrix checks."""
     if u.ndim != 3 or u.shape != delta.shape:
         raise ValueError(
             f"u and delta must both be (batch, dim, L), got {tuple(u.shape)} and {tuple(delta.shape)}"
         )
-    batch, dim, L = u.shape
+    dim = u.shape[1]
     if A.ndim != 2 or A.shape[0] != dim:
         raise ValueError(f"A must be (dim, state) = ({dim}, state), got {tuple(A.shape)}")
-    state = A.shape[1]
-    for name, t in (("B", B), ("C", C)):
-        if tuple(t.shape) != (batch, state, L):
-            raise ValueError(
-                f"{name} must be (batch, state, L) = {(batch, state, L)}, got {tuple(t.shape)}"
-            )
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (dim,):
             raise ValueError(f"{name} must be (dim,) = ({dim},), got {tuple(t.shape)}")
@@ -176,25 +204,67 @@ def _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias):
         raise ValueError(f"z must be (batch, dim, L) like u, got {tuple(z.shape)}")
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The selective scan of mamba_ssm's selective_scan_ref, with the same layout.
-    u, delta, z: (batch, dim, L); A: (dim, state); B, C: (batch, state, L); D, delta_bias: (dim,)
-    -> (batch, dim, L)."""
-    _check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+def _state_matrix(name: str, M: torch.Tensor, batch: int, dim: int, state: int, L: int):
+    """B or C in one of selective_scan_ref's real layouts, reshaped to broadcast against the
+    state x: (batch, dim, state, L)."""
+    if tuple(M.shape) == (dim, state):  # time-invariant: the same matrix at every step
+        return M[None, :, :, None]  # (1, dim, state, 1)
+    if tuple(M.shape) == (batch, state, L):  # time-varying, shared by every channel
+        return M[:, None]  # (batch, 1, state, L)
+    groups = M.shape[1] if M.ndim == 4 else 0
+    if tuple(M.shape) == (batch, groups, state, L) and groups and dim % groups == 0:
+        # grouped: channel d reads group d // (dim / groups), as in einops' "B (G H) N L"
+        return M.repeat_interleave(dim // groups, dim=1)  # (batch, dim, state, L)
+    raise ValueError(
+        f"{name} must be (dim, state) = {(dim, state)} (time-invariant), (batch, state, L) = "
+        f"{(batch, state, L)} (time-varying) or (batch, groups, state, L) = "
+        f"({batch}, groups, {state}, {L}) with groups dividing dim = {dim} (grouped); "
+        f"got {tuple(M.shape)}"
+    )
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+):
+    """The selective scan of mamba_ssm's selective_scan_ref, with its layouts and precision.
+    u, delta, z: (batch, dim, L); A: (dim, state), real; D, delta_bias: (dim,);
+    B and C each (dim, state), (batch, state, L) or (batch, groups, state, L), groups | dim
+    -> y: (batch, dim, L) in u's dtype, computed in float32 (float64 if an input is), and with
+    return_last_state, (y, last_state) where last_state: (batch, dim, state) stays in that
+    compute dtype, as selective_scan_ref's float32 state does."""
+    _check_real(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+    _check_scan_inputs(u, delta, A, D, z, delta_bias)
+    (batch, dim, L), state = u.shape, A.shape[1]
+    B = _state_matrix("B", B, batch, dim, state, L)
+    C = _state_matrix("C", C, batch, dim, state, L)
+    y_dtype, dtype = u.dtype, _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     if delta_bias is not None:
-        delta = delta + delta_bias[:, None]
+        delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
-    deltaA = torch.exp(delta.unsqueeze(-1) * A[:, None, :])  # (b, d, L, n)
-    deltaB_u = (delta * u).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(1)  # (b, d, L, n)
-    # time last for the scan, then y_t = sum_n C_t[n] x_t[n]
-    x = linear_recurrence_parallel(deltaA.transpose(2, 3), deltaB_u.transpose(2, 3))  # (b, d, n, L)
-    y = (x * C.unsqueeze(1)).sum(dim=2)  # (b, d, L)
+    deltaA = torch.exp(delta[:, :, None, :] * A[:, :, None])  # (b, d, n, L)
+    deltaB_u = (delta * u)[:, :, None, :] * B  # (b, d, n, L)
+    x = linear_recurrence_parallel(deltaA, deltaB_u)  # (b, d, n, L): the state after each step
+    y = (x * C).sum(dim=2)  # (b, d, L): y_t = sum_n C_t[n] x_t[n]
     if D is not None:
-        y = y + D[:, None] * u
+        y = y + D.to(dtype)[:, None] * u
     if z is not None:
-        y = y * F.silu(z)
-    return y
+        y = y * F.silu(z.to(dtype))
+    y = y.to(y_dtype)
+    if not return_last_state:
+        return y
+    last_state = x[..., -1] if L else x.new_zeros(batch, dim, state)  # (b, d, n); L = 0: x_{-1}
+    return y, last_state
 
 
 class MambaBlock(nn.Module):
@@ -220,6 +290,12 @@ class MambaBlock(nn.Module):
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(
                 f"expected x of shape (batch, L, {self.d_model}), got {tuple(x.shape)}"
+            )
+        weight_dtype = self.in_proj.weight.dtype
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(
+                f"x is {x.dtype} but the block's weights are {weight_dtype}: convert one to the "
+                "other (block.to(x.dtype)) or run under torch.autocast"
             )
         L = x.shape[1]
         xz = self.in_proj(x).transpose(1, 2)  # (b, 2*d_inner, L)
@@ -249,7 +325,10 @@ class MambaBlock(nn.Module):
 
 def scan_attention_matrix(delta, A, B, C):
     """The (batch, dim, L, L) matrix M of a selective scan without D and z: y_t = sum_s M[t, s] u_s,
-    M[t, s] = sum_n C_t[n] exp(A[n] * sum_{s < r <= t} delta_r) delta_s B_s[n] for s <= t, else 0."""
+    M[t, s] = sum_n C_t[n] exp(A[n] * sum_{s < r <= t} delta_r) delta_s B_s[n] for s <= t, else 0.
+    delta: (batch, dim, L), A: (dim, state), B, C: (batch, state, L); M in delta's dtype."""
+    out_dtype, dtype = delta.dtype, _compute_dtype(delta, A, B, C)
+    delta, A, B, C = (t.to(dtype) for t in (delta, A, B, C))
     cum = torch.cumsum(delta, dim=-1)  # (b, d, L)
     gap = cum.unsqueeze(-1) - cum.unsqueeze(-2)  # (b, d, t, s)
     causal = torch.ones(
@@ -259,4 +338,4 @@ def scan_attention_matrix(delta, A, B, C):
     decay = torch.exp(gap.unsqueeze(-1) * A[:, None, None, :])  # (b, d, t, s, n)
     CB = C.transpose(1, 2).unsqueeze(2) * B.transpose(1, 2).unsqueeze(1)  # (b, t, s, n)
     M = (decay * CB.unsqueeze(1)).sum(-1) * delta.unsqueeze(-2)  # (b, d, t, s)
-    return M.masked_fill(~causal, 0.0)
+    return M.masked_fill(~causal, 0.0).to(out_dtype)

@@ -7,6 +7,8 @@ a query that may attend to nothing gets zero weights and a zero output, never Na
 
 import torch
 
+from course.reference import check_same_dtype
+
 
 def causal_mask(lq: int, lk: int = None, device=None) -> torch.Tensor:
     """(lq, lk) bool, bottom-right aligned: query i sits at absolute position lk - lq + i and
@@ -34,13 +36,16 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor = None):
     """softmax(q kᵀ / sqrt(d)) v with an optional boolean mask; returns (out, weights).
 
-    q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); mask broadcasts to (..., Lq, Lk).
+    q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); mask broadcasts to (..., Lq, Lk). float16
+    and bfloat16 stay in their dtype, as in F.scaled_dot_product_attention: the matmuls and the
+    softmax accumulate in float32 inside torch.
     """
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
         raise ValueError(
             f"expected q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); got q "
             f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    check_same_dtype("attention", q=q, k=k, v=v)
     scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (..., Lq, Lk)
     if mask is not None:
         if mask.dtype != torch.bool:

@@ -17,6 +17,7 @@ they refuse a mask with an error rather than ignore it.
 import torch
 from torch import nn
 
+from course.reference import check_same_dtype
 from course.reference.linear_attention import (
     causal_linear_attention_chunked,
     linear_attention,
@@ -92,7 +93,7 @@ class MultiHeadMechanism(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
-        _check_input(x, self.out_proj.in_features)
+        _check_input(x, self.out_proj.in_features, self.out_proj.weight)
         q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, L, dh)
         k = split_heads(self.k_proj(x), self.num_heads)  # (B, H, L, dh)
         v = split_heads(self.v_proj(x), self.num_heads)  # (B, H, L, dh)
@@ -145,7 +146,7 @@ class MambaMechanism(nn.Module):
         self.block = MambaBlock(d_model, **options)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
-        _check_input(x, self.block.d_model)
+        _check_input(x, self.block.d_model, next(self.block.parameters()))
         if mask is not None:
             raise ValueError(
                 "kind 'mamba' takes no mask: a scan is causal by construction and "
@@ -154,10 +155,11 @@ class MambaMechanism(nn.Module):
         return self.block(x)
 
 
-def _check_input(x: torch.Tensor, d_model: int) -> None:
+def _check_input(x: torch.Tensor, d_model: int, weight: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != d_model:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"expected x of shape (batch, L, {d_model}), got {shape}")
+    check_same_dtype("attention layer", "call .to(dtype) on the layer or on x", x=x, weights=weight)
 
 
 def make_attention(kind: str, d_model: int, num_heads: int, **kwargs) -> nn.Module:

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
+from course.reference import check_same_dtype
 from course.reference.masks import attention
 
 
@@ -40,7 +41,8 @@ class MultiHeadAttention(nn.Module):
 
     `num_kv_heads` K/V heads are shared by groups of num_heads / num_kv_heads query heads (query
     head h reads KV head h // group). forward(x, context=None, mask=None, need_weights=False)
-    returns (out, weights or None): weights (B, H, Lq, Lk) per head.
+    returns (out, weights or None): weights (B, H, Lq, Lk) per head. x, context and the weights
+    share one dtype (float16 and bfloat16 too), or run under torch.autocast.
     """
 
     def __init__(self, d_model: int, num_heads: int, num_kv_heads: int = None, bias: bool = True):
@@ -68,6 +70,10 @@ class MultiHeadAttention(nn.Module):
         if x.shape[-1] != self.d_model:
             raise ValueError(f"expected x (B, L, {self.d_model}), got {tuple(x.shape)}")
         context = x if context is None else context
+        fix = "call .to(dtype) on the layer or on the inputs"
+        check_same_dtype(
+            "MultiHeadAttention", fix, x=x, context=context, weights=self.q_proj.weight
+        )
         q = split_heads(self.q_proj(x), self.num_heads)  # (B, H, Lq, dh)
         k = split_heads(self.k_proj(context), self.num_kv_heads)  # (B, Hkv, Lk, dh)
         v = split_heads(self.v_proj(context), self.num_kv_heads)  # (B, Hkv, Lk, dh)

@@ -15,10 +15,15 @@ with the norms taken per matrix. Segments: token t of L belongs to segment floor
 segments are contiguous, cover every token, and differ in size by at most one when m does not
 divide L (the paper pads L to a multiple of m instead).
 
-Tensors are (..., L, D) with the same leading dims for q, k and v.
+Tensors are (..., L, D) with the same leading dims and dtype for q, k and v. float16 and
+bfloat16 inputs are computed in float32 and the output rounded back to their dtype: the segment
+sums are differences of prefix sums, and the iteration's 13 I - A Z (...) cancels, both far too
+coarse in half precision.
 """
 
 import torch
+
+from course.reference.linear_attention import _in_float32
 
 # ----------------------------------------------------------------------------- input checks
 
@@ -29,6 +34,8 @@ def _check_tensor(name: str, x) -> None:
             f"{name} must be a tensor of shape (..., L, D), got "
             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
         )
+    if not x.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floating point, got {x.dtype}")
 
 
 def _check_landmarks(num_landmarks, length: int) -> None:
@@ -57,12 +64,14 @@ def landmarks(x: torch.Tensor, num_landmarks: int) -> torch.Tensor:
     _check_tensor("x", x)
     L = x.shape[-2]
     _check_landmarks(num_landmarks, L)
+    dtype = x.dtype
+    (x,) = _in_float32(x)
     bounds = segment_bounds(L, num_landmarks).to(x.device)
     # prefix sums with a leading zero row: the sum of tokens [a, b) is csum[b] - csum[a]
     csum = torch.cat([torch.zeros_like(x[..., :1, :]), x.cumsum(-2)], dim=-2)  # (..., L + 1, D)
     sums = csum[..., bounds[1:], :] - csum[..., bounds[:-1], :]  # (..., m, D)
     sizes = (bounds[1:] - bounds[:-1]).to(x.dtype)  # (m,)
-    return sums / sizes[:, None]
+    return (sums / sizes[:, None]).to(dtype)
 
 
 # ----------------------------------------------------------------------------- pseudo-inverse
@@ -76,8 +85,12 @@ def iterative_pinv(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
             f"a must be a (..., n, n) tensor of square matrices, got "
             f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}"
         )
+    if not a.dtype.is_floating_point:
+        raise ValueError(f"a must be floating point, got {a.dtype}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
+    dtype = a.dtype
+    (a,) = _in_float32(a)
     col = a.abs().sum(dim=-2).amax(dim=-1)  # (...,) ||A||_1, max column sum
     row = a.abs().sum(dim=-1).amax(dim=-1)  # (...,) ||A||_inf, max row sum
     z = a.mT / (col * row)[..., None, None]  # (..., n, n)
@@ -85,7 +98,7 @@ def iterative_pinv(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
     for _ in range(iterations):
         az = a @ z
         z = 0.25 * (z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az))))
-    return z
+    return z.to(dtype)
 
 
 # ----------------------------------------------------------------------------- attention
@@ -110,7 +123,11 @@ def nystrom_attention(
             f"expected q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv) with the same "
             f"leading dims, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     _check_landmarks(num_landmarks, min(q.shape[-2], k.shape[-2]))
+    dtype = q.dtype
+    q, k, v = _in_float32(q, k, v)
     scale = q.shape[-1] ** -0.5
     q_tilde = landmarks(q, num_landmarks)  # (..., m, D)
     k_tilde = landmarks(k, num_landmarks)  # (..., m, D)
@@ -118,4 +135,4 @@ def nystrom_attention(
     a = torch.softmax(q_tilde @ k_tilde.mT * scale, dim=-1)  # (..., m, m)
     b = torch.softmax(q_tilde @ k.mT * scale, dim=-1)  # (..., m, Lk)
     bv = b @ v  # (..., m, Dv)
-    return f @ (iterative_pinv(a, pinv_iterations) @ bv)  # (..., Lq, Dv)
+    return (f @ (iterative_pinv(a, pinv_iterations) @ bv)).to(dtype)  # (..., Lq, Dv)

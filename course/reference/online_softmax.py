@@ -16,10 +16,18 @@ The backward pass is FlashAttention-2's: it saves q, k, v, out and the logsumexp
 per query), and recomputes each probability tile as exp(s - lse). With dO the gradient of out
 and D = rowsum(dO * out):  dv = pᵀ dO,  dp = dO vᵀ,  ds = p * (dp - D),  dq = ds k / sqrt(d),
 dk = dsᵀ q / sqrt(d), accumulated tile by tile.
+
+float16 and bfloat16 inputs keep the statistics m, l, the numerator acc and the logsumexp in
+float32, as FlashAttention's kernels (and day 7's) do: a sum kept in float16's 11 significant bits
+stops growing once it is 2048 times the terms added to it. The score and probability tiles stay in
+the input's dtype (torch's matmuls accumulate in float32 inside), so the forward holds the same
+tiles as in float32, at 2 bytes per element. The backward computes each tile in float32. Outputs
+and gradients come back in the input's dtype, the logsumexp in float32.
 """
 
 import torch
 
+from course.reference import accumulation_dtype
 from course.reference.sparse import _positive_int  # an int >= 1, or an error naming the parameter
 
 # ----------------------------------------------------------------------------- checking arguments
@@ -73,8 +81,9 @@ def _finite(m: torch.Tensor) -> torch.Tensor:
 def online_softmax_stats(x: torch.Tensor, block_size: int, dim: int = -1) -> tuple:
     """(max, sum_exp) of x along `dim`, in one streaming pass over blocks of `block_size`.
 
-    sum_exp = sum exp(x - max). Both have x's shape without `dim`. A slice that is all -inf (or
-    empty) gives max = -inf and sum_exp = 0.
+    sum_exp = sum exp(x - max). Both have x's shape without `dim`, and x's dtype (a float16 or
+    bfloat16 x is streamed in float32). A slice that is all -inf (or empty) gives max = -inf and
+    sum_exp = 0.
     """
     if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
         raise ValueError(
@@ -87,14 +96,15 @@ def online_softmax_stats(x: torch.Tensor, block_size: int, dim: int = -1) -> tup
         raise ValueError(f"dim={dim} is out of range for a tensor of {x.dim()} dims")
     block_size = _positive_int(block_size, "block_size")
     x = x.movedim(dim, -1)  # (..., N)
-    m = x.new_full(x.shape[:-1], float("-inf"))  # (...,) running max
-    s = x.new_zeros(x.shape[:-1])  # (...,) running sum of exp(x - m)
+    stats = accumulation_dtype(x.dtype)
+    m = x.new_full(x.shape[:-1], float("-inf"), dtype=stats)  # (...,) running max
+    s = x.new_zeros(x.shape[:-1], dtype=stats)  # (...,) running sum of exp(x - m)
     for start in range(0, x.shape[-1], block_size):
-        block = x[..., start : start + block_size]  # (..., b)
+        block = x[..., start : start + block_size].to(stats)  # (..., b)
         m_new = torch.maximum(m, block.amax(dim=-1))  # (...,)
         s = s * _rescale(m, m_new) + torch.exp(block - _finite(m_new).unsqueeze(-1)).sum(dim=-1)
         m = m_new
-    return m, s
+    return m.to(x.dtype), s.to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -122,23 +132,26 @@ def _forward(q, k, v, block_q, block_k, causal):
     batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     Lq, d, Lk, dv = q.shape[-2], q.shape[-1], k.shape[-2], v.shape[-1]
     scale = d**-0.5
+    stats = accumulation_dtype(q.dtype)  # of m, l, acc and lse
     out = q.new_zeros(*batch, Lq, dv)
-    lse = q.new_full((*batch, Lq), float("-inf"))
+    lse = q.new_full((*batch, Lq), float("-inf"), dtype=stats)
     for q_start in range(0, Lq, block_q):
         q_end = min(q_start + block_q, Lq)
         q_tile = q[..., q_start:q_end, :] * scale  # (..., bq, d)
-        m = q.new_full((*batch, q_end - q_start), float("-inf"))  # (..., bq) running max
-        l = q.new_zeros(*batch, q_end - q_start)  # (..., bq) running denominator
-        acc = q.new_zeros(*batch, q_end - q_start, dv)  # (..., bq, dv) running numerator
+        m = q.new_full((*batch, q_end - q_start), float("-inf"), dtype=stats)  # (..., bq) max
+        l = q.new_zeros(*batch, q_end - q_start, dtype=stats)  # (..., bq) running denominator
+        acc = q.new_zeros(*batch, q_end - q_start, dv, dtype=stats)  # (..., bq, dv) numerator
         k_stop = _causal_keys_end(q_end, Lq, Lk) if causal else Lk  # skip tiles above the diagonal
         for k_start in range(0, k_stop, block_k):
             k_end = min(k_start + block_k, Lk)
             s = _tile_scores(q_tile, k[..., k_start:k_end, :], q_start, k_start, Lq, Lk, causal)
             m_new = torch.maximum(m, s.amax(dim=-1))  # (..., bq)
             alpha = _rescale(m, m_new)  # (..., bq)
-            p = torch.exp(s - _finite(m_new).unsqueeze(-1))  # (..., bq, bk)
+            # in the scores' dtype: m_new is one of them (or 0), so it converts exactly
+            p = torch.exp(s - _finite(m_new).to(s.dtype).unsqueeze(-1))  # (..., bq, bk)
             l = l * alpha + p.sum(dim=-1)
-            acc = acc * alpha.unsqueeze(-1) + p @ v[..., k_start:k_end, :]
+            # acc * alpha + p @ v in one step, without a (bq, dv) temporary for acc * alpha
+            acc = torch.addcmul(p @ v[..., k_start:k_end, :], acc, alpha.unsqueeze(-1))
             m = m_new
         seen = l > 0  # rows with at least one key
         out[..., q_start:q_end, :] = acc / torch.where(seen, l, torch.ones_like(l)).unsqueeze(-1)
@@ -152,8 +165,9 @@ def tiled_attention(q, k, v, block_q: int = 64, block_k: int = 64, causal: bool 
     """softmax(q kᵀ / sqrt(d)) v tile by tile; returns (out (..., Lq, dv), lse (..., Lq)).
 
     q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv), leading dims broadcasting. lse is the
-    natural-log logsumexp of each query's scaled scores. causal: bottom-right aligned; a query
-    with no key to see gives zeros and lse = -inf.
+    natural-log logsumexp of each query's scaled scores, in float32 for float16 and bfloat16
+    inputs (out keeps their dtype). causal: bottom-right aligned; a query with no key to see
+    gives zeros and lse = -inf.
     """
     _check_qkv(q, k, v)
     return _forward(
@@ -169,21 +183,23 @@ def _backward(q, k, v, out, lse, d_out, block_q, block_k, causal):
     batch = lse.shape[:-1]
     Lq, d, Lk = q.shape[-2], q.shape[-1], k.shape[-2]
     scale = d**-0.5
-    D = (d_out * out).sum(dim=-1)  # (..., Lq) = rowsum(dO * O)
+    stats = lse.dtype  # every tile is computed in it: float32 for float16 and bfloat16 inputs
+    D = (d_out.to(stats) * out.to(stats)).sum(dim=-1)  # (..., Lq) = rowsum(dO * O)
     # A fully masked row has lse = -inf; shifting by +inf makes its probabilities exp(-inf) = 0.
     lse = torch.where(lse == float("-inf"), torch.full_like(lse, float("inf")), lse)
-    dq = q.new_zeros(*batch, Lq, d)
-    dk = q.new_zeros(*batch, Lk, d)
-    dv = q.new_zeros(*batch, Lk, v.shape[-1])
+    dq = q.new_zeros(*batch, Lq, d, dtype=stats)
+    dk = q.new_zeros(*batch, Lk, d, dtype=stats)
+    dv = q.new_zeros(*batch, Lk, v.shape[-1], dtype=stats)
     for q_start in range(0, Lq, block_q):
         q_end = min(q_start + block_q, Lq)
         rows = slice(q_start, q_end)
-        q_tile = q[..., rows, :] * scale  # (..., bq, d)
-        do_tile = d_out[..., rows, :]  # (..., bq, dv)
+        q_tile = q[..., rows, :].to(stats) * scale  # (..., bq, d)
+        do_tile = d_out[..., rows, :].to(stats)  # (..., bq, dv)
         k_stop = _causal_keys_end(q_end, Lq, Lk) if causal else Lk
         for k_start in range(0, k_stop, block_k):
             cols = slice(k_start, min(k_start + block_k, Lk))
-            k_tile, v_tile = k[..., cols, :], v[..., cols, :]  # (..., bk, d), (..., bk, dv)
+            k_tile = k[..., cols, :].to(stats)  # (..., bk, d)
+            v_tile = v[..., cols, :].to(stats)  # (..., bk, dv)
             s = _tile_scores(q_tile, k_tile, q_start, k_start, Lq, Lk, causal)
             p = torch.exp(s - lse[..., rows].unsqueeze(-1))  # (..., bq, bk)
             dv[..., cols, :] += p.transpose(-2, -1) @ do_tile
@@ -191,8 +207,8 @@ def _backward(q, k, v, out, lse, d_out, block_q, block_k, causal):
             ds = p * (dp - D[..., rows].unsqueeze(-1))  # (..., bq, bk)
             dq[..., rows, :] += ds @ k_tile * scale
             dk[..., cols, :] += ds.transpose(-2, -1) @ q_tile  # q_tile already holds the scale
-    # Inputs that were broadcast receive the sum of their copies' gradients.
-    return dq.sum_to_size(q.shape), dk.sum_to_size(k.shape), dv.sum_to_size(v.shape)
+    # Inputs that were broadcast receive the sum of their copies' gradients, in their own dtype.
+    return tuple(g.sum_to_size(t.shape).to(t.dtype) for g, t in ((dq, q), (dk, k), (dv, v)))
 
 
 class FlashAttentionTorch(torch.autograd.Function):

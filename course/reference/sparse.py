@@ -4,7 +4,8 @@ Every mask builder returns an (L, L) bool tensor with True = query i may attend 
 with broadcasting and a few whole-tensor operations (no Python loop over positions), so
 L = 16384 takes a fraction of a second. `sliding_window_attention` and `chunked_attention`
 never build an (L, L) matrix: queries are cut into blocks, and each block only meets the keys
-it may see, so memory is O(L * window).
+it may see, so memory is O(L * window). float16 and bfloat16 stay in their dtype, as in
+F.scaled_dot_product_attention (torch's matmuls and softmax accumulate in float32 inside).
 
 Reach: with one layer of a mask, query i hears from key j when mask[i, j]. Stacking layers
 composes the pattern (each position also keeps its own state, the residual stream), so after n
@@ -15,6 +16,8 @@ import math
 import operator
 
 import torch
+
+from course.reference import check_same_dtype
 
 # ----------------------------------------------------------------------------- checking arguments
 
@@ -200,6 +203,7 @@ def _blocked_attention(q, k, v, block: int, left: int, right: int, band: bool) -
             f"expected q and k of shape (..., L, d) and v (..., L, dv), got q "
             f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
+    check_same_dtype("sparse attention", q=q, k=k, v=v)
     L, d = q.shape[-2], q.shape[-1]
     nb = math.ceil(L / block)
     span = block + left + right  # keys per query block

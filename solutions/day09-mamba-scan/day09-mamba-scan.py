@@ -419,6 +419,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     for name, t in (("B", B), ("C", C)):
         if tuple(t.shape) != (batch, A.shape[1], L):
             raise ValueError(f"{name} must be (batch, state, L) = {(batch, A.shape[1], L)}, got {tuple(t.shape)}")
+    # float16/bfloat16 inputs with float32 weights (mamba_ssm's mixed precision): compute in
+    # float32 at least, since 16-bit sums lose digits over a long scan; return u's dtype
+    u_dtype, dtype = u.dtype, torch.promote_types(torch.promote_types(u.dtype, A.dtype), torch.float32)
+    u, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias[:, None]
     if delta_softplus:
@@ -431,7 +435,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         y = y + D[:, None] * u
     if z is not None:
         y = y * F.silu(z)
-    return y
+    return y.to(u_dtype)
     ### END SOLUTION
 
 

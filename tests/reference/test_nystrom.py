@@ -97,6 +97,35 @@ def test_nystrom_memory_is_linear_in_length():
     assert peaks[1] < 6 * peaks[0] and peaks[1] < 2048 * 2048
 
 
+def half_precision_cases(dtype):
+    """name -> (function, inputs in dtype) for each public function that takes tensors, the
+    inputs drawn in float32 and rounded to dtype."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 70, 16, generator=g).to(dtype) for _ in range(3))
+    a = torch.softmax(torch.randn(2, 8, 8, generator=g), dim=-1).to(dtype)  # like Nystrom's A
+    return {
+        "landmarks": (lambda x: nystrom.landmarks(x, 8), (q + 4,)),  # large prefix sums
+        "iterative_pinv": (nystrom.iterative_pinv, (a,)),
+        "nystrom_attention": (lambda *t: nystrom.nystrom_attention(*t, 8), (q, k, v)),
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", list(half_precision_cases(torch.float16)))
+def test_half_precision_is_computed_in_float32(name, dtype):
+    # float16/bfloat16 inputs are computed in float32 (exact upcasts of the same rounded inputs):
+    # the result is the float32 call's rounded once to dtype, within half a unit in the last
+    # place (or half the subnormal spacing near zero). Computed in dtype itself (as the library
+    # did before), these cases miss that bound 14 (segment means) to 30000 (attention) times over.
+    fn, inputs = half_precision_cases(dtype)[name]
+    out, reference = fn(*inputs), fn(*(t.float() for t in inputs))
+    info = torch.finfo(dtype)
+    assert out.dtype == dtype
+    torch.testing.assert_close(
+        out.float(), reference, rtol=info.eps / 2, atol=info.smallest_normal * info.eps / 2
+    )
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -117,8 +146,27 @@ def test_nystrom_memory_is_linear_in_length():
             ),
             "num_landmarks",
         ),
+        (
+            lambda: nystrom.nystrom_attention(
+                torch.randn(5, 4).half(), torch.randn(5, 4), torch.randn(5, 4), 2
+            ),
+            "share a dtype",
+        ),
+        (lambda: nystrom.landmarks(torch.ones(5, 2, dtype=torch.int64), 2), "floating point"),
+        (lambda: nystrom.iterative_pinv(torch.eye(3, dtype=torch.int64)), "floating point"),
     ],
-    ids=["m-0", "m-above-L", "1-D", "non-square", "negative-steps", "k-v-lengths", "m-above-Lk"],
+    ids=[
+        "m-0",
+        "m-above-L",
+        "1-D",
+        "non-square",
+        "negative-steps",
+        "k-v-lengths",
+        "m-above-Lk",
+        "mixed-dtypes",
+        "integer-x",
+        "integer-a",
+    ],
 )
 def test_bad_input_gives_clear_errors(call, match):
     with pytest.raises(ValueError, match=match):
