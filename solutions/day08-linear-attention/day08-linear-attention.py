@@ -84,7 +84,7 @@ print(course.describe_device())
 #
 # ### Exercise 1: `elu_feature_map`
 #
-# The checks recognise a feature map that can go negative (`elu(x)` without the `+ 1`, or `x` itself), a positive map that is not $\operatorname{elu}(x) + 1$ (`relu(x) + 1`, `exp(x)`, `softplus(x)`), and an input changed in place (`F.elu(x, inplace=True)`).
+# The checks recognise a feature map that can go negative (`elu(x)` without the `+ 1`, or `x` itself), a positive map that is not $\operatorname{elu}(x) + 1$ (`relu(x) + 1`, `exp(x)`, `softplus(x)`), the `+ 1` left out above zero (`torch.where(x >= 0, x, torch.exp(x))`), and an input changed in place (`F.elu(x, inplace=True)`).
 
 # %% nbgrader={"grade": false, "grade_id": "elu_feature_map", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -111,7 +111,7 @@ check("day08-linear-attention", "elu_feature_map", elu_feature_map, hidden=True,
 #
 # Compute $S = \phi(K)^\top V$ and $z$ first, then read them with $\phi(Q)$: nothing of size $L \times L$. Accept any leading dims `(..., L, D)`, $L_q \ne L_k$ and $D_v \ne D$; raise `ValueError` with a clear message for mismatched lengths (`k` and `v`), mismatched head dims (`q` and `k`), different leading dims, or a tensor that is not `(..., L, D)`.
 #
-# The checks recognise: the normaliser missing, the normaliser without `eps` (a query with $\phi(q) = 0$ gives NaN; the checks use `feature_map=torch.relu`), the `feature_map` argument ignored, a causal sum, an $(L, L)$ tensor (at $L = 4096$), `eps` added after the division, another normaliser (a mean over the keys, a sum over the features), the feature map applied to $v$, `.T` on batched inputs, and bad input accepted. `check_qkv` comes back in the causal forms and the Performer, with `causal=True` where $L_q = L_k$ is required.
+# The checks recognise: the normaliser missing, the normaliser without `eps` (a query with $\phi(q) = 0$ gives NaN; the checks use `feature_map=torch.relu`), the `feature_map` argument ignored, a causal sum, an $(L, L)$ tensor (at $L = 4096$), `eps` added after the division, another normaliser (a mean over the keys, a sum over the features), a normaliser of shape $(\dots, L_q)$ where $(\dots, L_q, 1)$ is needed (`phi_q @ z` without `keepdim`), the feature map applied to $v$, `.T` on batched inputs, and bad input accepted. `check_qkv` comes back in the causal forms and the Performer, with `causal=True` where $L_q = L_k$ is required.
 
 # %% nbgrader={"grade": false, "grade_id": "linear_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def check_qkv(q, k, v, causal=False):
@@ -185,7 +185,7 @@ check("day08-linear-attention", "linear_attention", linear_attention, hidden=Tru
 #
 # ### Exercise 3: `causal_linear_attention_recurrent`
 #
-# A Python loop over the positions, one state update per step. The checks recognise: future keys (the non-causal sums), keys $j < i$ only (read before the update), the normaliser missing or without `eps`, `feature_map` ignored, $z$ not starting at zero, $S$ and $z$ updated at different times, a state kept as $(D_v, D')$, positions indexed from the front (`x[t]`), and bad input (also $L_q \ne L_k$).
+# One state update per position, as the recurrence reads: a Python loop over the positions is the plain way. The checks compare results, not the loop: prefix sums with `torch.cumsum` (no loop, $O(L D' D_v)$ memory) pass too. The checks recognise: future keys (the non-causal sums), keys $j < i$ only (read before the update), the normaliser missing or without `eps`, `feature_map` ignored, $z$ not starting at zero, $S$ and $z$ updated at different times, a state kept as $(D_v, D')$, positions indexed from the front (`x[t]`), a state kept between calls (a module-level cache never reset: a second call on the same inputs differs), and bad input (also $L_q \ne L_k$).
 
 # %% nbgrader={"grade": false, "grade_id": "causal_linear_attention_recurrent", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_linear_attention_recurrent(q, k, v, feature_map=elu_feature_map, eps: float = 1e-6) -> torch.Tensor:
@@ -234,7 +234,7 @@ check("day08-linear-attention", "causal_linear_attention_recurrent", causal_line
 #
 # After the chunk, add its keys to the state: $S \mathrel{+}= \phi(K_C)^\top V_C$, $z \mathrel{+}= \sum \phi(K_C)$. The last chunk may be shorter. Time $O(L c D + L D D_v)$: linear in $L$, with big matrix products.
 #
-# The checks recognise: future keys inside a chunk (the intra-chunk scores not masked, or masked with `triu`), the state not carried across chunks ($S$ and $z$, or $z$ alone), the state updated before the chunk reads it, the normaliser without the chunk's own part, the last short chunk dropped or a mask that assumes full-size chunks, the normaliser missing or without `eps`, an $(L, L)$ tensor at $L = 4096$, and bad input (also `chunk_size < 1`).
+# The checks recognise: future keys inside a chunk (the intra-chunk scores not masked, or masked with `triu`), the state not carried across chunks ($S$ and $z$, or $z$ alone), the state updated before the chunk reads it, the normaliser without the chunk's own part, the last short chunk dropped or a mask that assumes full-size chunks, chunks one token short (`end = start + chunk_size - 1`), the normaliser missing or without `eps`, an $(L, L)$ tensor at $L = 4096$, and bad input, also `chunk_size < 1`: raise your own `ValueError` naming `chunk_size` or its value (an error that `range(0, L, 0)` raises by chance is not a check).
 
 # %% nbgrader={"grade": false, "grade_id": "causal_linear_attention_chunked", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_linear_attention_chunked(q, k, v, chunk_size: int = 64, feature_map=elu_feature_map,
@@ -303,7 +303,7 @@ check("day08-linear-attention", "causal_linear_attention_chunked", causal_linear
 #
 # ### Exercise 5: `orthogonal_random_features`
 #
-# The checks recognise: rows not orthogonal within a block (iid Gaussian rows where orthogonal ones were asked), rows left at norm 1, all rows with the same norm (norms are checked against $\chi(d)$'s mean and variance over many draws), one norm shared by every row of a call, $\lfloor m/d \rfloor$ blocks where the last partial block is needed, and features not reproducible from the generator (or not random).
+# The checks recognise: rows not orthogonal within a block (iid Gaussian rows where orthogonal ones were asked), rows left at norm 1, all rows with the same norm (norms are checked against $\chi(d)$'s mean and variance over many draws), one norm shared by every row of a call, squared norms ($|g|^2$, a $\chi^2$ draw, where $|g|$ is meant), features returned in another dtype than float32, $\lfloor m/d \rfloor$ blocks where the last partial block is needed, and features not reproducible from the generator (or not random).
 
 # %% nbgrader={"grade": false, "grade_id": "orthogonal_random_features", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def orthogonal_random_features(num_features: int, dim: int, generator: torch.Generator = None) -> torch.Tensor:
@@ -337,7 +337,7 @@ check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_
 # %% [markdown]
 # ### Exercise 6: `favor_feature_map`
 #
-# The checks recognise: features that can go negative, the $-\|x\|^2/2$ term missing or without its $/2$, a stabiliser per key row when `is_query=False`, a query stabiliser over the positions, one stabiliser for the whole tensor, a factor other than $1/\sqrt m$, `x @ projection` untransposed, and no stabiliser (with $\|x\| = 25$ every unstabilised feature underflows to 0).
+# The checks recognise: features that can go negative, the $-\|x\|^2/2$ term missing, without its $/2$, or with $\|x\|$ where $\|x\|^2$ belongs, a stabiliser per key row when `is_query=False`, a query stabiliser over the positions, one stabiliser for the whole tensor, a factor other than $1/\sqrt m$, `x @ projection` untransposed, and no stabiliser (with $\|x\| = 25$ every unstabilised feature underflows to 0).
 
 # %% nbgrader={"grade": false, "grade_id": "favor_feature_map", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def favor_feature_map(x: torch.Tensor, projection: torch.Tensor, is_query: bool = False) -> torch.Tensor:
@@ -376,7 +376,7 @@ check("day08-linear-attention", "favor_feature_map", favor_feature_map, hidden=T
 # %% [markdown]
 # ### Exercise 7: `performer_attention`
 #
-# Put it together: draw `num_features` orthogonal random features from `generator` once, and use that same $W$ for $q$ and $k$ ($\mathbb E[\phi_W(q)\cdot\phi_W(k)] = e^{q\cdot k}$ holds only with one $W$ on both sides); scale $q$ and $k$ each by $d^{-1/4}$, so that their product carries $1/\sqrt d$; map them (queries with `is_query=True`), and use your `linear_attention` with the identity feature map. The output is random, so the checks average 12 draws of 8192 features and compare that average with softmax attention, allowing for the noise of your own draws. They recognise: an average that stays off however many features (a biased estimate), the $1/\sqrt d$ scale missing or squared ($q$ and $k$ each scaled by $d^{-1/2}$), different features for $q$ and $k$, `linear_attention`'s default `elu + 1` applied on top, keys stabilised per row, `num_features` ignored, $W$ left in float32 for float64 inputs, output not reproducible from the generator, and bad input.
+# Put it together: draw `num_features` orthogonal random features from `generator` once, and use that same $W$ for $q$ and $k$ ($\mathbb E[\phi_W(q)\cdot\phi_W(k)] = e^{q\cdot k}$ holds only with one $W$ on both sides); scale $q$ and $k$ each by $d^{-1/4}$, so that their product carries $1/\sqrt d$; map them (queries with `is_query=True`), and use your `linear_attention` with the identity feature map. The output is random, so the checks average 12 draws of 8192 features and compare that average with softmax attention, allowing for the noise of your own draws. They recognise: an average that stays off however many features (a biased estimate), the $1/\sqrt d$ scale missing or squared ($q$ and $k$ each scaled by $d^{-1/2}$), different features for $q$ and $k$, `linear_attention`'s default `elu + 1` applied on top, keys stabilised per row, `num_features` ignored, $W$ left in float32 for float64 inputs, $q$ or $k$ scaled in place (`q.mul_(scale)`), output not reproducible from the generator, and bad input.
 
 # %% nbgrader={"grade": false, "grade_id": "performer_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def performer_attention(q, k, v, num_features: int = 256, generator: torch.Generator = None) -> torch.Tensor:
@@ -414,7 +414,7 @@ check("day08-linear-attention", "performer_attention", performer_attention, hidd
 # %% [markdown]
 # ### Approximation error as the features grow
 #
-# The relative error of the output against exact softmax attention, averaged over 20 draws, for orthogonal and iid Gaussian features. It falls roughly like $1/\sqrt m$ (the estimator's variance is $\propto 1/m$). Orthogonal features are usually a little below iid ones, most clearly when $m$ is a few times $d$: orthogonality removes the chance of two nearly parallel features, a variance reduction that grows with $d$ (Yu et al., 2016).
+# The relative error of the output against exact softmax attention, averaged over 20 draws, for orthogonal and iid Gaussian features. It falls roughly like $1/\sqrt m$ (the estimator's variance is $\propto 1/m$). At $d = 16$ the two curves lie within each other's noise: orthogonal features come out below iid ones at some $m$ and above at others. Orthogonality removes the chance of two nearly parallel features, a variance reduction that grows with $d$ (Yu et al., 2016); at this $d$ it is about the size of a 20-draw average's own spread (a few hundredths), so which curve is lower changes from one $m$ to the next.
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -448,6 +448,36 @@ plt.xlabel("number of random features m"); plt.ylabel("relative error vs softmax
 plt.legend(); plt.tight_layout(); plt.show()
 
 # %% [markdown]
+# ### Worked example: the causal Performer
+#
+# A decoder needs causal attention: query $i$ sees the keys $j \le i$ only. With the Performer's features $\phi$, causal softmax attention becomes causal linear attention,
+#
+# $$\text{out}_i = \frac{\phi(q_i)^\top S_i}{\phi(q_i)^\top z_i + \varepsilon}, \qquad S_i = \sum_{j \le i} \phi(k_j)\, v_j^\top = S_{i-1} + \phi(k_i)\, v_i^\top, \qquad z_i = \sum_{j \le i} \phi(k_j) = z_{i-1} + \phi(k_i):$$
+#
+# $S_i$ and $z_i$ are prefix sums, the state of your recurrent form (Exercise 3) with $m$ random features in place of $D$. The chunked form (Exercise 4) computes them in $L / c$ big steps: the queries of chunk $C$ read the state of all earlier chunks, $\phi(Q_C)\, S$ and $\phi(Q_C)\, z$, and add the masked $\big(\phi(Q_C)\phi(K_C)^\top\big) \odot M$ of their own chunk. So there is nothing new to write: the course's `performer_attention(q, k, v, num_features, generator, causal=True, chunk_size=64)` maps $q$ and $k$ as before and hands the features to `causal_linear_attention_chunked` with the identity feature map. $O(L m D_v)$ time, an $m \times D_v$ state.
+#
+# **The keys' stabiliser stays causal.** It is the max over *all* keys of a slice, later ones included, but it is one constant $s$: every $\phi(k_j)$ carries the same factor $e^{-s}$, so the numerator and the denominator of query $i$, both sums over $j \le i$, carry it too and it cancels. A constant per key would reweight the keys, and a running max over $j \le i$ would change the factor inside the prefix sums.
+#
+# Below, the quadratic causal form $\big(\phi(Q)\phi(K)^\top\big) \odot M$, normalised by its row sums, is built from the library's own features (the same $W$: the same generator seed) and compared with the causal Performer at chunk sizes 1, 16 and 30 (neither divides $L = 100$) and 128 (longer than $L$): they agree to float64 rounding. Against causal softmax attention, the error is the Performer's usual noise for $m$ features, as in the plot above.
+
+# %%
+from course.reference import linear_attention as library  # the course's versions, not yours
+
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(2, 100, 16, dtype=torch.float64, generator=g) * s for s in (0.6, 0.6, 1.0))
+m, d = 256, q.shape[-1]
+W = library.orthogonal_random_features(m, d, torch.Generator().manual_seed(1), dtype=torch.float64)
+phi_q = library.favor_feature_map(q * d ** -0.25, W, is_query=True)    # (2, 100, m)
+phi_k = library.favor_feature_map(k * d ** -0.25, W)                   # (2, 100, m)
+weights = (phi_q @ phi_k.transpose(-2, -1)).tril()                     # (2, 100, 100): keys j <= i
+quadratic = (weights @ v) / (weights.sum(-1, keepdim=True) + 1e-6)
+for chunk in (1, 16, 30, 128):  # generator seed 1 again: the same W inside
+    causal = library.performer_attention(q, k, v, m, torch.Generator().manual_seed(1), causal=True, chunk_size=chunk)
+    print(f"chunk {chunk:>3}: max |causal Performer - quadratic causal form| = {(causal - quadratic).abs().max().item():.1e}")
+exact = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+print(f"relative error against causal softmax attention, m = {m}: {((causal - exact).norm() / exact.norm()).item():.3f}")
+
+# %% [markdown]
 # ## 4. Explore: implied attention matrices
 #
 # Linear attention never builds its attention matrix, but it has one: $A_{ij} = \phi(q_i)\cdot\phi(k_j) / \sum_{j'} \phi(q_i)\cdot\phi(k_{j'})$. The explorer draws it next to softmax attention on the same $q, k$, with the error, for your feature maps: `elu + 1`, or FAVOR+ with $m$ of your orthogonal random features (drag $m$ and watch the matrix sharpen towards softmax). Or switch to *recurrent state*: the $D \times D_v$ state of your recurrent form after $t$ steps, filling up.
@@ -462,12 +492,10 @@ LinearExplorer(elu_feature_map=elu_feature_map, favor_feature_map=favor_feature_
 # The recurrent loop does $L$ tiny steps; the chunked form $L / 64$ big ones; the masked quadratic form $L^2$ work. Sized for a 2-core CPU; the full run, $L$ = 1k…16k, is `python -m course.bench.linear_attention` (targets: chunked at least 10× faster than recurrent at $L = 4096$, and $t(16k)/t(2k) \le 10$).
 
 # %%
-import os
-
 torch.set_num_threads(1)  # many small ops: one thread is faster and steadier on a shared CPU
 heads, head_dim = 1, 32
 lengths = [256, 512, 1024, 2048] if device.type == "cpu" else [1024, 2048, 4096, 8192]
-lengths = lengths[:2] if os.environ.get("NBGRADER_EXECUTION") else lengths  # graded: no points here
+lengths = lengths[:2] if course.being_graded() else lengths  # graded: no points here
 
 
 def quadratic_causal(q, k, v):
@@ -561,7 +589,7 @@ check("day08-linear-attention", "landmarks", landmarks, hidden=True, points=1)
 #
 # The iteration above, for a batch of square matrices `(..., n, n)`: each matrix gets its own $\|A\|_1 \|A\|_\infty$ (the paper's code takes one maximum over the whole batch: not here). `iterations` counts the update steps, so `iterations=0` returns $Z_0$. Raise `ValueError` for a non-square or 1-D `a`, or `iterations < 0`.
 #
-# The checks compare your $Z_0, Z_1, \dots$ with the float64 iteration on well-conditioned matrices, then compare 12 steps with `torch.linalg.pinv`. They recognise: $Z_0 = A^\top$ without the scaling (at 0 steps it is plainly $A^\top$; later it diverges whenever $\sigma_{\max}(A)$ is above about 2), one scaling for the whole batch, another update (plain Newton–Schulz $Z(2I - AZ)$), `iterations` ignored or one step off, the update's factors in the wrong order, its $1/4$ missing, $AZ$ not recomputed each step, $Z_0$ scaled by another norm or not transposed, and bad input accepted. A divergence is reported from where it starts: an unscaled $Z_0$, or a right $Z_0$ with a wrong update.
+# The checks compare your $Z_0, Z_1, \dots$ with the float64 iteration on well-conditioned matrices, then compare 12 steps with `torch.linalg.pinv`. They recognise: $Z_0 = A^\top$ without the scaling (at 0 steps it is plainly $A^\top$; later it diverges whenever $\sigma_{\max}(A)$ is above about 2), one scaling for the whole batch, another update (plain Newton–Schulz $Z(2I - AZ)$), `iterations` ignored or one step off, the update's factors in the wrong order, its $1/4$ missing, $AZ$ not recomputed each step, $Z_0$ scaled by another norm or not transposed, `a.T` on a batch of matrices (where `a.transpose(-2, -1)` is meant), and bad input accepted. A divergence is reported from where it starts: an unscaled $Z_0$, or a right $Z_0$ with a wrong update.
 
 # %% nbgrader={"grade": false, "grade_id": "iterative_pinv", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def iterative_pinv(a: torch.Tensor, iterations: int = 6) -> torch.Tensor:
@@ -626,7 +654,7 @@ check("day08-linear-attention", "iterative_pinv", iterative_pinv, hidden=True, p
 #
 # Put it together with your `landmarks` and `iterative_pinv`: $\tilde Q$, $\tilde K$ from $m$ = `num_landmarks` segments, the three kernels $F$, $A$, $B$ (scores scaled by $1/\sqrt d$, softmax along the last axis), `pinv_iterations` steps for $A^+$, multiplied right to left. Accept any leading dims and $L_q \ne L_k$ ($m \le \min(L_q, L_k)$); raise `ValueError` for mismatched shapes (your `check_qkv`) or $m$ outside $1..\min(L_q, L_k)$.
 #
-# The checks compare with a float64 oracle, check that $m = L$ gives softmax attention (30 pinv steps), and track every allocation at $L = 4096$, $m = 32$. They recognise: strided landmarks, a kernel with its factors swapped ($\sigma(\tilde K \tilde Q^\top)$ for $A$, or the softmax of $B$ taken over the landmarks), the $1/\sqrt d$ scale missing or inverted, key landmarks taken from $q$, the pseudo-inverse left out, `pinv_iterations` ignored, the pinv mistakes above, an $(L_q, L_k)$ tensor (e.g. $F A^+ B$ built before multiplying by $V$), and bad input accepted.
+# The checks compare with a float64 oracle, check that $m = L$ gives softmax attention (30 pinv steps), and track every allocation at $L = 4096$, $m = 32$. They recognise: strided landmarks, a kernel with its factors swapped ($\sigma(\tilde K \tilde Q^\top)$ for $A$, or the softmax of $B$ taken over the landmarks), the $1/\sqrt d$ scale missing or inverted, key landmarks taken from $q$, the pseudo-inverse left out (or $A$ itself used in its place), `pinv_iterations` ignored, the pinv mistakes above, an $(L_q, L_k)$ tensor (e.g. $F A^+ B$ built before multiplying by $V$), and bad input accepted.
 
 # %% nbgrader={"grade": false, "grade_id": "nystrom_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def nystrom_attention(q, k, v, num_landmarks: int, pinv_iterations: int = 6) -> torch.Tensor:
@@ -767,6 +795,7 @@ plt.legend(fontsize=8); plt.tight_layout(); plt.show()
 # - $\phi$ must be positive, and the normaliser needs its $\varepsilon$.
 # - Causal linear attention is an RNN with a $D' \times D_v$ state; the chunked form computes it with big matrix products: masked quadratic inside a chunk, state carried between chunks.
 # - FAVOR+: positive random features $\exp(Wx - \|x\|^2/2)/\sqrt m$ estimate the softmax kernel without bias; orthogonal blocks with $\chi(d)$ norms lower the variance; a max-stabiliser per query, one per key slice.
+# - The causal Performer is causal linear attention on these features: prefix sums $S_i$, $z_i$, computed chunk by chunk; the keys' one stabiliser per slice cancels in each prefix.
 # - Nyström: $m$ segment-mean landmarks give $F A^+ B V$ with $F$ $(L_q, m)$, $A$ $(m, m)$, $B$ $(m, L_k)$, multiplied right to left: $O(Lm)$ memory; exact at $m = L$; the pseudo-inverse by matrix products from $Z_0 = A^\top / (\|A\|_1 \|A\|_\infty)$.
 #
 # ## Further reading

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
 
 DAY = "day08-linear-attention"
 
@@ -223,7 +223,16 @@ def test_recurrent_written_with_prefix_sums_passes():
     assert report("causal_linear_attention_recurrent", cumsum_causal).passed
 
 
-def make_chunked(mask=True, carry=True, drop_last=False, diagonal=0, eps_on=True, check=True):
+def make_chunked(
+    mask=True,
+    carry=True,
+    drop_last=False,
+    diagonal=0,
+    eps_on=True,
+    check=True,
+    upper=False,
+    update_first=False,
+):
     def causal_linear_attention_chunked(q, k, v, chunk_size=64, feature_map=phi, eps=1e-6):
         if check:
             validate(q, k, v, causal=True)
@@ -243,10 +252,12 @@ def make_chunked(mask=True, carry=True, drop_last=False, diagonal=0, eps_on=True
             )
             w = qc @ kc.transpose(-2, -1)
             if mask:
-                w = torch.tril(w, diagonal)
+                w = torch.triu(w) if upper else torch.tril(w, diagonal)
+            if update_first:
+                S, z = S + kc.transpose(-2, -1) @ vc, z + kc.sum(-2).unsqueeze(-1)
             num, den = qc @ S + w @ vc, qc @ z + w.sum(-1, keepdim=True)
             outs.append(num / (den + eps) if eps_on else num / den)
-            if carry:
+            if carry and not update_first:
                 S = S + kc.transpose(-2, -1) @ vc
                 z = z + kc.sum(-2).unsqueeze(-1)
         return torch.cat(outs, -2)
@@ -759,10 +770,45 @@ SOLUTION_EDITS = {
             [("qt = phi_q[..., t, :]", "qt = phi_q[t]")],
             "fixed_rank",
         ),
+        (
+            "state-dv-by-d",
+            [
+                (
+                    "S = torch.zeros(*q.shape[:-2], phi_k.shape[-1], v.shape[-1],",
+                    "S = torch.zeros(*q.shape[:-2], v.shape[-1], phi_k.shape[-1],",
+                )
+            ],
+            "state_orientation",
+        ),
+        (
+            "default-map",
+            [
+                (
+                    "phi_q, phi_k = feature_map(q), feature_map(k)",
+                    "phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)",
+                )
+            ],
+            "ignores_feature_map",
+        ),
     ],
     "causal_linear_attention_chunked": [
         ("triu", [("local = torch.tril(", "local = torch.triu(")], "future_leak_in_chunk"),
         ("z-not-carried", [("z = z + kc.sum(-2).unsqueeze(-1)", "pass")], "z_not_carried"),
+        (
+            "mask-of-chunk-size",
+            [
+                (
+                    "local = torch.tril(qc @ kc.transpose(-2, -1))",
+                    "local = (qc @ kc.transpose(-2, -1)) * torch.ones(chunk_size, chunk_size).tril()",
+                )
+            ],
+            "full_size_chunks_only",
+        ),
+        (
+            "no-normaliser",
+            [("outs.append(num / (den + eps))", "outs.append(num)")],
+            "missing_normaliser",
+        ),
         (
             "no-chunk-in-normaliser",
             [("den = qc @ z + local.sum(-1, keepdim=True)", "den = qc @ z")],
@@ -857,6 +903,7 @@ SOLUTION_EDITS = {
             "pinv_factor_order",
         ),
         ("no-quarter", [("z = 0.25 * z @", "z = z @")], "pinv_missing_quarter"),
+        ("plus-in-update", [("(13 * eye - az @", "(13 * eye + az @")], "pinv_update_diverges"),
         (
             "stale-az",
             [
@@ -940,3 +987,255 @@ def test_favor_with_unsigned_qr_and_unusual_forms_passes():
 
     for seed in range(3):
         assert report("favor_feature_map", favor, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- the fresh beginner pass
+
+# Mistakes of the second beginner pass (#18) that the checks had passed, left raw or misnamed:
+# one-line edits of the solution's cells, each named on the visible check and on hidden seeds.
+# (exercise, id, edits, key)
+SECOND_PASS_EDITS = [
+    (
+        "elu_feature_map",
+        "no-plus-one-above-zero",
+        [
+            (
+                "torch.where(x > 0, x + 1, torch.exp(torch.clamp(x, max=0)))",
+                "torch.where(x >= 0, x, torch.exp(x))",
+            )
+        ],
+        "positive_side_without_one",
+    ),
+    (
+        "linear_attention",
+        "normaliser-without-keepdim",
+        [("numerator / (denominator[..., None] + eps)", "numerator / (denominator + eps)")],
+        "normaliser_shape",
+    ),
+    (
+        "linear_attention",
+        "z-over-features",
+        [("z = phi_k.sum(dim=-2)", "z = phi_k.sum(dim=-1)")],
+        "wrong_normaliser",
+    ),
+    (
+        "causal_linear_attention_recurrent",
+        "state-cached-between-calls",
+        [
+            (
+                "    outs = []\n    for t in range(q.shape[-2]):",
+                '    cache = causal_linear_attention_recurrent.__dict__.setdefault("cache", {})\n'
+                "    S, z = cache.get(S.shape, (S, z))\n"
+                "    outs = []\n    for t in range(q.shape[-2]):",
+            ),
+            (
+                "    return torch.stack(outs, dim=-2)",
+                "    cache[S.shape] = (S, z)\n    return torch.stack(outs, dim=-2)",
+            ),
+        ],
+        "state_not_reset",
+    ),
+    (
+        "causal_linear_attention_chunked",
+        "no-chunk-size-check",
+        [
+            (
+                '    if chunk_size < 1:\n        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")\n',
+                "",
+            )
+        ],
+        "chunk_size_unchecked",
+    ),
+    (
+        "causal_linear_attention_chunked",
+        "end-minus-one",
+        [
+            (
+                "end = min(start + chunk_size, q.shape[-2])",
+                "end = min(start + chunk_size - 1, q.shape[-2])",
+            )
+        ],
+        "chunk_one_short",
+    ),
+    (
+        "orthogonal_random_features",
+        "squared-norms",
+        [("dtype=torch.float64).norm(dim=1)", "dtype=torch.float64).pow(2).sum(dim=1)")],
+        "squared_norms",
+    ),
+    (
+        "orthogonal_random_features",
+        "float64-out",
+        [("return (rows * lengths.unsqueeze(1)).float()", "return rows * lengths.unsqueeze(1)")],
+        "features_not_float32",
+    ),
+    (
+        "favor_feature_map",
+        "norm-not-squared",
+        [("0.5 * (x ** 2).sum(-1, keepdim=True)", "0.5 * x.norm(dim=-1, keepdim=True)")],
+        "norm_not_squared",
+    ),
+    (
+        "performer_attention",
+        "q-scaled-in-place",
+        [
+            (
+                "favor_feature_map(q * scale, W, is_query=True)",
+                "favor_feature_map(q.mul_(scale), W, is_query=True)",
+            )
+        ],
+        "modified_input",
+    ),
+    (
+        "iterative_pinv",
+        "norm-inf-squared",
+        [("(norm_1 * norm_inf)[..., None, None]", "(norm_inf * norm_inf)[..., None, None]")],
+        "wrong_pinv_scaling",
+    ),
+    (
+        "iterative_pinv",
+        "dot-T-on-a-batch",
+        [("z = a.transpose(-2, -1) / ", "z = a.T / ")],
+        "fixed_rank",
+    ),
+    (
+        "nystrom_attention",
+        "a-not-inverted",
+        [
+            (
+                "iterative_pinv(kernel_a, pinv_iterations) @ (kernel_b @ v)",
+                "kernel_a @ (kernel_b @ v)",
+            )
+        ],
+        "pinv_skipped",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, edits, key",
+    [(name, edits, key) for name, _, edits, key in SECOND_PASS_EDITS],
+    ids=[f"{name}-{case}" for name, case, _, _ in SECOND_PASS_EDITS],
+)
+def test_second_pass_mistake_is_named_on_hidden_seeds(solution, name, edits, key, capsys):
+    bug = edited_solution(DAY, solution, name, edits)
+    assert_named_on_seeds(DAY, name, bug, key, capsys, seeds=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_chunked(upper=True), "future_leak_in_chunk"),
+        (make_chunked(carry=False), "state_not_carried"),
+        (make_chunked(update_first=True), "state_updated_before_read"),
+    ],
+    ids=["triu", "no-carry", "update-before-read"],
+)
+def test_chunked_mistake_is_named_with_the_exp_map_too(bug, key):
+    """The check with feature_map=exp and eps=0.5 names what the default-map checks name."""
+    (options,) = [
+        r
+        for r in report("causal_linear_attention_chunked", bug).results
+        if "eps are used" in r.check
+    ]
+    assert options.key == key, (options.key, options.message)
+
+
+def test_chunk_size_error_of_ones_own_passes_whatever_its_words():
+    """chunk_size < 1 may be refused in any words that say what is wrong: its name or value."""
+
+    def chunked(q, k, v, chunk_size=64, feature_map=phi, eps=1e-6):
+        if chunk_size <= 0:
+            raise ValueError(f"a chunk needs at least one token, got {chunk_size}")
+        return make_chunked()(q, k, v, chunk_size, feature_map, eps)
+
+    for seed in range(3):
+        assert report("causal_linear_attention_chunked", chunked, hidden=True, seed=seed).passed
+
+
+def augmented_linear(q, k, v, feature_map=phi, eps=1e-6):
+    """Correct but different: a column of ones appended to v carries z along with S."""
+    validate(q, k, v)
+    phi_q, phi_k = feature_map(q), feature_map(k)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (..., Lk, Dv + 1)
+    out = phi_q @ (phi_k.mT @ v1)  # (..., Lq, Dv + 1): numerator | normaliser
+    return out[..., :-1] / (out[..., -1:] + eps)
+
+
+def augmented_recurrent(q, k, v, feature_map=phi, eps=1e-6):
+    """Correct but different: one state [S | z] of shape (D', Dv + 1), updated row by row."""
+    validate(q, k, v, causal=True)
+    phi_q, phi_k = feature_map(q), feature_map(k)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    state = torch.zeros(*phi_k.shape[:-2], phi_k.shape[-1], v1.shape[-1], dtype=q.dtype)
+    rows = []
+    for t in range(q.shape[-2]):
+        state = state + phi_k[..., t : t + 1, :].mT @ v1[..., t : t + 1, :]
+        r = phi_q[..., t : t + 1, :] @ state  # (..., 1, Dv + 1)
+        rows.append(r[..., :-1] / (r[..., -1:] + eps))
+    return torch.cat(rows, dim=-2)
+
+
+def padded_chunks(q, k, v, chunk_size=64, feature_map=phi, eps=1e-6):
+    """Correct but different: no loop; padded to whole chunks, exclusive prefix sums of the
+    chunk states."""
+    validate(q, k, v, causal=True)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    L, c = q.shape[-2], min(chunk_size, q.shape[-2])
+    n = -(-L // c)
+    pq, pk, pv = (
+        F.pad(t, (0, 0, 0, n * c - L)).unflatten(-2, (n, c))
+        for t in (feature_map(q), feature_map(k), v)
+    )  # (..., n, c, D) each
+    chunk_S, chunk_z = pk.mT @ pv, pk.sum(-2)
+    S = torch.cumsum(chunk_S, dim=-3) - chunk_S  # earlier chunks only
+    z = torch.cumsum(chunk_z, dim=-2) - chunk_z
+    w = (pq @ pk.mT).tril()  # (..., n, c, c)
+    num = pq @ S + w @ pv
+    den = (pq * z.unsqueeze(-2)).sum(-1, keepdim=True) + w.sum(-1, keepdim=True) + eps
+    return (num / den).flatten(-3, -2)[..., :L, :]
+
+
+def favor_query_without_norm_term(x, projection, is_query=False):
+    """Correct but different: for queries -|x|^2/2 is one constant per row, which the row max
+    cancels, so it is left out."""
+    if x.shape[-1] != projection.shape[-1]:
+        raise ValueError("x and projection must have the same last dim")
+    wx = x @ projection.T
+    if is_query:
+        return torch.exp(wx - wx.amax(-1, keepdim=True)) / projection.shape[0] ** 0.5
+    u = wx - (x**2).sum(-1, keepdim=True) / 2
+    return torch.exp(u - u.amax((-2, -1), keepdim=True)) / projection.shape[0] ** 0.5
+
+
+@pytest.mark.parametrize(
+    "name, impl",
+    [
+        ("linear_attention", augmented_linear),
+        ("causal_linear_attention_recurrent", augmented_recurrent),
+        ("causal_linear_attention_recurrent", cumsum_causal),
+        ("causal_linear_attention_chunked", padded_chunks),
+        ("favor_feature_map", favor_query_without_norm_term),
+    ],
+    ids=["augmented-v", "augmented-state", "cumsum", "padded-chunks", "favor-query-cancels"],
+)
+def test_second_pass_correct_alternative_passes(name, impl):
+    """Unusual correct solutions of the second beginner pass pass, hidden seeds included."""
+    for seed, hidden in [(0, False), (1, True)]:
+        result = report(name, impl, hidden=hidden, seed=seed)
+        assert result.passed, (seed, [(r.key, r.message) for r in result.results if not r.passed])
+
+
+def test_chunk_size_error_in_any_words_passes(solution):
+    """chunk_size < 1 refused by the student's own check passes whatever its message says: only
+    a ValueError that range() or torch.cat raise by chance is named as a missing check."""
+    own_words = edited_solution(
+        DAY,
+        solution,
+        "causal_linear_attention_chunked",
+        [('f"chunk_size must be >= 1, got {chunk_size}"', '"must be positive"')],
+    )
+    for seed, hidden in [(0, False), (1, True)]:
+        result = report("causal_linear_attention_chunked", own_words, hidden=hidden, seed=seed)
+        assert result.passed, (seed, [(r.key, r.message) for r in result.results if not r.passed])

@@ -5,6 +5,7 @@ import torch
 
 from grader.harness.checking import Mistake, expect_close, expect_value_error, named
 from grader.suites._common import draw, randn
+from grader.suites.day08_linear_attention.hints import HINTS
 from grader.suites.day08_linear_attention.oracles import (
     bad_inputs,
     call_any_rank,
@@ -18,11 +19,25 @@ from grader.suites.day08_linear_attention.oracles import (
 )
 
 
+def expect_stateless(fn, q, k, v, first, rng, **kw) -> None:
+    """fn gives `first` again on the same inputs after a call on other inputs of the same shapes:
+    a state kept between calls (a module-level cache never reset) would change it."""
+    if not isinstance(first, torch.Tensor):
+        return
+    fn(*(randn(t.shape, rng, t.dtype) for t in (q, k, v)), **kw)
+    again = fn(q, k, v, **kw)
+    if isinstance(again, torch.Tensor) and again.shape == first.shape:
+        if not torch.allclose(again, first, rtol=1e-5, atol=1e-6, equal_nan=True):
+            raise named("state_not_reset")
+
+
 def causal_matches(fn, rng, name, **kw):
     L = kw.pop("L", None) or draw(rng, 5, 23)
     q, k, v = inputs(rng, L)
+    out = call_any_rank(fn, q, k, v, **kw)
+    expect_stateless(fn, q, k, v, out, rng, **kw)
     expect_close(
-        call_any_rank(fn, q, k, v, **kw),
+        out,
         quadratic64(q, k, v, True),
         q.dtype,
         f"{name}(q, k, v{''.join(f', {a}={b}' for a, b in kw.items())}) with L = {L}",
@@ -62,20 +77,20 @@ def rec_bad_input(causal_linear_attention_recurrent, rng):
     bad_inputs(causal_linear_attention_recurrent, rng, causal=True)
 
 
-def chunk_suspects(q, k, v, chunk_size):
+def chunk_suspects(q, k, v, chunk_size, eps=1e-6, feature_map=phi64):
     """What a chunked form with each bug would give."""
     L = q.shape[-2]
     chunk = torch.arange(L) // chunk_size
     same = chunk[:, None] == chunk[None, :]
     before = chunk[:, None] > chunk[None, :]
     causal = torch.ones(L, L, dtype=torch.bool).tril()
-    scores = phi64(q) @ phi64(k).transpose(-2, -1)
+    scores = feature_map(q.double()) @ feature_map(k.double()).transpose(-2, -1)
 
     def with_masks(numerator, denominator=None):
         """The form whose numerator sums the keys of one mask and normaliser another's."""
         denominator = numerator if denominator is None else denominator
         num, den = scores * numerator, scores * denominator
-        return (num @ v.double()) / (den.sum(-1, keepdim=True) + 1e-6)
+        return (num @ v.double()) / (den.sum(-1, keepdim=True) + eps)
 
     inside = same & causal
     carried = before.double() + same.double()  # the state read after adding its own chunk
@@ -105,6 +120,12 @@ def expect_chunked(fn, q, k, v, chunk_size, what):
             raise named("full_size_chunks_only") from None
         raise
     if isinstance(out, torch.Tensor) and out.dim() == ref.dim() and out.shape[-2] < L:
+        whole = L - L % chunk_size
+        last_dropped = out.shape[-2] == whole and torch.allclose(
+            out.double(), ref[..., :whole, :], rtol=1e-4, atol=1e-5
+        )
+        if out.shape[-2] == L - L // chunk_size and not last_dropped:  # each chunk a token short
+            raise named("chunk_one_short")
         raise named("drops_last_chunk")
     expect_close(
         out, ref, q.dtype, what, chunk_suspects(q, k, v, chunk_size) + la_suspects(q, k, v, True)
@@ -153,7 +174,7 @@ def chunked_options(causal_linear_attention_chunked, rng):
         quadratic64(q, k, v, True, 0.5, fmap),
         q.dtype,
         "causal_linear_attention_chunked(q, k, v, 4, feature_map=exp, eps=0.5)",
-        la_suspects(q, k, v, True, 0.5, fmap),
+        chunk_suspects(q, k, v, 4, 0.5, fmap) + la_suspects(q, k, v, True, 0.5, fmap),
     )
     expect_eps_guard(
         lambda *a, **kw: causal_linear_attention_chunked(*a, chunk_size=4, **kw),
@@ -178,8 +199,32 @@ def chunked_bad_input(causal_linear_attention_chunked, rng):
     """mismatched lengths or dims, wrong layouts, Lq != Lk and chunk_size < 1 raise ValueError"""
     bad_inputs(causal_linear_attention_chunked, rng, causal=True)
     q, k, v = inputs(rng, 6)
-    expect_value_error(
-        lambda: causal_linear_attention_chunked(q, k, v, chunk_size=0),
-        "chunk_size=0",
-        "no_error_for_bad_input",
-    )
+    for size in (0, -draw(rng, 1, 4)):
+        expect_value_error(
+            lambda: causal_linear_attention_chunked(q, k, v, chunk_size=size),
+            f"chunk_size={size}",
+            "chunk_size_unchecked",
+        )
+        expect_own_chunk_size_error(causal_linear_attention_chunked, q, k, v, size)
+
+
+# ValueErrors that a chunk loop raises by chance when chunk_size < 1, not because it checked:
+# range(0, L, 0), and torch.cat of the empty list that range(0, L, -2) leaves.
+INCIDENTAL_ERRORS = ("range() arg 3 must not be zero", "expected a non-empty list of Tensors")
+
+
+def expect_own_chunk_size_error(fn, q, k, v, size: int) -> None:
+    """The ValueError for chunk_size < 1 is the student's own check, whatever its words: not one
+    that range() or torch.cat raises by chance."""
+    try:
+        fn(q, k, v, chunk_size=size)
+    except Mistake as mistake:
+        message = str(mistake.__cause__)
+        if any(incidental in message for incidental in INCIDENTAL_ERRORS):
+            description, fix = HINTS["chunk_size_unchecked"]
+            raise Mistake(
+                f"chunk_size={size} raised ValueError({message!r}), from the loop, not from a "
+                f"check: it looks like {description}.",
+                fix,
+                "chunk_size_unchecked",
+            ) from None

@@ -33,6 +33,12 @@ HINTS = {
         "query i is the dot product phi(q_i) . z: (phi_q * z[..., None, :]).sum(-1, "
         "keepdim=True).",
     ),
+    "normaliser_shape": (
+        "a normaliser of shape (..., Lq) where (..., Lq, 1) is needed (phi_q @ z without "
+        "keepdim): num / den then pairs den's Lq entries with num's Dv columns",
+        "keep the normaliser a column: den = (phi_q @ z)[..., None] or (phi_q * z[..., None, "
+        ":]).sum(-1, keepdim=True), so each query's row of num is divided by its own value.",
+    ),
     "feature_map_on_v": (
         "the feature map applied to v too",
         "phi maps only q and k (it builds the kernel); v is averaged as it is: S = phi(K)^T V.",
@@ -110,10 +116,33 @@ HINTS = {
         "a positive map that is not elu(x) + 1 (relu(x) + 1, exp(x) or softplus(x)?)",
         "elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0: F.elu(x) + 1.",
     ),
+    "positive_side_without_one": (
+        "the + 1 left out for x > 0: x there, exp(x) below 0 (a map that jumps at 0)",
+        "elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0; both pieces meet at 1: "
+        "torch.where(x > 0, x + 1, torch.exp(x)), or simply F.elu(x) + 1.",
+    ),
     "modified_input": (
         "an input changed in place",
-        "compute into new tensors: F.elu(x) + 1, not F.elu(x, inplace=True) or x.add_(1). "
-        "The caller still needs its own tensor afterwards.",
+        "compute into new tensors: F.elu(x) + 1, not F.elu(x, inplace=True) or x.add_(1); "
+        "q * scale, not q.mul_(scale) or q *= scale. The caller still needs its own tensor "
+        "afterwards.",
+    ),
+    "chunk_one_short": (
+        "chunks one token short: a chunk ending at start + chunk_size - 1 (Python slices "
+        "already leave out their end)",
+        "chunk c is x[..., start:end, :] with end = min(start + chunk_size, L): the slice stops "
+        "before end, so no - 1.",
+    ),
+    "chunk_size_unchecked": (
+        "chunk_size < 1 not checked: any error comes from range() or torch.cat by chance",
+        'check it first, before the loop: if chunk_size < 1: raise ValueError(f"chunk_size '
+        'must be >= 1, got {chunk_size}").',
+    ),
+    "state_not_reset": (
+        "a state kept between calls (a module-level cache or a default argument never "
+        "reset): a second call on the same inputs gives another answer",
+        "start S and z at zero inside the function on every call: S = torch.zeros(..., "
+        "dtype=q.dtype), z likewise; nothing outlives the call.",
     ),
     "drops_last_chunk": (
         "the last, shorter chunk left out when L is not a multiple of chunk_size",
@@ -160,6 +189,22 @@ HINTS = {
     "not_random": (
         "the same features whatever the generator's state",
         "draw from the generator (do not reseed it): two calls in a row give different features.",
+    ),
+    "norm_not_squared": (
+        "exp(w . x - |x| / 2): the norm |x| where its square |x|^2 belongs",
+        "FAVOR+ subtracts |x|^2 / 2: (x * x).sum(-1, keepdim=True) / 2, or "
+        "x.norm(dim=-1, keepdim=True) ** 2 / 2.",
+    ),
+    "squared_norms": (
+        "rows rescaled by squared norms (a chi-squared draw, |g|^2) instead of norms (chi, |g|)",
+        "the row norm is the length of a Gaussian vector, not its square: "
+        "torch.randn(num_features, dim, generator=generator).norm(dim=-1).",
+    ),
+    "features_not_float32": (
+        "random features returned in another dtype than float32",
+        "orthogonal_random_features has no input tensor to take a dtype from: it returns "
+        "float32, torch.randn's default (compute in float64 if you like, then .float() at the "
+        "end); performer_attention casts W to its inputs' dtype.",
     ),
     "missing_norm_term": (
         "exp(w . x) without the - |x|^2 / 2 term",
@@ -300,8 +345,8 @@ HINTS = {
         "with AZ = A @ Z recomputed at every step from the newest Z.",
     ),
     "wrong_pinv_scaling": (
-        "Z_0 scaled by another norm than ||A||_1 ||A||_inf (||A||_1 twice, sums without "
-        "abs, or the Frobenius norm squared)",
+        "Z_0 scaled by another norm than ||A||_1 ||A||_inf (||A||_1 or ||A||_inf twice, sums "
+        "without abs, or the Frobenius norm squared)",
         "||A||_1 is the largest column sum of |A|, a.abs().sum(-2).amax(-1); ||A||_inf the "
         "largest row sum, a.abs().sum(-1).amax(-1); Z_0 = A^T divided by their product.",
     ),
@@ -361,7 +406,7 @@ HINTS = {
         "K~ = landmarks(k, m) and Q~ = landmarks(q, m): each from its own input.",
     ),
     "pinv_skipped": (
-        "F (B V) without pinv(A) in the middle",
+        "F (B V) without pinv(A) in the middle, or with A itself where its pseudo-inverse belongs",
         "the Nyström product is F @ (iterative_pinv(A, pinv_iterations) @ (B @ V)): the "
         "pseudo-inverse of the landmarks' kernel A joins F and B.",
     ),

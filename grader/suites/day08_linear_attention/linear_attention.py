@@ -44,6 +44,7 @@ def elu_matches(elu_feature_map, rng):
                 ("wrong_positive_map", F.relu(x64) + 1),
                 ("wrong_positive_map", torch.exp(x64)),
                 ("wrong_positive_map", F.softplus(x64)),
+                ("positive_side_without_one", torch.where(x64 >= 0, x64, torch.exp(x64))),
             ],
         )
 
@@ -75,7 +76,7 @@ def la_feature_map_and_eps(linear_attention, rng):
         q, k, v = inputs(rng, L, torch.float64, leading)
         eps = 0.5
         expect_close(
-            linear_attention(q, k, v, feature_map=torch.exp, eps=eps),
+            call_any_rank(linear_attention, q, k, v, feature_map=torch.exp, eps=eps),
             quadratic64(q, k, v, False, eps, lambda t: torch.exp(t.double())),
             q.dtype,
             f"linear_attention on {tuple(q.shape)} with feature_map=exp, eps={eps}",

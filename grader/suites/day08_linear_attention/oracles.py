@@ -146,11 +146,38 @@ def call_any_rank(fn, q, k, v, **kwargs):
         if mistake.key != "raised":
             raise
         first = [t.reshape(-1, *t.shape[-2:])[0] for t in (q, k, v)]  # (L, D) each
+        lq, d = q.shape[-2], q.shape[-1]
+        if only_runs_when(fn, first, kwargs, {"dv": lq}, {"dv": lq + 1}):
+            raise named("normaliser_shape") from None
+        if only_runs_when(fn, first, kwargs, {"length": d}, {"length": d + 1}):
+            raise named("wrong_normaliser") from None
         if q.dim() > 2 and runs(lambda: fn(*first, **kwargs)):
             raise named("fixed_rank") from None
         if v.shape[-1] > q.shape[-1] and runs(lambda: fn(q, k, v[..., : q.shape[-1]], **kwargs)):
             raise named("state_orientation") from None
         raise
+
+
+def resized(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """t with n entries along dim, its own entries repeated or cut."""
+    return t.index_select(dim, torch.arange(n) % t.shape[dim])
+
+
+def only_runs_when(fn, qkv, kwargs, sizes: dict, other: dict) -> bool:
+    """fn runs on (L, D) inputs `qkv` resized to `sizes` but crashes at `other`: sizes
+    {"dv": n} (v's last dim) or {"length": n} (every length). A crash that only a coincidence of
+    two sizes avoids names a broadcast between them (Dv with Lq: a normaliser of shape (Lq,)
+    without keepdim; Lk with D: z summed over the features)."""
+
+    def call(dv=None, length=None):
+        q, k, v = qkv
+        if dv is not None:
+            v = resized(v, dv, -1)
+        if length is not None:
+            q, k, v = (resized(t, length, -2) for t in (q, k, v))
+        return fn(q, k, v, **kwargs)
+
+    return runs(lambda: call(**sizes)) and not runs(lambda: call(**other))
 
 
 def zero_feature_queries(rng, L, dtype=torch.float32):

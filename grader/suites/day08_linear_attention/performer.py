@@ -12,7 +12,7 @@ from grader.harness.checking import (
     expect_value_error,
     named,
 )
-from grader.suites._common import distinct_sizes, draw, randn
+from grader.suites._common import call_unchanged, distinct_sizes, draw, randn
 from grader.suites.day08_linear_attention.hints import HINTS
 from grader.suites.day08_linear_attention.oracles import bad_inputs, inputs, runs
 
@@ -22,6 +22,31 @@ from grader.suites.day08_linear_attention.oracles import bad_inputs, inputs, run
 def chi_moments(d: int) -> tuple:
     mean = math.sqrt(2) * math.exp(math.lgamma((d + 1) / 2) - math.lgamma(d / 2))
     return mean, d - mean**2
+
+
+def expect_features(w, what: str, shape: tuple) -> None:
+    """w is a float32 (num_features, dim) tensor: the function has no input to take a dtype
+    from, so float32 (torch.randn's default) is the promise."""
+    if isinstance(w, torch.Tensor) and tuple(w.shape) == tuple(shape) and w.dtype != torch.float32:
+        description, fix = HINTS["features_not_float32"]
+        raise Mistake(
+            f"{what} has dtype {w.dtype}, expected torch.float32: it looks like {description}.",
+            fix,
+            "features_not_float32",
+        )
+    expect_tensor(w, what, shape, torch.float32)
+
+
+def like_chi(norms: torch.Tensor, d: int) -> bool:
+    """The norms' mean and variance are within 5 sigma of chi(d)'s."""
+    n = norms.numel()
+    mean, var = chi_moments(d)
+    # chi is well concentrated: the fourth central moment is below 3 var^2 for d >= 4
+    mean_sigma, var_sigma = math.sqrt(var / n), var * math.sqrt(2 / (n - 1)) * 1.5
+    return (
+        abs(norms.mean().item() - mean) <= 5 * mean_sigma
+        and abs(norms.var().item() - var) <= 5 * var_sigma
+    )
 
 
 def whole_blocks_work(orthogonal_random_features, m: int, d: int) -> bool:
@@ -46,7 +71,7 @@ def orf_blocks(orthogonal_random_features, rng):
         raise
     if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] < m:
         raise named("partial_block")
-    expect_tensor(w, f"orthogonal_random_features({m}, {d}, generator)", (m, d), torch.float32)
+    expect_features(w, f"orthogonal_random_features({m}, {d}, generator)", (m, d))
     w = w.double()
     norms = w.norm(dim=-1)
     if torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
@@ -85,20 +110,17 @@ def orf_norms_chi(orthogonal_random_features, rng):
             HINTS["fixed_norms"][1],
             "fixed_norms",
         )
-    # chi is well concentrated: the fourth central moment is below 3 var^2 for d >= 4
-    mean_sigma, var_sigma = math.sqrt(var / n), var * math.sqrt(2 / (n - 1)) * 1.5
-    if (
-        abs(norms.mean().item() - mean) > 5 * mean_sigma
-        or abs(norms.var().item() - var) > 5 * var_sigma
-    ):
-        description, hint = HINTS["fixed_norms"]
-        raise Mistake(
-            f"over {n} rows with dim {d} the norms have mean {norms.mean().item():.3f} and "
-            f"variance {norms.var().item():.3f}; chi({d}) has mean {mean:.3f} and variance "
-            f"{var:.3f}.",
-            hint,
-            "fixed_norms",
-        )
+    if like_chi(norms, d):
+        return
+    if like_chi(norms.sqrt(), d):
+        raise named("squared_norms")
+    raise Mistake(
+        f"over {n} rows with dim {d} the norms have mean {norms.mean().item():.3f} and "
+        f"variance {norms.var().item():.3f}; chi({d}) has mean {mean:.3f} and variance "
+        f"{var:.3f}.",
+        HINTS["fixed_norms"][1],
+        "fixed_norms",
+    )
 
 
 def orf_reproducible(orthogonal_random_features, rng):
@@ -110,7 +132,7 @@ def orf_reproducible(orthogonal_random_features, rng):
     torch.manual_seed(draw(rng, 0, 10**6))
     g = torch.Generator().manual_seed(seed)
     b = orthogonal_random_features(m, d, g)
-    expect_tensor(a, f"orthogonal_random_features({m}, {d}, generator)", (m, d), torch.float32)
+    expect_features(a, f"orthogonal_random_features({m}, {d}, generator)", (m, d))
     if not torch.equal(a, b):
         raise named("not_reproducible")
     if torch.equal(orthogonal_random_features(m, d, g), b):
@@ -162,6 +184,7 @@ def expect_favor(out, x, w, is_query: bool, what: str) -> None:
         for key, alt in [
             ("missing_norm_term", log_ratio - norm_term),
             ("norm_term_not_halved", log_ratio + norm_term),
+            ("norm_not_squared", log_ratio - norm_term + x.double().norm(dim=-1, keepdim=True) / 2),
         ]:
             if (alt.amax((-2, -1)) - alt.amin((-2, -1))).max().item() <= tol:
                 raise named(key)
@@ -277,7 +300,12 @@ def performer_shapes(performer_attention, rng):
     L = draw(rng, 5, 20)
     q, k, v = inputs(rng, L, lk=L + draw(rng, 1, 5))
     seed = draw(rng, 0, 10**6)
-    a = performer_attention(q, k, v, num_features=32, generator=torch.Generator().manual_seed(seed))
+    a = call_unchanged(  # an input scaled in place would make the second call differ
+        performer_attention,
+        {"q": q, "k": k, "v": v},
+        num_features=32,
+        generator=torch.Generator().manual_seed(seed),
+    )
     expect_tensor(
         a, "performer_attention(q, k, v, 32, generator)", (*q.shape[:-1], v.shape[-1]), q.dtype
     )
