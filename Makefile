@@ -2,6 +2,7 @@
 #   make course   set up .venv, then open the course in JupyterLab (prints the URL)
 #   make test     set up .venv, then check formatting and lint and run the test suite (what CI runs)
 #   make explorer the Attention Explorer: every heatmap explorer on one page (Voilà, 127.0.0.1)
+#   make gpu-check on a CUDA machine: gpu tests, notebooks, benchmarks, grading -> gpu-report.md
 # .venv is (re)installed only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 # Jupyter refuses to run as root unless told; containers often are root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: course test release explorer
+.PHONY: course test release explorer gpu-check
 
 course: $(VENV)/installed
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/exercises $(ALLOW_ROOT)
@@ -33,6 +34,11 @@ EXPLORER_PORT ?= 8866
 explorer: $(VENV)/installed
 	$(BIN)/voila explorer/attention-explorer.ipynb --no-browser --Voila.ip=127.0.0.1 \
 		--port=$(EXPLORER_PORT) --progressive_rendering=True --strip_sources=True
+
+# Everything that needs a GPU, into one Markdown report (tools/gpu_check.py says what it runs);
+# without a CUDA device it says so and exits 0. `--device cpu --quick` checks its plumbing.
+gpu-check: $(VENV)/installed
+	$(BIN)/python -m tools.gpu_check --report gpu-report.md
 
 release: $(VENV)/installed
 	$(BIN)/python -m grader release
