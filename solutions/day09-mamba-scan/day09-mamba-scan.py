@@ -377,6 +377,7 @@ for step in (0.01, 0.1, 1.0, 3.0):
 # - NaN where A = 0, or `B` there instead of the limit `delta * B`; an extra factor `delta` on top of the exact hold
 # - the pair returned as `(B_bar, A_bar)`; `A` changed in place (to avoid the division by 0)
 # - wrong layouts accepted without a ValueError
+# - `B` (batch, state, L) used without moving L next to `delta`'s L (a broadcast of L against state)
 
 # %% nbgrader={"grade": true, "grade_id": "check_discretize_zoh", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "discretize_zoh", discretize_zoh, points=2)
@@ -448,6 +449,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 # - Euler for A (`1 + delta*A`), or the exact ZOH $\bar B$ where the reference uses `delta*B`
 # - $y_t$ read out before step $t$'s update; `B` and `C` swapped; `u` left out of the input term
 # - the state carried from one batch row into the next; wrong layouts accepted
+# - a per-channel vector (`delta_bias`, `D`) added along L instead of along dim (`[:, None]` missing); `if D:` on a tensor
 
 # %% nbgrader={"grade": true, "grade_id": "check_selective_scan", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "selective_scan", selective_scan, points=2)
@@ -523,6 +525,7 @@ class MambaBlock(nn.Module):
 # - no softplus on Δ, no gate, no D; an output that depends on later inputs; a wrong feature size accepted
 # - `u` and `z` swapped; `x_proj`'s output split in another order than $(\delta, B, C)$; `dt_proj`'s bias added twice (by `self.dt_proj(dt)` and again as `delta_bias`)
 # - a fresh block not initialised as `mamba_ssm`'s (`A_log`, `D`)
+# - the conv given (batch, L, channels) instead of (batch, channels, L); `B` and `C` passed to the scan as (batch, L, state) instead of (batch, state, L)
 
 # %% nbgrader={"grade": true, "grade_id": "check_MambaBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "MambaBlock", MambaBlock, points=2)

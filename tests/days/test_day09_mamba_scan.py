@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
-from helpers import ROOT, assert_mistake_named, day_report, edited_solution
+from helpers import ROOT, assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
 
 DAY = "day09-mamba-scan"
 EXERCISES = [
@@ -495,6 +495,54 @@ def test_mamba_planted_bugs_are_named(solution, key, capsys):
     assert_named("MambaBlock", bug, key, capsys)
 
 
+# Slips that crash, named by the crash's own text (the sizes it names): every hidden draw keeps
+# the sizes apart, so that the wrong layout never broadcasts by chance.
+NAMED_CRASHES = {
+    "l_state_crossed": ("discretize_zoh", "B.transpose(1, 2)[:, None, :, :]", "B[:, None, :, :]"),
+    "per_channel_along_l (delta_bias)": (
+        "selective_scan",
+        "delta = delta + delta_bias[:, None]",
+        "delta = delta + delta_bias",
+    ),
+    "per_channel_along_l (D)": ("selective_scan", "y = y + D[:, None] * u", "y = y + D * u"),
+    "tensor_truth_value": ("selective_scan", "if D is not None:", "if D:"),
+    # u, z split along the features of in_proj's (batch, L, 2 * d_inner): u reaches the conv
+    # as (batch, L, d_inner)
+    "conv_input_layout": (
+        "MambaBlock",
+        "self.in_proj(x).transpose(1, 2).chunk(2, dim=1)",
+        "self.in_proj(x).chunk(2, dim=-1)",
+    ),
+    # the student's own selective_scan refuses them, naming their shape
+    "scan_b_c_layout": ("MambaBlock", "B.transpose(1, 2), C.transpose(1, 2)", "B, C"),
+}
+
+
+@pytest.mark.parametrize("case", NAMED_CRASHES)
+def test_crashes_are_named_on_hidden_seeds(solution, case, capsys):
+    cell, old, new = NAMED_CRASHES[case]
+    bug = planted(solution, cell, old, new)
+    assert_named_on_seeds(DAY, cell, bug, case.split()[0], capsys, range(1, 5))
+
+
+def test_untransposed_b_c_in_an_unchecked_scan_are_named(solution, capsys):
+    """A scan without its own shape checks: B and C in (batch, L, d_state) fail in a broadcast."""
+    unchecked = planted(
+        solution, "selective_scan", "if tuple(t.shape) != (batch, A.shape[1], L):", "if False:"
+    )
+    _, old, new = NAMED_CRASHES["scan_b_c_layout"]
+    bug = planted({**solution, "selective_scan": unchecked}, "MambaBlock", old, new)
+    assert_named_on_seeds(DAY, "MambaBlock", bug, "scan_b_c_layout", capsys, range(1, 5))
+
+
+def test_same_padding_is_not_causal_on_hidden_seeds(solution, capsys):
+    """Padding d_conv // 2 ("same") lets the conv see ahead; the causal check draws kernels of 3
+    and 4, where it does (padded by 1, a kernel of 2 is causal)."""
+    conv = "self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv"
+    bug = planted(solution, "MambaBlock", f"{conv} - 1)", f"{conv} // 2)")
+    assert_named_on_seeds(DAY, "MambaBlock", bug, "not_causal", capsys, range(1, 5))
+
+
 def test_mamba_lookahead_is_not_causal(solution):
     bug = planted(
         solution,
@@ -625,3 +673,25 @@ def scan_as_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
 
 def test_other_correct_selective_scan_passes():
     assert report("selective_scan", scan_as_loop).passed
+
+
+def test_other_correct_mamba_block_passes(solution):
+    """The recorded unusual blocks: dt_proj applied whole (its bias inside, so no delta_bias for
+    the scan), and the causal conv as a left pad and F.conv1d with the module's weights."""
+    block = edited_solution(
+        DAY,
+        solution,
+        "MambaBlock",
+        [
+            ("delta = F.linear(dt, self.dt_proj.weight)", "delta = self.dt_proj(dt)"),
+            ("delta_bias=self.dt_proj.bias", "delta_bias=None"),
+            (
+                "u = F.silu(self.conv1d(u)[..., :L])",
+                "u = F.silu(F.conv1d(F.pad(u, (self.conv1d.kernel_size[0] - 1, 0)), "
+                "self.conv1d.weight, self.conv1d.bias, groups=u.shape[1]))",
+            ),
+        ],
+    )
+    assert report("MambaBlock", block).passed
+    for seed in range(1, 4):
+        assert report("MambaBlock", block, hidden=True, seed=seed).passed

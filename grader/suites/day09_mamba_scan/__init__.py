@@ -6,6 +6,10 @@ as the loop of selective_scan_ref), and torch built-ins (exp, expm1, softplus, s
 the discretisation and the block. Each named mistake is the same oracle with one thing changed
 (the combine applied in the wrong order, the scan shifted by one, Euler instead of ZOH, softplus
 twice or not at all, no D term, the state carried from one batch row into the next, ...).
+A layout slip often crashes before there is a result to compare: no two sizes of a draw are
+alike, so the sizes in torch's error say which axes met, and the crash is named (B used in its
+(batch, state, L) layout, a (dim,) vector broadcast along L, u fed to the conv as (batch, L,
+d_inner), ...).
 The parallel scan must take O(log L) vectorised steps: the Python lines it runs may not grow
 with L. The recurrences must leave their inputs as they were. The Triton scan's launches are
 watched (grader/harness/triton_watch): a load or store outside the tensors is named, not a
@@ -114,7 +118,6 @@ EXERCISES = {
             mamba_initialised,
             mamba_causal,
             mamba_rejects_bad_input,
-            mamba_initialised,
         ],
         forbidden=FORBIDDEN,
     ),

@@ -7,17 +7,39 @@ from grader.harness.checking import (
     expect_close,
     expect_value_error,
     named,
+    naming_crashes,
     relative_error,
 )
-from grader.suites._common import call_unchanged, draw, randn
+from grader.suites._common import call_unchanged, distinct_sizes, randn
+
+SCAN_SIZES = {"batch": (1, 3), "dim": (2, 5), "L": (3, 12), "state": (2, 6)}
 
 
-def scan_shapes(rng, batch=None, dim=None, L=None, state=None):
-    batch = batch or draw(rng, 1, 3)
-    dim, L, state = dim or draw(rng, 2, 5), L or draw(rng, 3, 12), state or draw(rng, 2, 6)
-    if state == L:
-        state += 1  # a swapped (L, state) layout cannot hide
-    return batch, dim, L, state
+def scan_shapes(rng, **given):
+    """(batch, dim, L, state), no two alike (sizes in `given` are kept): a swapped layout then
+    always changes a shape, and a broadcast error's two sizes say which axes met."""
+    sizes = dict(given)
+    for axis, bounds in SCAN_SIZES.items():
+        if axis not in sizes:
+            (sizes[axis],) = distinct_sizes(rng, bounds, avoid=tuple(sizes.values()))
+    return tuple(sizes[axis] for axis in SCAN_SIZES)
+
+
+def axes_clash(key, size, other):
+    """The crash of a broadcast that lines an axis of `size` up against one of `other` (either
+    way round), named as the mistake `key`: with no two sizes alike, the two sizes in torch's
+    error say which axes met."""
+    return tuple(
+        (key, "RuntimeError", f"tensor a ({x}) must match the size of tensor b ({y})")
+        for x, y in ((size, other), (other, size))
+    )
+
+
+def zoh_call(discretize_zoh, delta, A, B):
+    """discretize_zoh(delta, A, B), which must leave its inputs as they were; a crash of crossed
+    L and state axes is named."""
+    with naming_crashes(*axes_clash("l_state_crossed", delta.shape[-1], A.shape[-1])):
+        return call_unchanged(discretize_zoh, {"delta": delta, "A": A, "B": B})
 
 
 def zoh_inputs(rng, batch, dim, L, state, dtype=torch.float64):
@@ -93,7 +115,7 @@ def zoh_matches(discretize_zoh, rng):
     for dtype in (torch.float64, torch.float32):
         shape = scan_shapes(rng)
         delta, A, B = zoh_inputs(rng, *shape, dtype)
-        out = call_unchanged(discretize_zoh, {"delta": delta, "A": A, "B": B})
+        out = zoh_call(discretize_zoh, delta, A, B)
         expect_zoh(out, delta, A, B, f"discretize_zoh on {shape} {dtype}")
 
 
@@ -103,7 +125,8 @@ def zoh_large_steps(discretize_zoh, rng):
     delta, A, B = zoh_inputs(rng, *shape)
     for scale in (5.0, 1e-4):
         d = delta * scale
-        expect_zoh(discretize_zoh(d, A, B), d, A, B, f"discretize_zoh with delta ~ {scale:g}")
+        out = zoh_call(discretize_zoh, d, A, B)
+        expect_zoh(out, d, A, B, f"discretize_zoh with delta ~ {scale:g}")
 
 
 def zoh_zero_a(discretize_zoh, rng):
@@ -112,7 +135,7 @@ def zoh_zero_a(discretize_zoh, rng):
     delta, A, B = zoh_inputs(rng, *shape)
     A[0, 0] = 0.0
     A[-1, -1] = 0.0
-    out = call_unchanged(discretize_zoh, {"delta": delta, "A": A, "B": B})
+    out = zoh_call(discretize_zoh, delta, A, B)
     expect_zoh(out, delta, A, B, "discretize_zoh with A[0, 0] = 0")
 
 

@@ -183,6 +183,13 @@ HINTS = {
         "where A == 0 the hold gives B_bar = delta * B (the limit of (exp(delta*A) - 1) / A): "
         "use torch.where, dividing by a safe A.",
     ),
+    "l_state_crossed": (
+        "an L axis lined up against a state axis: B used in its (batch, state, L) layout where "
+        "each term must be (batch, dim, L, state) (or delta without its [..., None])",
+        "B arrives as (batch, state, L): move state last before broadcasting, "
+        "B.transpose(1, 2)[:, None] is (batch, 1, L, state); with delta[..., None] and "
+        "A[:, None, :] every term lines up as (batch, dim, L, state).",
+    ),
     "pair_swapped": (
         "the pair returned as (B_bar, A_bar)",
         "return A_bar first, then B_bar: `return A_bar, B_bar`.",
@@ -216,6 +223,18 @@ HINTS = {
     "u_z_swapped": (
         "u and z swapped: the first half of in_proj's output used as the gate",
         "in_proj's output splits as (u, z), u first: u, z = xz.chunk(2, dim=1).",
+    ),
+    "conv_input_layout": (
+        "u given to the convolution as (batch, L, d_inner), the layout in_proj returns: "
+        "nn.Conv1d reads the channels from dim 1 and slides along the last axis",
+        "transpose before splitting: u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1), "
+        "each (batch, d_inner, L), the layout the conv, the scan and the gate all take.",
+    ),
+    "scan_b_c_layout": (
+        "B and C passed to selective_scan as x_proj returns them, (batch, L, d_state), where the "
+        "scan takes (batch, d_state, L)",
+        "transpose both for the scan: selective_scan(u, delta, A, B.transpose(1, 2), "
+        "C.transpose(1, 2), ...).",
     ),
     "x_proj_split_order": (
         "x_proj's output split in another order than (dt, B, C)",
@@ -255,6 +274,17 @@ HINTS = {
     "bias_ignored": (
         "delta_bias ignored",
         "delta = delta + delta_bias[:, None] (one bias per channel d), before any softplus.",
+    ),
+    "per_channel_along_l": (
+        "a per-channel tensor (delta_bias or D, shape (dim,); A, (dim, state)) broadcast with its "
+        "dim axis lined up against L",
+        "give it the axes it lacks so that dim meets dim: delta + delta_bias[:, None] and "
+        "D[:, None] * u against (batch, dim, L); A[:, None, :] against (batch, dim, L, state).",
+    ),
+    "tensor_truth_value": (
+        "an optional tensor used as a condition (`if D:`, `if z:`), where `is not None` was meant",
+        "test whether it was given with `if D is not None:` (likewise z and delta_bias): the truth "
+        "value of a tensor with several entries is undefined.",
     ),
     "missing_d": (
         "the skip term D * u missing",

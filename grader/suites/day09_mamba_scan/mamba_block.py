@@ -14,17 +14,56 @@ from grader.harness.checking import (
     expect_value_error,
     guarded,
     named,
+    naming_crashes,
 )
-from grader.suites._common import draw, randn
+from grader.suites._common import distinct_sizes, draw, randn
+from grader.suites.day09_mamba_scan.discretisation import axes_clash
 from grader.suites.day09_mamba_scan.hints import FORBIDDEN, HINTS
 from grader.suites.day09_mamba_scan.selective_scan import ref_scan64
 
 
-def build(MambaBlock, *args, **kwargs):
-    module = MambaBlock(*args, **kwargs)
+def inner_sizes(d_model, config) -> tuple:
+    """(d_inner, d_state) of MambaBlock(d_model, **config), mamba_ssm's defaults filling in."""
+    return config.get("expand", 2) * d_model, config.get("d_state", 16)
+
+
+def layout_crashes(x, d_inner, d_state):
+    """The crashes of forward(x) that name a layout mistake: u reaching the conv, or B and C the
+    scan, in the (batch, L, features) layout nn.Linear returns. `block_length` keeps L apart
+    from the other sizes, so these layouts always fail, and the sizes in the error tell them."""
+    batch, L = x.shape[:2]
+    as_projected = (batch, L, d_state)  # x_proj's B and C before their transpose
+    return (
+        ("conv_input_layout", "RuntimeError", f"to have {d_inner} channels, but got {L} channels"),
+        # the student's own selective_scan refusing B or C, naming the shape (tuple or torch.Size)
+        ("scan_b_c_layout", "ValueError", str(as_projected)),
+        ("scan_b_c_layout", "ValueError", str(list(as_projected))),
+        # or, if it takes them unchecked, broadcasting their L axis against the state's
+        *axes_clash("scan_b_c_layout", L, d_state),
+    )
+
+
+def build(MambaBlock, d_model, **config):
+    """The student's block, MambaBlock(d_model, **config), and a guarded call of it that names
+    the crashes of a layout mistake."""
+    module = MambaBlock(d_model, **config)
     if not isinstance(module, nn.Module):
         raise named("not_a_module")
-    return module, guarded(module, "MambaBlock", FORBIDDEN)
+    forward = guarded(module, "MambaBlock", FORBIDDEN)
+    d_inner, d_state = inner_sizes(d_model, config)
+
+    def call(x):
+        with naming_crashes(*layout_crashes(x, d_inner, d_state)):
+            return forward(x)
+
+    return module, call
+
+
+def block_length(rng, low, high, batch, d_model, config) -> int:
+    """A sequence length in [low, high] unlike the block's other sizes: a (batch, L, d_inner) u
+    fed to the conv, or B and C passed to the scan untransposed, then always fails in shape."""
+    (L,) = distinct_sizes(rng, (low, high), avoid=(batch, d_model, *inner_sizes(d_model, config)))
+    return L
 
 
 def expected_shapes(d_model, d_state, d_conv, expand):
@@ -128,14 +167,12 @@ MAMBA_VARIANTS = (
 )
 
 
-def mamba_setup(MambaBlock, rng, **kwargs):
-    d_model = draw(rng, 4, 12)
-    config = {
-        "d_state": draw(rng, 2, 5),
-        "d_conv": draw(rng, 2, 4),
-        "expand": draw(rng, 1, 2),
-        **kwargs,
-    }
+def mamba_setup(MambaBlock, rng, d_conv=(2, 4)):
+    """A block of drawn sizes (the conv's kernel in the range `d_conv`) with fresh parameters."""
+    d_model, expand = draw(rng, 4, 12), draw(rng, 1, 2)
+    # d_state unlike d_model and d_inner: B and C in (batch, L, d_state) have a shape of their own
+    (d_state,) = distinct_sizes(rng, (2, 5), avoid=(d_model, expand * d_model))
+    config = {"d_state": d_state, "d_conv": draw(rng, *d_conv), "expand": expand}
     module, forward = build(MambaBlock, d_model, **config)
     values = randomise(module, expected_shapes(d_model, **config), rng)
     return module, forward, values, d_model, config
@@ -144,7 +181,9 @@ def mamba_setup(MambaBlock, rng, **kwargs):
 def mamba_matches(MambaBlock, rng):
     """the block's output matches Mamba's forward (in_proj, causal conv, SiLU, x_proj, dt_proj, scan, gate, out_proj)"""
     module, forward, values, d_model, config = mamba_setup(MambaBlock, rng)
-    x = randn((draw(rng, 1, 3), draw(rng, 5, 12), d_model), rng, torch.float64)
+    batch = draw(rng, 1, 3)
+    L = block_length(rng, 5, 12, batch, d_model, config)
+    x = randn((batch, L, d_model), rng, torch.float64)
     with torch.no_grad():
         out = forward(x)
     args = (values, x, config["d_conv"], config["d_state"])
@@ -162,7 +201,7 @@ def mamba_defaults(MambaBlock, rng):
     d_model = 16 * draw(rng, 1, 2) + draw(rng, 1, 3)
     module, forward = build(MambaBlock, d_model)
     values = randomise(module, expected_shapes(d_model, 16, 4, 2), rng)
-    x = randn((2, draw(rng, 4, 8), d_model), rng, torch.float64)
+    x = randn((2, block_length(rng, 4, 8, 2, d_model, {}), d_model), rng, torch.float64)
     with torch.no_grad():
         out = forward(x)
     expect_close(out, mamba64(values, x, 4, 16), torch.float64, f"MambaBlock({d_model})(x)")
@@ -192,8 +231,9 @@ def mamba_initialised(MambaBlock, rng):
 
 def mamba_causal(MambaBlock, rng):
     """causal: changing inputs after position t leaves outputs up to t unchanged"""
-    module, forward, values, d_model, config = mamba_setup(MambaBlock, rng)
-    L = draw(rng, 6, 12)
+    # kernels of 3 and 4: a kernel of 2 padded by d_conv // 2 = 1 is causal by chance
+    module, forward, values, d_model, config = mamba_setup(MambaBlock, rng, d_conv=(3, 4))
+    L = block_length(rng, 6, 12, 1, d_model, config)
     t = draw(rng, 1, L - 3)
     x = randn((1, L, d_model), rng, torch.float64)
     later = x.clone()

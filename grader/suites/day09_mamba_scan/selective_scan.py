@@ -3,9 +3,9 @@
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import expect_close, expect_value_error, named
+from grader.harness.checking import expect_close, expect_value_error, named, naming_crashes
 from grader.suites._common import draw, randn
-from grader.suites.day09_mamba_scan.discretisation import scan_shapes
+from grader.suites.day09_mamba_scan.discretisation import axes_clash, scan_shapes
 
 
 def ref_scan64(
@@ -93,6 +93,16 @@ def scan_inputs(rng, batch, dim, L, state, dtype=torch.float64, full=True):
     return (u, delta, A, B, C), extra
 
 
+def run_scan(selective_scan, args, kwargs):
+    """selective_scan(*args, **kwargs), with the crashes that are the signature of one mistake
+    named: a per-channel tensor broadcast along L (dim and L always differ: `scan_shapes`), or
+    an optional tensor asked for its truth value."""
+    dim, L = args[0].shape[1:]
+    truth_value = ("tensor_truth_value", "RuntimeError", "Boolean value of Tensor")
+    with naming_crashes(*axes_clash("per_channel_along_l", L, dim), truth_value):
+        return selective_scan(*args, **kwargs)
+
+
 def expect_scan(out, args, kwargs, dtype, what, nonfinite=None):
     ref = ref_scan64(*args, **kwargs)
     suspects = []
@@ -108,7 +118,7 @@ def scan_full(selective_scan, rng):
     for dtype in (torch.float64, torch.float32):
         shape = scan_shapes(rng, batch=draw(rng, 2, 3))
         args, extra = scan_inputs(rng, *shape, dtype)
-        out = selective_scan(*args, **extra, delta_softplus=True)
+        out = run_scan(selective_scan, args, {**extra, "delta_softplus": True})
         expect_scan(
             out,
             args,
@@ -132,7 +142,7 @@ def scan_options(selective_scan, rng):
         {"delta_bias": extra["delta_bias"], "delta_softplus": True},
     ]:
         expect_scan(
-            selective_scan(*args, **kwargs),
+            run_scan(selective_scan, args, kwargs),
             args,
             kwargs,
             torch.float64,
@@ -147,7 +157,7 @@ def scan_large_steps(selective_scan, rng):
     delta[..., ::2] += 90 + 10 * torch.rand(delta[..., ::2].shape, generator=rng)  # every other t
     args = (u, delta, A, B, C)
     expect_scan(
-        selective_scan(*args, delta_softplus=True),
+        run_scan(selective_scan, args, {"delta_softplus": True}),
         args,
         {"delta_softplus": True},
         torch.float32,
@@ -164,7 +174,7 @@ def scan_rows_independent(selective_scan, rng):
     A = A * 0.05
     args = (u, delta.abs() + 0.1, A, B, C)
     expect_scan(
-        selective_scan(*args, D=extra["D"]),
+        run_scan(selective_scan, args, {"D": extra["D"]}),
         args,
         {"D": extra["D"]},
         torch.float64,
