@@ -307,10 +307,17 @@ def expect_tensor(out, what: str, shape: tuple, dtype: torch.dtype) -> None:
             key="wrong_shape",
         )
     if out.dtype != dtype:
-        raise Mistake(
-            f"{what} has dtype {out.dtype}, expected {dtype} (the input's dtype).",
-            hint="compute in the input's dtype: no .float(), .double() or new "
-            "tensors created without dtype=.",
+        inputs = _check_inputs.get() or ()
+        if any(t.is_floating_point() and t.dtype == dtype for t in inputs):
+            raise Mistake(
+                f"{what} has dtype {out.dtype}, expected {dtype} (the input's dtype).",
+                hint="compute in the input's dtype: no .float(), .double() or new "
+                "tensors created without dtype=.",
+                key="wrong_dtype",
+            )
+        raise Mistake(  # nothing given has that dtype: the function's docstring says it
+            f"{what} has dtype {out.dtype}, expected {dtype}.",
+            hint="return the dtype the docstring asks for (a dtype= argument, or the default).",
             key="wrong_dtype",
         )
 
