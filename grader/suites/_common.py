@@ -15,7 +15,7 @@ import math
 import torch
 
 from course.bench import LiveStorage
-from grader.harness.checking import Mistake, expect_tensor, hint
+from grader.harness.checking import Mistake, expect_tensor, hint, student_lines
 from grader.harness.measuring import measuring
 
 
@@ -204,3 +204,20 @@ def explain_by_rank(raised: Mistake, rank: int, gives_answer) -> None:
         hint(key)[1],
         key,
     ) from None
+
+
+def expect_flat_python_work(name: str, key: str, small: tuple, large: tuple, slack=100) -> None:
+    """The student's Python work must not grow with the input. `small` and `large` are
+    (size, call) pairs, the same function at two sizes, e.g. ("L = 64", lambda: f(x64)): more
+    than `slack` extra lines of the student's own code at the large size is the loop that the
+    running suite's HINTS name `key` (vectorised code runs the same lines at any size)."""
+    (small_size, call_small), (large_size, call_large) = small, large
+    lines_small, lines_large = student_lines(call_small), student_lines(call_large)
+    if lines_large > lines_small + slack:
+        description, fix = hint(key)
+        raise Mistake(
+            f"{name} ran {lines_small} lines of Python for {small_size} and {lines_large} for "
+            f"{large_size}: it looks like {description}.",
+            fix,
+            key,
+        )

@@ -13,9 +13,9 @@ from grader.harness.checking import (
     expect_tensor,
     hint,
     named,
-    student_lines,
 )
 from grader.suites import day01_sdpa
+from grader.suites._common import expect_flat_python_work
 
 HINTS = {
     "missing_scale": day01_sdpa.HINTS["missing_scale"],
@@ -178,15 +178,9 @@ def window_suspects(L: int, window: int, causal: bool) -> list:
 
 def expect_no_python_loop(call_at, name: str, small: int = 64, large: int = 1024) -> None:
     """The Python work of `call_at(L)` must not grow with L."""
-    lines_small, lines_large = (
-        student_lines(lambda: call_at(small)),
-        student_lines(lambda: call_at(large)),
+    expect_flat_python_work(
+        name,
+        "python_loop",
+        (f"L = {small}", lambda: call_at(small)),
+        (f"L = {large}", lambda: call_at(large)),
     )
-    if lines_large > lines_small + 100:
-        description, fix = hint("python_loop")
-        raise Mistake(
-            f"{name} ran {lines_small} lines of Python for L = {small} and "
-            f"{lines_large} for L = {large}: it looks like {description}.",
-            fix,
-            "python_loop",
-        )

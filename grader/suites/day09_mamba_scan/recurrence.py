@@ -9,11 +9,9 @@ from grader.harness.checking import (
     expect_close,
     expect_value_error,
     named,
-    student_lines,
 )
 from grader.harness.triton_watch import expect_in_bounds, tree_shaped_scans, watch_kernels
-from grader.suites._common import call_unchanged, draw, randn
-from grader.suites.day09_mamba_scan.hints import HINTS
+from grader.suites._common import call_unchanged, draw, expect_flat_python_work, randn
 
 
 def loop64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -164,15 +162,13 @@ def parallel_log_steps(impl, rng):
         a, b = recurrence_inputs(torch.Generator().manual_seed(0), (2, L))
         return lambda: impl(a, b)
 
-    small, large = student_lines(at(64)), student_lines(at(2048))
-    if large > small + 120:
-        description, hint = HINTS["sequential_loop"]
-        raise Mistake(
-            f"linear_recurrence_parallel ran {small} lines of Python for L = 64 and "
-            f"{large} for L = 2048: it looks like {description}.",
-            hint,
-            "sequential_loop",
-        )
+    expect_flat_python_work(
+        "linear_recurrence_parallel",
+        "sequential_loop",
+        ("L = 64", at(64)),
+        ("L = 2048", at(2048)),
+        slack=120,
+    )
 
 
 def chunked64(a, b, chunk_size, output, next_carry):
