@@ -1655,3 +1655,21 @@ def test_columnwise_memory_is_c_times_smaller_than_flattened(solution):
         (flattened, 2 * 4 * B * H * (C * T) ** 2),
     ):
         assert abs(measured / formula - 1) < 0.15, (measured, formula)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_columns(flatten=True), "attends_across_columns"),
+        (make_columns(along_time=False), "attends_along_columns"),
+    ],
+    ids=["flatten", "across_columns"],
+)
+def test_columnwise_attention_in_the_wrong_place_is_named_with_per_column_weights(bug, key):
+    """The shared=False checks name where attention looks too (each column's own weights, then
+    attention across every position or along the columns), not only the shared=True ones."""
+    result = report("ColumnwiseAttention", bug)
+    per_column = [r for r in result.results if not r.passed and "shared=False" in r.check]
+    assert per_column and all(r.key == key for r in per_column), [
+        (r.check, r.key, r.message) for r in per_column
+    ]

@@ -127,44 +127,50 @@ def set_column_weights(module, C, d, shared, rng, dtype):
 
 
 def column_oracle(x, weights, H, shared, flatten=False, column_of=None, mistake=None):
-    """Float64 reference: per column c (a Python loop), multi-head attention along time; or, with
-    `mistake` (a key of HINTS, or heads_interleaved_split_only: interleaved heads merged back
-    contiguously), the answer that mistake gives."""
+    """Float64 reference: each column projected with its weights, multi-head attention along
+    time, then each column's output projection; or, with `flatten` (one sequence of every
+    column's positions) or `mistake` (a key of HINTS, or heads_interleaved_split_only:
+    interleaved heads merged back contiguously), the answer that mistake gives. The weights
+    stay per column in every mistake: only where attention looks, or how heads are laid out,
+    changes."""
     x = x.double()
     B, C, T, d = x.shape
     dh = d // H
 
-    def w(name, c):
+    def w(name):  # (C, d, d): the matrix column c multiplies by on the right
         W = weights[name]
-        W = W if shared else W[c if column_of is None else column_of]
-        return W if mistake == "weight_not_transposed" else W.T
+        per_column = [W if shared else W[c if column_of is None else column_of] for c in range(C)]
+        return torch.stack([W if mistake == "weight_not_transposed" else W.T for W in per_column])
 
     interleaved = mistake in ("heads_interleaved", "heads_interleaved_split_only")
 
-    def split(t):  # (B, n, d) -> (B, H, n, dh)
+    def split(t):  # (..., n, d) -> (..., H, n, dh)
         if interleaved:
-            return t.unflatten(-1, (dh, H)).permute(0, 3, 1, 2)
-        return t.unflatten(-1, (H, dh)).transpose(1, 2)
+            return t.unflatten(-1, (dh, H)).movedim(-1, -3)
+        return t.unflatten(-1, (H, dh)).transpose(-3, -2)
 
-    def mha(seq, c):  # seq (B, n, d)
-        q, k, v = (split(seq @ w(n, c)) for n in ("q_weight", "k_weight", "v_weight"))
-        q = q * {"missing_head_scale": math.sqrt(dh), "scale_by_model_width": (dh / d) ** 0.5}.get(
-            mistake, 1.0
-        )
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, n, dh)
+    def merge(out):  # (..., H, n, dh) -> (..., n, d)
         if mistake == "heads_merged_without_transpose":
-            out = out.reshape(B, -1, d)
-        elif mistake == "heads_interleaved":  # merged back the way they were split
-            out = out.permute(0, 2, 3, 1).flatten(-2)
-        else:
-            out = out.transpose(1, 2).flatten(-2)
-        return out @ w("out_weight", c)
+            return out.reshape(*out.shape[:-3], -1, d)
+        if mistake == "heads_interleaved":  # merged back the way they were split
+            return out.movedim(-3, -1).flatten(-2)
+        return out.transpose(-3, -2).flatten(-2)
 
-    if flatten:
-        return mha(x.reshape(B, C * T, d), 0).reshape(B, C, T, d)
-    if mistake == "attends_along_columns":  # shared weights: one sequence of C per time step
-        return torch.stack([mha(x[:, :, t], 0) for t in range(T)], dim=2)
-    return torch.stack([mha(x[:, c], c) for c in range(C)], dim=1)
+    def attend(q, k, v):  # (..., n, d) each: multi-head attention along n
+        scale = {"missing_head_scale": math.sqrt(dh), "scale_by_model_width": (dh / d) ** 0.5}
+        q = split(q) * scale.get(mistake, 1.0)
+        return merge(F.scaled_dot_product_attention(q, split(k), split(v)))
+
+    q, k, v = (
+        torch.einsum("bctd,cde->bcte", x, w(n)) for n in ("q_weight", "k_weight", "v_weight")
+    )
+    if flatten:  # one sequence of C * T positions
+        out = attend(*(t.reshape(B, C * T, d) for t in (q, k, v))).reshape(B, C, T, d)
+    elif mistake == "attends_along_columns":  # one sequence of C columns per time step
+        out = attend(*(t.transpose(1, 2) for t in (q, k, v))).transpose(1, 2)
+    else:
+        out = attend(q, k, v)  # (B, C, T, d)
+    return torch.einsum("bctd,cde->bcte", out, w("out_weight"))
 
 
 def column_setup(ColumnwiseAttention, rng, shared, dtype=torch.float32):
@@ -196,13 +202,12 @@ def expect_columns(forward, x, weights, H, shared, what):
             column_oracle(x, weights, H, shared, mistake="heads_interleaved_split_only"),
         ),
     ]
-    if shared:
-        suspects.append(
-            (
-                "attends_along_columns",
-                column_oracle(x, weights, H, True, mistake="attends_along_columns"),
-            )
+    suspects.append(
+        (
+            "attends_along_columns",
+            column_oracle(x, weights, H, shared, mistake="attends_along_columns"),
         )
+    )
     if not shared:
         suspects += [
             ("weights_shared_by_mistake", column_oracle(x, weights, H, False, column_of=c))

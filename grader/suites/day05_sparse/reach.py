@@ -350,10 +350,11 @@ def reach_global_and_strided(layers_to_full_reach, rng):
 def reach_random_without_diagonal(layers_to_full_reach, rng):
     """random masks without their diagonal: each position still keeps its own state"""
     L = draw(rng, 10, 20)
-    for attempt in range(3):
+    for draw_number in (1, 2, 3):  # named in the message: each mask has its own answer
         mask = torch.rand(L, L, generator=rng) < 0.25
         mask.fill_diagonal_(False)
-        expect_layers(layers_to_full_reach, mask, f"a random mask (no diagonal), L = {L}")
+        what = f"random mask {draw_number} of 3 (no diagonal), L = {L}"
+        expect_layers(layers_to_full_reach, mask, what)
     ring = brute_mask(L, lambda i, j: j == (i - 1) % L)  # i hears i-1 only: L - 1 layers
     expect_layers(layers_to_full_reach, ring, f"a ring (query i sees key i-1), L = {L}")
 
