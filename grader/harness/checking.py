@@ -445,8 +445,9 @@ DIAGNOSES = {
     ),
     "partly_wrong": (
         "Only the entries with index {where} along dim {dim} (of {size}) are wrong.",
-        "look at what those positions share: the last, ragged tile or block; a loop or "
-        "range bound that stops one short or goes one too far; the edge of a mask.",
+        "look at what those positions share: a mask (what it hides, where its edge is, the "
+        "value masked entries are filled with); a loop or range bound that stops one short or "
+        "goes one too far; the last, ragged tile or block.",
     ),
     "scaled_per_slice": (
         "Each slice along dim {dim} is the answer times its own factor ({low} to {high}).",
