@@ -592,7 +592,7 @@ ax.set(xscale="log", xlabel="ms (log scale)", title=f"h_t = a_t h_(t-1) + b_t, {
 plt.show()
 
 # %% [markdown]
-# On this course's 2-core CPU the scans are well over 20 times faster than the loop for a few rows, and equal to it to float tolerance. With many rows the gap narrows on a CPU: the loop's per-step overhead is shared by all rows, while Hillis–Steele does $\log_2 L$ times the work of the loop and becomes memory-bound. That extra work is why GPUs use work-efficient (Blelloch-style or chunked) scans. The full table (and a Triton row labelled as the interpreter) comes from `python -m course.bench.mamba_scan`.
+# On this course's 2-core CPU the scans are an order of magnitude faster than the loop for a few rows (the chunked one usually ahead), and equal to it to float tolerance. With many rows the gap narrows on a CPU: the loop's per-step overhead is shared by all rows, while Hillis–Steele does $\log_2 L$ times the work of the loop and becomes memory-bound. That extra work is why GPUs use work-efficient (Blelloch-style or chunked) scans. The full table (and a Triton row labelled as the interpreter) comes from `python -m course.bench.mamba_scan`.
 #
 # ## 10. Recap
 #

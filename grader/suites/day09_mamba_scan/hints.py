@@ -222,7 +222,8 @@ HINTS = {
     ),
     "u_z_swapped": (
         "u and z swapped: the first half of in_proj's output used as the gate",
-        "in_proj's output splits as (u, z), u first: u, z = xz.chunk(2, dim=1).",
+        "in_proj's output splits as (u, z), u first: u, z = xz.chunk(2, dim=-1) on its "
+        "(batch, L, 2 * d_inner) output, or dim=1 once channels are moved to dim 1.",
     ),
     "conv_input_layout": (
         "u given to the convolution as (batch, L, d_inner), the layout in_proj returns: "
