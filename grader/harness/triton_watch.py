@@ -54,10 +54,13 @@ def _extent(t: torch.Tensor):
 
 
 def _inside(ptrs: np.ndarray, mask: np.ndarray, itemsize: int, extents: list) -> np.ndarray:
-    ok = ~mask
-    for start, end in extents:
-        ok |= (ptrs >= start) & (ptrs + itemsize <= end)
-    return ok
+    """Which lanes are inactive or inside the one tensor this access reads or writes: the tensor
+    most of its active lanes fall in. A lane in another of the launch's tensors is out of bounds
+    too: a store running past the end of `y` into `x`, allocated just after it, corrupts `x`."""
+    inside = [mask & (ptrs >= start) & (ptrs + itemsize <= end) for start, end in extents]
+    if not inside:
+        return ~mask
+    return ~mask | max(inside, key=np.count_nonzero)
 
 
 _open_watches = []  # the watch_kernels() blocks now open: a check's watch reports what it sees

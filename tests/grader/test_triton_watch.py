@@ -1,0 +1,52 @@
+"""grader/harness/triton_watch.py in the interpreter: a load or store outside the tensor it
+belongs to is masked off and reported, wherever the launch's other tensors happen to lie."""
+
+import pytest
+import torch
+
+import course  # noqa: F401 (puts Triton in interpreter mode before triton is imported here)
+import course.reference.flash_triton
+
+if not course.reference.flash_triton.interpreted():
+    pytest.skip("the watch checks bounds in Triton's interpreter only", allow_module_level=True)
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from grader.harness.triton_watch import watch_kernels  # noqa: E402
+
+
+@triton.jit
+def copy_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    inside = offsets < n
+    if MASKED:
+        tl.store(y_ptr + offsets, tl.load(x_ptr + offsets, mask=inside), mask=inside)
+    else:
+        tl.store(y_ptr + offsets, tl.load(x_ptr + offsets))
+
+
+def neighbours():
+    """y and then x, side by side in one buffer: y's stray lanes land in x."""
+    buffer = torch.full((16,), -1.0)
+    y, x = buffer[:5], buffer[5:10]
+    x.copy_(torch.arange(5.0))
+    return x, y, buffer
+
+
+def test_a_store_past_the_end_into_the_next_tensor_is_out_of_bounds():
+    x, y, buffer = neighbours()
+    with watch_kernels() as watch:
+        copy_kernel[(1,)](x, y, 5, BLOCK=8, MASKED=False)
+    assert watch.out_of_bounds == ("load", 3)  # x's lanes 5-7 lie past both tensors
+    assert torch.equal(x, torch.arange(5.0))  # y's lanes 5-7 (x's memory) were masked off
+    assert torch.equal(y, torch.arange(5.0))
+    assert torch.equal(buffer[10:], torch.full((6,), -1.0))
+
+
+def test_a_masked_copy_between_neighbours_is_in_bounds():
+    x, y, _ = neighbours()
+    with watch_kernels() as watch:
+        copy_kernel[(1,)](x, y, 5, BLOCK=8, MASKED=True)
+    assert watch.out_of_bounds is None and watch.launches == 1
+    assert torch.equal(y, x)
