@@ -26,12 +26,20 @@ from grader.harness.checking import (
     named,
     named_crash,
     naming_crashes,
+    relative_error,
+    tolerance,
 )
 from grader.harness.measuring import address, measuring
 from grader.suites import Exercise, day01_sdpa, day02_masks
-from grader.suites._common import distinct_sizes, draw, randn
+from grader.suites._common import MODIFIED_INPUT, call_unchanged, distinct_sizes, draw, randn
 
 HINTS = {
+    "modified_input": MODIFIED_INPUT,
+    "seq_len_not_set": (
+        "a cache with no seq_len: __init__ never sets self.seq_len",
+        "set self.seq_len = 0 in __init__ (a plain int: the number of positions written so far), "
+        "then advance it in update.",
+    ),
     "not_advanced": (
         "a cache whose seq_len does not grow with each update",
         "after writing L_new positions, set self.seq_len += L_new (a plain int).",
@@ -98,10 +106,18 @@ HINTS = {
     "excludes_diagonal": day02_masks.HINTS["excludes_diagonal"],
     "float16_overflow": day02_masks.HINTS["float16_overflow"],
     "mask_inverted": (
-        "an inverted mask: each query sees only the keys after its own position",
-        "mask (with -inf) the keys j > Lk - Lq + i, and keep the others.",
+        "an inverted mask: each query sees the keys after its own position (with or without "
+        "its own), not those up to it",
+        "mask (with -inf) the keys j > Lk - Lq + i, and keep the others: "
+        "allowed = j <= Lk - Lq + i, scores.masked_fill(~allowed, float('-inf')).",
     ),
     "softmax_over_queries": day01_sdpa.HINTS["softmax_over_queries"],
+    "divided_by_d": day01_sdpa.HINTS["divided_by_d"],
+    "scaled_by_length": day01_sdpa.HINTS["scaled_by_length"],
+    "weights_times_k": (
+        "the attention weights multiplied by the keys, not the values",
+        "out = weights @ v: the weights average the values.",
+    ),
     "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
     "no_causal_mask": (
         "no causal mask: prefill queries see later tokens",
@@ -316,24 +332,34 @@ ATTENTION_FORBIDDEN = {
 
 
 def _methods(cache, exercise, forbidden=FORBIDDEN):
+    """The cache's (update, reset), guarded; update(k_new, v_new) that writes into k_new or v_new
+    in place is the mistake modified_input: the caller's keys would change under it."""
     reset = getattr(cache, "reset", None)
-    return (
-        guarded(cache.update, exercise, forbidden),
-        guarded(reset, exercise, forbidden) if reset is not None else None,
-    )
+    guarded_update = guarded(cache.update, exercise, forbidden)
+
+    def update(k_new, v_new):
+        with naming_crashes(("seq_len_not_set", "AttributeError", "no attribute 'seq_len'")):
+            return call_unchanged(guarded_update, {"k_new": k_new, "v_new": v_new})
+
+    return update, guarded(reset, exercise, forbidden) if reset is not None else None
 
 
 def _seq_len(cache):
-    value = getattr(cache, "seq_len", None)
+    """cache.seq_len, a plain int as the docstring says (a 0-d tensor would make every slice
+    bound a tensor, and a tensor on a GPU a sync)."""
+    if not hasattr(cache, "seq_len"):
+        raise named("seq_len_not_set")
+    value = cache.seq_len
     if callable(value):
         value = value()
-    if not isinstance(value, int) and not (isinstance(value, torch.Tensor) and value.numel() == 1):
+    if not isinstance(value, int) or isinstance(value, bool):
         raise Mistake(
-            f"cache.seq_len is {value!r}, expected an int.",
-            "keep self.seq_len, a plain int: the number of positions written.",
+            f"cache.seq_len is {value!r} ({type(value).__name__}), expected an int.",
+            "keep self.seq_len a plain int, the number of positions written: start it at 0 and "
+            "add L_new (an int, k_new.shape[-2]); not torch.tensor(0).",
             "not_advanced",
         )
-    return int(value)
+    return value
 
 
 def _kv_shape(rng):
@@ -547,19 +573,40 @@ def attention64(q, k, v, positions_q, positions_k):
     return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=allowed)
 
 
-def softmax_attention64(q, k, v, allowed, dim=-1):
-    """softmax(q kᵀ / sqrt(d) masked to `allowed` (Lq, Lk), over `dim`) @ v in float64, with
-    zeros (not NaN) where a softmax slice is all -inf: what a mask mistake returns."""
+def softmax_attention64(q, k, v, allowed, dim=-1, fill=float("-inf"), nan=0.0):
+    """softmax(q kᵀ / sqrt(d) with `fill` where not `allowed` (Lq, Lk), over `dim`) @ v in
+    float64. A softmax slice that is all -inf gives `nan` (0: what a mask mistake with a
+    nan_to_num returns; NaN: what it returns without); a finite fill gives it uniform weights."""
     scores = q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1])
-    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=dim)
-    return weights.nan_to_num(0.0) @ v.double()
+    weights = torch.softmax(scores.masked_fill(~allowed, fill), dim=dim)
+    return weights.nan_to_num(nan) @ v.double()
+
+
+def raise_if_inverted_with_nan(out, q, k, v, right, dtype, what):
+    """`out` has NaN exactly in the rows of the queries that an inverted -inf mask leaves no key
+    (the last query sees nothing after it), and equals inverted-mask attention elsewhere."""
+    inverted = softmax_attention64(q, k, v, ~right, nan=float("nan"))
+    if not isinstance(out, torch.Tensor) or out.shape != inverted.shape:
+        return
+    nan_rows = inverted.isnan()
+    if nan_rows.all() or not torch.equal(out.isnan(), nan_rows):
+        return  # a query that sees no key is what every mask mistake shares; a finite row differs
+    error = relative_error(out.nan_to_num(0.0), inverted.nan_to_num(0.0))
+    if error <= tolerance(dtype, k.shape[-2]):
+        description, fix = HINTS["mask_inverted"]
+        raise Mistake(
+            f"{what} is NaN for the queries that see no key, and matches elsewhere {description}.",
+            fix,
+            "mask_inverted",
+        )
 
 
 def call_attention(cached_attention, q, k, v, ref):
-    """cached_attention(q, k, v); a crash on (B, H, L, D) inputs that is the right answer on one
-    head's (L, D) inputs is a transpose counted from the front (k.T on batched keys)."""
+    """cached_attention(q, k, v), which may not change its inputs in place; a crash on
+    (B, H, L, D) inputs that is the right answer on one head's (L, D) inputs is a transpose
+    counted from the front (k.T on batched keys)."""
     try:
-        return cached_attention(q, k, v)
+        return call_unchanged(cached_attention, {"q": q, "k": k, "v": v})
     except Mistake as raised:
         if raised.key != "raised":
             raise
@@ -589,29 +636,38 @@ def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
         ("top_left_causal", attention64(q, k, v, torch.arange(lq), pos_k)),
         ("no_causal_mask", attention64(q, k, v, torch.full((lq,), lk), pos_k)),
     ]
-    scaled = F.scaled_dot_product_attention(
-        q.double(),
-        k.double(),
-        v.double(),
-        attn_mask=pos_k[lk - lq :].unsqueeze(-1) >= pos_k,
-        scale=1.0,
-    )
-    suspects.append(("missing_scale", scaled))
     right = pos_k[lk - lq :].unsqueeze(-1) >= pos_k  # (Lq, Lk)
+    for key, scale in [
+        ("missing_scale", 1.0),
+        ("divided_by_d", 1 / D),
+        ("scaled_by_length", 1 / math.sqrt(lk)),
+        ("scaled_by_length", 1 / math.sqrt(lq)),
+    ]:
+        scaled = F.scaled_dot_product_attention(
+            q.double(), k.double(), v.double(), attn_mask=right, scale=scale
+        )
+        suspects.append((key, scaled))
     suspects += [
+        ("weights_times_k", attention64(q, k, k, pos_k[lk - lq :], pos_k)),
         (
             "excludes_diagonal",
             softmax_attention64(q, k, v, right & (pos_k[lk - lq :, None] > pos_k)),
         ),
         ("mask_inverted", softmax_attention64(q, k, v, ~right)),
+        # j >= i: inverted, its own position kept (no query left without a key)
+        ("mask_inverted", softmax_attention64(q, k, v, pos_k >= pos_k[lk - lq :, None])),
+        # filled with torch.finfo(dtype).min: a query that sees no key averages all of v
+        ("mask_inverted", softmax_attention64(q, k, v, ~right, fill=torch.finfo(dtype).min)),
         ("softmax_over_queries", softmax_attention64(q, k, v, right, dim=-2)),
     ]
     out = call_attention(cached_attention, q, k, v, ref)
+    what = f"cached_attention with Lq={lq}, Lk={lk}"
+    raise_if_inverted_with_nan(out, q, k, v, right, dtype, what)
     expect_close(
         out,
         ref,
         dtype,
-        what=f"cached_attention with Lq={lq}, Lk={lk}",
+        what=what,
         suspects=[(key, wrong) for key, wrong in suspects if not torch.allclose(wrong, ref)],
         nonfinite=Mistake(
             f"It looks like {HINTS['mask_hides_every_key'][0]}.",
@@ -711,6 +767,16 @@ def call_generate(generate, model, prompt, n, use_cache):
     except Mistake as mistake:
         if mistake.key == "raised" and use_cache and model.inits == 0:
             raise named_crash(mistake, "cache_not_initialised") from None
+        fed = [tokens for tokens, _ in model.calls]
+        if mistake.key == "caches_too_small" and any(tokens > 1 for tokens in fed[1:]):
+            # Decode calls fed more than the newest token overflow caches of any length.
+            description, fix = HINTS["cache_unused"]
+            raise Mistake(
+                f"the caches overflowed after the model was fed {fed} tokens per call: it looks "
+                f"like {description}.",
+                fix,
+                "cache_unused",
+            ) from None
         raise
 
 
@@ -876,8 +942,7 @@ def bytes_every_dtype(kv_cache_bytes, rng):
         explain_bytes(got, ref, args, dtype)
         raise Mistake(
             f"kv_cache_bytes{args + (dtype,)} = {got}, expected {ref}.",
-            "multiply all six factors: 2 (K and V), layers, kv_heads, head_dim, "
-            "seq_len, batch, and the dtype's element size.",
+            HINTS["missing_factor"][1],
             "wrong_values",
         )
 
@@ -973,14 +1038,19 @@ def rolling_run(RollingKVCache, rng, window, chunks, B=1, H=2, D=4):
                 "return the keys, the values and their absolute positions (a LongTensor).",
                 "rolling_wrong_keys",
             )
-        ranks = [t.dim() if isinstance(t, torch.Tensor) else None for t in result]
-        if ranks[0] == 1 and ranks[1:] == [4, 4]:
+        ranks = [t.dim() if isinstance(t, torch.Tensor) else 0 for t in result]
+        if ranks != [4, 4, 1] and sorted(ranks) == [1, 4, 4]:
             raise named("rolling_wrong_order")
         expect_bounded(cache, window)
         k, v, positions = result
         if not isinstance(positions, torch.Tensor) or positions.dtype != torch.long:
+            got = (
+                f"a {positions.dtype} tensor of shape {tuple(positions.shape)}"
+                if isinstance(positions, torch.Tensor)
+                else repr(positions)
+            )
             raise Mistake(
-                f"positions should be a LongTensor, got {positions!r}.",
+                f"positions (the third of k, v, positions) should be a LongTensor, got {got}.",
                 HINTS["positions_not_absolute"][1],
                 "positions_not_absolute",
             )
@@ -1212,6 +1282,8 @@ def expect_gathered(result, reference, block_size, what):
         ):
             raise named("gather_not_cropped")
         expect_tensor(got, f"{name} from {what}", ref.shape, torch.float32)
+        if name == "v" and torch.equal(got, reference[0]) and not torch.equal(got, ref):
+            raise named("v_gets_k")
         if not torch.equal(got, ref):
             raise named("wrong_block_for_position")
 

@@ -80,7 +80,7 @@ print(course.describe_device())
 #
 # ### Exercise 1: `KVCache`
 #
-# The checks recognise: `seq_len` not advanced, every update written at position 0 (or at another offset than `seq_len`, e.g. `seq_len` advanced before the write), the whole buffer returned instead of the filled prefix (or a prefix one position too long or short), the keys written into the value buffer, `reset()` that keeps the length (or the old keys, when the cache grows with `torch.cat`), buffers that are not preallocated (or copies instead of views), and no `ValueError` on overflow or on a batch, head, head_dim, dtype or device that is not the cache's.
+# The checks recognise: `seq_len` not advanced, every update written at position 0 (or at another offset than `seq_len`, e.g. `seq_len` advanced before the write), the whole buffer returned instead of the filled prefix (or a prefix one position too long or short), the keys written into the value buffer, `reset()` that keeps the length (or the old keys, when the cache grows with `torch.cat`), buffers that are not preallocated (or copies instead of views), and no `ValueError` on overflow or on a batch, head, head_dim, dtype or device that is not the cache's; also `seq_len` never set in `__init__` or kept as a tensor instead of an int, and `k_new` or `v_new` changed in place.
 
 # %% nbgrader={"grade": false, "grade_id": "KVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class KVCache:
@@ -169,7 +169,7 @@ check("day04-kv-cache", "KVCache", KVCache, hidden=True, points=1)
 #
 # ### Exercise 2: `cached_attention`
 #
-# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees only later keys), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a softmax over the queries instead of the keys, a missing $1/\sqrt d$, and a mask filled with `-1e9` (float16 cannot hold it: fill with `-inf` or `torch.finfo(dtype).min`).
+# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees the later keys, with or without its own, filled with `-inf` or `torch.finfo(dtype).min`), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a softmax over the queries instead of the keys, a missing $1/\sqrt d$ (or $1/d$, or $1/\sqrt L$ instead), the weights multiplied by the keys instead of the values, `q`, `k` or `v` changed in place, and a mask filled with `-1e9` (float16 cannot hold it: fill with `-inf` or `torch.finfo(dtype).min`).
 
 # %% nbgrader={"grade": false, "grade_id": "cached_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def cached_attention(q, k, v):
@@ -328,7 +328,7 @@ for name, (layers, heads, kv, d) in shapes.items():
 #
 # After a wrap the new positions land in the slots of old positions the same update still returns, so read those old keys (as copies: slices of the ring are views) before writing the new ones.
 #
-# The checks recognise: positions that restart (slot numbers instead of absolute positions), keys that do not match their positions, missing or extra keys, old keys overwritten by the update before they were read, a cache that grows past $w$ slots, several new keys written into one slot at once (a scatter with repeated indices, whose result torch leaves undefined), `seq_len` not counting every position, and a triple in another order than `(k, v, positions)`.
+# The checks recognise: positions that restart (slot numbers instead of absolute positions), keys that do not match their positions, missing or extra keys, old keys overwritten by the update before they were read, a cache that grows past $w$ slots, several new keys written into one slot at once (a scatter with repeated indices, whose result torch leaves undefined), `seq_len` not counting every position, a triple in another order than `(k, v, positions)`, and `k_new` or `v_new` changed in place.
 
 # %% nbgrader={"grade": false, "grade_id": "RollingKVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class RollingKVCache:
@@ -418,7 +418,7 @@ plt.xlabel("position"); plt.ylabel("ms per token"); plt.legend(); plt.show()
 #
 # ### Exercise 6: `PagedKVCache`
 #
-# The checks recognise: a block table one block short or long, positions in the wrong block or offset, a gather that keeps the unused tail of the last block, a block owned twice, a `free_sequence` that loses blocks or keeps the sequence's table or length (a freed id reused must start at position 0), a full pool that does not raise `ValueError`, and blocks taken before that `ValueError` and never given back.
+# The checks recognise: a block table one block short or long, positions in the wrong block or offset, the keys written into the value blocks, a gather that keeps the unused tail of the last block, a block owned twice, a `free_sequence` that loses blocks or keeps the sequence's table or length (a freed id reused must start at position 0), a full pool that does not raise `ValueError`, and blocks taken before that `ValueError` and never given back.
 
 # %% nbgrader={"grade": false, "grade_id": "PagedKVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class PagedKVCache:

@@ -574,6 +574,129 @@ BEGINNER_BUGS = [
             )
         ],
     ),
+    # An input changed in place: the caller's keys or queries are lost (once wrong code passed).
+    (
+        "KVCache",
+        "KVCache",
+        "modified_input",
+        [("self.k[:, :, start:stop] = k_new", "self.k[:, :, start:stop] = k_new.mul_(1.5)")],
+    ),
+    (
+        "KVCache",
+        "KVCache",
+        "modified_input",  # the input zeroed after the write: once named a write one slot late
+        [("        self.seq_len = stop\n", "        k_new.zero_()\n        self.seq_len = stop\n")],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "modified_input",
+        [
+            (
+                "scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])",
+                "scores = q.div_(math.sqrt(q.shape[-1])) @ k.transpose(-2, -1)",
+            )
+        ],
+    ),
+    (
+        "RollingKVCache",
+        "RollingKVCache",
+        "modified_input",
+        [
+            (
+                "        self.seq_len = start + n\n",
+                "        k_new.mul_(2)\n        self.seq_len = start + n\n",
+            )
+        ],
+    ),
+    # The inverted mask, each way a beginner writes it: once told an offset of the wrong sign.
+    (
+        "cached_attention",
+        "cached_attention",
+        "mask_inverted",  # -inf fill: the last query sees no key, NaN
+        [
+            (
+                "torch.arange(lk, device=q.device) <= query_pos",
+                "torch.arange(lk, device=q.device) > query_pos",
+            )
+        ],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "mask_inverted",  # finfo.min fill: the last query averages every value
+        [
+            (
+                "torch.arange(lk, device=q.device) <= query_pos",
+                "torch.arange(lk, device=q.device) > query_pos",
+            ),
+            ('float("-inf")', "torch.finfo(q.dtype).min"),
+        ],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "mask_inverted",  # its own position kept: no NaN
+        [
+            (
+                "torch.arange(lk, device=q.device) <= query_pos",
+                "torch.arange(lk, device=q.device) >= query_pos",
+            )
+        ],
+    ),
+    # The scale and the values slipped: once "no known mistake".
+    (
+        "cached_attention",
+        "cached_attention",
+        "divided_by_d",
+        [("/ math.sqrt(q.shape[-1])", "/ q.shape[-1]")],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "scaled_by_length",
+        [("/ math.sqrt(q.shape[-1])", "/ math.sqrt(k.shape[-2])")],
+    ),
+    (
+        "cached_attention",
+        "cached_attention",
+        "weights_times_k",
+        [("torch.softmax(scores, dim=-1) @ v", "torch.softmax(scores, dim=-1) @ k")],
+    ),
+    (
+        "generate",
+        "generate",
+        "cache_unused",  # the whole sequence fed with the caches: once told the caches too short
+        [("logits = model(next_id, caches)", "logits = model(ids, caches)")],
+    ),
+    (
+        "PagedKVCache",
+        "PagedKVCache",
+        "v_gets_k",  # once told a wrong block or offset
+        [
+            (
+                "self.v[block, :, offset] = v_new[:, position - start]",
+                "self.v[block, :, offset] = k_new[:, position - start]",
+            )
+        ],
+    ),
+    (
+        "RollingKVCache",
+        "RollingKVCache",
+        "rolling_wrong_order",  # (k, positions, v): once a tensor dump and a hint about slots
+        [("        return k, v, positions\n", "        return k, positions, v\n")],
+    ),
+    (
+        "KVCache",
+        "KVCache",
+        "not_advanced",  # seq_len a 0-d tensor, not the int the docstring asks for
+        [
+            (
+                "        self.seq_len = 0\n        ### END SOLUTION\n\n    def update",
+                "        self.seq_len = torch.tensor(0)\n        ### END SOLUTION\n\n    def update",
+            )
+        ],
+    ),
 ]
 
 
@@ -584,6 +707,18 @@ BEGINNER_BUGS = [
 )
 def test_beginner_mistake_is_named(solution, name, cell, key, edits, capsys):
     assert_named_on_every_seed(name, planted(solution, cell, *edits), key, capsys)
+
+
+def test_seq_len_never_set_is_told_missing(solution, capsys):
+    unset = planted(
+        solution,
+        "KVCache",
+        ("        self.seq_len = 0\n        ### END SOLUTION\n\n    def update", "    def update"),
+    )
+    assert_named_on_every_seed("KVCache", unset, "seq_len_not_set", capsys)
+    for seed in (0, *HIDDEN_SEEDS):  # every check says so, none reads the bare AttributeError
+        result = report("KVCache", unset, hidden=seed > 0, seed=seed)
+        assert {r.key for r in result.results if not r.passed} == {"seq_len_not_set"}
 
 
 def test_sampling_instead_of_argmax_is_named(solution, capsys):
