@@ -307,7 +307,8 @@ def linear_recurrence_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 #
 # - `scan_combine` with its operands swapped (the later block applied first), its first field not `a_left * a_right`, or the earlier block's `b` decayed by its own `a`
 # - the scan's first field (the products of $a$) stored instead of $h$
-# - a load or store outside the tensors (an unmasked store, a row offset of `row * BLOCK`)
+# - a load or store outside the tensors (an unmasked store)
+# - rows stepped at `row * BLOCK` (the padded block) instead of `row * L`
 # - strided inputs read as if they were contiguous (no `.contiguous()`)
 # - the recurrence mistakes above; mismatched shapes accepted
 

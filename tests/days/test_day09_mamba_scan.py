@@ -289,7 +289,7 @@ TRITON_BUGS = {
             "tl.store(h_ptr + row * L + offsets, h)",
         )
     ],
-    "out_of_bounds (row * BLOCK)": [
+    "row_stride_block": [
         (
             "row * L + offsets, mask=inside, other=1.0",
             "row * BLOCK + offsets, mask=inside, other=1.0",

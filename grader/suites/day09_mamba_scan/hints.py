@@ -161,6 +161,12 @@ HINTS = {
         "a.reshape(-1, L).contiguous() before the launch.",
     ),
     "out_of_bounds": OUT_OF_BOUNDS,
+    "row_stride_block": (
+        "rows read or written at row * BLOCK (the padded block) instead of row * L: row 0 is "
+        "right, every later row starts in the wrong place and the last runs past the end",
+        "step over whole rows of the tensor, a_ptr + row * L + offsets: BLOCK only sizes the "
+        "lanes of one row.",
+    ),
     "euler_a": (
         "A_bar = 1 + delta*A (Euler) instead of the zero-order hold exp(delta*A)",
         "the exact solution of h' = A h over a step delta is exp(delta*A): A_bar = torch.exp(delta*A).",
