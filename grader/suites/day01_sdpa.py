@@ -7,22 +7,29 @@ A crash is explained where it can be: a broadcast error in a softmax is a reduct
 keepdim=True; a function that raises on batched inputs but is right on 2-D ones has a transpose
 that reverses or picks the leading dims (`explain_by_rank`); an attention that raises when
 Lq != Lk != D but runs when every size is equal is run there and its mistake named
-(`explain_by_square_inputs`). A function that writes into its inputs is named before its output
-is compared (`call_unchanged`).
+(`explain_by_square_inputs`); scores that raise unless Lq = Lk = D are run there, which names
+`q @ k` and `(q * k).sum(-1)` (`explain_by_square_keys`). Weights that turn NaN on large scores
+are run on moderate ones first, so a mistake that shows there is not called an overflow
+(`explain_by_moderate_scores`); a NaN on an all -inf row is traced to the operation that made
+it (`FirstNaN`: x - max, or 0 / 0). A function that writes into its inputs is named before its
+output is compared (`call_unchanged`).
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from grader.harness.checking import Mistake, expect_close, named, naming_crashes
 from grader.harness.guard import SDPA, SOFTMAX
+from grader.harness.measuring import measuring
 from grader.suites import Exercise
 from grader.suites._common import (
     MODIFIED_INPUT,
     attention_shapes,
     call_unchanged,
+    distinct_sizes,
     draw,
     explain_by_rank,
     head_dim,
@@ -70,10 +77,26 @@ HINTS = {
         "multiply the -inf entries by anything else first.",
     ),
     "nan_on_all_masked_row": (
-        "NaN on a row whose entries are all -inf",
-        "that row's max is -inf and -inf - (-inf) is NaN: replace a -inf "
-        "max by 0 (torch.where), and divide by a sum that is 0 only when "
-        "the row is empty, using torch.where(sum > 0, ...) to give 0 there.",
+        "NaN on a row whose entries are all -inf, from x - max: that row's max is -inf, "
+        "and -inf - (-inf) is NaN",
+        "replace a -inf max by 0 (torch.where) before subtracting it; that row's exps are then "
+        "all 0, so also divide with torch.where(sum > 0, ...) to give 0 there.",
+    ),
+    "zero_sum_division": (
+        "NaN on a row whose entries are all -inf, from exps / sum: the max was replaced, so "
+        "that row's exps are all 0, their sum is 0, and 0 / 0 is NaN",
+        "keep the max guard and guard the division too: torch.where(sum > 0, exps / sum, 0.0) "
+        "(or divide by torch.where(sum > 0, sum, 1.0)), so an empty row gets zeros.",
+    ),
+    "neg_inf_replaced": (
+        "-inf entries replaced by 0 before the softmax, so they get the weight of a 0 logit",
+        "leave the -inf entries as they are: exp(-inf - max) = 0 is exactly the zero weight "
+        "they must get. Only a row's max that is -inf (a row with nothing finite) needs "
+        "replacing by 0.",
+    ),
+    "max_instead_of_sum": (
+        "exps divided by their max instead of their sum, so the largest weight is 1",
+        "normalise by the sum: exps / exps.sum(dim=dim, keepdim=True), so each row sums to 1.",
     ),
     "all_masked_row_uniform": (
         "equal weights 1/n on a row that is all -inf (the -inf turned into a finite number, "
@@ -84,11 +107,19 @@ HINTS = {
     "modified_input": MODIFIED_INPUT,
     "missing_scale": (
         "q kᵀ without the 1/sqrt(d) scale",
-        "divide the scores by math.sqrt(d) with d = q.shape[-1].",
+        "divide the scores by math.sqrt(d) with d = q.shape[-1]. The scale belongs in "
+        "attention_scores: if scaled_dot_product_attention calls it, fix it there (exercise 2).",
     ),
     "divided_by_d": (
         "q kᵀ / d instead of / sqrt(d)",
-        "divide by the square root of the head dimension, math.sqrt(d), not d.",
+        "divide by the square root of the head dimension, math.sqrt(d), once: "
+        "attention_scores already divides by it, so a scaled_dot_product_attention that "
+        "calls it must not divide again.",
+    ),
+    "power_precedence": (
+        "`d ** 1/2`, which is (d ** 1) / 2 since ** binds tighter than /: q kᵀ / d / 2 "
+        "(or q kᵀ / (d / 2)) instead of q kᵀ / sqrt(d)",
+        "write d ** 0.5 or math.sqrt(d); an exponent 1/2 needs brackets: d ** (1 / 2).",
     ),
     "times_sqrt_d": (
         "q kᵀ * sqrt(d) instead of / sqrt(d)",
@@ -106,7 +137,8 @@ HINTS = {
     ),
     "scaled_by_length": (
         "q kᵀ scaled by a sequence length instead of the head dimension",
-        "d is the head dimension q.shape[-1], not q.shape[-2] or k.shape[-2].",
+        "d is the head dimension q.shape[-1], not q.shape[-2] or k.shape[-2] (nor q.shape[0], "
+        "which is the length on 2-D inputs): count from the end.",
     ),
     "d_from_wrong_axis": (
         "q kᵀ scaled by the size of a leading dim (q.shape[0] or q.shape[1]) instead of the "
@@ -117,6 +149,16 @@ HINTS = {
     "swapped_q_k": (
         "k qᵀ: queries and keys swapped",
         "scores[..., i, j] = q_i · k_j / sqrt(d): compute q @ k.transpose(-2, -1).",
+    ),
+    "keys_not_transposed": (
+        "q @ k: the keys not transposed, so it runs only when k's length equals d",
+        "transpose the last two axes of k: q @ k.transpose(-2, -1), (..., Lq, d) @ (..., d, Lk).",
+    ),
+    "elementwise_product": (
+        "(q * k).sum(-1): an elementwise product, which pairs query i with key i only and "
+        "needs Lq = Lk",
+        "every query meets every key: q @ k.transpose(-2, -1) gives the (..., Lq, Lk) matrix of "
+        "all dot products q_i · k_j.",
     ),
     "batched_transpose": (
         "a transpose that counts its dims from the front (k.T, k.transpose(0, 1), "
@@ -133,6 +175,23 @@ HINTS = {
     "softmax_over_queries": (
         "softmax over the query axis (dim=-2)",
         "each query's weights must sum to 1 over the keys: softmax over dim=-1.",
+    ),
+    "softmax_over_leading_dim": (
+        "softmax over a leading axis (dim=0 or 1: the batch or the heads)",
+        "each query's weights must sum to 1 over the keys, the last axis: softmax over dim=-1.",
+    ),
+    "sum_over_queries": (
+        "exps divided by their sum over the queries (dim=-2) instead of over the keys",
+        "take the max and the sum over the keys, dim=-1 with keepdim=True; or call your "
+        "stable_softmax(scores, dim=-1).",
+    ),
+    "softmax_twice": (
+        "the softmax applied twice, so the weights are flattened towards 1/Lk",
+        "take the softmax once: weights = stable_softmax(attention_scores(q, k), dim=-1).",
+    ),
+    "scores_not_weights": (
+        "out = scores @ v: the scores, not the softmax weights, multiply v",
+        "multiply v by the weights: out = weights @ v.",
     ),
     "scaled_by_value_dim": (
         "q kᵀ / sqrt(dv): the values' width instead of the head dimension of q and k",
@@ -209,11 +268,12 @@ def call_softmax(stable_softmax, x: torch.Tensor, **kwargs):
 
 
 def softmax_mistakes(x: torch.Tensor, dim: int = -1) -> list:
-    """What the common mistakes give on x: the softmax over every other axis, and a max or sum
-    taken without keepdim=True where it still broadcasts (it lines up with the wrong axis)."""
-    found = [
-        ("wrong_axis", softmax64(x, other)) for other in range(x.dim()) if other != dim % x.dim()
-    ]
+    """What the common mistakes give on x: the softmax over every other axis (or only its sum
+    there), a max or sum taken without keepdim=True where it still broadcasts (it lines up with
+    the wrong axis), and a division by the max instead of the sum."""
+    others = [other for other in range(x.dim()) if other != dim % x.dim()]
+    found = [("wrong_axis", softmax64(x, other)) for other in others]
+    found += [("wrong_axis", shifted_softmax(x, max_dim=dim, sum_dim=other)) for other in others]
     x64 = x.double()
     top = x64.amax(dim, keepdim=True)
     top = torch.where(torch.isfinite(top), top, 0.0)
@@ -225,14 +285,18 @@ def softmax_mistakes(x: torch.Tensor, dim: int = -1) -> list:
             found.append(("missing_keepdim", exps / torch.where(total > 0, total, 1.0)))
         except RuntimeError:
             continue  # it does not broadcast: the student's code raises, named in call_softmax
+    found.append(("max_instead_of_sum", torch.exp(x64 - top)))  # exps / their max (which is 1)
     return found
 
 
 def shifted_softmax(x: torch.Tensor, max_dim: int, sum_dim: int) -> torch.Tensor:
     """exp(x - max along max_dim) / its sum along sum_dim: `dim` passed to one reduction and
-    -1 to the other."""
-    exps = torch.exp(x.double() - x.double().amax(max_dim, keepdim=True))
-    return exps / exps.sum(sum_dim, keepdim=True)
+    -1 to the other (or another axis), with the guards for a slice that is all -inf."""
+    x64 = x.double()
+    top = x64.amax(max_dim, keepdim=True)
+    exps = torch.exp(x64 - torch.where(torch.isfinite(top), top, 0.0))
+    total = exps.sum(sum_dim, keepdim=True)
+    return exps / torch.where(total > 0, total, 1.0)
 
 
 def softmax_matches_reference(stable_softmax, rng):
@@ -323,7 +387,10 @@ def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
         out,
         softmax64(x),
         x.dtype,
-        suspects=softmax_mistakes(x),
+        suspects=[
+            ("neg_inf_replaced", softmax64(x.masked_fill(blocked, 0.0))),
+            *softmax_mistakes(x),
+        ],
         nonfinite=named("nan_on_neg_inf"),
     )
     if (out[blocked] != 0).any():
@@ -334,6 +401,31 @@ def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
         )
 
 
+class FirstNaN(TorchFunctionMode):
+    """A probe (grader/harness/measuring.py): the name of the first torch operation in the call
+    that made a NaN out of inputs that had none, "" if none did. An all -inf row turns into NaN
+    either at x - max (-inf - (-inf)) or, with the max guarded, at exps / sum (0 / 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.operation = ""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if not self.operation and has_nan(result) and not any(map(has_nan, args)):
+            self.operation = getattr(func, "__name__", "")
+        return result
+
+    def absorb(self, seen: dict):
+        self.operation = self.operation or seen["operation"]
+
+
+def has_nan(value) -> bool:
+    return (
+        isinstance(value, torch.Tensor) and value.is_floating_point() and bool(value.isnan().any())
+    )
+
+
 def softmax_all_neg_inf_row_is_zero(stable_softmax, rng):
     """a row that is all -inf (nothing to attend to) gives zeros, not NaN"""
     x = randn((draw(rng, 3, 6), draw(rng, 2, 8)), rng)
@@ -342,12 +434,16 @@ def softmax_all_neg_inf_row_is_zero(stable_softmax, rng):
     ref = softmax64(x)
     uniform = ref.clone()
     uniform[empty] = 1 / x.shape[1]  # what a -inf clamped to a finite number gives
+    first_nan = FirstNaN()
+    with measuring(f"{__name__}:FirstNaN", first_nan.absorb), first_nan:
+        out = call_softmax(stable_softmax, x, dim=-1)
+    divided = any(step in first_nan.operation for step in ("div", "mul", "reciprocal"))
     expect_close(
-        call_softmax(stable_softmax, x, dim=-1),
+        out,
         ref,
         x.dtype,
         suspects=[("all_masked_row_uniform", uniform), *softmax_mistakes(x)],
-        nonfinite=named("nan_on_all_masked_row"),
+        nonfinite=named("zero_sum_division" if divided else "nan_on_all_masked_row"),
     )
 
 
@@ -360,10 +456,20 @@ def float32_scales(d: int) -> list:
     return [1 / float(d32.sqrt()), float(d32.rsqrt())]
 
 
+def halved_d_scales(d: int) -> list:
+    """The scales that `d ** 1/2` gives: x / d ** 1/2 is x / d / 2, and s = d ** 1/2 then x / s
+    is x / (d / 2)."""
+    return [1 / (2 * d), 2 / d]
+
+
 def scale_suspects(q: torch.Tensor, k: torch.Tensor) -> list:
     """What the usual scaling mistakes would give for these q and k."""
     d, lq, lk = q.shape[-1], q.shape[-2], k.shape[-2]
+    untransposed = (
+        [("keys_not_transposed", q.double() @ k.double() / math.sqrt(d))] if lk == d else []
+    )
     return [
+        *untransposed,
         ("missing_scale", scaled_scores(q, k, 1.0)),
         ("divided_by_d", scaled_scores(q, k, 1 / d)),
         ("times_sqrt_d", scaled_scores(q, k, math.sqrt(d))),
@@ -373,6 +479,7 @@ def scale_suspects(q: torch.Tensor, k: torch.Tensor) -> list:
         ("scaled_by_length", scaled_scores(q, k, 1 / math.sqrt(lk))),
         *[("d_from_wrong_axis", scaled_scores(q, k, 1 / math.sqrt(size))) for size in q.shape[:-2]],
         ("swapped_q_k", scaled_scores(k, q, 1 / math.sqrt(d))),
+        *[("power_precedence", scaled_scores(q, k, scale)) for scale in halved_d_scales(d)],
     ]
 
 
@@ -398,7 +505,32 @@ def call_scores(attention_scores, q: torch.Tensor, k: torch.Tensor, rng):
             )
 
         explain_by_rank(mistake, q.dim(), gives_answer)
+        explain_by_square_keys(attention_scores, mistake, rng, q.dtype)
         raise
+
+
+def explain_by_square_keys(attention_scores, raised: Mistake, rng, dtype) -> None:
+    """After the student's scores raised: run them where Lq = Lk = D, where q @ k and
+    (q * k).sum(-1) run too, and name what they return there."""
+    size = PROBE_LQ
+    q, k = (randn((*PROBE_LEADING[:2], size, size), rng, dtype) for _ in range(2))  # (B, H, L, L)
+    scale = 1 / math.sqrt(size)
+    suspects = [
+        ("keys_not_transposed", (q.double() @ k.double()) * scale),  # (B, H, L, L)
+        ("elementwise_product", (q.double() * k.double()).sum(-1) * scale),  # (B, H, L)
+    ]
+    found = named_or_none(
+        lambda: expect_close(
+            attention_scores(q, k), scaled_scores(q, k, scale), dtype, suspects=suspects
+        )
+    )
+    if found is not None:
+        raise Mistake(
+            f"{raised.message}\n      It raised on these shapes; on inputs where Lq = Lk = D "
+            f"(shape {tuple(q.shape)}) it runs, and {found.message}",
+            found.hint,
+            found.key,
+        ) from None
 
 
 def expect_scores(attention_scores, q, k, rng, what="scores") -> None:
@@ -411,9 +543,18 @@ def expect_scores(attention_scores, q, k, rng, what="scores") -> None:
     )
 
 
+def scores_shapes(rng):
+    """attention_shapes where no size is isqrt(D)²: a scale by sqrt(q.shape[0]) must not read as
+    the integer square root of D."""
+    while True:
+        size = attention_shapes(rng)  # every size different, D not a perfect square
+        if math.isqrt(size.d) ** 2 not in (size.batch, size.heads, size.lq, size.lk):
+            return size
+
+
 def scores_match_reference(attention_scores, rng):
     """(B, H, Lq, D) and (B, H, Lk, D) give q kᵀ / sqrt(D), shape (B, H, Lq, Lk), Lq ≠ Lk"""
-    size = attention_shapes(rng)  # every size different, D not a perfect square
+    size = scores_shapes(rng)
     q = randn((size.batch, size.heads, size.lq, size.d), rng)  # (B, H, Lq, D)
     k = randn((size.batch, size.heads, size.lk, size.d), rng)  # (B, H, Lk, D)
     expect_scores(attention_scores, q, k, rng)
@@ -421,9 +562,11 @@ def scores_match_reference(attention_scores, rng):
 
 def scores_any_leading_dims(attention_scores, rng):
     """any leading dims: (L, D), (B, L, D) and (B, H, G, L, D)"""
-    lq, lk = two_lengths(rng)
-    d = 2 ** draw(rng, 2, 5)
-    for leading in [(), (draw(rng, 1, 3),), (2, draw(rng, 1, 3), 2)]:
+    d = 2 ** draw(rng, 3, 5)  # not 4, where 2 / d (`d ** 1/2`) is 1 / sqrt(d)
+    # q.shape[0] is no other size, nor isqrt(d)²: each scale by a wrong size names one mistake
+    lq, lk = distinct_sizes(rng, (2, 7), (3, 12), avoid=(math.isqrt(d) ** 2,))
+    (batch,) = distinct_sizes(rng, (2, 6), avoid=(lq, lk, math.isqrt(d) ** 2))
+    for leading in [(), (batch,), (batch, draw(rng, 1, 3), 2)]:
         q, k = randn((*leading, lq, d), rng), randn((*leading, lk, d), rng)
         expect_scores(attention_scores, q, k, rng, what=f"scores for q of shape {tuple(q.shape)}")
 
@@ -431,7 +574,8 @@ def scores_any_leading_dims(attention_scores, rng):
 def scores_keep_float64(attention_scores, rng):
     """float64 in, float64 out, to 1e-10"""
     lq, lk = two_lengths(rng)
-    d = head_dim(rng)  # not a perfect square: a float32 sqrt(d) is off in float64
+    # not a perfect square (a float32 sqrt(d) is off in float64), nor isqrt(d)² = Lq or Lk
+    d = head_dim(rng, avoid=tuple(n for n in range(5, 41) if math.isqrt(n) ** 2 in (lq, lk)))
     q = randn((lq, d), rng, dtype=torch.float64)
     k = randn((lk, d), rng, dtype=torch.float64)
     expect_scores(attention_scores, q, k, rng)
@@ -452,8 +596,13 @@ def sdpa64(q, k, v) -> tuple:
 
 def weight_suspects(q, k, v) -> list:
     d, dv = q.shape[-1], v.shape[-1]
+    scores = scaled_scores(q, k, 1 / math.sqrt(d))  # (..., Lq, Lk)
+    exps = torch.exp(scores - scores.amax(-1, keepdim=True))
     return [
-        ("softmax_over_queries", softmax64(scaled_scores(q, k, 1 / math.sqrt(d)), dim=-2)),
+        ("softmax_over_queries", softmax64(scores, dim=-2)),
+        *[("softmax_over_leading_dim", softmax64(scores, dim)) for dim in range(q.dim() - 2)],
+        ("sum_over_queries", exps / exps.sum(-2, keepdim=True)),
+        ("softmax_twice", softmax64(softmax64(scores))),
         ("missing_scale", softmax64(scaled_scores(q, k, 1.0))),
         ("divided_by_d", softmax64(scaled_scores(q, k, 1 / d))),
         ("times_sqrt_d", softmax64(scaled_scores(q, k, math.sqrt(d)))),
@@ -464,14 +613,16 @@ def weight_suspects(q, k, v) -> list:
         ],
         ("scale_after_softmax", softmax64(scaled_scores(q, k, 1.0)) / math.sqrt(d)),
         ("swapped_q_k", softmax64(scaled_scores(k, q, 1 / math.sqrt(d)))),
+        *[("power_precedence", softmax64(scaled_scores(q, k, s))) for s in halved_d_scales(d)],
     ]
 
 
-def out_suspects(weights_ref: torch.Tensor, v: torch.Tensor) -> list:
-    """What out would be with weights or v transposed (where the shapes allow it)."""
+def out_suspects(q, k, v, weights_ref: torch.Tensor) -> list:
+    """What out would be with the scores in place of the weights, or with the weights or v
+    transposed (where the shapes allow it)."""
     v64 = v.double()
     lq, lk, dv = weights_ref.shape[-2], weights_ref.shape[-1], v.shape[-1]
-    found = []
+    found = [("scores_not_weights", scaled_scores(q, k, 1 / math.sqrt(q.shape[-1])) @ v64)]
     if lq == lk:
         found.append(("transposed_weights", weights_ref.transpose(-2, -1) @ v64))
     if dv == lk:
@@ -516,10 +667,18 @@ def expect_attention(result, q, k, v, what="") -> None:
     """The student's (out, weights) against the oracle, each common mistake named."""
     out, weights = unpack_attention(result, q, k, v)
     out_ref, weights_ref = sdpa64(q, k, v)
+    # where out and weights have one shape, only their values tell a swapped pair
+    swapped = ("swapped_outputs", out_ref)
     expect_close(
-        weights, weights_ref, q.dtype, what=f"weights{what}", suspects=weight_suspects(q, k, v)
+        weights,
+        weights_ref,
+        q.dtype,
+        what=f"weights{what}",
+        suspects=[*weight_suspects(q, k, v), swapped],
     )
-    expect_close(out, out_ref, q.dtype, what=f"out{what}", suspects=out_suspects(weights_ref, v))
+    expect_close(
+        out, out_ref, q.dtype, what=f"out{what}", suspects=out_suspects(q, k, v, weights_ref)
+    )
 
 
 def explain_by_square_inputs(sdpa, raised: Mistake, rng, dtype) -> None:
@@ -593,10 +752,13 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
     # the logits, not q and k, go through exp: their rounding is what a right answer carries
     logits = q.double() @ k.double().transpose(-2, -1) / math.sqrt(d)  # (lq, lk)
     condition = float(logits.abs().max())
+    if not torch.isfinite(weights).all():
+        explain_by_moderate_scores(scaled_dot_product_attention, rng, q.dtype)
     overflow = Mistake(
-        "Your softmax overflowed.",
-        "use your stable_softmax for the weights: it "
-        "subtracts the max, so large scores stay finite.",
+        "Your softmax overflowed. If your function calls your stable_softmax, the overflow is "
+        "there: fix exercise 1 first (its large-logits check fails too).",
+        "the softmax of the weights must subtract each row's max before exp, so that large "
+        "scores stay finite: call your stable_softmax, once it passes its own checks.",
         "no_max_subtraction",
     )
     expect_close(
@@ -608,7 +770,29 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
         nonfinite=overflow,
         condition=condition,
     )
-    expect_close(out, out_ref, q.dtype, what="out", condition=condition)
+    expect_close(
+        out,
+        out_ref,
+        q.dtype,
+        what="out",
+        suspects=out_suspects(q, k, v, weights_ref),
+        condition=condition,
+    )
+
+
+def explain_by_moderate_scores(sdpa, rng, dtype) -> None:
+    """After the student's weights came out NaN or inf on large scores: a mistake that shows on
+    scores near 1 as well is named as that, not as an overflow."""
+    lq, lk = two_lengths(rng)
+    q, k, v = (randn((length, PROBE_D), rng, dtype) for length in (lq, lk, lk))
+    found = named_or_none(lambda: expect_attention(sdpa(q, k, v), q, k, v))
+    if found is not None:
+        raise Mistake(
+            f"weights has NaN or inf values on these large scores, and on scores near 1 (q and "
+            f"k of shapes {tuple(q.shape)} and {tuple(k.shape)}) {found.message}",
+            found.hint,
+            found.key,
+        ) from None
 
 
 def sdpa_keeps_float64(scaled_dot_product_attention, rng):

@@ -45,7 +45,7 @@ except importlib.metadata.PackageNotFoundError:
 #
 # **Conventions.** Tensors are `(batch, heads, seq, head_dim)`, but your functions must work with any leading dimensions, with $L_q \ne L_k$, and in float32 and float64.
 #
-# **Not allowed inside your functions:** `torch.softmax`, `F.softmax`, `Tensor.softmax` (and `log_softmax`), and `F.scaled_dot_product_attention`. The checks detect them while your function runs. Outside your functions they are fine: below we use them to check answers.
+# **Not allowed inside your functions:** `torch.softmax`, `F.softmax`, `Tensor.softmax` (and `log_softmax`), and `F.scaled_dot_product_attention`. The checks detect them while your function runs. Outside your functions they are fine: below we use them to check answers. Everything else in torch is allowed, `torch.logsumexp` included.
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
 import math
@@ -118,7 +118,8 @@ t = torch.tensor([[1.0, 5.0, 3.0], [-math.inf, -math.inf, -math.inf]])  # (2, 3)
 print(t.amax(dim=-1).shape)                # torch.Size([2]): the reduced axis is gone
 print(t.amax(dim=-1, keepdim=True).shape)  # torch.Size([2, 1]): kept with size 1, so t - t.amax(-1, keepdim=True) broadcasts
 print(t.max(dim=-1))                       # with a dim, max returns a pair (values, indices); amax returns the values alone
-print(torch.where(torch.isinf(t), torch.zeros_like(t), t))  # each infinite entry replaced by 0
+row_max = t.amax(dim=-1, keepdim=True)                       # (2, 1): the second row's max is -inf
+print(torch.where(torch.isinf(row_max), 0.0, row_max))       # that max replaced by 0; t's own -inf entries stay
 denominator = torch.tensor([2.0, 0.0])
 print(torch.where(denominator > 0, 1.0 / denominator, 0.0))  # 1/2, and 0 (not inf) where the denominator is 0
 
@@ -128,7 +129,7 @@ print(torch.where(denominator > 0, 1.0 / denominator, 0.0))  # 1/2, and 0 (not i
 #
 # Along `dim`, subtract the max (with `keepdim=True`, so it broadcasts), exponentiate, then divide by the sum. Then handle the edge case: a slice that is all $-\infty$ must come out as zeros, with no NaN. `torch.where` is the tool for that.
 #
-# The checks recognise these mistakes, and each gives a hint: normalising over the wrong axis or ignoring `dim` (in the max, the sum or both); a max or sum without `keepdim=True`; `x.max(dim)` used without `.values`; no max subtraction, or a shift by the min (overflow at $x \approx 1000$); a max over the whole tensor instead of along `dim`; NaN from $-\infty$ entries or from a row that is all $-\infty$; equal weights on a row that is all $-\infty$; an input changed in place; a float64 input returned as float32; a call to a built-in softmax.
+# The checks recognise these mistakes, and each gives a hint: normalising over the wrong axis or ignoring `dim` (in the max, the sum or both); a max or sum without `keepdim=True`; `x.max(dim)` used without `.values`; no max subtraction, or a shift by the min (overflow at $x \approx 1000$); a max over the whole tensor instead of along `dim`; dividing by the max instead of the sum; NaN from $-\infty$ entries or from a row that is all $-\infty$ (at $x - \max$, or at a $0/0$ division); $-\infty$ entries replaced by 0; equal weights on a row that is all $-\infty$; an input changed in place; a float64 input returned as float32; a call to a built-in softmax.
 
 # %% nbgrader={"grade": false, "grade_id": "stable_softmax", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def stable_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -143,7 +144,7 @@ def stable_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
         Entries that were -inf get exactly 0, and a slice that is all -inf gives all zeros
         (not NaN).
 
-    Not allowed: torch.softmax, F.softmax, Tensor.softmax, log_softmax.
+    Not allowed: torch.softmax, F.softmax, Tensor.softmax, log_softmax (torch.logsumexp is).
     """
     ### BEGIN SOLUTION
     x_max = x.amax(dim=dim, keepdim=True)                                       # size 1 along dim
@@ -186,7 +187,7 @@ print(k4.permute(3, 2, 1, 0).shape)               # (4, 5, 3, 2): what k4.T does
 #
 # ### Exercise 2: `attention_scores`
 #
-# The checks recognise: a missing scale, dividing by $d$, multiplying by $\sqrt{d}$, an integer or float32 $\sqrt{d}$, scaling by a sequence length or a leading dimension instead of the head dimension, queries and keys swapped, a transpose that breaks with leading dimensions, code written for one number of dimensions (`torch.bmm`, `B, H, L, d = q.shape`), and an input scaled in place.
+# The checks recognise: a missing scale, dividing by $d$, multiplying by $\sqrt{d}$, `d ** 1/2` (which is $d/2$), an integer or float32 $\sqrt{d}$, scaling by a sequence length or a leading dimension instead of the head dimension, queries and keys swapped, `q @ k` without transposing the keys, `(q * k).sum(-1)` (query $i$ with key $i$ only), a transpose that breaks with leading dimensions, code written for one number of dimensions (`torch.bmm`, `B, H, L, d = q.shape`), and an input scaled in place.
 
 # %% nbgrader={"grade": false, "grade_id": "attention_scores", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -228,7 +229,7 @@ check("day01-sdpa", "attention_scores", attention_scores, hidden=True, points=1)
 #
 # ### Exercise 3: `scaled_dot_product_attention`
 #
-# The checks recognise: softmax over the query axis, each scaling mistake from exercise 2, scaling by $\sqrt{d_v}$ or after the softmax, queries and keys swapped, `weights @ v.transpose(-2, -1)`, `weights.transpose(-2, -1) @ v`, a transpose that breaks with leading dimensions, wrong output shapes when $L_q \ne L_k$ or $d_v \ne d$, `(weights, out)` in the wrong order, overflow at large scores, and calls to the built-ins.
+# The checks recognise: softmax over the query axis or a leading axis, a sum over the queries, the softmax applied twice, `scores @ v` instead of `weights @ v`, each scaling mistake from exercise 2, scaling by $\sqrt{d_v}$ or after the softmax, queries and keys swapped, `weights @ v.transpose(-2, -1)`, `weights.transpose(-2, -1) @ v`, a transpose that breaks with leading dimensions, wrong output shapes when $L_q \ne L_k$ or $d_v \ne d$, `(weights, out)` in the wrong order, overflow at large scores, and calls to the built-ins.
 
 # %% nbgrader={"grade": false, "grade_id": "scaled_dot_product_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

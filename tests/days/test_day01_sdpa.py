@@ -141,6 +141,32 @@ def softmax_in_float32(x, dim=-1):
     return exps / exps.sum(dim, keepdim=True)
 
 
+def softmax_neg_inf_zeroed(x, dim=-1):
+    return softmax_max_no_empty_rows(torch.where(torch.isinf(x), 0.0, x), dim)
+
+
+def softmax_neg_inf_to_finite(x, dim=-1):
+    return softmax_max_no_empty_rows(torch.nan_to_num(x), dim)  # -inf becomes float32's min
+
+
+def softmax_divided_by_max(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return guarded_division(exps, exps.amax(dim, keepdim=True))
+
+
+def softmax_sum_over_first(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return guarded_division(exps, exps.sum(0, keepdim=True))
+
+
+def softmax_max_unsqueezed_last(x, dim=-1):
+    top = x.max(dim=dim).values.unsqueeze(-1)  # keepdim=True only for dim=-1
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError()
 
@@ -157,9 +183,14 @@ SOFTMAX_BUGS = {
     "sum_without_keepdim": (softmax_sum_without_keepdim, "missing_keepdim"),
     "max_pair": (softmax_max_pair, "max_without_values"),
     "nan_all_masked": (softmax_max_no_empty_rows, "nan_on_all_masked_row"),
-    "half_fix": (softmax_half_fix, "nan_on_all_masked_row"),
+    "half_fix": (softmax_half_fix, "zero_sum_division"),
     "whole_tensor_guard": (softmax_guard_for_whole_tensor, "nan_on_all_masked_row"),
     "clamped": (softmax_clamped, "all_masked_row_uniform"),
+    "nan_to_num_input": (softmax_neg_inf_to_finite, "all_masked_row_uniform"),
+    "neg_inf_zeroed": (softmax_neg_inf_zeroed, "neg_inf_replaced"),
+    "divided_by_max": (softmax_divided_by_max, "max_instead_of_sum"),
+    "sum_over_first": (softmax_sum_over_first, "wrong_axis"),
+    "max_unsqueezed_last": (softmax_max_unsqueezed_last, "missing_keepdim"),
     "in_place": (softmax_in_place, "modified_input"),
     "min_shift": (softmax_min_shift, "nan_on_neg_inf"),
     "float32": (softmax_in_float32, "wrong_dtype"),
@@ -185,6 +216,21 @@ def scores_in_4d_loops(q, k):
 def scores_scale_q_in_place(q, k):
     q /= math.sqrt(q.shape[-1])
     return q @ k.transpose(-2, -1)
+
+
+def scores_unpacked_4d(q, k):
+    batch, heads, length, d = q.shape
+    return q @ k.transpose(2, 3) / math.sqrt(d)
+
+
+def scores_power_precedence(q, k):
+    d = q.shape[-1]
+    return q @ k.transpose(-2, -1) / d**1 / 2  # what `/ d ** 1/2` means: / d / 2
+
+
+def scores_power_precedence_named(q, k):
+    scale = q.shape[-1] ** 1 / 2  # `d ** 1/2`: d / 2
+    return q @ k.transpose(-2, -1) / scale
 
 
 SCORES_BUGS = {
@@ -214,6 +260,10 @@ SCORES_BUGS = {
         ),
         "batched_transpose",
     ),
+    "transpose_0_1": (
+        lambda q, k: q @ k.transpose(0, 1) / math.sqrt(q.shape[-1]),
+        "batched_transpose",
+    ),
     "bmm": (
         lambda q, k: torch.bmm(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1]),
         "fixed_rank",
@@ -226,6 +276,26 @@ SCORES_BUGS = {
     "isqrt": (
         lambda q, k: q @ k.transpose(-2, -1) / math.isqrt(q.shape[-1]),
         "integer_sqrt",
+    ),
+    "shape_0": (
+        lambda q, k: q @ k.transpose(-2, -1) / math.sqrt(q.shape[0]),
+        "d_from_wrong_axis",
+    ),
+    "no_transpose": (lambda q, k: q @ k / math.sqrt(q.shape[-1]), "keys_not_transposed"),
+    "elementwise": (
+        lambda q, k: (q * k).sum(-1) / math.sqrt(q.shape[-1]),
+        "elementwise_product",
+    ),
+    "power_precedence": (scores_power_precedence, "power_precedence"),
+    "power_precedence_named": (scores_power_precedence_named, "power_precedence"),
+    "bmm_transpose_1_2": (
+        lambda q, k: torch.bmm(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1]),
+        "fixed_rank",
+    ),
+    "unpacked_4d": (scores_unpacked_4d, "fixed_rank"),
+    "float64_inside": (
+        lambda q, k: q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1]),
+        "wrong_dtype",
     ),
     "in_place": (scores_scale_q_in_place, "modified_input"),
     "stub": (stub, "not_implemented"),
@@ -271,6 +341,24 @@ def sdpa_with_float32_rsqrt(q, k, v):
     return weights @ v, weights
 
 
+def sdpa_scores_times_v(q, k, v):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return scores @ v, good_softmax(scores)
+
+
+def sdpa_sum_over_queries(q, k, v):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    exps = torch.exp(scores - scores.amax(-1, keepdim=True))
+    weights = exps / exps.sum(-2, keepdim=True)
+    return weights @ v, weights
+
+
+def sdpa_scale_q_in_place(q, k, v):
+    q.div_(math.sqrt(q.shape[-1]))
+    weights = good_softmax(q @ k.transpose(-2, -1))
+    return weights @ v, weights
+
+
 SDPA_BUGS = {
     "over_queries": (make_sdpa(lambda s: good_softmax(s, dim=-2)), "softmax_over_queries"),
     "missing_scale": (make_sdpa(good_softmax, scale=lambda d: 1.0), "missing_scale"),
@@ -293,6 +381,14 @@ SDPA_BUGS = {
         "transposed_weights",
     ),
     "overflow": (make_sdpa(softmax_no_max), "no_max_subtraction"),
+    "over_batch": (make_sdpa(lambda s: good_softmax(s, dim=0)), "softmax_over_leading_dim"),
+    "softmax_dim_3": (make_sdpa(lambda s: good_softmax(s, dim=3)), "fixed_rank"),
+    "scores_times_v": (sdpa_scores_times_v, "scores_not_weights"),
+    "softmax_twice": (make_sdpa(lambda s: good_softmax(good_softmax(s))), "softmax_twice"),
+    "sum_over_queries": (sdpa_sum_over_queries, "sum_over_queries"),
+    "power_precedence": (make_sdpa(good_softmax, scale=lambda d: 1 / d / 2), "power_precedence"),
+    "in_place": (sdpa_scale_q_in_place, "modified_input"),
+    "torch_softmax": (make_sdpa(lambda s: torch.softmax(s, dim=-1)), "shortcut"),
     "swapped_outputs": (
         lambda q, k, v: make_sdpa(good_softmax)(q, k, v)[::-1],
         "swapped_outputs",
@@ -322,6 +418,78 @@ def test_sdpa_bug_is_named(bug, key, capsys):
     assert_named_on_every_seed("scaled_dot_product_attention", bug, key, capsys)
 
 
+# The mistakes of a beginner's pass (issue 18) that once got a generic message from some checks:
+# now every check that fails names one.
+UNNAMED = {"wrong_values", "raised", "not_finite"}
+
+
+@pytest.mark.parametrize(
+    "name, bug",
+    [
+        ("stable_softmax", softmax_neg_inf_zeroed),
+        ("stable_softmax", softmax_divided_by_max),
+        ("stable_softmax", softmax_sum_over_first),
+        ("attention_scores", SCORES_BUGS["no_transpose"][0]),
+        ("attention_scores", SCORES_BUGS["elementwise"][0]),
+        ("attention_scores", SCORES_BUGS["power_precedence"][0]),
+        ("scaled_dot_product_attention", SDPA_BUGS["swapped_outputs"][0]),
+        ("scaled_dot_product_attention", SDPA_BUGS["over_batch"][0]),
+        ("scaled_dot_product_attention", SDPA_BUGS["scores_times_v"][0]),
+        ("scaled_dot_product_attention", SDPA_BUGS["softmax_twice"][0]),
+        ("scaled_dot_product_attention", SDPA_BUGS["sum_over_queries"][0]),
+    ],
+    ids=lambda value: getattr(value, "__name__", value),
+)
+def test_every_failing_check_names_the_mistake(name, bug):
+    for seed in range(4):
+        result = report(name, bug, hidden=seed > 0, seed=seed)
+        unnamed = [(r.check, r.message) for r in result.results if r.key in UNNAMED]
+        assert not result.passed and not unnamed, (seed, unnamed)
+
+
+def test_sum_over_queries_is_not_called_an_overflow():
+    for seed in range(4):
+        result = report(
+            "scaled_dot_product_attention", sdpa_sum_over_queries, hidden=True, seed=seed
+        )
+        assert result.keys == {"sum_over_queries"}, seed
+
+
+def test_a_leading_dim_scale_is_not_called_an_integer_sqrt():
+    scale_by_batch = SCORES_BUGS["shape_0"][0]
+    for seed in range(12):
+        result = report("attention_scores", scale_by_batch, hidden=True, seed=seed)
+        assert "d_from_wrong_axis" in result.keys and "integer_sqrt" not in result.keys, seed
+
+
+def test_nan_on_an_empty_row_says_which_step_made_it():
+    def message(bug):
+        (nan,) = [r for r in report("stable_softmax", bug).results if not r.passed]
+        return nan.message
+
+    assert "0 / 0" in message(softmax_half_fix)  # max guarded, division not
+    assert "-inf - (-inf)" in message(softmax_max_no_empty_rows)  # neither guarded
+
+
+def test_overflow_in_attention_points_at_exercise_1():
+    result = report("scaled_dot_product_attention", make_sdpa(softmax_no_max))
+    (overflow,) = [r for r in result.results if not r.passed]
+    assert overflow.key == "no_max_subtraction"
+    assert "stable_softmax" in overflow.message and "exercise 1" in overflow.message
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (SDPA_BUGS["missing_scale"][0], "missing_scale"),
+        (SDPA_BUGS["double_scale"][0], "divided_by_d"),
+    ],
+)
+def test_a_scale_mistake_in_attention_says_where_the_scale_belongs(bug, key):
+    named = next(r for r in report("scaled_dot_product_attention", bug).results if r.key == key)
+    assert "attention_scores" in named.hint
+
+
 # What each exercise's "The checks recognise: ..." list in the notebook promises, and the key the
 # planted bugs above are named under: every promise is kept by at least one planted bug.
 PROMISES = {
@@ -332,6 +500,10 @@ PROMISES = {
         "`x.max(dim)` used without `.values`": "max_without_values",
         "no max subtraction, or a shift by the min": "no_max_subtraction",
         "a max over the whole tensor": "global_max",
+        "dividing by the max instead of the sum": "max_instead_of_sum",
+        "(at $x - \\max$": "nan_on_all_masked_row",
+        "or at a $0/0$ division)": "zero_sum_division",
+        "$-\\infty$ entries replaced by 0": "neg_inf_replaced",
         "NaN from $-\\infty$ entries": "nan_on_neg_inf",
         "a row that is all $-\\infty$;": "nan_on_all_masked_row",
         "equal weights on a row that is all $-\\infty$": "all_masked_row_uniform",
@@ -343,6 +515,9 @@ PROMISES = {
         "a missing scale": "missing_scale",
         "dividing by $d$": "divided_by_d",
         "multiplying by $\\sqrt{d}$": "times_sqrt_d",
+        "`d ** 1/2` (which is $d/2$)": "power_precedence",
+        "`q @ k` without transposing the keys": "keys_not_transposed",
+        "`(q * k).sum(-1)`": "elementwise_product",
         "an integer or float32 $\\sqrt{d}$": ("integer_sqrt", "float32_constant"),
         "scaling by a sequence length": "scaled_by_length",
         "or a leading dimension": "d_from_wrong_axis",
@@ -353,6 +528,10 @@ PROMISES = {
     },
     "scaled_dot_product_attention": {
         "softmax over the query axis": "softmax_over_queries",
+        "or a leading axis": "softmax_over_leading_dim",
+        "a sum over the queries": "sum_over_queries",
+        "the softmax applied twice": "softmax_twice",
+        "`scores @ v` instead of `weights @ v`": "scores_not_weights",
         "each scaling mistake from exercise 2": ("missing_scale", "divided_by_d", "times_sqrt_d"),
         "scaling by $\\sqrt{d_v}$": "scaled_by_value_dim",
         "or after the softmax": "scale_after_softmax",
@@ -497,6 +676,27 @@ def softmax_times_reciprocal(x, dim=-1):
     return torch.where(torch.isneginf(top), 0.0, out)
 
 
+def softmax_moved_to_last(x, dim=-1):
+    moved = x.movedim(dim, -1)
+    top = moved.max(dim=-1, keepdim=True).values
+    exps = (moved - top.masked_fill(torch.isneginf(top), 0.0)).exp()
+    out = exps / exps.sum(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return out.movedim(-1, dim)
+
+
+def softmax_division_guard_only(x, dim=-1):
+    exps = torch.exp(x - x.amax(dim=dim, keepdim=True))  # NaN on an empty row...
+    total = exps.sum(dim=dim, keepdim=True)
+    return torch.where(total > 0, exps / total, 0.0)  # ...where NaN > 0 is False
+
+
+def softmax_max_clamped_to_finite(x, dim=-1):
+    top = x.amax(dim=dim, keepdim=True).clamp(min=torch.finfo(x.dtype).min)
+    exps = torch.exp(x - top)  # -inf - finite = -inf: exp gives 0
+    total = exps.sum(dim=dim, keepdim=True)
+    return exps / torch.where(total == 0, 1.0, total)
+
+
 @pytest.mark.parametrize(
     "softmax",
     [
@@ -506,6 +706,9 @@ def softmax_times_reciprocal(x, dim=-1):
         softmax_row_by_row,
         softmax_masked_fill,
         softmax_times_reciprocal,
+        softmax_moved_to_last,
+        softmax_division_guard_only,
+        softmax_max_clamped_to_finite,
     ],
 )
 def test_other_correct_softmaxes_pass(softmax):
@@ -529,8 +732,23 @@ def test_logsumexp_softmax_passes_25_hidden_seeds():
         lambda q, k: (q * q.shape[-1] ** -0.25) @ (k * q.shape[-1] ** -0.25).mT,
         lambda q, k: (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1) / math.sqrt(q.shape[-1]),
         lambda q, k: q @ k.transpose(-2, -1) / torch.tensor(q.shape[-1], dtype=q.dtype).sqrt(),
+        lambda q, k: torch.matmul(
+            q * torch.rsqrt(torch.tensor(q.shape[-1], dtype=q.dtype)), k.swapaxes(-1, -2)
+        ),
+        lambda q, k: (q @ k.permute(*range(k.dim() - 2), -1, -2)).div(q.size(-1) ** 0.5),
+        lambda q, k: (k @ q.mT).mT / math.sqrt(q.shape[-1]),
     ],
-    ids=["einsum", "pre-scaled", "matmul", "quarter-powers", "broadcast-sum", "tensor-sqrt"],
+    ids=[
+        "einsum",
+        "pre-scaled",
+        "matmul",
+        "quarter-powers",
+        "broadcast-sum",
+        "tensor-sqrt",
+        "tensor-rsqrt",
+        "permute",
+        "transposed-back",
+    ],
 )
 def test_other_correct_scores_pass(scores):
     for seed in range(5):
@@ -555,6 +773,24 @@ def sdpa_scaled_query(q, k, v):
     return torch.matmul(weights, v), weights
 
 
+def sdpa_broadcast_sum(q, k, v):
+    weights = softmax_masked_fill(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))
+    out = (weights.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)  # (..., Lq, Lk, Dv) summed over keys
+    return out, weights
+
+
+def sdpa_logsumexp(q, k, v):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    weights = torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True))
+    return torch.matmul(weights, v), weights
+
+
+def sdpa_key_major(q, k, v):
+    scores_by_key = k @ q.mT / math.sqrt(q.shape[-1])  # (..., Lk, Lq)
+    weights = softmax_masked_fill(scores_by_key, dim=-2).transpose(-2, -1)
+    return weights @ v, weights
+
+
 @pytest.mark.parametrize(
     "attention",
     [
@@ -568,8 +804,20 @@ def sdpa_scaled_query(q, k, v):
         sdpa_normalised_after_matmul,
         sdpa_query_by_query,
         sdpa_scaled_query,
+        sdpa_broadcast_sum,
+        sdpa_logsumexp,
+        sdpa_key_major,
     ],
-    ids=["einsum", "float64 inside", "normalised after", "query by query", "scaled q"],
+    ids=[
+        "einsum",
+        "float64 inside",
+        "normalised after",
+        "query by query",
+        "scaled q",
+        "broadcast-sum",
+        "logsumexp",
+        "key-major",
+    ],
 )
 def test_other_correct_attentions_pass(attention):
     for seed in range(5):
