@@ -78,7 +78,7 @@ print(course.describe_device())
 #
 # with $X$ the queries' tokens, $C$ the context ($C = X$ for self-attention), $W^Q_h \in \mathbb{R}^{d_{\text{model}} \times d_h}$ and $d_h = d_{\text{model}} / H$. Nobody runs $H$ small matrix multiplies: one `nn.Linear(d_model, d_model)` computes all the heads' queries at once, and head $h$ owns the contiguous features $[h\,d_h, (h+1)\,d_h)$ of its output. *Splitting the heads* is then only a reshape, `(B, L, d_model) -> (B, L, H, d_h)`, and a transpose that brings the heads next to the batch, `(B, H, L, d_h)`, where attention treats them as extra batch dimensions.
 #
-# Tiny example: one token with $d_{\text{model}} = 6$ and $H = 2$ heads, so head 0 gets features 0–2 and head 1 gets 3–5.
+# Tiny example: two tokens with $d_{\text{model}} = 6$ and $H = 2$ heads, so head 0 gets features 0–2 of each token and head 1 gets features 3–5.
 
 # %%
 x = torch.arange(2 * 6.0).view(1, 2, 6)                 # (B=1, L=2, d_model=6): token 0 is 0..5, token 1 is 6..11
@@ -160,7 +160,7 @@ check("day03-multihead", "merge_heads", merge_heads, hidden=True, points=1)
 #
 # ### Exercise 3: `repeat_kv`
 #
-# The checks recognise: heads tiled (`x.repeat(1, n_rep, 1, 1)` gives `[a, b, a, b]`).
+# The checks recognise: heads tiled (`x.repeat(1, n_rep, 1, 1)` gives `[a, b, a, b]`), the repeat along the wrong axis or without `dim=`, and each head copied $n_{\text{rep}} + 1$ times ($n_{\text{rep}}$ counted as the extra copies).
 
 # %% nbgrader={"grade": false, "grade_id": "repeat_kv", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -203,7 +203,7 @@ check("day03-multihead", "repeat_kv", repeat_kv, hidden=True, points=1)
 #
 # ### Exercise 4: `MultiHeadAttention`
 #
-# The checks copy the weights of a `torch.nn.MultiheadAttention` into yours and compare outputs and head-averaged weights; for GQA they compare with `nn.MultiheadAttention` holding each K/V head repeated for its group. They recognise: heads split without a transpose, scores scaled by $d_{\text{model}}$ instead of $d_h$, a missing or mis-shaped projection, `context` or `mask` ignored, an inverted mask, weights averaged over heads instead of per head, weights returned when `need_weights=False`, query heads paired with K/V head `h % Hkv`, and bad head counts not refused with a `ValueError`.
+# The checks copy the weights of a `torch.nn.MultiheadAttention` into yours and compare outputs and head-averaged weights; for GQA they compare with `nn.MultiheadAttention` holding each K/V head repeated for its group. They recognise: heads split without a transpose (all of them, or only the queries), scores scaled by $d_{\text{model}}$ instead of $d_h$, a missing or mis-shaped projection, `context` or `mask` ignored, an inverted mask, weights averaged over heads instead of per head, weights returned when `need_weights=False`, query heads paired with K/V head `h % Hkv`, and bad head counts not refused with a `ValueError`.
 
 # %% nbgrader={"grade": false, "grade_id": "MultiHeadAttention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class MultiHeadAttention(nn.Module):
@@ -295,7 +295,7 @@ check("day03-multihead", "MultiHeadAttention", MultiHeadAttention, hidden=True, 
 #
 # ### Exercise 5: `sinusoidal_positions`
 #
-# The checks recognise: positions counted from 1, sines and cosines concatenated in halves instead of interleaved, sin and cos swapped, and a frequency exponent of $i/d$ instead of $2i/d$.
+# The checks recognise: positions counted from 1, sines and cosines concatenated in halves instead of interleaved, sin and cos swapped, a frequency exponent of $i/d$ instead of $2i/d$, and angles multiplied by $10000^{2i/d}$ instead of divided by it.
 
 # %% nbgrader={"grade": false, "grade_id": "sinusoidal_positions", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
@@ -413,7 +413,7 @@ check("day03-multihead", "apply_rope", apply_rope, hidden=True, points=1)
 #
 # $$b_h[i, j] = -m_h\,(\text{pos}_q(i) - j), \qquad m_h = 2^{-8h/H},\; h = 1, \dots, H .$$
 #
-# The slopes form a geometric sequence: for $H = 8$ they are $\tfrac12, \tfrac14, \dots, \tfrac1{256}$, so some heads look very locally and some almost uniformly. When $H$ is not a power of two, the paper's code (`get_slopes`) takes the $n$ slopes of the closest power of two below, $n$, then every other slope of $2n$ until there are $H$: for $H = 6$, the four slopes of $n = 4$ and then the slopes 1 and 3 (counting from 0) of $2n = 8$, that is $[2^{-2}, 2^{-4}, 2^{-6}, 2^{-8}, 2^{-1}, 2^{-3}]$.
+# The slopes form a geometric sequence: for $H = 8$ they are $\tfrac12, \tfrac14, \dots, \tfrac1{256}$, so some heads look very locally and some almost uniformly. When $H$ is not a power of two, the paper's code (`get_slopes`) takes the $n$ slopes of the closest power of two below, $n$, then every other slope of $2n$ until there are $H$: for $H = 6$, the four slopes of $n = 4$ and then the first two of every other slope of $2n = 8$ (its slopes 0 and 2 counting from 0, `[0::2]`), that is $[2^{-2}, 2^{-4}, 2^{-6}, 2^{-8}, 2^{-1}, 2^{-3}]$.
 #
 # Queries are bottom-right aligned as in day 2: query $i$ is at position $L_k - L_q + i$, so the diagonal is 0. Future keys get positive values; the causal mask removes them.
 #
@@ -493,11 +493,13 @@ ModelExplorer(weights_per_layer, tokens, tokens, title="reverse: " + " ".join(to
 d_model, heads = 512, 8
 length = 256 if device.type == "cpu" else 2048
 x = torch.randn(4, length, d_model, device=device)
+with torch.no_grad():  # one untimed pass first: the very first call pays for allocations
+    MultiHeadAttention(d_model, heads).to(device).eval()(x)
 rows = []
 for kv_heads in [8, 4, 2, 1]:
     layer = MultiHeadAttention(d_model, heads, num_kv_heads=kv_heads).to(device).eval()
     with torch.no_grad():
-        seconds = median_time(layer, x, repeats=3)
+        seconds = median_time(layer, x, repeats=5)
     params = sum(p.numel() for p in layer.parameters())
     kv_bytes = 2 * kv_heads * (d_model // heads) * x.element_size()
     rows.append((kv_heads, params, kv_bytes, seconds))
@@ -515,7 +517,7 @@ plt.show()
 
 
 # %% [markdown]
-# The cache shrinks in proportion to $H_{kv}$; the time barely moves, because the query-side work (all 8 heads of attention) is the same. That is the trade GQA makes: a much smaller cache for a small loss in quality (Ainslie et al. report close to MHA quality with 8 groups).
+# The cache shrinks in proportion to $H_{kv}$; the time shrinks far less (only `k_proj` and `v_proj` get smaller), because the query-side work (all 8 heads of attention) is the same. On a shared CPU the times also jump by tens of percent from run to run: compare them with the 8× drop of the cache, not with each other. That is the trade GQA makes: a much smaller cache for a small loss in quality (Ainslie et al. report close to MHA quality with 8 groups).
 
 # %% [markdown]
 # ## 7. Advanced: relative positions (Shaw et al., 2018; T5, 2020)
@@ -610,7 +612,7 @@ check("day03-multihead", "relative_position_bucket", relative_position_bucket, h
 #
 # Queries sit bottom-right as everywhere in the course: query $i$ is at position $L_k - L_q + i$. Build the index matrix `clamp(j - pos_q(i), -P, P) + P`, shape `(Lq, Lk)`; `rel_k[index]` is then `(Lq, Lk, D)`, and `einsum("...qd,qkd->...qk", q, a_k)` gives the relative scores for every batch and head at once. Write the softmax and the weighted sum yourself (`torch.softmax` is fine).
 #
-# The checks recognise: distances not clipped (an index out of range), the table indexed without the `+P` offset, the distance taken as $i - j$, queries top-left, `rel_v` ignored, the relative term not divided by $\sqrt{D}$, and tables of the wrong shape not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention`.
+# The checks recognise: distances not clipped (an index out of range), the table indexed without the `+P` offset, the distance taken as $i - j$, queries top-left, `rel_v` ignored, the relative term not divided by $\sqrt{D}$, the mask applied after the softmax, and tables of the wrong shape not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention`.
 
 # %% nbgrader={"grade": false, "grade_id": "shaw_relative_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def shaw_relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor,
@@ -681,7 +683,7 @@ check("day03-multihead", "shaw_relative_attention", shaw_relative_attention, hid
 #
 # T5's bias lives in an `nn.Embedding(num_buckets, H)`: its weight, `bias_table`, is `(num_buckets, H)`. Look it up with the buckets of `memory − query`, `bias_table[buckets]` is `(Lq, Lk, H)`, and move the heads first to add it to the `(B, H, Lq, Lk)` scores. Use your `relative_position_bucket`.
 #
-# The checks recognise: buckets of query − memory, queries top-left, the bias multiplied by the score scale, the heads' biases mixed up (the table's axes), `bidirectional` not passed on, and a table whose number of heads is not `q`'s not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention`.
+# The checks recognise: buckets of query − memory, queries top-left, the bias multiplied by the score scale, the heads' biases mixed up (the table's axes) or transposed (`.permute(2, 1, 0)`), `bidirectional` or `max_distance` not passed on, the mask ignored or applied after the softmax, and a table whose number of heads is not `q`'s not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention`.
 
 # %% nbgrader={"grade": false, "grade_id": "relative_bias_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def relative_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -778,7 +780,7 @@ check("day03-multihead", "relative_bias_attention", relative_bias_attention, hid
 #
 # Use your `apply_rope` and the course's `attention(q, k, v, mask)` and `causal_mask`. The gate logits come in as an argument (a layer computes them from $x$, see below).
 #
-# The checks compare with a float64 oracle that writes out every absolute position, run `backward` to see whether any gradient reaches the memory, and recognise: the memory not detached, the segment's positions restarting at 0, the memory placed after the segment, the gate inverted ($g$ on the local part), the logits used without a sigmoid, a local attention that is not causal, one softmax over the concatenation, memory keys not rotated or `base` not passed on, a gate without its last axis, an empty memory ($M = 0$, the first segment) not handled, and bad shapes (memory keys and values of different lengths, a memory head size that is not $D$, gate logits that are not `(B, H, L)`) not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention` and `course.reference.multihead`.
+# The checks compare with a float64 oracle that writes out every absolute position, run `backward` to see whether any gradient reaches the memory, and recognise: the memory not detached, the segment's positions restarting at 0, the memory placed after the segment, the gate inverted ($g$ on the local part), the logits used without a sigmoid, a local attention that is not causal, one softmax over the concatenation, a causal mask on the memory keys, memory keys not rotated or `base` not passed on, a gate without its last axis, an empty memory ($M = 0$, the first segment) not handled or answered with the local attention alone (the gate skipped), and bad shapes (memory keys and values of different lengths, a memory head size that is not $D$, gate logits that are not `(B, H, L)`) not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention` and `course.reference.multihead`.
 
 # %% nbgrader={"grade": false, "grade_id": "memory_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def memory_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_k: torch.Tensor,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import course.reference.multihead as library
 from course.reference.masks import attention
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import assert_mistake_named, day_report, edited_solution, solution_notebook
 
 DAY = "day03-multihead"
 
@@ -573,7 +573,7 @@ def test_the_papers_get_slopes_passes():
 
 
 def test_slopes_for_six_heads_follow_the_interleaving_rule():
-    # The worked example in the notebook: 4 slopes of n = 4, then slopes 1 and 3 (from 0) of 8.
+    # The worked example in the notebook: 4 slopes of n = 4, then slopes 0 and 2 (from 0) of 8.
     expected = [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]
     assert paper_get_slopes(6) == pytest.approx(expected)
     assert library.alibi_slopes(6).tolist() == pytest.approx(expected)
@@ -1053,6 +1053,17 @@ def test_another_correct_memory_attention_passes():
 
 # A beginner's pass through the notebook (issue #18): each mistake as an edit of the solution's
 # cell, and the key that must name it, on the visible seed and on fresh hidden ones.
+
+# The mask applied to the scores in shaw_relative_attention and relative_bias_attention, and the
+# mistake of applying it to the weights after the softmax (no renormalisation).
+MASK_BEFORE_SOFTMAX = """    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+"""
+MASK_AFTER_SOFTMAX = """    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        weights = weights * mask
+"""
 BEGINNER_MISTAKES = {
     "transpose_first": (
         "split_heads",
@@ -1355,6 +1366,179 @@ BEGINNER_MISTAKES = {
         ],
         "empty_memory",
     ),
+    # the second pass (issue #18): mistakes that got the generic hint
+    "transpose_2_3": (
+        "split_heads",
+        [(".transpose(1, 2)  # (B, H, L, dh)", ".transpose(2, 3)  # (B, H, L, dh)")],
+        "split_wrong_dims_swapped",
+    ),
+    "chunks_stacked_first": (
+        "split_heads",
+        [
+            (
+                "return x.view(batch, length, num_heads, d_model // num_heads).transpose(1, 2)",
+                "return torch.stack(x.chunk(num_heads, dim=-1), dim=0)",
+            )
+        ],
+        "heads_stacked_first",
+    ),
+    "merge_not_flattened": (
+        "merge_heads",
+        [
+            (
+                "return x.transpose(1, 2).reshape(batch, length, heads * head_dim)",
+                "return x.transpose(1, 2)",
+            )
+        ],
+        "merge_not_flattened",
+    ),
+    "repeat_expand_not_reshaped": (
+        "repeat_kv",
+        [
+            (
+                "return x.repeat_interleave(n_rep, dim=1)",
+                "return x[:, :, None].expand(-1, -1, n_rep, -1, -1)",
+            )
+        ],
+        "repeat_not_reshaped",
+    ),
+    "alibi_heads_last": (
+        "alibi_bias",
+        [
+            (
+                "(-slopes.view(-1, 1, 1) * distance).float()",
+                "(-distance[..., None] * slopes).float()",
+            )
+        ],
+        "alibi_heads_last",
+    ),
+    "repeat_one_copy_too_many": (
+        "repeat_kv",
+        [
+            (
+                "return x.repeat_interleave(n_rep, dim=1)",
+                "return torch.cat([x] + [x] * n_rep, dim=1)",
+            )
+        ],
+        "repeat_count_off",
+    ),
+    "repeat_interleave_n_rep_plus_one": (
+        "repeat_kv",
+        [("repeat_interleave(n_rep, dim=1)", "repeat_interleave(n_rep + 1, dim=1)")],
+        "repeat_count_off",
+    ),
+    "mha_query_split_by_hand": (
+        "MultiHeadAttention",
+        [
+            (
+                "q = split_heads(self.q_proj(x), self.num_heads)",
+                "q = self.q_proj(x).reshape(x.shape[0], self.num_heads, x.shape[1], -1)",
+            )
+        ],
+        "split_without_transpose",
+    ),
+    "sin_multiplied_in_float64": (
+        "sinusoidal_positions",
+        [
+            (
+                "torch.arange(length, dtype=torch.float32)",
+                "torch.arange(length, dtype=torch.float64)",
+            ),
+            (
+                "10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)",
+                "10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)",
+            ),
+        ],
+        "frequency_inverted",
+    ),
+    "bucket_causal_future_above": (
+        "relative_position_bucket",
+        [
+            (
+                "n = n.clamp_min(0)",
+                "buckets = buckets + (n < 0).long() * num_buckets\n        n = n.abs()",
+            )
+        ],
+        "bucket_always_bidirectional",
+    ),
+    "bucket_exact_inclusive": (
+        "relative_position_bucket",
+        [
+            ("is_small = n < max_exact", "is_small = n <= max_exact"),
+            ("large = max_exact + (log_ratio", "large = max_exact + 1 + (log_ratio"),
+        ],
+        "bucket_boundary",
+    ),
+    "shaw_mask_after_softmax": (
+        "shaw_relative_attention",
+        [(MASK_BEFORE_SOFTMAX, MASK_AFTER_SOFTMAX)],
+        "mask_after_softmax",
+    ),
+    "bias_permute_2_1_0": (
+        "relative_bias_attention",
+        [(".permute(2, 0, 1)", ".permute(2, 1, 0)")],
+        "bias_transposed",
+    ),
+    "bias_max_distance_dropped": (
+        "relative_bias_attention",
+        [
+            (
+                "bidirectional, bias_table.shape[0], max_distance)",
+                "bidirectional, bias_table.shape[0])",
+            )
+        ],
+        "bias_ignores_max_distance",
+    ),
+    "bias_mask_ignored": (
+        "relative_bias_attention",
+        [(MASK_BEFORE_SOFTMAX, "    weights = torch.softmax(scores, dim=-1)\n")],
+        "ignores_mask",
+    ),
+    "bias_mask_after_softmax": (
+        "relative_bias_attention",
+        [(MASK_BEFORE_SOFTMAX, MASK_AFTER_SOFTMAX)],
+        "mask_after_softmax",
+    ),
+    "memory_empty_returns_local": (
+        "memory_attention",
+        [
+            (
+                "from_memory, _ = attention(q, mem_k, mem_v)",
+                "if memory == 0:\n"
+                "        local, _ = attention(q, k, v, causal_mask(length, device=q.device))\n"
+                "        return local, torch.sigmoid(gate_logits)\n"
+                "    from_memory, _ = attention(q, mem_k, mem_v)",
+            )
+        ],
+        "gate_ignored_on_empty",
+    ),
+    "memory_segment_from_zero": (
+        "memory_attention",
+        [("segment_at = start + memory + torch.arange", "segment_at = torch.arange")],
+        "positions_restart",
+    ),
+    "memory_causal_mask_on_memory": (
+        "memory_attention",
+        [
+            (
+                "from_memory, _ = attention(q, mem_k, mem_v)",
+                "memory_mask = causal_mask(length, memory, device=q.device) if memory else None\n"
+                "    from_memory, _ = attention(q, mem_k, mem_v, memory_mask)",
+            )
+        ],
+        "memory_masked",
+    ),
+    "memory_top_left_mask_on_memory": (
+        "memory_attention",
+        [
+            (
+                "from_memory, _ = attention(q, mem_k, mem_v)",
+                "memory_mask = torch.ones(length, memory, dtype=torch.bool).tril()\n"
+                "    from_memory, _ = attention(q, mem_k, mem_v, memory_mask)",
+            )
+        ],
+        "memory_masked",
+    ),
 }
 
 
@@ -1387,14 +1571,301 @@ def float64_then_float32_table(length, dim):
     return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2).float()
 
 
+def index_select_repeat(x, n_rep):
+    return x.index_select(1, torch.arange(x.shape[1] * n_rep) // n_rep)
+
+
+def phase_shifted_sines(length, dim):
+    """cos written as sin(x + pi/2), every column from its own (col - col % 2) exponent."""
+    column = torch.arange(dim)
+    frequency = 10000.0 ** (-(column - column % 2).double() / dim)
+    phase = (column % 2).double() * (math.pi / 2)
+    return torch.sin(torch.outer(torch.arange(length).double(), frequency) + phase).float()
+
+
+def where_even_sin_else_cos(length, dim):
+    column = torch.arange(dim)
+    angle = torch.arange(length, dtype=torch.float32)[:, None] / torch.pow(
+        10000.0, (column - column % 2).float() / dim
+    )
+    return torch.where(column % 2 == 0, torch.sin(angle), torch.cos(angle))
+
+
+def floor_of_float64_buckets(
+    relative_position, bidirectional=True, num_buckets=32, max_distance=128
+):
+    per_side = num_buckets // 2 if bidirectional else num_buckets
+    max_exact = per_side // 2
+    if max_exact < 1 or max_distance <= max_exact:
+        raise ValueError(f"max_exact={max_exact}, max_distance={max_distance}")
+    if bidirectional:
+        offset = torch.where(relative_position > 0, per_side, 0)
+        n = relative_position.abs()
+    else:
+        offset = torch.zeros_like(relative_position)
+        n = (-relative_position).clamp(min=0)
+    log_part = torch.log(n.double().clamp(min=1) / max_exact) / math.log(max_distance / max_exact)
+    large = (max_exact + torch.floor(log_part * (per_side - max_exact))).long()
+    return offset + torch.where(n < max_exact, n, large.clamp(max=per_side - 1))
+
+
+def gathered_shaw(q, k, v, rel_k, max_relative_position, rel_v=None, mask=None):
+    """q @ rel_k^T (..., Lq, 2P+1) gathered by distance; the weights scattered into distance
+    buckets for rel_v."""
+    p, lq, lk = max_relative_position, q.shape[-2], k.shape[-2]
+    if rel_k.shape != (2 * p + 1, q.shape[-1]):
+        raise ValueError(f"rel_k has shape {tuple(rel_k.shape)}")
+    if rel_v is not None and rel_v.shape != (2 * p + 1, v.shape[-1]):
+        raise ValueError(f"rel_v has shape {tuple(rel_v.shape)}")
+    index = (torch.arange(lk)[None, :] - torch.arange(lk - lq, lk)[:, None]).clamp(-p, p) + p
+    by_distance = q @ rel_k.T  # (..., Lq, 2P+1)
+    relative = torch.gather(by_distance, -1, index.expand(*by_distance.shape[:-1], lk))
+    scores = (q @ k.transpose(-1, -2) + relative) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    weights = torch.softmax(scores, -1)
+    out = weights @ v
+    if rel_v is not None:
+        buckets = torch.zeros(*weights.shape[:-1], 2 * p + 1, dtype=weights.dtype)
+        out = out + buckets.scatter_add(-1, index.expand_as(weights), weights) @ rel_v
+    return out, weights
+
+
+def table_transposed_bias(
+    q, k, v, bias_table, *, bidirectional=True, max_distance=128, mask=None, scale=None
+):
+    """bias_table.T[:, buckets] (H, Lq, Lk), and a softmax written out."""
+    if bias_table.shape[-1] != q.shape[-3]:
+        raise ValueError(f"bias_table has {bias_table.shape[-1]} heads")
+    lq, lk = q.shape[-2], k.shape[-2]
+    relative = torch.arange(lk) - (torch.arange(lq) + lk - lq).unsqueeze(-1)
+    buckets = make_bucket()(relative, bidirectional, bias_table.shape[0], max_distance)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = q @ k.mT * scale + bias_table.T[:, buckets]
+    if mask is not None:
+        scores = torch.where(mask, scores, scores.new_tensor(-torch.inf))
+    e = torch.exp(scores - scores.amax(-1, keepdim=True))
+    weights = e / e.sum(-1, keepdim=True)
+    return weights @ v, weights
+
+
+def memory_before_zero(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=10000.0):
+    """RoPE scores see only differences: the memory rotated at -M..-1, the segment at 0..L-1."""
+    length, memory = q.shape[-2], mem_k.shape[-2]
+    if mem_v.shape[-2] != memory or mem_k.shape[-1] != q.shape[-1]:
+        raise ValueError("mem_k and mem_v do not fit")
+    if gate_logits.shape != q.shape[:-1]:
+        raise ValueError(f"gate_logits has shape {tuple(gate_logits.shape)}")
+    segment = torch.arange(length)
+    q, k = rope(q, segment, base), rope(k, segment, base)
+    from_memory, _ = attention(
+        q, rope(mem_k.detach(), torch.arange(-memory, 0), base), mem_v.detach()
+    )
+    local, _ = attention(q, k, v, torch.ones(length, length, dtype=torch.bool).tril())
+    gate = gate_logits.sigmoid()
+    return torch.lerp(local, from_memory, gate.unsqueeze(-1)), gate
+
+
 @pytest.mark.parametrize(
     "name, impl",
     [
         ("apply_rope", exp_log_einsum_rope),
         ("sinusoidal_positions", float64_then_float32_table),
+        ("repeat_kv", index_select_repeat),
+        ("sinusoidal_positions", phase_shifted_sines),
+        ("sinusoidal_positions", where_even_sin_else_cos),
+        ("relative_position_bucket", floor_of_float64_buckets),
+        ("shaw_relative_attention", gathered_shaw),
+        ("relative_bias_attention", table_transposed_bias),
+        ("memory_attention", memory_before_zero),
     ],
-    ids=["rope_exp_log_einsum", "sinusoid_float64_cast"],
+    ids=[
+        "rope_exp_log_einsum",
+        "sinusoid_float64_cast",
+        "repeat_index_select",
+        "sinusoid_phase_shift",
+        "sinusoid_where",
+        "bucket_float64_floor",
+        "shaw_gather_scatter",
+        "bias_table_transposed",
+        "memory_before_zero",
+    ],
 )
 def test_beginners_correct_alternatives_pass(name, impl):
     for seed in (0, 1, 2, 1056, 1512190363):  # 1056 and 1512190363 once rejected the rope
         assert report(name, impl, hidden=seed != 0, seed=seed).passed, seed
+
+
+# ----------------------------------------------------------------------------- clear errors
+
+
+@pytest.mark.parametrize(
+    "name, bug, example",
+    [
+        ("split_heads", split_unchecked, "d_model={d_model} is not divisible by"),
+        ("MultiHeadAttention", make_mha(check_args=False), "d_model={d_model} is not divisible"),
+        ("apply_rope", make_rope(check_dim=False), "D={x.shape[-1]} is odd"),
+        ("relative_position_bucket", make_bucket(check_args=False), "max_distance={max_distance}"),
+        ("shaw_relative_attention", make_shaw(check_tables=False), "rel_k has shape"),
+        ("relative_bias_attention", make_relative_bias(check_heads=False), "bias_table has"),
+        ("memory_attention", make_memory(check_shapes=False), "gate_logits must be"),
+    ],
+    ids=["split", "mha", "rope", "bucket", "shaw", "bias", "memory"],
+)
+def test_a_missing_value_error_is_shown_its_own_exercises_example(name, bug, example):
+    hints = [r.hint for r in report(name, bug).results if r.key == "no_clear_error"]
+    assert hints and all(f'raise ValueError(f"{example}' in hint for hint in hints), hints
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Each exercise's "The checks recognise: ..." list in the notebook, phrase by phrase, and the key a
+# planted bug above is named under: every promise is kept by a test.
+PROMISES = {
+    "split_heads": {
+        "a reshape without a transpose": "split_without_transpose",
+        "heads that take strided features": "heads_interleaved",
+        "not refused with a clear `ValueError`": "no_clear_error",
+    },
+    "merge_heads": {
+        "a reshape without moving the heads axis back first": "merge_without_transpose",
+    },
+    "repeat_kv": {
+        "heads tiled": "repeat_tiled",
+        "the repeat along the wrong axis": "repeat_wrong_dim",
+        "or without `dim=`": "repeat_flattened",
+        "each head copied $n_{\\text{rep}} + 1$ times": "repeat_count_off",
+    },
+    "MultiHeadAttention": {
+        "heads split without a transpose (all of them, or only the queries)": (
+            "split_without_transpose"
+        ),
+        "scores scaled by $d_{\\text{model}}$": "scaled_by_d_model",
+        "a missing or mis-shaped projection": "missing_projection",
+        "`context` or `mask` ignored": ("ignores_context", "ignores_mask"),
+        "an inverted mask": "inverted_mask",
+        "weights averaged over heads instead of per head": "weights_not_per_head",
+        "weights returned when `need_weights=False`": "weights_when_not_needed",
+        "paired with K/V head `h % Hkv`": "gqa_tiled",
+        "bad head counts not refused with a `ValueError`": "no_clear_error",
+    },
+    "sinusoidal_positions": {
+        "positions counted from 1": "positions_from_one",
+        "concatenated in halves instead of interleaved": "sin_cos_halves",
+        "sin and cos swapped": "sin_cos_swapped",
+        "a frequency exponent of $i/d$ instead of $2i/d$": "frequency_exponent",
+        "angles multiplied by $10000^{2i/d}$": "frequency_inverted",
+    },
+    "apply_rope": {
+        "pairs $(2i, 2i+1)$ instead of $(i, i + D/2)$": "rope_interleaved_pairs",
+        "rotation in the wrong direction": "rope_reversed",
+        "$\\theta_i = \\text{base}^{-i/D}$": "rope_frequency",
+        "positions offset by one": "positions_offset",
+        "`positions` or `base` ignored": ("rope_ignores_positions", "rope_ignores_base"),
+        "angles computed in float32 for a float64 input": "angles_in_float32",
+        "a rotation that changes norms": "not_a_rotation",
+        "an odd $D$ not refused with a `ValueError`": "no_clear_error",
+    },
+    "alibi_bias": {
+        "slopes counted from $h = 0$": "alibi_slopes_from_zero",
+        "the wrong sign": "alibi_sign",
+        "(top-left)": "alibi_top_left",
+        "future keys clipped to 0 or $|\\,i - j\\,|$ used": "alibi_clipped",
+        "$2^{-8h/H}$ used when $H$ is not a power of two": "alibi_not_interpolated",
+    },
+    "relative_position_bucket": {
+        "the sign flipped (query − memory)": "bucket_sign",
+        "`bidirectional=False` treated as bidirectional": "bucket_always_bidirectional",
+        "an off-by-one at the exact/log boundary": "bucket_boundary",
+        "no clamp at the last bucket": "bucket_not_clamped",
+        "computed before halving": "bucket_not_halved",
+        "the log part rounded instead of truncated": "bucket_rounded",
+        "not refused with a `ValueError`": "no_clear_error",
+    },
+    "shaw_relative_attention": {
+        "distances not clipped": "shaw_not_clipped",
+        "the table indexed without the `+P` offset": "shaw_index_offset",
+        "the distance taken as $i - j$": "shaw_sign",
+        "queries top-left": "shaw_top_left",
+        "`rel_v` ignored": "shaw_ignores_rel_v",
+        "the relative term not divided by $\\sqrt{D}$": "shaw_rel_not_scaled",
+        "the mask applied after the softmax": "mask_after_softmax",
+        "tables of the wrong shape not refused with a `ValueError`": "no_clear_error",
+    },
+    "relative_bias_attention": {
+        "buckets of query − memory": "bias_sign",
+        "queries top-left": "bias_top_left",
+        "the bias multiplied by the score scale": "bias_scaled",
+        "the heads' biases mixed up (the table's axes)": "bias_wrong_heads",
+        "or transposed (`.permute(2, 1, 0)`)": "bias_transposed",
+        "`bidirectional` or `max_distance` not passed on": (
+            "bias_ignores_bidirectional",
+            "bias_ignores_max_distance",
+        ),
+        "the mask ignored or applied after the softmax": ("ignores_mask", "mask_after_softmax"),
+        "not refused with a `ValueError`": "no_clear_error",
+    },
+    "memory_attention": {
+        "the memory not detached": "memory_not_detached",
+        "the segment's positions restarting at 0": "positions_restart",
+        "the memory placed after the segment": "memory_after_segment",
+        "the gate inverted": "gate_inverted",
+        "the logits used without a sigmoid": "gate_not_squashed",
+        "a local attention that is not causal": "local_not_causal",
+        "one softmax over the concatenation": "memory_concatenated",
+        "a causal mask on the memory keys": "memory_masked",
+        "memory keys not rotated or `base` not passed on": (
+            "memory_not_rotated",
+            "memory_ignores_base",
+        ),
+        "a gate without its last axis": "gate_not_unsqueezed",
+        "not handled or answered with the local attention alone (the gate skipped)": (
+            "empty_memory",
+            "gate_ignored_on_empty",
+        ),
+        "not refused with a `ValueError`": "no_clear_error",
+    },
+}
+
+
+def planted_keys(test) -> set:
+    """The keys a parametrized planted-bug test expects."""
+    (marker,) = [m for m in test.pytestmark if m.name == "parametrize" and m.args[0] == "bug, key"]
+    return {key for _, key in marker.args[1]}
+
+
+PLANTED_BUG_TESTS = {
+    "split_heads": test_split_heads_bug_is_named,
+    "merge_heads": test_merge_heads_bug_is_named,
+    "repeat_kv": test_repeat_kv_bug_is_named,
+    "MultiHeadAttention": test_multihead_attention_bug_is_named,
+    "sinusoidal_positions": test_sinusoidal_positions_bug_is_named,
+    "apply_rope": test_apply_rope_bug_is_named,
+    "alibi_bias": test_alibi_bias_bug_is_named,
+    "relative_position_bucket": test_relative_position_bucket_bug_is_named,
+    "shaw_relative_attention": test_shaw_relative_attention_bug_is_named,
+    "relative_bias_attention": test_relative_bias_attention_bug_is_named,
+    "memory_attention": test_memory_attention_bug_is_named,
+}
+
+
+def planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under, here and in the beginner's
+    mistakes."""
+    beginners = {key for cell, _, key in BEGINNER_MISTAKES.values() if cell == name}
+    return planted_keys(PLANTED_BUG_TESTS[name]) | beginners
+
+
+@pytest.mark.parametrize("name", PROMISES)
+def test_the_notebook_lists_only_mistakes_the_checks_name(name):
+    cells = solution_notebook(DAY).cells
+    (promise,) = [
+        cell.source
+        for cell, following in zip(cells, cells[1:])
+        if "recognise" in cell.source
+        and following.metadata.get("nbgrader", {}).get("grade_id") == name
+    ]
+    for phrase, keys in PROMISES[name].items():
+        assert phrase in promise, phrase
+        keys = {keys} if isinstance(keys, str) else set(keys)
+        assert keys <= planted(name), (phrase, keys - planted(name))

@@ -5,10 +5,10 @@ out here, on shapes where a missing transpose cannot hide.
 import torch
 
 import course.reference.multihead as library
-from grader.harness.checking import expect_close, expect_value_error, naming_crashes
+from grader.harness.checking import expect_close, naming_crashes
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import REFUSES_VALID
+from grader.suites.day03_multihead.crashes import REFUSES_VALID, expect_clear_error
 
 HINTS = {
     # split_heads / merge_heads
@@ -31,8 +31,14 @@ HINTS = {
         "reshape first, transpose after: x.view(B, L, H, dh).transpose(1, 2).",
     ),
     "split_wrong_dims_swapped": (
-        "a transpose of the wrong dims: (B, L, H, dh).transpose(1, 3) moves dh, not H, to dim 1",
+        "a transpose of the wrong dims of (B, L, H, dh): .transpose(1, 3) or .transpose(2, 3) "
+        "instead of .transpose(1, 2)",
         "swap the length and heads axes of (B, L, H, dh): .transpose(1, 2).",
+    ),
+    "heads_stacked_first": (
+        "the heads stacked on dim 0, (H, B, L, dh), in front of the batch",
+        "the heads go behind the batch: torch.stack(x.chunk(H, dim=-1), dim=1), or "
+        "x.view(B, L, H, dh).transpose(1, 2).",
     ),
     "T_on_batched": (
         "x.T (or .mT/.t()) on a 4-D tensor: .T reverses every dim, (B, L, H, dh) -> (dh, H, L, B)",
@@ -44,13 +50,17 @@ HINTS = {
     ),
     "no_clear_error": (
         "bad input accepted, or refused only by an obscure error from deep inside torch",
-        "check the arguments first and raise ValueError with a message that names them, e.g. "
-        "f'd_model={d_model} is not divisible by num_heads={num_heads}'.",
+        "check the arguments first and raise ValueError with a message that names them and "
+        "their values.",
     ),
     "view_after_transpose": (
         ".view on the transposed (non-contiguous) tensor: view cannot merge dims whose strides "
         "do not line up",
         "use .reshape(B, L, H * dh) (it copies when it must), or .contiguous().view(...).",
+    ),
+    "merge_not_flattened": (
+        "the heads moved back behind L but not merged: (B, L, H, dh) instead of (B, L, H*dh)",
+        "after the transpose, merge the last two dims: .reshape(B, L, H * dh) (or .flatten(2)).",
     ),
     "merge_heads_last": (
         "the heads axis moved to the end, (B, L, dh, H): each token's features then interleave "
@@ -77,6 +87,11 @@ HINTS = {
         "query head h uses KV head h // n_rep: repeat each head n_rep times in a row, "
         "e.g. x.repeat_interleave(n_rep, dim=1), not x.repeat(1, n_rep, 1, 1).",
     ),
+    "repeat_count_off": (
+        "each KV head copied n_rep + 1 (or n_rep - 1) times: n_rep counted as the extra copies",
+        "n_rep is the number of copies in all, so the result has Hkv * n_rep heads: "
+        "x.repeat_interleave(n_rep, dim=1) (x itself when n_rep = 1).",
+    ),
     "repeat_wrong_dim": (
         "the repeat along the wrong axis (the length, dim 2, instead of the heads, dim 1)",
         "repeat the heads axis: x.repeat_interleave(n_rep, dim=1).",
@@ -84,6 +99,10 @@ HINTS = {
     "repeat_flattened": (
         "repeat_interleave without dim=: it flattens x first and returns a 1-D tensor",
         "pass the axis: x.repeat_interleave(n_rep, dim=1).",
+    ),
+    "repeat_not_reshaped": (
+        "the copies expanded to (B, Hkv, n_rep, L, D) but not merged into the heads axis",
+        "merge the two head axes after the expand: .reshape(B, Hkv * n_rep, L, D).",
     ),
     "repeat_features_interleaved": (
         "the copies stacked on the last dim and then reshaped: each 'head' mixes features of "
@@ -132,6 +151,8 @@ def split_suspects(x, heads):
             x.transpose(1, 2).reshape(batch, heads, length, d_model // heads),
         ),
         ("split_wrong_dims_swapped", by_head.transpose(1, 3)),
+        ("split_wrong_dims_swapped", by_head.transpose(2, 3)),
+        ("heads_stacked_first", by_head.permute(2, 0, 1, 3)),
         ("T_on_batched", by_head.permute(3, 2, 1, 0)),
     ]
 
@@ -186,10 +207,10 @@ def split_refuses_indivisible(split_heads, rng):
     """d_model not divisible by num_heads raises ValueError"""
     heads = draw(rng, 3, 5)
     x = randn((2, draw(rng, 2, 5), heads * draw(rng, 2, 4) + 1), rng)
-    expect_value_error(
+    expect_clear_error(
         lambda: split_heads(x, heads),
         f"split_heads on d_model={x.shape[-1]} with num_heads={heads}",
-        "no_clear_error",
+        'raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")',
     )
 
 
@@ -208,6 +229,7 @@ def merge_suspects(x):
         ("merge_wrong_dims_swapped", x.transpose(2, 3).reshape(batch, length, -1)),
         ("merge_heads_along_tokens", torch.cat(x.unbind(1), dim=1)),
         ("shape_unpacked_wrong", x.transpose(1, 2).reshape(batch, heads, length * head_dim)),
+        ("merge_not_flattened", x.transpose(1, 2)),
     ]
 
 
@@ -247,12 +269,20 @@ def repeat_suspects(x, n_rep):
     batch, kv_heads, length, head_dim = x.shape
     x = x.double()
     copies_last = torch.stack([x] * n_rep, dim=-1).reshape(batch, -1, length, head_dim)
-    return [
+    suspects = [
         ("repeat_tiled", x.repeat(1, n_rep, 1, 1)),
         ("repeat_wrong_dim", x.repeat_interleave(n_rep, dim=2)),
         ("repeat_flattened", x.repeat_interleave(n_rep)),
         ("repeat_features_interleaved", copies_last),
+        ("repeat_not_reshaped", x[:, :, None].expand(batch, kv_heads, n_rep, length, head_dim)),
     ]
+    # one copy too many or too few, in place or tiled: a head count that gives it away
+    for copies in (n_rep + 1, n_rep - 1) if n_rep > 1 else (2,):
+        suspects += [
+            ("repeat_count_off", x.repeat_interleave(copies, dim=1)),
+            ("repeat_count_off", x.repeat(1, copies, 1, 1)),
+        ]
+    return suspects
 
 
 def repeat_matches_reference(repeat_kv, rng):

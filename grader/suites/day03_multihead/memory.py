@@ -11,13 +11,13 @@ from grader.harness.checking import (
     Mistake,
     expect_close,
     expect_tensor,
-    expect_value_error,
     hint,
     named,
     named_crash,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import expect_clear_error
 from grader.suites.day03_multihead.positions import rope64
 from grader.suites.day03_multihead.relative import RELATIVE_FORBIDDEN
 
@@ -54,6 +54,18 @@ HINTS = {
         "attend to the memory and to the segment separately, each with its own softmax, and mix "
         "the two outputs with the gate.",
     ),
+    "gate_ignored_on_empty": (
+        "with an empty memory (M = 0) the local attention alone: the gate ignored there (an "
+        "early `return local`), or one softmax over [memory ; segment]",
+        "the gate applies whatever M is: with no memory, the attention over it gives zeros, so "
+        "out = (1 - g) * local.",
+    ),
+    "memory_masked": (
+        "a causal mask on the memory keys too: every memory token comes before the whole "
+        "segment, so each query may see all of them",
+        "attend to the memory without a mask, attention(q, mem_k, mem_v); only the local "
+        "attention over the segment is causal.",
+    ),
     "gate_not_unsqueezed": (
         "the gate (B, H, L) multiplied into outputs (B, H, L, D) without a last axis: it "
         "broadcasts against the features, not the tokens",
@@ -81,10 +93,12 @@ MEMORY_FORBIDDEN = {**RELATIVE_FORBIDDEN, library.apply_rope: "use your own appl
 
 
 def softmax_attention64(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(D)) v; a query with every key blocked gets zeros, as from the
+    course's attention."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+    return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v
 
 
 def memory64(
@@ -104,6 +118,7 @@ def memory64(
     concatenate=False,
     rotate_memory=True,
     gate_axis=-1,
+    memory_mask=None,
 ):
     """Gated memory attention in float64 with explicit absolute positions; the knobs give the
     mistakes. Returns (out, gate)."""
@@ -119,7 +134,7 @@ def memory64(
         keys, values = torch.cat([mem_rot, k_rot], -2), torch.cat([mem_v, v], -2)
         mask = torch.cat([torch.ones(length, memory, dtype=torch.bool), local_mask], -1)
         return softmax_attention64(q_rot, keys, values, mask), gate
-    from_memory = softmax_attention64(q_rot, mem_rot, mem_v)
+    from_memory = softmax_attention64(q_rot, mem_rot, mem_v, memory_mask)
     local = softmax_attention64(q_rot, k_rot, v, local_mask)
     g = (1 - gate if invert else gate).unsqueeze(gate_axis)
     return g * from_memory + (1 - g) * local, gate
@@ -134,6 +149,7 @@ def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
             "positions_restart",
             memory64(*args, segment_at=torch.arange(length), memory_at=torch.arange(memory)),
         ),
+        ("positions_restart", memory64(*args, segment_at=torch.arange(length))),  # at 0, not start
         (
             "memory_after_segment",
             memory64(
@@ -145,9 +161,18 @@ def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
         ("gate_inverted", memory64(*args, invert=True)),
         ("gate_not_squashed", memory64(*args, squash=False)),
         ("local_not_causal", memory64(*args, causal=False)),
-        ("memory_concatenated", memory64(*args, concatenate=True)),
         ("memory_not_rotated", memory64(*args, rotate_memory=False)),
     ]
+    # with M = 0, one softmax over [memory ; segment] is the local attention alone
+    concatenated = "memory_concatenated" if memory else "gate_ignored_on_empty"
+    suspects.append((concatenated, memory64(*args, concatenate=True)))
+    if memory:  # a causal mask on the (L, M) memory scores, bottom-right or top-left
+        bottom_right = torch.arange(memory) <= torch.arange(length).unsqueeze(-1) + memory - length
+        top_left = torch.ones(length, memory, dtype=torch.bool).tril()
+        suspects += [
+            ("memory_masked", memory64(*args, memory_mask=bottom_right)),
+            ("memory_masked", memory64(*args, memory_mask=top_left)),
+        ]
     if base != 10000.0:
         suspects.append(("memory_ignores_base", memory64(*args[:-1], 10000.0)))
     if length == q.shape[-1]:  # a gate without its last axis broadcasts against the features
@@ -291,20 +316,21 @@ def memory_is_detached(memory_attention, rng):
 def memory_refuses_bad_shapes(memory_attention, rng):
     """mem_k and mem_v of different lengths, a memory head_dim != D, a gate not (..., L): ValueError"""
     q, k, v, mem_k, mem_v, gate_logits = memory_inputs(rng)
-    expect_value_error(
+    expect_clear_error(
         lambda: memory_attention(q, k, v, mem_k, mem_v[..., :-1, :], gate_logits),
         f"mem_k {tuple(mem_k.shape)} with mem_v {tuple(mem_v[..., :-1, :].shape)}",
-        "no_clear_error",
+        'raise ValueError(f"mem_k has {mem_k.shape[-2]} tokens, mem_v {mem_v.shape[-2]}")',
     )
-    expect_value_error(
+    expect_clear_error(
         lambda: memory_attention(q, k, v, mem_k[..., :-2], mem_v, gate_logits),
         f"mem_k {tuple(mem_k[..., :-2].shape)} for q {tuple(q.shape)}",
-        "no_clear_error",
+        'raise ValueError(f"mem_k has head size {mem_k.shape[-1]}, q has {q.shape[-1]}")',
     )
-    expect_value_error(
+    expect_clear_error(
         lambda: memory_attention(q, k, v, mem_k, mem_v, gate_logits[..., :-1]),
         f"gate_logits {tuple(gate_logits[..., :-1].shape)} for q {tuple(q.shape)}",
-        "no_clear_error",
+        'raise ValueError(f"gate_logits must be {tuple(q.shape[:-1])}, got '
+        '{tuple(gate_logits.shape)}")',
     )
 
 

@@ -15,7 +15,6 @@ from grader.harness.checking import (
     Mistake,
     expect_close,
     expect_tensor,
-    expect_value_error,
     guarded,
     named,
     named_crash,
@@ -23,7 +22,11 @@ from grader.harness.checking import (
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day03_multihead.crashes import REFUSES_VALID, TENSOR_TRUTH
+from grader.suites.day03_multihead.crashes import (
+    REFUSES_VALID,
+    TENSOR_TRUTH,
+    expect_clear_error,
+)
 from grader.suites.day03_multihead.heads import HEADS_FORBIDDEN
 
 HINTS = {
@@ -251,13 +254,13 @@ def dense64(
         weight, bias = weights[name]
         return F.linear(t, weight, bias)
 
-    def to_heads(t, n):
+    def to_heads(t, n, query=False):
         batch, length, _ = t.shape
-        if split in ("no_transpose", "split_only"):
+        if split in ("no_transpose", "split_only") or (split == "query_only" and query):
             return t.reshape(batch, n, length, head_dim)
         return t.view(batch, length, n, head_dim).transpose(1, 2)
 
-    q = to_heads(project("q_proj", x), heads)
+    q = to_heads(project("q_proj", x), heads, query=True)
     k, v = (
         to_heads(project("k_proj", context), kv_heads),
         to_heads(project("v_proj", context), kv_heads),
@@ -294,6 +297,10 @@ def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
         (
             "split_without_transpose",
             dense64(weights, heads, kv_heads, x, context, mask, split="split_only"),
+        ),
+        (  # q split by hand without the transpose, k and v by split_heads
+            "split_without_transpose",
+            dense64(weights, heads, kv_heads, x, context, mask, split="query_only"),
         ),
         (
             "scaled_by_d_model",
@@ -563,16 +570,17 @@ def mha_refuses_bad_head_counts(MultiHeadAttention, rng):
     """d_model % num_heads != 0 and num_heads % num_kv_heads != 0 raise ValueError"""
     heads = draw(rng, 3, 5)
     d_model = heads * draw(rng, 2, 4) + 1
-    expect_value_error(
+    expect_clear_error(
         lambda: MultiHeadAttention(d_model, heads),
         f"MultiHeadAttention(d_model={d_model}, num_heads={heads})",
-        "no_clear_error",
+        'raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")',
     )
     heads, kv_heads = draw(rng, 2, 3) * 2 + 1, 2  # an odd number of heads in 2 KV groups
-    expect_value_error(
+    expect_clear_error(
         lambda: MultiHeadAttention(heads * 4, heads, kv_heads),
         f"MultiHeadAttention(d_model={heads * 4}, num_heads={heads}, num_kv_heads={kv_heads})",
-        "no_clear_error",
+        'raise ValueError(f"num_heads={num_heads} is not divisible by '
+        'num_kv_heads={num_kv_heads}")',
     )
 
 

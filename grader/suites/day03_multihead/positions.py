@@ -11,13 +11,13 @@ from grader.harness.checking import (
     TOLERANCE,
     Mistake,
     expect_close,
-    expect_value_error,
     named,
     named_crash,
     relative_error,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import expect_clear_error
 
 HINTS = {
     # sinusoidal_positions
@@ -141,6 +141,11 @@ HINTS = {
         "for H not a power of two, take the slopes of the closest power of two below, n, then "
         "every other slope of 2n, (the ALiBi paper's get_slopes), until there are H.",
     ),
+    "alibi_heads_last": (
+        "the bias with the heads last, (lq, lk, H), instead of first",
+        "one (lq, lk) bias per head, heads first: -slopes.view(-1, 1, 1) * distance gives "
+        "(H, lq, lk).",
+    ),
     "alibi_wrong_extra_slopes": (
         "the extra slopes (H not a power of two) taken from the wrong entries of the 2n "
         "sequence: they are its even-indexed entries, [0::2], 2^(-8/(2n)), 2^(-24/(2n)), ...",
@@ -165,10 +170,6 @@ def sinusoid64(length, dim, offset=0, exponent="pairs", layout="interleaved"):
     pair = torch.arange(0, dim, 2, dtype=torch.float64)  # 2i
     if exponent == "pairs":
         angle = position / 10000.0 ** (pair / dim)
-    elif exponent == "inverted":
-        # angles up to length * 10000, whose float32 rounding (what the student's code computes)
-        # moves sin and cos by far more than float32's tolerance: mirror it
-        angle = (position.float() * 10000.0 ** (pair.float() / dim)).double()
     elif exponent == "integer":  # 2i // dim = 0 for every pair
         angle = position / 10000.0 ** (pair // dim)
     else:  # i / dim: the pair index without the factor 2
@@ -193,7 +194,6 @@ def sinusoid_suspects(length, dim):
         ("sin_cos_swapped", sinusoid64(length, dim, layout="swapped")),
         ("frequency_exponent", sinusoid64(length, dim, exponent="single")),
         ("frequency_exponent", wrong_exponent),
-        ("frequency_inverted", sinusoid64(length, dim, exponent="inverted")),
         ("integer_exponent", sinusoid64(length, dim, exponent="integer")),
         ("positions_one_short", sinusoid64(length - 1, dim)),
         ("table_transposed", sinusoid64(length, dim).T),
@@ -212,6 +212,9 @@ def expect_table(sinusoidal_positions, length, dim):
             raise named_crash(crash, "positions_one_short") from None
         raise
     expect_float32(table, what, "table_not_float32")
+    if inverted_frequencies(table, length, dim):
+        description, fix = HINTS["frequency_inverted"]
+        raise Mistake(f"{what} is off: it matches {description}.", fix, "frequency_inverted")
     expect_close(
         table,
         sinusoid64(length, dim),
@@ -219,6 +222,22 @@ def expect_table(sinusoidal_positions, length, dim):
         what=what,
         suspects=sinusoid_suspects(length, dim),
     )
+
+
+def inverted_frequencies(table, length, dim) -> bool:
+    """Whether `table` holds the angles p * 10000^(2i/dim) (multiplied, not divided). Those reach
+    length * 10000, where one float32 rounding of the angle moves its sin and cos by up to 0.04:
+    each entry may be off by a few float32 roundings of its own angle, so that the mistake is
+    named whether it was computed in float32 or in float64."""
+    if not isinstance(table, torch.Tensor) or tuple(table.shape) != (length, dim):
+        return False
+    position = torch.arange(length, dtype=torch.float64).unsqueeze(-1)  # (L, 1)
+    angle = position * 10000.0 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    wrong = torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)  # (L, dim), interleaved
+    if torch.allclose(wrong, sinusoid64(length, dim)):  # one pair, or one position: no difference
+        return False
+    allowed = 16 * torch.finfo(torch.float32).eps * (1 + angle.repeat_interleave(2, dim=-1))
+    return bool(((table.detach().double().cpu() - wrong).abs() <= allowed).all())
 
 
 def expect_float32(out, what, key):
@@ -428,10 +447,10 @@ def rope_refuses_odd_dim(apply_rope, rng):
     """an odd head dimension raises ValueError"""
     dim = 2 * draw(rng, 1, 8) + 1
     x = randn((2, draw(rng, 2, 5), dim), rng)
-    expect_value_error(
+    expect_clear_error(
         lambda: apply_rope(x, torch.arange(x.shape[-2])),
         f"apply_rope with D={dim}",
-        "no_clear_error",
+        'raise ValueError(f"D={x.shape[-1]} is odd: RoPE rotates pairs of features")',
     )
 
 
@@ -479,6 +498,7 @@ def alibi_suspects(heads, lq, lk):
             "alibi_wrong_extra_slopes",
             alibi64(heads, lq, lk, slopes64(heads, extra_from=slice(None))),
         ),
+        ("alibi_heads_last", alibi64(heads, lq, lk).permute(1, 2, 0)),
     ]
 
 

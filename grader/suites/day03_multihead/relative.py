@@ -10,13 +10,13 @@ from grader.harness.checking import (
     Mistake,
     expect_close,
     expect_tensor,
-    expect_value_error,
     hint,
     named,
     named_crash,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
+from grader.suites.day03_multihead.crashes import expect_clear_error
 
 HINTS = {
     # relative_position_bucket
@@ -95,6 +95,12 @@ HINTS = {
         "blocked scores set to 0 instead of -inf: exp(0) = 1 still gives blocked keys weight",
         "scores.masked_fill(~mask, float('-inf')) (or the dtype's minimum) before the softmax.",
     ),
+    "mask_after_softmax": (
+        "the mask applied after the softmax (blocked weights zeroed): the rows then sum to less "
+        "than 1",
+        "block the scores before the softmax, scores.masked_fill(~mask, float('-inf')), so the "
+        "weights of the keys left renormalise to 1.",
+    ),
     "softmax_wrong_dim": (
         "the softmax over the queries (dim=-2) instead of over the keys",
         "each query's weights sum to 1 over the keys: torch.softmax(scores, dim=-1).",
@@ -122,6 +128,17 @@ HINTS = {
         "every head given the bias of the wrong head (the table's axes mixed up)",
         "bias_table is (num_buckets, H), like an nn.Embedding's weight: bias = "
         "bias_table[buckets] is (lq, lk, H); move the heads first: .permute(2, 0, 1).",
+    ),
+    "bias_transposed": (
+        "each head's bias transposed, (H, lk, lq) as .permute(2, 1, 0) gives (where lq = lk "
+        "this is also the bias of query - memory buckets)",
+        "bias_table[buckets] is (lq, lk, H): .permute(2, 0, 1) gives (H, lq, lk), which adds to "
+        "the scores; and relative_position = memory_position - query_position.",
+    ),
+    "bias_ignores_max_distance": (
+        "max_distance not passed on to relative_position_bucket (its default 128 used)",
+        "buckets = relative_position_bucket(relative, bidirectional=bidirectional, "
+        "num_buckets=bias_table.shape[0], max_distance=max_distance).",
     ),
     "bias_ignores_bidirectional": (
         "the bidirectional argument not passed on to relative_position_bucket",
@@ -161,6 +178,7 @@ def t5_bucket(
     halve_first=True,
     rounding=math.floor,
     exact_below=0,
+    log_shift=0,
     future="zero",
     integer_ratio=False,
 ):
@@ -168,8 +186,9 @@ def t5_bucket(
     plain Python; returns (bucket, ambiguous). The knobs give the named mistakes. `ambiguous` is
     True when the log-spaced offset lies within 1e-6 of an integer, where float32 arithmetic may
     round either way. `exact_below` moves only the test n < max_exact (a log-spaced offset
-    below 0 is then truncated toward 0, as .long() does); `future="abs"` buckets the future by its
-    distance when not bidirectional."""
+    below 0 is then truncated toward 0, as .long() does), `log_shift` only where the log-spaced
+    buckets start; when not bidirectional, `future="abs"` buckets the future by its distance and
+    `future="above"` puts it above every past bucket, as the bidirectional branch would."""
     n = -sign * relative_position  # > 0: the memory position is before the query
     bucket = 0
     max_exact = num_buckets // 2 if not halve_first else None
@@ -177,6 +196,9 @@ def t5_bucket(
         num_buckets //= 2
         if n < 0:
             bucket += num_buckets  # the future gets the upper half
+        n = abs(n)
+    elif future == "above":
+        bucket += num_buckets if n < 0 else 0
         n = abs(n)
     else:
         n = abs(n) if future == "abs" else max(n, 0)  # the future shares bucket 0
@@ -187,7 +209,7 @@ def t5_bucket(
         return bucket + n, False
     ratio = max(n // max_exact, 1) if integer_ratio else n / max_exact
     offset = math.log(ratio) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
-    large = max_exact + (int(offset) if offset < 0 else int(rounding(offset)))
+    large = max_exact + log_shift + (int(offset) if offset < 0 else int(rounding(offset)))
     if clamp:
         large = min(large, num_buckets - 1)
     ambiguous = abs(offset - round(offset)) < 1e-6 and round(offset) > 0
@@ -211,6 +233,8 @@ def bucket_suspects(relative_position, bidirectional, num_buckets, max_distance)
         ("bucket_boundary", dict(exact_below=1, bidirectional=bidirectional)),
         ("bucket_boundary", dict(exact_shift=1, bidirectional=bidirectional)),
         ("bucket_boundary", dict(exact_shift=-1, bidirectional=bidirectional)),
+        # exact buckets 0..max_exact inclusive, the log-spaced ones one further on
+        ("bucket_boundary", dict(exact_below=1, log_shift=1, bidirectional=bidirectional)),
         ("bucket_not_clamped", dict(clamp=False, bidirectional=bidirectional)),
         ("bucket_integer_ratio", dict(integer_ratio=True, bidirectional=bidirectional)),
     ]
@@ -220,6 +244,7 @@ def bucket_suspects(relative_position, bidirectional, num_buckets, max_distance)
         suspects += [
             ("bucket_always_bidirectional", dict(bidirectional=True)),
             ("bucket_always_bidirectional", dict(bidirectional=True, sign=-1)),
+            ("bucket_always_bidirectional", dict(bidirectional=False, future="above")),
             ("bucket_future_not_zero", dict(bidirectional=False, future="abs")),
         ]
     found = []
@@ -264,8 +289,9 @@ def expect_buckets(out, relative_position, what, bidirectional, num_buckets, max
         f"{what} is off at {int(wrong.sum())} of {wrong.numel()} entries; first at "
         f"relative_position={int(relative_position[index])}: got {int(out[index])}, "
         f"expected {int(ref[index])}.",
-        "work through the hand-computed buckets in the notebook: sign, halving, "
-        "exact part, log part, clamp.",
+        f"compute the bucket of relative_position={int(relative_position[index])} by hand "
+        "from the docstring's formula, one step at a time (sign, halving, exact part, log part, "
+        "clamp), and print the same steps of your function for that one entry.",
     )
 
 
@@ -334,16 +360,16 @@ def bucket_refuses_bad_parameters(relative_position_bucket, rng):
     relative = torch.arange(-5, 6)
     num_buckets = 4 * draw(rng, 2, 6)
     max_exact = num_buckets // 4
-    expect_value_error(
+    expect_clear_error(
         lambda: relative_position_bucket(relative, True, num_buckets, max_exact),
         f"relative_position_bucket(..., bidirectional=True, num_buckets={num_buckets}, "
         f"max_distance={max_exact})",
-        "no_clear_error",
+        'raise ValueError(f"max_distance={max_distance} must exceed max_exact={max_exact}")',
     )
-    expect_value_error(
+    expect_clear_error(
         lambda: relative_position_bucket(relative, True, 1, 16),
         "relative_position_bucket(..., bidirectional=True, num_buckets=1)",
-        "no_clear_error",
+        'raise ValueError(f"num_buckets={num_buckets} leaves no exact bucket")',
     )
 
 
@@ -366,9 +392,11 @@ def shaw64(
     fill=-math.inf,
     softmax_dim=-1,
     values_table=None,
+    mask_weights=False,
 ):
     """Shaw et al.'s relative attention in float64, with a gather; the knobs give the mistakes.
-    Blocked scores get `fill`; the output's relative term reads `values_table` (rel_v)."""
+    Blocked scores get `fill` (with `mask_weights`, the weights are masked after the softmax
+    instead); the output's relative term reads `values_table` (rel_v)."""
     q, k, v, rel_k = q.double(), k.double(), v.double(), rel_k.double()
     lq, lk, dim = q.shape[-2], k.shape[-2], q.shape[-1]
     pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
@@ -381,9 +409,7 @@ def shaw64(
     scores = (q @ k.transpose(-2, -1) + relative) / math.sqrt(dim)
     if not scale_rel:
         scores = scores + relative * (1 - 1 / math.sqrt(dim))
-    if mask is not None:
-        scores = scores.masked_fill(~mask, fill)
-    weights = torch.softmax(scores, dim=softmax_dim)
+    weights = masked_softmax(scores, mask, fill, mask_weights, softmax_dim)
     out = weights @ v
     values_table = rel_v if values_table is None else values_table
     if rel_v is not None and use_rel_v:
@@ -409,8 +435,20 @@ def shaw_suspects(q, k, v, rel_k, rel_v, p, mask=None):
         suspects += [
             ("mask_fill_zero", shaw64(q, k, v, rel_k, rel_v, p, mask, fill=0.0)),
             ("inverted_mask", shaw64(q, k, v, rel_k, rel_v, p, ~mask, fill=MASK_MIN)),
+            ("ignores_mask", shaw64(q, k, v, rel_k, rel_v, p)),
+            ("mask_after_softmax", shaw64(q, k, v, rel_k, rel_v, p, mask, mask_weights=True)),
         ]
     return suspects
+
+
+def masked_softmax(scores, mask=None, fill=-math.inf, mask_weights=False, dim=-1):
+    """softmax(scores) over `dim` with the blocked scores set to `fill`, or, with `mask_weights`
+    (the mistake), the blocked weights zeroed after the softmax."""
+    if mask is None:
+        return torch.softmax(scores, dim=dim)
+    if mask_weights:
+        return torch.softmax(scores, dim=dim) * mask
+    return torch.softmax(scores.masked_fill(~mask, fill), dim=dim)
 
 
 def unpack_pair(result, what, out_shape, weights_shape, dtype):
@@ -529,17 +567,17 @@ def shaw_refuses_bad_tables(shaw_relative_attention, rng):
     """a table that is not (2 * max_relative_position + 1, D) raises ValueError"""
     dim, p = draw(rng, 2, 6), draw(rng, 1, 4)
     q, k, v = (randn((1, 4, dim), rng) for _ in range(3))
-    expect_value_error(
+    expect_clear_error(
         lambda: shaw_relative_attention(q, k, v, randn((2 * p, dim), rng), p),
         f"rel_k of shape {(2 * p, dim)} with max_relative_position={p}",
-        "no_clear_error",
+        'raise ValueError(f"rel_k has shape {tuple(rel_k.shape)}, expected ({2 * P + 1}, {D})")',
     )
-    expect_value_error(
+    expect_clear_error(
         lambda: shaw_relative_attention(
             q, k, v, randn((2 * p + 1, dim), rng), p, rel_v=randn((2 * p + 1, dim + 1), rng)
         ),
         f"rel_v of shape {(2 * p + 1, dim + 1)} for v with Dv={dim}",
-        "no_clear_error",
+        'raise ValueError(f"rel_v has shape {tuple(rel_v.shape)}, expected ({2 * P + 1}, {Dv})")',
     )
 
 
@@ -596,6 +634,7 @@ def relative_bias64(
     bias=None,
     scale_bias=False,
     fill=-math.inf,
+    mask_weights=False,
     **bias_knobs,
 ):
     q, k, v = q.double(), k.double(), v.double()
@@ -607,9 +646,7 @@ def relative_bias64(
         else bias
     )
     scores = q @ k.transpose(-2, -1) * scale + bias * (scale if scale_bias else 1.0)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, fill)
-    weights = torch.softmax(scores, dim=-1)
+    weights = masked_softmax(scores, mask, fill, mask_weights)
     return weights @ v, weights
 
 
@@ -617,7 +654,10 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
     lq, lk, heads = q.shape[-2], k.shape[-2], bias_table.shape[1]
     args = (q, k, v, bias_table, bidirectional, max_distance, mask, scale)
     right = bias64(bias_table, lq, lk, bidirectional, max_distance)
-    suspects = [
+    suspects = []
+    if lq == lk:  # .permute(2, 1, 0) fits the scores only here, where it reads like bias_sign
+        suspects.append(("bias_transposed", relative_bias64(*args, bias=right.transpose(1, 2))))
+    suspects += [
         ("bias_sign", relative_bias64(*args, sign=-1)),
         ("bias_scaled", relative_bias64(*args, scale_bias=True)),
         ("bias_wrong_heads", relative_bias64(*args, bias=right.flip(0))),
@@ -625,13 +665,21 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
         ("bias_wrong_heads", relative_bias64(*args, lookup="reshape")),
         ("bias_wrong_heads", relative_bias64(*args, lookup="table_reshaped")),
     ]
-    for knobs in (dict(num_buckets=32), dict(num_buckets=max_distance, bucket_distance=128)):
+    for key, knobs in (
+        ("bias_ignores_max_distance", dict(bucket_distance=128)),
+        ("bias_bucket_arguments", dict(num_buckets=32)),
+        ("bias_bucket_arguments", dict(num_buckets=max_distance, bucket_distance=128)),
+    ):
         if bias64(bias_table, lq, lk, bidirectional, max_distance, **knobs) is not None:
-            suspects.append(("bias_bucket_arguments", relative_bias64(*args, **knobs)))
+            suspects.append((key, relative_bias64(*args, **knobs)))
     if scale is None:
         suspects.append(("bias_scale_default", relative_bias64(*args[:-1], scale=1.0)))
     if mask is not None:
-        suspects.append(("inverted_mask", relative_bias64(*args[:6], ~mask, scale, fill=MASK_MIN)))
+        suspects += [
+            ("inverted_mask", relative_bias64(*args[:6], ~mask, scale, fill=MASK_MIN)),
+            ("ignores_mask", relative_bias64(*args[:6], None, scale)),
+            ("mask_after_softmax", relative_bias64(*args, mask_weights=True)),
+        ]
     if lq != lk:
         suspects.append(("bias_top_left", relative_bias64(*args, top_left=True)))
     if not bidirectional:
@@ -646,14 +694,19 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
     return suspects
 
 
-def call_relative_bias(relative_bias_attention, *args, **kwargs):
+def call_relative_bias(relative_bias_attention, q, k, *args, **kwargs):
     """The student's call; a bucket out of the table's range, or the student's own bucket
-    function refusing the parameters, means the bucket arguments were not passed on."""
+    function refusing the parameters, means the bucket arguments were not passed on; scores and
+    a bias whose lq and lk do not line up, a bias transposed."""
     try:
-        return relative_bias_attention(*args, **kwargs)
+        return relative_bias_attention(q, k, *args, **kwargs)
     except Mistake as crash:
         if crash.key == "raised" and ("out of" in crash.message or "ValueError" in crash.message):
             raise named_crash(crash, "bias_bucket_arguments") from None
+        lq, lk = q.shape[-2], k.shape[-2]
+        lengths = f"({lq})" in crash.message and f"({lk})" in crash.message
+        if crash.key == "raised" and "must match the size" in crash.message and lengths:
+            raise named_crash(crash, "bias_transposed") from None
         raise
 
 
@@ -720,10 +773,10 @@ def rb_refuses_head_mismatch(relative_bias_attention, rng):
     heads = draw(rng, 2, 4)
     q, k, v = (randn((1, heads, 5, 4), rng) for _ in range(3))
     table = randn((8, heads + 1), rng)
-    expect_value_error(
+    expect_clear_error(
         lambda: relative_bias_attention(q, k, v, table, max_distance=16),
         f"bias_table of shape {tuple(table.shape)} for q with {heads} heads",
-        "no_clear_error",
+        'raise ValueError(f"bias_table has {bias_table.shape[1]} heads, q has {q.shape[1]}")',
     )
 
 
