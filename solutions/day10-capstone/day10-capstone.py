@@ -122,9 +122,9 @@ trace(attention_function("dense"), q, k, v)
 # $$M_\text{masked} = 3sNL^2 + L^2 + L.$$
 # **Strided** (dense attention under `course.reference.sparse.strided_mask`): the same formula, the mask is just another $(L, L)$ bool. Sparse *masks* save nothing: the saving needs an implementation that never builds $(L, L)$.
 #
-# **Sliding window and chunked** (`course.reference.sparse`'s blocked attention). Queries are cut into $n_b = \lceil L/b \rceil$ blocks of $b$ (for a window $w$: left $= w-1$, right $= 0$ if causal, else $\lfloor w/2 \rfloor$ each; $b = \max(16, \min(L, \text{left}+\text{right}+1))$; for chunks: $b$ = chunk size, left = right = overlap). Block $c$ meets $\text{span} = b + \text{left} + \text{right}$ keys. It allocates padded copies of $q$ ($n_b b$ rows), of $k$ **and** $v$ ($L + \text{left} + \text{right} + \text{tail}$ rows each, tail $= n_b b - L$), the output ($n_b b$ rows), the band pattern ($b \times \text{span}$ offsets in int64 plus bool tests: $\approx 11$ bytes per entry, and likewise for $n_b \times \text{span}$ key positions, $9\,n_b b$ for query positions), then works on $g = \min(n_b, \max(1, \lfloor 2^{18} / (N b\,\text{span}) \rfloor))$ blocks at a time. A group holds $S = N g b\,\text{span}$ scores and their softmax, plus a copy of the key (value) tiles $T = N g\,\text{span}\,d$ when $N > 1$ (matmul cannot fold $(N, g)$ into one batch dimension of the strided view), plus the group's output $O = Ngbd$; the next group computes its scores while the previous scores are alive:
-# $$M_\text{blocked} = s\big(N n_b b d + 2N(L + \text{left} + \text{right} + \text{tail})d + N n_b b d\big) + 11\,b\,\text{span} + 11\,n_b\,\text{span} + 9\,n_b b + s \max\big(2S + \max(T + O,\, 2S/s),\ S + 2S' + T'\big)$$
-# with $S', T'$ those of the next group: with one group there is no next one (drop the second term); with two, the next is the last, smaller group of $n_b - g$ blocks; with three or more, a full group ($S' = S$, $T' = T$). The point: $S \le \max(2^{18}, Nb\,\text{span})$, so memory grows like $L\cdot d + L \cdot w$, **not** $L^2$.
+# **Sliding window and chunked** (`course.reference.sparse`'s blocked attention). Queries are cut into $n_b = \lceil L/b \rceil$ blocks of $b$ (for a window $w$, two cases: causal, left $= w-1$ and right $= 0$; not causal, left $=$ right $= \lfloor w/2 \rfloor$; $b = \max(16, \min(L, \text{left}+\text{right}+1))$; for chunks: $b$ = chunk size, left = right = overlap). Block $c$ meets $\text{span} = b + \text{left} + \text{right}$ keys. It allocates padded copies of $q$ ($n_b b$ rows), of $k$ **and** $v$ ($L + \text{left} + \text{right} + \text{tail}$ rows each, tail $= n_b b - L$), the output ($n_b b$ rows), the band pattern ($b \times \text{span}$ offsets in int64 plus bool tests: $\approx 11$ bytes per entry, and likewise for $n_b \times \text{span}$ key positions, $9\,n_b b$ for query positions), then works on $g = \min(n_b, \max(1, \lfloor 2^{18} / (N b\,\text{span}) \rfloor))$ blocks at a time. A group holds $S = N g b\,\text{span}$ scores and their softmax, plus a copy of the key (value) tiles $T = N g\,\text{span}\,d$ when $N > 1$ (matmul cannot fold $(N, g)$ into one batch dimension of the strided view), plus the group's output $O = Ngbd$ ($T = 0$ when $N = 1$, and so is $T'$); the next group computes its scores while the previous scores are alive:
+# $$M_\text{blocked} = s\big(N n_b b d + 2N(L + \text{left} + \text{right} + \text{tail})d + N n_b b d\big) + 11\,b\,\text{span} + 11\,n_b\,\text{span} + 9\,n_b b + s \max\big(2S + \max(T + O,\, \lfloor 2S/s \rfloor),\ S + 2S' + T'\big)$$
+# where $\lfloor 2S/s \rfloor$ is two bool masks of the allowed keys (1 byte per score) counted in $s$-byte elements, rounded down as `2 * S // s`; and $S', T'$ are those of the next group: with one group there is no next one (drop the second term); with two, the next is the last, smaller group of $n_b - g$ blocks; with three or more, a full group ($S' = S$, $T' = T$). The point: $S \le \max(2^{18}, Nb\,\text{span})$, so memory grows like $L\cdot d + L \cdot w$, **not** $L^2$.
 #
 # **Flash / tiled** (`course.reference.online_softmax.tiled_attention`, blocks $b_q, b_k$): the output and the logsumexp ($NLd + NL$), one query tile with its running max, denominator and numerator ($N b_q (2d + 8)$ counting a few $(N, b_q)$ vectors), and four $(b_q, b_k)$ tiles at once (the new scores, $s - m$, $p$, and the previous $p$; three when one query block covers $L$):
 # $$M_\text{flash} = s\big(NLd + NL + Nb_q(2d + 8) + 4Nb_qb_k\big).$$
@@ -147,7 +147,7 @@ trace(attention_function("dense"), q, k, v)
 #
 # Return an `int`: bytes are whole, so divide with `//` (or round up with `-(-a // b)`).
 #
-# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; the padded K and V counted once; chunks without their overlap; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; a bad argument accepted silently.
+# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; a non-causal window read as left $= w-1$, right $= \lfloor w/2 \rfloor$; the padded K and V counted once; chunks without their overlap; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; a bad argument accepted silently.
 
 # %% nbgrader={"grade": false, "grade_id": "estimate_attention_memory", "locked": false, "schema_version": 3, "solution": true, "task": false}
 GROUP_SCORES = 1 << 18  # course.reference.sparse works on groups of query blocks of about this many scores
@@ -275,7 +275,7 @@ for kind, kw in KIND_KW.items():
 #
 # ### Exercise 2: `benchmark_attention`
 #
-# The checks drive your function with fake mechanisms whose behaviour is known: they recognise rows without the table's fields or with rows missing, the skipped lengths left out, a failure raised instead of recorded, the wrong status for a failure, a failed mechanism run again at longer lengths instead of skipped, an `(out, weights)` tuple not unpacked, a timed warm-up (alone or among the timed calls), the mean instead of the median, a time in milliseconds, too few calls, a peak memory that is not `peak_memory`'s, and a relative error divided by $\lVert\text{out}\rVert$, not divided at all, or against a reference without the $1/\sqrt{d}$ scale.
+# The checks drive your function with fake mechanisms whose behaviour is known: they recognise rows without the table's fields or with rows missing, the skipped lengths left out, a failure raised instead of recorded, the wrong status for a failure, a failed mechanism run again at longer lengths instead of skipped, an `(out, weights)` tuple not unpacked, a timed warm-up (alone, among the timed calls, or reused as the first of them), the mean instead of the median, a time in milliseconds, too few calls, a peak memory that is not `peak_memory`'s, and a relative error divided by $\lVert\text{out}\rVert$, not divided at all, or against a reference without the $1/\sqrt{d}$ scale, and the largest absolute difference $\max|\text{out} - \text{ref}|$ instead of the relative norm.
 
 # %% nbgrader={"grade": false, "grade_id": "benchmark_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 FIELDS = ("name", "seq_len", "status", "time_s", "peak_bytes", "rel_error", "message")
@@ -348,7 +348,7 @@ check("day10-capstone", "benchmark_attention", benchmark_attention, hidden=True,
 # Small sizes here (a 2-core CPU runs this notebook in under a minute); `python -m course.bench` runs the full sizes, on the GPU when there is one, and writes a report with every benchmark of the course. The dotted and dashed lines are $O(L^2)$ and $O(L)$ guides.
 
 # %%
-from course.reference.mechanisms import make_attention
+from course.reference import mechanisms  # the library's make_attention: mechanisms.make_attention
 
 big = device.type == "cuda"
 lengths = [512, 1024, 2048, 4096] if big else [128, 256, 512]
@@ -357,13 +357,13 @@ heads, head_dim = 2, 32
 
 def mechanism(kind, **kwargs):
     """fn(q, k, v) on heads: the mechanism step of make_attention's layer of this kind."""
-    return make_attention(kind, heads * head_dim, heads, **kwargs).to(device).attend
+    return mechanisms.make_attention(kind, heads * head_dim, heads, **kwargs).to(device).attend
 
 
-mechanisms = {"dense": mechanism("dense"), "flash (tiled)": mechanism("flash"),
+compared = {"dense": mechanism("dense"), "flash (tiled)": mechanism("flash"),
               "sliding 64": mechanism("sliding_window", window=64), "linear": mechanism("linear"),
               "performer 64": mechanism("performer", num_features=64)}
-rows = benchmark_attention(mechanisms, lengths, heads=heads, head_dim=head_dim, device=device, repeats=3)
+rows = benchmark_attention(compared, lengths, heads=heads, head_dim=head_dim, device=device, repeats=3)
 for r in rows:
     cost = "" if r["status"] != "ok" else f"{1e3 * r['time_s']:8.2f} ms {r['peak_bytes'] / 2**20:8.2f} MiB"
     error = "" if r["rel_error"] is None else f"rel. error {r['rel_error']:.1e}"
@@ -384,14 +384,16 @@ plot_benchmark(rows, title=f"({device.type})")
 #
 # | | GPU | CPU |
 # |---|---|---|
-# | needs global context (or $L \le$ window) | flash, linear | dense, flash (both only for $L \le 8192$), linear |
+# | needs global context (or $L \le$ window) | flash, linear | dense, flash (both only for $L \le 8192$: 8192 itself included), linear |
 # | local context is enough ($L >$ window) | sliding, linear | sliding, linear |
+#
+# Both bounds are inclusive: $L$ equal to the window counts as global context, and $L = 8192$ on a CPU still tries dense and flash. Past 8192 tokens on a CPU only the exact kinds drop out: linear remains.
 #
 # What each choice gives up: **dense** needs $O(L^2)$ memory; **flash** on a CPU is slower than dense; **sliding** sees only its window in one layer (stack layers, or add a global layer, to reach further); **linear** attention approximates the softmax with a kernel feature map and blurs sharp attention patterns. When nothing fits, raise `ValueError`.
 #
 # The kind names are `estimate_attention_memory`'s: `"sliding"` (which `make_attention`, below, calls `"sliding_window"`), `"dense"`, `"flash"`, `"linear"`. Estimate each candidate with the sizes you were given (`batch`, `heads`, `head_dim`, `dtype`, and `window=window` for `"sliding"`).
 #
-# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, the sliding window for a sequence no longer than the window, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window, a budget that must be beaten rather than met (`<` where "fits" means `<=`); and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
+# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, no linear fallback past 8192 tokens, `<` where a bound is `<=` (at exactly 8192 tokens, or at a sequence exactly as long as the window), the sliding window for a sequence no longer than the window, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window, a budget that must be beaten rather than met (`<` where "fits" means `<=`); and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
 
 # %% nbgrader={"grade": false, "grade_id": "choose_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 EXACT_MAX_LEN_CPU = 8192  # measured: past this, exact attention takes seconds per layer on a CPU
@@ -523,6 +525,26 @@ for label, kinds in models.items():
 # (each `nn.Linear(d_model, d_model)`), as day 3's `MultiHeadAttention` does: the checks recompute
 # every kind in float64 from your own weights. Performer's random features are drawn from a
 # generator seeded with `seed` at every call, so the layer is a function of its input.
+#
+# The course functions the middle step calls, all on heads $(B, H, L, d/H)$ (the cell below
+# imports them); a mask's True means "may attend":
+#
+# ```python
+# attention(q, k, v, mask=None) -> (out, weights)              # course.reference.masks
+# causal_mask(lq, lk=None, device=None) -> (lq, lk) bool       # course.reference.masks
+# strided_mask(L, stride, local_window, device=None)           # course.reference.sparse
+# sliding_window_attention(q, k, v, window, causal=False)      # course.reference.sparse
+# chunked_attention(q, k, v, chunk_size, overlap)              # course.reference.sparse
+# flash_attention_torch(q, k, v, causal=False, block_q=64, block_k=64)
+#                                                              # course.reference.online_softmax
+# linear_attention(q, k, v)                                    # course.reference.linear_attention
+# causal_linear_attention_chunked(q, k, v, chunk_size=64)      # course.reference.linear_attention
+# performer_attention(q, k, v, num_features=256, generator=None)
+#                                          # course.reference.linear_attention; generator: a
+#                                          # torch.Generator, so the features can be drawn again
+# MambaBlock(d_model, d_state=16, d_conv=4, expand=2)          # course.reference.mamba_scan
+#                                                              # an nn.Module: (B, L, d) -> (B, L, d)
+# ```
 
 # %% nbgrader={"grade": false, "grade_id": "AttentionLayer", "locked": false, "schema_version": 3, "solution": true, "task": false}
 from torch import nn
@@ -651,13 +673,15 @@ def make_attention(kind: str, d_model: int, num_heads: int, **kwargs) -> nn.Modu
 
 
 # %% [markdown]
-# The checks recognise: heads ignored (one head of size $d$), scores scaled by $1/\sqrt{d}$
-# instead of $1/\sqrt{d/H}$, `causal=True` ignored, a sliding window one key off, chunked attention
-# without its overlap, heads merged without the transpose back, a mask ignored by `dense` or
-# `strided`, a mask combined with the pattern by OR or used instead of it, a mask silently dropped
-# by a kind that cannot apply it, a Performer layer that draws new features at every call, a Mamba
-# layer that looks ahead, and an unknown kind or argument accepted or refused without naming what
-# is valid. They also refuse `course.reference.mechanisms`, the library version.
+# The checks recognise: heads ignored (one head of size $d$), scores scaled by $1/\sqrt{d}$ instead
+# of $1/\sqrt{d/H}$, `causal=True` ignored, a sliding window one key off, chunked attention without
+# its overlap, heads merged without the transpose back, the output projection forgotten, the pattern
+# inverted (`~pattern`: True read as "masked out"), a mask ignored by `dense` or `strided`, a mask
+# combined with the pattern by OR or used instead of it, a mask silently dropped by a kind that
+# cannot apply it, a Performer layer that draws new features at every call, a Mamba layer that looks
+# ahead, `num_heads` not dividing `d_model` accepted, and an unknown kind or argument accepted or
+# refused without naming what is valid. They also refuse `course.reference.mechanisms`, the library
+# version.
 
 # %% nbgrader={"grade": true, "grade_id": "check_make_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day10-capstone", "make_attention", make_attention, points=2)

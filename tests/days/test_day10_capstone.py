@@ -343,6 +343,16 @@ BEGINNER_MISTAKES = {
         [("s * (4 * N * L * m + N * L * d + m * d) + 8 * m * d", "s * 4 * N * L * m")],
         "performer_features_only",
     ),
+    "estimate_window_sides_misread": (
+        "estimate_attention_memory",
+        [
+            (
+                'left, right = (w - 1, 0) if options["causal"] else (w // 2, w // 2)',
+                'left, right = w - 1, (0 if options["causal"] else w // 2)',
+            )
+        ],
+        "window_sides_misread",
+    ),
     "estimate_no_validation": (
         "estimate_attention_memory",
         [
@@ -373,6 +383,27 @@ BEGINNER_MISTAKES = {
             )
         ],
         "warmup_timed",
+    ),
+    "bench_warmup_reused_as_timed": (
+        "benchmark_attention",
+        [
+            (
+                'row["time_s"] = median_time(fn, q, k, v, repeats=repeats, warmup=0)',
+                'row["time_s"] = statistics.median([time.perf_counter() - start] + '
+                "[median_time(fn, q, k, v, repeats=1, warmup=0) for _ in range(repeats - 1)])",
+            )
+        ],
+        "warmup_timed",
+    ),
+    "bench_max_abs_error": (
+        "benchmark_attention",
+        [
+            (
+                "((out.double().cpu() - ref).norm() / ref.norm())",
+                "(out.double().cpu() - ref).abs().max()",
+            )
+        ],
+        "quality_max_abs",
     ),
     "bench_milliseconds": (
         "benchmark_attention",
@@ -428,6 +459,26 @@ BEGINNER_MISTAKES = {
         "choose_attention",
         [("if needs_global_context or seq_len <= window:", "if needs_global_context:")],
         "short_sequence_local",
+    ),
+    "choose_window_not_inclusive": (
+        "choose_attention",
+        [
+            (
+                "if needs_global_context or seq_len <= window:",
+                "if needs_global_context or seq_len < window:",
+            )
+        ],
+        "window_not_inclusive",
+    ),
+    "choose_cpu_limit_not_inclusive": (
+        "choose_attention",
+        [("elif seq_len <= EXACT_MAX_LEN_CPU:", "elif seq_len < EXACT_MAX_LEN_CPU:")],
+        "cpu_limit_not_inclusive",
+    ),
+    "choose_no_linear_fallback": (
+        "choose_attention",
+        [('candidates = ["linear"]', "candidates = []")],
+        "no_linear_fallback",
     ),
     "choose_flash_first_on_cpu": (
         "choose_attention",
@@ -498,6 +549,26 @@ BEGINNER_MISTAKES = {
         "make_attention",
         [('if self.kind == "linear" and o["causal"]:', "if False:")],
         "causal_ignored",
+    ),
+    "make_heads_not_dividing_accepted": (
+        "make_attention",
+        [("if d_model % num_heads:", "if False:")],
+        "heads_not_dividing",
+    ),
+    "make_pattern_inverted": (
+        "make_attention",
+        [
+            (
+                "pattern if mask is None else pattern & mask",
+                "~(pattern if mask is None else pattern & mask)",
+            )
+        ],
+        "mask_inverted",
+    ),
+    "make_out_proj_missing": (
+        "make_attention",
+        [("return self.out_proj(out.transpose(1, 2)", "return (out.transpose(1, 2)")],
+        "out_proj_missing",
     ),
     "make_mamba_both_ways": (
         "make_attention",
@@ -587,6 +658,30 @@ CORRECT_ALTERNATIVES = {
         "estimate_attention_memory",
         [("return base + s * peak", "return math.ceil(float(base) + float(s) * peak)")],
     ),
+    "estimate_finfo_bytes_and_float_group": (
+        "estimate_attention_memory",
+        [
+            ("s = torch.empty((), dtype=dtype).element_size()", "s = torch.finfo(dtype).bits // 8"),
+            (
+                "GROUP_SCORES // (block * span * N)",
+                "int(GROUP_SCORES / (block * span * N))",
+            ),
+        ],
+    ),
+    "bench_sdpa_reference_and_vector_norm": (
+        "benchmark_attention",
+        [
+            (
+                "ref = torch.softmax(q64 @ k64.transpose(-2, -1) / math.sqrt(head_dim), dim=-1) @ v64",
+                "ref = torch.nn.functional.scaled_dot_product_attention(q64, k64, v64)",
+            ),
+            (
+                "((out.double().cpu() - ref).norm() / ref.norm()).item()",
+                "float(torch.linalg.vector_norm(out.to(torch.float64).cpu() - ref) "
+                "/ torch.linalg.vector_norm(ref))",
+            ),
+        ],
+    ),
     "bench_peak_before_timing": (
         "benchmark_attention",
         [
@@ -614,6 +709,29 @@ CORRECT_ALTERNATIVES = {
                 "oom = isinstance(exc, torch.OutOfMemoryError)",
                 'oom = "OutOfMemory" in type(exc).__name__',
             ),
+        ],
+    ),
+    "make_sdpa_bool_mask_permute": (
+        "make_attention",
+        [
+            (
+                "return attention(q, k, v, pattern if mask is None else pattern & mask)[0]",
+                "return torch.nn.functional.scaled_dot_product_attention(\n"
+                "                q, k, v, attn_mask=pattern if mask is None else pattern & mask)",
+            ),
+            ("out.transpose(1, 2).reshape(B, L, H * dh)", "out.permute(0, 2, 1, 3).flatten(2)"),
+        ],
+    ),
+    "make_own_softmax_with_nan_to_num": (
+        "make_attention",
+        [
+            (
+                "return attention(q, k, v, pattern if mask is None else pattern & mask)[0]",
+                "allowed = pattern if mask is None else pattern & mask\n"
+                "            scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5\n"
+                "            scores = scores.masked_fill(~allowed, float('-inf'))\n"
+                "            return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v",
+            )
         ],
     ),
     "make_logical_and_tril_flatten": (
@@ -684,6 +802,48 @@ def choose_by_table(solution, overestimate=1.0):
         return choice
 
     return choose_attention
+
+
+def choose_estimating_everything_first(solution):
+    """choose_attention that estimates all four kinds up front, then walks the rule (a beginner's
+    correct variant: more estimates than needed, the same choice)."""
+    estimate = solution["estimate_attention_memory"]
+
+    def choose_attention(
+        seq_len,
+        needs_global_context,
+        memory_budget_bytes,
+        has_gpu,
+        *,
+        batch=1,
+        heads=8,
+        head_dim=64,
+        dtype=torch.float32,
+        window=256,
+    ):
+        if seq_len < 1 or memory_budget_bytes <= 0:
+            raise ValueError("bad seq_len or budget")
+        sizes = (batch, heads, seq_len, head_dim, dtype)
+        needed = {kind: estimate(kind, *sizes) for kind in ("dense", "flash", "linear")}
+        needed["sliding"] = estimate("sliding", *sizes, window=window)
+        if seq_len > window and not needs_global_context:
+            order = ["sliding"]
+        elif not has_gpu and seq_len <= 8192:
+            order = ["dense", "flash"]
+        else:
+            order = ["flash"] if has_gpu else []
+        fitting = [kind for kind in [*order, "linear"] if needed[kind] <= memory_budget_bytes]
+        if not fitting:
+            raise ValueError(f"nothing fits {memory_budget_bytes} bytes")
+        return fitting[0]
+
+    return choose_attention
+
+
+def test_choose_estimating_everything_first_passes(solution):
+    impl = choose_estimating_everything_first(solution)
+    for seed in (0, 1, 2):
+        assert report("choose_attention", impl, hidden=seed != 0, seed=seed).passed, seed
 
 
 @pytest.mark.parametrize("overestimate", [1.0, 1.05])

@@ -4,7 +4,7 @@ what the common slips would have returned."""
 
 import torch
 
-from course.reference.capstone import estimate_attention_memory
+from course.reference.capstone import EXACT_MAX_LEN_CPU, estimate_attention_memory
 from grader.harness.checking import Mistake, expect_value_error, hint
 from grader.suites._common import draw
 
@@ -14,8 +14,9 @@ ESTIMATE_KINDS = ("dense", "flash", "linear", "sliding")  # the names choose_att
 
 def expect_choice(choose_attention, args: dict, want: str, slips: dict = None) -> None:
     """choose_attention(**args) == want; `slips` maps what a mistake would return on these
-    arguments to its key."""
+    arguments to its key (ValueError: the key of a mistake that raises there)."""
     shown = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    slips = slips or {}
     try:
         got = choose_attention(**args)
     except Mistake as mistake:
@@ -27,20 +28,18 @@ def expect_choice(choose_attention, args: dict, want: str, slips: dict = None) -
             if "sliding_window" in str(cause)
             else "window_not_passed"
             if "window" in str(cause)
-            else None
+            else slips.get(ValueError, "fitting_choice_refused")
         )
-        if key is None:
-            raise
         description, fix = hint(key)
         raise Mistake(
-            f"choose_attention({shown}) raised ValueError({str(cause)!r}): it looks like "
-            f"{description}.",
+            f"choose_attention({shown}) raised ValueError({str(cause)!r}), expected "
+            f"{want!r}: it looks like {description}.",
             fix,
             key,
         ) from None
     if got == want:
         return
-    key = (slips or {}).get(got)
+    key = slips.get(got)
     if key is None and got not in ESTIMATE_KINDS:
         key = "kind_name"
     seen = f"choose_attention({shown}) = {got!r}, expected {want!r}"
@@ -52,13 +51,24 @@ def expect_choice(choose_attention, args: dict, want: str, slips: dict = None) -
 
 
 def choose_cpu(choose_attention, rng):
-    """CPU: dense when it fits (a budget of exactly its estimate too), flash when only O(L) fits, linear past 8k tokens, sliding for local"""
+    """CPU: dense when it fits (at exactly 8192 tokens, and a budget of exactly its estimate, too), flash when only O(L) fits, linear past 8k tokens, sliding for local"""
     L = 128 * draw(rng, 2, 8)
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=False),
         "dense",
         {"flash": "cpu_order"},
+    )
+    expect_choice(  # the CPU limit is inclusive: exact attention at exactly 8192 tokens
+        choose_attention,
+        dict(
+            seq_len=EXACT_MAX_LEN_CPU,
+            needs_global_context=True,
+            memory_budget_bytes=64 * GiB,
+            has_gpu=False,
+        ),
+        "dense",
+        {"flash": "cpu_order", "linear": "cpu_limit_not_inclusive"},
     )
     L = 1024 * draw(rng, 4, 8)  # dense needs > 1 GiB (8 heads), tiled ~ 10 MB
     expect_choice(
@@ -72,7 +82,11 @@ def choose_cpu(choose_attention, rng):
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=False),
         "linear",
-        {"dense": "exact_past_cpu_limit", "flash": "exact_past_cpu_limit"},
+        {
+            "dense": "exact_past_cpu_limit",
+            "flash": "exact_past_cpu_limit",
+            ValueError: "no_linear_fallback",
+        },
     )
     L = 1024 * draw(rng, 2, 32)
     expect_choice(
@@ -105,7 +119,7 @@ def expect_exact_budget_fits(choose_attention, L: int) -> None:
 
 
 def choose_gpu_and_short(choose_attention, rng):
-    """flash on a GPU; a sequence no longer than the window counts as global, on a CPU or a GPU"""
+    """flash on a GPU; a sequence no longer than the window (as long as it, too) counts as global, on a CPU or a GPU"""
     L = 128 * draw(rng, 1, 64)
     expect_choice(
         choose_attention,
@@ -125,6 +139,19 @@ def choose_gpu_and_short(choose_attention, rng):
         dict(seq_len=L, needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=True),
         "flash",
         {"sliding": "short_sequence_local", "dense": "gpu_ignored"},
+    )
+    window = 16 * draw(rng, 2, 16)  # a sequence exactly as long as the window is short
+    expect_choice(
+        choose_attention,
+        dict(
+            seq_len=window,
+            needs_global_context=False,
+            memory_budget_bytes=64 * GiB,
+            has_gpu=False,
+            window=window,
+        ),
+        "dense",
+        {"sliding": "window_not_inclusive", "flash": "cpu_order"},
     )
 
 

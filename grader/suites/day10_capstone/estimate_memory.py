@@ -168,24 +168,39 @@ def kv_once_suspect(heads, L, d, window, causal):
     return missing_part(sliding_copy_bytes(heads, L, d, 4, window, causal), "kv_once")
 
 
+def window_misread_suspect(heads, L, d, window, causal):
+    """A non-causal window read as left = w - 1, right = w // 2 (the causal left side kept): the
+    library's blocked formula with those sides."""
+    if causal:
+        return lambda value, peak: None
+    left, right = min(window - 1, L - 1), min(window // 2, L - 1)
+    block = max(16, min(L, left + right + 1))
+    misread = course.reference.capstone._blocked_bytes(heads, L, d, 4, block, left, right)
+    return lambda value, peak: "window_sides_misread" if same(value, misread, 0.02) else None
+
+
 def est_sliding(estimate_attention_memory, rng):
-    """sliding window: within 15%, growing like L * window (not L^2), K and V both copied"""
+    """sliding window, causal and not: within 15%, growing like L * window (not L^2), K and V both copied"""
     est = estimate_attention_memory
     causal = bool(draw(rng, 0, 1))
+    # one narrow head, a wide window: all blocks in one group, where the softmax's copy of the
+    # scores (2 S / s) outweighs the key tiles and the output; and where the window's two sides
+    # weigh most, so it runs in both modes
+    narrow_head = (1, 256 * draw(rng, 1, 2), 16 * draw(rng, 2, 4), 8)
     cases = [
-        (draw(rng, 1, 3), 256 * draw(rng, 2, 4), 2 * draw(rng, 4, 16), 32),
+        (draw(rng, 1, 3), 256 * draw(rng, 2, 4), 2 * draw(rng, 4, 16), 32, causal),
         # wide heads, a narrow window: the padded copies of q, k, v and the output dominate
-        (1, 512 * draw(rng, 3, 4), draw(rng, 4, 8), 128),
-        # one narrow head, a wide window: all blocks in one group, where the softmax's copy of
-        # the scores (2 S / s) outweighs the key tiles and the output
-        (1, 256 * draw(rng, 1, 2), 16 * draw(rng, 2, 4), 8),
+        (1, 512 * draw(rng, 3, 4), draw(rng, 4, 8), 128, not causal),
+        (*narrow_head, False),
+        (*narrow_head, True),
     ]
-    for H, L, window, d in cases:
+    for H, L, window, d, causal in cases:
         kw = {"window": window, "causal": causal}
         suspects = [
             quadratic_suspect(est, H, L, d, **kw),
             heads_suspect(est, "sliding", 1, H, L, d, torch.float32, **kw),
             kv_once_suspect(H, L, d, window, causal),
+            window_misread_suspect(H, L, d, window, causal),
         ]
         expect_estimate(est, "sliding", 1, H, L, d, torch.float32, suspects, **kw)
 

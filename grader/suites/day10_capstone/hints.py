@@ -52,6 +52,11 @@ HINTS = {
         "meets only span = block + left + right keys, so the memory grows like "
         "L * window, not L^2.",
     ),
+    "window_sides_misread": (
+        "a non-causal window read as left = w - 1, right = w // 2",
+        "the two cases are separate: causal, left = w - 1 and right = 0; not causal, "
+        "left = right = w // 2 (a band of w // 2 keys on each side).",
+    ),
     "kv_once": (
         "the padded copies of K and V counted once instead of twice",
         "the blocked implementation pads k *and* v: two copies of (L + left + right + "
@@ -156,6 +161,11 @@ HINTS = {
         "the reference is softmax(q kᵀ / sqrt(head_dim)) v in float64: exact attention must "
         "show a relative error of 0.",
     ),
+    "quality_max_abs": (
+        "the largest absolute difference max|out - ref| where the relative norm was asked",
+        "the error is one number for the whole output, relative to the reference's size: "
+        "(out.double() - ref).norm() / ref.norm(), not (out.double() - ref).abs().max().",
+    ),
     "quality_wrong": (
         "a relative error that is not ||out - ref|| / ||ref|| against float64 attention",
         "compute ref = softmax(q kᵀ / sqrt(d)) v in float64 on the same q, k, v, "
@@ -190,6 +200,26 @@ HINTS = {
         "exact attention (dense or flash) chosen on a CPU past 8192 tokens",
         "on a CPU, dense and flash are candidates only while seq_len <= EXACT_MAX_LEN_CPU "
         "(8192): past it, exact attention takes seconds per layer, so only linear remains.",
+    ),
+    "window_not_inclusive": (
+        "`seq_len < window` where the rule says `seq_len <= window`",
+        "a sequence exactly as long as the window is short: the window already covers every key, "
+        "so use the global candidates (needs_global_context or seq_len <= window).",
+    ),
+    "cpu_limit_not_inclusive": (
+        "`seq_len < 8192` where the rule says `seq_len <= 8192`",
+        "the CPU limit is inclusive: dense and flash remain candidates at exactly "
+        "EXACT_MAX_LEN_CPU = 8192 tokens (seq_len <= EXACT_MAX_LEN_CPU).",
+    ),
+    "no_linear_fallback": (
+        "no candidate left past 8192 tokens on a CPU (linear dropped with dense and flash)",
+        "past EXACT_MAX_LEN_CPU only the exact kinds drop out: the candidates are ['linear'], "
+        "and linear is chosen when it fits the budget.",
+    ),
+    "fitting_choice_refused": (
+        "a ValueError although a candidate fits the budget",
+        "raise only after every candidate of the table's row was estimated and none fit; "
+        "check that the row's candidates are all there and compared with <=.",
     ),
     "short_sequence_local": (
         "the sliding window chosen for a sequence no longer than the window",

@@ -75,6 +75,20 @@ MAKE_HINTS = {
         "move the heads next to the features first: out.transpose(1, 2).reshape(B, L, "
         "d_model), as day03's merge_heads does.",
     ),
+    "mask_inverted": (
+        "the pattern inverted (~pattern): True read as 'masked out'",
+        "in the course a mask's True means 'may attend' (causal_mask is True on and below the "
+        "diagonal): pass pattern & mask to attention as it is, without ~.",
+    ),
+    "out_proj_missing": (
+        "the merged heads returned without the output projection",
+        "finish forward with self.out_proj(merged): the layer is x W_Q, ..., then O W_O + b_O.",
+    ),
+    "heads_not_dividing": (
+        "a layer built although num_heads does not divide d_model",
+        "check d_model % num_heads in make_attention and raise ValueError naming both: "
+        "the heads split d_model into equal parts of d_model // num_heads.",
+    ),
     "mask_silently_dropped": (
         "a kind that never builds the (L, L) scores accepting a mask and ignoring it",
         "raise ValueError when a mask is given to a kind that cannot apply it: ignoring it would "
@@ -207,6 +221,13 @@ def dense_oracle(
     return (merge or merged)(out) @ w.T + b
 
 
+def without_out_proj(weights: dict) -> dict:
+    """The weights with out_proj replaced by the identity: the mistake out_proj_missing."""
+    d_model = weights["out_proj"][0].shape[0]
+    identity = torch.eye(d_model, dtype=torch.float64)
+    return {**weights, "out_proj": (identity, torch.zeros(d_model, dtype=torch.float64))}
+
+
 def merged(out: torch.Tensor) -> torch.Tensor:
     """(B, H, L, dh) -> (B, L, H * dh): the heads side by side for each token."""
     B, H, L, dh = out.shape
@@ -231,12 +252,15 @@ def make_exact_kinds(make_attention, rng):
         allowed = allowed_pairs(kind, options, L)
         suspects = [
             ("heads_ignored", dense_oracle(weights, x, allowed, 1)),
+            ("out_proj_missing", dense_oracle(without_out_proj(weights), x, allowed, heads)),
             ("scaled_by_d_model", dense_oracle(weights, x, allowed, heads, scale_dim=d_model)),
             (
                 "merge_without_transpose",
                 dense_oracle(weights, x, allowed, heads, merge=merged_without_transpose),
             ),
         ]
+        if kind in ("dense", "strided"):
+            suspects.append(("mask_inverted", dense_oracle(weights, x, ~allowed, heads)))
         if options.get("causal"):
             suspects.append(
                 (
@@ -302,6 +326,7 @@ def make_linear_kinds(make_attention, rng):
                     "merge_without_transpose",
                     linear_oracle(weights, x, heads, causal, merge=merged_without_transpose),
                 ),
+                ("out_proj_missing", linear_oracle(without_out_proj(weights), x, heads, causal)),
             ],
         )
     layer, forward = build_layer(make_attention, "performer", d_model, heads, num_features=2048)
@@ -376,21 +401,29 @@ def make_causal_kinds_do_not_look_ahead(make_attention, rng):
             before, after = forward(x), forward(changed)
         expect_tensor(before, f"make_attention({kind!r})(x)", x.shape, x.dtype)
         if relative_error(after[:, :cut], before[:, :cut]) > 1e-5:
-            if kind != "mamba" and merges_without_transpose(layer, kind, options, heads, x, before):
-                raise named("merge_without_transpose")  # it mixes tokens, not the mechanism
-            raise named("not_causal_scan" if kind == "mamba" else "causal_ignored")
+            if kind == "mamba":
+                raise named("not_causal_scan")
+            raise named(look_ahead_cause(layer, kind, options, heads, x, before))
 
 
-def merges_without_transpose(layer, kind: str, options: dict, heads: int, x, out) -> bool:
-    """Whether `out` is the causal layer's output with its heads merged without the transpose
-    back: that merge mixes tokens, so early outputs see later tokens however causal the mechanism."""
+def look_ahead_cause(layer, kind: str, options: dict, heads: int, x, out) -> str:
+    """Why a causal layer's early outputs see later tokens: its heads merged without the
+    transpose back (that merge mixes tokens, however causal the mechanism), its pattern
+    inverted (~causal keeps the later keys), or else causal=True ignored."""
     weights = projection_weights(layer, x.shape[-1])
     if kind == "linear":
-        wrong = linear_oracle(weights, x, heads, True, merge=merged_without_transpose)
+        merged_wrong = linear_oracle(weights, x, heads, True, merge=merged_without_transpose)
     else:
         allowed = allowed_pairs(kind, options, x.shape[1])
-        wrong = dense_oracle(weights, x, allowed, heads, merge=merged_without_transpose)
-    return relative_error(out, wrong) <= 1e-4
+        merged_wrong = dense_oracle(weights, x, allowed, heads, merge=merged_without_transpose)
+        if (
+            kind == "dense"
+            and relative_error(out, dense_oracle(weights, x, ~allowed, heads)) <= 1e-4
+        ):
+            return "mask_inverted"
+    if relative_error(out, merged_wrong) <= 1e-4:
+        return "merge_without_transpose"
+    return "causal_ignored"
 
 
 def make_masks(make_attention, rng):
@@ -419,6 +452,11 @@ def make_masks(make_attention, rng):
                 ("mask_ignored", dense_oracle(weights, x, pattern, heads)),
                 ("mask_or_pattern", dense_oracle(weights, x, pattern | keys, heads)),
                 ("mask_replaces_pattern", dense_oracle(weights, x, keys, heads)),
+                ("mask_inverted", dense_oracle(weights, x, ~(pattern & keys), heads)),
+                (
+                    "out_proj_missing",
+                    dense_oracle(without_out_proj(weights), x, pattern & keys, heads),
+                ),
                 (
                     "merge_without_transpose",
                     dense_oracle(weights, x, pattern & keys, heads, merge=merged_without_transpose),
@@ -469,7 +507,7 @@ def expect_clear_error(call, what: str, words) -> None:
 
 
 def make_clear_errors(make_attention, rng):
-    """an unknown kind, an argument the kind does not take and a missing required argument raise ValueError naming what is valid (or missing)"""
+    """an unknown kind, an argument the kind does not take and a missing required argument raise ValueError naming what is valid (or missing); so does num_heads not dividing d_model"""
     bogus = ["sparse", "full", "softmax", "local"][draw(rng, 0, 3)]
     expect_clear_error(
         lambda: make_attention(bogus, 16, 2),
@@ -487,6 +525,13 @@ def make_clear_errors(make_attention, rng):
         lambda: make_attention("sliding_window", 16, 2),
         "make_attention('sliding_window', 16, 2) without window",
         ["window"],
+    )
+    kind, heads = ["dense", "flash", "linear"][draw(rng, 0, 2)], draw(rng, 3, 4)
+    d_model = heads * draw(rng, 2, 4) + 1  # not a multiple of heads
+    expect_value_error(
+        lambda: make_attention(kind, d_model, heads),
+        f"make_attention({kind!r}, {d_model}, {heads})",
+        "heads_not_dividing",
     )
 
 
