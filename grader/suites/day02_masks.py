@@ -7,21 +7,52 @@ output. Shapes, lengths and masks are drawn from `rng`, so hidden tests see fres
 """
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 
 import course.reference.masks as library
-from grader.harness.checking import Mistake, NotImplementedYet, expect_close, expect_tensor, named
+from grader.harness.checking import (
+    Mistake,
+    NotImplementedYet,
+    crashed_with,
+    expect_close,
+    expect_tensor,
+    named,
+    named_crash,
+)
 from grader.harness.guard import SDPA, SOFTMAX
+from grader.harness.measuring import measuring
 from grader.suites import Exercise, day01_sdpa
-from grader.suites._common import call_unchanged, draw, randn, softmax64, two_lengths, unpack
+from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
     **{
         key: day01_sdpa.HINTS[key]
-        for key in ("missing_scale", "softmax_over_queries", "modified_input")
+        for key in (
+            "missing_scale",
+            "softmax_over_queries",
+            "modified_input",
+            "scaled_by_length",
+            "scaled_by_value_dim",
+            "batched_transpose",
+        )
     },
+    "divided_by_d": (
+        "q kᵀ / d instead of / sqrt(d)",
+        "divide the scores by math.sqrt(d), the square root of the head dimension q.shape[-1].",
+    ),
+    "dtype_not_restored": (
+        "a computation moved to another dtype (q.float(), say) and never cast back",
+        "compute in q's dtype, or cast back before the next step: weights.to(v.dtype) @ v; "
+        "out and weights are returned in q's dtype.",
+    ),
+    "empty_rows_over_queries": (
+        "the rows with nothing to attend to found with any(dim=-2), over the queries",
+        "a query's row is empty when none of its keys is allowed: look along the keys, "
+        "weights * mask.any(dim=-1, keepdim=True).",
+    ),
     "not_boolean": (
         "a mask that is not a torch.bool tensor",
         "masks are torch.bool with True = may attend: a comparison such as "
@@ -38,8 +69,16 @@ HINTS = {
         "(tril(diagonal=0) for a square mask, `<=` rather than `<`).",
     ),
     "upper_triangular": (
-        "the upper triangle: queries attending to the future instead of the past",
-        "key j is visible to query i when j <= i (the lower triangle, tril).",
+        "the upper triangle: queries attending to the future instead of the past (which is "
+        "also the right mask transposed, rows as keys)",
+        "key j is visible to query i when j <= i (the lower triangle, tril); rows are queries "
+        "and columns keys: query positions as a column [:, None], key positions as a row.",
+    ),
+    "shifted_by_one": (
+        "a causal mask shifted by one: each query also sees the next key (positions counted "
+        "from 1, or `<= i + 1`)",
+        "count positions from 0: query i (absolute position lk - lq + i) sees keys "
+        "j <= lk - lq + i, so torch.arange(lq) and torch.arange(lk), both starting at 0.",
     ),
     "top_left_causal": (
         "a top-left aligned causal mask (what is_causal=True does in "
@@ -84,7 +123,8 @@ HINTS = {
         "positive number would make the blocked key win.",
     ),
     "finfo_tiny": (
-        "-torch.finfo(dtype).tiny (about -1e-38, almost 0) instead of the most negative number",
+        "torch.finfo(dtype).tiny (about 1e-38 in float32, almost 0; with or without a minus "
+        "sign) instead of the most negative number",
         "use torch.finfo(dtype).min (about -3.4e38 in float32): .tiny is the smallest positive "
         "normal number, not the minimum.",
     ),
@@ -186,11 +226,47 @@ HINTS = {
 }
 
 
+# ----------------------------------------------------------------------------- calling the student
+
+
+def call_keeping_inputs(fn, inputs: dict, **options):
+    """fn(*inputs.values(), **options); a tensor among them (mask, lengths, q, ...) that comes
+    back changed in place, in its values or its shape (lengths.unsqueeze_(1)), is the mistake
+    modified_input. _common.call_unchanged watches positional inputs only."""
+    tensors = {
+        name: value
+        for name, value in [*inputs.items(), *options.items()]
+        if isinstance(value, torch.Tensor)
+    }
+    copies = {name: tensor.clone() for name, tensor in tensors.items()}
+    result = fn(*inputs.values(), **options)
+    for name, tensor in tensors.items():
+        before = copies[name]
+        if tensor.shape != before.shape:
+            seen = f"its shape went from {tuple(before.shape)} to {tuple(tensor.shape)}"
+            example = f"{name}.unsqueeze_(1)"
+        elif not tensor.is_meta and not torch.equal(tensor, before):
+            seen = "its values changed"
+            example = f"{name} &= ..., {name}.logical_not_() or {name}[...] = ..."
+        else:
+            continue
+        raise Mistake(
+            f"your function changed its input {name} in place ({seen}; an in-place operation "
+            f"such as {example}): whoever called it has lost the original.",
+            HINTS["modified_input"][1],
+            "modified_input",
+        )
+    return result
+
+
 # ----------------------------------------------------------------------------- exact mask checks
 
 
-def expect_mask(out, ref: torch.Tensor, what: str = "mask", suspects: list = ()) -> None:
-    """`out` must equal the boolean `ref` exactly; name the mistake when it matches a suspect."""
+def expect_mask(
+    out, ref: torch.Tensor, what: str, suspects: list = (), transposed: str = "swapped_lengths"
+) -> None:
+    """`out` must equal the boolean `ref` exactly; name the mistake when it matches a suspect,
+    and name `transposed` when a non-square `ref` comes back with its two dims swapped."""
     for key, wrong in suspects:
         if (
             isinstance(out, torch.Tensor)
@@ -202,7 +278,19 @@ def expect_mask(out, ref: torch.Tensor, what: str = "mask", suspects: list = ())
             raise Mistake(f"{what} is wrong: it matches {description}.", hint, key)
     if (
         isinstance(out, torch.Tensor)
-        and out.shape != ref.shape
+        and ref.dim() == 2
+        and out.shape == ref.shape[::-1] != ref.shape
+    ):
+        description, hint = HINTS[transposed]
+        raise Mistake(
+            f"{what} has shape {tuple(out.shape)}, expected {tuple(ref.shape)}: it looks like "
+            f"{description}.",
+            hint,
+            transposed,
+        )
+    if (
+        isinstance(out, torch.Tensor)
+        and out.dim() > ref.dim()
         and out.numel() == ref.numel()
         and out.squeeze().shape == ref.squeeze().shape
         and torch.equal(out.detach().cpu().reshape(ref.shape).bool(), ref)
@@ -256,6 +344,7 @@ def causal_suspects(lq: int, lk: int) -> list:
         ("swapped_lengths", torch.ones(lk, lq, dtype=torch.bool).tril()),
         ("offset_sign", ones.tril(diagonal=lq - lk)),
         ("first_key_always_visible", ref | (torch.arange(lk) == 0)),
+        ("shifted_by_one", ones.tril(diagonal=lk - lq + 1)),
     ]
 
 
@@ -301,8 +390,26 @@ def causal_more_keys(causal_mask, rng):
 def causal_one_query(causal_mask, rng):
     """lq = 1 (one decoding step with a KV cache): the new query sees every key"""
     lk = draw(rng, 2, 12)
-    expect_mask(
-        causal_mask(1, lk), causal_reference(1, lk), f"causal_mask(1, {lk})", causal_suspects(1, lk)
+    suspects = causal_suspects(1, lk)
+    if is_right_square_mask(causal_mask, lk):  # only the mistakes a square mask hides remain
+        square = causal_suspects(lk, lk)
+        ref = causal_reference(lk, lk)
+        suspects = [s for s, (_, wrong) in zip(suspects, square) if torch.equal(wrong, ref)]
+    expect_mask(causal_mask(1, lk), causal_reference(1, lk), f"causal_mask(1, {lk})", suspects)
+
+
+def is_right_square_mask(causal_mask, length: int) -> bool:
+    """Whether causal_mask(length, length) is right. One row of False, causal_mask(1, lk), may be
+    the mask inverted or its offset flipped; only the second is right on a square mask."""
+    try:
+        square = causal_mask(length, length)
+    except Mistake:
+        return False
+    ref = causal_reference(length, length)
+    return (
+        isinstance(square, torch.Tensor)
+        and square.shape == ref.shape
+        and torch.equal(square.detach().cpu().bool(), ref)
     )
 
 
@@ -321,7 +428,8 @@ def causal_follows_device(causal_mask, rng):
     """device= is honoured (a mask made on PyTorch's 'meta' device), and None means the CPU"""
     lq, lk = two_lengths(rng)
     out = causal_mask(lq, lk, device=None)
-    expect_tensor(out, f"causal_mask({lq}, {lk}, device=None)", (lq, lk), torch.bool)
+    what = f"causal_mask({lq}, {lk}, device=None)"
+    expect_mask(out, causal_reference(lq, lk), what, causal_suspects(lq, lk))
     if out.device.type != "cpu":
         raise Mistake(
             f"causal_mask(..., device=None) is on {out.device}, expected the CPU.",
@@ -363,7 +471,7 @@ def padding_suspects(lengths: torch.Tensor, max_len: int) -> list:
         ("padding_transposed", ref.T),
         ("left_padded", ref.flip(-1)),
     ]
-    if len(lengths) == max_len:  # 1-D positions against 1-D lengths: it runs, elementwise
+    if len(lengths) in (1, max_len):  # 1-D positions against 1-D lengths: it runs, elementwise
         suspects.append(("padding_no_unsqueeze", positions < lengths))
     return suspects
 
@@ -375,10 +483,21 @@ def draw_lengths(rng: torch.Generator, batch: int, max_len: int, dtype=torch.lon
     return lengths[torch.randperm(batch, generator=rng)].to(dtype)
 
 
+def expect_padding(padding_mask, lengths: torch.Tensor, max_len: int, what: str) -> None:
+    """padding_mask(lengths, max_len) must be the brute-force loop's mask, exactly."""
+    expect_mask(
+        call_padding(padding_mask, lengths, max_len),
+        padding_reference(lengths, max_len),
+        what,
+        padding_suspects(lengths.long(), max_len),
+        transposed="padding_transposed",
+    )
+
+
 def call_padding(padding_mask, lengths: torch.Tensor, max_len: int):
     """padding_mask(a copy of lengths, max_len); a broadcast error is named."""
     try:
-        return padding_mask(lengths.clone(), max_len)
+        return call_keeping_inputs(padding_mask, {"lengths": lengths.clone(), "max_len": max_len})
     except Mistake as mistake:
         if mistake.key == "raised" and "must match the size of tensor" in mistake.message:
             raise Mistake(
@@ -393,57 +512,45 @@ def padding_matches_loop(padding_mask, rng):
     """True for the first lengths[b] positions of each row, exactly (lengths 0 and max_len too)"""
     batch, max_len = draw(rng, 3, 6), draw(rng, 4, 10)
     lengths = draw_lengths(rng, batch, max_len)
-    expect_mask(
-        call_padding(padding_mask, lengths, max_len),
-        padding_reference(lengths, max_len),
-        f"padding_mask({lengths.tolist()}, {max_len})",
-        padding_suspects(lengths, max_len),
-    )
+    expect_padding(padding_mask, lengths, max_len, f"padding_mask({lengths.tolist()}, {max_len})")
 
 
 def padding_int32_and_square(padding_mask, rng):
     """int32 lengths, and B = max_len (so a transposed mask cannot hide behind its shape)"""
     max_len = draw(rng, 3, 8)
     lengths = draw_lengths(rng, max_len, max_len, dtype=torch.int32)
-    expect_mask(
-        call_padding(padding_mask, lengths, max_len),
-        padding_reference(lengths, max_len),
-        f"padding_mask({lengths.tolist()} (int32), {max_len})",
-        padding_suspects(lengths.long(), max_len),
-    )
+    what = f"padding_mask({lengths.tolist()} (int32), {max_len})"
+    expect_padding(padding_mask, lengths, max_len, what)
 
 
 def padding_one_sequence(padding_mask, rng):
     """B = 1, and max_len longer than every length"""
     max_len = draw(rng, 4, 12)
     lengths = torch.tensor([draw(rng, 1, max_len - 1)])
-    expect_mask(
-        call_padding(padding_mask, lengths, max_len),
-        padding_reference(lengths, max_len),
-        f"padding_mask({lengths.tolist()}, {max_len})",
-        padding_suspects(lengths, max_len),
-    )
+    expect_padding(padding_mask, lengths, max_len, f"padding_mask({lengths.tolist()}, {max_len})")
 
 
 def padding_follows_device(padding_mask, rng):
     """lengths on PyTorch's 'meta' device give a mask there (on lengths' device)"""
     batch, max_len = draw(rng, 2, 5), draw(rng, 4, 9)
-    lengths = draw_lengths(rng, batch, max_len).to("meta")
+    lengths = draw_lengths(rng, batch, max_len)
     expect_on_meta(
-        lambda: padding_mask(lengths, max_len), f"padding_mask(lengths on 'meta', {max_len})"
+        lambda device: padding_mask(lengths.to(device), max_len),
+        f"padding_mask(lengths on 'meta', {max_len})",
     )
 
 
 def expect_on_meta(call, what: str) -> None:
-    """`call()`, given inputs on PyTorch's 'meta' device (shapes, no data), must return a tensor
-    there. A crash that says a tensor was on the CPU is ignores_device; another crash says
-    nothing (correct code that reads the values, lengths.tolist() say, cannot run without
-    data), and passes, unless the line that raised moves a tensor to the CPU."""
+    """`call("meta")`, given inputs on PyTorch's 'meta' device (shapes, no data), must return a
+    tensor there. A crash that says a tensor was on the CPU is ignores_device. Code that reads
+    the values (a loop over lengths.tolist(), say) cannot run without data: it is tested by
+    `expect_made_on_input_device` instead, unless the line that raised moves a tensor to the
+    CPU."""
     try:
-        out = call()
+        out = call("meta")
     except NotImplementedYet as stopped:  # "Cannot copy out of meta tensor": values were read
         if not moves_to_cpu(stopped.line):
-            return  # e.g. lengths.tolist(): right code that cannot run without data
+            return expect_made_on_input_device(call, what)
         raise Mistake(
             f"{what} stopped at `{stopped.line}`, which copies the input to the CPU: the mask "
             "would then be made on the CPU, whatever device the input is on.",
@@ -454,7 +561,7 @@ def expect_on_meta(call, what: str) -> None:
         if mistake.key != "raised":
             raise
         if "expected device" not in mistake.message:
-            return
+            return expect_made_on_input_device(call, what)
         raise Mistake(
             f"{what}: {mistake.message} It looks like a tensor made on the CPU, whatever "
             "device the input is on.",
@@ -467,6 +574,52 @@ def expect_on_meta(call, what: str) -> None:
             ON_INPUT_DEVICE,
             "ignores_device",
         )
+
+
+def expect_made_on_input_device(call, what: str) -> None:
+    """`call("cpu")` with 'meta' as PyTorch's default device: a tensor made without device=
+    lands on 'meta' then, so a result there, or a crash where it meets the input, was built
+    without the input's device. Another crash says nothing (torch.arange(n).to(lengths.device)
+    cannot copy out of 'meta'), and passes."""
+    try:
+        with measuring(f"{__name__}:MetaByDefault", lambda seen: None), MetaByDefault():
+            out = call("cpu")
+    except NotImplementedYet:
+        return
+    except Mistake as mistake:
+        if mistake.key == "raised" and "meta" in mistake.message:  # a tensor there met the input
+            raise Mistake(
+                f"{what} reads the values, so it ran again on the CPU, with 'meta' as PyTorch's "
+                f"default device: {mistake.message}\n      It looks like a tensor created "
+                "without device=, which goes to the default device, not the input's.",
+                ON_INPUT_DEVICE,
+                "ignores_device",
+            ) from None
+        if mistake.key != "raised":
+            raise
+        return
+    if isinstance(out, torch.Tensor) and out.is_meta:
+        raise Mistake(
+            f"{what} reads the values, so it ran again on the CPU, with 'meta' as PyTorch's "
+            "default device: it returned a tensor on 'meta', not on the input's device. A "
+            "tensor created without device= goes to the default device, not the input's.",
+            ON_INPUT_DEVICE,
+            "ignores_device",
+        )
+
+
+class MetaByDefault:
+    """A probe (grader/harness/measuring.py) that makes 'meta' PyTorch's default device during
+    the student's call, wherever it runs: torch.zeros(n) then lands on 'meta', while
+    torch.zeros(n, device=lengths.device) stays with the input."""
+
+    def __enter__(self):
+        self._default = torch.device("meta")
+        self._default.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._default.__exit__(*exc_info)
 
 
 def moves_to_cpu(line: str) -> bool:
@@ -508,13 +661,17 @@ def expect_additive(out, mask: torch.Tensor, dtype: torch.dtype, what: str) -> N
         return
     if (allowed == low).all() and (blocked == 0).all():
         raise named_mistake("inverted_mask", what)
+    if (
+        (allowed == 0).all()
+        and blocked.numel()
+        and (blocked.abs() == torch.finfo(dtype).tiny).all()
+    ):
+        raise named_mistake("finfo_tiny", what)
     if (allowed == 0).all() and blocked.numel() and (blocked > 0).all():
         raise named_mistake("additive_positive", what)
     if torch.isin(out, torch.tensor([0.0, 1.0], dtype=torch.float64)).all():
         raise named_mistake("not_additive", what)
     if (allowed == 0).all() and blocked.numel():
-        if (blocked == -torch.finfo(dtype).tiny).all():
-            raise named_mistake("finfo_tiny", what)
         if (blocked == -math.inf).all():
             raise named_mistake("additive_neg_inf", what)
         if torch.isfinite(blocked).all() and (blocked < 0).all():
@@ -539,11 +696,29 @@ def named_mistake(key: str, what: str) -> Mistake:
     return Mistake(f"{what} is wrong: it looks like {description}.", hint, key)
 
 
-def overflow_is_named(mistake: Mistake) -> Mistake:
-    """A crash that says 'overflow' (float16 cannot hold -1e9) becomes float16_overflow."""
-    if mistake.key == "raised" and "overflow" in mistake.message:
+def overflow_is_named(mistake: Mistake, dtype: torch.dtype = torch.float16) -> Mistake:
+    """A crash that says 'overflow' becomes float16_overflow when `dtype` is float16 (it cannot
+    hold -1e9); asked for a wider dtype, the tensor written into was made in a narrower one."""
+    if mistake.key != "raised" or "overflow" not in mistake.message:
+        return mistake
+    if dtype == torch.float16:
         return Mistake(mistake.message, HINTS["float16_overflow"][1], "float16_overflow")
-    return mistake
+    return Mistake(
+        f"{mistake.message}\n      Asked for {dtype}, your function wrote "
+        f"torch.finfo({dtype}).min into a tensor of a narrower dtype: it looks like a result "
+        "made without dtype=dtype (torch.zeros(...) is float32 by default).",
+        "create the result with dtype=dtype: torch.zeros(mask.shape, dtype=dtype, "
+        "device=mask.device).",
+        "wrong_dtype",
+    )
+
+
+def call_additive(to_additive_mask, mask: torch.Tensor, dtype: torch.dtype):
+    """to_additive_mask(a copy of mask, dtype); an overflow is named for what it says of dtype."""
+    try:
+        return call_keeping_inputs(to_additive_mask, {"mask": mask.clone(), "dtype": dtype})
+    except Mistake as mistake:
+        raise overflow_is_named(mistake, dtype) from None
 
 
 def additive_float32(to_additive_mask, rng):
@@ -552,7 +727,7 @@ def additive_float32(to_additive_mask, rng):
     mask = random_mask((draw(rng, 1, 3), 1, lq, lk), rng)  # (B, 1, Lq, Lk)
     mask[..., 0, :] = False  # a query that may attend to nothing
     expect_additive(
-        to_additive_mask(mask.clone(), torch.float32),
+        call_additive(to_additive_mask, mask, torch.float32),
         mask,
         torch.float32,
         f"to_additive_mask(mask of shape {tuple(mask.shape)}, torch.float32)",
@@ -565,17 +740,14 @@ def additive_float16(to_additive_mask, rng):
     mask = random_mask((lq, lk), rng)
     mask[0, 0], mask[-1, -1] = True, False
     what = f"to_additive_mask(mask of shape {(lq, lk)}, torch.float16)"
-    try:
-        out = to_additive_mask(mask.clone(), torch.float16)
-    except Mistake as mistake:
-        raise overflow_is_named(mistake) from None
+    out = call_additive(to_additive_mask, mask, torch.float16)
     if (
         isinstance(out, torch.Tensor)
         and out.dtype == torch.float16
         and out.shape == mask.shape
         and (out[~mask] == -math.inf).all()
     ):
-        float32 = to_additive_mask(mask.clone(), torch.float32)
+        float32 = call_additive(to_additive_mask, mask, torch.float32)
         if isinstance(float32, torch.Tensor) and torch.isfinite(float32).all():
             raise Mistake(
                 f"{what} has -inf where the mask is False, though your float32 result "
@@ -591,19 +763,16 @@ def additive_other_dtypes(to_additive_mask, rng):
     lq, lk = two_lengths(rng)
     for dtype, shape in [(torch.float64, (lq, lk)), (torch.bfloat16, (draw(rng, 2, 4), 1, 1, lk))]:
         mask = random_mask(shape, rng)
-        try:
-            out = to_additive_mask(mask.clone(), dtype)
-        except Mistake as mistake:
-            raise overflow_is_named(mistake) from None
+        out = call_additive(to_additive_mask, mask, dtype)
         expect_additive(out, mask, dtype, f"to_additive_mask(mask of shape {shape}, {dtype})")
 
 
 def additive_follows_device(to_additive_mask, rng):
     """a mask on PyTorch's 'meta' device gives an additive mask there (on mask's device)"""
     lq, lk = two_lengths(rng)
-    mask = random_mask((lq, lk), rng).to("meta")
+    mask = random_mask((lq, lk), rng)
     expect_on_meta(
-        lambda: to_additive_mask(mask, torch.float32),
+        lambda device: to_additive_mask(mask.to(device), torch.float32),
         "to_additive_mask(mask on 'meta', torch.float32)",
     )
 
@@ -615,8 +784,9 @@ def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tu
     """The float64 oracle (out, weights); out from F.scaled_dot_product_attention with `mask`.
 
     A query whose row of the mask is all False gets zero weights and a zero output; with
-    empty_rows="uniform", weights 1/Lk (what a mistake gives). `scale` and `dim` (the softmax
-    axis) describe other mistakes.
+    empty_rows="uniform", weights 1/Lk (what a mistake gives), and with "over_queries" those
+    uniform weights times mask.any(dim=-2) (another). `scale` and `dim` (the softmax axis)
+    describe other mistakes.
     """
     q64, k64, v64 = q.double(), k.double(), v.double()
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -634,28 +804,48 @@ def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tu
     if empty_rows == "uniform":
         weights = torch.where(empty, 1 / scores.shape[-1], weights)
         out = torch.where(empty, v64.mean(dim=-2, keepdim=True), out)
+    elif empty_rows == "over_queries":
+        weights = torch.where(empty, 1 / scores.shape[-1], weights)
+        weights = weights * full.any(dim=-2, keepdim=True)  # (..., 1, Lk): keys, not rows
+        out = weights @ v64
     else:
         out = out.nan_to_num(0.0).masked_fill(empty, 0.0)
     return out, weights
 
 
 def attention_suspects(q, k, v, mask, **named_masks) -> tuple:
-    """What the usual mistakes give: (weight suspects, output suspects)."""
-    cases = [
+    """What the usual mistakes give: (weight suspects, output suspects). `named_masks` (key ->
+    the mask that mistake applies, None for none) come first: they know this check's masks."""
+    cases = [(key, {"mask": other}) for key, other in named_masks.items()]
+    cases += [
         ("mask_ignored", {"mask": None}),
         ("inverted_mask", {"mask": ~mask}),
         ("inverted_mask", {"mask": ~mask, "empty_rows": "uniform"}),
         ("fully_masked_row_uniform", {"mask": mask, "empty_rows": "uniform"}),
-        ("missing_scale", {"mask": mask, "scale": 1.0}),
         ("softmax_over_queries", {"mask": mask, "dim": -2}),
+        ("empty_rows_over_queries", {"mask": mask, "empty_rows": "over_queries"}),
     ]
-    cases += [(key, {"mask": other}) for key, other in named_masks.items()]
+    cases += [(key, {"mask": mask, "scale": scale}) for key, scale in wrong_scales(q, k, v)]
     weights, outs = [], []
     for key, kwargs in cases:
         out, weight = attention64(q, k, v, **kwargs)
         weights.append((key, weight))
         outs.append((key, out))
     return weights, outs
+
+
+def wrong_scales(q, k, v) -> list:
+    """(key, scale) for the usual wrong scales of q kᵀ, each only where it differs from the
+    right 1/sqrt(d)."""
+    d, lq, lk, dv = q.shape[-1], q.shape[-2], k.shape[-2], v.shape[-1]
+    scales = [
+        ("missing_scale", 1.0),
+        ("divided_by_d", 1 / d),
+        ("scaled_by_length", 1 / math.sqrt(lk)),
+        ("scaled_by_length", 1 / math.sqrt(lq)),
+        ("scaled_by_value_dim", 1 / math.sqrt(dv)),
+    ]
+    return [(key, scale) for key, scale in scales if scale != 1 / math.sqrt(d)]
 
 
 def expect_attention(result, q, k, v, mask, what="", nonfinite=None, **named_masks) -> None:
@@ -679,18 +869,16 @@ def expect_attention(result, q, k, v, mask, what="", nonfinite=None, **named_mas
 def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
     """The student's result; a crash or a wrong shape caused by the mask's shape is named."""
     try:
-        inputs = {"q": q, "k": k, "v": v}
-        result = call_unchanged(masked_attention, inputs, mask=mask, **kwargs)
+        result = call_keeping_inputs(
+            masked_attention, {"q": q, "k": k, "v": v}, mask=mask, **kwargs
+        )
         unpack(result, q, k, v)
         return result
     except Mistake as mistake:
         mistake = overflow_is_named(mistake)
-        if mistake.key == "raised" and "NoneType" in mistake.message:
-            raise Mistake(
-                f"{mistake.message}\n      It looks like {HINTS['none_not_handled'][0]}.",
-                HINTS["none_not_handled"][1],
-                "none_not_handled",
-            ) from None
+        for key, crashed in CRASHES:
+            if crashed(mistake, q):
+                raise named_crash(mistake, key) from None
         padding = kwargs.get("key_padding_mask")
         if (
             mistake.key not in ("raised", "wrong_shape")
@@ -711,6 +899,42 @@ def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
             HINTS[key][1],
             key,
         ) from None
+
+
+# A crash that is the signature of one mistake: (key, whether `mistake` on input q is it).
+CRASHES = [
+    (
+        "none_not_handled",
+        lambda mistake, q: mistake.key == "raised" and "NoneType" in mistake.message,
+    ),
+    (
+        "batched_transpose",
+        lambda mistake, q: q.dim() > 2 and transposes_from_the_front(mistake.message),
+    ),
+    ("dtype_not_restored", lambda mistake, q: crashed_with(mistake, "RuntimeError", "same dtype")),
+    (
+        "dtype_not_restored",
+        lambda mistake, q: crashed_with(mistake, "RuntimeError", "expected scalar type"),
+    ),
+    (  # mask &= key_padding_mask: an in-place op that cannot grow the caller's mask
+        "modified_input",
+        lambda mistake, q: (
+            crashed_with(mistake, "RuntimeError", "match the broadcast shape")
+            and re.search(r"[&|]=", student_line(mistake.message)) is not None
+        ),
+    ),
+]
+
+
+def transposes_from_the_front(message: str) -> bool:
+    """Whether the student's line that raised has k.T or .transpose(0, 1)."""
+    line = student_line(message)
+    return re.search(r"\.T\b|\.transpose\(\s*0\s*,\s*1\s*\)", line) is not None
+
+
+def student_line(message: str) -> str:
+    """The student's line that raised, from a crash's message ('' when it names none)."""
+    return message.partition("\n      at: ")[2]
 
 
 def qkv(rng, leading, lq, lk, dtype=torch.float32, dv=None) -> tuple:
@@ -735,7 +959,7 @@ def masked_no_mask(masked_attention, rng):
         q.dtype,
         what="weights",
         suspects=[
-            ("missing_scale", attention64(q, k, v, scale=1.0)[1]),
+            *[(key, attention64(q, k, v, scale=scale)[1]) for key, scale in wrong_scales(q, k, v)],
             ("softmax_over_queries", attention64(q, k, v, dim=-2)[1]),
             ("inverted_mask", torch.zeros_like(weights_ref)),  # no mask inverted: all blocked
             ("inverted_mask", torch.full_like(weights_ref, 1 / lk)),
@@ -776,7 +1000,15 @@ def masked_key_padding(masked_attention, rng):
         misaligned["mask_not_broadcast"] = real[None, :, None, :]
     result = call_masked(masked_attention, q, k, v, None, key_padding_mask=real.clone())
     expect_attention(
-        result, q, k, v, keys, " (key_padding_mask only)", masked_queries=queries, **misaligned
+        result,
+        q,
+        k,
+        v,
+        keys,
+        " (key_padding_mask only)",
+        masked_queries=queries,
+        key_padding_ignored=None,  # with no mask, ignoring it leaves no mask at all
+        **misaligned,
     )
     causal = causal_reference(length, length)
     result = call_masked(masked_attention, q, k, v, causal, key_padding_mask=real.clone())
@@ -801,6 +1033,7 @@ def masked_fully_masked_rows(masked_attention, rng):
     q, k, v = qkv(rng, (batch, heads), lq, lk)
     mask = causal_reference(lq, lk) & random_mask((batch, heads, 1, lk), rng, p_true=0.8)
     mask[..., -1, -1] = True  # the last query keeps a key
+    mask[0, 0, :, 0] = False  # and key 0 is hidden from every query of one head
     empty = ~mask.any(dim=-1)  # (B, H, Lq)
     out, weights = call_masked(masked_attention, q, k, v, mask)
     expect_attention((out, weights), q, k, v, mask, " (rows with nothing to attend to)")
@@ -826,9 +1059,22 @@ def masked_float16(masked_attention, rng):
     lk, lq = two_lengths(rng)
     q, k, v = qkv(rng, (draw(rng, 1, 2), 2), lq, lk, dtype=torch.float16)
     mask = causal_reference(lq, lk)  # its first rows are empty
-    overflow = named("float16_overflow")
     result = call_masked(masked_attention, q, k, v, mask)
-    expect_attention(result, q, k, v, mask, " (float16)", nonfinite=overflow)
+    expect_attention(
+        result, q, k, v, mask, " (float16)", nonfinite=nonfinite_in_float16(result, mask)
+    )
+
+
+def nonfinite_in_float16(result, mask: torch.Tensor) -> Mistake:
+    """What NaN/inf in a float16 result means: only in rows with nothing to attend to, a softmax
+    that divides 0 by 0 there (whatever the dtype); elsewhere too, an overflow of float16."""
+    empty = ~mask.any(dim=-1, keepdim=True)  # (Lq, 1)
+    if all(
+        isinstance(t, torch.Tensor) and torch.isfinite(t.masked_fill(empty, 0)).all()
+        for t in result
+    ):
+        return named("nan_on_fully_masked_row")
+    return named("float16_overflow")
 
 
 def masked_float64_3d(masked_attention, rng):
@@ -840,8 +1086,18 @@ def masked_float64_3d(masked_attention, rng):
     expect_attention(call_masked(masked_attention, q, k, v, mask), q, k, v, mask, " (float64)")
     real = torch.arange(lk) < torch.randint(1, lk + 1, (batch, 1), generator=rng)  # (B, Lk)
     result = call_masked(masked_attention, q, k, v, mask, key_padding_mask=real.clone())
-    both = mask & real[:, None, :]  # (B, Lq, Lk)
-    expect_attention(result, q, k, v, both, " (float64, 3-D, with key_padding_mask)")
+    keys = real[:, None, :]  # (B, 1, Lk)
+    expect_attention(
+        result,
+        q,
+        k,
+        v,
+        mask & keys,
+        " (float64, 3-D, with key_padding_mask)",
+        key_padding_ignored=mask,
+        mask_ignored=keys,
+        masks_combined_with_or=mask | keys,
+    )
 
 
 # ----------------------------------------------------------------------------- the suite

@@ -85,10 +85,10 @@ print(course.describe_device())
 # %%
 scores = torch.tensor([[1.0, 2.0, 3.0]])
 mask = torch.tensor([[True, True, False]])
-print(stable_softmax(scores.masked_fill(~mask, -math.inf)))  # [0.269, 0.731, 0]
+print(stable_softmax(scores.masked_fill(~mask, -math.inf), dim=-1))  # [0.269, 0.731, 0]
 
 # %% [markdown]
-# `masked_fill(~mask, value)` writes `value` where the mask is **False**. Forgetting the `~` inverts the mask: the query then sees exactly the keys it should not.
+# `stable_softmax(x, dim=-1)` normalises along `dim`: for scores `(..., Lq, Lk)`, `dim=-1` is the keys, so each query's weights sum to 1. `masked_fill(~mask, value)` writes `value` where the mask is **False**. Forgetting the `~` inverts the mask: the query then sees exactly the keys it should not.
 #
 # One row needs care: a query whose mask row is all False has nothing to attend to. Its scores are all $-\infty$, and a naive softmax computes $0/0$ = NaN. One NaN is enough: through `weights @ v` and the next layers it spreads until the loss is NaN. The course's rule is that such a query gets **zero weights and a zero output**. `course.reference.sdpa.stable_softmax` already returns zeros for an all $-\infty$ row.
 
@@ -123,9 +123,9 @@ print("stable", stable_softmax(blocked))    # zeros
 # %% [markdown]
 # ### Exercise 1: `causal_mask`
 #
-# Compare positions, all at once: a column of query positions, `(lq, 1)`, against a row of key positions, `(1, lk)`, broadcasts to the whole `(lq, lk)` mask. `torch.ones(lq, lk).tril(diagonal=...)` works too. Create the tensors on `device`.
+# Compare positions, all at once: a column of query positions, `(lq, 1)`, against a row of key positions, `(1, lk)`, broadcasts to the whole `(lq, lk)` mask. `torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=...)` works too (without `dtype=torch.bool` it is a float mask). Create the tensors on `device`: pass `device=device` to `torch.arange` or `torch.ones`. The checks ask for `device="meta"`, PyTorch's device for tensors that have a shape and a dtype but no values, to see that your mask lands where it is asked to.
 #
-# The checks recognise: an inverted mask; a missing diagonal; the upper triangle instead of the lower; top-left alignment when $L_q \ne L_k$, or the offset's sign flipped; key 0 given to queries that come before every key; the shape `(lk, lq)`, or extra size-1 dims; `lk=None` left unhandled; a float mask instead of a boolean one; ignoring `device`.
+# The checks recognise: an inverted mask; a missing diagonal; the upper triangle instead of the lower; top-left alignment when $L_q \ne L_k$, or the offset's sign flipped; a mask shifted by one key (positions counted from 1); key 0 given to queries that come before every key; the shape `(lk, lq)`, or extra size-1 dims; `lk=None` left unhandled; a float mask instead of a boolean one; ignoring `device`.
 
 # %% nbgrader={"grade": false, "grade_id": "causal_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_mask(lq: int, lk: int = None, device=None) -> torch.Tensor:
@@ -199,9 +199,9 @@ plt.show()
 #
 # ### Exercise 2: `padding_mask`
 #
-# One comparison does it: a row of positions `torch.arange(max_len)` against a column of lengths `lengths[:, None]`. No Python loop.
+# One comparison does it: a row of positions `torch.arange(max_len)` against a column of lengths `lengths[:, None]`. No Python loop. Make the positions on `lengths.device`: the checks pass `lengths` on the `"meta"` device (shapes, no values) and expect the mask there.
 #
-# The checks recognise: an inverted mask; an off-by-one (`<=`, or `< length - 1`); the shape `(max_len, B)`, extra size-1 dims, or a width from `lengths.max()` instead of `max_len`; positions and lengths compared without `[:, None]`; padding at the start instead of the end; a mask that is not boolean; a mask made on the CPU whatever `lengths`' device.
+# The checks recognise: an inverted mask; an off-by-one (`<=`, or `< length - 1`); the shape `(max_len, B)`, extra size-1 dims, or a width from `lengths.max()` instead of `max_len`; positions and lengths compared without `[:, None]`; padding at the start instead of the end; a mask that is not boolean; a mask made on the CPU whatever `lengths`' device; `lengths` changed in place (`lengths.unsqueeze_(1)`).
 
 # %% nbgrader={"grade": false, "grade_id": "padding_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -257,7 +257,7 @@ except RuntimeError as error:
 #
 # ### Exercise 3: `to_additive_mask`
 #
-# The checks recognise: an inverted mask; $-\infty$ instead of the minimum; a fixed constant such as $-10^9$ (and its float16 overflow); `finfo.max` or `finfo.tiny` instead of `finfo.min`; 0/1 numbers instead of 0/large negative; a result in the wrong dtype; a result made on the CPU whatever the mask's device.
+# The checks recognise: an inverted mask; $-\infty$ instead of the minimum; a fixed constant such as $-10^9$ (and its float16 overflow); `finfo.max` or `finfo.tiny` instead of `finfo.min`; 0/1 numbers instead of 0/large negative; a result in the wrong dtype; a result made on the CPU whatever the mask's device; the mask changed in place (`mask.logical_not_()`).
 
 # %% nbgrader={"grade": false, "grade_id": "to_additive_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -305,9 +305,9 @@ check("day02-masks", "to_additive_mask", to_additive_mask, hidden=True, points=1
 #
 # ### Exercise 4: `masked_attention`
 #
-# Build it from your own pieces: the scores, your `to_additive_mask` (or `masked_fill`), `stable_softmax`, then `weights @ v`. Then make rows with nothing to see exactly zero.
+# Build it from your own pieces: the scores, your `to_additive_mask` (or `masked_fill`), `stable_softmax(..., dim=-1)` over the keys, then `weights @ v`. Then make rows with nothing to see exactly zero.
 #
-# The checks recognise: an inverted mask; the mask ignored; `key_padding_mask` ignored, or applied to queries instead of keys; NaN, or uniform weights $1/L_k$, for a query that may see no key; a mask that does not broadcast over batch and heads; float16 overflow from a constant like $-10^9$; the missing $1/\sqrt{d}$; softmax over the queries; `mask` or `key_padding_mask` used without checking for `None`; the two combined with OR instead of AND; `key_padding_mask` reshaped for 4-D inputs only; calls to the built-ins or to the course's attention.
+# The checks recognise: an inverted mask; the mask ignored; `key_padding_mask` ignored, or applied to queries instead of keys; NaN, or uniform weights $1/L_k$, for a query that may see no key; a mask that does not broadcast over batch and heads; float16 overflow from a constant like $-10^9$; the missing $1/\sqrt{d}$, or $1/d$, $1/\sqrt{L_k}$, $1/\sqrt{d_v}$ instead; `k.T` on inputs with leading dims; a dtype changed inside (`q.float()`) and not cast back; empty rows found with `any(dim=-2)`; an input changed in place (`mask &= ...`); softmax over the queries; `mask` or `key_padding_mask` used without checking for `None`; the two combined with OR instead of AND; `key_padding_mask` reshaped for 4-D inputs only; calls to the built-ins or to the course's attention.
 
 # %% nbgrader={"grade": false, "grade_id": "masked_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -353,7 +353,8 @@ print(out.shape, weights.shape)                       # (2, 4, 3, 6), (2, 4, 3, 
 print(weights[1, 0].round(decimals=2))                # columns 2, 3, 4 are zero
 # Against PyTorch's, with the same mask; and a query that sees nothing gives zeros.
 print((out - F.scaled_dot_product_attention(q, k, v, attn_mask=padding_mask(torch.tensor([5, 2]), 5)[:, None, None, :])).abs().max())
-print(masked_attention(q, k, v, causal_mask(3, 1))[0][0, 0])  # lq > lk: rows 0 and 1 are zero
+# lq > lk: 3 queries against the first key only; queries 0 and 1 come before it and get zeros.
+print(masked_attention(q, k[..., :1, :], v[..., :1, :], causal_mask(3, 1))[0][0, 0])
 
 # %% nbgrader={"grade": true, "grade_id": "check_masked_attention", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day02-masks", "masked_attention", masked_attention, points=2)

@@ -96,6 +96,26 @@ def causal_loop_with_key_zero(lq, lk=None, device=None):
     return mask
 
 
+def causal_from_positions(query_start=0, rows_are_keys=False, offset=lambda lq, lk: lk - lq):
+    """Positions compared with torch.arange, as the notebook suggests, with one step changed."""
+
+    def mask(lq, lk=None, device=None):
+        lk = lq if lk is None else lk
+        queries = torch.arange(query_start, query_start + lq, device=device) + offset(lq, lk)
+        keys = torch.arange(lk, device=device)
+        if rows_are_keys:  # (lk, lq)
+            return keys[:, None] <= queries[None, :]
+        return keys[None, :] <= queries[:, None]  # (lq, lk)
+
+    return mask
+
+
+def check_keys(name, impl, seed=0, hidden=False) -> dict:
+    """check description -> the key of its mistake ('' when it passed)."""
+    result = report(name, impl, hidden=hidden, seed=seed)
+    return {r.check: r.key for r in result.results}
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -110,12 +130,16 @@ def causal_loop_with_key_zero(lq, lk=None, device=None):
         ),
         (lambda lq, lk=None, device=None: bottom_right(lq, lk, device).float(), "not_boolean"),
         (lambda lq, lk=None, device=None: bottom_right(lq, lk), "ignores_device"),
-        (lambda lq, lk=None, device=None: bottom_right(lq, lk).T, "wrong_shape"),
+        (lambda lq, lk=None, device=None: bottom_right(lq, lk).T, "swapped_lengths"),
         (lambda lq, lk, device=None: bottom_right(lq, lk, device), "lk_none_unhandled"),
         (tril_mask(lambda lq, lk: lq - lk), "offset_sign"),
         (causal_loop_with_key_zero, "first_key_always_visible"),
         (lambda lq, lk=None, device=None: bottom_right(lq, lk, device)[None, None], "extra_dims"),
         (lambda lq, lk=None, device=None: bottom_right(lq, lk, device).long(), "not_boolean"),
+        (tril_mask(lambda lq, lk: lk - lq + 1), "shifted_by_one"),
+        (causal_from_positions(query_start=1), "shifted_by_one"),
+        (causal_from_positions(rows_are_keys=True), "swapped_lengths"),
+        (causal_from_positions(offset=lambda lq, lk: lq - lk), "offset_sign"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -131,6 +155,10 @@ def causal_loop_with_key_zero(lq, lk=None, device=None):
         "key_zero_always",
         "extra_dims",
         "long",
+        "shifted_by_one",
+        "positions_from_1",
+        "rows_are_keys",
+        "arange_offset_sign",
         "stub",
     ],
 )
@@ -141,6 +169,25 @@ def test_causal_mask_bug_is_named(bug, key, capsys):
 
 def test_top_left_alignment_is_named_on_every_hidden_seed():
     assert_named_on_hidden_seeds("causal_mask", tril_mask(lambda lq, lk: 0), "top_left_causal")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_flipped_offset_is_not_called_inverted_for_one_query(seed):
+    """causal_mask(1, lk) is a row of False both when the offset's sign is flipped and when the
+    mask is inverted; a square mask that is right tells them apart."""
+    keys = check_keys("causal_mask", causal_from_positions(offset=lambda lq, lk: lq - lk), seed)
+    (one_query,) = [key for check, key in keys.items() if check.startswith("lq = 1")]
+    assert one_query == "offset_sign"
+    inverted = check_keys("causal_mask", lambda lq, lk=None, device=None: ~bottom_right(lq, lk))
+    assert set(inverted.values()) - {""} <= {"inverted_mask", "ignores_device"}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_as_keys_are_named_on_every_check(seed):
+    """(lk, lq) is named by its shape when lq != lk; square, it is the upper triangle."""
+    keys = check_keys("causal_mask", causal_from_positions(rows_are_keys=True), seed, seed > 0)
+    assert set(keys.values()) <= {"swapped_lengths", "upper_triangular"}, keys
+    assert "swapped_lengths" in keys.values()
 
 
 def test_swapped_lengths_are_named():
@@ -192,6 +239,19 @@ def padding(compare, positions=lambda n: torch.arange(n)):
     return lambda lengths, max_len: compare(positions(max_len)[None, :], lengths[:, None])
 
 
+def padding_loop_on_the_cpu(lengths, max_len):
+    """A loop that reads lengths' values, so it cannot run on 'meta', with no device=."""
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.bool)
+    for b in range(len(lengths)):
+        mask[b, : lengths[b]] = True
+    return mask
+
+
+def lengths_unsqueezed_in_place(lengths, max_len):
+    """Right mask; the caller's lengths becomes (B, 1)."""
+    return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze_(1)
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -215,6 +275,8 @@ def padding(compare, positions=lambda n: torch.arange(n)):
         ),
         (padding(lambda p, n: p < n), "ignores_device"),
         (lambda lengths, max_len: on_device(lengths.cpu(), max_len), "ignores_device"),
+        (padding_loop_on_the_cpu, "ignores_device"),
+        (lengths_unsqueezed_in_place, "modified_input"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -229,6 +291,8 @@ def padding(compare, positions=lambda n: torch.arange(n)):
         "keys_4d",
         "ignores_device",
         "lengths_to_cpu",
+        "loop_on_the_cpu",
+        "unsqueezed_in_place",
         "stub",
     ],
 )
@@ -242,12 +306,31 @@ def on_device(lengths, max_len):
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def positions_against_lengths(lengths, max_len):
+    return torch.arange(max_len, device=lengths.device) < lengths  # (max_len,) vs (B,)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_one_sequence_without_a_column_is_not_called_extra_dims(seed):
+    """B = 1: positions < lengths runs and gives (max_len,), a dim short, not extra dims."""
+    keys = check_keys("padding_mask", positions_against_lengths, seed, seed > 0)
+    assert keys["B = 1, and max_len longer than every length"] == "padding_no_unsqueeze"
+
+
 def test_library_padding_mask_is_refused():
     assert report("padding_mask", course.reference.masks.padding_mask).keys == {"shortcut"}
 
 
+def padding_loop_indexing_with_tensors(lengths, max_len):
+    """A loop that slices with lengths[b], a tensor, and makes the mask on lengths' device."""
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.bool, device=lengths.device)
+    for b in range(len(lengths)):
+        mask[b, : lengths[b]] = True
+    return mask
+
+
 def padding_loop(lengths, max_len):
-    mask = torch.zeros(len(lengths), max_len, dtype=torch.bool)
+    mask = torch.zeros(len(lengths), max_len, dtype=torch.bool, device=lengths.device)
     for b, length in enumerate(lengths.tolist()):
         mask[b, :length] = True
     return mask
@@ -270,8 +353,30 @@ def padding_loop(lengths, max_len):
         lambda lengths, max_len: torch.ones(
             max_len + 1, max_len, dtype=torch.bool, device=lengths.device
         ).tril(diagonal=-1)[lengths.long()],
+        lambda lengths, max_len: (
+            ~F.one_hot(lengths.long(), max_len + 1).cumsum(-1)[:, :max_len].bool()
+        ),
+        lambda lengths, max_len: torch.lt(
+            torch.arange(max_len, device=lengths.device).unsqueeze(0), lengths.unsqueeze(1)
+        ),
+        lambda lengths, max_len: (
+            torch.arange(1, max_len + 1, device=lengths.device) <= lengths.unsqueeze(1)
+        ),
+        lambda lengths, max_len: torch.arange(max_len).to(lengths.device) < lengths[:, None],
+        padding_loop_indexing_with_tensors,
     ],
-    ids=["loop", "expand", "cumsum", "one_hot", "lookup_table"],
+    ids=[
+        "loop",
+        "expand",
+        "cumsum",
+        "one_hot",
+        "lookup_table",
+        "one_hot_inverted",
+        "torch_lt",
+        "positions_from_1",
+        "arange_then_to",
+        "loop_tensor_index",
+    ],
 )
 def test_other_correct_padding_masks_pass(mask):
     for seed in range(5):
@@ -285,6 +390,24 @@ def additive(value):
     return lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
         ~mask, value(dtype)
     )
+
+
+def additive_in_float32(mask, dtype):
+    """dtype= forgotten: float32 zeros, into which float64's minimum cannot be written."""
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def additive_inverting_in_place(mask, dtype):
+    """Right values; the caller's mask is inverted."""
+    blocked = mask.logical_not_()
+    zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return zeros.masked_fill(blocked, torch.finfo(dtype).min)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_forgotten_dtype_is_not_called_float16_overflow(seed):
+    keys = check_keys("to_additive_mask", additive_in_float32, seed, seed > 0)
+    assert set(keys.values()) - {""} == {"wrong_dtype"}, keys
 
 
 @pytest.mark.parametrize(
@@ -307,6 +430,9 @@ def additive(value):
         ),
         (additive(lambda dtype: torch.finfo(dtype).max), "additive_positive"),
         (additive(lambda dtype: -torch.finfo(dtype).tiny), "finfo_tiny"),
+        (additive(lambda dtype: torch.finfo(dtype).tiny), "finfo_tiny"),
+        (additive_in_float32, "wrong_dtype"),
+        (additive_inverting_in_place, "modified_input"),
         (
             lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype).masked_fill(
                 ~mask, torch.finfo(dtype).min
@@ -327,6 +453,9 @@ def additive(value):
         "float32_always",
         "finfo_max",
         "finfo_tiny",
+        "plus_finfo_tiny",
+        "no_dtype",
+        "logical_not_in_place",
         "ignores_device",
         "mask_to_cpu",
         "stub",
@@ -373,8 +502,22 @@ def additive_by_index_assignment(mask, dtype):
         ).masked_fill(mask, 0.0),
         lambda mask, dtype: (1.0 - mask.to(dtype)) * torch.finfo(dtype).min,
         additive_by_index_assignment,
+        lambda mask, dtype: torch.full_like(mask, torch.finfo(dtype).min, dtype=dtype).masked_fill(
+            mask, 0
+        ),
+        lambda mask, dtype: torch.zeros_like(mask, dtype=dtype).masked_fill_(
+            mask.logical_not(), torch.finfo(dtype).min
+        ),
     ],
-    ids=["where", "multiply", "full_then_fill", "one_minus", "index_assignment"],
+    ids=[
+        "where",
+        "multiply",
+        "full_then_fill",
+        "one_minus",
+        "index_assignment",
+        "full_like",
+        "zeros_like_in_place_fill",
+    ],
 )
 def test_other_correct_additive_masks_pass(impl):
     for seed in range(5):
@@ -407,20 +550,21 @@ def make_masked(
     zero_rows=True,
     kpm_view=key_view,
     combine=lambda m, keys: keys if m is None else m & keys,
-    scale=lambda d: 1 / math.sqrt(d),
+    scale=lambda q, k, v: 1 / math.sqrt(q.shape[-1]),
     softmax_dim=-1,
+    empty_rows_dim=-1,
 ):
     """An attention built from replaceable parts, so each bug changes exactly one of them."""
 
     def attention(q, k, v, mask=None, key_padding_mask=None):
-        scores = q @ k.transpose(-2, -1) * scale(q.shape[-1])
+        scores = q @ k.transpose(-2, -1) * scale(q, k, v)
         if key_padding_mask is not None:
             mask = combine(mask, kpm_view(key_padding_mask, q))
         if mask is not None:
             scores = fill(scores, mask)
         weights = softmax(scores, dim=softmax_dim)
         if mask is not None and zero_rows:
-            weights = weights * mask.any(dim=-1, keepdim=True)
+            weights = weights * mask.any(dim=empty_rows_dim, keepdim=True)
         return weights @ v, weights
 
     return attention
@@ -448,7 +592,7 @@ def mask_as_batch_first(q, k, v, mask=None, key_padding_mask=None):
 
 def query_scaled_in_place(q, k, v, mask=None, key_padding_mask=None):
     q /= math.sqrt(q.shape[-1])
-    return make_masked(scale=lambda d: 1.0)(q, k, v, mask, key_padding_mask)
+    return make_masked(scale=lambda q, k, v: 1.0)(q, k, v, mask, key_padding_mask)
 
 
 def empty_rows_found_before_padding(q, k, v, mask=None, key_padding_mask=None):
@@ -462,6 +606,29 @@ def empty_rows_found_before_padding(q, k, v, mask=None, key_padding_mask=None):
     weights = stable_softmax(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min))
     weights = torch.where(alive, weights, 0.0)
     return weights @ v, weights
+
+
+def keys_transposed_from_the_front(q, k, v, mask=None, key_padding_mask=None):
+    """Crashes on its first line whenever k has leading dims (the checks' inputs all do)."""
+    scores = q @ k.T / math.sqrt(q.shape[-1])  # right only for 2-D k
+    weights = stable_softmax(scores)
+    return weights @ v, weights
+
+
+def scores_upcast_never_cast_back(q, k, v, mask=None, key_padding_mask=None):
+    """q and k in float32 for the scores; the weights stay float32 and meet v in its dtype."""
+    return make_masked()(q.float(), k.float(), v, mask, key_padding_mask)
+
+
+def and_in_place(mask, keys):
+    mask &= keys  # writes into the caller's mask (or cannot grow it: a RuntimeError)
+    return mask
+
+
+def unsqueezed_in_place(key_padding_mask, q):
+    for _ in range(q.dim() - 2):
+        key_padding_mask.unsqueeze_(1)  # the caller's key_padding_mask changes shape
+    return key_padding_mask
 
 
 @pytest.mark.parametrize(
@@ -490,7 +657,7 @@ def empty_rows_found_before_padding(q, k, v, mask=None, key_padding_mask=None):
             make_masked(fill=lambda s, m: s.masked_fill(~m, torch.finfo(torch.float32).min)),
             "float16_overflow",
         ),
-        (make_masked(scale=lambda d: 1.0), "missing_scale"),
+        (make_masked(scale=lambda q, k, v: 1.0), "missing_scale"),
         (make_masked(softmax_dim=-2, zero_rows=False), "softmax_over_queries"),
         (
             lambda q, k, v, mask=None, key_padding_mask=None: make_masked()(q, k, v, mask)[::-1],
@@ -510,6 +677,23 @@ def empty_rows_found_before_padding(q, k, v, mask=None, key_padding_mask=None):
             make_masked(fill=lambda s, m: s.masked_fill(m, -math.inf), zero_rows=False),
             "inverted_mask",
         ),
+        (keys_transposed_from_the_front, "batched_transpose"),
+        (scores_upcast_never_cast_back, "dtype_not_restored"),
+        (
+            make_masked(combine=lambda m, keys: keys if m is None else and_in_place(m, keys)),
+            "modified_input",
+        ),
+        (make_masked(kpm_view=unsqueezed_in_place), "modified_input"),
+        (
+            make_masked(
+                fill=lambda s, m: s.masked_fill(~m, torch.finfo(s.dtype).min), empty_rows_dim=-2
+            ),
+            "empty_rows_over_queries",
+        ),
+        (make_masked(scale=lambda q, k, v: 1 / math.sqrt(k.shape[-2])), "scaled_by_length"),
+        (make_masked(scale=lambda q, k, v: 1 / math.sqrt(v.shape[-1])), "scaled_by_value_dim"),
+        (make_masked(scale=lambda q, k, v: 1 / q.shape[-1]), "divided_by_d"),
+        (make_masked(combine=lambda m, keys: keys if m is None else m), "key_padding_ignored"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -534,6 +718,15 @@ def empty_rows_found_before_padding(q, k, v, mask=None, key_padding_mask=None):
         "empty_rows_before_padding",
         "q_scaled_in_place",
         "inverted_on_no_mask",
+        "k_T",
+        "upcast_not_cast_back",
+        "and_in_place",
+        "kpm_unsqueeze_in_place",
+        "any_over_queries",
+        "sqrt_lk",
+        "sqrt_dv",
+        "divided_by_d",
+        "kpm_forgotten",
         "stub",
     ],
 )
@@ -565,6 +758,16 @@ def test_masked_attention_bug_is_named(bug, key, capsys):
 )
 def test_masked_attention_bugs_are_named_on_hidden_seeds(bug, key):
     assert_named_on_hidden_seeds("masked_attention", bug, key)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nan_from_a_naive_softmax_is_not_called_overflow_in_float16(seed):
+    """NaN only in the rows with nothing to attend to is the 0/0 of those rows, in float16 too."""
+    naive = make_masked(
+        fill=lambda s, m: s.masked_fill(~m, -math.inf), softmax=naive_softmax, zero_rows=False
+    )
+    keys = check_keys("masked_attention", naive, seed, seed > 0)
+    assert set(keys.values()) - {""} == {"nan_on_fully_masked_row"}, keys
 
 
 def test_zeroing_rows_without_keepdim_fails():
@@ -614,6 +817,63 @@ def multiplicative_mask_attention(q, k, v, mask=None, key_padding_mask=None):
     return weights @ v, weights
 
 
+def attention_with_an_all_true_start(q, k, v, mask=None, key_padding_mask=None):
+    """einsum, d ** -0.5, an (Lq, Lk) all-True mask ANDed with what is given, torch.where."""
+    scores = torch.einsum("...qd,...kd->...qk", q, k) * q.shape[-1] ** -0.5
+    keep = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device)
+    if mask is not None:
+        keep = keep & mask
+    if key_padding_mask is not None:
+        keep = keep & key_view(key_padding_mask, q)
+    filled = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
+    weights = torch.where(keep.any(dim=-1, keepdim=True), stable_softmax(filled), 0.0)
+    return torch.matmul(weights, v), weights
+
+
+def attention_unsqueezing_a_copy(q, k, v, mask=None, key_padding_mask=None):
+    """q scaled before the product, k.mT, key_padding_mask unsqueezed (out of place) in a loop."""
+    scores = torch.matmul(q / math.sqrt(q.shape[-1]), k.mT)
+    if key_padding_mask is not None:
+        keys = key_padding_mask
+        while keys.dim() < q.dim():
+            keys = keys.unsqueeze(1)
+        mask = keys if mask is None else torch.logical_and(mask, keys)
+    if mask is None:
+        weights = stable_softmax(scores)
+    else:
+        weights = stable_softmax(scores.masked_fill(~mask, torch.finfo(scores.dtype).min))
+        weights = weights.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+    return weights @ v, weights
+
+
+def attention_upcast_and_cast_back(q, k, v, mask=None, key_padding_mask=None):
+    """float32 (float64 stays) inside, -inf fills, a clamped max and sum; cast back at the end."""
+    q32, k32, v32 = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in (q, k, v))
+    scores = q32 @ k32.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_view(key_padding_mask, q), -math.inf)
+    top = scores.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).min)
+    exps = torch.exp(scores - top)
+    weights = exps / exps.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(scores.dtype).tiny)
+    return (weights @ v32).to(q.dtype), weights.to(q.dtype)
+
+
+def attention_by_logsumexp(q, k, v, mask=None, key_padding_mask=None):
+    """exp(scores - logsumexp(scores)) over dtype-minimum fills, empty rows zeroed after."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if key_padding_mask is not None:
+        keys = key_view(key_padding_mask, q)
+        mask = keys if mask is None else mask & keys
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True))
+    if mask is not None:
+        weights = weights * mask.any(dim=-1, keepdim=True)
+    return weights @ v, weights
+
+
 def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     allowed = torch.ones_like(scores, dtype=torch.bool)
@@ -655,6 +915,10 @@ def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
             )
         ),
         key_padding_by_batch_loop,
+        attention_with_an_all_true_start,
+        attention_unsqueezing_a_copy,
+        attention_upcast_and_cast_back,
+        attention_by_logsumexp,
     ],
     ids=[
         "neg_inf_nan_safe_softmax",
@@ -665,6 +929,10 @@ def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
         "multiplicative",
         "float16_in_float32",
         "batch_loop",
+        "all_true_start",
+        "unsqueeze_loop",
+        "upcast_cast_back",
+        "logsumexp",
     ],
 )
 def test_other_correct_attentions_pass(attention):
@@ -697,6 +965,7 @@ PROMISES = {
         "the upper triangle instead of the lower": "upper_triangular",
         "top-left alignment": "top_left_causal",
         "the offset's sign flipped": "offset_sign",
+        "a mask shifted by one key": "shifted_by_one",
         "key 0 given to queries that come before every key": "first_key_always_visible",
         "the shape `(lk, lq)`": "swapped_lengths",
         "extra size-1 dims": "extra_dims",
@@ -714,6 +983,7 @@ PROMISES = {
         "padding at the start instead of the end": "left_padded",
         "a mask that is not boolean": "not_boolean",
         "a mask made on the CPU": "ignores_device",
+        "`lengths` changed in place": "modified_input",
     },
     "to_additive_mask": {
         "an inverted mask": "inverted_mask",
@@ -725,6 +995,7 @@ PROMISES = {
         "0/1 numbers": "not_additive",
         "a result in the wrong dtype": "wrong_dtype",
         "a result made on the CPU": "ignores_device",
+        "the mask changed in place": "modified_input",
     },
     "masked_attention": {
         "an inverted mask": "inverted_mask",
@@ -735,6 +1006,15 @@ PROMISES = {
         "a mask that does not broadcast": "mask_not_broadcast",
         "float16 overflow": "float16_overflow",
         "the missing $1/\\sqrt{d}$": "missing_scale",
+        "$1/d$, $1/\\sqrt{L_k}$, $1/\\sqrt{d_v}$": (
+            "divided_by_d",
+            "scaled_by_length",
+            "scaled_by_value_dim",
+        ),
+        "`k.T` on inputs with leading dims": "batched_transpose",
+        "a dtype changed inside (`q.float()`) and not cast back": "dtype_not_restored",
+        "empty rows found with `any(dim=-2)`": "empty_rows_over_queries",
+        "an input changed in place": "modified_input",
         "softmax over the queries": "softmax_over_queries",
         "used without checking for `None`": "none_not_handled",
         "combined with OR instead of AND": "masks_combined_with_or",
