@@ -372,13 +372,17 @@ def _write_back_tensors(args, kwargs, written, kernel) -> None:
         return
     for where, packed in written.items():
         target, value = _at_path(args, kwargs, where), decode(packed, kernel, [])
-        if (
+        if not (
             isinstance(target, torch.Tensor)
             and isinstance(value, torch.Tensor)
-            and (value.shape, value.dtype) == (target.shape, target.dtype)
+            and value.dtype == target.dtype
         ):
-            with torch.no_grad():
+            continue
+        with torch.no_grad():
+            if value.shape == target.shape:
                 target.copy_(value)
+            else:  # the shape changed in place (unsqueeze_, resize_): take the new one too
+                target.set_(value.clone())
 
 
 def _at_path(args, kwargs, path: str):

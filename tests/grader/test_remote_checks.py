@@ -357,6 +357,21 @@ def test_an_input_written_in_place_in_the_kernel_is_seen_by_the_check(kernel):
     assert "modified_input" in {result.key for result in report.results if not result.passed}
 
 
+def test_an_input_reshaped_in_place_in_the_kernel_is_seen_by_the_check(kernel):
+    run, ask = kernel
+    run(
+        """
+        def padding_mask_unsqueezing(lengths, max_len):
+            lengths.unsqueeze_(1)  # the caller's lengths becomes (B, 1)
+            return torch.arange(max_len, device=lengths.device) < lengths
+        """
+    )
+    call = verdicts.CheckCall("day02-masks", "padding_mask", "padding_mask_unsqueezing", True)
+    report = verdicts.check_one(ask, call, "ada", SECRET, [])
+    assert not report.passed
+    assert "modified_input" in {result.key for result in report.results if not result.passed}
+
+
 def test_vars_of_a_remote_object_are_the_students_objects_attributes(kernel):
     run, ask = kernel
     run(
