@@ -90,7 +90,7 @@ print("two passes:", x.max().item(), torch.exp(x - x.max()).sum().item())
 #
 # Leave the caller's `x` as it is, here and in `tiled_attention`: no in-place op on an input (`masked_fill_`, `x[...] = ...`); the shift-by-0 guard, `torch.where(m == -inf, 0, m)`, handles $-\infty$ without one.
 #
-# The checks recognise: the running sum not rescaled when the max changes, the rescale factor upside down ($e^{m_{t+1} - m_t}$), NaN for rows (or first blocks) that are all $-\infty$, the last, shorter block dropped, a log-sum instead of the sum, the last axis reduced whatever `dim` says, a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`), `x` changed in place, a pass over the whole row before the blocks (e.g. the global max first: two passes, so no reduction may read more than one block), and no `ValueError` for `block_size < 1`.
+# The checks recognise: the running sum not rescaled when the max changes, the rescale factor upside down ($e^{m_{t+1} - m_t}$), NaN for rows (or first blocks) that are all $-\infty$, the last, shorter block dropped, a log-sum instead of the sum, the log of each block's sum added to the running sum, the last axis reduced whatever `dim` says, a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`), `x` changed in place, a pass over the whole row before the blocks (e.g. the global max first: two passes, so no reduction may read more than one block), and no `ValueError` for `block_size < 1`.
 
 # %% nbgrader={"grade": false, "grade_id": "online_softmax_stats", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def online_softmax_stats(x: torch.Tensor, block_size: int, dim: int = -1) -> tuple:
@@ -162,6 +162,8 @@ explorer
 # $$S = Q_{\text{tile}} K_t^\top / \sqrt d, \quad m' = \max(m, \operatorname{rowmax} S), \quad P = e^{S - m'},$$
 # $$\ell \leftarrow \ell\, e^{m - m'} + \operatorname{rowsum} P, \qquad \mathrm{acc} \leftarrow \mathrm{acc}\, e^{m - m'} + P V_t, \qquad m \leftarrow m'.$$
 #
+# In code, $K_t^\top$ is `k_tile.transpose(-2, -1)`, or its short form `k_tile.mT`: both swap the last two axes only, whatever leading (batch, head) axes come first. `k_tile.T` reverses *every* axis: right on a 2-D tile only.
+#
 # **Both** sums were taken against the old max, so both are rescaled. At the end, $\operatorname{out} = \mathrm{acc} / \ell$ and the **logsumexp** $\operatorname{lse}_i = m + \log \ell = \log \sum_j e^{s_{ij}}$ (natural log), one number per query. The largest thing alive is one `(block_q, block_k)` tile: memory is $O(L \cdot d)$ for the output plus the tile, not $O(L_q L_k)$.
 #
 # **Causal, bottom-right aligned** (day 2): query $i$ sits at absolute position $L_k - L_q + i$ and sees keys $j \le L_k - L_q + i$. For the query tile $[a, b)$ every key $j \ge L_k - L_q + b$ is masked for *all* its queries: stop the key loop there. Those tiles above the diagonal are **skipped**, not computed and masked; about half the work for $L_q = L_k$. Only tiles that straddle the diagonal need a $-\infty$ mask. Tiles at the ends may be shorter (ragged): $L$ need not be a multiple of the block sizes.
@@ -171,7 +173,9 @@ explorer
 # %% [markdown]
 # ### Exercise 2: `tiled_attention`
 #
-# The checks recognise: the accumulator and $\ell$ not rescaled when the max changes, $\ell$ rescaled but not the accumulator (and the other way round), a missing $1/\sqrt d$, `.T` on a batched tile, the lse in base 2 or without the max, a causal mask aligned top-left, strict ($j < i$), on the wrong side, or ignored, a causal key loop that stops one key early (the diagonal key missed), NaN (e.g. $0/0$ from `acc / l`) or a finite lse for queries that see no key, `(lse, out)` returned instead of `(out, lse)`, any tensor with $L_q \times L_k$ entries (mask included), causal tiles above the diagonal computed instead of skipped (the checks count the matmul work), wrong shapes, and no `ValueError` for block sizes $< 1$ or mismatched head dims.
+# Start $m$, $\ell$ and $\mathrm{acc}$ afresh for each query tile, inside the query-tile loop: they belong to that tile's queries, and the last tile may be shorter.
+#
+# The checks recognise: the accumulator and $\ell$ not rescaled when the max changes, $m$, $\ell$ and $\mathrm{acc}$ made once before the query-tile loop instead of for each query tile, `q` (or another input) changed in place (e.g. `q.mul_(scale)`), $\ell$ rescaled but not the accumulator (and the other way round), a missing $1/\sqrt d$, `.T` on a batched tile, the lse in base 2 or without the max, a causal mask aligned top-left, strict ($j < i$), on the wrong side, or ignored, a causal key loop that stops one key early (the diagonal key missed), NaN (e.g. $0/0$ from `acc / l`) or a finite lse for queries that see no key, `(lse, out)` returned instead of `(out, lse)`, any tensor with $L_q \times L_k$ entries (mask included), causal tiles above the diagonal computed instead of skipped (the checks count the matmul work), wrong shapes, and no `ValueError` for block sizes $< 1$ or mismatched head dims.
 
 # %% nbgrader={"grade": false, "grade_id": "tiled_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int = 64,
@@ -264,7 +268,9 @@ check("day06-online-softmax", "tiled_attention", tiled_attention, hidden=True, p
 # %% [markdown]
 # ### Exercise 3: `FlashAttentionTorch`
 #
-# Use your `tiled_attention` in forward; write backward's tile loop. The checks compare with float64 autograd through dense attention (and `torch.autograd.gradcheck`), and recognise: a backward without the $D$ term (or with $D$ summed over one key tile only), $dV = P\,dO$ without the transpose, $dQ$ and $dK$ without $1/\sqrt d$, gradients wrong only with `causal` (e.g. $P$ recomputed without the mask), causal tiles above the diagonal computed in backward, NaN in the gradients of queries that see no key, an $(L_q, L_k)$ tensor or two statistics (max and sum) saved instead of one logsumexp (or no logsumexp saved), an lse in base 2 or without the max, and a Function that autograd cannot run.
+# Use your `tiled_attention` in forward, with its default tiles (64 queries by 64 keys); write backward's tile loop with the **same tile sizes**, so that it skips the same causal tiles as forward: the checks count backward's matmul work, and with tiles of 64 at $L = 256$ skipping leaves about 62% of the non-causal work (one tile as long as $L$ would skip nothing). Do not write into the saved tensors: `ctx.saved_tensors` are forward's own, and autograd refuses a second backward through them once one changed; make new ones (`torch.where`).
+#
+# The checks compare with float64 autograd through dense attention (and `torch.autograd.gradcheck`), and recognise: a backward without the $D$ term (or with $D$ summed over one key tile only), $dV = P\,dO$ or $dK = dS\,Q$ without the transpose, $dQ$ and $dK$ without $1/\sqrt d$, gradients wrong only with `causal` (e.g. $P$ recomputed without the mask, or with a top-left mask), a saved tensor changed in place (e.g. `lse[lse == -inf] = inf`), causal tiles above the diagonal computed in backward, NaN in the gradients of queries that see no key, an $(L_q, L_k)$ tensor or two statistics (max and sum) saved instead of one logsumexp (or no logsumexp saved), an lse in base 2 or without the max, and a Function that autograd cannot run.
 
 # %% nbgrader={"grade": false, "grade_id": "FlashAttentionTorch", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class FlashAttentionTorch(torch.autograd.Function):
@@ -384,7 +390,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Naive memory follows the $L^2$ line: each doubling of $L$ quadruples it. The tiled peak grows only with the output it returns, and the working memory above that is flat: a few tiles of scores (`block` × `block`) whatever $L$ is. The price is time on a CPU: many small matrix products in a Python loop are slower than one large one. On a GPU, FlashAttention fuses the whole loop into one kernel that keeps the tile in fast on-chip memory, and wins on time too: that is day 7.
+# Naive memory follows the $L^2$ line: each doubling of $L$ quadruples it. At the smallest $L$ the tile (256 on a CPU, 128 on a GPU) may cover the whole row, even the whole matrix: then tiled attention holds the same scores as naive, plus its running statistics and output, and tiled / naive is above 1. Tiling saves memory once $L$ is several tiles long. The tiled peak grows only with the output it returns, and the working memory above that is flat: a few tiles of scores (`block` × `block`) whatever $L$ is. The price is time on a CPU: many small matrix products in a Python loop are slower than one large one. On a GPU, FlashAttention fuses the whole loop into one kernel that keeps the tile in fast on-chip memory, and wins on time too: that is day 7.
 #
 # ## 6. Recap
 #

@@ -684,3 +684,231 @@ def test_beginner_correct_stats_pass(stats):
     assert report("online_softmax_stats", stats).passed
     for seed in HIDDEN_SEEDS:
         assert report("online_softmax_stats", stats, hidden=True, seed=seed).passed
+
+
+# Issue #18, the second beginner pass: each mistake named by the check that first sees it, on the
+# visible seed and hidden ones.
+
+STATS_CHECK_BUGS = {  # (check, key): the edits
+    ("stats_match", "block_sum_logged"): [
+        (
+            "torch.exp(block - shift[..., None]).sum(dim=-1)",
+            "torch.log(torch.exp(block - shift[..., None]).sum(dim=-1))",
+        ),
+    ],
+    # -inf rows: log(0) = -inf, a logged block of -inf is NaN; the mistake, not the NaN guard
+    ("stats_extremes", "block_sum_logged"): [
+        (
+            "torch.exp(block - shift[..., None]).sum(dim=-1)",
+            "torch.log(torch.exp(block - shift[..., None]).sum(dim=-1))",
+        ),
+    ],
+    ("stats_extremes", "returns_log"): [
+        ("return running_max, running_sum", "return running_max, torch.log(running_sum)"),
+    ],
+    ("stats_extremes", "missing_rescale"): [
+        ("running_sum * torch.exp(running_max - shift) + ", "running_sum + "),
+    ],
+    ("stats_extremes", "rescale_inverted"): STATS_BUGS["rescale_inverted"],
+}
+
+
+@pytest.mark.parametrize("check_name, key", STATS_CHECK_BUGS)
+def test_stats_mistake_is_named_by_its_check(solution, check_name, key):
+    bug = planted(solution, "online_softmax_stats", *STATS_CHECK_BUGS[check_name, key])
+    assert_check_names("online_softmax_stats", check_name, bug, key)
+
+
+def test_a_dropped_last_block_reads_as_a_sentence(solution):
+    bug = planted(solution, "online_softmax_stats", *STATS_BUGS["last_block_dropped"])
+    result = report("online_softmax_stats", bug)
+    message = next(r.message for r in result.results if r.key == "last_block_dropped")
+    assert "gives what" not in message and "both the max and the sum match" in message
+
+
+STATE_NOT_RESET = [  # m, l, acc made once, before the query-tile loop
+    (
+        '        m = torch.full(qi.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)'
+        "  # (..., bq)\n"
+        "        l = torch.zeros_like(m)"
+        "                                               # (..., bq)\n"
+        "        acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)"
+        "  # (..., bq, dv)\n",
+        "",
+    ),
+    (
+        "    for i0 in range(0, Lq, block_q):\n",
+        '    m = torch.full((*q.shape[:-2], min(block_q, Lq)), float("-inf"), dtype=q.dtype)\n'
+        "    l = torch.zeros_like(m)\n"
+        "    acc = torch.zeros(*m.shape, v.shape[-1], dtype=q.dtype)\n"
+        "    for i0 in range(0, Lq, block_q):\n",
+    ),
+]
+Q_SCALED_IN_PLACE = [
+    (
+        "    scale = 1 / math.sqrt(q.shape[-1])\n",
+        "    scale = 1.0\n    q.mul_(1 / math.sqrt(q.shape[-1]))  # scale q once\n",
+    )
+]
+TILED_CHECK_BUGS = {  # (check, key): the edits
+    ("tiled_matches", "modified_input"): Q_SCALED_IN_PLACE,  # not a missing scale
+    ("tiled_fully_masked_rows", "modified_input"): Q_SCALED_IN_PLACE,
+    ("tiled_shapes_and_float64", "modified_input"): Q_SCALED_IN_PLACE,
+    ("tiled_matches", "state_not_reset"): STATE_NOT_RESET,  # ragged: a crash, explained
+    ("tiled_causal", "state_not_reset"): STATE_NOT_RESET,
+    ("tiled_fully_masked_rows", "state_not_reset"): STATE_NOT_RESET,
+    ("tiled_shapes_and_float64", "state_not_reset"): STATE_NOT_RESET,
+    ("tiled_never_full_matrix", "state_not_reset"): STATE_NOT_RESET,
+    ("tiled_fully_masked_rows", "causal_top_left"): [  # the loop bound right, the mask not
+        (
+            "query_pos = Lk - Lq + i0 + torch.arange(bq, device=q.device)[:, None]",
+            "query_pos = i0 + torch.arange(bq, device=q.device)[:, None]",
+        )
+    ],
+    ("tiled_causal", "batched_transpose"): TILED_BUGS["batched_transpose"],
+    ("tiled_fully_masked_rows", "batched_transpose"): TILED_BUGS["batched_transpose"],
+    ("tiled_shapes_and_float64", "batched_transpose"): TILED_BUGS["batched_transpose"],
+    ("tiled_never_full_matrix", "batched_transpose"): TILED_BUGS["batched_transpose"],
+    ("tiled_skips_masked_tiles", "batched_transpose"): TILED_BUGS["batched_transpose"],
+}
+
+
+@pytest.mark.parametrize("check_name, key", TILED_CHECK_BUGS)
+def test_tiled_mistake_is_named_by_its_check(solution, check_name, key):
+    bug = planted(solution, "tiled_attention", *TILED_CHECK_BUGS[check_name, key])
+    assert_check_names("tiled_attention", check_name, bug, key)
+
+
+DV_NOT_TRANSPOSED = [("p.transpose(-2, -1) @ d_oi", "p @ d_oi")]
+DK_NOT_TRANSPOSED = [("ds.transpose(-2, -1) @ qi * scale", "ds @ qi * scale")]
+FLASH_CHECK_BUGS = {  # (check, key): the edits
+    # ragged tiles: a crash, explained by one square tile
+    ("flash_gradients", "dv_not_transposed"): DV_NOT_TRANSPOSED,
+    ("flash_causal_gradients", "dv_not_transposed"): DV_NOT_TRANSPOSED,
+    ("flash_gradients", "dk_not_transposed"): DK_NOT_TRANSPOSED,
+    ("flash_causal_gradients", "dk_not_transposed"): DK_NOT_TRANSPOSED,
+    ("flash_autograd_and_shapes", "lse_modified_in_place"): [
+        (
+            'lse = torch.where(lse == float("-inf"), float("inf"), lse)',
+            'lse[lse == float("-inf")] = float("inf")',
+        )
+    ],
+    ("flash_causal_gradients", "D_per_tile"): FLASH_BUGS["D_per_tile"],
+    ("flash_causal_gradients", "causal_top_left"): [  # in backward only
+        (
+            "query_pos = Lk - Lq + i0 + torch.arange(qi.shape[-2], device=q.device)[:, None]",
+            "query_pos = i0 + torch.arange(qi.shape[-2], device=q.device)[:, None]",
+        )
+    ],
+}
+
+
+@pytest.mark.parametrize("check_name, key", FLASH_CHECK_BUGS)
+def test_flash_mistake_is_named_by_its_check(solution, check_name, key):
+    bug = planted(solution, "FlashAttentionTorch", *FLASH_CHECK_BUGS[check_name, key])
+    assert_check_names("FlashAttentionTorch", check_name, bug, key)
+
+
+def stats_merged_pairs(x, block_size, dim=-1):
+    """Each block's own (max, sum) first, then merged into the running pair by a symmetric rule;
+    torch.transpose instead of movedim."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    m, l = None, None
+    for block in x.transpose(dim, -1).split(block_size, -1):
+        block_max = block.amax(-1)
+        block_sum = torch.exp(block - block_max.nan_to_num(neginf=0.0)[..., None]).sum(-1)
+        if m is None:
+            m, l = block_max, block_sum
+            continue
+        new = torch.maximum(m, block_max)
+        shift = new.nan_to_num(neginf=0.0)
+        m, l = new, l * torch.exp(m - shift) + block_sum * torch.exp(block_max - shift)
+    if dim % x.dim() != x.dim() - 1:  # transpose put the last axis where dim was
+        m, l = m.movedim(-1, dim % x.dim()), l.movedim(-1, dim % x.dim())
+    return m, l
+
+
+def tiled_key_tiles_outer(q, k, v, block_q=64, block_k=64, causal=False):
+    """FlashAttention-1's loop order: key tiles outside, query tiles inside, running statistics
+    for every query (O(L d) memory), written into fresh tensors each step."""
+    if block_q < 1 or block_k < 1 or q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"block sizes must be >= 1 and head dims equal, got {block_q}, {block_k}")
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    offset = Lk - Lq
+    m = q.new_full(q.shape[:-1], NEG_INF)  # (..., Lq)
+    l, acc = torch.zeros_like(m), q.new_zeros(*q.shape[:-1], v.shape[-1])
+    for c in range(0, Lk, block_k):
+        e = min(c + block_k, Lk)
+        first = (max(0, c - offset) // block_q) * block_q if causal else 0  # earlier: no key here
+        for a in range(first, Lq, block_q):
+            b = min(a + block_q, Lq)
+            s = q[..., a:b, :] @ k[..., c:e, :].mT / math.sqrt(q.shape[-1])  # (..., bq, bk)
+            if causal:
+                s = s.masked_fill(
+                    torch.arange(c, e) > torch.arange(a, b)[:, None] + offset, NEG_INF
+                )
+            m_new = torch.maximum(m[..., a:b], s.amax(-1))
+            shift = m_new.nan_to_num(neginf=0.0)
+            p, r = torch.exp(s - shift[..., None]), torch.exp(m[..., a:b] - shift)
+            l, acc, m = l.clone(), acc.clone(), m.clone()
+            l[..., a:b] = l[..., a:b] * r + p.sum(-1)
+            acc[..., a:b, :] = acc[..., a:b, :] * r[..., None] + p @ v[..., c:e, :]
+            m[..., a:b] = m_new
+    return acc / torch.where(l > 0, l, 1.0)[..., None], m + torch.log(l)
+
+
+class FlashOddTiles(torch.autograd.Function):
+    """FlashAttention-2's backward order, key tiles outside with dk, dv kept per key tile and
+    concatenated; 32 x 16 tiles in both passes, kept on ctx."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        ctx.bq, ctx.bk, ctx.causal = 32, 16, bool(is_causal)
+        out, lse = make_tiled()(q, k, v, ctx.bq, ctx.bk, ctx.causal)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        Lq, Lk, c = q.shape[-2], k.shape[-2], q.shape[-1] ** -0.5
+        D = (d_out * out).sum(-1, keepdim=True)  # (..., Lq, 1)
+        lse = lse.masked_fill(torch.isneginf(lse), math.inf)[..., None]
+        dq, dks, dvs = torch.zeros_like(q), [], []
+        for j0 in range(0, Lk, ctx.bk):
+            j1 = min(j0 + ctx.bk, Lk)
+            dk_tile, dv_tile = (
+                torch.zeros_like(k[..., j0:j1, :]),
+                torch.zeros_like(v[..., j0:j1, :]),
+            )
+            for i0 in range(0, Lq, ctx.bq):
+                i1 = min(i0 + ctx.bq, Lq)
+                if ctx.causal and Lk - Lq + i1 <= j0:
+                    continue  # forward skipped this tile
+                s = q[..., i0:i1, :] @ k[..., j0:j1, :].mT * c
+                if ctx.causal:
+                    hidden = torch.arange(j0, j1) > torch.arange(i0, i1)[:, None] + Lk - Lq
+                    s = s.masked_fill(hidden, NEG_INF)
+                p = torch.exp(s - lse[..., i0:i1, :])
+                dv_tile += p.mT @ d_out[..., i0:i1, :]
+                ds = p * (d_out[..., i0:i1, :] @ v[..., j0:j1, :].mT - D[..., i0:i1, :])
+                dq[..., i0:i1, :] += ds @ k[..., j0:j1, :] * c
+                dk_tile += ds.mT @ q[..., i0:i1, :] * c
+            dks.append(dk_tile)
+            dvs.append(dv_tile)
+        return dq, torch.cat(dks, -2), torch.cat(dvs, -2), None
+
+
+@pytest.mark.parametrize(
+    "name, impl",
+    [
+        ("online_softmax_stats", stats_merged_pairs),
+        ("tiled_attention", tiled_key_tiles_outer),
+        ("FlashAttentionTorch", FlashOddTiles),
+    ],
+)
+def test_beginner_correct_alternative_passes(name, impl):
+    assert report(name, impl).passed
+    for seed in HIDDEN_SEEDS:
+        assert report(name, impl, hidden=True, seed=seed).passed

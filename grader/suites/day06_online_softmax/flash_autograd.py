@@ -21,24 +21,36 @@ from grader.suites.day06_online_softmax.oracles import causal_rule, dense64, den
 from grader.suites.day06_online_softmax.tiled_attention import MatmulFlops
 
 
-def dense_grads64(q, k, v, d_out, mask=None, use_D=True, scale_grads=True, backward_mask=True):
+def dense_grads64(
+    q,
+    k,
+    v,
+    d_out,
+    mask=None,
+    use_D=True,
+    scale_grads=True,
+    backward_mask=True,
+    transpose=True,
+):
     """(dq, dk, dv) in float64 by the FlashAttention-2 formulas on the full matrix, with the named
     mistakes switchable: use_D=False drops D; scale_grads=False drops 1/sqrt(d) from dq and dk;
-    backward_mask=False recomputes p = exp(s - lse) from unmasked scores."""
+    backward_mask=False recomputes p = exp(s - lse) from unmasked scores, a bool tensor from
+    scores under that mask instead of the forward's; transpose=False gives
+    dk = ds q and dv = p dO (their shapes fit when Lq == Lk only)."""
     q, k, v, d_out = q.double(), k.double(), v.double(), d_out.double()
     scale = q.shape[-1] ** -0.5
     out, lse = dense64(q, k, v, mask)
     s = q @ k.transpose(-2, -1) * scale
-    if mask is not None and backward_mask:
-        s = s.masked_fill(~mask, float("-inf"))
+    if mask is not None and backward_mask is not False:
+        s = s.masked_fill(~(mask if backward_mask is True else backward_mask), float("-inf"))
     lse = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
     p = torch.exp(s - lse.unsqueeze(-1))
-    dv = p.transpose(-2, -1) @ d_out
+    dv = (p.transpose(-2, -1) if transpose else p) @ d_out  # (..., Lk, dv)
     dp = d_out @ v.transpose(-2, -1)
     D = (d_out * out).sum(-1, keepdim=True)
-    ds = p * (dp - D) if use_D else p * dp
+    ds = p * (dp - D) if use_D else p * dp  # (..., Lq, Lk)
     g = scale if scale_grads else 1.0
-    return ds @ k * g, ds.transpose(-2, -1) @ q * g, dv
+    return ds @ k * g, (ds.transpose(-2, -1) if transpose else ds) @ q * g, dv
 
 
 def autograd64(q, k, v, d_out, mask=None):
@@ -61,10 +73,11 @@ def function_class(impl):
     return cls
 
 
-def run_flash(impl, q, k, v, causal, d_out=None, watch_backward=None):
+def run_flash(impl, q, k, v, causal, d_out=None, watch_backward=None, explain=True):
     """out, and (dq, dk, dv) when d_out is given: forward by .apply and backward by calling
     FlashAttentionTorch.backward(out.grad_fn, d_out), both under the guard; the backward inside
-    the context manager `watch_backward`, when given."""
+    the context manager `watch_backward`, when given. A crash in backward is explained where a
+    square tile shows why (explain_backward_crash), unless explain=False."""
     cls = function_class(impl)
     forbidden = FORBIDDEN
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v)]
@@ -77,8 +90,13 @@ def run_flash(impl, q, k, v, causal, d_out=None, watch_backward=None):
     ctx = out.grad_fn
     if ctx is None:
         raise named("autograd_broken")
-    with watch_backward or contextlib.nullcontext():
-        grads = guarded(cls.backward, "FlashAttentionTorch", forbidden)(ctx, d_out)
+    try:
+        with watch_backward or contextlib.nullcontext():
+            grads = guarded(cls.backward, "FlashAttentionTorch", forbidden)(ctx, d_out)
+    except Mistake as raised:
+        if explain and raised.key == "raised":
+            explain_backward_crash(impl, raised)
+        raise
     if not isinstance(grads, (tuple, list)) or len(grads) < 3:
         raise Mistake(
             f"FlashAttentionTorch.backward returned {type(grads).__name__}, expected "
@@ -89,6 +107,31 @@ def run_flash(impl, q, k, v, causal, d_out=None, watch_backward=None):
     return out, grads[:3]
 
 
+def explain_backward_crash(impl, raised: Mistake) -> None:
+    """After backward crashed: if it runs on one square tile (5 queries, 5 keys) and gives there
+    what dv = p dO or dk = ds q gives (shapes that fit only when a tile is square), name that
+    mistake; else return, and the crash stands."""
+    rng = torch.Generator().manual_seed(0)
+    q, k, v = qkv(rng, 5, 5, torch.float64, leading=(2,))
+    d_out = randn((2, 5, v.shape[-1]), rng, torch.float64)
+    try:
+        _, grads = run_flash(impl, q, k, v, False, d_out, explain=False)
+    except Mistake:
+        return
+    untransposed = dense_grads64(q, k, v, d_out, transpose=False)
+    for key, name, index in (("dv_not_transposed", "dv", 2), ("dk_not_transposed", "dk", 1)):
+        got = grads[index]
+        if isinstance(got, torch.Tensor) and got.shape == untransposed[index].shape:
+            if relative_error(got, untransposed[index]) <= 1e-8:
+                description, fix = HINTS[key]
+                raise Mistake(
+                    f"{raised.message}\n      With 5 queries and 5 keys (one square tile) it "
+                    f"runs, and its {name} is what {description} gives.",
+                    fix,
+                    key,
+                ) from None
+
+
 def expect_grads(grads, q, k, v, d_out, mask, what, causal_only=False):
     refs = autograd64(q, k, v, d_out, mask)
     wrong = {
@@ -97,11 +140,18 @@ def expect_grads(grads, q, k, v, d_out, mask, what, causal_only=False):
     }
     if mask is not None:
         wrong["causal_backward_unmasked"] = dense_grads64(q, k, v, d_out, mask, backward_mask=False)
+        top_left = causal_rule(q.shape[-2], k.shape[-2], offset=0)
+        if not torch.equal(top_left, mask):
+            wrong["causal_top_left"] = dense_grads64(q, k, v, d_out, mask, backward_mask=top_left)
+    if q.shape[-2] == k.shape[-2]:  # square: p dO and ds q have the right shapes
+        untransposed = dense_grads64(q, k, v, d_out, mask, transpose=False)
+        wrong["dk_not_transposed"] = (None, untransposed[1], None)
+        wrong["dv_not_transposed"] = (None, None, untransposed[2])
     for name, grad, ref, index in zip(("dq", "dk", "dv"), grads, refs, range(3)):
         suspects = [
             (key, values[index])
             for key, values in wrong.items()
-            if relative_error(values[index], ref) > 1e-6
+            if values[index] is not None and relative_error(values[index], ref) > 1e-6
         ]
         try:
             expect_close(
@@ -282,16 +332,21 @@ def flash_causal_gradients(FlashAttentionTorch, rng):
         q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
         d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
         _, grads = run_flash(FlashAttentionTorch, q, k, v, True, d_out)
-        expect_grads(
-            grads,
-            q,
-            k,
-            v,
-            d_out,
-            causal_rule(Lq, Lk),
-            f"causal backward for q {tuple(q.shape)}, k {tuple(k.shape)}",
-            causal_only=right_otherwise,
-        )
+        try:
+            expect_grads(
+                grads,
+                q,
+                k,
+                v,
+                d_out,
+                causal_rule(Lq, Lk),
+                f"causal backward for q {tuple(q.shape)}, k {tuple(k.shape)}",
+                causal_only=right_otherwise,
+            )
+        except Mistake as raised:
+            if raised.key == "wrong_values":  # wrong without causal too: a per-tile mistake?
+                explain_by_one_tile(FlashAttentionTorch, rng, raised)
+            raise
 
 
 def flash_autograd_and_shapes(FlashAttentionTorch, rng):
@@ -306,10 +361,10 @@ def flash_autograd_and_shapes(FlashAttentionTorch, rng):
             try:
                 out.backward(d_out)
             except Exception as exc:
+                crash = Mistake(f"out.backward(...) raised {type(exc).__name__}: {exc}")
+                explain_backward_crash(FlashAttentionTorch, crash)
                 raise Mistake(
-                    f"out.backward(...) raised {type(exc).__name__}: {exc}",
-                    HINTS["autograd_broken"][1],
-                    "autograd_broken",
+                    crash.message, HINTS["autograd_broken"][1], "autograd_broken"
                 ) from None
             expect_grads(
                 [t.grad for t in leaves],
@@ -323,10 +378,16 @@ def flash_autograd_and_shapes(FlashAttentionTorch, rng):
     q, k, v = qkv(rng, 4, 5, torch.float64, leading=(1,))
     inputs = tuple(t.requires_grad_() for t in (q, k, v))
     try:
-        ok = torch.autograd.gradcheck(
-            lambda a, b, c: cls.apply(a, b, c, True), inputs, raise_exception=False
-        )
-    except Exception:
+        ok = torch.autograd.gradcheck(lambda a, b, c: cls.apply(a, b, c, True), inputs)
+    except Exception as exc:  # gradcheck runs backward more than once on one graph
+        if "modified by an inplace operation" in str(exc):
+            description, fix = HINTS["lse_modified_in_place"]
+            raise Mistake(
+                f"torch.autograd.gradcheck, which runs backward more than once, raised: "
+                f"{str(exc).splitlines()[0]} It looks like {description}.",
+                fix,
+                "lse_modified_in_place",
+            ) from None
         ok = False
     if not ok:
         raise Mistake(

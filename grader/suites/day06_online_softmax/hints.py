@@ -7,7 +7,11 @@ import course.reference.sdpa
 from grader.suites import day01_sdpa
 
 HINTS = {
-    "missing_scale": day01_sdpa.HINTS["missing_scale"],
+    "missing_scale": (
+        "q kᵀ without the 1/sqrt(d) scale",
+        "multiply each tile's scores by 1 / math.sqrt(d), d = q.shape[-1]: "
+        "s = q_tile @ k_tile.transpose(-2, -1) / math.sqrt(d).",
+    ),
     "no_error_for_bad_params": (
         "a bad argument accepted silently",
         "check the arguments first and raise ValueError with a message "
@@ -26,14 +30,22 @@ HINTS = {
         "the old terms exp(x - m) become exp(x - m_new) = exp(x - m) * "
         "exp(m - m_new): the factor is at most 1.",
     ),
+    "block_sum_logged": (
+        "the log of each block's sum added to the running sum (a log where none belongs)",
+        "the running sum adds the block's terms themselves: l = l * exp(m - m_new) + "
+        "exp(block - m_new).sum(-1), with no log; a log appears only in attention's "
+        "lse = m + log(l), once, after the last block.",
+    ),
     "returns_log": (
         "log(sum_exp) (a logsumexp) where sum_exp itself is asked for",
         "return the running sum of exp(x - max) itself, not its log and not max + log.",
     ),
     "modified_input": (
-        "x changed in place (e.g. -inf entries overwritten to avoid NaN)",
-        "leave the caller's x as it is: no masked_fill_, x[...] = ... or other in-place op "
-        "on it; handle -inf with the shift-by-0 guard instead (torch.where(m == -inf, 0, m)).",
+        "an input changed in place (e.g. -inf entries of x overwritten, or q scaled by q.mul_)",
+        "leave the caller's tensors as they are: no masked_fill_, mul_, x[...] = ... or other "
+        "in-place op on an input. Make new tensors instead (x.masked_fill(...), q * scale, or "
+        "better the scaled scores of each tile), and handle -inf with the shift-by-0 guard "
+        "(torch.where(m == -inf, 0, m)).",
     ),
     "dim_ignored": (
         "the statistics taken along the last dim whatever `dim` says",
@@ -77,6 +89,13 @@ HINTS = {
         "key loop at min(Lk, Lk - Lq + q_end) (an exclusive end), not one before.",
     ),
     "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
+    "state_not_reset": (
+        "m, l and acc made once, before the loop over query tiles, instead of afresh for each "
+        "query tile",
+        "each query tile starts its own running statistics: inside the query-tile loop, before "
+        "the key loop, set m = -inf, l = 0 and acc = 0 with the tile's shape (..., bq) and "
+        "(..., bq, dv); the last query tile may be shorter.",
+    ),
     "rescale_l_only": (
         "the denominator l rescaled when the max changes, but not the accumulator",
         "both running sums were taken against the old max: multiply acc (the "
@@ -140,6 +159,16 @@ HINTS = {
     "dv_not_transposed": (
         "dv = p @ dO instead of pᵀ @ dO",
         "out = p @ v, so dv = pᵀ @ dO: p.transpose(-2, -1) @ dO, (Lk, Lq) @ (Lq, dv).",
+    ),
+    "dk_not_transposed": (
+        "dk = ds @ q instead of dsᵀ @ q",
+        "s = q kᵀ, so dk = dsᵀ q / sqrt(d): ds.transpose(-2, -1) @ q, (Lk, Lq) @ (Lq, d).",
+    ),
+    "lse_modified_in_place": (
+        "a saved tensor (the lse) changed in place in backward (e.g. lse[lse == -inf] = inf)",
+        "ctx.saved_tensors are the forward's own tensors: autograd refuses a second backward "
+        "(or gradcheck) once one was modified. Make a new tensor: "
+        "lse = torch.where(lse == float('-inf'), float('inf'), lse).",
     ),
     "backward_computes_masked_tiles": (
         "a causal backward that computes (then masks) the tiles above the diagonal",

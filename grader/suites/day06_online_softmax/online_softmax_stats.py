@@ -62,21 +62,29 @@ def stats64(x, dim):
 
 
 def stats_suspects(x, block_size, dim):
-    """(key, sum_exp) pairs of the named mistakes, by a float64 block loop."""
+    """(key, sum_exp) pairs of the named mistakes, by a float64 block loop with the shift-by-0
+    guard (so that a mistake made next to a right guard matches on -inf rows too)."""
     x = x.double().movedim(dim, -1)
     m = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float64)
-    plain, inverted = torch.zeros_like(m), torch.zeros_like(m)
+    plain, logged = torch.zeros_like(m), torch.zeros_like(m)
+    inverted, inverted_nan = torch.zeros_like(m), torch.zeros_like(m)  # 0 * exp(inf) zeroed, or NaN
     for start in range(0, x.shape[-1], block_size):
         block = x[..., start : start + block_size]
         m_new = torch.maximum(m, block.amax(-1))
-        new = torch.exp(block - m_new.unsqueeze(-1)).sum(-1)
+        shift = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        alpha = torch.exp(m - shift)
+        new = torch.exp(block - shift.unsqueeze(-1)).sum(-1)  # (...,)
         plain = plain + new
-        inverted = inverted * torch.exp(m_new - m).nan_to_num(posinf=0.0) + new
+        inverted = inverted * torch.exp(shift - m).nan_to_num(posinf=0.0) + new
+        inverted_nan = inverted_nan * torch.exp(shift - m) + new
+        logged = logged * alpha + torch.log(new)
         m = m_new
     _, right = stats64(x, -1)
     return [
         ("missing_rescale", plain),
         ("rescale_inverted", inverted),
+        ("rescale_inverted", inverted_nan),
+        ("block_sum_logged", logged),
         ("returns_log", torch.log(right)),
         ("returns_log", m + torch.log(right)),
     ]
@@ -100,6 +108,26 @@ def expect_close_inf(out, ref, dtype, what, suspects=(), nonfinite=None):
             out, ref = out[~inf], ref[~inf]
             suspects = [(key, wrong[~inf]) for key, wrong in suspects]
     expect_close(out, ref, dtype, what=what, suspects=suspects, nonfinite=nonfinite)
+
+
+def raise_if_nonfinite_suspect(out, ref, suspects, what):
+    """NaN or inf where the answer is finite, and a suspect with the same NaN and inf in the same
+    places (a log of a zero sum is -inf, not NaN): that mistake, before the NaN hint."""
+    if not isinstance(out, torch.Tensor) or out.shape != ref.shape:
+        return
+    got = out.detach().double()
+    if (torch.isfinite(got) | ~torch.isfinite(ref)).all():
+        return
+    for key, wrong in suspects:
+        if torch.allclose(got, wrong, rtol=1e-4, atol=1e-6, equal_nan=True):
+            description, fix = HINTS[key]
+            raise Mistake(
+                f"{what} has {int((~torch.isfinite(got) & torch.isfinite(ref)).sum())} NaN/inf "
+                f"values where the answer is finite, in the places where the code with this "
+                f"mistake has them (its other values alike): it looks like {description}.",
+                fix,
+                key,
+            )
 
 
 def pair_suspects(x, block_size, dim):
@@ -133,7 +161,12 @@ def raise_if_pair_suspect(result, suspects, what):
     for key, pair in suspects:
         if same_pair(result, pair):
             description, fix = HINTS[key]
-            raise Mistake(f"{what} gives what {description} gives.", fix, key)
+            raise Mistake(
+                f"{what}: both the max and the sum match the code with this mistake: "
+                f"{description}.",
+                fix,
+                key,
+            )
 
 
 def expect_stats(online_softmax_stats, x, block_size, dim, what):
@@ -155,13 +188,10 @@ def expect_stats(online_softmax_stats, x, block_size, dim, what):
     # On finite x only an upside-down factor makes NaN: exp(m_new - (-inf)) = inf times l = 0.
     nonfinite = named("rescale_inverted" if torch.isfinite(x).all() else "nan_for_masked")
     expect_close_inf(result[0], m_ref, x.dtype, f"{what}'s max", nonfinite=nonfinite)
+    suspects = stats_suspects(x, block_size, dim)
+    raise_if_nonfinite_suspect(result[1], s_ref, suspects, f"{what}'s sum_exp")
     expect_close(
-        result[1],
-        s_ref,
-        x.dtype,
-        what=f"{what}'s sum_exp",
-        suspects=stats_suspects(x, block_size, dim),
-        nonfinite=nonfinite,
+        result[1], s_ref, x.dtype, what=f"{what}'s sum_exp", suspects=suspects, nonfinite=nonfinite
     )
 
 
@@ -221,7 +251,7 @@ def stats_streaming(online_softmax_stats, rng):
     if tracker.largest > rows * block_size:
         description, fix = HINTS["not_streaming"]
         raise Mistake(
-            f"a {tracker.name} read {tracker.largest} elements at once, but one block of "
+            f"one {tracker.name} read {tracker.largest} elements at once, but one block of "
             f"x ({rows}, {N}) is ({rows}, {block_size}) = {rows * block_size}: it looks like "
             f"{description}.",
             fix,

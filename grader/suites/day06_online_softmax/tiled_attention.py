@@ -6,16 +6,23 @@ import math
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from grader.harness.checking import Mistake, expect_close, expect_value_error, named
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_value_error,
+    named,
+    relative_error,
+)
 from grader.harness.measuring import measuring
-from grader.suites._common import draw, largest_allocation, randn
+from grader.suites._common import call_unchanged, draw, largest_allocation, randn
 from grader.suites.day06_online_softmax.hints import HINTS
 from grader.suites.day06_online_softmax.oracles import causal_rule, dense64, dense_max64, qkv
 
 
-def tile_loop64(q, k, v, bq, bk, mask=None, rescale_l=True, rescale_acc=True):
-    """(out, lse) of a float64 tile loop with the given rescaling (a suspect when one is off).
-    Tiles with every entry masked are skipped, as the skipping schedule does."""
+def tile_loop64(q, k, v, bq, bk, mask=None, rescale_l=True, rescale_acc=True, reset=True):
+    """(out, lse) of a float64 tile loop with the given rescaling (a suspect when one is off);
+    reset=False carries m, l and acc from one query tile to the next (which needs Lq to be a
+    multiple of bq). Tiles with every entry masked are skipped, as the skipping schedule does."""
     q, k, v = q.double(), k.double(), v.double()
     Lq, Lk = q.shape[-2], k.shape[-2]
     s_all = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # fine for an oracle: small sizes
@@ -23,9 +30,12 @@ def tile_loop64(q, k, v, bq, bk, mask=None, rescale_l=True, rescale_acc=True):
         s_all = s_all.masked_fill(~mask, float("-inf"))
     outs, lses = [], []
     for a in range(0, Lq, bq):
-        m = torch.full(s_all.shape[:-2] + (min(bq, Lq - a),), float("-inf"), dtype=torch.float64)
-        l = torch.zeros_like(m)
-        acc = torch.zeros(*m.shape, v.shape[-1], dtype=torch.float64)
+        if reset or a == 0:
+            m = torch.full(
+                s_all.shape[:-2] + (min(bq, Lq - a),), float("-inf"), dtype=torch.float64
+            )
+            l = torch.zeros_like(m)
+            acc = torch.zeros(*m.shape, v.shape[-1], dtype=torch.float64)
         for b in range(0, Lk, bk):
             s = s_all[..., a : a + bq, b : b + bk]
             if mask is not None and not mask[a : a + bq, b : b + bk].any():
@@ -77,36 +87,87 @@ def causal_suspects(Lq, Lk):
     return [(key, mask) for key, mask in masks if not torch.equal(mask, right)]
 
 
-def stops_one_key_early(Lq, Lk, bq):
-    """The causal mask of a key loop that ends at Lk - Lq + q_end - 1 for each query tile: the
-    last query of every tile loses its diagonal key."""
+def keys_visited(Lq, Lk, bq, short=0, bk=None):
+    """(Lq, Lk) bool: the keys that a skipping causal key loop, ending at Lk - Lq + q_end - short
+    for the query tile [q_start, q_end), visits for each query; with `bk`, the loop's last key
+    tile is read whole (k[..., j0:j0 + bk], not cut at the loop's end)."""
     tile_end = torch.clamp((torch.arange(Lq) // bq + 1) * bq, max=Lq).unsqueeze(-1)
-    return causal_rule(Lq, Lk) & (torch.arange(Lk) < Lk - Lq + tile_end - 1)
+    end = Lk - Lq + tile_end - short  # (Lq, 1)
+    if bk is not None:
+        end = torch.where(end > 0, (end + bk - 1) // bk * bk, end)
+    return torch.arange(Lk) < end
+
+
+def stops_one_key_early(Lq, Lk, bq):
+    """The causal mask of a key loop that stops one key early: the last query of every tile loses
+    its diagonal key."""
+    return causal_rule(Lq, Lk) & keys_visited(Lq, Lk, bq, short=1)
 
 
 def call_tiled(tiled_attention, q, k, v, **tiles):
-    """tiled_attention(q, k, v, **tiles); a crash on batched inputs that 2-D inputs (one batch
-    and head) do not cause is a transpose counted from the front (k.T on a batched tile)."""
+    """tiled_attention(q, k, v, **tiles), its inputs left as they were (else modified_input); a
+    crash, or an out with the wrong number of queries, is explained where a probe can
+    (explain_by_probes)."""
     try:
-        return tiled_attention(q, k, v, **tiles)
+        result = call_unchanged(tiled_attention, {"q": q, "k": k, "v": v}, **tiles)
     except Mistake as raised:
-        if raised.key != "raised" or q.dim() == 2:
+        if raised.key != "raised":
             raise
+        explain_by_probes(tiled_attention, raised, q, k, v, tiles)
+        raise
+    out = result[0] if isinstance(result, tuple) and result else None
+    if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[-2] != q.shape[-2]:
+        seen = f"out has {out.shape[-2]} queries (shape {tuple(out.shape)}) for Lq = {q.shape[-2]}"
+        explain_by_probes(tiled_attention, Mistake(seen), q, k, v, tiles)
+    return result
+
+
+def explain_by_probes(tiled_attention, raised: Mistake, q, k, v, tiles: dict) -> None:
+    """After tiled_attention crashed on q, k, v (or gave an out of the wrong length): name the
+    mistake that a smaller probe shows, or return (what was seen stands). Right on (L, D) inputs:
+    a transpose counted from the front (k.T on a batched tile). On two full query tiles, what
+    the running state carried over from one query tile to the next gives: m, l, acc made once
+    (the ragged last tile is what crashed, or came out too long)."""
+    mask_of = (lambda Lq, Lk: causal_rule(Lq, Lk)) if tiles.get("causal") else (lambda *_: None)
+    if q.dim() > 2:
         one = [t.reshape(-1, *t.shape[-2:])[0] for t in (q, k, v)]  # (L, D): the first head
-        try:
-            out, _ = tiled_attention(*one, **tiles)
-        except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
-            raise raised from None
-        mask = causal_rule(one[0].shape[-2], one[1].shape[-2]) if tiles.get("causal") else None
-        if not torch.allclose(out.double(), dense64(*one, mask)[0], rtol=1e-4, atol=1e-5):
-            raise
-        description, fix = HINTS["batched_transpose"]
-        raise Mistake(
-            f"{raised.message}\n      It raised on {q.dim()}-D inputs, but gives the right "
-            f"answer on (L, D) ones: it looks like {description}.",
-            fix,
-            "batched_transpose",
-        ) from None
+        right = dense64(*one, mask_of(one[0].shape[-2], one[1].shape[-2]))[0]
+        if gives(tiled_attention, one, tiles, right):
+            raise_explained(
+                raised,
+                "batched_transpose",
+                f"It raised on {q.dim()}-D inputs, but gives the right answer on (L, D) ones",
+            )
+    bq, bk = tiles.get("block_q", 64), tiles.get("block_k", 64)
+    rows = torch.arange(2 * bq) % q.shape[-2]  # two full query tiles, from q's rows
+    probe = [q[..., rows, :], k, v]
+    mask = mask_of(2 * bq, k.shape[-2])
+    carried = tile_loop64(*probe, bq, bk, mask, reset=False)[0]
+    if relative_error(carried, dense64(*probe, mask)[0]) > 1e-6 and gives(
+        tiled_attention, probe, tiles, carried
+    ):
+        raise_explained(
+            raised,
+            "state_not_reset",
+            f"With Lq = {2 * bq} (two full query tiles) "
+            "it runs, and gives what m, l and acc carried over between query tiles give",
+        )
+
+
+def gives(tiled_attention, inputs, tiles, expected) -> bool:
+    """tiled_attention(*inputs, **tiles) runs and its out is `expected`."""
+    try:
+        out, _ = tiled_attention(*inputs, **tiles)
+        return torch.allclose(out.double(), expected, rtol=1e-4, atol=1e-5)
+    except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
+        return False
+
+
+def raise_explained(raised: Mistake, key: str, seen: str) -> None:
+    description, fix = HINTS[key]
+    raise Mistake(
+        f"{raised.message}\n      {seen}: it looks like {description}.", fix, key
+    ) from None
 
 
 def expect_tiled(result, q, k, v, bq, bk, causal, what):
@@ -131,12 +192,18 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
         short = stops_one_key_early(Lq, Lk, bq)
         if not torch.equal(short, mask):
             suspects.append(("causal_tile_stops_early", dense64(q, k, v, short)[0]))
+        # A top-left mask in tiles that the right (bottom-right) loop bound visits
+        for whole_tiles in (None, bk):
+            top_left = causal_rule(Lq, Lk, offset=0) & keys_visited(Lq, Lk, bq, bk=whole_tiles)
+            suspects.append(("causal_top_left", dense64(q, k, v, top_left)[0]))
     expect_empty_rows(out, lse, ref_lse, what)
     suspects += [
         ("missing_rescale", tile_loop64(q, k, v, bq, bk, mask, False, False)[0]),
         ("rescale_l_only", tile_loop64(q, k, v, bq, bk, mask, True, False)[0]),
         ("rescale_acc_only", tile_loop64(q, k, v, bq, bk, mask, False, True)[0]),
     ]
+    if Lq % bq == 0:  # else carried state crashes on the ragged last tile (explain_by_probes)
+        suspects.append(("state_not_reset", tile_loop64(q, k, v, bq, bk, mask, reset=False)[0]))
     expect_close(
         out,
         ref_out,
@@ -234,7 +301,7 @@ def tiled_fully_masked_rows(tiled_attention, rng):
     q, k, v = qkv(rng, Lq, Lk, leading=(2,))
     bq, bk = draw(rng, 2, 4), draw(rng, 2, 4)
     expect_tiled(
-        tiled_attention(q, k, v, block_q=bq, block_k=bk, causal=True),
+        call_tiled(tiled_attention, q, k, v, block_q=bq, block_k=bk, causal=True),
         q,
         k,
         v,
@@ -252,7 +319,7 @@ def tiled_shapes_and_float64(tiled_attention, rng):
     q, k, v = qkv(rng, L, L + draw(rng, 1, 9), torch.float64, leading=(draw(rng, 1, 3),))
     for causal in (False, True):
         expect_tiled(
-            tiled_attention(q, k, v, causal=causal),
+            call_tiled(tiled_attention, q, k, v, causal=causal),
             q,
             k,
             v,
@@ -263,7 +330,7 @@ def tiled_shapes_and_float64(tiled_attention, rng):
         )
     q, k, v = qkv(rng, draw(rng, 3, 7), draw(rng, 3, 7), leading=())
     expect_tiled(
-        tiled_attention(q, k, v, block_q=16, block_k=16, causal=True),
+        call_tiled(tiled_attention, q, k, v, block_q=16, block_k=16, causal=True),
         q,
         k,
         v,
@@ -279,9 +346,12 @@ def tiled_never_full_matrix(tiled_attention, rng):
     Lq, Lk, block = 256 + draw(rng, 0, 32), 384 + draw(rng, 0, 32), 2 ** draw(rng, 5, 6)
     q, k, v = (randn((1, L, 8), rng) for L in (Lq, Lk, Lk))
     for causal in (False, True):
-        largest, shape = largest_allocation(
-            lambda: tiled_attention(q, k, v, block_q=block, block_k=block, causal=causal)
-        )
+        tiles = dict(block_q=block, block_k=block, causal=causal)
+        try:
+            largest, shape = largest_allocation(lambda: tiled_attention(q, k, v, **tiles))
+        except Mistake as raised:
+            explain_by_probes(tiled_attention, raised, q, k, v, tiles)
+            raise
         if largest >= Lq * Lk:
             description, fix = HINTS["builds_full_matrix"]
             raise Mistake(
@@ -302,8 +372,13 @@ def tiled_skips_masked_tiles(tiled_attention, rng):
     flops = {}
     for causal in (False, True):
         counter = MatmulFlops()
-        with measuring(f"{__name__}:MatmulFlops", counter.absorb), counter:
-            tiled_attention(q, k, v, block_q=block, block_k=block, causal=causal)
+        tiles = dict(block_q=block, block_k=block, causal=causal)
+        try:
+            with measuring(f"{__name__}:MatmulFlops", counter.absorb), counter:
+                tiled_attention(q, k, v, **tiles)
+        except Mistake as raised:
+            explain_by_probes(tiled_attention, raised, q, k, v, tiles)
+            raise
         flops[causal] = counter.flops
     ideal = (n + 1) / (2 * n)  # tiles on or below the diagonal: n (n + 1) / 2 of n^2
     if flops[False] == 0:
