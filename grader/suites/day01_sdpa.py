@@ -21,7 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from grader.harness.checking import Mistake, expect_close, named, naming_crashes
+from grader.harness.checking import (
+    Mistake,
+    NotImplementedYet,
+    expect_close,
+    named,
+    named_crash,
+    naming_crashes,
+)
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.harness.measuring import measuring
 from grader.suites import Exercise
@@ -41,6 +48,12 @@ from grader.suites._common import (
 )
 
 HINTS = {
+    "ignores_device": (
+        "a tensor made without device= (torch.zeros(shape), say), which lands on the CPU "
+        "whatever device x is on",
+        "make new tensors on x's device: torch.zeros_like(m), torch.zeros(m.shape, "
+        "device=x.device), or none at all: torch.where(cond, 0.0, m) takes a plain number.",
+    ),
     "wrong_axis": (
         "softmax taken over another axis than `dim`",
         "normalise along `dim`: max and sum both over dim, with keepdim=True.",
@@ -337,6 +350,29 @@ def softmax_keeps_float64(stable_softmax, rng):
         torch.float64,
         suspects=softmax_mistakes(x),
     )
+
+
+def softmax_follows_device(stable_softmax, rng):
+    """x on PyTorch's 'meta' device (shapes, no values) gives its weights on 'meta' too"""
+    # A tensor made on the CPU here would break the same way on a GPU.
+    x = randn((draw(rng, 2, 5), draw(rng, 3, 9)), rng).to("meta")  # (rows, cols), no data
+    try:
+        out = stable_softmax(x)
+    except NotImplementedYet:  # "Cannot copy out of meta tensor": code that reads values
+        return
+    except Mistake as mistake:
+        if mistake.key == "raised" and "device" in mistake.message:
+            raise named_crash(mistake, "ignores_device") from None
+        if mistake.key == "raised":  # another crash on 'meta' says nothing about devices
+            return
+        raise
+    if isinstance(out, torch.Tensor) and not out.is_meta:
+        raise Mistake(
+            f"stable_softmax(x on 'meta') returned a tensor on {out.device}: it looks like "
+            f"{HINTS['ignores_device'][0]}.",
+            HINTS["ignores_device"][1],
+            "ignores_device",
+        )
 
 
 def softmax_survives_large_logits(stable_softmax, rng):
@@ -815,6 +851,7 @@ EXERCISES = {
             softmax_uses_max_per_row,
             softmax_zero_weight_for_neg_inf,
             softmax_all_neg_inf_row_is_zero,
+            softmax_follows_device,
         ],
         forbidden=SOFTMAX,
     ),

@@ -34,8 +34,8 @@ assert_named = functools.partial(assert_mistake_named, DAY)
 def test_check_prints_a_verdict_per_check_and_returns_quietly(solution, capsys):
     check(DAY, "stable_softmax", solution["stable_softmax"])
     printed = capsys.readouterr().out
-    assert printed.count("✓") == 7 and "✗" not in printed
-    assert "7 of 7 checks passed" in printed
+    assert printed.count("✓") == 8 and "✗" not in printed
+    assert "8 of 8 checks passed" in printed
 
 
 def test_hidden_checks_draw_a_fresh_seed_each_run(solution):
@@ -167,6 +167,25 @@ def softmax_max_unsqueezed_last(x, dim=-1):
     return guarded_division(exps, exps.sum(dim, keepdim=True))
 
 
+def softmax_zeros_on_cpu(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    top = torch.where(torch.isinf(top), torch.zeros(top.shape), top)  # made on the CPU
+    exps = torch.exp(x - top)
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
+def softmax_reading_values(x, dim=-1):
+    """Right, through a Python loop over the rows: it reads values, so it cannot run on 'meta'."""
+    rows = x.movedim(dim, -1).reshape(-1, x.shape[dim])
+    out = torch.zeros_like(rows)
+    for i, row in enumerate(rows):
+        top = row.max().item()
+        if top != float("-inf"):
+            exps = torch.exp(row - top)
+            out[i] = exps / exps.sum()
+    return out.reshape(x.movedim(dim, -1).shape).movedim(-1, dim)
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError()
 
@@ -194,6 +213,7 @@ SOFTMAX_BUGS = {
     "in_place": (softmax_in_place, "modified_input"),
     "min_shift": (softmax_min_shift, "nan_on_neg_inf"),
     "float32": (softmax_in_float32, "wrong_dtype"),
+    "zeros_on_cpu": (softmax_zeros_on_cpu, "ignores_device"),
     "stub": (stub, "not_implemented"),
 }
 
@@ -509,6 +529,7 @@ PROMISES = {
         "equal weights on a row that is all $-\\infty$": "all_masked_row_uniform",
         "an input changed in place": "modified_input",
         "a float64 input returned as float32": "wrong_dtype",
+        "a tensor made without `device=`": "ignores_device",
         "a call to a built-in softmax": "shortcut",
     },
     "attention_scores": {
@@ -709,6 +730,7 @@ def softmax_max_clamped_to_finite(x, dim=-1):
         softmax_moved_to_last,
         softmax_division_guard_only,
         softmax_max_clamped_to_finite,
+        softmax_reading_values,
     ],
 )
 def test_other_correct_softmaxes_pass(softmax):
