@@ -195,6 +195,7 @@ print(triton_add(torch.arange(5.0), torch.ones(5)))  # 1, 2, 3, 4, 5
 # - a load or store outside the tensors: the last block not masked
 # - the last elements never written: `n // BLOCK` programs instead of `triton.cdiv(n, BLOCK)`, offsets without `pid * BLOCK`, or a mask against `BLOCK` instead of `n`
 # - wrong values for non-contiguous inputs (no `.contiguous()`, `x.view(-1)` of a transpose), or an output made with `torch.empty_like(x)` of a transposed `x`
+# - the output that is `x` itself (`out = x.contiguous()`, which is `x` when `x` is contiguous): `x` overwritten
 # - shapes or dtypes that differ accepted without a ValueError
 
 # %% nbgrader={"grade": true, "grade_id": "check_triton_add", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -401,7 +402,7 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # - a load or store outside the tensors (a ragged tile without a mask)
 # - the wrong scale: none, $1/D$, or `tl.exp2` without $\log_2 e$ folded in
 # - the logsumexp in base 2 (or half converted), or without the max
-# - `alpha = exp2(m_new - m_i)` (inverted: NaN everywhere); `tl.dot(q, k)` without `tl.trans(k)`
+# - `alpha = exp2(m_new - m_i)` (inverted: NaN everywhere); `tl.dot(q, k)` without `tl.trans(k)` (a shape error, or wrong scores when `BLOCK_N = D`)
 # - non-contiguous q, k, v read as if contiguous (`reshape` can return a strided view: add `.contiguous()`)
 # - `causal=True` ignored, a top-left mask, or the diagonal tile masked on the wrong side; query rows left with no key (NaN) by the causal positions
 # - with `causal=True`, the key tiles above the diagonal loaded (the loop must stop at `hi`), or a loop that stops too early (`hi = start_m + BLOCK_M`, top-left)
@@ -464,7 +465,7 @@ def flash_bwd_preprocess(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, BLOCK_M: 
 
 
 # %% [markdown]
-# **2. dK and dV**: one program per (key tile, bh) keeps $dK$, $dV$ for its keys in registers and loops over the query tiles that can see them (causal: from the first query at or after the tile's first key, i.e. query index $\ge$ `start_n - (Lk - Lq)`). Per query tile:
+# **2. dK and dV**: one program per (key tile, bh) keeps $dK$, $dV$ for its keys in registers and loops over the query tiles that can see them (causal: from the first query that sees the tile's first key, query index `start_n - (Lk - Lq)`, clamped at 0 with `tl.maximum(start_n - (Lk - Lq), 0)` when Lk > Lq; that start need not be a multiple of BLOCK_M: round it down, `(lo // BLOCK_M) * BLOCK_M`, or load from it with masks). Per query tile:
 #
 # $$P = e^{S - \text{lse}}, \qquad dV \mathrel{+}= P^\top dO, \qquad dS = P \odot (dO\, V^\top - D), \qquad dK \mathrel{+}= dS^\top Q, \qquad \text{and at the end } dK \leftarrow \tfrac{1}{\sqrt d}\, dK.$$
 
@@ -608,6 +609,7 @@ print(q.grad.shape, k.grad.norm().item() > 0, v.grad.norm().item() > 0)
 # - `backward` returning three gradients (no `None` for `is_causal`), or them in another order than `q, k, v`
 # - $dQ$, $dK$ without the $1/\sqrt d$ (or with it twice)
 # - gradients right without a mask but wrong with `is_causal=True` (the backward's $P$ not masked like the forward's)
+# - a causal dK/dV loop over query tiles that starts late (at `start_n`, without the `Lk - Lq` shift, or a tile past the rounded start)
 # - $P$ = `tl.exp2(s - lse)` with `lse` still in natural log (not multiplied by $\log_2 e$)
 # - a non-contiguous `dout` (the gradient of a transposed output) read as if contiguous
 # - a backward that launches no Triton kernel; a forward that saves the attention matrix

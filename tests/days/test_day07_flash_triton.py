@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
 
 DAY = "day07-flash-triton"
 
@@ -103,6 +103,7 @@ ADD_BUGS = {
         ("offsets = pid * BLOCK + tl.arange(0, BLOCK)", "offsets = pid + tl.arange(0, BLOCK)")
     ],
     "mask_against_block": [("inside = offsets < n", "inside = offsets < BLOCK")],
+    "input_overwritten": [("out = torch.empty_like(x)", "out = x")],
     # empty_like(x) before x is made contiguous: a transpose's output keeps its strides
     "output_like_input": [
         ("x, y = x.contiguous(), y.contiguous()", "xc, yc = x.contiguous(), y.contiguous()"),
@@ -119,7 +120,7 @@ ADD_BUGS = {
         ("tl.store(out_ptr + offsets, x + y, mask=inside)", "tl.store(out_ptr + offsets, x + y)"),
     ],
     "non_contiguous": [("x, y = x.contiguous(), y.contiguous()", "pass")],
-    "no_error_for_bad_input": [
+    "add_accepts_bad_input": [
         ("if x.shape != y.shape:", "if False:"),
         ("if x.dtype != y.dtype or x.device != y.device:", "if False:"),
     ],
@@ -129,6 +130,27 @@ ADD_BUGS = {
 @pytest.mark.parametrize("key", ADD_BUGS)
 def test_add_planted_bugs_are_named(solution, key, capsys):
     assert_named("triton_add", planted(solution, "triton_add", *ADD_BUGS[key]), key, capsys)
+
+
+# the same mistakes written another way, named the same on every seed
+ADD_BUGS_ON_EVERY_SEED = [
+    # every program writes block 0: the output is right on the first block only, as with a mask
+    # against BLOCK, but every program loads
+    ("offsets_without_block_start", [("pid * BLOCK + tl.arange", "tl.arange")]),
+    ("input_overwritten", [("out = torch.empty_like(x)", "out = x")]),
+    ("grid_too_small", [("add_kernel[(triton.cdiv(n, BLOCK),)]", "add_kernel[(n // BLOCK,)]")]),
+]
+
+
+@pytest.mark.parametrize(
+    "key, edits", ADD_BUGS_ON_EVERY_SEED, ids=[key for key, _ in ADD_BUGS_ON_EVERY_SEED]
+)
+def test_add_planted_bugs_are_named_on_hidden_seeds(solution, key, edits, capsys):
+    bug = planted(solution, "triton_add", *edits)
+    assert_named_on_seeds(DAY, "triton_add", bug, key, capsys, HIDDEN_SEEDS[:2])
+    # and not misnamed by the other checks: a tensor never written is not an overflow
+    result = report("triton_add", bug)
+    assert result.keys == {key}, [(r.key, r.message) for r in result.results]
 
 
 def torch_add(x, y):
@@ -150,7 +172,7 @@ SOFTMAX_BUGS = {
             "x = tl.load(x_ptr + row * n_cols + cols)",
         )
     ],
-    "no_error_for_bad_input": [("if x.ndim == 0:", "if False:")],
+    "softmax_accepts_bad_input": [("if x.ndim == 0:", "if False:")],
     "softmax_not_divided": [("num / tl.sum(num, axis=0)", "num")],
     "softmax_exp2": [("num = tl.exp(x)", "num = tl.exp2(x)")],
     "one_program_for_all_rows": [("softmax_kernel[(rows.shape[0],)]", "softmax_kernel[(1,)]")],
@@ -177,6 +199,13 @@ def test_softmax_planted_bugs_are_named(solution, key, capsys):
     assert_named(
         "triton_softmax", planted(solution, "triton_softmax", *SOFTMAX_BUGS[key]), key, capsys
     )
+
+
+def test_one_program_for_all_rows_is_named_by_every_check_it_fails(solution):
+    """the rows never written read NaN: not an overflow of exp()"""
+    bug = planted(solution, "triton_softmax", *SOFTMAX_BUGS["one_program_for_all_rows"])
+    result = report("triton_softmax", bug)
+    assert result.keys == {"one_program_for_all_rows"}, [(r.key, r.message) for r in result.results]
 
 
 def test_softmax_over_the_wrong_axis_is_named(solution, capsys):
@@ -313,6 +342,18 @@ def test_flash_planted_bugs_are_named_on_hidden_seeds(solution, bug, capsys):
         assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
 
 
+def test_scores_without_the_transpose_on_square_tiles_are_named(solution, capsys):
+    """tl.dot(q, k) with BLOCK_N = D = 16 runs and is wrong; with D = 32 it is a shape error"""
+    bug = planted(
+        solution,
+        "flash_attention_triton",
+        ("s = tl.dot(q, tl.trans(k)) * qk_scale  ", "s = tl.dot(q, k) * qk_scale  "),
+    )
+    assert_named_on_seeds(
+        DAY, "flash_attention_triton", bug, "k_not_transposed", capsys, HIDDEN_SEEDS[:2]
+    )
+
+
 def test_a_diagonal_mask_on_the_wrong_side_is_caught_by_the_probe(solution):
     """Keys after the diagonal kept, the diagonal itself too: no dense suspect, the probe names it."""
     bug = planted(solution, "flash_attention_triton", *FLASH_BUGS["causal_wrong_side"])
@@ -413,6 +454,31 @@ FUNCTION_BUGS = {
 def test_function_planted_bugs_are_named(solution, key, capsys):
     bug = planted(solution, "FlashAttentionTriton", *FUNCTION_BUGS[key])
     assert_named("FlashAttentionTriton", bug, key, capsys)
+
+
+def test_dk_and_dv_swapped_is_named_on_hidden_seeds(solution, capsys):
+    """(dq, dv, dk): k and v have the same shape, so torch accepts the order"""
+    bug = planted(
+        solution,
+        "FlashAttentionTriton",
+        ("dk.reshape(k.shape), dv.reshape(v.shape)", "dv.reshape(v.shape), dk.reshape(k.shape)"),
+    )
+    assert_named_on_seeds(
+        DAY, "FlashAttentionTriton", bug, "backward_gradient_order", capsys, HIDDEN_SEEDS[:2]
+    )
+
+
+LOOP_START = "lo = (tl.maximum(start_n - (Lk - Lq), 0) // BLOCK_M) * BLOCK_M"
+LATE_LOOP_STARTS = {  # the causal dK/dV loop over query tiles starts too late
+    "no_shift": LOOP_START.replace("tl.maximum(start_n - (Lk - Lq), 0)", "start_n"),
+    "one_tile_late": LOOP_START.replace("// BLOCK_M) * BLOCK_M", "// BLOCK_M + 1) * BLOCK_M"),
+}
+
+
+@pytest.mark.parametrize("late", LATE_LOOP_STARTS)
+def test_a_late_dkdv_loop_start_is_named_on_hidden_seeds(solution, late, capsys):
+    bug = planted(solution, "FlashAttentionTriton", (LOOP_START, LATE_LOOP_STARTS[late]))
+    assert_named_on_seeds(DAY, "FlashAttentionTriton", bug, "dkdv_loop_start", capsys, HIDDEN_SEEDS)
 
 
 LSE_IN_NATURAL_LOG = [  # P = exp2(s - lse) in both kernels: lse never turned into base 2
@@ -532,15 +598,94 @@ def add_grid_stride(x, y):
     return out
 
 
-def passes_on_hidden_seeds(name: str, impl, seeds=HIDDEN_SEEDS) -> bool:
-    """impl passes exercise `name`'s visible checks and its hidden ones on each seed."""
-    return report(name, impl).passed and all(
-        report(name, impl, hidden=True, seed=seed).passed for seed in seeds
-    )
+def failures_on_hidden_seeds(name: str, impl, seeds=HIDDEN_SEEDS) -> list:
+    """(seed, key, message) of each check of exercise `name` that impl fails: the visible
+    checks (seed None) and the hidden ones on each seed. Empty when impl passes them all."""
+    reports = [(None, report(name, impl))]
+    reports += [(seed, report(name, impl, hidden=True, seed=seed)) for seed in seeds]
+    return [
+        (seed, result.key, result.message)
+        for seed, outcome in reports
+        for result in outcome.results
+        if not result.passed
+    ]
 
 
 def test_a_grid_stride_add_passes():
-    assert passes_on_hidden_seeds("triton_add", add_grid_stride)
+    assert not failures_on_hidden_seeds("triton_add", add_grid_stride)
+
+
+ADD_ALTERNATIVES = {  # written differently, right all the same
+    # an output made from the shape, a small block and a grid that reads it from meta
+    "meta_grid": [
+        ("out = torch.empty_like(x)", "out = torch.empty(x.shape, dtype=x.dtype, device=x.device)"),
+        ("BLOCK = 1024", "BLOCK = 64"),
+        (
+            "add_kernel[(triton.cdiv(n, BLOCK),)](x, y, out, n, BLOCK=BLOCK)",
+            "add_kernel[lambda meta: (triton.cdiv(n, meta['BLOCK']),)]("
+            "x.view(-1), y.view(-1), out.view(-1), n, BLOCK=BLOCK)",
+        ),
+    ],
+    # each program's block in four masked sub-blocks
+    "sub_blocks": [
+        (
+            "    offsets = pid * BLOCK + tl.arange(0, BLOCK)\n"
+            "    inside = offsets < n\n"
+            "    x = tl.load(x_ptr + offsets, mask=inside)\n"
+            "    y = tl.load(y_ptr + offsets, mask=inside)\n"
+            "    tl.store(out_ptr + offsets, x + y, mask=inside)",
+            "    for c in range(4):\n"
+            "        offsets = pid * BLOCK + c * (BLOCK // 4) + tl.arange(0, BLOCK // 4)\n"
+            "        inside = offsets < n\n"
+            "        x = tl.load(x_ptr + offsets, mask=inside, other=0.0)\n"
+            "        y = tl.load(y_ptr + offsets, mask=inside, other=0.0)\n"
+            "        tl.store(out_ptr + offsets, x + y, mask=inside)",
+        )
+    ],
+}
+
+
+@pytest.mark.parametrize("alternative", ADD_ALTERNATIVES)
+def test_add_alternatives_pass(solution, alternative):
+    impl = planted(solution, "triton_add", *ADD_ALTERNATIVES[alternative])
+    assert not failures_on_hidden_seeds("triton_add", impl)
+
+
+FUNCTION_ALTERNATIVES = {  # written differently, right all the same
+    # the scale folded into dS inside the dK/dV loop instead of applied to dk at the end
+    "scale_inside_the_loop": [
+        ("ds = p * (dp - delta[:, None])", "ds = p * (dp - delta[:, None]) * ds_scale"),
+        ("(dk * ds_scale).to(DK.dtype.element_ty)", "dk.to(DK.dtype.element_ty)"),
+    ],
+    # natural units in the backward: scores scaled by 1 / sqrt(D), P = exp(s - lse)
+    "natural_units": [
+        ("qk_scale = 1.4426950408889634 / math.sqrt(D)", "qk_scale = 1.0 / math.sqrt(D)"),
+        (
+            "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634"
+            "\n        delta",
+            "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)\n        delta",
+        ),
+        (
+            "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0) * 1.4426950408889634"
+            "\n    Di",
+            "lse = tl.load(LSE + bh * Lq + offs_m, mask=offs_m < Lq, other=0.0)\n    Di",
+        ),
+        (
+            "p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)  ",
+            "p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)  ",
+        ),
+        (
+            "p = tl.where(keep, tl.exp2(s - lse[:, None]), 0.0)\n",
+            "p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)\n",
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("alternative", FUNCTION_ALTERNATIVES)
+def test_function_alternatives_pass(solution, alternative):
+    impl = planted(solution, "FlashAttentionTriton", *FUNCTION_ALTERNATIVES[alternative])
+    assert not failures_on_hidden_seeds("FlashAttentionTriton", impl, HIDDEN_SEEDS[:1])
 
 
 SOFTMAX_ALTERNATIVES = {  # written differently, right all the same
@@ -558,7 +703,7 @@ SOFTMAX_ALTERNATIVES = {  # written differently, right all the same
 @pytest.mark.parametrize("alternative", SOFTMAX_ALTERNATIVES)
 def test_softmax_alternatives_pass(solution, alternative):
     impl = planted(solution, "triton_softmax", *SOFTMAX_ALTERNATIVES[alternative])
-    assert passes_on_hidden_seeds("triton_softmax", impl)
+    assert not failures_on_hidden_seeds("triton_softmax", impl)
 
 
 @triton.jit
@@ -637,7 +782,7 @@ def flash_natural(q, k, v, causal=False):
 
 
 def test_a_natural_log_kernel_with_other_tiles_passes():
-    assert passes_on_hidden_seeds("flash_attention_triton", flash_natural, HIDDEN_SEEDS[:1])
+    assert not failures_on_hidden_seeds("flash_attention_triton", flash_natural, HIDDEN_SEEDS[:1])
 
 
 def test_a_library_style_kernel_passes():

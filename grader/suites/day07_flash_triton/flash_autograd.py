@@ -117,6 +117,32 @@ def tile_slips64(q, k, v, dout, causal) -> list:
     return slips
 
 
+def late_loop_starts64(q, k, v, dout) -> list:
+    """("dkdv_loop_start", gradient index, wrong gradient) for causal dK/dV kernels whose loop
+    over query tiles starts late: at start_n (the Lk - Lq shift dropped) or one tile past the
+    right start, for each pair of tile sizes. The queries before the start are skipped, so
+    their share of dK and dV is missing. In float64, from the formulas."""
+    q, k, v, dout = (f64(t) for t in (q, k, v, dout))
+    Lq, Lk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    keep = visible(Lq, Lk, True)
+    p = torch.softmax((q @ k.mT / math.sqrt(D)).masked_fill(~keep, float("-inf")), -1)
+    dp = dout @ v.mT
+    ds = p * (dp - (dout * (p @ v)).sum(-1, keepdim=True))  # (..., Lq, Lk)
+    queries, keys = torch.arange(Lq)[:, None], torch.arange(Lk)
+    slips = []
+    for block_m in BLOCKS:
+        for block_n in BLOCKS:
+            start_n = keys // block_n * block_n  # the first key of each key's tile
+            right = (start_n - (Lk - Lq)).clamp(min=0) // block_m * block_m
+            for lo in (start_n // block_m * block_m, right + block_m):
+                seen = queries >= lo  # (Lq, Lk): the queries the late loop still visits
+                slips += [
+                    ("dkdv_loop_start", 1, (ds * seen).mT @ q / math.sqrt(D)),
+                    ("dkdv_loop_start", 2, (p * seen).mT @ dout),
+                ]
+    return slips
+
+
 def run_function(cls, q, k, v, causal, rng, what, dout_transposed=False):
     """Forward and backward through the student's class, watched; returns (out, dout, grads,
     saved). With `dout_transposed`, dout is a non-contiguous view, as behind a downstream
@@ -168,7 +194,9 @@ def expect_grads(grads, q, k, v, dout, causal, what):
         "delta_of_out_squared": "wrong_delta",
     }
     wrong = {variant: grads64(q, k, v, dout, causal, variant) for variant in variants}
-    slips = tile_slips64(q, k, v, dout, causal)
+    slips = tile_slips64(q, k, v, dout, causal) + (
+        late_loop_starts64(q, k, v, dout) if causal else []
+    )
     if written := delta_rows_written(grads, ref, q.shape[-2]):
         description, fix = hint("delta_rows_missing")
         raise Mistake(
@@ -183,8 +211,12 @@ def expect_grads(grads, q, k, v, dout, causal, what):
             for variant in variants
             if not torch.allclose(wrong[variant][i], ref[i])
         ]
-        if i < 2 and q.shape == k.shape:  # dq and dk swapped: torch cannot tell by their shapes
-            suspects.append(("backward_gradient_order", ref[1 - i]))
+        # another input's gradient in this place: torch checks only the shapes, which can agree
+        suspects += [
+            ("backward_gradient_order", ref[j])
+            for j in range(3)
+            if j != i and ref[j].shape == ref[i].shape
+        ]
         suspects += [(slip, grad) for slip, index, grad in slips if index == i]
         expect_close(grads[i], ref[i], q.dtype, f"{name} of {what}", suspects)
 
@@ -252,10 +284,10 @@ def function_gradients(FlashAttentionTriton, rng):
 
 
 def function_causal_gradients(FlashAttentionTriton, rng):
-    """with is_causal=True (bottom-right, Lq <= Lk, head_dim 16 or 32): output and dq, dk, dv"""
+    """with is_causal=True (bottom-right, Lq < Lk, head_dim 16 or 32): output and dq, dk, dv"""
     cls = function_class(FlashAttentionTriton)
     Lq = draw(rng, 17, 28)
-    Lk = Lq + draw(rng, 0, 1) * draw(rng, 1, 8)
+    Lk = Lq + draw(rng, 1, 8)  # Lk > Lq: a loop that drops the Lk - Lq shift shows
     q, k, v = qkv(rng, (1, 1), Lq, Lk, (16, 32)[draw(rng, 0, 1)])
     what = f"q {tuple(q.shape)}, k {tuple(k.shape)}, is_causal=True"
     out, dout, grads, _ = run_function(cls, q, k, v, True, rng, what)

@@ -8,7 +8,14 @@ import torch
 from grader.harness.checking import Mistake, expect_close, expect_value_error, hint
 from grader.suites._common import draw, randn
 from grader.suites.day07_flash_triton.kernel_watch import flash_dtype, run_device
-from grader.suites.day07_flash_triton.oracles import attention64, call_flash, expect_attention, qkv
+from grader.suites.day07_flash_triton.oracles import (
+    attention64,
+    call_flash,
+    expect_attention,
+    nonfinite_mistake,
+    out_suspects,
+    qkv,
+)
 
 
 def flash_matches(flash, rng):
@@ -112,7 +119,14 @@ def flash_unusual_inputs(flash, rng):
         if used[0] is q_mem:  # ... or into an out laid out like q (torch.empty_like)
             laid_out = written.reshape(-1).as_strided(q.shape, q.stride())
             suspects.append(("inputs_not_contiguous", laid_out))
-    expect_close(out, attention64(q, k, v)[0], q.dtype, f"out of {what}", suspects)
+    expect_close(
+        out,
+        attention64(q, k, v)[0],
+        q.dtype,
+        f"out of {what}",
+        suspects + out_suspects(q, k, v, False),  # and the mistakes of contiguous inputs
+        nonfinite=nonfinite_mistake(out, False) if isinstance(out, torch.Tensor) else None,
+    )
     # q . k / 4 near -150 for every key: exp(s - 0) underflows to 0 unless m_i starts at -inf
     q = 6.0 + randn((1, 1, Lq, 16), rng, flash_dtype(), 0.3)
     k, v = -6.0 - randn((1, 1, Lk, 16), rng, flash_dtype(), 0.3), randn((1, 1, Lk, 16), rng)

@@ -21,14 +21,33 @@ HINTS = {
         "and columns, e.g. tl.load(ptr + offs, mask=offs < n, other=0.0).",
     ),
     "offsets_without_block_start": (
-        "offsets without pid * BLOCK: program pid covers pid .. pid + BLOCK - 1, so the "
-        "programs overlap and the elements past BLOCK + (programs - 1) are never written",
+        "offsets without pid * BLOCK: every program covers the first block (offsets = "
+        "tl.arange(0, BLOCK)) or nearly (pid + tl.arange(0, BLOCK)), so the programs overlap "
+        "and the elements past them are never written",
         "each program starts a whole block further: offs = pid * BLOCK + tl.arange(0, BLOCK).",
     ),
     "mask_against_block": (
         "only the first block written: the mask compares the offsets with BLOCK instead of n, "
         "so every later program is masked off entirely",
         "mask the lanes past the end of the tensor: mask = offs < n (n the number of elements).",
+    ),
+    "input_overwritten": (
+        "the output is x itself (out = xc, and x.contiguous() of a contiguous x is x): the "
+        "kernel stores the sum into the caller's x",
+        "triton_add returns a new tensor: allocate it, out = torch.empty_like(xc), and store "
+        "into out; x and y must come back unchanged.",
+    ),
+    "add_accepts_bad_input": (
+        "x and y of different shapes or dtypes accepted without a clear error",
+        "check before the launch and raise a ValueError naming both, e.g. "
+        '`raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} differ")`; the same '
+        "for x.dtype != y.dtype.",
+    ),
+    "softmax_accepts_bad_input": (
+        "a 0-d tensor accepted without a clear error: it has no row to normalise",
+        "check before the launch: "
+        '`if x.ndim == 0: raise ValueError("triton_softmax needs at least one dimension, '
+        'got a 0-d tensor")`.',
     ),
     "output_like_input": (
         "an output allocated with torch.empty_like(x) of a non-contiguous x: it keeps x's "
@@ -62,6 +81,12 @@ HINTS = {
         "tl.dot(a, b) of tiles whose inner sizes differ: a (M, K) needs b (K, N)",
         "for q (BLOCK_M, D) and k (BLOCK_N, D) the scores are tl.dot(q, tl.trans(k)) "
         "(BLOCK_M, BLOCK_N); then tl.dot(p, v) (BLOCK_M, D). Write each tile's shape beside it.",
+    ),
+    "k_not_transposed": (
+        "scores as tl.dot(q, k) without tl.trans(k): with BLOCK_N = D the tile shapes agree, "
+        "so no error, but each key tile's rows are read as head dims",
+        "for q (BLOCK_M, D) and k (BLOCK_N, D) the scores are tl.dot(q, tl.trans(k)), "
+        "(BLOCK_M, BLOCK_N). While debugging pick BLOCK_N != D: the slip is then a shape error.",
     ),
     "tile_shapes": (
         "two tiles combined elementwise whose shapes do not broadcast (a per-row vector against "
@@ -283,6 +308,13 @@ HINTS = {
         "gradients right without a mask but wrong with is_causal=True",
         "recompute P with the forward's causal mask (keys j <= Lk - Lq + i), and start / stop the "
         "tile loops where the forward does: the backward must zero exactly the same entries.",
+    ),
+    "dkdv_loop_start": (
+        "a causal dK/dV loop over query tiles that starts too late (at start_n, without the "
+        "Lk - Lq shift, or one tile past the rounded start): the first queries that see the "
+        "key tile are skipped, so their share of dK and dV is missing",
+        "start at the first query that sees the tile's first key, clamped at 0 and rounded "
+        "down to a whole tile: lo = (tl.maximum(start_n - (Lk - Lq), 0) // BLOCK_M) * BLOCK_M.",
     ),
     "backward_lse_natural": (
         "P recomputed as exp2(s - lse) with lse still in natural log (s in base-2 units)",

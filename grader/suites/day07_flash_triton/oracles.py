@@ -46,6 +46,18 @@ def attention64(q, k, v, causal=False, kind="bottom_right", scale=None, keep=Non
     return p @ f64(v), lse
 
 
+def untransposed64(q, k, v, causal, block_n):
+    """Attention with each key tile's scores computed as q @ k, without tl.trans(k): a
+    (BLOCK_N, D) tile read as (D, BLOCK_N), which only runs when BLOCK_N = D. Score (i, c) of
+    tile t is sum_a q[i, a] * k[t * BLOCK_N + a, c]; the masks still go by column index."""
+    Lq, Lk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    k_padded = torch.nn.functional.pad(f64(k), (0, 0, 0, -Lk % block_n))  # masked loads: 0
+    tiles = k_padded.unflatten(-2, (-1, block_n))  # (..., tiles, BLOCK_N, D)
+    s = torch.einsum("...ia,...tac->...itc", f64(q), tiles).flatten(-2)[..., :Lk]  # (..., Lq, Lk)
+    s = (s / math.sqrt(D)).masked_fill(~visible(Lq, Lk, causal), float("-inf"))
+    return torch.softmax(s, -1) @ f64(v)
+
+
 def short_loop64(q, k, v, block_m, block_n, top_left):
     """Causal attention whose key loop stops at hi = start_m + BLOCK_M (top-left) or
     Lk - Lq + start_m (one tile short): the keys of the tiles from hi on are never seen."""
@@ -135,6 +147,8 @@ def out_suspects(q, k, v, causal):
             suspects.append(
                 ("pad_keys_not_masked", online64(q, k, v, causal, block_n, "pad_keys_not_masked"))
             )
+        if block_n == D:  # tl.dot(q, k) runs only on square tiles
+            suspects.append(("k_not_transposed", untransposed64(q, k, v, causal, block_n)))
     s = scores64(q, k).masked_fill(~visible(q.shape[-2], Lk, causal), float("-inf"))
     suspects.append(("not_normalised", torch.exp(s - s.amax(-1, keepdim=True)) @ f64(v)))
     for scale in (1.0, 1 / D, math.log(2) / math.sqrt(D), 1 / (math.log(2) * math.sqrt(D))):

@@ -18,19 +18,58 @@ from grader.harness.checking import (
     named,
 )
 from grader.suites._common import draw, randn, softmax64
-from grader.suites.day07_flash_triton.kernel_watch import watched
+from grader.suites.day07_flash_triton.kernel_watch import watched, watched_with_counts
 
 
-def unwritten_tail(n: int, right: int) -> str:
-    """The launch mistake that leaves only the first `right` of n elements right, for a block
-    size that is a power of two: too few programs, offsets without pid * BLOCK (programs overlap
-    by all but one element), or a mask against BLOCK (only the first block written)."""
+def unwritten_tail(n: int, right: int, loaded: int) -> str:
+    """The launch mistake that leaves only the first `right` of n elements written, for a block
+    size that is a power of two: too few programs, offsets without pid * BLOCK (the programs
+    overlap: all write block 0, or each starts one element later), or a mask against BLOCK
+    (only program 0 writes). `loaded` is the lanes loaded from x and y (counted in the
+    interpreter, else 0): overlapping programs load more than the 2 * right lanes written."""
+    if loaded > 2 * right:
+        return "offsets_without_block_start"
     for block in (2**p for p in range(4, 15)):
         if right == triton.cdiv(n, block) - 1 + block:
             return "offsets_without_block_start"
         if right == n // block * block and n - right < block:
             return "grid_too_small"
     return "mask_against_block" if right & (right - 1) == 0 else "grid_too_small"
+
+
+def expect_all_written(out, ref, what: str, loaded: int) -> None:
+    """Name a launch that never writes the output's tail, or all of it, while the head is right
+    (the watch fills new tensors with NaN, so what was never written reads NaN)."""
+    if not (isinstance(out, torch.Tensor) and out.shape == ref.shape):
+        return
+    flat_out = out.detach().double().reshape(-1)
+    wrong = ~torch.isclose(flat_out, ref.reshape(-1), rtol=1e-6, atol=1e-6)
+    if not wrong.any():
+        return
+    first = int(wrong.nonzero()[0])
+    if not (wrong[first:].all() and flat_out[first:].isnan().all()):
+        return
+    key = unwritten_tail(wrong.numel(), first, loaded)
+    description, fix = hint(key)
+    seen = (
+        f"the first {first} elements are right, the last {wrong.numel() - first} never written"
+        if first
+        else f"none of the {wrong.numel()} elements written"
+    )
+    raise Mistake(
+        f"{what}: {seen} (NaN): it looks like {description}.",
+        fix,
+        key,
+    )
+
+
+def expect_inputs_kept(before, after, what: str) -> None:
+    """Name an output that is the input itself (out = x.contiguous() of a contiguous x)."""
+    if not all(torch.equal(b, a) for b, a in zip(before, after)):
+        description, fix = hint("input_overwritten")
+        raise Mistake(
+            f"{what} changed its input x: it looks like {description}.", fix, "input_overwritten"
+        )
 
 
 def add_matches(triton_add, rng):
@@ -43,26 +82,12 @@ def add_matches(triton_add, rng):
         (2, draw(rng, 2, 5), draw(rng, 7, 40)),
     ]:
         x, y = randn(shape, rng), randn(shape, rng)
-        out = watched(triton_add, f"triton_add on {shape}", x, y)
-        expect_tensor(out, f"triton_add on {shape}", shape, torch.float32)
         ref = x.double() + y.double()
-        wrong = (
-            ~torch.isclose(out.double(), ref, rtol=1e-6, atol=1e-6)
-            if out.shape == ref.shape
-            else None
-        )
-        if wrong is not None and wrong.any():
-            flat = wrong.reshape(-1)
-            first = int(flat.nonzero()[0])
-            if first > 0 and flat[first:].all():
-                key = unwritten_tail(flat.numel(), first)
-                description, fix = hint(key)
-                raise Mistake(
-                    f"triton_add on {shape}: the first {first} elements are right, the "
-                    f"last {flat.numel() - first} wrong: it looks like {description}.",
-                    fix,
-                    key,
-                )
+        inputs = (x.clone(), y.clone())
+        out, watch = watched_with_counts(triton_add, f"triton_add on {shape}", x, y)
+        expect_tensor(out, f"triton_add on {shape}", shape, torch.float32)
+        expect_inputs_kept(inputs, (x, y), f"triton_add on {shape}")
+        expect_all_written(out, ref, f"triton_add on {shape}", watch.elements_loaded)
         expect_close(out, ref, torch.float32, f"triton_add on {shape}")
 
 
@@ -73,8 +98,9 @@ def add_non_contiguous(triton_add, rng):
         (a.T, randn(a.T.shape, rng), "x = a.T"),
         (b[:, ::2], randn((40, 40), rng), "x = b[:, ::2]"),
     ]:
-        out = watched(triton_add, f"triton_add with {what}", x, y)
         ref = x.double() + y.double()
+        out, watch = watched_with_counts(triton_add, f"triton_add with {what}", x, y)
+        expect_all_written(out, ref, f"triton_add with {what}", watch.elements_loaded)
         # written in order into torch.empty_like(x), which keeps a transpose's strides
         like_x = ref.reshape(-1).as_strided(x.shape, torch.empty_like(x).stride())
         suspects = [("output_like_input", like_x)] if not torch.equal(like_x, ref) else []
@@ -100,12 +126,12 @@ def add_rejects_bad_input(triton_add, rng):
     expect_value_error(
         lambda: triton_add(x, randn((n + 1,), rng)),
         f"triton_add of ({n},) and ({n + 1},)",
-        "no_error_for_bad_input",
+        "add_accepts_bad_input",
     )
     expect_value_error(
         lambda: triton_add(x, randn((n,), rng, torch.float64)),
         "triton_add of float32 and float64",
-        "no_error_for_bad_input",
+        "add_accepts_bad_input",
     )
 
 
@@ -201,6 +227,7 @@ def softmax_stable(triton_softmax, rng):
     x[0, : draw(rng, 1, 5)] = float("-inf")
     x[-1] = randn(shape[-1:], rng) - 10000.0  # a row far below 0: padded lanes must not win the max
     out = watched(triton_softmax, f"triton_softmax on {shape} with entries near 1e4", x)
+    expect_rows_written(out, x, f"triton_softmax on {shape} with entries near 1e4")
     if isinstance(out, torch.Tensor) and out.shape == x.shape and out.is_floating_point():
         finite = out.isfinite().all(-1)
         if finite[:-1].all() and not finite[-1]:
@@ -231,6 +258,7 @@ def softmax_shapes(triton_softmax, rng):
     ]
     for x, what in cases:
         out = watched(triton_softmax, f"triton_softmax on {what}", x)
+        expect_rows_written(out, x, f"triton_softmax on {what}")
         expect_close(
             out, softmax64(x), torch.float32, f"triton_softmax on {what}", softmax_suspects(x)
         )
@@ -241,5 +269,5 @@ def softmax_rejects_bad_input(triton_softmax, rng):
     expect_value_error(
         lambda: triton_softmax(torch.tensor(1.0)),
         "triton_softmax of a 0-d tensor",
-        "no_error_for_bad_input",
+        "softmax_accepts_bad_input",
     )
