@@ -119,6 +119,18 @@ HINTS = {
         "out = weights @ v: the weights average the values.",
     ),
     "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
+    "transposed_wrong_dims": (
+        "k transposed over other dims than its last two (e.g. k.transpose(-1, -3), which swaps "
+        "head_dim with the heads): it runs only when those sizes happen to agree",
+        "swap the last two dims only, L and D: q @ k.transpose(-2, -1) (or k.mT) is "
+        "(B, H, Lq, D) @ (B, H, D, Lk) -> (B, H, Lq, Lk).",
+    ),
+    "masked_with_zero": (
+        "masked scores set to 0 (masked_fill(~allowed, 0), or scores * mask) instead of -inf: "
+        "a hidden key still gets the weight exp(0), more than a visible key with a negative score",
+        "fill the hidden scores with float('-inf') (or torch.finfo(dtype).min), so the softmax "
+        "gives them weight 0: a score of 0 is an ordinary score, not a mask.",
+    ),
     "no_causal_mask": (
         "no causal mask: prefill queries see later tokens",
         "mask keys after each query's position: j <= Lk - Lq + i.",
@@ -209,6 +221,10 @@ HINTS = {
         "bytes per element depend on the dtype: "
         "torch.empty((), dtype=dtype).element_size() (2 for float16).",
     ),
+    "bytes_not_int": (
+        "a byte count made a float on the way (2.0 * ..., bits / 8, a tensor's .item())",
+        "keep every factor an int (bits // 8, not bits / 8) or return int(...) of the product.",
+    ),
     "forgot_k_and_v": (
         "the bytes of K or V only, not both",
         "a cache stores K and V: multiply by 2.",
@@ -229,10 +245,17 @@ HINTS = {
         "return k, v, positions, in that order.",
     ),
     "rolling_overwritten_before_read": (
-        "old keys read after the new ones were written into the ring (or kept as views of its "
-        "slots): after a wrap, a new position lands in the slot of an old one it replaces",
-        "gather (and .clone()) the old keys you return before writing the new ones, or build "
-        "the result from the old keys and k_new directly: the ring is overwritten in place.",
+        "keys read back from the ring after the new ones were written into it (or kept as views "
+        "of its slots): each new position replaces an older one in its slot, an old key or, in "
+        "a chunk longer than the window, one of the chunk's own",
+        "gather (and .clone()) the old keys you return before writing the new ones, and take "
+        "the new ones from k_new itself, not from the ring: the ring is overwritten in place.",
+    ),
+    "rolling_read_from_first_slots": (
+        "old keys read from the first slots, 0, 1, ..., instead of their own slots p % window: "
+        "right until the ring wraps",
+        "read each old position p from its slot: kept = the old positions still in the window, "
+        "self.k[:, :, kept % window].",
     ),
     "rolling_not_bounded": (
         "a rolling cache that keeps more than `window` positions",
@@ -603,28 +626,64 @@ def raise_if_inverted_with_nan(out, q, k, v, right, dtype, what):
 
 def call_attention(cached_attention, q, k, v, ref):
     """cached_attention(q, k, v), which may not change its inputs in place; a crash on
-    (B, H, L, D) inputs that is the right answer on one head's (L, D) inputs is a transpose
-    counted from the front (k.T on batched keys)."""
+    (B, H, L, D) inputs is named by the transpose that other inputs show."""
     try:
         return call_unchanged(cached_attention, {"q": q, "k": k, "v": v})
     except Mistake as raised:
         if raised.key != "raised":
             raise
-        try:
-            out = cached_attention(q[0, 0], k[0, 0], v[0, 0])  # (Lq, D): the first head
-        except Mistake:
-            raise raised from None
-        if not isinstance(out, torch.Tensor) or not torch.allclose(
-            out.double(), ref[0, 0], rtol=1e-4, atol=1e-5
-        ):
-            raise raised from None
-        description, fix = HINTS["batched_transpose"]
-        raise Mistake(
-            f"{raised.message}\n      It raised on 4-D inputs, but gives the right answer on "
-            f"(L, D) ones: it looks like {description}.",
-            fix,
+        for explain in (transposed_from_the_front, transposed_other_dims):
+            explained = explain(cached_attention, q, k, v, ref)
+            if explained:
+                key, seen = explained
+                description, fix = HINTS[key]
+                raise Mistake(
+                    f"{raised.message}\n      {seen}: it looks like {description}.", fix, key
+                ) from None
+        raise
+
+
+def close_on_probe(cached_attention, q, k, v, expected) -> bool:
+    """cached_attention(q, k, v) runs and returns `expected` (float64) to a float64 answer's
+    precision."""
+    try:
+        out = cached_attention(q, k, v)
+    except Mistake:
+        return False
+    return (
+        isinstance(out, torch.Tensor)
+        and out.shape == expected.shape
+        and torch.allclose(out.double(), expected, rtol=1e-4, atol=1e-5)
+    )
+
+
+def transposed_from_the_front(cached_attention, q, k, v, ref):
+    """Right on one head's (L, D) inputs: a transpose counted from the front (k.T)."""
+    if close_on_probe(cached_attention, q[0, 0], k[0, 0], v[0, 0], ref[0, 0]):
+        return (
             "batched_transpose",
-        ) from None
+            "It raised on 4-D inputs, but gives the right answer on (L, D) ones",
+        )
+
+
+# Every swap of two of (B, H, L, D) but the right one, (L, D).
+OTHER_TRANSPOSES = [(-4, -3), (-4, -2), (-4, -1), (-3, -2), (-3, -1)]
+
+
+def transposed_other_dims(cached_attention, *_):
+    """Where B = H = L = D, a swap of any two dims runs: the one whose attention it returns."""
+    n = 3
+    probe = torch.Generator().manual_seed(0)
+    q, k, v = (randn((n, n, n, n), probe, torch.float64) for _ in "qkv")
+    causal = torch.ones(n, n, dtype=torch.bool).tril()  # (Lq, Lk), Lq = Lk
+    for dims in OTHER_TRANSPOSES:
+        # softmax_attention64 multiplies by the transpose of its keys: hand it (k.transpose(dims))ᵀ
+        swapped = softmax_attention64(q, k.transpose(*dims).transpose(-2, -1), v, causal)
+        if close_on_probe(cached_attention, q, k, v, swapped):
+            return "transposed_wrong_dims", (
+                f"On inputs with B = H = L = D = {n} it runs, and equals attention with the "
+                f"scores q @ k.transpose{dims}"
+            )
 
 
 def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
@@ -658,6 +717,7 @@ def attention_checks(lq, lk, cached_attention, rng, dtype=torch.float32):
         ("mask_inverted", softmax_attention64(q, k, v, pos_k >= pos_k[lk - lq :, None])),
         # filled with torch.finfo(dtype).min: a query that sees no key averages all of v
         ("mask_inverted", softmax_attention64(q, k, v, ~right, fill=torch.finfo(dtype).min)),
+        ("masked_with_zero", softmax_attention64(q, k, v, right, fill=0.0)),
         ("softmax_over_queries", softmax_attention64(q, k, v, right, dim=-2)),
     ]
     out = call_attention(cached_attention, q, k, v, ref)
@@ -722,6 +782,11 @@ class Recorder(torch.nn.Module):
         return self.decoder.init_caches(batch_size, max_seq_len, *args, **kwargs)
 
     def forward(self, ids, caches=None):
+        if ids.dim() == 1:  # a next token fed back as argmax(-1) returns it
+            raise ValueError(
+                f"the model was fed token ids of shape (B,) = {tuple(ids.shape)}: it takes "
+                "(batch, tokens), (B, 1) for one token per sequence"
+            )
         self.calls.append((ids.shape[1], caches is not None))
         self.fed.append(ids.clone())
         logits = self.decoder(ids, caches)
@@ -752,6 +817,7 @@ def greedy64(decoder, prompt, n, position=-1):
 # (mistake, error type, text): a crash of generate whose error says so is this mistake
 GENERATE_CRASHES = [
     ("argmax_without_keepdim", "RuntimeError", "Tensors must have same number of dimensions"),
+    ("argmax_without_keepdim", "ValueError", "the model was fed token ids of shape (B,)"),
     ("next_token_wrong_shape", "RuntimeError", "Sizes of tensors must match except in dimension"),
     ("caches_too_small", "ValueError", "KVCache overflow"),
     ("cache_not_initialised", "ValueError", "need one cache per layer"),
@@ -759,12 +825,13 @@ GENERATE_CRASHES = [
 
 
 def call_generate(generate, model, prompt, n, use_cache):
-    """generate(...); a crash GENERATE_CRASHES recognises, or caches not made by
-    model.init_caches, is named."""
+    """generate(...); a crash GENERATE_CRASHES recognises, caches not made by
+    model.init_caches, or a sequence grown by (1, vocab) rows, is named."""
     try:
         with naming_crashes(*GENERATE_CRASHES):
-            return generate(model, prompt, n, use_cache=use_cache)
+            out = generate(model, prompt, n, use_cache=use_cache)
     except Mistake as mistake:
+        raise_if_grown_by_vocab_rows(model, use_cache)  # the sequence may outgrow the model
         if mistake.key == "raised" and use_cache and model.inits == 0:
             raise named_crash(mistake, "cache_not_initialised") from None
         fed = [tokens for tokens, _ in model.calls]
@@ -778,6 +845,24 @@ def call_generate(generate, model, prompt, n, use_cache):
                 "cache_unused",
             ) from None
         raise
+    raise_if_grown_by_vocab_rows(model, use_cache)
+    return out
+
+
+def raise_if_grown_by_vocab_rows(model, use_cache):
+    """Without the cache each call is fed the whole sequence so far: grown by vocab_size tokens
+    a step, each next token was a (1, vocab) row, the argmax over dim 0 (the batch, B = 1; with
+    B > 1 torch.cat refuses the row, a crash GENERATE_CRASHES names)."""
+    grown = {new.shape[1] - old.shape[1] for old, new in zip(model.fed, model.fed[1:])}
+    vocab = model.decoder.vocab_size
+    if not use_cache and grown == {vocab}:
+        raise Mistake(
+            f"with use_cache=False the sequence fed to the model grew by {vocab} tokens a step, "
+            "the vocabulary size: it looks like each step appended a (1, vocab) row, the argmax "
+            "over dim 0 (the batch) instead of over the vocabulary.",
+            HINTS["next_token_wrong_shape"][1],
+            "next_token_wrong_shape",
+        )
 
 
 def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
@@ -971,10 +1056,12 @@ def bytes_match_real_buffers(kv_cache_bytes, rng):
             key,
         )
     if not isinstance(got, int):
+        description, fix = HINTS["bytes_not_int"]
         raise Mistake(
-            f"kv_cache_bytes returned {type(got).__name__}, expected int.",
-            "return a plain Python int (e.g. int(...)).",
-            "wrong_values",
+            f"kv_cache_bytes returned {type(got).__name__} {got}, expected an int: it looks like "
+            f"{description}.",
+            fix,
+            "bytes_not_int",
         )
 
 
@@ -1067,9 +1154,19 @@ def expect_bounded(cache, window):
 
 def overwritten_keys(k_seq, positions, start, last, window):
     """The keys at `positions` as a ring read after writing positions start..last would give
-    them: an old position's slot holds the latest position up to `last` that maps to it."""
+    them: an old position's slot (one before `start`) holds the latest position up to `last`
+    that maps to it. With start = last + 1, every position is read back from the ring."""
     latest = [p + (last - p) // window * window if p < start else p for p in positions]
     return k_seq[..., latest, :]
+
+
+def first_slot_keys(k_seq, positions, start, window):
+    """The keys at `positions` as a ring read from its first slots, 0, 1, ..., gives them: old
+    position number s (one before `start`) comes from slot s, which holds the latest position
+    before `start` that maps to it."""
+    old = [p for p in positions if p < start]
+    latest = [s + (start - 1 - s) // window * window for s in range(len(old))]
+    return k_seq[..., latest + [p for p in positions if p >= start], :]
 
 
 def _expected_positions(start, n, window):
@@ -1106,16 +1203,19 @@ def rolling_positions_are_absolute(RollingKVCache, rng):
 
 
 def expect_window_keys(k, k_seq, positions, start, last, window, what):
-    """The returned keys are those of their positions; old keys overwritten by the update's
-    new ones (positions start..last) before they were read are named."""
+    """The returned keys are those of their positions; keys overwritten by the update's new ones
+    (positions start..last) before they were read, and old keys read from the first slots, are
+    named."""
     order = positions.flatten().tolist()
     right = k_seq[..., order, :].double()
-    overwritten = overwritten_keys(k_seq, order, start, last, window).double()
-    suspects = (
-        []
-        if torch.equal(overwritten, right)
-        else [("rolling_overwritten_before_read", overwritten)]
-    )
+    suspects = [
+        ("rolling_overwritten_before_read", overwritten_keys(k_seq, order, start, last, window)),
+        # the new keys read back too: a chunk longer than the window overwrites its own
+        ("rolling_overwritten_before_read", overwritten_keys(k_seq, order, last + 1, last, window)),
+        ("rolling_read_from_first_slots", first_slot_keys(k_seq, order, start, window)),
+    ]
+    suspects = [(key, keys.double()) for key, keys in suspects]
+    suspects = [(key, keys) for key, keys in suspects if not torch.equal(keys, right)]
     expect_close(k, right, torch.float32, what=what, suspects=suspects)
 
 

@@ -875,3 +875,832 @@ def token_by_token_ring(solution):
 def test_other_correct_rings_pass(solution, make):
     for seed in (0, *HIDDEN_SEEDS):
         assert report("RollingKVCache", make(solution), hidden=seed > 0, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- a second beginner pass
+
+# Issue #18's second recorded pass (attempts exN_mK, exN_uK of exercise N): each mistake not tested
+# above, planted in the solution's code and named on every seed; then its correct alternatives.
+SECOND_PASS_BUGS = [
+    # (attempt, exercise, key, edits): each exercise's code is in the cell of its name
+    (
+        "ex1_m2",  # seq_len advanced before the write
+        "KVCache",
+        "writes_at_wrong_offset",
+        [
+            ("self.k[:, :, start:stop] = k_new", "self.k[:, :, stop : stop + n] = k_new"),
+            ("self.v[:, :, start:stop] = v_new", "self.v[:, :, stop : stop + n] = v_new"),
+        ],
+    ),
+    (
+        "ex1_m5",  # the dtype unchecked
+        "KVCache",
+        "no_error_for_bad_update",
+        [("k_new.dtype != self.dtype or v_new.dtype != self.dtype or ", "")],
+    ),
+    (
+        "ex1_m7",  # an overflow by one position accepted
+        "KVCache",
+        "no_error_for_bad_update",
+        [("if stop > self.max_seq_len:", "if stop > self.max_seq_len + 1:")],
+    ),
+    (
+        "ex1_m8",
+        "KVCache",
+        "not_preallocated",  # copies returned, not views
+        [
+            (
+                "return self.k[:, :, :stop], self.v[:, :, :stop]",
+                "return self.k[:, :, :stop].clone(), self.v[:, :, :stop].clone()",
+            )
+        ],
+    ),
+    (
+        "ex1_m12",  # the batch size unchecked
+        "KVCache",
+        "no_error_for_bad_update",
+        [
+            (
+                "(B, H, D) != (self.batch_size, self.num_heads, self.head_dim)",
+                "(H, D) != (self.num_heads, self.head_dim)",
+            )
+        ],
+    ),
+    (
+        "ex1_m13",  # buffers made without dtype=: float32 whatever the cache's dtype
+        "KVCache",
+        "not_preallocated",
+        [
+            ("self.k = torch.zeros(shape, dtype=dtype, ", "self.k = torch.zeros(shape, "),
+            ("self.v = torch.zeros(shape, dtype=dtype, ", "self.v = torch.zeros(shape, "),
+        ],
+    ),
+    (
+        "ex1_m14",  # buffers laid out (B, max_seq_len, H, D), transposed on the way in and out
+        "KVCache",
+        "not_preallocated",
+        [
+            (
+                "shape = (batch_size, num_heads, max_seq_len, head_dim)",
+                "shape = (batch_size, max_seq_len, num_heads, head_dim)",
+            ),
+            ("self.k[:, :, start:stop] = k_new", "self.k[:, start:stop] = k_new.transpose(1, 2)"),
+            ("self.v[:, :, start:stop] = v_new", "self.v[:, start:stop] = v_new.transpose(1, 2)"),
+            (
+                "return self.k[:, :, :stop], self.v[:, :, :stop]",
+                "return self.k[:, :stop].transpose(1, 2), self.v[:, :stop].transpose(1, 2)",
+            ),
+        ],
+    ),
+    (
+        "ex2_m8",  # computed in float32, never cast back
+        "cached_attention",
+        "wrong_dtype",
+        [
+            ("q @ k.transpose(-2, -1)", "q.float() @ k.float().transpose(-2, -1)"),
+            ("torch.softmax(scores, dim=-1) @ v", "torch.softmax(scores, dim=-1) @ v.float()"),
+        ],
+    ),
+    (
+        "ex2_m9",
+        "cached_attention",
+        "transposed_wrong_dims",
+        [("q @ k.transpose(-2, -1)", "q @ k.transpose(-1, -3)")],
+    ),
+    (
+        "ex2_m14",  # i a row and j a column: the mask transposed, so inverted on square inputs
+        "cached_attention",
+        "mask_inverted",
+        [
+            (
+                "torch.arange(lk - lq, lk, device=q.device).unsqueeze(-1)",
+                "torch.arange(lk - lq, lk, device=q.device)",
+            ),
+            (
+                "torch.arange(lk, device=q.device) <= query_pos",
+                "torch.arange(lk, device=q.device).unsqueeze(-1) <= query_pos",
+            ),
+        ],
+    ),
+    (
+        "ex2_m15",
+        "cached_attention",
+        "masked_with_zero",
+        [('scores.masked_fill(~allowed, float("-inf"))', "scores.masked_fill(~allowed, 0.0)")],
+    ),
+    (
+        "ex2_m16",  # float32's minimum does not fit float16
+        "cached_attention",
+        "float16_overflow",
+        [('float("-inf")', "torch.finfo(torch.float32).min")],
+    ),
+    (
+        "ex3_m3",  # the next token appended as (B, 1) but fed to the model as (B,)
+        "generate",
+        "argmax_without_keepdim",
+        [
+            (
+                "        next_id = logits[:, -1].argmax(-1, keepdim=True)\n"
+                "        ids = torch.cat([ids, next_id], dim=1)\n",
+                "        next_id = logits[:, -1].argmax(-1)\n"
+                "        ids = torch.cat([ids, next_id[:, None]], dim=1)\n",
+            )
+        ],
+    ),
+    (
+        "ex3_m5",
+        "generate",
+        "caches_too_small",
+        [
+            (
+                "model.init_caches(ids.shape[0], ids.shape[1] + max_new_tokens)",
+                "model.init_caches(ids.shape[0], max_new_tokens)",
+            )
+        ],
+    ),
+    (
+        "ex3_m7",
+        "generate",
+        "wrong_token_count",
+        [("for step in range(max_new_tokens):", "for step in range(max_new_tokens - 1):")],
+    ),
+    (
+        "ex3_m8",  # use_cache=False that still makes caches and passes them, fresh every step
+        "generate",
+        "cache_used_when_off",
+        [
+            (
+                "    if not use_cache:\n",
+                "    if not use_cache:\n"
+                "        caches = model.init_caches(ids.shape[0], ids.shape[1] + max_new_tokens)\n",
+            ),
+            (
+                "next_id = model(ids)[:, -1].argmax(-1, keepdim=True)",
+                "next_id = model(ids, caches)[:, -1].argmax(-1, keepdim=True)\n"
+                "            caches = model.init_caches(ids.shape[0], "
+                "prompt_ids.shape[1] + max_new_tokens)",
+            ),
+        ],
+    ),
+    (
+        "ex3_m10",
+        "generate",
+        "next_token_wrong_shape",
+        [
+            (
+                "        ids = torch.cat([ids, next_id], dim=1)\n        if step",
+                "        ids = torch.cat([ids, next_id], dim=0)\n        if step",
+            )
+        ],
+    ),
+    (
+        "ex3_m11",
+        "generate",
+        "fed_wrong_token",
+        [("logits = model(next_id, caches)", "logits = model(ids[:, -2:-1], caches)")],
+    ),
+    (
+        "ex3_m12",  # fresh caches every step, fed the whole sequence
+        "generate",
+        "cache_unused",
+        [
+            (
+                "logits = model(next_id, caches)",
+                "caches = model.init_caches(ids.shape[0], ids.shape[1] + max_new_tokens)\n"
+                "            logits = model(ids, caches)",
+            )
+        ],
+    ),
+    (
+        "ex3_m13",  # argmax over the batch: a (1, vocab) row a step, or a crash when B > 1
+        "generate",
+        "next_token_wrong_shape",
+        [
+            (
+                "model(ids)[:, -1].argmax(-1, keepdim=True)",
+                "model(ids)[:, -1].argmax(0, keepdim=True)",
+            )
+        ],
+    ),
+    (
+        "ex3_m14",  # caches of its own, sized by hand
+        "generate",
+        "cache_not_initialised",
+        [
+            (
+                "model.init_caches(ids.shape[0], ids.shape[1] + max_new_tokens)",
+                "[KVCache(ids.shape[0], 2, 16, ids.shape[1] + max_new_tokens) for _ in range(2)]",
+            )
+        ],
+    ),
+    (
+        "ex3_m15",  # the caches made anew after the prefill: the prompt forgotten
+        "generate",
+        "generate_wrong_tokens",
+        [
+            (
+                "            logits = model(next_id, caches)",
+                "            if step == 0:\n"
+                "                caches = model.init_caches(ids.shape[0], "
+                "ids.shape[1] + max_new_tokens)\n"
+                "            logits = model(next_id, caches)",
+            )
+        ],
+    ),
+    (
+        "ex5_m2",
+        "RollingKVCache",
+        "rolling_read_from_first_slots",
+        [
+            ("self.k[:, :, kept % self.window]", "self.k[:, :, : len(kept)]"),
+            ("self.v[:, :, kept % self.window]", "self.v[:, :, : len(kept)]"),
+        ],
+    ),
+    (
+        "ex5_m3",  # every position stored: several in one slot
+        "RollingKVCache",
+        "rolling_duplicate_slots",
+        [("stay = positions[-self.window:]", "stay = positions")],
+    ),
+    (
+        "ex5_m4",  # one old position too many
+        "RollingKVCache",
+        "rolling_wrong_keys",
+        [("max(0, start - self.window + 1)", "max(0, start - self.window)")],
+    ),
+    (
+        "ex5_m6",  # seq_len stops at the window
+        "RollingKVCache",
+        "not_advanced",
+        [("self.seq_len = start + n", "self.seq_len = min(start + n, self.window)")],
+    ),
+    (
+        "ex5_m7",  # every new key written first, then the window read back from the ring
+        "RollingKVCache",
+        "rolling_overwritten_before_read",
+        [
+            (
+                "        k = torch.cat([self.k[:, :, kept % self.window], k_new], dim=-2)\n"
+                "        v = torch.cat([self.v[:, :, kept % self.window], v_new], dim=-2)\n"
+                "        stay = positions[-self.window:]\n"
+                "        self.k[:, :, stay % self.window] = k[:, :, -len(stay):]\n"
+                "        self.v[:, :, stay % self.window] = v[:, :, -len(stay):]\n",
+                "        for t in range(n):\n"
+                "            self.k[:, :, (start + t) % self.window] = k_new[:, :, t]\n"
+                "            self.v[:, :, (start + t) % self.window] = v_new[:, :, t]\n"
+                "        k = self.k[:, :, positions % self.window]\n"
+                "        v = self.v[:, :, positions % self.window]\n",
+            )
+        ],
+    ),
+    (
+        "ex5_m9b",  # the last `window` stored first, then the old keys read from the ring
+        "RollingKVCache",
+        "rolling_overwritten_before_read",
+        [
+            (
+                "        k = torch.cat([self.k[:, :, kept % self.window], k_new], dim=-2)\n"
+                "        v = torch.cat([self.v[:, :, kept % self.window], v_new], dim=-2)\n"
+                "        stay = positions[-self.window:]\n"
+                "        self.k[:, :, stay % self.window] = k[:, :, -len(stay):]\n"
+                "        self.v[:, :, stay % self.window] = v[:, :, -len(stay):]\n",
+                "        stay = positions[-self.window:]\n"
+                "        old = kept % self.window\n"
+                "        self.k[:, :, stay % self.window] = "
+                "torch.cat([self.k[:, :, old], k_new], -2)[:, :, -len(stay):]\n"
+                "        self.v[:, :, stay % self.window] = "
+                "torch.cat([self.v[:, :, old], v_new], -2)[:, :, -len(stay):]\n"
+                "        k = torch.cat([self.k[:, :, old], k_new], dim=-2)\n"
+                "        v = torch.cat([self.v[:, :, old], v_new], dim=-2)\n",
+            )
+        ],
+    ),
+    (
+        "ex5_m10",
+        "RollingKVCache",
+        "positions_not_absolute",
+        [("        return k, v, positions\n", "        return k, v, positions.tolist()\n")],
+    ),
+    (
+        "ex5_m11",
+        "RollingKVCache",
+        "positions_not_absolute",
+        [("        return k, v, positions\n", "        return k, v, positions.float()\n")],
+    ),
+    (
+        "ex5_m13",  # the first chunk's keys shifted in place
+        "RollingKVCache",
+        "modified_input",
+        [
+            (
+                "        self.seq_len = start + n\n",
+                "        k_new += 0 if start else 1\n        self.seq_len = start + n\n",
+            )
+        ],
+    ),
+    (
+        "ex6_m4",  # block and offset swapped roles
+        "PagedKVCache",
+        "wrong_block_for_position",
+        [
+            (
+                "table[position // self.block_size], position % self.block_size",
+                "table[position % len(table)], position // self.block_size",
+            )
+        ],
+    ),
+    (
+        "ex6_m6",  # no check: pop from an empty free list
+        "PagedKVCache",
+        "no_error_for_full_pool",
+        [
+            (
+                "        if missing > len(self.free):\n"
+                '            raise ValueError(f"pool full: {seq_id!r} needs {missing} blocks, '
+                '{len(self.free)} free")\n',
+                "",
+            )
+        ],
+    ),
+    (
+        "ex6_m11",  # the blocks gathered in id order, not table order
+        "PagedKVCache",
+        "wrong_block_for_position",
+        [
+            ("[self.k[block] for block in table]", "[self.k[block] for block in sorted(table)]"),
+            ("[self.v[block] for block in table]", "[self.v[block] for block in sorted(table)]"),
+        ],
+    ),
+    (
+        "ex6_m14",  # positions counted from the update, not from the sequence's start
+        "PagedKVCache",
+        "wrong_block_for_position",
+        [
+            (
+                "table[position // self.block_size], position % self.block_size",
+                "table[(position - start) // self.block_size], "
+                "(position - start) % self.block_size",
+            )
+        ],
+    ),
+    (
+        "ex6_m15",  # a free list one block short
+        "PagedKVCache",
+        "block_table_off_by_one",
+        [("self.free = list(range(num_blocks))", "self.free = list(range(num_blocks - 1))")],
+    ),
+    (
+        "ex6_m16",  # blocks for the new positions only, whatever the table holds
+        "PagedKVCache",
+        "block_table_off_by_one",
+        [
+            (
+                "missing = -(-stop // self.block_size) - len(table)",
+                "missing = -(-k_new.shape[1] // self.block_size)",
+            )
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, key, edits",
+    [row[1:] for row in SECOND_PASS_BUGS],
+    ids=[row[0] for row in SECOND_PASS_BUGS],
+)
+def test_second_pass_mistake_is_named(solution, name, key, edits, capsys):
+    assert_named_on_every_seed(name, planted(solution, name, *edits), key, capsys)
+
+
+def bits(dtype):
+    return (torch.finfo(dtype) if dtype.is_floating_point else torch.iinfo(dtype)).bits
+
+
+def bytes_with(element_size):
+    def kv_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch_size, dtype):
+        product = 2 * num_layers * num_kv_heads * head_dim * seq_len * batch_size
+        return product * element_size(dtype)
+
+    return kv_cache_bytes
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (bytes_with(lambda dtype: torch.finfo(dtype).bits), "bits_not_bytes"),  # ex4_m4
+        (
+            bytes_with(lambda dtype: 2 if dtype in (torch.float16, torch.bfloat16) else 4),
+            "wrong_element_size",
+        ),
+        (lambda *args: bytes_without("none")(*args) / 1e9, "wrong_unit"),  # ex4_m8
+        (lambda *args: 1.0 * bytes_without("none")(*args), "bytes_not_int"),  # ex4_m9: 2.0 * ...
+        (bytes_with(lambda dtype: bits(dtype) / 8), "bytes_not_int"),
+    ],
+    ids=["ex4_m4", "ex4_m7", "ex4_m8", "ex4_m9", "ex4_m11"],
+)
+def test_second_pass_bytes_mistake_is_named(bug, key, capsys):
+    assert_named_on_every_seed("kv_cache_bytes", bug, key, capsys)
+
+
+def test_second_pass_bytes_with_a_factor_repeated_is_told_every_factor(capsys):
+    """ex4_m10: num_layers written twice, num_kv_heads left out."""
+
+    def kv_cache_bytes(num_layers, num_kv_heads, head_dim, seq_len, batch_size, dtype):
+        element = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * num_layers * head_dim * seq_len * batch_size * element
+
+    for seed in (0, *HIDDEN_SEEDS):
+        result = report("kv_cache_bytes", kv_cache_bytes, hidden=seed > 0, seed=seed)
+        assert any("multiply all seven" in r.hint for r in result.results if not r.passed)
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        [  # ex2_m10: computed in float32, cast back: float64 inputs lose their precision
+            ("q @ k.transpose(-2, -1)", "q.float() @ k.float().transpose(-2, -1)"),
+            (
+                "return torch.softmax(scores, dim=-1) @ v",
+                "return (torch.softmax(scores, dim=-1) @ v.float()).to(q.dtype)",
+            ),
+        ],
+        [  # ex2_m23: the same with its own softmax and a multiplicative mask
+            ("q @ k.transpose(-2, -1)", "q.float() @ k.float().transpose(-2, -1)"),
+            ('float("-inf")', "torch.finfo(torch.float32).min"),
+            (
+                "return torch.softmax(scores, dim=-1) @ v",
+                "weights = torch.exp(scores - scores.amax(-1, keepdim=True)) * allowed\n"
+                "    weights = weights / weights.sum(-1, keepdim=True)\n"
+                "    return (weights @ v.float()).type_as(q)",
+            ),
+        ],
+    ],
+    ids=["ex2_m10", "ex2_m23"],
+)
+def test_second_pass_float32_inside_is_told_lost_precision(solution, edits):
+    lossy = planted(solution, "cached_attention", *edits)
+    for seed in (0, *HIDDEN_SEEDS):
+        result = report("cached_attention", lossy, hidden=seed > 0, seed=seed)
+        assert "lost_precision" in result.diagnoses, (seed, result.results)
+
+
+def test_second_pass_control_is_caught(solution):
+    """ex5_control14: k_new + 1 on the first update (not in place), an arbitrary wrong answer."""
+    shifted = planted(
+        solution,
+        "RollingKVCache",
+        (
+            "start, n = self.seq_len, k_new.shape[-2]",
+            "start, n = self.seq_len, k_new.shape[-2]\n        k_new = k_new + (0 if start else 1)",
+        ),
+    )
+    for seed in (0, *HIDDEN_SEEDS):
+        assert not report("RollingKVCache", shifted, hidden=seed > 0, seed=seed).passed
+
+
+# The second pass's correct alternatives.
+
+
+def refuse_misfit(cache, *tensors):
+    """ex1_u1 and ex1_u2's checks: a ValueError for a batch, heads, head_dim, dtype or device
+    that is not the cache's."""
+    B, H, _, D = cache.k.shape
+    for t in tensors:
+        if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != (B, H, D):
+            raise ValueError(f"shape {tuple(t.shape)} does not fit a ({B}, {H}, _, {D}) cache")
+        if t.dtype != cache.k.dtype or t.device != cache.k.device:
+            raise ValueError(f"{t.dtype} on {t.device} does not fit the cache")
+
+
+def index_copy_cache(solution):
+    """ex1_u1: index_copy_ into the buffers, narrow() views out."""
+
+    class KVCache(solution["KVCache"]):
+        def update(self, k_new, v_new):
+            refuse_misfit(self, k_new, v_new)
+            n = k_new.shape[2]
+            if self.seq_len + n > self.k.shape[2]:
+                raise ValueError("cache full")
+            index = torch.arange(self.seq_len, self.seq_len + n, device=self.k.device)
+            self.k.index_copy_(2, index, k_new)
+            self.v.index_copy_(2, index, v_new)
+            self.seq_len += n
+            return self.k.narrow(2, 0, self.seq_len), self.v.narrow(2, 0, self.seq_len)
+
+    return KVCache
+
+
+def stacked_cache(solution):
+    """ex1_u2: one (2, B, H, S, D) buffer, self.k and self.v views of it, written in one copy_."""
+
+    class KVCache(solution["KVCache"]):
+        def __init__(
+            self, batch_size, num_heads, head_dim, max_seq_len, dtype=torch.float32, device=None
+        ):
+            super().__init__(batch_size, num_heads, head_dim, max_seq_len, dtype, device)
+            self.kv = torch.zeros(2, *self.k.shape, dtype=dtype, device=device)
+            self.k, self.v = self.kv[0], self.kv[1]
+
+        def update(self, k_new, v_new):
+            refuse_misfit(self, k_new, v_new)
+            end = self.seq_len + k_new.shape[2]
+            if end > self.k.shape[2]:
+                raise ValueError("overflow")
+            self.kv[:, :, :, self.seq_len : end].copy_(torch.stack([k_new, v_new]))
+            self.seq_len = end
+            return self.k[:, :, :end], self.v[:, :, :end]
+
+    return KVCache
+
+
+def einsum_bias_attention(q, k, v):
+    """ex2_u1: einsum in float64, an additive triu(-inf) bias, the scale applied to q."""
+    lq, lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    bias = torch.full((lq, lk), float("-inf"), device=q.device).triu(lk - lq + 1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.double() * d**-0.5, k.double()) + bias
+    return torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v.double()).to(q.dtype)
+
+
+def multiplicative_mask_attention(q, k, v):
+    """ex2_u2b: its own max-subtracted softmax, masked with torch.where and a 0/1 product."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    keep = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
+    scores = torch.where(keep, q @ k.mT * q.shape[-1] ** -0.5, torch.finfo(q.dtype).min)
+    weights = torch.exp(scores - scores.amax(-1, keepdim=True)) * keep
+    return (weights / weights.sum(-1, keepdim=True)) @ v
+
+
+def per_query_attention(q, k, v):
+    """ex2_u3: a loop over the queries, each over its prefix of the keys: no mask at all."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    outs = []
+    for i in range(lq):
+        seen = lk - lq + i + 1
+        scores = q[..., i : i + 1, :] @ k[..., :seen, :].transpose(-1, -2) / math.sqrt(q.shape[-1])
+        outs.append(torch.softmax(scores, -1) @ v[..., :seen, :])
+    return torch.cat(outs, dim=-2)
+
+
+def promoted_attention(q, k, v):
+    """ex2_u4: float16 computed in float32 (float64 kept), the mask the bottom Lq rows of a
+    square causal one."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    causal = torch.ones(lk, lk, dtype=torch.bool, device=q.device).tril()[lk - lq :]
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * q.shape[-1] ** -0.5
+    scores = scores.masked_fill(causal.logical_not(), -math.inf)
+    return (scores.softmax(dim=-1) @ v.to(dtype)).to(q.dtype)
+
+
+@torch.no_grad()
+def generate_into_buffer(model, prompt_ids, max_new_tokens, use_cache=True):
+    """ex3_u1: the output preallocated and filled column by column, one loop for both modes."""
+    B, L = prompt_ids.shape
+    out = torch.empty(B, L + max_new_tokens, dtype=prompt_ids.dtype, device=prompt_ids.device)
+    out[:, :L] = prompt_ids
+    caches = model.init_caches(B, L + max_new_tokens) if use_cache else None
+    feed = prompt_ids
+    for t in range(L, L + max_new_tokens):
+        logits = model(feed, caches) if use_cache else model(out[:, :t])
+        out[:, t] = logits[:, -1, :].argmax(dim=-1)
+        feed = out[:, t : t + 1]
+    return out
+
+
+@torch.no_grad()
+def generate_token_list(model, prompt_ids, max_new_tokens, use_cache=True):
+    """ex3_u2: the new tokens kept in a list (torch.max(...).indices), concatenated at the end."""
+    B, L = prompt_ids.shape
+    new = []
+    if use_cache:
+        caches = model.init_caches(B, L + max_new_tokens)
+        logits = model(prompt_ids, caches)[:, -1]
+    for i in range(max_new_tokens):
+        if not use_cache:
+            logits = model(torch.cat([prompt_ids, *new], 1))[:, -1]
+        token = torch.max(logits, dim=-1).indices.unsqueeze(1)
+        new.append(token)
+        if use_cache and i + 1 < max_new_tokens:
+            logits = model(token, caches)[:, -1]
+    return torch.cat([prompt_ids, *new], dim=1)
+
+
+def rolled_ring(solution):
+    """ex5_u1: the old keys read in time order from torch.roll of the full ring, the new ones
+    written one position at a time."""
+
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            w, start, n = self.window, self.seq_len, k_new.shape[2]
+            n_old = min(start, w - 1)
+            if start >= w:  # the oldest slot is start % w
+                k_chrono = torch.roll(self.k, shifts=-(start % w), dims=2)
+                v_chrono = torch.roll(self.v, shifts=-(start % w), dims=2)
+            else:
+                k_chrono, v_chrono = self.k[:, :, :start].clone(), self.v[:, :, :start].clone()
+            k = torch.cat([k_chrono[:, :, k_chrono.shape[2] - n_old :], k_new], 2)
+            v = torch.cat([v_chrono[:, :, v_chrono.shape[2] - n_old :], v_new], 2)
+            for p in range(max(start, start + n - w), start + n):
+                self.k[:, :, p % w] = k_new[:, :, p - start]
+                self.v[:, :, p % w] = v_new[:, :, p - start]
+            self.seq_len = start + n
+            return k, v, torch.arange(start - n_old, start + n)
+
+    return Rolling
+
+
+def index_select_ring(solution):
+    """ex5_u2: reads with index_select, the last `window` positions written with index_copy_."""
+
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            w, start, n = self.window, self.seq_len, k_new.shape[2]
+            positions = torch.arange(max(0, start - w + 1), start + n, device=self.k.device)
+            old_slots = positions[: start - int(positions[0])] % w
+            k = torch.cat([self.k.index_select(2, old_slots), k_new], 2)
+            v = torch.cat([self.v.index_select(2, old_slots), v_new], 2)
+            tail = positions[-w:]
+            self.k.index_copy_(2, tail % w, k[:, :, -w:])
+            self.v.index_copy_(2, tail % w, v[:, :, -w:])
+            self.seq_len = start + n
+            return k, v, positions
+
+    return Rolling
+
+
+def view_reading_ring(solution):
+    """ex5_u3: before the ring wraps, the old keys read as slice views, concatenated (a copy)
+    before the writes."""
+
+    class Rolling(solution["RollingKVCache"]):
+        def update(self, k_new, v_new):
+            w, start, n = self.window, self.seq_len, k_new.shape[2]
+            first = max(0, start - w + 1)
+            if start <= w:
+                k_old, v_old = self.k[:, :, first:start], self.v[:, :, first:start]  # views
+            else:
+                slots = torch.arange(first, start) % w
+                k_old, v_old = self.k[:, :, slots], self.v[:, :, slots]
+            positions = torch.arange(first, start + n)
+            stay = positions[-w:]
+            self.seq_len = start + n
+            k, v = torch.cat([k_old, k_new], 2), torch.cat([v_old, v_new], 2)
+            self.k[:, :, stay % w] = k[:, :, -w:]
+            self.v[:, :, stay % w] = v[:, :, -w:]
+            return k, v, positions
+
+    return Rolling
+
+
+class FlatSlotPagedCache:
+    """ex6_u1: a vectorised scatter to flat slot ids (block * block_size + offset), a gather by
+    index_select of a flattened pool copy, the free list used first in, first out."""
+
+    def __init__(
+        self, num_blocks, block_size, num_heads, head_dim, dtype=torch.float32, device=None
+    ):
+        self.bs = block_size
+        self.k = torch.zeros(
+            num_blocks, num_heads, block_size, head_dim, dtype=dtype, device=device
+        )
+        self.v = torch.zeros_like(self.k)
+        self.free = list(range(num_blocks))
+        self.block_tables, self._len = {}, {}
+
+    def _slots(self, seq_id, lo, hi):
+        table = torch.tensor(self.block_tables[seq_id], dtype=torch.long, device=self.k.device)
+        p = torch.arange(lo, hi, device=self.k.device)
+        return table[p // self.bs] * self.bs + p % self.bs
+
+    def _flat(self, pool):  # (N, H, bs, D) -> (H, N * bs, D): permute + reshape copies
+        return pool.permute(1, 0, 2, 3).reshape(pool.shape[1], -1, pool.shape[3])
+
+    def update(self, seq_id, k_new, v_new):
+        start = self._len.get(seq_id, 0)
+        stop = start + k_new.shape[1]
+        table = self.block_tables.setdefault(seq_id, [])
+        need = math.ceil(stop / self.bs) - len(table)
+        if need > len(self.free):
+            if not table:
+                del self.block_tables[seq_id]
+            raise ValueError("out of blocks")
+        table += [self.free.pop(0) for _ in range(need)]
+        slots = self._slots(seq_id, start, stop)
+        self.k[slots // self.bs, :, slots % self.bs] = k_new.transpose(0, 1)
+        self.v[slots // self.bs, :, slots % self.bs] = v_new.transpose(0, 1)
+        self._len[seq_id] = stop
+        return self.gather(seq_id)
+
+    def gather(self, seq_id):
+        slots = self._slots(seq_id, 0, self._len[seq_id])
+        return self._flat(self.k).index_select(1, slots), self._flat(self.v).index_select(1, slots)
+
+    def free_sequence(self, seq_id):
+        self.free += self.block_tables.pop(seq_id)
+        del self._len[seq_id]
+
+
+class ChunkWritingPagedCache:
+    """ex6_u2: writes a block's worth of positions per slice, gathers self.k[table] flattened,
+    keeps the lengths in its own dict, pops the free list from its low end."""
+
+    def __init__(
+        self, num_blocks, block_size, num_heads, head_dim, dtype=torch.float32, device=None
+    ):
+        self.block_size = block_size
+        self.k = torch.zeros(
+            num_blocks, num_heads, block_size, head_dim, dtype=dtype, device=device
+        )
+        self.v = torch.zeros_like(self.k)
+        self.free = list(range(num_blocks))[::-1]
+        self.block_tables, self.seq_lens = {}, {}
+
+    def update(self, seq_id, k_new, v_new):
+        bs, n = self.block_size, k_new.shape[1]
+        table = list(self.block_tables.get(seq_id, []))
+        start = self.seq_lens.get(seq_id, 0)
+        need = max(0, -(-(start + n) // bs) - len(table))
+        if need > len(self.free):
+            raise ValueError("no free block")
+        table += [self.free.pop() for _ in range(need)]
+        self.block_tables[seq_id] = table
+        i = 0
+        while i < n:
+            block, offset = divmod(start + i, bs)
+            m = min(bs - offset, n - i)  # the positions left in this block
+            self.k[table[block], :, offset : offset + m] = k_new[:, i : i + m]
+            self.v[table[block], :, offset : offset + m] = v_new[:, i : i + m]
+            i += m
+        self.seq_lens[seq_id] = start + n
+        return self.gather(seq_id)
+
+    def gather(self, seq_id):
+        table = torch.tensor(self.block_tables[seq_id], dtype=torch.long, device=self.k.device)
+        length, (_, H, _, D) = self.seq_lens[seq_id], self.k.shape
+        k = self.k[table].transpose(0, 1).reshape(H, -1, D)[:, :length]
+        v = self.v[table].transpose(0, 1).reshape(H, -1, D)[:, :length]
+        return k, v
+
+    def free_sequence(self, seq_id):
+        self.free.extend(self.block_tables.pop(seq_id))
+        self.seq_lens.pop(seq_id, None)
+
+
+SECOND_PASS_CORRECT = [
+    # (attempt, exercise, make(solution) -> the implementation)
+    ("ex1_u1", "KVCache", index_copy_cache),
+    ("ex1_u2", "KVCache", stacked_cache),
+    ("ex2_u1", "cached_attention", lambda solution: einsum_bias_attention),
+    ("ex2_u2b", "cached_attention", lambda solution: multiplicative_mask_attention),
+    ("ex2_u3", "cached_attention", lambda solution: per_query_attention),
+    ("ex2_u4", "cached_attention", lambda solution: promoted_attention),
+    ("ex3_u1", "generate", lambda solution: generate_into_buffer),
+    ("ex3_u2", "generate", lambda solution: generate_token_list),
+    (
+        "ex4_u1",
+        "kv_cache_bytes",
+        lambda solution: lambda l, h, d, s, b, dtype: math.prod((2, l, h, d, s, b, dtype.itemsize)),
+    ),
+    (
+        "ex4_u2",  # a real buffer's nbytes, on the meta device: nothing allocated
+        "kv_cache_bytes",
+        lambda solution: (
+            lambda l, h, d, s, b, dtype: int(
+                2 * l * torch.empty(b, h, s, d, dtype=dtype, device="meta").nbytes
+            )
+        ),
+    ),
+    (
+        "ex4_u3",
+        "kv_cache_bytes",
+        lambda solution: bytes_with(lambda dtype: bits(dtype) // 8),
+    ),
+    ("ex5_u1", "RollingKVCache", rolled_ring),
+    ("ex5_u2", "RollingKVCache", index_select_ring),
+    ("ex5_u3", "RollingKVCache", view_reading_ring),
+    ("ex6_u1", "PagedKVCache", lambda solution: FlatSlotPagedCache),
+    ("ex6_u2", "PagedKVCache", lambda solution: ChunkWritingPagedCache),
+    # ex5_m12 keeps window - 1 keys, not the `window` the docstring says: the slot it leaves stale
+    # holds the position that leaves the window at the next update, so it is never read again.
+    (
+        "ex5_m12",
+        "RollingKVCache",
+        lambda solution: planted(
+            solution,
+            "RollingKVCache",
+            ("stay = positions[-self.window:]", "stay = positions[-(self.window - 1):]"),
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, make",
+    [row[1:] for row in SECOND_PASS_CORRECT],
+    ids=[row[0] for row in SECOND_PASS_CORRECT],
+)
+def test_second_pass_correct_alternative_passes(solution, name, make):
+    impl = make(solution)
+    for seed in (0, *HIDDEN_SEEDS):
+        result = report(name, impl, hidden=seed > 0, seed=seed)
+        assert result.passed, (seed, [(r.check, r.message) for r in result.results if not r.passed])
