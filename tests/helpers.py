@@ -110,6 +110,36 @@ def assert_named_on_seeds(day: str, name: str, bug, key: str, capsys, seeds) -> 
         assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
 
 
+def planted_keys(test) -> set:
+    """The keys a planted-bug test, parametrized over ("bug, key"), expects to be named."""
+    (marker,) = [m for m in test.pytestmark if m.name == "parametrize" and m.args[0] == "bug, key"]
+    return {key for _, key in marker.args[1]}
+
+
+def promised(promises: dict) -> list:
+    """(exercise, phrase) for each phrase in a day's `promises` (exercise -> {phrase of the
+    notebook's "The checks recognise: ..." text -> the mistake key, or keys, it stands for}):
+    one test case per phrase."""
+    return [(name, phrase) for name, phrases in promises.items() for phrase in phrases]
+
+
+def assert_promise_kept(day: str, promises: dict, name: str, phrase: str, planted: set) -> None:
+    """The notebook of `day` says, just before exercise `name`, that its checks recognise
+    `phrase`, and every key the phrase stands for is one a planted bug is named under (in
+    `planted`, the keys the day's planted-bug tests expect)."""
+    cells = solution_notebook(day).cells
+    (promise,) = [
+        cell.source
+        for cell, following in zip(cells, cells[1:])
+        if "recognise" in cell.source
+        and following.metadata.get("nbgrader", {}).get("grade_id") == name
+    ]
+    assert phrase in promise, phrase
+    keys = promises[name][phrase]
+    keys = {keys} if isinstance(keys, str) else set(keys)
+    assert keys <= planted, keys - planted
+
+
 def grader(*args, cwd=ROOT, env=None) -> subprocess.CompletedProcess:
     """`python -m grader ARGS` run in `cwd` (the repository by default), its output as text."""
     return subprocess.run(

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import torch
 
-from grader.harness.checking import Mistake
+from grader.harness.checking import Mistake, hint
 from grader.harness.measuring import measuring
 
 OUT_OF_BOUNDS = (
@@ -175,6 +175,37 @@ def expect_in_bounds(watch: KernelWatch, what: str) -> None:
     """A check's verdict on the launches it watched: every load and store inside the tensors."""
     if watch.out_of_bounds:
         raise Mistake(out_of_bounds_message(what, watch), OUT_OF_BOUNDS[1], "out_of_bounds")
+
+
+def name_row_stride_block(strayed: str, call, oracle, *inputs: torch.Tensor) -> None:
+    """After a launch over several rows strayed out of bounds (`strayed`, its message from
+    out_of_bounds_message): if `call` on the first row of each input alone stays in bounds and
+    agrees with `oracle` on that row, the later rows start in the wrong place, the row stride is
+    BLOCK: raise the mistake row_stride_block, with the running suite's hint. Else return, for
+    the caller to report the stray as it is."""
+    rows = [x.reshape(-1, x.shape[-1])[:1].clone() for x in inputs]  # (1, n) each
+    if rows[0].numel() == inputs[0].numel():
+        return  # one row already: row 0 itself strayed
+    try:
+        with watch_kernels() as watch:
+            out = call(*rows)
+    except Exception:  # noqa: BLE001  (out of bounds again, or anything else: not this mistake)
+        return
+    expected = oracle(*rows)
+    if (
+        watch.out_of_bounds
+        or not isinstance(out, torch.Tensor)
+        or out.shape != expected.shape
+        or not torch.allclose(out.double(), expected, rtol=1e-4, atol=1e-5)
+    ):
+        return
+    seen = strayed.split(": it looks like")[0]  # what strayed, not the usual guess
+    description, fix = hint("row_stride_block")
+    raise Mistake(
+        f"{seen}; row 0 alone stays in bounds and is right: it looks like {description}.",
+        fix,
+        "row_stride_block",
+    ) from None
 
 
 class OutOfBounds(Mistake):

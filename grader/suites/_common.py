@@ -105,22 +105,46 @@ MODIFIED_INPUT = (
 
 
 def call_unchanged(fn, inputs: dict, *args, **kwargs):
-    """fn(*inputs.values(), *args, **kwargs), where `inputs` maps argument names to the tensors
-    passed; an input the function wrote into in place is the mistake modified_input, with the
-    running suite's hint for it. (Graded from outside the kernel, what the student's code wrote
-    into its copies is written back into `inputs`: autograde/remote.py.)"""
-    copies = {name: tensor.clone() for name, tensor in inputs.items()}
+    """fn(*inputs.values(), *args, **kwargs), where `inputs` maps argument names to the values
+    passed; a tensor among them or among `kwargs` (q, mask, lengths, ...) that comes back changed
+    in place, in its values or its shape (lengths.unsqueeze_(1)), is the mistake modified_input,
+    with the running suite's hint for it. (Graded from outside the kernel, what the student's
+    code wrote into its copies is written back into the grader's tensors: autograde/remote.py.)"""
+    watched = {
+        name: value
+        for name, value in [*inputs.items(), *kwargs.items()]
+        if isinstance(value, torch.Tensor)
+    }
+    copies = {name: tensor.clone() for name, tensor in watched.items()}
     result = fn(*inputs.values(), *args, **kwargs)
-    changed = [name for name, tensor in inputs.items() if not torch.equal(tensor, copies[name])]
-    if changed:
-        raise Mistake(
-            f"your function changed its input {changed[0]} in place (an in-place operation "
-            f"such as {changed[0]}.sub_(...), {changed[0]} /= ..., or {changed[0]}[...] = ...): "
-            "whoever called it has lost the original values.",
-            hint("modified_input")[1],
-            "modified_input",
-        )
+    for name, tensor in watched.items():
+        change = in_place_change(name, tensor, copies[name])
+        if change is not None:
+            raise Mistake(
+                f"your function changed its input {name} in place ({change}): whoever called "
+                "it has lost the original.",
+                hint("modified_input")[1],
+                "modified_input",
+            )
     return result
+
+
+def in_place_change(name: str, tensor: torch.Tensor, before: torch.Tensor):
+    """What changed in `tensor` since `before`, its copy from before the call, and an in-place
+    operation that does it; None when nothing did. A tensor on PyTorch's 'meta' device has a
+    shape but no values, so only its shape is compared."""
+    if tensor.shape != before.shape:
+        return (
+            f"its shape went from {tuple(before.shape)} to {tuple(tensor.shape)}; an in-place "
+            f"operation such as {name}.unsqueeze_(1)"
+        )
+    if tensor.is_meta or torch.equal(tensor, before):
+        return None
+    if tensor.dtype == torch.bool:  # a mask: the in-place logic operators
+        examples = f"{name} &= ..., {name}.logical_not_() or {name}[...] = ..."
+    else:
+        examples = f"{name}.sub_(...), {name} /= ..., or {name}[...] = ..."
+    return f"its values changed; an in-place operation such as {examples}"
 
 
 def unpack(result, q, k, v) -> tuple:

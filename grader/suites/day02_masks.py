@@ -25,7 +25,7 @@ from grader.harness.checking import (
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.harness.measuring import measuring
 from grader.suites import Exercise, day01_sdpa
-from grader.suites._common import draw, randn, softmax64, two_lengths, unpack
+from grader.suites._common import call_unchanged, draw, randn, softmax64, two_lengths, unpack
 
 HINTS = {
     **{
@@ -224,39 +224,6 @@ HINTS = {
         "which broadcast. Boolean indexing scores[~mask] needs the full shape.",
     ),
 }
-
-
-# ----------------------------------------------------------------------------- calling the student
-
-
-def call_keeping_inputs(fn, inputs: dict, **options):
-    """fn(*inputs.values(), **options); a tensor among them (mask, lengths, q, ...) that comes
-    back changed in place, in its values or its shape (lengths.unsqueeze_(1)), is the mistake
-    modified_input. _common.call_unchanged watches positional inputs only."""
-    tensors = {
-        name: value
-        for name, value in [*inputs.items(), *options.items()]
-        if isinstance(value, torch.Tensor)
-    }
-    copies = {name: tensor.clone() for name, tensor in tensors.items()}
-    result = fn(*inputs.values(), **options)
-    for name, tensor in tensors.items():
-        before = copies[name]
-        if tensor.shape != before.shape:
-            seen = f"its shape went from {tuple(before.shape)} to {tuple(tensor.shape)}"
-            example = f"{name}.unsqueeze_(1)"
-        elif not tensor.is_meta and not torch.equal(tensor, before):
-            seen = "its values changed"
-            example = f"{name} &= ..., {name}.logical_not_() or {name}[...] = ..."
-        else:
-            continue
-        raise Mistake(
-            f"your function changed its input {name} in place ({seen}; an in-place operation "
-            f"such as {example}): whoever called it has lost the original.",
-            HINTS["modified_input"][1],
-            "modified_input",
-        )
-    return result
 
 
 # ----------------------------------------------------------------------------- exact mask checks
@@ -497,7 +464,7 @@ def expect_padding(padding_mask, lengths: torch.Tensor, max_len: int, what: str)
 def call_padding(padding_mask, lengths: torch.Tensor, max_len: int):
     """padding_mask(a copy of lengths, max_len); a broadcast error is named."""
     try:
-        return call_keeping_inputs(padding_mask, {"lengths": lengths.clone(), "max_len": max_len})
+        return call_unchanged(padding_mask, {"lengths": lengths.clone(), "max_len": max_len})
     except Mistake as mistake:
         if mistake.key == "raised" and "must match the size of tensor" in mistake.message:
             raise Mistake(
@@ -716,7 +683,7 @@ def overflow_is_named(mistake: Mistake, dtype: torch.dtype = torch.float16) -> M
 def call_additive(to_additive_mask, mask: torch.Tensor, dtype: torch.dtype):
     """to_additive_mask(a copy of mask, dtype); an overflow is named for what it says of dtype."""
     try:
-        return call_keeping_inputs(to_additive_mask, {"mask": mask.clone(), "dtype": dtype})
+        return call_unchanged(to_additive_mask, {"mask": mask.clone(), "dtype": dtype})
     except Mistake as mistake:
         raise overflow_is_named(mistake, dtype) from None
 
@@ -869,9 +836,7 @@ def expect_attention(result, q, k, v, mask, what="", nonfinite=None, **named_mas
 def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
     """The student's result; a crash or a wrong shape caused by the mask's shape is named."""
     try:
-        result = call_keeping_inputs(
-            masked_attention, {"q": q, "k": k, "v": v}, mask=mask, **kwargs
-        )
+        result = call_unchanged(masked_attention, {"q": q, "k": k, "v": v}, mask=mask, **kwargs)
         unpack(result, q, k, v)
         return result
     except Mistake as mistake:

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from grader import CheckFailed, check
-from helpers import assert_mistake_named, assert_named_on_seeds, day_report, solution_notebook
+from helpers import (
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    promised,
+)
 
 DAY = "day01-sdpa"
 
@@ -573,23 +579,9 @@ PLANTED_KEYS = {
 }
 
 
-@pytest.mark.parametrize("name", PROMISES)
-def test_the_notebook_lists_only_mistakes_the_checks_name(name):
-    text = solution_notebook(DAY).cells
-    promise_cell = next(
-        cell.source
-        for i, cell in enumerate(text)
-        if cell.cell_type == "markdown"
-        and "The checks recognise" in cell.source
-        and any(
-            later.metadata.get("nbgrader", {}).get("grade_id") == name
-            for later in text[i + 1 : i + 2]
-        )
-    )
-    for phrase, keys in PROMISES[name].items():
-        assert phrase in promise_cell, phrase
-        keys = (keys,) if isinstance(keys, str) else keys
-        assert set(keys) <= PLANTED_KEYS[name], (phrase, set(keys) - PLANTED_KEYS[name])
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    assert_promise_kept(DAY, PROMISES, name, phrase, PLANTED_KEYS[name])
 
 
 # ----------------------------------------------------------------------------- the shortcut guard

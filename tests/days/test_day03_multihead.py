@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 import course.reference.multihead as library
 from course.reference.masks import attention
-from helpers import assert_mistake_named, day_report, edited_solution, solution_notebook
+from helpers import (
+    assert_mistake_named,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    planted_keys,
+    promised,
+)
 
 DAY = "day03-multihead"
 
@@ -1828,12 +1835,6 @@ PROMISES = {
 }
 
 
-def planted_keys(test) -> set:
-    """The keys a parametrized planted-bug test expects."""
-    (marker,) = [m for m in test.pytestmark if m.name == "parametrize" and m.args[0] == "bug, key"]
-    return {key for _, key in marker.args[1]}
-
-
 PLANTED_BUG_TESTS = {
     "split_heads": test_split_heads_bug_is_named,
     "merge_heads": test_merge_heads_bug_is_named,
@@ -1856,16 +1857,6 @@ def planted(name) -> set:
     return planted_keys(PLANTED_BUG_TESTS[name]) | beginners
 
 
-@pytest.mark.parametrize("name", PROMISES)
-def test_the_notebook_lists_only_mistakes_the_checks_name(name):
-    cells = solution_notebook(DAY).cells
-    (promise,) = [
-        cell.source
-        for cell, following in zip(cells, cells[1:])
-        if "recognise" in cell.source
-        and following.metadata.get("nbgrader", {}).get("grade_id") == name
-    ]
-    for phrase, keys in PROMISES[name].items():
-        assert phrase in promise, phrase
-        keys = {keys} if isinstance(keys, str) else set(keys)
-        assert keys <= planted(name), (phrase, keys - planted(name))
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    assert_promise_kept(DAY, PROMISES, name, phrase, planted(name))

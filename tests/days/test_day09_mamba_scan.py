@@ -312,19 +312,13 @@ def test_triton_planted_bugs_are_named(solution, case, capsys):
 # An out-of-bounds store in a plain call (the example cell after the kernel, say), outside any
 # check: the setup cell's watch must name it and the process live on to the next launch.
 OUT_OF_BOUNDS_SCRIPT = """
-import nbformat, torch, triton, triton.language as tl
+import nbformat, sys, torch
 
 notebook = nbformat.read({notebook!r}, as_version=4)
 exec(next(c.source for c in notebook.cells if c.metadata.get("nbgrader", {{}}).get("grade_id") == "setup"))
 
-@triton.jit
-def copy_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr, MASKED: tl.constexpr):
-    offsets = tl.arange(0, BLOCK)
-    inside = offsets < n
-    if MASKED:
-        tl.store(y_ptr + offsets, tl.load(x_ptr + offsets, mask=inside), mask=inside)
-    else:
-        tl.store(y_ptr + offsets, tl.load(x_ptr + offsets))
+sys.path.insert(0, {tests!r})
+from copy_kernel import copy_kernel
 
 x, y = torch.arange(5.0), torch.zeros(5)
 try:
@@ -340,8 +334,9 @@ print("alive", torch.equal(x, y))
 @pytest.mark.parametrize("day", ["day07-flash-triton", DAY])
 def test_out_of_bounds_outside_the_checks_is_named(day, tmp_path):
     script = tmp_path / "plain_launch.py"  # a file: Triton reads its kernels' source
+    notebook = ROOT / "solutions" / day / f"{day}.ipynb"
     script.write_text(
-        OUT_OF_BOUNDS_SCRIPT.format(notebook=str(ROOT / "solutions" / day / f"{day}.ipynb"))
+        OUT_OF_BOUNDS_SCRIPT.format(notebook=str(notebook), tests=str(ROOT / "tests"))
     )
     env = {**os.environ, "TRITON_INTERPRET": "1", "MPLBACKEND": "Agg"}
     run = subprocess.run(

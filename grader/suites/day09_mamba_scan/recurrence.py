@@ -4,15 +4,10 @@ chunked, Triton): one set of checks made for each, plus the parallel and chunked
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import (
-    Mistake,
-    expect_close,
-    expect_value_error,
-    hint,
-    named,
-)
+from grader.harness.checking import Mistake, expect_close, expect_value_error, named
 from grader.harness.triton_watch import (
     expect_in_bounds,
+    name_row_stride_block,
     out_of_bounds_message,
     tree_shaped_scans,
     watch_kernels,
@@ -280,14 +275,10 @@ def call_triton(impl, a, b):
     scans combined in a tree, as on a GPU: the interpreter's own scan runs left to right and
     never composes two blocks, so a combine that is right only that way would pass here."""
     h, watch = watched_triton(impl, a, b)
-    if watch.out_of_bounds and first_row_is_right(impl, a, b):
-        seen = out_of_bounds_message("linear_recurrence_triton", watch).split(": it looks like")[0]
-        description, fix = hint("row_stride_block")
-        raise Mistake(
-            f"{seen}; row 0 alone stays in bounds and is right: it looks like {description}.",
-            fix,
-            "row_stride_block",
-        )
+    if watch.out_of_bounds:
+        strayed = out_of_bounds_message("linear_recurrence_triton", watch)
+        with tree_shaped_scans():
+            name_row_stride_block(strayed, impl, loop64, a, b)
     expect_in_bounds(watch, "linear_recurrence_triton")
     expect_every_row_read(watch, a)
     return h
@@ -302,25 +293,6 @@ def watched_triton(impl, a, b):
             if "must be a power of 2" in raised.message:
                 raise named("block_not_power_of_two") from raised
             raise
-
-
-def first_row_is_right(impl, a, b) -> bool:
-    """Does impl on the first row of a and b alone stay in bounds and come out right? Then a
-    launch over several rows that strays starts its later rows in the wrong place."""
-    L = a.shape[-1]
-    if a.numel() == L:
-        return False  # one row already
-    a_row, b_row = a.reshape(-1, L)[:1].clone(), b.reshape(-1, L)[:1].clone()  # (1, L)
-    try:
-        h, watch = watched_triton(impl, a_row, b_row)
-    except Exception:  # noqa: BLE001  (out of bounds again, or anything else: not this mistake)
-        return False
-    return (
-        not watch.out_of_bounds
-        and isinstance(h, torch.Tensor)
-        and h.shape == a_row.shape
-        and torch.allclose(h.double(), loop64(a_row, b_row), rtol=1e-4, atol=1e-5)
-    )
 
 
 def expect_every_row_read(watch, a):
