@@ -135,6 +135,13 @@ def parser() -> argparse.ArgumentParser:
         "e.g. 4G, 512M (default: 4G; 0: none)",
     )
     autograde.add_argument(
+        "--cold-kernels",
+        action="store_true",
+        help="with --workers: start each sandboxed kernel as a new program, with bwrap, instead "
+        "of forking it from a warm process that has imported torch, the course and the grader "
+        "(slower; the same sandbox and grades)",
+    )
+    autograde.add_argument(
         "--scheduler",
         metavar="ADDRESS",
         help="grade on the Dask distributed cluster whose scheduler is at ADDRESS "
@@ -252,6 +259,7 @@ def run_parallel_autograde(root, args) -> int:
         cell_timeout=args.timeout,
         wall_limit=args.wall_limit,
         memory_limit=parse_size(args.memory_limit),
+        warm_kernels=not args.cold_kernels,
     )
     done = parallel.autograde(
         root,

@@ -44,7 +44,7 @@ from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
 from traitlets import Bool, Integer, Unicode
 
-from grader.autograde import kernel_side, remote, sandbox, source_scan, verdicts
+from grader.autograde import kernel_side, remote, sandbox, source_scan, verdicts, warm
 
 
 def kernel_definition(function) -> str:
@@ -54,10 +54,13 @@ def kernel_definition(function) -> str:
     return source.replace(f"def {function.__name__}(", f"def __grader_{function.__name__}(", 1)
 
 
-def limited_kernel_manager(memory_bytes: int, *, cpu_seconds=0, file_bytes=0, tasks=0):
+def limited_kernel_manager(
+    memory_bytes: int, *, cpu_seconds=0, file_bytes=0, tasks=0, warm_kernels=False
+):
     """An AsyncKernelManager class whose kernels start under these limits (0: none; see
-    sandbox.limits_command), in the sandbox given to `confine`, if any: `tasks` applies only
-    there, where the count of processes is the sandbox's own."""
+    sandbox.rlimits), in the sandbox given to `confine`, if any: `tasks` applies only there,
+    where the count of processes is the sandbox's own. With `warm_kernels`, a sandboxed kernel is
+    forked from this worker's warm process (warm.py) instead of started cold."""
 
     class LimitedKernelManager(AsyncKernelManager):
         box = None  # the sandbox its kernel starts in (None: none)
@@ -76,6 +79,15 @@ def limited_kernel_manager(memory_bytes: int, *, cpu_seconds=0, file_bytes=0, ta
             if self.box is not None:
                 return self.box.command(sandbox.limits_command(command, **limits, tasks=tasks))
             return sandbox.limits_command(command, **limits) if any(limits.values()) else command
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if self.box is None or not warm_kernels or warm.unavailable():  # cold, with bwrap
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            limits = dict(memory=memory_bytes, cpu=cpu_seconds, file_size=file_bytes, tasks=tasks)
+            kernel = warm.fork_kernel(self.box, self.connection_file, sandbox.rlimits(**limits))
+            self.provisioner.process, self.provisioner.pid = kernel, kernel.pid
+            self.provisioner.pgid = None  # signals go to the kernel's process A, which passes
+            self._reconcile_connection_info(self.provisioner.connection_info)
 
     return LimitedKernelManager
 
@@ -120,6 +132,11 @@ class LimitedExecute(Execute):
     sandbox = Bool(False, help="run the kernel in a bubblewrap sandbox (see sandbox.py)").tag(
         config=True
     )
+    warm_kernels = Bool(
+        True,
+        help="fork each sandboxed kernel from a warm process that has imported torch, the course "
+        "and the grader (warm.py); False: start each cold, with bwrap",
+    ).tag(config=True)
     record_path = Unicode("", help="where to write what was found, as JSON").tag(config=True)
     remote_checks = Bool(
         True, help="grade check cells in this process, calling into the kernel (verdicts.py)"
@@ -144,6 +161,7 @@ class LimitedExecute(Execute):
             cpu_seconds=self.cpu_limit,
             file_bytes=self.file_size_limit,
             tasks=self.tasks_limit,
+            warm_kernels=self.warm_kernels,
         )
 
     # -- limits

@@ -62,6 +62,9 @@ class Limits:
     # "auto": each kernel in a sandbox where bwrap can start one, else a warning (once) and
     # none, as before sandboxes; "required": refuse to grade without one; "off": none
     sandbox: str = "auto"
+    # fork each sandboxed kernel from a warm process with torch, the course and the grader
+    # imported (warm.py); False: start each cold, with bwrap. Where it cannot, kernels start cold.
+    warm_kernels: bool = True
 
     def settled(self) -> "Limits":
         """These limits with "auto" decided: "required" where a sandbox can start, else "off".
@@ -351,6 +354,7 @@ def grade_one(
     config.LimitedExecute.tasks_limit = int(limits.tasks_limit or 0)
     config.LimitedExecute.output_limit = int(limits.output_limit or 0)
     config.LimitedExecute.sandbox = limits.sandbox != "off"  # settled: "required" or "off"
+    config.LimitedExecute.warm_kernels = limits.warm_kernels
     config.LimitedExecute.record_path = str(record)
     config.LimitedExecute.student = student
     config.LimitedExecute.secret = verdicts.course_secret(root).decode()

@@ -106,8 +106,9 @@ os.execvp(sys.argv[2], sys.argv[2:])
 """
 
 
-def limits_command(command: list, *, memory=0, cpu=0, file_size=0, tasks=0) -> list:
-    """`command`, started under these resource limits (0: none).
+def rlimits(*, memory=0, cpu=0, file_size=0, tasks=0) -> dict:
+    """The resource limits a kernel starts under (0: none), as {name: (soft, hard)} for
+    setrlimit's RLIMIT_<name>.
 
     memory: bytes of data (RLIMIT_DATA: the heap and private writable mappings), not of address
         space (RLIMIT_AS): CUDA reserves far more address space than it uses, but as PROT_NONE
@@ -131,7 +132,12 @@ def limits_command(command: list, *, memory=0, cpu=0, file_size=0, tasks=0) -> l
         limits["FSIZE"] = (file_size, file_size)
     if tasks:
         limits["NPROC"] = (tasks, tasks)
-    spec = ",".join(f"{name}={soft}:{hard}" for name, (soft, hard) in limits.items())
+    return limits
+
+
+def limits_command(command: list, **limits) -> list:
+    """`command`, started under these resource limits (`rlimits`' arguments)."""
+    spec = ",".join(f"{name}={soft}:{hard}" for name, (soft, hard) in rlimits(**limits).items())
     return [sys.executable, "-S", "-c", LAUNCHER, spec, *command]
 
 
@@ -160,21 +166,34 @@ def kernel_environment(environ=None) -> dict:
     return {**allowed, "HOME": "/tmp", "TMPDIR": "/tmp", "JPY_PARENT_PID": "1"}
 
 
-def system_arguments() -> list:
-    """bwrap's arguments for the read-only system: its folders, /etc's files, /sys, a fresh
-    /proc and /dev, and the GPUs' device files (NVIDIA's; ROCm's /dev/kfd and /dev/dri)."""
-    arguments = []
+def system_mounts() -> list:
+    """The read-only system, as (kind, source, target) steps, kind one of bwrap's options: its
+    folders, /etc's files, /sys, a fresh /proc and /dev, and the GPUs' device files (NVIDIA's;
+    ROCm's /dev/kfd and /dev/dri)."""
+    mounts = []
     for path in SYSTEM:
         if os.path.islink(path):
-            arguments += ["--symlink", os.readlink(path), path]
+            mounts.append(("symlink", os.readlink(path), path))
         elif os.path.isdir(path):
-            arguments += ["--ro-bind", path, path]
-    for name in ETC:
-        arguments += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    arguments += ["--ro-bind-try", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev"]
-    arguments += ["--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]
+            mounts.append(("ro-bind", path, path))
+    mounts += [("ro-bind-try", f"/etc/{name}", f"/etc/{name}") for name in ETC]
+    mounts += [("ro-bind-try", "/sys", "/sys"), ("proc", None, "/proc"), ("dev", None, "/dev")]
+    mounts.append(("tmpfs", SHM_SIZE, "/dev/shm"))
     for device in sorted(glob.glob("/dev/nvidia*") + ["/dev/kfd", "/dev/dri"]):
-        arguments += ["--dev-bind-try", device, device]
+        mounts.append(("dev-bind-try", device, device))
+    return mounts
+
+
+def bwrap_arguments(mounts: list) -> list:
+    """bwrap's arguments for `mounts` (see `system_mounts`)."""
+    arguments = []
+    for kind, source, target in mounts:
+        if kind in ("proc", "dev"):
+            arguments += [f"--{kind}", target]
+        elif kind == "tmpfs":
+            arguments += ["--size", str(source), "--tmpfs", target]
+        else:
+            arguments += [f"--{kind}", source, target]
     return arguments
 
 
@@ -198,6 +217,17 @@ class Sandbox:
         """Where the kernel's connection file goes; its sockets are named after it."""
         return os.path.join(self.sockets, "kernel.json")
 
+    def mounts(self) -> list:
+        """The sandbox's file system, as `system_mounts`' steps, in order."""
+        return [
+            *system_mounts(),
+            # the private /tmp first: the folders below may lie under the grader's own /tmp
+            ("tmpfs", self.tmp_size, "/tmp"),
+            *[("ro-bind", folder, folder) for folder in python_environment()],
+            ("bind", self.sockets, self.sockets),
+            ("bind", self.workdir, self.workdir),
+        ]
+
     def command(self, command: list) -> list:
         """`command`, started in the sandbox.
 
@@ -213,12 +243,7 @@ class Sandbox:
         arguments = [
             *("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent"),
             *("--uid", str(NOBODY), "--gid", str(NOBODY), "--cap-drop", "ALL"),
-            *system_arguments(),
-            # the private /tmp first: the folders below may lie under the grader's own /tmp
-            *("--size", str(self.tmp_size), "--tmpfs", "/tmp"),
-            *[a for folder in python_environment() for a in ("--ro-bind", folder, folder)],
-            *("--bind", self.sockets, self.sockets),
-            *("--bind", self.workdir, self.workdir),
+            *bwrap_arguments(self.mounts()),
             *("--chdir", self.workdir),
             "--clearenv",
             *[a for name, value in environment.items() for a in ("--setenv", name, value)],

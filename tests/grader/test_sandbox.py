@@ -1,28 +1,38 @@
 """Each grading kernel runs in a bubblewrap sandbox (grader/autograde/sandbox.py): what a graded
 cell tries against the grader, the course and the machine fails there, what it starts dies with
 it, an honest answer still gets its points, and a resource limit stops a submission with the
-reason. Real kernels; skipped, saying why, where bwrap cannot start a sandbox."""
+reason. Real kernels; skipped, saying why, where bwrap cannot start a sandbox.
+
+Kernels start warm by default (warm.py: forked from a process that has imported torch, the course
+and the grader, building the same sandbox itself), cold with bwrap otherwise: what a sandbox
+refuses is tested both ways; the tests at the end are warm kernels' own."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_client.connect import write_connection_file
 from nbgrader.api import Gradebook
 
-from grader.autograde import parallel, pipeline, sandbox
+from grader.autograde import parallel, pipeline, sandbox, warm
 from grader.autograde.execute import LimitedExecute
 from helpers import ROOT, nbgrader_cell
 
 pytestmark = pytest.mark.slow
 needs_bwrap = pytest.mark.skipif(
     bool(sandbox.unavailable()), reason=f"no sandbox here: {sandbox.unavailable()}"
+)
+needs_warm = pytest.mark.skipif(
+    bool(warm.unavailable()), reason=f"no warm kernels here: {warm.unavailable()}"
 )
 
 # The first cell of every notebook here: what the cells after it call.
@@ -37,6 +47,14 @@ def refused(action):
         return True
     return False
 '''
+
+
+@pytest.fixture(params=[True, False], ids=["warm", "cold"])
+def warm_kernels(request):
+    """Each test twice: kernels forked warm (warm.py, the default) and started cold (bwrap)."""
+    if request.param and warm.unavailable():
+        pytest.skip(f"no warm kernels here: {warm.unavailable()}")
+    return request.param
 
 
 def notebook(cells: list):
@@ -82,7 +100,7 @@ def running(token: str) -> list:
 
 
 @needs_bwrap
-def test_a_graded_cell_reaches_nothing_outside_its_sandbox(tmp_path):
+def test_a_graded_cell_reaches_nothing_outside_its_sandbox(tmp_path, warm_kernels):
     listener = socket.create_server(("127.0.0.1", 0))  # reachable from outside the sandbox
     port = listener.getsockname()[1]
     token = f"1000.{uuid.uuid4().int % 10**9}"  # `sleep 1000.123456789`, findable in /proc
@@ -105,7 +123,8 @@ def test_a_graded_cell_reaches_nothing_outside_its_sandbox(tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, "-m", "grader", "--course-dir", str(course)]
-            + ["autograde", "escape", "--workers", "1", "--timeout", "60"],
+            + ["autograde", "escape", "--workers", "1", "--timeout", "60"]
+            + ([] if warm_kernels else ["--cold-kernels"]),
             cwd=ROOT,
             text=True,
             capture_output=True,
@@ -126,13 +145,15 @@ def test_a_graded_cell_reaches_nothing_outside_its_sandbox(tmp_path):
     assert not running(token), "the daemon outlived its kernel"
 
 
-def execute(tmp_path, cells: list, **limits):
+def execute(tmp_path, cells: list, warm_kernels=True, **limits):
     """Run a notebook of `cells` through LimitedExecute in a sandbox: (its cells, the record)."""
     record_path = tmp_path / "record.json"
     workdir = tmp_path / "work"
     workdir.mkdir()
     limits = {"timeout": 60, **limits}
-    run = LimitedExecute(sandbox=True, record_path=str(record_path), **limits)
+    run = LimitedExecute(
+        sandbox=True, warm_kernels=warm_kernels, record_path=str(record_path), **limits
+    )
     graded, _ = run.preprocess(notebook(cells), {"metadata": {"path": str(workdir)}})
     return {c.metadata["nbgrader"]["grade_id"]: c for c in graded.cells}, json.loads(
         record_path.read_text()
@@ -144,7 +165,7 @@ def errors(cell) -> list:
 
 
 @needs_bwrap
-def test_file_size_and_output_limits(tmp_path):
+def test_file_size_and_output_limits(tmp_path, warm_kernels):
     cells, record = execute(
         tmp_path,
         [
@@ -154,6 +175,7 @@ def test_file_size_and_output_limits(tmp_path):
             nbgrader_cell("print('x' * 200_000)", "chatty"),
             nbgrader_cell("assert True", "after_the_limit", 1),
         ],
+        warm_kernels=warm_kernels,
         file_size_limit=1 << 20,
         output_limit=100_000,
     )
@@ -163,11 +185,12 @@ def test_file_size_and_output_limits(tmp_path):
 
 
 @needs_bwrap
-def test_the_per_cell_timeout_interrupts_the_kernel_not_its_sandbox(tmp_path):
+def test_the_per_cell_timeout_interrupts_the_kernel_not_its_sandbox(tmp_path, warm_kernels):
     # jupyter_client interrupts with SIGINT to the kernel's process group, bwrap included
     cells, record = execute(
         tmp_path,
         [nbgrader_cell("while True:\n    pass", "spin"), nbgrader_cell("assert True", "after", 1)],
+        warm_kernels=warm_kernels,
         timeout=3,
     )
     assert "ran longer than the per-cell timeout of 3 s" in record["stopped"], record
@@ -175,11 +198,12 @@ def test_the_per_cell_timeout_interrupts_the_kernel_not_its_sandbox(tmp_path):
 
 
 @needs_bwrap
-def test_the_cpu_time_limit_stops_the_submission_with_its_reason(tmp_path):
+def test_the_cpu_time_limit_stops_the_submission_with_its_reason(tmp_path, warm_kernels):
     # 8 s: importing torch and the grader (the tamper watch's snapshot) takes a few of them
     cells, record = execute(
         tmp_path,
         [nbgrader_cell("while True:\n    pass", "spin"), nbgrader_cell("assert True", "after", 1)],
+        warm_kernels=warm_kernels,
         cpu_limit=8,
     )
     assert "killed by SIGXCPU (the CPU-time limit of 8 s)" in record["stopped"], record
@@ -188,7 +212,7 @@ def test_the_cpu_time_limit_stops_the_submission_with_its_reason(tmp_path):
 
 @needs_bwrap
 @pytest.mark.skipif(os.getuid() == 0, reason="Linux does not enforce RLIMIT_NPROC for root")
-def test_a_fork_bomb_hits_the_tasks_limit(tmp_path):
+def test_a_fork_bomb_hits_the_tasks_limit(tmp_path, warm_kernels):
     bomb = (
         "import threading, time\n"
         "try:\n"
@@ -198,7 +222,9 @@ def test_a_fork_bomb_hits_the_tasks_limit(tmp_path):
         "    stopped = str(error)\n"
         "assert 'thread' in stopped"
     )
-    cells, record = execute(tmp_path, [nbgrader_cell(bomb, "bomb", 1)], tasks_limit=128)
+    cells, record = execute(
+        tmp_path, [nbgrader_cell(bomb, "bomb", 1)], warm_kernels=warm_kernels, tasks_limit=128
+    )
     assert errors(cells["bomb"]) == [], record
 
 
@@ -241,7 +267,7 @@ def test_the_kernel_environment_keeps_only_what_a_kernel_needs():
 
 
 @needs_bwrap
-def test_no_secret_of_the_graders_environment_reaches_a_kernel(tmp_path, monkeypatch):
+def test_no_secret_of_the_graders_environment_reaches_a_kernel(tmp_path, monkeypatch, warm_kernels):
     token = uuid.uuid4().hex
     secrets = {name: value.format(token=token) for name, value in SECRETS.items()}
     for name, value in secrets.items():
@@ -266,7 +292,9 @@ def test_no_secret_of_the_graders_environment_reaches_a_kernel(tmp_path, monkeyp
         f"assert os.environ['PATH'] == {os.environ['PATH']!r}"
     )
     cells, record = execute(
-        tmp_path, [nbgrader_cell(leaks, "no_secrets", 1), nbgrader_cell(needed, "needed", 1)]
+        tmp_path,
+        [nbgrader_cell(leaks, "no_secrets", 1), nbgrader_cell(needed, "needed", 1)],
+        warm_kernels=warm_kernels,
     )
     assert record["stopped"] is None, record
     assert errors(cells["no_secrets"]) == []
@@ -318,3 +346,96 @@ def test_without_bwrap_the_grader_warns_once_or_refuses(monkeypatch, capsys):
     required = parallel.Limits(sandbox="required")
     with pytest.raises(pipeline.GradingError, match="no sandbox for the grading kernels"):
         parallel.autograde(ROOT, "day01-sdpa", 1, limits=required)
+
+
+# -- warm kernels' own
+
+
+@needs_warm
+def test_each_submission_gets_a_process_no_earlier_one_touched(tmp_path):
+    # its random states as a new process's: drawn afresh, not the warm process's
+    draw = "open('draw.txt', 'w').write(f'{random.random()} {torch.initial_seed()}')"
+    poison = (
+        "import random, torch, grader\n"
+        "torch.poisoned = grader.poisoned = True\n"
+        "torch.manual_seed(1); random.seed(1)\n" + draw
+    )
+    clean = (
+        "import random, torch, grader\n"
+        "assert not hasattr(torch, 'poisoned') and not hasattr(grader, 'poisoned')\n" + draw
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    _, record = execute(first, [nbgrader_cell(poison, "poison", 1)])
+    assert record["stopped"] is None, record
+    cells, record = execute(second, [nbgrader_cell(clean, "clean", 1)])
+    assert errors(cells["clean"]) == [], cells["clean"]
+    draws = [(folder / "work" / "draw.txt").read_text() for folder in (first, second)]
+    assert all(a != b for a, b in zip(*(d.split() for d in draws))), draws
+
+
+@needs_warm
+def test_a_kernel_cannot_reach_the_warm_process(tmp_path):
+    reach = (
+        "import os, socket\n"
+        "assert os.getppid() == 1  # its sandbox's init: the warm process is not in its PID space\n"
+        "seen = {int(p) for p in os.listdir('/proc') if p.isdigit()}\n"
+        "assert seen == {1, os.getpid()}, seen  # its init and itself: nothing of the grader's\n"
+        "kinds = []\n"
+        "for fd in map(int, os.listdir('/proc/self/fd')):\n"
+        "    try:\n"
+        "        kinds.append(socket.socket(fileno=os.dup(fd)).type)\n"
+        "    except OSError:\n"
+        "        pass  # not a socket\n"
+        "assert socket.SOCK_SEQPACKET not in kinds, 'the warm process channel is open'"
+    )
+    cells, record = execute(tmp_path, [nbgrader_cell(reach, "reach", 1)])
+    assert record["stopped"] is None, record
+    assert errors(cells["reach"]) == [], cells["reach"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has stopped running
+    except FileNotFoundError:
+        return True
+
+
+@needs_warm
+def test_no_kernel_outlives_its_warm_process(tmp_path):
+    process = warm.WarmProcess()  # not this test process's shared one: it is killed below
+    try:
+        with sandbox.Sandbox(tmp_path) as box:
+            write_connection_file(box.connection_file, transport="ipc", ip=box.connection_file)
+            spec = {
+                "mounts": [warm._resolved(*step) for step in box.mounts()],
+                "limits": sandbox.rlimits(),
+                "environment": sandbox.kernel_environment(),
+                "workdir": box.workdir,
+                "connection_file": box.connection_file,
+            }
+            kernel = process.fork(spec)
+            time.sleep(1)
+            assert kernel.poll() is None  # a kernel, waiting for its grader
+            process.process.send_signal(signal.SIGKILL)
+            kernel.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while not gone(kernel.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert gone(kernel.pid)
+    finally:
+        process.close()
+    assert not os.path.exists(process.home)
+
+
+@needs_warm
+def test_the_warm_process_holds_none_of_the_graders_secrets(monkeypatch):
+    token = f"secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("GRADER_DB_URL", f"postgresql://grader:{token}@db/class")
+    process = warm.WarmProcess()
+    try:
+        with open(f"/proc/{process.process.pid}/environ", "rb") as f:
+            assert token.encode() not in f.read()
+    finally:
+        process.close()
