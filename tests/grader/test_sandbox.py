@@ -439,3 +439,18 @@ def test_the_warm_process_holds_none_of_the_graders_secrets(monkeypatch):
             assert token.encode() not in f.read()
     finally:
         process.close()
+
+
+@needs_warm
+def test_a_warm_process_lost_between_submissions_costs_none_of_them(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    cells, _ = execute(first, [nbgrader_cell("assert True", "before", 1)])
+    assert errors(cells["before"]) == []
+    lost = warm.warm_process()
+    lost.process.kill()  # out of memory, say
+    lost.process.wait()
+    cells, record = execute(second, [nbgrader_cell("import torch\nassert True", "after", 1)])
+    assert record["stopped"] is None, record
+    assert errors(cells["after"]) == []
+    assert warm.warm_process() is not lost
