@@ -5,6 +5,7 @@ into two gradebooks whose honest grades must be identical.
     python -m tools.grading_benchmark                          4 submissions of every day
     python -m tools.grading_benchmark --days day01-sdpa day04-kv-cache --per-day 8
     python -m tools.grading_benchmark --scheduler tcp://HOST:8786   ours on a Dask cluster
+    python -m tools.grading_benchmark --cold-kernels               ours without warm kernels
 
 Each day's class is built from its release (exercises/DAY/) and its solution, whole notebooks as
 a student hands them in (every exploration, benchmark and training cell included):
@@ -40,11 +41,6 @@ HONEST = {"correct", "partial", "broken"}
 SOLUTION_MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION")
 # A student who fakes every pass: stock nbgrader's test cells call this check()
 FAKE_CHECK = "\n\ncheck = lambda *args, **kwargs: None  # every test cell 'passes'\n"
-# Ours on a Dask scheduler (`python -m grader autograde` has no --scheduler flag yet)
-ON_CLUSTER = (
-    "import sys; from pathlib import Path; from grader.autograde import parallel; "
-    "parallel.autograde(Path.cwd(), sys.argv[1], scheduler=sys.argv[2])"
-)
 # Where one submission's time goes: (label, the key of execute.py's record)
 PHASES = [
     ("kernel", "kernel_start"),
@@ -141,10 +137,9 @@ def bench_day(stock: Path, ours: Path, day: str, args) -> dict:
     release = f"--CourseDirectory.release_directory={stock / 'release'}"
     timed([py, "-m", "nbgrader", "generate_assignment", day, "--force", release], stock)
     t_stock = timed([py, "-m", "nbgrader", "autograde", day], stock)
-    if args.scheduler:
-        t_ours = timed([py, "-c", ON_CLUSTER, day, args.scheduler], ours)
-    else:
-        t_ours = timed([py, "-m", "grader", "autograde", day, "--workers", str(args.workers)], ours)
+    where = ["--scheduler", args.scheduler] if args.scheduler else ["--workers", str(args.workers)]
+    cold = ["--cold-kernels"] if args.cold_kernels else []
+    t_ours = timed([py, "-m", "grader", "autograde", day, *where, *cold], ours)
     a, b = grades(stock, day), grades(ours, day)
     honest = {k for k in set(a) & set(b) if k[0].split("-", 1)[1] in HONEST}
     hostile = {k for k in set(a) | set(b) if k[0].endswith("hostile")}
@@ -193,6 +188,9 @@ def main(argv=None) -> int:
     parser.add_argument("--per-day", type=int, default=4, help="submissions per day (default 4)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scheduler", metavar="ADDRESS", help="grade ours on this Dask scheduler")
+    parser.add_argument(
+        "--cold-kernels", action="store_true", help="ours with kernels started cold, with bwrap"
+    )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args(argv)
