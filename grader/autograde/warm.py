@@ -461,17 +461,21 @@ def _resolved(kind: str, source, target: str) -> tuple:
     return (kind, os.path.realpath(source) if binds else source, target)
 
 
-def fork_kernel(box: "sandbox.Sandbox", connection_file: str, limits: dict) -> ForkedKernel:
-    """A kernel forked warm into `box`, talking over the unix sockets of `connection_file`,
-    under `limits` (sandbox.rlimits)."""
-    spec = {
+def kernel_spec(box: "sandbox.Sandbox", connection_file: str, limits: dict) -> dict:
+    """What the warm process needs to fork a kernel into `box`, talking over the unix sockets of
+    `connection_file`, under `limits` (sandbox.rlimits)."""
+    return {
         "mounts": [_resolved(*step) for step in box.mounts()],
         "limits": limits,
         "environment": sandbox.kernel_environment(),
         "workdir": box.workdir,
         "connection_file": connection_file,
     }
-    return warm_process().fork(spec)
+
+
+def fork_kernel(box: "sandbox.Sandbox", connection_file: str, limits: dict) -> ForkedKernel:
+    """A kernel forked warm from this worker's warm process (see `kernel_spec`)."""
+    return warm_process().fork(kernel_spec(box, connection_file, limits))
 
 
 @functools.cache
@@ -487,7 +491,7 @@ def unavailable() -> str:
         return f"warm kernels need Linux on {' or '.join(PIVOT_ROOT)}"
     with tempfile.TemporaryDirectory() as workdir, sandbox.Sandbox(workdir) as box:
         log = os.path.join(box.folder, "probe.log")
-        spec = {"mounts": [_resolved(*step) for step in box.mounts()], "probe": True, "log": log}
+        spec = {**kernel_spec(box, "", {}), "probe": True, "log": log}
         try:
             status = warm_process().fork(spec).wait(timeout=30)
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:

@@ -408,14 +408,7 @@ def test_no_kernel_outlives_its_warm_process(tmp_path):
     try:
         with sandbox.Sandbox(tmp_path) as box:
             write_connection_file(box.connection_file, transport="ipc", ip=box.connection_file)
-            spec = {
-                "mounts": [warm._resolved(*step) for step in box.mounts()],
-                "limits": sandbox.rlimits(),
-                "environment": sandbox.kernel_environment(),
-                "workdir": box.workdir,
-                "connection_file": box.connection_file,
-            }
-            kernel = process.fork(spec)
+            kernel = process.fork(warm.kernel_spec(box, box.connection_file, sandbox.rlimits()))
             time.sleep(1)
             assert kernel.poll() is None  # a kernel, waiting for its grader
             process.process.send_signal(signal.SIGKILL)
