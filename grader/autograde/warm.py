@@ -47,7 +47,9 @@ import traceback
 
 from grader.autograde import sandbox
 
-# What every kernel would import first; imported once, in the warm process.
+# What the kernels import first (the setup cells of the ten days, the grader's watch, ipykernel),
+# imported once, in the warm process. The course before Triton: without a GPU it sets Triton's
+# interpreter mode, which Triton reads as it is imported.
 WARM_IMPORTS = [
     "torch",
     "torch.nn.functional",
@@ -55,6 +57,9 @@ WARM_IMPORTS = [
     "grader",
     "grader.suites",
     "ipykernel.kernelapp",
+    "triton",
+    "triton.language",
+    "torch.nn.attention.bias",
 ]
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x00020000, 0x02000000, 0x04000000
