@@ -1178,13 +1178,13 @@ SECOND_PASS_BUGS = [
     (
         "ex5_m10",
         "RollingKVCache",
-        "positions_not_absolute",
+        "positions_not_long",
         [("        return k, v, positions\n", "        return k, v, positions.tolist()\n")],
     ),
     (
         "ex5_m11",
         "RollingKVCache",
-        "positions_not_absolute",
+        "positions_not_long",
         [("        return k, v, positions\n", "        return k, v, positions.float()\n")],
     ),
     (
@@ -1260,6 +1260,75 @@ SECOND_PASS_BUGS = [
             )
         ],
     ),
+    # The third pass's mistakes (2026-12-07) that some check once left unnamed or misnamed.
+    (
+        "p3_ex2_m9",  # k's dims reordered, no crash when H = 1: a (B, Lk, Lq, D) output
+        "cached_attention",
+        "transposed_wrong_dims",
+        [("q @ k.transpose(-2, -1)", "q @ k.transpose(-1, -3).transpose(-2, -3)")],
+    ),
+    (
+        "p3_ex3_m1",  # with the cache: the prefill's logits at position 0
+        "generate",
+        "argmax_first_position",
+        [("next_id = logits[:, -1].argmax(", "next_id = logits[:, 0].argmax(")],
+    ),
+    (
+        "p3_ex3_m10",  # argmax over the batch, one of its results copied to every sequence
+        "generate",
+        "argmax_over_batch",
+        [
+            (
+                "next_id = logits[:, -1].argmax(-1, keepdim=True)",
+                "next_id = logits[:, -1].argmax(0)[None].expand(ids.shape[0], -1)[:, :1]",
+            )
+        ],
+    ),
+    (
+        "p3_ex4_m2",  # K or V only
+        "kv_cache_bytes",
+        "forgot_k_and_v",
+        [("return 2 * num_layers", "return num_layers")],
+    ),
+    (
+        "p3_ex4_m5",
+        "kv_cache_bytes",
+        "missing_factor",
+        [("seq_len * batch_size * element", "seq_len * element")],
+    ),
+    (
+        "p3_ex4_m7",  # the right value, a float
+        "kv_cache_bytes",
+        "bytes_not_int",
+        [("return 2 * num_layers", "return 2.0 * num_layers")],
+    ),
+    (
+        "p3_ex5_m7",  # a chunk's earlier queries lose the keys before the last window
+        "RollingKVCache",
+        "rolling_only_last_window",
+        [
+            (
+                "        return k, v, positions\n",
+                "        last = -self.window\n"
+                "        return k[:, :, last:], v[:, :, last:], positions[last:]\n",
+            )
+        ],
+    ),
+    (
+        "p3_ex6_m8",  # (n_blocks, H, bs, D) reshaped to (H, -1, D) without moving the heads
+        "PagedKVCache",
+        "gather_heads_blocks_mixed",
+        [
+            (
+                "torch.cat([self.k[block] for block in table], dim=1)",
+                "self.k[table].reshape(self.k.shape[1], -1, self.k.shape[3])",
+            ),
+            (
+                "torch.cat([self.v[block] for block in table], dim=1)",
+                "self.v[table].reshape(self.v.shape[1], -1, self.v.shape[3])",
+            ),
+        ],
+    ),
 ]
 
 
@@ -1270,6 +1339,26 @@ SECOND_PASS_BUGS = [
 )
 def test_second_pass_mistake_is_named(solution, name, key, edits, capsys):
     assert_named_on_every_seed(name, planted(solution, name, *edits), key, capsys)
+
+
+# Mistakes the third pass saw named by one check and told something else (or nothing) by
+# another: every check that fails must name them.
+NAMED_BY_EVERY_CHECK = [
+    row for row in SECOND_PASS_BUGS if row[0] in ("ex1_m2", "ex5_m11") or row[0].startswith("p3_")
+]
+
+
+@pytest.mark.parametrize(
+    "name, key, edits",
+    [row[1:] for row in NAMED_BY_EVERY_CHECK],
+    ids=[row[0] for row in NAMED_BY_EVERY_CHECK],
+)
+def test_mistake_is_named_by_every_failing_check(solution, name, key, edits):
+    bug = planted(solution, name, *edits)
+    for seed in (0, *HIDDEN_SEEDS):
+        result = report(name, bug, hidden=seed > 0, seed=seed)
+        failed = [(r.check, r.key, r.message) for r in result.results if not r.passed]
+        assert failed and {key for _, key, _ in failed} == {key}, (seed, failed)
 
 
 def bits(dtype):
