@@ -223,7 +223,8 @@ def generate(model, prompt_ids, max_new_tokens, use_cache=True):
 
     model(ids) -> logits (B, L, V); with use_cache=True use caches = model.init_caches(B,
     L + max_new_tokens), call model(prompt_ids, caches) once (prefill), then model(next_id,
-    caches) with the newest token only (B, 1). Forbidden: course.reference.kv_cache.generate.
+    caches) with the newest token only (B, 1). The last new token needs no model call after it
+    (one more call is harmless). Forbidden: course.reference.kv_cache.generate.
     """
     ### BEGIN SOLUTION
     ids = prompt_ids
@@ -341,7 +342,8 @@ class RollingKVCache:
     update(k_new, v_new) with (B, H, L_new, D) -> (k, v, positions): the keys and values the new
     queries need, i.e. those at absolute positions max(0, start - window + 1) .. start + L_new - 1
     (start = seq_len before the update), and `positions`, a LongTensor of those absolute positions
-    in the same order as the keys. Then the last `window` of them are stored in their slots.
+    in the same order as the keys. Then the new keys and values are written into their slots
+    (only the last `window` of them when L_new > window: the earlier ones would be overwritten).
     """
     def __init__(self, batch_size, num_heads, head_dim, window, dtype=torch.float32, device=None):
         ### BEGIN SOLUTION
@@ -433,7 +435,8 @@ class PagedKVCache:
     update(seq_id, k_new, v_new) with (num_heads, L_new, head_dim): append to sequence seq_id
     (new or not), taking blocks from self.free as needed (ValueError when too few are free), and
     return gather(seq_id). gather(seq_id) -> (k, v), each (num_heads, L, head_dim), the
-    sequence's positions in order. free_sequence(seq_id): give its blocks back to self.free.
+    sequence's positions in order (keep each sequence's length: its last block may be only partly
+    filled). free_sequence(seq_id): give its blocks back to self.free and forget the sequence.
     Not allowed: course.reference.kv_cache.
     """
     def __init__(self, num_blocks, block_size, num_heads, head_dim, dtype=torch.float32, device=None):
