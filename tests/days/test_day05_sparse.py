@@ -215,6 +215,11 @@ def columns(L, stride):
     return (torch.arange(L) % stride == 0).expand(L, L)
 
 
+relative_stride = make_strided(
+    lambda L, s: (torch.arange(L).unsqueeze(-1) - torch.arange(L)) % s == 0
+)
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -232,10 +237,7 @@ def columns(L, stride):
             make_strided(lambda L, s: (torch.arange(L) % s == 0).unsqueeze(-1).expand(L, L)),
             "strided_rows",
         ),
-        (
-            make_strided(lambda L, s: (torch.arange(L).unsqueeze(-1) - torch.arange(L)) % s == 0),
-            "relative_stride",
-        ),
+        (relative_stride, "relative_stride"),
         (
             make_strided(columns, local=lambda L, w: torch.zeros(L, L, dtype=torch.bool)),
             "missing_local",
@@ -271,14 +273,16 @@ def test_strided_mask_bug_is_named(bug, key, capsys):
     assert_named("strided_mask", bug, key, capsys)
 
 
-def make_global(rows=True, cols=True, validate=True, negative_ok=False, half=lambda w: w // 2):
+def make_global(
+    rows=True, cols=True, validate=True, negative_ok=False, half=lambda w: w // 2, causal=False
+):
     def global_local_mask(L, window, global_idx):
         index = torch.as_tensor(global_idx, dtype=torch.long)
         if validate and ((index < -L * negative_ok) | (index >= L)).any():
             raise ValueError("global_idx out of range")
         if window < 1:
             raise ValueError("window must be >= 1")
-        mask = band(L, half(window), half(window))
+        mask = band(L, window - 1, 0) if causal else band(L, half(window), half(window))
         if rows:
             mask[index, :] = True
         if cols:
@@ -307,6 +311,7 @@ def float_index_global(L, window, global_idx):
         (make_global(validate=False), "no_error_for_bad_params"),
         (make_global(negative_ok=True), "no_error_for_bad_params"),
         (make_global(half=lambda w: w), "window_each_side"),
+        (make_global(causal=True), "one_sided_window"),
         (float_index_global, "empty_global_idx"),
         (stub, "not_implemented"),
     ],
@@ -316,6 +321,7 @@ def float_index_global(L, window, global_idx):
         "no_range_check",
         "negative_wraps",
         "window_each_side",
+        "one_sided_window",
         "empty_float",
         "stub",
     ],
@@ -447,13 +453,17 @@ def interleave(layout, b):
     return layout.repeat_interleave(b, 0).repeat_interleave(b, 1)
 
 
-def columns_mod_nb(L, block_size, layout):
-    """Rows blocked with // block_size, columns with % nb."""
-    nb = math.ceil(L / block_size)
-    if block_size < 1 or tuple(layout.shape) != (nb, nb):
-        raise ValueError("bad block_size or layout")
-    positions = torch.arange(L)
-    return layout[(positions // block_size).unsqueeze(-1), positions % nb]
+def unblocked_columns(column):
+    """Rows blocked with // block_size, key columns taken as column(j, nb) instead."""
+
+    def block_sparse_mask(L, block_size, layout):
+        nb = math.ceil(L / block_size)
+        if block_size < 1 or tuple(layout.shape) != (nb, nb):
+            raise ValueError("bad block_size or layout")
+        positions = torch.arange(L)
+        return layout[(positions // block_size).unsqueeze(-1), column(positions, nb)]
+
+    return block_sparse_mask
 
 
 def no_block_size_check(L, block_size, layout):
@@ -474,7 +484,9 @@ def no_block_size_check(L, block_size, layout):
         (make_block(interleave, nb_of=math.floor), "rejects_valid_layout"),
         (make_block(interleave, validate=False), "no_error_for_bad_params"),
         (no_block_size_check, "no_error_for_bad_params"),
-        (columns_mod_nb, "columns_not_blocked"),
+        (unblocked_columns(lambda j, nb: j % nb), "columns_not_blocked"),
+        (unblocked_columns(lambda j, nb: j.clamp(max=nb - 1)), "columns_not_blocked"),
+        (unblocked_columns(lambda j, nb: j), "columns_not_blocked"),  # an IndexError
         (stub, "not_implemented"),
     ],
     ids=[
@@ -486,11 +498,13 @@ def no_block_size_check(L, block_size, layout):
         "no_error",
         "no_block_size_check",
         "columns_mod_nb",
+        "columns_clamped",
+        "columns_unblocked",
         "stub",
     ],
 )
 def test_block_sparse_mask_bug_is_named(bug, key, capsys):
-    assert_named("block_sparse_mask", bug, key, capsys)
+    assert_named_on_seeds(DAY, "block_sparse_mask", bug, key, capsys, seeds=(1, 2))
 
 
 @pytest.mark.parametrize(
@@ -528,13 +542,15 @@ def test_mask_density_bug_is_named(bug, key, capsys):
     assert_named("mask_density", bug, key, capsys)
 
 
-def make_reach(self_loops=True, offset=0, never=None):
+def make_reach(self_loops=True, offset=0, never=None, full=torch.all):
+    """A layers_to_full_reach with one planted bug; `full(reach)` is its stopping test."""
+
     def layers_to_full_reach(mask):
         L = mask.shape[-1]
         step = (mask | torch.eye(L, dtype=torch.bool)) if self_loops else mask
         reach = step
         for layers in range(1, L + 2):  # a cap, so the buggy versions cannot loop forever
-            if reach.all():
+            if full(reach):
                 return layers + offset
             grown = (step.float() @ reach.float()) > 0
             if torch.equal(grown, reach):
@@ -567,6 +583,26 @@ def squaring_count(mask):
     return steps
 
 
+def path_counts(mask):
+    """The reach kept as float path counts, never thresholded: right on short masks; on long
+    ones the counts overflow to inf, and 0 * inf = NaN then drops keys from the reach."""
+    L = mask.shape[-1]
+    step = (mask | torch.eye(L, dtype=torch.bool)).float()
+    reach, layers = step, 1
+    while not (reach > 0).all():
+        grown = step @ reach
+        if torch.equal(grown > 0, reach > 0):
+            return None
+        reach, layers = grown, layers + 1
+    return layers
+
+
+def layers_as_tensor(mask):
+    """The right count, as a 0-d tensor."""
+    layers = make_reach()(mask)
+    return None if layers is None else torch.tensor(layers)
+
+
 def reach_of_mask_alone(mask):
     """Each position keeps its own state in the first layer only: the reach can cycle."""
     L = mask.shape[-1]
@@ -589,6 +625,9 @@ def reach_of_mask_alone(mask):
         (squaring_count, "counts_squarings"),
         (reach_until_all, "never_stops"),
         (functools.partial(reach_until_all, product=lambda a, b: (a @ b) > 0), "bool_matmul"),
+        (make_reach(full=lambda reach: reach[0].all()), "one_query_only"),
+        (path_counts, "counts_overflow"),
+        (layers_as_tensor, "tensor_not_int"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -599,12 +638,16 @@ def reach_of_mask_alone(mask):
         "squarings",
         "no_exit",
         "bool_matmul",
+        "row_0_only",
+        "path_counts",
+        "tensor",
         "stub",
     ],
 )
 def test_layers_to_full_reach_bug_is_named(bug, key, capsys, monkeypatch):
-    monkeypatch.setattr(reach_checks.TimeLimit, "seconds", 1)  # an endless loop, found sooner
-    assert_named("layers_to_full_reach", bug, key, capsys)
+    # An endless loop, found sooner; the long window (L ~ 160) takes well under a second.
+    monkeypatch.setattr(reach_checks.TimeLimit, "seconds", 3)
+    assert_named_on_seeds(DAY, "layers_to_full_reach", bug, key, capsys, seeds=(1, 2))
 
 
 def test_a_reach_that_cycles_is_stopped_and_named(monkeypatch):
@@ -703,6 +746,14 @@ def skips_cut_windows(q, k, v, window, causal=False):
     return out
 
 
+def first_block_unwritten(q, k, v, window, causal=False):
+    """The loop over blocks starts at the second: the first 64 queries keep what new_empty's
+    memory held (here a stand-in for it, a constant that is neither zero nor the answer)."""
+    out = make_swa()(q, k, v, window, causal)
+    out[..., :64, :] = 3.2e-38
+    return out
+
+
 def unfold_without_padding(q, k, v, window, causal=False):
     """The banded version that only handles full windows: L - window + 1 (or L - 2h) rows."""
     span = window if causal else 2 * (window // 2) + 1
@@ -737,6 +788,7 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         ),
         (unfold_without_padding, "drops_edges"),
         (skips_cut_windows, "drops_edges"),
+        (first_block_unwritten, "drops_edges"),
         (make_swa(before=lambda w, c: w if c else w // 2), "window_off_by_one"),
         (make_swa(after=lambda w, c: 0 if c else w // 2 - 1), "asymmetric_window"),
         (make_swa(before=lambda w, c: w // 2, after=lambda w, c: w // 2), "ignores_causal"),
@@ -759,6 +811,7 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         "zeroed_edges",
         "unfold_no_padding",
         "skips_cut_blocks",
+        "first_block_unwritten",
         "off_by_one",
         "asymmetric",
         "ignores_causal",
@@ -851,6 +904,9 @@ def make_chunked(
     return chunked_attention
 
 
+chunk_start_unclipped = make_chunked(lambda s, e, L, c, o: (s - o, min(L, e + o)))
+
+
 def chunks_with_dot_T(q, k, v, chunk_size, overlap):
     """k.T on a batched tile reverses every dim: torch's shape error names the line."""
     L, tiles = q.shape[-2], []
@@ -901,7 +957,7 @@ def dense_chunks(q, k, v, chunk_size, overlap):
         (make_chunked(scale=lambda d: 1.0), "missing_scale"),
         (make_chunked(scale=lambda d: 1.0, weights_scale=lambda d: d**-0.5), "scale_after_softmax"),
         (make_chunked(softmax_dim=-2), "softmax_over_queries"),
-        (make_chunked(lambda s, e, L, c, o: (s - o, min(L, e + o))), "key_start_not_clipped"),
+        (chunk_start_unclipped, "key_start_not_clipped"),
         (chunks_with_dot_T, "batched_transpose"),
         (dense_chunks, "builds_full_matrix"),
         (lambda q, k, v, c, o: banded_attention(q, k, v, 2 * o + 1), "sliding_not_chunked"),
@@ -1260,7 +1316,23 @@ def threshold_topk(q, k, v, gate_scores, k_keep):
     return out.to(q.dtype)
 
 
-@pytest.mark.parametrize("impl", [gathered_topk, threshold_topk], ids=["gathered", "threshold"])
+def zero_times_gate_topk(q, k, v, gate_scores, k_keep):
+    """Adds 0 * gate_scores to the scores, the gate not detached: harmless, the output is the
+    same and the gate gets a zero gradient (a beginner's way to keep the gate in the graph)."""
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if not 1 <= k_keep <= Lk or tuple(gate_scores.shape[-2:]) != (Lq, Lk):
+        raise ValueError("bad k_keep or gate_scores")
+    kept = gate_scores.topk(k_keep, -1).indices
+    keep = torch.zeros(gate_scores.shape, dtype=torch.bool).scatter(-1, kept, True)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + 0 * gate_scores  # (..., Lq, Lk)
+    return torch.softmax(scores.masked_fill(~keep, float("-inf")), -1) @ v
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [gathered_topk, threshold_topk, zero_times_gate_topk],
+    ids=["gathered", "threshold", "zero_times_gate"],
+)
 def test_other_correct_topk_gated_attentions_pass(impl):
     for seed in range(3):
         result = report("topk_gated_attention", impl, hidden=True, seed=seed)
@@ -1298,6 +1370,11 @@ def make_adaptive(
         return torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ v
 
     return adaptive_window_attention
+
+
+adaptive_each_side = make_adaptive(
+    rule=lambda i, j, w, c: ((j <= i) & (j > i - w)) if c else ((i - j).abs() <= w)
+)
 
 
 def adaptive_position_loop(q, k, v, widths, causal=True):
@@ -1356,12 +1433,7 @@ def adaptive_row_loop(q, k, v, widths, causal=True):
         (make_adaptive(scale=False), "missing_scale"),
         (make_adaptive(validate=False), "no_error_for_bad_params"),
         (make_adaptive(check_lq_lk=False), "no_error_for_bad_params"),
-        (
-            make_adaptive(
-                rule=lambda i, j, w, c: ((j <= i) & (j > i - w)) if c else ((i - j).abs() <= w)
-            ),
-            "window_each_side",
-        ),
+        (adaptive_each_side, "window_each_side"),
         (
             make_adaptive(
                 rule=lambda i, j, w, c: (
@@ -1497,6 +1569,7 @@ def make_columns(
     merge_heads=True,
     along_time=True,
     wrap=nn.Parameter,
+    split_by_reshape=None,
 ):
     """A ColumnwiseAttention with one planted bug (the defaults give a correct one)."""
 
@@ -1517,6 +1590,8 @@ def make_columns(
             return w.transpose(-2, -1) if linear_weights else w
 
         def split(self, t, dh):  # (B, C, T, d) -> (B, C, H, T, dh)
+            if split_by_reshape is not None:
+                return split_by_reshape(t, self.H, dh)
             if interleave_heads:
                 return t.unflatten(-1, (dh, self.H)).movedim(-1, -3)
             return t.unflatten(-1, (self.H, dh)).transpose(-3, -2)
@@ -1557,6 +1632,18 @@ def make_columns(
         (make_columns(interleave_heads=True, interleave_merge=True), "heads_interleaved"),
         (make_columns(linear_weights=False), "weight_not_transposed"),
         (make_columns(merge_heads=False), "heads_merged_without_transpose"),
+        (
+            make_columns(split_by_reshape=lambda t, H, dh: t.reshape(*t.shape[:2], H, -1, dh)),
+            "heads_split_by_reshape",
+        ),
+        (  # reshaped as (dh, T, H), then the axes moved to (H, T, dh)
+            make_columns(
+                split_by_reshape=lambda t, H, dh: t.reshape(*t.shape[:2], dh, -1, H).permute(
+                    0, 1, 4, 3, 2
+                )
+            ),
+            "heads_split_by_reshape",
+        ),
         (make_columns(along_time=False), "attends_along_columns"),
         (make_columns(wrap=lambda t: t), "parameter_not_registered"),
         (make_columns(validate=False), "no_error_for_bad_params"),
@@ -1572,6 +1659,8 @@ def make_columns(
         "interleaved_both_ways",
         "x_at_w",
         "merge_no_transpose",
+        "split_by_reshape",
+        "split_by_reshape_dh_first",
         "across_columns",
         "plain_tensors",
         "no_error",
@@ -1579,7 +1668,36 @@ def make_columns(
     ],
 )
 def test_columnwise_attention_bug_is_named(bug, key, capsys):
-    assert_named("ColumnwiseAttention", bug, key, capsys)
+    assert_named_on_seeds(DAY, "ColumnwiseAttention", bug, key, capsys, seeds=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "name, bug, key",
+    [
+        ("strided_mask", relative_stride, "relative_stride"),
+        ("layers_to_full_reach", layers_as_tensor, "tensor_not_int"),
+        ("sliding_window_attention", first_block_unwritten, "drops_edges"),
+        ("chunked_attention", chunk_start_unclipped, "key_start_not_clipped"),
+        ("adaptive_window_attention", adaptive_each_side, "window_each_side"),
+    ],
+    ids=["relative_stride", "reach_tensor", "first_block", "chunk_start", "adaptive_each_side"],
+)
+def test_no_check_names_another_mistake(name, bug, key):
+    """On its extreme cases (stride = L, window 1, overlap > chunk_size, L below a block) a
+    mistake must not be named as another one: each failing check names it, alone or with the
+    mistake that gives the same answer there, or names none."""
+    description = day05.HINTS[key][0]
+    for seed in (0, 1, 2):
+        result = report(name, bug, hidden=seed > 0, seed=seed)
+        other = [
+            (r.key, r.message)
+            for r in result.results
+            if not r.passed
+            and r.key in day05.HINTS
+            and r.key != key
+            and description not in r.message
+        ]
+        assert not other and key in result.keys, (seed, other)
 
 
 def test_columnwise_weights_shared_by_mistake_is_named_by_count_and_independence():

@@ -56,6 +56,12 @@ HINTS = {
         "head h owns the contiguous features h*dh .. (h+1)*dh - 1: "
         "x.unflatten(-1, (num_heads, dh)), then move the head axis before T.",
     ),
+    "heads_split_by_reshape": (
+        "heads split by a reshape of (…, T, d) straight to (…, H, T, dh) (or to (…, dh, T, H)): "
+        "a reshape keeps the memory order, so it mixes time steps with features",
+        "reshape only the feature axis, x.unflatten(-1, (num_heads, dh)) to (…, T, H, dh), then "
+        "move the head axis before T with .transpose(-3, -2).",
+    ),
     "weight_not_transposed": (
         "x @ W instead of x @ Wᵀ (nn.Linear's convention)",
         "the parameters are used as nn.Linear uses its weight: y = x @ W.T "
@@ -145,6 +151,11 @@ def column_oracle(x, weights, H, shared, flatten=False, column_of=None, mistake=
     interleaved = mistake in ("heads_interleaved", "heads_interleaved_split_only")
 
     def split(t):  # (..., n, d) -> (..., H, n, dh)
+        n = t.shape[-2]
+        if mistake == "heads_split_by_reshape":
+            return t.reshape(*t.shape[:-2], H, n, dh)
+        if mistake == "heads_split_by_reshape_dh_first":  # then axes moved to (H, n, dh)
+            return t.reshape(*t.shape[:-2], dh, n, H).movedim(-1, -3).transpose(-2, -1)
         if interleaved:
             return t.unflatten(-1, (dh, H)).movedim(-1, -3)
         return t.unflatten(-1, (H, dh)).transpose(-3, -2)
@@ -201,6 +212,10 @@ def expect_columns(forward, x, weights, H, shared, what):
             "heads_interleaved",
             column_oracle(x, weights, H, shared, mistake="heads_interleaved_split_only"),
         ),
+        *[
+            ("heads_split_by_reshape", column_oracle(x, weights, H, shared, mistake=mistake))
+            for mistake in ("heads_split_by_reshape", "heads_split_by_reshape_dh_first")
+        ],
     ]
     suspects.append(
         (

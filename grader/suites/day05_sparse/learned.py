@@ -406,7 +406,17 @@ def adaptive_suspects(widths: torch.Tensor, causal: bool) -> list:
             ("causal_when_symmetric", brute_adaptive_mask(widths, adaptive_rule(True))),
             ("window_each_side", brute_adaptive_mask(widths, lambda i, j, w: abs(i - j) <= w)),
         ]
-    return suspects
+    return unambiguous(suspects)
+
+
+def unambiguous(suspects: list) -> list:
+    """The suspects whose mask no suspect of another key shares: on extreme widths (all 1, say)
+    two mistakes can give the same mask, and naming either could mislead."""
+    return [
+        (key, mask)
+        for key, mask in suspects
+        if not any(other != key and torch.equal(mask, wrong) for other, wrong in suspects)
+    ]
 
 
 def adaptive_inputs(rng, leading, L, dtype=torch.float32, widths_leading=None):

@@ -184,7 +184,13 @@ def expect_attention(
 
 
 def window_masks(L: int, window: int, causal: bool) -> list:
-    return [(key, wrong) for key, wrong in window_suspects(L, window, causal) if not callable(key)]
+    """The suspect masks of the window; those with a query that sees no key are left out (an
+    answer of zeros, or of NaN, would match them whatever the mistake)."""
+    return [
+        (key, wrong)
+        for key, wrong in window_suspects(L, window, causal)
+        if not callable(key) and wrong.any(-1).all()
+    ]
 
 
 def swa_edges(window: int, causal: bool) -> tuple:
@@ -278,13 +284,14 @@ def expect_window_attention(
         if skipped:
             description, fix = hint("drops_edges")
             raise Mistake(
-                f"{what} left {len(skipped)} queries at zero (from {skipped[0]} to "
-                f"{skipped[-1]}) and got the others right: it looks like {description}.",
+                f"{what} left {len(skipped)} queries unwritten (from {skipped[0]} to "
+                f"{skipped[-1]}: zero, or leftover memory) and got the others right: it looks "
+                f"like {description}.",
                 fix,
                 "drops_edges",
             ) from None
-        if student is not None and (out == 0).all():
-            explain_all_zeros(student, qkv, window, causal, what)
+        if student is not None and wrong_queries(out, ref).all():
+            explain_all_wrong(student, out, qkv, window, causal, what)
         first = first_wrong_query(out, ref)
         if first < 8:  # wrong from the start: not the later blocks alone
             raise
@@ -298,31 +305,39 @@ def expect_window_attention(
 
 
 def skipped_queries(out: torch.Tensor, ref: torch.Tensor) -> list:
-    """The queries left at zero, when some (not all) are and every other query is right."""
+    """The queries never written, when some (not all) are and every other query is right: rows
+    left at zero (by new_zeros), or the first queries of the sequence, whatever new_empty left
+    there (the loop over blocks started after the first)."""
     L = ref.shape[-2]
     wrong, zero = wrong_queries(out, ref), (out == 0).all(-1).reshape(-1, L).all(0)  # (L,)
-    if wrong.any() and not wrong.all() and not (wrong & ~zero).any():
+    if not wrong.any() or wrong.all():
+        return []
+    first_ones = bool(wrong[: int(wrong.sum())].all())  # wrong = queries 0 .. n - 1
+    if first_ones or not (wrong & ~zero).any():
         return torch.nonzero(wrong).flatten().tolist()
     return []
 
 
-def explain_all_zeros(sliding_window_attention, qkv: tuple, window: int, causal: bool, what):
-    """An all-zero answer on a short sequence: skipped blocks whose window an end cuts (every
-    block, when L is below the block size) leave the middle of a longer sequence right. Run the
-    same call on the inputs repeated to L = 256 + 2 * window, where a block of up to 64 queries
-    has its whole window, and name the mistake if that shows."""
+def explain_all_wrong(sliding_window_attention, out, qkv: tuple, window: int, causal: bool, what):
+    """An answer wrong for every query of a short sequence (all zeros, say): skipped blocks whose
+    window an end cuts (every block, when L is below the block size) leave the middle of a
+    longer sequence right. Run the same call on the inputs repeated to L = 256 + 2 * window,
+    where a block of up to 64 queries has its whole window, and name the mistake if that shows."""
+    seen = "is all zeros" if (out == 0).all() else "is wrong for every query"
     L = 256 + 2 * window
     longer = [t.repeat(*[1] * (t.dim() - 2), -(-L // t.shape[-2]), 1)[..., :L, :] for t in qkv]
-    out = sliding_window_attention(*longer, window, causal=causal)
-    if not isinstance(out, torch.Tensor) or out.shape[:-1] != longer[0].shape[:-1]:
+    longer_out = sliding_window_attention(*longer, window, causal=causal)
+    if not isinstance(longer_out, torch.Tensor) or longer_out.shape[:-1] != longer[0].shape[:-1]:
         return
-    skipped = skipped_queries(out, dense64(*longer, brute_mask(L, window_rule(window, causal))))
+    skipped = skipped_queries(
+        longer_out, dense64(*longer, brute_mask(L, window_rule(window, causal)))
+    )
     if skipped:
         description, fix = hint("drops_edges")
         raise Mistake(
-            f"{what} is all zeros, and on a longer sequence (L = {L}) it left {len(skipped)} "
-            f"queries at zero (from {skipped[0]} to {skipped[-1]}) and got the others right: it "
-            f"looks like {description}.",
+            f"{what} {seen}, and on a longer sequence (L = {L}) it left {len(skipped)} "
+            f"queries unwritten (from {skipped[0]} to {skipped[-1]}) and got the others right: "
+            f"it looks like {description}.",
             fix,
             "drops_edges",
         ) from None
@@ -346,15 +361,13 @@ def swa_extremes(sliding_window_attention, rng):
     L = draw(rng, 5, 12)
     q, k, v = attention_inputs(rng, L, leading=(2,))
     for window, causal in [(1, False), (1, True), (2 * L + 1, False), (L + draw(rng, 0, 5), True)]:
-        mask = brute_mask(L, window_rule(window, causal))
-        expect_attention(
+        expect_window_attention(
             sliding_window_attention(q, k, v, window, causal=causal),
-            q,
-            k,
-            v,
-            mask,
+            (q, k, v),
+            window,
+            causal,
             f"sliding_window_attention(q, k, v, {window}, causal={causal}) with L = {L}",
-            window_masks(L, window, causal),
+            sliding_window_attention,
         )
 
 
@@ -441,14 +454,16 @@ def expect_chunked(chunked_attention, q, k, v, chunk_size, overlap, what):
         )
     except Mistake as mistake:
         ref = chunk_tiles64(q, k, v, chunk_size, overlap)
-        if mistake.key != "wrong_values" or overlap == 0 or L <= chunk_size:
+        # The chunks whose key range starts before 0: ceil(overlap / chunk_size) of them.
+        cut = -(-overlap // chunk_size) * chunk_size
+        if mistake.key != "wrong_values" or overlap == 0 or L <= cut:
             raise
-        if first_wrong_query(out[..., chunk_size:, :], ref[..., chunk_size:, :]) < L - chunk_size:
-            raise  # not the first chunk alone
+        if first_wrong_query(out[..., cut:, :], ref[..., cut:, :]) < L - cut:
+            raise  # not the first chunks alone
         description, fix = hint("key_start_not_clipped")
         raise Mistake(
-            f"{what} is wrong for the first chunk (queries 0 .. {chunk_size - 1}) only: it looks "
-            f"like {description}.",
+            f"{what} is wrong for the chunks that start within `overlap` of 0 (queries "
+            f"0 .. {cut - 1}) only: it looks like {description}.",
             fix,
             "key_start_not_clipped",
         ) from None

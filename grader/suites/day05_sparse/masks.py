@@ -12,6 +12,7 @@ from grader.harness.checking import (
     expect_value_error,
     hint,
     named,
+    naming_crashes,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw
@@ -61,6 +62,10 @@ HINTS = {
         "torch.as_tensor(global_idx, dtype=torch.long) takes a list, [] and a LongTensor alike; "
         "test the range only when there are entries: if g.numel() and (g.min() < 0 or "
         "g.max() >= L).",
+    ),
+    "one_sided_window": (
+        "a one-sided (causal) window: only the keys before the query",
+        "global_local_mask has no causal option: the window is symmetric, |i - j| <= window // 2.",
     ),
     "global_rows_only": (
         "global tokens that attend everywhere but are not attended by others",
@@ -323,7 +328,7 @@ def global_suspects(L: int, window: int, global_idx) -> list:
             for e in (-1, 1)
         ],
         (
-            "causal_when_symmetric",
+            "one_sided_window",
             brute_mask(
                 L, lambda i, j: window_rule(window, True)(i, j) or i in chosen or j in chosen
             ),
@@ -573,14 +578,21 @@ def block_suspects(L: int, block_size: int, layout) -> list:
         ("tiled_not_expanded", layout.repeat(block_size, block_size)[:L, :L]),
         ("cropped_from_the_end", expanded[-L:, -L:]),
         ("columns_not_blocked", brute_mask(L, lambda i, j: layout[i // block_size, j % nb])),
+        (
+            "columns_not_blocked",
+            brute_mask(L, lambda i, j: layout[i // block_size, min(j, nb - 1)]),
+        ),
     ]
 
 
 def expect_block(block_sparse_mask, L, block_size, layout):
     what = f"block_sparse_mask({L}, {block_size}, layout)"
     nb = layout.shape[0]
+    # A key position used as a layout column runs past the layout's nb columns.
+    too_far = ("columns_not_blocked", "IndexError", f"for dimension 1 with size {nb}")
     try:
-        out = block_sparse_mask(L, block_size, layout)
+        with naming_crashes(too_far):
+            out = block_sparse_mask(L, block_size, layout)
     except Mistake as mistake:
         if not isinstance(mistake.__cause__, ValueError):
             raise

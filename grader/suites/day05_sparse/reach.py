@@ -88,6 +88,20 @@ HINTS = {
         "one layer more is R <- A @ R with A = mask | I: multiply by A, not by R itself; "
         "count the layers applied until the reach matrix is all True.",
     ),
+    "tensor_not_int": (
+        "a 0-d tensor, not a Python int",
+        "return a number: int(n), or n.item(), turns a one-element tensor into a Python int.",
+    ),
+    "one_query_only": (
+        "a stopping test on one query (row 0) instead of on every query",
+        "full reach means every query hears every key: stop when the whole reach matrix is "
+        "True, R.all(), not one row of it.",
+    ),
+    "counts_overflow": (
+        "reach kept as path counts (A @ R never compared with > 0): the counts grow like "
+        "(keys per query) ** n, overflow to inf and then give NaN (0 * inf) on long masks",
+        "keep the reach bool after every step: R = (A.float() @ R.float()) > 0.",
+    ),
     "should_be_none": (
         "a number where full reach never happens",
         "once the reach matrix stops growing it never changes again: return None "
@@ -202,13 +216,14 @@ def density_extremes(mask_density, rng):
 # ----------------------------------------------------------------------------- layers_to_full_reach
 
 
-def reach_oracle(mask: torch.Tensor, self_loops: bool = True):
-    """Brute force: sets of keys heard by each query, one layer at a time."""
+def reach_oracle(mask: torch.Tensor, self_loops: bool = True, queries: int = None):
+    """Brute force: sets of keys heard by each query, one layer at a time, until the first
+    `queries` queries (default: all of them) hear every key."""
     L = mask.shape[0]
     sees = [{j for j in range(L) if mask[i, j] or (self_loops and i == j)} for i in range(L)]
     heard = [set(s) for s in sees]
     for layers in range(1, L + 2):
-        if all(len(h) == L for h in heard):
+        if all(len(h) == L for h in heard[:queries]):
             return layers
         grown = [set().union(*(heard[k] for k in sees[i])) if sees[i] else set() for i in range(L)]
         if grown == heard:
@@ -279,10 +294,21 @@ def layers_within_limit(layers_to_full_reach, mask, what: str):
 def expect_layers(layers_to_full_reach, mask, what: str) -> None:
     expected = reach_oracle(mask)
     out = layers_within_limit(layers_to_full_reach, mask, what)
-    if isinstance(out, torch.Tensor) and out.numel() == 1:
+    returned_tensor = isinstance(out, torch.Tensor) and out.numel() == 1
+    if returned_tensor:
         out = int(out.item())
     if out == expected and (out is None) == (expected is None):
+        if returned_tensor:
+            description, fix = hint("tensor_not_int")
+            raise Mistake(f"{what}: got {expected} as {description}.", fix, "tensor_not_int")
         return
+    if judges_query_0_only(layers_to_full_reach, mask, out, expected):
+        description, fix = hint("one_query_only")
+        raise Mistake(
+            f"{what}: got {out}, expected {expected}: it looks like {description}.",
+            fix,
+            "one_query_only",
+        )
     if expected is None:
         description, fix = hint("should_be_none")
         raise Mistake(
@@ -320,6 +346,19 @@ def expect_layers(layers_to_full_reach, mask, what: str) -> None:
         "count until it is all True.",
         key="wrong_layers",
     )
+
+
+def judges_query_0_only(layers_to_full_reach, mask, out, expected) -> bool:
+    """`out` is the layers until query 0 alone hears every key; when that is also one off
+    `expected`, a probe tells it from an off-by-one count: there query 0 sees every key and
+    the others only the key before them, so row 0 is full after 1 layer, the whole reach
+    several layers later."""
+    if not isinstance(out, int) or isinstance(out, bool) or out != reach_oracle(mask, queries=1):
+        return False
+    if expected is None or abs(out - expected) != 1:
+        return True
+    probe = brute_mask(8, lambda i, j: i == 0 or j == i - 1)
+    return layers_within_limit(layers_to_full_reach, probe, "a probe (query 0 sees all)") == 1
 
 
 def reach_windows(layers_to_full_reach, rng):
@@ -372,6 +411,23 @@ def reach_never(layers_to_full_reach, rng):
     expect_layers(layers_to_full_reach, torch.ones(1, 1, dtype=torch.bool), "L = 1")
 
 
+def reach_long_band(layers_to_full_reach, rng):
+    """a window on L = 140 .. 180: about L / (window // 2) layers, too many paths to count"""
+    L, window = draw(rng, 140, 180), draw(rng, 2, 5)
+    what = f"sliding window {window} on L = {L}"
+    try:
+        expect_layers(layers_to_full_reach, brute_mask(L, window_rule(window, False)), what)
+    except Mistake as mistake:
+        if mistake.key != "wrong_layers":
+            raise
+        description, fix = hint("counts_overflow")
+        raise Mistake(
+            f"{mistake.message[:-1]}: on this long mask it looks like {description}.",
+            fix,
+            "counts_overflow",
+        ) from None
+
+
 EXERCISES = {
     "mask_density": Exercise(
         checks=[density_matches, density_extremes], forbidden=FORBIDDEN_BUILDERS
@@ -382,6 +438,7 @@ EXERCISES = {
             reach_global_and_strided,
             reach_random_without_diagonal,
             reach_never,
+            reach_long_band,
         ],
         forbidden=FORBIDDEN_BUILDERS,
     ),

@@ -14,11 +14,14 @@ from grader.harness.checking import (
     hint,
     named,
 )
-from grader.suites import day01_sdpa
 from grader.suites._common import expect_flat_python_work
 
 HINTS = {
-    "missing_scale": day01_sdpa.HINTS["missing_scale"],
+    "missing_scale": (
+        "q kᵀ without the 1/sqrt(d) scale",
+        "divide the scores by math.sqrt(d), d = q.shape[-1], before the mask and the softmax: "
+        "softmax(q kᵀ / sqrt(d)) @ v, in every block or chunk.",
+    ),
     "not_bool": (
         "a mask that is not a bool tensor",
         "build the mask from comparisons (they give bool) and keep it bool: True = may attend.",
@@ -133,8 +136,7 @@ def expect_mask(out, ref: torch.Tensor, what: str, suspects=()) -> None:
                 raise Mistake(f"{what} is wrong: it has {description}.", fix, key)
             continue
         if torch.equal(out, wrong):
-            description, fix = hint(key)
-            raise Mistake(f"{what} is wrong: it matches {description}.", fix, key)
+            raise matched(what, key, wrong, suspects)
     bad = torch.nonzero(out != ref)
     i, j = bad[0].tolist()
     raise Mistake(
@@ -143,6 +145,19 @@ def expect_mask(out, ref: torch.Tensor, what: str, suspects=()) -> None:
         hint="print a small case (e.g. L = 8) next to the rule in the docstring.",
         key="wrong_mask",
     )
+
+
+def matched(what: str, key: str, wrong: torch.Tensor, suspects) -> Mistake:
+    """The Mistake for a mask equal to `wrong`, suspect `key`'s. On a small or extreme case two
+    mistakes can give the same mask (stride = L, window = 1): then both are named, the first as
+    the key."""
+    also = [k for k, mask in suspects if not callable(k) and k != key and torch.equal(mask, wrong)]
+    (description, fix), seen = hint(key), ""
+    if also:
+        other, other_fix = hint(also[0])
+        seen = f", or {other} (the two give the same mask here)"
+        fix = f"{fix} Or, if that is not it: {other_fix}"
+    return Mistake(f"{what} is wrong: it matches {description}{seen}.", fix, key)
 
 
 def not_symmetric(out):
