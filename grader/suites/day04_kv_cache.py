@@ -691,25 +691,23 @@ def call_attention(cached_attention, q, k, v, ref):
         if raised.key != "raised":
             raise
         for explain in (transposed_from_the_front, transposed_other_dims):
-            explained = explain(cached_attention, q, k, v, ref)
-            if explained:
-                key, seen = explained
-                description, fix = HINTS[key]
-                raise Mistake(
-                    f"{raised.message}\n      {seen}: it looks like {description}.", fix, key
-                ) from None
+            raise_explained(raised, explain(cached_attention, q, k, v, ref))
         raise
 
 
 def raise_if_keys_reordered(cached_attention, unexplained):
     """A wrong output (shape or values) that no suspect explains, named when the probe shows
     k's dims reordered (it runs without a crash when the sizes it mixes up agree)."""
-    explained = transposed_other_dims(cached_attention)
+    raise_explained(unexplained, transposed_other_dims(cached_attention))
+
+
+def raise_explained(mistake: Mistake, explained) -> None:
+    """`mistake`, named by `explained` (key, what the probe saw), if a probe explained it."""
     if explained:
         key, seen = explained
         description, fix = HINTS[key]
         raise Mistake(
-            f"{unexplained.message}\n      {seen}: it looks like {description}.", fix, key
+            f"{mistake.message}\n      {seen}: it looks like {description}.", fix, key
         ) from None
 
 

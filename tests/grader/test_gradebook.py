@@ -224,10 +224,12 @@ def wait_for(condition, what: str, process, log, seconds: float = 120):
 
 
 def runs_a_kernel(pid: int) -> bool:
-    """Whether a process started by process `pid` is a Jupyter kernel."""
+    """Whether a process started by process `pid` runs a Jupyter kernel: one started cold
+    (ipykernel on its command line), or a warm process (warm.py) with a kernel forked."""
     for process in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "ipykernel" in " ".join(process.cmdline()):
+            command = " ".join(process.cmdline())
+            if "ipykernel" in command or ("autograde.warm" in command and process.children()):
                 return True
     return False
 
