@@ -102,6 +102,7 @@ def limited_kernel_manager(
     sandbox.rlimits), in the sandbox given to `confine`, if any: `tasks` applies only there,
     where the count of processes is the sandbox's own. With `warm_kernels`, a sandboxed kernel is
     forked from this worker's warm process (warm.py) instead of started cold."""
+    limits = dict(memory=memory_bytes, cpu=cpu_seconds, file_size=file_bytes)
 
     class LimitedKernelManager(AsyncKernelManager):
         box = None  # the sandbox its kernel starts in (None: none)
@@ -120,7 +121,6 @@ def limited_kernel_manager(
 
         def format_kernel_cmd(self, extra_arguments=None):
             command = super().format_kernel_cmd(extra_arguments)
-            limits = dict(memory=memory_bytes, cpu=cpu_seconds, file_size=file_bytes)
             if self.box is not None:
                 return self.box.command(sandbox.limits_command(command, **limits, tasks=tasks))
             return sandbox.limits_command(command, **limits) if any(limits.values()) else command
@@ -128,9 +128,9 @@ def limited_kernel_manager(
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             if self.box is None or not warm_kernels or warm.unavailable():  # cold, with bwrap
                 return await super()._async_launch_kernel(kernel_cmd, **kw)
-            limits = dict(memory=memory_bytes, cpu=cpu_seconds, file_size=file_bytes, tasks=tasks)
+            boxed = sandbox.rlimits(**limits, tasks=tasks)
             try:
-                kernel = warm.fork_kernel(self.box, self.connection_file, sandbox.rlimits(**limits))
+                kernel = warm.fork_kernel(self.box, self.connection_file, boxed)
             except (OSError, RuntimeError) as error:  # the warm process died (out of memory)
                 self.log.warning("starting this kernel cold: %s", error)
                 return await super()._async_launch_kernel(kernel_cmd, **kw)

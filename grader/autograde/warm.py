@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import ctypes
 import functools
+import importlib
 import json
 import os
 import platform
@@ -44,6 +45,7 @@ import sys
 import tempfile
 import threading
 import traceback
+from pathlib import Path
 
 from grader.autograde import sandbox
 
@@ -211,9 +213,8 @@ def _build_root(mounts: list) -> None:
     for kind, source, target in mounts:
         _apply(kind, source, target)
     os.chdir("/newroot")
-    _pivot_root(
-        ".", "."
-    )  # the new root over the base; then the base, the host's tree with it, goes
+    # the new root over the base; then the base, the host's tree with it, goes
+    _pivot_root(".", ".")
     _checked(libc.umount2(b".", MNT_DETACH), "umount the host's tree")
     os.chdir("/")
 
@@ -302,8 +303,6 @@ def _exit_after(function, *args) -> None:
 def serve(channel_fd: int) -> None:
     """The warm process: import, say ready, then fork one kernel per request until the grader
     closes the channel."""
-    import importlib
-
     for name in WARM_IMPORTS:
         importlib.import_module(name)
     channel = socket.socket(fileno=channel_fd)
@@ -502,6 +501,6 @@ def unavailable() -> str:
         except (OSError, RuntimeError, subprocess.TimeoutExpired) as error:
             return f"the warm kernel process failed: {error}"
         if status != 0:
-            lines = open(log).read().strip().splitlines() if os.path.exists(log) else []
+            lines = Path(log).read_text().strip().splitlines() if os.path.exists(log) else []
             return f"a warm kernel cannot build its sandbox here ({(lines or [status])[-1]})"
     return ""
