@@ -10,6 +10,7 @@ through `grader.harness.checking.guarded`, so a crash or a shortcut in a method 
 import functools
 import itertools
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ import course.reference.masks
 from grader.harness.checking import (
     Mistake,
     NotImplementedYet,
+    crashed_with,
     expect_close,
     expect_tensor,
     expect_value_error,
@@ -31,7 +33,7 @@ from grader.harness.checking import (
     tolerance,
 )
 from grader.harness.measuring import address, measuring
-from grader.suites import Exercise, day01_sdpa, day02_masks
+from grader.suites import Exercise
 from grader.suites._common import MODIFIED_INPUT, call_unchanged, distinct_sizes, draw, randn
 
 HINTS = {
@@ -76,6 +78,18 @@ HINTS = {
         "return exactly the positions written so far: self.k[:, :, :self.seq_len], after "
         "seq_len was advanced by L_new.",
     ),
+    "error_for_valid_update": (
+        "a ValueError raised for a valid update: k_new and v_new had the cache's batch, heads, "
+        "head_dim, dtype and device, and there was room for them",
+        "compare k_new with what the cache really holds: store self.device = self.k.device (a "
+        "torch.device; the device argument may be None or a string, and torch.device('cpu') != "
+        "'cpu'), then raise only when k_new.device != self.device.",
+    ),
+    "length_from_head_dim": (
+        "seq_len advanced by k_new.shape[-1], the head dimension, instead of the new positions",
+        "k_new is (B, H, L_new, D): L_new = k_new.shape[-2]; write self.k[:, :, start:start + "
+        "L_new] and advance seq_len by L_new.",
+    ),
     "v_gets_k": (
         "the keys written into the value buffer (a copy-paste slip: self.v[...] = k_new)",
         "write k_new into self.k and v_new into self.v.",
@@ -104,26 +118,52 @@ HINTS = {
         "query i sits at position Lk - Lq + i and sees keys j <= Lk - Lq + i, its own "
         "position included: every query sees at least one key.",
     ),
-    "excludes_diagonal": day02_masks.HINTS["excludes_diagonal"],
-    "float16_overflow": day02_masks.HINTS["float16_overflow"],
+    "excludes_diagonal": (
+        "a causal mask without its diagonal: each new query blocked from its own key",
+        "query i sits at position Lk - Lq + i and may see that key too: allowed = j <= Lk - Lq "
+        "+ i, with <=, not <.",
+    ),
+    "float16_overflow": (
+        "a mask filled with a large negative like -1e9, which float16 cannot hold",
+        "float16 ends at -65504: fill the hidden scores with float('-inf') (or "
+        "torch.finfo(scores.dtype).min), which every dtype can hold.",
+    ),
+    "mask_wrong_shape": (
+        "a mask whose shape is not the scores' (Lq, Lk), e.g. built (Lq, Lk) and then transposed "
+        "with .T, or square, (Lk, Lk) or (Lq, Lq): it fits the scores only when Lq == Lk",
+        "build the mask (Lq, Lk), a row per query and a column per key: i = torch.arange(Lq)"
+        "[:, None], j = torch.arange(Lk)[None, :], allowed = j <= i + (Lk - Lq); use it as it "
+        "is, no .T.",
+    ),
     "mask_inverted": (
         "an inverted mask: each query sees the keys after its own position (with or without "
         "its own), not those up to it",
         "mask (with -inf) the keys j > Lk - Lq + i, and keep the others: "
         "allowed = j <= Lk - Lq + i, scores.masked_fill(~allowed, float('-inf')).",
     ),
-    "softmax_over_queries": day01_sdpa.HINTS["softmax_over_queries"],
+    "softmax_over_queries": (
+        "the softmax taken over the queries (dim=-2) instead of the keys",
+        "each query's weights sum to 1 over the keys it sees: torch.softmax(scores, dim=-1).",
+    ),
     "divided_by_d": (
         "q kᵀ / d instead of / sqrt(d)",
         "divide the scores by the square root of the head dimension, math.sqrt(q.shape[-1]), "
         "not by the head dimension itself.",
     ),
-    "scaled_by_length": day01_sdpa.HINTS["scaled_by_length"],
+    "scaled_by_length": (
+        "q kᵀ divided by the square root of a length (Lq or Lk) instead of the head dimension",
+        "d is the head dimension, q.shape[-1]; q.shape[-2] is Lq and k.shape[-2] is Lk.",
+    ),
     "weights_times_k": (
         "the attention weights multiplied by the keys, not the values",
         "out = weights @ v: the weights average the values.",
     ),
-    "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
+    "batched_transpose": (
+        "k transposed from the front (k.T, k.transpose(0, 1)): right on one head's (L, D) keys, "
+        "wrong on (B, H, L, D) ones",
+        "swap the last two dims only: q @ k.transpose(-2, -1) (or k.mT), (B, H, Lq, D) @ "
+        "(B, H, D, Lk) -> (B, H, Lq, Lk).",
+    ),
     "transposed_wrong_dims": (
         "k transposed over other dims than its last two (e.g. k.transpose(-1, -3), which swaps "
         "head_dim with the heads): it runs only when those sizes happen to agree",
@@ -146,8 +186,10 @@ HINTS = {
     ),
     "generate_wrong_tokens": (
         "tokens other than greedy decoding's",
-        "each step append argmax of the logits at the *last* position; "
-        "return the prompt followed by the new tokens, (B, L + n).",
+        "each step appends logits[:, -1].argmax(-1, keepdim=True), the logits of the call just "
+        "made; with use_cache=True the caches pass through every call, the prefill "
+        "model(prompt_ids, caches) and each model(next_id, caches). Return the prompt followed "
+        "by the new tokens, (B, L + n).",
     ),
     "generate_without_prompt": (
         "only the new tokens returned, without the prompt",
@@ -167,6 +209,12 @@ HINTS = {
         "use_cache=False that still makes or passes caches",
         "with use_cache=False run the whole sequence every step, model(ids), with no caches: it "
         "is the brute-force baseline the cache is compared with (and timed against).",
+    ),
+    "prefill_without_caches": (
+        "a prefill that calls the model without the caches: they never hold the prompt, so the "
+        "decode steps see only the tokens generated after it",
+        "pass the caches to the prefill too, logits = model(prompt_ids, caches), then "
+        "model(next_id, caches) each step.",
     ),
     "decode_without_caches": (
         "decode steps that call the model without the caches",
@@ -304,6 +352,19 @@ HINTS.update(
             "position p lives in block table[p // block_size], at offset "
             "p % block_size; gather the table's blocks in order.",
         ),
+        "gathered_positions_first": (
+            "gathered K/V of shape (L, num_heads, head_dim), the positions first: indexing "
+            "self.k[blocks, :, offsets] puts the indexed axis in front",
+            "return (num_heads, L, head_dim), the layout k_new comes in: .transpose(0, 1) what "
+            "the index gathers (or torch.cat the blocks along dim 1).",
+        ),
+        "block_table_not_stored": (
+            "a new sequence's block table never stored in self.block_tables: the blocks are "
+            "taken, but gather (or the next update) cannot find the table",
+            "store the table in the dict before filling it: table = "
+            "self.block_tables.setdefault(seq_id, []); a list from .get(seq_id, []) is a new "
+            "list the dict does not hold.",
+        ),
         "k_new_axes_swapped": (
             "k_new read as (L_new, num_heads, head_dim): positions taken from its first axis",
             "k_new is (num_heads, L_new, head_dim): position t of it is k_new[:, t], "
@@ -384,17 +445,84 @@ ATTENTION_FORBIDDEN = {
 # ----------------------------------------------------------------------------- KVCache
 
 
-def _methods(cache, exercise, forbidden=FORBIDDEN):
+def _methods(cache, exercise, forbidden=FORBIDDEN, valid_input=True):
     """The cache's (update, reset), guarded; update(k_new, v_new) that writes into k_new or v_new
-    in place is the mistake modified_input: the caller's keys would change under it."""
+    in place is the mistake modified_input: the caller's keys would change under it. With
+    `valid_input` (every update fits the cache), a ValueError from update is the mistake
+    error_for_valid_update."""
     reset = getattr(cache, "reset", None)
     guarded_update = guarded(cache.update, exercise, forbidden)
 
     def update(k_new, v_new):
         with naming_crashes(("seq_len_not_set", "AttributeError", "no attribute 'seq_len'")):
-            return call_unchanged(guarded_update, {"k_new": k_new, "v_new": v_new})
+            try:
+                return call_unchanged(guarded_update, {"k_new": k_new, "v_new": v_new})
+            except Mistake as mistake:
+                if valid_input and crashed_with(mistake, "ValueError"):
+                    raise error_for_valid_update(mistake, cache, k_new) from mistake
+                raise
 
     return update, guarded(reset, exercise, forbidden) if reset is not None else None
+
+
+def error_for_valid_update(mistake, cache, k_new) -> Mistake:
+    """The student's ValueError for an update that fits `cache`, with what the cache stores as
+    its device when that is not a torch.device (None, or a string that never equals one)."""
+    seen = (
+        f"k_new and v_new were {tuple(k_new.shape)} {k_new.dtype} on {k_new.device}, "
+        f"{getattr(cache, 'seq_len', '?')} positions already in the cache"
+    )
+    stored = getattr(cache, "device", k_new.device)
+    if not isinstance(stored, torch.device):
+        seen += f", and self.device is {stored!r} ({type(stored).__name__}, not a torch.device)"
+    description, fix = HINTS["error_for_valid_update"]
+    return Mistake(
+        f"{mistake.message}\n      {seen}: it looks like {description}.",
+        fix,
+        "error_for_valid_update",
+    )
+
+
+# What a mistake in KVCache's arithmetic first shows as, before a probe names it.
+UNEXPLAINED_CACHE_KEYS = ("raised", "error_for_valid_update", "not_advanced", "wrong_values")
+
+
+def naming_length_axis(check):
+    """`check`, where a failure of a cache that advances seq_len by head_dim is named: a fresh
+    cache given one position (a write that broadcasts, so it cannot crash) counts head_dim."""
+
+    @functools.wraps(check)
+    def run(KVCache, rng):
+        try:
+            return check(KVCache, rng)
+        except Mistake as mistake:
+            if mistake.key in UNEXPLAINED_CACHE_KEYS:
+                raise_if_length_from_head_dim(KVCache, mistake)
+            raise
+
+    return run
+
+
+def raise_if_length_from_head_dim(KVCache, mistake):
+    """`mistake`, named length_from_head_dim when a fresh cache counts head_dim for one position."""
+    if mistake.key == "error_for_valid_update":
+        mistake = mistake.__cause__  # the student's own ValueError: the probe explains it better
+    B, H, D = 1, 2, 5
+    k_new = torch.zeros(B, H, 1, D)
+    try:
+        cache = KVCache(B, H, D, 4 * D, dtype=torch.float32, device="cpu")
+        guarded(cache.update, "KVCache", FORBIDDEN)(k_new, k_new.clone())
+        counted = _seq_len(cache)
+    except Mistake:
+        return
+    if counted == D:
+        description, fix = HINTS["length_from_head_dim"]
+        raise Mistake(
+            f"{mistake.message}\n      A fresh cache given one position, k_new of shape "
+            f"{tuple(k_new.shape)}, has seq_len {D}: it looks like {description}.",
+            fix,
+            "length_from_head_dim",
+        ) from None
 
 
 def _seq_len(cache):
@@ -599,22 +727,23 @@ def cache_clear_errors(KVCache, rng):
     B, H, D = _kv_shape(rng)
     cache = KVCache(B, H, D, 4, dtype=torch.float32, device="cpu")
     update, _ = _methods(cache, "KVCache")
+    bad_update, _ = _methods(cache, "KVCache", valid_input=False)
     k, v = randn((B, H, 3, D), rng), randn((B, H, 3, D), rng)
     try:
         update(k, v)
     except Mistake as crash:
-        if crash.key == "raised":
+        if crash.key in ("raised", "error_for_valid_update"):
             raise_if_crash_misplaces(KVCache, k, v)
         raise
     expect_seq_len(cache, 3)
     key = "no_error_for_bad_update"
     expect_value_error(
-        lambda: update(randn((B, H, 2, D), rng), randn((B, H, 2, D), rng)),
+        lambda: bad_update(randn((B, H, 2, D), rng), randn((B, H, 2, D), rng)),
         "update past max_seq_len (overflow)",
         key,
     )
     fresh = KVCache(B, H, D, 8, dtype=torch.float32, device="cpu")
-    update, _ = _methods(fresh, "KVCache")
+    update, _ = _methods(fresh, "KVCache", valid_input=False)
     expect_value_error(
         lambda: update(randn((B + 1, H, 1, D), rng), randn((B + 1, H, 1, D), rng)),
         "update with the wrong batch size",
@@ -690,9 +819,25 @@ def call_attention(cached_attention, q, k, v, ref):
     except Mistake as raised:
         if raised.key != "raised":
             raise
+        raise_if_mask_wrong_shape(raised, q.shape[-2], k.shape[-2])
         for explain in (transposed_from_the_front, transposed_other_dims):
             raise_explained(raised, explain(cached_attention, q, k, v, ref))
         raise
+
+
+# torch's broadcasting error, e.g. for a (Lk, Lq) mask on (B, H, Lq, Lk) scores
+BROADCAST_SIZES = re.compile(
+    r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton "
+    r"dimension (\d+)"
+)
+
+
+def raise_if_mask_wrong_shape(raised, lq, lk):
+    """A crash that broadcasting the scores (B, H, Lq, Lk) with a mask of another shape gives:
+    Lq against Lk at one of the last two dims."""
+    sizes = BROADCAST_SIZES.search(raised.message)
+    if sizes and lq != lk and {int(sizes[1]), int(sizes[2])} == {lq, lk} and sizes[3] in "23":
+        raise named_crash(raised, "mask_wrong_shape") from None
 
 
 def raise_if_keys_reordered(cached_attention, unexplained):
@@ -829,7 +974,7 @@ def attention_decode_one(cached_attention, rng):
 
 
 def attention_in_float16(cached_attention, rng):
-    """float16, as caches are kept on a GPU: the mask's fill fits it (-inf, not -1e9)"""
+    """the same chunk attention in float16, the dtype caches are kept in on a GPU"""
     lq = draw(rng, 2, 6)
     with naming_crashes(
         ("float16_overflow", "RuntimeError", "cannot be converted to type", "without overflow")
@@ -928,17 +1073,28 @@ def call_generate(generate, model, prompt, n, use_cache):
 def raise_if_grown_by_vocab_rows(model, use_cache):
     """Without the cache each call is fed the whole sequence so far: grown by vocab_size tokens
     a step, each next token was a (1, vocab) row, the argmax over dim 0 (the batch, B = 1; with
-    B > 1 torch.cat refuses the row, a crash GENERATE_CRASHES names)."""
-    grown = {new.shape[1] - old.shape[1] for old, new in zip(model.fed, model.fed[1:])}
+    B > 1 torch.cat refuses the row, a crash GENERATE_CRASHES names). With the cache each decode
+    call is fed that row itself: (1, vocab) zeros, the argmax over a batch of one."""
     vocab = model.decoder.vocab_size
-    if not use_cache and grown == {vocab}:
-        raise Mistake(
-            f"with use_cache=False the sequence fed to the model grew by {vocab} tokens a step, "
-            "the vocabulary size: it looks like each step appended a (1, vocab) row, the argmax "
-            "over dim 0 (the batch) instead of over the vocabulary.",
-            HINTS["next_token_wrong_shape"][1],
-            "next_token_wrong_shape",
-        )
+    if use_cache:
+        decode_ids = model.fed[1:]
+        seen = f"each decode call was fed {vocab} tokens"
+        if not decode_ids or not all(
+            ids.shape == (1, vocab) and not ids.any() for ids in decode_ids
+        ):
+            return
+    else:
+        grown = {new.shape[1] - old.shape[1] for old, new in zip(model.fed, model.fed[1:])}
+        seen = f"the sequence fed to the model grew by {vocab} tokens a step"
+        if grown != {vocab}:
+            return
+    raise Mistake(
+        f"with use_cache={use_cache} {seen}, the vocabulary size: it looks "
+        "like each step's next token was a (1, vocab) row, the argmax over dim 0 (the batch) "
+        "instead of over the vocabulary.",
+        HINTS["next_token_wrong_shape"][1],
+        "next_token_wrong_shape",
+    )
 
 
 def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
@@ -946,6 +1102,7 @@ def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
     L = prompt.shape[1]
     if torch.equal(out, greedy64(decoder, prompt, n, position=0)):
         raise named("argmax_first_position")
+    raise_if_prefill_without_caches(model, use_cache)
     if use_cache and model.calls and not all(cached for _, cached in model.calls[1:]):
         raise named("decode_without_caches")
     decode_steps = model.fed[1:] if use_cache else []
@@ -986,6 +1143,18 @@ def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
     )
 
 
+def raise_if_prefill_without_caches(model, use_cache):
+    """With the cache, the first call (the prefill) made without caches, the others with them."""
+    cached = [given for _, given in model.calls]
+    if use_cache and len(cached) > 1 and not cached[0] and all(cached[1:]):
+        raise Mistake(
+            f"the model calls were given caches {cached}: it looks like "
+            f"{HINTS['prefill_without_caches'][0]}.",
+            HINTS["prefill_without_caches"][1],
+            "prefill_without_caches",
+        )
+
+
 def _generate_check(generate, rng, use_cache, **model_kwargs):
     decoder = tiny_decoder(rng, **model_kwargs)
     B, L, n = draw(rng, 1, 3), draw(rng, 2, 8), draw(rng, 3, 12)
@@ -1021,6 +1190,7 @@ def generate_with_cache(generate, rng):
     model, L, n = _generate_check(generate, rng, True, num_kv_heads=2)
     if model.inits == 0:
         raise named("cache_not_initialised")
+    raise_if_prefill_without_caches(model, True)
     fed = [tokens for tokens, _ in model.calls]
     if (
         not all(cached for _, cached in model.calls)
@@ -1059,12 +1229,13 @@ FACTORS = ("num_layers", "num_kv_heads", "head_dim", "seq_len", "batch_size")
 
 
 def call_bytes(kv_cache_bytes, args, dtype):
-    """kv_cache_bytes(*args, dtype); a TypeError or KeyError for one dtype is a size table or
-    torch.finfo that does not cover it."""
+    """kv_cache_bytes(*args, dtype); a TypeError, KeyError or ValueError (the student's own, for
+    a dtype they did not expect) for one dtype is a size table or torch.finfo that does not
+    cover it."""
     try:
         return kv_cache_bytes(*args, dtype)
     except Mistake as mistake:
-        if mistake.key == "raised" and isinstance(mistake.__cause__, (TypeError, KeyError)):
+        if any(crashed_with(mistake, error) for error in ("TypeError", "KeyError", "ValueError")):
             description, fix = HINTS["element_size_by_hand"]
             raise Mistake(
                 f"{mistake.message}\n      (for {dtype}) It looks like {description}.",
@@ -1117,6 +1288,14 @@ def expect_bytes(got, ref, args, dtype):
             f"kv_cache_bytes{args + (dtype,)} = {got}, expected {ref}.",
             HINTS["missing_factor"][1],
             "wrong_values",
+        )
+    if isinstance(got, torch.Tensor):
+        raise Mistake(
+            f"kv_cache_bytes returned a tensor, {got!r}, expected an int: the product was made of "
+            "tensors (torch.tensor(...) of a size, or a tensor's .prod()).",
+            "multiply plain ints (element_size() is already an int), or return int(...) of a "
+            "one-element tensor.",
+            "bytes_not_int",
         )
     if not isinstance(got, int):
         description, fix = HINTS["bytes_not_int"]
@@ -1396,6 +1575,8 @@ def paged_fill(PagedKVCache, rng):
             try:
                 result = update(name, k, v)
             except Mistake as mistake:
+                if crashed_with(mistake, "KeyError") and name not in cache.block_tables:
+                    raise named_crash(mistake, "block_table_not_stored") from None
                 # Too few blocks: an index past the table. Too many: a pool sized exactly runs dry.
                 if isinstance(mistake.__cause__, (IndexError, ValueError)):
                     raise Mistake(
@@ -1433,10 +1614,66 @@ def reads_axes_swapped(PagedKVCache, rng) -> bool:
     )
 
 
+def gathers_positions_first(PagedKVCache, rng) -> bool:
+    """With num_heads != L_new, update gives back k_new as (L_new, num_heads, head_dim)."""
+    H, L, D, block_size = 2, 3, 4, 2
+    k, v = randn((H, L, D), rng), randn((H, L, D), rng)
+    cache = PagedKVCache(-(-L // block_size), block_size, H, D)
+    try:
+        result = guarded(cache.update, "PagedKVCache", FORBIDDEN)("probe", k, v)
+    except Mistake:
+        return False
+    return (
+        isinstance(result, (tuple, list))
+        and len(result) == 2
+        and all(isinstance(got, torch.Tensor) and got.shape == (L, H, D) for got in result)
+    )
+
+
+def gathered_after(PagedKVCache, rng, chunks, block_size=3):
+    """A fresh sequence fed `chunks` (lengths) of new positions: True when no update crashes and
+    the last one gives back every position written."""
+    H, D = 2, 3
+    total = sum(chunks)
+    cache = PagedKVCache(-(-total // block_size), block_size, H, D)
+    update = guarded(cache.update, "PagedKVCache", FORBIDDEN)
+    k_seq, v_seq = randn((H, total, D), rng), randn((H, total, D), rng)
+    start = 0
+    try:
+        for n in chunks:
+            k, v = update("probe", k_seq[:, start : start + n], v_seq[:, start : start + n])
+            start += n
+    except (Mistake, TypeError, ValueError):  # (k, v) not returned
+        return False
+    right = (k_seq, v_seq)
+    return all(
+        isinstance(got, torch.Tensor) and torch.equal(got, ref) for got, ref in zip((k, v), right)
+    )
+
+
+def raise_if_chunk_in_one_block(PagedKVCache, rng, mistake):
+    """Single tokens land right, a chunk that crosses a block boundary does not: the chunk was
+    written into one block (the table's last), not each position into its own."""
+    block_size = 3
+    if not gathered_after(PagedKVCache, rng, [1] * (2 * block_size + 1), block_size):
+        return
+    if gathered_after(PagedKVCache, rng, [2, 3], block_size):
+        return
+    raise Mistake(
+        f"{mistake.message}\n      One token at a time lands right, but updates of 2 then 3 "
+        f"positions with block_size {block_size} (the second crosses into a new block) do not: "
+        "it looks like a chunk written into one block (the table's last) instead of each "
+        "position into its own block.",
+        HINTS["wrong_block_for_position"][1],
+        "wrong_block_for_position",
+    ) from None
+
+
 def naming_paged_crashes(check):
-    """`check`, where a crash that reads from a view of the pool while writing into it, or a
-    failure of a class that reads k_new's axes swapped (often an IndexError or a shape error),
-    is named."""
+    """`check`, where a crash that reads from a view of the pool while writing into it, a
+    gather that puts the positions first, a chunk crossing a block boundary written into one
+    block, or a failure of a class that reads k_new's axes swapped (often an IndexError or a
+    shape error), is named."""
 
     @functools.wraps(check)
     def run(PagedKVCache, rng):
@@ -1447,7 +1684,12 @@ def naming_paged_crashes(check):
                 return check(PagedKVCache, rng)
         except Mistake as mistake:
             recognised = ("raised", "block_table_off_by_one", "wrong_block_for_position")
-            if mistake.key in recognised and reads_axes_swapped(PagedKVCache, rng):
+            if mistake.key not in recognised:
+                raise
+            if gathers_positions_first(PagedKVCache, rng):
+                raise named_crash(mistake, "gathered_positions_first") from None
+            raise_if_chunk_in_one_block(PagedKVCache, rng, mistake)
+            if reads_axes_swapped(PagedKVCache, rng):
                 description, fix = HINTS["k_new_axes_swapped"]
                 raise Mistake(
                     f"{mistake.message}\n      With num_heads == L_new, update gives back k_new "
@@ -1469,6 +1711,14 @@ def expect_gathered(result, reference, block_size, what):
             "wrong_shape",
         )
     for got, ref, name in zip(result, reference, "kv"):
+        H, L, D = ref.shape
+        if isinstance(got, torch.Tensor) and H != L and got.shape == (L, H, D):
+            raise Mistake(
+                f"{name} from {what} has shape {tuple(got.shape)}, expected {(H, L, D)}: it looks "
+                f"like {HINTS['gathered_positions_first'][0]}.",
+                HINTS["gathered_positions_first"][1],
+                "gathered_positions_first",
+            )
         if (
             isinstance(got, torch.Tensor)
             and got.dim() == 3
@@ -1604,17 +1854,58 @@ def paged_full_pool_errors(PagedKVCache, rng):
         )
 
 
+# What a crash no check names means, where the harness's fallback hint speaks of shape errors:
+# (text of the error, hint).
+CRASH_HINTS = [
+    (
+        "your function raised KeyError:",
+        "a KeyError is a dict read with a key it does not hold: find where that entry should "
+        "have been stored (d[key] = ...) and check that it was, in the dict itself.",
+    ),
+    (
+        "\n      at: raise ",
+        "your own raise fired on the check's input, which is valid: print the values its "
+        "condition compares, and their types (a device kept as None or 'cpu' never equals a "
+        "torch.device).",
+    ),
+]
+
+
+def with_crash_hint(check):
+    """`check`, where an unnamed crash whose error CRASH_HINTS knows gets that hint."""
+
+    @functools.wraps(check)
+    def run(impl, rng):
+        try:
+            return check(impl, rng)
+        except Mistake as mistake:
+            if mistake.key == "raised":
+                mistake.hint = next(
+                    (fix for text, fix in CRASH_HINTS if text in mistake.message), mistake.hint
+                )
+            raise
+
+    return run
+
+
+def _exercise(checks, forbidden):
+    return Exercise(checks=[with_crash_hint(check) for check in checks], forbidden=forbidden)
+
+
 EXERCISES = {
-    "KVCache": Exercise(
+    "KVCache": _exercise(
         checks=[
-            cache_prefill_then_decode,
-            cache_seq_len_and_reset,
-            cache_is_preallocated,
-            cache_clear_errors,
+            naming_length_axis(check)
+            for check in (
+                cache_prefill_then_decode,
+                cache_seq_len_and_reset,
+                cache_is_preallocated,
+                cache_clear_errors,
+            )
         ],
         forbidden=FORBIDDEN,
     ),
-    "cached_attention": Exercise(
+    "cached_attention": _exercise(
         checks=[
             attention_prefill_after_cache,
             attention_prefill_square,
@@ -1623,14 +1914,14 @@ EXERCISES = {
         ],
         forbidden=ATTENTION_FORBIDDEN,
     ),
-    "generate": Exercise(
+    "generate": _exercise(
         checks=[generate_without_cache, generate_with_cache, generate_rope_model],
         forbidden=GENERATE_FORBIDDEN,
     ),
-    "kv_cache_bytes": Exercise(
+    "kv_cache_bytes": _exercise(
         checks=[bytes_every_dtype, bytes_match_real_buffers], forbidden=FORBIDDEN
     ),
-    "RollingKVCache": Exercise(
+    "RollingKVCache": _exercise(
         checks=[
             rolling_positions_are_absolute,
             rolling_equals_window_attention,
@@ -1638,7 +1929,7 @@ EXERCISES = {
         ],
         forbidden=FORBIDDEN,
     ),
-    "PagedKVCache": Exercise(
+    "PagedKVCache": _exercise(
         checks=[
             naming_paged_crashes(check)
             for check in (

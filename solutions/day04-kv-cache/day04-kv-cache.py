@@ -80,7 +80,7 @@ print(course.describe_device())
 #
 # ### Exercise 1: `KVCache`
 #
-# The checks recognise: `seq_len` not advanced, every update written at position 0 (or at another offset than `seq_len`, e.g. `seq_len` advanced before the write), the whole buffer returned instead of the filled prefix (or a prefix one position too long or short), the keys written into the value buffer, `reset()` that keeps the length (or the old keys, when the cache grows with `torch.cat`), buffers that are not preallocated (or copies instead of views), and no `ValueError` on overflow or on a batch, head, head_dim, dtype or device that is not the cache's; also `seq_len` never set in `__init__` or kept as a tensor instead of an int, and `k_new` or `v_new` changed in place.
+# The checks recognise: `seq_len` not advanced, every update written at position 0 (or at another offset than `seq_len`, e.g. `seq_len` advanced before the write), the whole buffer returned instead of the filled prefix (or a prefix one position too long or short), the keys written into the value buffer, `reset()` that keeps the length (or the old keys, when the cache grows with `torch.cat`), buffers that are not preallocated (or copies instead of views), and no `ValueError` on overflow or on a batch, head, head_dim, dtype or device that is not the cache's (or a `ValueError` for a valid update, e.g. a device kept as `None` or `'cpu'`); also `seq_len` never set in `__init__`, kept as a tensor instead of an int or advanced by `head_dim` (`k_new.shape[-1]`), and `k_new` or `v_new` changed in place.
 
 # %% nbgrader={"grade": false, "grade_id": "KVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class KVCache:
@@ -90,6 +90,8 @@ class KVCache:
     allocate self.k and self.v, zeros of shape (batch_size, num_heads, max_seq_len, head_dim)
     in `dtype` on `device`, once. num_heads is the number of K/V heads (fewer than the query
     heads with GQA/MQA). self.seq_len (int) counts the positions written, starting at 0.
+    device=None means torch's default device: keep the device the buffers are really on,
+    self.device = self.k.device (a torch.device; the string "cpu" never equals one).
 
     update(k_new, v_new): (B, H, L_new, D) each, L_new >= 1 (a whole prompt or one token).
     Writes them at positions seq_len .. seq_len + L_new - 1, advances seq_len, and returns
@@ -101,10 +103,10 @@ class KVCache:
         ### BEGIN SOLUTION
         self.batch_size, self.num_heads, self.head_dim = batch_size, num_heads, head_dim
         self.max_seq_len, self.dtype = max_seq_len, dtype
-        self.device = torch.device("cpu") if device is None else torch.device(device)
         shape = (batch_size, num_heads, max_seq_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=self.device)
-        self.v = torch.zeros(shape, dtype=dtype, device=self.device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.device = self.k.device                     # a torch.device, whatever `device` was
         self.seq_len = 0
         ### END SOLUTION
 
@@ -169,7 +171,7 @@ check("day04-kv-cache", "KVCache", KVCache, hidden=True, points=1)
 #
 # ### Exercise 2: `cached_attention`
 #
-# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees the later keys, with or without its own, filled with `-inf` or `torch.finfo(dtype).min`), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a softmax over the queries instead of the keys, a missing $1/\sqrt d$ (or $1/d$, or $1/\sqrt L$ instead), the weights multiplied by the keys instead of the values, `q`, `k` or `v` changed in place, and a mask filled with `-1e9` (float16 cannot hold it: fill with `-inf` or `torch.finfo(dtype).min`).
+# The checks recognise: a top-left causal mask, no causal mask at all, a mask that hides the diagonal, an inverted mask (each query sees the later keys, with or without its own, filled with `-inf` or `torch.finfo(dtype).min`), a mask that leaves a query no key (e.g. the offset $L_k - L_q$ with the wrong sign), a mask of another shape than $(L_q, L_k)$ (e.g. transposed with `.T`), a softmax over the queries instead of the keys, a missing $1/\sqrt d$ (or $1/d$, or $1/\sqrt L$ instead), the weights multiplied by the keys instead of the values, `q`, `k` or `v` changed in place, and a mask filled with `-1e9` (float16 cannot hold it: fill with `-inf` or `torch.finfo(dtype).min`).
 
 # %% nbgrader={"grade": false, "grade_id": "cached_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def cached_attention(q, k, v):
@@ -213,7 +215,7 @@ check("day04-kv-cache", "cached_attention", cached_attention, hidden=True, point
 #
 # With `use_cache=False` no cache is made or passed: every step runs `model(ids)` on the whole sequence, the brute-force baseline the cache is compared with.
 #
-# The checks recognise: other tokens than greedy decoding's (e.g. the logits at position 0 instead of the last, or a decode step fed another token than the one just generated), only the new tokens returned without the prompt, another number of new tokens than `max_new_tokens`, a next token of shape `(B,)` instead of `(B, 1)` or concatenated along the wrong axis, `use_cache=True` that still feeds the whole sequence every step, caches not made with `model.init_caches` or too short for the prompt and the new tokens, decode steps called without the caches, and caches made or passed when `use_cache=False`.
+# The checks recognise: other tokens than greedy decoding's (e.g. the logits at position 0 instead of the last, or a decode step fed another token than the one just generated), only the new tokens returned without the prompt, another number of new tokens than `max_new_tokens`, a next token of shape `(B,)` instead of `(B, 1)` or concatenated along the wrong axis, `use_cache=True` that still feeds the whole sequence every step, caches not made with `model.init_caches` or too short for the prompt and the new tokens, a prefill or decode steps called without the caches, and caches made or passed when `use_cache=False`.
 
 # %% nbgrader={"grade": false, "grade_id": "generate", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @torch.no_grad()
@@ -281,6 +283,8 @@ print("largest logit difference, cached vs full:", (torch.stack(step_logits, 1) 
 # $$\text{bytes} = 2 \cdot \text{layers} \cdot H_{kv} \cdot d_{head} \cdot L \cdot B \cdot \text{bytes per element}.$$
 #
 # Multi-query attention ($H_{kv} = 1$) and grouped-query attention ($H_{kv} < H$) shrink it by $H / H_{kv}$.
+#
+# Bytes per element come from torch, for every dtype: a tensor's `element_size()` is an int (`torch.empty((), dtype=torch.bfloat16).element_size()` is 2, int8 gives 1), and so is `dtype.itemsize` (`torch.float32.itemsize` is 4). `torch.finfo(dtype).bits` gives *bits*, and only for floating dtypes (`torch.iinfo` for integers).
 #
 # ### Exercise 4: `kv_cache_bytes`
 #
@@ -421,7 +425,7 @@ plt.xlabel("position"); plt.ylabel("ms per token"); plt.legend(); plt.show()
 #
 # ### Exercise 6: `PagedKVCache`
 #
-# The checks recognise: a block table one block short or long, positions in the wrong block or offset, the keys written into the value blocks, a gather that keeps the unused tail of the last block, a block owned twice, a `free_sequence` that loses blocks or keeps the sequence's table or length (a freed id reused must start at position 0), a full pool that does not raise `ValueError`, and blocks taken before that `ValueError` and never given back.
+# The checks recognise: a block table one block short or long (or a new sequence's table never stored in `self.block_tables`), positions in the wrong block or offset (e.g. a chunk that crosses a block boundary written into one block), the keys written into the value blocks, a gather that keeps the unused tail of the last block (or returns `(L, num_heads, head_dim)`), a block owned twice, a `free_sequence` that loses blocks or keeps the sequence's table or length (a freed id reused must start at position 0), a full pool that does not raise `ValueError`, and blocks taken before that `ValueError` and never given back.
 
 # %% nbgrader={"grade": false, "grade_id": "PagedKVCache", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class PagedKVCache:

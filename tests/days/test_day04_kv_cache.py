@@ -8,8 +8,16 @@ import pytest
 import torch
 
 import course.reference.kv_cache as library
+from grader.suites.day04_kv_cache import CRASH_HINTS
 from grader.suites.day04_kv_cache import EXERCISES as SUITE
-from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
+from helpers import (
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    promised,
+)
 
 DAY = "day04-kv-cache"
 
@@ -1329,6 +1337,81 @@ SECOND_PASS_BUGS = [
             ),
         ],
     ),
+    # The fourth pass's mistakes (2026-12-07) that were told generically or only by torch's error.
+    (
+        "p4_ex1_m12",  # the device argument kept: "cpu" (or None) never equals k_new.device
+        "KVCache",
+        "error_for_valid_update",
+        [("        self.device = self.k.device", "        self.device = device")],
+    ),
+    (
+        "p4_ex1_m15",  # L_new read from the last axis, head_dim
+        "KVCache",
+        "length_from_head_dim",
+        [("B, H, n, D = k_new.shape", "B, H, _, D = k_new.shape\n        n = k_new.shape[-1]")],
+    ),
+    (
+        "p4_ex2_m10_confused_triu",  # the (Lq, Lk) mask used transposed: crashes when Lq != Lk
+        "cached_attention",
+        "mask_wrong_shape",
+        [("scores.masked_fill(~allowed, ", "scores.masked_fill(~allowed.T, ")],
+    ),
+    (
+        "p4_ex3_m11",  # argmax over the batch with the cache: a (1, vocab) row fed back (B = 1)
+        "generate",
+        "next_token_wrong_shape",
+        [
+            (
+                "next_id = logits[:, -1].argmax(-1, keepdim=True)",
+                "next_id = logits[:, -1].argmax(0, keepdim=True)",
+            )
+        ],
+    ),
+    (
+        "p4_ex3_m12",  # the prompt never written into the caches
+        "generate",
+        "prefill_without_caches",
+        [("logits = model(ids, caches)", "logits = model(ids)")],
+    ),
+    (
+        "p4_ex6_m9",  # a chunk written into the table's last block, whatever blocks it crosses
+        "PagedKVCache",
+        "wrong_block_for_position",
+        [
+            (
+                "        for position in range(start, stop):\n"
+                "            block, offset = table[position // self.block_size], "
+                "position % self.block_size\n"
+                "            self.k[block, :, offset] = k_new[:, position - start]\n"
+                "            self.v[block, :, offset] = v_new[:, position - start]\n",
+                "        offset = start % self.block_size\n"
+                "        self.k[table[-1], :, offset : offset + k_new.shape[1]] = k_new\n"
+                "        self.v[table[-1], :, offset : offset + k_new.shape[1]] = v_new\n",
+            )
+        ],
+    ),
+    (
+        "p4_ex6_m12",  # gathered by (block, offset) index tensors, not moved back to (H, L, D)
+        "PagedKVCache",
+        "gathered_positions_first",
+        [
+            (
+                "        k = torch.cat([self.k[block] for block in table], dim=1)[:, :length]"
+                "  # (H, L, D)\n"
+                "        v = torch.cat([self.v[block] for block in table], dim=1)[:, :length]\n",
+                "        positions = torch.arange(length)\n"
+                "        blocks = torch.tensor(table)[positions // self.block_size]\n"
+                "        k = self.k[blocks, :, positions % self.block_size]\n"
+                "        v = self.v[blocks, :, positions % self.block_size]\n",
+            )
+        ],
+    ),
+    (
+        "p4_ex6_m13",  # a new sequence's table filled but never stored
+        "PagedKVCache",
+        "block_table_not_stored",
+        [("self.block_tables.setdefault(seq_id, [])", "self.block_tables.get(seq_id, [])")],
+    ),
 ]
 
 
@@ -1344,8 +1427,12 @@ def test_second_pass_mistake_is_named(solution, name, key, edits, capsys):
 # Mistakes the third pass saw named by one check and told something else (or nothing) by
 # another: every check that fails must name them.
 NAMED_BY_EVERY_CHECK = [
-    row for row in SECOND_PASS_BUGS if row[0] in ("ex1_m2", "ex5_m11") or row[0].startswith("p3_")
+    row
+    for row in SECOND_PASS_BUGS
+    if row[0] in ("ex1_m2", "ex5_m11")
+    or (row[0].startswith(("p3_", "p4_")) and row[0] != "p4_ex2_m10_confused_triu")
 ]
+# (p4_ex2_m10_confused_triu: square inputs fit its transposed mask, told by what it hides.)
 
 
 @pytest.mark.parametrize(
@@ -1359,6 +1446,48 @@ def test_mistake_is_named_by_every_failing_check(solution, name, key, edits):
         result = report(name, bug, hidden=seed > 0, seed=seed)
         failed = [(r.check, r.key, r.message) for r in result.results if not r.passed]
         assert failed and {key for _, key, _ in failed} == {key}, (seed, failed)
+
+
+def square_only_attention(q, k, v):
+    """A whole prompt or one token attended; a chunk after cached keys refused by its own raise
+    (written here, in a file, so the crash's line is shown as in a notebook)."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    if 1 < lq < lk:
+        raise ValueError("chunked prefill is not supported")
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Lq, Lk)
+    allowed = torch.ones(lq, lk, dtype=torch.bool).tril(lk - lq)
+    return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ v
+
+
+# Crashes no check names keep torch's words, with a hint for their error, not the harness's
+# fallback about shape errors: (exercise, make(solution), the CRASH_HINTS text they are told by).
+UNNAMED_CRASHES = [
+    ("cached_attention", lambda solution: square_only_attention, "\n      at: raise "),
+    (
+        "PagedKVCache",  # the table deleted again after pop() removed it
+        lambda solution: planted(
+            solution,
+            "PagedKVCache",
+            (
+                "        del self.lengths[seq_id]\n",
+                "        del self.block_tables[seq_id]\n        del self.lengths[seq_id]\n",
+            ),
+        ),
+        "your function raised KeyError:",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, make, error", UNNAMED_CRASHES, ids=[name for name, _, _ in UNNAMED_CRASHES]
+)
+def test_unnamed_crash_is_told_what_its_error_means(solution, name, make, error):
+    bug = make(solution)
+    (fix,) = [fix for text, fix in CRASH_HINTS if text == error]
+    for seed in (0, *HIDDEN_SEEDS):
+        result = report(name, bug, hidden=seed > 0, seed=seed)
+        crashes = [(r.message, r.hint) for r in result.results if r.key == "raised"]
+        assert crashes and all(hint == fix for _, hint in crashes), (seed, crashes)
 
 
 def bits(dtype):
@@ -1384,8 +1513,9 @@ def bytes_with(element_size):
         (lambda *args: bytes_without("none")(*args) / 1e9, "wrong_unit"),  # ex4_m8
         (lambda *args: 1.0 * bytes_without("none")(*args), "bytes_not_int"),  # ex4_m9: 2.0 * ...
         (bytes_with(lambda dtype: bits(dtype) / 8), "bytes_not_int"),
+        (lambda *args: torch.tensor(bytes_without("none")(*args)), "bytes_not_int"),
     ],
-    ids=["ex4_m4", "ex4_m7", "ex4_m8", "ex4_m9", "ex4_m11"],
+    ids=["ex4_m4", "ex4_m7", "ex4_m8", "ex4_m9", "ex4_m11", "p4_ex4_m9"],
 )
 def test_second_pass_bytes_mistake_is_named(bug, key, capsys):
     assert_named_on_every_seed("kv_cache_bytes", bug, key, capsys)
@@ -1793,3 +1923,168 @@ def test_second_pass_correct_alternative_passes(solution, name, make):
     for seed in (0, *HIDDEN_SEEDS):
         result = report(name, impl, hidden=seed > 0, seed=seed)
         assert result.passed, (seed, [(r.check, r.message) for r in result.results if not r.passed])
+
+
+class CatCache:
+    """A cache that grows with torch.cat and whose reset() only zeroes the count: the old keys
+    stay in front of the new ones."""
+
+    def __init__(
+        self, batch_size, num_heads, head_dim, max_seq_len, dtype=torch.float32, device=None
+    ):
+        self.k = torch.zeros(batch_size, num_heads, 0, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.seq_len = 0
+
+    def update(self, k_new, v_new):
+        self.k, self.v = torch.cat([self.k, k_new], -2), torch.cat([self.v, v_new], -2)
+        self.seq_len += k_new.shape[-2]
+        return self.k, self.v
+
+    def get_seq_length(self):
+        return self.seq_len
+
+    def reset(self):
+        self.seq_len = 0
+
+
+def test_kv_cache_reset_that_keeps_catted_keys_is_named(capsys):
+    assert_named_on_every_seed("KVCache", CatCache, "reset_keeps_keys", capsys)
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Each exercise's "The checks recognise: ..." list in the notebook, phrase by phrase, and the key
+# (or keys) a planted bug above is named under: every promise is kept by a test.
+PROMISES = {
+    "KVCache": {
+        "`seq_len` not advanced": "not_advanced",
+        "every update written at position 0": "writes_at_zero",
+        "e.g. `seq_len` advanced before the write": "writes_at_wrong_offset",
+        "the whole buffer returned instead of the filled prefix": "whole_buffer",
+        "(or a prefix one position too long or short)": "prefix_wrong_length",
+        "the keys written into the value buffer": "v_gets_k",
+        "`reset()` that keeps the length": "reset_keeps_length",
+        "(or the old keys, when the cache grows with `torch.cat`)": "reset_keeps_keys",
+        "buffers that are not preallocated (or copies instead of views)": "not_preallocated",
+        "no `ValueError` on overflow or on a batch, head, head_dim, dtype or device": (
+            "no_error_for_bad_update"
+        ),
+        "a `ValueError` for a valid update, e.g. a device kept as `None` or `'cpu'`": (
+            "error_for_valid_update"
+        ),
+        "`seq_len` never set in `__init__`": "seq_len_not_set",
+        "kept as a tensor instead of an int": "not_advanced",
+        "advanced by `head_dim` (`k_new.shape[-1]`)": "length_from_head_dim",
+        "`k_new` or `v_new` changed in place": "modified_input",
+    },
+    "cached_attention": {
+        "a top-left causal mask": "top_left_causal",
+        "no causal mask at all": "no_causal_mask",
+        "a mask that hides the diagonal": "excludes_diagonal",
+        "an inverted mask": "mask_inverted",
+        "a mask that leaves a query no key": "mask_hides_every_key",
+        "a mask of another shape than $(L_q, L_k)$ (e.g. transposed with `.T`)": (
+            "mask_wrong_shape"
+        ),
+        "a softmax over the queries instead of the keys": "softmax_over_queries",
+        "a missing $1/\\sqrt d$": "missing_scale",
+        "(or $1/d$, or $1/\\sqrt L$ instead)": ("divided_by_d", "scaled_by_length"),
+        "the weights multiplied by the keys instead of the values": "weights_times_k",
+        "`q`, `k` or `v` changed in place": "modified_input",
+        "a mask filled with `-1e9`": "float16_overflow",
+    },
+    "generate": {
+        "other tokens than greedy decoding's": "generate_wrong_tokens",
+        "the logits at position 0 instead of the last": "argmax_first_position",
+        "a decode step fed another token than the one just generated": "fed_wrong_token",
+        "only the new tokens returned without the prompt": "generate_without_prompt",
+        "another number of new tokens than `max_new_tokens`": "wrong_token_count",
+        "a next token of shape `(B,)` instead of `(B, 1)`": "argmax_without_keepdim",
+        "or concatenated along the wrong axis": "next_token_wrong_shape",
+        "`use_cache=True` that still feeds the whole sequence every step": "cache_unused",
+        "caches not made with `model.init_caches`": "cache_not_initialised",
+        "or too short for the prompt and the new tokens": "caches_too_small",
+        "a prefill or decode steps called without the caches": (
+            "prefill_without_caches",
+            "decode_without_caches",
+        ),
+        "caches made or passed when `use_cache=False`": "cache_used_when_off",
+    },
+    "kv_cache_bytes": {
+        "a fixed number of bytes per element whatever the dtype": "wrong_element_size",
+        "a size worked out for some dtypes only": "element_size_by_hand",
+        "K or V counted alone": "forgot_k_and_v",
+        "another factor missing": "missing_factor",
+        "bits instead of bytes": "bits_not_bytes",
+        "GiB or GB instead of bytes": "wrong_unit",
+    },
+    "RollingKVCache": {
+        "positions that restart (slot numbers instead of absolute positions)": (
+            "positions_not_absolute"
+        ),
+        "keys that do not match their positions, missing or extra keys": "rolling_wrong_keys",
+        "old keys overwritten by the update before they were read": (
+            "rolling_overwritten_before_read"
+        ),
+        "a cache that grows past $w$ slots": "rolling_not_bounded",
+        "several new keys written into one slot at once": "rolling_duplicate_slots",
+        "`seq_len` not counting every position": "not_advanced",
+        "a triple in another order than `(k, v, positions)`": "rolling_wrong_order",
+        "`k_new` or `v_new` changed in place": "modified_input",
+    },
+    "PagedKVCache": {
+        "a block table one block short or long": "block_table_off_by_one",
+        "a new sequence's table never stored in `self.block_tables`": "block_table_not_stored",
+        "positions in the wrong block or offset": "wrong_block_for_position",
+        "a chunk that crosses a block boundary written into one block": (
+            "wrong_block_for_position"
+        ),
+        "the keys written into the value blocks": "v_gets_k",
+        "a gather that keeps the unused tail of the last block": "gather_not_cropped",
+        "(or returns `(L, num_heads, head_dim)`)": "gathered_positions_first",
+        "a block owned twice": "blocks_shared",
+        "a `free_sequence` that loses blocks": "blocks_not_freed",
+        "or keeps the sequence's table or length": ("free_keeps_table", "free_keeps_length"),
+        "a full pool that does not raise `ValueError`": "no_error_for_full_pool",
+        "blocks taken before that `ValueError` and never given back": "blocks_leaked_on_error",
+    },
+}
+
+# The planted-bug tables, by exercise: (test, exercise) for the tests parametrized over a bug (or
+# a maker of one) and its key, then the tables of edits.
+PLANTED_BUG_TESTS = [
+    (test_kv_cache_bug_is_named, "KVCache"),
+    (test_cached_attention_bug_is_named, "cached_attention"),
+    (test_generate_bug_is_named, "generate"),
+    (test_kv_cache_bytes_bug_is_named, "kv_cache_bytes"),
+    (test_beginner_bytes_mistake_is_named, "kv_cache_bytes"),
+    (test_second_pass_bytes_mistake_is_named, "kv_cache_bytes"),
+    (test_rolling_bug_is_named, "RollingKVCache"),
+    (test_paged_bug_is_named, "PagedKVCache"),
+]
+# The single planted-bug tests: (exercise, key).
+SINGLE_PLANTED_BUGS = [
+    ("KVCache", "not_preallocated"),  # test_kv_cache_with_cat_is_not_preallocated
+    ("KVCache", "seq_len_not_set"),  # test_seq_len_never_set_is_told_missing
+    ("KVCache", "reset_keeps_keys"),  # test_kv_cache_reset_that_keeps_catted_keys_is_named
+]
+
+
+def keys_planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under."""
+    keys = {key for test, exercise in PLANTED_BUG_TESTS if exercise == name for key in keyed(test)}
+    keys |= {key for exercise, _, key, _ in BEGINNER_BUGS if exercise == name}
+    keys |= {key for _, exercise, key, _ in SECOND_PASS_BUGS if exercise == name}
+    return keys | {key for exercise, key in SINGLE_PLANTED_BUGS if exercise == name}
+
+
+def keyed(test) -> set:
+    """The keys of a test parametrized over ("bug, key") or ("make, key")."""
+    (marker,) = [m for m in test.pytestmark if m.name == "parametrize"]
+    return {row[-1] for row in marker.args[1]}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    assert_promise_kept(DAY, PROMISES, name, phrase, keys_planted(name))
