@@ -40,7 +40,7 @@ except importlib.metadata.PackageNotFoundError:
 #
 # Then you explore the patterns, and measure the memory and time of your sliding window against dense masked attention.
 #
-# **Prerequisites.** Day 1 (attention) and day 2 (boolean masks, True = may attend). Broadcasting, `torch.arange`, `tril`/`triu`, indexing with index tensors.
+# **Prerequisites.** Day 1 (attention), day 2 (boolean masks, True = may attend), and for exercise 12 day 3 (multi-head attention: splitting the features into heads and merging them back). Broadcasting, `torch.arange`, `tril`/`triu`, indexing with index tensors.
 # **Time.** About 3 hours.
 #
 # **How this notebook works.** Replace each `raise NotImplementedError()` with your code and run the check cell below it: ✓ or ✗ per check, and for a ✗ the name of the mistake and a hint. Grading reruns the same checks, and hidden ones draw new random sizes.
@@ -109,7 +109,7 @@ print(format_mask(library.strided_mask(8, 3, 1)))
 #
 # ### Exercise 1: `sliding_window_mask`
 #
-# The checks recognise: a window one key too wide or too narrow ($w$ vs $w + 1$ keys), $w$ keys on each side instead of $\lfloor w/2 \rfloor$, a symmetric window that reaches further on one side, `causal` ignored or looking ahead, a causal window of only $\lfloor w/2 \rfloor$ keys back (the symmetric half-width), a causal window when `causal=False`, no `ValueError` for `window < 1`, a non-bool mask, and a Python loop over positions (the checks count the Python lines your builder runs at $L = 64$ and $L = 1024$).
+# The checks recognise: a window one key too wide or too narrow ($w$ vs $w + 1$ keys), $w$ keys on each side instead of $\lfloor w/2 \rfloor$, a symmetric window that reaches further on one side, `causal` ignored or looking ahead, a causal window of only $\lfloor w/2 \rfloor$ keys back (the symmetric half-width), a causal window when `causal=False`, no `ValueError` for `window < 1` or `L < 1`, a non-bool mask, and a Python loop over positions (the checks count the Python lines your builder runs at $L = 64$ and $L = 1024$).
 
 # %% nbgrader={"grade": false, "grade_id": "sliding_window_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sliding_window_mask(L: int, window: int, causal: bool = False) -> torch.Tensor:
@@ -125,7 +125,7 @@ def sliding_window_mask(L: int, window: int, causal: bool = False) -> torch.Tens
     Returns:
         (L, L) torch.bool. Near the ends the window is cut: query 0 has no keys before it.
 
-    Raises ValueError if window < 1 (or L < 1). No Python loop over positions.
+    Raises ValueError if window < 1 or L < 1. No Python loop over positions.
     """
     ### BEGIN SOLUTION
     if L < 1 or window < 1:
@@ -155,7 +155,7 @@ check("day05-sparse", "sliding_window_mask", sliding_window_mask, hidden=True, p
 #
 # The Sparse Transformer's strided pattern: every query sees its neighbourhood, and a few *summary* columns $j = 0, s, 2s, \ldots$ that every query can read. With $s \approx \sqrt L$ each query sees about $2\sqrt L$ keys.
 #
-# The checks recognise: summary columns counted from 1 ($s-1, 2s-1, \ldots$ or without column 0), summary rows instead of columns, $(i - j) \bmod s = 0$ instead of $j \bmod s = 0$, a missing local band or missing summary columns, a local band off by one on each side (the visible check has an even `local_window`: 4 gives 2 keys on each side, not $(4 - 1) // 2 = 1$) or one-sided (causal), no `ValueError` for `stride > L`, `stride < 1` or `local_window < 1`, and a Python loop over positions.
+# The checks recognise: summary columns counted from 1 ($s-1, 2s-1, \ldots$ or without column 0), summary rows instead of columns, $(i - j) \bmod s = 0$ instead of $j \bmod s = 0$, a missing local band or missing summary columns, the band AND the summary columns (`&`) instead of OR (`|`), a local band off by one on each side (the visible check has an even `local_window`: 4 gives 2 keys on each side, not $(4 - 1) // 2 = 1$) or one-sided (causal), no `ValueError` for `stride > L`, `stride < 1` or `local_window < 1`, and a Python loop over positions.
 
 # %% nbgrader={"grade": false, "grade_id": "strided_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def strided_mask(L: int, stride: int, local_window: int) -> torch.Tensor:
@@ -320,7 +320,7 @@ check("day05-sparse", "block_sparse_mask", block_sparse_mask, hidden=True, point
 #
 # ### Exercise 6: `mask_density` and Exercise 7: `layers_to_full_reach`
 #
-# The checks recognise: a count instead of a fraction (or per row, or over one side squared), the fraction of False entries, integer division, float16 rounding, `mean()` of a bool tensor, a 0-d tensor instead of a Python float; reach through the mask alone without $I$ (it fails on masks without their diagonal), a loop that never stops (stopped after 10 s: no exit when full reach never happens, or a reach without $I$ that cycles), a matrix product of bool tensors, the number of squarings $R \leftarrow R R$ counted instead of the layers, a layer count one off, and a number where the answer is `None`.
+# The checks recognise: a count instead of a fraction (or per row, or over one side squared), the density of the first row only (`mask[0]`), a mean over one dim that leaves several numbers for `.item()`, the fraction of False entries, integer division, float16 rounding, `mean()` of a bool tensor, a 0-d tensor instead of a Python float; reach through the mask alone without $I$ (it fails on masks without their diagonal), a loop that never stops (stopped after 10 s: no exit when full reach never happens, or a reach without $I$ that cycles), a matrix product of bool tensors, the number of squarings $R \leftarrow R R$ counted instead of the layers (from 0 or from 1), a layer count one off, and a number where the answer is `None`.
 
 # %% nbgrader={"grade": false, "grade_id": "mask_density", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mask_density(mask: torch.Tensor) -> float:
@@ -422,7 +422,7 @@ for name, mask in patterns.items():
 #
 # ### Exercise 8: `sliding_window_attention`
 #
-# The checks compare with dense float64 attention under the sliding-window mask, and recognise: every window mistake of exercise 1, a missing $1/\sqrt{d}$ (or one applied to the weights after the softmax), `.T` on a batched tile, dropped edge queries (also whole blocks skipped because their window is cut), block bookkeeping that is right for the first block only (one check has $L$ of a few hundred: positions counted from a tile's start, or the output stored at the wrong offset), and any tensor with $L^2$ bytes or more (they run your function at $L = 4096$ and record every allocation, so building `sliding_window_mask(L, ...)` there fails too).
+# The checks compare with dense float64 attention under the sliding-window mask, and recognise: every window mistake of exercise 1, a missing $1/\sqrt{d}$ (or one applied to the weights after the softmax), a softmax over the queries of a tile (`dim=-2`), an output allocated like `q` (width $d$ where attention returns $d_v$), `.T` on a batched tile, dropped edge queries (also whole blocks skipped because their window is cut), block bookkeeping that is right for the first block only (one check has $L$ of a few hundred: positions counted from a tile's start, or the output stored at the wrong offset), and any tensor with $L^2$ bytes or more (they run your function at $L = 4096$ and record every allocation, so building `sliding_window_mask(L, ...)` there fails too).
 
 # %% nbgrader={"grade": false, "grade_id": "sliding_window_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
@@ -738,7 +738,7 @@ plt.show()
 #
 # Contract: `ColumnwiseAttention(num_columns, d, num_heads, shared=True)` is an `nn.Module` with four `nn.Parameter`s `q_weight, k_weight, v_weight, out_weight`, of shape `(d, d)` when `shared=True` and `(num_columns, d, d)` when `shared=False`, used as `nn.Linear` uses its weight ($y = x W^\top$, no bias); heads split the features into contiguous slices as on day 3 (head $h$ owns features $[h\,d_h, (h+1)\,d_h)$). `forward(x)` takes `(batch, num_columns, seq, d)` and returns the same shape.
 #
-# The checks set fresh random weights into your parameters, compare each column with float64 multi-head attention computed one column at a time, and recognise: columns flattened into the sequence (attention across columns), per-column weights that are really shared (one column's used for all; a parameter count of $4d^2$; changing `v_weight[c]` moving other columns than $c$), leakage (perturbing one input column changes another output column), attention across the columns at each time step (the wrong axis), a missing $1/\sqrt{d_h}$ or $1/\sqrt{d}$ (the model width) in its place, heads interleaved (features split as $(d_h, H)$), heads merged without moving $H$ back next to $d_h$, $x W$ instead of $x W^\top$, plain tensors instead of `nn.Parameter`s, missing or mis-shaped parameters, and wrong ranks or shapes accepted without a `ValueError`. `F.scaled_dot_product_attention` is allowed here: the point is the layout.
+# The checks set fresh random weights into your parameters, compare each column with float64 multi-head attention computed one column at a time, and recognise: columns flattened into the sequence (attention across columns), per-column weights that are really shared (one column's used for all; a parameter count of $4d^2$; changing `v_weight[c]` moving other columns than $c$), leakage (perturbing one input column changes another output column), attention across the columns at each time step (the wrong axis), a missing $1/\sqrt{d_h}$ or $1/\sqrt{d}$ (the model width) in its place, heads interleaved (features split as $(d_h, H)$), heads merged without moving $H$ back next to $d_h$, $x W$ instead of $x W^\top$, `.T` on a `(num_columns, d, d)` weight (it reverses all three dims), `super().__init__()` never called, plain tensors instead of `nn.Parameter`s, missing or mis-shaped parameters, and wrong ranks or shapes accepted without a `ValueError`. `F.scaled_dot_product_attention` is allowed here: the point is the layout.
 
 # %% nbgrader={"grade": false, "grade_id": "ColumnwiseAttention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 import torch.nn as nn

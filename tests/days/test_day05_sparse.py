@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import course.reference.sparse as library
 import grader.suites.day05_sparse as day05
+import grader.suites.day05_sparse.learned as learned_checks
 import grader.suites.day05_sparse.reach as reach_checks
 from grader.harness.checking import run as run_checks
 from helpers import assert_mistake_named, assert_named_on_seeds, day_report
@@ -85,6 +86,7 @@ def test_builders_make_a_16k_mask(solution, source, name):
     [
         (lambda m: m["sliding_window_mask"](8, 0), "window"),
         (lambda m: m["sliding_window_mask"](8, -3, True), "window"),
+        (lambda m: m["sliding_window_mask"](0, 3), "L"),
         (lambda m: m["strided_mask"](8, 9, 3), "stride"),
         (lambda m: m["strided_mask"](8, 0, 3), "stride"),
         (lambda m: m["strided_mask"](8, 2, 0), "local_window"),
@@ -97,6 +99,7 @@ def test_builders_make_a_16k_mask(solution, source, name):
     ids=[
         "window0",
         "window-3",
+        "L0",
         "stride>L",
         "stride0",
         "local0",
@@ -124,12 +127,14 @@ def band(L, below, above):
     return ones(L).tril(above).triu(-below)
 
 
-def make_window(below, above, check_window=True):
+def make_window(below, above, check_window=True, check_length=True):
     """A sliding_window_mask whose band is (below(window, causal), above(window, causal))."""
 
     def sliding_window_mask(L, window, causal=False):
         if check_window and window < 1:
             raise ValueError("window must be >= 1")
+        if check_length and L < 1:
+            raise ValueError("L must be >= 1")
         return band(L, below(window, causal), above(window, causal))
 
     return sliding_window_mask
@@ -144,8 +149,8 @@ def right_above(w, causal):
 
 
 def row_loop_window(L, window, causal=False):
-    if window < 1:
-        raise ValueError("window must be >= 1")
+    if window < 1 or L < 1:
+        raise ValueError("window and L must be >= 1")
     mask = torch.zeros(L, L, dtype=torch.bool)
     for i in range(L):
         lo, hi = (i - window + 1, i) if causal else (i - window // 2, i + window // 2)
@@ -176,6 +181,7 @@ def row_loop_window(L, window, causal=False):
         ),
         (make_window(lambda w, c: w - 1, lambda w, c: 0), "causal_when_symmetric"),
         (make_window(right_below, right_above, check_window=False), "no_error_for_bad_params"),
+        (make_window(right_below, right_above, check_length=False), "no_error_for_bad_params"),
         (
             lambda L, w, causal=False: make_window(right_below, right_above)(L, w, causal).float(),
             "not_bool",
@@ -193,13 +199,14 @@ def row_loop_window(L, window, causal=False):
         "looks_ahead",
         "causal_when_symmetric",
         "no_error",
+        "no_length_check",
         "float",
         "row_loop",
         "stub",
     ],
 )
 def test_sliding_window_mask_bug_is_named(bug, key, capsys):
-    assert_named("sliding_window_mask", bug, key, capsys)
+    assert_named_on_seeds(DAY, "sliding_window_mask", bug, key, capsys, seeds=(1, 2))
 
 
 def make_strided(summary, local=lambda L, w: band(L, w // 2, w // 2), validate=True):
@@ -213,6 +220,13 @@ def make_strided(summary, local=lambda L, w: band(L, w // 2, w // 2), validate=T
 
 def columns(L, stride):
     return (torch.arange(L) % stride == 0).expand(L, L)
+
+
+def band_and_summary(L, stride, local_window):
+    """The band AND the summary columns: only the summary keys inside the band."""
+    if not (1 <= stride <= L and local_window >= 1):
+        raise ValueError("bad stride or local_window")
+    return band(L, local_window // 2, local_window // 2) & columns(L, stride)
 
 
 relative_stride = make_strided(
@@ -243,6 +257,7 @@ relative_stride = make_strided(
             "missing_local",
         ),
         (make_strided(lambda L, s: torch.zeros(L, L, dtype=torch.bool)), "missing_summary"),
+        (band_and_summary, "band_and_summary"),
         (
             make_strided(columns, local=lambda L, w: band(L, w // 2 + 1, w // 2 + 1)),
             "local_off_by_one",
@@ -262,6 +277,7 @@ relative_stride = make_strided(
         "relative",
         "no_local",
         "no_summary",
+        "band_and_summary",
         "off_by_one",
         "even_window_off_by_one",
         "one_sided",
@@ -270,7 +286,7 @@ relative_stride = make_strided(
     ],
 )
 def test_strided_mask_bug_is_named(bug, key, capsys):
-    assert_named("strided_mask", bug, key, capsys)
+    assert_named_on_seeds(DAY, "strided_mask", bug, key, capsys, seeds=(1, 2))
 
 
 def make_global(
@@ -511,7 +527,9 @@ def test_block_sparse_mask_bug_is_named(bug, key, capsys):
     "bug, key",
     [
         (lambda mask: mask.sum().item(), "count_not_fraction"),
-        (lambda mask: mask[0].float().mean().item(), "wrong_density"),
+        (lambda mask: mask[0].float().mean().item(), "first_row_only"),
+        (lambda mask: mask.float().mean(-1)[0].item(), "first_row_only"),
+        (lambda mask: mask.float().mean(-1)[0].item(), "mean_over_one_dim"),
         (lambda mask: mask.sum(), "count_not_fraction"),
         (lambda mask: str(mask.float().mean().item()), "not_a_number"),
         (lambda mask: mask.float().mean(), "tensor_not_float"),
@@ -526,6 +544,8 @@ def test_block_sparse_mask_bug_is_named(bug, key, capsys):
     ids=[
         "count",
         "first_row",
+        "row_means_first",
+        "row_means_of_a_batch",
         "tensor_count",
         "string",
         "tensor",
@@ -539,7 +559,7 @@ def test_block_sparse_mask_bug_is_named(bug, key, capsys):
     ],
 )
 def test_mask_density_bug_is_named(bug, key, capsys):
-    assert_named("mask_density", bug, key, capsys)
+    assert_named_on_seeds(DAY, "mask_density", bug, key, capsys, seeds=(1, 2))
 
 
 def make_reach(self_loops=True, offset=0, never=None, full=torch.all):
@@ -571,16 +591,16 @@ def reach_until_all(mask, self_loops=True, product=lambda a, b: (a.float() @ b.f
     return layers
 
 
-def squaring_count(mask):
-    """R <- R @ R doubles the layers each step, but the count goes up by one."""
+def squaring_count(mask, first=1, at_least=0):
+    """R <- R @ R doubles the layers each step, but the count, from `first`, goes up by one."""
     L = mask.shape[-1]
-    reach, steps = mask | torch.eye(L, dtype=torch.bool), 1
+    reach, steps = mask | torch.eye(L, dtype=torch.bool), first
     while not reach.all():
         grown = (reach.float() @ reach.float()) > 0
         if torch.equal(grown, reach):
             return None
         reach, steps = grown, steps + 1
-    return steps
+    return max(steps, at_least)
 
 
 def path_counts(mask):
@@ -623,6 +643,8 @@ def reach_of_mask_alone(mask):
         (make_reach(offset=1), "off_by_one_layers"),
         (make_reach(never=0), "should_be_none"),
         (squaring_count, "counts_squarings"),
+        (functools.partial(squaring_count, first=0), "counts_squarings"),
+        (functools.partial(squaring_count, first=0, at_least=1), "counts_squarings"),
         (reach_until_all, "never_stops"),
         (functools.partial(reach_until_all, product=lambda a, b: (a @ b) > 0), "bool_matmul"),
         (make_reach(full=lambda reach: reach[0].all()), "one_query_only"),
@@ -636,6 +658,8 @@ def reach_of_mask_alone(mask):
         "plus_one",
         "zero_for_never",
         "squarings",
+        "squarings_from_0",
+        "squarings_from_0_at_least_1",
         "no_exit",
         "bool_matmul",
         "row_0_only",
@@ -669,16 +693,24 @@ def test_a_reach_that_cycles_is_stopped_and_named(monkeypatch):
 
 
 def make_tiled(
-    keys, allowed=None, scale=lambda d: d**-0.5, edges=None, block_local=False, out_at_keys=False
+    keys,
+    allowed=None,
+    scale=lambda d: d**-0.5,
+    edges=None,
+    block_local=False,
+    out_at_keys=False,
+    softmax_dim=-1,
+    out_like_q=False,
 ):
     """Attention tile by tile: query block [s, e) meets keys keys(s, e, L, **params); allowed(i, j,
     **params) masks inside the tile; edges(L, **params) = (first, last) rows to zero out. The
     bookkeeping bugs: positions counted from each tile's start (block_local), the output tile
-    stored at the keys' offset (out_at_keys)."""
+    stored at the keys' offset (out_at_keys), the output allocated like q (out_like_q); and the
+    softmax along softmax_dim."""
 
     def attention(q, k, v, *params, **kwargs):
         L, d = q.shape[-2], q.shape[-1]
-        out = torch.zeros(*q.shape[:-1], v.shape[-1], dtype=q.dtype)
+        out = torch.zeros_like(q) if out_like_q else q.new_zeros(*q.shape[:-1], v.shape[-1])
         for start in range(0, L, 64):
             stop = min(start + 64, L)
             k_start, k_stop = keys(start, stop, L, *params, **kwargs)
@@ -689,7 +721,7 @@ def make_tiled(
                 scores = scores.masked_fill(~allowed(i, j, *params, **kwargs), float("-inf"))
             row = k_start if out_at_keys else start
             out[..., row : row + stop - start, :] = (
-                torch.softmax(scores, -1).nan_to_num(0.0) @ v[..., k_start:k_stop, :]
+                torch.softmax(scores, softmax_dim).nan_to_num(0.0) @ v[..., k_start:k_stop, :]
             )
         if edges is not None:
             first, last = edges(L, *params, **kwargs)
@@ -793,6 +825,8 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         (make_swa(after=lambda w, c: 0 if c else w // 2 - 1), "asymmetric_window"),
         (make_swa(before=lambda w, c: w // 2, after=lambda w, c: w // 2), "ignores_causal"),
         (make_swa(scale=lambda d: 1.0), "missing_scale"),
+        (make_swa(softmax_dim=-2), "softmax_over_queries"),
+        (make_swa(out_like_q=True), "output_like_q"),
         (make_swa(block_local=True), "later_blocks_wrong"),
         (make_swa(out_at_keys=True), "later_blocks_wrong"),
         (make_tiled(keys_unclipped(at_start=False), right_window), "range_not_clipped"),
@@ -816,6 +850,8 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         "asymmetric",
         "ignores_causal",
         "missing_scale",
+        "softmax_over_queries",
+        "output_like_q",
         "block_local_positions",
         "out_at_key_offset",
         "stop_not_clipped",
@@ -827,7 +863,16 @@ def sdpa_with_mask(q, k, v, window, causal=False):
     ],
 )
 def test_sliding_window_attention_bug_is_named(bug, key, capsys):
-    assert_named("sliding_window_attention", bug, key, capsys)
+    assert_named_on_seeds(DAY, "sliding_window_attention", bug, key, capsys, seeds=(1, 2))
+
+
+def test_a_key_start_left_unclipped_is_named_by_every_check():
+    """A key range that starts below 0 crashes in several ways (torch's broadcast error, bmm's
+    on flattened heads, matmul's on (L, D) tiles): every check names the same mistake."""
+    bug = make_tiled(keys_unclipped(at_start=False), right_window)
+    for hidden, seed in [(False, 0), (True, 1), (True, 2)]:
+        result = report("sliding_window_attention", bug, hidden=hidden, seed=seed)
+        assert result.keys == {"range_not_clipped"}, [(r.key, r.message) for r in result.results]
 
 
 def test_every_block_skipped_on_a_short_sequence_is_named_not_all_zeros():
@@ -994,8 +1039,8 @@ def test_builders_may_not_call_the_library():
 
 
 def comparison_window(L, window, causal=False):
-    if window < 1:
-        raise ValueError("window must be >= 1")
+    if window < 1 or L < 1:
+        raise ValueError("window and L must be >= 1")
     i, j = torch.arange(L).unsqueeze(-1), torch.arange(L)
     if causal:
         return (j <= i) & (j > i - window)
@@ -1287,6 +1332,54 @@ def test_topk_gated_attention_bug_is_named(bug, key, capsys):
     assert_named("topk_gated_attention", bug, key, capsys)
 
 
+def scales_q_in_place(q, k, v, gate_scores, k_keep):
+    """q.div_ to save memory: the caller's q changes, and autograd refuses it on a leaf."""
+    q.div_(math.sqrt(q.shape[-1]))
+    return make_topk(scale=False)(q, k, v, gate_scores, k_keep)
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (make_topk(axis=-2), "topk_wrong_axis"),
+        (make_topk(count=1), "keeps_wrong_count"),
+        (make_topk(renormalise=False), "not_renormalised"),
+        (make_topk(largest=False), "keeps_lowest"),
+        (make_topk(by_scores=True), "ignores_gate"),
+        (make_topk(scale=False), "missing_scale"),
+        (tie_break_in_place, "modified_input"),
+        (scales_q_in_place, "modified_input"),
+        (lambda q, k, v, g, n: make_topk()(q, k.detach(), v, g, n), "wrong_gradient"),
+    ],
+    ids=[
+        "wrong_axis",
+        "k+1",
+        "not_renormalised",
+        "lowest",
+        "by_scores",
+        "no_scale",
+        "gate_in_place",
+        "q_in_place",
+        "detached_k",
+    ],
+)
+def test_topk_gradient_check_names_the_forward_mistake_first(bug, key):
+    """A wrong output has wrong gradients too: the gradient check names what is wrong with the
+    output, not 'wrong gradients'; and autograd's error for an in-place write into an input that
+    requires grad is the input changed in place."""
+    for seed in (0, 1, 2):
+        found = run_checks(
+            "topk_gated_attention",
+            bug,
+            [learned_checks.topk_gradients],
+            {},
+            hints=day05.HINTS,
+            seed=seed,
+            verbose=False,
+        )
+        assert found.keys == {key}, (seed, [(r.key, r.message) for r in found.results])
+
+
 def gathered_topk(q, k, v, gate_scores, k_keep):
     """Gather the kept keys and values: (..., Lq, k_keep, d), O(Lq * k_keep) memory."""
     Lq, Lk, d = q.shape[-2], k.shape[-2], q.shape[-1]
@@ -1468,6 +1561,19 @@ def test_adaptive_window_attention_bug_is_named(bug, key, capsys):
     assert_named("adaptive_window_attention", bug, key, capsys)
 
 
+def test_each_row_loop_hint_shows_its_own_exercise():
+    """The hint for a loop over batch rows gives the idiom of the exercise it is about."""
+    (topk,), (adaptive,) = (
+        {r.hint for r in report(name, bug).results if r.key == "loop_over_rows"}
+        for name, bug in [
+            ("topk_gated_attention", topk_batch_loop),
+            ("adaptive_window_attention", adaptive_row_loop),
+        ]
+    )
+    assert "topk" in topk and "widths" not in topk
+    assert "widths" in adaptive and "topk" not in adaptive
+
+
 def distance_adaptive(q, k, v, widths, causal=True):
     """Distances and float64 inside: the same answers."""
     L = q.shape[-2]
@@ -1570,12 +1676,15 @@ def make_columns(
     along_time=True,
     wrap=nn.Parameter,
     split_by_reshape=None,
+    super_init=True,
+    transpose=lambda w: w.transpose(-2, -1),
 ):
     """A ColumnwiseAttention with one planted bug (the defaults give a correct one)."""
 
     class ColumnwiseAttention(nn.Module):
         def __init__(self, num_columns, d, num_heads, shared=True):
-            super().__init__()
+            if super_init:
+                super().__init__()
             if d % num_heads:
                 raise ValueError("d must be divisible by num_heads")
             self.C, self.d, self.H, self.shared = num_columns, d, num_heads, shared
@@ -1587,7 +1696,7 @@ def make_columns(
             if self.shared or not per_column_params:
                 return w.T if linear_weights else w
             w = w[:1] if share_first else w
-            return w.transpose(-2, -1) if linear_weights else w
+            return transpose(w) if linear_weights else w
 
         def split(self, t, dh):  # (B, C, T, d) -> (B, C, H, T, dh)
             if split_by_reshape is not None:
@@ -1647,6 +1756,8 @@ def make_columns(
         (make_columns(along_time=False), "attends_along_columns"),
         (make_columns(wrap=lambda t: t), "parameter_not_registered"),
         (make_columns(validate=False), "no_error_for_bad_params"),
+        (make_columns(super_init=False), "no_super_init"),
+        (make_columns(transpose=lambda w: w.permute(2, 1, 0)), "weight_transposed_whole"),  # w.T
         (stub, "not_implemented"),
     ],
     ids=[
@@ -1664,6 +1775,8 @@ def make_columns(
         "across_columns",
         "plain_tensors",
         "no_error",
+        "no_super_init",
+        "per_column_dot_T",
         "stub",
     ],
 )

@@ -18,10 +18,11 @@ from grader.harness.checking import (
     expect_value_error,
     guarded,
     hint,
+    named_crash,
 )
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
-from grader.suites.day05_sparse.shared import FORBIDDEN_BUILDERS
+from grader.suites.day05_sparse.shared import FORBIDDEN_BUILDERS, SIZES_DIFFER
 
 HINTS = {
     "attends_across_columns": (
@@ -80,6 +81,17 @@ HINTS = {
         "weights stored as plain tensors, not nn.Parameter (they are not trained or saved)",
         "wrap them: self.q_weight = nn.Parameter(torch.randn(...) * d ** -0.5).",
     ),
+    "no_super_init": (
+        "an nn.Module whose __init__ never calls super().__init__()",
+        "call super().__init__() first thing in __init__: nn.Module sets up its registry of "
+        "parameters there, before any self.q_weight = nn.Parameter(...).",
+    ),
+    "weight_transposed_whole": (
+        "a (num_columns, d, d) weight transposed with .T, which reverses all three dims to "
+        "(d, d, num_columns)",
+        "transpose the last two dims only: x @ W.transpose(-2, -1) (or W.mT) broadcasts the "
+        "(C, d, d) weights against (B, C, T, d); or torch.einsum('bctd,ced->bcte', x, W).",
+    ),
     "not_a_module": (
         "something other than an nn.Module",
         "subclass nn.Module and call super().__init__() first.",
@@ -94,16 +106,58 @@ FORBIDDEN_COLUMNS = {
 }
 
 
-def build_columns(ColumnwiseAttention, *args, **kwargs):
+def build_columns(ColumnwiseAttention, C: int, d: int, H: int, shared: bool = True):
     """The student's module (constructed under the guard) and a guarded way to call it."""
-    module = ColumnwiseAttention(*args, **kwargs)
+    module = constructed(ColumnwiseAttention, C, d, H, shared)
     if not isinstance(module, torch.nn.Module):
         raise Mistake(
             f"ColumnwiseAttention(...) gave a {type(module).__name__}, not an nn.Module.",
             hint("not_a_module")[1],
             "not_a_module",
         )
-    return module, guarded(module, "ColumnwiseAttention", FORBIDDEN_COLUMNS)
+    forward = guarded(module, "ColumnwiseAttention", FORBIDDEN_COLUMNS)
+    return module, naming_weight_transpose(forward, C, d, shared)
+
+
+def constructed(ColumnwiseAttention, C: int, d: int, H: int, shared: bool):
+    """ColumnwiseAttention(C, d, H, shared=shared); a crash is said to come from the constructor,
+    and nn.Module's error for a parameter set before its __init__ ran is named."""
+    call = f"ColumnwiseAttention({C}, {d}, {H}, shared={shared})"
+    try:
+        return ColumnwiseAttention(C, d, H, shared=shared)
+    except Mistake as mistake:
+        if mistake.key != "raised":
+            raise
+        error = mistake.message.removeprefix("your function raised ")
+        if "before Module.__init__() call" not in error:
+            raise Mistake(f"{call} raised {error}", mistake.hint, mistake.key) from None
+        description, fix = hint("no_super_init")
+        raise Mistake(
+            f"{call} raised {error}\n      It looks like {description}.", fix, "no_super_init"
+        ) from None
+
+
+def naming_weight_transpose(forward, C: int, d: int, shared: bool):
+    """`forward`, with torch's broadcast error for x (B, C, T, d) @ W.T, W (C, d, d) reversed to
+    (d, d, C), named: the batch dims C of x and d of W.T do not match (read from the error's
+    text, which is the same when the module runs in the student's kernel)."""
+
+    def call(x):
+        try:
+            return forward(x)
+        except Mistake as mistake:
+            sizes = SIZES_DIFFER.search(mistake.message)
+            if (
+                mistake.key == "raised"
+                and not shared
+                and C != d
+                and sizes is not None
+                and {int(sizes[1]), int(sizes[2])} == {C, d}
+            ):
+                raise named_crash(mistake, "weight_transposed_whole") from None
+            raise
+
+    return call
 
 
 def set_column_weights(module, C, d, shared, rng, dtype):

@@ -87,9 +87,7 @@ HINTS = {
     ),
     "loop_over_rows": (
         "a Python loop over batch rows or heads",
-        "broadcast over every leading dim at once: @, softmax and topk work on (..., L, L) "
-        "whole (gate_scores.topk(k_keep, dim=-1) ranks every row), and widths.unsqueeze(-1), "
-        "(..., L, 1), compares with the (L, L) grid of positions in one go.",
+        "broadcast over every leading dim at once: @ and softmax work on (..., L, L) whole.",
     ),
 }
 
@@ -197,8 +195,13 @@ def topk_keeping_inputs(topk_gated_attention, q, k, v, gate, k_keep):
 
 
 def expect_topk(topk_gated_attention, q, k, v, gate, k_keep, what: str) -> None:
-    mask = brute_topk_mask(gate, k_keep)
     out = topk_keeping_inputs(topk_gated_attention, q, k, v, gate, k_keep)
+    expect_topk_output(out, q, k, v, gate, k_keep, what)
+
+
+def expect_topk_output(out, q, k, v, gate, k_keep, what: str) -> None:
+    """`out` must be attention over each query's k_keep highest-gated keys; suspects named."""
+    mask = brute_topk_mask(gate, k_keep)
     suspects = topk_suspects(q, k, gate, k_keep)
     suspects.append(("not_renormalised", masked64(q, k, v, mask, renormalise=False)))
     expect_masked_attention(out, q, k, v, mask, what, suspects)
@@ -287,14 +290,18 @@ def topk_gradients(topk_gated_attention, rng):
     """detached selection: gradients reach q, k, v through the kept keys only, none reach the gate"""
     Lq, Lk = draw(rng, 5, 10), draw(rng, 6, 12)
     q, k, v, gate = topk_inputs(rng, (2, 2), Lq, Lk, torch.float64)
-    k_keep = draw(rng, 2, min(Lq, Lk) - 1)
+    k_keep = draw(rng, 2, min(Lq, Lk) - 2)  # k_keep + 1 < Lk: keeping one more is not all keys
     grad_out = randn((2, 2, Lq, v.shape[-1]), rng, torch.float64)
     mask = brute_topk_mask(gate, k_keep)
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
     ref_grads = torch.autograd.grad(masked64(*leaves, mask), leaves, grad_out)
     inputs = [t.clone().requires_grad_(True) for t in (q, k, v, gate)]
-    out = topk_gated_attention(*inputs, k_keep)
+    out = output_with_grad(topk_gated_attention, inputs, k_keep)
     expect_tensor(out, "topk_gated_attention's output", (2, 2, Lq, v.shape[-1]), torch.float64)
+    # A wrong output has wrong gradients too: name what is wrong with it first.
+    expect_topk_output(
+        out.detach(), q, k, v, gate, k_keep, f"topk_gated_attention with k_keep = {k_keep}"
+    )
     if not out.requires_grad:
         description, fix = hint("wrong_gradient")
         raise Mistake(
@@ -315,6 +322,23 @@ def topk_gradients(topk_gated_attention, rng):
                 fix,
                 "wrong_gradient",
             )
+
+
+def output_with_grad(topk_gated_attention, inputs: list, k_keep: int):
+    """topk_gated_attention on inputs that require grad; autograd's refusal to let an input
+    that requires grad be written into in place is named."""
+    try:
+        return topk_gated_attention(*inputs, k_keep)
+    except Mistake as mistake:
+        if mistake.key != "raised" or "leaf Variable" not in mistake.message:
+            raise
+        description, fix = hint("modified_input")
+        raise Mistake(
+            f"{mistake.message}\n      On inputs that require grad, autograd refuses an "
+            f"in-place write into them: it looks like {description}.",
+            fix,
+            "modified_input",
+        ) from None
 
 
 def topk_rejects_bad_parameters(topk_gated_attention, rng):
@@ -341,13 +365,27 @@ def topk_vectorised(topk_gated_attention, rng):
         q, k, v, gate = topk_inputs(rng, leading, L, L)
         return lambda: topk_gated_attention(q, k, v, gate, 4)
 
-    name = "topk_gated_attention"
-    expect_flat_python_work(
-        name, "python_loop", ("L = 32", call((1,), 32)), ("L = 256", call((1,), 256))
+    expect_vectorised(
+        "topk_gated_attention",
+        call,
+        "gate_scores.topk(k_keep, dim=-1) ranks every row of every batch at once, and "
+        "scatter(-1, indices, True) marks their keys.",
     )
-    expect_flat_python_work(
-        name, "loop_over_rows", ("2 batch rows", call((2,), 16)), ("64", call((64,), 16))
-    )
+
+
+def expect_vectorised(name: str, call, idiom: str) -> None:
+    """No Python loop over positions (L = 32 against 256), nor over batch rows (2 against 64):
+    `call(leading, L)` gives the call at a size; `idiom`, the exercise's way to do every row at
+    once, ends the hint."""
+    try:
+        expect_flat_python_work(
+            name, "python_loop", ("L = 32", call((1,), 32)), ("L = 256", call((1,), 256))
+        )
+        expect_flat_python_work(
+            name, "loop_over_rows", ("2 batch rows", call((2,), 16)), ("64", call((64,), 16))
+        )
+    except Mistake as loop:
+        raise Mistake(loop.message, f"{loop.hint} {idiom}", loop.key) from None
 
 
 # ----------------------------------------------------------------------------- adaptive_window_attention
@@ -546,12 +584,10 @@ def adaptive_vectorised(adaptive_window_attention, rng):
         q, k, v, widths = adaptive_inputs(rng, leading, L)
         return lambda: adaptive_window_attention(q, k, v, widths)
 
-    name = "adaptive_window_attention"
-    expect_flat_python_work(
-        name, "python_loop", ("L = 32", call((1,), 32)), ("L = 256", call((1,), 256))
-    )
-    expect_flat_python_work(
-        name, "loop_over_rows", ("2 batch rows", call((2,), 16)), ("64", call((64,), 16))
+    expect_vectorised(
+        "adaptive_window_attention",
+        call,
+        "widths.unsqueeze(-1), (..., L, 1), compares with the (L, L) grid of positions in one go.",
     )
 
 

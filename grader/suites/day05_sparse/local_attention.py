@@ -23,6 +23,7 @@ from grader.suites import Exercise, day01_sdpa
 from grader.suites._common import draw, explain_by_rank, largest_allocation, randn, right_answer
 from grader.suites.day05_sparse.shared import (
     FORBIDDEN_BUILDERS,
+    SIZES_DIFFER,
     brute_mask,
     dense64,
     window_rule,
@@ -39,6 +40,12 @@ HINTS = {
     "softmax_over_queries": (
         "a softmax over the queries of a tile (dim=-2) instead of over its keys",
         "each query's weights sum to 1 over its keys: torch.softmax(scores, dim=-1).",
+    ),
+    "output_like_q": (
+        "an output allocated like q (torch.empty_like(q), say): its last dim is q's d, but "
+        "attention returns v's width dv",
+        "allocate the output with v's width: q.new_empty(*q.shape[:-1], v.shape[-1]), "
+        "(..., L, dv).",
     ),
     "key_start_not_clipped": (
         "the first chunk's keys sliced from a negative start: k[..., -overlap:e] counts from "
@@ -279,6 +286,15 @@ def expect_window_attention(
     except Mistake as mistake:
         if mistake.key not in ("wrong_values", "not_finite"):
             raise
+        block = tile_of_softmax_over_queries(out, qkv, window, causal)
+        if block is not None:
+            description, fix = hint("softmax_over_queries")
+            raise Mistake(
+                f"{what} matches a softmax over each tile's queries, {block} queries a tile: "
+                f"it looks like {description}.",
+                fix,
+                "softmax_over_queries",
+            ) from None
         ref = dense64(*qkv, mask)
         skipped = skipped_queries(out, ref)
         if skipped:
@@ -302,6 +318,39 @@ def expect_window_attention(
             fix,
             "later_blocks_wrong",
         ) from None
+
+
+def window_tiles64(q, k, v, window: int, causal: bool, block: int, softmax_dim: int = -1):
+    """Sliding-window attention in float64, `block` queries a tile, each tile's softmax along
+    `softmax_dim`: -1 is right, -2 (over the tile's queries) the mistake."""
+    L, d = q.shape[-2], q.shape[-1]
+    before, after = (window - 1, 0) if causal else (window // 2, window // 2)
+    q, k, v = q.double(), k.double(), v.double()
+    tiles = []
+    for start in range(0, L, block):
+        stop = min(start + block, L)
+        k_start, k_stop = max(0, start - before), min(L, stop + after)
+        scores = q[..., start:stop, :] @ k[..., k_start:k_stop, :].transpose(-2, -1) / math.sqrt(d)
+        i = torch.arange(start, stop).unsqueeze(-1)  # (b, 1) query positions
+        j = torch.arange(k_start, k_stop)  # (kb,) key positions
+        band = (j >= i - before) & (j <= i + after)  # (b, kb)
+        weights = torch.softmax(scores.masked_fill(~band, float("-inf")), softmax_dim)
+        tiles.append(weights @ v[..., k_start:k_stop, :])
+    return torch.cat(tiles, dim=-2)
+
+
+def tile_of_softmax_over_queries(out, qkv: tuple, window: int, causal: bool):
+    """The tile size at which `out` is the softmax over each tile's queries, or None. The tile
+    size is the student's choice: the common ones are tried, and the whole sequence."""
+    q = qkv[0]
+    L = q.shape[-2]
+    if not isinstance(out, torch.Tensor) or out.shape != (*q.shape[:-1], qkv[2].shape[-1]):
+        return None
+    for block in sorted({min(b, L) for b in (16, 32, 64, 128, window, max(window, 64), L)}):
+        wrong = window_tiles64(*qkv, window, causal, block, softmax_dim=-2)
+        if relative_error(out.detach(), wrong) <= TOLERANCE[q.dtype]:
+            return block
+    return None
 
 
 def skipped_queries(out: torch.Tensor, ref: torch.Tensor) -> list:
@@ -521,21 +570,50 @@ def chunked_never_full_matrix(chunked_attention, rng):
 # ----------------------------------------------------------------------------- errors named
 
 TRANSPOSE_ALL = re.compile(r"\.T(?![\w(])")  # k.T, not k.transpose(...) or k.Tx
-SIZES_DIFFER = re.compile(
-    r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) "
-    r"at non-singleton dimension (\d+)"
+EXPANDED_SIZE = re.compile(
+    r"expanded size of the tensor \((\d+)\) must match the existing size \((\d+)\)"
 )
 
 
 def runs_past_the_ends(message: str, q: torch.Tensor) -> bool:
-    """torch's broadcast error says the key axis of the scores (the last) met more than the L
-    positions there are, or none (a slice from a negative start that wrapped past its stop):
-    a range that was not clipped to [0, L)."""
+    """torch's error says the key axis met more than the L positions there are, or none (a
+    slice from a negative start that wrapped past its stop): a range that was not clipped to
+    [0, L)."""
+    sizes = key_axis_sizes(message, q)
+    return sizes is not None and (max(sizes) > q.shape[-2] or min(sizes) == 0)
+
+
+def key_axis_sizes(message: str, q: torch.Tensor):
+    """The two sizes of the key axis that torch's error says differ, or None: the scores' last
+    dim (a broadcast error), or the keys of weights @ v (matmul's error on (L, D) tiles, bmm's
+    on flattened leading dims; where the expected size is q's d, it is q @ k instead)."""
     sizes = SIZES_DIFFER.search(message)
-    if sizes is None:
+    if sizes is not None:
+        a, b, dim = (int(n) for n in sizes.groups())
+        return (a, b) if dim == q.dim() - 1 else None
+    for pattern in (VALUE_ROWS_DIFFER, MATRIX_SIZES_DIFFER):
+        sizes = pattern.search(message)
+        if sizes is not None:
+            a, b = (int(n) for n in sizes.groups())
+            return (a, b) if a != q.shape[-1] else None
+    return None
+
+
+# torch's errors for a product whose inner sizes differ: bmm's (batch2's rows), matmul's on 2-D
+VALUE_ROWS_DIFFER = re.compile(
+    r"first two dimensions of batch2 tensor to be: \[\d+, (\d+)\] but got: \[\d+, (\d+)\]"
+)
+MATRIX_SIZES_DIFFER = re.compile(
+    r"mat1 and mat2 shapes cannot be multiplied \(\d+x(\d+) and (\d+)x\d+\)"
+)
+
+
+def output_like_q(message: str, q: torch.Tensor, v: torch.Tensor) -> bool:
+    """torch's error for a tile of width dv written into an output of q's width d."""
+    sizes = EXPANDED_SIZE.search(message)
+    if sizes is None or q.shape[-1] == v.shape[-1]:
         return False
-    a, b, dim = (int(n) for n in sizes.groups())
-    return dim == q.dim() - 1 and (max(a, b) > q.shape[-2] or min(a, b) == 0)
+    return (int(sizes[1]), int(sizes[2])) == (q.shape[-1], v.shape[-1])
 
 
 def window_oracle(q, k, v, window, causal=False):
@@ -581,6 +659,8 @@ def naming_shape_errors(check, oracle):
                     raise named_crash(mistake, "batched_transpose") from None
                 if runs_past_the_ends(mistake.message, q):
                     raise named_crash(mistake, "range_not_clipped") from None
+                if output_like_q(mistake.message, q, v):
+                    raise named_crash(mistake, "output_like_q") from None
                 explain_by_one_head(student, oracle, mistake, q, k, v, *args, **kwargs)
                 raise
 

@@ -48,6 +48,11 @@ HINTS = {
         "the local window without the summary columns",
         "OR the two parts: (j % stride == 0) | (|i - j| <= local_window // 2).",
     ),
+    "band_and_summary": (
+        "the band AND the summary columns (&) instead of the band OR them (|)",
+        "a key is allowed when it is in the band or in a summary column: OR the two parts, "
+        "(j % stride == 0) | (|i - j| <= local_window // 2).",
+    ),
     "local_off_by_one": (
         "a local band one key too wide or too narrow on each side",
         "the local band is |i - j| <= local_window // 2, even windows too: local_window = 4 "
@@ -185,13 +190,14 @@ def swm_extremes(sliding_window_mask, rng):
     )
 
 
-def swm_rejects_bad_window(sliding_window_mask, rng):
-    """window < 1 raises ValueError"""
-    L = draw(rng, 4, 10)
-    for window in (0, -draw(rng, 1, 5)):
+def swm_rejects_bad_parameters(sliding_window_mask, rng):
+    """window < 1 and L < 1 raise ValueError"""
+    L, window = draw(rng, 4, 10), draw(rng, 1, 5)
+    # L = 0 would give an empty mask, a negative L torch's RuntimeError: neither says what is wrong
+    for length, width in [(L, 0), (L, -draw(rng, 1, 5)), (0, window), (-draw(rng, 1, 5), window)]:
         expect_value_error(
-            lambda: sliding_window_mask(L, window),
-            f"sliding_window_mask({L}, {window})",
+            lambda: sliding_window_mask(length, width),
+            f"sliding_window_mask({length}, {width})",
             "no_error_for_bad_params",
         )
 
@@ -241,6 +247,7 @@ def strided_suspects(L: int, stride: int, local_window: int) -> list:
         ],
         ("missing_local", brute_mask(L, lambda i, j: j % stride == 0 or i == j)),
         ("missing_summary", brute_mask(L, lambda i, j: abs(i - j) <= half)),
+        ("band_and_summary", brute_mask(L, lambda i, j: j % stride == 0 and abs(i - j) <= half)),
         (
             "window_each_side",
             brute_mask(L, lambda i, j: j % stride == 0 or abs(i - j) <= local_window),
@@ -542,12 +549,14 @@ def random_extremes(random_mask, rng):
     """num_random = 0 (no keys), L (all keys); num_random > L or < 0 raises ValueError"""
     L = draw(rng, 3, 10)
     g = seeded(draw(rng, 0, 10**6))
-    expect_mask(
-        random_mask(L, 0, g), torch.zeros(L, L, dtype=torch.bool), f"random_mask({L}, 0, g)"
-    )
-    expect_mask(
-        random_mask(L, L, g), torch.ones(L, L, dtype=torch.bool), f"random_mask({L}, {L}, g)"
-    )
+    for num_random, all_keys in [(0, False), (L, True)]:
+        # every wrong mask here has a row with other than num_random keys
+        expect_mask(
+            random_mask(L, num_random, g),
+            torch.full((L, L), all_keys),
+            f"random_mask({L}, {num_random}, g)",
+            [(lambda out: ("not_exactly_num_random", None), None)],
+        )
     for bad in (L + 1, -draw(rng, 1, L)):  # a negative num_random would keep L - |r| keys
         expect_value_error(
             lambda: random_mask(L, bad, g), f"random_mask({L}, {bad}, g)", "no_error_for_bad_params"
@@ -668,7 +677,13 @@ def block_vectorised(block_sparse_mask, rng):
 
 EXERCISES = {
     "sliding_window_mask": Exercise(
-        checks=[swm_symmetric, swm_causal, swm_extremes, swm_rejects_bad_window, swm_vectorised],
+        checks=[
+            swm_symmetric,
+            swm_causal,
+            swm_extremes,
+            swm_rejects_bad_parameters,
+            swm_vectorised,
+        ],
         forbidden=FORBIDDEN_BUILDERS,
     ),
     "strided_mask": Exercise(

@@ -35,6 +35,17 @@ HINTS = {
         "a count divided by the square of one side, shape[0] ** 2 or shape[-1] ** 2",
         "mask.numel() counts every entry, for non-square and batched masks too.",
     ),
+    "first_row_only": (
+        "the density of one row, or of one mask of a batch (mask[0], or mean(-1)[0]), "
+        "instead of the whole mask's",
+        "average over every entry at once: mask.float().mean().item(), with no dim and no "
+        "indexing, or mask.sum().item() / mask.numel().",
+    ),
+    "mean_over_one_dim": (
+        "a mean (or sum) over one dim only, which leaves several numbers: .item() then fails",
+        "reduce over every entry: mask.float().mean() with no dim (a batch (B, L, L) too), "
+        "then .item().",
+    ),
     "fraction_of_false": (
         "the fraction of False entries (1 - density)",
         "count the True entries: True = may attend, the pairs that are computed.",
@@ -121,6 +132,7 @@ def density_suspects(mask, expected: float) -> list:
         ("per_row_count", expected * shape[-1]),
         *[("square_count", count / side**2) for side in (shape[0], shape[-1])],
         ("fraction_of_false", 1 - expected),
+        ("first_row_only", mask[0].float().mean().item()),
     ]
 
 
@@ -164,18 +176,25 @@ def wrong_density(number, expected: float, what: str, mask) -> Mistake:
 
 
 def density_of(mask_density, mask):
-    """mask_density(mask); torch's error for the mean of a bool tensor is named."""
+    """mask_density(mask); torch's errors for the mean of a bool tensor, and for .item() of
+    several numbers, are named."""
     try:
         return mask_density(mask)
     except Mistake as mistake:
-        if mistake.key != "raised" or "Got: Bool" not in mistake.message:
+        if mistake.key != "raised":
             raise
-        description, fix = hint("mean_of_bool")
+        if "Got: Bool" in mistake.message:
+            key = "mean_of_bool"
+        elif "cannot be converted to Scalar" in mistake.message:
+            key = "mean_over_one_dim"
+        else:
+            raise
+        description, fix = hint(key)
         raise Mistake(
-            f"mask_density raised: {mistake.message.split(': ', 1)[-1]}\n      it looks like "
-            f"{description}.",
+            f"mask_density of a {tuple(mask.shape)} mask raised: "
+            f"{mistake.message.split(': ', 1)[-1]}\n      it looks like {description}.",
             fix,
-            "mean_of_bool",
+            key,
         ) from None
 
 
@@ -327,18 +346,18 @@ def expect_layers(layers_to_full_reach, mask, what: str) -> None:
         raise Mistake(
             f"{what}: got {out}, expected {expected}.", hint("forgot_self")[1], "forgot_self"
         )
-    if abs(out - expected) == 1:
-        raise Mistake(
-            f"{what}: got {out}, expected {expected}.",
-            hint("off_by_one_layers")[1],
-            "off_by_one_layers",
-        )
-    if out == 1 + math.ceil(math.log2(expected)):  # 2 ** (out - 1) layers
+    if counts_squarings(layers_to_full_reach, out, expected):
         description, fix = hint("counts_squarings")
         raise Mistake(
             f"{what}: got {out}, expected {expected}: it looks like {description}.",
             fix,
             "counts_squarings",
+        )
+    if abs(out - expected) == 1:
+        raise Mistake(
+            f"{what}: got {out}, expected {expected}.",
+            hint("off_by_one_layers")[1],
+            "off_by_one_layers",
         )
     raise Mistake(
         f"{what}: got {out}, expected {expected}.",
@@ -346,6 +365,25 @@ def expect_layers(layers_to_full_reach, mask, what: str) -> None:
         "count until it is all True.",
         key="wrong_layers",
     )
+
+
+def squarings_for(layers: int) -> set:
+    """The counts of squarings R <- R R that first reach `layers` layers (R = mask | I is one
+    layer, each squaring doubles them), counted from 0, from 1, or from 0 but at least 1."""
+    squarings = math.ceil(math.log2(layers))
+    return {squarings, squarings + 1, max(squarings, 1)}
+
+
+def counts_squarings(layers_to_full_reach, out: int, expected: int) -> bool:
+    """`out` counts squarings instead of layers. Where the two are one apart (2 or 3 layers) an
+    off-by-one count looks the same: a probe tells them apart, a band of 3 on L = 17 that
+    takes 16 layers, 4 squarings (5 counted from 1), never 15 or 17."""
+    if out == expected or out not in squarings_for(expected):
+        return False
+    if abs(out - expected) != 1:
+        return True
+    probe = brute_mask(17, window_rule(3, False))
+    return layers_within_limit(layers_to_full_reach, probe, "a probe") in squarings_for(16)
 
 
 def judges_query_0_only(layers_to_full_reach, mask, out, expected) -> bool:

@@ -3,6 +3,8 @@ functions a mask builder may not call, brute-force oracles, the exact mask compa
 measurement that a builder runs no Python loop over positions.
 """
 
+import re
+
 import torch
 import torch.nn.functional as F
 
@@ -69,6 +71,12 @@ HINTS = {
     ),
 }
 
+
+# torch's broadcast error, as it reads in the message of a crash: (size a, size b, dim)
+SIZES_DIFFER = re.compile(
+    r"size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) "
+    r"at non-singleton dimension (\d+)"
+)
 
 COURSE_SPARSE = (
     "course.reference.sparse is the course's library version, for later days: write yours."
