@@ -9,7 +9,12 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from grader.autograde import pipeline, sources
+# jsonschema, as nbformat imports it, builds 38 grammars from rfc3987_syntax where that is
+# installed (1 s, in the grader and in every worker), only to check the "iri" format, which no
+# notebook or nbgrader schema uses. Without it, jsonschema leaves that one format unchecked.
+sys.modules.setdefault("rfc3987_syntax", None)
+
+from grader.autograde import pipeline, sources  # noqa: E402
 
 DESCRIPTION = """\
 Grade Attention from Scratch with nbgrader. Run from the repository root (or pass --course-dir):

@@ -19,6 +19,8 @@ import ipywidgets as widgets
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from course.device import being_graded
+
 
 class Explorer:
     """Controls above a picture, redrawn whenever a control moves.
@@ -53,10 +55,13 @@ class Explorer:
         drawing. Moving a control here does not trigger another redraw."""
 
     def redraw(self) -> None:
-        """Fit the controls to each other and show the picture they describe."""
+        """Fit the controls to each other and show the picture they describe: none while nbgrader
+        executes the notebook, where no point comes from a picture and drawing them would be
+        most of a graded notebook's ungraded time."""
         with self._held():
             self.fit_controls()
-        self.image.value = self.render()
+        if not being_graded():
+            self.image.value = self.render()
 
     @contextlib.contextmanager
     def hold(self):

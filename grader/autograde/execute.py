@@ -41,15 +41,17 @@ import time
 from queue import Empty
 
 from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
 from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
-from traitlets import Bool, Integer, Unicode
+from traitlets import Bool, Integer, Type, Unicode
 
 from grader.autograde import kernel_side, remote, sandbox, source_scan, verdicts, warm
 
 LOCAL_WAIT = 0.01  # seconds to wait for a message a kernel on this machine has already sent
+WAIT_SLICE = 0.5  # seconds a wait on a kernel's channel goes without looking at it afresh
 
 
 def kernel_definition(function) -> str:
@@ -57,6 +59,23 @@ def kernel_definition(function) -> str:
     notebook's own namespace, where a plain name could replace one of the student's."""
     source = inspect.getsource(function)
     return source.replace(f"def {function.__name__}(", f"def __grader_{function.__name__}(", 1)
+
+
+class PatientChannel(AsyncZMQSocketChannel):
+    """A kernel's channel whose long waits look at the socket afresh every WAIT_SLICE seconds.
+    pyzmq wakes a waiting event loop through an edge-triggered descriptor; a wakeup lost on the
+    way would leave a cell waiting for a reply that has already come until its whole timeout (a
+    graded notebook stalled 300 s that way here), where a fresh look finds it at once."""
+
+    async def get_msg(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            try:  # at least a millisecond: a zero timeout takes pyzmq's other path
+                return await super().get_msg(timeout=min(WAIT_SLICE, max(left, 0.001)))
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
 
 
 class QuickKernelClient(AsyncKernelClient):
@@ -86,6 +105,8 @@ class QuickKernelClient(AsyncKernelClient):
             pass  # the start's own status messages, not the first cell's
 
     wait_for_ready = _async_wait_for_ready  # what nbclient calls (bound by name in the parent)
+    shell_channel_class = Type(PatientChannel)
+    iopub_channel_class = Type(PatientChannel)
 
     async def _iopub_message(self, timeout: float) -> bool:
         try:
@@ -481,37 +502,57 @@ class LimitedExecute(Execute):
         """Grade check cell `cell` in this process: its verdicts, outputs and reports."""
         self._cell_deadline = time.monotonic() + (self.timeout or 10**9)
         try:
-            ask = lambda payload: self._ask(payload, cell)  # noqa: E731
-            sources = [c.source for c in self.nb.cells if c.cell_type == "code"]
-            points = float(cell.metadata.get("nbgrader", {}).get("points", 0))
-            outputs, reports = verdicts.grade_cell(
-                ask, calls, self.student, self._secret, sources, points, self.partial_credit
-            )
-            remote.RemoteKernel(ask).request("forget")  # the handles this cell's checks held
-        except remote.KernelGone:
-            raise
-        except Exception as error:  # the grader's own fault: this cell fails, with the reason
-            reason = f"the grader could not check this cell: {type(error).__name__}: {error}"
-            record["notes"].append(f"{name}: {reason}")
-            outputs, reports = [self._error_output("GraderError", reason)], []
+            outputs, reports = self._verdicts(cell, calls, record, name)
         finally:
             self._cell_deadline = 10**9
         cell.outputs = outputs
         if reports:
             record["reports"][name] = [verdicts.report_record(*r) for r in reports]
 
+    def _verdicts(self, cell, calls: list, record: dict, name: str) -> tuple:
+        """(outputs, reports) of check cell `cell`: its checks run here, on what the kernel
+        answers over a channel of its own (remote.Channel) for the length of the cell."""
+        path = os.path.splitext(self.km.connection_file)[0] + "-checks"  # beside its sockets
+        channel = remote.Channel(path, self._cell_deadline)
+        serving = self.kc.execute(
+            "", silent=True, store_history=False, user_expressions=channel.expression()
+        )
+        try:
+            channel.connect(lambda: self._raise_if_dead(wait=0))
+            sources = [c.source for c in self.nb.cells if c.cell_type == "code"]
+            points = float(cell.metadata.get("nbgrader", {}).get("points", 0))
+            outputs, reports = verdicts.grade_cell(
+                channel.ask, calls, self.student, self._secret, sources, points, self.partial_credit
+            )
+            remote.RemoteKernel(channel.ask).request("forget")  # the handles the checks held
+        except DeadKernelError:
+            raise
+        except remote.KernelGone:
+            self._raise_if_dead()  # a death is named as such: a segfault, the CPU-time limit
+            raise
+        except Exception as error:  # the grader's own fault: this cell fails, with the reason
+            reason = f"the grader could not check this cell: {type(error).__name__}: {error}"
+            record["notes"].append(f"{name}: {reason}")
+            outputs, reports = [self._error_output("GraderError", reason)], []
+        finally:
+            channel.close()
+        if self.wait_for_reply(serving, cell) is None:  # the kernel's side returns once closed
+            raise remote.KernelGone("the checks' request did not end within the cell's time")
+        return outputs, reports
+
+    def _raise_if_dead(self, wait: float = 1.0) -> None:
+        """DeadKernelError if the kernel exits within `wait` seconds (a kernel that closed its
+        channel as it died is reaped a moment later)."""
+        process = self.km.provisioner.process
+        deadline = time.monotonic() + wait
+        while process.poll() is None:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+        raise DeadKernelError("the kernel died")
+
     @staticmethod
     def _error_output(ename: str, evalue: str) -> NotebookNode:
         return NotebookNode(
             output_type="error", ename=ename, evalue=evalue, traceback=[f"{ename}: {evalue}"]
         )
-
-    def _ask(self, payload: str, cell) -> str:
-        """One request to kernel_rpc.serve in the kernel, within the cell's time; its reply."""
-        msg_id = self.kc.execute(
-            "", silent=True, store_history=False, user_expressions=remote.expression(payload)
-        )
-        reply = self.wait_for_reply(msg_id, cell)
-        if reply is None:
-            raise remote.KernelGone(f"no answer within the per-cell timeout of {self.timeout} s")
-        return remote.reply_text(reply)

@@ -22,7 +22,9 @@ replaced, and that submission is recorded with the reason. Given a Dask schedule
 instead, the same grading runs on that cluster's workers (distributed.py).
 """
 
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import multiprocessing
@@ -37,10 +39,12 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 import nbformat
+import nbgrader.api
+from jupyter_core.utils import ensure_event_loop
 from nbgrader.api import Gradebook
 from tqdm import tqdm
 
-from grader.autograde import gradebook, pipeline, verdicts
+from grader.autograde import gradebook, pipeline, verdicts, warm
 from grader.autograde.gradebook import load_config, record
 from grader.autograde.plain_copy import copy_plain
 
@@ -131,6 +135,20 @@ def make_template(root: Path, assignment: str, where: Path) -> Path:
     return where
 
 
+@functools.cache
+def schema_version() -> str:
+    """The gradebook schema's version (alembic's head revision), as nbgrader.api's
+    get_alembic_version gives it, read in this process. nbgrader asks a child `alembic heads`
+    whenever it creates a gradebook: a second Python that imports nbgrader again, 2.6 s on this
+    course's 2-core machine, and a run creates two (the class's and the workers' template)."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    with _temp_alembic_ini("sqlite://") as ini:
+        return ScriptDirectory.from_config(AlembicConfig(ini)).get_current_head()
+
+
 def register(course: Path, assignment: str) -> None:
     """Record the assignment's cells in `course`'s gradebook, as pipeline.register does with
     `nbgrader generate_assignment`, but in this process (no second start-up of nbgrader)."""
@@ -138,6 +156,7 @@ def register(course: Path, assignment: str) -> None:
     from nbgrader.coursedir import CourseDirectory
 
     scripts_on_path()
+    nbgrader.api.get_alembic_version = schema_version  # the same answer, without a child Python
     with tempfile.TemporaryDirectory() as release:
         config = load_config(course)
         config.CourseDirectory.root = str(course)
@@ -480,9 +499,16 @@ def _failed(result, reason, started):
     return result
 
 
-def _worker(conn, root, template, assignment, sources, limits, scratch, log):
-    """A worker process: grade the students the parent sends, one at a time."""
+def _worker(conn, root, template, assignment, sources, limits, scratch, log, ahead):
+    """A worker process: grade the students the parent sends, one at a time. `ahead` is (its
+    warm process or None, every one the parent started; see `warm_ahead`)."""
     os.setpgrp()  # its own process group, so a stuck worker is killed with its kernels
+    # An event loop of its own: one inherited from the parent would share its epoll instance
+    # with the parent and every other worker, whose waits could take this worker's wakeups.
+    ensure_event_loop().close()  # the next run_sync makes a new one
+    mine, started = ahead
+    if mine is not None:
+        warm.adopt(mine, started)
     scripts_on_path()
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1)
@@ -562,7 +588,7 @@ def autograde(
     """
     pipeline.check_assignment(root, assignment)
     limits = (limits or Limits()).settled()
-    with gradebook.course_lock(root, assignment):
+    with gradebook.course_lock(root, assignment), warm_ahead(limits, workers, scheduler) as ahead:
         url, cid = gradebook.db_url(root), gradebook.course_id(root)
         gradebook.check_gradebook(url)
         if submissions is not None:
@@ -578,11 +604,29 @@ def autograde(
             cid,
             progress_stream,
             scheduler,
+            ahead,
         )
 
 
+@contextlib.contextmanager
+def warm_ahead(limits: Limits, workers: int, scheduler: str):
+    """A warm process for each worker of the pool (warm.py), started now: they import torch and
+    the course while this process registers the assignment and forks the workers, each of which
+    then adopts one. None for a cluster's workers (each starts its own) or cold kernels."""
+    if scheduler or limits.sandbox != "required" or not limits.warm_kernels:
+        yield []
+        return
+    started = []
+    try:
+        started = [warm.WarmProcess() for _ in range(workers)]
+        yield started
+    finally:
+        for process in started:
+            process.close()
+
+
 def _grade_class(
-    root, assignment, workers, force, limits, only, url, cid, progress_stream, scheduler
+    root, assignment, workers, force, limits, only, url, cid, progress_stream, scheduler, ahead
 ) -> dict:
     everyone = students(root, assignment)
     if only:
@@ -621,7 +665,7 @@ def _grade_class(
                 results = distributed.run_cluster(scheduler, *job, url, cid, progress_stream)
             else:
                 results = _run_pool(
-                    *job, max(1, min(workers, len(todo))), url, cid, progress_stream
+                    *job, max(1, min(workers, len(todo))), url, cid, progress_stream, ahead
                 )
     return {
         "results": results,
@@ -633,7 +677,7 @@ def _grade_class(
 
 
 def _run_pool(
-    root, template, assignment, sources, limits, scratch, todo, workers, url, cid, stream
+    root, template, assignment, sources, limits, scratch, todo, workers, url, cid, stream, ahead
 ):
     context = multiprocessing.get_context("fork")
     progress = progress_bar(len(todo), stream)
@@ -643,6 +687,7 @@ def _run_pool(
 
     def spawn(i):
         ours, theirs = context.Pipe()
+        warm_one = ahead[i] if i < len(ahead) else None  # a replacement starts its own
         process = context.Process(
             target=_worker,
             daemon=True,
@@ -655,10 +700,13 @@ def _run_pool(
                 limits,
                 scratch / f"w{i}",
                 str(scratch / f"worker{i}.log"),
+                (warm_one, ahead),
             ),
         )
         process.start()
         theirs.close()
+        if warm_one is not None:
+            warm_one.hand_over()
         pool[ours] = [process, None, None]
         return ours
 

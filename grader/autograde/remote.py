@@ -8,8 +8,9 @@ rebuilt from raw bytes. The oracles, the comparisons, the tolerances and the hid
 in this process. Whatever the student's cells do to torch, the suites or the harness inside the
 kernel can change only the outputs their own functions return.
 
-The kernel is asked through one function, `ask(payload) -> reply text`, which execute.py
-provides over the kernel's connection. What comes back is read by `decode`, which accepts only
+The kernel is asked through one function, `ask(payload) -> reply text`: a `Channel`'s, a unix
+socket that the kernel's side (kernel_rpc.serve_checks) answers on for the length of one check
+cell. What comes back is read by `decode`, which accepts only
 numbers, strings, containers, tensors (dtype, shape and raw bytes) and handles to objects left
 in the kernel (a class, a module the student built), which are `RemoteObject`s in turn.
 
@@ -20,16 +21,21 @@ grader/harness/measuring.py.
 
 import ast
 import base64
+import contextlib
 import importlib
 import io
 import json
 import math
+import os
+import select
+import socket
+import time
 
 import torch
 
 from grader.autograde.kernel_rpc import ITERATE as _ITERATE
-from grader.autograde.kernel_rpc import Handle, Leaf
-from grader.harness.checking import Mistake, NotImplementedYet, note_inputs
+from grader.autograde.kernel_rpc import Handle, Leaf, receive_frame, send_frame
+from grader.harness.checking import Mistake, NotImplementedYet, note_inputs, raised_hint
 from grader.harness.measuring import collecting
 
 # The dtypes a reply may name (no object dtypes, nothing torch would have to import).
@@ -51,18 +57,67 @@ DTYPES = {
     )
 }
 MAX_REPLY_BYTES = 256 << 20  # a reply larger than this is not an answer, it is a flood
-# The expression the kernel evaluates for a request, and the request that ends a cell's.
-SERVE = "__import__('grader.autograde.kernel_rpc', fromlist=['serve']).serve"
+# What the kernel evaluates to answer a cell's requests: the kernel's own module answers, so a
+# submission that breaks it only breaks its own answers.
+SERVE_CHECKS = "__import__('grader.autograde.kernel_rpc', fromlist=['_']).serve_checks"
+CONNECT_POLL = 0.005  # seconds between looks for the kernel's connection
+CONNECT_WAIT = 20  # seconds the kernel's side may take to connect
 
 
-def expression(payload: str) -> dict:
-    """The user_expressions of an execute request that asks the kernel `payload`: the kernel's
-    own module answers, so a submission that breaks it only breaks its own answers."""
-    return {"out": f"{SERVE}({payload!r})"}
+class Channel:
+    """The unix socket at `path` that one check cell's requests go over, until `deadline` (a
+    time.monotonic()). Start the kernel's side with an execute request of `expression()`'s
+    user_expressions, then `connect`; `ask` a request; `close` when the cell is done."""
+
+    def __init__(self, path: str, deadline: float):
+        self.path, self.deadline = path, deadline
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(path)
+        self._listener.listen(1)
+        self._kernel = None
+
+    def expression(self) -> dict:
+        return {"out": f"{SERVE_CHECKS}({self.path!r})"}
+
+    def connect(self, check_alive) -> None:
+        """Wait for the kernel's side, which connects within milliseconds of an idle kernel;
+        `check_alive()` raises if the kernel has died. A kernel whose side never comes (its
+        grader module broken by the notebook) costs CONNECT_WAIT seconds, not the cell's time."""
+        deadline = min(self.deadline, time.monotonic() + CONNECT_WAIT)
+        while not select.select([self._listener], [], [], CONNECT_POLL)[0]:
+            check_alive()
+            if time.monotonic() > deadline:
+                raise KernelGone(
+                    f"the kernel did not start answering the checks within {CONNECT_WAIT} s"
+                )
+        self._kernel, _ = self._listener.accept()
+
+    def ask(self, payload: str) -> str:
+        try:
+            self._kernel.settimeout(max(0.0, self.deadline - time.monotonic()))
+            send_frame(self._kernel, payload.encode())
+            return receive_frame(self._kernel, MAX_REPLY_BYTES).decode()
+        except TimeoutError:
+            raise KernelGone("no answer within the cell's time") from None
+        except (OSError, ValueError) as error:  # gone, or a flood, or not text
+            raise KernelGone(f"the kernel's answer could not be read: {error}") from None
+
+    def close(self) -> None:
+        """An empty request ends the kernel's side; the socket goes."""
+        if self._kernel is not None:
+            with contextlib.suppress(OSError):
+                self._kernel.settimeout(1)
+                send_frame(self._kernel, b"")
+            self._kernel.close()
+        self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
 
 
 def reply_text(reply: dict) -> str:
-    """The reply text in the kernel's execute_reply to such a request."""
+    """The reply text in the kernel's execute_reply to a request of user_expressions `out`."""
     out = reply["content"].get("user_expressions", {}).get("out", {})
     if out.get("status") != "ok":
         raise KernelGone(f"{out.get('ename')}: {out.get('evalue')}")
@@ -178,7 +233,7 @@ class RemoteKernel:
             at = f"\n      at: {line}" if line else ""
             raise Mistake(
                 f"your function raised {reply['raised']}: {message}{at}",
-                hint="read the error and the line it points to; shape errors name both shapes.",
+                hint=raised_hint(str(reply["raised"]), message, line),
                 key="raised",
             ) from cause
         if "value" not in reply:

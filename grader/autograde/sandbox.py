@@ -93,6 +93,7 @@ KERNEL_VARIABLES = {
     "CUBLAS_WORKSPACE_CONFIG",
 }
 KERNEL_PREFIXES = ("LC_", "JPY_")  # the locale's categories; Jupyter's own kernel settings
+UNDRAWN_FIGURES = "module://grader.autograde.undrawn_figures"  # matplotlib's backend when graded
 
 # Set inside the sandbox: the resource limits, then the kernel. SIGINT back to its default (the
 # sandbox is started with it ignored, see `Sandbox.command`), so Python raises KeyboardInterrupt.
@@ -156,13 +157,16 @@ def kernel_environment(environ=None) -> dict:
     """The environment of a sandboxed kernel: the variables of `environ` (default: this
     process's) that KERNEL_VARIABLES and KERNEL_PREFIXES allow, and its own home, temporary folder
     and parent (ipykernel exits when its parent seems gone; in the sandbox its parent is bwrap's
-    reaper, PID 1)."""
+    reaper, PID 1). While nbgrader executes the notebook, matplotlib's backend is
+    undrawn_figures.py's."""
     environ = os.environ if environ is None else environ
     allowed = {
         name: value
         for name, value in environ.items()
         if name in KERNEL_VARIABLES or name.startswith(KERNEL_PREFIXES)
     }
+    if allowed.get("NBGRADER_EXECUTION"):  # graded: pyplot's figures made, not drawn
+        allowed["MPLBACKEND"] = UNDRAWN_FIGURES
     return {**allowed, "HOME": "/tmp", "TMPDIR": "/tmp", "JPY_PARENT_PID": "1"}
 
 

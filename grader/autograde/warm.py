@@ -100,6 +100,7 @@ DEVICE_LINKS = {
     "stderr": "/proc/self/fd/2",
 }
 FORWARDED = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1]
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"  # ipykernel's default
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -255,6 +256,7 @@ def _become_kernel(spec: dict) -> None:
         resource.setrlimit(getattr(resource, "RLIMIT_" + name), (soft, hard))
     os.environ.clear()
     os.environ.update(spec["environment"])
+    _matplotlib_backend_from_environment()
     os.chdir(spec["workdir"])
     random.seed()  # a new process's random states, drawn afresh: not the warm process's
     sys.modules["torch"].seed()
@@ -262,6 +264,15 @@ def _become_kernel(spec: dict) -> None:
     from ipykernel import kernelapp
 
     kernelapp.launch_new_instance(argv=["-f", spec["connection_file"]])
+
+
+def _matplotlib_backend_from_environment() -> None:
+    """matplotlib read MPLBACKEND as the warm process imported it; the kernel's environment
+    decides instead, as it does for a kernel started cold: its MPLBACKEND (undrawn figures, when
+    graded), else ipykernel's default, the inline backend. pyplot loads it at its first figure."""
+    import matplotlib
+
+    matplotlib.rcParams["backend"] = os.environ.get("MPLBACKEND") or INLINE_BACKEND
 
 
 def _supervise(child, spec: dict) -> int:
@@ -322,7 +333,7 @@ def serve(channel_fd: int) -> None:
         request = channel.recv(1 << 20)
         if not request:  # the grader is gone: its kernels die with this process (PDEATHSIG)
             shutil.rmtree(os.environ["HOME"], ignore_errors=True)
-            return
+            os._exit(0)  # at once: an interpreter with torch loaded takes seconds to tear down
         ours, theirs = socket.socketpair()
         kernel = os.fork()
         if kernel == 0:
@@ -409,7 +420,8 @@ class ForkedKernel:
 
 
 class WarmProcess:
-    """The warm process of this worker, and the channel its kernels are asked for on."""
+    """A warm process, and the channel its kernels are asked for on. It starts importing at
+    once; the first `fork` waits until it is ready."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -425,12 +437,20 @@ class WarmProcess:
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        if self.channel.recv(16) != b"ready":
-            self.process.wait()
-            raise RuntimeError(f"the warm kernel process exited ({self.process.returncode})")
+        # whether it has exited, from any process: a worker forked after it was started (see
+        # `adopt`) is not its parent, and cannot wait for it
+        self._pidfd = os.pidfd_open(self.process.pid)
+        self._ready = False
+
+    def alive(self) -> bool:
+        return not select.select([self._pidfd], [], [], 0)[0]
 
     def fork(self, spec: dict) -> ForkedKernel:
         with self._lock:
+            if not self._ready:
+                if self.channel.recv(16) != b"ready":
+                    raise RuntimeError("the warm kernel process exited as it started")
+                self._ready = True
             self.channel.send(json.dumps(spec).encode())
             message, fds, _, _ = socket.recv_fds(self.channel, 4096, 2)
         if not message:
@@ -438,12 +458,21 @@ class WarmProcess:
         status, pidfd = fds
         return ForkedKernel(json.loads(message)["pid"], socket.socket(fileno=status), pidfd)
 
+    def hand_over(self) -> None:
+        """Forget it here, where a worker forked since holds it: once that worker closes the
+        channel, the warm process ends (reap it with `close`)."""
+        self.channel.close()
+
     def close(self):
+        """Close the channel; where it was started, wait for it to end. (Where it was adopted,
+        wait returns at once: it is not this process's child.)"""
         self.channel.close()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        os.close(self._pidfd)
         shutil.rmtree(self.home, ignore_errors=True)
 
 
@@ -452,10 +481,21 @@ _warm = {}  # this process's pid -> its warm process (a forked worker starts its
 
 def warm_process() -> WarmProcess:
     current = _warm.get(os.getpid())
-    if current is None or current.process.poll() is not None:
+    if current is None or not current.alive():
         current = _warm[os.getpid()] = WarmProcess()
         atexit.register(current.close)
     return current
+
+
+def adopt(process: WarmProcess, others: list) -> None:
+    """In a worker just forked: `process` is its warm process, started by its parent ahead of
+    need; the others' channels are the other workers' (closed here, so that each warm process
+    ends with its own worker)."""
+    for other in others:
+        if other is not process:
+            other.channel.close()
+    _warm[os.getpid()] = process
+    atexit.register(process.close)
 
 
 def _resolved(kind: str, source, target: str) -> tuple:

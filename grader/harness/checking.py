@@ -841,7 +841,7 @@ def guarded(fn, exercise: str, forbidden: dict):
         except Exception as exc:
             raise Mistake(
                 f"your function raised {type(exc).__name__}: {exc}{_student_line(exc)}",
-                hint="read the error and the line it points to; shape errors name both shapes.",
+                hint=raised_hint(type(exc).__name__, str(exc), _student_code(exc)),
                 key="raised",
             ) from exc
         if guard.tripped:
@@ -855,6 +855,27 @@ def guarded(fn, exercise: str, forbidden: dict):
 
     call.__wrapped__ = fn  # the student's own object, for suites that need the class itself
     return call
+
+
+def raised_hint(error: str, message: str, line: str) -> str:
+    """The hint for an exception the student's code raised (of type name `error`, at their
+    `line`) that no check names: what that kind of error usually means."""
+    if line.lstrip().startswith("raise "):
+        return (
+            "your own raise fired on the check's input, which is valid: print the values its "
+            "condition compares, and their types (a device kept as None or 'cpu' never equals a "
+            "torch.device)."
+        )
+    if error == "KeyError":
+        return (
+            f"a KeyError is a dict read with a key it does not hold ({message}): find where that "
+            "entry should have been stored (d[key] = ...) and check that it was."
+        )
+    if error == "IndexError":
+        return "an index past the end of a dim: print the shapes and the index at that line."
+    if error == "RuntimeError" and ("size" in message or "shape" in message):
+        return "read the error and the line it points to: shape errors name both shapes."
+    return "read the error and the line it points to."
 
 
 def _student_line(exc: BaseException) -> str:

@@ -1854,42 +1854,8 @@ def paged_full_pool_errors(PagedKVCache, rng):
         )
 
 
-# What a crash no check names means, where the harness's fallback hint speaks of shape errors:
-# (text of the error, hint).
-CRASH_HINTS = [
-    (
-        "your function raised KeyError:",
-        "a KeyError is a dict read with a key it does not hold: find where that entry should "
-        "have been stored (d[key] = ...) and check that it was, in the dict itself.",
-    ),
-    (
-        "\n      at: raise ",
-        "your own raise fired on the check's input, which is valid: print the values its "
-        "condition compares, and their types (a device kept as None or 'cpu' never equals a "
-        "torch.device).",
-    ),
-]
-
-
-def with_crash_hint(check):
-    """`check`, where an unnamed crash whose error CRASH_HINTS knows gets that hint."""
-
-    @functools.wraps(check)
-    def run(impl, rng):
-        try:
-            return check(impl, rng)
-        except Mistake as mistake:
-            if mistake.key == "raised":
-                mistake.hint = next(
-                    (fix for text, fix in CRASH_HINTS if text in mistake.message), mistake.hint
-                )
-            raise
-
-    return run
-
-
 def _exercise(checks, forbidden):
-    return Exercise(checks=[with_crash_hint(check) for check in checks], forbidden=forbidden)
+    return Exercise(checks=checks, forbidden=forbidden)
 
 
 EXERCISES = {

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -12,8 +13,9 @@ import time
 import nbformat
 import pytest
 from nbgrader.api import Gradebook
+from sqlalchemy import text
 
-from grader.autograde import parallel, sandbox
+from grader.autograde import parallel, sandbox, warm
 from grader.autograde.execute import LimitedExecute, limited_kernel_manager
 from grader.autograde.pipeline import nbgrader
 from helpers import ROOT, grader, nbgrader_cell
@@ -94,6 +96,61 @@ def tiny_assignment():
         "language": "python",
     }
     return notebook
+
+
+def test_the_schema_version_read_here_is_the_one_alembic_names(tmp_path):
+    """register stamps new gradebooks with schema_version (alembic's head read in this process):
+    it must be what nbgrader's own child `alembic heads` says, and what a new gradebook holds."""
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    alembic = os.path.join(os.path.dirname(sys.executable), "alembic")
+    with _temp_alembic_ini("sqlite://") as ini:
+        heads = subprocess.run([alembic, "-c", ini, "heads"], capture_output=True, text=True)
+    assert heads.returncode == 0, heads.stderr
+    assert heads.stdout.split()[0] == parallel.schema_version()
+    notebook = tiny_assignment()
+    course = course_with(tmp_path / "course", {"tim": notebook}, "tiny", source=notebook)
+    parallel.register(course, "tiny")
+    with Gradebook(f"sqlite:///{course}/gradebook.db") as gradebook:
+        stamped = gradebook.db.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert stamped == parallel.schema_version()
+
+
+@pytest.mark.skipif(bool(warm.unavailable()), reason=f"no warm kernels: {warm.unavailable()}")
+def test_the_warm_processes_started_ahead_serve_the_workers_and_end_with_the_run(
+    tmp_path, monkeypatch
+):
+    """parallel.warm_ahead starts one warm process per worker before the assignment is
+    registered; each worker adopts one (none starts its own), and none outlives the run."""
+    started = tmp_path / "started"  # one line per warm process: who started it, its pid
+    original = warm.WarmProcess.__init__
+
+    def recorded(self):
+        original(self)
+        with open(started, "a") as f:
+            f.write(f"{os.getpid()} {self.process.pid}\n")
+
+    monkeypatch.setattr(warm.WarmProcess, "__init__", recorded)
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbgrader_cell(
+                "def one():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION", "one"
+            ),
+            nbgrader_cell("import torch\nassert one() == 1", "test_one", 1),
+        ]
+    )
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    students = {name: notebook for name in ("ann", "bob", "cy", "dee")}
+    course = course_with(tmp_path / "course", students, "tiny", source=notebook)
+    done = parallel.autograde(course, "tiny", workers=2)
+    assert [r["status"] for r in done["results"]] == ["graded"] * 4, done["results"]
+    rows = [line.split() for line in started.read_text().splitlines()]
+    assert len(rows) == 2 and {parent for parent, _ in rows} == {str(os.getpid())}, rows
+    assert not any(os.path.exists(f"/proc/{pid}") for _, pid in rows)  # ended and reaped
 
 
 def test_limits_keep_earned_points_and_grades_go_to_the_configured_db_url(tmp_path):

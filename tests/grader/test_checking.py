@@ -263,3 +263,35 @@ def test_a_crash_under_the_memory_meter_points_at_the_students_line(tmp_path):
     (result,) = report.results
     assert not result.passed
     assert "at: return x @ x.T.unsqueeze(0).mT[0, :3]" in result.message, result.message
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ("    raise ValueError(f'window must be at least 1, got {x.shape}')", "your own raise"),
+        ("    return {'a': x}['b']", "a key it does not hold ('b')"),
+        ("    return x[x.shape[0]]", "an index past the end"),
+        ("    return x @ x", "shape errors name both shapes"),
+        ("    return x.item()", "read the error and the line it points to."),
+    ],
+)
+def test_an_error_no_check_names_gets_the_hint_of_its_kind(tmp_path, body, says):
+    """The student's own raise, a missing dict key, an index past a dim and a shape mismatch
+    each get their own hint; only a shape mismatch is told that shape errors name both shapes."""
+    import importlib.util
+
+    cell = tmp_path / "student_cell.py"
+    cell.write_text(f"def attend(x):\n{body}\n")
+    spec = importlib.util.spec_from_file_location("student_cell", cell)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def calls(attend, rng):
+        """calls it on a (3, 4) input"""
+        attend(torch.randn(3, 4))
+
+    (result,) = run("attend", module.attend, [calls], {}, verbose=False).results
+    assert not result.passed and result.key == "raised"
+    assert says in result.hint, result.hint
+    if "shape errors" not in says:
+        assert "shape errors" not in result.hint

@@ -1,14 +1,20 @@
 """Check cells graded in the grading process (grader/autograde/verdicts.py, remote.py): the
 student's functions run in a real kernel, the verdicts here, out of the kernel's reach."""
 
+import os
+import socket
+import tempfile
 import textwrap
+import threading
+import time
 import types
 
 import pytest
 import torch
 from jupyter_client.manager import start_new_kernel
+from nbclient.exceptions import DeadKernelError
 
-from grader.autograde import remote, source_scan, verdicts
+from grader.autograde import kernel_rpc, remote, source_scan, verdicts
 from grader.autograde.remote import RemoteKernel, Unreadable
 from grader.suites import assignments, exercise
 from helpers import solution_cells, solution_notebook
@@ -27,10 +33,7 @@ def kernel():
         assert reply["content"]["status"] == "ok", reply["content"]
 
     def ask(payload: str) -> str:
-        reply = client.execute_interactive(
-            "", silent=True, user_expressions=remote.expression(payload), timeout=120
-        )
-        return remote.reply_text(reply)
+        return ask_once(client, payload)
 
     run("import torch")
     for source in solution_cells(DAY).values():
@@ -38,6 +41,21 @@ def kernel():
     yield run, ask
     client.stop_channels()
     manager.shutdown_kernel(now=True)
+
+
+def ask_once(client, payload: str) -> str:
+    """One request to the kernel of `client`, over a remote.Channel of its own, as execute.py
+    asks a check cell's (here one channel per request: the tests run code between requests)."""
+    with tempfile.TemporaryDirectory() as folder:
+        channel = remote.Channel(os.path.join(folder, "checks"), time.monotonic() + 300)
+        serving = client.execute("", silent=True, user_expressions=channel.expression())
+        try:
+            channel.connect(lambda: None)
+            return channel.ask(payload)
+        finally:
+            channel.close()
+            while client.get_shell_msg(timeout=300)["parent_header"].get("msg_id") != serving:
+                pass
 
 
 def grade(ask, name: str, *, hidden=True, student="ada", sources=()) -> verdicts.Report:
@@ -219,6 +237,83 @@ def test_measurements_are_taken_around_the_students_call_in_the_kernel(kernel):
 def test_a_reply_that_is_not_plain_data_is_refused(reply):
     with pytest.raises(Unreadable):
         remote.decode(reply, None, [])
+
+
+def kernel_side(path: str, answer):
+    """A thread standing in for the kernel's side of a remote.Channel: it connects to `path` and
+    runs `answer(connection)` (kernel_rpc.serve_checks, or a misbehaving kernel's)."""
+
+    def connect_and_answer():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.connect(path)
+            answer(connection)
+
+    thread = threading.Thread(target=connect_and_answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def flood(connection):
+    kernel_rpc.receive_frame(connection)
+    connection.sendall((remote.MAX_REPLY_BYTES + 1).to_bytes(kernel_rpc.FRAME_LENGTH, "big"))
+    connection.recv(1)  # until the grader hangs up
+
+
+def hang(connection):
+    kernel_rpc.receive_frame(connection)
+    time.sleep(3)
+
+
+def test_a_channel_carries_requests_until_it_is_closed(tmp_path):
+    path = str(tmp_path / "checks")
+    channel = remote.Channel(path, time.monotonic() + 30)
+
+    def echo(connection):
+        while payload := kernel_rpc.receive_frame(connection):
+            kernel_rpc.send_frame(connection, payload[::-1])
+
+    thread = kernel_side(path, echo)
+    channel.connect(lambda: None)
+    assert [channel.ask(text) for text in ("abc", "x" * 100_000)] == ["cba", "x" * 100_000]
+    channel.close()  # the empty request ends the kernel's side
+    thread.join(5)
+    assert not thread.is_alive() and not os.path.exists(path)
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [(flood, "past the limit"), (hang, "no answer within the cell's time")],
+)
+def test_a_kernel_that_floods_or_hangs_is_gone_within_the_cells_time(tmp_path, answer, reason):
+    path = str(tmp_path / "checks")
+    channel = remote.Channel(path, time.monotonic() + 1)
+    kernel_side(path, answer)
+    channel.connect(lambda: None)
+    began = time.monotonic()
+    with pytest.raises(remote.KernelGone, match=reason):
+        channel.ask("a request")
+    assert time.monotonic() - began < 2
+    channel.close()
+
+
+def test_a_kernel_whose_side_never_connects_costs_the_connect_wait_or_names_its_death(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(remote, "CONNECT_WAIT", 0.3)
+    channel = remote.Channel(str(tmp_path / "checks"), time.monotonic() + 300)
+    began = time.monotonic()
+    with pytest.raises(remote.KernelGone, match="did not start answering the checks within 0.3 s"):
+        channel.connect(lambda: None)
+    assert time.monotonic() - began < 1
+    channel.close()
+
+    def dead():
+        raise DeadKernelError("the kernel died")
+
+    channel = remote.Channel(str(tmp_path / "checks"), time.monotonic() + 300)
+    with pytest.raises(DeadKernelError):
+        channel.connect(dead)
+    channel.close()
 
 
 def test_check_calls_reads_only_cells_made_of_check_calls():
@@ -417,10 +512,7 @@ def test_every_solution_passes_every_check_run_from_outside_its_kernel(assignmen
             assert reply["content"]["status"] == "ok", reply["content"].get("evalue")
 
         def ask(payload: str) -> str:
-            reply = client.execute_interactive(
-                "", silent=True, user_expressions=remote.expression(payload), timeout=300
-            )
-            return remote.reply_text(reply)
+            return ask_once(client, payload)
 
         sources = setup_and_solution_cells(assignment)
         for name in exercises(assignment):
