@@ -588,24 +588,25 @@ def autograde(
     """
     pipeline.check_assignment(root, assignment)
     limits = (limits or Limits()).settled()
-    with gradebook.course_lock(root, assignment), warm_ahead(limits, workers, scheduler) as ahead:
+    with gradebook.course_lock(root, assignment):
         url, cid = gradebook.db_url(root), gradebook.course_id(root)
         gradebook.check_gradebook(url)
         if submissions is not None:
             pipeline.collect(root, assignment, submissions)
-        return _grade_class(
-            root,
-            assignment,
-            workers,
-            force,
-            limits,
-            only,
-            url,
-            cid,
-            progress_stream,
-            scheduler,
-            ahead,
-        )
+        with warm_ahead(limits, workers, scheduler) as ahead:
+            return _grade_class(
+                root,
+                assignment,
+                workers,
+                force,
+                limits,
+                only,
+                url,
+                cid,
+                progress_stream,
+                scheduler,
+                ahead,
+            )
 
 
 @contextlib.contextmanager
@@ -621,7 +622,8 @@ def warm_ahead(limits: Limits, workers: int, scheduler: str):
         started = [warm.WarmProcess() for _ in range(workers)]
         yield started
     finally:
-        for process in started:
+        for process in started:  # done with: the workers have ended (or never began)
+            process.process.kill()
             process.close()
 
 
