@@ -56,6 +56,7 @@ WARM_IMPORTS = [
     "torch",
     "torch.nn.functional",
     "course",
+    "seaborn",  # imported by the course's heatmaps at their first drawing
     "grader",
     "grader.suites",
     "ipykernel.kernelapp",
