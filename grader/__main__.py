@@ -285,9 +285,10 @@ def run_parallel_autograde(root, args) -> int:
         note = r["reason"] or ("; ".join(t["what"] for t in r["tamper"][:2]) if r["tamper"] else "")
         print(f"{r['student']:<24} {r['score']:>5.1f} / {r['max_score']:<5.1f}  {note}")
     seconds = done["seconds"]
+    where = f"on {args.scheduler}" if args.scheduler else f"with {args.workers} workers"
     print(
-        f"{args.assignment}: graded {len(results)} submissions in {seconds:.0f} s with "
-        f"{args.workers} workers ({seconds / max(len(results), 1):.1f} s each); "
+        f"{args.assignment}: graded {len(results)} submissions in {seconds:.0f} s {where} "
+        f"({seconds / max(len(results), 1):.1f} s each); "
         f"{len(results) - len(failed)} ok, {len(failed)} failed or stopped at a limit, "
         f"{len(tampered)} with tampering or shortcuts; {len(done['skipped'])} already graded "
         f"(skipped), {len(done['restored'])} written back to the gradebook from their records. "

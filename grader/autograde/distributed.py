@@ -74,6 +74,20 @@ def connect(address: str, timeout: str = "20s"):
         raise GradingError(f"no Dask scheduler answers at {address}: {error}") from None
 
 
+def start_warm_processes(address: str) -> None:
+    """Have each worker of the cluster start its warm process (warm.py) now: it imports torch
+    while the parent registers the assignment, and the first task on the worker forks at once.
+    A worker that joins later starts its own with its first task."""
+    with connect(address) as client:
+        client.run(_start_warm_process)
+
+
+def _start_warm_process() -> None:
+    from grader.autograde import warm
+
+    warm.warm_process()
+
+
 def run_cluster(
     address, root, template, assignment, sources, limits, scratch, todo, url, cid, stream
 ) -> list:

@@ -613,8 +613,15 @@ def autograde(
 def warm_ahead(limits: Limits, workers: int, scheduler: str):
     """A warm process for each worker of the pool (warm.py), started now: they import torch and
     the course while this process registers the assignment and forks the workers, each of which
-    then adopts one. None for a cluster's workers (each starts its own) or cold kernels."""
-    if scheduler or limits.sandbox != "required" or not limits.warm_kernels:
+    then adopts one. On a cluster, each worker starts its own now (distributed.py); with cold
+    kernels, none."""
+    if limits.sandbox != "required" or not limits.warm_kernels:
+        yield []
+        return
+    if scheduler:
+        from grader.autograde import distributed
+
+        distributed.start_warm_processes(scheduler)
         yield []
         return
     started = []

@@ -338,3 +338,38 @@ def test_on_a_dask_cluster_a_worker_killed_mid_class_costs_a_retry_never_a_row(t
     # the tamper record travelled back with its task: the shortcut is found on the cluster too
     shortcut = next(r for r in results if r["student"] == "shortcut-softmax")
     assert any(t["kind"] == "shortcut" for t in shortcut["tamper"])
+
+
+def warm_children(pid: int) -> list:
+    """The warm processes (warm.py) that process `pid` started."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except (OSError, ValueError):
+            continue  # not a process, or gone
+        if parent == pid and b"grader.autograde.warm import serve" in command:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(bool(warm.unavailable()), reason=f"no warm kernels: {warm.unavailable()}")
+def test_a_clusters_workers_start_their_warm_processes_before_their_first_task():
+    """On a cluster, parallel.warm_ahead has every worker start its warm process as the run
+    begins (distributed.start_warm_processes), not at its first kernel."""
+    dask = pytest.importorskip("distributed")
+    from grader.autograde import distributed
+
+    with (
+        dask.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        dask.Client(cluster) as client,
+    ):
+        workers = client.run(os.getpid).values()
+        assert not any(warm_children(pid) for pid in workers)
+        distributed.start_warm_processes(cluster.scheduler_address)
+        assert all(len(warm_children(pid)) == 1 for pid in workers)
