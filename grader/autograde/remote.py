@@ -19,7 +19,6 @@ allocation) is measured in the kernel, around the student's call, and sent back 
 grader/harness/measuring.py.
 """
 
-import ast
 import base64
 import contextlib
 import importlib
@@ -114,20 +113,6 @@ class Channel:
         self._listener.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-
-
-def reply_text(reply: dict) -> str:
-    """The reply text in the kernel's execute_reply to a request of user_expressions `out`."""
-    out = reply["content"].get("user_expressions", {}).get("out", {})
-    if out.get("status") != "ok":
-        raise KernelGone(f"{out.get('ename')}: {out.get('evalue')}")
-    text = out.get("data", {}).get("text/plain", "")
-    if not isinstance(text, str) or len(text) > MAX_REPLY_BYTES:
-        raise KernelGone("a reply that is not text, or too long")
-    try:
-        return ast.literal_eval(text)  # the repr of the str serve returned
-    except (ValueError, SyntaxError, RecursionError, MemoryError):
-        raise KernelGone("a reply that is not a string") from None
 
 
 class KernelGone(Exception):

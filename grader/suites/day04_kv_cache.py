@@ -1592,42 +1592,40 @@ def paged_fill(PagedKVCache, rng):
     return cache, written, block_size, num_blocks
 
 
-def reads_axes_swapped(PagedKVCache, rng) -> bool:
-    """With num_heads == L_new, a fresh pool gathers back k_new with its first two axes swapped:
-    the class reads k_new as (L_new, num_heads, head_dim)."""
-    H = L = 3  # one shape for both readings, so this layout mistake cannot crash
+def _update_fresh_pool(PagedKVCache, H: int, L: int, rng) -> tuple:
+    """k and v of shape (H, L, 4) and what update("probe", k, v) on a fresh pool with blocks of
+    2 gave back, if it was a pair of tensors (else None: it raised, or returned something else)."""
     D, block_size = 4, 2
     k, v = randn((H, L, D), rng), randn((H, L, D), rng)
     cache = PagedKVCache(-(-L // block_size), block_size, H, D)
     try:
         result = guarded(cache.update, "PagedKVCache", FORBIDDEN)("probe", k, v)
     except Mistake:
-        return False
-    swapped = (k.transpose(0, 1), v.transpose(0, 1))
-    return (
+        return k, v, None
+    pair = (
         isinstance(result, (tuple, list))
         and len(result) == 2
         and all(isinstance(got, torch.Tensor) for got in result)
-        and all(
-            got.shape == ref.shape and torch.equal(got, ref) for got, ref in zip(result, swapped)
-        )
+    )
+    return k, v, result if pair else None
+
+
+def reads_axes_swapped(PagedKVCache, rng) -> bool:
+    """With num_heads == L_new, a fresh pool gathers back k_new with its first two axes swapped:
+    the class reads k_new as (L_new, num_heads, head_dim)."""
+    # one shape for both readings, so this layout mistake cannot crash
+    k, v, result = _update_fresh_pool(PagedKVCache, 3, 3, rng)
+    swapped = (k.transpose(0, 1), v.transpose(0, 1))
+    return result is not None and all(
+        got.shape == ref.shape and torch.equal(got, ref) for got, ref in zip(result, swapped)
     )
 
 
 def gathers_positions_first(PagedKVCache, rng) -> bool:
     """With num_heads != L_new, update gives back k_new as (L_new, num_heads, head_dim)."""
-    H, L, D, block_size = 2, 3, 4, 2
-    k, v = randn((H, L, D), rng), randn((H, L, D), rng)
-    cache = PagedKVCache(-(-L // block_size), block_size, H, D)
-    try:
-        result = guarded(cache.update, "PagedKVCache", FORBIDDEN)("probe", k, v)
-    except Mistake:
-        return False
-    return (
-        isinstance(result, (tuple, list))
-        and len(result) == 2
-        and all(isinstance(got, torch.Tensor) and got.shape == (L, H, D) for got in result)
-    )
+    H, L = 2, 3
+    _, _, result = _update_fresh_pool(PagedKVCache, H, L, rng)
+    return result is not None and all(got.shape == (L, H, 4) for got in result)
 
 
 def gathered_after(PagedKVCache, rng, chunks, block_size=3):
