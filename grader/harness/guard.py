@@ -9,8 +9,13 @@ profile hook that sees each call's code object, however the function was importe
 """
 
 import sys
+import warnings
+from pathlib import Path
 
+import torch
 from torch.overrides import TorchFunctionMode
+
+TORCH_DIR = str(Path(torch.__file__).parent)
 
 # What to write instead of each family of built-ins. Keys are the names torch reports, with
 # leading underscores and the `special_` prefix removed; private variants such as
@@ -51,12 +56,23 @@ class ShortcutGuard(TorchFunctionMode):
         if self.functions:
             self._outer_profile = sys.getprofile()
             sys.setprofile(self._watch_calls)
+        self._outer_showwarning = warnings.showwarning
+        warnings.showwarning = self._show_at_student_line
         return super().__enter__()
 
     def __exit__(self, *exc_info):
         if self.functions:
             sys.setprofile(self._outer_profile)
+        warnings.showwarning = self._outer_showwarning
         return super().__exit__(*exc_info)
+
+    def _show_at_student_line(self, message, category, filename, lineno, file=None, line=None):
+        # torch warns from C++ and names the innermost Python frame, which is this guard's
+        # dispatch below; the student needs the line of their own code that made the call.
+        caller = _torch_caller() if filename == __file__ else None
+        if caller is not None:
+            filename, lineno, line = caller.f_code.co_filename, caller.f_lineno, None
+        self._outer_showwarning(message, category, filename, lineno, file, line)
 
     def _watch_calls(self, frame, event, arg):
         # Only recorded, not raised: the student's call runs on and the check reports it after.
@@ -77,3 +93,16 @@ class ShortcutGuard(TorchFunctionMode):
             if bare == forbidden or bare.startswith(forbidden + "_"):
                 return advice
         return None
+
+
+def _torch_caller():
+    """The frame that called torch, outside this guard and torch's own Python wrappers; None when
+    the guard's dispatch is not on the stack."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not ShortcutGuard.__torch_function__.__code__:
+        frame = frame.f_back
+    while frame is not None and (
+        frame.f_code.co_filename == __file__ or frame.f_code.co_filename.startswith(TORCH_DIR)
+    ):
+        frame = frame.f_back
+    return frame

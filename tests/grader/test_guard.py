@@ -107,3 +107,25 @@ def test_what_a_checked_function_prints_to_stderr_shows_on_stdout(capsys):
     assert guarded(attention_scores, "attention_scores", {})(3) == 3
     printed = capsys.readouterr()
     assert "debugging" in printed.out and printed.err == ""
+
+
+def test_a_torch_warning_names_the_students_line_not_the_guard():
+    """torch warns from C++ at the innermost Python frame, the guard's dispatch; the student needs
+    the line of their own call."""
+    import inspect
+    import warnings
+
+    from grader.harness.checking import guarded
+
+    def attention_scores(x):
+        return torch.tensor(x)  # warns: copy-constructing from a tensor
+
+    student_line = inspect.getsourcelines(attention_scores)[1] + 1
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        outer = warnings.showwarning
+        guarded(attention_scores, "attention_scores", {})(torch.ones(2))
+        assert warnings.showwarning is outer
+    [warning] = shown
+    assert "copy construct" in str(warning.message)
+    assert (warning.filename, warning.lineno) == (__file__, student_line)
