@@ -1813,6 +1813,16 @@ def test_no_check_names_another_mistake(name, bug, key):
         assert not other and key in result.keys, (seed, other)
 
 
+def test_two_mistakes_with_one_mask_are_named_together():
+    """Every width 1 and causal=False: `w` keys on each side and a window one key too wide both
+    give |i - j| <= 1. The check names the two together, rather than neither."""
+    result = report("adaptive_window_attention", adaptive_each_side)
+    (extremes,) = [r for r in result.results if r.check.startswith("all widths 1")]
+    assert not extremes.passed and extremes.key == "window_off_by_one", extremes.message
+    for key in ("window_each_side", "window_off_by_one"):
+        assert day05.HINTS[key][0] in extremes.message, extremes.message
+
+
 def test_columnwise_weights_shared_by_mistake_is_named_by_count_and_independence():
     """Per-column parameters registered, but forward always uses column 0's."""
     result = report("ColumnwiseAttention", make_columns(share_first=True))
