@@ -398,8 +398,9 @@ def _raise_if_suspect(out: torch.Tensor, suspects: list, what: str, tol: float, 
 DIAGNOSES = {
     "all_zero": (
         "It is all zeros.",
-        "nothing was written into the result: check that every entry is stored (each loop "
-        "step, each tile of the grid) into the tensor you return.",
+        "something zeroes every entry: a condition turned around (torch.where's two branches "
+        "swapped, a mask that hides everything), a factor that is 0, or a result that is "
+        "never written (a loop step or a kernel's tile not stored into the tensor you return).",
     ),
     "imprecise": (
         "It is close, but {ratio:.2g} times further off than rounding explains.",
@@ -445,9 +446,10 @@ DIAGNOSES = {
     ),
     "partly_wrong": (
         "Only the entries with index {where} along dim {dim} (of {size}) are wrong.",
-        "look at what those positions share: a mask (what it hides, where its edge is, the "
-        "value masked entries are filled with); a loop or range bound that stops one short or "
-        "goes one too far; the last, ragged tile or block.",
+        "look at what those positions share, and at what in your code depends on the index "
+        "there: a mask (what it hides, where its edge is, its fill value); a bound that stops "
+        "one short or goes one too far; a formula of the position (an exponent, an angle, an "
+        "offset); a last block shorter than the others.",
     ),
     "scaled_per_slice": (
         "Each slice along dim {dim} is the answer times its own factor ({low} to {high}).",
@@ -861,10 +863,14 @@ def raised_hint(error: str, message: str, line: str) -> str:
     """The hint for an exception the student's code raised (of type name `error`, at their
     `line`) that no check names: what that kind of error usually means."""
     if line.lstrip().startswith("raise "):
+        device = (
+            " (a device kept as None or 'cpu' never equals a torch.device)"
+            if "device" in line or "device" in message
+            else ""
+        )
         return (
             "your own raise fired on the check's input, which is valid: print the values its "
-            "condition compares, and their types (a device kept as None or 'cpu' never equals a "
-            "torch.device)."
+            f"condition compares, and their types{device}."
         )
     if error == "KeyError":
         return (

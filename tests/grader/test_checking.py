@@ -269,6 +269,7 @@ def test_a_crash_under_the_memory_meter_points_at_the_students_line(tmp_path):
     "body, says",
     [
         ("    raise ValueError(f'window must be at least 1, got {x.shape}')", "your own raise"),
+        ("    raise ValueError(f'x is on {x.device}, not the cache device')", "kept as None"),
         ("    return {'a': x}['b']", "a key it does not hold ('b')"),
         ("    return x[x.shape[0]]", "an index past the end"),
         ("    return x @ x", "shape errors name both shapes"),
@@ -295,3 +296,5 @@ def test_an_error_no_check_names_gets_the_hint_of_its_kind(tmp_path, body, says)
     assert says in result.hint, result.hint
     if "shape errors" not in says:
         assert "shape errors" not in result.hint
+    if "device" not in body:  # the device advice only where the student's raise is about one
+        assert "device" not in result.hint
