@@ -8,6 +8,8 @@ Import it before triton: on a machine without a GPU, importing course puts Trito
 interpreter mode (TRITON_INTERPRET=1), which Triton reads when kernels are defined.
 """
 
+import linecache
+
 from course import device
 
 # First, so that any module imported below (later days add Triton kernels) already
@@ -29,10 +31,16 @@ _moved.install()  # notebooks saved before course/ was arranged by role import t
 
 def _not_implemented_yet(shell, etype, value, tb, tb_offset=None):
     """In a notebook, a stub's NotImplementedError is one line that says what to do, not a
-    traceback. It is still an error (an `error` output, so Run All stops and nbgrader counts it)."""
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    name = tb.tb_frame.f_code.co_name
+    traceback. It is still an error (an `error` output, so Run All stops and nbgrader counts it).
+    torch's own NotImplementedError (an operation a dtype lacks) keeps its whole traceback."""
+    innermost = tb
+    while innermost.tb_next is not None:
+        innermost = innermost.tb_next
+    code = innermost.tb_frame.f_code
+    if not linecache.getline(code.co_filename, innermost.tb_lineno).lstrip().startswith("raise"):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return
+    name = code.co_name
     message = (
         f"NotImplementedError: {name} is not implemented yet: replace `raise "
         f"NotImplementedError()` in {name} with your code, run that cell, then run this one again."

@@ -212,7 +212,7 @@ class RemoteKernel:
             )
         if "raised" in reply:
             if reply.get("not_implemented"):
-                raise NotImplementedYet(str(reply.get("line", "")))
+                raise NotImplementedYet(str(reply.get("line", "")), str(reply.get("message", "")))
             message, line = str(reply.get("message", "")), str(reply.get("line", ""))
             cause = (ValueError if reply.get("value_error") else RuntimeError)(message)
             at = f"\n      at: {line}" if line else ""

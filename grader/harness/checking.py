@@ -65,11 +65,17 @@ class Mistake(AssertionError):
 
 class NotImplementedYet(Exception):
     """The student's function raised NotImplementedError: the stub's, or torch's own (a 'meta'
-    tensor's values read). `line` is the student's line that raised it ('' when unknown)."""
+    tensor's values read, an operation a dtype lacks). `line` is the student's line that raised
+    it ('' when unknown), `message` the error's text."""
 
-    def __init__(self, line: str = ""):
+    def __init__(self, line: str = "", message: str = ""):
         super().__init__(line)
-        self.line = line
+        self.line, self.message = line, message
+
+    @property
+    def is_stub(self) -> bool:
+        """Raised by a `raise` of the student's own (the stub's), not by torch inside a call."""
+        return not self.line or self.line.lstrip().startswith("raise")
 
 
 class CheckFailed(AssertionError):
@@ -839,7 +845,7 @@ def guarded(fn, exercise: str, forbidden: dict):
         except ShortcutUsed:
             pass  # reported below, from the guard's record, even if the student's code caught it
         except NotImplementedError as exc:
-            raise NotImplementedYet(_student_code(exc)) from exc
+            raise NotImplementedYet(_student_code(exc), str(exc)) from exc
         except Exception as exc:
             raise Mistake(
                 f"your function raised {type(exc).__name__}: {exc}{_student_line(exc)}",
@@ -871,6 +877,17 @@ def raised_hint(error: str, message: str, line: str) -> str:
         return (
             "your own raise fired on the check's input, which is valid: print the values its "
             f"condition compares, and their types{device}."
+        )
+    if "meta tensor" in message:
+        return (
+            "the check passed tensors on the 'meta' device, which have shapes but no values: "
+            "code that reads values (.item(), .tolist(), a Python if on a tensor) cannot run "
+            "there; compute with tensor operations, on the input's device."
+        )
+    if "not implemented for" in message:
+        return (
+            "this operation does not take that dtype (e.g. & and | need bool or integer "
+            "tensors, not floats): print the dtype of each operand at that line."
         )
     if error == "KeyError":
         return (
@@ -970,7 +987,14 @@ def _mistake_found(exercise: str, check, student, rng):
     inputs = _check_inputs.set([])  # what the check passes to the student: see rounding_scales
     try:
         check(student, rng)
-    except NotImplementedYet:
+    except NotImplementedYet as stopped:
+        if not stopped.is_stub:  # torch's own: an operation the student's tensors do not support
+            return Mistake(
+                f"your function raised NotImplementedError: {stopped.message}\n"
+                f"      at: {stopped.line}",
+                raised_hint("NotImplementedError", stopped.message, stopped.line),
+                "raised",
+            )
         return Mistake(
             f"{exercise} is not implemented yet.",
             "replace `raise NotImplementedError()` with your code, then run this cell again.",

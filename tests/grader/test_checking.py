@@ -274,6 +274,9 @@ def test_a_crash_under_the_memory_meter_points_at_the_students_line(tmp_path):
         ("    return x[x.shape[0]]", "an index past the end"),
         ("    return x @ x", "shape errors name both shapes"),
         ("    return x.item()", "read the error and the line it points to."),
+        # torch's own NotImplementedError is no stub: "not implemented yet" would mislead
+        ("    return x.tril() & x.bool()", "does not take that dtype"),
+        ("    return x.to('meta').tolist()", "shapes but no values"),
     ],
 )
 def test_an_error_no_check_names_gets_the_hint_of_its_kind(tmp_path, body, says):
@@ -296,5 +299,5 @@ def test_an_error_no_check_names_gets_the_hint_of_its_kind(tmp_path, body, says)
     assert says in result.hint, result.hint
     if "shape errors" not in says:
         assert "shape errors" not in result.hint
-    if "device" not in body:  # the device advice only where the student's raise is about one
+    if "device" not in body and "meta" not in body:  # device advice only where devices matter
         assert "device" not in result.hint
