@@ -458,9 +458,11 @@ DIAGNOSES = {
         "offset); a last block shorter than the others.",
     ),
     "scaled_per_slice": (
-        "Each slice along dim {dim} is the answer times its own factor ({low} to {high}).",
-        "a per-row quantity is missing or taken over the wrong entries: a normalisation "
-        "(a sum, a count, the softmax denominator), or a max or scale for the wrong slice.",
+        "Each slice at one index along dim {dim} is the answer times a factor of its own "
+        "({low} to {high}).",
+        "something computed once per slice is missing or taken over the wrong entries: a "
+        "normalisation (a sum, a count, a softmax's denominator), a decay or a gate, or a max "
+        "or scale taken for another slice.",
     ),
     "first_wrong_entry": (
         "",
