@@ -8,11 +8,14 @@ keepdim=True; a function that raises on batched inputs but is right on 2-D ones 
 that reverses or picks the leading dims (`explain_by_rank`); an attention that raises when
 Lq != Lk != D but runs when every size is equal is run there and its mistake named
 (`explain_by_square_inputs`); scores that raise unless Lq = Lk = D are run there, which names
-`q @ k` and `(q * k).sum(-1)` (`explain_by_square_keys`). Weights that turn NaN on large scores
-are run on moderate ones first, so a mistake that shows there is not called an overflow
-(`explain_by_moderate_scores`); a NaN on an all -inf row is traced to the operation that made
-it (`FirstNaN`: x - max, or 0 / 0). A function that writes into its inputs is named before its
-output is compared (`call_unchanged`).
+`q @ k` and `(q * k).sum(-1)` (`explain_by_square_keys`); right answers there are sizes mixed up.
+Weights that turn NaN on large scores are run on moderate ones first, so a mistake that shows
+there is not called an overflow (`explain_by_moderate_scores`); a NaN on an all -inf row is
+traced to the operation that made it (`FirstNaN`: x - max, or 0 / 0). An out or weights of the
+wrong shape is named by its values where they explain it (`explain_wrong_shapes`: a squeeze,
+weights @ k). A function that writes into its inputs is named before its output is compared
+(`call_unchanged`), and one whose backward fails or stops short is named too
+(`sdpa_passes_gradients`).
 """
 
 import math
@@ -24,6 +27,7 @@ from torch.overrides import TorchFunctionMode
 from grader.harness.checking import (
     Mistake,
     NotImplementedYet,
+    crashed_with,
     expect_close,
     named,
     named_crash,
@@ -102,10 +106,31 @@ HINTS = {
         "(or divide by torch.where(sum > 0, sum, 1.0)), so an empty row gets zeros.",
     ),
     "neg_inf_replaced": (
-        "-inf entries replaced by 0 before the softmax, so they get the weight of a 0 logit",
+        "-inf entries replaced by a finite number (0, or the row's max) before the softmax, so "
+        "they get that logit's weight",
         "leave the -inf entries as they are: exp(-inf - max) = 0 is exactly the zero weight "
         "they must get. Only a row's max that is -inf (a row with nothing finite) needs "
         "replacing by 0.",
+    ),
+    "max_clamped": (
+        "a shift by 0 instead of the row's max where that max is below 0 (no shift at all, or "
+        "a max clamped at 0 with .clamp(min=0)): exp(-120) is 0 in float32, so a row far below "
+        "0 has nothing left to normalise",
+        "shift every row by its own max, whatever its sign; only a max that is -inf (a row "
+        "with nothing finite) needs replacing: torch.where(torch.isinf(max), 0.0, max).",
+    ),
+    "epsilon_in_sum": (
+        "exps / (sum + eps): a small number added to the sum to avoid 0 / 0, so every row "
+        "sums to a little less than 1",
+        "guard the division instead of changing it: torch.where(sum > 0, exps / sum, 0.0), or "
+        "divide by torch.where(sum > 0, sum, 1.0); a row with a finite entry then sums to 1.",
+    ),
+    "division_guard_inverted": (
+        "every weight 0: a torch.where whose condition is inverted, such as "
+        "torch.where(sum == 0, exps / sum, 0.0), which keeps the division only where the sum "
+        "is 0",
+        "torch.where(condition, a, b) takes a where the condition is True: "
+        "torch.where(sum > 0, exps / sum, 0.0).",
     ),
     "max_instead_of_sum": (
         "exps divided by their max instead of their sum, so the largest weight is 1",
@@ -125,9 +150,9 @@ HINTS = {
     ),
     "divided_by_d": (
         "q kᵀ / d instead of / sqrt(d)",
-        "divide by the square root of the head dimension, math.sqrt(d), once: "
-        "attention_scores already divides by it, so a scaled_dot_product_attention that "
-        "calls it must not divide again.",
+        "divide by the square root of the head dimension, math.sqrt(d), once. Scaling both q "
+        "and k by it divides twice, and so does dividing again scores that attention_scores "
+        "already divided.",
     ),
     "power_precedence": (
         "`d ** 1/2`, which is (d ** 1) / 2 since ** binds tighter than /: q kᵀ / d / 2 "
@@ -165,13 +190,26 @@ HINTS = {
     ),
     "keys_not_transposed": (
         "q @ k: the keys not transposed, so it runs only when k's length equals d",
-        "transpose the last two axes of k: q @ k.transpose(-2, -1), (..., Lq, d) @ (..., d, Lk).",
+        "transpose the last two axes of k once: q @ k.transpose(-2, -1), (..., Lq, d) @ "
+        "(..., d, Lk). attention_scores transposes k itself: pass it k as it is.",
     ),
     "elementwise_product": (
         "(q * k).sum(-1): an elementwise product, which pairs query i with key i only and "
         "needs Lq = Lk",
         "every query meets every key: q @ k.transpose(-2, -1) gives the (..., Lq, Lk) matrix of "
         "all dot products q_i · k_j.",
+    ),
+    "misaligned_broadcast": (
+        "a broadcast product of q and k whose axes do not line up, such as "
+        "q.unsqueeze(-1) * k.unsqueeze(-2): it runs only when sizes happen to be equal",
+        "every query meets every key: q @ k.transpose(-2, -1); or, broadcasting, "
+        "(q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1), (..., Lq, 1, d) * (..., 1, Lk, d).",
+    ),
+    "sizes_mixed_up": (
+        "one size standing for another (Lq where Lk belongs, or d): the code raises when Lq, "
+        "Lk and d differ, but is right when they are equal",
+        "check each size you read and each reshape or view: Lq = q.shape[-2], "
+        "Lk = k.shape[-2], d = q.shape[-1], and the scores are (..., Lq, Lk).",
     ),
     "batched_transpose": (
         "a transpose that counts its dims from the front (k.T, k.transpose(0, 1), "
@@ -210,6 +248,39 @@ HINTS = {
         "q kᵀ / sqrt(dv): the values' width instead of the head dimension of q and k",
         "d = q.shape[-1], the width q and k share; v.shape[-1] may differ from it.",
     ),
+    "scores_as_weights": (
+        "the scores returned as the weights: the pair's second tensor is q kᵀ / sqrt(d) before "
+        "the softmax",
+        "return the softmax of the scores, the tensor that multiplies v: `return out, weights` "
+        "with weights = stable_softmax(scores, dim=-1).",
+    ),
+    "values_from_keys": (
+        "out = weights @ k: the keys averaged instead of the values",
+        "multiply the weights by the values: out = weights @ v, (..., Lq, Lk) @ (..., Lk, Dv).",
+    ),
+    "squeezed": (
+        "a .squeeze() that dropped a leading dim of size 1 (a batch or a head count of 1)",
+        "keep every leading dim, even of size 1: out is (..., Lq, Dv) and weights (..., Lq, Lk) "
+        "with q's leading dims; drop .squeeze() (or squeeze one named dim outside the function).",
+    ),
+    "no_gradient": (
+        "the graph cut inside the function (.detach(), torch.no_grad(), or a tensor rebuilt "
+        "from values), so no gradient reaches the inputs before the cut",
+        "keep every step differentiable: training backpropagates through out into q, k and v. "
+        "To plot the weights, detach them outside the function: weights.detach().",
+    ),
+    "in_place_breaks_gradient": (
+        "an in-place operation (exp_, /=, -=) on a tensor that autograd saved for the "
+        "backward pass: the forward is right, but out.backward() fails",
+        "write those steps out of place: s = s - s.amax(...), w = torch.exp(s), "
+        "w = w / w.sum(...); autograd needs the tensors it saved unchanged.",
+    ),
+    "renormalised_over_queries": (
+        "the weights divided again by their sum over the queries (dim=-2), so each column sums "
+        "to 1 instead of each row",
+        "the softmax over the keys already makes each row sum to 1: use its weights as they "
+        "are, with no second normalisation.",
+    ),
     "scale_after_softmax": (
         "the 1/sqrt(d) scale applied after the softmax, so the rows sum to 1/sqrt(d)",
         "scale the scores, then take the softmax: stable_softmax(attention_scores(q, k)), "
@@ -237,13 +308,25 @@ HINTS = {
 # ----------------------------------------------------------------------------- calling the student
 
 
-def named_or_none(run_check):
-    """The named Mistake (a key of HINTS) that `run_check()` raises, or None."""
+def explain_by_square(raised: Mistake, run_on_square, square: str) -> None:
+    """After the student's function raised: run the check `run_on_square()` on inputs where
+    every size is equal (`square` says which) and name what it shows there, a known mistake or a
+    right answer (then one size stands for another somewhere)."""
     try:
-        run_check()
+        run_on_square()
     except Mistake as mistake:
-        return mistake if mistake.key in HINTS else None
-    return None
+        if mistake.key not in HINTS:
+            return
+        seen, fix, key = mistake.message, mistake.hint, mistake.key
+    else:
+        description, fix = HINTS["sizes_mixed_up"]
+        seen, key = f"gives the right answer: it looks like {description}.", "sizes_mixed_up"
+    raise Mistake(
+        f"{raised.message}\n      It raised on these shapes; on inputs where {square} it runs, "
+        f"and {seen}",
+        fix,
+        key,
+    ) from None
 
 
 # Sizes for the probes below, all different from each other and from the probes' leading dims.
@@ -299,7 +382,24 @@ def softmax_mistakes(x: torch.Tensor, dim: int = -1) -> list:
         except RuntimeError:
             continue  # it does not broadcast: the student's code raises, named in call_softmax
     found.append(("max_instead_of_sum", torch.exp(x64 - top)))  # exps / their max (which is 1)
+    found.append(("division_guard_inverted", torch.zeros_like(x64)))
     return found
+
+
+def epsilon_suspect(x: torch.Tensor, out, dim: int = -1) -> list:
+    """exps / (sum + eps), with the eps that the student's row sums imply: sum / (sum + eps)
+    each, a little under 1. Named only when one eps explains every row."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        return []
+    x64 = x.double()
+    top = x64.amax(dim, keepdim=True)
+    exps = torch.exp(x64 - torch.where(torch.isfinite(top), top, 0.0))
+    total = exps.sum(dim, keepdim=True)
+    implied = total * (1 / out.detach().double().sum(dim, keepdim=True) - 1)  # sum*(1/r - 1)
+    implied = implied[(total > 0) & torch.isfinite(implied)]
+    if not implied.numel() or not 0 < float(implied.median()) < 1:
+        return []
+    return [("epsilon_in_sum", exps / (total + implied.median()))]
 
 
 def shifted_softmax(x: torch.Tensor, max_dim: int, sum_dim: int) -> torch.Tensor:
@@ -316,9 +416,9 @@ def softmax_matches_reference(stable_softmax, rng):
     """matches the float64 softmax on random (B, H, Lq, Lk) scores, default dim"""
     lq, lk = two_lengths(rng)
     x = randn((draw(rng, 1, 3), draw(rng, 1, 4), lq, lk), rng, scale=3.0)  # (B, H, Lq, Lk)
-    expect_close(
-        call_softmax(stable_softmax, x), softmax64(x), x.dtype, suspects=softmax_mistakes(x)
-    )
+    out = call_softmax(stable_softmax, x)
+    suspects = [*softmax_mistakes(x), *epsilon_suspect(x, out)]
+    expect_close(out, softmax64(x), x.dtype, suspects=suspects)
 
 
 def softmax_follows_dim(stable_softmax, rng):
@@ -344,12 +444,9 @@ def softmax_follows_dim(stable_softmax, rng):
 def softmax_keeps_float64(stable_softmax, rng):
     """float64 in, float64 out, to 1e-10"""
     x = randn((draw(rng, 2, 6), draw(rng, 2, 9)), rng, dtype=torch.float64, scale=4.0)
-    expect_close(
-        call_softmax(stable_softmax, x, dim=-1),
-        softmax64(x),
-        torch.float64,
-        suspects=softmax_mistakes(x),
-    )
+    out = call_softmax(stable_softmax, x, dim=-1)
+    suspects = [*softmax_mistakes(x), *epsilon_suspect(x, out)]
+    expect_close(out, softmax64(x), torch.float64, suspects=suspects)
 
 
 def softmax_follows_device(stable_softmax, rng):
@@ -389,6 +486,33 @@ def softmax_survives_large_logits(stable_softmax, rng):
     )
 
 
+def softmax_shifted_by_max_or_zero(x: torch.Tensor) -> torch.Tensor:
+    """A softmax shifted by max(row max, 0), its exp taken in x's dtype: a row far below 0
+    underflows to 0 (and comes out as zeros, with an empty-row guard)."""
+    top = x.amax(-1, keepdim=True).clamp(min=0)
+    exps = torch.exp(x - top).double()
+    total = exps.sum(-1, keepdim=True)
+    return exps / torch.where(total > 0, total, 1.0)
+
+
+def softmax_shifts_rows_below_zero(stable_softmax, rng):
+    """rows far below 0 (x ≈ -120 and -70) still sum to 1: each is shifted by its own max
+    (float32's exp(x) is 0 below x = -104, so a shift by 0 leaves the rows near -120 nothing)"""
+    rows, lk = draw(rng, 2, 5), draw(rng, 3, 9)
+    # Rows where exp underflows whatever small shift is used, and rows where it does not: no row
+    # in between (where exp(x) is subnormal) to blur the two. Within 80 of each other, so that a
+    # max over the whole tensor is still right here.
+    offsets = torch.where(torch.arange(rows) % 2 == 0, -120.0, -70.0).unsqueeze(-1)  # (rows, 1)
+    x = (offsets + randn((rows, lk), rng, dtype=torch.float64, scale=2.0)).float()
+    expect_close(
+        call_softmax(stable_softmax, x, dim=-1),
+        softmax64(x),
+        x.dtype,
+        suspects=[("max_clamped", softmax_shifted_by_max_or_zero(x)), *softmax_mistakes(x)],
+        nonfinite=named("max_clamped"),
+    )
+
+
 def global_max_softmax(x: torch.Tensor) -> torch.Tensor:
     """A softmax shifted by the max of the whole tensor, its exp taken in x's dtype: the rows
     far below that max underflow to 0 (and come out as zeros, with an empty-row guard)."""
@@ -425,6 +549,7 @@ def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
         x.dtype,
         suspects=[
             ("neg_inf_replaced", softmax64(x.masked_fill(blocked, 0.0))),
+            ("neg_inf_replaced", softmax64(torch.where(blocked, x.amax(-1, keepdim=True), x))),
             *softmax_mistakes(x),
         ],
         nonfinite=named("nan_on_neg_inf"),
@@ -542,6 +667,8 @@ def call_scores(attention_scores, q: torch.Tensor, k: torch.Tensor, rng):
 
         explain_by_rank(mistake, q.dim(), gives_answer)
         explain_by_square_keys(attention_scores, mistake, rng, q.dtype)
+        if crashed_with(mistake, "RuntimeError", "must match the size of tensor"):
+            raise named_crash(mistake, "misaligned_broadcast") from None
         raise
 
 
@@ -555,18 +682,13 @@ def explain_by_square_keys(attention_scores, raised: Mistake, rng, dtype) -> Non
         ("keys_not_transposed", (q.double() @ k.double()) * scale),  # (B, H, L, L)
         ("elementwise_product", (q.double() * k.double()).sum(-1) * scale),  # (B, H, L)
     ]
-    found = named_or_none(
+    explain_by_square(
+        raised,
         lambda: expect_close(
             attention_scores(q, k), scaled_scores(q, k, scale), dtype, suspects=suspects
-        )
+        ),
+        f"Lq = Lk = D (shape {tuple(q.shape)})",
     )
-    if found is not None:
-        raise Mistake(
-            f"{raised.message}\n      It raised on these shapes; on inputs where Lq = Lk = D "
-            f"(shape {tuple(q.shape)}) it runs, and {found.message}",
-            found.hint,
-            found.key,
-        ) from None
 
 
 def expect_scores(attention_scores, q, k, rng, what="scores") -> None:
@@ -634,11 +756,13 @@ def weight_suspects(q, k, v) -> list:
     d, dv = q.shape[-1], v.shape[-1]
     scores = scaled_scores(q, k, 1 / math.sqrt(d))  # (..., Lq, Lk)
     exps = torch.exp(scores - scores.amax(-1, keepdim=True))
+    weights = softmax64(scores)  # (..., Lq, Lk)
     return [
         ("softmax_over_queries", softmax64(scores, dim=-2)),
         *[("softmax_over_leading_dim", softmax64(scores, dim)) for dim in range(q.dim() - 2)],
         ("sum_over_queries", exps / exps.sum(-2, keepdim=True)),
         ("softmax_twice", softmax64(softmax64(scores))),
+        ("renormalised_over_queries", weights / weights.sum(-2, keepdim=True)),
         ("missing_scale", softmax64(scaled_scores(q, k, 1.0))),
         ("divided_by_d", softmax64(scaled_scores(q, k, 1 / d))),
         ("times_sqrt_d", softmax64(scaled_scores(q, k, math.sqrt(d)))),
@@ -650,7 +774,16 @@ def weight_suspects(q, k, v) -> list:
         ("scale_after_softmax", softmax64(scaled_scores(q, k, 1.0)) / math.sqrt(d)),
         ("swapped_q_k", softmax64(scaled_scores(k, q, 1 / math.sqrt(d)))),
         *[("power_precedence", softmax64(scaled_scores(q, k, s))) for s in halved_d_scales(d)],
+        ("scores_as_weights", scores),
+        *untransposed_keys(q, k),
     ]
+
+
+def untransposed_keys(q, k) -> list:
+    """The weights of q @ k (keys not transposed, or transposed twice), where Lk = d lets it run."""
+    if k.shape[-2] != q.shape[-1]:
+        return []
+    return [("keys_not_transposed", softmax64(q.double() @ k.double() / math.sqrt(q.shape[-1])))]
 
 
 def out_suspects(q, k, v, weights_ref: torch.Tensor) -> list:
@@ -658,7 +791,10 @@ def out_suspects(q, k, v, weights_ref: torch.Tensor) -> list:
     transposed (where the shapes allow it)."""
     v64 = v.double()
     lq, lk, dv = weights_ref.shape[-2], weights_ref.shape[-1], v.shape[-1]
-    found = [("scores_not_weights", scaled_scores(q, k, 1 / math.sqrt(q.shape[-1])) @ v64)]
+    found = [
+        ("scores_not_weights", scaled_scores(q, k, 1 / math.sqrt(q.shape[-1])) @ v64),
+        ("values_from_keys", weights_ref @ k.double()),
+    ]
     if lq == lk:
         found.append(("transposed_weights", weights_ref.transpose(-2, -1) @ v64))
     if dv == lk:
@@ -696,7 +832,41 @@ def unpack_attention(result, q, k, v) -> tuple:
             HINTS["weights_transposed"][1],
             "weights_transposed",
         )
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        explain_wrong_shapes(*result, q.detach(), k.detach(), v.detach())
     return unpack(result, q, k, v)
+
+
+def matches(got: torch.Tensor, expected: torch.Tensor, dtype) -> bool:
+    return right_answer(lambda: expect_close(got, expected, dtype))
+
+
+def explain_wrong_shapes(out, weights, q, k, v) -> None:
+    """An out or weights of the wrong shape, named where its values say why: the right values
+    with a size-1 dim squeezed away, or out from another formula (weights @ k)."""
+    out_ref, weights_ref = sdpa64(q, k, v)
+    for got, ref, name in ((out, out_ref, "out"), (weights, weights_ref, "weights")):
+        if not isinstance(got, torch.Tensor) or got.shape == ref.shape:
+            continue
+        squeezed = tuple(size for size in ref.shape if size != 1)
+        if tuple(got.shape) == squeezed and matches(got.reshape(ref.shape), ref, q.dtype):
+            raise Mistake(
+                f"{name} has shape {tuple(got.shape)}, expected {tuple(ref.shape)}, with the "
+                f"right values: it looks like {HINTS['squeezed'][0]}.",
+                HINTS["squeezed"][1],
+                "squeezed",
+            )
+    if not isinstance(out, torch.Tensor) or out.shape == out_ref.shape:
+        return
+    for key, wrong in out_suspects(q, k, v, weights_ref):
+        if out.shape == wrong.shape and matches(out, wrong, q.dtype):
+            description, fix = HINTS[key]
+            raise Mistake(
+                f"out has shape {tuple(out.shape)}, expected {tuple(out_ref.shape)}: it "
+                f"matches {description}.",
+                fix,
+                key,
+            )
 
 
 def expect_attention(result, q, k, v, what="") -> None:
@@ -722,14 +892,11 @@ def explain_by_square_inputs(sdpa, raised: Mistake, rng, dtype) -> None:
     weights, a transposed v or swapped q and k fit, and name what it returns there."""
     size = PROBE_LQ
     q, k, v = (randn((*PROBE_LEADING[:2], size, size), rng, dtype, scale=2.0) for _ in range(3))
-    found = named_or_none(lambda: expect_attention(sdpa(q, k, v), q, k, v))
-    if found is not None:
-        raise Mistake(
-            f"{raised.message}\n      It raised on these shapes; on inputs where Lq = Lk = D = Dv "
-            f"(shape {tuple(q.shape)}) it runs, and {found.message}",
-            found.hint,
-            found.key,
-        ) from None
+    explain_by_square(
+        raised,
+        lambda: expect_attention(sdpa(q, k, v), q, k, v),
+        f"Lq = Lk = D = Dv (shape {tuple(q.shape)})",
+    )
 
 
 def call_attention(sdpa, q, k, v, rng):
@@ -751,9 +918,10 @@ def call_attention(sdpa, q, k, v, rng):
 
 
 def sdpa_shapes(scaled_dot_product_attention, rng):
-    """returns (out, weights): out (B, H, Lq, Dv), weights (B, H, Lq, Lk), with Lq ≠ Lk, Dv ≠ Dk"""
+    """returns (out, weights): out (1, H, Lq, Dv), weights (1, H, Lq, Lk), with Lq ≠ Lk, Dv ≠ Dk
+    (a batch of 1 keeps its dim)"""
     lq, lk = two_lengths(rng)
-    batch, heads, dk = draw(rng, 1, 3), draw(rng, 1, 3), 2 ** draw(rng, 3, 5)
+    batch, heads, dk = 1, draw(rng, 2, 3), 2 ** draw(rng, 3, 5)
     dv = dk + draw(rng, 1, 8)
     q, k = randn((batch, heads, lq, dk), rng), randn((batch, heads, lk, dk), rng)
     v = randn((batch, heads, lk, dv), rng)
@@ -791,8 +959,9 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
     if not torch.isfinite(weights).all():
         explain_by_moderate_scores(scaled_dot_product_attention, rng, q.dtype)
     overflow = Mistake(
-        "Your softmax overflowed. If your function calls your stable_softmax, the overflow is "
-        "there: fix exercise 1 first (its large-logits check fails too).",
+        "Your softmax overflowed: it is right on moderate scores. If your function calls your "
+        "stable_softmax and exercise 1's large-logits check fails, the overflow is there: fix "
+        "exercise 1 first.",
         "the softmax of the weights must subtract each row's max before exp, so that large "
         "scores stay finite: call your stable_softmax, once it passes its own checks.",
         "no_max_subtraction",
@@ -818,16 +987,73 @@ def sdpa_survives_large_scores(scaled_dot_product_attention, rng):
 
 def explain_by_moderate_scores(sdpa, rng, dtype) -> None:
     """After the student's weights came out NaN or inf on large scores: a mistake that shows on
-    scores near 1 as well is named as that, not as an overflow."""
+    scores near 1 as well is reported as that, not as an overflow."""
     lq, lk = two_lengths(rng)
     q, k, v = (randn((length, PROBE_D), rng, dtype) for length in (lq, lk, lk))
-    found = named_or_none(lambda: expect_attention(sdpa(q, k, v), q, k, v))
-    if found is not None:
+    try:
+        expect_attention(sdpa(q, k, v), q, k, v)
+    except Mistake as found:
         raise Mistake(
             f"weights has NaN or inf values on these large scores, and on scores near 1 (q and "
             f"k of shapes {tuple(q.shape)} and {tuple(k.shape)}) {found.message}",
             found.hint,
             found.key,
+            found.diagnosis,
+        ) from None
+
+
+def sdpa_grads64(q, k, v, d_out) -> tuple:
+    """(dq, dk, dv): float64 autograd through the oracle, for the gradient d_out of out."""
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    out, _ = sdpa64(*leaves)
+    return torch.autograd.grad(out, leaves, d_out.double())
+
+
+def sdpa_passes_gradients(scaled_dot_product_attention, rng):
+    """gradients flow from out back to q, k and v as through the float64 oracle: nothing detached"""
+    lq, lk = two_lengths(rng)
+    d = head_dim(rng, 5, 16)
+    shapes = (2, lq, d), (2, lk, d), (2, lk, d + 1)  # q, k, v
+    leaves = [randn(shape, rng).requires_grad_() for shape in shapes]
+    d_out = randn((2, lq, d + 1), rng)  # the gradient of a loss with respect to out
+    # copies, not the leaves themselves: an in-place edit is then named, not refused by autograd
+    q, k, v = (leaf.clone() for leaf in leaves)
+    result = call_attention(scaled_dot_product_attention, q, k, v, rng)
+    expect_attention(result, q, k, v)  # a wrong forward is named as such, not by its gradients
+    out, _ = result
+    description, fix = HINTS["no_gradient"]
+    if not out.requires_grad:
+        raise Mistake(
+            f"out does not require grad although q, k and v do: it looks like {description}.",
+            fix,
+            "no_gradient",
+        )
+    backward_or_named(out, d_out)
+    missing = [name for name, leaf in zip("qkv", leaves) if leaf.grad is None]
+    if missing:
+        raise Mistake(
+            f"after out.backward(), {' and '.join(f'{name}.grad' for name in missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} None: it looks like {description}.",
+            fix,
+            "no_gradient",
+        )
+    for name, leaf, ref in zip("qkv", leaves, sdpa_grads64(q, k, v, d_out)):
+        expect_close(leaf.grad, ref, q.dtype, what=f"{name}.grad")
+
+
+def backward_or_named(out: torch.Tensor, d_out: torch.Tensor) -> None:
+    """out.backward(d_out); autograd refusing a tensor it saved that was changed in place is
+    named (here a RuntimeError, from the student's kernel a Mistake that quotes it)."""
+    try:
+        out.backward(d_out)
+    except (RuntimeError, Mistake) as error:
+        if "modified by an inplace operation" not in str(error):
+            raise
+        description, fix = HINTS["in_place_breaks_gradient"]
+        raise Mistake(
+            f"out.backward() raised: {str(error).splitlines()[0]} It looks like {description}.",
+            fix,
+            "in_place_breaks_gradient",
         ) from None
 
 
@@ -849,6 +1075,7 @@ EXERCISES = {
             softmax_keeps_float64,
             softmax_survives_large_logits,
             softmax_uses_max_per_row,
+            softmax_shifts_rows_below_zero,
             softmax_zero_weight_for_neg_inf,
             softmax_all_neg_inf_row_is_zero,
             softmax_follows_device,
@@ -866,6 +1093,7 @@ EXERCISES = {
             sdpa_self_attention,
             sdpa_survives_large_scores,
             sdpa_keeps_float64,
+            sdpa_passes_gradients,
         ],
         forbidden={**SOFTMAX, **SDPA},
     ),

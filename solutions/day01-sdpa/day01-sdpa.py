@@ -129,7 +129,9 @@ print(torch.where(denominator > 0, 1.0 / denominator, 0.0))  # 1/2, and 0 (not i
 #
 # Along `dim`, subtract the max (with `keepdim=True`, so it broadcasts), exponentiate, then divide by the sum. Then handle the edge case: a slice that is all $-\infty$ must come out as zeros, with no NaN. `torch.where` is the tool for that.
 #
-# The checks recognise these mistakes, and each gives a hint: normalising over the wrong axis or ignoring `dim` (in the max, the sum or both); a max or sum without `keepdim=True`; `x.max(dim)` used without `.values`; no max subtraction, or a shift by the min (overflow at $x \approx 1000$); a max over the whole tensor instead of along `dim`; dividing by the max instead of the sum; NaN from $-\infty$ entries or from a row that is all $-\infty$ (at $x - \max$, or at a $0/0$ division); $-\infty$ entries replaced by 0; equal weights on a row that is all $-\infty$; an input changed in place; a float64 input returned as float32; a tensor made without `device=` (it lands on the CPU whatever device `x` is on); a call to a built-in softmax.
+# One check runs your function on PyTorch's `'meta'` device: its tensors have a shape and a dtype but no values, and stand in for a GPU here. Any tensor your function makes must be made on `x`'s device (`torch.zeros_like(m)`, or a plain number such as `0.0` inside `torch.where`).
+#
+# The checks recognise these mistakes, and each gives a hint: normalising over the wrong axis or ignoring `dim` (in the max, the sum or both); a max or sum without `keepdim=True`; `x.max(dim)` used without `.values`; no max subtraction, or a shift by the min (overflow at $x \approx 1000$); a shift by 0 instead of a negative max (a max clamped at 0: rows far below 0 underflow); a max over the whole tensor instead of along `dim`; dividing by the max instead of the sum; `exps / (sum + eps)` instead of a guarded division; a `torch.where` with its condition inverted; NaN from $-\infty$ entries or from a row that is all $-\infty$ (at $x - \max$, or at a $0/0$ division); $-\infty$ entries replaced by 0 or by the row's max; equal weights on a row that is all $-\infty$; an input changed in place; a float64 input returned as float32; a tensor made without `device=` (it lands on the CPU whatever device `x` is on); a call to a built-in softmax.
 
 # %% nbgrader={"grade": false, "grade_id": "stable_softmax", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def stable_softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -187,7 +189,7 @@ print(k4.permute(3, 2, 1, 0).shape)               # (4, 5, 3, 2): what k4.T does
 #
 # ### Exercise 2: `attention_scores`
 #
-# The checks recognise: a missing scale, dividing by $d$, multiplying by $\sqrt{d}$, `d ** 1/2` (which is $d/2$), an integer or float32 $\sqrt{d}$, scaling by a sequence length or a leading dimension instead of the head dimension, queries and keys swapped, `q @ k` without transposing the keys, `(q * k).sum(-1)` (query $i$ with key $i$ only), a transpose that breaks with leading dimensions, code written for one number of dimensions (`torch.bmm`, `B, H, L, d = q.shape`), and an input scaled in place.
+# The checks recognise: a missing scale, dividing by $d$, multiplying by $\sqrt{d}$, `d ** 1/2` (which is $d/2$), an integer or float32 $\sqrt{d}$, scaling by a sequence length or a leading dimension instead of the head dimension, queries and keys swapped, `q @ k` without transposing the keys, `(q * k).sum(-1)` (query $i$ with key $i$ only), a broadcast product whose axes do not line up, one size standing for another (right only when $L_q = L_k = d$), a transpose that breaks with leading dimensions, code written for one number of dimensions (`torch.bmm`, `B, H, L, d = q.shape`), and an input scaled in place.
 
 # %% nbgrader={"grade": false, "grade_id": "attention_scores", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -227,9 +229,11 @@ check("day01-sdpa", "attention_scores", attention_scores, hidden=True, points=1)
 #
 # Each query's weights sum to 1 over the keys, so the softmax runs over the last axis. The values may have a different width $d_v$ from the queries and keys.
 #
+# Attention is trained by backpropagation, so keep every step differentiable: gradients must flow from `out` back to `q`, `k` and `v`. No `.detach()` or `torch.no_grad()` inside the function, and no in-place step (`exp_()`, `/=`) on a tensor autograd saved; to plot the weights, detach them outside.
+#
 # ### Exercise 3: `scaled_dot_product_attention`
 #
-# The checks recognise: softmax over the query axis or a leading axis, a sum over the queries, the softmax applied twice, `scores @ v` instead of `weights @ v`, each scaling mistake from exercise 2, scaling by $\sqrt{d_v}$ or after the softmax, queries and keys swapped, `weights @ v.transpose(-2, -1)`, `weights.transpose(-2, -1) @ v`, a transpose that breaks with leading dimensions, wrong output shapes when $L_q \ne L_k$ or $d_v \ne d$, `(weights, out)` in the wrong order, overflow at large scores, and calls to the built-ins.
+# The checks recognise: softmax over the query axis or a leading axis, a sum over the queries, the softmax applied twice, weights divided again by their sum over the queries, `scores @ v` instead of `weights @ v`, `weights @ k` instead of `weights @ v`, the scores returned as the weights, each scaling mistake from exercise 2, scaling by $\sqrt{d_v}$ or after the softmax, queries and keys swapped, `weights @ v.transpose(-2, -1)`, `weights.transpose(-2, -1) @ v`, a transpose that breaks with leading dimensions, wrong output shapes when $L_q \ne L_k$ or $d_v \ne d$, a `.squeeze()` that drops a dim of size 1, `(weights, out)` in the wrong order, a gradient that does not reach `q`, `k` or `v` (a `.detach()`, or an in-place step autograd refuses), overflow at large scores, and calls to the built-ins.
 
 # %% nbgrader={"grade": false, "grade_id": "scaled_dot_product_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):

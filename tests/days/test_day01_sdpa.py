@@ -40,8 +40,8 @@ assert_named = functools.partial(assert_mistake_named, DAY)
 def test_check_prints_a_verdict_per_check_and_returns_quietly(solution, capsys):
     check(DAY, "stable_softmax", solution["stable_softmax"])
     printed = capsys.readouterr().out
-    assert printed.count("✓") == 8 and "✗" not in printed
-    assert "8 of 8 checks passed" in printed
+    assert printed.count("✓") == 9 and "✗" not in printed
+    assert "9 of 9 checks passed" in printed
 
 
 def test_hidden_checks_draw_a_fresh_seed_each_run(solution):
@@ -180,6 +180,32 @@ def softmax_zeros_on_cpu(x, dim=-1):
     return guarded_division(exps, exps.sum(dim, keepdim=True))
 
 
+def softmax_max_clamped_at_zero(x, dim=-1):
+    top = x.amax(dim, keepdim=True).clamp(min=0)  # rids the max of -inf, and of every value < 0
+    exps = torch.exp(x - top)
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
+def softmax_epsilon_in_sum(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return exps / (exps.sum(dim, keepdim=True) + 1e-9)
+
+
+def softmax_guard_inverted(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    total = exps.sum(dim, keepdim=True)
+    return torch.where(total == 0, exps / total, 0.0)
+
+
+def softmax_neg_inf_to_max(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    top = torch.where(torch.isinf(top), 0.0, top)
+    exps = torch.exp(torch.where(torch.isinf(x), top, x) - top)
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
 def softmax_reading_values(x, dim=-1):
     """Right, through a Python loop over the rows: it reads values, so it cannot run on 'meta'."""
     rows = x.movedim(dim, -1).reshape(-1, x.shape[dim])
@@ -218,6 +244,10 @@ SOFTMAX_BUGS = {
     "max_unsqueezed_last": (softmax_max_unsqueezed_last, "missing_keepdim"),
     "in_place": (softmax_in_place, "modified_input"),
     "min_shift": (softmax_min_shift, "nan_on_neg_inf"),
+    "max_clamped_at_zero": (softmax_max_clamped_at_zero, "max_clamped"),
+    "epsilon_in_sum": (softmax_epsilon_in_sum, "epsilon_in_sum"),
+    "guard_inverted": (softmax_guard_inverted, "division_guard_inverted"),
+    "neg_inf_to_max": (softmax_neg_inf_to_max, "neg_inf_replaced"),
     "float32": (softmax_in_float32, "wrong_dtype"),
     "zeros_on_cpu": (softmax_zeros_on_cpu, "ignores_device"),
     "stub": (stub, "not_implemented"),
@@ -247,6 +277,11 @@ def scores_scale_q_in_place(q, k):
 def scores_unpacked_4d(q, k):
     batch, heads, length, d = q.shape
     return q @ k.transpose(2, 3) / math.sqrt(d)
+
+
+def scores_sizes_mixed_up(q, k):
+    scores = torch.bmm(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]).mT)
+    return scores.reshape(*q.shape[:-1], q.shape[-2]) / math.sqrt(q.shape[-1])  # Lq for Lk
 
 
 def scores_power_precedence(q, k):
@@ -313,6 +348,11 @@ SCORES_BUGS = {
         "elementwise_product",
     ),
     "power_precedence": (scores_power_precedence, "power_precedence"),
+    "misaligned_broadcast": (
+        lambda q, k: (q.unsqueeze(-1) * k.unsqueeze(-2)).sum(-1) / math.sqrt(q.shape[-1]),
+        "misaligned_broadcast",
+    ),
+    "sizes_mixed_up": (scores_sizes_mixed_up, "sizes_mixed_up"),
     "power_precedence_named": (scores_power_precedence_named, "power_precedence"),
     "bmm_transpose_1_2": (
         lambda q, k: torch.bmm(q, k.transpose(1, 2)) / math.sqrt(q.shape[-1]),
@@ -379,6 +419,32 @@ def sdpa_sum_over_queries(q, k, v):
     return weights @ v, weights
 
 
+def sdpa_renormalised_over_queries(q, k, v):
+    weights = good_softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))
+    weights = weights / weights.sum(-2, keepdim=True)  # "to be safe", over the wrong axis
+    return weights @ v, weights
+
+
+def sdpa_weights_times_keys(q, k, v):
+    weights = good_softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]))
+    return weights @ k, weights
+
+
+def right_scores(q, k):
+    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def sdpa_keys_transposed_twice(q, k, v):
+    weights = good_softmax(right_scores(q, k.transpose(-2, -1)))  # it transposes k once more
+    return weights @ v, weights
+
+
+def sdpa_softmax_in_place(q, k, v):
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).exp_()  # exp_ saves its output
+    weights /= weights.sum(-1, keepdim=True)  # ...which this changes: backward refuses
+    return weights @ v, weights
+
+
 def sdpa_scale_q_in_place(q, k, v):
     q.div_(math.sqrt(q.shape[-1]))
     weights = good_softmax(q @ k.transpose(-2, -1))
@@ -434,6 +500,19 @@ SDPA_BUGS = {
         ),
         "wrong_shape",
     ),
+    "scores_as_weights": (
+        lambda q, k, v: (make_sdpa(good_softmax)(q, k, v)[0], q @ k.mT / math.sqrt(q.shape[-1])),
+        "scores_as_weights",
+    ),
+    "weights_times_k": (sdpa_weights_times_keys, "values_from_keys"),
+    "squeezed": (
+        lambda q, k, v: tuple(t.squeeze() for t in make_sdpa(good_softmax)(q, k, v)),
+        "squeezed",
+    ),
+    "k_transposed_twice": (sdpa_keys_transposed_twice, "keys_not_transposed"),
+    "renormalised": (sdpa_renormalised_over_queries, "renormalised_over_queries"),
+    "detached": (make_sdpa(lambda s: good_softmax(s).detach()), "no_gradient"),
+    "softmax_in_place": (sdpa_softmax_in_place, "in_place_breaks_gradient"),
     "stub": (stub, "not_implemented"),
 }
 
@@ -463,6 +542,17 @@ UNNAMED = {"wrong_values", "raised", "not_finite"}
         ("scaled_dot_product_attention", SDPA_BUGS["scores_times_v"][0]),
         ("scaled_dot_product_attention", SDPA_BUGS["softmax_twice"][0]),
         ("scaled_dot_product_attention", SDPA_BUGS["sum_over_queries"][0]),
+        # a second beginner's pass: these too once got a generic message, or passed
+        ("stable_softmax", softmax_epsilon_in_sum),
+        ("stable_softmax", softmax_guard_inverted),
+        ("stable_softmax", softmax_neg_inf_to_max),
+        ("attention_scores", SCORES_BUGS["misaligned_broadcast"][0]),
+        ("attention_scores", scores_sizes_mixed_up),
+        ("scaled_dot_product_attention", SDPA_BUGS["scores_as_weights"][0]),
+        ("scaled_dot_product_attention", sdpa_weights_times_keys),
+        ("scaled_dot_product_attention", SDPA_BUGS["squeezed"][0]),
+        ("scaled_dot_product_attention", sdpa_keys_transposed_twice),
+        ("scaled_dot_product_attention", sdpa_renormalised_over_queries),
     ],
     ids=lambda value: getattr(value, "__name__", value),
 )
@@ -473,12 +563,17 @@ def test_every_failing_check_names_the_mistake(name, bug):
         assert not result.passed and not unnamed, (seed, unnamed)
 
 
-def test_sum_over_queries_is_not_called_an_overflow():
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (sdpa_sum_over_queries, "sum_over_queries"),
+        (sdpa_renormalised_over_queries, "renormalised_over_queries"),  # 0 / 0 at large scores
+    ],
+)
+def test_a_nan_after_the_softmax_is_not_called_an_overflow(bug, key):
     for seed in range(4):
-        result = report(
-            "scaled_dot_product_attention", sdpa_sum_over_queries, hidden=True, seed=seed
-        )
-        assert result.keys == {"sum_over_queries"}, seed
+        result = report("scaled_dot_product_attention", bug, hidden=True, seed=seed)
+        assert result.keys == {key}, seed
 
 
 def test_a_leading_dim_scale_is_not_called_an_integer_sqrt():
@@ -525,11 +620,14 @@ PROMISES = {
         "without `keepdim=True`": "missing_keepdim",
         "`x.max(dim)` used without `.values`": "max_without_values",
         "no max subtraction, or a shift by the min": "no_max_subtraction",
+        "a shift by 0 instead of a negative max": "max_clamped",
         "a max over the whole tensor": "global_max",
         "dividing by the max instead of the sum": "max_instead_of_sum",
+        "`exps / (sum + eps)` instead of a guarded division": "epsilon_in_sum",
+        "a `torch.where` with its condition inverted": "division_guard_inverted",
         "(at $x - \\max$": "nan_on_all_masked_row",
         "or at a $0/0$ division)": "zero_sum_division",
-        "$-\\infty$ entries replaced by 0": "neg_inf_replaced",
+        "$-\\infty$ entries replaced by 0 or by the row's max": "neg_inf_replaced",
         "NaN from $-\\infty$ entries": "nan_on_neg_inf",
         "a row that is all $-\\infty$;": "nan_on_all_masked_row",
         "equal weights on a row that is all $-\\infty$": "all_masked_row_uniform",
@@ -545,6 +643,8 @@ PROMISES = {
         "`d ** 1/2` (which is $d/2$)": "power_precedence",
         "`q @ k` without transposing the keys": "keys_not_transposed",
         "`(q * k).sum(-1)`": "elementwise_product",
+        "a broadcast product whose axes do not line up": "misaligned_broadcast",
+        "one size standing for another": "sizes_mixed_up",
         "an integer or float32 $\\sqrt{d}$": ("integer_sqrt", "float32_constant"),
         "scaling by a sequence length": "scaled_by_length",
         "or a leading dimension": "d_from_wrong_axis",
@@ -558,7 +658,10 @@ PROMISES = {
         "or a leading axis": "softmax_over_leading_dim",
         "a sum over the queries": "sum_over_queries",
         "the softmax applied twice": "softmax_twice",
+        "weights divided again by their sum over the queries": "renormalised_over_queries",
         "`scores @ v` instead of `weights @ v`": "scores_not_weights",
+        "`weights @ k` instead of `weights @ v`": "values_from_keys",
+        "the scores returned as the weights": "scores_as_weights",
         "each scaling mistake from exercise 2": ("missing_scale", "divided_by_d", "times_sqrt_d"),
         "scaling by $\\sqrt{d_v}$": "scaled_by_value_dim",
         "or after the softmax": "scale_after_softmax",
@@ -567,6 +670,9 @@ PROMISES = {
         "`weights.transpose(-2, -1) @ v`": "transposed_weights",
         "a transpose that breaks with leading dimensions": "batched_transpose",
         "wrong output shapes": ("wrong_shape", "weights_transposed"),
+        "a `.squeeze()` that drops a dim of size 1": "squeezed",
+        "a gradient that does not reach `q`, `k` or `v`": "no_gradient",
+        "an in-place step autograd refuses": "in_place_breaks_gradient",
         "`(weights, out)` in the wrong order": "swapped_outputs",
         "overflow at large scores": "no_max_subtraction",
         "calls to the built-ins": "shortcut",
