@@ -76,7 +76,7 @@ print(course.describe_device())
 #
 # The **rescale factor** $e^{m_t - m_{t+1}}$ is 1 when the max did not move and below 1 when it rose; every exponent is $\le 0$, so nothing overflows. After the last block, $\ell = \sum_j e^{x_j - m}$ exactly, and $\operatorname{softmax}(x)_j = e^{x_j - m} / \ell$, $\log \sum_j e^{x_j} = m + \log \ell$.
 #
-# Start from $m_0 = -\infty$, $\ell_0 = 0$. One care: while every score seen is $-\infty$ (a masked block), $m_{t+1} = -\infty$ too and $e^{m_t - m_{t+1}} = e^{-\infty + \infty}$ is NaN. Shift by 0 instead of $-\infty$ in that case: the sum stays 0, and an all $-\infty$ row ends with $m = -\infty$, $\ell = 0$.
+# Start from $m_0 = -\infty$, $\ell_0 = 0$. One care: while every score seen is $-\infty$ (a masked block), $m_{t+1} = -\infty$ too and $e^{m_t - m_{t+1}} = e^{-\infty + \infty}$ is NaN. Shift by 0 instead of the new max $m_{t+1}$ in that case (in both exponents, the rescale factor and the block's terms): the sum stays 0, and an all $-\infty$ row ends with $m = -\infty$, $\ell = 0$.
 #
 # **By hand.** $x = (1, 3, 2, 5)$ in blocks of 2. Block 1: $m_1 = 3$, $\ell_1 = e^{-2} + e^{0} = 1.1353$. Block 2: $m_2 = 5$, factor $e^{3 - 5} = 0.1353$, $\ell_2 = 1.1353 \cdot 0.1353 + e^{-3} + e^{0} = 1.2034$. Check: $\sum_j e^{x_j - 5} = e^{-4} + e^{-2} + e^{-3} + 1 = 1.2034$.
 
@@ -88,9 +88,9 @@ print("two passes:", x.max().item(), torch.exp(x - x.max()).sum().item())
 # %% [markdown]
 # ### Exercise 1: `online_softmax_stats`
 #
-# Leave the caller's `x` as it is, here and in `tiled_attention`: no in-place op on an input (`masked_fill_`, `x[...] = ...`); the shift-by-0 guard, `torch.where(m == -inf, 0, m)`, handles $-\infty$ without one.
+# Leave the caller's `x` as it is, here and in `tiled_attention`: no in-place op on an input or on a slice of it (`masked_fill_`, `x[...] = ...`, `block -= ...`: a slice is a view of `x`); keep $-\infty$ as it is (no stand-in like `-1e9`) and let the shift-by-0 guard handle it: shift both exps by the **new** max, and by 0 while it is still $-\infty$, `shift = torch.where(m_new == -inf, 0, m_new)`, then $e^{m - \text{shift}}$ and $e^{\text{block} - \text{shift}}$.
 #
-# The checks recognise: the running sum not rescaled when the max changes, the rescale factor upside down ($e^{m_{t+1} - m_t}$), NaN for rows (or first blocks) that are all $-\infty$, the last, shorter block dropped, a log-sum instead of the sum, the log of each block's sum added to the running sum, the last axis reduced whatever `dim` says, a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`), `x` changed in place, a pass over the whole row before the blocks (e.g. the global max first: two passes, so no reduction may read more than one block), and no `ValueError` for `block_size < 1`.
+# The checks recognise: the running sum not rescaled when the max changes, the rescale factor upside down ($e^{m_{t+1} - m_t}$), NaN for rows (or first blocks) that are all $-\infty$, a finite stand-in (e.g. `-1e9`) where the max is $-\infty$, the last, shorter block dropped, blocks that overlap (one entry too long), a log-sum instead of the sum, the log of each block's sum added to the running sum, the last axis reduced whatever `dim` says, a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`), `(sum_exp, max)` returned instead of `(max, sum_exp)`, `x` changed in place, a pass over the whole row before the blocks (e.g. the global max first: two passes, so no reduction may read more than one block), and no `ValueError` for `block_size < 1`.
 
 # %% nbgrader={"grade": false, "grade_id": "online_softmax_stats", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def online_softmax_stats(x: torch.Tensor, block_size: int, dim: int = -1) -> tuple:
@@ -175,7 +175,7 @@ explorer
 #
 # Start $m$, $\ell$ and $\mathrm{acc}$ afresh for each query tile, inside the query-tile loop: they belong to that tile's queries, and the last tile may be shorter.
 #
-# The checks recognise: the accumulator and $\ell$ not rescaled when the max changes, $m$, $\ell$ and $\mathrm{acc}$ made once before the query-tile loop instead of for each query tile, `q` (or another input) changed in place (e.g. `q.mul_(scale)`), $\ell$ rescaled but not the accumulator (and the other way round), a missing $1/\sqrt d$, `.T` on a batched tile, the lse in base 2 or without the max, a causal mask aligned top-left, strict ($j < i$), on the wrong side, or ignored, a causal key loop that stops one key early (the diagonal key missed), NaN (e.g. $0/0$ from `acc / l`) or a finite lse for queries that see no key, `(lse, out)` returned instead of `(out, lse)`, any tensor with $L_q \times L_k$ entries (mask included), causal tiles above the diagonal computed instead of skipped (the checks count the matmul work), wrong shapes, and no `ValueError` for block sizes $< 1$ or mismatched head dims.
+# The checks recognise: the accumulator and $\ell$ not rescaled when the max changes, $m$, $\ell$ and $\mathrm{acc}$ made once before the query-tile loop instead of for each query tile, `q` (or another input) changed in place (e.g. `q.mul_(scale)`), $\ell$ rescaled but not the accumulator (and the other way round), a missing $1/\sqrt d$ (or $1/d$ instead), `.T` on a batched tile, the last, shorter key tile dropped, `out` made in `q`'s shape (its last dim is $d_v$), the lse in base 2 or without the max, a causal mask aligned top-left, strict ($j < i$), on the wrong side, or ignored, a causal key loop that stops one key early (the diagonal key missed) or at $q_{\text{end}}$ instead of $L_k - L_q + q_{\text{end}}$, tiles straddling the diagonal left unmasked, a mask that counts queries from their tile's start, NaN (e.g. $0/0$ from `acc / l`), a finite lse, or a crash (a variable that only the key loop sets) for queries that see no key, `(lse, out)` returned instead of `(out, lse)`, any tensor with $L_q \times L_k$ entries (mask included), causal tiles above the diagonal computed instead of skipped (the checks count the matmul work), wrong shapes, and no `ValueError` for block sizes $< 1$, mismatched head dims, or `k` and `v` of different lengths.
 
 # %% nbgrader={"grade": false, "grade_id": "tiled_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int = 64,
@@ -193,9 +193,9 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: 
         (out, lse): out (..., Lq, dv), lse (..., Lq) = log sum_j exp(s_ij), natural log, both in
         q's dtype. A query that sees no key gets out = 0 and lse = -inf (never NaN).
 
-    Never allocates a tensor with Lq * Lk entries. Raises ValueError for block sizes < 1 or
-    q, k, v whose shapes do not fit. Not allowed: torch.softmax, torch.logsumexp,
-    F.scaled_dot_product_attention, course.reference.online_softmax.
+    Never allocates a tensor with Lq * Lk entries. Raises ValueError for block sizes < 1, q and k
+    with different head dims, or k and v with different lengths. Not allowed: torch.softmax,
+    torch.logsumexp, F.scaled_dot_product_attention, course.reference.online_softmax.
     """
     ### BEGIN SOLUTION
     if block_q < 1 or block_k < 1:
@@ -268,9 +268,9 @@ check("day06-online-softmax", "tiled_attention", tiled_attention, hidden=True, p
 # %% [markdown]
 # ### Exercise 3: `FlashAttentionTorch`
 #
-# Use your `tiled_attention` in forward, with its default tiles (64 queries by 64 keys); write backward's tile loop with the **same tile sizes**, so that it skips the same causal tiles as forward: the checks count backward's matmul work, and with tiles of 64 at $L = 256$ skipping leaves about 62% of the non-causal work (one tile as long as $L$ would skip nothing). Do not write into the saved tensors: `ctx.saved_tensors` are forward's own, and autograd refuses a second backward through them once one changed; make new ones (`torch.where`).
+# Use your `tiled_attention` in forward, with its default tiles (64 queries by 64 keys); write backward's tile loop with tiles of the same kind (64, as forward's, is simplest; smaller ones are fine), so that it skips the causal tiles above the diagonal as forward does: the checks count backward's matmul work, and with tiles of 64 at $L = 256$ skipping leaves about 62% of the non-causal work (one tile as long as $L$ would skip nothing). Do not write into the saved tensors: `ctx.saved_tensors` are forward's own, and autograd refuses a second backward through them once one changed; make new ones (`torch.where`).
 #
-# The checks compare with float64 autograd through dense attention (and `torch.autograd.gradcheck`), and recognise: a backward without the $D$ term (or with $D$ summed over one key tile only), $dV = P\,dO$ or $dK = dS\,Q$ without the transpose, $dQ$ and $dK$ without $1/\sqrt d$, gradients wrong only with `causal` (e.g. $P$ recomputed without the mask, or with a top-left mask), a saved tensor changed in place (e.g. `lse[lse == -inf] = inf`), causal tiles above the diagonal computed in backward, NaN in the gradients of queries that see no key, an $(L_q, L_k)$ tensor or two statistics (max and sum) saved instead of one logsumexp (or no logsumexp saved), an lse in base 2 or without the max, and a Function that autograd cannot run.
+# The checks compare with float64 autograd through dense attention (and `torch.autograd.gradcheck`), and recognise: a forward that ignores `is_causal`, a backward without the $D$ term (or with $D$ summed over one key tile only, or over every query into one number), $P$ recomputed without $1/\sqrt d$, $dK$ or $dV$ overwritten (`=`) by each query tile instead of accumulated (`+=`), $dV = P\,dO$ or $dK = dS\,Q$ without the transpose, $dQ$ and $dK$ without $1/\sqrt d$, gradients wrong only with `causal` (e.g. $P$ recomputed without the mask, or with a top-left mask), a saved tensor changed in place (e.g. `lse[lse == -inf] = inf`), causal tiles above the diagonal computed in backward, NaN in the gradients of queries that see no key, an $(L_q, L_k)$ tensor or two statistics (max and sum) saved instead of one logsumexp (or no logsumexp saved), an lse in base 2 or without the max, and a Function that autograd cannot run.
 
 # %% nbgrader={"grade": false, "grade_id": "FlashAttentionTorch", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class FlashAttentionTorch(torch.autograd.Function):
@@ -349,7 +349,7 @@ check("day06-online-softmax", "FlashAttentionTorch", FlashAttentionTorch, hidden
 # %% [markdown]
 # ## 5. Measure: memory as $L$ grows
 #
-# Naive attention holds the $L \times L$ scores and weights: its peak memory grows as $L^2$. Tiled attention holds $q, k, v$'s output ($L \cdot d_v$ numbers, plus $L$ for the lse) and one tile; with fixed tiles its **working memory** (the peak minus the output it returns) does not grow with $L$ at all. `peak_memory` records the most bytes alive at once during a call (on the CPU it tracks every tensor the call allocates; on a GPU it reads `torch.cuda.max_memory_allocated`).
+# Naive attention holds the $L \times L$ scores and weights: its peak memory grows as $L^2$. Tiled attention holds its output ($L \cdot d_v$ numbers, plus $L$ for the lse) and one tile; with fixed tiles its **working memory** (the peak minus the output it returns) does not grow with $L$ at all. `peak_memory` records the most bytes alive at once during a call (on the CPU it tracks every tensor the call allocates; on a GPU it reads `torch.cuda.max_memory_allocated`).
 #
 # Sized for a 2-core CPU; a GPU gets longer sequences. `python -m course.bench.online_softmax` runs $L = 4096$ and checks the target: tiled at most a quarter of naive.
 

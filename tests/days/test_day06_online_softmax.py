@@ -689,6 +689,9 @@ def test_beginner_correct_stats_pass(stats):
 # Issue #18, the second beginner pass: each mistake named by the check that first sees it, on the
 # visible seed and hidden ones.
 
+BLOCKS_OVERLAP = [
+    ("block = x[..., start:start + block_size]", "block = x[..., start:start + block_size + 1]")
+]
 STATS_CHECK_BUGS = {  # (check, key): the edits
     ("stats_match", "block_sum_logged"): [
         (
@@ -710,6 +713,27 @@ STATS_CHECK_BUGS = {  # (check, key): the edits
         ("running_sum * torch.exp(running_max - shift) + ", "running_sum + "),
     ],
     ("stats_extremes", "rescale_inverted"): STATS_BUGS["rescale_inverted"],
+    # Issue #18, the third pass: once named NaN (no NaN anywhere), global max, or not at all
+    ("stats_extremes", "finite_for_all_inf"): [
+        ("x = x.movedim(dim, -1)  ", "x = x.movedim(dim, -1).nan_to_num(neginf=-1e9)  ")
+    ],
+    ("stats_match", "stats_swapped"): [
+        ("return running_max, running_sum", "return running_sum, running_max")
+    ],
+    ("stats_extremes", "stats_swapped"): [
+        ("return running_max, running_sum", "return running_sum, running_max")
+    ],
+    ("stats_match", "blocks_overlap"): BLOCKS_OVERLAP,
+    ("stats_streaming", "blocks_overlap"): BLOCKS_OVERLAP,
+    ("stats_match", "block_sum_all_rows"): [
+        (
+            "torch.exp(block - shift[..., None]).sum(dim=-1)",
+            "torch.exp(block - shift[..., None]).sum()",
+        )
+    ],
+    ("stats_dims_and_float64", "dim_mishandled"): [  # movedim's arguments swapped
+        ("x = x.movedim(dim, -1)  ", "x = x.movedim(-1, dim)  ")
+    ],
 }
 
 
@@ -750,6 +774,18 @@ Q_SCALED_IN_PLACE = [
         "    scale = 1.0\n    q.mul_(1 / math.sqrt(q.shape[-1]))  # scale q once\n",
     )
 ]
+LOCAL_QUERY_INDEX = [  # the tile's start left out of the queries' positions
+    (
+        "query_pos = Lk - Lq + i0 + torch.arange(bq, device=q.device)[:, None]",
+        "query_pos = Lk - Lq + torch.arange(bq, device=q.device)[:, None]",
+    )
+]
+DIAGONAL_UNMASKED = [  # no mask at all: the loop bound alone
+    ('s = s.masked_fill(key_pos > query_pos, float("-inf"))', "s = s")
+]
+SOME_DIAGONAL_TILES_UNMASKED = [  # masked only past the first query: no suspect, a probe names it
+    ("            if causal:\n", "            if causal and j0 > Lk - Lq + i0:\n")
+]
 TILED_CHECK_BUGS = {  # (check, key): the edits
     ("tiled_matches", "modified_input"): Q_SCALED_IN_PLACE,  # not a missing scale
     ("tiled_fully_masked_rows", "modified_input"): Q_SCALED_IN_PLACE,
@@ -759,7 +795,8 @@ TILED_CHECK_BUGS = {  # (check, key): the edits
     ("tiled_fully_masked_rows", "state_not_reset"): STATE_NOT_RESET,
     ("tiled_shapes_and_float64", "state_not_reset"): STATE_NOT_RESET,
     ("tiled_never_full_matrix", "state_not_reset"): STATE_NOT_RESET,
-    ("tiled_fully_masked_rows", "causal_top_left"): [  # the loop bound right, the mask not
+    # The loop bound right, the mask not (with Lq > Lk a top-left mask hides nothing: unmasked)
+    ("tiled_causal", "causal_top_left"): [
         (
             "query_pos = Lk - Lq + i0 + torch.arange(bq, device=q.device)[:, None]",
             "query_pos = i0 + torch.arange(bq, device=q.device)[:, None]",
@@ -770,6 +807,36 @@ TILED_CHECK_BUGS = {  # (check, key): the edits
     ("tiled_shapes_and_float64", "batched_transpose"): TILED_BUGS["batched_transpose"],
     ("tiled_never_full_matrix", "batched_transpose"): TILED_BUGS["batched_transpose"],
     ("tiled_skips_masked_tiles", "batched_transpose"): TILED_BUGS["batched_transpose"],
+    # Issue #18, the third pass: once "no known mistake", a crash, a top-left mask, or a pass
+    ("tiled_matches", "scale_one_over_d"): [
+        ("scale = 1 / math.sqrt(q.shape[-1])", "scale = 1 / q.shape[-1]")
+    ],
+    ("tiled_matches", "last_key_tile_dropped"): [
+        ("range(0, key_end, block_k)", "range(0, key_end - block_k + 1, block_k)")
+    ],
+    ("tiled_causal", "causal_loop_end_no_offset"): [
+        ("min(Lk, Lk - Lq + i0 + bq)", "min(Lk, i0 + bq)")
+    ],
+    ("tiled_causal", "causal_local_query_index"): LOCAL_QUERY_INDEX,
+    ("tiled_fully_masked_rows", "causal_local_query_index"): LOCAL_QUERY_INDEX,
+    ("tiled_causal", "causal_diagonal_unmasked"): DIAGONAL_UNMASKED,
+    ("tiled_fully_masked_rows", "causal_diagonal_unmasked"): DIAGONAL_UNMASKED,
+    ("tiled_shapes_and_float64", "causal_diagonal_unmasked"): SOME_DIAGONAL_TILES_UNMASKED,
+    ("tiled_matches", "out_like_q"): [  # the accumulator in q's shape: a crash when dv != d
+        (
+            "acc = torch.zeros(*qi.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)",
+            "acc = torch.zeros_like(qi)",
+        )
+    ],
+    ("tiled_fully_masked_rows", "no_key_tile_crashes"): [  # shift exists once a key tile ran
+        (
+            "lses.append(m + torch.log(l))",
+            "lses.append(shift + torch.log(torch.where(l == 0, 1.0, l)))",
+        )
+    ],
+    ("tiled_rejects_bad_input", "no_error_for_bad_params"): [  # k, v lengths unchecked
+        ("q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]", "q.shape[-1] != k.shape[-1]")
+    ],
 }
 
 
@@ -781,6 +848,9 @@ def test_tiled_mistake_is_named_by_its_check(solution, check_name, key):
 
 DV_NOT_TRANSPOSED = [("p.transpose(-2, -1) @ d_oi", "p @ d_oi")]
 DK_NOT_TRANSPOSED = [("ds.transpose(-2, -1) @ qi * scale", "ds @ qi * scale")]
+FORWARD_IGNORES_CAUSAL = [
+    ("tiled_attention(q, k, v, causal=is_causal)", "tiled_attention(q, k, v)")
+]
 FLASH_CHECK_BUGS = {  # (check, key): the edits
     # ragged tiles: a crash, explained by one square tile
     ("flash_gradients", "dv_not_transposed"): DV_NOT_TRANSPOSED,
@@ -800,6 +870,19 @@ FLASH_CHECK_BUGS = {  # (check, key): the edits
             "query_pos = i0 + torch.arange(qi.shape[-2], device=q.device)[:, None]",
         )
     ],
+    # Issue #18, the third pass: once "no known mistake", or a backward mistake for forward's
+    ("flash_gradients", "D_not_per_query"): [
+        ("D = (d_out * out).sum(dim=-1)", "D = (d_out * out).sum()"),
+        ("ds = p * (dp - D[..., rows, None])", "ds = p * (dp - D)"),
+    ],
+    ("flash_gradients", "grad_scores_unscaled"): [
+        ("s = qi @ kj.transpose(-2, -1) * scale", "s = qi @ kj.transpose(-2, -1)")
+    ],
+    ("flash_gradients", "grad_overwritten"): [
+        ("dk[..., j0:j0 + block, :] += ", "dk[..., j0:j0 + block, :] = ")
+    ],
+    ("flash_forward", "forward_ignores_causal"): FORWARD_IGNORES_CAUSAL,
+    ("flash_causal_gradients", "forward_ignores_causal"): FORWARD_IGNORES_CAUSAL,
 }
 
 
@@ -832,8 +915,8 @@ def stats_merged_pairs(x, block_size, dim=-1):
 def tiled_key_tiles_outer(q, k, v, block_q=64, block_k=64, causal=False):
     """FlashAttention-1's loop order: key tiles outside, query tiles inside, running statistics
     for every query (O(L d) memory), written into fresh tensors each step."""
-    if block_q < 1 or block_k < 1 or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"block sizes must be >= 1 and head dims equal, got {block_q}, {block_k}")
+    if block_q < 1 or block_k < 1 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"block sizes must be >= 1 and q, k, v must fit, got {block_q}, {block_k}")
     Lq, Lk = q.shape[-2], k.shape[-2]
     offset = Lk - Lq
     m = q.new_full(q.shape[:-1], NEG_INF)  # (..., Lq)

@@ -31,23 +31,26 @@ def dense_grads64(
     scale_grads=True,
     backward_mask=True,
     transpose=True,
+    D_per_query=True,
+    recompute_scale=True,
 ):
     """(dq, dk, dv) in float64 by the FlashAttention-2 formulas on the full matrix, with the named
     mistakes switchable: use_D=False drops D; scale_grads=False drops 1/sqrt(d) from dq and dk;
     backward_mask=False recomputes p = exp(s - lse) from unmasked scores, a bool tensor from
     scores under that mask instead of the forward's; transpose=False gives
-    dk = ds q and dv = p dO (their shapes fit when Lq == Lk only)."""
+    dk = ds q and dv = p dO (their shapes fit when Lq == Lk only); D_per_query=False sums D over
+    every query into one number; recompute_scale=False recomputes p from unscaled q kᵀ."""
     q, k, v, d_out = q.double(), k.double(), v.double(), d_out.double()
     scale = q.shape[-1] ** -0.5
     out, lse = dense64(q, k, v, mask)
-    s = q @ k.transpose(-2, -1) * scale
+    s = q @ k.transpose(-2, -1) * (scale if recompute_scale else 1.0)
     if mask is not None and backward_mask is not False:
         s = s.masked_fill(~(mask if backward_mask is True else backward_mask), float("-inf"))
     lse = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
     p = torch.exp(s - lse.unsqueeze(-1))
     dv = (p.transpose(-2, -1) if transpose else p) @ d_out  # (..., Lk, dv)
     dp = d_out @ v.transpose(-2, -1)
-    D = (d_out * out).sum(-1, keepdim=True)
+    D = (d_out * out).sum(-1, keepdim=True) if D_per_query else (d_out * out).sum()
     ds = p * (dp - D) if use_D else p * dp  # (..., Lq, Lk)
     g = scale if scale_grads else 1.0
     return ds @ k * g, (ds.transpose(-2, -1) if transpose else ds) @ q * g, dv
@@ -134,23 +137,32 @@ def explain_backward_crash(impl, raised: Mistake) -> None:
 
 def expect_grads(grads, q, k, v, d_out, mask, what, causal_only=False):
     refs = autograd64(q, k, v, d_out, mask)
-    wrong = {
-        "missing_D_term": dense_grads64(q, k, v, d_out, mask, use_D=False),
-        "grad_missing_scale": dense_grads64(q, k, v, d_out, mask, scale_grads=False),
-    }
+    wrong = [  # (key, (dq, dk, dv)), None for a gradient the mistake leaves right
+        ("missing_D_term", dense_grads64(q, k, v, d_out, mask, use_D=False)),
+        ("grad_missing_scale", dense_grads64(q, k, v, d_out, mask, scale_grads=False)),
+        ("D_not_per_query", dense_grads64(q, k, v, d_out, mask, D_per_query=False)),
+        ("grad_scores_unscaled", dense_grads64(q, k, v, d_out, mask, recompute_scale=False)),
+    ]
+    for tile in (64, 32):  # dk and dv overwritten: the last query tile's share (it sees every key)
+        last = slice((q.shape[-2] - 1) // tile * tile, None)
+        rows = [t[..., last, :] for t in (q, d_out)]
+        _, dk, dv = dense_grads64(rows[0], k, v, rows[1], None if mask is None else mask[last])
+        wrong.append(("grad_overwritten", (None, dk, dv)))
     if mask is not None:
-        wrong["causal_backward_unmasked"] = dense_grads64(q, k, v, d_out, mask, backward_mask=False)
+        unmasked = dense_grads64(q, k, v, d_out, mask, backward_mask=False)
+        wrong.append(("causal_backward_unmasked", unmasked))
         top_left = causal_rule(q.shape[-2], k.shape[-2], offset=0)
         if not torch.equal(top_left, mask):
-            wrong["causal_top_left"] = dense_grads64(q, k, v, d_out, mask, backward_mask=top_left)
+            grads_top_left = dense_grads64(q, k, v, d_out, mask, backward_mask=top_left)
+            wrong.append(("causal_top_left", grads_top_left))
     if q.shape[-2] == k.shape[-2]:  # square: p dO and ds q have the right shapes
         untransposed = dense_grads64(q, k, v, d_out, mask, transpose=False)
-        wrong["dk_not_transposed"] = (None, untransposed[1], None)
-        wrong["dv_not_transposed"] = (None, None, untransposed[2])
+        wrong.append(("dk_not_transposed", (None, untransposed[1], None)))
+        wrong.append(("dv_not_transposed", (None, None, untransposed[2])))
     for name, grad, ref, index in zip(("dq", "dk", "dv"), grads, refs, range(3)):
         suspects = [
             (key, values[index])
-            for key, values in wrong.items()
+            for key, values in wrong
             if values[index] is not None and relative_error(values[index], ref) > 1e-6
         ]
         try:
@@ -185,25 +197,29 @@ def grads_right_without_causal(impl, rng, Lq, Lk):
     )
 
 
+def expect_flash_out(out, q, k, v, causal):
+    """FlashAttentionTorch's output against dense attention, naming a forward without the scale
+    or without the causal mask."""
+    mask = causal_rule(q.shape[-2], k.shape[-2]) if causal else None
+    suspects = [("missing_scale", dense64(q, k, v, mask, scale=1.0)[0])]
+    if causal:
+        suspects.append(("forward_ignores_causal", dense64(q, k, v)[0]))
+    expect_close(
+        out,
+        dense64(q, k, v, mask)[0],
+        q.dtype,
+        what=f"FlashAttentionTorch.apply(q {tuple(q.shape)}, k {tuple(k.shape)}, v, {causal})",
+        suspects=suspects,
+    )
+
+
 def flash_forward(FlashAttentionTorch, rng):
     """FlashAttentionTorch.apply(q, k, v, is_causal) matches dense attention (both causal values)"""
     Lq, Lk = draw(rng, 40, 70), draw(rng, 66, 100)
     q, k, v = qkv(rng, Lq, Lk)
     for causal in (False, True):
         out, _ = run_flash(FlashAttentionTorch, q, k, v, causal)
-        ref, _ = dense64(q, k, v, causal_rule(Lq, Lk) if causal else None)
-        expect_close(
-            out,
-            ref,
-            q.dtype,
-            what=f"FlashAttentionTorch.apply(q {tuple(q.shape)}, k {tuple(k.shape)}, v, {causal})",
-            suspects=[
-                (
-                    "missing_scale",
-                    dense64(q, k, v, causal_rule(Lq, Lk) if causal else None, scale=1.0)[0],
-                )
-            ],
-        )
+        expect_flash_out(out, q, k, v, causal)
 
 
 def flash_saves_lse(FlashAttentionTorch, rng):
@@ -241,6 +257,7 @@ def flash_saves_lse(FlashAttentionTorch, rng):
                 ("lse_base2", ref / math.log(2)),
                 ("lse_base2", m + (ref - m) / math.log(2)),
                 ("lse_missing_max", ref - m),
+                *([("forward_ignores_causal", dense64(q, k, v)[1])] if causal else []),
             ],
         )
         shapes = sorted(tuple(t.shape) for t in saved)
@@ -331,7 +348,8 @@ def flash_causal_gradients(FlashAttentionTorch, rng):
     for Lq, Lk in [(L, L), (draw(rng, 10, 50), L), (L, draw(rng, 20, 50))]:
         q, k, v = qkv(rng, Lq, Lk, torch.float64, leading=(2,))
         d_out = randn((2, Lq, v.shape[-1]), rng, torch.float64)
-        _, grads = run_flash(FlashAttentionTorch, q, k, v, True, d_out)
+        out, grads = run_flash(FlashAttentionTorch, q, k, v, True, d_out)
+        expect_flash_out(out, q, k, v, True)  # a wrong forward is no backward's mistake
         try:
             expect_grads(
                 grads,
@@ -358,6 +376,7 @@ def flash_autograd_and_shapes(FlashAttentionTorch, rng):
         d_out = randn((*leading, Lq, v.shape[-1]), rng, torch.float64)
         for causal in (False, True):
             out, leaves = run_flash(FlashAttentionTorch, q, k, v, causal)
+            expect_flash_out(out, q, k, v, causal)
             try:
                 out.backward(d_out)
             except Exception as exc:

@@ -14,9 +14,8 @@ HINTS = {
     ),
     "no_error_for_bad_params": (
         "a bad argument accepted silently",
-        "check the arguments first and raise ValueError with a message "
-        'that names the bad one, e.g. `raise ValueError(f"block_q must '
-        'be >= 1, got {block_q}")`.',
+        "check the arguments before any work and raise ValueError with a message that names "
+        "the bad argument and what it was (its value, or the shapes that do not fit).",
     ),
     # online softmax
     "missing_rescale": (
@@ -41,15 +40,25 @@ HINTS = {
         "return the running sum of exp(x - max) itself, not its log and not max + log.",
     ),
     "modified_input": (
-        "an input changed in place (e.g. -inf entries of x overwritten, or q scaled by q.mul_)",
-        "leave the caller's tensors as they are: no masked_fill_, mul_, x[...] = ... or other "
-        "in-place op on an input. Make new tensors instead (x.masked_fill(...), q * scale, or "
-        "better the scaled scores of each tile), and handle -inf with the shift-by-0 guard "
-        "(torch.where(m == -inf, 0, m)).",
+        "an input changed in place (an in-place op on it, or on a slice of it, which is a view)",
+        "leave the caller's tensors as they are: no masked_fill_, mul_, -=, *= or t[...] = ... "
+        "on an input or on a slice of one (a slice shares the input's memory). Make new "
+        "tensors instead (t.masked_fill(...), t * c, t - c), and handle -inf with the "
+        "shift-by-0 guard (torch.where(m_new == -inf, 0, m_new)).",
     ),
     "dim_ignored": (
         "the statistics taken along the last dim whatever `dim` says",
         "bring `dim` last first, x = x.movedim(dim, -1), then run the block loop over it.",
+    ),
+    "dim_mishandled": (
+        "statistics right along the last dim but not along another: `dim` not brought last",
+        "x = x.movedim(dim, -1) (from dim, to -1) puts the axis to reduce last; then every "
+        "block is x[..., start:start + block_size] and every max and sum is over dim -1.",
+    ),
+    "block_sum_all_rows": (
+        "each block's exp summed over every entry (.sum() without a dim), not along the block",
+        "sum along the streamed axis only, one number per row: "
+        "torch.exp(block - shift[..., None]).sum(-1).",
     ),
     "last_block_dropped": (
         "the last, shorter block dropped when block_size does not divide the length",
@@ -63,9 +72,27 @@ HINTS = {
     ),
     "nan_for_masked": (
         "NaN where a row (or every row so far) is all -inf",
-        "exp(-inf - (-inf)) is NaN: while the running max is still -inf, shift by "
-        "0 instead (torch.where(m == -inf, 0, m)); an all -inf row gives max = "
-        "-inf, sum = 0 and, in attention, a zero output with lse = -inf.",
+        "exp(-inf - (-inf)) is NaN: shift by the NEW max m_new, and by 0 while it is still "
+        "-inf: shift = torch.where(m_new == -inf, 0, m_new), then exp(m - shift) and "
+        "exp(block - shift); an all -inf row gives max = -inf, sum = 0 and, in attention, a "
+        "zero output with lse = -inf.",
+    ),
+    "finite_for_all_inf": (
+        "a finite stand-in for -inf (e.g. -1e9, or x passed through nan_to_num) where a slice "
+        "is all -inf",
+        "keep the infinities: start the running max at float('-inf'), leave x's -inf entries "
+        "as they are, and shift by 0 while the max is still -inf "
+        "(torch.where(m_new == -inf, 0, m_new)); an all -inf slice gives max = -inf, sum = 0.",
+    ),
+    "stats_swapped": (
+        "the pair returned as (sum_exp, max)",
+        "return the max first, as the docstring says: `return m, l`.",
+    ),
+    "blocks_overlap": (
+        "blocks longer than block_size, so that neighbours overlap (e.g. "
+        "x[..., start:start + block_size + 1]): the shared entries are counted twice",
+        "a slice's end is exclusive: block = x[..., start:start + block_size] holds "
+        "block_size entries, and the next block starts where this one stops.",
     ),
     # tiled attention
     "empty_rows_divided_by_zero": (
@@ -78,6 +105,13 @@ HINTS = {
         "lse = m + log(l) is already -inf where l = 0 (log 0 = -inf): return it as it is, "
         "without nan_to_num or a where that replaces it.",
     ),
+    "no_key_tile_crashes": (
+        "code that needs the key loop to run: a query tile whose queries see no key (causal, "
+        "Lq > Lk) never enters it",
+        "a query tile with no key keeps m = -inf, l = 0 and acc = 0 from before the key loop: "
+        "compute out and lse from those (lse = m + log(l) = -inf there), not from a variable "
+        "that only the key loop sets (shift, p, ...).",
+    ),
     "returns_swapped": (
         "the pair returned as (lse, out)",
         "return out first, as the docstring says: `return out, lse`.",
@@ -89,6 +123,22 @@ HINTS = {
         "key loop at min(Lk, Lk - Lq + q_end) (an exclusive end), not one before.",
     ),
     "batched_transpose": day01_sdpa.HINTS["batched_transpose"],
+    "scale_one_over_d": (
+        "the scores scaled by 1/d instead of 1/sqrt(d)",
+        "the scale is 1 / math.sqrt(d), d = q.shape[-1]: s = q_tile @ k_tile.transpose(-2, -1) "
+        "/ math.sqrt(d).",
+    ),
+    "last_key_tile_dropped": (
+        "the last, shorter key tile dropped when block_k does not divide the keys the loop covers",
+        "loop over range(0, key_end, block_k): the last tile k[..., k_start:key_end] may be "
+        "shorter than block_k.",
+    ),
+    "out_like_q": (
+        "out (or the accumulator) made in q's shape (e.g. torch.zeros_like(q)): d columns "
+        "where v has dv",
+        "out and acc have v's last dim: (..., Lq, dv) and (..., bq, dv); make them with "
+        "v.shape[-1], not like q.",
+    ),
     "state_not_reset": (
         "m, l and acc made once, before the loop over query tiles, instead of afresh for each "
         "query tile",
@@ -119,6 +169,26 @@ HINTS = {
         "a causal mask aligned top-left (query i sees keys 0..i) when Lq != Lk",
         "the course aligns bottom-right: query i sits at absolute position "
         "Lk - Lq + i and sees keys j <= Lk - Lq + i.",
+    ),
+    "causal_loop_end_no_offset": (
+        "a causal key loop that stops at the query tile's end q_end instead of Lk - Lq + q_end: "
+        "when Lq < Lk the queries miss their latest keys",
+        "query i sits at absolute position Lk - Lq + i: for the query tile [q_start, q_end) "
+        "stop the key loop at min(Lk, Lk - Lq + q_end).",
+    ),
+    "causal_diagonal_unmasked": (
+        "key tiles that straddle the diagonal left (partly) unmasked (no mask there, or one that "
+        "hides nothing, as a top-left one does when Lq > Lk): a query sees keys after its own "
+        "position inside them",
+        "set -inf where key j > Lk - Lq + i (query i's absolute position) in every tile that "
+        "holds such a key: each tile straddling the diagonal (its last key after its first "
+        "query's position), or simply every tile of a causal call.",
+    ),
+    "causal_local_query_index": (
+        "a causal mask built from each query's index inside its tile (0, 1, ...) instead of its "
+        "index in q: the tile's start q_start left out",
+        "query_pos = Lk - Lq + q_start + torch.arange(bq): the tile's queries start at q_start, "
+        "as its keys start at k_start.",
     ),
     "causal_strict": (
         "a causal mask that hides the diagonal (j < i instead of j <= i)",
@@ -155,6 +225,27 @@ HINTS = {
         "D summed over the current key tile only (rowsum(p * dp) of one tile)",
         "D is the sum over *all* keys of the row: compute it once before the tile loop as "
         "D = (dO * O).sum(-1), which equals rowsum(p * dp) over the whole row.",
+    ),
+    "D_not_per_query": (
+        "D summed into one number over every query (d_out * out).sum() instead of one per query",
+        "D_i = dO_i · O_i, one number per query: D = (d_out * out).sum(-1), shape (..., Lq), "
+        "and each tile uses its queries' D[..., q_start:q_end, None].",
+    ),
+    "grad_scores_unscaled": (
+        "p recomputed in backward from scores without the 1/sqrt(d) that forward used",
+        "recompute exactly forward's scores, s = q_tile @ k_tile.transpose(-2, -1) / sqrt(d), "
+        "before p = exp(s - lse): lse was taken over the scaled scores.",
+    ),
+    "grad_overwritten": (
+        "dk or dv written with = for each query tile instead of added with +=: only the last "
+        "query tile's share is left",
+        "every query tile adds its share to the key tile's gradients: "
+        "dk[..., k_start:k_end, :] += ..., and the same for dv and dq.",
+    ),
+    "forward_ignores_causal": (
+        "a forward that does not pass is_causal on to tiled_attention",
+        "forward's is_causal decides the mask: tiled_attention(q, k, v, causal=is_causal), "
+        "and keep it on ctx for backward.",
     ),
     "dv_not_transposed": (
         "dv = p @ dO instead of pᵀ @ dO",

@@ -1,5 +1,7 @@
 """Checks for online_softmax_stats: the running max and sum, streamed block by block."""
 
+import math
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -66,7 +68,7 @@ def stats_suspects(x, block_size, dim):
     guard (so that a mistake made next to a right guard matches on -inf rows too)."""
     x = x.double().movedim(dim, -1)
     m = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float64)
-    plain, logged = torch.zeros_like(m), torch.zeros_like(m)
+    plain, logged, all_rows = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
     inverted, inverted_nan = torch.zeros_like(m), torch.zeros_like(m)  # 0 * exp(inf) zeroed, or NaN
     for start in range(0, x.shape[-1], block_size):
         block = x[..., start : start + block_size]
@@ -78,8 +80,12 @@ def stats_suspects(x, block_size, dim):
         inverted = inverted * torch.exp(shift - m).nan_to_num(posinf=0.0) + new
         inverted_nan = inverted_nan * torch.exp(shift - m) + new
         logged = logged * alpha + torch.log(new)
+        all_rows = all_rows * alpha + new.sum()  # one number for every row
         m = m_new
-    _, right = stats64(x, -1)
+    m_right, right = stats64(x, -1)
+    shift = torch.where(torch.isinf(m_right), torch.zeros_like(m_right), m_right)
+    shared = x[..., block_size::block_size]  # each block's first entry, read by the one before too
+    overlapping = right + torch.exp(shared - shift.unsqueeze(-1)).sum(-1)
     return [
         ("missing_rescale", plain),
         ("rescale_inverted", inverted),
@@ -87,27 +93,38 @@ def stats_suspects(x, block_size, dim):
         ("block_sum_logged", logged),
         ("returns_log", torch.log(right)),
         ("returns_log", m + torch.log(right)),
+        ("blocks_overlap", overlapping),
+        ("block_sum_all_rows", all_rows),
     ]
 
 
 def expect_close_inf(out, ref, dtype, what, suspects=(), nonfinite=None):
-    """expect_close where `ref` may hold infinities: those entries must be equal exactly (else the
-    mistake `nan_for_masked`), the others are compared as usual."""
+    """expect_close where `ref` may hold infinities: those entries must be equal exactly (else
+    NaN there is the mistake `nan_for_masked`, a finite number `finite_for_all_inf`), the others
+    are compared as usual."""
     if isinstance(out, torch.Tensor) and out.shape == ref.shape:
         inf = torch.isinf(ref)
         if inf.any():
             expect_tensor(out, what, ref.shape, dtype)
-            if not torch.equal(out.detach().double()[inf], ref[inf]):
-                description, fix = HINTS["nan_for_masked"]
-                raise Mistake(
-                    f"{what} is {out[inf][0].item()} where the answer is {ref[inf][0].item()}: "
-                    f"it looks like {description}.",
-                    fix,
-                    "nan_for_masked",
-                )
+            got, want = out.detach().double()[inf], ref[inf]
+            wrong = got != want  # NaN included
+            if wrong.any():
+                raise_for_infinity(got[wrong][0].item(), want[wrong][0].item(), what)
             out, ref = out[~inf], ref[~inf]
             suspects = [(key, wrong[~inf]) for key, wrong in suspects]
     expect_close(out, ref, dtype, what=what, suspects=suspects, nonfinite=nonfinite)
+
+
+def raise_for_infinity(got: float, want: float, what: str):
+    """The mistake behind `got` where the answer is the infinity `want`."""
+    seen = f"{what} is {got} where the answer is {want}"
+    if math.isnan(got) or math.isfinite(got):
+        key = "nan_for_masked" if math.isnan(got) else "finite_for_all_inf"
+        description, fix = HINTS[key]
+        raise Mistake(f"{seen}: it looks like {description}.", fix, key)
+    raise Mistake(
+        f"{seen}.", "an all -inf slice gives max = -inf and sum = 0: follow one such row."
+    )
 
 
 def raise_if_nonfinite_suspect(out, ref, suspects, what):
@@ -132,7 +149,7 @@ def raise_if_nonfinite_suspect(out, ref, suspects, what):
 
 def pair_suspects(x, block_size, dim):
     """(key, (max, sum_exp)) of the mistakes that change both statistics, even their shape."""
-    found = []
+    found = [("stats_swapped", stats64(x, dim)[::-1])]
     if dim % x.dim() != x.dim() - 1:
         found.append(("dim_ignored", stats64(x, -1)))
     rows = x.movedim(dim, -1)
@@ -214,13 +231,31 @@ def stats_dims_and_float64(online_softmax_stats, rng):
     """another dim (0, 1, negative), float64 to 1e-10, block_size 1 and block_size > length"""
     x = randn((draw(rng, 5, 12), draw(rng, 2, 4), draw(rng, 5, 9)), rng, torch.float64, scale=4.0)
     for dim, block_size in [(0, draw(rng, 2, 4)), (1, 1), (-1, 100), (-3, 1)]:
-        expect_stats(
-            online_softmax_stats,
-            x,
-            block_size,
-            dim,
-            f"online_softmax_stats(x of {tuple(x.shape)}, {block_size}, dim={dim})",
-        )
+        what = f"online_softmax_stats(x of {tuple(x.shape)}, {block_size}, dim={dim})"
+        try:
+            expect_stats(online_softmax_stats, x, block_size, dim, what)
+        except Mistake as raised:
+            if raised.key in ("raised", "wrong_values", "wrong_shape") and dim % x.dim() != 2:
+                explain_by_last_dim(online_softmax_stats, raised, x, block_size, dim)
+            raise
+
+
+def explain_by_last_dim(online_softmax_stats, raised: Mistake, x, block_size, dim):
+    """After a wrong result (or a crash) along `dim`: the same slices made the last dim, and the
+    statistics right there, name the handling of `dim`; else what was seen stands."""
+    last = x.movedim(dim, -1).contiguous()
+    try:
+        right = same_pair(online_softmax_stats(last, block_size, dim=-1), stats64(x, dim))
+    except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
+        return
+    if right:
+        description, fix = HINTS["dim_mishandled"]
+        raise Mistake(
+            f"{raised.message}\n      With the same slices along the last dim it gives the "
+            f"right statistics: it looks like {description}.",
+            fix,
+            "dim_mishandled",
+        ) from None
 
 
 def stats_extremes(online_softmax_stats, rng):
@@ -249,13 +284,15 @@ def stats_streaming(online_softmax_stats, rng):
     with tracker:
         online_softmax_stats(x, block_size, dim=-1)
     if tracker.largest > rows * block_size:
-        description, fix = HINTS["not_streaming"]
+        # Less than the whole of x: each block read a little too far
+        key = "blocks_overlap" if tracker.largest < x.numel() else "not_streaming"
+        description, fix = HINTS[key]
         raise Mistake(
             f"one {tracker.name} read {tracker.largest} elements at once, but one block of "
             f"x ({rows}, {N}) is ({rows}, {block_size}) = {rows * block_size}: it looks like "
             f"{description}.",
             fix,
-            "not_streaming",
+            key,
         )
 
 

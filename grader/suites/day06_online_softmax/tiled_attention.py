@@ -87,21 +87,76 @@ def causal_suspects(Lq, Lk):
     return [(key, mask) for key, mask in masks if not torch.equal(mask, right)]
 
 
+def loop_end(Lq, Lk, bq, offset=None):
+    """(Lq, 1): where a skipping causal key loop stops for each query: offset + q_end for the
+    query tile [q_start, q_end) (offset Lk - Lq: the course's bottom-right)."""
+    tile_end = torch.clamp((torch.arange(Lq) // bq + 1) * bq, max=Lq).unsqueeze(-1)
+    return (Lk - Lq if offset is None else offset) + tile_end
+
+
 def keys_visited(Lq, Lk, bq, short=0, bk=None):
     """(Lq, Lk) bool: the keys that a skipping causal key loop, ending at Lk - Lq + q_end - short
     for the query tile [q_start, q_end), visits for each query; with `bk`, the loop's last key
     tile is read whole (k[..., j0:j0 + bk], not cut at the loop's end)."""
-    tile_end = torch.clamp((torch.arange(Lq) // bq + 1) * bq, max=Lq).unsqueeze(-1)
-    end = Lk - Lq + tile_end - short  # (Lq, 1)
-    if bk is not None:
-        end = torch.where(end > 0, (end + bk - 1) // bk * bk, end)
-    return torch.arange(Lk) < end
+    end = loop_end(Lq, Lk, bq) - short  # (Lq, 1)
+    return torch.arange(Lk) < (end if bk is None else whole_tiles(end, bk))
+
+
+def whole_tiles(end, bk):
+    """A key loop's end when its last tile is read whole: rounded up to a multiple of bk."""
+    return torch.where(end > 0, (end + bk - 1) // bk * bk, end)
+
+
+def ragged_key_tile_dropped(Lq, Lk, bq, bk, causal):
+    """(Lq, Lk) bool: the keys that a key loop range(0, key_end - bk + 1, bk) reaches: the last,
+    shorter key tile of each query tile never visited."""
+    end = torch.clamp(loop_end(Lq, Lk, bq), 0, Lk) if causal else torch.full((Lq, 1), Lk)
+    reached = torch.arange(Lk) < end // bk * bk
+    return reached & causal_rule(Lq, Lk) if causal else reached
+
+
+def local_query_index(Lq, Lk, bq, bk):
+    """(Lq, Lk) bool masks of a causal mask that counts each query from its tile's start
+    (Lk - Lq + i - q_start): on every visited tile, and on the straddling tiles only."""
+    i, j = torch.arange(Lq).unsqueeze(-1), torch.arange(Lk)
+    q_start = i // bq * bq
+    end = torch.clamp(loop_end(Lq, Lk, bq), max=Lk)  # (Lq, 1)
+    visited = j < end
+    local = j <= Lk - Lq + i - q_start
+    last_key_of_tile = torch.minimum(j // bk * bk + bk, end) - 1  # (Lq, Lk)
+    straddles = last_key_of_tile > Lk - Lq + q_start
+    return [local & visited, (local | ~straddles) & visited]
 
 
 def stops_one_key_early(Lq, Lk, bq):
     """The causal mask of a key loop that stops one key early: the last query of every tile loses
     its diagonal key."""
     return causal_rule(Lq, Lk) & keys_visited(Lq, Lk, bq, short=1)
+
+
+def mistaken_masks(Lq, Lk, bq, bk, causal):
+    """(key, (Lq, Lk) bool) of the named mistakes in a loop bound or a mask: the keys that each
+    query sees with the mistake (the first that matches names it)."""
+    masks = causal_suspects(Lq, Lk) if causal else []
+    if causal:
+        no_offset = loop_end(Lq, Lk, bq, offset=0)  # the loop ends at q_end
+        masks += [
+            ("causal_tile_stops_early", stops_one_key_early(Lq, Lk, bq)),
+            *[
+                ("causal_loop_end_no_offset", causal_rule(Lq, Lk) & (torch.arange(Lk) < end))
+                for end in (no_offset, whole_tiles(no_offset, bk))
+            ],
+            *[("causal_local_query_index", wrong) for wrong in local_query_index(Lq, Lk, bq, bk)],
+        ]
+        # The loop bound right, the mask inside the tiles not: none, or a top-left one (where
+        # the two let the same keys through, nothing was masked: the first names it)
+        unmasked = [keys_visited(Lq, Lk, bq, bk=tile) for tile in (None, bk)]
+        masks += [("causal_diagonal_unmasked", visited) for visited in unmasked]
+        for visited in unmasked:
+            top_left = causal_rule(Lq, Lk, offset=0) & visited
+            if not any(torch.equal(top_left, other) for other in unmasked):
+                masks.append(("causal_top_left", top_left))
+    return masks + [("last_key_tile_dropped", ragged_key_tile_dropped(Lq, Lk, bq, bk, causal))]
 
 
 def call_tiled(tiled_attention, q, k, v, **tiles):
@@ -125,10 +180,35 @@ def call_tiled(tiled_attention, q, k, v, **tiles):
 def explain_by_probes(tiled_attention, raised: Mistake, q, k, v, tiles: dict) -> None:
     """After tiled_attention crashed on q, k, v (or gave an out of the wrong length): name the
     mistake that a smaller probe shows, or return (what was seen stands). Right on (L, D) inputs:
-    a transpose counted from the front (k.T on a batched tile). On two full query tiles, what
-    the running state carried over from one query tile to the next gives: m, l, acc made once
-    (the ragged last tile is what crashed, or came out too long)."""
+    a transpose counted from the front (k.T on a batched tile). Right with v as wide as q: out
+    made in q's shape. On two full query tiles, what the running state carried over from one
+    query tile to the next gives: m, l, acc made once (the ragged last tile is what crashed, or
+    came out too long). Right without the queries that see no key: a query tile with no key
+    crashes."""
     mask_of = (lambda Lq, Lk: causal_rule(Lq, Lk)) if tiles.get("causal") else (lambda *_: None)
+    d = q.shape[-1]
+    if v.shape[-1] > d:
+        narrow = [q, k, v[..., :d]]  # (..., Lk, d): dv = d
+        if gives(
+            tiled_attention,
+            narrow,
+            tiles,
+            dense64(*narrow, mask_of(q.shape[-2], k.shape[-2]))[0],
+        ):
+            raise_explained(
+                raised,
+                "out_like_q",
+                f"With v as wide as q (dv = d = {d}) it gives the right answer",
+            )
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    if tiles.get("causal") and Lq > Lk:
+        seeing = [q[..., Lq - Lk :, :], k, v]  # the queries that see a key, positions unchanged
+        if gives(tiled_attention, seeing, tiles, dense64(*seeing, causal_rule(Lk, Lk))[0]):
+            raise_explained(
+                raised,
+                "no_key_tile_crashes",
+                f"Without the first {Lq - Lk} queries, which see no key, it gives the right answer",
+            )
     if q.dim() > 2:
         one = [t.reshape(-1, *t.shape[-2:])[0] for t in (q, k, v)]  # (L, D): the first head
         right = dense64(*one, mask_of(one[0].shape[-2], one[1].shape[-2]))[0]
@@ -170,8 +250,10 @@ def raise_explained(raised: Mistake, key: str, seen: str) -> None:
     ) from None
 
 
-def expect_tiled(result, q, k, v, bq, bk, causal, what):
-    """out and lse against dense float64, naming the mistakes this day recognises."""
+def expect_tiled(result, q, k, v, bq, bk, causal, what, probe=None):
+    """out and lse against dense float64, naming the mistakes this day recognises; `probe`, the
+    student's tiled_attention, explains a causal out that no named mistake matches
+    (explain_by_small_tiles)."""
     if not isinstance(result, tuple) or len(result) != 2:
         raise Mistake(
             f"{what} returned {type(result).__name__}, expected a tuple (out, lse).",
@@ -186,16 +268,17 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
         (out.shape, lse.shape) == (ref_lse.shape, ref_out.shape)
     ):
         raise named("returns_swapped")
-    suspects = [("missing_scale", dense64(q, k, v, mask, scale=1.0)[0])]
-    if causal:
-        suspects += [(key, dense64(q, k, v, wrong)[0]) for key, wrong in causal_suspects(Lq, Lk)]
-        short = stops_one_key_early(Lq, Lk, bq)
-        if not torch.equal(short, mask):
-            suspects.append(("causal_tile_stops_early", dense64(q, k, v, short)[0]))
-        # A top-left mask in tiles that the right (bottom-right) loop bound visits
-        for whole_tiles in (None, bk):
-            top_left = causal_rule(Lq, Lk, offset=0) & keys_visited(Lq, Lk, bq, bk=whole_tiles)
-            suspects.append(("causal_top_left", dense64(q, k, v, top_left)[0]))
+    d = q.shape[-1]
+    suspects = [
+        ("missing_scale", dense64(q, k, v, mask, scale=1.0)[0]),
+        ("scale_one_over_d", dense64(q, k, v, mask, scale=1 / d)[0]),
+    ]
+    right = mask if causal else torch.ones(Lq, Lk, dtype=torch.bool)
+    suspects += [
+        (key, dense64(q, k, v, wrong)[0])
+        for key, wrong in mistaken_masks(Lq, Lk, bq, bk, causal)
+        if not torch.equal(wrong, right)
+    ]
     expect_empty_rows(out, lse, ref_lse, what)
     suspects += [
         ("missing_rescale", tile_loop64(q, k, v, bq, bk, mask, False, False)[0]),
@@ -204,14 +287,19 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
     ]
     if Lq % bq == 0:  # else carried state crashes on the ragged last tile (explain_by_probes)
         suspects.append(("state_not_reset", tile_loop64(q, k, v, bq, bk, mask, reset=False)[0]))
-    expect_close(
-        out,
-        ref_out,
-        q.dtype,
-        what=f"{what}'s out",
-        suspects=suspects,
-        nonfinite=named("nan_for_masked"),
-    )
+    try:
+        expect_close(
+            out,
+            ref_out,
+            q.dtype,
+            what=f"{what}'s out",
+            suspects=suspects,
+            nonfinite=named("nan_for_masked"),
+        )
+    except Mistake as raised:
+        if causal and probe is not None and raised.key == "wrong_values":
+            explain_by_small_tiles(probe, raised, q, k, v, bq, bk)
+        raise
     lse_suspects = []
     if isinstance(lse, torch.Tensor) and lse.shape == ref_lse.shape:
         finite = torch.isfinite(ref_lse)
@@ -232,6 +320,27 @@ def expect_tiled(result, q, k, v, bq, bk, causal, what):
             ("lse_missing_max", ref_lse - m),
         ]
     expect_close(lse, ref_lse, q.dtype, what=f"{what}'s lse", suspects=lse_suspects)
+
+
+def explain_by_small_tiles(tiled_attention, raised: Mistake, q, k, v, bq, bk) -> None:
+    """After a causal out that no named mistake matches: right without causal, and right with one
+    query and one key per tile (no tile straddles the diagonal: the loop bound alone masks), it
+    is the mask inside the straddling tiles that is wrong. The probe keeps the last 8 queries
+    (their positions unchanged, bottom-right) to stay small."""
+    probe = [q[..., -8:, :], k, v]
+    causal_mask = causal_rule(probe[0].shape[-2], k.shape[-2])
+    if gives(tiled_attention, probe, dict(block_q=bq, block_k=bk), dense64(*probe)[0]) and gives(
+        tiled_attention,
+        probe,
+        dict(block_q=1, block_k=1, causal=True),
+        dense64(*probe, causal_mask)[0],
+    ):
+        raise_explained(
+            raised,
+            "causal_diagonal_unmasked",
+            "Without causal, and with one query and one key per tile (none straddles the "
+            "diagonal), it is right",
+        )
 
 
 def expect_empty_rows(out, lse, ref_lse, what):
@@ -272,6 +381,7 @@ def tiled_matches(tiled_attention, rng):
         bk,
         False,
         f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, block_q={bq}, block_k={bk})",
+        probe=tiled_attention,
     )
 
 
@@ -291,6 +401,7 @@ def tiled_causal(tiled_attention, rng):
             True,
             f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, block_q={bq}, "
             f"block_k={bk}, causal=True)",
+            probe=tiled_attention,
         )
 
 
@@ -310,6 +421,7 @@ def tiled_fully_masked_rows(tiled_attention, rng):
         True,
         f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, block_q={bq}, block_k={bk}, "
         f"causal=True)",
+        probe=tiled_attention,
     )
 
 
@@ -327,6 +439,7 @@ def tiled_shapes_and_float64(tiled_attention, rng):
             64,
             causal,
             f"tiled_attention(q {tuple(q.shape)} float64, causal={causal}) with default tiles",
+            probe=tiled_attention,
         )
     q, k, v = qkv(rng, draw(rng, 3, 7), draw(rng, 3, 7), leading=())
     expect_tiled(
@@ -338,6 +451,7 @@ def tiled_shapes_and_float64(tiled_attention, rng):
         16,
         True,
         f"tiled_attention(q {tuple(q.shape)}, k {tuple(k.shape)}, causal=True) in one tile",
+        probe=tiled_attention,
     )
 
 
@@ -409,7 +523,7 @@ def tiled_skips_masked_tiles(tiled_attention, rng):
 
 
 def tiled_rejects_bad_input(tiled_attention, rng):
-    """block_q or block_k < 1, and q, k with different head dims, raise ValueError"""
+    """block_q or block_k < 1, q, k with different head dims, k, v with different lengths: ValueError"""
     q, k, v = qkv(rng, draw(rng, 3, 6), draw(rng, 3, 6), leading=(2,))
     expect_value_error(
         lambda: tiled_attention(q, k, v, block_q=0),
@@ -424,5 +538,11 @@ def tiled_rejects_bad_input(tiled_attention, rng):
     expect_value_error(
         lambda: tiled_attention(q, k[..., :-1], v),
         "tiled_attention with q (..., d), k (..., d - 1)",
+        "no_error_for_bad_params",
+    )
+    longer_v = torch.cat([v, v[..., :1, :]], dim=-2)  # (..., Lk + 1, dv)
+    expect_value_error(
+        lambda: tiled_attention(q, k, longer_v),
+        "tiled_attention with k (..., Lk, d), v (..., Lk + 1, dv)",
         "no_error_for_bad_params",
     )
