@@ -107,7 +107,7 @@ print(out)
 # - **A loop with a runtime bound** inside a kernel: `for start in range(0, hi, BLOCK):` where `hi` is an argument or computed from one (not a constexpr). Each turn handles one block.
 # - **`tl.minimum(a, b)`** (and `tl.maximum`) elementwise, also on scalars: `hi = tl.minimum(n_cols, max_cols)`. Python's `min` does not work on Triton values.
 # - **`.to(dtype)`** converts a block: `x.to(tl.float32)` to compute in float32, `p.to(v.dtype)` before a `tl.dot` with float16 `v`, `out.to(O.dtype.element_ty)` before storing into `O`.
-# - **`tl.trans(k)`** transposes a 2-D tile: for q `(M, D)` and k `(N, D)`, `tl.dot(q, tl.trans(k))` is $q k^\top$, `(M, N)`. `tl.dot(q, k)` is a shape error, unless $N = D$: then it silently computes something else (while debugging, pick sizes that differ).
+# - **`tl.trans(k)`** transposes a 2-D tile: for q `(M, D)` and k `(N, D)`, `tl.dot(q, tl.trans(k))` is $q k^\top$, `(M, N)`. `tl.dot(q, k)` is a shape error, unless $N = D$: then it silently computes something else (while debugging, pick sizes that differ). The same goes for the axis of a reduction over a tile `s` of shape `(M, N)`: `tl.max(s, axis=1)` is one max per row, `(M,)`; `tl.max(s, axis=0)` one per column, `(N,)`, which also fits wherever `(M,)` does when $M = N$.
 
 # %%
 @triton.jit
@@ -193,10 +193,10 @@ print(triton_add(torch.arange(5.0), torch.ones(5)))  # 1, 2, 3, 4, 5
 #
 # - no Triton kernel launched (the sum computed with torch)
 # - a load or store outside the tensors: the last block not masked
-# - the last elements never written: `n // BLOCK` programs instead of `triton.cdiv(n, BLOCK)`, offsets without `pid * BLOCK`, or a mask against `BLOCK` instead of `n`
-# - wrong values for non-contiguous inputs (no `.contiguous()`, `x.view(-1)` of a transpose), or an output made with `torch.empty_like(x)` of a transposed `x`
+# - the last elements never written: `n // BLOCK` programs instead of `triton.cdiv(n, BLOCK)`, offsets without `pid * BLOCK` (or `tl.program_id(1)` on a 1-D grid), or a mask against `BLOCK` instead of `n`
+# - wrong values for a non-contiguous `x` or `y` (no `.contiguous()`, `x.view(-1)` of a transpose), or an output made with `torch.empty_like(x)` of a transposed `x`
 # - the output that is `x` itself (`out = x.contiguous()`, which is `x` when `x` is contiguous): `x` overwritten
-# - shapes or dtypes that differ accepted without a ValueError
+# - shapes or dtypes that differ accepted without a ValueError (shapes `(n, m)` and `(m, n)` too: compare shapes, not `numel()`)
 
 # %% nbgrader={"grade": true, "grade_id": "check_triton_add", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day07-flash-triton", "triton_add", triton_add, points=2)
@@ -259,7 +259,8 @@ print(triton_softmax(torch.tensor([[0.0, math.log(3.0)], [1.0, float("-inf")]]))
 # - padded lanes counted in the sum (loaded with `other=0.0` instead of `-inf`)
 # - inf or NaN for large inputs (no max subtracted)
 # - padded lanes that win the max (a row far below 0); `exp(x - max)` not divided by its sum; `tl.exp2` without $\log_2 e$
-# - softmax over the wrong axis; a non-contiguous input read as if contiguous; one program for all rows; rows read at `row * BLOCK` instead of `row * n_cols`; a `BLOCK` that is not a power of two
+# - softmax over the wrong axis; a non-contiguous input read as if contiguous, or an output made with `torch.empty_like(x)` of a transposed `x`; one program for all rows; rows read at `row * BLOCK` instead of `row * n_cols`; a `BLOCK` that is not a power of two
+# - the output that is the input itself (`out = x2`, where `x2` is `x` when `x` is contiguous): `x` overwritten
 # - no Triton kernel; a load or store outside the tensors
 # - a 0-d tensor accepted without a ValueError
 
@@ -350,8 +351,10 @@ def flash_fwd_kernel(Q, K, V, O, LSE, Lq, Lk, qk_scale,
 def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False):
     """Attention softmax(q k^T / sqrt(D)) v with flash_fwd_kernel; returns (out, lse).
 
-    q: (..., Lq, D), k, v: (..., Lk, D), the same leading dims, D in (16, 32, 64, 128).
-    dtype: float32 on the CPU interpreter; float16, bfloat16 or float32 on a GPU; one device.
+    q: (..., Lq, D), k, v: (..., Lk, D), the same leading dims, D in (16, 32, 64, 128) (any
+    other D, 24 or 48 too, -> ValueError: tl.arange needs a power of two).
+    dtype: float32 on the CPU interpreter (float64 there -> ValueError); float16, bfloat16 or
+    float32 on a GPU; one device.
     causal: bottom-right aligned (query i sees keys j <= Lk - Lq + i); checked with Lq <= Lk.
     Returns out (..., Lq, D) in q's dtype and lse (..., Lq) float32, the natural-log logsumexp
     of each query's scaled scores.
@@ -395,7 +398,8 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # %% [markdown]
 # **Mistakes the checks recognise:**
 #
-# - no rescale at all, or only one of `l_i` and `acc` rescaled, when the running max changes
+# - no rescale at all, or only one of `l_i` and `acc` rescaled, when the running max changes; `acc` rescaled after the new tile is added, `(acc + P V) * alpha`; `l_i` (or `acc`, `m_i`) set to its start value inside the key loop
+# - the row max over the wrong axis, `tl.max(s, axis=0)` (it runs when `BLOCK_M = BLOCK_N`)
 # - `m_i` started at 0 instead of $-\infty$ (NaN for a row whose scores are all very negative)
 # - the output not divided by `l_i`
 # - keys past $L_k$ in the last tile counted (loaded as zeros, never set to $-\infty$)
@@ -406,8 +410,9 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # - non-contiguous q, k, v read as if contiguous (`reshape` can return a strided view: add `.contiguous()`)
 # - `causal=True` ignored, a top-left mask, or the diagonal tile masked on the wrong side; query rows left with no key (NaN) by the causal positions
 # - with `causal=True`, the key tiles above the diagonal loaded (the loop must stop at `hi`), or a loop that stops too early (`hi = start_m + BLOCK_M`, top-left)
-# - K/V of head `bh` at `bh * Lq * D` (or Q at `bh * Lk * D`): a per-head offset with the other length
-# - no Triton kernel; inf/NaN for large scores; unsupported head_dim, shapes or dtypes (q, k, v not all the same) accepted
+# - K/V of head `bh` at `bh * Lq * D` (or Q at `bh * Lk * D`): a per-head offset with the other length; `BH` from `q.shape[0]` instead of every leading dim (wrong for `(B, H, L, D)`)
+# - the output written over `q` (`out = q3`, which is `q` itself when `q` is contiguous)
+# - no Triton kernel; inf/NaN for large scores; unsupported head_dim (24, or 48: a multiple of 16 is not enough), shapes or dtypes (q, k, v not all the same) accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_flash_attention_triton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, points=2)
@@ -610,9 +615,10 @@ print(q.grad.shape, k.grad.norm().item() > 0, v.grad.norm().item() > 0)
 # - $dQ$, $dK$ without the $1/\sqrt d$ (or with it twice)
 # - gradients right without a mask but wrong with `is_causal=True` (the backward's $P$ not masked like the forward's)
 # - a causal dK/dV loop over query tiles that starts late (at `start_n`, without the `Lk - Lq` shift, or a tile past the rounded start)
-# - $P$ = `tl.exp2(s - lse)` with `lse` still in natural log (not multiplied by $\log_2 e$)
+# - $P$ = `tl.exp2(s - lse)` with `lse` still in natural log (not multiplied by $\log_2 e$); `qk_scale` and `ds_scale` swapped in a launch
+# - `DELTA` or `LSE` read at `offs_m`, without the per-head offset `bh * Lq`
 # - a non-contiguous `dout` (the gradient of a transposed output) read as if contiguous
-# - a backward that launches no Triton kernel; a forward that saves the attention matrix
+# - a backward that launches no Triton kernel; a forward that saves the attention matrix, or keeps `lse` on `ctx` instead of saving it with `ctx.save_for_backward`; gradients returned in the flattened `(BH, L, D)` shape
 # - something other than an autograd.Function; head_dim 24 accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_FlashAttentionTriton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}

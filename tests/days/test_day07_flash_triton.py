@@ -103,7 +103,7 @@ ADD_BUGS = {
         ("offsets = pid * BLOCK + tl.arange(0, BLOCK)", "offsets = pid + tl.arange(0, BLOCK)")
     ],
     "mask_against_block": [("inside = offsets < n", "inside = offsets < BLOCK")],
-    "input_overwritten": [("out = torch.empty_like(x)", "out = x")],
+    "modified_input": [("out = torch.empty_like(x)", "out = x")],
     # empty_like(x) before x is made contiguous: a transpose's output keeps its strides
     "output_like_input": [
         ("x, y = x.contiguous(), y.contiguous()", "xc, yc = x.contiguous(), y.contiguous()"),
@@ -137,8 +137,13 @@ ADD_BUGS_ON_EVERY_SEED = [
     # every program writes block 0: the output is right on the first block only, as with a mask
     # against BLOCK, but every program loads
     ("offsets_without_block_start", [("pid * BLOCK + tl.arange", "tl.arange")]),
-    ("input_overwritten", [("out = torch.empty_like(x)", "out = x")]),
+    ("modified_input", [("out = torch.empty_like(x)", "out = x")]),
     ("grid_too_small", [("add_kernel[(triton.cdiv(n, BLOCK),)]", "add_kernel[(n // BLOCK,)]")]),
+    # every program reads axis 1 of a 1-D grid: pid is always 0, as without pid * BLOCK
+    ("offsets_without_block_start", [("pid = tl.program_id(0)", "pid = tl.program_id(1)")]),
+    # (n, m) and (m, n) have as many elements
+    ("add_accepts_bad_input", [("if x.shape != y.shape:", "if x.numel() != y.numel():")]),
+    ("non_contiguous", [("x, y = x.contiguous(), y.contiguous()", "x = x.contiguous()")]),
 ]
 
 
@@ -190,6 +195,13 @@ SOFTMAX_BUGS = {
     "padding_wins_max": [
         ('other=float("-inf"))', "other=0.0)"),
         ("num = tl.exp(x)", "num = tl.where(inside, tl.exp(x), 0.0)"),
+    ],
+    # rows is x itself when x is contiguous: the kernel writes the softmax over the input
+    "modified_input": [("out = torch.empty_like(rows)", "out = rows")],
+    # the rows written in order into an output laid out like a transposed x
+    "output_like_input": [
+        ("out = torch.empty_like(rows)", "out = torch.empty_like(x)"),
+        ("return out.reshape(x.shape)", "return out"),
     ],
 }
 
@@ -271,6 +283,21 @@ FLASH_BUGS = {
     ],
     "dot_shapes": [("s = tl.dot(q, tl.trans(k)) * qk_scale  ", "s = tl.dot(q, k) * qk_scale  ")],
     "no_error_for_bad_input": [("if D not in (16, 32, 64, 128):", "if False:")],
+    "rescale_after_tile": [
+        (
+            "acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)",
+            "acc = (acc + tl.dot(p.to(v.dtype), v)) * alpha[:, None]",
+        )
+    ],
+    "state_reset_in_loop": [  # l_i started over in every key tile
+        ("    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)\n", ""),
+        (
+            "m_new = tl.maximum",
+            "l_i = tl.zeros([BLOCK_M], dtype=tl.float32)\n        m_new = tl.maximum",
+        ),
+    ],
+    # q3 is q itself when q is contiguous: the kernel writes out over the caller's q
+    "modified_input": [("out = torch.empty_like(q3)", "out = q3")],
 }
 
 
@@ -319,6 +346,24 @@ FLASH_BUGS_ON_EVERY_SEED = {  # name: (the key it must be named under, the edits
     "no_contiguous": (
         "inputs_not_contiguous",
         [(FLATTEN.format(".contiguous()"), FLATTEN.format(""))],
+    ),
+    "lse_max_in_base2": ("lse_base2", [(LSE, "lse = m_i + tl.log(l_i)")]),
+    # a multiple of 16 is not enough: 48 is no power of two, tl.arange rejects it
+    "head_dim_multiple_of_16": (
+        "no_error_for_bad_input",
+        [("if D not in (16, 32, 64, 128):", "if D % 16:")],
+    ),
+    # a max per key column: with BLOCK_M = BLOCK_N the shapes agree
+    "max_per_column": ("max_not_per_row", [("tl.max(s, axis=1)", "tl.max(s, axis=0)")]),
+    # (B, H, L, D) inputs launch B programs per query tile: the other heads are never written
+    "bh_from_first_dim": (
+        "leading_dims_not_flattened",
+        [
+            (
+                "grid = (triton.cdiv(Lq, BLOCK), q3.shape[0])",
+                "grid = (triton.cdiv(Lq, BLOCK), q.shape[0] if q.ndim > 2 else 1)",
+            )
+        ],
     ),
     "mixed_dtypes_accepted": (
         "no_error_for_bad_input",
@@ -438,6 +483,31 @@ FUNCTION_BUGS = {
             "return dq.reshape(q.shape), dk.reshape(k.shape)",
             "return dk.reshape(k.shape), dq.reshape(q.shape)",
         )
+    ],
+    "backward_head_offset": [
+        ("Di = tl.load(DELTA + bh * Lq + offs_m", "Di = tl.load(DELTA + offs_m")
+    ],
+    "backward_scales_swapped": [
+        (
+            "qk_scale = 1.4426950408889634 / math.sqrt(D)\n        ds_scale = 1.0 / math.sqrt(D)",
+            "qk_scale = 1.0 / math.sqrt(D)\n        ds_scale = 1.4426950408889634 / math.sqrt(D)",
+        )
+    ],
+    "gradients_not_reshaped": [
+        (
+            "return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape), None",
+            "return dq, dk, dv, None",
+        )
+    ],
+    "not_saved_for_backward": [  # lse kept on ctx
+        (
+            "ctx.save_for_backward(q, k, v, out, lse)",
+            "ctx.save_for_backward(q, k, v, out); ctx.lse = lse",
+        ),
+        (
+            "q, k, v, out, lse = ctx.saved_tensors",
+            "q, k, v, out = ctx.saved_tensors; lse = ctx.lse",
+        ),
     ],
     "dout_not_contiguous": [
         (

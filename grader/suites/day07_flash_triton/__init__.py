@@ -15,9 +15,14 @@ as `kernel_watch` applies it to day07):
 - in the interpreter, every load and store is checked against the memory of the tensors given to
   the launch (the interpreter itself does not flag out-of-bounds accesses): a lane outside reads
   NaN, is never written, and the mistake `out_of_bounds` is named. On a GPU the ragged check
-  poisons the memory after the inputs with NaN instead.
+  poisons the memory after the inputs with NaN instead;
+- the inputs must come back unchanged: an output that is an input's own memory (out = x2, where
+  x2 = x.contiguous() is x) is named `modified_input`.
 Outside the checks, the notebook's setup cell runs `watch_every_launch()`, so a stray load or
 store in any cell raises the named mistake instead of killing the kernel.
+
+Two probes name what a failing flash check cannot see in its own inputs (flash_forward's
+`naming_flash_slips`): leading dims handled as one, a row max taken across query rows.
 
 One module per exercise group, in the notebook's order: warmups (triton_add, triton_softmax),
 flash_forward (flash_attention_triton), flash_autograd (FlashAttentionTriton); `hints` holds HINTS
@@ -40,6 +45,7 @@ from grader.suites.day07_flash_triton.flash_forward import (
     flash_shapes,
     flash_skips_future_tiles,
     flash_unusual_inputs,
+    naming_flash_slips,
 )
 from grader.suites.day07_flash_triton.hints import FORBIDDEN, HINTS, names_crashes
 from grader.suites.day07_flash_triton.warmups import (
@@ -56,13 +62,16 @@ CHECKS = {
     "triton_add": [add_matches, add_non_contiguous, add_rejects_bad_input],
     "triton_softmax": [softmax_matches, softmax_stable, softmax_shapes, softmax_rejects_bad_input],
     "flash_attention_triton": [
-        flash_matches,
-        flash_causal,
-        flash_skips_future_tiles,
-        flash_shapes,
-        flash_unusual_inputs,
-        flash_in_bounds,
-        flash_rejects_bad_input,
+        naming_flash_slips(check)
+        for check in (
+            flash_matches,
+            flash_causal,
+            flash_skips_future_tiles,
+            flash_shapes,
+            flash_unusual_inputs,
+            flash_in_bounds,
+            flash_rejects_bad_input,
+        )
     ],
     "FlashAttentionTriton": [
         function_forward,

@@ -1,6 +1,7 @@
 """Checks for FlashAttentionTriton: the Triton forward and backward as a
 torch.autograd.Function, gradients against float64 autograd."""
 
+import collections
 import math
 
 import torch
@@ -54,6 +55,10 @@ def grads64(q, k, v, dout, causal, variant=None):
     out = p_true @ v
     if variant == "backward_lse_natural":  # exp2(s * log2(e) - lse) = exp(s - lse * ln 2)
         p = torch.exp(s - lse[..., None] * math.log(2)).masked_fill(~keep, 0.0)
+    elif variant == "scales_swapped":  # exp2(s * ds_scale - lse * log2(e)) = exp(s ln 2 - lse)
+        p = torch.exp(s * math.log(2) - lse[..., None]).masked_fill(~keep, 0.0)
+    elif variant == "lse_first_head":  # every head's P from head 0's lse
+        p = torch.exp(s - first_head_everywhere(lse)[..., None]).masked_fill(~keep, 0.0)
     elif variant != "causal_backward":
         p = p_true
     dv = p.transpose(-1, -2) @ dout
@@ -62,10 +67,23 @@ def grads64(q, k, v, dout, causal, variant=None):
         "delta_of_dout": dout.sum(-1, keepdim=True),
         "delta_of_out_squared": (out * out).sum(-1, keepdim=True),
     }.get(variant, (dout * out).sum(-1, keepdim=True))
+    if variant == "delta_first_head":
+        d = first_head_everywhere(d[..., 0])[..., None]
     ds = p * dp if variant == "no_d_term" else p * (dp - d)
-    factor = {"grad_wrong_scale": 1.0, "grad_scale_twice": scale * scale}.get(variant, scale)
+    factor = {
+        "grad_wrong_scale": 1.0,
+        "grad_scale_twice": scale * scale,
+        "scales_swapped": scale / math.log(2),  # ds_scale given qk_scale = log2(e) / sqrt(d)
+    }.get(variant, scale)
     dk = ds.transpose(-1, -2) @ (dout if variant == "dk_from_dout" else q) * factor
     return ds @ k * factor, dk, dv
+
+
+def first_head_everywhere(t: torch.Tensor) -> torch.Tensor:
+    """t (..., Lq) with every head's row replaced by the first head's: what a kernel reads from
+    a per-row tensor (LSE, DELTA) loaded at offs_m instead of bh * Lq + offs_m."""
+    rows = t.reshape(-1, t.shape[-1])
+    return rows[:1].expand_as(rows).reshape(t.shape)
 
 
 def split_tiles(t: torch.Tensor, b: int, dim: int) -> torch.Tensor:
@@ -187,11 +205,17 @@ def expect_grads(grads, q, k, v, dout, causal, what):
         "delta_of_dout",
         "delta_of_out_squared",
         "dk_from_dout",
+        "scales_swapped",
+        "lse_first_head",
+        "delta_first_head",
     ] + (["causal_backward"] if causal else [])
     named_as = {
         "grad_scale_twice": "grad_wrong_scale",
         "delta_of_dout": "wrong_delta",
         "delta_of_out_squared": "wrong_delta",
+        "scales_swapped": "backward_scales_swapped",
+        "lse_first_head": "backward_head_offset",
+        "delta_first_head": "backward_head_offset",
     }
     wrong = {variant: grads64(q, k, v, dout, causal, variant) for variant in variants}
     slips = tile_slips64(q, k, v, dout, causal) + (
@@ -242,6 +266,15 @@ def function_forward(FlashAttentionTriton, rng):
     expected = sorted(
         [tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(q.shape), tuple(q.shape[:-1])]
     )
+    missing = collections.Counter(expected) - collections.Counter(shapes)
+    if missing and not collections.Counter(shapes) - collections.Counter(expected):
+        description, fix = hint("not_saved_for_backward")
+        raise Mistake(
+            f"forward saved tensors of shapes {shapes}, expected {expected} (q, k, v, out, "
+            f"lse): {sorted(missing.elements())} missing; it looks like {description}.",
+            fix,
+            "not_saved_for_backward",
+        )
     if shapes != expected:
         description, fix = hint("saves_attention_matrix")
         raise Mistake(

@@ -1,21 +1,78 @@
 """Checks for flash_attention_triton: (out, lse) from one Triton forward kernel, in bounds on
 ragged lengths."""
 
+import functools
 import itertools
 
 import torch
 
 from grader.harness.checking import Mistake, expect_close, expect_value_error, hint
 from grader.suites._common import draw, randn
-from grader.suites.day07_flash_triton.kernel_watch import flash_dtype, run_device
+from grader.suites.day07_flash_triton.kernel_watch import flash_dtype, run_device, watched
 from grader.suites.day07_flash_triton.oracles import (
     attention64,
     call_flash,
     expect_attention,
+    f64,
+    gives_attention,
     nonfinite_mistake,
     out_suspects,
     qkv,
 )
+
+
+def one_leading_dim_only(flash) -> bool:
+    """Is flash right on 2 heads as (2, L, D) but not on the same data as (1, 2, L, D)? Then BH
+    (the grid, or lse's rows) came from q.shape[0], not from every leading dim."""
+    q, k, v = (
+        randn((2, L, 16), torch.Generator().manual_seed(L), flash_dtype()) for L in (20, 24, 24)
+    )
+    return gives_attention(flash, q, k, v) and not gives_attention(flash, q[None], k[None], v[None])
+
+
+def max_across_rows(flash) -> bool:
+    """Does each query row's max come from other rows too (tl.max(s, axis=0), or over the whole
+    tile)? On 64 queries and keys (no ragged tile): right with scores near 0, and, when query 0
+    alone scores near 200, right on query 0 but wrong on rows of its tile, whose scores near 0
+    shifted by 200 underflow. A max of their own, or a max started at 0, is right on both."""
+    gen = torch.Generator().manual_seed(64)
+    q, k, v = (randn((1, 1, 64, 16), gen, flash_dtype()) for _ in range(3))
+    if not gives_attention(flash, q, k, v):
+        return False
+    q, k = 0.1 * q, 1.0 + 0.1 * k  # every key near (1, ..., 1): q_0 . k / 4 near 200
+    q[..., 0, :] = 50.0
+    try:
+        out = watched(flash, "a probe", q, k, v)[0]
+    except Exception:  # noqa: BLE001  (out of bounds, or a crash: not this mistake)
+        return False
+    right = torch.isclose(f64(out), attention64(q, k, v)[0], rtol=1e-3, atol=1e-4).all(-1)
+    return bool(right[..., 0].all() and not right.all())
+
+
+def naming_flash_slips(check):
+    """`check`, with a failure that two probes explain named: BH from one leading dim
+    (leading_dims_not_flattened), a row max across rows (max_not_per_row)."""
+
+    @functools.wraps(check)
+    def check_naming_slips(flash, rng):
+        try:
+            check(flash, rng)
+        except Mistake as mistake:
+            if mistake.key in ("not_finite", "m_i_not_minus_inf") and max_across_rows(flash):
+                found, why = "max_not_per_row", "a probe with one query of large scores"
+            elif mistake.key in ("raised", "wrong_values", "not_finite") and (
+                one_leading_dim_only(flash)
+            ):
+                found, why = "leading_dims_not_flattened", "right on (2, L, D), not on (1, 2, L, D)"
+            else:
+                raise
+            seen = mistake.message.split(": it looks like")[0]  # what failed, not the old guess
+            description, fix = hint(found)
+            raise Mistake(
+                f"{seen}\n      {why}: it looks like {description}.", fix, found
+            ) from None
+
+    return check_naming_slips
 
 
 def flash_matches(flash, rng):
@@ -170,10 +227,11 @@ def flash_in_bounds(flash, rng):
 
 
 def flash_rejects_bad_input(flash, rng):
-    """head_dim 24, mismatched head_dims or lengths, float64 on the CPU: a clear ValueError"""
+    """head_dim 24 or 48, mismatched head_dims or lengths, float64 on the CPU: a clear ValueError"""
     L = draw(rng, 4, 9)
-    q, k, v = qkv(rng, (1, 1), L, L, 24)
-    expect_value_error(lambda: flash(q, k, v), "head_dim 24", "no_error_for_bad_input")
+    for D in (24, 48):  # 48: a multiple of 16 but not a power of two (tl.arange needs one)
+        q, k, v = qkv(rng, (1, 1), L, L, D)
+        expect_value_error(lambda: flash(q, k, v), f"head_dim {D}", "no_error_for_bad_input")
     q, k, v = qkv(rng, (1, 1), L, L, 16)
     expect_value_error(
         lambda: flash(q, randn((1, 1, L, 32), rng), randn((1, 1, L, 32), rng)),

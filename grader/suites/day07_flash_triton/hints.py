@@ -4,6 +4,8 @@ must not call."""
 
 import contextlib
 import functools
+import math
+import re
 
 import course.reference.flash_triton
 from grader.harness.checking import Mistake, crashed_with, hint
@@ -21,21 +23,24 @@ HINTS = {
         "and columns, e.g. tl.load(ptr + offs, mask=offs < n, other=0.0).",
     ),
     "offsets_without_block_start": (
-        "offsets without pid * BLOCK: every program covers the first block (offsets = "
-        "tl.arange(0, BLOCK)) or nearly (pid + tl.arange(0, BLOCK)), so the programs overlap "
-        "and the elements past them are never written",
-        "each program starts a whole block further: offs = pid * BLOCK + tl.arange(0, BLOCK).",
+        "offsets without pid * BLOCK, or a pid that is always 0 (tl.program_id(1) on a 1-D "
+        "grid): every program covers the first block (offsets = tl.arange(0, BLOCK)) or nearly "
+        "(pid + tl.arange(0, BLOCK)), so the programs overlap and the elements past them are "
+        "never written",
+        "each program starts a whole block further: pid = tl.program_id(0) (axis 0, the only "
+        "axis of a 1-D grid) and offs = pid * BLOCK + tl.arange(0, BLOCK).",
     ),
     "mask_against_block": (
         "only the first block written: the mask compares the offsets with BLOCK instead of n, "
         "so every later program is masked off entirely",
         "mask the lanes past the end of the tensor: mask = offs < n (n the number of elements).",
     ),
-    "input_overwritten": (
-        "the output is x itself (out = xc, and x.contiguous() of a contiguous x is x): the "
-        "kernel stores the sum into the caller's x",
-        "triton_add returns a new tensor: allocate it, out = torch.empty_like(xc), and store "
-        "into out; x and y must come back unchanged.",
+    "modified_input": (
+        "an input changed in place: the output is the input's own memory (out = xc, out = x2 "
+        "or out = q3, and .contiguous() or .reshape() of a contiguous tensor is that tensor), "
+        "so the kernel stores into the caller's tensor",
+        "allocate a new output, out = torch.empty_like(xc) (or x2, q3), and store into it; the "
+        "caller's inputs must come back unchanged.",
     ),
     "add_accepts_bad_input": (
         "x and y of different shapes or dtypes accepted without a clear error",
@@ -225,6 +230,33 @@ HINTS = {
         "l_i holds sums of exp(s - m_i) too, so it needs the same alpha = exp(m_i - m_new): "
         "l_i = l_i * alpha + tl.sum(p, axis=1).",
     ),
+    "rescale_after_tile": (
+        "acc rescaled after the new tile is added, acc = (acc + P V) * alpha: P V is already "
+        "relative to the new max, so alpha shrinks it too (and the first tile, alpha = 0, is lost)",
+        "rescale the old sum first, then add the new tile: "
+        "acc = acc * alpha[:, None] + tl.dot(p, v), and l_i = l_i * alpha + tl.sum(p, axis=1).",
+    ),
+    "state_reset_in_loop": (
+        "a running statistic (l_i, acc or m_i) set to its start value inside the key loop: each "
+        "tile starts over, so only the last tile's sum is kept",
+        "initialise m_i, l_i and acc once, before `for start_n in range(...)`; inside the loop "
+        "only update them.",
+    ),
+    "max_not_per_row": (
+        "the running max taken across query rows: tl.max(s, axis=0) (a max per key column, "
+        "which runs without an error when BLOCK_M = BLOCK_N) or tl.max(s) over the whole tile. "
+        "A row shifted by another row's larger max underflows to exp(-big) = 0, and a padded "
+        "key's column gives a max of -inf (exp(s + inf) = inf)",
+        "each query row needs its own max, over its keys: m_new = tl.maximum(m_i, "
+        "tl.max(s, axis=1)) for s of shape (BLOCK_M, BLOCK_N). While debugging pick "
+        "BLOCK_M != BLOCK_N: the slip is then a shape error.",
+    ),
+    "leading_dims_not_flattened": (
+        "(B, H, L, D) inputs handled as if they had one leading dim: BH taken from q.shape[0] "
+        "(B) instead of every leading dim (B * H), so only B heads get programs or rows of lse",
+        "flatten first, q3 = q.reshape(-1, Lq, D).contiguous(), and take BH = q3.shape[0] "
+        "(B * H, the product of every leading dim) for the grid and for lse.",
+    ),
     "m_i_not_minus_inf": (
         "a running max that starts at 0 instead of -inf: a row whose scores are all very "
         "negative gets exp(s - 0) = 0 everywhere, l = 0 and out = 0 / 0",
@@ -294,6 +326,31 @@ HINTS = {
         "write the backward in Triton: a kernel for D = rowsum(dO * O), one for dK, dV per key "
         "tile, one for dQ per query tile (or atomics for dQ).",
     ),
+    "not_saved_for_backward": (
+        "a tensor the backward needs (lse, or q, k, v, out) kept on ctx (ctx.lse = lse) or "
+        "recomputed instead of saved with ctx.save_for_backward",
+        "ctx.save_for_backward(q, k, v, out, lse) and q, k, v, out, lse = ctx.saved_tensors in "
+        "backward: save_for_backward keeps the tensors for backward and checks that nothing "
+        "changed them in between; ctx attributes are for the rest (ctx.is_causal).",
+    ),
+    "gradients_not_reshaped": (
+        "gradients returned in the kernels' flattened (BH, L, D) shape instead of the inputs' "
+        "shapes",
+        "reshape each back before returning it: dq.reshape(q.shape), dk.reshape(k.shape), "
+        "dv.reshape(v.shape), None.",
+    ),
+    "backward_head_offset": (
+        "a per-row tensor of the backward (DELTA or LSE) read without its per-head offset, "
+        "at offs_m instead of bh * Lq + offs_m: every head uses the first head's values",
+        "DELTA and LSE hold Lq values per head: load them at DELTA + bh * Lq + offs_m and "
+        "LSE + bh * Lq + offs_m, in both backward kernels.",
+    ),
+    "backward_scales_swapped": (
+        "qk_scale and ds_scale swapped in a backward launch: P = exp2(s - lse * log2(e)) from "
+        "scores scaled by 1 / sqrt(d), and dQ, dK scaled by log2(e) / sqrt(d)",
+        "pass them in the order the kernel reads them: qk_scale = log2(e) / sqrt(d) for the "
+        "scores, then ds_scale = 1 / sqrt(d) for dQ and dK.",
+    ),
     "no_d_term": (
         "dS = P * dP, without the D term",
         "dS = P * (dP - D[:, None]) with D_i = rowsum(dO_i * O_i) (the softmax Jacobian's row term); "
@@ -343,6 +400,19 @@ CRASHES = [
 ]
 
 
+REFUSED_GRADIENT = re.compile(r"got \[([\d, ]*)\] but expected shape compatible with \[([\d, ]*)\]")
+
+
+def refused_gradient_of_the_right_size(message: str) -> bool:
+    """Does torch's "invalid gradient at index i - got [...] but expected shape compatible with
+    [...]" name a gradient with as many elements as the input's? Then it was not reshaped back."""
+    shapes = REFUSED_GRADIENT.search(message)
+    if shapes is None:
+        return False
+    got, expected = ([int(n) for n in group.split(",") if n.strip()] for group in shapes.groups())
+    return got != expected and math.prod(got) == math.prod(expected)
+
+
 @contextlib.contextmanager
 def naming_crashes():
     """Inside, a crash of the student's function that is the signature of one mistake (CRASHES)
@@ -352,6 +422,10 @@ def naming_crashes():
     except Mistake as mistake:
         for key, error, *fragments in CRASHES:
             if crashed_with(mistake, error, *fragments):
+                if key == "backward_gradient_order" and refused_gradient_of_the_right_size(
+                    mistake.message
+                ):
+                    key = "gradients_not_reshaped"
                 message = mistake.message.split("\n      at: raise InterpreterError")[0]
                 description, fix = hint(key)
                 raise Mistake(f"{message}\n      It looks like {description}.", fix, key) from None

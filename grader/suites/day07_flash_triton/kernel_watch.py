@@ -7,7 +7,12 @@ import torch
 import course.reference.flash_triton
 from grader.harness.checking import Mistake, hint
 from grader.harness.triton_watch import KernelWatch, out_of_bounds_message, watch_kernels
+from grader.suites._common import call_unchanged
 from grader.suites.day07_flash_triton.hints import LIBRARY
+
+# the day's functions by their number of arguments: triton_softmax(x), triton_add(x, y),
+# flash_attention_triton(q, k, v) and FlashAttentionTriton.apply(q, k, v, is_causal)
+ARGUMENT_NAMES = {1: ("x",), 2: ("x", "y"), 3: ("q", "k", "v"), 4: ("q", "k", "v", "is_causal")}
 
 
 def run_device() -> torch.device:
@@ -33,8 +38,10 @@ def _to_cpu(x):
 
 
 def watched(impl, what: str, *args, **kwargs):
-    """impl(*args) with its Triton launches watched: it must launch one, in bounds. Arguments go
-    to the run device (differentiably), results come back to the CPU (no-ops without a GPU)."""
+    """impl(*args) with its Triton launches watched: it must launch one, in bounds, and leave its
+    inputs as they were (a kernel that stores into an input, out = x2 where x2 is x itself, is
+    modified_input). Arguments go to the run device (differentiably), results come back to the
+    CPU (no-ops without a GPU)."""
     return watched_with_counts(impl, what, *args, **kwargs)[0]
 
 
@@ -42,9 +49,18 @@ def watched_with_counts(impl, what: str, *args, **kwargs):
     """watched(impl, ...) and the KernelWatch that saw it (what it loaded, for instance)."""
     args = [_to_run(a) for a in args]
     kwargs = {name: _to_run(a) for name, a in kwargs.items()}
+    names = ARGUMENT_NAMES.get(len(args), [f"argument {i + 1}" for i in range(len(args))])
+    changed = None
     with watch_kernels() as watch:
-        result = impl(*args, **kwargs)
+        try:
+            result = call_unchanged(impl, dict(zip(names, args)), **kwargs)
+        except Mistake as mistake:
+            if mistake.key != "modified_input":
+                raise
+            changed = mistake  # named after the launch's own verdicts: no kernel, out of bounds
     expect_triton(watch, what)
+    if changed is not None:
+        raise changed
     return _to_cpu(result), watch
 
 

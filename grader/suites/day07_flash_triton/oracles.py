@@ -109,8 +109,21 @@ def head_offset_suspects(q, k, v, causal):
     return suspects
 
 
+# the slips online64 can plant, and the mistake each is named as
+ONLINE_SLIPS = {
+    "missing_rescale": "missing_rescale",
+    "rescale_l_not_acc": "rescale_l_not_acc",
+    "rescale_acc_not_l": "rescale_acc_not_l",
+    "rescale_after_tile": "rescale_after_tile",  # acc = (acc + P V) * alpha
+    "l_reset": "state_reset_in_loop",  # l_i = 0 inside the key loop
+    "acc_reset": "state_reset_in_loop",
+    "m_reset": "state_reset_in_loop",
+}
+
+
 def online64(q, k, v, causal, block_n, variant):
-    """The online softmax tile by tile in float64 with one planted mistake."""
+    """The online softmax tile by tile in float64 with one planted mistake (a key of
+    ONLINE_SLIPS, or pad_keys_not_masked)."""
     s = scores64(q, k).masked_fill(~visible(q.shape[-2], k.shape[-2], causal), float("-inf"))
     v = f64(v)
     Lk = s.shape[-1]
@@ -123,13 +136,24 @@ def online64(q, k, v, causal, block_n, variant):
     acc = torch.zeros(*s.shape[:-1], v.shape[-1], dtype=torch.float64)
     for start in range(0, s.shape[-1], block_n):
         tile = s[..., start : start + block_n]
+        if variant == "m_reset":  # the old sums then get alpha = exp(-inf - m_new) = 0
+            m = torch.full_like(m, float("-inf"))
+        if variant == "l_reset":
+            l = torch.zeros_like(l)
+        if variant == "acc_reset":
+            acc = torch.zeros_like(acc)
         m_new = torch.maximum(m, tile.amax(-1))
         p = torch.exp(tile - m_new[..., None])
+        pv = p @ v[..., start : start + block_n, :]
         alpha = torch.exp(m - m_new)
         l_kept = variant in ("missing_rescale", "rescale_acc_not_l")
         l = l + p.sum(-1) if l_kept else alpha * l + p.sum(-1)
-        scale_acc = 1.0 if variant in ("missing_rescale", "rescale_l_not_acc") else alpha[..., None]
-        acc = scale_acc * acc + p @ v[..., start : start + block_n, :]
+        if variant == "rescale_after_tile":
+            acc = alpha[..., None] * (acc + pv)
+        elif variant in ("missing_rescale", "rescale_l_not_acc"):
+            acc = acc + pv
+        else:
+            acc = alpha[..., None] * acc + pv
         m = m_new
     return acc / l[..., None]
 
@@ -140,8 +164,11 @@ def out_suspects(q, k, v, causal):
     for block_n in BLOCKS:
         if block_n < Lk:
             suspects += [
-                (key, online64(q, k, v, causal, block_n, key))
-                for key in ("missing_rescale", "rescale_l_not_acc", "rescale_acc_not_l")
+                (key, online64(q, k, v, causal, block_n, variant))
+                for variant, key in ONLINE_SLIPS.items()
+                # a reset shows on the last tile a query visits, which a causal kernel's loop
+                # bound decides and online64, looping to Lk, does not see
+                if not (causal and key == "state_reset_in_loop")
             ]
         if Lk % block_n and not causal:
             suspects.append(
@@ -174,6 +201,8 @@ def lse_suspects(q, k, causal):
         ("lse_base2", lse / math.log(2)),
         # m_i converted to natural log, log2(l_i) not: top + log(l) / ln 2
         ("lse_base2", top + (lse - top) / math.log(2)),
+        # m_i left in log2 units, log(l_i) natural: m_i + tl.log(l_i)
+        ("lse_base2", top / math.log(2) + (lse - top)),
         ("lse_without_max", lse - top),
     ]
 
@@ -228,6 +257,18 @@ def call_flash(flash, what, q, k, v, causal, counts=False):
     return (result, watch) if counts else result
 
 
+def gives_attention(flash, q, k, v, causal=False) -> bool:
+    """Is flash right, out and lse, and in bounds on these inputs? (Raising anything: no.)"""
+    try:
+        out, lse = watched(flash, "a probe", q, k, v, causal=causal)
+        ref_out, ref_lse = attention64(q, k, v, causal)
+        return torch.allclose(f64(out), ref_out, rtol=1e-3, atol=1e-4) and torch.allclose(
+            f64(lse), ref_lse, rtol=1e-3, atol=1e-4
+        )
+    except Exception:  # noqa: BLE001  (out of bounds, a crash, a wrong shape: not right)
+        return False
+
+
 def square_grid_is_right(flash, D: int, causal: bool) -> bool:
     """Is the kernel right, in bounds, on 2 heads of 2 query tiles (for some tile size)? A grid
     (BH, query tiles) launched for a kernel that reads (query tile, bh) then covers it all."""
@@ -236,11 +277,7 @@ def square_grid_is_right(flash, D: int, causal: bool) -> bool:
             randn((1, 2, L, D), torch.Generator().manual_seed(L), flash_dtype())
             for L in (block_m + 3, block_m + 7, block_m + 7)
         )
-        try:
-            out, lse = watched(flash, "2 heads of 2 query tiles", q, k, v, causal=causal)
-        except Exception:  # noqa: BLE001  (out of bounds again, or anything else: not this one)
-            continue
-        if torch.allclose(f64(out), attention64(q, k, v, causal)[0], rtol=1e-3, atol=1e-4):
+        if gives_attention(flash, q, k, v, causal):
             return True
     return False
 
@@ -250,15 +287,7 @@ def first_head_is_right(flash, q, k, v, causal) -> bool:
     right? Then what strayed is the step from one head to the next."""
     if q[..., 0, 0].numel() < 2:
         return False
-    q1, k1, v1 = (t.reshape(-1, *t.shape[-2:])[:1] for t in (q, k, v))
-    try:
-        out, lse = watched(flash, "the first head", q1, k1, v1, causal=causal)
-    except Exception:  # noqa: BLE001  (out of bounds again, or anything else: not this mistake)
-        return False
-    ref_out, ref_lse = attention64(q1, k1, v1, causal)
-    return torch.allclose(f64(out), ref_out, rtol=1e-3, atol=1e-4) and torch.allclose(
-        f64(lse), ref_lse, rtol=1e-3, atol=1e-4
-    )
+    return gives_attention(flash, *(t.reshape(-1, *t.shape[-2:])[:1] for t in (q, k, v)), causal)
 
 
 def nonfinite_mistake(out: torch.Tensor, causal: bool) -> Mistake | None:
