@@ -143,11 +143,13 @@ trace(attention_function("dense"), q, k, v)
 # %% [markdown]
 # ### Exercise 1: `estimate_attention_memory`
 #
-# Turn the formulas into code. Check your arguments first: an unknown kind, a missing keyword (`window` for `"sliding"`; `chunk_size` and `overlap` for `"chunked"`; `stride` and `local_window` for `"strided"`) or a size below 1 raises `ValueError`.
+# Turn the formulas into code. Check your arguments first: an unknown kind, a missing keyword (`window` for `"sliding"`; `chunk_size` and `overlap` for `"chunked"`; `stride` and `local_window` for `"strided"`) or a size below 1 raises `ValueError`. Sizes are `batch`, `heads`, `seq_len`, `head_dim` and the keywords that count something (`window`, `chunk_size`, `stride`, `local_window`, the block sizes, `num_features`, `state`); `overlap` may be 0 (chunks that meet only their own keys).
+#
+# Fill in the defaults into a new dict for each call (`{**defaults, **kw}`): a table of defaults updated in place (`opts = defaults; opts.update(kw)`) keeps one call's arguments for the next.
 #
 # Return an `int`: bytes are whole, so divide with `//` (or round up with `-(-a // b)`).
 #
-# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; a non-causal window read as left $= w-1$, right $= \lfloor w/2 \rfloor$; the padded K and V counted once; chunks without their overlap; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; a bad argument accepted silently.
+# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; a non-causal window read as left $= w-1$, right $= \lfloor w/2 \rfloor$; the padded K and V counted once; chunks without their overlap; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; query blocks of fewer than 16 rows for a narrow window; a causal window of $w + 1$ keys (left $= w$); a keyword argument ignored; the defaults changed by a call; a bad argument accepted silently.
 
 # %% nbgrader={"grade": false, "grade_id": "estimate_attention_memory", "locked": false, "schema_version": 3, "solution": true, "task": false}
 GROUP_SCORES = 1 << 18  # course.reference.sparse works on groups of query blocks of about this many scores
@@ -275,7 +277,7 @@ for kind, kw in KIND_KW.items():
 #
 # ### Exercise 2: `benchmark_attention`
 #
-# The checks drive your function with fake mechanisms whose behaviour is known: they recognise rows without the table's fields or with rows missing, the skipped lengths left out, a failure raised instead of recorded, the wrong status for a failure, a failed mechanism run again at longer lengths instead of skipped, an `(out, weights)` tuple not unpacked, a timed warm-up (alone, among the timed calls, or reused as the first of them), the mean instead of the median, a time in milliseconds, too few calls, a peak memory that is not `peak_memory`'s, and a relative error divided by $\lVert\text{out}\rVert$, not divided at all, or against a reference without the $1/\sqrt{d}$ scale, and the largest absolute difference $\max|\text{out} - \text{ref}|$ instead of the relative norm.
+# The checks drive your function with fake mechanisms whose behaviour is known: they recognise rows without the table's fields or with rows missing, the skipped lengths left out, a failure raised instead of recorded, the wrong status for a failure, a failed mechanism run again at longer lengths instead of skipped, an `(out, weights)` tuple not unpacked, a timed warm-up (alone, among the timed calls, or reused as the first of them), the mean instead of the median, a time in milliseconds, too few calls, a peak memory that is not `peak_memory`'s, and a relative error divided by $\lVert\text{out}\rVert$, not divided at all, or against a reference without the $1/\sqrt{d}$ scale, and the largest absolute difference $\max|\text{out} - \text{ref}|$ or the mean of each query's relative error instead of the relative norm; one tensor used as $q$, $k$ and $v$, or inputs not drawn from the `seed`; a 0 where nothing was measured (a failed row's time, memory or error); one mechanism's failure skipping the others; a slow warm-up not recorded as `"too_slow"`; failures remembered from an earlier call (create the record of failures inside the function).
 
 # %% nbgrader={"grade": false, "grade_id": "benchmark_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 FIELDS = ("name", "seq_len", "status", "time_s", "peak_bytes", "rel_error", "message")
@@ -286,14 +288,16 @@ def benchmark_attention(fns, seq_lens, *, batch=1, heads=2, head_dim=32, dtype=t
     """Time, peak memory and quality of each fn(q, k, v) -> out at each length.
 
     fns: dict name -> fn(q, k, v) returning out (batch, heads, L, head_dim) (or a tuple whose
-    first item is out). For each L in seq_lens (ascending), random q, k, v (seeded) and, for each
+    first item is out). For each L in seq_lens (ascending), random q, k, v (three tensors, drawn from torch.Generator().manual_seed(seed), so the same call
+    gives the same table) and, for each
     mechanism: one untimed warm-up call (its output gives the quality), `repeats` timed calls
     (median), one call under course.bench.peak_memory.
     Returns a list of dicts with keys FIELDS: name, seq_len, status ("ok", "out_of_memory",
     "too_slow" when the warm-up took longer than time_budget_s, "error", or "skipped" for the
     longer lengths of a mechanism that failed), time_s (seconds), peak_bytes, rel_error
-    (||out - ref|| / ||ref|| against exact attention in float64), message; None where not measured.
-    Failures are recorded, never raised.
+    (||out - ref|| / ||ref|| against exact attention in float64), message; None where not measured:
+    a row that is not "ok" has time_s, peak_bytes and rel_error None (a "too_slow" row may keep
+    the warm-up's seconds as time_s). Failures are recorded, never raised.
     """
     ### BEGIN SOLUTION
     rows, failed = [], {}
@@ -393,7 +397,7 @@ plot_benchmark(rows, title=f"({device.type})")
 #
 # The kind names are `estimate_attention_memory`'s: `"sliding"` (which `make_attention`, below, calls `"sliding_window"`), `"dense"`, `"flash"`, `"linear"`. Estimate each candidate with the sizes you were given (`batch`, `heads`, `head_dim`, `dtype`, and `window=window` for `"sliding"`).
 #
-# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, no linear fallback past 8192 tokens, `<` where a bound is `<=` (at exactly 8192 tokens, or at a sequence exactly as long as the window), the sliding window for a sequence no longer than the window, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window, a budget that must be beaten rather than met (`<` where "fits" means `<=`); and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
+# The checks recognise a choice that does not follow the rule, and name the common ones: the CPU candidates on a GPU, flash before dense on a CPU, the budget ignored, exact attention past 8192 tokens on a CPU, no linear fallback past 8192 tokens, `<` where a bound is `<=` (at exactly 8192 tokens, or at a sequence exactly as long as the window), the sliding window for a sequence no longer than the window, the sliding window for global context, dense or flash for local context, `make_attention`'s name `"sliding_window"`, the sizes passed not used, `"sliding"` estimated without its window, a budget that must be beaten rather than met (`<` where "fits" means `<=`); and a missing `ValueError` (nothing fits; `seq_len < 1`; a budget $\le 0$).
 
 # %% nbgrader={"grade": false, "grade_id": "choose_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 EXACT_MAX_LEN_CPU = 8192  # measured: past this, exact attention takes seconds per layer on a CPU
@@ -524,7 +528,16 @@ for label, kinds in models.items():
 # The multi-head layers name their projections `q_proj`, `k_proj`, `v_proj` and `out_proj`
 # (each `nn.Linear(d_model, d_model)`), as day 3's `MultiHeadAttention` does: the checks recompute
 # every kind in float64 from your own weights. Performer's random features are drawn from a
-# generator seeded with `seed` at every call, so the layer is a function of its input.
+# generator seeded with `seed` at every call, so the layer is a function of its input:
+# `torch.Generator(device=q.device).manual_seed(seed)` is a stream of random numbers of its own
+# (on the device of `q`, where the features are drawn), passed as `generator=`. Unlike
+# `torch.manual_seed`, it leaves the program's global random state (dropout, data shuffling)
+# alone.
+#
+# `num_heads` must divide `d_model` for every kind with heads; `mamba` has no heads, so it
+# ignores `num_heads`. Fill in the defaults into a new dict for each layer
+# (`{**LAYER_KINDS[kind], **kwargs}`): updating `LAYER_KINDS[kind]` in place would hand one
+# call's arguments to every later call.
 #
 # The course functions the middle step calls, all on heads $(B, H, L, d/H)$ (the cell below
 # imports them); a mask's True means "may attend":
@@ -674,12 +687,13 @@ def make_attention(kind: str, d_model: int, num_heads: int, **kwargs) -> nn.Modu
 
 # %% [markdown]
 # The checks recognise: heads ignored (one head of size $d$), scores scaled by $1/\sqrt{d}$ instead
-# of $1/\sqrt{d/H}$, `causal=True` ignored, a sliding window one key off, chunked attention without
-# its overlap, heads merged without the transpose back, the output projection forgotten, the pattern
+# of $1/\sqrt{d/H}$ or scaled twice, `causal=True` ignored, a sliding window one key off, chunked
+# attention without its overlap or with `chunk_size` and `overlap` swapped, heads split or merged
+# without the transpose (or merged features first, `permute(0, 2, 3, 1)`), the output projection forgotten, the pattern
 # inverted (`~pattern`: True read as "masked out"), a mask ignored by `dense` or `strided`, a mask
 # combined with the pattern by OR or used instead of it, a mask silently dropped by a kind that
-# cannot apply it, a Performer layer that draws new features at every call, a Mamba layer that looks
-# ahead, `num_heads` not dividing `d_model` accepted, and an unknown kind or argument accepted or
+# cannot apply it, a Performer layer that draws new features at every call or reseeds the global
+# generator, a Mamba layer that looks ahead, defaults not filled in or changed by a call, `num_heads` not dividing `d_model` accepted, and an unknown kind or argument accepted or
 # refused without naming what is valid. They also refuse `course.reference.mechanisms`, the library
 # version.
 

@@ -184,6 +184,19 @@ BENCH_EDITS = {
     ],
     "missing_fields": [("row = dict.fromkeys(FIELDS)", "row = dict.fromkeys(FIELDS[:-1])")],
     "too_few_calls": [("repeats=repeats, warmup=0", "repeats=1, warmup=0")],
+    "quality_row_mean": [
+        (
+            "((out.double().cpu() - ref).norm() / ref.norm())",
+            "((out.double().cpu() - ref).norm(dim=-1) / ref.norm(dim=-1)).mean()",
+        )
+    ],
+    "same_inputs": [("for _ in range(3))", "for _ in range(3)); k = v = q")],
+    "inputs_not_seeded": [("generator=generator)", "generator=None)")],
+    "unmeasured_not_none": [("row = dict.fromkeys(FIELDS)", "row = dict.fromkeys(FIELDS, 0)")],
+    "skips_every_mechanism": [
+        ("if name in failed:", "if failed:"),
+        ("message=failed[name])", "message='another failed')"),
+    ],
 }
 
 
@@ -198,6 +211,21 @@ def test_benchmark_bug_is_named(solution, key, capsys):
     else:
         bug = variant(solution, "benchmark_attention", "benchmark_attention", *BENCH_EDITS[key])
     assert_named("benchmark_attention", bug, key, capsys)
+
+
+def test_benchmark_state_kept_across_calls_is_named(solution):
+    # The failures kept in a dict that outlives the call (here the function's own attribute):
+    # each report needs a fresh copy, as the bug remembers every call before it.
+    def kept_state():
+        edit = (
+            "rows, failed = [], {}",
+            "rows, failed = [], benchmark_attention.__dict__.setdefault('f', {})",
+        )
+        return variant(solution, "benchmark_attention", "benchmark_attention", edit)
+
+    assert "state_kept_across_calls" in report("benchmark_attention", kept_state()).keys
+    hidden = report("benchmark_attention", kept_state(), hidden=True, seed=11)
+    assert "state_kept_across_calls" in hidden.keys
 
 
 # ----------------------------------------------------------------------------- choose bugs
@@ -217,6 +245,19 @@ CHOOSE_EDITS = {
             )
         ],
         "nothing_fits_accepted",
+    ),
+    "dense_for_local_context": (
+        [('candidates = ["sliding", "linear"]', 'candidates = ["dense", "sliding", "linear"]')],
+        "local_not_sliding",
+    ),
+    "global_and_short": (
+        [
+            (
+                "if needs_global_context or seq_len <= window:",
+                "if needs_global_context and seq_len <= window:",
+            )
+        ],
+        "global_got_sliding",
     ),
     "wrong_rule": (
         [('candidates = ["sliding", "linear"]', 'candidates = ["linear"]')],
@@ -276,8 +317,38 @@ MAKE_EDITS = {
         "unknown = set(kwargs) - set(LAYER_KINDS[kind])",
         "unknown = set()",
     ),
+    "scaled_twice": (
+        "out = self.attend(q, k, v, mask)",
+        "out = self.attend(q / q.shape[-1] ** 0.5, k, v, mask)",
+    ),
+    "split_without_transpose": (
+        "t.view(B, L, self.num_heads, d // self.num_heads).transpose(1, 2)",
+        "t.reshape(B, self.num_heads, L, d // self.num_heads)",
+    ),
+    "merge_wrong_order": (
+        "out.transpose(1, 2).reshape(B, L, H * dh)",
+        "out.permute(0, 2, 3, 1).reshape(B, L, H * dh)",
+    ),
+    "chunked_args_swapped": ('o["chunk_size"], o["overlap"])', 'o["overlap"], o["chunk_size"])'),
+    "performer_global_seed": (
+        'torch.Generator(device=q.device).manual_seed(o["seed"])',
+        'torch.manual_seed(o["seed"])',
+    ),
+    "defaults_shared": (
+        "options = {**LAYER_KINDS[kind], **kwargs}",
+        "options = LAYER_KINDS[kind]; options.update(kwargs)",
+    ),
+    "defaults_not_filled": ("options = {**LAYER_KINDS[kind], **kwargs}", "options = dict(kwargs)"),
+    # a non-causal dense layer with no pattern to combine the mask with: the crash is the message
+    "mask_without_pattern_crashes": (
+        "pattern = torch.ones(L, L, dtype=torch.bool, device=q.device)",
+        "pattern = None",
+    ),
 }
-MAKE_KEYS = {"unknown_argument_accepted": "unclear_kind_error"}
+MAKE_KEYS = {
+    "unknown_argument_accepted": "unclear_kind_error",
+    "mask_without_pattern_crashes": "raised",
+}
 
 
 @pytest.mark.parametrize("bug", MAKE_EDITS)
@@ -438,7 +509,7 @@ BEGINNER_MISTAKES = {
     "bench_no_time_budget": (
         "benchmark_attention",
         [("if time.perf_counter() - start > time_budget_s:", "if False:")],
-        "wrong_status",
+        "too_slow_missed",
     ),
     "bench_status_oom": (
         "benchmark_attention",
@@ -596,6 +667,31 @@ BEGINNER_MISTAKES = {
             )
         ],
         "unclear_kind_error",
+    ),
+    "estimate_no_block_floor": (
+        "estimate_attention_memory",
+        [("max(16, min(L, left + right + 1))", "min(L, left + right + 1)")],
+        "block_below_16",
+    ),
+    "estimate_causal_window_one_wide": (
+        "estimate_attention_memory",
+        [("(w - 1, 0) if options", "(w, 0) if options")],
+        "causal_window_one_wide",
+    ),
+    "estimate_defaults_updated_in_place": (
+        "estimate_attention_memory",
+        [("options = {**defaults, **kw}", "options = defaults; options.update(kw)")],
+        "defaults_changed",
+    ),
+    "estimate_num_features_ignored": (
+        "estimate_attention_memory",
+        [('m = options["num_features"]', "m = 256")],
+        "option_ignored",
+    ),
+    "estimate_local_window_not_required": (
+        "estimate_attention_memory",
+        [('"strided": (("stride", "local_window"), {})', '"strided": (("stride",), {})')],
+        "no_error_for_bad_params",
     ),
     "make_missing_argument_unchecked": (
         "make_attention",

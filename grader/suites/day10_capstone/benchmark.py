@@ -25,19 +25,32 @@ def exact(q, k, v):
 
 
 class Scaled:
-    """Exact attention times `scale`: a relative error of scale - 1. Records the inputs of its
-    calls (`inputs`), so a wrong relative error can be recomputed the ways a mistake would;
-    with `with_weights`, returns (out, weights) as course.reference.masks.attention does."""
+    """Exact attention with the outputs of its first `rows` queries (all when None) times
+    `scale`. Records the inputs of its calls (`inputs`), so the relative error, right and wrong,
+    can be recomputed from them; with `with_weights`, returns (out, weights) as
+    course.reference.masks.attention does."""
 
-    def __init__(self, scale, with_weights=False):
-        self.scale, self.with_weights, self.inputs = scale, with_weights, []
+    def __init__(self, scale, with_weights=False, rows=None):
+        self.scale, self.with_weights, self.rows, self.inputs = scale, with_weights, rows, []
+
+    def scaled(self, out):
+        """`out` (..., L, d) with its first `rows` queries times `scale`."""
+        factor = torch.ones(out.shape[-2], 1, dtype=out.dtype, device=out.device)  # (L, 1)
+        factor[: self.rows] = self.scale
+        return out * factor
 
     def __call__(self, q, k, v):
         self.inputs.append([q, k, v])
         if not self.with_weights:
-            return self.scale * exact(q, k, v)
+            return self.scaled(exact(q, k, v))
         weights = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
-        return self.scale * (weights @ v), weights
+        return self.scaled(weights @ v), weights
+
+    def described(self):
+        if self.scale == 1:
+            return "its output is the exact one"
+        which = "output" if self.rows is None else f"first {self.rows} queries' output"
+        return f"its {which} is {self.scale} x the exact one"
 
 
 class Moody:
@@ -144,14 +157,22 @@ def reference(q, k, v, scale: float = None) -> torch.Tensor:
     return torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1) @ v
 
 
-def quality_slips(fake: Scaled, L: int) -> list:
-    """(key, rel_error) that each wrong way of computing the relative error would report for
-    `fake` at length L, from the inputs the student's harness passed it there."""
+def fake_output(fake: Scaled, L: int):
+    """(out, ref, inputs): `fake`'s output at length L in float64, exact attention on the same
+    inputs (those the student's harness passed it there), and those inputs."""
     q, k, v = next(inputs for inputs in reversed(fake.inputs) if inputs[0].shape[-2] == L)
     ref = reference(q, k, v)
-    out = fake.scale * ref
+    return fake.scaled(ref), ref, (q, k, v)
+
+
+def quality_slips(fake: Scaled, L: int) -> list:
+    """(key, rel_error) that each wrong way of computing the relative error would report for
+    `fake` at length L."""
+    out, ref, (q, k, v) = fake_output(fake, L)
     unscaled = reference(q, k, v, scale=1.0)
+    per_query = (out - ref).norm(dim=-1) / ref.norm(dim=-1)  # (B, H, L)
     return [
+        ("quality_row_mean", per_query.mean().item()),
         ("quality_by_output_norm", ((out - ref).norm() / out.norm()).item()),
         ("quality_not_relative", (out - ref).norm().item()),
         ("reference_unscaled", ((out - unscaled).norm() / unscaled.norm()).item()),
@@ -167,8 +188,14 @@ def bench_table(benchmark_attention, rng):
     """one row per mechanism and length, with time, peak memory and relative error"""
     lengths = [8 * draw(rng, 1, 3), 8 * draw(rng, 4, 6)]
     scale = 1 + draw(rng, 1, 9) / 10
-    fns = {"exact": Scaled(1.0), "scaled": Scaled(scale), "with weights": Scaled(1.0, True)}
+    fns = {
+        "exact": Scaled(1.0),
+        "scaled": Scaled(scale),
+        "with weights": Scaled(1.0, True),
+        "first query off": Scaled(scale, rows=1),  # not uniform: a mean of ratios shows
+    }
     rows = run_benchmark(benchmark_attention, fns, lengths, heads=2, head_dim=8, repeats=2)
+    expect_fresh_seeded_inputs(benchmark_attention, fns["exact"], lengths[0])
     for (name, L), row in rows.items():
         if row["status"] != "ok":
             key = "tuple_not_unpacked" if name == "with weights" else "wrong_status"
@@ -193,13 +220,13 @@ def bench_table(benchmark_attention, rng):
                 )
     for (name, L), row in sorted(rows.items(), key=lambda item: item[0][0] == "exact"):
         fake = fns[name]
-        want = fake.scale - 1
+        out, ref, _ = fake_output(fake, L)
+        want = ((out - ref).norm() / ref.norm()).item()
         if close(row["rel_error"], want):
             continue
-        seen = f"{name} at L = {L}: rel_error = {row['rel_error']:.3g}, expected {want:.3g} " + (
-            "(its output is the exact one)"
-            if want == 0
-            else f"(its output is {fake.scale} x the exact one)"
+        seen = (
+            f"{name} at L = {L}: rel_error = {row['rel_error']:.3g}, expected {want:.3g} "
+            f"({fake.described()})"
         )
         key = next(
             (key for key, slip in quality_slips(fake, L) if close(row["rel_error"], slip)),
@@ -207,6 +234,30 @@ def bench_table(benchmark_attention, rng):
         )
         description, fix = hint(key)
         raise Mistake(f"{seen}: it looks like {description}.", fix, key)
+
+
+def expect_fresh_seeded_inputs(benchmark_attention, fake: Scaled, L: int):
+    """q, k and v are three different tensors, and a second call with the same seed draws the
+    same ones (the first call of `fake`, its warm-up at length L, saw them)."""
+    q, k, v = fake.inputs[0]
+    if torch.equal(q, k) or torch.equal(k, v):
+        description, fix = hint("same_inputs")
+        raise Mistake(
+            f"at L = {L} the mechanisms got q, k, v with q == k or k == v: it looks like "
+            f"{description}.",
+            fix,
+            "same_inputs",
+        )
+    again = Scaled(1.0)
+    run_benchmark(benchmark_attention, {"exact": again}, [L], heads=2, head_dim=8, repeats=1)
+    if not all(torch.equal(a, b) for a, b in zip(again.inputs[0], fake.inputs[0])):
+        description, fix = hint("inputs_not_seeded")
+        raise Mistake(
+            f"two calls with seed=0 passed different q, k, v at L = {L}: it looks like "
+            f"{description}.",
+            fix,
+            "inputs_not_seeded",
+        )
 
 
 def bench_warmup_and_median(benchmark_attention, rng):
@@ -304,43 +355,80 @@ def bench_peak_memory(benchmark_attention, rng):
 
 def bench_failures_recorded(benchmark_attention, rng):
     """out of memory, too slow and errors are recorded as rows, never raised; longer lengths skipped"""
-    short, long_, longest = 8, 16 * draw(rng, 1, 2), 64
-
+    lengths = (8, 16 * draw(rng, 1, 2), 64)
+    short = lengths[0]
     fns = {
         "exact": exact,
         "greedy": FailsPast(short, "out_of_memory"),
         "sluggish": FailsPast(short, "too_slow"),
         "broken": FailsPast(short, "error"),
     }
-    rows = run_benchmark(
-        benchmark_attention,
-        fns,
-        [short, long_, longest],
-        heads=1,
-        head_dim=8,
-        repeats=1,
-        time_budget_s=0.15,
-    )
-    expected = {"greedy": "out_of_memory", "sluggish": "too_slow", "broken": "error"}
-    for name in fns:
-        cells = [rows[(name, L)] for L in (short, long_, longest)]
+    settings = {"heads": 1, "head_dim": 8, "repeats": 1, "time_budget_s": 0.15}
+    rows = run_benchmark(benchmark_attention, fns, list(lengths), **settings)
+    failing = {"greedy": "out_of_memory", "sluggish": "too_slow", "broken": "error"}
+    expect_statuses(rows, failing, lengths)
+    expect_unmeasured_none(rows)
+    again = run_benchmark(benchmark_attention, fns, list(lengths), **settings)
+    if statuses(again, "broken", lengths) != statuses(rows, "broken", lengths):
+        description, fix = hint("state_kept_across_calls")
+        raise Mistake(
+            f"called a second time with the same mechanisms, benchmark_attention gave 'broken' "
+            f"the statuses {statuses(again, 'broken', lengths)} (the first call: "
+            f"{statuses(rows, 'broken', lengths)}): it looks like {description}.",
+            fix,
+            "state_kept_across_calls",
+        )
+
+
+def statuses(rows: dict, name: str, lengths) -> tuple:
+    return tuple(rows[(name, L)]["status"] for L in lengths)
+
+
+def expect_unmeasured_none(rows: dict):
+    """time_s, peak_bytes and rel_error None in every row that is not 'ok' (a 'too_slow' row may
+    keep its warm-up's seconds)."""
+    for (name, L), row in rows.items():
+        if row["status"] == "ok":
+            continue
+        fields = ["peak_bytes", "rel_error"] + ([] if row["status"] == "too_slow" else ["time_s"])
+        measured = {field: row[field] for field in fields if row[field] is not None}
+        if measured:
+            description, fix = hint("unmeasured_not_none")
+            raise Mistake(
+                f"{name} at L = {L} has status {row['status']!r} and {measured}: it looks like "
+                f"{description}.",
+                fix,
+                "unmeasured_not_none",
+            )
+
+
+def expect_statuses(rows: dict, failing: dict, lengths):
+    """exact 'ok' everywhere; each failing mechanism 'ok', then its failure, then 'skipped'."""
+    short, long_, longest = lengths
+    for name in ("exact", *failing):
+        cells = [rows[(name, L)] for L in lengths]
         got = tuple(row["status"] for row in cells)
         if name == "exact":
             if got != ("ok", "ok", "ok"):
                 messages = "; ".join(str(row["message"]) for row in cells if row["status"] != "ok")
-                description, fix = hint("wrong_status")
+                # skipped although it never failed: another mechanism's failure skipped it
+                key = "skips_every_mechanism" if "skipped" in got else "wrong_status"
+                description, fix = hint(key)
                 raise Mistake(
-                    f"exact attention got statuses {got} ({messages}), expected all 'ok'.",
+                    f"exact attention got statuses {got} ({messages}), expected all 'ok': it "
+                    f"looks like {description}.",
                     fix,
-                    "wrong_status",
+                    key,
                 )
             continue
-        failure = expected[name]
+        failure = failing[name]
         key = "wrong_status"
         if got == ("ok", failure, failure):
             key = "not_skipped"
         elif got == ("ok", failure, "skipped"):
             continue
+        elif failure == "too_slow" and got == ("ok", "ok", "ok"):
+            key = "too_slow_missed"
         description, fix = hint(key)
         raise Mistake(
             f"{name} at L = {short}, {long_}, {longest} got statuses {got}, expected "

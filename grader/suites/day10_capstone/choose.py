@@ -57,7 +57,7 @@ def choose_cpu(choose_attention, rng):
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=False),
         "dense",
-        {"flash": "cpu_order"},
+        {"flash": "cpu_order", "sliding": "global_got_sliding"},
     )
     expect_choice(  # the CPU limit is inclusive: exact attention at exactly 8192 tokens
         choose_attention,
@@ -93,6 +93,7 @@ def choose_cpu(choose_attention, rng):
         choose_attention,
         dict(seq_len=L, needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=False),
         "sliding",
+        {"linear": "local_not_sliding", "dense": "local_not_sliding"},
     )
     L = 128 * draw(rng, 2, 8)
     expect_exact_budget_fits(choose_attention, L)
@@ -125,7 +126,7 @@ def choose_gpu_and_short(choose_attention, rng):
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=64 * GiB, has_gpu=True),
         "flash",
-        {"dense": "gpu_ignored"},
+        {"dense": "gpu_ignored", "sliding": "global_got_sliding"},
     )
     L = draw(rng, 16, 256)
     expect_choice(
@@ -200,17 +201,15 @@ def choose_uses_its_arguments(choose_attention, rng):
     # A window shorter than the sequence makes local context a sliding window.
     window = 16 * draw(rng, 2, 8)
     L = window + draw(rng, 1, 256 - window)  # <= 256, the default window
+    args = dict(needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=False)
+    # dense here is the window ignored only if a sequence longer than the default window does
+    # get the sliding window; otherwise local context is not answered with sliding at all
+    window_ignored = choose_attention(seq_len=1024, **args, window=window) == "sliding"
     expect_choice(
         choose_attention,
-        dict(
-            seq_len=L,
-            needs_global_context=False,
-            memory_budget_bytes=64 * GiB,
-            has_gpu=False,
-            window=window,
-        ),
+        dict(seq_len=L, **args, window=window),
         "sliding",
-        {"dense": "arguments_ignored"},
+        {"dense": "arguments_ignored" if window_ignored else "local_not_sliding"},
     )
 
 

@@ -64,7 +64,8 @@ def expect_estimate(estimate, kind, batch, heads, L, d, dtype=torch.float32, sus
     if error <= TOLERANCE:
         return value
     seen = f"{what} = {value:.0f} bytes, measured {peak} ({100 * error:.1f}% off, allowed 15%)"
-    for suspect in (*suspects, bits_not_bytes):
+    ignored = option_ignored_suspect(estimate, kind, batch, heads, L, d, dtype, **kw)
+    for suspect in (*suspects, ignored, bits_not_bytes):
         key = suspect(value, peak)
         if key:
             description, fix = hint(key)
@@ -88,6 +89,27 @@ def missing_part(part: float, key: str, tol: float = 0.05):
 
     def suspect(value, peak):
         return key if same(value, peak - part, tol) else None
+
+    return suspect
+
+
+def option_ignored_suspect(estimate, kind, batch, heads, L, d, dtype, **kw):
+    """The estimate unchanged when one keyword is left out (its default then), where the
+    library's estimate moves by more than the tolerance: that keyword is not read."""
+    library = course.reference.capstone.estimate_attention_memory
+
+    def suspect(value, peak):
+        for name in kw:
+            rest = {key: kw[key] for key in kw if key != name}
+            try:
+                without = float(estimate(kind, batch, heads, L, d, dtype, **rest))
+                right = library(kind, batch, heads, L, d, dtype, **kw)
+                moved = library(kind, batch, heads, L, d, dtype, **rest)
+            except (Mistake, ValueError):
+                continue  # a required keyword: no default to fall back on
+            if same(value, without) and not same(right, moved, TOLERANCE):
+                return "option_ignored"
+        return None
 
     return suspect
 
@@ -173,10 +195,57 @@ def window_misread_suspect(heads, L, d, window, causal):
     library's blocked formula with those sides."""
     if causal:
         return lambda value, peak: None
-    left, right = min(window - 1, L - 1), min(window // 2, L - 1)
-    block = max(16, min(L, left + right + 1))
-    misread = course.reference.capstone._blocked_bytes(heads, L, d, 4, block, left, right)
+    misread = blocked_with_sides(heads, L, d, window - 1, window // 2)
     return lambda value, peak: "window_sides_misread" if same(value, misread, 0.02) else None
+
+
+def blocked_with_sides(heads, L, d, left, right, smallest_block=16):
+    """The library's blocked formula (float32, batch 1) for a window of these sides, with
+    blocks of at least `smallest_block` queries."""
+    left, right = min(left, L - 1), min(right, L - 1)
+    block = max(smallest_block, min(L, left + right + 1))
+    return course.reference.capstone._blocked_bytes(heads, L, d, 4, block, left, right)
+
+
+def window_sides(window, causal):
+    return (window - 1, 0) if causal else (window // 2, window // 2)
+
+
+def no_block_floor_suspect(heads, L, d, window, causal):
+    """Blocks of left + right + 1 queries, without the floor of 16."""
+    unfloored = blocked_with_sides(heads, L, d, *window_sides(window, causal), smallest_block=1)
+    return lambda value, peak: "block_below_16" if same(value, unfloored, 0.02) else None
+
+
+def expect_causal_window_not_one_wide(value, heads, L, d, window):
+    """Within the tolerance but exactly a causal window of w + 1 keys (left = w) and not the
+    right one: at w = 16 the two differ by about 14%, so the tolerance alone lets it through."""
+    one_wide = blocked_with_sides(heads, L, d, window, 0)
+    right = blocked_with_sides(heads, L, d, window - 1, 0)
+    if same(value, one_wide, 0.005) and not same(value, right, 0.005):
+        description, fix = hint("causal_window_one_wide")
+        raise Mistake(
+            f"estimate_attention_memory('sliding', 1, {heads}, {L}, {d}, window={window}, "
+            f"causal=True) = {value:.0f} bytes, exactly the estimate for left = {window} "
+            f"({one_wide}), not for left = {window - 1} ({right}): it looks like {description}.",
+            fix,
+            "causal_window_one_wide",
+        )
+
+
+def expect_defaults_kept(estimate, heads, L, d, window):
+    """After calls with causal=True, a call without `causal` still means causal=False."""
+    default = estimate("sliding", 1, heads, L, d, torch.float32, window=window)
+    explicit = estimate("sliding", 1, heads, L, d, torch.float32, window=window, causal=False)
+    if default != explicit:
+        description, fix = hint("defaults_changed")
+        raise Mistake(
+            f"after calls with causal=True, estimate_attention_memory('sliding', ..., "
+            f"window={window}) = {default} but with causal=False given = {explicit}: it looks "
+            f"like {description}.",
+            fix,
+            "defaults_changed",
+        )
 
 
 def est_sliding(estimate_attention_memory, rng):
@@ -193,6 +262,10 @@ def est_sliding(estimate_attention_memory, rng):
         (1, 512 * draw(rng, 3, 4), draw(rng, 4, 8), 128, not causal),
         (*narrow_head, False),
         (*narrow_head, True),
+        # a window of a few keys: blocks of 16 queries, not left + right + 1
+        (1, 256 * draw(rng, 1, 2), draw(rng, 1, 5), 8, causal),
+        # a causal window of 16: blocks of 16 or 17 queries for w - 1 or w keys on the left
+        (1, 256 * draw(rng, 1, 2), 16, 8, True),
     ]
     for H, L, window, d, causal in cases:
         kw = {"window": window, "causal": causal}
@@ -201,8 +274,12 @@ def est_sliding(estimate_attention_memory, rng):
             heads_suspect(est, "sliding", 1, H, L, d, torch.float32, **kw),
             kv_once_suspect(H, L, d, window, causal),
             window_misread_suspect(H, L, d, window, causal),
+            no_block_floor_suspect(H, L, d, window, causal),
         ]
-        expect_estimate(est, "sliding", 1, H, L, d, torch.float32, suspects, **kw)
+        value = expect_estimate(est, "sliding", 1, H, L, d, torch.float32, suspects, **kw)
+        if causal:
+            expect_causal_window_not_one_wide(value, H, L, d, window)
+    expect_defaults_kept(est, H, L, d, window)
 
 
 def est_chunked(estimate_attention_memory, rng):
@@ -283,6 +360,10 @@ def est_bad_arguments(estimate_attention_memory, rng):
         (
             lambda: estimate_attention_memory("chunked", 1, 1, L, 16, torch.float32, chunk_size=8),
             "chunked without overlap",
+        ),
+        (
+            lambda: estimate_attention_memory("strided", 1, 1, L, 16, torch.float32, stride=4),
+            "strided without local_window",
         ),
         (lambda: estimate_attention_memory("dense", 0, 1, L, 16, torch.float32), "batch = 0"),
         (lambda: estimate_attention_memory("dense", 1, 1, -L, 16, torch.float32), "seq_len < 0"),

@@ -57,6 +57,27 @@ HINTS = {
         "the two cases are separate: causal, left = w - 1 and right = 0; not causal, "
         "left = right = w // 2 (a band of w // 2 keys on each side).",
     ),
+    "block_below_16": (
+        "query blocks of left + right + 1 rows for a narrow window, without the floor of 16",
+        "the blocked implementation never uses blocks of fewer than 16 queries: "
+        "b = max(16, min(L, left + right + 1)).",
+    ),
+    "causal_window_one_wide": (
+        "a causal window read as left = w (w + 1 keys) instead of left = w - 1",
+        "a causal window of w keys is the query itself and the w - 1 before it: left = w - 1, "
+        "right = 0.",
+    ),
+    "option_ignored": (
+        "a keyword argument of the kind ignored (its default used whatever was passed)",
+        "read each kind's keyword from **kw under the name the notebook gives it (block_q, "
+        "block_k, num_features, state, window, causal, chunk_size, overlap).",
+    ),
+    "defaults_changed": (
+        "a call that changed the defaults for the next ones (a table of defaults updated in "
+        "place: opts = defaults; opts.update(kw))",
+        "build a new dict for each call, {**defaults, **kw}, so the table of defaults stays "
+        "as it is.",
+    ),
     "kv_once": (
         "the padded copies of K and V counted once instead of twice",
         "the blocked implementation pads k *and* v: two copies of (L + left + right + "
@@ -134,6 +155,11 @@ HINTS = {
         "call the function once untimed before timing: the first call pays for "
         "allocation, caches and compilation.",
     ),
+    "time_summed": (
+        "the sum of the timed calls where their median was asked",
+        "report statistics.median of the `repeats` timed durations (or "
+        "course.bench.median_time): one call's time, not the total.",
+    ),
     "mean_not_median": (
         "the mean of the timed calls instead of their median",
         "report statistics.median of the repeats (or course.bench.median_time): "
@@ -165,6 +191,41 @@ HINTS = {
         "the largest absolute difference max|out - ref| where the relative norm was asked",
         "the error is one number for the whole output, relative to the reference's size: "
         "(out.double() - ref).norm() / ref.norm(), not (out.double() - ref).abs().max().",
+    ),
+    "quality_row_mean": (
+        "the mean of each query's relative error instead of one relative error for the output",
+        "take the norms over the whole output: (out.double() - ref).norm() / ref.norm(); a "
+        "mean of per-row ratios weighs a small row's error as much as a large one's.",
+    ),
+    "same_inputs": (
+        "one random tensor used as q, k and v",
+        "draw q, k and v separately: with q = k every query's largest score is its own key, "
+        "which flatters the approximations.",
+    ),
+    "inputs_not_seeded": (
+        "q, k and v drawn without the `seed` (two calls with the same seed saw different inputs)",
+        "draw them from torch.Generator().manual_seed(seed) (torch.randn(..., generator=g)), so "
+        "the same call gives the same table.",
+    ),
+    "state_kept_across_calls": (
+        "failures remembered from an earlier call (a dict or set created outside the function)",
+        "create the record of failed mechanisms inside benchmark_attention: each call starts "
+        "with every mechanism untried.",
+    ),
+    "unmeasured_not_none": (
+        "a number where nothing was measured (a failed or skipped row)",
+        "leave time_s, peak_bytes and rel_error None in a row that is not 'ok': a 0 reads as "
+        "free, instant or perfect (a 'too_slow' row may keep the warm-up's seconds).",
+    ),
+    "skips_every_mechanism": (
+        "one mechanism's failure skipping every other mechanism",
+        "remember failures per mechanism (failed[name]) and skip only that mechanism's longer "
+        "lengths.",
+    ),
+    "too_slow_missed": (
+        "a warm-up slower than time_budget_s not recorded as 'too_slow'",
+        "time the warm-up with time.perf_counter() (seconds) and compare it with "
+        "time_budget_s, in seconds too.",
     ),
     "quality_wrong": (
         "a relative error that is not ||out - ref|| / ||ref|| against float64 attention",
@@ -235,6 +296,16 @@ HINTS = {
         "the estimates made with the default sizes instead of the ones passed",
         "pass batch, heads, head_dim and dtype on to estimate_attention_memory, and compare "
         "seq_len with the `window` given.",
+    ),
+    "local_not_sliding": (
+        "a sequence longer than the window, local context enough, not given the local candidates",
+        "when not needs_global_context and seq_len > window the candidates are ['sliding', "
+        "'linear'], in that order: dense and flash are for global context.",
+    ),
+    "global_got_sliding": (
+        "the sliding window chosen although global context was asked for",
+        "the global row applies when `needs_global_context or seq_len <= window` (or, not "
+        "and): a sliding window never sees the whole sequence.",
     ),
     "window_not_passed": (
         "'sliding' estimated without its window",

@@ -43,6 +43,37 @@ MAKE_HINTS = {
         "scores scaled by 1/sqrt(d_model) instead of 1/sqrt(head_dim)",
         "each head is its own attention over head_dim = d_model // num_heads features.",
     ),
+    "scaled_twice": (
+        "scores scaled twice: q divided by sqrt(head_dim) before a mechanism that scales again",
+        "the course's attention functions scale by 1/sqrt(head_dim) themselves: pass q as it "
+        "comes out of the split.",
+    ),
+    "split_without_transpose": (
+        "heads split by reshaping (B, L, d_model) straight to (B, H, L, dh)",
+        "split the features of each token first, then move the heads forward: "
+        "t.view(B, L, H, dh).transpose(1, 2), as day03's split_heads does.",
+    ),
+    "chunked_args_swapped": (
+        "chunked_attention called with chunk_size and overlap swapped",
+        "the order is chunked_attention(q, k, v, chunk_size, overlap); passing them by name "
+        "(chunk_size=..., overlap=...) makes the order irrelevant.",
+    ),
+    "performer_global_seed": (
+        "a Performer layer that reseeds torch's global random generator at every call",
+        "draw the features from a generator of the layer's own, "
+        "torch.Generator(device=q.device).manual_seed(seed), passed as generator=: "
+        "torch.manual_seed resets every random number of the program (dropout, shuffling).",
+    ),
+    "defaults_shared": (
+        "the defaults table changed by a call (options = LAYER_KINDS[kind]; options.update(...)): "
+        "a later call inherits an earlier call's arguments",
+        "build a new dict for each layer, options = {**LAYER_KINDS[kind], **kwargs}, so "
+        "LAYER_KINDS keeps its defaults.",
+    ),
+    "defaults_not_filled": (
+        "a keyword argument left out of the call never given its default (KeyError in forward)",
+        "fill in the defaults in make_attention: options = {**LAYER_KINDS[kind], **kwargs}.",
+    ),
     "causal_ignored": (
         "causal=True ignored: the kind still looks at later tokens",
         "pass causal through to the mechanism (causal_mask for 'dense', causal= for "
@@ -74,6 +105,11 @@ MAKE_HINTS = {
         "heads merged by reshaping (B, H, L, dh) straight to (B, L, d_model)",
         "move the heads next to the features first: out.transpose(1, 2).reshape(B, L, "
         "d_model), as day03's merge_heads does.",
+    ),
+    "merge_wrong_order": (
+        "heads merged with the features before the heads ((B, L, dh, H), e.g. permute(0, 2, 3, 1))",
+        "the merged token is head 0's features, then head 1's, ...: out.transpose(1, 2) to "
+        "(B, L, H, dh), then reshape(B, L, d_model), as day03's merge_heads does.",
     ),
     "mask_inverted": (
         "the pattern inverted (~pattern): True read as 'masked out'",
@@ -147,8 +183,9 @@ def draw_options(kind: str, rng, L: int, causal: bool = None) -> dict:
         # w + 1) are the same pattern, so the one-key-off check draws each parity where it shows
         window = draw(rng, 2, 7)
         return {"window": window + window % 2 if not causal else window, "causal": causal}
-    if kind == "chunked":
-        return {"chunk_size": draw(rng, 3, 8), "overlap": draw(rng, 1, 3)}
+    if kind == "chunked":  # an overlap shorter than the chunk, so swapping them shows
+        chunk_size = draw(rng, 3, 8)
+        return {"chunk_size": chunk_size, "overlap": draw(rng, 1, min(3, chunk_size - 1))}
     if kind == "flash":
         return {"causal": causal, "block_q": draw(rng, 4, 16), "block_k": draw(rng, 4, 16)}
     raise ValueError(kind)
@@ -170,11 +207,33 @@ def allowed_pairs(kind: str, options: dict, L: int) -> torch.Tensor:
 
 
 def build_layer(make_attention, kind: str, d_model: int, heads: int, **options):
-    """The student's layer (built under the guard) and a guarded way to call it."""
+    """The student's layer (built under the guard) and a guarded way to call it, which names
+    a KeyError on one of the kind's keyword arguments: its default never filled in."""
     layer = make_attention(kind, d_model, heads, **options)  # already guarded by the harness
     if not isinstance(layer, nn.Module):
         raise named("not_a_module")
-    return layer, guarded(layer, "make_attention", MAKE_FORBIDDEN)
+    call = guarded(layer, "make_attention", MAKE_FORBIDDEN)
+
+    def forward(*args, **kwargs):
+        try:
+            return call(*args, **kwargs)
+        except Mistake as mistake:
+            error = mistake.__cause__
+            if (
+                mistake.key == "raised"
+                and isinstance(error, KeyError)
+                and error.args[:1] in [(name,) for name in mechanisms.ATTENTION_KINDS[kind]]
+            ):
+                description, fix = hint("defaults_not_filled")
+                raise Mistake(
+                    f"make_attention({kind!r}, {d_model}, {heads}, **{options})(x) raised "
+                    f"KeyError({error.args[0]!r}): it looks like {description}.",
+                    fix,
+                    "defaults_not_filled",
+                ) from None
+            raise
+
+    return layer, forward
 
 
 def projection_weights(layer, d_model: int) -> dict:
@@ -199,21 +258,19 @@ def dense_oracle(
     heads: int,
     scale_dim: int = None,
     merge=None,
+    split=None,
 ) -> torch.Tensor:
     """float64 multi-head softmax attention under `allowed` ((L, L) or broadcastable to
     (B, H, L, L)); fully masked rows give zeros. `scale_dim` replaces head_dim in the scale;
-    `merge` replaces the merge of the heads (see `merged`)."""
+    `merge` and `split` replace the merge and the split of the heads (see `merged`, `split`)."""
     x = x.double()
-    B, L, d_model = x.shape
-    dh = d_model // heads
+    dh = x.shape[-1] // heads
 
     def project(name):
         w, b = weights[name]
-        return x @ w.T + b
+        return (split or split_heads)(x @ w.T + b, heads)
 
-    q, k, v = (
-        project(n).view(B, L, heads, dh).transpose(1, 2) for n in ("q_proj", "k_proj", "v_proj")
-    )
+    q, k, v = (project(n) for n in ("q_proj", "k_proj", "v_proj"))
     scores = q @ k.transpose(-1, -2) / math.sqrt(scale_dim or dh)
     scores = scores.masked_fill(~allowed, float("-inf"))
     out = torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v  # (B, H, L, dh)
@@ -228,6 +285,18 @@ def without_out_proj(weights: dict) -> dict:
     return {**weights, "out_proj": (identity, torch.zeros(d_model, dtype=torch.float64))}
 
 
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, d_model) -> (B, H, L, dh): each token's features cut into heads."""
+    B, L, d_model = t.shape
+    return t.view(B, L, heads, d_model // heads).transpose(1, 2)
+
+
+def split_without_transpose(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """The mistake split_without_transpose: (B, L, d_model) reshaped straight to (B, H, L, dh)."""
+    B, L, d_model = t.shape
+    return t.reshape(B, heads, L, d_model // heads)
+
+
 def merged(out: torch.Tensor) -> torch.Tensor:
     """(B, H, L, dh) -> (B, L, H * dh): the heads side by side for each token."""
     B, H, L, dh = out.shape
@@ -240,11 +309,20 @@ def merged_without_transpose(out: torch.Tensor) -> torch.Tensor:
     return out.reshape(B, L, H * dh)
 
 
+def merged_features_first(out: torch.Tensor) -> torch.Tensor:
+    """The mistake merge_wrong_order: (B, H, L, dh) -> (B, L, dh, H) -> (B, L, H * dh)."""
+    B, H, L, dh = out.shape
+    return out.permute(0, 2, 3, 1).reshape(B, L, H * dh)
+
+
 def make_exact_kinds(make_attention, rng):
     """dense, strided, sliding_window, chunked and flash equal float64 multi-head attention under each kind's pattern"""
     for kind, causal in EXACT_CASES:
         heads = draw(rng, 2, 3)
-        d_model, L, B = heads * draw(rng, 2, 4), draw(rng, 12, 24), draw(rng, 1, 2)
+        # a head size other than the number of heads: 1/sqrt(d_model) = 1/sqrt(H dh) and a
+        # doubled 1/sqrt(dh) (that is, 1/dh) would otherwise be the same scale
+        head_dim = [n for n in (2, 3, 4, 5) if n != heads][draw(rng, 0, 2)]
+        d_model, L, B = heads * head_dim, draw(rng, 12, 24), draw(rng, 1, 2)
         options = draw_options(kind, rng, L, causal)
         layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
         weights = projection_weights(layer, d_model)
@@ -254,9 +332,18 @@ def make_exact_kinds(make_attention, rng):
             ("heads_ignored", dense_oracle(weights, x, allowed, 1)),
             ("out_proj_missing", dense_oracle(without_out_proj(weights), x, allowed, heads)),
             ("scaled_by_d_model", dense_oracle(weights, x, allowed, heads, scale_dim=d_model)),
+            ("scaled_twice", dense_oracle(weights, x, allowed, heads, scale_dim=head_dim**2)),
             (
                 "merge_without_transpose",
                 dense_oracle(weights, x, allowed, heads, merge=merged_without_transpose),
+            ),
+            (
+                "split_without_transpose",
+                dense_oracle(weights, x, allowed, heads, split=split_without_transpose),
+            ),
+            (
+                "merge_wrong_order",
+                dense_oracle(weights, x, allowed, heads, merge=merged_features_first),
             ),
         ]
         if kind in ("dense", "strided"):
@@ -271,14 +358,19 @@ def make_exact_kinds(make_attention, rng):
                 )
             )
         if kind == "chunked":
-            suspects.append(
+            swapped = {"chunk_size": options["overlap"], "overlap": options["chunk_size"]}
+            suspects += [
                 (
                     "overlap_ignored",
                     dense_oracle(
                         weights, x, allowed_pairs(kind, {**options, "overlap": 0}, L), heads
                     ),
-                )
-            )
+                ),
+                (
+                    "chunked_args_swapped",
+                    dense_oracle(weights, x, allowed_pairs(kind, swapped, L), heads),
+                ),
+            ]
         if kind == "sliding_window":
             for wrong in (options["window"] - 1, options["window"] + 1):
                 suspects.append(
@@ -331,6 +423,7 @@ def make_linear_kinds(make_attention, rng):
         )
     layer, forward = build_layer(make_attention, "performer", d_model, heads, num_features=2048)
     weights = projection_weights(layer, d_model)
+    global_rng = torch.get_rng_state()
     with torch.no_grad():
         first, second = forward(x), forward(x)
     expect_tensor(first, "make_attention('performer')(x)", x.shape, x.dtype)
@@ -341,6 +434,14 @@ def make_linear_kinds(make_attention, rng):
             f"like {description}.",
             fix,
             "performer_not_deterministic",
+        )
+    if not torch.equal(torch.get_rng_state(), global_rng):
+        description, fix = hint("performer_global_seed")
+        raise Mistake(
+            "calling make_attention('performer')(x) changed torch's global random state: it "
+            f"looks like {description}.",
+            fix,
+            "performer_global_seed",
         )
     error = relative_error(
         first, dense_oracle(weights, x, torch.ones(L, L, dtype=torch.bool), heads)
@@ -407,9 +508,9 @@ def make_causal_kinds_do_not_look_ahead(make_attention, rng):
 
 
 def look_ahead_cause(layer, kind: str, options: dict, heads: int, x, out) -> str:
-    """Why a causal layer's early outputs see later tokens: its heads merged without the
-    transpose back (that merge mixes tokens, however causal the mechanism), its pattern
-    inverted (~causal keeps the later keys), or else causal=True ignored."""
+    """Why a causal layer's early outputs see later tokens: its heads split or merged without
+    the transpose (either mixes tokens, however causal the mechanism), its pattern inverted
+    (~causal keeps the later keys), or else causal=True ignored."""
     weights = projection_weights(layer, x.shape[-1])
     if kind == "linear":
         merged_wrong = linear_oracle(weights, x, heads, True, merge=merged_without_transpose)
@@ -421,6 +522,9 @@ def look_ahead_cause(layer, kind: str, options: dict, heads: int, x, out) -> str
             and relative_error(out, dense_oracle(weights, x, ~allowed, heads)) <= 1e-4
         ):
             return "mask_inverted"
+        split_wrong = dense_oracle(weights, x, allowed, heads, split=split_without_transpose)
+        if relative_error(out, split_wrong) <= 1e-4:
+            return "split_without_transpose"
     if relative_error(out, merged_wrong) <= 1e-4:
         return "merge_without_transpose"
     return "causal_ignored"
@@ -436,18 +540,19 @@ def make_masks(make_attention, rng):
     )  # (2, 1, 1, L)
     for kind, options in [
         ("dense", {"causal": True}),
+        ("dense", {"causal": False}),
         ("strided", {"stride": 3, "local_window": 3}),
     ]:
         layer, forward = build_layer(make_attention, kind, d_model, heads, **options)
         weights = projection_weights(layer, d_model)
-        pattern = allowed_pairs(kind, {**options}, L)
+        pattern = allowed_pairs(kind, options, L)
         with torch.no_grad():
             out = forward(x, mask=keys)
         expect_close(
             out,
             dense_oracle(weights, x, pattern & keys, heads),
             torch.float32,
-            what=f"make_attention({kind!r})(x, mask=padding)",
+            what=f"make_attention({kind!r}, **{options})(x, mask=padding)",
             suspects=[
                 ("mask_ignored", dense_oracle(weights, x, pattern, heads)),
                 ("mask_or_pattern", dense_oracle(weights, x, pattern | keys, heads)),
@@ -521,11 +626,7 @@ def make_clear_errors(make_attention, rng):
             f"make_attention({kind!r}, 16, 2, {shown})",
             list(mechanisms.ATTENTION_KINDS[kind]),
         )
-    expect_clear_error(
-        lambda: make_attention("sliding_window", 16, 2),
-        "make_attention('sliding_window', 16, 2) without window",
-        ["window"],
-    )
+    expect_missing_window_refused(make_attention, draw(rng, 2, 5))
     kind, heads = ["dense", "flash", "linear"][draw(rng, 0, 2)], draw(rng, 3, 4)
     d_model = heads * draw(rng, 2, 4) + 1  # not a multiple of heads
     expect_value_error(
@@ -533,6 +634,40 @@ def make_clear_errors(make_attention, rng):
         f"make_attention({kind!r}, {d_model}, {heads})",
         "heads_not_dividing",
     )
+
+
+def expect_missing_window_refused(make_attention, window: int):
+    """make_attention('sliding_window') without window raises ValueError naming it, also after
+    a call that gave one; a layer built without it that runs took an earlier call's window
+    (the defaults table changed by that call)."""
+    make_attention("sliding_window", 16, 2, window=window)
+    try:
+        windowless = make_attention("sliding_window", 16, 2)
+    except Mistake:
+        windowless = None  # refused: how clearly, expect_clear_error says
+    if windowless is not None and runs(windowless):
+        description, fix = hint("defaults_shared")
+        raise Mistake(
+            f"make_attention('sliding_window', 16, 2) without window, after a call with "
+            f"window={window}, built a layer that runs: it looks like {description}.",
+            fix,
+            "defaults_shared",
+        )
+    expect_clear_error(
+        lambda: make_attention("sliding_window", 16, 2),
+        "make_attention('sliding_window', 16, 2) without window",
+        ["window"],
+    )
+
+
+def runs(layer) -> bool:
+    """Whether `layer` maps a small input without an error."""
+    try:
+        with torch.no_grad():
+            layer(torch.zeros(1, 8, 16))
+    except Exception:
+        return False
+    return True
 
 
 MAKE_EXERCISE = Exercise(
