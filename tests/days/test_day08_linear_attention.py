@@ -1239,3 +1239,280 @@ def test_chunk_size_error_in_any_words_passes(solution):
     for seed, hidden in [(0, False), (1, True)]:
         result = report("causal_linear_attention_chunked", own_words, hidden=hidden, seed=seed)
         assert result.passed, (seed, [(r.key, r.message) for r in result.results if not r.passed])
+
+
+# ----------------------------------------------------------------------------- the third beginner pass
+
+# Mistakes of the third beginner pass (student9) that the checks had passed, left generic, hung on
+# or misnamed: one-line edits of the solution's cells, each named on the visible check and on
+# hidden seeds. (exercise, id, edits, key)
+THIRD_PASS_EDITS = [
+    (
+        "elu_feature_map",
+        "plus-one-below-zero-too",
+        [("torch.exp(torch.clamp(x, max=0)))", "torch.exp(torch.clamp(x, max=0)) + 1)")],
+        "negative_side_plus_one",
+    ),
+    (
+        "elu_feature_map",
+        "alpha-half",
+        [
+            (
+                "torch.where(x > 0, x + 1, torch.exp(torch.clamp(x, max=0)))",
+                "F.elu(x, alpha=0.5) + 1",
+            )
+        ],
+        "elu_alpha_changed",
+    ),
+    (
+        "linear_attention",
+        "normaliser-without-z",
+        [('torch.einsum("...id,...d->...i", phi_q, z)', "phi_q.sum(-1)")],
+        "wrong_normaliser",
+    ),
+    (
+        "linear_attention",
+        "eps-in-features",
+        [
+            (
+                "phi_q, phi_k = feature_map(q), feature_map(k)",
+                "phi_q, phi_k = feature_map(q) + eps, feature_map(k) + eps",
+            ),
+            ("(denominator[..., None] + eps)", "denominator[..., None]"),
+        ],
+        "eps_in_features",
+    ),
+    (
+        "linear_attention",
+        "q-over-sqrt-d",
+        [
+            (
+                "feature_map(q), feature_map(k)",
+                "feature_map(q * q.shape[-1] ** -0.5), feature_map(k)",
+            )
+        ],
+        "q_scaled",
+    ),
+    (
+        "linear_attention",
+        "einsum-two-position-letters",
+        [('"...jd,...je->...de", phi_k, v)', '"...jd,...ie->...de", phi_k, v)')],
+        "keys_and_values_unpaired",
+    ),
+    (
+        "linear_attention",
+        "head-dim-checked-against-v",
+        [("if q.shape[-1] != k.shape[-1]:", "if q.shape[-1] != v.shape[-1]:")],
+        "dv_must_equal_d",
+    ),
+    (
+        "causal_linear_attention_recurrent",
+        "state-from-token-0",
+        [
+            (
+                "S = torch.zeros(*q.shape[:-2], phi_k.shape[-1], v.shape[-1], dtype=q.dtype, "
+                "device=q.device)",
+                "S = phi_k[..., 0, :].unsqueeze(-1) * v[..., 0, :].unsqueeze(-2)",
+            ),
+            (
+                "z = torch.zeros(*q.shape[:-2], phi_k.shape[-1], dtype=q.dtype, device=q.device)",
+                "z = phi_k[..., 0, :]",
+            ),
+        ],
+        "first_token_twice",
+    ),
+    (
+        "causal_linear_attention_recurrent",
+        "output-written-into-v",
+        [
+            ("outs.append(num / (den + eps))", "v[..., t, :] = num / (den + eps)"),
+            ("return torch.stack(outs, dim=-2)", "return v"),
+        ],
+        "modified_input",
+    ),
+    (
+        "causal_linear_attention_chunked",
+        "minus-inf-mask",
+        [
+            (
+                "local = torch.tril(qc @ kc.transpose(-2, -1))",
+                "local = (qc @ kc.transpose(-2, -1)).masked_fill(torch.ones(end - start, "
+                'end - start, dtype=torch.bool).triu(1), float("-inf"))',
+            )
+        ],
+        "masked_with_inf",
+    ),
+    (
+        "causal_linear_attention_chunked",
+        "state-from-queries",
+        [("S = S + kc.transpose(-2, -1) @ vc", "S = S + qc.transpose(-2, -1) @ vc")],
+        "state_from_queries",
+    ),
+    (
+        "causal_linear_attention_chunked",
+        "state-cached-between-calls",
+        [
+            (
+                "    outs = []\n    for start in range(0, q.shape[-2], chunk_size):",
+                '    cache = causal_linear_attention_chunked.__dict__.setdefault("cache", {})\n'
+                "    S, z = cache.get(S.shape, (S, z))\n"
+                "    outs = []\n    for start in range(0, q.shape[-2], chunk_size):",
+            ),
+            (
+                "    return torch.cat(outs, dim=-2)",
+                "    cache[S.shape] = (S, z)\n    return torch.cat(outs, dim=-2)",
+            ),
+        ],
+        "state_not_reset",
+    ),
+    (
+        "orthogonal_random_features",
+        "one-block-for-all",
+        [
+            (
+                "blocks.append((Q * torch.diagonal(R).sign()).T)",
+                "blocks.append(blocks[0] if blocks else (Q * torch.diagonal(R).sign()).T)",
+            )
+        ],
+        "reused_block",
+    ),
+    (
+        "orthogonal_random_features",
+        "r-for-q",
+        [("Q, R = torch.linalg.qr(g)", "R, Q = torch.linalg.qr(g)")],
+        "qr_r_not_q",
+    ),
+    (
+        "orthogonal_random_features",
+        "norms-on-columns",
+        [("rows * lengths.unsqueeze(1)", "rows * lengths[:dim].unsqueeze(0)")],
+        "norms_on_columns",
+    ),
+    (
+        "favor_feature_map",
+        "is-query-inverted",
+        [("dims = (-1,) if is_query else (-2, -1)", "dims = (-2, -1) if is_query else (-1,)")],
+        "is_query_inverted",
+    ),
+    (
+        "favor_feature_map",
+        "key-max-over-positions",
+        [("dims = (-1,) if is_query else (-2, -1)", "dims = (-1,) if is_query else (-2,)")],
+        "key_stabiliser_per_feature",
+    ),
+    (
+        "favor_feature_map",
+        "norm-over-positions",
+        [("0.5 * (x ** 2).sum(-1, keepdim=True)", "0.5 * (x ** 2).sum(-2, keepdim=True)")],
+        "norm_over_positions",
+    ),
+    (
+        "performer_attention",
+        "features-args-swapped",
+        [
+            (
+                "orthogonal_random_features(num_features, d, generator)",
+                "orthogonal_random_features(d, num_features, generator).T",
+            )
+        ],
+        "features_args_swapped",
+    ),
+    (
+        "performer_attention",
+        "own-generator",
+        [
+            (
+                "orthogonal_random_features(num_features, d, generator)",
+                "orthogonal_random_features(num_features, d, torch.Generator().manual_seed(0))",
+            )
+        ],
+        "ignores_generator",
+    ),
+    (
+        "performer_attention",
+        "v-scaled",
+        [("linear_attention(phi_q, phi_k, v,", "linear_attention(phi_q, phi_k, v * scale,")],
+        "v_scaled",
+    ),
+    (
+        "performer_attention",
+        "scale-inverted",
+        [("scale = d ** -0.25", "scale = d ** 0.25")],
+        "scale_inverted",
+    ),
+    (
+        "landmarks",
+        "divided-by-l-over-m",
+        [("/ onehot.sum(dim=-1, keepdim=True)", "/ (L // m)")],
+        "nominal_segment_length",
+    ),
+    (
+        "iterative_pinv",
+        "z0-divided-in-place",
+        [
+            (
+                "z = a.transpose(-2, -1) / (norm_1 * norm_inf)[..., None, None]",
+                "z = a.transpose(-2, -1)\n    z /= (norm_1 * norm_inf)[..., None, None]",
+            )
+        ],
+        "modified_input",
+    ),
+    (
+        "iterative_pinv",
+        "range-from-one",
+        [("range(iterations)", "range(1, iterations)")],
+        "iterations_off_by_one",
+    ),
+    (
+        "nystrom_attention",
+        "scale-after-softmax",
+        [
+            (
+                "q @ k_land.transpose(-2, -1) * scale, dim=-1)",
+                "q @ k_land.transpose(-2, -1), dim=-1) * scale",
+            ),
+            (
+                "q_land @ k_land.transpose(-2, -1) * scale, dim=-1)",
+                "q_land @ k_land.transpose(-2, -1), dim=-1) * scale",
+            ),
+            (
+                "q_land @ k.transpose(-2, -1) * scale, dim=-1)",
+                "q_land @ k.transpose(-2, -1), dim=-1) * scale",
+            ),
+        ],
+        "scale_after_softmax",
+    ),
+    (
+        "nystrom_attention",
+        "b-from-key-landmarks",
+        [("softmax(q_land @ k.transpose", "softmax(k_land @ k.transpose")],
+        "b_from_key_landmarks",
+    ),
+    (
+        "nystrom_attention",
+        "scale-of-m",
+        [("scale = q.shape[-1] ** -0.5", "scale = num_landmarks ** -0.5")],
+        "kernel_scale_of_m",
+    ),
+    (
+        "nystrom_attention",
+        "pinv-transposed",
+        [
+            (
+                "iterative_pinv(kernel_a, pinv_iterations) @",
+                "iterative_pinv(kernel_a, pinv_iterations).mT @",
+            )
+        ],
+        "pinv_transposed",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, edits, key",
+    [(name, edits, key) for name, _, edits, key in THIRD_PASS_EDITS],
+    ids=[f"{name}-{case}" for name, case, _, _ in THIRD_PASS_EDITS],
+)
+def test_third_pass_mistake_is_named_on_hidden_seeds(solution, name, edits, key, capsys):
+    bug = edited_solution(DAY, solution, name, edits)
+    assert_named_on_seeds(DAY, name, bug, key, capsys, seeds=(1, 2))

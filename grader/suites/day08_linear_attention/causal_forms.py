@@ -4,7 +4,7 @@ causal_linear_attention_chunked."""
 import torch
 
 from grader.harness.checking import Mistake, expect_close, expect_value_error, named
-from grader.suites._common import draw, randn
+from grader.suites._common import call_unchanged, draw, randn
 from grader.suites.day08_linear_attention.hints import HINTS
 from grader.suites.day08_linear_attention.oracles import (
     bad_inputs,
@@ -57,7 +57,12 @@ def rec_options(causal_linear_attention_recurrent, rng):
         q, k, v = inputs(rng, L, torch.float64, leading)
         fmap = lambda t: torch.exp(t.double()).to(t.dtype)  # noqa: E731
         expect_close(
-            causal_linear_attention_recurrent(q, k, v, feature_map=torch.exp, eps=0.5),
+            call_unchanged(
+                causal_linear_attention_recurrent,
+                {"q": q, "k": k, "v": v},
+                feature_map=torch.exp,
+                eps=0.5,
+            ),
             quadratic64(q, k, v, True, 0.5, fmap),
             q.dtype,
             f"causal_linear_attention_recurrent on {tuple(q.shape)}, feature_map=exp, eps=0.5",
@@ -84,7 +89,8 @@ def chunk_suspects(q, k, v, chunk_size, eps=1e-6, feature_map=phi64):
     same = chunk[:, None] == chunk[None, :]
     before = chunk[:, None] > chunk[None, :]
     causal = torch.ones(L, L, dtype=torch.bool).tril()
-    scores = feature_map(q.double()) @ feature_map(k.double()).transpose(-2, -1)
+    phi_q, phi_k = feature_map(q.double()), feature_map(k.double())
+    scores = phi_q @ phi_k.transpose(-2, -1)
 
     def with_masks(numerator, denominator=None):
         """The form whose numerator sums the keys of one mask and normaliser another's."""
@@ -94,7 +100,11 @@ def chunk_suspects(q, k, v, chunk_size, eps=1e-6, feature_map=phi64):
 
     inside = same & causal
     carried = before.double() + same.double()  # the state read after adding its own chunk
+    # S summed from phi(q_j) v_j^T: earlier chunks reach query i through phi(q_i) . phi(q_j)
+    query_state = (phi_q @ phi_q.transpose(-2, -1)) * before + scores * inside
+    normaliser = (scores * (before | inside)).sum(-1, keepdim=True)
     return [
+        ("state_from_queries", (query_state @ v.double()) / (normaliser + eps)),
         ("future_leak_in_chunk", with_masks(same | before)),
         ("future_leak_in_chunk", with_masks(before | (same & causal.T))),  # triu, not tril
         ("state_not_carried", with_masks(inside)),
@@ -127,8 +137,16 @@ def expect_chunked(fn, q, k, v, chunk_size, what):
         if out.shape[-2] == L - L // chunk_size and not last_dropped:  # each chunk a token short
             raise named("chunk_one_short")
         raise named("drops_last_chunk")
+    # a state cached between calls is right on the first call only: call again before comparing
+    generator = torch.Generator().manual_seed(L)
+    expect_stateless(fn, q, k, v, out, generator, chunk_size=chunk_size)
     expect_close(
-        out, ref, q.dtype, what, chunk_suspects(q, k, v, chunk_size) + la_suspects(q, k, v, True)
+        out,
+        ref,
+        q.dtype,
+        what,
+        chunk_suspects(q, k, v, chunk_size) + la_suspects(q, k, v, True),
+        nonfinite=named("masked_with_inf"),  # NaN/inf on finite inputs: 0 * -inf = NaN
     )
 
 
@@ -170,11 +188,18 @@ def chunked_options(causal_linear_attention_chunked, rng):
     q, k, v = inputs(rng, L, torch.float64, (2,))
     fmap = lambda t: torch.exp(t.double())  # noqa: E731
     expect_close(
-        causal_linear_attention_chunked(q, k, v, chunk_size=4, feature_map=torch.exp, eps=0.5),
+        call_unchanged(
+            causal_linear_attention_chunked,
+            {"q": q, "k": k, "v": v},
+            chunk_size=4,
+            feature_map=torch.exp,
+            eps=0.5,
+        ),
         quadratic64(q, k, v, True, 0.5, fmap),
         q.dtype,
         "causal_linear_attention_chunked(q, k, v, 4, feature_map=exp, eps=0.5)",
         chunk_suspects(q, k, v, 4, 0.5, fmap) + la_suspects(q, k, v, True, 0.5, fmap),
+        nonfinite=named("masked_with_inf"),  # NaN/inf on finite inputs: 0 * -inf = NaN
     )
     expect_eps_guard(
         lambda *a, **kw: causal_linear_attention_chunked(*a, chunk_size=4, **kw),

@@ -33,6 +33,46 @@ HINTS = {
         "query i is the dot product phi(q_i) . z: (phi_q * z[..., None, :]).sum(-1, "
         "keepdim=True).",
     ),
+    "eps_in_features": (
+        "eps added to the features phi(q) and phi(k) instead of to the normaliser",
+        "keep the features as the feature map gives them; eps belongs to the division only: "
+        "num / (den + eps).",
+    ),
+    "q_scaled": (
+        "q scaled by 1 / sqrt(d) as in softmax attention: linear attention has no such scale",
+        "map q and k as they are: phi(q) = feature_map(q), no q / sqrt(d) before it.",
+    ),
+    "keys_and_values_unpaired": (
+        "phi(k) and v summed separately (every query gets the sum of v): an einsum with two "
+        "position letters, '...ld,...me->...de', multiplies the two sums, not the pairs",
+        "use one letter for the key position on both sides: "
+        "torch.einsum('...ld,...le->...de', phi_k, v) sums phi(k_j) v_j^T over the keys j.",
+    ),
+    "dv_must_equal_d": (
+        "an input check that rejects v with Dv != D: it compares q's D with v's Dv",
+        "only q and k must share D (q.shape[-1] == k.shape[-1]); v may have any Dv, only its "
+        "length must match k's.",
+    ),
+    "first_token_twice": (
+        "token 0 counted twice: the state started from token 0, then the loop added it again",
+        "start from zeros, S = 0 of shape (..., D', Dv) and z = 0 of shape (..., D'): the loop "
+        "adds every token once, token 0 included.",
+    ),
+    "cumsum_over_features": (
+        "prefix sums taken over the features D' instead of over the positions L",
+        "the causal state of query i sums the keys j <= i: cumsum over the position dim, "
+        "dim=-3 of phi(k_t) v_t^T (..., L, D', Dv) and dim=-2 of phi(k) (..., L, D').",
+    ),
+    "state_from_queries": (
+        "the chunk state built from the queries (qc^T vc) instead of the keys",
+        "the state S sums phi(k_j) v_j^T over earlier keys: S = S + kc.transpose(-2, -1) @ vc.",
+    ),
+    "masked_with_inf": (
+        "the future scores masked with -inf (the softmax habit): without an exp after it, "
+        "-inf times v gives inf and NaN",
+        "linear attention's scores are plain products: zero the future ones, "
+        "torch.tril(scores) or scores.masked_fill(mask, 0.0).",
+    ),
     "normaliser_shape": (
         "a normaliser of shape (..., Lq) where (..., Lq, 1) is needed (phi_q @ z without "
         "keepdim): num / den then pairs den's Lq entries with num's Dv columns",
@@ -121,11 +161,23 @@ HINTS = {
         "elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0; both pieces meet at 1: "
         "torch.where(x > 0, x + 1, torch.exp(x)), or simply F.elu(x) + 1.",
     ),
+    "negative_side_plus_one": (
+        "the + 1 on both pieces: exp(x) + 1 for x <= 0, where elu(x) + 1 is exp(x) (elu(x) "
+        "is exp(x) - 1 there, and the + 1 cancels the - 1)",
+        "elu(x) + 1 is x + 1 for x > 0 and exp(x) for x <= 0: torch.where(x > 0, x + 1, "
+        "torch.exp(x)), or simply F.elu(x) + 1.",
+    ),
+    "elu_alpha_changed": (
+        "elu with another alpha than its default 1: alpha * (exp(x) - 1) + 1 below 0",
+        "keep F.elu's default alpha=1.0: F.elu(x) + 1 is exp(x) for x <= 0, positive and "
+        "smooth at 0.",
+    ),
     "modified_input": (
         "an input changed in place",
         "compute into new tensors: F.elu(x) + 1, not F.elu(x, inplace=True) or x.add_(1); "
-        "q * scale, not q.mul_(scale) or q *= scale. The caller still needs its own tensor "
-        "afterwards.",
+        "q * scale, not q.mul_(scale) or q *= scale; a new output (torch.zeros_like(v), or "
+        "rows you stack), not out = v, a second name for v's memory; z = a.mT / c, not "
+        "z /= c on a view of a. The caller still needs its own tensor afterwards.",
     ),
     "chunk_one_short": (
         "chunks one token short: a chunk ending at start + chunk_size - 1 (Python slices "
@@ -164,6 +216,22 @@ HINTS = {
         "random features whose rows are not orthogonal within a block (iid Gaussian rows?)",
         "draw a (dim, dim) Gaussian, take Q from torch.linalg.qr: its dim columns "
         "are orthonormal; stack such blocks, then rescale each row.",
+    ),
+    "reused_block": (
+        "one orthogonal block reused for every block: row i + dim is parallel to row i",
+        "draw a fresh (dim, dim) Gaussian and take its QR inside the loop, once per block: "
+        "the blocks are independent draws, only the rows within a block are orthogonal.",
+    ),
+    "qr_r_not_q": (
+        "R of the QR taken for Q: the block is triangular, its rows are not orthogonal",
+        "Q, R = torch.linalg.qr(g) returns Q first: the orthonormal directions are Q's "
+        "columns, the rows of Q.T.",
+    ),
+    "norms_on_columns": (
+        "the chi norms multiplied into the columns, not the rows: Q.T * norms[None, :] keeps "
+        "the columns orthogonal and bends the rows",
+        "give each row its own length: rows * norms[:, None] (or norms.unsqueeze(1)), with "
+        "norms of shape (num_features,).",
     ),
     "partial_block": (
         "num_features // dim blocks: the rows of a last, partial block missing when "
@@ -231,6 +299,21 @@ HINTS = {
         "for queries subtract each row's own max over the features: "
         "amax(dim=-1, keepdim=True); a max over the positions mixes rows.",
     ),
+    "key_stabiliser_per_feature": (
+        "a key stabiliser taken over the positions only (one max per feature, amax(dim=-2))",
+        "a different constant per feature changes phi(q) . phi(k): for keys subtract one max "
+        "over all rows and features of the slice, amax(dim=(-2, -1), keepdim=True).",
+    ),
+    "is_query_inverted": (
+        "the two branches of is_query swapped: queries stabilised per slice, keys per row",
+        "is_query=True (queries): each row's own max, amax(dim=-1, keepdim=True); "
+        "is_query=False (keys): one max per slice, amax(dim=(-2, -1), keepdim=True).",
+    ),
+    "norm_over_positions": (
+        "|x|^2 summed over the positions (dim=-2) instead of the features: (..., 1, D), which "
+        "broadcasts against (..., L, m) only when m = D",
+        "|x|^2 is one number per row: (x * x).sum(-1, keepdim=True), (..., L, 1).",
+    ),
     "global_stabiliser": (
         "one stabiliser for the whole tensor instead of one per row (queries) or per (...) "
         "slice (keys)",
@@ -263,6 +346,16 @@ HINTS = {
         "softmax attention uses q . k / sqrt(d): scale q and k by d ** -0.25 "
         "before the feature map.",
     ),
+    "scale_inverted": (
+        "q and k scaled by d ** +0.25 instead of d ** -0.25: scores multiplied by sqrt(d), "
+        "not divided",
+        "the exponent is negative: q' = q * d ** -0.25 and k' = k * d ** -0.25, so that "
+        "q' . k' = q . k / sqrt(d).",
+    ),
+    "v_scaled": (
+        "v scaled by d ** -0.25 too: the output shrinks by that factor",
+        "only q and k carry the 1/sqrt(d) of the scores; pass v to linear_attention as it is.",
+    ),
     "scale_squared": (
         "scores divided by d instead of sqrt(d) (q and k each scaled by d ** -0.5)",
         "the product q' . k' must be q . k / sqrt(d): scale each of q and k by d ** -0.25 "
@@ -291,6 +384,18 @@ HINTS = {
         "subtracting a different max from each key changes its weight, whatever m: map the "
         "queries with is_query=True and the keys with is_query=False (one max per slice).",
     ),
+    "ignores_generator": (
+        "the generator ignored: the same output for two different generator states (features "
+        "drawn from a fixed seed or a torch.Generator of your own?)",
+        "pass the caller's `generator` itself on: W = orthogonal_random_features(num_features, "
+        "d, generator); the caller's generator decides the features.",
+    ),
+    "features_args_swapped": (
+        "orthogonal_random_features(d, num_features): its arguments swapped, so it draws one "
+        "(m, m) block of dim = m (a QR of an m x m matrix) and its .T only hides the shape",
+        "the number of features comes first: W = orthogonal_random_features(num_features, d, "
+        "generator), already (m, d); no transpose.",
+    ),
     "features_not_cast": (
         "random features left in float32 for float64 inputs",
         "orthogonal_random_features returns float32: cast W to the inputs' dtype, "
@@ -307,6 +412,12 @@ HINTS = {
         "token t belongs to segment floor(t * m / L): segments are contiguous, "
         "cover all L tokens, and differ in size by at most one; "
         "torch.arange(L) * m // L gives every token's segment.",
+    ),
+    "nominal_segment_length": (
+        "every segment sum divided by L // m, where segments of t * m // L hold L // m or "
+        "L // m + 1 tokens",
+        "divide each segment's sum by its own token count: torch.bincount(segment, minlength=m) "
+        "(or the one-hot matrix's row sums).",
     ),
     "segment_sums": (
         "segment sums instead of segment means (not divided by the segment's token count)",
@@ -384,6 +495,26 @@ HINTS = {
     "ignores_iterations": (
         "the iterations / pinv_iterations argument ignored",
         "run exactly the number of update steps you are given (0 returns Z_0).",
+    ),
+    "b_from_key_landmarks": (
+        "B = softmax(K~ K^T): the key landmarks in B, where the query landmarks Q~ belong",
+        "the three kernels are F = softmax(Q K~^T), A = softmax(Q~ K~^T), B = softmax(Q~ K^T): "
+        "B pairs the query landmarks with every key.",
+    ),
+    "scale_after_softmax": (
+        "1/sqrt(d) applied after the softmax (to the probabilities) instead of to the scores",
+        "scale the scores inside: softmax(q @ k~.T * d ** -0.5); a factor after the softmax "
+        "only rescales the output.",
+    ),
+    "kernel_scale_of_m": (
+        "scores scaled by 1/sqrt(num_landmarks) where 1/sqrt(d) belongs",
+        "the scale is the head dim's, as in softmax attention: d = q.shape[-1], scale = "
+        "d ** -0.5, whatever the number of landmarks.",
+    ),
+    "pinv_transposed": (
+        "pinv(A) transposed: A is not symmetric, and F pinv(A) B needs pinv(A) itself",
+        "use iterative_pinv(A) as it comes: (m, m), no .mT; the transpose belongs only to Z_0 "
+        "inside iterative_pinv.",
     ),
     "transposed_kernel": (
         "a kernel with its factors swapped (e.g. softmax(K~ Q~^T) or softmax "

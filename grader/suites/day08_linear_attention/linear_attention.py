@@ -45,6 +45,9 @@ def elu_matches(elu_feature_map, rng):
                 ("wrong_positive_map", torch.exp(x64)),
                 ("wrong_positive_map", F.softplus(x64)),
                 ("positive_side_without_one", torch.where(x64 >= 0, x64, torch.exp(x64))),
+                ("negative_side_plus_one", torch.where(x64 > 0, x64 + 1, torch.exp(x64) + 1)),
+                ("elu_alpha_changed", F.elu(x64, alpha=0.5) + 1),
+                ("elu_alpha_changed", F.elu(x64, alpha=2.0) + 1),
             ],
         )
 

@@ -14,6 +14,7 @@ from grader.harness.checking import (
 )
 from grader.harness.guard import SDPA
 from grader.suites._common import (
+    call_unchanged,
     draw,
     expect_flat_python_work,
     largest_allocation,
@@ -71,6 +72,7 @@ def landmark_suspects(x: torch.Tensor, m: int) -> list:
     x = x.double()
     L = x.shape[-2]
     step = L // m
+    counts = torch.bincount(segment_ids(L, m), minlength=m).double()[:, None]  # (m, 1)
     starts = torch.tensor([(i * L + m - 1) // m for i in range(m)])
     suspects = [
         ("strided_landmarks", x[..., ::step, :]),
@@ -89,8 +91,8 @@ def landmark_suspects(x: torch.Tensor, m: int) -> list:
             ("wrong_segments", last),
             ("wrong_segments", padded),
             ("wrong_segments", segment_means(x, rounded, m)),
+            ("nominal_segment_length", landmarks64(x, m) * counts / step),
         ]
-    counts = torch.bincount(segment_ids(L, m), minlength=m).double()[:, None]
     return suspects + [("segment_sums", landmarks64(x, m) * counts)]
 
 
@@ -168,8 +170,9 @@ def pinv_suspects(a: torch.Tensor, iterations: int, given: int = None) -> list:
         if iterations == 0:
             s.append(("pinv_init_not_transposed", pinv64(a, 0).transpose(-2, -1)))
         if given is not None:
-            s += [("ignores_iterations", pinv64(a, n)) for n in (6, 0) if n != given]
+            # range(1, iterations) on iterations = 1 also runs 0 steps: one short, named first
             s += [("iterations_off_by_one", pinv64(a, n)) for n in (given - 1, given + 1) if n >= 0]
+            s += [("ignores_iterations", pinv64(a, n)) for n in (6, 0) if n != given]
     return finite_suspects(s)
 
 
@@ -202,11 +205,21 @@ def well_conditioned(rng, leading, n, dtype, scale=1.0) -> torch.Tensor:
 
 
 def nystrom64(
-    q, k, v, m, iterations, landmark=landmarks64, scale=True, swap=(), pinv=None, key_landmarks="k"
+    q,
+    k,
+    v,
+    m,
+    iterations,
+    landmark=landmarks64,
+    scale=True,
+    swap=(),
+    pinv=None,
+    key_landmarks="k",
+    b_landmarks="q",
 ):
     """softmax(Q K~^T/sqrt d) pinv(softmax(Q~ K~^T/sqrt d)) softmax(Q~ K^T/sqrt d) V in float64;
     `swap` names kernels ('F', 'A', 'B') computed with their factors swapped, key_landmarks="q"
-    takes K~ from q (suspects)."""
+    takes K~ from q, b_landmarks="k" B's landmarks from k (suspects)."""
     q, k, v = q.double(), k.double(), v.double()
     s = q.shape[-1] ** -0.5 if scale else 1.0
     qt, kt = landmark(q, m), landmark(q if key_landmarks == "q" else k, m)
@@ -220,10 +233,11 @@ def nystrom64(
         if "A" in swap
         else softmax64(qt @ kt.transpose(-2, -1) * s)
     )
+    bt = kt if b_landmarks == "k" else qt
     b = (
-        softmax64(k @ qt.transpose(-2, -1) * s).transpose(-2, -1)
+        softmax64(k @ bt.transpose(-2, -1) * s).transpose(-2, -1)
         if "B" in swap
-        else softmax64(qt @ k.transpose(-2, -1) * s)
+        else softmax64(bt @ k.transpose(-2, -1) * s)
     )
     z = pinv(a) if pinv is not None else pinv64(a, iterations)
     return f @ (z @ (b @ v))
@@ -235,6 +249,14 @@ def nystrom_suspects(q, k, v, m, iterations) -> list:
         ("kernel_missing_scale", nystrom64(q, k, v, m, iterations, scale=False)),
         ("kernel_scale_inverted", nystrom64(q * d, k, v, m, iterations)),  # scores * sqrt(d)
         ("key_landmarks_from_q", nystrom64(q, k, v, m, iterations, key_landmarks="q")),
+        ("b_from_key_landmarks", nystrom64(q, k, v, m, iterations, b_landmarks="k")),
+        # each kernel softmax(unscaled) * s: pinv(A s) = pinv(A) / s leaves one s in the output
+        ("scale_after_softmax", nystrom64(q, k, v, m, iterations, scale=False) * d**-0.5),
+        ("kernel_scale_of_m", nystrom64(q * (d / m) ** 0.5, k, v, m, iterations)),
+        (
+            "pinv_transposed",
+            nystrom64(q, k, v, m, iterations, pinv=lambda a: pinv64(a, iterations).mT),
+        ),
         (
             "pinv_skipped",
             nystrom64(q, k, v, m, iterations, pinv=lambda a: torch.eye(m, dtype=a.dtype)),
@@ -389,8 +411,8 @@ def lm_bad_input(landmarks, rng):
 def call_pinv(iterative_pinv, a, iterations):
     """iterative_pinv(a, iterations), with a crash that only a batch of matrices causes named:
     a.T (which reverses every dim) where a.transpose(-2, -1) is meant."""
-    try:
-        return iterative_pinv(a, iterations)
+    try:  # z = a.mT; z /= c divides a itself: the oracle would then see another a
+        return call_unchanged(iterative_pinv, {"a": a}, iterations)
     except Mistake as mistake:
         single = a.reshape(-1, *a.shape[-2:])[0]  # (n, n)
         if mistake.key == "raised" and runs(lambda: iterative_pinv(single, iterations)):

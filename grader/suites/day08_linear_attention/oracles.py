@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from grader.harness.checking import Mistake, expect_close, expect_value_error, named
-from grader.suites._common import draw, largest_allocation, randn
+from grader.suites._common import call_unchanged, draw, largest_allocation, randn
 from grader.suites.day08_linear_attention.hints import HINTS
 
 
@@ -110,6 +110,11 @@ def la_suspects(q, k, v, causal, eps=1e-6, feature_map=phi64):
         ("ignores_feature_map", quadratic64(q, k, v, causal, eps, lambda t: t.double())),
         ("ignores_feature_map", quadratic64(q, k, v, causal, eps, lambda t: phi64(t))),
         ("feature_map_on_v", quadratic64(q, k, feature_map(v.double()), causal, eps, feature_map)),
+        (
+            "eps_in_features",
+            quadratic64(q, k, v, causal, 0.0, lambda t: feature_map(t.double()) + eps),
+        ),
+        ("q_scaled", quadratic64(q / q.shape[-1] ** 0.5, k, v, causal, eps, feature_map)),
     ]
     scores, v64 = scores64(q, k, causal, feature_map), v.double()
     num, den = scores @ v64, scores.sum(-1, keepdim=True)  # phi(q_i) S_i and phi(q_i) . z_i
@@ -122,6 +127,14 @@ def la_suspects(q, k, v, causal, eps=1e-6, feature_map=phi64):
             ("state_not_zero", num / (den + pq.sum(-1, keepdim=True) + eps)),
             ("half_updated_state", num / (den_strict + eps)),
             ("half_updated_state", num_strict / (den + eps)),
+            (
+                "first_token_twice",
+                (num + scores[..., :1] * v64[..., :1, :]) / (den + scores[..., :1] + eps),
+            ),
+            (  # prefix sums of phi(k_t) v_t^T over D' (dim -2 of (..., L, D', Dv)), not over L
+                "cumsum_over_features",
+                (pq * pk.cumsum(-1)).sum(-1, keepdim=True) * v64 / (den + eps),
+            ),
         ]
     else:
         s += [
@@ -132,6 +145,8 @@ def la_suspects(q, k, v, causal, eps=1e-6, feature_map=phi64):
                 num / (pq.sum(-1, keepdim=True) * pk.sum((-2, -1))[..., None, None] + eps),
             ),
             ("wrong_normaliser", num / ((pq * pq).sum(-1, keepdim=True) + eps)),
+            ("wrong_normaliser", num / (pq.sum(-1, keepdim=True) + eps)),
+            ("keys_and_values_unpaired", den * v64.sum(-2, keepdim=True) / (den + eps)),
         ]
     return s
 
@@ -140,8 +155,8 @@ def call_any_rank(fn, q, k, v, **kwargs):
     """fn(q, k, v, **kwargs), with a crash that only batched inputs cause named: code written
     for (L, D) tensors (.T, or positions indexed from the front), or a state S kept as
     (Dv, D') where the inputs have Dv != D."""
-    try:
-        return fn(q, k, v, **kwargs)
+    try:  # an output written into v (out = v; out[..., t, :] = ...) is an input changed
+        return call_unchanged(fn, {"q": q, "k": k, "v": v}, **kwargs)
     except Mistake as mistake:
         if mistake.key != "raised":
             raise
@@ -154,7 +169,8 @@ def call_any_rank(fn, q, k, v, **kwargs):
         if q.dim() > 2 and runs(lambda: fn(*first, **kwargs)):
             raise named("fixed_rank") from None
         if v.shape[-1] > q.shape[-1] and runs(lambda: fn(q, k, v[..., : q.shape[-1]], **kwargs)):
-            raise named("state_orientation") from None
+            own_check = isinstance(mistake.__cause__, ValueError)  # the student's own raise
+            raise named("dv_must_equal_d" if own_check else "state_orientation") from None
         raise
 
 
@@ -188,7 +204,7 @@ def zero_feature_queries(rng, L, dtype=torch.float32):
 
 def expect_eps_guard(fn, rng, causal: bool, name: str) -> None:
     q, k, v = zero_feature_queries(rng, draw(rng, 6, 12))
-    out = fn(q, k, v, feature_map=relu_map)
+    out = call_unchanged(fn, {"q": q, "k": k, "v": v}, feature_map=relu_map)
     ref = quadratic64(q, k, v, causal, 1e-6, lambda t: torch.relu(t.double()))
     expect_close(
         out,

@@ -12,7 +12,13 @@ from grader.harness.checking import (
     expect_value_error,
     named,
 )
-from grader.suites._common import call_unchanged, distinct_sizes, draw, randn
+from grader.suites._common import (
+    call_unchanged,
+    distinct_sizes,
+    draw,
+    largest_allocation,
+    randn,
+)
 from grader.suites.day08_linear_attention.hints import HINTS
 from grader.suites.day08_linear_attention.oracles import bad_inputs, inputs, runs
 
@@ -77,18 +83,41 @@ def orf_blocks(orthogonal_random_features, rng):
     if torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
         raise named("unit_norms")
     for start in range(0, m, d):
-        block = w[start : start + d]
-        gram = block @ block.T
-        off = gram - torch.diag(torch.diagonal(gram))
-        if off.abs().max() > 1e-4 * gram.diagonal().max():
-            description, hint = HINTS["not_orthogonal"]
-            raise Mistake(
-                f"rows {start} .. {start + block.shape[0] - 1} are not orthogonal: the "
-                f"largest |w_i . w_j| / |w|^2 is {(off.abs().max() / gram.diagonal().max()).item():.2f}; "
-                f"it looks like {description}.",
-                hint,
-                "not_orthogonal",
-            )
+        expect_orthogonal_rows(w[start : start + d], start)
+    expect_fresh_blocks(w, d)
+
+
+def off_diagonal_ratio(gram: torch.Tensor) -> float:
+    """The largest |off-diagonal| entry of a Gram matrix over its largest diagonal one."""
+    off = gram - torch.diag(torch.diagonal(gram))
+    return (off.abs().max() / gram.diagonal().max()).item()
+
+
+def expect_orthogonal_rows(block: torch.Tensor, start: int) -> None:
+    """The (<= dim, dim) float64 block of rows from `start` has orthogonal rows."""
+    ratio = off_diagonal_ratio(block @ block.T)
+    if ratio <= 1e-4:
+        return
+    if (block.triu(1) == 0).all() or (block.tril(-1) == 0).all():
+        raise named("qr_r_not_q")  # R (or R^T) is triangular; a Gaussian or Q block never is
+    square = block.shape[0] == block.shape[1]
+    if square and off_diagonal_ratio(block.T @ block) <= 1e-4:
+        raise named("norms_on_columns")  # Q^T diag(n): orthogonal columns, not rows
+    description, hint = HINTS["not_orthogonal"]
+    raise Mistake(
+        f"rows {start} .. {start + block.shape[0] - 1} are not orthogonal: the largest "
+        f"|w_i . w_j| / |w|^2 is {ratio:.2f}; it looks like {description}.",
+        hint,
+        "not_orthogonal",
+    )
+
+
+def expect_fresh_blocks(w: torch.Tensor, d: int) -> None:
+    """Each block of d rows is a fresh QR: row i + d is not parallel to row i."""
+    directions = w / w.norm(dim=-1, keepdim=True)  # (m, d)
+    cosines = (directions[d:] * directions[: len(w) - d]).sum(-1).abs()  # row i + d vs row i
+    if (cosines > 1 - 1e-6).all():
+        raise named("reused_block")
 
 
 def orf_norms_chi(orthogonal_random_features, rng):
@@ -170,8 +199,8 @@ def expect_favor(out, x, w, is_query: bool, what: str) -> None:
         alt = log_ratio - (x.double() ** 2).sum(-1, keepdim=True) / 2
         if (alt.amax(-1) - alt.amin(-1)).max().item() <= tol:
             raise named("missing_norm_term")
-        if is_query and constant_over((-2,)):
-            raise named("stabiliser_per_feature")
+        if constant_over((-2,)):
+            raise named("stabiliser_per_feature" if is_query else "key_stabiliser_per_feature")
         raise Mistake(
             f"{what} is not proportional to exp(w . x - |x|^2 / 2) along the features: "
             f"log(phi) - (w . x - |x|^2/2) varies by "
@@ -215,15 +244,45 @@ def expect_stabilised_max(out64, dims: tuple, m: int, what: str) -> None:
     raise named("no_stabiliser")
 
 
+def stabilised_over(out: torch.Tensor, dims: tuple, m: int) -> bool:
+    """Whether the largest feature over `dims` is exactly exp(0) / sqrt(m) everywhere."""
+    top = out.double().amax(dims) * math.sqrt(m)
+    return bool(((top - 1).abs() <= 1e-4).all())
+
+
+def expect_is_query_followed(queries, keys, m: int) -> None:
+    """Queries stabilised per slice and keys per row: the two branches of is_query swapped."""
+    if not all(isinstance(t, torch.Tensor) and t.shape[-1] == m for t in (queries, keys)):
+        return  # expect_favor names the shape
+    if (
+        stabilised_over(queries, (-2, -1), m)
+        and not stabilised_over(queries, (-1,), m)
+        and stabilised_over(keys, (-1,), m)
+    ):
+        raise named("is_query_inverted")
+
+
+def square_projection_crash(out, x, square) -> str:
+    """The mistake behind a crash that a (D, D) projection avoids: |x|^2 summed over the
+    positions, (..., 1, D), broadcasts against (..., L, m) only when m = D; else x @ projection."""
+    x64 = x.double()
+    exponent = x64 @ square.double().T - (x64 * x64).sum(-2, keepdim=True) / 2  # (..., L, D)
+    log_ratio = torch.log(out.double()) - exponent  # -s, constant per row if summed over -2
+    if torch.isfinite(log_ratio).all() and (log_ratio.amax(-1) - log_ratio.amin(-1)).max() <= 2e-3:
+        return "norm_over_positions"
+    return "projection_not_transposed"
+
+
 def call_favor(favor_feature_map, x, w):
     """favor_feature_map(x, w, is_query=True), with a crash that only a non-square projection
-    causes named: x @ projection, where x @ projection.T is meant."""
+    causes named: x @ projection, where x @ projection.T is meant, or |x|^2 over the positions."""
     try:
         return favor_feature_map(x, w, is_query=True)
     except Mistake as mistake:
         square = w[: x.shape[-1]]  # (D, D): both orientations multiply
         if mistake.key == "raised" and runs(lambda: favor_feature_map(x, square, is_query=True)):
-            raise named("projection_not_transposed") from None
+            out = favor_feature_map(x, square, is_query=True)
+            raise named(square_projection_crash(out, x, square)) from None
         raise
 
 
@@ -235,20 +294,13 @@ def favor_matches(favor_feature_map, rng):
     for dtype in (torch.float32, torch.float64):
         x = randn((2, 3, L, d), rng, dtype, scale=0.7)
         x[1] *= 2  # slices of different scales: one stabiliser for all would show
+        queries = call_favor(favor_feature_map, x, w.to(dtype))
+        keys = favor_feature_map(x, w.to(dtype))
+        expect_is_query_followed(queries, keys, m)
         expect_favor(
-            call_favor(favor_feature_map, x, w.to(dtype)),
-            x,
-            w,
-            True,
-            f"favor_feature_map(x, projection, is_query=True), {dtype}",
+            queries, x, w, True, f"favor_feature_map(x, projection, is_query=True), {dtype}"
         )
-        expect_favor(
-            favor_feature_map(x, w.to(dtype)),
-            x,
-            w,
-            False,
-            f"favor_feature_map(x, projection) (keys), {dtype}",
-        )
+        expect_favor(keys, x, w, False, f"favor_feature_map(x, projection) (keys), {dtype}")
 
 
 def favor_stabilised(favor_feature_map, rng):
@@ -266,6 +318,7 @@ def favor_stabilised(favor_feature_map, rng):
         raise named("negative_features")
     if (out == 0).all(dim=-1).any():
         raise named("no_stabiliser")
+    expect_is_query_followed(out, favor_feature_map(x, w), w.shape[0])
     expect_stabilised_max(out.double(), (-1,), w.shape[0], what)
 
 
@@ -296,7 +349,7 @@ def run_performer(performer_attention, q, k, v, num_features: int, seed: int) ->
 
 
 def performer_shapes(performer_attention, rng):
-    """(..., Lq, Dv) in the input's dtype; the same generator state gives the same output"""
+    """(..., Lq, Dv) in the input's dtype; the output follows the generator's state (same, other)"""
     L = draw(rng, 5, 20)
     q, k, v = inputs(rng, L, lk=L + draw(rng, 1, 5))
     seed = draw(rng, 0, 10**6)
@@ -312,6 +365,9 @@ def performer_shapes(performer_attention, rng):
     b = performer_attention(q, k, v, num_features=32, generator=torch.Generator().manual_seed(seed))
     if not torch.equal(a, b):
         raise named("not_reproducible")
+    other = torch.Generator().manual_seed(seed + 1)
+    if torch.equal(performer_attention(q, k, v, num_features=32, generator=other), a):
+        raise named("ignores_generator")
     x64 = [t.double() for t in (q, k, v)]
     expect_tensor(
         run_performer(performer_attention, *x64, 8, seed),
@@ -381,10 +437,31 @@ def within_noise(draws: torch.Tensor, ref: torch.Tensor, size: float) -> bool:
 NOISE_FALL = 2.5
 
 
+# orthogonal_random_features(d, m), its arguments swapped, draws one (m, m) block: a QR of an
+# 8192 x 8192 matrix per draw (minutes). A first call with fewer features shows that block while
+# it is cheap: a right W never needs more than (m, d), and the features (..., L, m) stay smaller.
+PROBE_FEATURES = 1024
+
+
+def expect_no_m_by_m_block(performer_attention, q, k, v, seed: int) -> None:
+    """The swapped call's (m, m) Gaussian block is the largest tensor of a first, cheap call."""
+    m = PROBE_FEATURES
+    _, shape = largest_allocation(lambda: run_performer(performer_attention, q, k, v, m, seed))
+    if shape is not None and tuple(shape[-2:]) == (m, m):
+        description, fix = HINTS["features_args_swapped"]
+        raise Mistake(
+            f"performer_attention(q, k, v, {m}, generator) with d = {q.shape[-1]} built a "
+            f"{tuple(shape)} tensor: it looks like {description}.",
+            fix,
+            "features_args_swapped",
+        )
+
+
 def performer_converges(performer_attention, rng):
     """unbiased: the average over 12 draws of 8192 features is softmax attention, within its noise"""
     q, k, v = performer_inputs(rng)
     seeds = [draw(rng, 0, 10**6) for _ in range(DRAWS)]
+    expect_no_m_by_m_block(performer_attention, q, k, v, seeds[0])
     many = performer_draws(performer_attention, q, k, v, MANY_FEATURES, seeds)
     few = performer_draws(performer_attention, q, k, v, FEW_FEATURES, seeds)
     if torch.equal(few[0], many[0]):
@@ -394,6 +471,7 @@ def performer_converges(performer_attention, rng):
     size = (ref - uniform).norm().item()  # how far each query's answer is its own
     if within_noise(many, ref, size):
         return
+    d = q.shape[-1]
     average = many.mean(0)
     if spread(many) < 0.05 * size and (average - uniform).norm() < 0.05 * size:
         raise named("features_remapped")
@@ -403,7 +481,7 @@ def performer_converges(performer_attention, rng):
         "uniform attention is)"
     )
     suspects = {
-        "scale_squared": F.scaled_dot_product_attention(q, k, v, scale=1.0 / q.shape[-1]),
+        "scale_squared": F.scaled_dot_product_attention(q, k, v, scale=1.0 / d),
         "separate_features": uniform,
     }
     key, distance = min(
@@ -418,13 +496,16 @@ def performer_converges(performer_attention, rng):
             fix,
             key,
         )
-    # Without the d^-1/4 scaling, inputs scaled by d^-1/4 beforehand give softmax attention.
-    quarter = q.shape[-1] ** -0.25
-    prescaled = performer_draws(
-        performer_attention, q * quarter, k * quarter, v, MANY_FEATURES, seeds
-    )
-    if within_noise(prescaled, ref, size):
-        raise named("missing_scale")
+    # Without the d^-1/4 scaling, inputs scaled by d^-1/4 beforehand give softmax attention; with
+    # d^+1/4 where d^-1/4 belongs, inputs scaled by d^-1/2.
+    for key, power in [("missing_scale", -0.25), ("scale_inverted", -0.5)]:
+        prescaled = performer_draws(
+            performer_attention, q * d**power, k * d**power, v, MANY_FEATURES, seeds
+        )
+        if within_noise(prescaled, ref, size):
+            raise named(key)
+    if within_noise(many * d**0.25, ref, size):  # the whole output shrunk by d^-1/4
+        raise named("v_scaled")
     noise_falls = spread(few) > NOISE_FALL * spread(many)
     key = "error_does_not_fall" if noise_falls else "noise_does_not_fall"
     description, fix = HINTS[key]
