@@ -39,7 +39,7 @@ except importlib.metadata.PackageNotFoundError:
 #
 # Then you explore what a selective scan remembers (and the "attention matrix" it implies, next to softmax attention's), and measure the scans against the loop.
 #
-# **Prerequisites.** Day 1 (attention as a weighted sum over the past), day 2 (causality). Broadcasting, `torch.exp`, slicing along the last axis, `nn.Module`. A first look at Triton helps for exercise 4 (it runs through its interpreter on a CPU).
+# **Prerequisites.** Day 1 (attention as a weighted sum over the past), day 2 (causality). Broadcasting, `torch.exp`, slicing along the last axis, `nn.Module`. Exercise 4 is a Triton kernel: it assumes day 7 (`tl.program_id`, `tl.arange`, `tl.load` and `tl.store` with `mask=` and `other=`, `tl.constexpr` block sizes, launching a grid); on a CPU it runs through Triton's interpreter.
 # **Time.** About 3 to 4 hours.
 #
 # **How this notebook works.** Replace each `raise NotImplementedError()` with your code and run the check cell below it: ✓ or ✗ per check, and for a ✗ the name of the mistake and a hint. Grading reruns the same checks, and hidden ones draw new random sizes.
@@ -82,7 +82,7 @@ watch_every_launch()
 #
 # $$h_t = \sum_{s \le t} \Big(\prod_{s < r \le t} a_r\Big)\, b_s,$$
 #
-# so input $s$ reaches output $t$ through the product of the decays in between. Everything today works on the **last axis** (time) and treats every leading index (batch, channel, state) as an independent sequence, each starting from $h_{-1} = 0$.
+# so input $s$ reaches output $t$ through the product of the decays in between. (Do not compute it as `cumprod(a) * cumsum(b / cumprod(a))`: that divides by the running product, which is exactly 0 after any $a_t = 0$ and underflows to 0 on a long row of decays below 1, giving NaN. The checks try both.) Everything today works on the **last axis** (time) and treats every leading index (batch, channel, state) as an independent sequence, each starting from $h_{-1} = 0$.
 #
 # A worked example you can check by hand, $a = (0.5, 0.5, 2)$, $b = (1, 2, 3)$:
 #
@@ -116,7 +116,9 @@ print(linear_recurrence_sequential(torch.tensor([0.5, 0.5, 2.0]), torch.tensor([
 #
 # - h shifted by one (an exclusive scan: 0 first, or h_{t+1} at t)
 # - `h_t = a_t * (h_{t-1} + b_t)`: the input decayed with the old state
-# - the recurrence run backwards in time
+# - the recurrence run backwards in time; the last step never computed (a loop over `range(L - 1)`)
+# - a closed form that divides by the running product of $a$ (NaN after an $a_t = 0$ or on a long row)
+# - time indexed as dim 1 (`a[:, t]`), which fails for a 1-D or 3-D input
 # - the state carried from one batch row into the next (it must restart at 0 for each row)
 # - the scan run along the first axis instead of the last; each step decayed by the previous step's $a_{t-1}$; a state started at 1; $a$ and $b$ swapped
 # - an input changed in place (the caller still needs `a` and `b`)
@@ -183,7 +185,8 @@ def linear_recurrence_parallel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor
 # - the combine applied in the wrong order (`a_left * H + H_left`): a different map, since the operator is not commutative
 # - an exclusive scan (shifted by one), or an exclusive scan turned inclusive as `excl + b` instead of `a * excl + b`
 # - a Python loop over time: the Python work must not grow with L
-# - $\lfloor \log_2 L \rfloor$ doubling steps (one too few when $L$ is not a power of two); the decays `A` never composed, or updated before `H` reads them
+# - $\lfloor \log_2 L \rfloor$ doubling steps (one too few when $L$ is not a power of two), or offsets $1, 2, 3, \ldots$ that do not double; the decays `A` never composed, or updated before `H` reads them
+# - the shift made with `torch.roll` (the end of the row wraps around to its start instead of the identity)
 # - the state carried across batch rows; an input changed in place; mismatched shapes accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_linear_recurrence_parallel", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -239,6 +242,8 @@ def linear_recurrence_chunked(a: torch.Tensor, b: torch.Tensor, chunk_size: int 
 #
 # - each chunk scanned from zero (no carry), or the carry added without the decay P_t, or with a P_t that leaves out $a_t$
 # - the state entering the next chunk taken from the local scan $\ell^{\text{end}}$ instead of the true end state, or with the carry added twice
+# - each chunk corrected by its own end state instead of the one entering it (the ends not shifted by a chunk); the ends summed without their decays, or decayed by $P_0$ instead of $P^{\text{end}}$; $P$ from one cumprod over the whole row
+# - the chunks cut as `(chunk_size, n)` and transposed, or the padding put at the front
 # - the last, shorter chunk dropped when L is not a multiple of chunk_size
 # - the general recurrence mistakes above; chunk_size < 1 accepted without a ValueError
 
@@ -308,7 +313,8 @@ def linear_recurrence_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # - `scan_combine` with its operands swapped (the later block applied first), its first field not `a_left * a_right`, or the earlier block's `b` decayed by its own `a`
 # - the scan's first field (the products of $a$) stored instead of $h$
 # - a load or store outside the tensors (an unmasked store)
-# - rows stepped at `row * BLOCK` (the padded block) instead of `row * L`
+# - rows stepped at `row * BLOCK` (the padded block) instead of `row * L`; a grid of fewer or more programs than rows (`a.shape[0]` instead of `rows`)
+# - a block size that is not a power of two; `tl.associative_scan` along an axis other than 0
 # - strided inputs read as if they were contiguous (no `.contiguous()`)
 # - the recurrence mistakes above; mismatched shapes accepted
 
@@ -339,8 +345,9 @@ def discretize_zoh(delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor):
     delta: (batch, dim, L) step sizes > 0; A: (dim, state); B: (batch, state, L); one dtype.
     Returns (A_bar, B_bar), both (batch, dim, L, state):
         A_bar = exp(delta * A),  B_bar = (exp(delta * A) - 1) / A * B
-    Edge case: where A == 0, B_bar = delta * B (the limit), never NaN. torch.expm1 is accurate
-    for tiny delta * A.
+    Edge case: where A == 0, B_bar = delta * B (the limit), never NaN.
+    Tiny steps (delta * A ~ 1e-6) must keep the input dtype's precision, in float32 too:
+    exp(delta * A) - 1 as written cancels there; torch.expm1(delta * A) does not.
     Bad input (wrong layouts, sizes that do not agree) -> ValueError naming the shapes.
     """
     ### BEGIN SOLUTION
@@ -375,10 +382,12 @@ for step in (0.01, 0.1, 1.0, 3.0):
 #
 # - Euler for A (`1 + delta*A`) instead of `exp(delta*A)`
 # - `delta*B` (Mamba's simplification) where the exact hold is asked, `(exp(delta*A) - 1) * B` without `/ A`, or `exp(delta*A) / A * B` without the `- 1`
-# - NaN where A = 0, or `B` there instead of the limit `delta * B`; an extra factor `delta` on top of the exact hold
+# - `torch.exp(dA) - 1` instead of `torch.expm1(dA)` (wrong in float32 for tiny steps); `A_bar = exp(A)` without `delta`
+# - NaN where A = 0, or `B` or 0 there instead of the limit `delta * B`; an extra factor `delta` on top of the exact hold
+# - `B` reshaped to (batch, L, state) instead of transposed
 # - the pair returned as `(B_bar, A_bar)`; `A` changed in place (to avoid the division by 0)
 # - wrong layouts accepted without a ValueError
-# - `B` (batch, state, L) used without moving L next to `delta`'s L (a broadcast of L against state)
+# - `B` (batch, state, L) used without moving L next to `delta`'s L (a broadcast of L against state), or `A` broadcast with its dim against L
 
 # %% nbgrader={"grade": true, "grade_id": "check_discretize_zoh", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "discretize_zoh", discretize_zoh, points=2)
@@ -448,8 +457,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 # - the `D * u` skip term missing, or added after the gate
 # - the gate as `z` or `sigmoid(z)` instead of `silu(z)`, or ignored
 # - Euler for A (`1 + delta*A`), or the exact ZOH $\bar B$ where the reference uses `delta*B`
-# - $y_t$ read out before step $t$'s update; `B` and `C` swapped; `u` left out of the input term
-# - the state carried from one batch row into the next; wrong layouts accepted
+# - $y_t$ read out before step $t$'s update; `B` and `C` swapped; `u` or `delta` left out of the input term
+# - the state carried from one batch row into the next; wrong layouts accepted; an input changed in place (`delta += ...`)
+# - `B` or `C` given their new axis in the wrong place (`C[:, :, None, :]`: state against dim)
 # - a per-channel vector (`delta_bias`, `D`) added along L instead of along dim (`[:, None]` missing); `if D:` on a tensor
 
 # %% nbgrader={"grade": true, "grade_id": "check_selective_scan", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
@@ -526,7 +536,8 @@ class MambaBlock(nn.Module):
 # - no softplus on Δ, no gate, no D; an output that depends on later inputs; a wrong feature size accepted
 # - `u` and `z` swapped; `x_proj`'s output split in another order than $(\delta, B, C)$; `dt_proj`'s bias added twice (by `self.dt_proj(dt)` and again as `delta_bias`)
 # - a fresh block not initialised as `mamba_ssm`'s (`A_log`, `D`)
-# - the conv given (batch, L, channels) instead of (batch, channels, L); `B` and `C` passed to the scan as (batch, L, state) instead of (batch, state, L)
+# - the conv given (batch, L, channels) instead of (batch, channels, L), or `in_proj`'s output split along L; `B` and `C` passed to the scan as (batch, L, state) instead of (batch, state, L), or reshaped to it instead of transposed
+# - `x_proj` fed `u` from before the convolution; `z` put through SiLU before the scan (which applies it again)
 
 # %% nbgrader={"grade": true, "grade_id": "check_MambaBlock", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day09-mamba-scan", "MambaBlock", MambaBlock, points=2)

@@ -164,6 +164,22 @@ SEQUENTIAL_BUGS = {
         "state = b[..., t] * state + a[..., t]",
     ),
     "modified_input": ("h = torch.empty_like(b)", "h = b"),  # the right values, written into b
+    "divides_by_running_product": (
+        "    h = torch.empty_like(b)\n",
+        "    P = torch.cumprod(a, -1)\n    return P * torch.cumsum(b / P, -1)\n",
+    ),
+    # h from torch.zeros: the last entry stays 0
+    "last_step_skipped": (
+        "h = torch.empty_like(b)\n    state = torch.zeros_like(b[..., 0])  # one state per leading"
+        " index\n    for t in range(b.shape[-1]):",
+        "h = torch.zeros_like(b)\n    state = torch.zeros_like(b[..., 0])\n"
+        "    for t in range(b.shape[-1] - 1):",
+    ),
+    # a crash on (L,) and on (batch, dim, L) once t passes dim
+    "scan_along_dim_1": (
+        "state = a[..., t] * state + b[..., t]\n        h[..., t] = state",
+        "state = a[:, t] * state + b[:, t]\n        h[:, t] = state",
+    ),
 }
 
 
@@ -197,6 +213,19 @@ PARALLEL_BUGS = {
     "decay_from_left": (
         "A, H = A_left * A, A * H_left + H",
         "A, H = A_left * A, A_left * H_left + H",
+    ),
+    "divides_by_running_product": (
+        "    A, H = a, b\n",
+        "    P = torch.cumprod(a, -1)\n    return P * torch.cumsum(b / P, -1)\n",
+    ),
+    "offsets_not_doubled": (
+        "    step = 1\n    while step < b.shape[-1]:",
+        "    for step in range(1, min((b.shape[-1] - 1).bit_length() + 1, b.shape[-1])):",
+    ),
+    "shift_wraps_around": (
+        "A_left = F.pad(A[..., :-step], (step, 0), value=1.0)\n"
+        "        H_left = F.pad(H[..., :-step], (step, 0), value=0.0)",
+        "A_left = A.roll(step, -1)\n        H_left = H.roll(step, -1)",
     ),
     # the right values, computed in a and b themselves
     "modified_input": (
@@ -245,6 +274,19 @@ CHUNKED_BUGS = {
         ".unflatten(-1, (chunk_size, n)).mT\n"
         "    b_c = F.pad(b, (0, pad), value=0.0).unflatten(-1, (chunk_size, n)).mT\n",
     ),
+    "carry_not_shifted": ("entering = F.pad(ends[..., :-1], (1, 0))", "entering = ends"),
+    "ends_summed": (
+        "ends = linear_recurrence_parallel(decay[..., -1], local[..., -1])",
+        "ends = torch.cumsum(local[..., -1], -1)",
+    ),
+    "carry_decayed_by_first_a": (
+        "linear_recurrence_parallel(decay[..., -1], local[..., -1])",
+        "linear_recurrence_parallel(decay[..., 0], local[..., -1])",
+    ),
+    "decay_over_whole_row": (
+        "decay = torch.cumprod(a_c, dim=-1)",
+        "decay = torch.cumprod(a_c.flatten(-2), dim=-1).unflatten(-1, a_c.shape[-2:])",
+    ),
 }
 
 
@@ -252,6 +294,24 @@ CHUNKED_BUGS = {
 def test_chunked_planted_bugs_are_named(solution, key, capsys):
     bug = planted(solution, "linear_recurrence_chunked", *CHUNKED_BUGS[key])
     assert_named("linear_recurrence_chunked", bug, key, capsys)
+
+
+# Right values written into the caller's tensor: every check that fails names the in-place
+# write, none a mistake of the maths (an oracle computed from the changed input would).
+IN_PLACE_WRITES = {
+    "linear_recurrence_chunked": (
+        "    return h.flatten(-2)[..., :L]\n",
+        "    b.copy_(h.flatten(-2)[..., :L])\n    return b\n",
+    ),
+    "selective_scan": ("delta = delta + delta_bias[:, None]", "delta += delta_bias[:, None]"),
+}
+
+
+@pytest.mark.parametrize("name", IN_PLACE_WRITES)
+def test_in_place_writes_are_named_as_such(solution, name):
+    bug = planted(solution, name, *IN_PLACE_WRITES[name])
+    result = report(name, bug)
+    assert result.keys == {"modified_input"}, [(r.key, r.message) for r in result.results]
 
 
 TRITON_BUGS = {
@@ -278,6 +338,11 @@ TRITON_BUGS = {
     "block_not_power_of_two": [("BLOCK=triton.next_power_of_2(L)", "BLOCK=L")],
     # the rows after the first are left as torch.empty gave them
     "rows_not_launched": [("scan_rows_kernel[(a_rows.shape[0],)]", "scan_rows_kernel[(1,)]")],
+    # L programs for the one row of a (L,) input
+    "grid_from_first_dim": [
+        ("scan_rows_kernel[(a_rows.shape[0],)]", "scan_rows_kernel[(a.shape[0],)]")
+    ],
+    "scan_axis_not_0": [("tl.associative_scan((a, b), 0,", "tl.associative_scan((a, b), 1,")],
     "strided_as_contiguous": [
         ("a_rows = a.reshape(-1, L).contiguous()", "a_rows = a.reshape(-1, L)"),
         ("b_rows = b.reshape(-1, L).contiguous()", "b_rows = b.reshape(-1, L)"),
@@ -369,6 +434,19 @@ ZOH_BUGS = {
         "torch.where(zero, 1.0, torch.expm1",
     ),
     "b_delta_twice": ("B_bar = gain * B", "B_bar = gain * delta[..., None] * B"),
+    "exp_minus_one": ("torch.expm1(dA) / torch.where", "(torch.exp(dA) - 1) / torch.where"),
+    "zero_a_zeroed": (
+        "torch.where(zero, delta[..., None], torch.expm1",
+        "torch.where(zero, 0.0, torch.expm1",
+    ),
+    "b_reshaped": (
+        "B.transpose(1, 2)[:, None, :, :]",
+        "B.reshape(B.shape[0], B.shape[2], B.shape[1])[:, None, :, :]",
+    ),
+    "a_bar_without_delta": (
+        "A_bar = torch.exp(dA)",
+        "A_bar = torch.exp(A)[:, None, :].expand_as(dA)",
+    ),
     "modified_input": (
         "zero = (A == 0)[:, None, :]",
         "zero = (A == 0)[:, None, :]\n    A[A == 0] = 1.0",
@@ -409,6 +487,7 @@ SCAN_BUGS = {
         'y = torch.einsum("bdnl,bnl->bdl", F.pad(x[..., :-1], (1, 0)), C)',
     ),
     "u_missing": ("Bu = (delta * u)[..., None]", "Bu = delta[..., None]"),
+    "b_without_delta": ("Bu = (delta * u)[..., None]", "Bu = u[..., None]"),
     "readout_over_channels": (
         'y = torch.einsum("bdnl,bnl->bdl", x, C)',
         'y = torch.einsum("bdnl,bnl->bl", x, C)[:, None].expand_as(u) / u.shape[1]',
@@ -458,6 +537,10 @@ def test_scan_state_not_reset_between_rows_is_named(capsys):
     assert_named("selective_scan", scan_without_reset, "state_not_reset", capsys)
 
 
+CONV_THEN_X_PROJ = (
+    "        u = F.silu(self.conv1d(u)[..., :L])                          # causal: the first L outputs\n"
+    "        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)"
+)
 MAMBA_BUGS = {
     "conv_not_causal": (
         "u = F.silu(self.conv1d(u)[..., :L])",
@@ -477,6 +560,12 @@ MAMBA_BUGS = {
         "B, C, dt = self.x_proj(u.transpose(1, 2)).split([self.d_state, self.d_state, self.dt_rank]",
     ),
     "dt_bias_twice": ("delta = F.linear(dt, self.dt_proj.weight)", "delta = self.dt_proj(dt)"),
+    "x_proj_before_conv": (CONV_THEN_X_PROJ, "\n".join(reversed(CONV_THEN_X_PROJ.split("\n")))),
+    "gate_silu_twice": ("D=self.D, z=z,", "D=self.D, z=F.silu(z),"),
+    "b_c_reshaped": (
+        "B.transpose(1, 2), C.transpose(1, 2)",
+        "B.reshape(B.shape[0], self.d_state, L), C.reshape(C.shape[0], self.d_state, L)",
+    ),
     "not_initialised_as_mamba": (
         "nn.Parameter(torch.ones(d_inner))",
         "nn.Parameter(torch.zeros(d_inner))",
@@ -494,6 +583,16 @@ def test_mamba_planted_bugs_are_named(solution, key, capsys):
 # the sizes apart, so that the wrong layout never broadcasts by chance.
 NAMED_CRASHES = {
     "l_state_crossed": ("discretize_zoh", "B.transpose(1, 2)[:, None, :, :]", "B[:, None, :, :]"),
+    "per_channel_along_l (A in discretize_zoh)": (
+        "discretize_zoh",
+        "dA = delta[..., None] * A[:, None, :]",
+        "dA = delta[..., None] * A[None]",
+    ),
+    "dim_state_crossed": (
+        "selective_scan",
+        'y = torch.einsum("bdnl,bnl->bdl", x, C)',
+        "y = (x * C[:, :, None, :]).sum(2)",
+    ),
     "per_channel_along_l (delta_bias)": (
         "selective_scan",
         "delta = delta + delta_bias[:, None]",
@@ -507,6 +606,11 @@ NAMED_CRASHES = {
         "MambaBlock",
         "self.in_proj(x).transpose(1, 2).chunk(2, dim=1)",
         "self.in_proj(x).chunk(2, dim=-1)",
+    ),
+    "in_proj_split_along_l": (
+        "MambaBlock",
+        "self.in_proj(x).transpose(1, 2).chunk(2, dim=1)",
+        "(t.transpose(1, 2) for t in self.in_proj(x).chunk(2, dim=1))",
     ),
     # the student's own selective_scan refuses them, naming their shape
     "scan_b_c_layout": ("MambaBlock", "B.transpose(1, 2), C.transpose(1, 2)", "B, C"),
@@ -615,7 +719,7 @@ def test_other_correct_chunked_scan_passes():
     assert report("linear_recurrence_chunked", chunked_with_loop).passed
 
 
-def zoh_without_expm1(delta, A, B):
+def zoh_as_einsum(delta, A, B):
     if (
         delta.ndim != 3
         or A.ndim != 2
@@ -627,13 +731,13 @@ def zoh_without_expm1(delta, A, B):
     dA = torch.einsum("bdl,dn->bdln", delta, A)
     safe = torch.where(A == 0, torch.ones_like(A), A)
     gain = torch.where(
-        (A == 0)[:, None, :], delta.unsqueeze(-1), (torch.exp(dA) - 1) / safe[:, None, :]
+        (A == 0)[:, None, :], delta.unsqueeze(-1), torch.expm1(dA) / safe[:, None, :]
     )
     return torch.exp(dA), gain * torch.einsum("bnl->bln", B).unsqueeze(1)
 
 
 def test_other_correct_zoh_passes():
-    assert report("discretize_zoh", zoh_without_expm1).passed
+    assert report("discretize_zoh", zoh_as_einsum).passed
 
 
 def scan_as_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

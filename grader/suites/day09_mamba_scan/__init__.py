@@ -11,10 +11,12 @@ alike, so the sizes in torch's error say which axes met, and the crash is named 
 (batch, state, L) layout, a (dim,) vector broadcast along L, u fed to the conv as (batch, L,
 d_inner), ...).
 The parallel scan must take O(log L) vectorised steps: the Python lines it runs may not grow
-with L. The recurrences must leave their inputs as they were. The Triton scan's launches are
-watched (grader/harness/triton_watch): a load or store outside the tensors is named, not a
-crash, and its scans combine in a tree as on a GPU, so a scan_combine that is not associative
-fails in the interpreter too.
+with L. A row with an a_t = 0 and a long row of slow decays catch a closed form that divides by
+the running product of a (exact only in exact arithmetic: it turns NaN). The recurrences, the
+discretisation and the selective scan must leave their inputs as they were, checked before any
+oracle reads them. The Triton scan's launches are watched (grader/harness/triton_watch): a load
+or store outside the tensors is named, not a crash, and its scans combine in a tree as on a GPU,
+so a scan_combine that is not associative fails in the interpreter too.
 
 One module per exercise group, in the notebook's order: recurrence (the four
 linear_recurrence_* exercises), discretisation (discretize_zoh), selective_scan, mamba_block
@@ -92,6 +94,7 @@ EXERCISES = {
             call_triton,
             dtypes=(torch.float32,),
             max_len=40,
+            long_len=None,  # the interpreter scans slowly; no closed form to catch in a kernel
             suspects=triton_suspects,
         )
         + [triton_strided_inputs],

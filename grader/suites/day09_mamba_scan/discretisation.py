@@ -38,7 +38,9 @@ def axes_clash(key, size, other):
 def zoh_call(discretize_zoh, delta, A, B):
     """discretize_zoh(delta, A, B), which must leave its inputs as they were; a crash of crossed
     L and state axes is named."""
-    with naming_crashes(*axes_clash("l_state_crossed", delta.shape[-1], A.shape[-1])):
+    (dim, state), L = A.shape, delta.shape[-1]
+    crossed = (*axes_clash("l_state_crossed", L, state), *axes_clash("per_channel_along_l", L, dim))
+    with naming_crashes(*crossed):
         return call_unchanged(discretize_zoh, {"delta": delta, "A": A, "B": B})
 
 
@@ -50,8 +52,12 @@ def zoh_inputs(rng, batch, dim, L, state, dtype=torch.float64):
 
 
 def zoh64(delta, A, B, variant=None):
+    """(A_bar, B_bar) in float64; `variant` plants a mistake."""
     dA = delta.double().unsqueeze(-1) * A.double()[:, None, :]
-    Bt = B.double().transpose(1, 2).unsqueeze(1)
+    if variant == "b_reshaped":
+        Bt = B.double().reshape(B.shape[0], B.shape[2], B.shape[1]).unsqueeze(1)
+    else:
+        Bt = B.double().transpose(1, 2).unsqueeze(1)
     A_bar = 1 + dA if variant == "euler_a" else torch.exp(dA)
     A4 = A.double()[:, None, :].expand_as(dA)
     step = delta.double().unsqueeze(-1).expand_as(dA)  # (batch, dim, L, state)
@@ -61,11 +67,20 @@ def zoh64(delta, A, B, variant=None):
         "missing_minus_one": torch.exp(dA) / A4,
     }.get(variant)
     if ratio is None:
-        limit = torch.ones_like(dA) if variant == "zero_a_limit_b" else step
-        ratio = torch.where(A4 == 0, limit, torch.expm1(dA) / A4)
+        limit = {"zero_a_limit_b": torch.ones_like(dA), "zero_a_zeroed": torch.zeros_like(dA)}
+        ratio = torch.where(A4 == 0, limit.get(variant, step), expm1_over(delta, A, variant))
     if variant == "b_delta_twice":
         ratio = ratio * step
     return A_bar, ratio * Bt
+
+
+def expm1_over(delta, A, variant=None):
+    """(exp(delta A) - 1) / A, (batch, dim, L, state), in float64; the variant exp_minus_one
+    computes exp(delta A) - 1 as written in the inputs' dtype, where it cancels for tiny steps."""
+    if variant == "exp_minus_one":
+        dA = delta.unsqueeze(-1) * A[:, None, :]
+        return ((torch.exp(dA) - 1) / A[:, None, :]).double()
+    return torch.expm1(delta.double().unsqueeze(-1) * A.double()[:, None, :]) / A.double()[:, None]
 
 
 def expect_pair(out, what):
@@ -89,7 +104,10 @@ def expect_zoh(out, delta, A, B, what):
         ref_a,
         delta.dtype,
         f"A_bar of {what}",
-        [("euler_a", zoh64(delta, A, B, "euler_a")[0])],
+        [
+            ("euler_a", zoh64(delta, A, B, "euler_a")[0]),
+            ("a_bar_without_delta", torch.exp(A.double())[:, None, :].expand_as(ref_a)),
+        ],
     )
     expect_close(
         out[1],
@@ -103,7 +121,10 @@ def expect_zoh(out, delta, A, B, what):
                 "b_not_divided",
                 "missing_minus_one",
                 "zero_a_limit_b",
+                "zero_a_zeroed",
                 "b_delta_twice",
+                "b_reshaped",
+                "exp_minus_one",
             )
         ],
         nonfinite=named("zero_a_nan"),
@@ -120,13 +141,14 @@ def zoh_matches(discretize_zoh, rng):
 
 
 def zoh_large_steps(discretize_zoh, rng):
-    """large steps (delta up to 5) where Euler and ZOH differ most; tiny steps (1e-4)"""
+    """large steps (delta up to 5) where Euler and ZOH differ most; tiny steps (1e-4), in
+    float32 too, where exp(delta A) - 1 as written loses most of its digits"""
     shape = scan_shapes(rng)
     delta, A, B = zoh_inputs(rng, *shape)
-    for scale in (5.0, 1e-4):
-        d = delta * scale
-        out = zoh_call(discretize_zoh, d, A, B)
-        expect_zoh(out, d, A, B, f"discretize_zoh with delta ~ {scale:g}")
+    for scale, dtype in ((5.0, torch.float64), (1e-4, torch.float64), (1e-4, torch.float32)):
+        d, A_, B_ = (delta * scale).to(dtype), A.to(dtype), B.to(dtype)
+        out = zoh_call(discretize_zoh, d, A_, B_)
+        expect_zoh(out, d, A_, B_, f"discretize_zoh with delta ~ {scale:g} {dtype}")
 
 
 def zoh_zero_a(discretize_zoh, rng):

@@ -59,6 +59,118 @@ HINTS = {
         "the caller still needs a and b: update copies (A, H = a.clone(), b.clone()) or build "
         "h in a new tensor, never a[...] = ... or b[...] += ....",
     ),
+    "divides_by_running_product": (
+        "a closed form that divides by the running product of a, such as cumprod(a) * "
+        "cumsum(b / cumprod(a)): the product is 0 after an a_t = 0, and underflows to 0 on a long "
+        "row of decays below 1, so b / product is inf and h NaN",
+        "never divide by a product of decays: it is exact only in exact arithmetic. Loop over time "
+        "(exercise 1) or combine pairs (a, b) in a scan (exercise 2), which only multiply.",
+    ),
+    "last_step_skipped": (
+        "the last step never computed (h_{L-1} left at 0): a loop over range(L - 1)",
+        "the loop runs over every step, for t in range(L): the last output is h_{L-1}.",
+    ),
+    "scan_along_dim_1": (
+        "time indexed as dim 1 (a[:, t], H[:, d:]), which is time only for a 2-D input: a 1-D "
+        "(L,) input has no dim 1, and a 3-D (batch, dim, L) one is scanned along dim",
+        "index time from the end, a[..., t] or H[..., d:]: the ellipsis stands for however many "
+        "leading dims there are (none for (L,)).",
+    ),
+    "offsets_not_doubled": (
+        "offsets d = 1, 2, 3, ... where Hillis-Steele doubles them (d = 1, 2, 4, ...)",
+        "after the step with offset d each position holds the 2d steps ending at it, so the next "
+        "offset is 2d: `d *= 2` while d < L.",
+    ),
+    "shift_wraps_around": (
+        "the shift made with torch.roll, which wraps the end of the row around to its start: the "
+        "first d positions absorb the last d instead of the identity (1, 0)",
+        "shift in the identity instead: F.pad(A[..., :-d], (d, 0), value=1.0) and "
+        "F.pad(H[..., :-d], (d, 0)), or update only the slice [..., d:].",
+    ),
+    "carry_not_shifted": (
+        "each chunk corrected by the state at its OWN end instead of the state entering it (the "
+        "scan of the chunk ends not shifted by one chunk)",
+        "chunk c starts from the end of chunk c - 1: shift the ends right by one, entering = "
+        "F.pad(ends[..., :-1], (1, 0)) (0 for the first chunk).",
+    ),
+    "ends_summed": (
+        "the chunk ends summed (a cumsum) without the decays between them",
+        "an end state decays through every later chunk: scan the ends as a recurrence, "
+        "H_c = P_end,c * H_{c-1} + local_end,c, with your own scan over the chunk axis.",
+    ),
+    "carry_decayed_by_first_a": (
+        "the state carried across a chunk decayed by its first decay P_0 = a_start only, instead "
+        "of the whole chunk's P_end = a_start * ... * a_end",
+        "the chunk ends' recurrence uses the whole chunk's decay: P[..., -1], the last entry of the "
+        "cumprod within the chunk.",
+    ),
+    "decay_over_whole_row": (
+        "the decays P from one cumprod over the whole row instead of restarting in each chunk",
+        "P_t runs from the chunk's start to t: torch.cumprod along the last axis of the "
+        "(..., n, chunk_size) view, not of the full row.",
+    ),
+    "grid_from_first_dim": (
+        "a grid of a.shape[0] programs instead of one per row: for a (L,) input that is L "
+        "programs for one row, and every program past the first reads and writes past the end",
+        "launch one program per row, kernel[(rows,)](...) with rows = a.numel() // L (1 for a "
+        "(L,) input).",
+    ),
+    "scan_axis_not_0": (
+        "tl.associative_scan along an axis the block does not have: a row is one 1-D block",
+        "scan the block along its only axis: tl.associative_scan((a, b), 0, scan_combine).",
+    ),
+    "exp_minus_one": (
+        "(exp(delta*A) - 1) computed as written: for a tiny delta*A, exp rounds to 1 plus a few "
+        "units in the last place and the subtraction keeps only those (a relative error far "
+        "beyond the inputs' own rounding)",
+        "use torch.expm1(delta * A), which computes exp(x) - 1 without the cancellation.",
+    ),
+    "zero_a_zeroed": (
+        "B_bar = 0 where A = 0: the NaN of 0 / 0 replaced by 0 (nan_to_num, or a where) instead of "
+        "the limit",
+        "as A -> 0, (exp(delta*A) - 1) / A -> delta: B_bar = delta * B there, "
+        "torch.where(A == 0, delta, torch.expm1(dA) / safe_A).",
+    ),
+    "b_reshaped": (
+        "B reshaped from (batch, state, L) to (batch, L, state) instead of transposed: the values "
+        "land in the wrong places",
+        "reshape only regroups the memory in order; moving an axis needs B.transpose(1, 2).",
+    ),
+    "a_bar_without_delta": (
+        "A_bar = exp(A): the step delta left out",
+        "the state decays over a step of length delta: A_bar = torch.exp(delta[..., None] * "
+        "A[:, None, :]).",
+    ),
+    "b_without_delta": (
+        "the input term B * u without delta (delta * B * u in the reference)",
+        "a longer step writes more of the input: deltaB_u = delta * B * u.",
+    ),
+    "dim_state_crossed": (
+        "a state axis lined up against the channel axis dim: B or C (batch, state, L) with a new "
+        "axis in the wrong place (C[:, :, None, :]), or a sum over dim instead of state",
+        "B and C have no dim axis: insert it at 1, C[:, None] is (batch, 1, state, L) against "
+        "the state's (batch, dim, state, L); the readout sums over state only.",
+    ),
+    "in_proj_split_along_l": (
+        "in_proj's output split along L (chunk(2, dim=1) on (batch, L, 2 * d_inner)) instead of "
+        "along its features: u keeps all 2 * d_inner features and the conv refuses them",
+        "split the features, the last axis of in_proj's output: u, z = xz.chunk(2, dim=-1), then "
+        "move the channels to dim 1 with .transpose(1, 2).",
+    ),
+    "x_proj_before_conv": (
+        "x_proj fed u from before the convolution and its SiLU",
+        "delta, B and C come from the convolved u: u = F.silu(conv(u)[..., :L]) first, then "
+        "x_proj(u.transpose(1, 2)).",
+    ),
+    "gate_silu_twice": (
+        "z put through SiLU before the scan, which applies silu(z) again",
+        "pass z as in_proj gives it: selective_scan gates with out * silu(z) itself.",
+    ),
+    "b_c_reshaped": (
+        "B and C reshaped from (batch, L, d_state) to (batch, d_state, L) instead of transposed",
+        "reshape regroups the memory in order, it does not move an axis: B.transpose(1, 2), "
+        "C.transpose(1, 2).",
+    ),
     "missing_last_step": (
         "floor(log2 L) doubling steps, one too few when L is not a power of two (the "
         "positions from the largest power of two on miss their earliest inputs)",

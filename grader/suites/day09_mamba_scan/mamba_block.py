@@ -35,6 +35,12 @@ def layout_crashes(x, d_inner, d_state):
     as_projected = (batch, L, d_state)  # x_proj's B and C before their transpose
     return (
         ("conv_input_layout", "RuntimeError", f"to have {d_inner} channels, but got {L} channels"),
+        # in_proj's output halved along L: both halves of the features reach the conv
+        (
+            "in_proj_split_along_l",
+            "RuntimeError",
+            f"to have {d_inner} channels, but got {2 * d_inner} channels",
+        ),
         # the student's own selective_scan refusing B or C, naming the shape (tuple or torch.Size)
         ("scan_b_c_layout", "ValueError", str(as_projected)),
         ("scan_b_c_layout", "ValueError", str(list(as_projected))),
@@ -62,7 +68,8 @@ def build(MambaBlock, d_model, **config):
 def block_length(rng, low, high, batch, d_model, config) -> int:
     """A sequence length in [low, high] unlike the block's other sizes: a (batch, L, d_inner) u
     fed to the conv, or B and C passed to the scan untransposed, then always fails in shape."""
-    (L,) = distinct_sizes(rng, (low, high), avoid=(batch, d_model, *inner_sizes(d_model, config)))
+    d_inner, d_state = inner_sizes(d_model, config)
+    (L,) = distinct_sizes(rng, (low, high), avoid=(batch, d_model, d_inner, 2 * d_inner, d_state))
     return L
 
 
@@ -129,8 +136,10 @@ def mamba64(p, x, d_conv, d_state, variant=None):
         u, z = z, u
     conv = F.conv1d(u, p["conv1d.weight"], p["conv1d.bias"], padding=d_conv - 1, groups=d_inner)
     conv = conv[..., -L:] if variant == "conv_not_causal" else conv[..., :L]
+    before_conv = u
     u = conv if variant == "no_conv_silu" else F.silu(conv)
-    dbc = u.transpose(1, 2) @ p["x_proj.weight"].T
+    projected = before_conv if variant == "x_proj_before_conv" else u
+    dbc = projected.transpose(1, 2) @ p["x_proj.weight"].T
     dt, B, C = dbc[..., :rank], dbc[..., rank : rank + d_state], dbc[..., rank + d_state :]
     if variant == "x_proj_split_order":
         B, C, dt = dbc[..., :d_state], dbc[..., d_state : 2 * d_state], dbc[..., 2 * d_state :]
@@ -139,14 +148,18 @@ def mamba64(p, x, d_conv, d_state, variant=None):
         delta = delta + p["dt_proj.bias"][:, None]
     A = torch.exp(p["A_log"]) if variant == "a_positive" else -torch.exp(p["A_log"])
     scan_variant = variant if variant in ("softplus_missing", "gate_ignored", "missing_d") else None
+
+    def to_scan(t):  # (batch, L, d_state) -> (batch, d_state, L); reshaped, a mistake
+        return t.reshape(t.shape[0], d_state, L) if variant == "b_c_reshaped" else t.transpose(1, 2)
+
     y = ref_scan64(
         u,
         delta,
         A,
-        B.transpose(1, 2),
-        C.transpose(1, 2),
+        to_scan(B),
+        to_scan(C),
         p["D"],
-        z,
+        F.silu(z) if variant == "gate_silu_twice" else z,
         p["dt_proj.bias"],
         True,
         variant=scan_variant,
@@ -164,6 +177,9 @@ MAMBA_VARIANTS = (
     "u_z_swapped",
     "x_proj_split_order",
     "dt_bias_twice",
+    "x_proj_before_conv",
+    "gate_silu_twice",
+    "b_c_reshaped",
 )
 
 

@@ -4,7 +4,13 @@ chunked, Triton): one set of checks made for each, plus the parallel and chunked
 import torch
 import torch.nn.functional as F
 
-from grader.harness.checking import Mistake, expect_close, expect_value_error, named
+from grader.harness.checking import (
+    Mistake,
+    expect_close,
+    expect_value_error,
+    named,
+    naming_crashes,
+)
 from grader.harness.triton_watch import (
     expect_in_bounds,
     name_row_stride_block,
@@ -48,14 +54,23 @@ def recurrence_suspects(a, b) -> list:
         ("exclusive_plus_b", torch.cat([zero, h[..., :-1]], -1) + b.double()),
         ("shifted_left", torch.cat([h[..., 1:], h[..., -1:]], -1)),
         ("shifted_left", torch.cat([h[..., 1:], zero], -1)),
+        ("last_step_skipped", torch.cat([h[..., :-1], zero], -1)),
         ("decay_after_write", loop64(a, a.double() * b.double())),
         ("reversed_time", loop64(a.flip(-1), b.flip(-1)).flip(-1)),
         ("state_not_reset", flat),
         ("scan_along_first_axis", loop64(a.movedim(0, -1), b.movedim(0, -1)).movedim(-1, 0)),
+        *along_dim_1(a, b),
         ("decay_shifted", loop64(previous_decay, b)),
         ("initial_state_one", h + torch.cumprod(a.double(), -1)),
         ("a_b_swapped", loop64(b, a)),
     ]
+
+
+def along_dim_1(a, b) -> list:
+    """The scan run along dim 1 (a[:, t]) of a 3-D input, as a suspect (none for fewer dims)."""
+    if a.ndim < 3:
+        return []
+    return [("scan_along_dim_1", loop64(a.movedim(1, -1), b.movedim(1, -1)).movedim(-1, 1))]
 
 
 def recurrence_inputs(rng, shape, dtype=torch.float64):
@@ -64,20 +79,36 @@ def recurrence_inputs(rng, shape, dtype=torch.float64):
     return a, randn(shape, rng, dtype)
 
 
-def expect_recurrence(out, a, b, what, extra_suspects=()):
-    expect_close(out, loop64(a, b), a.dtype, what, list(extra_suspects) + recurrence_suspects(a, b))
+def expect_recurrence(out, a, b, what, extra_suspects=(), nonfinite=None):
+    suspects = list(extra_suspects) + recurrence_suspects(a, b)
+    expect_close(out, loop64(a, b), a.dtype, what, suspects, nonfinite)
+
+
+# Indexing time as dim 1 (a[:, t], H[:, d:]) crashes on a 1-D (L,) input, and on a 3-D one once
+# t passes the size of dim 1.
+TIME_AS_DIM_1 = (
+    ("scan_along_dim_1", "IndexError", "too many indices for tensor of dimension 1"),
+    ("scan_along_dim_1", "IndexError", "out of bounds for dimension 1"),
+)
 
 
 def call_on(call, impl, a, b):
-    """call(impl, a, b), which must leave a and b as they were."""
-    return call_unchanged(lambda a, b: call(impl, a, b), {"a": a, "b": b})
+    """call(impl, a, b), which must leave a and b as they were; time indexed as dim 1 is named."""
+    with naming_crashes(*TIME_AS_DIM_1):
+        return call_unchanged(lambda a, b: call(impl, a, b), {"a": a, "b": b})
 
 
 def make_recurrence_checks(
-    name: str, call, dtypes=(torch.float64, torch.float32), max_len=70, suspects=lambda a, b: ()
+    name: str,
+    call,
+    dtypes=(torch.float64, torch.float32),
+    max_len=70,
+    long_len=3000,
+    suspects=lambda a, b: (),
 ):
     """Checks shared by the four recurrence exercises; `call(impl, a, b)` runs the student's;
-    `suspects(a, b)` adds the exercise's own named mistakes."""
+    `suspects(a, b)` adds the exercise's own named mistakes. `long_len` is the length of the
+    long row of slow decays (None: no long row, for the Triton interpreter)."""
 
     def matches(impl, rng):
         """matches the float64 loop on (batch, dim, L) inputs, odd L"""
@@ -103,6 +134,25 @@ def make_recurrence_checks(
         out = call_on(call, impl, a, b)
         expect_recurrence(out, a, b, f"{name} on 4 rows with a = 1 (running sums)", suspects(a, b))
 
+    def zero_decays_and_long_rows(impl, rng):
+        """an a_t = 0 and a long row of slow decays: nothing divides by a running product"""
+        dtype = dtypes[0]
+        L, t = draw(rng, 9, max_len), draw(rng, 1, 7)
+        a, b = recurrence_inputs(rng, (2, L), dtype)
+        a[:, t] = 0.0
+        cases = [(a, b, f"{name} on {(2, L)} with a[:, {t}] = 0")]
+        if long_len:  # their product underflows to 0 in float64 past t ~ 2400 (e^-0.31 a step)
+            decays = 0.5 + 0.5 * torch.rand(1, long_len, generator=rng, dtype=torch.float64)
+            long_b = randn((1, long_len), rng, dtype)
+            cases.append((decays.to(dtype), long_b, f"{name} on (1, {long_len}), a in [0.5, 1)"))
+        for a, b, what in cases:
+            out = call_on(call, impl, a, b)
+            divides = named("divides_by_running_product")
+            if b.shape[-1] > max_len:  # no suspects: some are O(L^2) loops, seconds at this length
+                expect_close(out, loop64(a, b), a.dtype, what, nonfinite=divides)
+            else:
+                expect_recurrence(out, a, b, what, suspects(a, b), divides)
+
     def rejects_bad_input(impl, rng):
         """mismatched shapes and 0-d tensors give a clear ValueError"""
         L = draw(rng, 4, 12)
@@ -124,18 +174,23 @@ def make_recurrence_checks(
         )
 
     matches.__name__, shapes.__name__ = f"{name}_matches", f"{name}_shapes"
-    return [matches, shapes, rows_independent, rejects_bad_input]
+    return [matches, shapes, rows_independent, zero_decays_and_long_rows, rejects_bad_input]
 
 
 def doubling64(
-    a, b, steps: int, compose_a: bool = True, h_sees_new_a: bool = False, left_a: bool = False
+    a, b, steps: int, compose_a=True, h_sees_new_a=False, left_a=False, offsets=None, wrap=False
 ):
     """Hillis-Steele in float64 with `steps` doubling steps: step d = 1, 2, 4, ... combines
     each position with the one d before it. Its mistakes: the decays never composed
-    (`compose_a=False`), composed before H reads them (`h_sees_new_a`), or the absorbed H
-    decayed by the earlier position's A_{t-d} instead of A_t (`left_a`)."""
+    (`compose_a=False`), composed before H reads them (`h_sees_new_a`), the absorbed H
+    decayed by the earlier position's A_{t-d} instead of A_t (`left_a`), other `offsets` than
+    the doublings, or the shift wrapping the row's end around to its start (`wrap`, torch.roll:
+    the first d positions absorb the last d instead of the identity)."""
     A, H = a.double(), b.double()
-    for d in (2**k for k in range(steps)):
+    for d in offsets or [2**k for k in range(steps)]:
+        if wrap:
+            A, H = A.roll(d, -1) * A, A * H.roll(d, -1) + H
+            continue
         A_new = torch.cat([A[..., :d], A[..., :-d] * A[..., d:]], -1) if compose_a else A
         A_read = A_new if h_sees_new_a else A
         decay = A_read[..., :-d] if left_a else A_read[..., d:]
@@ -153,6 +208,8 @@ def parallel_suspects(a, b):
         ("decays_not_composed", doubling64(a, b, steps, compose_a=False)),
         ("decays_updated_before_h", doubling64(a, b, steps, h_sees_new_a=True)),
         ("decay_from_left", doubling64(a, b, steps, left_a=True)),
+        ("offsets_not_doubled", doubling64(a, b, steps, offsets=range(1, min(steps + 1, L)))),
+        ("shift_wraps_around", doubling64(a, b, steps, wrap=True)),
     ]
 
 
@@ -204,6 +261,20 @@ def _without_a_t(local, a_c, carry):
     return local + torch.cumprod(F.pad(a_c[..., :-1], (1, 0), value=1.0), -1) * carry
 
 
+def whole_row_decay64(a, b, chunk_size):
+    """The chunked scan with its decays P from one cumprod over the whole row, not restarting in
+    each chunk (the carries decay from the row's start)."""
+    decay = torch.cumprod(a.double(), -1)
+    h = torch.empty_like(b, dtype=torch.float64)
+    carry = torch.zeros_like(b[..., :1], dtype=torch.float64)  # (..., 1)
+    for start in range(0, b.shape[-1], chunk_size):
+        part = slice(start, start + chunk_size)
+        local = loop64(a[..., part], b[..., part])
+        h[..., part] = local + decay[..., part] * carry
+        carry = decay[..., part][..., -1:] * carry + local[..., -1:]
+    return h
+
+
 def chunk_suspects(a, b, chunk_size):
     """The chunked scan with the carry between chunks done wrong, or the chunks cut wrong."""
     L = b.shape[-1]
@@ -228,6 +299,15 @@ def chunk_suspects(a, b, chunk_size):
     def local_end(h, local, a_c, carry):
         return local[..., -1:]
 
+    def own_end(local, a_c, carry):  # the chunk corrected by the state at its own end
+        return _carried(local, a_c, _true_end(None, local, a_c, carry))
+
+    def ends_summed(h, local, a_c, carry):
+        return carry + local[..., -1:]
+
+    def decayed_by_first_a(h, local, a_c, carry):
+        return a_c[..., :1] * carry + local[..., -1:]
+
     return [
         ("no_carry", chunked64(a, b, chunk_size, lambda local, a_c, carry: local, _last)),
         ("carry_not_decayed", chunked64(a, b, chunk_size, undecayed, _true_end)),
@@ -235,6 +315,10 @@ def chunk_suspects(a, b, chunk_size):
         ("decay_without_a_t", chunked64(a, b, chunk_size, _without_a_t, _last)),
         ("carry_from_local_end", chunked64(a, b, chunk_size, _carried, local_end)),
         ("carry_added_twice", chunked64(a, b, chunk_size, _carried, carried_twice)),
+        ("carry_not_shifted", chunked64(a, b, chunk_size, own_end, _true_end)),
+        ("ends_summed", chunked64(a, b, chunk_size, _carried, ends_summed)),
+        ("carry_decayed_by_first_a", chunked64(a, b, chunk_size, _carried, decayed_by_first_a)),
+        ("decay_over_whole_row", whole_row_decay64(a, b, chunk_size)),
         ("drops_last_chunk", dropped),
         ("drops_last_chunk", dropped[..., :last]),
         ("front_padding", front_padded),
@@ -248,7 +332,7 @@ def chunked_sizes(impl, rng):
     a, b = recurrence_inputs(rng, (2, 3, L))
     for chunk_size in (1, 3, draw(rng, 4, 7), L - 1, L, L + draw(rng, 1, 5)):
         expect_recurrence(
-            impl(a, b, chunk_size),
+            call_unchanged(impl, {"a": a, "b": b}, chunk_size),
             a,
             b,
             f"linear_recurrence_chunked(a, b, chunk_size={chunk_size}) with L = {L}",
@@ -279,6 +363,7 @@ def call_triton(impl, a, b):
         strayed = out_of_bounds_message("linear_recurrence_triton", watch)
         with tree_shaped_scans():
             name_row_stride_block(strayed, impl, loop64, a, b)
+        name_grid_from_first_dim(impl, a, b)
     expect_in_bounds(watch, "linear_recurrence_triton")
     expect_every_row_read(watch, a)
     return h
@@ -286,13 +371,30 @@ def call_triton(impl, a, b):
 
 def watched_triton(impl, a, b):
     """(impl(a, b), the watch of its launches), its scans combined in a tree."""
-    with watch_kernels() as watch, tree_shaped_scans():
+    scan_axis = ("scan_axis_not_0", "InterpreterError", "axis", "out of bounds")
+    with watch_kernels() as watch, tree_shaped_scans(), naming_crashes(scan_axis):
         try:
             return impl(a, b), watch
         except Mistake as raised:
             if "must be a power of 2" in raised.message:
                 raise named("block_not_power_of_two") from raised
             raise
+
+
+def name_grid_from_first_dim(impl, a, b):
+    """After a launch on a 1-D (L,) input strayed out of bounds: if the same row as (1, L) stays
+    in bounds and is right, the grid counted a.shape[0] = L programs for the one row, and every
+    program past the first ran outside the tensors: raise the mistake grid_from_first_dim."""
+    if a.ndim != 1:
+        return
+    try:
+        h, watch = watched_triton(impl, a[None], b[None])
+    except Mistake:
+        return
+    expected = loop64(a[None], b[None])
+    right = isinstance(h, torch.Tensor) and h.shape == expected.shape
+    if right and not watch.out_of_bounds and torch.allclose(h.double(), expected, 1e-4, 1e-5):
+        raise named("grid_from_first_dim")
 
 
 def expect_every_row_read(watch, a):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from grader.harness.checking import expect_close, expect_value_error, named, naming_crashes
-from grader.suites._common import draw, randn
+from grader.suites._common import call_unchanged, draw, randn
 from grader.suites.day09_mamba_scan.discretisation import axes_clash, scan_shapes
 
 
@@ -37,6 +37,8 @@ def ref_scan64(
             deltaA = 1 + dA if variant == "euler_a" else torch.exp(dA)
             if variant == "zoh_b_in_scan":
                 b_bar = torch.expm1(dA) / A * B[i, None, :, t]
+            elif variant == "b_without_delta":
+                b_bar = B[i, None, :, t].expand_as(dA)
             else:
                 b_bar = delta[i, :, t, None] * B[i, None, :, t]
             if variant == "readout_before_update":
@@ -75,6 +77,7 @@ SCAN_VARIANTS = (
     "readout_over_channels",
     "b_c_swapped",
     "u_missing",
+    "b_without_delta",
 )
 
 
@@ -94,13 +97,21 @@ def scan_inputs(rng, batch, dim, L, state, dtype=torch.float64, full=True):
 
 
 def run_scan(selective_scan, args, kwargs):
-    """selective_scan(*args, **kwargs), with the crashes that are the signature of one mistake
-    named: a per-channel tensor broadcast along L (dim and L always differ: `scan_shapes`), or
-    an optional tensor asked for its truth value."""
+    """selective_scan(*args, **kwargs), which must leave its inputs as they were, with the
+    crashes that are the signature of one mistake named: a per-channel tensor broadcast along L,
+    B or C's state axis against dim (no two of dim, L and state alike: `scan_shapes`), or an
+    optional tensor asked for its truth value."""
     dim, L = args[0].shape[1:]
+    state = args[2].shape[1]
     truth_value = ("tensor_truth_value", "RuntimeError", "Boolean value of Tensor")
-    with naming_crashes(*axes_clash("per_channel_along_l", L, dim), truth_value):
-        return selective_scan(*args, **kwargs)
+    crashes = (
+        *axes_clash("per_channel_along_l", L, dim),
+        *axes_clash("dim_state_crossed", dim, state),
+        truth_value,
+    )
+    inputs = dict(zip(("u", "delta", "A", "B", "C"), args))
+    with naming_crashes(*crashes):
+        return call_unchanged(selective_scan, inputs, **kwargs)
 
 
 def expect_scan(out, args, kwargs, dtype, what, nonfinite=None):
