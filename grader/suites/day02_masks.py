@@ -6,6 +6,7 @@ float64, with the course's rule for a query that may attend to nothing: zero wei
 output. Shapes, lengths and masks are drawn from `rng`, so hidden tests see fresh ones.
 """
 
+import functools
 import math
 import re
 
@@ -25,7 +26,16 @@ from grader.harness.checking import (
 from grader.harness.guard import SDPA, SOFTMAX
 from grader.harness.measuring import measuring
 from grader.suites import Exercise, day01_sdpa
-from grader.suites._common import call_unchanged, draw, randn, softmax64, two_lengths, unpack
+from grader.suites._common import (
+    call_unchanged,
+    draw,
+    explain_by_rank,
+    randn,
+    right_answer,
+    softmax64,
+    two_lengths,
+    unpack,
+)
 
 HINTS = {
     **{
@@ -37,6 +47,7 @@ HINTS = {
             "scaled_by_length",
             "scaled_by_value_dim",
             "batched_transpose",
+            "fixed_rank",
         )
     },
     "divided_by_d": (
@@ -97,6 +108,12 @@ HINTS = {
         "when lq > lk, queries 0 .. lq - lk - 1 come before the first key: their rows are all "
         "False (tril(diagonal=lk - lq) gives that; a slice [:max(..., 0) + 1] does not).",
     ),
+    "device_none_unhandled": (
+        "device=None (the default) not handled: it raised, while device='cpu' works",
+        "pass device straight to torch.arange(..., device=device) or torch.ones(..., "
+        "device=device): they read None as the default device, the CPU; torch.device(None) "
+        "does not.",
+    ),
     "lk_none_unhandled": (
         "lk=None (left out) not replaced by lq",
         "begin with `if lk is None: lk = lq`: causal_mask(L) is the square (L, L) mask.",
@@ -139,7 +156,8 @@ HINTS = {
         "(B, 1, ..., 1, Lk).",
     ),
     "key_padding_fixed_rank": (
-        "key_padding_mask reshaped for 4-D inputs only",
+        "key_padding_mask reshaped for one number of dims only ((B, 1, 1, Lk) fits 4-D inputs, "
+        "(B, 1, Lk) 3-D ones)",
         "view key_padding_mask (B, Lk) as (B, 1, ..., 1, Lk), with as many 1s as q has dims "
         "between the batch and the last two: key_padding_mask.view(B, *[1] * (q.dim() - 2), "
         "Lk).",
@@ -167,6 +185,17 @@ HINTS = {
         "a mask for left padding (real tokens at the end)",
         "the real tokens come first and the padding after them (right padding).",
     ),
+    "ones_where_allowed": (
+        "1 where the mask is True (mask.to(dtype) as the start) instead of 0",
+        "allowed entries must add nothing to the scores: start from zeros, torch.zeros(mask.shape, "
+        "dtype=dtype, device=mask.device), then masked_fill(~mask, torch.finfo(dtype).min).",
+    ),
+    "range_includes_end": (
+        "one position too many: positions from torch.range(0, max_len) or "
+        "torch.arange(max_len + 1), which include max_len",
+        "make exactly max_len positions, 0 .. max_len - 1: torch.arange(max_len) stops before "
+        "its end (torch.range, deprecated, includes it).",
+    ),
     "not_additive": (
         "the mask returned as 0/1 numbers instead of 0 / a large negative",
         "blocked entries are added to the scores, so they must be hugely negative: "
@@ -178,7 +207,8 @@ HINTS = {
         "gets a row of -inf, and softmax turns it into NaN.",
     ),
     "not_dtype_min": (
-        "a fixed large negative (like -1e9) instead of the dtype's minimum",
+        "a large negative other than the dtype's own minimum (a fixed -1e9, say, or a multiple "
+        "of finfo.min)",
         "use torch.finfo(dtype).min: a fixed number is either too small for one "
         "dtype or overflows another (float16 stops at -65504).",
     ),
@@ -216,6 +246,31 @@ HINTS = {
         "uniform weights 1/Lk for a query that may attend to no key",
         "a fully blocked row of equal large negatives softmaxes to 1/Lk: "
         "zero those rows, weights * mask.any(dim=-1, keepdim=True).",
+    ),
+    "mask_after_softmax": (
+        "the mask applied after the softmax (weights * mask): the allowed keys' weights no "
+        "longer sum to 1",
+        "mask the scores before the softmax: scores.masked_fill(~mask, torch.finfo(scores.dtype)"
+        ".min) (or + to_additive_mask), then softmax; blocked keys get 0, the rest sum to 1.",
+    ),
+    "scaled_after_softmax": (
+        "the weights divided by sqrt(d) after the softmax, instead of the scores before it",
+        "scale the scores, q @ k.transpose(-2, -1) / math.sqrt(d), then mask and softmax: "
+        "each query's weights sum to 1.",
+    ),
+    "outputs_swapped": (
+        "(weights, out) returned instead of (out, weights)",
+        "end with `return out, weights`: the output first, then the weights.",
+    ),
+    "any_without_keepdim": (
+        "the rows with nothing to attend to found with any(dim=-1) without keepdim=True: "
+        "(..., Lq) does not line up with the weights (..., Lq, Lk)",
+        "keep the reduced axis: mask.any(dim=-1, keepdim=True) is (..., Lq, 1), one flag per "
+        "query, which broadcasts over the keys.",
+    ),
+    "mask_truth_value": (
+        "a tensor tested with `if mask:` (a tensor of many values is neither True nor False)",
+        "test whether a mask was given with `if mask is not None:`.",
     ),
     "mask_not_broadcast": (
         "a mask that does not broadcast over batch and heads",
@@ -318,6 +373,33 @@ def causal_suspects(lq: int, lk: int) -> list:
 # ----------------------------------------------------------------------------- causal_mask
 
 
+def naming_device_none(check):
+    """The check, with a crash of causal_mask on device=None (left out, or passed) named when the
+    same call with device='cpu' works."""
+
+    @functools.wraps(check)
+    def with_device_none_named(causal_mask, rng):
+        def call(*args, **kwargs):
+            try:
+                return causal_mask(*args, **kwargs)
+            except Mistake as mistake:
+                if mistake.key != "raised" or kwargs.get("device") is not None:
+                    raise
+                if not right_answer(lambda: causal_mask(*args, **{**kwargs, "device": "cpu"})):
+                    raise
+                description, fix = HINTS["device_none_unhandled"]
+                raise Mistake(
+                    f"{mistake.message}\n      It looks like {description}.",
+                    fix,
+                    "device_none_unhandled",
+                ) from None
+
+        return check(call, rng)
+
+    return with_device_none_named
+
+
+@naming_device_none
 def causal_square(causal_mask, rng):
     """lq = lk (lk left out, then given): query i sees keys 0 .. i, diagonal included"""
     length = draw(rng, 2, 9)
@@ -343,6 +425,7 @@ def causal_square(causal_mask, rng):
     )
 
 
+@naming_device_none
 def causal_more_keys(causal_mask, rng):
     """lq < lk (new queries after cached keys): bottom-right aligned, not top-left"""
     lq, lk = two_lengths(rng)
@@ -354,6 +437,7 @@ def causal_more_keys(causal_mask, rng):
     )
 
 
+@naming_device_none
 def causal_one_query(causal_mask, rng):
     """lq = 1 (one decoding step with a KV cache): the new query sees every key"""
     lk = draw(rng, 2, 12)
@@ -380,6 +464,7 @@ def is_right_square_mask(causal_mask, length: int) -> bool:
     )
 
 
+@naming_device_none
 def causal_more_queries(causal_mask, rng):
     """lq > lk: the first lq - lk queries see no key at all (rows of False)"""
     lk, lq = two_lengths(rng)
@@ -391,6 +476,7 @@ def causal_more_queries(causal_mask, rng):
     )
 
 
+@naming_device_none
 def causal_follows_device(causal_mask, rng):
     """device= is honoured (a mask made on PyTorch's 'meta' device), and None means the CPU"""
     lq, lk = two_lengths(rng)
@@ -437,6 +523,7 @@ def padding_suspects(lengths: torch.Tensor, max_len: int) -> list:
         ("off_by_one", positions[1:] <= lengths[:, None]),
         ("padding_transposed", ref.T),
         ("left_padded", ref.flip(-1)),
+        ("range_includes_end", torch.arange(max_len + 1) < lengths[:, None]),
     ]
     if len(lengths) in (1, max_len):  # 1-D positions against 1-D lengths: it runs, elementwise
         suspects.append(("padding_no_unsqueeze", positions < lengths))
@@ -512,7 +599,9 @@ def expect_on_meta(call, what: str) -> None:
     tensor there. A crash that says a tensor was on the CPU is ignores_device. Code that reads
     the values (a loop over lengths.tolist(), say) cannot run without data: it is tested by
     `expect_made_on_input_device` instead, unless the line that raised moves a tensor to the
-    CPU."""
+    CPU. First `call("cpu")`: code that raises on ordinary inputs is reported with its own
+    error, never passed (on 'meta', with no values to read, some crashes do not happen)."""
+    call("cpu")
     try:
         out = call("meta")
     except NotImplementedYet as stopped:  # "Cannot copy out of meta tensor": values were read
@@ -547,7 +636,8 @@ def expect_made_on_input_device(call, what: str) -> None:
     """`call("cpu")` with 'meta' as PyTorch's default device: a tensor made without device=
     lands on 'meta' then, so a result there, or a crash where it meets the input, was built
     without the input's device. Another crash says nothing (torch.arange(n).to(lengths.device)
-    cannot copy out of 'meta'), and passes."""
+    cannot copy out of 'meta'), and passes: `expect_on_meta` has seen the same call run on
+    the CPU."""
     try:
         with measuring(f"{__name__}:MetaByDefault", lambda seen: None), MetaByDefault():
             out = call("cpu")
@@ -628,6 +718,8 @@ def expect_additive(out, mask: torch.Tensor, dtype: torch.dtype, what: str) -> N
         return
     if (allowed == low).all() and (blocked == 0).all():
         raise named_mistake("inverted_mask", what)
+    if (allowed == 1).all() and (blocked == low).all():
+        raise named_mistake("ones_where_allowed", what)
     if (
         (allowed == 0).all()
         and blocked.numel()
@@ -798,7 +890,20 @@ def attention_suspects(q, k, v, mask, **named_masks) -> tuple:
         out, weight = attention64(q, k, v, **kwargs)
         weights.append((key, weight))
         outs.append((key, out))
+    for key, weight in weights_changed_after_softmax(q, k, v, mask):
+        weights.append((key, weight))
+        outs.append((key, weight @ v.double()))
     return weights, outs
+
+
+def weights_changed_after_softmax(q, k, v, mask=None) -> list:
+    """(key, weights) for the mistakes that change the weights after the softmax: divided by
+    sqrt(d) there, not the scores before it; and multiplied by the mask, not masked before."""
+    unscaled = attention64(q, k, v, mask, scale=1.0)[1]  # (..., Lq, Lk)
+    suspects = [("scaled_after_softmax", unscaled / math.sqrt(q.shape[-1]))]
+    if mask is not None:
+        suspects.append(("mask_after_softmax", attention64(q, k, v)[1] * mask))
+    return suspects
 
 
 def wrong_scales(q, k, v) -> list:
@@ -834,36 +939,105 @@ def expect_attention(result, q, k, v, mask, what="", nonfinite=None, **named_mas
 
 
 def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
-    """The student's result; a crash or a wrong shape caused by the mask's shape is named."""
+    """The student's result. A crash or a wrong shape is named only where the evidence shows
+    its cause (`explain_failure`); otherwise it is reported as it is, with the line that raised."""
+    padding = kwargs.get("key_padding_mask")
     try:
         result = call_unchanged(masked_attention, {"q": q, "k": k, "v": v}, mask=mask, **kwargs)
-        unpack(result, q, k, v)
-        return result
     except Mistake as mistake:
         mistake = overflow_is_named(mistake)
         for key, crashed in CRASHES:
             if crashed(mistake, q):
                 raise named_crash(mistake, key) from None
-        padding = kwargs.get("key_padding_mask")
-        if (
-            mistake.key not in ("raised", "wrong_shape")
-            or (mask is None and padding is None)
-            or "raised TypeError" in mistake.message  # an argument missing, not a shape
-        ):
-            raise mistake from None
-        given = [
-            f"{name} of shape {tuple(m.shape)}"
-            for name, m in (("a mask", mask), ("key_padding_mask", padding))
-            if m is not None
-        ]
-        key = "key_padding_fixed_rank" if padding is not None and q.dim() != 4 else None
-        key = key or "mask_not_broadcast"
-        raise Mistake(
-            f"with q {tuple(q.shape)} and {' and '.join(given)}: "
-            f"{mistake.message} It looks like {HINTS[key][0]}.",
-            HINTS[key][1],
-            key,
-        ) from None
+        # A TypeError is an argument missing (key_padding_mask, say), not a shape.
+        if mistake.key == "raised" and "raised TypeError" not in mistake.message:
+            explain_failure(masked_attention, mistake, q, k, v, mask, padding)
+        raise mistake from None
+    try:
+        unpack(result, q, k, v)
+    except Mistake as mistake:
+        if mistake.key != "wrong_shape":
+            raise
+        if right_answer(lambda: unpack(result[::-1], q, k, v)):
+            raise Mistake(
+                f"{mistake.message.rstrip('.')}: it looks like {HINTS['outputs_swapped'][0]}.",
+                HINTS["outputs_swapped"][1],
+                "outputs_swapped",
+            ) from None
+        explain_failure(masked_attention, mistake, q, k, v, mask, padding)
+        raise
+    return result
+
+
+def explain_failure(masked_attention, failed: Mistake, q, k, v, mask, padding) -> None:
+    """After `failed` (a crash or a wrong shape) with a mask or key_padding_mask: the function is
+    called again with the same keys allowed, given another way. If it works with key_padding_mask
+    viewed as (B, 1, ..., 1, Lk) and passed as `mask`, its own view of key_padding_mask was
+    wrong; if it works with the mask in another shape (the scores' full shape, or (B, Lq, Lk)),
+    its mask does not broadcast; if it works on inputs with another number of dims, it was
+    written for those. Otherwise `failed` stands as it is."""
+    if mask is None and padding is None:
+        return
+    allowed = padding_view(padding, q) if padding is not None else None  # (B, 1, ..., 1, Lk)
+    if mask is not None:
+        allowed = mask if allowed is None else mask & allowed
+    full = allowed.expand(*q.shape[:-1], k.shape[-2]).clone()  # (..., Lq, Lk)
+    given = [
+        f"{name} of shape {tuple(m.shape)}"
+        for name, m in (("a mask", mask), ("key_padding_mask", padding))
+        if m is not None
+    ]
+    context = f"with q {tuple(q.shape)} and {' and '.join(given)}: {failed.message}"
+    other_shapes = [full, full[:, 0]] if full.dim() > 3 else [full]  # full[:, 0]: (B, Lq, Lk)
+    other_shapes = [m for m in other_shapes if m.shape != allowed.shape]
+    if padding is not None and works(masked_attention, q, k, v, allowed):
+        key, evidence = (
+            "key_padding_fixed_rank",
+            f"the same keys passed as a mask of shape {tuple(allowed.shape)}",
+        )
+    elif working := [m for m in other_shapes if works(masked_attention, q, k, v, m)]:
+        key, evidence = "mask_not_broadcast", f"a mask of shape {tuple(working[0].shape)}"
+    else:
+        if failed.key == "raised":
+            explain_by_rank(
+                failed, q.dim(), lambda rank: right_at_rank(masked_attention, q, k, v, full, rank)
+            )
+        return
+    raise Mistake(
+        f"{context}\n      It works with {evidence}: it looks like {HINTS[key][0]}.",
+        HINTS[key][1],
+        key,
+    ) from None
+
+
+def padding_view(padding: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """key_padding_mask (B, Lk) as (B, 1, ..., 1, Lk): the same for every head and query."""
+    batch, lk = padding.shape
+    return padding.view(batch, *[1] * (q.dim() - 2), lk)
+
+
+def works(masked_attention, q, k, v, mask) -> bool:
+    """Whether masked_attention(q, k, v, mask) runs and returns the documented shapes."""
+    return right_answer(lambda: unpack(masked_attention(q, k, v, mask.clone()), q, k, v))
+
+
+def right_at_rank(masked_attention, q, k, v, mask, rank: int) -> bool:
+    """Whether masked_attention is right on the same problem with `rank`-D inputs: size-1 dims
+    put after the batch, or the first of each dim dropped there; the mask has the full shape."""
+    if rank < 3:  # keep the batch: key_padding_mask and the mask have it
+        return False
+    inputs = [at_rank(t, rank) for t in (q, k, v, mask)]
+    return right_answer(lambda: expect_attention(masked_attention(*inputs), *inputs))
+
+
+def at_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
+    """t (..., X, Y) with `rank` dims: size-1 dims added after the first, or dims dropped
+    there (their first entry kept); the last two dims stay."""
+    while t.dim() < rank:
+        t = t.unsqueeze(1)
+    while t.dim() > rank:
+        t = t[0] if t.dim() == 3 else t[:, 0]
+    return t.contiguous()
 
 
 # A crash that is the signature of one mistake: (key, whether `mistake` on input q is it).
@@ -871,6 +1045,17 @@ CRASHES = [
     (
         "none_not_handled",
         lambda mistake, q: mistake.key == "raised" and "NoneType" in mistake.message,
+    ),
+    (
+        "any_without_keepdim",
+        lambda mistake, q: (
+            crashed_with(mistake, "RuntimeError", "must match the size")
+            and re.search(r"\bany\((?![^)]*keepdim)", student_line(mistake.message)) is not None
+        ),
+    ),
+    (
+        "mask_truth_value",
+        lambda mistake, q: crashed_with(mistake, "RuntimeError", "Boolean value of Tensor"),
     ),
     (
         "batched_transpose",
@@ -926,6 +1111,7 @@ def masked_no_mask(masked_attention, rng):
         suspects=[
             *[(key, attention64(q, k, v, scale=scale)[1]) for key, scale in wrong_scales(q, k, v)],
             ("softmax_over_queries", attention64(q, k, v, dim=-2)[1]),
+            *weights_changed_after_softmax(q, k, v),
             ("inverted_mask", torch.zeros_like(weights_ref)),  # no mask inverted: all blocked
             ("inverted_mask", torch.full_like(weights_ref, 1 / lk)),
         ],
@@ -962,7 +1148,7 @@ def masked_key_padding(masked_attention, rng):
     keys, queries = real[:, None, None, :], real[:, None, :, None]  # (B, 1, 1, L), (B, 1, L, 1)
     misaligned = {}
     if heads == batch:  # (B, 1, L) against (B, H, L, L): the batch lines up with the heads
-        misaligned["mask_not_broadcast"] = real[None, :, None, :]
+        misaligned["key_padding_fixed_rank"] = real[None, :, None, :]
     result = call_masked(masked_attention, q, k, v, None, key_padding_mask=real.clone())
     expect_attention(
         result,

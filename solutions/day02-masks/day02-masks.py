@@ -125,7 +125,7 @@ print("stable", stable_softmax(blocked))    # zeros
 #
 # Compare positions, all at once: a column of query positions, `(lq, 1)`, against a row of key positions, `(1, lk)`, broadcasts to the whole `(lq, lk)` mask. `torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=...)` works too (without `dtype=torch.bool` it is a float mask). Create the tensors on `device`: pass `device=device` to `torch.arange` or `torch.ones`. The checks ask for `device="meta"`, PyTorch's device for tensors that have a shape and a dtype but no values, to see that your mask lands where it is asked to.
 #
-# The checks recognise: an inverted mask; a missing diagonal; the upper triangle instead of the lower; top-left alignment when $L_q \ne L_k$, or the offset's sign flipped; a mask shifted by one key (positions counted from 1); key 0 given to queries that come before every key; the shape `(lk, lq)`, or extra size-1 dims; `lk=None` left unhandled; a float mask instead of a boolean one; ignoring `device`.
+# The checks recognise: an inverted mask; a missing diagonal; the upper triangle instead of the lower; top-left alignment when $L_q \ne L_k$, or the offset's sign flipped; a mask shifted by one key (positions counted from 1); key 0 given to queries that come before every key; the shape `(lk, lq)`, or extra size-1 dims; `lk=None` left unhandled; a float mask instead of a boolean one; ignoring `device`, or a crash on `device=None`.
 
 # %% nbgrader={"grade": false, "grade_id": "causal_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def causal_mask(lq: int, lk: int = None, device=None) -> torch.Tensor:
@@ -172,7 +172,7 @@ top_left = torch.ones(2, 5, dtype=torch.bool).tril()
 is_causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
 yours = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(2, 5))
 print("is_causal == top-left mask:          ", torch.allclose(is_causal, F.scaled_dot_product_attention(q, k, v, attn_mask=top_left)))
-print("is_causal == your mask:              ", torch.allclose(is_causal, yours))
+print("is_causal == your mask (expect False):", torch.allclose(is_causal, yours))
 print("causal_lower_right == your mask:     ", torch.allclose(F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(2, 5)), yours))
 print("square: is_causal == causal_mask(5): ", torch.allclose(F.scaled_dot_product_attention(k, k, v, is_causal=True), F.scaled_dot_product_attention(k, k, v, attn_mask=causal_mask(5))))
 
@@ -199,9 +199,9 @@ plt.show()
 #
 # ### Exercise 2: `padding_mask`
 #
-# One comparison does it: a row of positions `torch.arange(max_len)` against a column of lengths `lengths[:, None]`. No Python loop. Make the positions on `lengths.device`: the checks pass `lengths` on the `"meta"` device (shapes, no values) and expect the mask there.
+# One comparison does it, with no Python loop: a row of positions `torch.arange(max_len)` against a column of lengths `lengths[:, None]`. (A loop over the sequences passes the checks too, but it runs one Python step per sequence, where the comparison does the whole batch at once.) Make the positions on `lengths.device`: the checks pass `lengths` on the `"meta"` device (shapes, no values) and expect the mask there.
 #
-# The checks recognise: an inverted mask; an off-by-one (`<=`, or `< length - 1`); the shape `(max_len, B)`, extra size-1 dims, or a width from `lengths.max()` instead of `max_len`; positions and lengths compared without `[:, None]`; padding at the start instead of the end; a mask that is not boolean; a mask made on the CPU whatever `lengths`' device; `lengths` changed in place (`lengths.unsqueeze_(1)`).
+# The checks recognise: an inverted mask; an off-by-one (`<=`, or `< length - 1`), or one position too many (`torch.range(0, max_len)`); the shape `(max_len, B)`, extra size-1 dims, or a width from `lengths.max()` instead of `max_len`; positions and lengths compared without `[:, None]`; padding at the start instead of the end; a mask that is not boolean; a mask made on the CPU whatever `lengths`' device; `lengths` changed in place (`lengths.unsqueeze_(1)`).
 
 # %% nbgrader={"grade": false, "grade_id": "padding_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -257,7 +257,7 @@ except RuntimeError as error:
 #
 # ### Exercise 3: `to_additive_mask`
 #
-# The checks recognise: an inverted mask; $-\infty$ instead of the minimum; a fixed constant such as $-10^9$ (and its float16 overflow); `finfo.max` or `finfo.tiny` instead of `finfo.min`; 0/1 numbers instead of 0/large negative; a result in the wrong dtype; a result made on the CPU whatever the mask's device; the mask changed in place (`mask.logical_not_()`).
+# The checks recognise: an inverted mask; $-\infty$ instead of the minimum; a fixed constant such as $-10^9$ (and its float16 overflow); `finfo.max` or `finfo.tiny` instead of `finfo.min`; 0/1 numbers instead of 0/large negative, or 1 instead of 0 where the mask is True; a result in the wrong dtype; a result made on the CPU whatever the mask's device; the mask changed in place (`mask.logical_not_()`).
 
 # %% nbgrader={"grade": false, "grade_id": "to_additive_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -301,13 +301,13 @@ check("day02-masks", "to_additive_mask", to_additive_mask, hidden=True, points=1
 #
 # **Cross-attention.** In an encoder–decoder model, the decoder's $L_q$ queries attend to the encoder's $L_k$ outputs: $L_q \ne L_k$ is the normal case, and the mask is the encoder's padding, `(B, 1, 1, Lk)`. No causal mask: the whole source sentence is known.
 #
-# `key_padding_mask` is a convenience, as in `nn.MultiheadAttention` but with our convention: a `(B, Lk)` padding mask (True = real key), applied to every head and every query, and combined with `mask` by AND.
+# `key_padding_mask` is a convenience, as in `nn.MultiheadAttention` but with our convention: a `(B, Lk)` padding mask (True = real key), applied to every head and every query, and combined with `mask` by AND. Its view depends on the inputs' number of dims: `(B, 1, 1, Lk)` for `(B, H, L, D)` inputs, `(B, 1, Lk)` for `(B, L, D)` ones; in general `(B, 1, ..., 1, Lk)`, one 1 for each dim between the batch and the keys, which `key_padding_mask.view(B, *[1] * (q.dim() - 2), Lk)` builds.
 #
 # ### Exercise 4: `masked_attention`
 #
 # Build it from your own pieces: the scores, your `to_additive_mask` (or `masked_fill`), `stable_softmax(..., dim=-1)` over the keys, then `weights @ v`. Then make rows with nothing to see exactly zero.
 #
-# The checks recognise: an inverted mask; the mask ignored; `key_padding_mask` ignored, or applied to queries instead of keys; NaN, or uniform weights $1/L_k$, for a query that may see no key; a mask that does not broadcast over batch and heads; float16 overflow from a constant like $-10^9$; the missing $1/\sqrt{d}$, or $1/d$, $1/\sqrt{L_k}$, $1/\sqrt{d_v}$ instead; `k.T` on inputs with leading dims; a dtype changed inside (`q.float()`) and not cast back; empty rows found with `any(dim=-2)`; an input changed in place (`mask &= ...`); softmax over the queries; `mask` or `key_padding_mask` used without checking for `None`; the two combined with OR instead of AND; `key_padding_mask` reshaped for 4-D inputs only; calls to the built-ins or to the course's attention.
+# The checks recognise: an inverted mask; the mask ignored; `key_padding_mask` ignored, or applied to queries instead of keys; NaN, or uniform weights $1/L_k$, for a query that may see no key; the mask applied after the softmax (weights times the mask); a mask that does not broadcast over batch and heads; float16 overflow from a constant like $-10^9$; the missing $1/\sqrt{d}$, or $1/d$, $1/\sqrt{L_k}$, $1/\sqrt{d_v}$ instead, or the weights divided by $\sqrt{d}$ after the softmax; code for 4-D inputs only; `k.T` on inputs with leading dims; a dtype changed inside (`q.float()`) and not cast back; empty rows found with `any(dim=-2)`, or with `any(dim=-1)` without `keepdim=True`; an input changed in place (`mask &= ...`); softmax over the queries; `mask` or `key_padding_mask` used without checking for `None`, or tested with `if mask:`; the two combined with OR instead of AND; `key_padding_mask` reshaped for one number of dims only; `(weights, out)` returned in the wrong order; calls to the built-ins or to the course's attention.
 
 # %% nbgrader={"grade": false, "grade_id": "masked_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

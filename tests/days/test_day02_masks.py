@@ -147,6 +147,10 @@ def check_keys(name, impl, seed=0, hidden=False) -> dict:
         (causal_from_positions(query_start=1), "shifted_by_one"),
         (causal_from_positions(rows_are_keys=True), "swapped_lengths"),
         (causal_from_positions(offset=lambda lq, lk: lq - lk), "offset_sign"),
+        (
+            lambda lq, lk=None, device=None: bottom_right(lq, lk).to(torch.device(device)),
+            "device_none_unhandled",
+        ),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -166,6 +170,7 @@ def check_keys(name, impl, seed=0, hidden=False) -> dict:
         "positions_from_1",
         "rows_are_keys",
         "arange_offset_sign",
+        "device_none",
         "stub",
     ],
 )
@@ -284,6 +289,10 @@ def lengths_unsqueezed_in_place(lengths, max_len):
         (lambda lengths, max_len: on_device(lengths.cpu(), max_len), "ignores_device"),
         (padding_loop_on_the_cpu, "ignores_device"),
         (lengths_unsqueezed_in_place, "modified_input"),
+        (
+            padding(lambda p, n: p < n, positions=lambda n: torch.arange(n + 1)),
+            "range_includes_end",
+        ),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -300,12 +309,30 @@ def lengths_unsqueezed_in_place(lengths, max_len):
         "lengths_to_cpu",
         "loop_on_the_cpu",
         "unsqueezed_in_place",
+        "range_includes_end",
         "stub",
     ],
 )
 def test_padding_mask_bug_is_named(bug, key, capsys):
     assert_named("padding_mask", bug, key, capsys)
     assert_named_on_hidden_seeds("padding_mask", bug, key, seeds=range(1, 4))
+
+
+@pytest.mark.parametrize(
+    "name, crash",
+    [
+        ("padding_mask", lambda lengths, max_len: lengths.shape[1]),  # IndexError
+        ("to_additive_mask", lambda mask, dtype: torch.iinfo(dtype)),  # TypeError
+        ("to_additive_mask", lambda mask, dtype: (mask - 1).to(dtype)),  # bool subtraction
+    ],
+    ids=["padding_index_error", "additive_iinfo", "additive_bool_minus"],
+)
+def test_a_function_that_always_raises_passes_no_check(name, crash):
+    """The 'meta' device check too: a crash there is not excused as code that reads values."""
+    result = report(name, crash)
+    assert {r.key for r in result.results} == {"raised"}, [
+        (r.key, r.message) for r in result.results
+    ]
 
 
 def on_device(lengths, max_len):
@@ -441,6 +468,11 @@ def test_forgotten_dtype_is_not_called_float16_overflow(seed):
         (additive_in_float32, "wrong_dtype"),
         (additive_inverting_in_place, "modified_input"),
         (
+            lambda mask, dtype: mask.to(dtype).masked_fill(~mask, torch.finfo(dtype).min),
+            "ones_where_allowed",
+        ),
+        (additive(lambda dtype: torch.finfo(dtype).min / 2), "not_dtype_min"),
+        (
             lambda mask, dtype: torch.zeros(mask.shape, dtype=dtype).masked_fill(
                 ~mask, torch.finfo(dtype).min
             ),
@@ -463,6 +495,8 @@ def test_forgotten_dtype_is_not_called_float16_overflow(seed):
         "plus_finfo_tiny",
         "no_dtype",
         "logical_not_in_place",
+        "ones_where_allowed",
+        "half_the_minimum",
         "ignores_device",
         "mask_to_cpu",
         "stub",
@@ -627,6 +661,45 @@ def scores_upcast_never_cast_back(q, k, v, mask=None, key_padding_mask=None):
     return make_masked()(q.float(), k.float(), v, mask, key_padding_mask)
 
 
+def mask_after_softmax(q, k, v, mask=None, key_padding_mask=None):
+    """Softmax over every key, then the weights times the mask: rows no longer sum to 1."""
+    weights = make_masked(fill=lambda s, m: s, zero_rows=False)(q, k, v, mask, key_padding_mask)[1]
+    if key_padding_mask is not None:
+        weights = weights * key_view(key_padding_mask, q)
+    if mask is not None:
+        weights = weights * mask
+    return weights @ v, weights
+
+
+def scaled_after_softmax(q, k, v, mask=None, key_padding_mask=None):
+    """The weights, not the scores, divided by sqrt(d)."""
+    _, weights = make_masked(scale=lambda q, k, v: 1.0)(q, k, v, mask, key_padding_mask)
+    weights = weights / math.sqrt(q.shape[-1])
+    return weights @ v, weights
+
+
+def mask_tested_for_truth(q, k, v, mask=None, key_padding_mask=None):
+    if key_padding_mask:  # a tensor's truth value: ambiguous
+        mask = (
+            key_view(key_padding_mask, q) if mask is None else mask & key_view(key_padding_mask, q)
+        )
+    return make_masked()(q, k, v, mask)
+
+
+def einsum_for_4d(q, k, v, mask=None, key_padding_mask=None):
+    """Right on (B, H, L, D) inputs only: the einsum names four dims."""
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(q.shape[-1])
+    if key_padding_mask is not None:
+        keys = key_view(key_padding_mask, q)
+        mask = keys if mask is None else mask & keys
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = stable_softmax(scores)
+    if mask is not None:
+        weights = weights * mask.any(dim=-1, keepdim=True)
+    return weights @ v, weights
+
+
 def and_in_place(mask, keys):
     mask &= keys  # writes into the caller's mask (or cannot grow it: a RuntimeError)
     return mask
@@ -668,7 +741,7 @@ def unsqueezed_in_place(key_padding_mask, q):
         (make_masked(softmax_dim=-2, zero_rows=False), "softmax_over_queries"),
         (
             lambda q, k, v, mask=None, key_padding_mask=None: make_masked()(q, k, v, mask)[::-1],
-            "wrong_shape",
+            "outputs_swapped",
         ),
         (lambda q, k, v, mask=None: make_masked()(q, k, v, mask), "raised"),  # no key_padding_mask
         (make_masked(combine=lambda m, keys: m & keys), "none_not_handled"),
@@ -676,7 +749,7 @@ def unsqueezed_in_place(key_padding_mask, q):
             make_masked(combine=lambda m, keys: keys if m is None else m | keys),
             "masks_combined_with_or",
         ),
-        (make_masked(kpm_view=lambda kpm, q: kpm.unsqueeze(1)), "mask_not_broadcast"),
+        (make_masked(kpm_view=lambda kpm, q: kpm.unsqueeze(1)), "key_padding_fixed_rank"),
         (make_masked(kpm_view=lambda kpm, q: kpm[:, None, None, :]), "key_padding_fixed_rank"),
         (empty_rows_found_before_padding, "fully_masked_row_uniform"),
         (query_scaled_in_place, "modified_input"),
@@ -701,6 +774,11 @@ def unsqueezed_in_place(key_padding_mask, q):
         (make_masked(scale=lambda q, k, v: 1 / math.sqrt(v.shape[-1])), "scaled_by_value_dim"),
         (make_masked(scale=lambda q, k, v: 1 / q.shape[-1]), "divided_by_d"),
         (make_masked(combine=lambda m, keys: keys if m is None else m), "key_padding_ignored"),
+        (mask_after_softmax, "mask_after_softmax"),
+        (scaled_after_softmax, "scaled_after_softmax"),
+        (mask_tested_for_truth, "mask_truth_value"),
+        (any_without_keepdim, "any_without_keepdim"),
+        (einsum_for_4d, "fixed_rank"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -734,6 +812,11 @@ def unsqueezed_in_place(key_padding_mask, q):
         "sqrt_dv",
         "divided_by_d",
         "kpm_forgotten",
+        "mask_after_softmax",
+        "scaled_after_softmax",
+        "if_mask",
+        "any_without_keepdim",
+        "einsum_4d_only",
         "stub",
     ],
 )
@@ -777,8 +860,23 @@ def test_nan_from_a_naive_softmax_is_not_called_overflow_in_float16(seed):
     assert set(keys.values()) - {""} == {"nan_on_fully_masked_row"}, keys
 
 
-def test_zeroing_rows_without_keepdim_fails():
-    assert not report("masked_attention", any_without_keepdim).passed
+@pytest.mark.parametrize(
+    "bug",
+    [
+        lambda q, k, v, mask=None, key_padding_mask=None: (
+            lambda out, weights: (weights @ v.mT, weights)
+        )(*make_masked()(q, k, v, mask, key_padding_mask)),
+        lambda q, k, v, mask=None, key_padding_mask=None: (
+            make_masked()(q, k, v, mask, key_padding_mask)[0][..., :-1],
+            make_masked()(q, k, v, mask, key_padding_mask)[1],
+        ),
+    ],
+    ids=["v_transposed", "out_cut_short"],
+)
+def test_a_crash_or_a_wrong_shape_with_a_mask_is_not_called_a_broadcast_mistake(bug):
+    """Named only on evidence: these fail with any mask shape, so they stand as they are."""
+    keys = {r.key for r in report("masked_attention", bug).results} - {""}
+    assert keys and keys <= {"raised", "wrong_shape"}, keys
 
 
 @pytest.mark.parametrize(
@@ -979,10 +1077,12 @@ PROMISES = {
         "`lk=None` left unhandled": "lk_none_unhandled",
         "a float mask instead of a boolean one": "not_boolean",
         "ignoring `device`": "ignores_device",
+        "a crash on `device=None`": "device_none_unhandled",
     },
     "padding_mask": {
         "an inverted mask": "inverted_mask",
         "an off-by-one": "off_by_one",
+        "one position too many": "range_includes_end",
         "the shape `(max_len, B)`": "padding_transposed",
         "extra size-1 dims": "extra_dims",
         "a width from `lengths.max()`": "width_from_lengths",
@@ -1000,6 +1100,7 @@ PROMISES = {
         "`finfo.max`": "additive_positive",
         "`finfo.tiny`": "finfo_tiny",
         "0/1 numbers": "not_additive",
+        "1 instead of 0 where the mask is True": "ones_where_allowed",
         "a result in the wrong dtype": "wrong_dtype",
         "a result made on the CPU": "ignores_device",
         "the mask changed in place": "modified_input",
@@ -1010,6 +1111,7 @@ PROMISES = {
         "`key_padding_mask` ignored": "key_padding_ignored",
         "applied to queries instead of keys": "masked_queries",
         "NaN, or uniform weights": ("nan_on_fully_masked_row", "fully_masked_row_uniform"),
+        "the mask applied after the softmax": "mask_after_softmax",
         "a mask that does not broadcast": "mask_not_broadcast",
         "float16 overflow": "float16_overflow",
         "the missing $1/\\sqrt{d}$": "missing_scale",
@@ -1018,14 +1120,19 @@ PROMISES = {
             "scaled_by_length",
             "scaled_by_value_dim",
         ),
+        "the weights divided by $\\sqrt{d}$ after the softmax": "scaled_after_softmax",
+        "code for 4-D inputs only": "fixed_rank",
         "`k.T` on inputs with leading dims": "batched_transpose",
         "a dtype changed inside (`q.float()`) and not cast back": "dtype_not_restored",
         "empty rows found with `any(dim=-2)`": "empty_rows_over_queries",
+        "`any(dim=-1)` without `keepdim=True`": "any_without_keepdim",
         "an input changed in place": "modified_input",
         "softmax over the queries": "softmax_over_queries",
         "used without checking for `None`": "none_not_handled",
+        "tested with `if mask:`": "mask_truth_value",
         "combined with OR instead of AND": "masks_combined_with_or",
-        "reshaped for 4-D inputs only": "key_padding_fixed_rank",
+        "reshaped for one number of dims only": "key_padding_fixed_rank",
+        "returned in the wrong order": "outputs_swapped",
         "calls to the built-ins": "shortcut",
     },
 }
