@@ -160,7 +160,7 @@ check("day03-multihead", "merge_heads", merge_heads, hidden=True, points=1)
 #
 # ### Exercise 3: `repeat_kv`
 #
-# The checks recognise: heads tiled (`x.repeat(1, n_rep, 1, 1)` gives `[a, b, a, b]`), the repeat along the wrong axis or without `dim=`, and each head copied $n_{\text{rep}} + 1$ times ($n_{\text{rep}}$ counted as the extra copies).
+# The checks recognise: heads tiled (`x.repeat(1, n_rep, 1, 1)` gives `[a, b, a, b]`), the repeat along the wrong axis (the batch, `dim=0`, or the length) or without `dim=`, and each head copied $n_{\text{rep}} + 1$ times ($n_{\text{rep}}$ counted as the extra copies).
 
 # %% nbgrader={"grade": false, "grade_id": "repeat_kv", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -203,7 +203,7 @@ check("day03-multihead", "repeat_kv", repeat_kv, hidden=True, points=1)
 #
 # ### Exercise 4: `MultiHeadAttention`
 #
-# The checks copy the weights of a `torch.nn.MultiheadAttention` into yours and compare outputs and head-averaged weights; for GQA they compare with `nn.MultiheadAttention` holding each K/V head repeated for its group. They recognise: heads split without a transpose (all of them, or only the queries), scores scaled by $d_{\text{model}}$ instead of $d_h$, a missing or mis-shaped projection, `context` or `mask` ignored, an inverted mask, weights averaged over heads instead of per head, weights returned when `need_weights=False`, query heads paired with K/V head `h % Hkv`, and bad head counts not refused with a `ValueError`.
+# The checks copy the weights of a `torch.nn.MultiheadAttention` into yours and compare outputs and head-averaged weights; for GQA they compare with `nn.MultiheadAttention` holding each K/V head repeated for its group. They recognise: heads split without a transpose (all of them, or only the queries), scores scaled by $d_{\text{model}}$ instead of $d_h$ or scaled twice (`q` divided by $\sqrt{d_h}$ before `attention`, which divides again), queries computed from `context`, keys and values split into `num_heads` heads or repeated by the wrong count, keys and values kept on `self` from an earlier call (one check calls a module twice), a missing or mis-shaped projection, `context` or `mask` ignored, an inverted mask, weights averaged over heads instead of per head, weights returned when `need_weights=False`, query heads paired with K/V head `h % Hkv`, and bad head counts not refused with a `ValueError`.
 
 # %% nbgrader={"grade": false, "grade_id": "MultiHeadAttention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 class MultiHeadAttention(nn.Module):
@@ -419,7 +419,7 @@ check("day03-multihead", "apply_rope", apply_rope, hidden=True, points=1)
 #
 # ### Exercise 7: `alibi_bias`
 #
-# The checks recognise: slopes counted from $h = 0$, the wrong sign, queries at $0..L_q-1$ (top-left), future keys clipped to 0 or $|\,i - j\,|$ used, and $2^{-8h/H}$ used when $H$ is not a power of two.
+# The checks recognise: slopes counted from $h = 0$, the wrong sign, queries at $0..L_q-1$ (top-left), future keys clipped to 0 or $|\,i - j\,|$ used, $2^{-8h/H}$ used when $H$ is not a power of two, $H$ rounded up to the next power of two, and the slopes sorted or the extra ones put first.
 
 # %% nbgrader={"grade": false, "grade_id": "alibi_bias", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def alibi_bias(num_heads: int, lq: int, lk: int) -> torch.Tensor:
@@ -542,7 +542,7 @@ plt.show()
 #
 # Signature as in Hugging Face's `T5Attention._relative_position_bucket`: `relative_position` is **memory position − query position** (negative for keys in the past).
 #
-# The checks compare with a brute-force transcription of the paper's code and recognise: the sign flipped (query − memory), `bidirectional=False` treated as bidirectional, an off-by-one at the exact/log boundary, no clamp at the last bucket, $n_{\text{exact}}$ computed before halving, the log part rounded instead of truncated, and parameters that leave no exact or no log bucket (`max_distance <= max_exact`) not refused with a `ValueError`.
+# The checks compare with a brute-force transcription of the paper's code and recognise: the sign flipped (query − memory), `bidirectional=False` treated as bidirectional, an off-by-one at the exact/log boundary, no clamp at the last bucket, $n_{\text{exact}}$ computed before halving, the log part rounded instead of truncated, `relative_position` changed in place (`abs_()`), and parameters that leave no exact or no log bucket (`max_distance <= max_exact`) not refused with a `ValueError`.
 
 # %% nbgrader={"grade": false, "grade_id": "relative_position_bucket", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def relative_position_bucket(relative_position: torch.Tensor, bidirectional: bool = True,
@@ -683,7 +683,7 @@ check("day03-multihead", "shaw_relative_attention", shaw_relative_attention, hid
 #
 # T5's bias lives in an `nn.Embedding(num_buckets, H)`: its weight, `bias_table`, is `(num_buckets, H)`. Look it up with the buckets of `memory − query`, `bias_table[buckets]` is `(Lq, Lk, H)`, and move the heads first to add it to the `(B, H, Lq, Lk)` scores. Use your `relative_position_bucket`.
 #
-# The checks recognise: buckets of query − memory, queries top-left, the bias multiplied by the score scale, the heads' biases mixed up (the table's axes) or transposed (`.permute(2, 1, 0)`), `bidirectional` or `max_distance` not passed on, the mask ignored or applied after the softmax, and a table whose number of heads is not `q`'s not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention`.
+# The checks recognise: buckets of query − memory, queries top-left, the bias multiplied by the score scale, the heads' biases mixed up (the table's axes) or transposed (`.permute(2, 1, 0)`), `bidirectional` or `max_distance` not passed on, the mask ignored or applied after the softmax, blocked scores filled with 0, the `scale` argument ignored, every head given head 0's bias, and a table whose number of heads is not `q`'s not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention`.
 
 # %% nbgrader={"grade": false, "grade_id": "relative_bias_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def relative_bias_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -778,9 +778,9 @@ check("day03-multihead", "relative_bias_attention", relative_bias_attention, hid
 #
 # ### Exercise 11: `memory_attention`
 #
-# Use your `apply_rope` and the course's `attention(q, k, v, mask)` and `causal_mask`. The gate logits come in as an argument (a layer computes them from $x$, see below).
+# Use your `apply_rope` and the course's `attention(q, k, v, mask)` and `causal_mask(lq, lk=None, device=None)`: an `(lq, lk)` boolean mask, True = may attend, with the queries aligned to the last `lq` keys (bottom-right), so `causal_mask(L)` is the `(L, L)` lower triangle. The gate logits come in as an argument (a layer computes them from $x$, see below).
 #
-# The checks compare with a float64 oracle that writes out every absolute position, run `backward` to see whether any gradient reaches the memory, and recognise: the memory not detached, the segment's positions restarting at 0, the memory placed after the segment, the gate inverted ($g$ on the local part), the logits used without a sigmoid, a local attention that is not causal, one softmax over the concatenation, a causal mask on the memory keys, memory keys not rotated or `base` not passed on, a gate without its last axis, an empty memory ($M = 0$, the first segment) not handled or answered with the local attention alone (the gate skipped), and bad shapes (memory keys and values of different lengths, a memory head size that is not $D$, gate logits that are not `(B, H, L)`) not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention` and `course.reference.multihead`.
+# The checks compare with a float64 oracle that writes out every absolute position, run `backward` to see whether any gradient reaches the memory, and recognise: the memory not detached, or detached in place (`mem_k.detach_()`, which changes the caller's tensor), the segment's positions restarting at 0 (for `q`, `k` or both) or one off, the memory placed after the segment, the gate inverted ($g$ on the local part), the logits used without a sigmoid or put through a softmax, values rotated with RoPE too, a local attention that is not causal or whose causal mask is inverted (`triu(..., 1)`, True = blocked), one softmax over the concatenation, a causal mask on the memory keys, memory keys not rotated or `base` not passed on (to any of `q`, `k`, `mem_k`), a gate without its last axis, an empty memory ($M = 0$, the first segment) not handled or answered with the local attention alone (the gate skipped), and bad shapes (memory keys and values of different lengths, a memory head size that is not $D$, gate logits that are not `(B, H, L)`) not refused with a `ValueError`. Not allowed: `F.scaled_dot_product_attention` and `course.reference.multihead`.
 
 # %% nbgrader={"grade": false, "grade_id": "memory_attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def memory_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mem_k: torch.Tensor,

@@ -875,7 +875,7 @@ def make_relative_bias(
         (make_relative_bias(top_left=True), "bias_top_left"),
         (make_relative_bias(scale_bias=True), "bias_scaled"),
         (make_relative_bias(heads="flip"), "bias_wrong_heads"),
-        (make_relative_bias(heads="first"), "bias_wrong_heads"),
+        (make_relative_bias(heads="first"), "bias_one_head"),
         (make_relative_bias(pass_bidirectional=False), "bias_ignores_bidirectional"),
         (make_relative_bias(check_heads=False), "no_clear_error"),
         (make_relative_bias(core="sdpa"), "shortcut"),
@@ -1546,6 +1546,174 @@ BEGINNER_MISTAKES = {
         ],
         "memory_masked",
     ),
+    # the third pass (student9): mistakes that passed, got a misleading name, or a generic hint
+    "repeat_batch_axis": (
+        "repeat_kv",
+        [("repeat_interleave(n_rep, dim=1)", "repeat_interleave(n_rep, dim=0)")],
+        "repeat_wrong_dim",
+    ),
+    "alibi_next_power_of_two": (
+        "alibi_bias",
+        [
+            (
+                "closest = 2 ** int(math.log2(num_heads))",
+                "closest = 2 ** math.ceil(math.log2(num_heads))",
+            ),
+            ("slopes = geometric(closest)", "slopes = geometric(closest)[:num_heads]"),
+        ],
+        "alibi_next_power_of_two",
+    ),
+    "alibi_extra_slopes_first": (
+        "alibi_bias",
+        [
+            (
+                "torch.cat([slopes, geometric(2 * closest)[0::2][: num_heads - closest]])",
+                "torch.cat([geometric(2 * closest)[0::2][: num_heads - closest], slopes])",
+            )
+        ],
+        "alibi_slopes_reordered",
+    ),
+    "alibi_slopes_sorted": (
+        "alibi_bias",
+        [
+            (
+                "(-slopes.view(-1, 1, 1) * distance).float()",
+                "(-slopes.sort().values.view(-1, 1, 1) * distance).float()",
+            )
+        ],
+        "alibi_slopes_reordered",
+    ),
+    "bias_scale_ignored": (
+        "relative_bias_attention",
+        [
+            (
+                "scale = q.shape[-1] ** -0.5 if scale is None else scale",
+                "scale = q.shape[-1] ** -0.5",
+            )
+        ],
+        "bias_ignores_scale",
+    ),
+    "bias_fill_zero": (
+        "relative_bias_attention",
+        [('masked_fill(~mask, float("-inf"))', "masked_fill(~mask, 0.0)")],
+        "mask_fill_zero",
+    ),
+    "repeat_expand_heads_axis": (
+        "repeat_kv",
+        [
+            (
+                "return x.repeat_interleave(n_rep, dim=1)",
+                "return x.expand(x.shape[0], x.shape[1] * n_rep, *x.shape[2:])",
+            )
+        ],
+        "repeat_expanded_heads",
+    ),
+    "mha_kv_kept_on_self": (
+        "MultiHeadAttention",
+        [
+            (
+                "k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)",
+                "if getattr(self, 'kv', None) is None:\n"
+                "            self.kv = repeat_kv(k, n_rep), repeat_kv(v, n_rep)\n"
+                "        k, v = self.kv",
+            )
+        ],
+        "state_kept_across_calls",
+    ),
+    "mha_q_prescaled": (
+        "MultiHeadAttention",
+        [
+            (
+                "q = split_heads(self.q_proj(x), self.num_heads)",
+                "q = split_heads(self.q_proj(x), self.num_heads) / math.sqrt(x.shape[-1] "
+                "// self.num_heads)",
+            )
+        ],
+        "scaled_twice",
+    ),
+    "mha_queries_from_context": (
+        "MultiHeadAttention",
+        [("split_heads(self.q_proj(x)", "split_heads(self.q_proj(context)")],
+        "queries_from_context",
+    ),
+    "mha_kv_split_into_num_heads": (
+        "MultiHeadAttention",
+        [
+            ("self.k_proj(context), self.num_kv_heads", "self.k_proj(context), self.num_heads"),
+            ("self.v_proj(context), self.num_kv_heads", "self.v_proj(context), self.num_heads"),
+            ("n_rep = self.num_heads // self.num_kv_heads", "n_rep = 1"),
+        ],
+        "kv_heads_miscounted",
+    ),
+    "mha_repeat_by_kv_heads": (
+        "MultiHeadAttention",
+        [("n_rep = self.num_heads // self.num_kv_heads", "n_rep = self.num_kv_heads")],
+        "kv_heads_miscounted",
+    ),
+    "bucket_negated_in_place": (
+        "relative_position_bucket",
+        [("n = -relative_position.long()", "n = relative_position.long().neg_()")],
+        "modified_input",
+    ),
+    "memory_detached_in_place": (
+        "memory_attention",
+        [("mem_k, mem_v = mem_k.detach(), mem_v.detach()", "mem_k.detach_(), mem_v.detach_()")],
+        "memory_detached_in_place",
+    ),
+    "memory_triu_as_causal_mask": (
+        "memory_attention",
+        [
+            (
+                "causal_mask(length, device=q.device)",
+                "torch.ones(length, length, dtype=torch.bool, device=q.device).triu(1)",
+            )
+        ],
+        "causal_mask_inverted",
+    ),
+    "memory_segment_one_late": (
+        "memory_attention",
+        [
+            (
+                "segment_at = start + memory + torch.arange",
+                "segment_at = start + memory + 1 + torch.arange",
+            )
+        ],
+        "positions_off_by_one",
+    ),
+    "memory_queries_at_start": (
+        "memory_attention",
+        [("apply_rope(q, segment_at, base)", "apply_rope(q, start + torch.arange(length), base)")],
+        "positions_restart",
+    ),
+    "memory_gate_softmax_over_heads": (
+        "memory_attention",
+        [("gate = torch.sigmoid(gate_logits)", "gate = torch.softmax(gate_logits, dim=-2)")],
+        "gate_softmax",
+    ),
+    "memory_values_rotated": (
+        "memory_attention",
+        [
+            (
+                "from_memory, _ = attention(q, mem_k, mem_v)",
+                "from_memory, _ = attention(q, mem_k, apply_rope(mem_v, memory_at, base))",
+            ),
+            (
+                "attention(q, k, v, causal_mask",
+                "attention(q, k, apply_rope(v, segment_at, base), causal_mask",
+            ),
+        ],
+        "values_rotated",
+    ),
+    "memory_base_only_for_memory_keys": (
+        "memory_attention",
+        [
+            (
+                "apply_rope(q, segment_at, base), apply_rope(k, segment_at, base)",
+                "apply_rope(q, segment_at), apply_rope(k, segment_at)",
+            )
+        ],
+        "memory_ignores_base",
+    ),
 }
 
 
@@ -1739,7 +1907,7 @@ PROMISES = {
     },
     "repeat_kv": {
         "heads tiled": "repeat_tiled",
-        "the repeat along the wrong axis": "repeat_wrong_dim",
+        "the repeat along the wrong axis (the batch, `dim=0`, or the length)": "repeat_wrong_dim",
         "or without `dim=`": "repeat_flattened",
         "each head copied $n_{\\text{rep}} + 1$ times": "repeat_count_off",
     },
@@ -1748,6 +1916,10 @@ PROMISES = {
             "split_without_transpose"
         ),
         "scores scaled by $d_{\\text{model}}$": "scaled_by_d_model",
+        "or scaled twice": "scaled_twice",
+        "queries computed from `context`": "queries_from_context",
+        "split into `num_heads` heads or repeated by the wrong count": "kv_heads_miscounted",
+        "kept on `self` from an earlier call": "state_kept_across_calls",
         "a missing or mis-shaped projection": "missing_projection",
         "`context` or `mask` ignored": ("ignores_context", "ignores_mask"),
         "an inverted mask": "inverted_mask",
@@ -1779,6 +1951,8 @@ PROMISES = {
         "(top-left)": "alibi_top_left",
         "future keys clipped to 0 or $|\\,i - j\\,|$ used": "alibi_clipped",
         "$2^{-8h/H}$ used when $H$ is not a power of two": "alibi_not_interpolated",
+        "$H$ rounded up to the next power of two": "alibi_next_power_of_two",
+        "the slopes sorted or the extra ones put first": "alibi_slopes_reordered",
     },
     "relative_position_bucket": {
         "the sign flipped (query − memory)": "bucket_sign",
@@ -1787,6 +1961,7 @@ PROMISES = {
         "no clamp at the last bucket": "bucket_not_clamped",
         "computed before halving": "bucket_not_halved",
         "the log part rounded instead of truncated": "bucket_rounded",
+        "`relative_position` changed in place (`abs_()`)": "modified_input",
         "not refused with a `ValueError`": "no_clear_error",
     },
     "shaw_relative_attention": {
@@ -1810,18 +1985,26 @@ PROMISES = {
             "bias_ignores_max_distance",
         ),
         "the mask ignored or applied after the softmax": ("ignores_mask", "mask_after_softmax"),
+        "blocked scores filled with 0": "mask_fill_zero",
+        "the `scale` argument ignored": "bias_ignores_scale",
+        "every head given head 0's bias": "bias_one_head",
         "not refused with a `ValueError`": "no_clear_error",
     },
     "memory_attention": {
         "the memory not detached": "memory_not_detached",
+        "or detached in place (`mem_k.detach_()`": "memory_detached_in_place",
         "the segment's positions restarting at 0": "positions_restart",
+        "(for `q`, `k` or both) or one off": ("positions_restart", "positions_off_by_one"),
+        "or put through a softmax": "gate_softmax",
+        "values rotated with RoPE too": "values_rotated",
         "the memory placed after the segment": "memory_after_segment",
         "the gate inverted": "gate_inverted",
         "the logits used without a sigmoid": "gate_not_squashed",
         "a local attention that is not causal": "local_not_causal",
+        "causal mask is inverted (`triu(..., 1)`, True = blocked)": "causal_mask_inverted",
         "one softmax over the concatenation": "memory_concatenated",
         "a causal mask on the memory keys": "memory_masked",
-        "memory keys not rotated or `base` not passed on": (
+        "memory keys not rotated or `base` not passed on (to any of `q`, `k`, `mem_k`)": (
             "memory_not_rotated",
             "memory_ignores_base",
         ),

@@ -93,12 +93,19 @@ HINTS = {
         "x.repeat_interleave(n_rep, dim=1) (x itself when n_rep = 1).",
     ),
     "repeat_wrong_dim": (
-        "the repeat along the wrong axis (the length, dim 2, instead of the heads, dim 1)",
+        "the repeat along the wrong axis (the batch, dim 0, or the length, dim 2, instead of the "
+        "heads, dim 1)",
         "repeat the heads axis: x.repeat_interleave(n_rep, dim=1).",
     ),
     "repeat_flattened": (
         "repeat_interleave without dim=: it flattens x first and returns a 1-D tensor",
         "pass the axis: x.repeat_interleave(n_rep, dim=1).",
+    ),
+    "repeat_expanded_heads": (
+        "x.expand(B, Hkv * n_rep, L, D) on the heads axis: expand only stretches axes of size 1, "
+        "so it works for one KV head and fails for more",
+        "give the copies an axis of their own first: x[:, :, None].expand(B, Hkv, n_rep, L, D)"
+        ".reshape(B, Hkv * n_rep, L, D), or x.repeat_interleave(n_rep, dim=1).",
     ),
     "repeat_not_reshaped": (
         "the copies expanded to (B, Hkv, n_rep, L, D) but not merged into the heads axis",
@@ -271,6 +278,7 @@ def repeat_suspects(x, n_rep):
     copies_last = torch.stack([x] * n_rep, dim=-1).reshape(batch, -1, length, head_dim)
     suspects = [
         ("repeat_tiled", x.repeat(1, n_rep, 1, 1)),
+        ("repeat_wrong_dim", x.repeat_interleave(n_rep, dim=0)),
         ("repeat_wrong_dim", x.repeat_interleave(n_rep, dim=2)),
         ("repeat_flattened", x.repeat_interleave(n_rep)),
         ("repeat_features_interleaved", copies_last),
@@ -285,13 +293,19 @@ def repeat_suspects(x, n_rep):
     return suspects
 
 
+# expand asked to stretch the heads axis, which only an axis of size 1 can be
+EXPANDED_HEADS = ("repeat_expanded_heads", "RuntimeError", "expanded size", "dimension 1")
+
+
 def repeat_matches_reference(repeat_kv, rng):
     """(B, Hkv, L, D) -> (B, Hkv*n_rep, L, D), each KV head n_rep times in a row"""
     batch, length, kv_heads, head_dim = heads_shape(rng)
     n_rep = draw(rng, 2, 4)
     x = randn((batch, kv_heads, length, head_dim), rng)
+    with naming_crashes(EXPANDED_HEADS):
+        out = repeat_kv(x, n_rep)
     expect_close(
-        repeat_kv(x, n_rep),
+        out,
         repeat64(x, n_rep),
         x.dtype,
         what="repeat_kv(x, n_rep)",
@@ -321,7 +335,8 @@ def repeat_query_head_uses_h_div_n_rep(repeat_kv, rng):
     """query head h reads KV head h // n_rep (each head filled with its own index)"""
     kv_heads, n_rep = draw(rng, 2, 4), draw(rng, 2, 3)
     x = torch.arange(kv_heads, dtype=torch.float32).view(1, kv_heads, 1, 1).expand(2, -1, 3, 2)
-    out = repeat_kv(x, n_rep)
+    with naming_crashes(EXPANDED_HEADS):
+        out = repeat_kv(x, n_rep)
     expect_close(
         out,
         repeat64(x, n_rep),

@@ -28,9 +28,26 @@ HINTS = {
         "backpropagating into them would keep every past segment's graph alive.",
     ),
     "positions_restart": (
-        "the segment's positions restarting at 0 instead of continuing after the memory",
+        "the segment's positions (of q, k or both) restarting at 0 or at start instead of "
+        "continuing after the memory",
         "memory tokens sit at start .. start + M - 1 and the segment at start + M .. "
         "start + M + L - 1: rotate q and k at those positions.",
+    ),
+    "positions_off_by_one": (
+        "the segment's positions one off: a gap after the memory (start + M + 1 ..) or an "
+        "overlap with its last token (start + M - 1 ..)",
+        "the memory takes start .. start + M - 1, so the segment starts right after it: "
+        "start + M + arange(L).",
+    ),
+    "values_rotated": (
+        "the values rotated with RoPE too",
+        "RoPE rotates q and k only, so that their scores depend on the distance; v (and mem_v) "
+        "go into the attention as they are.",
+    ),
+    "gate_softmax": (
+        "the gate from a softmax (over the heads or the tokens) instead of a sigmoid: the gates "
+        "then compete and sum to 1",
+        "each token and head has its own gate: g = torch.sigmoid(gate_logits).",
     ),
     "memory_after_segment": (
         "the memory placed after the segment (positions L .. L + M - 1)",
@@ -44,6 +61,19 @@ HINTS = {
     "gate_not_squashed": (
         "the gate logits used as the gate without a sigmoid (the gate must lie in (0, 1))",
         "g = torch.sigmoid(gate_logits).",
+    ),
+    "memory_detached_in_place": (
+        "the caller's memory detached in place (mem_k.detach_()): it loses its graph for whoever "
+        "passed it, and a memory that is a view (a slice of a cache) cannot be detached in "
+        "place at all",
+        "use mem_k = mem_k.detach() (and the same for mem_v): a new tensor, the caller's left as "
+        "it was.",
+    ),
+    "causal_mask_inverted": (
+        "the local causal mask inverted (`triu(..., 1)`, True where a token must not look): in "
+        "the course's masks True means 'may attend'",
+        "use causal_mask(L) (True on and below the diagonal), or torch.ones(L, L, "
+        "dtype=torch.bool).tril().",
     ),
     "local_not_causal": (
         "the local attention not causal: a token sees later tokens of its own segment",
@@ -77,7 +107,8 @@ HINTS = {
         "rotate mem_k too, at the memory's positions: apply_rope(mem_k, start + arange(M), base).",
     ),
     "memory_ignores_base": (
-        "the base argument not passed on to apply_rope (its default 10000 used)",
+        "the base argument not passed on to apply_rope (its default 10000 used) for q and k, "
+        "for mem_k, or for all three",
         "apply_rope(t, positions, base) for q, k and mem_k alike.",
     ),
     "empty_memory": (
@@ -110,26 +141,40 @@ def memory64(
     gate_logits,
     start=0,
     base=10000.0,
+    memory_base=None,
     memory_at=None,
     segment_at=None,
+    query_at=None,
     invert=False,
     squash=True,
+    gate_softmax_dim=None,
+    rotate_values=False,
     causal=True,
+    local_mask=None,
     concatenate=False,
     rotate_memory=True,
     gate_axis=-1,
     memory_mask=None,
 ):
     """Gated memory attention in float64 with explicit absolute positions; the knobs give the
-    mistakes. Returns (out, gate)."""
+    mistakes (memory_base: mem_k's RoPE base when it is not `base`; query_at: q's positions when
+    they are not k's; local_mask: the segment's own mask when it is not causal). Returns (out,
+    gate)."""
     q, k, v, mem_k, mem_v = (t.double() for t in (q, k, v, mem_k, mem_v))
     length, memory = q.shape[-2], mem_k.shape[-2]
     memory_at = start + torch.arange(memory) if memory_at is None else memory_at
     segment_at = start + memory + torch.arange(length) if segment_at is None else segment_at
-    q_rot, k_rot = rope64(q, segment_at, base), rope64(k, segment_at, base)
-    mem_rot = rope64(mem_k, memory_at, base) if rotate_memory else mem_k
-    local_mask = torch.ones(length, length, dtype=torch.bool).tril() if causal else None
+    query_at = segment_at if query_at is None else query_at
+    q_rot, k_rot = rope64(q, query_at, base), rope64(k, segment_at, base)
+    if rotate_values:
+        v, mem_v = rope64(v, segment_at, base), rope64(mem_v, memory_at, base)
+    memory_base = base if memory_base is None else memory_base
+    mem_rot = rope64(mem_k, memory_at, memory_base) if rotate_memory else mem_k
+    if local_mask is None and causal:
+        local_mask = torch.ones(length, length, dtype=torch.bool).tril()
     gate = torch.sigmoid(gate_logits.double()) if squash else gate_logits.double()
+    if gate_softmax_dim is not None:
+        gate = torch.softmax(gate_logits.double(), dim=gate_softmax_dim)
     if concatenate:
         keys, values = torch.cat([mem_rot, k_rot], -2), torch.cat([mem_v, v], -2)
         mask = torch.cat([torch.ones(length, memory, dtype=torch.bool), local_mask], -1)
@@ -150,6 +195,16 @@ def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
             memory64(*args, segment_at=torch.arange(length), memory_at=torch.arange(memory)),
         ),
         ("positions_restart", memory64(*args, segment_at=torch.arange(length))),  # at 0, not start
+        ("positions_restart", memory64(*args, query_at=start + torch.arange(length))),
+        ("positions_restart", memory64(*args, query_at=torch.arange(length))),
+        (
+            "positions_off_by_one",
+            memory64(*args, segment_at=start + memory + 1 + torch.arange(length)),
+        ),
+        (
+            "positions_off_by_one",
+            memory64(*args, segment_at=start + memory - 1 + torch.arange(length)),
+        ),
         (
             "memory_after_segment",
             memory64(
@@ -160,7 +215,14 @@ def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
         ),
         ("gate_inverted", memory64(*args, invert=True)),
         ("gate_not_squashed", memory64(*args, squash=False)),
+        ("gate_softmax", memory64(*args, gate_softmax_dim=-2)),  # over the heads
+        ("gate_softmax", memory64(*args, gate_softmax_dim=-1)),  # over the tokens
+        ("values_rotated", memory64(*args, rotate_values=True)),
         ("local_not_causal", memory64(*args, causal=False)),
+        (
+            "causal_mask_inverted",
+            memory64(*args, local_mask=torch.ones(length, length, dtype=torch.bool).triu(1)),
+        ),
         ("memory_not_rotated", memory64(*args, rotate_memory=False)),
     ]
     # with M = 0, one softmax over [memory ; segment] is the local attention alone
@@ -173,8 +235,12 @@ def memory_suspects(q, k, v, mem_k, mem_v, gate_logits, start=0, base=10000.0):
             ("memory_masked", memory64(*args, memory_mask=bottom_right)),
             ("memory_masked", memory64(*args, memory_mask=top_left)),
         ]
-    if base != 10000.0:
-        suspects.append(("memory_ignores_base", memory64(*args[:-1], 10000.0)))
+    if base != 10000.0:  # the default base for all of q, k, mem_k, or for some of them
+        suspects += [
+            ("memory_ignores_base", memory64(*args[:-1], 10000.0)),
+            ("memory_ignores_base", memory64(*args[:-1], 10000.0, memory_base=base)),
+            ("memory_ignores_base", memory64(*args, memory_base=10000.0)),
+        ]
     if length == q.shape[-1]:  # a gate without its last axis broadcasts against the features
         suspects.append(("gate_not_unsqueezed", memory64(*args, gate_axis=-2)))
     return suspects
@@ -284,10 +350,12 @@ def memory_empty(memory_attention, rng):
 
 
 def memory_is_detached(memory_attention, rng):
-    """no gradient reaches the memory (mem_k.grad, mem_v.grad stay None); q, k, v get theirs"""
+    """no gradient reaches the memory, whose tensors are not detached in place; q, k, v get theirs"""
     q, k, v, mem_k, mem_v, gate_logits = memory_inputs(rng)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, mem_k, mem_v, gate_logits)]
     out, _ = unpack_memory(memory_attention(*leaves), q, v, gate_logits)
+    if not all(leaf.requires_grad for leaf in leaves[3:5]):
+        raise named("memory_detached_in_place")
     if not out.requires_grad:
         raise Mistake(
             "out does not require grad although q, k, v and gate_logits do.",

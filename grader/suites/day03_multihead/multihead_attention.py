@@ -31,9 +31,31 @@ from grader.suites.day03_multihead.heads import HEADS_FORBIDDEN
 
 HINTS = {
     "scaled_by_d_model": (
-        "scores divided by sqrt(d_model) instead of sqrt(head_dim)",
+        "scores divided by sqrt(d_model) instead of sqrt(head_dim) (or, the same when d_model = "
+        "head_dim², by sqrt(head_dim) twice)",
         "each head is an attention of its own over head_dim = d_model // num_heads features: "
-        "scale by 1 / sqrt(head_dim).",
+        "scale by 1 / sqrt(head_dim), once.",
+    ),
+    "scaled_twice": (
+        "scores divided by sqrt(head_dim) twice: q (or the scores) scaled before attention(), "
+        "which scales them again",
+        "leave q as it is: attention(q, k, v, mask) already divides the scores by sqrt(head_dim).",
+    ),
+    "queries_from_context": (
+        "queries computed from `context`: only keys and values come from it",
+        "q = q_proj(x), k = k_proj(context), v = v_proj(context): the output has one row per "
+        "token of x.",
+    ),
+    "kv_heads_miscounted": (
+        "keys and values split into the wrong number of heads, or repeated by the wrong count",
+        "k = split_heads(self.k_proj(context), num_kv_heads), then repeat_kv(k, num_heads // "
+        "num_kv_heads), so that k and v end with num_heads heads, like q (v the same way).",
+    ),
+    "state_kept_across_calls": (
+        "keys and values (or another tensor) kept on `self` from an earlier call: a second call "
+        "with new inputs reused them",
+        "compute everything forward needs from its arguments, on every call: a module holds "
+        "its weights, not the tensors of the last input (a KV cache is the caller's, day 4).",
     ),
     "missing_projection": (
         "a missing or mis-shaped projection",
@@ -96,6 +118,15 @@ INIT_CRASHES = (
     REFUSES_VALID,
 )
 FORWARD_CRASHES = (TENSOR_TRUTH,)
+# q @ k^T with k's heads not q's (k split into num_heads heads of too few features, or repeated
+# by the wrong count); a ValueError of split_heads: K/V split into num_heads heads under GQA.
+KV_REPEAT_CRASH = (
+    "kv_heads_miscounted",
+    "RuntimeError",
+    "must match the size",
+    "at non-singleton dimension 1",
+)
+KV_SPLIT_CRASH = ("kv_heads_miscounted", "ValueError")
 
 
 def build(MultiHeadAttention, *args, **kwargs):
@@ -115,6 +146,15 @@ def build(MultiHeadAttention, *args, **kwargs):
             return forward(*args, **kwargs)
 
     return module, call
+
+
+def forward_counting_heads(forward, *args, grouped=False, **kwargs):
+    """forward(*args, **kwargs), without a mask (a mask that does not broadcast crashes the same
+    way); a crash that pairs heads of different counts names the K/V heads. `grouped`: GQA or
+    MQA, where a ValueError means K/V split into num_heads heads."""
+    rules = (KV_REPEAT_CRASH, KV_SPLIT_CRASH) if grouped else (KV_REPEAT_CRASH,)
+    with naming_crashes(*rules):
+        return forward(*args, **kwargs)
 
 
 def projections(module, d_model, kv_dim, bias=True):
@@ -307,6 +347,10 @@ def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
             dense64(weights, heads, kv_heads, x, context, mask, scale=d_model**-0.5),
         ),
         (
+            "scaled_twice",
+            dense64(weights, heads, kv_heads, x, context, mask, scale=heads / d_model),
+        ),
+        (
             "missing_projection",
             dense64(weights, heads, kv_heads, x, context, mask, out_proj=False),
         ),
@@ -342,6 +386,8 @@ def unpack_mha(result, batch, heads, lq, lk, d_model, dtype, need_weights=True):
             "not_a_pair",
         )
     out, weights = result
+    if isinstance(out, torch.Tensor) and lq != lk and tuple(out.shape) == (batch, lk, d_model):
+        raise named("queries_from_context")
     expect_tensor(out, "out", (batch, lq, d_model), dtype)
     if not need_weights:
         if weights is not None:
@@ -404,21 +450,26 @@ def compare_mha(result, reference, suspects, dtype, masked=False):
         )
 
 
-def forward_masked(forward, x, context, mask, lk):
+def forward_masked(forward, x, context, mask, lq, lk, grouped=False):
     """forward(x, context, mask, need_weights=True); when it crashes, one more call without the
-    mask tells whether the mask is the trouble (reshaped so that it no longer broadcasts) or the
-    keys (computed from x, so an (Lq, Lk) mask cannot fit scores of (Lq, Lq))."""
+    mask tells whether the mask is the trouble (reshaped so that it no longer broadcasts), the
+    keys (computed from x, so an (Lq, Lk) mask cannot fit scores of (Lq, Lq)), the queries
+    (computed from context: scores of (Lk, Lk)) or the K/V heads (the call crashes again)."""
     try:
         return forward(x, context=context, mask=mask, need_weights=True)
     except Mistake as crash:
         if crash.key != "raised":
             raise
         try:
-            _, weights = forward(x, context=context, need_weights=True)
-        except Mistake:
-            raise crash from None
+            _, weights = forward_counting_heads(
+                forward, x, context=context, need_weights=True, grouped=grouped
+            )
+        except Mistake as unmasked:
+            raise (unmasked if unmasked.key == "kv_heads_miscounted" else crash) from None
         if isinstance(weights, torch.Tensor) and weights.shape[-1] != lk:
             raise named("ignores_context") from None
+        if isinstance(weights, torch.Tensor) and weights.shape[-2] != lq:
+            raise named("queries_from_context") from None
         raise named_crash(crash, "mask_not_broadcastable") from None
 
 
@@ -443,12 +494,42 @@ def mha_self_matches_torch(MultiHeadAttention, rng):
     batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
     x = randn((batch, length, d_model), rng)
     result = unpack_mha(
-        forward(x, need_weights=True), batch, heads, length, length, d_model, x.dtype
+        forward_counting_heads(forward, x, need_weights=True),
+        batch,
+        heads,
+        length,
+        length,
+        d_model,
+        x.dtype,
     )
     compare_mha(
         result,
         torch_reference(weights, d_model, heads, x),
         mha_suspects(weights, heads, heads, x),
+        x.dtype,
+    )
+
+
+def mha_fresh_on_every_call(MultiHeadAttention, rng):
+    """one module called twice: the second answer depends on the second input alone"""
+    module, forward, weights, d_model, heads, _ = mha_setup(MultiHeadAttention, rng)
+    batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
+    first, x = (randn((batch, length, d_model), rng) for _ in range(2))
+    forward_counting_heads(forward, first, need_weights=True)
+    result = unpack_mha(
+        forward_counting_heads(forward, x, need_weights=True),
+        batch,
+        heads,
+        length,
+        length,
+        d_model,
+        x.dtype,
+    )
+    stale = dense64(weights, heads, heads, x, context=first)  # keys and values of `first`
+    compare_mha(
+        result,
+        torch_reference(weights, d_model, heads, x),
+        [("state_kept_across_calls", stale), *mha_suspects(weights, heads, heads, x)],
         x.dtype,
     )
 
@@ -463,7 +544,15 @@ def mha_square_heads(MultiHeadAttention, rng):
     weights = random_weights(rng, d_model, d_model, bias=False)
     load(module, weights)
     x = randn((2, size, d_model), rng, dtype=torch.float64, scale=2.0)
-    result = unpack_mha(forward(x, need_weights=True), 2, size, size, size, d_model, torch.float64)
+    result = unpack_mha(
+        forward_counting_heads(forward, x, need_weights=True),
+        2,
+        size,
+        size,
+        size,
+        d_model,
+        torch.float64,
+    )
     compare_mha(
         result,
         torch_reference(weights, d_model, size, x),
@@ -482,7 +571,7 @@ def mha_cross_attention_with_mask(MultiHeadAttention, rng):
     mask = torch.rand((lq, lk), generator=rng) < 0.6
     mask[torch.arange(lq), torch.randint(0, lk, (lq,), generator=rng)] = True  # no empty row
     result = unpack_mha(
-        forward_masked(forward, x, context, mask, lk),
+        forward_masked(forward, x, context, mask, lq, lk),
         batch,
         heads,
         lq,
@@ -505,7 +594,14 @@ def mha_need_weights_false(MultiHeadAttention, rng):
     batch, length = draw(rng, 1, 3), draw(rng, 3, 8)
     x = randn((batch, length, d_model), rng)
     out, _ = unpack_mha(
-        forward(x), batch, heads, length, length, d_model, x.dtype, need_weights=False
+        forward_counting_heads(forward, x),
+        batch,
+        heads,
+        length,
+        length,
+        d_model,
+        x.dtype,
+        need_weights=False,
     )
     reference = torch_reference(weights, d_model, heads, x)
     expect_close(
@@ -529,7 +625,7 @@ def mha_gqa_equals_repeated_mha(MultiHeadAttention, rng):
     x = randn((batch, length, d_model), rng)
     mask = torch.ones(length, length, dtype=torch.bool).tril()
     result = unpack_mha(
-        forward_masked(forward, x, None, mask, length),
+        forward_masked(forward, x, None, mask, length, length, grouped=True),
         batch,
         heads,
         length,
@@ -556,7 +652,13 @@ def mha_multi_query(MultiHeadAttention, rng):
     lk = lq + draw(rng, 1, 3)
     x, context = randn((batch, lq, d_model), rng), randn((batch, lk, d_model), rng)
     result = unpack_mha(
-        forward(x, context, need_weights=True), batch, heads, lq, lk, d_model, x.dtype
+        forward_counting_heads(forward, x, context, need_weights=True, grouped=True),
+        batch,
+        heads,
+        lq,
+        lk,
+        d_model,
+        x.dtype,
     )
     compare_mha(
         result,
@@ -588,6 +690,7 @@ EXERCISES = {
     "MultiHeadAttention": Exercise(
         checks=[
             mha_self_matches_torch,
+            mha_fresh_on_every_call,
             mha_square_heads,
             mha_cross_attention_with_mask,
             mha_need_weights_false,

@@ -141,6 +141,16 @@ HINTS = {
         "for H not a power of two, take the slopes of the closest power of two below, n, then "
         "every other slope of 2n, (the ALiBi paper's get_slopes), until there are H.",
     ),
+    "alibi_next_power_of_two": (
+        "H rounded up to the next power of two, H', and the first H of its slopes 2^(-8h/H') kept",
+        "round down, not up: the slopes of the closest power of two below H, n, then every other "
+        "slope of 2n until there are H (the ALiBi paper's get_slopes).",
+    ),
+    "alibi_slopes_reordered": (
+        "the right slopes in the wrong order (sorted, or the extra slopes first)",
+        "keep the paper's order: the n slopes of the closest power of two below H first, then "
+        "the extra ones taken from 2n; do not sort them.",
+    ),
     "alibi_heads_last": (
         "the bias with the heads last, (lq, lk, H), instead of first",
         "one (lq, lk) bias per head, heads first: -slopes.view(-1, 1, 1) * distance gives "
@@ -483,7 +493,7 @@ def alibi64(heads, lq, lk, slopes=None, sign=1.0, top_left=False, clip=None):
 
 
 def alibi_suspects(heads, lq, lk):
-    return [
+    suspects = [
         ("alibi_slopes_from_zero", alibi64(heads, lq, lk, slopes64(heads, first=0))),
         ("alibi_sign", alibi64(heads, lq, lk, sign=-1.0)),
         ("alibi_top_left", alibi64(heads, lq, lk, top_left=True)),
@@ -499,7 +509,16 @@ def alibi_suspects(heads, lq, lk):
             alibi64(heads, lq, lk, slopes64(heads, extra_from=slice(None))),
         ),
         ("alibi_heads_last", alibi64(heads, lq, lk).permute(1, 2, 0)),
+        ("alibi_slopes_reordered", alibi64(heads, lq, lk, slopes64(heads).sort().values)),
     ]
+    if not math.log2(heads).is_integer():  # the slopes of the powers of two around H, mixed up
+        right, closest = slopes64(heads), 2 ** math.floor(math.log2(heads))
+        suspects += [
+            ("alibi_next_power_of_two", alibi64(heads, lq, lk, slopes64(2 * closest)[:heads])),
+            ("alibi_slopes_reordered", alibi64(heads, lq, lk, right.roll(heads - closest))),
+            ("alibi_slopes_reordered", alibi64(heads, lq, lk, right.sort(descending=True).values)),
+        ]
+    return suspects
 
 
 def expect_alibi(alibi_bias, heads, lq, lk):

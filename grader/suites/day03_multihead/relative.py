@@ -15,10 +15,15 @@ from grader.harness.checking import (
     named_crash,
 )
 from grader.suites import Exercise
-from grader.suites._common import draw, randn
+from grader.suites._common import call_unchanged, draw, randn
 from grader.suites.day03_multihead.crashes import expect_clear_error
 
 HINTS = {
+    "modified_input": (
+        "an input changed in place (abs_(), clamp_(), neg_() or t[...] = ... on it)",
+        "leave the caller's relative_position as it is: n = relative_position.abs() (not abs_()) "
+        "makes a new tensor.",
+    ),
     # relative_position_bucket
     "bucket_sign": (
         "the relative position taken as query - memory instead of memory - query",
@@ -128,6 +133,16 @@ HINTS = {
         "every head given the bias of the wrong head (the table's axes mixed up)",
         "bias_table is (num_buckets, H), like an nn.Embedding's weight: bias = "
         "bias_table[buckets] is (lq, lk, H); move the heads first: .permute(2, 0, 1).",
+    ),
+    "bias_one_head": (
+        "every head given the same bias, one column of the table (bias_table[buckets][..., 0])",
+        "each head has its own column of bias_table (num_buckets, H): bias_table[buckets] is "
+        "(lq, lk, H); .permute(2, 0, 1) gives every head its own (lq, lk) bias.",
+    ),
+    "bias_ignores_scale": (
+        "the scale argument ignored: 1/sqrt(D) used whatever scale is passed",
+        "use 1/sqrt(D) only when scale is None: scale = q.shape[-1] ** -0.5 if scale is None "
+        "else scale (T5 passes scale=1.0).",
     ),
     "bias_transposed": (
         "each head's bias transposed, (H, lk, lq) as .permute(2, 1, 0) gives (where lq = lk "
@@ -306,8 +321,12 @@ def bucket_bidirectional(relative_position_bucket, rng):
     span = max_distance + draw(rng, 5, 30)
     relative = torch.arange(-span, span + 1)
     expect_buckets(
-        relative_position_bucket(
-            relative, bidirectional=True, num_buckets=num_buckets, max_distance=max_distance
+        call_unchanged(
+            relative_position_bucket,
+            {"relative_position": relative},
+            bidirectional=True,
+            num_buckets=num_buckets,
+            max_distance=max_distance,
         ),
         relative,
         f"relative_position_bucket(arange({-span}, {span + 1}), True, {num_buckets}, "
@@ -327,8 +346,12 @@ def bucket_unidirectional(relative_position_bucket, rng):
     if draw(rng, 0, 1):
         relative = relative.T.contiguous()  # a few future positions too
     expect_buckets(
-        relative_position_bucket(
-            relative, bidirectional=False, num_buckets=num_buckets, max_distance=max_distance
+        call_unchanged(
+            relative_position_bucket,
+            {"relative_position": relative},
+            bidirectional=False,
+            num_buckets=num_buckets,
+            max_distance=max_distance,
         ),
         relative,
         f"relative_position_bucket(positions {tuple(relative.shape)}, False, "
@@ -346,7 +369,7 @@ def bucket_defaults_any_shape(relative_position_bucket, rng):
     relative = torch.randint(-400, 401, shape, generator=rng)
     relative.view(-1)[: len(boundaries)] = boundaries
     expect_buckets(
-        relative_position_bucket(relative),
+        call_unchanged(relative_position_bucket, {"relative_position": relative}),
         relative,
         f"relative_position_bucket(positions {shape})",
         True,
@@ -674,11 +697,14 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
             suspects.append((key, relative_bias64(*args, **knobs)))
     if scale is None:
         suspects.append(("bias_scale_default", relative_bias64(*args[:-1], scale=1.0)))
+    else:
+        suspects.append(("bias_ignores_scale", relative_bias64(*args[:-1], scale=None)))
     if mask is not None:
         suspects += [
             ("inverted_mask", relative_bias64(*args[:6], ~mask, scale, fill=MASK_MIN)),
             ("ignores_mask", relative_bias64(*args[:6], None, scale)),
             ("mask_after_softmax", relative_bias64(*args, mask_weights=True)),
+            ("mask_fill_zero", relative_bias64(*args, fill=0.0)),
         ]
     if lq != lk:
         suspects.append(("bias_top_left", relative_bias64(*args, top_left=True)))
@@ -690,7 +716,7 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
             )
         )
     if heads > 1:
-        suspects.append(("bias_wrong_heads", relative_bias64(*args, bias=right[:1])))
+        suspects.append(("bias_one_head", relative_bias64(*args, bias=right[:1])))
     return suspects
 
 
