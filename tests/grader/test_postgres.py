@@ -26,7 +26,7 @@ from tools import corpus
 pytestmark = pytest.mark.slow
 
 DAY = corpus.ASSIGNMENT
-CLASS = {"full-marks": 9, "planted-axis": 6.6, "bad-json": 0}  # correct, partial, broken: points
+CLASS = {"full-marks": 9, "planted-axis": 6.49, "bad-json": 0}  # correct, partial, broken: points
 USER = "grader"  # the database role the course connects as
 SUBMITTED_AT = "2026-12-01 10:00:00.000000 UTC"  # as nbgrader's collect writes timestamp.txt
 
