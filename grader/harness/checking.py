@@ -959,6 +959,7 @@ def _run_checks(exercise, student, checks, seed, hidden, verbose) -> Report:
     say = print if verbose else (lambda *args: None)
     say(f"{exercise}: {'hidden checks' if hidden else 'checks'} with seed {seed}")
     results = []
+    shown = set()  # messages and hints already printed: a repeat says "as above", not all again
     for i, check in enumerate(checks):
         description = check.__doc__.strip().splitlines()[0]
         mistake = _mistake_found(exercise, check, student, torch.Generator().manual_seed(seed + i))
@@ -976,12 +977,22 @@ def _run_checks(exercise, student, checks, seed, hidden, verbose) -> Report:
                 mistake.diagnosis,
             )
         )
-        say(f"  ✗ {description}\n      {mistake.message}\n      hint: {mistake.hint}")
+        say(f"  ✗ {description}\n      {_unless_shown(mistake.message, shown)}")
+        say(f"      hint: {_unless_shown(mistake.hint, shown)}")
         if mistake.key in ("not_implemented", "shortcut"):
             break  # every other check would fail the same way
     report = Report(exercise, seed, hidden, results)
     say(report.summary())
     return report
+
+
+def _unless_shown(text: str, shown: set) -> str:
+    """`text`, or "as above" when this report printed it already (one mistake often fails
+    several checks the same way)."""
+    if text in shown:
+        return "as above."
+    shown.add(text)
+    return text
 
 
 def _mistake_found(exercise: str, check, student, rng):

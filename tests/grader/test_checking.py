@@ -239,6 +239,22 @@ def test_the_report_collects_diagnoses():
     assert run("identity", lambda w: w, [check_values], {}, verbose=False).diagnoses == set()
 
 
+def test_a_mistake_that_fails_several_checks_prints_its_hint_once(capsys):
+    def check_small(impl, rng):
+        """small values"""
+        expect_close(impl(V.float()), V, torch.float32, suspects=[("halved", V / 2)])
+
+    def check_large(impl, rng):
+        """large values"""
+        expect_close(impl(1e3 * V.float()), 1e3 * V, torch.float32, suspects=[("halved", 5e2 * V)])
+
+    hints = {"halved": ("v / 2", "do not halve v.")}
+    report = run("identity", lambda v: v / 2, [check_small, check_large], {}, hints=hints)
+    out = capsys.readouterr().out
+    assert [r.hint for r in report.results] == ["do not halve v."] * 2  # the report keeps both
+    assert out.count("hint: do not halve v.") == 1 and out.count("hint: as above.") == 1
+
+
 # ----------------------------------------------------------------------------- where it went wrong
 
 

@@ -36,3 +36,18 @@ def test_the_class_report_escapes_names_and_messages():
     assert "<script>" not in page
     assert ESCAPED in page and "data:image/png;base64,cG5n" in page
     assert "1 students in the gradebook; mean score 1.00 / 3." in page
+
+
+def test_a_hint_that_several_checks_share_is_shown_once():
+    verdicts = [
+        {"check": f"check {i}", "passed": False, "message": f"off in case {i}", "hint": "fix it"}
+        for i in range(3)
+    ]
+    record = {
+        "reports": {
+            "test_sdpa": [{"exercise": "sdpa", "hidden": False, "seed": 0, "results": verdicts}]
+        }
+    }
+    page = student_html("ada", "day01-sdpa", record, {"test_sdpa": (0.0, 3.0)})
+    assert all(f"off in case {i}" in page for i in range(3))
+    assert page.count("hint: fix it") == 1 and page.count("hint: as above.") == 2
