@@ -76,18 +76,20 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 
 def _triton_mode() -> str:
-    """How Triton kernels will run here, without importing triton to find out."""
+    """How the Triton kernels of days 7 and 9 will run here, without importing triton to find out.
+    The line names the days: on day 1 a student has not met Triton yet."""
     if find_spec("triton") is None:
-        return "Triton not installed"
+        return "Triton not installed (days 7 and 9 need it)"
     if os.environ.get("TRITON_INTERPRET", "").lower() in _TRUTHY:
-        return "Triton in interpreter mode"
+        return "Triton kernels (days 7 and 9) run in Triton's CPU interpreter"
     if has_gpu():
-        return "Triton compiled"
+        return "Triton kernels (days 7 and 9) compiled for the GPU"
     return "Triton not usable (no GPU and TRITON_INTERPRET is off)"
 
 
 def describe_device() -> str:
-    """One line for a notebook's first cell, e.g. 'CPU (2 threads), Triton in interpreter mode'."""
+    """One line for a notebook's first cell, e.g. 'CPU (2 threads), Triton kernels (days 7 and 9)
+    run in Triton's CPU interpreter'."""
     if has_gpu():
         where = f"CUDA: {torch.cuda.get_device_name()}"
     else:

@@ -128,7 +128,10 @@ def test_configure_triton_never_overwrites_the_user(no_gpu, monkeypatch):
 def test_describe_device_on_cpu(no_gpu, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     description = describe_device()
-    assert description == f"CPU ({torch.get_num_threads()} threads), Triton in interpreter mode"
+    assert description == (
+        f"CPU ({torch.get_num_threads()} threads), "
+        "Triton kernels (days 7 and 9) run in Triton's CPU interpreter"
+    )
 
 
 def test_describe_device_is_one_line():

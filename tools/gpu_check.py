@@ -144,7 +144,8 @@ def markdown_table(header: list, rows: list) -> list:
 
 def device_line(notebook) -> str:
     """What the notebook's set-up cell printed: course.describe_device(), e.g. 'CUDA: NVIDIA
-    H100 80GB HBM3, Triton compiled' ('' where it did not run)."""
+    H100 80GB HBM3, Triton kernels (days 7 and 9) compiled for the GPU' ('' where it did not
+    run)."""
     for cell in notebook.cells:
         if cell.cell_type == "code" and "describe_device()" in cell.source:
             printed = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
