@@ -32,8 +32,8 @@ class KernelWatch:
 
     def __init__(self):
         self.launches = 0
-        self.out_of_bounds = None  # (kernel, "load"/"store", lanes) of the first bad access
-        self.extents = []  # (start, end) bytes of the tensors given to the current launch
+        self.out_of_bounds = None  # ("load"/"store", lanes, the argument) of the first bad access
+        self.extents = []  # (start, end, argument name) bytes of the current launch's tensors
         self.on_cpu = []
         self.library_kernel = None  # the first of the course's own kernels launched, if any
         self.elements_loaded = 0  # active lanes of every tl.load (counted in the interpreter only)
@@ -46,21 +46,31 @@ class KernelWatch:
         self.elements_loaded += seen.get("elements_loaded", 0)
 
 
-def _extent(t: torch.Tensor):
+def _extent(name: str, t: torch.Tensor):
     if t.numel() == 0:
         return None
     span = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 0)
-    return t.data_ptr(), t.data_ptr() + (span + 1) * t.element_size()
+    return t.data_ptr(), t.data_ptr() + (span + 1) * t.element_size(), name
 
 
-def _inside(ptrs: np.ndarray, mask: np.ndarray, itemsize: int, extents: list) -> np.ndarray:
-    """Which lanes are inactive or inside the one tensor this access reads or writes: the tensor
-    most of its active lanes fall in. A lane in another of the launch's tensors is out of bounds
-    too: a store running past the end of `y` into `x`, allocated just after it, corrupts `x`."""
-    inside = [mask & (ptrs >= start) & (ptrs + itemsize <= end) for start, end in extents]
-    if not inside:
-        return ~mask
-    return ~mask | max(inside, key=np.count_nonzero)
+def _inside(ptrs: np.ndarray, mask: np.ndarray, itemsize: int, extents: list) -> tuple:
+    """(ok, name): which lanes are inactive or inside the one tensor this access reads or
+    writes, and that tensor's argument name. It is the tensor most of the active lanes fall in,
+    or, where none falls in any, the tensor nearest the first active lane. A lane in another of
+    the launch's tensors is out of bounds too: a store running past the end of `y` into `x`,
+    allocated just after it, corrupts `x`."""
+    inside = [mask & (ptrs >= start) & (ptrs + itemsize <= end) for start, end, _ in extents]
+    counts = [np.count_nonzero(lanes) for lanes in inside]
+    if max(counts) > 0:
+        best = counts.index(max(counts))
+    else:  # every lane strays: name the tensor it came closest to
+        first = ptrs[mask].flat[0] if mask.any() else 0
+        best = min(range(len(extents)), key=lambda i: _distance(first, *extents[i][:2]))
+    return ~mask | inside[best], extents[best][2]
+
+
+def _distance(ptr: int, start: int, end: int) -> int:
+    return start - ptr if ptr < start else max(0, ptr - end + 1)
 
 
 _open_watches = []  # the watch_kernels() blocks now open: a check's watch reports what it sees
@@ -83,9 +93,10 @@ def watch_kernels():
                 module = getattr(getattr(self, "fn", None), "__module__", "") or ""
                 if module.startswith("course.") and not watch.library_kernel:
                     watch.library_kernel = f"{module}.{getattr(self.fn, '__name__', 'kernel')}"
-                tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-                watch.extents = [e for e in map(_extent, tensors) if e]
-                watch.on_cpu = [t.device.type == "cpu" for t in tensors]
+                named = [*zip(getattr(self, "arg_names", ()), args), *kwargs.items()]
+                tensors = [(n, a) for n, a in named if isinstance(a, torch.Tensor)]
+                watch.extents = [e for e in (_extent(n, t) for n, t in tensors) if e]
+                watch.on_cpu = [t.device.type == "cpu" for _, t in tensors]
             # The guard's profile hook (it looks for calls of the course's Python functions)
             # triples the interpreter's time; a kernel body cannot call those functions, and a
             # launch of the course's own kernels is caught above, so it is off while one runs.
@@ -115,9 +126,11 @@ def watch_kernels():
         itemsize = ptrs.get_element_ty().primitive_bitwidth // 8
         active = np.broadcast_to(mask.data, ptrs.data.shape)
         extents = _host_extents()
-        ok = _inside(ptrs.data, active, itemsize, extents) if extents else np.ones_like(active)
+        if not extents:
+            return np.ones_like(active), mask
+        ok, tensor = _inside(ptrs.data, active, itemsize, extents)
         if not ok.all():
-            watch.out_of_bounds = watch.out_of_bounds or (access, int((~ok).sum()))
+            watch.out_of_bounds = watch.out_of_bounds or (access, int((~ok).sum()), tensor)
             mask = interpreter.TensorHandle(active & ok, mask.dtype)
         return ok, mask
 
@@ -164,10 +177,10 @@ def unwritten_reads_nan():
 
 def out_of_bounds_message(what: str, watch: KernelWatch) -> str:
     """What the watch's first stray access looks like, for `what` (a function or a kernel)."""
-    kind, lanes = watch.out_of_bounds
+    kind, lanes, tensor = watch.out_of_bounds
     return (
-        f"{what}: a {kind} touched {lanes} element(s) outside the tensors: it looks like "
-        f"{OUT_OF_BOUNDS[0]}."
+        f"{what}: a {kind} {'from' if kind == 'load' else 'to'} {tensor} touched {lanes} "
+        f"element(s) outside it: it looks like {OUT_OF_BOUNDS[0]}."
     )
 
 
