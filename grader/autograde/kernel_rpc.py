@@ -234,6 +234,8 @@ def call(handle: Handle, args, kwargs, probes: dict):
     reply["value"] = _pack(result, outputs)
     reply["arguments"] = _argument_states(args, kwargs)
     reply["written"] = _written(args, kwargs, before)
+    # a leaf the call detached in place (mem_k.detach_()): the grader's own one is detached too
+    reply["detached"] = [i for i, leaf in enumerate(leaves) if not leaf.requires_grad]
     if outputs:
         _calls[len(_calls) + 1] = (leaves, outputs)
         reply["call"] = len(_calls)
@@ -364,10 +366,11 @@ def backward(call_id: int, grads: list, probes: dict):
     leaves, outputs = _calls[call_id]
     grads = _unpack(grads, [])
     pairs = [(o, g) for o, g in zip(outputs, grads) if g is not None]
+    attached = [leaf for leaf in leaves if leaf.requires_grad]  # not those detached in place
     found, reply = _watched(  # the graph is kept: gradcheck asks for several backwards
         lambda: torch.autograd.grad(
             [o for o, _ in pairs],
-            leaves,
+            attached,
             [g for _, g in pairs],
             allow_unused=True,
             retain_graph=True,
@@ -375,7 +378,8 @@ def backward(call_id: int, grads: list, probes: dict):
         probes,
     )
     if "shortcut" not in reply:
-        reply["value"] = _pack(list(found), [])
+        found = iter(found)
+        reply["value"] = _pack([next(found) if leaf.requires_grad else None for leaf in leaves], [])
     return reply
 
 

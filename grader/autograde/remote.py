@@ -168,6 +168,7 @@ class RemoteKernel:
         value, outputs = self._value(reply)
         _write_back(args, kwargs, reply.get("arguments"), self)
         _write_back_tensors(args, kwargs, reply.get("written"), self)
+        _detach_back(inputs, reply.get("detached"))
         if "call" in reply and inputs and outputs:
             value = _attach_graph(value, outputs, _Backward(self, reply["call"], inputs))
         return value
@@ -423,6 +424,17 @@ def _write_back_tensors(args, kwargs, written, kernel) -> None:
                 target.copy_(value)
             else:  # the shape changed in place (unsqueeze_, resize_): take the new one too
                 target.set_(value.clone())
+
+
+def _detach_back(inputs: list, detached) -> None:
+    """Detach the grader's inputs that the student's code detached in place in the kernel
+    (mem_k.detach_(): kernel_rpc.call's 'detached', indices into `inputs`), so a check sees the
+    caller's tensor lose its graph as it would in the notebook."""
+    if type(detached) is not list:
+        return
+    for i in detached:
+        if type(i) is int and 0 <= i < len(inputs) and inputs[i].is_leaf:
+            inputs[i].requires_grad_(False)
 
 
 def _at_path(args, kwargs, path: str):

@@ -202,6 +202,22 @@ def test_gradients_flow_through_the_kernel(kernel):
     assert torch.allclose(x.grad, 2 * x.detach())
 
 
+def test_an_input_detached_in_place_in_the_kernel_is_detached_here_too(kernel):
+    run, ask = kernel
+    run(
+        """
+        def scaled_detaching(x, y):
+            y.detach_()  # the caller's y loses its graph
+            return 2 * x + 3 * y
+        """
+    )
+    x, y = (torch.randn(3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out = RemoteKernel(ask).lookup("scaled_detaching")(x, y)
+    assert x.requires_grad and not y.requires_grad
+    out.sum().backward()  # the kernel's backward skips the detached y
+    assert torch.equal(x.grad, torch.full((3,), 2.0, dtype=torch.float64)) and y.grad is None
+
+
 def test_measurements_are_taken_around_the_students_call_in_the_kernel(kernel):
     run, ask = kernel
     from grader.harness.checking import student_lines
