@@ -103,10 +103,15 @@ def test_merge_heads_bug_is_named(bug, key, capsys):
         (lambda x, n: x.repeat(1, n, 1, 1), "repeat_tiled"),
         (lambda x, n: torch.cat([x] * n, dim=1), "repeat_tiled"),
         (lambda x, n: x.repeat_interleave(n, dim=2), "repeat_wrong_dim"),
+        # right count, but for n_rep > 2 the copies of a head are not all adjacent
+        (
+            lambda x, n: torch.cat([x.repeat_interleave(n - 1, dim=1), x], dim=1),
+            "repeat_heads_misordered",
+        ),
         (lambda x, n: library.repeat_kv(x, n), "shortcut"),
         (stub, "not_implemented"),
     ],
-    ids=["tiled", "cat", "wrong_axis", "library", "stub"],
+    ids=["tiled", "cat", "wrong_axis", "cat_pieces", "library", "stub"],
 )
 def test_repeat_kv_bug_is_named(bug, key, capsys):
     assert_named("repeat_kv", bug, key, capsys)
@@ -1128,6 +1133,21 @@ BEGINNER_MISTAKES = {
         [("x.transpose(1, 2)", "x.transpose(2, 3)")],
         "merge_wrong_dims_swapped",
     ),
+    "split_chunks_of_num_heads": (
+        "split_heads",
+        [
+            (
+                "return x.view(batch, length, num_heads, d_model // num_heads).transpose(1, 2)",
+                "return torch.stack(x.split(num_heads, dim=-1), dim=1)",
+            )
+        ],
+        "split_chunk_size",
+    ),
+    "merge_transpose_1_3": (
+        "merge_heads",
+        [("x.transpose(1, 2)", "x.transpose(1, 3)")],
+        "merge_wrong_dims_swapped",
+    ),
     "repeat_length_axis": (
         "repeat_kv",
         [("repeat_interleave(n_rep, dim=1)", "repeat_interleave(n_rep, dim=2)")],
@@ -1164,7 +1184,7 @@ BEGINNER_MISTAKES = {
     "mha_out_proj_unused": (
         "MultiHeadAttention",
         [("out = self.out_proj(merge_heads(out))", "out = merge_heads(out)")],
-        "missing_projection",
+        "out_proj_unused",
     ),
     "mha_no_super_init": (
         "MultiHeadAttention",
@@ -1255,6 +1275,67 @@ BEGINNER_MISTAKES = {
         "alibi_bias",
         [("geometric(2 * closest)[0::2]", "geometric(2 * closest)[1::2]")],
         "alibi_wrong_extra_slopes",
+    ),
+    "alibi_floor_division": (
+        "alibi_bias",
+        [
+            (
+                "2.0 ** (-8.0 * torch.arange(1, n + 1, dtype=torch.float64) / n)",
+                "2.0 ** (-8 * torch.arange(1, n + 1) // n).double()",
+            )
+        ],
+        "alibi_floored_exponent",
+    ),
+    "alibi_query_one_before": (
+        "alibi_bias",
+        [("unsqueeze(-1) + (lk - lq)  # (lq, 1)", "unsqueeze(-1) + (lk - lq - 1)  # (lq, 1)")],
+        "alibi_query_off_by_one",
+    ),
+    "rope_second_half_sign": (
+        "apply_rope",
+        [("x2 * cos + x1 * sin", "x2 * cos - x1 * sin")],
+        "not_a_rotation",
+    ),
+    "rope_outer": (
+        "apply_rope",
+        [
+            (
+                "angle = positions.to(device=x.device, dtype=x.dtype).unsqueeze(-1) * theta",
+                "angle = torch.outer(positions.to(device=x.device, dtype=x.dtype), theta)",
+            )
+        ],
+        "rope_positions_outer",
+    ),
+    "shaw_scaled_by_dv": (
+        "shaw_relative_attention",
+        [("scores = scores / math.sqrt(dim)", "scores = scores / math.sqrt(v.shape[-1])")],
+        "shaw_scaled_by_dv",
+    ),
+    "shaw_rel_v_with_unmasked_weights": (
+        "shaw_relative_attention",
+        [
+            (
+                'scores = scores.masked_fill(~mask, float("-inf"))',
+                'masked = scores.masked_fill(~mask, float("-inf"))',
+            ),
+            (
+                "weights = torch.softmax(scores, dim=-1)",
+                "weights = torch.softmax(scores if mask is None else masked, dim=-1)",
+            ),
+            (
+                'einsum("...qk,qkd->...qd", weights, rel_v[index])',
+                'einsum("...qk,qkd->...qd", torch.softmax(scores, dim=-1), rel_v[index])',
+            ),
+        ],
+        "shaw_rel_v_unmasked",
+    ),
+    "bias_scale_as_divisor": (
+        "relative_bias_attention",
+        [
+            ("q.shape[-1] ** -0.5 if scale is None", "q.shape[-1] ** 0.5 if scale is None"),
+            ("q @ k.transpose(-2, -1) * scale + bias", "q @ k.transpose(-2, -1) / scale + bias"),
+        ],
+        "bias_scale_divides",
     ),
     "alibi_float64": (
         "alibi_bias",
@@ -1841,6 +1922,108 @@ def memory_before_zero(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=1000
     return torch.lerp(local, from_memory, gate.unsqueeze(-1)), gate
 
 
+def test_a_causal_mask_on_an_empty_memory_is_named_as_the_mask(solution):
+    """causal_mask(L, M) on the memory keys refuses M = 0: the empty memory's check names the
+    mask, not an empty memory left unhandled."""
+    bug = edited_solution(
+        DAY,
+        solution,
+        "memory_attention",
+        [
+            (
+                "from_memory, _ = attention(q, mem_k, mem_v)",
+                "from_memory, _ = attention(q, mem_k, mem_v, causal_mask(length, memory))",
+            )
+        ],
+    )
+    keys = [result.key for result in report("memory_attention", bug).results if not result.passed]
+    assert keys and set(keys) == {"memory_masked"}, keys
+
+
+def merge_into_new_zeros(x):
+    """Head by head into x.new_zeros (which keeps x's dtype and device)."""
+    batch, heads, length, head_dim = x.shape
+    out = x.new_zeros(batch, length, heads * head_dim)
+    for head in range(heads):
+        out[..., head * head_dim : (head + 1) * head_dim] = x[:, head]
+    return out
+
+
+def repeat_by_cat_of_slices(x, n_rep):
+    """Every head's n_rep copies, in a row, joined by one torch.cat."""
+    return torch.cat([x[:, h : h + 1] for h in range(x.shape[1]) for _ in range(n_rep)], dim=1)
+
+
+def float64_inside_rope(x, positions, base=10000.0):
+    dim = x.shape[-1]
+    if dim % 2:
+        raise ValueError(f"D={dim} must be even")
+    i = torch.arange(dim // 2, dtype=torch.float64)
+    angle = positions.to(torch.float64).unsqueeze(-1) * torch.pow(
+        torch.tensor(float(base), dtype=torch.float64), -2 * i / dim
+    )
+    x1, x2 = x.double()[..., : dim // 2], x.double()[..., dim // 2 :]
+    out = torch.cat([x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()], -1)
+    return out.to(x.dtype)
+
+
+def odd_exponent_alibi(num_heads, lq, lk):
+    """The extra slopes as the odd exponents 1, 3, 5, ... of 2n, and the bias as m * (j - pos_q)."""
+    n = 2 ** math.floor(math.log2(num_heads))
+    slopes = 2.0 ** (-8.0 * torch.arange(1, n + 1, dtype=torch.float64) / n)
+    if n < num_heads:
+        odd = torch.arange(1, 2 * (num_heads - n), 2, dtype=torch.float64)
+        slopes = torch.cat([slopes, 2.0 ** (-8.0 * odd / (2 * n))])
+    relative = torch.arange(lk)[None, :] - (torch.arange(lq)[:, None] + lk - lq)
+    return (slopes[:, None, None] * relative).float()
+
+
+def square_alibi_last_rows(num_heads, lq, lk):
+    """The (lk, lk) bias of lk queries, of which the last lq rows are the answer."""
+    slopes = torch.tensor(paper_get_slopes(num_heads)).view(-1, 1, 1)
+    position = torch.arange(lk, dtype=torch.float32)
+    square = -(position[:, None] - position[None, :]) * slopes
+    return square[:, lk - lq :, :].float().contiguous()
+
+
+def one_hot_bias(
+    q, k, v, bias_table, *, bidirectional=True, max_distance=128, mask=None, scale=None
+):
+    """The bias as one_hot(buckets) @ bias_table, einsum scores, a torch.where mask."""
+    heads, lq, dim, lk = q.shape[1], q.shape[2], q.shape[3], k.shape[-2]
+    if bias_table.shape[-1] != heads:
+        raise ValueError(f"bias_table has {bias_table.shape[-1]} heads, q has {heads}")
+    relative = torch.arange(lk)[None, :] - torch.arange(lk - lq, lk)[:, None]
+    num_buckets = bias_table.shape[0]
+    buckets = make_bucket()(relative, bidirectional, num_buckets, max_distance)
+    one_hot = F.one_hot(buckets, num_buckets).to(bias_table.dtype)
+    bias = torch.einsum("qkn,nh->hqk", one_hot, bias_table)
+    scale = dim**-0.5 if scale is None else scale
+    scores = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale + bias
+    if mask is not None:
+        scores = torch.where(mask, scores, float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhqk,bhkd->bhqd", weights, v), weights
+
+
+def float64_bias_by_head(
+    q, k, v, bias_table, *, bidirectional=True, max_distance=128, mask=None, scale=None
+):
+    """float64 inside, the bias stacked head by head, blocked scores filled with float64's min."""
+    heads, lq, dim, lk = q.shape[1], q.shape[2], q.shape[3], k.shape[2]
+    if bias_table.ndim != 2 or bias_table.shape[1] != heads:
+        raise ValueError("bias_table must be (num_buckets, H) with q's H")
+    relative = torch.arange(lk)[None, :] - (torch.arange(lq) + lk - lq)[:, None]
+    buckets = make_bucket()(relative, bidirectional, bias_table.shape[0], max_distance)
+    bias = torch.stack([bias_table[:, h][buckets] for h in range(heads)]).double()
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    scores = scale * q.double() @ k.double().transpose(-1, -2) + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(torch.float64).min)
+    weights = scores.softmax(-1)
+    return (weights @ v.double()).to(q.dtype), weights.to(q.dtype)
+
+
 @pytest.mark.parametrize(
     "name, impl",
     [
@@ -1853,6 +2036,13 @@ def memory_before_zero(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=1000
         ("shaw_relative_attention", gathered_shaw),
         ("relative_bias_attention", table_transposed_bias),
         ("memory_attention", memory_before_zero),
+        ("merge_heads", merge_into_new_zeros),
+        ("repeat_kv", repeat_by_cat_of_slices),
+        ("apply_rope", float64_inside_rope),
+        ("alibi_bias", odd_exponent_alibi),
+        ("alibi_bias", square_alibi_last_rows),
+        ("relative_bias_attention", one_hot_bias),
+        ("relative_bias_attention", float64_bias_by_head),
     ],
     ids=[
         "rope_exp_log_einsum",
@@ -1864,6 +2054,13 @@ def memory_before_zero(q, k, v, mem_k, mem_v, gate_logits, *, start=0, base=1000
         "shaw_gather_scatter",
         "bias_table_transposed",
         "memory_before_zero",
+        "merge_new_zeros_loop",
+        "repeat_cat_of_slices",
+        "rope_float64_inside",
+        "alibi_odd_exponents",
+        "alibi_square_last_rows",
+        "bias_one_hot",
+        "bias_float64_by_head",
     ],
 )
 def test_beginners_correct_alternatives_pass(name, impl):

@@ -5,7 +5,7 @@ out here, on shapes where a missing transpose cannot hide.
 import torch
 
 import course.reference.multihead as library
-from grader.harness.checking import expect_close, naming_crashes
+from grader.harness.checking import Mistake, expect_close, hint, naming_crashes
 from grader.suites import Exercise
 from grader.suites._common import draw, randn
 from grader.suites.day03_multihead.crashes import REFUSES_VALID, expect_clear_error
@@ -29,6 +29,12 @@ HINTS = {
     "transpose_before_reshape": (
         "x transposed to (B, d_model, L) before the reshape: the reshape then cuts across tokens",
         "reshape first, transpose after: x.view(B, L, H, dh).transpose(1, 2).",
+    ),
+    "split_chunk_size": (
+        "x.split(num_heads, dim=-1), pieces of num_heads features each, where x.chunk(num_heads, "
+        "dim=-1), num_heads pieces, was meant: that gives head_dim 'heads' of num_heads features",
+        "x.chunk(num_heads, dim=-1) cuts num_heads pieces (x.split takes the size of each piece: "
+        "x.split(head_dim, dim=-1)); then torch.stack(..., dim=1).",
     ),
     "split_wrong_dims_swapped": (
         "a transpose of the wrong dims of (B, L, H, dh): .transpose(1, 3) or .transpose(2, 3) "
@@ -68,7 +74,7 @@ HINTS = {
         "move the heads axis just before dh: x.transpose(1, 2) gives (B, L, H, dh), then reshape.",
     ),
     "merge_wrong_dims_swapped": (
-        "a transpose of the wrong dims (L and dh, not H and L) before the reshape",
+        "a transpose of the wrong dims (L and dh, or H and dh, not H and L) before the reshape",
         "x.transpose(1, 2): (B, H, L, dh) -> (B, L, H, dh), then reshape to (B, L, H*dh).",
     ),
     "merge_heads_along_tokens": (
@@ -110,6 +116,12 @@ HINTS = {
     "repeat_not_reshaped": (
         "the copies expanded to (B, Hkv, n_rep, L, D) but not merged into the heads axis",
         "merge the two head axes after the expand: .reshape(B, Hkv * n_rep, L, D).",
+    ),
+    "repeat_heads_misordered": (
+        "the right number of copies of each KV head, but not all next to each other (pieces "
+        "joined with torch.cat along the heads axis)",
+        "query head h reads KV head h // n_rep, so the copies of KV head 0 come first, then those "
+        "of KV head 1, ...: x.repeat_interleave(n_rep, dim=1) in one step.",
     ),
     "repeat_features_interleaved": (
         "the copies stacked on the last dim and then reshaped: each 'head' mixes features of "
@@ -160,6 +172,8 @@ def split_suspects(x, heads):
         ("split_wrong_dims_swapped", by_head.transpose(1, 3)),
         ("split_wrong_dims_swapped", by_head.transpose(2, 3)),
         ("heads_stacked_first", by_head.permute(2, 0, 1, 3)),
+        # torch.stack(x.split(heads, dim=-1), dim=1): pieces of H features, dh of them
+        ("split_chunk_size", x.view(batch, length, d_model // heads, heads).transpose(1, 2)),
         ("T_on_batched", by_head.permute(3, 2, 1, 0)),
     ]
 
@@ -234,6 +248,7 @@ def merge_suspects(x):
         ("merge_without_transpose", x.reshape(batch, length, -1)),
         ("merge_heads_last", x.permute(0, 2, 3, 1).reshape(batch, length, -1)),
         ("merge_wrong_dims_swapped", x.transpose(2, 3).reshape(batch, length, -1)),
+        ("merge_wrong_dims_swapped", x.transpose(1, 3).reshape(batch, length, -1)),
         ("merge_heads_along_tokens", torch.cat(x.unbind(1), dim=1)),
         ("shape_unpacked_wrong", x.transpose(1, 2).reshape(batch, heads, length * head_dim)),
         ("merge_not_flattened", x.transpose(1, 2)),
@@ -297,6 +312,46 @@ def repeat_suspects(x, n_rep):
 EXPANDED_HEADS = ("repeat_expanded_heads", "RuntimeError", "expanded size", "dimension 1")
 
 
+def copied_heads(out, x) -> list:
+    """For each head of `out`, the index of the head of x (B, Hkv, L, D) that it is an exact copy
+    of; None when `out` is not (B, heads, L, D) or one of its heads copies none."""
+    if not isinstance(out, torch.Tensor) or out.dim() != 4 or out.shape[::2] != x.shape[::2]:
+        return None
+    kv_heads = x.double().unbind(1)
+    order = []
+    for head in out.detach().double().cpu().unbind(1):
+        copies = [i for i, kv in enumerate(kv_heads) if torch.equal(head, kv)]
+        if not copies:
+            return None
+        order.append(copies[0])
+    return order
+
+
+def expect_repeated(out, x, n_rep):
+    """The student's repeat of x against the float64 one, naming the known mistakes; a result
+    made of the right copies of the KV heads in another order shows that order."""
+    try:
+        expect_close(
+            out,
+            repeat64(x, n_rep),
+            x.dtype,
+            what="repeat_kv(x, n_rep)",
+            suspects=repeat_suspects(x, n_rep),
+        )
+    except Mistake as mistake:
+        order = copied_heads(out, x) if mistake.key == "wrong_values" else None
+        expected = [head // n_rep for head in range(x.shape[1] * n_rep)]
+        if order is None or sorted(order) != expected:
+            raise
+        description, fix = hint("repeat_heads_misordered")
+        raise Mistake(
+            f"repeat_kv(x, n_rep) is off: each of its heads is a copy of a KV head, in the "
+            f"order {order} instead of {expected}: it looks like {description}.",
+            fix,
+            "repeat_heads_misordered",
+        ) from None
+
+
 def repeat_matches_reference(repeat_kv, rng):
     """(B, Hkv, L, D) -> (B, Hkv*n_rep, L, D), each KV head n_rep times in a row"""
     batch, length, kv_heads, head_dim = heads_shape(rng)
@@ -304,13 +359,7 @@ def repeat_matches_reference(repeat_kv, rng):
     x = randn((batch, kv_heads, length, head_dim), rng)
     with naming_crashes(EXPANDED_HEADS):
         out = repeat_kv(x, n_rep)
-    expect_close(
-        out,
-        repeat64(x, n_rep),
-        x.dtype,
-        what="repeat_kv(x, n_rep)",
-        suspects=repeat_suspects(x, n_rep),
-    )
+    expect_repeated(out, x, n_rep)
 
 
 def repeat_one_is_identity(repeat_kv, rng):
@@ -337,13 +386,7 @@ def repeat_query_head_uses_h_div_n_rep(repeat_kv, rng):
     x = torch.arange(kv_heads, dtype=torch.float32).view(1, kv_heads, 1, 1).expand(2, -1, 3, 2)
     with naming_crashes(EXPANDED_HEADS):
         out = repeat_kv(x, n_rep)
-    expect_close(
-        out,
-        repeat64(x, n_rep),
-        x.dtype,
-        what="repeat_kv(x, n_rep)",
-        suspects=repeat_suspects(x, n_rep),
-    )
+    expect_repeated(out, x, n_rep)
 
 
 EXERCISES = {

@@ -62,6 +62,10 @@ HINTS = {
         "define self.q_proj, self.k_proj, self.v_proj, self.out_proj as nn.Linear; q_proj and "
         "out_proj are (d_model -> d_model), k_proj and v_proj (d_model -> num_kv_heads * head_dim).",
     ),
+    "out_proj_unused": (
+        "the output projection (out_proj) never applied: the merged heads returned as they are",
+        "finish with the output projection: out = self.out_proj(merge_heads(out)).",
+    ),
     "ignores_context": (
         "cross-attention computed from x alone: keys and values must come from `context`",
         "k = k_proj(context), v = v_proj(context), with context = x only when it is None.",
@@ -350,10 +354,7 @@ def mha_suspects(weights, heads, kv_heads, x, context=None, mask=None):
             "scaled_twice",
             dense64(weights, heads, kv_heads, x, context, mask, scale=heads / d_model),
         ),
-        (
-            "missing_projection",
-            dense64(weights, heads, kv_heads, x, context, mask, out_proj=False),
-        ),
+        ("out_proj_unused", dense64(weights, heads, kv_heads, x, context, mask, out_proj=False)),
     ]
     if context is not None:
         suspects.append(("ignores_context", dense64(weights, heads, kv_heads, x, None, None)))

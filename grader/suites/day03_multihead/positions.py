@@ -11,8 +11,10 @@ from grader.harness.checking import (
     TOLERANCE,
     Mistake,
     expect_close,
+    hint,
     named,
     named_crash,
+    naming_crashes,
     relative_error,
 )
 from grader.suites import Exercise
@@ -97,8 +99,8 @@ HINTS = {
         "theta = base ** (-torch.arange(0, D, 2) / D) with the base you are given.",
     ),
     "not_a_rotation": (
-        "a rotation that is not one (rotate-half without its minus sign: x1*cos + x2*sin), "
-        "which changes norms and loses the relative property",
+        "a rotation that is not one (a sign slip: the first half x1*cos + x2*sin, or the second "
+        "x2*cos - x1*sin), which changes norms and loses the relative property",
         "rotate_half(x) = cat([-x2, x1]): the first half is x1*cos - x2*sin and the second "
         "x2*cos + x1*sin.",
     ),
@@ -106,6 +108,12 @@ HINTS = {
         "x overwritten in place: the caller's tensor changed (a second call then rotates an "
         "already rotated x)",
         "build the result in new tensors (torch.cat of the two halves) and leave x as it is.",
+    ),
+    "rope_positions_outer": (
+        "torch.outer(positions, theta), which takes only 1-D positions: positions (B, 1, L), one "
+        "start per sequence (a KV cache's offsets), then fail",
+        "angle = positions[..., None] * theta works for positions of any shape (..., L): "
+        "(..., L, 1) * (D/2,) -> (..., L, D/2).",
     ),
     "rope_positions_not_unsqueezed": (
         "positions multiplied by theta without positions[..., None]: the angles of (B, 1, L) "
@@ -150,6 +158,17 @@ HINTS = {
         "the right slopes in the wrong order (sorted, or the extra slopes first)",
         "keep the paper's order: the n slopes of the closest power of two below H first, then "
         "the extra ones taken from 2n; do not sort them.",
+    ),
+    "alibi_query_off_by_one": (
+        "the queries one position off (lk - lq + i - 1 or lk - lq + i + 1): a query's own key "
+        "then does not get bias 0",
+        "pos_q = lk - lq + i: the last query sits at lk - 1, the last key's position, so "
+        "bias[:, -1, -1] = 0.",
+    ),
+    "alibi_floored_exponent": (
+        "the exponent -8h/H floored by integer division (-8 * h // H), so the slopes skip to "
+        "whole powers of 2 once H > 8",
+        "divide with /, not //: slope_h = 2 ** (-8 * h / H).",
     ),
     "alibi_heads_last": (
         "the bias with the heads last, (lq, lk, H), instead of first",
@@ -289,9 +308,11 @@ def rope64(
     angle_dtype=torch.float64,
     turn=-1.0,
     unsqueezed=True,
+    second_turn=1.0,
 ):
     """Rotary embedding in float64, rotate-half by default; the knobs give the mistakes (`turn`
-    is the sign of x2 * sin in the first half: +1 is rotate-half without its minus)."""
+    is the sign of x2 * sin in the first half: +1 is rotate-half without its minus;
+    `second_turn` that of x1 * sin in the second half)."""
     x = x.double()
     dim = x.shape[-1]
     theta = base ** (-exponent * torch.arange(dim // 2, dtype=angle_dtype) / dim)
@@ -304,7 +325,7 @@ def rope64(
     cos, sin = angle.cos(), angle.sin()
     if pairs == "halves":
         x1, x2 = x[..., : dim // 2], x[..., dim // 2 :]
-        return torch.cat([x1 * cos + turn * x2 * sin, x2 * cos + x1 * sin], dim=-1)
+        return torch.cat([x1 * cos + turn * x2 * sin, x2 * cos + second_turn * x1 * sin], dim=-1)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
 
@@ -319,6 +340,7 @@ def rope_suspects(x, positions, base=10000.0):
         ("rope_ignores_base", rope64(x, positions, 10000.0)),
         ("rope_ignores_positions", rope64(x, torch.arange(x.shape[-2]), base)),
         ("not_a_rotation", rope64(x, positions, base, turn=1.0)),
+        ("not_a_rotation", rope64(x, positions, base, second_turn=-1.0)),
     ]
     if torch.as_tensor(positions).dim() > 1:
         try:
@@ -383,6 +405,10 @@ def rope_matches_reference(apply_rope, rng):
     )
 
 
+# torch.outer (or torch.ger) refusing positions of more than one dim
+OUTER_OF_POSITIONS = ("rope_positions_outer", "RuntimeError", "outer", "Expected 1-D argument")
+
+
 def rope_broadcast_positions(apply_rope, rng):
     """positions (B, 1, L) with a different start per sequence (a KV cache's offsets)"""
     # as many heads as sequences: angles broadcast over the wrong axes keep the right shape
@@ -391,8 +417,10 @@ def rope_broadcast_positions(apply_rope, rng):
     x = randn((batch, heads, length, dim), rng)
     start = torch.randint(1, 40, (batch, 1, 1), generator=rng)
     positions = start + torch.arange(length)  # (B, 1, L)
+    with naming_crashes(OUTER_OF_POSITIONS):
+        out = call_rope(apply_rope, x, positions)
     expect_close(
-        call_rope(apply_rope, x, positions),
+        out,
         rope64(x, positions),
         x.dtype,
         what="apply_rope(x, positions) with positions (B, 1, L)",
@@ -467,11 +495,14 @@ def rope_refuses_odd_dim(apply_rope, rng):
 # ----------------------------------------------------------------------------- alibi_bias
 
 
-def slopes64(heads, interpolate=True, first=1, extra_from=slice(0, None, 2)):
+def slopes64(heads, interpolate=True, first=1, extra_from=slice(0, None, 2), floored=False):
     """The ALiBi paper's get_slopes, written out in float64; `extra_from` picks the extra slopes
-    out of the 2n sequence (the paper: every other one, from the first)."""
+    out of the 2n sequence (the paper: every other one, from the first); `floored` takes the
+    exponents with integer division, -8 * h // n."""
 
     def geometric(n):
+        if floored:
+            return [2.0 ** (-8 * h // n) for h in range(first, n + first)]
         return [2.0 ** (-8.0 * h / n) for h in range(first, n + first)]
 
     if not interpolate or math.log2(heads).is_integer():
@@ -481,9 +512,10 @@ def slopes64(heads, interpolate=True, first=1, extra_from=slice(0, None, 2)):
     return torch.tensor(geometric(closest) + extra, dtype=torch.float64)
 
 
-def alibi64(heads, lq, lk, slopes=None, sign=1.0, top_left=False, clip=None):
+def alibi64(heads, lq, lk, slopes=None, sign=1.0, top_left=False, clip=None, query_shift=0):
     slopes = slopes64(heads) if slopes is None else slopes
     pos_q = torch.arange(lq, dtype=torch.float64).unsqueeze(-1) + (0 if top_left else lk - lq)
+    pos_q = pos_q + query_shift
     distance = pos_q - torch.arange(lk, dtype=torch.float64)
     if clip == "zero":
         distance = distance.clamp_min(0)
@@ -497,6 +529,8 @@ def alibi_suspects(heads, lq, lk):
         ("alibi_slopes_from_zero", alibi64(heads, lq, lk, slopes64(heads, first=0))),
         ("alibi_sign", alibi64(heads, lq, lk, sign=-1.0)),
         ("alibi_top_left", alibi64(heads, lq, lk, top_left=True)),
+        ("alibi_query_off_by_one", alibi64(heads, lq, lk, query_shift=-1)),
+        ("alibi_query_off_by_one", alibi64(heads, lq, lk, query_shift=1)),
         ("alibi_clipped", alibi64(heads, lq, lk, clip="zero")),
         ("alibi_clipped", alibi64(heads, lq, lk, clip="abs")),
         ("alibi_not_interpolated", alibi64(heads, lq, lk, slopes64(heads, interpolate=False))),
@@ -504,6 +538,7 @@ def alibi_suspects(heads, lq, lk):
             "alibi_wrong_extra_slopes",
             alibi64(heads, lq, lk, slopes64(heads, extra_from=slice(1, None, 2))),
         ),
+        ("alibi_floored_exponent", alibi64(heads, lq, lk, slopes64(heads, floored=True))),
         (
             "alibi_wrong_extra_slopes",
             alibi64(heads, lq, lk, slopes64(heads, extra_from=slice(None))),
@@ -526,19 +561,34 @@ def expect_alibi(alibi_bias, heads, lq, lk):
     what = f"alibi_bias({heads}, {lq}, {lk})"
     bias = alibi_bias(heads, lq, lk)
     expect_float32(bias, what, "alibi_not_float32")
-    expect_close(
-        bias,
-        alibi64(heads, lq, lk),
-        torch.float32,
-        what=what,
-        suspects=alibi_suspects(heads, lq, lk),
-    )
+    try:
+        expect_close(
+            bias,
+            alibi64(heads, lq, lk),
+            torch.float32,
+            what=what,
+            suspects=alibi_suspects(heads, lq, lk),
+        )
+    except Mistake as mistake:
+        odd_extra = slopes64(heads, extra_from=slice(1, None, 2))
+        if mistake.key != "alibi_wrong_extra_slopes" or not odd_extra.equal(
+            slopes64(heads, floored=True)
+        ):
+            raise
+        # for H = 10 or 12 the extra slopes [1::2] are also what a floored exponent gives
+        raise Mistake(
+            f"{mistake.message} The same slopes come from {hint('alibi_floored_exponent')[0]}.",
+            f"{mistake.hint} And {hint('alibi_floored_exponent')[1]}",
+            mistake.key,
+        ) from None
 
 
 def alibi_power_of_two(alibi_bias, rng):
     """H a power of two: slopes 2^(-8h/H), h = 1..H; bias -m_h (pos_q - pos_k), (H, L, L) float32"""
     heads, length = 2 ** draw(rng, 0, 4), draw(rng, 3, 12)
-    expect_alibi(alibi_bias, heads, length, length)
+    # and H = 16: up to H = 8 every exponent -8h/H is whole, and -8 * h // H hides
+    for count in sorted({heads, 16}):
+        expect_alibi(alibi_bias, count, length, length)
 
 
 def alibi_interpolated_slopes(alibi_bias, rng):

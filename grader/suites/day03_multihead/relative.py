@@ -96,6 +96,16 @@ HINTS = {
         "the relative term q_i . a^K_ij not divided by sqrt(D) with q_i . k_j",
         "scores_ij = q_i . (k_j + a^K_ij) / sqrt(D): scale the whole sum.",
     ),
+    "shaw_scaled_by_dv": (
+        "the scores divided by sqrt(Dv), v's last dim, instead of sqrt(D), the dim of q and k",
+        "the scale comes from the vectors in the dot product: scores = (q k^T + q a^K) / "
+        "sqrt(q.shape[-1]); v may have another size.",
+    ),
+    "shaw_rel_v_unmasked": (
+        "the a^V term mixed with other weights than v: a softmax of the scores before the mask",
+        "compute the weights once, after masking, and use the same weights for both: out_i = "
+        "sum_j w_ij (v_j + a^V_ij).",
+    ),
     "mask_fill_zero": (
         "blocked scores set to 0 instead of -inf: exp(0) = 1 still gives blocked keys weight",
         "scores.masked_fill(~mask, float('-inf')) (or the dtype's minimum) before the softmax.",
@@ -145,8 +155,8 @@ HINTS = {
         "else scale (T5 passes scale=1.0).",
     ),
     "bias_transposed": (
-        "each head's bias transposed, (H, lk, lq) as .permute(2, 1, 0) gives (where lq = lk "
-        "this is also the bias of query - memory buckets)",
+        "the buckets of query - memory, or each head's bias transposed, (H, lk, lq) as "
+        ".permute(2, 1, 0) gives: where lq = lk the two are the same",
         "bias_table[buckets] is (lq, lk, H): .permute(2, 0, 1) gives (H, lq, lk), which adds to "
         "the scores; and relative_position = memory_position - query_position.",
     ),
@@ -166,6 +176,12 @@ HINTS = {
         "pass every argument by name: relative_position_bucket(relative, "
         "bidirectional=bidirectional, num_buckets=bias_table.shape[0], "
         "max_distance=max_distance).",
+    ),
+    "bias_scale_divides": (
+        "the scale used as a divisor (q k^T / scale, with sqrt(D) by default): the same for "
+        "scale=None and scale=1.0, wrong for any other",
+        "scale multiplies the scores: scores = scale * q @ k^T + bias, with scale = "
+        "q.shape[-1] ** -0.5 when None.",
     ),
     "bias_scale_default": (
         "scale=None taken as 1.0 (T5's own choice) instead of the default 1/sqrt(D)",
@@ -416,10 +432,14 @@ def shaw64(
     softmax_dim=-1,
     values_table=None,
     mask_weights=False,
+    scale_dim=None,
+    rel_v_unmasked=False,
 ):
     """Shaw et al.'s relative attention in float64, with a gather; the knobs give the mistakes.
     Blocked scores get `fill` (with `mask_weights`, the weights are masked after the softmax
-    instead); the output's relative term reads `values_table` (rel_v)."""
+    instead); the output's relative term reads `values_table` (rel_v), with the weights of the
+    unmasked scores when `rel_v_unmasked`; the scores are divided by sqrt(`scale_dim`), D by
+    default."""
     q, k, v, rel_k = q.double(), k.double(), v.double(), rel_k.double()
     lq, lk, dim = q.shape[-2], k.shape[-2], q.shape[-1]
     pos_q = torch.arange(lq).unsqueeze(-1) + (0 if top_left else lk - lq)
@@ -429,14 +449,20 @@ def shaw64(
     index = distance + max_relative_position if offset else distance  # negative rows wrap around
     a_k = rel_k[index]  # (Lq, Lk, D)
     relative = torch.einsum("...qd,qkd->...qk", q, a_k)
-    scores = (q @ k.transpose(-2, -1) + relative) / math.sqrt(dim)
+    scores = (q @ k.transpose(-2, -1) + relative) / math.sqrt(scale_dim or dim)
     if not scale_rel:
         scores = scores + relative * (1 - 1 / math.sqrt(dim))
     weights = masked_softmax(scores, mask, fill, mask_weights, softmax_dim)
     out = weights @ v
     values_table = rel_v if values_table is None else values_table
+    if rel_v_unmasked:
+        weights_for_rel_v = masked_softmax(scores, None, fill, mask_weights, softmax_dim)
+    else:
+        weights_for_rel_v = weights
     if rel_v is not None and use_rel_v:
-        out = out + torch.einsum("...qk,qkd->...qd", weights, values_table.double()[index])
+        out = out + torch.einsum(
+            "...qk,qkd->...qd", weights_for_rel_v, values_table.double()[index]
+        )
     return out, weights
 
 
@@ -449,6 +475,8 @@ def shaw_suspects(q, k, v, rel_k, rel_v, p, mask=None):
     ]
     if q.shape[-2] != k.shape[-2]:
         suspects.append(("shaw_top_left", dict(top_left=True)))
+    if v.shape[-1] != q.shape[-1]:
+        suspects.append(("shaw_scaled_by_dv", dict(scale_dim=v.shape[-1])))
     if rel_v is not None:
         suspects.append(("shaw_ignores_rel_v", dict(use_rel_v=False)))
         if rel_v.shape == rel_k.shape:
@@ -461,6 +489,10 @@ def shaw_suspects(q, k, v, rel_k, rel_v, p, mask=None):
             ("ignores_mask", shaw64(q, k, v, rel_k, rel_v, p)),
             ("mask_after_softmax", shaw64(q, k, v, rel_k, rel_v, p, mask, mask_weights=True)),
         ]
+        if rel_v is not None:
+            suspects.append(
+                ("shaw_rel_v_unmasked", shaw64(q, k, v, rel_k, rel_v, p, mask, rel_v_unmasked=True))
+            )
     return suspects
 
 
@@ -551,6 +583,7 @@ def shaw_clipped_self_attention(shaw_relative_attention, rng):
 def shaw_cross_lengths_no_rel_v(shaw_relative_attention, rng):
     """lq < lk (queries bottom-right), Dv != D, rel_v=None (scores only), float64"""
     dim, dv, p = draw(rng, 2, 6), draw(rng, 1, 5), draw(rng, 1, 4)
+    dv += dv >= dim  # 1..6 but not D: a scale of sqrt(Dv) cannot hide
     lq = draw(rng, 2, 5)
     lk = lq + draw(rng, 2, 6)
     q = randn((2, lq, dim), rng, torch.float64)
@@ -698,7 +731,10 @@ def relative_bias_suspects(q, k, v, bias_table, bidirectional, max_distance, mas
     if scale is None:
         suspects.append(("bias_scale_default", relative_bias64(*args[:-1], scale=1.0)))
     else:
-        suspects.append(("bias_ignores_scale", relative_bias64(*args[:-1], scale=None)))
+        suspects += [
+            ("bias_ignores_scale", relative_bias64(*args[:-1], scale=None)),
+            ("bias_scale_divides", relative_bias64(*args[:-1], scale=1 / scale)),
+        ]
     if mask is not None:
         suspects += [
             ("inverted_mask", relative_bias64(*args[:6], ~mask, scale, fill=MASK_MIN)),
@@ -754,8 +790,13 @@ def rb_bidirectional_self(relative_bias_attention, rng):
     )
 
 
+# The scale rb_causal_t5 passes: not T5's own 1.0, where a scale used as a divisor hides, and no
+# 1/sqrt(D) of the D it draws, where an ignored scale would.
+EXPLICIT_SCALE = 0.3
+
+
 def rb_causal_t5(relative_bias_attention, rng):
-    """T5's decoder: bidirectional=False, scale=1.0, a causal mask, lq < lk (bottom-right)"""
+    """a T5-style decoder: bidirectional=False, scale=0.3, a causal mask, lq < lk (bottom-right)"""
     heads, dim = draw(rng, 2, 4), draw(rng, 2, 6)
     lq = draw(rng, 2, 5)
     lk = lq + draw(rng, 4, 10)
@@ -776,7 +817,7 @@ def rb_causal_t5(relative_bias_attention, rng):
         bidirectional=False,
         max_distance=max_distance,
         mask=mask,
-        scale=1.0,
+        scale=EXPLICIT_SCALE,
     )
     result = unpack_pair(
         result,
@@ -787,8 +828,8 @@ def rb_causal_t5(relative_bias_attention, rng):
     )
     compare_pair(
         result,
-        relative_bias64(q, k, v, table, False, max_distance, mask, 1.0),
-        relative_bias_suspects(q, k, v, table, False, max_distance, mask, 1.0),
+        relative_bias64(q, k, v, table, False, max_distance, mask, EXPLICIT_SCALE),
+        relative_bias_suspects(q, k, v, table, False, max_distance, mask, EXPLICIT_SCALE),
         torch.float64,
         masked=True,
     )
