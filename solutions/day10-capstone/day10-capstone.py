@@ -149,7 +149,7 @@ trace(attention_function("dense"), q, k, v)
 #
 # Return an `int`: bytes are whole, so divide with `//` (or round up with `-(-a // b)`).
 #
-# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; a non-causal window read as left $= w-1$, right $= \lfloor w/2 \rfloor$; the padded K and V counted once; chunks without their overlap; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; query blocks of fewer than 16 rows for a narrow window; a causal window of $w + 1$ keys (left $= w$); a keyword argument ignored; the defaults changed by a call; a bad argument accepted silently.
+# The checks measure the course's implementation at random sizes and allow 15%. They recognise: forgetting the heads factor; 4 bytes per element for every dtype; bits instead of bytes per element; a float instead of an int; two $(L, L)$ buffers for masked attention instead of three; an $(L, L)$ matrix for the banded sliding window; a non-causal window read as left $= w-1$, right $= \lfloor w/2 \rfloor$; the padded K and V counted once; chunks without their overlap, or with it on one side only; flash with one score tile instead of four; a Performer estimate with only its feature buffers; a scan over $BH$ channels instead of $BHd$; query blocks of fewer than 16 rows for a narrow window; a causal window of $w + 1$ keys (left $= w$); a keyword argument ignored; the defaults changed by a call; a bad argument accepted silently.
 
 # %% nbgrader={"grade": false, "grade_id": "estimate_attention_memory", "locked": false, "schema_version": 3, "solution": true, "task": false}
 GROUP_SCORES = 1 << 18  # course.reference.sparse works on groups of query blocks of about this many scores
@@ -692,8 +692,8 @@ def make_attention(kind: str, d_model: int, num_heads: int, **kwargs) -> nn.Modu
 # without the transpose (or merged features first, `permute(0, 2, 3, 1)`), the output projection forgotten, the pattern
 # inverted (`~pattern`: True read as "masked out"), a mask ignored by `dense` or `strided`, a mask
 # combined with the pattern by OR or used instead of it, a mask silently dropped by a kind that
-# cannot apply it, a Performer layer that draws new features at every call or reseeds the global
-# generator, a Mamba layer that looks ahead, defaults not filled in or changed by a call, `num_heads` not dividing `d_model` accepted, and an unknown kind or argument accepted or
+# cannot apply it, a Performer layer that draws new features at every call, reseeds the global
+# generator or ignores `num_features`, a Mamba layer that looks ahead or adds a residual ($x + \text{block}(x)$), defaults not filled in or changed by a call, `num_heads` not dividing `d_model` accepted, and an unknown kind or argument accepted or
 # refused without naming what is valid. They also refuse `course.reference.mechanisms`, the library
 # version.
 

@@ -728,6 +728,68 @@ BEGINNER_MISTAKES = {
         [("out.transpose(1, 2).reshape(B, L, H * dh)", "out.reshape(B, L, H * dh)")],
         "merge_without_transpose",
     ),
+    # a second pass (the capstone's student report): mistakes that passed or got the fallback hint
+    "estimate_flash_one_tile": (
+        "estimate_attention_memory",
+        [("tiles = 4 if L > bq else 3", "tiles = 1")],
+        "flash_one_tile",
+    ),
+    "estimate_overlap_one_side": (
+        "estimate_attention_memory",
+        [
+            (
+                'min(options["chunk_size"], L), overlap, overlap)',
+                'min(options["chunk_size"], L), overlap, 0)',
+            )
+        ],
+        "overlap_one_side",
+    ),
+    "choose_global_context_ignored": (
+        "choose_attention",
+        [("if needs_global_context or seq_len <= window:", "if seq_len <= window:")],
+        "global_got_sliding",
+    ),
+    "choose_budget_ignored": (
+        "choose_attention",
+        [("<= memory_budget_bytes:", "> 0:")],
+        "budget_ignored",
+    ),
+    "make_performer_num_features_ignored": (
+        "make_attention",
+        [('num_features=o["num_features"], generator=generator)', "generator=generator)")],
+        "performer_features_ignored",
+    ),
+    "make_mamba_residual": (
+        "make_attention",
+        [("return self.block(x)", "return x + self.block(x)")],
+        "scan_residual",
+    ),
+    "make_merge_features_first": (
+        "make_attention",
+        [
+            (
+                "out.transpose(1, 2).reshape(B, L, H * dh)",
+                "out.permute(0, 2, 3, 1).reshape(B, L, H * dh)",
+            )
+        ],
+        "merge_wrong_order",
+    ),
+    "make_strided_pattern_inverted": (
+        "make_attention",
+        [("pattern = strided_mask(", "pattern = ~strided_mask(")],
+        "mask_inverted",
+    ),
+    "make_dense_scaled_by_d_model": (
+        "make_attention",
+        [
+            (
+                "return attention(q, k, v, pattern if mask is None else pattern & mask)[0]",
+                "return attention(q / self.num_heads ** 0.5, k, v, "
+                "pattern if mask is None else pattern & mask)[0]",
+            )
+        ],
+        "scaled_by_d_model",
+    ),
 }
 
 
@@ -739,6 +801,30 @@ def test_beginner_mistake_is_named_on_every_seed(mistake, solution, capsys):
     for seed in (11, 12, 13):  # hidden checks draw fresh inputs
         result = report(cell, bug, hidden=True, seed=seed)
         assert key in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
+# Every check that fails on these mistakes names them (or, for the budget ignored, the missing
+# "nothing fits" error that comes with it): a later check must not point at correct code, as
+# "the sizes passed ignored" did for flash before dense and for the budget ignored.
+EVERY_LINE_NAMED = {
+    "choose_flash_first_on_cpu": {"cpu_order"},
+    "choose_budget_ignored": {"budget_ignored", "nothing_fits_accepted"},
+    "choose_global_context_ignored": {"global_got_sliding"},
+    "make_merge_features_first": {"merge_wrong_order"},
+    "make_dense_scaled_by_d_model": {"scaled_by_d_model"},
+    "make_strided_pattern_inverted": {"mask_inverted"},
+    "estimate_flash_one_tile": {"flash_one_tile"},
+}
+
+
+@pytest.mark.parametrize("mistake", EVERY_LINE_NAMED)
+def test_every_failing_check_names_the_mistake(mistake, solution):
+    cell, edits, _ = BEGINNER_MISTAKES[mistake]
+    bug = variant(solution, cell, cell, *edits)
+    for seed in (0, 11, 12, 13):
+        result = report(cell, bug, hidden=seed != 0, seed=seed)
+        failed = [(r.key, r.message) for r in result.results if not r.passed]
+        assert failed and {key for key, _ in failed} <= EVERY_LINE_NAMED[mistake], (seed, failed)
 
 
 # Correct but unusual solutions from the same pass: each must pass the visible and hidden checks.
@@ -844,6 +930,63 @@ CORRECT_ALTERNATIVES = {
             ("out.transpose(1, 2).reshape(B, L, H * dh)", "out.transpose(1, 2).flatten(2)"),
         ],
     ),
+    # from the second pass (the capstone's student report)
+    "estimate_groups_walked_in_a_loop": (
+        "estimate_attention_memory",
+        [
+            (
+                "    groups = math.ceil(nb / group)\n"
+                "    if groups > 1:\n"
+                "        nxt = work(nb - group) if groups == 2 else work(group)\n"
+                "        peak = max(peak, scores + 2 * nxt[0] + nxt[1])\n",
+                "    sizes = [min(group, nb - start) for start in range(0, nb, group)]\n"
+                "    for now, nxt in zip(sizes, sizes[1:]):\n"
+                "        peak = max(peak, work(now)[0] + 2 * work(nxt)[0] + work(nxt)[1])\n",
+            )
+        ],
+    ),
+    "bench_global_seed_per_length": (
+        "benchmark_attention",
+        [
+            (
+                "        q, k, v = (torch.randn(batch, heads, L, head_dim, generator=generator)",
+                "        torch.manual_seed(seed)\n"
+                "        q, k, v = (torch.randn(batch, heads, L, head_dim)",
+            )
+        ],
+    ),
+    "bench_generator_per_length": (
+        "benchmark_attention",
+        [
+            (
+                "    generator = torch.Generator().manual_seed(seed)\n"
+                "    for L in sorted(seq_lens):\n",
+                "    for L in sorted(seq_lens):\n"
+                "        generator = torch.Generator().manual_seed(seed)\n",
+            )
+        ],
+    ),
+    "choose_budget_compared_in_mib": (
+        "choose_attention",
+        [("<= memory_budget_bytes:", "/ 2**20 <= memory_budget_bytes / 2**20:")],
+    ),
+    "make_fused_qkv_positional_num_features": (
+        "make_attention",
+        [
+            (
+                "q, k, v = self.split(self.q_proj(x)), self.split(self.k_proj(x)), "
+                "self.split(self.v_proj(x))",
+                "weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])\n"
+                "        bias = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])\n"
+                "        q, k, v = (self.split(t) for t in "
+                "torch.nn.functional.linear(x, weight, bias).chunk(3, dim=-1))",
+            ),
+            (
+                'num_features=o["num_features"], generator=generator)',
+                'o["num_features"], generator=generator)',
+            ),
+        ],
+    ),
 }
 
 
@@ -853,6 +996,22 @@ def test_beginners_correct_alternatives_pass(alternative, solution):
     impl = variant(solution, cell, cell, *edits)
     for seed in (0, 1, 2):
         result = report(cell, impl, hidden=seed != 0, seed=seed)
+        assert result.passed, (seed, [(r.key, r.message) for r in result.results if not r.passed])
+
+
+def test_benchmark_one_mechanism_at_a_time_passes(solution):
+    """Rows grouped by mechanism (its lengths in the inner loop), each mechanism's inputs drawn
+    again from the seed: a beginner's correct variant."""
+
+    def benchmark_attention(fns, seq_lens, **options):
+        return [
+            row
+            for name, fn in fns.items()
+            for row in solution["benchmark_attention"]({name: fn}, seq_lens, **options)
+        ]
+
+    for seed in (0, 1, 2):
+        result = report("benchmark_attention", benchmark_attention, hidden=seed != 0, seed=seed)
         assert result.passed, (seed, [(r.key, r.message) for r in result.results if not r.passed])
 
 

@@ -68,14 +68,18 @@ def choose_cpu(choose_attention, rng):
             has_gpu=False,
         ),
         "dense",
-        {"flash": "cpu_order", "linear": "cpu_limit_not_inclusive"},
+        {
+            "flash": "cpu_order",
+            "linear": "cpu_limit_not_inclusive",
+            "sliding": "global_got_sliding",
+        },
     )
     L = 1024 * draw(rng, 4, 8)  # dense needs > 1 GiB (8 heads), tiled ~ 10 MB
     expect_choice(
         choose_attention,
         dict(seq_len=L, needs_global_context=True, memory_budget_bytes=GiB // 4, has_gpu=False),
         "flash",
-        {"dense": "budget_ignored"},
+        {"dense": "budget_ignored", "sliding": "global_got_sliding"},
     )
     L = 1024 * draw(rng, 9, 32)
     expect_choice(
@@ -86,6 +90,7 @@ def choose_cpu(choose_attention, rng):
             "dense": "exact_past_cpu_limit",
             "flash": "exact_past_cpu_limit",
             ValueError: "no_linear_fallback",
+            "sliding": "global_got_sliding",
         },
     )
     L = 1024 * draw(rng, 2, 32)
@@ -161,6 +166,15 @@ def between(low: int, high: int) -> int:
     return int((low * high) ** 0.5)
 
 
+def choice_or_none(choose_attention, **args):
+    """choose_attention(**args) on a call that only tells two mistakes apart, or None where it
+    raises (the checked call beside it names the error)."""
+    try:
+        return choose_attention(**args)
+    except Mistake:
+        return None
+
+
 def choose_uses_its_arguments(choose_attention, rng):
     """the sizes passed (batch, heads, head_dim, dtype, window) decide the estimates and the window"""
     # One head in float16 makes dense 16 times smaller than with the defaults (8 heads, float32):
@@ -168,23 +182,45 @@ def choose_uses_its_arguments(choose_attention, rng):
     L, d = 512 * draw(rng, 2, 6), 64
     small = estimate_attention_memory("dense", 1, 1, L, d, torch.float16)
     default = estimate_attention_memory("dense", 1, 8, L, d, torch.float32)
-    expect_choice(
-        choose_attention,
-        dict(
+
+    def args(budget):
+        return dict(
             seq_len=L,
             needs_global_context=True,
-            memory_budget_bytes=between(small, default),
+            memory_budget_bytes=budget,
             has_gpu=False,
             heads=1,
             dtype=torch.float16,
-        ),
+        )
+
+    # flash here is the sizes ignored only if dense is chosen when the budget is ample;
+    # otherwise flash comes before dense whatever the budget
+    dense_first = choice_or_none(choose_attention, **args(64 * GiB)) == "dense"
+    expect_choice(
+        choose_attention,
+        args(between(small, default)),
         "dense",
-        {"flash": "arguments_ignored"},
+        {
+            "flash": "arguments_ignored" if dense_first else "cpu_order",
+            "sliding": "global_got_sliding",
+        },
     )
     # More heads and a larger batch make dense too big for a budget the defaults fit.
     L = 256 * draw(rng, 2, 4)
     large = estimate_attention_memory("dense", 4, 16, L, d, torch.float32)
     default = estimate_attention_memory("dense", 1, 8, L, d, torch.float32)
+    # dense here is the sizes ignored only if a budget of half dense's estimate with the
+    # default sizes turns it away; otherwise dense is chosen whatever the budget
+    budget_kept = (
+        choice_or_none(
+            choose_attention,
+            seq_len=L,
+            needs_global_context=True,
+            memory_budget_bytes=default // 2,
+            has_gpu=False,
+        )
+        != "dense"
+    )
     expect_choice(
         choose_attention,
         dict(
@@ -196,7 +232,10 @@ def choose_uses_its_arguments(choose_attention, rng):
             heads=16,
         ),
         "flash",
-        {"dense": "arguments_ignored"},
+        {
+            "dense": "arguments_ignored" if budget_kept else "budget_ignored",
+            "sliding": "global_got_sliding",
+        },
     )
     # A window shorter than the sequence makes local context a sliding window.
     window = 16 * draw(rng, 2, 8)
@@ -204,7 +243,9 @@ def choose_uses_its_arguments(choose_attention, rng):
     args = dict(needs_global_context=False, memory_budget_bytes=64 * GiB, has_gpu=False)
     # dense here is the window ignored only if a sequence longer than the default window does
     # get the sliding window; otherwise local context is not answered with sliding at all
-    window_ignored = choose_attention(seq_len=1024, **args, window=window) == "sliding"
+    window_ignored = (
+        choice_or_none(choose_attention, seq_len=1024, **args, window=window) == "sliding"
+    )
     expect_choice(
         choose_attention,
         dict(seq_len=L, **args, window=window),

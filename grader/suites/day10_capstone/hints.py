@@ -88,6 +88,16 @@ HINTS = {
         "chunk c meets span = chunk_size + 2 * overlap keys: the overlap widens "
         "every score tile and the padded k and v.",
     ),
+    "flash_one_tile": (
+        "a flash estimate with one (block_q, block_k) score tile where four are alive at once",
+        "a query block holds four (block_q, block_k) tiles together (the new scores, s - m, p, "
+        "and the previous p; three when one query block covers L): 4 N b_q b_k elements.",
+    ),
+    "overlap_one_side": (
+        "chunks whose overlap is counted on one side only (left = overlap, right = 0)",
+        "each chunk meets overlap keys before it *and* overlap keys after it: left = right = "
+        "overlap, span = chunk_size + 2 * overlap, and k and v padded on both sides.",
+    ),
     "estimate_off": (
         "an estimate more than 15% away from the measured peak",
         "compare with course.bench.peak_memory on the same sizes, and list what the "

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import course.reference.mechanisms as mechanisms
+from course.reference.mamba_scan import MambaBlock
 from grader.harness.checking import (
     Mistake,
     expect_close,
@@ -138,6 +139,16 @@ MAKE_HINTS = {
         "a Performer layer that draws new random features at every call",
         "draw the features from a generator seeded with the layer's `seed` at every call "
         "(torch.Generator().manual_seed(seed)), so the layer is a function of its input.",
+    ),
+    "performer_features_ignored": (
+        "a Performer layer that ignores num_features (the same features whatever number is asked)",
+        "pass the layer's own number on: performer_attention(q, k, v, "
+        "num_features=self.options['num_features'], generator=generator).",
+    ),
+    "scan_residual": (
+        "a 'mamba' layer that adds its input to the block's output (x + block(x))",
+        "return self.block(x) as it is: like the attention kinds, the layer is only the mixing "
+        "step, and the residual belongs to the model around it.",
     ),
     "performer_wrong": (
         "a Performer layer far from the softmax attention it approximates",
@@ -393,7 +404,7 @@ def make_exact_kinds(make_attention, rng):
 
 
 def make_linear_kinds(make_attention, rng):
-    """linear equals float64 elu+1 linear attention of the layer's projections (causal too); performer is deterministic and close to softmax attention"""
+    """linear equals float64 elu+1 linear attention of the layer's projections (causal too); performer is deterministic, reads num_features and is close to softmax attention"""
     heads = draw(rng, 2, 3)
     d_model, L = heads * draw(rng, 2, 4), draw(rng, 10, 20)
     x = randn((2, L, d_model), rng, scale=0.5)
@@ -417,6 +428,10 @@ def make_linear_kinds(make_attention, rng):
                 (
                     "merge_without_transpose",
                     linear_oracle(weights, x, heads, causal, merge=merged_without_transpose),
+                ),
+                (
+                    "merge_wrong_order",
+                    linear_oracle(weights, x, heads, causal, merge=merged_features_first),
                 ),
                 ("out_proj_missing", linear_oracle(without_out_proj(weights), x, heads, causal)),
             ],
@@ -443,6 +458,7 @@ def make_linear_kinds(make_attention, rng):
             fix,
             "performer_global_seed",
         )
+    expect_num_features_read(make_attention, layer, x, heads, first, draw(rng, 4, 16))
     error = relative_error(
         first, dense_oracle(weights, x, torch.ones(L, L, dtype=torch.bool), heads)
     )
@@ -454,6 +470,26 @@ def make_linear_kinds(make_attention, rng):
             f"like {description}.",
             fix,
             "performer_wrong",
+        )
+
+
+def expect_num_features_read(make_attention, layer, x, heads: int, out, few: int) -> None:
+    """A Performer layer with `few` features and the same projections as `layer` (built with
+    2048, giving `out`) gives another output: the same one means num_features is not read."""
+    d_model = x.shape[-1]
+    smaller, forward = build_layer(make_attention, "performer", d_model, heads, num_features=few)
+    projection_weights(smaller, d_model)  # the four projections are there to copy
+    for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+        getattr(smaller, name).load_state_dict(getattr(layer, name).state_dict())
+    with torch.no_grad():
+        same = relative_error(forward(x), out) <= 1e-6
+    if same:
+        description, fix = hint("performer_features_ignored")
+        raise Mistake(
+            f"make_attention('performer', num_features={few}) and num_features=2048, with the "
+            f"same projections, gave the same output: it looks like {description}.",
+            fix,
+            "performer_features_ignored",
         )
 
 
@@ -483,7 +519,7 @@ def linear_oracle(
 
 
 def make_causal_kinds_do_not_look_ahead(make_attention, rng):
-    """every causal layer (dense, sliding_window, flash, linear with causal=True, and mamba) gives the same early outputs when later tokens change"""
+    """every causal layer (dense, sliding_window, flash, linear with causal=True, and mamba) gives the same early outputs when later tokens change; mamba's output is its MambaBlock's"""
     heads = draw(rng, 2, 3)
     d_model, L = heads * 4, draw(rng, 12, 20)
     cut = draw(rng, 4, L - 4)
@@ -505,6 +541,25 @@ def make_causal_kinds_do_not_look_ahead(make_attention, rng):
             if kind == "mamba":
                 raise named("not_causal_scan")
             raise named(look_ahead_cause(layer, kind, options, heads, x, before))
+        if kind == "mamba":
+            expect_scan_is_its_block(layer, x, before)
+
+
+def expect_scan_is_its_block(layer, x, out) -> None:
+    """The 'mamba' layer's output `out` is its MambaBlock's on the same x (the layer only
+    wraps it). A layer with no MambaBlock inside is left to the other checks."""
+    blocks = [module for module in layer.modules() if isinstance(module, MambaBlock)]
+    if not blocks:
+        return
+    with torch.no_grad():
+        block_out = MambaBlock.forward(blocks[0], x)
+    expect_close(
+        out,
+        block_out.double(),
+        torch.float32,
+        what="make_attention('mamba', d_state=4)(x), against its own MambaBlock(x),",
+        suspects=[("scan_residual", x.double() + block_out.double())],
+    )
 
 
 def look_ahead_cause(layer, kind: str, options: dict, heads: int, x, out) -> str:
@@ -558,6 +613,8 @@ def make_masks(make_attention, rng):
                 ("mask_or_pattern", dense_oracle(weights, x, pattern | keys, heads)),
                 ("mask_replaces_pattern", dense_oracle(weights, x, keys, heads)),
                 ("mask_inverted", dense_oracle(weights, x, ~(pattern & keys), heads)),
+                # the kind's own pattern inverted, then combined with the mask as it should be
+                ("mask_inverted", dense_oracle(weights, x, ~pattern & keys, heads)),
                 (
                     "out_proj_missing",
                     dense_oracle(without_out_proj(weights), x, pattern & keys, heads),
@@ -565,6 +622,14 @@ def make_masks(make_attention, rng):
                 (
                     "merge_without_transpose",
                     dense_oracle(weights, x, pattern & keys, heads, merge=merged_without_transpose),
+                ),
+                (
+                    "merge_wrong_order",
+                    dense_oracle(weights, x, pattern & keys, heads, merge=merged_features_first),
+                ),
+                (
+                    "scaled_by_d_model",
+                    dense_oracle(weights, x, pattern & keys, heads, scale_dim=d_model),
                 ),
             ],
         )
