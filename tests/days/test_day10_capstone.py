@@ -2,12 +2,15 @@
 with its named hint, and bad input gives clear errors."""
 
 import functools
+import itertools
 import math
+import time
 
 import pytest
 import torch
 
-from grader.suites.day10_capstone import HINTS
+from grader.harness.checking import run
+from grader.suites.day10_capstone import HINTS, benchmark
 from helpers import assert_mistake_named, day_report, edited_solution
 
 DAY = "day10-capstone"
@@ -226,6 +229,77 @@ def test_benchmark_state_kept_across_calls_is_named(solution):
     assert "state_kept_across_calls" in report("benchmark_attention", kept_state()).keys
     hidden = report("benchmark_attention", kept_state(), hidden=True, seed=11)
     assert "state_kept_across_calls" in hidden.keys
+
+
+def stall_exact(monkeypatch, stalls, seconds: float = 0.2) -> None:
+    """The checks' exact attention (benchmark.exact, which their fakes call) sleeps `seconds` on
+    the calls for which stalls(call number, length) is true: a machine so loaded that a quick
+    call outlasts the 0.15 s budget of bench_failures_recorded or the 0.08 s of a quick median."""
+    calls = itertools.count(1)
+
+    def exact(q, k, v):
+        if stalls(next(calls), q.shape[-2]):
+            time.sleep(seconds)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    monkeypatch.setattr(benchmark, "exact", exact)
+
+
+def first_call_past(short: int):
+    """stalls() for the first call at each length past `short`: exact's warm-up there."""
+    seen = set()
+
+    def stalls(call, length):
+        first = length > short and length not in seen
+        seen.add(length)
+        return first
+
+    return stalls
+
+
+@pytest.mark.parametrize("seed", [0, 11, 12])
+def test_a_right_benchmark_on_a_stalled_machine_passes(solution, monkeypatch, seed):
+    # Found by a sweep on a loaded machine: exact attention's warm-up at L = 16 took over the
+    # 0.15 s budget, the right benchmark said 'too_slow', and the check called it a mistake.
+    stall_exact(monkeypatch, first_call_past(8))
+    checks = [benchmark.bench_failures_recorded]
+    right = run(
+        "benchmark_attention", solution["benchmark_attention"], checks, {}, seed=seed, verbose=False
+    )
+    assert right.passed, [r.message for r in right.results]
+    bug = variant(
+        solution,
+        "benchmark_attention",
+        "benchmark_attention",
+        *BENCH_EDITS["skips_every_mechanism"],
+    )
+    stall_exact(monkeypatch, first_call_past(8))
+    assert (
+        "skips_every_mechanism"
+        in run("benchmark_attention", bug, checks, {}, hints=HINTS, seed=seed, verbose=False).keys
+    )
+
+
+def test_a_median_slowed_by_the_machine_passes(solution, monkeypatch):
+    # The first timed call after the warm-up takes 0.1 s: the median of the timed calls (0.1,
+    # 0.4 for the outlier, 0.002) is then 0.1 s, right, although over the 0.08 s a quick median
+    # takes; their mean, 0.17 s, is still told apart.
+    stall_exact(monkeypatch, lambda call, length: call == 2, seconds=0.1)
+    checks = [benchmark.bench_warmup_and_median]
+    right = run(
+        "benchmark_attention",
+        solution["benchmark_attention"],
+        checks,
+        {},
+        hints=HINTS,
+        verbose=False,
+    )
+    assert right.passed, [r.message for r in right.results]
+    bug = variant(
+        solution, "benchmark_attention", "benchmark_attention", *BENCH_EDITS["mean_not_median"]
+    )
+    stall_exact(monkeypatch, lambda call, length: call == 2, seconds=0.1)
+    assert not run("benchmark_attention", bug, checks, {}, hints=HINTS, verbose=False).passed
 
 
 # ----------------------------------------------------------------------------- choose bugs
