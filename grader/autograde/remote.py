@@ -34,7 +34,13 @@ import torch
 
 from grader.autograde.kernel_rpc import ITERATE as _ITERATE
 from grader.autograde.kernel_rpc import Handle, Leaf, receive_frame, send_frame
-from grader.harness.checking import Mistake, NotImplementedYet, note_inputs, raised_hint
+from grader.harness.checking import (
+    Mistake,
+    NotImplementedYet,
+    note_inputs,
+    raised_hint,
+    shortcut_used,
+)
 from grader.harness.measuring import collecting
 
 # The dtypes a reply may name (no object dtypes, nothing torch would have to import).
@@ -205,12 +211,7 @@ class RemoteKernel:
         Mistake the reply reports."""
         if "shortcut" in reply:
             name, advice = (str(part) for part in reply["shortcut"][:2])
-            exercise = self.guard[1] if self.guard else "this function"
-            raise Mistake(
-                f"{exercise} calls {name}, which this exercise asks you to write yourself.",
-                advice,
-                "shortcut",
-            )
+            raise shortcut_used(self.guard[1] if self.guard else "this function", name, advice)
         if "raised" in reply:
             if reply.get("not_implemented"):
                 raise NotImplementedYet(str(reply.get("line", "")), str(reply.get("message", "")))

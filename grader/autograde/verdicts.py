@@ -29,7 +29,7 @@ from nbformat.notebooknode import NotebookNode
 
 from grader.autograde import source_scan
 from grader.autograde.remote import RemoteKernel
-from grader.harness.checking import Mistake, Report, Result, run
+from grader.harness.checking import Mistake, Report, Result, run, shortcut_used
 from grader.harness.points import earned
 from grader.suites import exercise as suite_exercise
 
@@ -174,9 +174,7 @@ def check_one(ask, call: CheckCall, student: str, secret: bytes, sources: list) 
     seed = hidden_seed(secret, student, call) if call.hidden else 0
     found = source_scan.shortcuts(sources, call.name, suite.forbidden)
     if found:
-        name, advice = found[0]
-        message = f"{call.exercise} calls {name}, which this exercise asks you to write yourself."
-        return _failed(call, seed, "uses no shortcut", Mistake(message, advice, "shortcut"))
+        return _failed(call, seed, "uses no shortcut", shortcut_used(call.exercise, *found[0]))
     kernel = RemoteKernel(ask, guard=(call.assignment, call.exercise))
     try:
         impl = kernel.lookup(call.name)

@@ -317,8 +317,9 @@ def expect_tensor(out, what: str, shape: tuple, dtype: torch.dtype) -> None:
         if any(t.is_floating_point() and t.dtype == dtype for t in inputs):
             raise Mistake(
                 f"{what} has dtype {out.dtype}, expected {dtype} (the input's dtype).",
-                hint="compute in the input's dtype: no .float(), .double() or new "
-                "tensors created without dtype=.",
+                hint="return the input's dtype: compute in it, or cast back before returning "
+                "(out.to(x.dtype)); a tensor made without dtype= is float32, and .float() or "
+                ".double() is fine inside only when the result is cast back.",
                 key="wrong_dtype",
             )
         raise Mistake(  # nothing given has that dtype: the function's docstring says it
@@ -855,16 +856,19 @@ def guarded(fn, exercise: str, forbidden: dict):
                 key="raised",
             ) from exc
         if guard.tripped:
-            name, advice = guard.tripped
-            raise Mistake(
-                f"{exercise} calls {name}, which this exercise asks you to write yourself.",
-                hint=advice,
-                key="shortcut",
-            )
+            raise shortcut_used(exercise, *guard.tripped)
         return result
 
     call.__wrapped__ = fn  # the student's own object, for suites that need the class itself
     return call
+
+
+def shortcut_used(exercise: str, name: str, advice: str) -> Mistake:
+    """The mistake of calling `name`, which `exercise` forbids; `advice` says what to do instead
+    (write the step yourself, or call what the notebook gives)."""
+    return Mistake(
+        f"{exercise} calls {name}, which this exercise does not allow.", advice, "shortcut"
+    )
 
 
 def raised_hint(error: str, message: str, line: str) -> str:
@@ -885,6 +889,12 @@ def raised_hint(error: str, message: str, line: str) -> str:
             "the check passed tensors on the 'meta' device, which have shapes but no values: "
             "code that reads values (.item(), .tolist(), a Python if on a tensor) cannot run "
             "there; compute with tensor operations, on the input's device."
+        )
+    if "expected device" in message or "same device" in message:
+        return (
+            "two tensors on different devices met in one operation: a tensor made without "
+            "device= is on the CPU. Pass device=x.device (x an input) to every torch.arange, "
+            "torch.ones, torch.zeros or torch.full that you create."
         )
     if "not implemented for" in message:
         return (

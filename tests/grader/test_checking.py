@@ -293,6 +293,7 @@ def test_a_crash_under_the_memory_meter_points_at_the_students_line(tmp_path):
         # torch's own NotImplementedError is no stub: "not implemented yet" would mislead
         ("    return x.tril() & x.bool()", "does not take that dtype"),
         ("    return x.to('meta').tolist()", "shapes but no values"),
+        ("    return x.to('meta') + x.new_ones(4)", "Pass device=x.device"),
     ],
 )
 def test_an_error_no_check_names_gets_the_hint_of_its_kind(tmp_path, body, says):

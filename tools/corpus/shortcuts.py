@@ -95,7 +95,7 @@ def guard_replaced_method():
 
 
 SHORTCUT = "stable_softmax calls torch.softmax"
-YOURSELF = "which this exercise asks you to write yourself"  # a shortcut's finding, however named
+YOURSELF = "which this exercise does not allow"  # a shortcut's finding, however named
 CASES = {
     "shortcut-softmax": Case(
         shortcut_softmax, SHORTCUT, 3, findings=["stable_softmax calls", f"softmax, {YOURSELF}"]
