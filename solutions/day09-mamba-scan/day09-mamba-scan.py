@@ -479,7 +479,7 @@ check("day09-mamba-scan", "selective_scan", selective_scan, hidden=True, points=
 # 1. `in_proj` (no bias): $x \in \mathbb{R}^{B \times L \times d_\text{model}} \to (u, z)$, each $d_\text{inner}$ channels, $u$ the first half and the gate $z$ the second;
 # 2. `conv1d`: a **causal depthwise** convolution over time (kernel `d_conv`, `groups=d_inner`, `padding=d_conv-1`, keep the *first* $L$ outputs), then SiLU;
 # 3. `x_proj` (no bias): $u_t \to (\delta_t \in \mathbb{R}^r, B_t, C_t \in \mathbb{R}^{N})$: the input-dependent parts; `dt_proj`: $\delta_t \to \Delta_t \in \mathbb{R}^{d_\text{inner}}$ by its weight only (`F.linear(dt, self.dt_proj.weight)`, not `self.dt_proj(dt)`): its bias is passed as `delta_bias` with `delta_softplus=True`, so the scan adds it once;
-# 4. $A = -\exp(\texttt{A\_log})$ (negative, so the state decays), `A_log` initialised to $\log(1, \ldots, N)$ per channel, `D` to ones;
+# 4. $A = -\exp(\texttt{A\_log})$ (negative, so the state decays), `A_log` initialised to $\log(1, \ldots, N)$ per channel, `D` to ones; use the parameters as they are, without `mamba_ssm`'s `.float()` casts (`-torch.exp(self.A_log.float())`): the checks run the block in float64, and a cast would compute part of it in float32;
 # 5. `selective_scan(u, Δ, A, B, C, D, z, delta_bias, delta_softplus=True)`, then `out_proj` (no bias) back to $d_\text{model}$.
 
 # %% nbgrader={"grade": false, "grade_id": "MambaBlock", "locked": false, "schema_version": 3, "solution": true, "task": false}

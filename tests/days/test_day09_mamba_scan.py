@@ -222,6 +222,8 @@ PARALLEL_BUGS = {
         "    step = 1\n    while step < b.shape[-1]:",
         "    for step in range(1, min((b.shape[-1] - 1).bit_length() + 1, b.shape[-1])):",
     ),
+    # every offset up to L - 1: O(L) steps, named as well as the Python loop over time
+    "offsets_not_doubled (d += 1 while d < L)": ("        step *= 2\n", "        step += 1\n"),
     "shift_wraps_around": (
         "A_left = F.pad(A[..., :-step], (step, 0), value=1.0)\n"
         "        H_left = F.pad(H[..., :-step], (step, 0), value=0.0)",
@@ -236,10 +238,10 @@ PARALLEL_BUGS = {
 }
 
 
-@pytest.mark.parametrize("key", PARALLEL_BUGS)
-def test_parallel_planted_bugs_are_named(solution, key, capsys):
-    bug = planted(solution, "linear_recurrence_parallel", *PARALLEL_BUGS[key])
-    assert_named("linear_recurrence_parallel", bug, key, capsys)
+@pytest.mark.parametrize("case", PARALLEL_BUGS)
+def test_parallel_planted_bugs_are_named(solution, case, capsys):
+    bug = planted(solution, "linear_recurrence_parallel", *PARALLEL_BUGS[case])
+    assert_named("linear_recurrence_parallel", bug, case.split()[0], capsys)
 
 
 CHUNKED_BUGS = {
@@ -328,6 +330,12 @@ TRITON_BUGS = {
             "return a_left, a_right * b_left + b_right",
         )
     ],
+    "combine_a_not_composed (a sum)": [
+        (
+            "return a_left * a_right, a_right * b_left + b_right",
+            "return a_left + a_right, a_right * b_left + b_right",
+        )
+    ],
     "combine_decays_own_b": [
         (
             "return a_left * a_right, a_right * b_left + b_right",
@@ -372,6 +380,42 @@ TRITON_BUGS = {
 def test_triton_planted_bugs_are_named(solution, case, capsys):
     bug = edited_solution(DAY, solution, "linear_recurrence_triton", TRITON_BUGS[case])
     assert_named("linear_recurrence_triton", bug, case.split()[0], capsys)
+
+
+def assert_every_failure_named(name, bug, key, also=()):
+    """`bug` fails, and every check it fails names `key` (or one of `also`)."""
+    failed = [r for r in report(name, bug).results if not r.passed]
+    keys = {r.key for r in failed}
+    assert key in keys and keys <= {key, *also}, [(r.check, r.key, r.message) for r in failed]
+
+
+# Every check a planted bug fails names that bug, none a fallback or another mistake: the
+# strided views of the Triton scan, and the a_t = 0 check of the chunked scan (with a_t = 0 in
+# every row, P from one cumprod over the whole row is 0 after it, no different from no carry at
+# all). `also`: other mistakes the same code makes.
+EVERY_FAILURE_NAMED = {
+    "combine_a_not_composed (a sum)": ("linear_recurrence_triton", ()),
+    "combine_decays_own_b": ("linear_recurrence_triton", ()),
+    "decay_over_whole_row": ("linear_recurrence_chunked", ()),
+    "offsets_not_doubled (d += 1 while d < L)": (
+        "linear_recurrence_parallel",
+        ("sequential_loop",),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", EVERY_FAILURE_NAMED)
+def test_every_failing_check_names_the_planted_bug(solution, case):
+    name, also = EVERY_FAILURE_NAMED[case]
+    bugs = {
+        "linear_recurrence_triton": TRITON_BUGS,
+        "linear_recurrence_chunked": CHUNKED_BUGS,
+        "linear_recurrence_parallel": PARALLEL_BUGS,
+    }[name]
+    edits = bugs[case] if isinstance(bugs[case], list) else [bugs[case]]
+    assert_every_failure_named(
+        name, edited_solution(DAY, solution, name, edits), case.split()[0], also
+    )
 
 
 # An out-of-bounds store in a plain call (the example cell after the kernel, say), outside any
@@ -425,7 +469,7 @@ ZOH_BUGS = {
         "gain = torch.where(zero, delta[..., None], torch.expm1(dA) / torch.where(zero, 1.0, A[:, None, :]))",
         "gain = torch.expm1(dA) / A[:, None, :]",
     ),
-    "no_error_for_bad_input": (
+    "no_error_for_bad_layout": (
         "if tuple(A.shape) != (dim, A.shape[1]) or tuple(B.shape) != (batch, A.shape[1], L):",
         "if False:",
     ),
@@ -482,7 +526,7 @@ SCAN_BUGS = {
         "Bu = (delta * u)[..., None] * B.transpose(1, 2)[:, None]",
         "Bu = (torch.expm1(delta[..., None] * A[:, None, :]) / A[:, None, :]) * u[..., None] * B.transpose(1, 2)[:, None]",
     ),
-    "no_error_for_bad_input": ("if tuple(t.shape) != (batch, A.shape[1], L):", "if False:"),
+    "no_error_for_bad_layout": ("if tuple(t.shape) != (batch, A.shape[1], L):", "if False:"),
     "readout_before_update": (
         'y = torch.einsum("bdnl,bnl->bdl", x, C)',
         'y = torch.einsum("bdnl,bnl->bdl", F.pad(x[..., :-1], (1, 0)), C)',
@@ -554,7 +598,7 @@ MAMBA_BUGS = {
         "self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * d_state)",
     ),
     "gate_ignored": ("D=self.D, z=z,", "D=self.D, z=None,"),
-    "no_error_for_bad_input": ("if x.ndim != 3 or x.shape[-1] != self.d_model:", "if False:"),
+    "no_error_for_bad_features": ("if x.ndim != 3 or x.shape[-1] != self.d_model:", "if False:"),
     "u_z_swapped": ("u, z = self.in_proj(x)", "z, u = self.in_proj(x)"),
     "x_proj_split_order": (
         "dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state]",
@@ -578,6 +622,22 @@ MAMBA_BUGS = {
 def test_mamba_planted_bugs_are_named(solution, key, capsys):
     bug = planted(solution, "MambaBlock", *MAMBA_BUGS[key])
     assert_named("MambaBlock", bug, key, capsys)
+
+
+# The forward's mistakes, named by the check of MambaBlock(d_model)'s defaults too (d_state = 16,
+# d_conv = 4), not only by the one of drawn sizes; a conv or a reshape that mixes up time is also
+# not causal.
+FORWARD_BUGS = [
+    key
+    for key in MAMBA_BUGS
+    if key not in ("wrong_parameters", "no_error_for_bad_features", "not_initialised_as_mamba")
+]
+
+
+@pytest.mark.parametrize("key", FORWARD_BUGS)
+def test_mamba_forward_bugs_are_named_by_every_check(solution, key):
+    bug = planted(solution, "MambaBlock", *MAMBA_BUGS[key])
+    assert_every_failure_named("MambaBlock", bug, key, also=("not_causal",))
 
 
 # Slips that crash, named by the crash's own text (the sizes it names): every hidden draw keeps
@@ -695,7 +755,46 @@ def log_depth_recursive(a, b):
     return torch.stack([h_even, h_odd], -1).flatten(-2)[..., :L]
 
 
-@pytest.mark.parametrize("impl", [blelloch_like, log_depth_recursive])
+def in_place_slices(a, b):
+    """Hillis-Steele on copies, updated in place slice by slice: H first, so it reads the old A
+    (each right-hand side is computed before it is written)."""
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(f"shapes: a {tuple(a.shape)}, b {tuple(b.shape)}")
+    A, H = a.clone(), b.clone()
+    d = 1
+    while d < a.shape[-1]:
+        H[..., d:] = A[..., d:] * H[..., :-d] + H[..., d:]
+        A[..., d:] = A[..., :-d] * A[..., d:]
+        d *= 2
+    return H
+
+
+def work_efficient(a, b):
+    """Blelloch's up-sweep and down-sweep on a row padded to a power of two with the identity:
+    an exclusive scan, made inclusive as a * excl + b."""
+    if a.shape != b.shape or a.ndim == 0:
+        raise ValueError(f"shapes: a {tuple(a.shape)}, b {tuple(b.shape)}")
+    L = a.shape[-1]
+    n = 1 << (L - 1).bit_length()
+    A, H = F.pad(a, (0, n - L), value=1.0), F.pad(b, (0, n - L))
+    d = 1
+    while d < n:  # up-sweep: node r absorbs its left sibling r - d
+        r = torch.arange(2 * d - 1, n, 2 * d)
+        H[..., r], A[..., r] = A[..., r] * H[..., r - d] + H[..., r], A[..., r - d] * A[..., r]
+        d *= 2
+    H[..., n - 1], A[..., n - 1] = 0.0, 1.0
+    while d > 1:  # down-sweep: the left child takes the parent's prefix, the right one both
+        d //= 2
+        r = torch.arange(2 * d - 1, n, 2 * d)
+        Hl, Al, Hr, Ar = H[..., r - d], A[..., r - d], H[..., r], A[..., r]
+        H[..., r - d], A[..., r - d] = Hr, Ar
+        H[..., r], A[..., r] = Al * Hr + Hl, Ar * Al
+    return a * H[..., :L] + b
+
+
+@pytest.mark.parametrize(
+    "impl", [blelloch_like, log_depth_recursive, in_place_slices, work_efficient]
+)
 def test_other_correct_parallel_scans_pass(impl):
     assert report("linear_recurrence_parallel", impl).passed
 
@@ -720,6 +819,47 @@ def test_other_correct_chunked_scan_passes():
     assert report("linear_recurrence_chunked", chunked_with_loop).passed
 
 
+def sequential_in_float64(a, b):
+    """A list of float64 states (addcmul), stacked and cast back to the input's dtype."""
+    if a.ndim == 0 or a.shape != b.shape:
+        raise ValueError(f"bad shapes a={tuple(a.shape)} b={tuple(b.shape)}")
+    state, out = torch.zeros(a.shape[:-1], dtype=torch.float64), []
+    for a_t, b_t in zip(a.double().unbind(-1), b.double().unbind(-1)):
+        state = torch.addcmul(b_t, a_t, state)
+        out.append(state)
+    return torch.stack(out, -1).to(b.dtype)
+
+
+def test_other_correct_sequential_scan_passes():
+    assert report("linear_recurrence_sequential", sequential_in_float64).passed
+
+
+# Kernels written differently: tl.fma in the combine and a block twice the power of two needed;
+# the combine with its operands' product the other way round and a row base in int64.
+OTHER_TRITON_SCANS = {
+    "fma, wide block": [
+        (
+            "return a_left * a_right, a_right * b_left + b_right",
+            "return a_right * a_left, tl.fma(a_right, b_left, b_right)",
+        ),
+        ("BLOCK=triton.next_power_of_2(L)", "BLOCK=2 * triton.next_power_of_2(L)"),
+    ],
+    "int64 row base": [
+        (
+            "return a_left * a_right, a_right * b_left + b_right",
+            "return a_right * a_left, b_right + b_left * a_right",
+        ),
+        ("row = tl.program_id(0)", "row = tl.program_id(0).to(tl.int64)"),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", OTHER_TRITON_SCANS)
+def test_other_correct_triton_scans_pass(solution, case):
+    scan = edited_solution(DAY, solution, "linear_recurrence_triton", OTHER_TRITON_SCANS[case])
+    assert report("linear_recurrence_triton", scan).passed
+
+
 def zoh_as_einsum(delta, A, B):
     if (
         delta.ndim != 3
@@ -737,8 +877,28 @@ def zoh_as_einsum(delta, A, B):
     return torch.exp(dA), gain * torch.einsum("bnl->bln", B).unsqueeze(1)
 
 
-def test_other_correct_zoh_passes():
-    assert report("discretize_zoh", zoh_as_einsum).passed
+def zoh_series_float64(delta, A, B):
+    """In float64, with a series for (e^x - 1) / x where |x| is tiny, cast back."""
+    if delta.ndim != 3 or A.ndim != 2 or B.ndim != 3:
+        raise ValueError(
+            f"layouts: delta {tuple(delta.shape)} A {tuple(A.shape)} B {tuple(B.shape)}"
+        )
+    if A.shape[0] != delta.shape[1] or B.shape != (delta.shape[0], A.shape[1], delta.shape[2]):
+        raise ValueError(
+            f"sizes disagree: delta {tuple(delta.shape)} A {tuple(A.shape)} B {tuple(B.shape)}"
+        )
+    step = delta.double().unsqueeze(-1)
+    x = step * A.double()[None, :, None, :]
+    small = x.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(x), x)
+    phi = torch.where(small, 1 + x / 2 + x * x / 6, torch.expm1(safe) / safe)
+    B_bar = step * phi * B.double().permute(0, 2, 1).unsqueeze(1)
+    return torch.exp(x).to(delta.dtype), B_bar.to(delta.dtype)
+
+
+@pytest.mark.parametrize("impl", [zoh_as_einsum, zoh_series_float64])
+def test_other_correct_zoh_passes(impl):
+    assert report("discretize_zoh", impl).passed
 
 
 def scan_as_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
@@ -771,8 +931,36 @@ def scan_as_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softp
     return y if z is None else y * F.silu(z)
 
 
-def test_other_correct_selective_scan_passes():
-    assert report("selective_scan", scan_as_loop).passed
+def scan_by_chunks(solution):
+    """The state's recurrence as one linear_recurrence_chunked over (batch, dim, state, L), and
+    softplus as a clamped log1p(exp)."""
+
+    def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+        batch, dim, L = u.shape
+        if delta.shape != u.shape or A.shape[0] != dim or B.shape != (batch, A.shape[1], L):
+            raise ValueError(
+                f"bad shapes u {tuple(u.shape)}, A {tuple(A.shape)}, B {tuple(B.shape)}"
+            )
+        if C.shape != B.shape:
+            raise ValueError(f"C {tuple(C.shape)} must be {tuple(B.shape)}")
+        if delta_bias is not None:
+            delta = delta + delta_bias.view(1, -1, 1)
+        if delta_softplus:
+            delta = torch.where(delta > 20, delta, torch.log1p(torch.exp(delta.clamp(max=20))))
+        step = delta.unsqueeze(2)  # (batch, dim, 1, L)
+        decay = torch.exp(step * A.view(1, dim, -1, 1))
+        x = solution["linear_recurrence_chunked"](decay, step * B.unsqueeze(1) * u.unsqueeze(2), 5)
+        y = torch.einsum("bdnl,bnl->bdl", x, C)
+        if D is not None:
+            y = y + D.view(1, -1, 1) * u
+        return y if z is None else y * F.silu(z)
+
+    return selective_scan
+
+
+@pytest.mark.parametrize("impl", [lambda solution: scan_as_loop, scan_by_chunks])
+def test_other_correct_selective_scan_passes(solution, impl):
+    assert report("selective_scan", impl(solution)).passed
 
 
 def test_other_correct_mamba_block_passes(solution):
@@ -789,6 +977,36 @@ def test_other_correct_mamba_block_passes(solution):
                 "u = F.silu(self.conv1d(u)[..., :L])",
                 "u = F.silu(F.conv1d(F.pad(u, (self.conv1d.kernel_size[0] - 1, 0)), "
                 "self.conv1d.weight, self.conv1d.bias, groups=u.shape[1]))",
+            ),
+        ],
+    )
+    assert report("MambaBlock", block).passed
+    for seed in range(1, 4):
+        assert report("MambaBlock", block, hidden=True, seed=seed).passed
+
+
+def test_mamba_block_scanning_row_by_row_passes(solution):
+    """The conv as a sum of shifted copies with conv1d's weights, and the scan one batch row at a
+    time."""
+    block = edited_solution(
+        DAY,
+        solution,
+        "MambaBlock",
+        [
+            (
+                "u = F.silu(self.conv1d(u)[..., :L])",
+                "w, K = self.conv1d.weight[:, 0, :], self.conv1d.kernel_size[0]\n"
+                "        padded = F.pad(u, (K - 1, 0))\n"
+                "        u = F.silu(sum(w[:, k, None] * padded[..., k : k + L] for k in range(K))"
+                " + self.conv1d.bias[:, None])",
+            ),
+            (
+                "y = selective_scan(u, delta, -torch.exp(self.A_log), B.transpose(1, 2), C.transpose(1, 2),\n"
+                "                           D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)",
+                "B, C = B.transpose(1, 2), C.transpose(1, 2)\n"
+                "        y = torch.cat([selective_scan(u[i : i + 1], delta[i : i + 1], -torch.exp(self.A_log), "
+                "B[i : i + 1], C[i : i + 1], self.D, z[i : i + 1], self.dt_proj.bias, True) "
+                "for i in range(x.shape[0])])",
             ),
         ],
     )

@@ -168,10 +168,10 @@ def zoh_rejects_bad_layout(discretize_zoh, rng):
     expect_value_error(
         lambda: discretize_zoh(delta, A, B.transpose(1, 2)),
         f"B of shape {tuple(B.transpose(1, 2).shape)} (batch, L, state)",
-        "no_error_for_bad_input",
+        "no_error_for_bad_layout",
     )
     expect_value_error(
         lambda: discretize_zoh(delta, A.T, B),
         f"A of shape {tuple(A.T.shape)} (state, dim)",
-        "no_error_for_bad_input",
+        "no_error_for_bad_layout",
     )

@@ -56,8 +56,9 @@ HINTS = {
     ),
     "modified_input": (
         "an input changed in place",
-        "the caller still needs a and b: update copies (A, H = a.clone(), b.clone()) or build "
-        "h in a new tensor, never a[...] = ... or b[...] += ....",
+        "the caller still needs every tensor it passed: compute into new tensors (delta = delta "
+        "+ delta_bias[:, None], not delta += ...), or update copies (A, H = a.clone(), "
+        "b.clone()); never write into an argument (a[...] = ..., b += ..., A[A == 0] = 1).",
     ),
     "divides_by_running_product": (
         "a closed form that divides by the running product of a, such as cumprod(a) * "
@@ -459,6 +460,17 @@ HINTS = {
         "bad input accepted without a clear error",
         "check shapes first and raise ValueError naming the shapes, e.g. "
         '`raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")`.',
+    ),
+    "no_error_for_bad_layout": (
+        "inputs in the wrong layout accepted without a clear error",
+        "check each input against the layout the docstring gives before computing, and raise "
+        'ValueError naming it, e.g. `if tuple(B.shape) != (batch, state, L): raise ValueError(f"B '
+        'must be (batch, state, L) = {(batch, state, L)}, got {tuple(B.shape)}")`.',
+    ),
+    "no_error_for_bad_features": (
+        "x with the wrong feature size accepted without a clear error",
+        "check x at the start of forward: `if x.ndim != 3 or x.shape[-1] != self.d_model: raise "
+        'ValueError(f"x must be (batch, L, {self.d_model}), got {tuple(x.shape)}")`.',
     ),
     "not_a_pair": ("something other than the pair (A_bar, B_bar)", "return A_bar, B_bar."),
 }

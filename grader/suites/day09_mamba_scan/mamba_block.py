@@ -202,14 +202,22 @@ def mamba_matches(MambaBlock, rng):
     x = randn((batch, L, d_model), rng, torch.float64)
     with torch.no_grad():
         out = forward(x)
-    args = (values, x, config["d_conv"], config["d_state"])
-    expect_close(
+    expect_block(
         out,
-        mamba64(*args),
-        torch.float64,
+        values,
+        x,
+        config["d_conv"],
+        config["d_state"],
         f"MambaBlock({d_model}, {config})(x) on {tuple(x.shape)}",
-        [(v, mamba64(*args, variant=v)) for v in MAMBA_VARIANTS],
     )
+
+
+def expect_block(out, values, x, d_conv, d_state, what):
+    """The block's output `out` against mamba64 from its parameters `values`, each of
+    MAMBA_VARIANTS a suspect: a mistake in the forward is named whatever the sizes."""
+    args = (values, x, d_conv, d_state)
+    suspects = [(v, mamba64(*args, variant=v)) for v in MAMBA_VARIANTS]
+    expect_close(out, mamba64(*args), torch.float64, what, suspects)
 
 
 def mamba_defaults(MambaBlock, rng):
@@ -220,7 +228,7 @@ def mamba_defaults(MambaBlock, rng):
     x = randn((2, block_length(rng, 4, 8, 2, d_model, {}), d_model), rng, torch.float64)
     with torch.no_grad():
         out = forward(x)
-    expect_close(out, mamba64(values, x, 4, 16), torch.float64, f"MambaBlock({d_model})(x)")
+    expect_block(out, values, x, 4, 16, f"MambaBlock({d_model})(x) on {tuple(x.shape)}")
 
 
 def mamba_initialised(MambaBlock, rng):
@@ -275,5 +283,5 @@ def mamba_rejects_bad_input(MambaBlock, rng):
     expect_value_error(
         lambda: forward(x),
         f"x of shape {tuple(x.shape)} for d_model = {d_model}",
-        "no_error_for_bad_input",
+        "no_error_for_bad_features",
     )

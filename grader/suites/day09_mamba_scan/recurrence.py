@@ -139,8 +139,11 @@ def make_recurrence_checks(
         dtype = dtypes[0]
         L, t = draw(rng, 9, max_len), draw(rng, 1, 7)
         a, b = recurrence_inputs(rng, (2, L), dtype)
-        a[:, t] = 0.0
-        cases = [(a, b, f"{name} on {(2, L)} with a[:, {t}] = 0")]
+        # in row 0 only: past an a_t = 0 nothing before t reaches h, so row 1 keeps the whole
+        # history (one doubling step too few shows there, and P from one cumprod over the whole
+        # row differs from no carry at all)
+        a[0, t] = 0.0
+        cases = [(a, b, f"{name} on {(2, L)} with a[0, {t}] = 0")]
         if long_len:  # their product underflows to 0 in float64 past t ~ 2400 (e^-0.31 a step)
             decays = 0.5 + 0.5 * torch.rand(1, long_len, generator=rng, dtype=torch.float64)
             long_b = randn((1, long_len), rng, dtype)
@@ -209,6 +212,8 @@ def parallel_suspects(a, b):
         ("decays_updated_before_h", doubling64(a, b, steps, h_sees_new_a=True)),
         ("decay_from_left", doubling64(a, b, steps, left_a=True)),
         ("offsets_not_doubled", doubling64(a, b, steps, offsets=range(1, min(steps + 1, L)))),
+        # `d += 1` while d < L: every offset up to L - 1 (O(L) steps, each a whole-row update)
+        ("offsets_not_doubled", doubling64(a, b, steps, offsets=range(1, L))),
         ("shift_wraps_around", doubling64(a, b, steps, wrap=True)),
     ]
 
@@ -430,6 +435,10 @@ def triton_suspects(a, b):
     return [
         ("combine_a_not_composed", tree_scan64(a, b, lambda al, bl, ar, br: (al, ar * bl + br))),
         ("combine_a_not_composed", tree_scan64(a, b, lambda al, bl, ar, br: (ar, ar * bl + br))),
+        (
+            "combine_a_not_composed",
+            tree_scan64(a, b, lambda al, bl, ar, br: (al + ar, ar * bl + br)),
+        ),
         ("combine_decays_own_b", tree_scan64(a, b, lambda al, bl, ar, br: (al * ar, al * bl + br))),
         ("scan_product_stored", torch.cumprod(a.double(), -1)),
     ]
@@ -452,5 +461,5 @@ def triton_strided_inputs(impl, rng):
         a,
         b,
         f"linear_recurrence_triton on a[:, ::2], b[:, ::2] of shape {(rows, L)}",
-        [("strided_as_contiguous", strided_as_contiguous)],
+        [("strided_as_contiguous", strided_as_contiguous), *triton_suspects(a, b)],
     )

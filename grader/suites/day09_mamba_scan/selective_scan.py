@@ -200,10 +200,10 @@ def scan_rejects_bad_layout(selective_scan, rng):
     expect_value_error(
         lambda: selective_scan(u, delta, A, B.transpose(1, 2), C),
         f"B of shape {tuple(B.transpose(1, 2).shape)} (batch, L, state)",
-        "no_error_for_bad_input",
+        "no_error_for_bad_layout",
     )
     expect_value_error(
         lambda: selective_scan(u, delta[..., :-1], A, B, C),
         f"u {tuple(u.shape)} with delta {tuple(delta[..., :-1].shape)}",
-        "no_error_for_bad_input",
+        "no_error_for_bad_layout",
     )
