@@ -15,7 +15,11 @@ traced to the operation that made it (`FirstNaN`: x - max, or 0 / 0). An out or 
 wrong shape is named by its values where they explain it (`explain_wrong_shapes`: a squeeze,
 weights @ k). A function that writes into its inputs is named before its output is compared
 (`call_unchanged`), and one whose backward fails or stops short is named too
-(`sdpa_passes_gradients`).
+(`sdpa_passes_gradients`). Weights that are all 0 on extreme logits are rerun on logits near 0
+before an inverted torch.where is named (`explain_all_zero`), a global max only when the row it
+spoils is right alone (`expect_lowest_row_alone`), and code right at one rank only that swaps
+the last two dims by numbers counted from the front is named as that transpose
+(`FrontCountedDims`).
 """
 
 import math
@@ -113,9 +117,10 @@ HINTS = {
         "replacing by 0.",
     ),
     "max_clamped": (
-        "a shift by 0 instead of the row's max where that max is below 0 (no shift at all, or "
-        "a max clamped at 0 with .clamp(min=0)): exp(-120) is 0 in float32, so a row far below "
-        "0 has nothing left to normalise",
+        "a shift by 0 instead of the row's max where that max is below 0 (no shift at all, a "
+        "max clamped at 0 with .clamp(min=0), or a guard turned around that replaces every "
+        "finite max: torch.where(torch.isfinite(max), 0.0, max)): exp(-120) is 0 in float32, "
+        "so a row far below 0 has nothing left to normalise",
         "shift every row by its own max, whatever its sign; only a max that is -inf (a row "
         "with nothing finite) needs replacing: torch.where(torch.isinf(max), 0.0, max).",
     ),
@@ -133,7 +138,8 @@ HINTS = {
         "torch.where(sum > 0, exps / sum, 0.0).",
     ),
     "max_instead_of_sum": (
-        "exps divided by their max instead of their sum, so the largest weight is 1",
+        "exps divided by their max instead of their sum, or not divided at all (exp(x - max) "
+        "already has max 1), so the largest weight is 1",
         "normalise by the sum: exps / exps.sum(dim=dim, keepdim=True), so each row sums to 1.",
     ),
     "all_masked_row_uniform": (
@@ -141,6 +147,20 @@ HINTS = {
         "by clamp or nan_to_num, before the softmax)",
         "keep -inf as it is: exp(-inf) = 0, so an all -inf row sums to 0. Shift that row by 0 "
         "instead of its max, and give it zeros with torch.where(sum > 0, ...).",
+    ),
+    "unshifted_sum": (
+        "exp(x - max) divided by exp(x).sum(): the exps shifted by the max, but their sum taken "
+        "over the unshifted exps, so each row is off by its own factor exp(-max) (and on large "
+        "logits the sum overflows to inf, so every weight is 0)",
+        "divide by the sum of the same shifted exps: exps = torch.exp(x - max), then "
+        "exps / exps.sum(dim=dim, keepdim=True).",
+    ),
+    "weights_vanished": (
+        "exps that all underflowed to 0, from a shift by more than the row's max (such as its "
+        "largest absolute value, x.abs().amax(dim)), or exps divided by a sum that overflowed "
+        "to inf",
+        "shift each row by exactly its max, x.amax(dim=dim, keepdim=True), so that its largest "
+        "exponent is 0 and gives exp(0) = 1; then divide by the sum of those same shifted exps.",
     ),
     "modified_input": MODIFIED_INPUT,
     "missing_scale": (
@@ -172,6 +192,11 @@ HINTS = {
     "integer_sqrt": (
         "q kᵀ / isqrt(d): the square root of d rounded down to a whole number",
         "divide by math.sqrt(d); math.isqrt(d) and int(d ** 0.5) round it down.",
+    ),
+    "cosine_similarity": (
+        "cosine similarity: q and k each divided by their norm, instead of q kᵀ divided by sqrt(d)",
+        "divide the dot products q kᵀ by math.sqrt(d), one constant: dividing each vector by "
+        "its norm throws its length away, and every score lands between -1 and 1.",
     ),
     "scaled_by_length": (
         "q kᵀ scaled by a sequence length instead of the head dimension",
@@ -212,10 +237,12 @@ HINTS = {
         "Lk = k.shape[-2], d = q.shape[-1], and the scores are (..., Lq, Lk).",
     ),
     "batched_transpose": (
-        "a transpose that counts its dims from the front (k.T, k.transpose(0, 1), "
-        "k.transpose(1, -1)): right without leading dims, wrong with them",
-        "swap the last two axes only: k.transpose(-2, -1) (or k.mT). k.T reverses every axis "
-        "and transpose(0, 1) swaps the first two: both are right only without leading dims.",
+        "a transpose or permute that counts its dims from the front (k.T, k.transpose(0, 1), "
+        "k.transpose(1, -1), k.transpose(1, 2), k.permute(0, 1, 3, 2)): right for one number "
+        "of leading dims only (often none), wrong with any other",
+        "swap the last two axes only, counted from the end: k.transpose(-2, -1) (or k.mT). k.T "
+        "reverses every axis, transpose(0, 1) swaps the first two, and transpose(1, 2) or a "
+        "permute listing every dim swap the last two only at one number of dims.",
     ),
     "fixed_rank": (
         "code written for one number of dims only",
@@ -239,6 +266,17 @@ HINTS = {
     "softmax_twice": (
         "the softmax applied twice, so the weights are flattened towards 1/Lk",
         "take the softmax once: weights = stable_softmax(attention_scores(q, k), dim=-1).",
+    ),
+    "softmax_without_exp": (
+        "the scores divided by their sum with no exp: scores / scores.sum(-1), which gives "
+        "negative weights, and huge ones where a row's scores sum to nearly 0",
+        "take the softmax of the scores, exp included: call your stable_softmax(scores, "
+        "dim=-1), which shifts by the max, takes exp, then divides by the sum.",
+    ),
+    "out_divided_by_length": (
+        "out divided by the number of keys Lk, as if the weights had to be averaged again",
+        "return weights @ v as it is: each row of weights already sums to 1, so weights @ v is "
+        "already a weighted average of the values.",
     ),
     "scores_not_weights": (
         "out = scores @ v: the scores, not the softmax weights, multiply v",
@@ -339,6 +377,75 @@ def probe_inputs(rng, rank: int, dtype, *widths) -> list:
     return [randn((*leading, length, width), rng, dtype) for length, width in widths]
 
 
+class FrontCountedDims(TorchFunctionMode):
+    """A probe (grader/harness/measuring.py): whether the call swapped the last two dims of a
+    tensor with leading dims by numbers counted from the front (k.transpose(1, 2) of a 3-D k,
+    k.permute(0, 1, 3, 2) of a 4-D one), which picks other dims at another rank; and whether it
+    called torch.bmm, which is 3-D only whatever its dims."""
+
+    def __init__(self):
+        super().__init__()
+        self.front, self.bmm = False, False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        self.bmm = self.bmm or name == "bmm"
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 2:
+            self.front = self.front or swaps_last_two_from_front(name, args[0].dim(), args[1:])
+        return func(*args, **kwargs)
+
+    def absorb(self, seen: dict):
+        self.front, self.bmm = self.front or seen["front"], self.bmm or seen["bmm"]
+
+
+def swaps_last_two_from_front(name: str, rank: int, dims: tuple) -> bool:
+    """transpose/swapaxes(a, b) or permute(...) of a rank-`rank` tensor that swaps its last
+    two dims, named by non-negative numbers."""
+    if name in ("transpose", "swapaxes", "swapdims"):
+        return sorted(dims[:2]) == [rank - 2, rank - 1] if len(dims) >= 2 else False
+    if name == "permute":
+        order = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims
+        return list(order) == [*range(rank - 2), rank - 1, rank - 2]
+    return False
+
+
+def explain_by_rank_and_dims(raised: Mistake, rank: int, gives_answer) -> None:
+    """`explain_by_rank`, where code right at one rank only that swaps the last two dims by
+    numbers counted from the front is named as that transpose: the probe FrontCountedDims
+    watches each rank where `gives_answer(r)` holds. Code that also calls torch.bmm or unpacks
+    the shape (B, H, L, d = q.shape) keeps the fixed-rank hint, which names both."""
+    seen = []
+
+    def watched(other: int) -> bool:
+        probe = FrontCountedDims()
+        with measuring(f"{__name__}:FrontCountedDims", probe.absorb), probe:
+            right = gives_answer(other)
+        if right:
+            seen.append((other, probe))
+        return right
+
+    try:
+        explain_by_rank(raised, rank, watched)
+    except Mistake as by_rank:
+        unpacked = crashed_with(raised, "ValueError", "values to unpack")
+        if (
+            by_rank.key != "fixed_rank"
+            or unpacked
+            or not all(p.front and not p.bmm for _, p in seen)
+        ):
+            raise
+        description, fix = HINTS["batched_transpose"]
+        ranks = ", ".join(f"{other}-D" for other, _ in seen)
+        raise Mistake(
+            f"{raised.message}\n      It raised on {rank}-D inputs, but gives the right answer "
+            f"on {ranks} ones, where it swaps the last two dims by numbers counted from the "
+            f"front: it looks like {description}.",
+            fix,
+            "batched_transpose",
+        ) from None
+
+
 # ----------------------------------------------------------------------------- inputs and oracles
 
 
@@ -376,14 +483,23 @@ def softmax_mistakes(x: torch.Tensor, dim: int = -1) -> list:
     for flat_max, flat_sum in ((True, False), (False, True), (True, True)):
         try:
             shift = top.squeeze(dim) if flat_max else top
-            exps = torch.exp(x64 - shift)
+            exps = exps_in_dtype(x, shift)
             total = exps.sum(dim, keepdim=not flat_sum)
             found.append(("missing_keepdim", exps / torch.where(total > 0, total, 1.0)))
         except RuntimeError:
             continue  # it does not broadcast: the student's code raises, named in call_softmax
     found.append(("max_instead_of_sum", torch.exp(x64 - top)))  # exps / their max (which is 1)
+    found.append(("unshifted_sum", unshifted_sum_softmax(x, top, dim)))
     found.append(("division_guard_inverted", torch.zeros_like(x64)))
     return found
+
+
+def unshifted_sum_softmax(x: torch.Tensor, top: torch.Tensor, dim: int) -> torch.Tensor:
+    """exp(x - top) / exp(x).sum(dim): the numerator shifted by the (guarded, float64) max `top`,
+    the sum not. The sum is taken in x's dtype, where it overflows to inf (every weight 0) or
+    underflows to 0 (a guarded division gives 0), as the student's does."""
+    total = torch.exp(x).sum(dim, keepdim=True).double()
+    return torch.where(total > 0, torch.exp(x.double() - top) / total, 0.0)
 
 
 def epsilon_suspect(x: torch.Tensor, out, dim: int = -1) -> list:
@@ -405,11 +521,17 @@ def epsilon_suspect(x: torch.Tensor, out, dim: int = -1) -> list:
 def shifted_softmax(x: torch.Tensor, max_dim: int, sum_dim: int) -> torch.Tensor:
     """exp(x - max along max_dim) / its sum along sum_dim: `dim` passed to one reduction and
     -1 to the other (or another axis), with the guards for a slice that is all -inf."""
-    x64 = x.double()
-    top = x64.amax(max_dim, keepdim=True)
-    exps = torch.exp(x64 - torch.where(torch.isfinite(top), top, 0.0))
+    top = x.double().amax(max_dim, keepdim=True)
+    exps = exps_in_dtype(x, torch.where(torch.isfinite(top), top, 0.0))
     total = exps.sum(sum_dim, keepdim=True)
     return exps / torch.where(total > 0, total, 1.0)
+
+
+def exps_in_dtype(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """exp(x - shift) taken in x's dtype, as the student's code takes it, then in float64: a
+    slice of large logits whose exps all underflow sums to 0 here too (float64 would keep
+    exp(-300) and give that slice weights the student's division cannot)."""
+    return torch.exp(x - shift.to(x.dtype)).double()
 
 
 def softmax_matches_reference(stable_softmax, rng):
@@ -473,16 +595,52 @@ def softmax_follows_device(stable_softmax, rng):
 
 
 def softmax_survives_large_logits(stable_softmax, rng):
-    """large logits (x ≈ 1000, one entry per row 300 lower) stay finite: the max is subtracted"""
-    x = 1000 + randn((draw(rng, 2, 5), draw(rng, 3, 9)), rng, scale=5.0)
-    low = torch.randint(x.shape[1], (x.shape[0],), generator=rng)  # (rows,)
-    x[torch.arange(x.shape[0]), low] -= 300  # exp(x - min) overflows: only the max is safe
+    """large logits (x ≈ 1000, half of each row 300 lower) stay finite: the max is subtracted"""
+    rows, lk = draw(rng, 2, 5), draw(rng, 3, 9)
+    x = 1000 + randn((rows, lk), rng, scale=5.0)
+    # ceil(lk / 2) entries of each row 300 lower: exp(x - min) overflows, and so does a shift by
+    # the mean, which lies at least 150 below the max (one low entry moves it by only 300 / lk)
+    low = torch.rand((rows, lk), generator=rng).argsort(-1) < (lk + 1) // 2  # (rows, lk)
+    x = torch.where(low, x - 300, x)
+    out = call_softmax(stable_softmax, x, dim=-1)
+    explain_all_zero(stable_softmax, out, x, rng, "these large logits")
     expect_close(
-        call_softmax(stable_softmax, x, dim=-1),
+        out,
         softmax64(x),
         x.dtype,
         suspects=softmax_mistakes(x),
         nonfinite=named("no_max_subtraction"),
+    )
+
+
+def explain_all_zero(stable_softmax, out, x: torch.Tensor, rng, inputs: str) -> None:
+    """Weights that are all 0 on extreme logits (`inputs`) either were 0 on any logits (an
+    inverted torch.where) or vanished here only (exps that underflowed, or a sum that
+    overflowed): rerun on logits near 0 to tell which, and say so."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape or out.detach().any():
+        return
+    moderate = randn(x.shape, rng)
+    try:
+        expect_close(
+            call_softmax(stable_softmax, moderate, dim=-1),
+            softmax64(moderate),
+            x.dtype,
+            suspects=softmax_mistakes(moderate),
+        )
+    except Mistake as found:
+        raise Mistake(
+            f"every weight is 0 on {inputs}, and on logits near 0 (shape {tuple(x.shape)}) "
+            f"{found.message}",
+            found.hint,
+            found.key,
+            found.diagnosis,
+        ) from None
+    description, fix = HINTS["weights_vanished"]
+    raise Mistake(
+        f"every weight is 0 on {inputs}, but right on logits near 0 (shape {tuple(x.shape)}): "
+        f"it looks like {description}.",
+        fix,
+        "weights_vanished",
     )
 
 
@@ -504,8 +662,10 @@ def softmax_shifts_rows_below_zero(stable_softmax, rng):
     # max over the whole tensor is still right here.
     offsets = torch.where(torch.arange(rows) % 2 == 0, -120.0, -70.0).unsqueeze(-1)  # (rows, 1)
     x = (offsets + randn((rows, lk), rng, dtype=torch.float64, scale=2.0)).float()
+    out = call_softmax(stable_softmax, x, dim=-1)
+    explain_all_zero(stable_softmax, out, x, rng, "rows far below 0")
     expect_close(
-        call_softmax(stable_softmax, x, dim=-1),
+        out,
         softmax64(x),
         x.dtype,
         suspects=[("max_clamped", softmax_shifted_by_max_or_zero(x)), *softmax_mistakes(x)],
@@ -526,13 +686,43 @@ def softmax_uses_max_per_row(stable_softmax, rng):
     rows, lk = draw(rng, 3, 6), draw(rng, 3, 9)
     offsets = torch.linspace(-70.0, 40.0, rows).unsqueeze(-1)  # (rows, 1)
     x = (offsets + randn((rows, lk), rng, dtype=torch.float64)).float()
+    out = call_softmax(stable_softmax, x, dim=-1)
+    explain_all_zero(stable_softmax, out, x, rng, "rows at very different scales")
+    if looks_like_global_max(out, x):
+        expect_lowest_row_alone(stable_softmax, x, rng)
     expect_close(
-        call_softmax(stable_softmax, x, dim=-1),
+        out,
         softmax64(x),
         x.dtype,
         suspects=[("global_max", global_max_softmax(x)), *softmax_mistakes(x)],
         nonfinite=named("global_max"),
     )
+
+
+def looks_like_global_max(out, x: torch.Tensor) -> bool:
+    """out is what a max over the whole tensor gives on x, or NaN/inf (its 0 / 0)."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        return False
+    return not torch.isfinite(out).all() or matches(out, global_max_softmax(x), x.dtype)
+
+
+def expect_lowest_row_alone(stable_softmax, x: torch.Tensor, rng) -> None:
+    """x's first row (the lowest, near -70) on its own, where a max over the whole tensor is
+    that row's max: a softmax wrong there too shifts each row by something else than its max,
+    and is not called a global max."""
+    row = x[:1]
+    try:
+        out = call_softmax(stable_softmax, row, dim=-1)
+        explain_all_zero(stable_softmax, out, row, rng, "the row near -70 alone")
+        expect_close(out, softmax64(row), row.dtype, suspects=softmax_mistakes(row))
+    except Mistake as found:
+        raise Mistake(
+            f"the row near -70 comes out wrong even alone (x[:1]), so its mistake is not a max "
+            f"taken over other rows: {found.message}",
+            found.hint,
+            found.key,
+            found.diagnosis,
+        ) from None
 
 
 def softmax_zero_weight_for_neg_inf(stable_softmax, rng):
@@ -604,7 +794,22 @@ def softmax_all_neg_inf_row_is_zero(stable_softmax, rng):
         ref,
         x.dtype,
         suspects=[("all_masked_row_uniform", uniform), *softmax_mistakes(x)],
-        nonfinite=named("zero_sum_division" if divided else "nan_on_all_masked_row"),
+        nonfinite=nan_on_empty_row(out, empty) if divided else named("nan_on_all_masked_row"),
+    )
+
+
+def nan_on_empty_row(out, empty: int) -> Mistake:
+    """The Mistake for a NaN that a division made on the all -inf row `empty`: an unguarded
+    0 / 0, or, where every other row came out all 0, a guard whose condition is inverted (it
+    kept the division on the empty row only)."""
+    others = torch.cat([out[:empty], out[empty + 1 :]]).detach()
+    if not others.numel() or others.any():
+        return named("zero_sum_division")
+    description, fix = HINTS["division_guard_inverted"]
+    return Mistake(
+        f"Every other row is all 0 too: it looks like {description}.",
+        fix,
+        "division_guard_inverted",
     )
 
 
@@ -641,7 +846,15 @@ def scale_suspects(q: torch.Tensor, k: torch.Tensor) -> list:
         *[("d_from_wrong_axis", scaled_scores(q, k, 1 / math.sqrt(size))) for size in q.shape[:-2]],
         ("swapped_q_k", scaled_scores(k, q, 1 / math.sqrt(d))),
         *[("power_precedence", scaled_scores(q, k, scale)) for scale in halved_d_scales(d)],
+        ("cosine_similarity", cosine_scores(q, k)),
     ]
+
+
+def cosine_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q kᵀ with every query and key divided by its norm: cosine similarity, no 1/sqrt(d)."""
+    q64, k64 = q.double(), k.double()
+    q64, k64 = q64 / q64.norm(dim=-1, keepdim=True), k64 / k64.norm(dim=-1, keepdim=True)
+    return q64 @ k64.transpose(-2, -1)
 
 
 def call_scores(attention_scores, q: torch.Tensor, k: torch.Tensor, rng):
@@ -665,7 +878,7 @@ def call_scores(attention_scores, q: torch.Tensor, k: torch.Tensor, rng):
                 )
             )
 
-        explain_by_rank(mistake, q.dim(), gives_answer)
+        explain_by_rank_and_dims(mistake, q.dim(), gives_answer)
         explain_by_square_keys(attention_scores, mistake, rng, q.dtype)
         if crashed_with(mistake, "RuntimeError", "must match the size of tensor"):
             raise named_crash(mistake, "misaligned_broadcast") from None
@@ -775,6 +988,7 @@ def weight_suspects(q, k, v) -> list:
         ("swapped_q_k", softmax64(scaled_scores(k, q, 1 / math.sqrt(d)))),
         *[("power_precedence", softmax64(scaled_scores(q, k, s))) for s in halved_d_scales(d)],
         ("scores_as_weights", scores),
+        ("softmax_without_exp", scores / scores.sum(-1, keepdim=True)),
         *untransposed_keys(q, k),
     ]
 
@@ -794,6 +1008,7 @@ def out_suspects(q, k, v, weights_ref: torch.Tensor) -> list:
     found = [
         ("scores_not_weights", scaled_scores(q, k, 1 / math.sqrt(q.shape[-1])) @ v64),
         ("values_from_keys", weights_ref @ k.double()),
+        ("out_divided_by_length", weights_ref @ v64 / lk),
     ]
     if lq == lk:
         found.append(("transposed_weights", weights_ref.transpose(-2, -1) @ v64))
@@ -912,7 +1127,7 @@ def call_attention(sdpa, q, k, v, rng):
             probe = probe_inputs(rng, rank, q.dtype, *widths)
             return right_answer(lambda: expect_attention(sdpa(*probe), *probe))
 
-        explain_by_rank(mistake, q.dim(), gives_answer)
+        explain_by_rank_and_dims(mistake, q.dim(), gives_answer)
         explain_by_square_inputs(sdpa, mistake, rng, q.dtype)
         raise
 

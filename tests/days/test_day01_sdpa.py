@@ -218,6 +218,25 @@ def softmax_reading_values(x, dim=-1):
     return out.reshape(x.movedim(dim, -1).shape).movedim(-1, dim)
 
 
+def softmax_mean_shift(x, dim=-1):
+    """Shifted by the mean of the finite entries: right unless one row spans more than ~88."""
+    mean = torch.where(torch.isinf(x), 0.0, x).mean(dim, keepdim=True)
+    return guarded_division(torch.exp(x - mean), torch.exp(x - mean).sum(dim, keepdim=True))
+
+
+def softmax_unshifted_sum(x, dim=-1):
+    top = x.amax(dim, keepdim=True)
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    total = torch.exp(x).sum(dim, keepdim=True)  # the sum of the exps before the shift
+    return torch.where(total > 0, exps / total, 0.0)
+
+
+def softmax_abs_max_shift(x, dim=-1):
+    top = x.abs().amax(dim, keepdim=True)  # more than the max on a row far below 0
+    exps = torch.exp(x - torch.where(torch.isinf(top), 0.0, top))
+    return guarded_division(exps, exps.sum(dim, keepdim=True))
+
+
 def stub(*args, **kwargs):
     raise NotImplementedError()
 
@@ -248,6 +267,10 @@ SOFTMAX_BUGS = {
     "epsilon_in_sum": (softmax_epsilon_in_sum, "epsilon_in_sum"),
     "guard_inverted": (softmax_guard_inverted, "division_guard_inverted"),
     "neg_inf_to_max": (softmax_neg_inf_to_max, "neg_inf_replaced"),
+    # a third beginner's pass (student10): these passed, or got another mistake's name
+    "mean_shift": (softmax_mean_shift, "no_max_subtraction"),
+    "unshifted_sum": (softmax_unshifted_sum, "unshifted_sum"),
+    "abs_max_shift": (softmax_abs_max_shift, "weights_vanished"),
     "float32": (softmax_in_float32, "wrong_dtype"),
     "zeros_on_cpu": (softmax_zeros_on_cpu, "ignores_device"),
     "stub": (stub, "not_implemented"),
@@ -282,6 +305,11 @@ def scores_unpacked_4d(q, k):
 def scores_sizes_mixed_up(q, k):
     scores = torch.bmm(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]).mT)
     return scores.reshape(*q.shape[:-1], q.shape[-2]) / math.sqrt(q.shape[-1])  # Lq for Lk
+
+
+def scores_cosine(q, k):
+    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    return q @ k.transpose(-2, -1)
 
 
 def scores_power_precedence(q, k):
@@ -359,6 +387,16 @@ SCORES_BUGS = {
         "fixed_rank",
     ),
     "unpacked_4d": (scores_unpacked_4d, "fixed_rank"),
+    # a third beginner's pass (student10): these got the fixed-rank hint, or a generic one
+    "transpose_1_2": (
+        lambda q, k: q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]),  # right on 3-D only
+        "batched_transpose",
+    ),
+    "permute_4d": (
+        lambda q, k: q @ k.permute(0, 1, 3, 2) / math.sqrt(q.shape[-1]),  # right on 4-D only
+        "batched_transpose",
+    ),
+    "cosine": (scores_cosine, "cosine_similarity"),
     "float64_inside": (
         lambda q, k: q.double() @ k.double().transpose(-2, -1) / math.sqrt(q.shape[-1]),
         "wrong_dtype",
@@ -445,6 +483,12 @@ def sdpa_softmax_in_place(q, k, v):
     return weights @ v, weights
 
 
+def sdpa_without_exp(q, k, v):
+    scores = right_scores(q, k)
+    weights = scores / scores.sum(-1, keepdim=True)  # normalised, but never exponentiated
+    return weights @ v, weights
+
+
 def sdpa_scale_q_in_place(q, k, v):
     q.div_(math.sqrt(q.shape[-1]))
     weights = good_softmax(q @ k.transpose(-2, -1))
@@ -513,6 +557,12 @@ SDPA_BUGS = {
     "renormalised": (sdpa_renormalised_over_queries, "renormalised_over_queries"),
     "detached": (make_sdpa(lambda s: good_softmax(s).detach()), "no_gradient"),
     "softmax_in_place": (sdpa_softmax_in_place, "in_place_breaks_gradient"),
+    # a third beginner's pass (student10): these got a generic message
+    "no_exp": (sdpa_without_exp, "softmax_without_exp"),
+    "out_over_lk": (
+        make_sdpa(good_softmax, combine=lambda w, v: w @ v / w.shape[-1]),
+        "out_divided_by_length",
+    ),
     "stub": (stub, "not_implemented"),
 }
 
@@ -581,6 +631,41 @@ def test_a_leading_dim_scale_is_not_called_an_integer_sqrt():
     for seed in range(12):
         result = report("attention_scores", scale_by_batch, hidden=True, seed=seed)
         assert "d_from_wrong_axis" in result.keys and "integer_sqrt" not in result.keys, seed
+
+
+@pytest.mark.parametrize("bug", [softmax_unshifted_sum, softmax_abs_max_shift])
+def test_weights_that_vanish_on_extreme_logits_are_not_called_an_inverted_where(bug):
+    """All weights 0 on large logits or rows far below 0 is read as an inverted torch.where only
+    when logits near 0 give all 0 too, and a row wrong on its own is not a global max."""
+    for seed in range(4):
+        keys = report("stable_softmax", bug, hidden=seed > 0, seed=seed).keys
+        assert not keys & {"division_guard_inverted", "global_max"}, (seed, keys)
+
+
+def test_an_inverted_division_guard_is_named_on_the_empty_row_too():
+    result = report("stable_softmax", softmax_guard_inverted)
+    (empty_row,) = [r for r in result.results if "all -inf" in r.check]
+    assert empty_row.key == "division_guard_inverted"
+
+
+def test_mean_shift_fails_on_every_seed():
+    """One low entry per row moved the mean only 300 / Lk below 1000: the mean shift passed."""
+    for seed in range(20):
+        result = report("stable_softmax", softmax_mean_shift, hidden=seed > 0, seed=seed)
+        assert "no_max_subtraction" in result.keys, seed
+
+
+def test_an_overflow_in_attention_is_one_exercise_1_names():
+    """Exercise 3 sends an overflow back to exercise 1's large-logits check: that check must
+    fail for the same softmax (the mean shift once passed it, and exercise 3 did not)."""
+    (overflow,) = [
+        r
+        for r in report("scaled_dot_product_attention", make_sdpa(softmax_mean_shift)).results
+        if not r.passed
+    ]
+    assert overflow.key == "no_max_subtraction" and "exercise 1" in overflow.message
+    large = [r for r in report("stable_softmax", softmax_mean_shift).results if "large" in r.check]
+    assert [r.key for r in large] == ["no_max_subtraction"]
 
 
 def test_nan_on_an_empty_row_says_which_step_made_it():
@@ -816,9 +901,41 @@ def softmax_max_clamped_to_finite(x, dim=-1):
     return exps / torch.where(total == 0, 1.0, total)
 
 
+def softmax_logsumexp_nan_to_num(x, dim=-1):
+    lse = torch.logsumexp(x, dim=dim, keepdim=True)  # -inf on an empty row: -inf - -inf is NaN
+    return torch.nan_to_num(torch.exp(x - lse), nan=0.0)
+
+
+def softmax_max_set_by_index(x, dim=-1):
+    top = x.amax(dim=dim, keepdim=True).clone()
+    top[torch.isinf(top)] = 0.0
+    exps = torch.exp(x - top)
+    total = exps.sum(dim=dim, keepdim=True)
+    return exps / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def softmax_detached_max_masked(x, dim=-1):
+    top = x.amax(dim=dim, keepdim=True).detach().nan_to_num(neginf=0.0)
+    exps = (x - top).exp()
+    total = exps.sum(dim=dim, keepdim=True)
+    return (exps / total).masked_fill(total == 0, 0.0)
+
+
+def softmax_guarded_reciprocal(x, dim=-1):
+    top = torch.max(x, dim=dim, keepdim=True).values
+    top = torch.where(top == float("-inf"), torch.zeros_like(top), top)
+    exps = torch.exp(torch.sub(x, top))
+    total = torch.sum(exps, dim, True)
+    return exps * torch.where(total == 0, torch.zeros_like(total), 1 / total)
+
+
 @pytest.mark.parametrize(
     "softmax",
     [
+        softmax_logsumexp_nan_to_num,
+        softmax_max_set_by_index,
+        softmax_detached_max_masked,
+        softmax_guarded_reciprocal,
         softmax_nan_to_num,
         softmax_via_float64,
         softmax_via_logsumexp,
@@ -857,6 +974,13 @@ def test_logsumexp_softmax_passes_25_hidden_seeds():
         ),
         lambda q, k: (q @ k.permute(*range(k.dim() - 2), -1, -2)).div(q.size(-1) ** 0.5),
         lambda q, k: (k @ q.mT).mT / math.sqrt(q.shape[-1]),
+        lambda q, k: (
+            (q.double() * q.shape[-1] ** -0.25) @ (k.double() * q.shape[-1] ** -0.25).mT
+        ).to(q.dtype),
+        lambda q, k: (
+            torch.stack([(q[..., i : i + 1, :] * k).sum(-1) for i in range(q.shape[-2])], dim=-2)
+            / math.sqrt(q.shape[-1])
+        ),
     ],
     ids=[
         "einsum",
@@ -868,6 +992,8 @@ def test_logsumexp_softmax_passes_25_hidden_seeds():
         "tensor-rsqrt",
         "permute",
         "transposed-back",
+        "float64 quarter-powers",
+        "query by query",
     ],
 )
 def test_other_correct_scores_pass(scores):
@@ -905,6 +1031,14 @@ def sdpa_logsumexp(q, k, v):
     return torch.matmul(weights, v), weights
 
 
+def sdpa_key_by_key(q, k, v):
+    weights = softmax_masked_fill(right_scores(q, k))
+    out = torch.zeros(*weights.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)
+    for j in range(k.shape[-2]):
+        out = out + weights[..., :, j : j + 1] * v[..., j : j + 1, :]
+    return out, weights
+
+
 def sdpa_key_major(q, k, v):
     scores_by_key = k @ q.mT / math.sqrt(q.shape[-1])  # (..., Lk, Lq)
     weights = softmax_masked_fill(scores_by_key, dim=-2).transpose(-2, -1)
@@ -927,6 +1061,7 @@ def sdpa_key_major(q, k, v):
         sdpa_broadcast_sum,
         sdpa_logsumexp,
         sdpa_key_major,
+        sdpa_key_by_key,
     ],
     ids=[
         "einsum",
@@ -937,6 +1072,7 @@ def sdpa_key_major(q, k, v):
         "broadcast-sum",
         "logsumexp",
         "key-major",
+        "key by key",
     ],
 )
 def test_other_correct_attentions_pass(attention):
