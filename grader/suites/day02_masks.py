@@ -41,7 +41,6 @@ HINTS = {
     **{
         key: day01_sdpa.HINTS[key]
         for key in (
-            "missing_scale",
             "softmax_over_queries",
             "modified_input",
             "scaled_by_length",
@@ -50,14 +49,38 @@ HINTS = {
             "fixed_rank",
         )
     },
+    "missing_scale": (
+        "q kᵀ without the 1/sqrt(d) scale",
+        "divide the scores by math.sqrt(d) with d = q.shape[-1]: q @ k.transpose(-2, -1) / "
+        "math.sqrt(d), before the mask and the softmax.",
+    ),
+    "multiplied_by_sqrt_d": (
+        "q kᵀ multiplied by sqrt(d) instead of divided by it",
+        "divide the scores by math.sqrt(d): q @ k.transpose(-2, -1) / math.sqrt(d) (or times "
+        "1 / math.sqrt(d)).",
+    ),
+    "transposed_q": (
+        "q transposed instead of k: q.transpose(-2, -1) @ k multiplies (..., d, Lq) by "
+        "(..., Lk, d)",
+        "the scores are (..., Lq, Lk), one row per query: q @ k.transpose(-2, -1) is "
+        "(..., Lq, d) @ (..., d, Lk). Transpose k, not q.",
+    ),
     "divided_by_d": (
         "q kᵀ / d instead of / sqrt(d)",
         "divide the scores by math.sqrt(d), the square root of the head dimension q.shape[-1].",
     ),
     "dtype_not_restored": (
         "a computation moved to another dtype (q.float(), say) and never cast back",
-        "compute in q's dtype, or cast back before the next step: weights.to(v.dtype) @ v; "
-        "out and weights are returned in q's dtype.",
+        "compute in q's dtype, or cast back: weights.to(v.dtype) before weights @ v, and out "
+        "and weights returned in q's dtype (out.to(q.dtype), weights.to(q.dtype)). Computing "
+        "in float32 or float64 inside is fine once cast back; a tensor made without dtype= is "
+        "float32.",
+    ),
+    "empty_rows_with_all": (
+        "the rows to zero found with all() instead of any(): every query with a blocked key "
+        "lost its weights, not only the queries with no key at all",
+        "a query has something to attend to when any of its keys is allowed: "
+        "weights * mask.any(dim=-1, keepdim=True), not mask.all(...).",
     ),
     "empty_rows_over_queries": (
         "the rows with nothing to attend to found with any(dim=-2), over the queries",
@@ -75,9 +98,11 @@ HINTS = {
         "block the False ones (masked_fill(~mask, ...), not masked_fill(mask, ...)).",
     ),
     "excludes_diagonal": (
-        "a causal mask without its diagonal: each query blocked from itself",
-        "query i may attend to key i too: keep the diagonal "
-        "(tril(diagonal=0) for a square mask, `<=` rather than `<`).",
+        "a causal mask without its diagonal: each query blocked from itself (`<` instead of "
+        "`<=`, or key positions counted from 1)",
+        "query i may attend to key i too: keep the diagonal (tril(diagonal=0) for a square "
+        "mask, `<=` rather than `<`), and count key positions from 0: torch.arange(lk), not "
+        "torch.arange(1, lk + 1).",
     ),
     "upper_triangular": (
         "the upper triangle: queries attending to the future instead of the past (which is "
@@ -86,8 +111,8 @@ HINTS = {
         "and columns keys: query positions as a column [:, None], key positions as a row.",
     ),
     "shifted_by_one": (
-        "a causal mask shifted by one: each query also sees the next key (positions counted "
-        "from 1, or `<= i + 1`)",
+        "a causal mask shifted by one: each query also sees the next key (query positions "
+        "counted from 1, or `<= i + 1`)",
         "count positions from 0: query i (absolute position lk - lq + i) sees keys "
         "j <= lk - lq + i, so torch.arange(lq) and torch.arange(lk), both starting at 0.",
     ),
@@ -107,6 +132,13 @@ HINTS = {
         "every query allowed key 0, even the first lq - lk queries, which come before every key",
         "when lq > lk, queries 0 .. lq - lk - 1 come before the first key: their rows are all "
         "False (tril(diagonal=lk - lq) gives that; a slice [:max(..., 0) + 1] does not).",
+    ),
+    "square_then_sliced": (
+        "the last lq rows of a square (lk, lk) causal mask: right while lq <= lk, but [-lq:] "
+        "cannot give more than lk rows",
+        "when lq > lk, the first lq - lk queries come before every key and need rows of False: "
+        "build the (lq, lk) mask directly, torch.ones(lq, lk, dtype=torch.bool, "
+        "device=device).tril(diagonal=lk - lq), or compare positions with torch.arange.",
     ),
     "device_none_unhandled": (
         "device=None (the default) not handled: it raised, while device='cpu' works",
@@ -224,6 +256,20 @@ HINTS = {
         "apply the mask to the scores before the softmax: blocked keys must get "
         "exactly zero weight.",
     ),
+    "key_padding_inverted": (
+        "key_padding_mask read as True = padding (nn.MultiheadAttention's convention), the "
+        "opposite of the course's",
+        "here key_padding_mask is True for a real token, like every mask of the course "
+        "(nn.MultiheadAttention's key_padding_mask means the opposite): use it as it is, "
+        "without ~.",
+    ),
+    "blocked_scores_zero": (
+        "blocked scores set to 0 (masked_fill(~mask, 0)) instead of a large negative: a blocked "
+        "key still gets weight, since exp(0) is not 0",
+        "give blocked scores the most negative number, scores.masked_fill(~mask, "
+        "torch.finfo(scores.dtype).min) (or add to_additive_mask(mask, scores.dtype)): the "
+        "softmax then gives them weight 0.",
+    ),
     "key_padding_ignored": (
         "attention that ignores key_padding_mask",
         "combine it with the mask: view it as (B, 1, ..., 1, Lk) and AND it "
@@ -297,6 +343,8 @@ def expect_mask(
             and not torch.equal(wrong, ref)
         ):
             description, hint = HINTS[key]
+            if key == "inverted_mask":  # this mask is built, not applied: no masked_fill here
+                hint = INVERTED_BUILT_MASK
             raise Mistake(f"{what} is wrong: it matches {description}.", hint, key)
     if (
         isinstance(out, torch.Tensor)
@@ -347,6 +395,13 @@ def expect_mask(
     )
 
 
+INVERTED_BUILT_MASK = (
+    "the course's masks say True = may attend (a key the query may see, a real token) and "
+    "False = blocked: turn your comparison around (`<=` rather than `>`, `<` rather than "
+    "`>=`), or drop the ~."
+)
+
+
 def causal_reference(lq: int, lk: int) -> torch.Tensor:
     """(lq, lk): query i, at absolute position lk - lq + i, sees keys 0 .. lk - lq + i."""
     return torch.ones(lq, lk, dtype=torch.bool).tril(diagonal=lk - lq)
@@ -355,6 +410,8 @@ def causal_reference(lq: int, lk: int) -> torch.Tensor:
 def causal_suspects(lq: int, lk: int) -> list:
     ones = torch.ones(lq, lk, dtype=torch.bool)
     ref = causal_reference(lq, lk)
+    # lq > lk: the square (lk, lk) mask cut to its last lq rows keeps only lk of them
+    sliced = [("square_then_sliced", ref[-lk:])] if lq > lk else []
     return [
         ("inverted_mask", ~ref),
         ("top_left_causal", ones.tril()),
@@ -367,6 +424,7 @@ def causal_suspects(lq: int, lk: int) -> list:
         ("offset_sign", ones.tril(diagonal=lq - lk)),
         ("first_key_always_visible", ref | (torch.arange(lk) == 0)),
         ("shifted_by_one", ones.tril(diagonal=lk - lq + 1)),
+        *sliced,
     ]
 
 
@@ -489,7 +547,18 @@ def causal_follows_device(causal_mask, rng):
             HINTS["ignores_device"][1],
             "ignores_device",
         )
-    out = causal_mask(lq, lk, device=torch.device("meta"))
+    try:
+        out = causal_mask(lq, lk, device=torch.device("meta"))
+    except Mistake as mistake:  # one tensor on 'meta', one on the CPU: device= given to only one
+        if mistake.key != "raised" or "expected device" not in mistake.message:
+            raise
+        raise Mistake(
+            f"causal_mask({lq}, {lk}, device='meta'): {mistake.message}\n      It looks like "
+            "one tensor made on the CPU, whatever device= says, next to one made on it.",
+            "pass device=device to every tensor you create (both torch.arange calls), not to "
+            "one of them only.",
+            "ignores_device",
+        ) from None
     if not isinstance(out, torch.Tensor) or out.device.type != "meta":
         where = out.device if isinstance(out, torch.Tensor) else type(out).__name__
         raise Mistake(
@@ -839,26 +908,29 @@ def additive_follows_device(to_additive_mask, rng):
 # ----------------------------------------------------------------------------- masked_attention
 
 
-def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tuple:
+def attention64(
+    q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1, blocked=-math.inf
+) -> tuple:
     """The float64 oracle (out, weights); out from F.scaled_dot_product_attention with `mask`.
 
     A query whose row of the mask is all False gets zero weights and a zero output; with
-    empty_rows="uniform", weights 1/Lk (what a mistake gives), and with "over_queries" those
-    uniform weights times mask.any(dim=-2) (another). `scale` and `dim` (the softmax axis)
-    describe other mistakes.
+    empty_rows="uniform", weights 1/Lk (what a mistake gives), with "over_queries" those
+    uniform weights times mask.any(dim=-2) (another), and with "with_all" every row that has a
+    blocked key zeroed (mask.all instead of mask.any). `scale`, `dim` (the softmax axis) and
+    `blocked` (the score a blocked key gets) describe other mistakes.
     """
     q64, k64, v64 = q.double(), k.double(), v.double()
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q64 @ k64.transpose(-2, -1) * scale  # (..., Lq, Lk)
     full = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.expand(scores.shape)
     empty = ~full.any(dim=-1, keepdim=True)  # (..., Lq, 1)
-    weights = softmax64(scores.masked_fill(~full, -math.inf), dim=dim)
+    weights = softmax64(scores.masked_fill(~full, blocked), dim=dim)
     flat = [
         t.reshape(-1, *t.shape[-2:]) for t in (q64, k64, v64, full)
     ]  # (N, L, D): any leading dims
     out = F.scaled_dot_product_attention(*flat[:3], attn_mask=flat[3], scale=scale)
     out = out.reshape(*scores.shape[:-1], v.shape[-1])
-    if dim != -1:  # only a mistake's weights; its output follows from them
+    if dim != -1 or blocked != -math.inf:  # only a mistake's weights; its output follows
         out = weights @ v64
     if empty_rows == "uniform":
         weights = torch.where(empty, 1 / scores.shape[-1], weights)
@@ -867,7 +939,11 @@ def attention64(q, k, v, mask=None, empty_rows="zero", scale=None, dim=-1) -> tu
         weights = torch.where(empty, 1 / scores.shape[-1], weights)
         weights = weights * full.any(dim=-2, keepdim=True)  # (..., 1, Lk): keys, not rows
         out = weights @ v64
+    elif empty_rows == "with_all":
+        weights = weights * full.all(dim=-1, keepdim=True)
+        out = weights @ v64
     else:
+        weights = weights.masked_fill(empty, 0.0)  # already 0 when blocked scores are -inf
         out = out.nan_to_num(0.0).masked_fill(empty, 0.0)
     return out, weights
 
@@ -883,6 +959,8 @@ def attention_suspects(q, k, v, mask, **named_masks) -> tuple:
         ("fully_masked_row_uniform", {"mask": mask, "empty_rows": "uniform"}),
         ("softmax_over_queries", {"mask": mask, "dim": -2}),
         ("empty_rows_over_queries", {"mask": mask, "empty_rows": "over_queries"}),
+        ("empty_rows_with_all", {"mask": mask, "empty_rows": "with_all"}),
+        ("blocked_scores_zero", {"mask": mask, "blocked": 0.0}),
     ]
     cases += [(key, {"mask": mask, "scale": scale}) for key, scale in wrong_scales(q, k, v)]
     weights, outs = [], []
@@ -916,6 +994,7 @@ def wrong_scales(q, k, v) -> list:
         ("scaled_by_length", 1 / math.sqrt(lk)),
         ("scaled_by_length", 1 / math.sqrt(lq)),
         ("scaled_by_value_dim", 1 / math.sqrt(dv)),
+        ("multiplied_by_sqrt_d", math.sqrt(d)),
     ]
     return [(key, scale) for key, scale in scales if scale != 1 / math.sqrt(d)]
 
@@ -956,6 +1035,12 @@ def call_masked(masked_attention, q, k, v, mask=None, **kwargs):
     try:
         unpack(result, q, k, v)
     except Mistake as mistake:
+        if mistake.key == "wrong_dtype":  # q is a float: the result left q's dtype somewhere
+            raise Mistake(
+                f"{mistake.message} It looks like {HINTS['dtype_not_restored'][0]}.",
+                HINTS["dtype_not_restored"][1],
+                "dtype_not_restored",
+            ) from None
         if mistake.key != "wrong_shape":
             raise
         if right_answer(lambda: unpack(result[::-1], q, k, v)):
@@ -1061,6 +1146,12 @@ CRASHES = [
         "batched_transpose",
         lambda mistake, q: q.dim() > 2 and transposes_from_the_front(mistake.message),
     ),
+    (
+        "transposed_q",
+        lambda mistake, q: (
+            crashed_with(mistake, "RuntimeError") and transposes_q(student_line(mistake.message))
+        ),
+    ),
     ("dtype_not_restored", lambda mistake, q: crashed_with(mistake, "RuntimeError", "same dtype")),
     (
         "dtype_not_restored",
@@ -1080,6 +1171,15 @@ def transposes_from_the_front(message: str) -> bool:
     """Whether the student's line that raised has k.T or .transpose(0, 1)."""
     line = student_line(message)
     return re.search(r"\.T\b|\.transpose\(\s*0\s*,\s*1\s*\)", line) is not None
+
+
+def transposes_q(line: str) -> bool:
+    """Whether a line of code transposes q (q.transpose(...), q.mT, torch.transpose(q, ...)):
+    on the line that raised, the product that should transpose k."""
+    return (
+        re.search(r"\bq\w*\s*\.\s*(?:transpose\(|mT\b|T\b)|torch\.transpose\(\s*q\w*\s*,", line)
+        is not None
+    )
 
 
 def student_line(message: str) -> str:
@@ -1159,6 +1259,7 @@ def masked_key_padding(masked_attention, rng):
         " (key_padding_mask only)",
         masked_queries=queries,
         key_padding_ignored=None,  # with no mask, ignoring it leaves no mask at all
+        key_padding_inverted=~keys,  # before inverted_mask: only key_padding_mask is given
         **misaligned,
     )
     causal = causal_reference(length, length)
@@ -1171,6 +1272,7 @@ def masked_key_padding(masked_attention, rng):
         causal & keys,
         " (causal mask and key_padding_mask)",
         masked_queries=causal & queries,
+        key_padding_inverted=causal & ~keys,
         key_padding_ignored=causal.expand_as(causal & keys),
         mask_ignored=keys.expand_as(causal & keys),
         masks_combined_with_or=causal | keys,
@@ -1245,6 +1347,7 @@ def masked_float64_3d(masked_attention, rng):
         v,
         mask & keys,
         " (float64, 3-D, with key_padding_mask)",
+        key_padding_inverted=mask & ~keys,
         key_padding_ignored=mask,
         mask_ignored=keys,
         masks_combined_with_or=mask | keys,
@@ -1257,6 +1360,12 @@ LIBRARY_MASKS = "build it yourself from torch.arange comparisons or torch.ones(.
 LIBRARY_ATTENTION = (
     "build it from your own pieces: scores, your to_additive_mask (or "
     "masked_fill), course.reference.sdpa.stable_softmax, then weights @ v."
+)
+
+# The notebook gives stable_softmax to use, so the shared "write softmax yourself" does not apply.
+USE_STABLE_SOFTMAX = (
+    "here, call the notebook's stable_softmax(scores, dim=-1) (course.reference.sdpa."
+    "stable_softmax) instead of the built-in: it gives zeros for a row that is all -inf."
 )
 
 EXERCISES = {
@@ -1300,7 +1409,7 @@ EXERCISES = {
             masked_float64_3d,
         ],
         forbidden={
-            **SOFTMAX,
+            **{name: USE_STABLE_SOFTMAX for name in SOFTMAX},
             **SDPA,
             library.attention: LIBRARY_ATTENTION,
             library.causal_mask: LIBRARY_MASKS,

@@ -117,6 +117,26 @@ def causal_from_positions(query_start=0, rows_are_keys=False, offset=lambda lq, 
     return mask
 
 
+def causal_keys_from_1(lq, lk=None, device=None):
+    """Key positions 1 .. lk with `<=`: the same mask as one without its diagonal."""
+    lk = lq if lk is None else lk
+    queries = torch.arange(lq, device=device)[:, None] + (lk - lq)
+    return torch.arange(1, lk + 1, device=device)[None, :] <= queries
+
+
+def causal_square_then_sliced(lq, lk=None, device=None):
+    """The last lq rows of an (lk, lk) tril: right for lq <= lk, lk rows only for lq > lk."""
+    lk = lq if lk is None else lk
+    return torch.ones(lk, lk, dtype=torch.bool, device=device).tril()[-lq:]
+
+
+def causal_device_for_queries_only(lq, lk=None, device=None):
+    """device= passed to one torch.arange: on 'meta', the comparison meets a CPU tensor."""
+    lk = lq if lk is None else lk
+    queries = torch.arange(lq, device=device)[:, None] + (lk - lq)
+    return torch.arange(lk)[None, :] <= queries
+
+
 def check_keys(name, impl, seed=0, hidden=False) -> dict:
     """check description -> the key of its mistake ('' when it passed)."""
     result = report(name, impl, hidden=hidden, seed=seed)
@@ -151,6 +171,9 @@ def check_keys(name, impl, seed=0, hidden=False) -> dict:
             lambda lq, lk=None, device=None: bottom_right(lq, lk).to(torch.device(device)),
             "device_none_unhandled",
         ),
+        (causal_keys_from_1, "excludes_diagonal"),
+        (causal_square_then_sliced, "square_then_sliced"),
+        (causal_device_for_queries_only, "ignores_device"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -171,6 +194,9 @@ def check_keys(name, impl, seed=0, hidden=False) -> dict:
         "rows_are_keys",
         "arange_offset_sign",
         "device_none",
+        "keys_from_1",
+        "square_then_sliced",
+        "device_for_one_arange",
         "stub",
     ],
 )
@@ -218,6 +244,20 @@ def test_library_causal_mask_is_refused():
     assert result.keys == {"shortcut"}
 
 
+def causal_from_python_lists(lq, lk=None, device=None):
+    """Nested Python loops, then torch.tensor(..., device=device)."""
+    lk = lq if lk is None else lk
+    rows = [[j <= lk - lq + i for j in range(lk)] for i in range(lq)]
+    return torch.tensor(rows, dtype=torch.bool, device=device).reshape(lq, lk)
+
+
+def causal_from_position_differences(lq, lk=None, device=None):
+    """Query minus key position, at least lq - lk; `lk or lq` for a left-out lk."""
+    lk = lk or lq
+    queries = torch.arange(lq, device=device).unsqueeze(1)
+    return queries - torch.arange(lk, device=device).unsqueeze(0) >= lq - lk
+
+
 @pytest.mark.parametrize(
     "mask",
     [
@@ -236,8 +276,10 @@ def test_library_causal_mask_is_refused():
                 (lq if lk is None else lk) - lq + 1
             )
         ),
+        causal_from_python_lists,
+        causal_from_position_differences,
     ],
-    ids=["tril_bool", "arange", "tril_float_then_bool", "not_triu"],
+    ids=["tril_bool", "arange", "tril_float_then_bool", "not_triu", "python_lists", "differences"],
 )
 def test_other_correct_causal_masks_pass(mask):
     for seed in range(5):
@@ -363,6 +405,12 @@ def padding_loop_indexing_with_tensors(lengths, max_len):
     return mask
 
 
+def padding_from_python_lists(lengths, max_len):
+    """A list comprehension over lengths.tolist(), then torch.tensor on lengths' device."""
+    rows = [[position < length for position in range(max_len)] for length in lengths.tolist()]
+    return torch.tensor(rows, dtype=torch.bool, device=lengths.device).reshape(len(rows), max_len)
+
+
 def padding_loop(lengths, max_len):
     mask = torch.zeros(len(lengths), max_len, dtype=torch.bool, device=lengths.device)
     for b, length in enumerate(lengths.tolist()):
@@ -398,6 +446,11 @@ def padding_loop(lengths, max_len):
         ),
         lambda lengths, max_len: torch.arange(max_len).to(lengths.device) < lengths[:, None],
         padding_loop_indexing_with_tensors,
+        lambda lengths, max_len: (
+            lengths.unsqueeze(1)
+            > torch.arange(max_len, device=lengths.device).expand(lengths.shape[0], max_len)
+        ),
+        padding_from_python_lists,
     ],
     ids=[
         "loop",
@@ -410,6 +463,8 @@ def padding_loop(lengths, max_len):
         "positions_from_1",
         "arange_then_to",
         "loop_tensor_index",
+        "lengths_greater",
+        "python_lists",
     ],
 )
 def test_other_correct_padding_masks_pass(mask):
@@ -524,6 +579,12 @@ def test_float16_overflow_is_named(bug, capsys):
     assert_named("to_additive_mask", bug, "float16_overflow", capsys)
 
 
+def additive_full_like_then_index(mask, dtype):
+    out = torch.full_like(mask, torch.finfo(dtype).min, dtype=dtype)
+    out[mask] = 0
+    return out
+
+
 def additive_by_index_assignment(mask, dtype):
     out = mask.to(dtype)
     out[out == 0] = torch.finfo(dtype).min
@@ -549,6 +610,13 @@ def additive_by_index_assignment(mask, dtype):
         lambda mask, dtype: torch.zeros_like(mask, dtype=dtype).masked_fill_(
             mask.logical_not(), torch.finfo(dtype).min
         ),
+        lambda mask, dtype: torch.where(  # -finfo.max is finfo.min
+            mask,
+            torch.zeros((), dtype=dtype, device=mask.device),
+            torch.full((), -torch.finfo(dtype).max, dtype=dtype, device=mask.device),
+        ),
+        additive_full_like_then_index,
+        lambda mask, dtype: (mask.to(dtype) - 1) * torch.finfo(dtype).max,
     ],
     ids=[
         "where",
@@ -558,6 +626,9 @@ def additive_by_index_assignment(mask, dtype):
         "index_assignment",
         "full_like",
         "zeros_like_in_place_fill",
+        "where_minus_max",
+        "full_like_then_index",
+        "minus_one_times_max",
     ],
 )
 def test_other_correct_additive_masks_pass(impl):
@@ -700,6 +771,30 @@ def einsum_for_4d(q, k, v, mask=None, key_padding_mask=None):
     return weights @ v, weights
 
 
+def empty_rows_with_all(q, k, v, mask=None, key_padding_mask=None):
+    """all() where any() belongs: every row with a blocked key is zeroed, not only empty ones."""
+    out, weights = make_masked(zero_rows=False)(q, k, v, mask, key_padding_mask)
+    if key_padding_mask is not None:
+        keys = key_view(key_padding_mask, q)
+        mask = keys if mask is None else mask & keys
+    if mask is not None:
+        weights = weights * mask.all(dim=-1, keepdim=True)
+    return weights @ v, weights
+
+
+def q_transposed(q, k, v, mask=None, key_padding_mask=None):
+    """The transpose on q, not k: (..., d, Lq) @ (..., Lk, d) raises when Lq != d."""
+    scores = q.transpose(-2, -1) @ k / math.sqrt(q.shape[-1])
+    weights = stable_softmax(scores)
+    return weights @ v, weights
+
+
+def weights_not_cast_back(q, k, v, mask=None, key_padding_mask=None):
+    """Computed in float32; out cast back to q's dtype, the weights not."""
+    out, weights = make_masked()(q.float(), k.float(), v.float(), mask, key_padding_mask)
+    return out.to(q.dtype), weights
+
+
 def and_in_place(mask, keys):
     mask &= keys  # writes into the caller's mask (or cannot grow it: a RuntimeError)
     return mask
@@ -779,6 +874,12 @@ def unsqueezed_in_place(key_padding_mask, q):
         (mask_tested_for_truth, "mask_truth_value"),
         (any_without_keepdim, "any_without_keepdim"),
         (einsum_for_4d, "fixed_rank"),
+        (make_masked(fill=lambda s, m: s.masked_fill(~m, 0.0)), "blocked_scores_zero"),
+        (make_masked(scale=lambda q, k, v: math.sqrt(q.shape[-1])), "multiplied_by_sqrt_d"),
+        (empty_rows_with_all, "empty_rows_with_all"),
+        (q_transposed, "transposed_q"),
+        (make_masked(kpm_view=lambda kpm, q: ~key_view(kpm, q)), "key_padding_inverted"),
+        (weights_not_cast_back, "dtype_not_restored"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -817,6 +918,12 @@ def unsqueezed_in_place(key_padding_mask, q):
         "if_mask",
         "any_without_keepdim",
         "einsum_4d_only",
+        "blocked_scores_zero",
+        "multiplied_by_sqrt_d",
+        "all_for_any",
+        "q_transposed",
+        "kpm_true_is_padding",
+        "weights_not_cast_back",
         "stub",
     ],
 )
@@ -910,6 +1017,18 @@ def test_masked_attention_shortcuts_are_refused(shortcut, name):
     assert name in result.results[0].message
 
 
+def test_hints_fit_this_notebook():
+    """No masked_fill advice for a mask that is built, not applied; stable_softmax, which the
+    notebook gives, offered for the built-in softmax; no day 1 exercise named for the scale."""
+    inverted = report("causal_mask", lambda lq, lk=None, device=None: ~bottom_right(lq, lk, device))
+    assert all("masked_fill" not in r.hint for r in inverted.results if r.key == "inverted_mask")
+    shortcut = report("masked_attention", make_masked(softmax=lambda s, dim: s.softmax(dim)))
+    assert "stable_softmax" in shortcut.results[0].hint
+    unscaled = report("masked_attention", make_masked(scale=lambda q, k, v: 1.0))
+    hints = [r.hint for r in unscaled.results if r.key == "missing_scale"]
+    assert hints and not any("attention_scores" in h or "exercise 2" in h for h in hints)
+
+
 def multiplicative_mask_attention(q, k, v, mask=None, key_padding_mask=None):
     """Blocked keys multiplied by 0 after the exp; an empty row's sum clamped away from 0."""
     scores = torch.einsum("...qd,...kd->...qk", q, k) / math.sqrt(q.shape[-1])
@@ -979,6 +1098,68 @@ def attention_by_logsumexp(q, k, v, mask=None, key_padding_mask=None):
     return weights @ v, weights
 
 
+def allowed_keys(q, k, mask, key_padding_mask):
+    """mask AND key_padding_mask viewed as (B, 1, ..., 1, Lk), at the scores' full shape."""
+    allowed = torch.ones((*q.shape[:-1], k.shape[-2]), dtype=torch.bool, device=q.device)
+    if mask is not None:
+        allowed = allowed & mask
+    if key_padding_mask is not None:
+        allowed = allowed & key_view(key_padding_mask, q)
+    return allowed
+
+
+def attention_by_where_softmax(q, k, v, mask=None, key_padding_mask=None):
+    """A hand-written softmax: torch.where for blocked keys and for rows whose sum is 0."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+    allowed = allowed_keys(q, k, mask, key_padding_mask)
+    low = torch.tensor(torch.finfo(scores.dtype).min, dtype=scores.dtype)
+    shifted = torch.where(allowed, scores, low)
+    shifted = shifted - shifted.amax(dim=-1, keepdim=True)
+    exps = torch.where(allowed, shifted.exp(), torch.zeros_like(shifted))
+    total = exps.sum(dim=-1, keepdim=True)
+    weights = torch.where(total > 0, exps / total.clamp_min(torch.finfo(scores.dtype).tiny), 0.0)
+    return weights @ v, weights
+
+
+def attention_one_query_at_a_time(q, k, v, mask=None, key_padding_mask=None):
+    """A loop over the queries, one row of weights at a time, stacked at the end."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    allowed = allowed_keys(q, k, mask, key_padding_mask)
+    extra = additive(lambda dtype: torch.finfo(dtype).min)(allowed, scores.dtype)
+    rows = []
+    for i in range(q.shape[-2]):
+        row = stable_softmax(scores[..., i, :] + extra[..., i, :], dim=-1)
+        rows.append(row * allowed[..., i, :].any(dim=-1, keepdim=True))
+    weights = torch.stack(rows, dim=-2)
+    return weights @ v, weights
+
+
+def attention_by_logsumexp_nan_to_num(q, k, v, mask=None, key_padding_mask=None):
+    """q scaled first, -inf fills, exp(scores - logsumexp); the 0/0 of empty rows set to 0."""
+    scores = (q / math.sqrt(q.shape[-1])) @ k.mT
+    if key_padding_mask is not None:
+        keys = key_view(key_padding_mask, q)
+        mask = keys if mask is None else mask & keys
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -math.inf)
+    weights = torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True)).nan_to_num(0.0)
+    return weights @ v, weights
+
+
+def attention_masked_before_scaling(q, k, v, mask=None, key_padding_mask=None):
+    """(q kᵀ + the additive mask) / sqrt(d): the dtype's minimum, divided, stays hugely negative."""
+    scores = q @ k.transpose(-2, -1)
+    if key_padding_mask is not None:
+        keys = key_view(key_padding_mask, q)
+        mask = keys if mask is None else mask & keys
+    if mask is not None:
+        scores = scores + additive(lambda dtype: torch.finfo(dtype).min)(mask, scores.dtype)
+    weights = stable_softmax(scores / math.sqrt(q.shape[-1]), dim=-1)
+    if mask is not None:
+        weights = weights * mask.any(dim=-1, keepdim=True)
+    return weights @ v, weights
+
+
 def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     allowed = torch.ones_like(scores, dtype=torch.bool)
@@ -1024,6 +1205,10 @@ def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
         attention_unsqueezing_a_copy,
         attention_upcast_and_cast_back,
         attention_by_logsumexp,
+        attention_by_where_softmax,
+        attention_one_query_at_a_time,
+        attention_by_logsumexp_nan_to_num,
+        attention_masked_before_scaling,
     ],
     ids=[
         "neg_inf_nan_safe_softmax",
@@ -1038,6 +1223,10 @@ def key_padding_by_batch_loop(q, k, v, mask=None, key_padding_mask=None):
         "unsqueeze_loop",
         "upcast_cast_back",
         "logsumexp",
+        "where_softmax",
+        "one_query_at_a_time",
+        "logsumexp_nan_to_num",
+        "masked_before_scaling",
     ],
 )
 def test_other_correct_attentions_pass(attention):
@@ -1072,6 +1261,7 @@ PROMISES = {
         "the offset's sign flipped": "offset_sign",
         "a mask shifted by one key": "shifted_by_one",
         "key 0 given to queries that come before every key": "first_key_always_visible",
+        "the last `lq` rows of a square `(lk, lk)` mask": "square_then_sliced",
         "the shape `(lk, lq)`": "swapped_lengths",
         "extra size-1 dims": "extra_dims",
         "`lk=None` left unhandled": "lk_none_unhandled",
@@ -1107,9 +1297,11 @@ PROMISES = {
     },
     "masked_attention": {
         "an inverted mask": "inverted_mask",
+        "blocked scores set to 0 instead of a large negative": "blocked_scores_zero",
         "the mask ignored": "mask_ignored",
         "`key_padding_mask` ignored": "key_padding_ignored",
         "applied to queries instead of keys": "masked_queries",
+        "read as True = padding": "key_padding_inverted",
         "NaN, or uniform weights": ("nan_on_fully_masked_row", "fully_masked_row_uniform"),
         "the mask applied after the softmax": "mask_after_softmax",
         "a mask that does not broadcast": "mask_not_broadcast",
@@ -1120,12 +1312,15 @@ PROMISES = {
             "scaled_by_length",
             "scaled_by_value_dim",
         ),
+        "the scores multiplied by $\\sqrt{d}$": "multiplied_by_sqrt_d",
         "the weights divided by $\\sqrt{d}$ after the softmax": "scaled_after_softmax",
         "code for 4-D inputs only": "fixed_rank",
         "`k.T` on inputs with leading dims": "batched_transpose",
+        "`q` transposed instead of `k`": "transposed_q",
         "a dtype changed inside (`q.float()`) and not cast back": "dtype_not_restored",
         "empty rows found with `any(dim=-2)`": "empty_rows_over_queries",
         "`any(dim=-1)` without `keepdim=True`": "any_without_keepdim",
+        "with `all` instead of `any`": "empty_rows_with_all",
         "an input changed in place": "modified_input",
         "softmax over the queries": "softmax_over_queries",
         "used without checking for `None`": "none_not_handled",
