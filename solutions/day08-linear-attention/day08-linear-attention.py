@@ -337,7 +337,7 @@ check("day08-linear-attention", "orthogonal_random_features", orthogonal_random_
 # %% [markdown]
 # ### Exercise 6: `favor_feature_map`
 #
-# The checks recognise: features that can go negative, the $-\|x\|^2/2$ term missing, without its $/2$, or with $\|x\|$ where $\|x\|^2$ belongs, $\|x\|^2$ summed over the positions, a stabiliser per key row when `is_query=False`, a stabiliser over the positions (queries or keys), the two branches of `is_query` swapped, one stabiliser for the whole tensor, a factor other than $1/\sqrt m$, `x @ projection` untransposed, and no stabiliser (with $\|x\| = 25$ every unstabilised feature underflows to 0).
+# The checks recognise: features that can go negative, the $-\|x\|^2/2$ term missing, without its $/2$, or with $\|x\|$ where $\|x\|^2$ belongs, $\|x\|^2$ summed over the positions, a stabiliser per key row when `is_query=False`, a stabiliser over the positions (queries or keys), the two branches of `is_query` swapped, one stabiliser for the whole tensor, a stabiliser taken as the max of $w \cdot x$ alone (without the $-\|x\|^2/2$ term), a factor other than $1/\sqrt m$, `x @ projection` untransposed, and no stabiliser (with $\|x\| = 25$ every unstabilised feature underflows to 0).
 
 # %% nbgrader={"grade": false, "grade_id": "favor_feature_map", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def favor_feature_map(x: torch.Tensor, projection: torch.Tensor, is_query: bool = False) -> torch.Tensor:

@@ -1516,3 +1516,167 @@ THIRD_PASS_EDITS = [
 def test_third_pass_mistake_is_named_on_hidden_seeds(solution, name, edits, key, capsys):
     bug = edited_solution(DAY, solution, name, edits)
     assert_named_on_seeds(DAY, name, bug, key, capsys, seeds=(1, 2))
+
+
+# ----------------------------------------------------------------------------- the fourth beginner pass
+
+# Mistakes of the fourth beginner pass that the checks left raw, generic or misnamed (five of them
+# the notebook's "The checks recognise" text promises): one-line edits of the solution's cells,
+# each named on the visible check and on hidden seeds. (exercise, id, edits, key)
+FOURTH_PASS_EDITS = [
+    (
+        "linear_attention",
+        "normaliser-feature-sums-times-mean",
+        [
+            (
+                'denominator = torch.einsum("...id,...d->...i", phi_q, z)',
+                "denominator = phi_q.sum(-1) * z.mean(-1, keepdim=True)",
+            )
+        ],
+        "wrong_normaliser",
+    ),
+    (
+        "causal_linear_attention_chunked",
+        "z-replaced-not-accumulated",
+        [("z = z + kc.sum(-2).unsqueeze(-1)", "z = kc.sum(-2).unsqueeze(-1)")],
+        "z_not_carried",
+    ),
+    (
+        "favor_feature_map",
+        "stabiliser-of-w-dot-x-only",
+        [
+            (
+                "s = exponent.amax(dim=dims, keepdim=True)",
+                "s = (x @ projection.transpose(0, 1)).amax(dim=dims, keepdim=True)",
+            )
+        ],
+        "stabiliser_without_norm_term",
+    ),
+    (
+        "performer_attention",
+        "features-args-swapped-no-transpose",
+        [
+            (
+                "orthogonal_random_features(num_features, d, generator)",
+                "orthogonal_random_features(d, num_features, generator)",
+            )
+        ],
+        "features_args_swapped",
+    ),
+    (
+        "landmarks",
+        "t-times-l-over-m-clamped",
+        [
+            (
+                "torch.arange(L, device=x.device) * m // L",
+                "torch.arange(L, device=x.device) * L // m",
+            ),
+            (
+                "/ onehot.sum(dim=-1, keepdim=True)",
+                "/ onehot.sum(dim=-1, keepdim=True).clamp(min=1)",
+            ),
+        ],
+        "empty_segments",
+    ),
+    (
+        "iterative_pinv",
+        "max-entry-squared",
+        [
+            (
+                "(norm_1 * norm_inf)[..., None, None]",
+                "(a.abs().amax((-2, -1)) ** 2)[..., None, None]",
+            )
+        ],
+        "wrong_pinv_scaling",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, edits, key",
+    [(name, edits, key) for name, _, edits, key in FOURTH_PASS_EDITS],
+    ids=[f"{name}-{case}" for name, case, _, _ in FOURTH_PASS_EDITS],
+)
+def test_fourth_pass_mistake_is_named_on_hidden_seeds(solution, name, edits, key, capsys):
+    bug = edited_solution(DAY, solution, name, edits)
+    assert_named_on_seeds(DAY, name, bug, key, capsys, seeds=(1, 2))
+
+
+def recurrent_cumsum_over_features(s_dim: int):
+    """Prefix sums of phi(k_t) v_t^T over a feature dim (s_dim: -2 for D', -1 for Dv) and of
+    phi(k) over D', where the positions are meant."""
+
+    def causal_linear_attention_recurrent(q, k, v, feature_map=phi, eps=1e-6):
+        validate(q, k, v, causal=True)
+        qf, kf = feature_map(q), feature_map(k)
+        S = torch.cumsum(kf.unsqueeze(-1) * v.unsqueeze(-2), dim=s_dim)  # (..., L, D', Dv)
+        z = torch.cumsum(kf, dim=-1)
+        return (qf.unsqueeze(-1) * S).sum(-2) / ((qf * z).sum(-1, keepdim=True) + eps)
+
+    return causal_linear_attention_recurrent
+
+
+@pytest.mark.parametrize(
+    "bug, key",
+    [
+        (recurrent_cumsum_over_features(-2), "cumsum_over_features"),
+        (recurrent_cumsum_over_features(-1), "cumsum_over_features"),
+    ],
+    ids=["s-and-z-over-d", "s-over-dv-z-over-d"],
+)
+def test_recurrent_prefix_sums_over_a_feature_dim_are_named(bug, key, capsys):
+    assert_named_on_seeds(DAY, "causal_linear_attention_recurrent", bug, key, capsys, seeds=(1, 2))
+
+
+def test_performer_scaling_q_in_place_is_named_by_every_failing_check(solution):
+    """q.mul_(scale) shrinks q on each call: the convergence check must name the in-place change,
+    not the far-off average that the shrinking q gives (once a per-key stabiliser)."""
+    bug = edited_solution(
+        DAY,
+        solution,
+        "performer_attention",
+        [("favor_feature_map(q * scale, W,", "favor_feature_map(q.mul_(scale), W,")],
+    )
+    failed = [r for r in report("performer_attention", bug).results if not r.passed]
+    assert failed and all(r.key == "modified_input" for r in failed), [
+        (r.key, r.message) for r in failed
+    ]
+
+
+def test_fourth_pass_correct_alternatives_pass(solution):
+    """Correct alternatives from the beginner: k scaled by 1/sqrt(d) with q unscaled, and a fully
+    batched chunked form (padded, reshaped into chunks, exclusive prefix sums of chunk states)."""
+    performer_k_scaled = edited_solution(
+        DAY,
+        solution,
+        "performer_attention",
+        [
+            ("favor_feature_map(q * scale, W,", "favor_feature_map(q, W,"),
+            ("favor_feature_map(k * scale, W)", "favor_feature_map(k / math.sqrt(d), W)"),
+        ],
+    )
+
+    def chunked_batched(q, k, v, chunk_size=64, feature_map=phi, eps=1e-6):
+        validate(q, k, v, causal=True)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        qf, kf = feature_map(q), feature_map(k)
+        L, c = q.shape[-2], min(chunk_size, q.shape[-2])
+        n = -(-L // c)
+
+        def chunks(t):
+            return F.pad(t, (0, 0, 0, n * c - L)).reshape(*t.shape[:-2], n, c, t.shape[-1])
+
+        Q, K, V = chunks(qf), chunks(kf), chunks(v)
+        Sc, zc = K.transpose(-2, -1) @ V, K.sum(-2)
+        S, z = Sc.cumsum(-3) - Sc, zc.cumsum(-2) - zc  # the earlier chunks only
+        A = (Q @ K.transpose(-2, -1)).tril()
+        num = Q @ S + A @ V
+        den = (Q * z.unsqueeze(-2)).sum(-1, keepdim=True) + A.sum(-1, keepdim=True) + eps
+        return (num / den).reshape(*v.shape[:-2], n * c, v.shape[-1])[..., :L, :]
+
+    for seed in range(3):
+        assert report("performer_attention", performer_k_scaled, hidden=True, seed=seed).passed
+        assert report(
+            "causal_linear_attention_chunked", chunked_batched, hidden=True, seed=seed
+        ).passed

@@ -88,6 +88,7 @@ def chunk_suspects(q, k, v, chunk_size, eps=1e-6, feature_map=phi64):
     chunk = torch.arange(L) // chunk_size
     same = chunk[:, None] == chunk[None, :]
     before = chunk[:, None] > chunk[None, :]
+    previous = chunk[:, None] == chunk[None, :] + 1  # the chunk just before
     causal = torch.ones(L, L, dtype=torch.bool).tril()
     phi_q, phi_k = feature_map(q.double()), feature_map(k.double())
     scores = phi_q @ phi_k.transpose(-2, -1)
@@ -109,6 +110,7 @@ def chunk_suspects(q, k, v, chunk_size, eps=1e-6, feature_map=phi64):
         ("future_leak_in_chunk", with_masks(before | (same & causal.T))),  # triu, not tril
         ("state_not_carried", with_masks(inside)),
         ("z_not_carried", with_masks(before | inside, inside)),
+        ("z_not_carried", with_masks(before | inside, previous | inside)),  # z = kc.sum(-2)
         ("normaliser_without_chunk", with_masks(before | inside, before)),
         ("state_updated_before_read", with_masks(carried + inside.double())),
     ]

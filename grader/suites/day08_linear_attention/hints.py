@@ -59,7 +59,7 @@ HINTS = {
         "adds every token once, token 0 included.",
     ),
     "cumsum_over_features": (
-        "prefix sums taken over the features D' instead of over the positions L",
+        "prefix sums taken over a feature dim (D' or Dv) instead of over the positions L",
         "the causal state of query i sums the keys j <= i: cumsum over the position dim, "
         "dim=-3 of phi(k_t) v_t^T (..., L, D', Dv) and dim=-2 of phi(k) (..., L, D').",
     ),
@@ -326,6 +326,12 @@ HINTS = {
         "divide exp(...) by math.sqrt(m) once, with m = projection.shape[0]: not by m, "
         "not left out.",
     ),
+    "stabiliser_without_norm_term": (
+        "a stabiliser s taken as the max of w . x alone, without the - |x|^2 / 2 term, so "
+        "large inputs still push every feature towards 0",
+        "compute the whole exponent first, e = x @ projection.T - |x|^2 / 2, then subtract "
+        "the max of e itself (not of x @ projection.T).",
+    ),
     "no_stabiliser": (
         "exp underflowing to 0 for large inputs: no max-stabiliser",
         "subtract the max of the exponent before exp: per row for queries "
@@ -392,7 +398,8 @@ HINTS = {
     ),
     "features_args_swapped": (
         "orthogonal_random_features(d, num_features): its arguments swapped, so it draws one "
-        "(m, m) block of dim = m (a QR of an m x m matrix) and its .T only hides the shape",
+        "(m, m) block of dim = m (a QR of an m x m matrix) and returns (d, m) features where "
+        "(m, d) belong (a .T only hides the shape)",
         "the number of features comes first: W = orthogonal_random_features(num_features, d, "
         "generator), already (m, d); no transpose.",
     ),
@@ -425,7 +432,8 @@ HINTS = {
         "segments when m does not divide L.",
     ),
     "empty_segments": (
-        "empty segments (0 / 0): a segment index that skips some of 0 .. m - 1, such as t * L // m",
+        "empty segments (0 / 0, or 0 once the counts are clamped): a segment index that skips "
+        "some of 0 .. m - 1, such as t * L // m",
         "token t belongs to segment t * m // L (multiply by m, then divide by L): every "
         "segment gets L // m or L // m + 1 tokens.",
     ),
@@ -457,7 +465,7 @@ HINTS = {
     ),
     "wrong_pinv_scaling": (
         "Z_0 scaled by another norm than ||A||_1 ||A||_inf (||A||_1 or ||A||_inf twice, sums "
-        "without abs, or the Frobenius norm squared)",
+        "without abs, the Frobenius norm squared or the largest |a_ij| squared)",
         "||A||_1 is the largest column sum of |A|, a.abs().sum(-2).amax(-1); ||A||_inf the "
         "largest row sum, a.abs().sum(-1).amax(-1); Z_0 = A^T divided by their product.",
     ),

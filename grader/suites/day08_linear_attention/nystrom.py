@@ -93,7 +93,12 @@ def landmark_suspects(x: torch.Tensor, m: int) -> list:
             ("wrong_segments", segment_means(x, rounded, m)),
             ("nominal_segment_length", landmarks64(x, m) * counts / step),
         ]
-    return suspects + [("segment_sums", landmarks64(x, m) * counts)]
+    # t * L // m skips segments; counts clamped to 1 (the NaN's usual fix) leave them at 0
+    skipping = segment_means(x, torch.arange(L) * L // m, m)
+    return suspects + [
+        ("segment_sums", landmarks64(x, m) * counts),
+        ("empty_segments", skipping),
+    ]
 
 
 def segment_means(x: torch.Tensor, seg: torch.Tensor, m: int) -> torch.Tensor:
@@ -113,6 +118,7 @@ PINV_INITS = {
     "norm_inf_squared": lambda a: a.abs().sum(-1).amax(-1) ** 2,
     "signed_sums": lambda a: a.sum(-2).amax(-1) * a.sum(-1).amax(-1),
     "frobenius": lambda a: (a * a).sum((-2, -1)),
+    "max_entry_squared": lambda a: a.abs().amax((-2, -1)) ** 2,
 }
 
 
@@ -161,7 +167,13 @@ def pinv_suspects(a: torch.Tensor, iterations: int, given: int = None) -> list:
             ("unscaled_pinv_init", pinv64(a, iterations, "none")),
             *[
                 ("wrong_pinv_scaling", pinv64(a, iterations, init))
-                for init in ("norm_1_squared", "norm_inf_squared", "signed_sums", "frobenius")
+                for init in (
+                    "norm_1_squared",
+                    "norm_inf_squared",
+                    "signed_sums",
+                    "frobenius",
+                    "max_entry_squared",
+                )
             ],
             ("pinv_factor_order", pinv64(a, iterations, update="left")),
             ("pinv_missing_quarter", pinv64(a, iterations, update="no_quarter")),

@@ -136,6 +136,15 @@ def la_suspects(q, k, v, causal, eps=1e-6, feature_map=phi64):
                 (pq * pk.cumsum(-1)).sum(-1, keepdim=True) * v64 / (den + eps),
             ),
         ]
+        # z's prefix sums over D' too: phi(q_t) . z_t sums over token t alone
+        den_own = (pq * pk.cumsum(-1)).sum(-1, keepdim=True)
+        s += [
+            ("cumsum_over_features", den_own * v64 / (den_own + eps)),  # S over D'
+            (  # S over Dv (dim -1 of (..., L, D', Dv))
+                "cumsum_over_features",
+                (pq * pk).sum(-1, keepdim=True) * v64.cumsum(-1) / (den_own + eps),
+            ),
+        ]
     else:
         s += [
             ("causal_when_not", quadratic64(q, k, v, True, eps, feature_map)),
@@ -143,6 +152,10 @@ def la_suspects(q, k, v, causal, eps=1e-6, feature_map=phi64):
             (
                 "wrong_normaliser",
                 num / (pq.sum(-1, keepdim=True) * pk.sum((-2, -1))[..., None, None] + eps),
+            ),
+            (  # the same, averaged over the features
+                "wrong_normaliser",
+                num / (pq.sum(-1, keepdim=True) * pk.mean(-1).sum(-1)[..., None, None] + eps),
             ),
             ("wrong_normaliser", num / ((pq * pq).sum(-1, keepdim=True) + eps)),
             ("wrong_normaliser", num / (pq.sum(-1, keepdim=True) + eps)),
