@@ -13,7 +13,15 @@ import torch
 import torch.nn.functional as F
 
 import course  # noqa: F401  (Triton in interpreter mode without a GPU)
-from helpers import ROOT, assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
+from helpers import (
+    ROOT,
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    promised,
+)
 
 DAY = "day09-mamba-scan"
 EXERCISES = [
@@ -1013,3 +1021,320 @@ def test_mamba_block_scanning_row_by_row_passes(solution):
     assert report("MambaBlock", block).passed
     for seed in range(1, 4):
         assert report("MambaBlock", block, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Planted bugs for mistakes the notebook's lists name that the tables above do not plant, each
+# named on seed 0 and on hidden seeds: case -> (exercise, edits). Some are recurrence mistakes
+# planted again in the chunked and Triton scans, whose lists promise "the recurrence mistakes
+# above" too.
+PROMISED_BUGS = {
+    "shifted_left (sequential)": (
+        "linear_recurrence_sequential",
+        [("    return h\n", "    return torch.cat([h[..., 1:], h[..., -1:]], -1)\n")],
+    ),
+    # every row scanned as the continuation of the one before it
+    "state_not_reset (parallel)": (
+        "linear_recurrence_parallel",
+        [
+            ("    A, H = a, b\n", "    A, H = a.reshape(-1), b.reshape(-1)\n"),
+            ("    return H\n", "    return H.reshape(b.shape)\n"),
+        ],
+    ),
+    "no_error_for_bad_input (parallel)": (
+        "linear_recurrence_parallel",
+        [("if a.shape != b.shape or a.ndim == 0:", "if False:")],
+    ),
+    # the next chunk entered with h_end + P_end * carry, where h_end already holds the carry
+    "carry_added_twice": (
+        "linear_recurrence_chunked",
+        [
+            (
+                "parallel(decay[..., -1], local[..., -1])",
+                "parallel(2 * decay[..., -1], local[..., -1])",
+            )
+        ],
+    ),
+    "exclusive_scan (chunked)": (
+        "linear_recurrence_chunked",
+        [
+            (
+                "    return h.flatten(-2)[..., :L]\n",
+                "    return F.pad(h.flatten(-2)[..., : L - 1], (1, 0))\n",
+            )
+        ],
+    ),
+    "decay_after_write (chunked)": (
+        "linear_recurrence_chunked",
+        [("b_c = F.pad(b, (0, pad)", "b_c = F.pad(a * b, (0, pad)")],
+    ),
+    "reversed_time (chunked)": (
+        "linear_recurrence_chunked",
+        [
+            ("    L = b.shape[-1]\n", "    a, b = a.flip(-1), b.flip(-1)\n    L = b.shape[-1]\n"),
+            ("    return h.flatten(-2)[..., :L]\n", "    return h.flatten(-2)[..., :L].flip(-1)\n"),
+        ],
+    ),
+    "state_not_reset (chunked)": (
+        "linear_recurrence_chunked",
+        [
+            (
+                "    L = b.shape[-1]\n",
+                "    shape = b.shape\n    a, b = a.reshape(-1), b.reshape(-1)\n    L = b.shape[-1]\n",
+            ),
+            (
+                "    return h.flatten(-2)[..., :L]\n",
+                "    return h.flatten(-2)[..., :L].reshape(shape)\n",
+            ),
+        ],
+    ),
+    "no_error_for_bad_input (chunked)": (
+        "linear_recurrence_chunked",
+        [("if a.shape != b.shape or a.ndim == 0:", "if False:")],
+    ),
+    "no_error_for_bad_input (triton)": (
+        "linear_recurrence_triton",
+        [("if a.shape != b.shape or a.ndim == 0:", "if False:")],
+    ),
+    # all the rows as one row
+    "state_not_reset (triton)": (
+        "linear_recurrence_triton",
+        [("    L = b.shape[-1]\n", "    L = b.numel()\n")],
+    ),
+    "exclusive_scan (triton)": (
+        "linear_recurrence_triton",
+        [
+            (
+                "    return h.reshape(b.shape)\n",
+                "    return F.pad(h[..., :-1], (1, 0)).reshape(b.shape)\n",
+            )
+        ],
+    ),
+    "bias_ignored": (
+        "selective_scan",
+        [("    if delta_bias is not None:\n        delta = delta + delta_bias[:, None]\n", "")],
+    ),
+    "d_after_gate": (
+        "selective_scan",
+        [
+            ("    if D is not None:\n        y = y + D[:, None] * u\n", ""),
+            (
+                "        y = y * F.silu(z)\n",
+                "        y = y * F.silu(z)\n    if D is not None:\n        y = y + D[:, None] * u\n",
+            ),
+        ],
+    ),
+    "gate_ignored (selective_scan)": (
+        "selective_scan",
+        [("    if z is not None:\n        y = y * F.silu(z)\n", "")],
+    ),
+    "softplus_missing (MambaBlock)": (
+        "MambaBlock",
+        [
+            (
+                "delta_bias=self.dt_proj.bias, delta_softplus=True",
+                "delta_bias=self.dt_proj.bias, delta_softplus=False",
+            )
+        ],
+    ),
+    "missing_d (MambaBlock)": ("MambaBlock", [("D=self.D, z=z,", "D=None, z=z,")]),
+}
+
+
+@pytest.mark.parametrize("case", PROMISED_BUGS)
+def test_promised_planted_bugs_are_named(solution, case, capsys):
+    name, edits = PROMISED_BUGS[case]
+    bug = edited_solution(DAY, solution, name, edits)
+    assert_named_on_seeds(DAY, name, bug, case.split()[0], capsys, range(1, 4))
+
+
+# The keys of the planted bugs tested one by one above, outside the tables.
+SINGLE_PLANTED = {
+    "linear_recurrence_sequential": {"state_not_reset"},  # flat_state
+    "selective_scan": {"b_c_swapped", "state_not_reset"},  # scan_without_reset
+    "MambaBlock": {"not_causal", "scan_b_c_layout"},  # lookahead, "same" padding; unchecked scan
+}
+BUG_TABLES = {
+    "linear_recurrence_sequential": SEQUENTIAL_BUGS,
+    "linear_recurrence_parallel": PARALLEL_BUGS,
+    "linear_recurrence_chunked": CHUNKED_BUGS,
+    "linear_recurrence_triton": TRITON_BUGS,
+    "discretize_zoh": ZOH_BUGS,
+    "selective_scan": SCAN_BUGS,
+    "MambaBlock": MAMBA_BUGS,
+}
+
+
+def keys_planted(name: str) -> set:
+    """The mistake keys the planted-bug tests of this file expect exercise `name` to name."""
+    keys = {case.split()[0] for case in BUG_TABLES[name]} | SINGLE_PLANTED.get(name, set())
+    if name in IN_PLACE_WRITES:
+        keys.add("modified_input")
+    for tables in (NAMED_CRASHES, PROMISED_BUGS):
+        keys |= {case.split()[0] for case, (cell, *_) in tables.items() if cell == name}
+    return keys
+
+
+# Each exercise's "Mistakes the checks recognise" list in the notebook (just before its check
+# cell), phrase by phrase, and the key (or keys) a planted bug above is named under. "The
+# (general) recurrence mistakes above" of the chunked and Triton scans stand for the recurrence
+# mistakes planted in them again.
+PROMISES = {
+    "linear_recurrence_sequential": {
+        "h shifted by one (an exclusive scan: 0 first": "exclusive_scan",
+        "or h_{t+1} at t)": "shifted_left",
+        "`h_t = a_t * (h_{t-1} + b_t)`: the input decayed with the old state": "decay_after_write",
+        "the recurrence run backwards in time": "reversed_time",
+        "the last step never computed (a loop over `range(L - 1)`)": "last_step_skipped",
+        "a closed form that divides by the running product of $a$": "divides_by_running_product",
+        "time indexed as dim 1 (`a[:, t]`)": "scan_along_dim_1",
+        "the state carried from one batch row into the next": "state_not_reset",
+        "the scan run along the first axis instead of the last": "scan_along_first_axis",
+        "each step decayed by the previous step's $a_{t-1}$": "decay_shifted",
+        "a state started at 1": "initial_state_one",
+        "$a$ and $b$ swapped": "a_b_swapped",
+        "an input changed in place": "modified_input",
+        "mismatched shapes or 0-d tensors accepted without a ValueError": "no_error_for_bad_input",
+    },
+    "linear_recurrence_parallel": {
+        "the combine applied in the wrong order (`a_left * H + H_left`)": "combine_wrong_order",
+        "an exclusive scan (shifted by one)": "exclusive_scan",
+        "`excl + b` instead of `a * excl + b`": "exclusive_plus_b",
+        "a Python loop over time": "sequential_loop",
+        "doubling steps (one too few when $L$ is not a power of two)": "missing_last_step",
+        "that do not double": "offsets_not_doubled",
+        "the decays `A` never composed": "decays_not_composed",
+        "or updated before `H` reads them": "decays_updated_before_h",
+        "the shift made with `torch.roll`": "shift_wraps_around",
+        "the state carried across batch rows": "state_not_reset",
+        "an input changed in place": "modified_input",
+        "mismatched shapes accepted": "no_error_for_bad_input",
+    },
+    "linear_recurrence_chunked": {
+        "each chunk scanned from zero (no carry)": "no_carry",
+        "the carry added without the decay P_t": "carry_not_decayed",
+        "with a P_t that leaves out $a_t$": "decay_without_a_t",
+        "the state entering the next chunk taken from the local scan": "carry_from_local_end",
+        "or with the carry added twice": "carry_added_twice",
+        "each chunk corrected by its own end state instead of the one entering it": (
+            "carry_not_shifted"
+        ),
+        "the ends summed without their decays": "ends_summed",
+        "or decayed by $P_0$ instead of": "carry_decayed_by_first_a",
+        "from one cumprod over the whole row": "decay_over_whole_row",
+        "the chunks cut as `(chunk_size, n)` and transposed": "chunks_strided",
+        "the padding put at the front": "front_padding",
+        "the last, shorter chunk dropped when L is not a multiple of chunk_size": (
+            "drops_last_chunk"
+        ),
+        "the general recurrence mistakes above": (
+            "exclusive_scan",
+            "decay_after_write",
+            "reversed_time",
+            "state_not_reset",
+            "modified_input",
+            "no_error_for_bad_input",
+        ),
+        "chunk_size < 1 accepted without a ValueError": "no_error_for_bad_chunk_size",
+    },
+    "linear_recurrence_triton": {
+        "`scan_combine` with its operands swapped (the later block applied first)": (
+            "combine_wrong_order"
+        ),
+        "its first field not `a_left * a_right`": "combine_a_not_composed",
+        "the earlier block's `b` decayed by its own `a`": "combine_decays_own_b",
+        "the scan's first field (the products of $a$) stored instead of $h$": (
+            "scan_product_stored"
+        ),
+        "a load or store outside the tensors (an unmasked store)": "out_of_bounds",
+        "rows stepped at `row * BLOCK` (the padded block) instead of `row * L`": (
+            "row_stride_block"
+        ),
+        "a grid of fewer or more programs than rows": ("rows_not_launched", "grid_from_first_dim"),
+        "a block size that is not a power of two": "block_not_power_of_two",
+        "`tl.associative_scan` along an axis other than 0": "scan_axis_not_0",
+        "strided inputs read as if they were contiguous": "strided_as_contiguous",
+        "the recurrence mistakes above": ("exclusive_scan", "state_not_reset"),
+        "mismatched shapes accepted": "no_error_for_bad_input",
+    },
+    "discretize_zoh": {
+        "Euler for A (`1 + delta*A`) instead of `exp(delta*A)`": "euler_a",
+        "`delta*B` (Mamba's simplification) where the exact hold is asked": "simplified_b",
+        "`(exp(delta*A) - 1) * B` without `/ A`": "b_not_divided",
+        "`exp(delta*A) / A * B` without the `- 1`": "missing_minus_one",
+        "`torch.exp(dA) - 1` instead of `torch.expm1(dA)`": "exp_minus_one",
+        "`A_bar = exp(A)` without `delta`": "a_bar_without_delta",
+        "NaN where A = 0": "zero_a_nan",
+        "or `B` or 0 there instead of the limit `delta * B`": ("zero_a_limit_b", "zero_a_zeroed"),
+        "an extra factor `delta` on top of the exact hold": "b_delta_twice",
+        "`B` reshaped to (batch, L, state) instead of transposed": "b_reshaped",
+        "the pair returned as `(B_bar, A_bar)`": "pair_swapped",
+        "`A` changed in place (to avoid the division by 0)": "modified_input",
+        "wrong layouts accepted without a ValueError": "no_error_for_bad_layout",
+        "`B` (batch, state, L) used without moving L next to `delta`'s L": "l_state_crossed",
+        "or `A` broadcast with its dim against L": "per_channel_along_l",
+    },
+    "selective_scan": {
+        "softplus applied twice": "softplus_twice",
+        "not at all when `delta_softplus=True`": "softplus_missing",
+        "or when it is False": "softplus_ignores_flag",
+        "the bias added after the softplus": "bias_after_softplus",
+        "after the softplus, or ignored": "bias_ignored",
+        "the `D * u` skip term missing": "missing_d",
+        "or added after the gate": "d_after_gate",
+        "the gate as `z` or `sigmoid(z)` instead of `silu(z)`": (
+            "gate_without_silu",
+            "gate_sigmoid",
+        ),
+        "`silu(z)`, or ignored": "gate_ignored",
+        "Euler for A (`1 + delta*A`)": "euler_a",
+        "where the reference uses `delta*B`": "zoh_b_in_scan",
+        "$y_t$ read out before step $t$'s update": "readout_before_update",
+        "`B` and `C` swapped": "b_c_swapped",
+        "`u` or `delta` left out of the input term": ("u_missing", "b_without_delta"),
+        "the state carried from one batch row into the next": "state_not_reset",
+        "wrong layouts accepted": "no_error_for_bad_layout",
+        "an input changed in place (`delta += ...`)": "modified_input",
+        "`B` or `C` given their new axis in the wrong place": "dim_state_crossed",
+        "a per-channel vector (`delta_bias`, `D`) added along L instead of along dim": (
+            "per_channel_along_l"
+        ),
+        "`if D:` on a tensor": "tensor_truth_value",
+    },
+    "MambaBlock": {
+        "parameters with other names or shapes than `mamba_ssm.Mamba`'s": "wrong_parameters",
+        "a convolution that looks ahead (the last L outputs kept instead of the first L)": (
+            "conv_not_causal"
+        ),
+        "or no SiLU after it": "no_conv_silu",
+        "A = exp(A_log) (positive: a state that blows up) instead of -exp(A_log)": "a_positive",
+        "no softplus on Δ": "softplus_missing",
+        "no gate": "gate_ignored",
+        "no D;": "missing_d",
+        "an output that depends on later inputs": "not_causal",
+        "a wrong feature size accepted": "no_error_for_bad_features",
+        "`u` and `z` swapped": "u_z_swapped",
+        "`x_proj`'s output split in another order": "x_proj_split_order",
+        "`dt_proj`'s bias added twice": "dt_bias_twice",
+        "a fresh block not initialised as `mamba_ssm`'s (`A_log`, `D`)": (
+            "not_initialised_as_mamba"
+        ),
+        "the conv given (batch, L, channels) instead of (batch, channels, L)": "conv_input_layout",
+        "or `in_proj`'s output split along L": "in_proj_split_along_l",
+        "`B` and `C` passed to the scan as (batch, L, state) instead of (batch, state, L)": (
+            "scan_b_c_layout"
+        ),
+        "or reshaped to it instead of transposed": "b_c_reshaped",
+        "`x_proj` fed `u` from before the convolution": "x_proj_before_conv",
+        "`z` put through SiLU before the scan (which applies it again)": "gate_silu_twice",
+    },
+}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    # this notebook puts each list after the exercise, just before its check cell
+    check_cell = f"check_{name}"
+    promises = {check_cell: PROMISES[name]}
+    assert_promise_kept(DAY, promises, check_cell, phrase, keys_planted(name))
