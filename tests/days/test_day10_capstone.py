@@ -11,7 +11,13 @@ import torch
 
 from grader.harness.checking import run
 from grader.suites.day10_capstone import HINTS, benchmark
-from helpers import assert_mistake_named, day_report, edited_solution
+from helpers import (
+    assert_mistake_named,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    promised,
+)
 
 DAY = "day10-capstone"
 EXERCISES = [
@@ -864,6 +870,33 @@ BEGINNER_MISTAKES = {
         ],
         "scaled_by_d_model",
     ),
+    # the notebook's "recognise" lists, each listed mistake planted (issue #18)
+    "bench_longest_length_left_out": (
+        "benchmark_attention",
+        [("for L in sorted(seq_lens):", "for L in sorted(seq_lens)[:-1]:")],
+        "wrong_rows",
+    ),
+    "choose_empty_sequence_accepted": (
+        "choose_attention",
+        [
+            (
+                "if not isinstance(seq_len, int) or seq_len < 1:\n        raise",
+                "seq_len = max(seq_len, 1)\n    if False:\n        raise",
+            )
+        ],
+        "choose_bad_arguments",
+    ),
+    "choose_nonpositive_budget_as_no_limit": (
+        "choose_attention",
+        [
+            (
+                "if not memory_budget_bytes > 0:\n        raise",
+                "if memory_budget_bytes <= 0:\n        memory_budget_bytes = float('inf')\n"
+                "    if False:\n        raise",
+            )
+        ],
+        "choose_bad_arguments",
+    ),
 }
 
 
@@ -1190,3 +1223,152 @@ def test_the_stub_attend_takes_no_mask(solution):
 
     layer = solution["make_attention"]("dense", 8, 2)
     assert inspect.signature(layer.attend).parameters["mask"].default is None
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# What the notebook says the checks recognise, before each exercise (issue #18): each phrase of
+# its list -> the mistake key (or keys) it stands for. Every key must be one a planted bug above
+# is named under (keys_planted), and every phrase must be in the notebook's text.
+PROMISES = {
+    "estimate_attention_memory": {
+        "forgetting the heads factor": "forgot_heads",
+        "4 bytes per element for every dtype": "wrong_element_size",
+        "bits instead of bytes per element": "bits_not_bytes",
+        "a float instead of an int": "not_an_int",
+        "two $(L, L)$ buffers for masked attention instead of three": "masked_two_buffers",
+        "an $(L, L)$ matrix for the banded sliding window": "banded_quadratic",
+        r"a non-causal window read as left $= w-1$, right $= \lfloor w/2 \rfloor$": (
+            "window_sides_misread"
+        ),
+        "the padded K and V counted once": "kv_once",
+        "chunks without their overlap": "forgot_overlap",
+        "or with it on one side only": "overlap_one_side",
+        "flash with one score tile instead of four": "flash_one_tile",
+        "a Performer estimate with only its feature buffers": "performer_features_only",
+        "a scan over $BH$ channels instead of $BHd$": "scan_channels",
+        "query blocks of fewer than 16 rows for a narrow window": "block_below_16",
+        "a causal window of $w + 1$ keys (left $= w$)": "causal_window_one_wide",
+        "a keyword argument ignored": "option_ignored",
+        "the defaults changed by a call": "defaults_changed",
+        "a bad argument accepted silently": "no_error_for_bad_params",
+    },
+    "benchmark_attention": {
+        "rows without the table's fields": "missing_fields",
+        "or with rows missing": "wrong_rows",
+        "the skipped lengths left out": "skipped_rows_missing",
+        "a failure raised instead of recorded": "failure_raised",
+        "the wrong status for a failure": "wrong_status",
+        "a failed mechanism run again at longer lengths instead of skipped": "not_skipped",
+        "an `(out, weights)` tuple not unpacked": "tuple_not_unpacked",
+        "a timed warm-up (alone": "no_warmup",
+        "among the timed calls, or reused as the first of them)": "warmup_timed",
+        "the mean instead of the median": "mean_not_median",
+        "a time in milliseconds": "time_not_seconds",
+        "too few calls": "too_few_calls",
+        "a peak memory that is not `peak_memory`'s": "peak_wrong",
+        r"a relative error divided by $\lVert\text{out}\rVert$": "quality_by_output_norm",
+        "not divided at all": "quality_not_relative",
+        r"or against a reference without the $1/\sqrt{d}$ scale": "reference_unscaled",
+        r"the largest absolute difference $\max|\text{out} - \text{ref}|$": "quality_max_abs",
+        "the mean of each query's relative error instead of the relative norm": (
+            "quality_row_mean"
+        ),
+        "one tensor used as $q$, $k$ and $v$": "same_inputs",
+        "inputs not drawn from the `seed`": "inputs_not_seeded",
+        "a 0 where nothing was measured": "unmeasured_not_none",
+        "one mechanism's failure skipping the others": "skips_every_mechanism",
+        'a slow warm-up not recorded as `"too_slow"`': "too_slow_missed",
+        "failures remembered from an earlier call": "state_kept_across_calls",
+    },
+    "choose_attention": {
+        "a choice that does not follow the rule": "wrong_choice",
+        "the CPU candidates on a GPU": "gpu_ignored",
+        "flash before dense on a CPU": "cpu_order",
+        "the budget ignored": "budget_ignored",
+        "exact attention past 8192 tokens on a CPU": "exact_past_cpu_limit",
+        "no linear fallback past 8192 tokens": "no_linear_fallback",
+        "`<` where a bound is `<=` (at exactly 8192 tokens": "cpu_limit_not_inclusive",
+        "or at a sequence exactly as long as the window)": "window_not_inclusive",
+        "the sliding window for a sequence no longer than the window": "short_sequence_local",
+        "the sliding window for global context": "global_got_sliding",
+        "dense or flash for local context": "local_not_sliding",
+        '`make_attention`\'s name `"sliding_window"`': "kind_name",
+        "the sizes passed not used": "arguments_ignored",
+        '`"sliding"` estimated without its window': "window_not_passed",
+        "a budget that must be beaten rather than met": "fit_not_inclusive",
+        "a missing `ValueError` (nothing fits": "nothing_fits_accepted",
+        "`seq_len < 1`": "choose_bad_arguments",
+        r"a budget $\le 0$": "choose_bad_arguments",
+    },
+    "make_attention": {
+        "heads ignored (one head of size $d$)": "heads_ignored",
+        r"scores scaled by $1/\sqrt{d}$ instead": "scaled_by_d_model",
+        "or scaled twice": "scaled_twice",
+        "`causal=True` ignored": "causal_ignored",
+        "a sliding window one key off": "wrong_window",
+        "attention without its overlap": "overlap_ignored",
+        "with `chunk_size` and `overlap` swapped": "chunked_args_swapped",
+        "heads split or merged": ("split_without_transpose", "merge_without_transpose"),
+        "(or merged features first, `permute(0, 2, 3, 1)`)": "merge_wrong_order",
+        "the output projection forgotten": "out_proj_missing",
+        '(`~pattern`: True read as "masked out")': "mask_inverted",
+        "a mask ignored by `dense` or `strided`": "mask_ignored",
+        "combined with the pattern by OR": "mask_or_pattern",
+        "or used instead of it": "mask_replaces_pattern",
+        "a mask silently dropped by a kind that": "mask_silently_dropped",
+        "a Performer layer that draws new features at every call": "performer_not_deterministic",
+        "reseeds the global": "performer_global_seed",
+        "or ignores `num_features`": "performer_features_ignored",
+        "a Mamba layer that looks ahead": "not_causal_scan",
+        r"or adds a residual ($x + \text{block}(x)$)": "scan_residual",
+        "defaults not filled in": "defaults_not_filled",
+        "or changed by a call": "defaults_shared",
+        "`num_heads` not dividing `d_model` accepted": "heads_not_dividing",
+        "an unknown kind or argument accepted or": "unclear_kind_error",
+        "They also refuse `course.reference.mechanisms`": "shortcut",
+    },
+}
+
+# The notebook lists make_attention's mistakes after its solution cell, just before the check
+# cell: the cell whose grade_id the list stands before, by exercise.
+PROMISE_CELLS = {"make_attention": "check_make_attention"}
+
+# The planted-bug tests, by exercise: (test, exercise) for the tests parametrized over a key, or
+# over a bug whose key MAKE_KEYS maps; then the single planted bugs, (exercise, key).
+SINGLE_PLANTED_BUGS = [
+    ("benchmark_attention", "state_kept_across_calls"),  # test_benchmark_state_kept_across_calls
+    ("choose_attention", "not_implemented"),  # test_choose_shortcut_and_stub
+    ("choose_attention", "shortcut"),
+    ("make_attention", "not_implemented"),  # test_make_attention_shortcut_and_stub
+    ("make_attention", "shortcut"),
+]
+
+
+def parametrized(test) -> list:
+    """The values a test is parametrized over (its single argument)."""
+    (marker,) = [m for m in test.pytestmark if m.name == "parametrize"]
+    return list(marker.args[1])
+
+
+def keys_planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under."""
+    keys = {
+        "estimate_attention_memory": set(parametrized(test_estimate_bug_is_named)),
+        "benchmark_attention": set(parametrized(test_benchmark_bug_is_named)),
+        "choose_attention": {
+            CHOOSE_EDITS[bug][1] for bug in parametrized(test_choose_bug_is_named)
+        },
+        "make_attention": {
+            MAKE_KEYS.get(bug, bug) for bug in parametrized(test_make_attention_bug_is_named)
+        },
+    }[name]
+    keys |= {key for cell, _, key in BEGINNER_MISTAKES.values() if cell == name}
+    return keys | {key for exercise, key in SINGLE_PLANTED_BUGS if exercise == name}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    cell = PROMISE_CELLS.get(name, name)
+    promises = {cell: PROMISES[name]}
+    assert_promise_kept(DAY, promises, cell, phrase, keys_planted(name))
