@@ -1330,10 +1330,6 @@ PROMISES = {
     },
 }
 
-# The notebook lists make_attention's mistakes after its solution cell, just before the check
-# cell: the cell whose grade_id the list stands before, by exercise.
-PROMISE_CELLS = {"make_attention": "check_make_attention"}
-
 # The planted-bug tests, by exercise: (test, exercise) for the tests parametrized over a key, or
 # over a bug whose key MAKE_KEYS maps; then the single planted bugs, (exercise, key).
 SINGLE_PLANTED_BUGS = [
@@ -1369,6 +1365,4 @@ def keys_planted(name) -> set:
 
 @pytest.mark.parametrize("name, phrase", promised(PROMISES))
 def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
-    cell = PROMISE_CELLS.get(name, name)
-    promises = {cell: PROMISES[name]}
-    assert_promise_kept(DAY, promises, cell, phrase, keys_planted(name))
+    assert_promise_kept(DAY, PROMISES, name, phrase, keys_planted(name))
