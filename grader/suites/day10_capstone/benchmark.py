@@ -116,13 +116,16 @@ class Recorded:
                 self.first_calls.append([length, time.perf_counter() - start])
 
     def stalled(self, length: int, budget: float) -> bool:
-        """Whether the first call at `length` took most of `budget`: the machine made it slow."""
+        """Whether the first call at `length` took a large share of `budget`: a stall."""
         return any(
             seen == length and seconds > STALL * budget for seen, seconds in self.first_calls
         )
 
 
-STALL = 0.8  # a first call over this share of the budget may be timed over it by the benchmark
+# A first call over this share of the budget may be timed over it by the benchmark: the fake
+# meant to take a millisecond was stalled, and a stall can go on past the fake's own timer (a
+# 10,000-seed sweep at load 10-18 found one at 0.8 of the budget).
+STALL = 0.5
 
 
 def failing_mechanisms(short: int) -> dict:
@@ -454,8 +457,8 @@ def expect_unmeasured_none(rows: dict):
 
 def slowed_by_the_machine(got, designed, lengths, recorded: Recorded, budget: float) -> bool:
     """Whether the statuses `got` are the `designed` ones but for a call meant to be quick whose
-    first call took most of the budget (the machine was slow): 'too_slow' there and 'skipped'
-    after it, as a right benchmark gives."""
+    first call took a large share of the budget (the machine was slow): 'too_slow' there and
+    'skipped' after it, as a right benchmark gives."""
     failed = False
     for status, meant, length in zip(got, designed, lengths):
         if failed:
