@@ -64,9 +64,10 @@ HINTS = {
     "no_error_for_bad_update": (
         "a bad update accepted silently (overflow, or a batch, head, "
         "head_dim, dtype or device that is not the cache's)",
-        "check k_new and v_new before writing and raise ValueError "
-        'naming what is wrong, e.g. `raise ValueError(f"overflow: '
-        '{start} + {n} > max_seq_len={self.max_seq_len}")`.',
+        "check k_new and v_new before writing and raise ValueError naming what is wrong: "
+        "an overflow (start + L_new > max_seq_len), a batch, heads or head_dim that is not the "
+        "cache's, k_new.dtype != self.dtype, or k_new.device != self.device; e.g. "
+        '`raise ValueError(f"dtype {k_new.dtype}, the cache holds {self.dtype}")`.',
     ),
     "writes_at_wrong_offset": (
         "new keys written at another offset than seq_len (e.g. seq_len advanced before the write)",
@@ -140,6 +141,12 @@ HINTS = {
         "its own), not those up to it",
         "mask (with -inf) the keys j > Lk - Lq + i, and keep the others: "
         "allowed = j <= Lk - Lq + i, scores.masked_fill(~allowed, float('-inf')).",
+    ),
+    "dtypes_mixed": (
+        "two dtypes mixed in one matmul: a tensor cast with .float() or .double() met one that "
+        "was not, and @ refuses to mix them",
+        "compute in the inputs' dtype, with no .float() or .double() inside; if you do upcast, "
+        "cast the result back with .to(q.dtype), so the output has q's dtype.",
     ),
     "softmax_over_queries": (
         "the softmax taken over the queries (dim=-2) instead of the keys",
@@ -264,7 +271,8 @@ HINTS = {
     ),
     "bits_not_bytes": (
         "bits instead of bytes (8 times too many)",
-        "element_size() is already in bytes: do not multiply by 8.",
+        "count bytes, not bits: element_size() (or dtype.itemsize) is already in bytes, so do "
+        "not multiply it by 8; torch.finfo(dtype).bits is in bits, so divide it by 8.",
     ),
     "wrong_unit": (
         "the size in GiB, MiB or GB instead of bytes",
@@ -295,9 +303,9 @@ HINTS = {
         "after the buffer wraps.",
     ),
     "positions_not_long": (
-        "positions that are not a LongTensor (made float, or a list)",
-        "positions index keys and feed RoPE: keep them integers. torch.arange(start, stop) is "
-        "already a LongTensor (int64): no .float(), no torch.tensor of floats.",
+        "positions that are not a LongTensor (int32, float, or a list)",
+        "positions index keys and feed RoPE: keep them int64. torch.arange(start, stop) is "
+        "already a LongTensor: no dtype=torch.int32, .int() or .float().",
     ),
     "rolling_only_last_window": (
         "only the last `window` positions returned: the first queries of a chunk of several "
@@ -680,11 +688,12 @@ def cache_is_preallocated(KVCache, rng):
     B, H, D, max_len = distinct_sizes(rng, (1, 3), (1, 4), (2, 8), (4, 12))
     cache = KVCache(B, H, D, max_len, dtype=torch.float64, device="cpu")
     update, _ = _methods(cache, "KVCache")
-    buffers = [
-        getattr(cache, name, None)
+    names = [
+        name
         for name in ("k", "v", "k_cache", "v_cache", "key_cache", "value_cache")
+        if isinstance(getattr(cache, name, None), torch.Tensor)
     ]
-    buffers = [b for b in buffers if isinstance(b, torch.Tensor)]
+    buffers = [getattr(cache, name) for name in names]
     if len(buffers) < 2 or any(
         tuple(b.shape) != (B, H, max_len, D) or b.dtype != torch.float64 for b in buffers[:2]
     ):
@@ -692,6 +701,7 @@ def cache_is_preallocated(KVCache, rng):
     k_all, v_all = update(
         randn((B, H, 2, D), rng, torch.float64), randn((B, H, 2, D), rng, torch.float64)
     )
+    raise_if_buffer_replaced(cache, names[0], (B, H, max_len, D))
     raise_if_whole_buffer(k_all, 2, max_len)
     expect_seq_len(cache, 2)
     expect_tensor(k_all, "k_all", (B, H, 2, D), torch.float64)
@@ -699,6 +709,24 @@ def cache_is_preallocated(KVCache, rng):
         raise Mistake(
             "k_all is a copy, not a view of the preallocated buffer.",
             "return self.k[:, :, :self.seq_len] (slicing gives a view, no copy).",
+            "not_preallocated",
+        )
+
+
+def raise_if_buffer_replaced(cache, name, shape):
+    """After an update, self.<name> is no longer the (B, H, max_seq_len, D) buffer of __init__:
+    update assigned it a new tensor (torch.cat of the old one and k_new, or k_new itself), so
+    the cache grows instead of writing into what it allocated."""
+    now = getattr(cache, name, None)
+    if isinstance(now, torch.Tensor) and tuple(now.shape) != shape:
+        raise Mistake(
+            f"after an update of 2 positions self.{name} has shape {tuple(now.shape)}, not "
+            f"{shape}, the (batch, heads, max_seq_len, head_dim) it had after __init__: it looks "
+            "like a buffer replaced in update (self.k = torch.cat([self.k, k_new], ...) or "
+            "self.k = k_new) instead of written into.",
+            "keep the buffers made in __init__ and write into a slice of them, self.k[:, :, "
+            "start:stop] = k_new (never self.k = ... in update); then return the view "
+            "self.k[:, :, :self.seq_len].",
             "not_preallocated",
         )
 
@@ -815,7 +843,11 @@ def call_attention(cached_attention, q, k, v, ref):
     """cached_attention(q, k, v), which may not change its inputs in place; a crash on
     (B, H, L, D) inputs is named by the transpose that other inputs show."""
     try:
-        return call_unchanged(cached_attention, {"q": q, "k": k, "v": v})
+        with naming_crashes(
+            ("dtypes_mixed", "RuntimeError", "expected scalar type"),
+            ("dtypes_mixed", "RuntimeError", "to have the same dtype"),
+        ):
+            return call_unchanged(cached_attention, {"q": q, "k": k, "v": v})
     except Mistake as raised:
         if raised.key != "raised":
             raise
@@ -1007,6 +1039,12 @@ class Recorder(torch.nn.Module):
                 f"the model was fed token ids of shape (B,) = {tuple(ids.shape)}: it takes "
                 "(batch, tokens), (B, 1) for one token per sequence"
             )
+        if self.fed and ids.shape[0] != self.fed[0].shape[0]:  # e.g. next_id.unsqueeze(0)
+            raise ValueError(
+                f"the model was fed token ids of shape {tuple(ids.shape)} after a prompt of "
+                f"batch {self.fed[0].shape[0]}: it takes (batch, tokens), (B, 1) for one token "
+                "per sequence"
+            )
         self.calls.append((ids.shape[1], caches is not None))
         self.fed.append(ids.clone())
         logits = self.decoder(ids, caches)
@@ -1040,19 +1078,19 @@ GENERATE_CRASHES = [
     ("argmax_without_keepdim", "RuntimeError", "Tensors must have same number of dimensions"),
     ("argmax_without_keepdim", "ValueError", "the model was fed token ids of shape (B,)"),
     ("next_token_wrong_shape", "RuntimeError", "Sizes of tensors must match except in dimension"),
+    ("next_token_wrong_shape", "ValueError", "the model was fed token ids of shape", "after a"),
     ("caches_too_small", "ValueError", "KVCache overflow"),
     ("cache_not_initialised", "ValueError", "need one cache per layer"),
 ]
 
 
 def call_generate(generate, model, prompt, n, use_cache):
-    """generate(...); a crash GENERATE_CRASHES recognises, caches not made by
-    model.init_caches, or a sequence grown by (1, vocab) rows, is named."""
+    """generate(...); a crash GENERATE_CRASHES recognises, or caches not made by
+    model.init_caches, is named."""
     try:
         with naming_crashes(*GENERATE_CRASHES):
             out = generate(model, prompt, n, use_cache=use_cache)
     except Mistake as mistake:
-        raise_if_grown_by_vocab_rows(model, use_cache)  # the sequence may outgrow the model
         if mistake.key == "raised" and use_cache and model.inits == 0:
             raise named_crash(mistake, "cache_not_initialised") from None
         fed = [tokens for tokens, _ in model.calls]
@@ -1066,35 +1104,7 @@ def call_generate(generate, model, prompt, n, use_cache):
                 "cache_unused",
             ) from None
         raise
-    raise_if_grown_by_vocab_rows(model, use_cache)
     return out
-
-
-def raise_if_grown_by_vocab_rows(model, use_cache):
-    """Without the cache each call is fed the whole sequence so far: grown by vocab_size tokens
-    a step, each next token was a (1, vocab) row, the argmax over dim 0 (the batch, B = 1; with
-    B > 1 torch.cat refuses the row, a crash GENERATE_CRASHES names). With the cache each decode
-    call is fed that row itself: (1, vocab) zeros, the argmax over a batch of one."""
-    vocab = model.decoder.vocab_size
-    if use_cache:
-        decode_ids = model.fed[1:]
-        seen = f"each decode call was fed {vocab} tokens"
-        if not decode_ids or not all(
-            ids.shape == (1, vocab) and not ids.any() for ids in decode_ids
-        ):
-            return
-    else:
-        grown = {new.shape[1] - old.shape[1] for old, new in zip(model.fed, model.fed[1:])}
-        seen = f"the sequence fed to the model grew by {vocab} tokens a step"
-        if grown != {vocab}:
-            return
-    raise Mistake(
-        f"with use_cache={use_cache} {seen}, the vocabulary size: it looks "
-        "like each step's next token was a (1, vocab) row, the argmax over dim 0 (the batch) "
-        "instead of over the vocabulary.",
-        HINTS["next_token_wrong_shape"][1],
-        "next_token_wrong_shape",
-    )
 
 
 def explain_other_tokens(model, decoder, out, prompt, n, use_cache):
@@ -1157,7 +1167,8 @@ def raise_if_prefill_without_caches(model, use_cache):
 
 def _generate_check(generate, rng, use_cache, **model_kwargs):
     decoder = tiny_decoder(rng, **model_kwargs)
-    B, L, n = draw(rng, 1, 3), draw(rng, 2, 8), draw(rng, 3, 12)
+    # B > 1: a next token (1, B) instead of (B, 1), or (B,), is the right shape only when B = 1
+    B, L, n = draw(rng, 2, 3), draw(rng, 2, 8), draw(rng, 3, 12)
     prompt = torch.randint(0, decoder.vocab_size, (B, L), generator=rng)
     model = Recorder(decoder)
     out = call_generate(generate, model, prompt.clone(), n, use_cache)
@@ -1458,7 +1469,10 @@ def expect_window_positions(positions, start, n, window):
 def rolling_positions_are_absolute(RollingKVCache, rng):
     """after the ring wraps, each returned key sits next to its absolute position"""
     window = draw(rng, 2, 5)
-    chunks = [draw(rng, 1, window)] + [1] * draw(rng, 2 * window, 3 * window)
+    # The second chunk wraps the ring for the first time (start < window < start + n): its new
+    # keys land in the slots of old keys it must still return, so those are read before the write.
+    first = draw(rng, 1, window - 1)
+    chunks = [first, draw(rng, window - first + 1, window)] + [1] * draw(rng, window, 2 * window)
     for start, n, k, v, positions, k_seq, v_seq, _ in rolling_run(
         RollingKVCache, rng, window, chunks
     ):
@@ -1651,7 +1665,7 @@ def gathered_after(PagedKVCache, rng, chunks, block_size=3):
 
 def raise_if_chunk_in_one_block(PagedKVCache, rng, mistake):
     """Single tokens land right, a chunk that crosses a block boundary does not: the chunk was
-    written into one block (the table's last), not each position into its own."""
+    written into one block, not each position into its own."""
     block_size = 3
     if not gathered_after(PagedKVCache, rng, [1] * (2 * block_size + 1), block_size):
         return
@@ -1660,8 +1674,8 @@ def raise_if_chunk_in_one_block(PagedKVCache, rng, mistake):
     raise Mistake(
         f"{mistake.message}\n      One token at a time lands right, but updates of 2 then 3 "
         f"positions with block_size {block_size} (the second crosses into a new block) do not: "
-        "it looks like a chunk written into one block (the table's last) instead of each "
-        "position into its own block.",
+        "it looks like a chunk written into one block instead of each position into its own "
+        "block.",
         HINTS["wrong_block_for_position"][1],
         "wrong_block_for_position",
     ) from None

@@ -1411,6 +1411,59 @@ SECOND_PASS_BUGS = [
         "block_table_not_stored",
         [("self.block_tables.setdefault(seq_id, [])", "self.block_tables.get(seq_id, [])")],
     ),
+    # The fifth pass (student10): mistakes that passed, were told another mistake, or a raw error.
+    (
+        "p5_ex1_m10",  # preallocated, then replaced by k_new and grown with torch.cat
+        "KVCache",
+        "not_preallocated",
+        [
+            (
+                "        self.k[:, :, start:stop] = k_new\n        self.v[:, :, start:stop] = v_new\n",
+                "        self.k = k_new if start == 0 else torch.cat([self.k, k_new], dim=2)\n"
+                "        self.v = v_new if start == 0 else torch.cat([self.v, v_new], dim=2)\n",
+            )
+        ],
+    ),
+    (
+        "p5_ex2_m10",  # v cast to float32, never cast back: @ mixes two dtypes
+        "cached_attention",
+        "dtypes_mixed",
+        [
+            (
+                "return torch.softmax(scores, dim=-1) @ v",
+                "return torch.softmax(scores, dim=-1) @ v.float()",
+            )
+        ],
+    ),
+    (
+        "p5_ex3_m2",  # the next token fed as (1, B): the same as (B, 1) only when B = 1
+        "generate",
+        "next_token_wrong_shape",
+        [("logits = model(next_id, caches)", "logits = model(next_id.view(1, -1), caches)")],
+    ),
+    (
+        "p5_ex5_m10",  # before the first wrap the old keys kept as views, concatenated after the write
+        "RollingKVCache",
+        "rolling_overwritten_before_read",
+        [
+            (
+                "        k = torch.cat([self.k[:, :, kept % self.window], k_new], dim=-2)\n"
+                "        v = torch.cat([self.v[:, :, kept % self.window], v_new], dim=-2)\n",
+                "        if start < self.window:  # not wrapped yet: views of the first slots\n"
+                "            k_old, v_old = self.k[:, :, : len(kept)], self.v[:, :, : len(kept)]\n"
+                "        else:\n"
+                "            k_old, v_old = self.k[:, :, kept % self.window], self.v[:, :, kept % self.window]\n",
+            ),
+            (
+                "        self.k[:, :, stay % self.window] = k[:, :, -len(stay):]\n"
+                "        self.v[:, :, stay % self.window] = v[:, :, -len(stay):]\n",
+                "        tail = torch.arange(start + n - min(n, self.window), start + n)\n"
+                "        self.k[:, :, tail % self.window] = k_new[:, :, n - len(tail):]\n"
+                "        self.v[:, :, tail % self.window] = v_new[:, :, n - len(tail):]\n"
+                "        k, v = torch.cat([k_old, k_new], dim=-2), torch.cat([v_old, v_new], dim=-2)\n",
+            ),
+        ],
+    ),
 ]
 
 
@@ -1429,7 +1482,7 @@ NAMED_BY_EVERY_CHECK = [
     row
     for row in SECOND_PASS_BUGS
     if row[0] in ("ex1_m2", "ex5_m11")
-    or (row[0].startswith(("p3_", "p4_")) and row[0] != "p4_ex2_m10_confused_triu")
+    or (row[0].startswith(("p3_", "p4_", "p5_")) and row[0] != "p4_ex2_m10_confused_triu")
 ]
 # (p4_ex2_m10_confused_triu: square inputs fit its transposed mask, told by what it hides.)
 
@@ -1863,6 +1916,24 @@ class ChunkWritingPagedCache:
         self.seq_lens.pop(seq_id, None)
 
 
+def in_place_scores_attention(q, k, v):
+    """p5_ex2_u2: the scores (its own tensor) divided and masked in place."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-2, -1)
+    scores /= math.sqrt(q.shape[-1])
+    scores.masked_fill_(torch.arange(lk) > torch.arange(lq)[:, None] + (lk - lq), float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v).to(q.dtype)
+
+
+def triu_min_fill_attention(q, k, v):
+    """p5_ex2_u4: the hidden keys a triu(diagonal=Lk - Lq + 1) mask, filled with finfo.min."""
+    lq, lk = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    hide = torch.triu(torch.ones(lq, lk, dtype=torch.bool), diagonal=lk - lq + 1)
+    scores = scores.masked_fill(hide, torch.finfo(scores.dtype).min)
+    return (torch.softmax(scores, dim=-1) @ v).to(q.dtype)
+
+
 SECOND_PASS_CORRECT = [
     # (attempt, exercise, make(solution) -> the implementation)
     ("ex1_u1", "KVCache", index_copy_cache),
@@ -1895,6 +1966,17 @@ SECOND_PASS_CORRECT = [
     ("ex5_u1", "RollingKVCache", rolled_ring),
     ("ex5_u2", "RollingKVCache", index_select_ring),
     ("ex5_u3", "RollingKVCache", view_reading_ring),
+    ("p5_ex2_u2", "cached_attention", lambda solution: in_place_scores_attention),
+    ("p5_ex2_u4", "cached_attention", lambda solution: triu_min_fill_attention),
+    (
+        "p5_ex3_u3",  # caches one position short: the last new token is never fed back
+        "generate",
+        lambda solution: planted(
+            solution,
+            "generate",
+            ("ids.shape[1] + max_new_tokens)", "ids.shape[1] + max_new_tokens - 1)"),
+        ),
+    ),
     ("ex6_u1", "PagedKVCache", lambda solution: FlatSlotPagedCache),
     ("ex6_u2", "PagedKVCache", lambda solution: ChunkWritingPagedCache),
     # ex5_m12 keeps window - 1 keys, not the `window` the docstring says: the slot it leaves stale
