@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
+from helpers import (
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    planted_keys,
+    promised,
+)
 
 DAY = "day08-linear-attention"
 
@@ -397,12 +405,14 @@ def make_performer(
     remap=False,
     fixed_features=None,
     cast=True,
+    check=True,
 ):
     """A Performer; each argument plants a mistake (or a right alternative: iid features, or
     scale="q_only", q alone scaled by 1/sqrt(d): the same kernel, a noisier estimate)."""
 
     def performer_attention(q, k, v, num_features=256, generator=None):
-        validate(q, k, v)
+        if check:
+            validate(q, k, v)
         d = q.shape[-1]
         m = fixed_features or num_features
 
@@ -1680,3 +1690,242 @@ def test_fourth_pass_correct_alternatives_pass(solution):
         assert report(
             "causal_linear_attention_chunked", chunked_batched, hidden=True, seed=seed
         ).passed
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Mistakes the notebook's lists promise that no table above had planted: each named on the
+# visible check and on hidden seeds. (exercise, id, bug, key)
+PROMISED_BUGS = [
+    ("performer_attention", "no-check", make_performer(check=False), "no_error_for_bad_input"),
+    (
+        "nystrom_attention",
+        "unscaled-pinv-init",
+        make_nystrom(pinv=make_pinv(init="none")),
+        "unscaled_pinv_init",
+    ),
+    (
+        "nystrom_attention",
+        "newton-schulz-pinv",
+        make_nystrom(pinv=make_pinv(update="newton")),
+        "wrong_pinv_update",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, bug, key",
+    [(name, bug, key) for name, _, bug, key in PROMISED_BUGS],
+    ids=[f"{name}-{case}" for name, case, _, _ in PROMISED_BUGS],
+)
+def test_promised_mistake_is_named_on_hidden_seeds(name, bug, key, capsys):
+    assert_named_on_seeds(DAY, name, bug, key, capsys, seeds=(1, 2))
+
+
+# Each exercise's "The checks recognise: ..." (or "They recognise: ...") list in the notebook,
+# phrase by phrase, and the key (or keys) a planted bug above is named under: every promise is
+# kept by a test.
+PROMISES = {
+    "elu_feature_map": {
+        "a feature map that can go negative": "negative_features",
+        "a positive map that is not $\\operatorname{elu}(x) + 1$": "wrong_positive_map",
+        "the `+ 1` left out above zero": "positive_side_without_one",
+        "or added below it too": "negative_side_plus_one",
+        "`F.elu` with another `alpha` than its default 1": "elu_alpha_changed",
+        "an input changed in place": "modified_input",
+    },
+    "linear_attention": {
+        "the normaliser missing": "missing_normaliser",
+        "the normaliser without `eps`": "normaliser_without_eps",
+        "the `feature_map` argument ignored": "ignores_feature_map",
+        "a causal sum": "causal_when_not",
+        "an $(L, L)$ tensor (at $L = 4096$)": "quadratic_memory",
+        "`eps` added after the division": "eps_outside_division",
+        "another normaliser (a mean over the keys, a sum over the features)": "wrong_normaliser",
+        "a normaliser of shape $(\\dots, L_q)$ where $(\\dots, L_q, 1)$ is needed": (
+            "normaliser_shape"
+        ),
+        "the feature map applied to $v$": "feature_map_on_v",
+        "`eps` added to the features instead of the normaliser": "eps_in_features",
+        "$q$ scaled by $1/\\sqrt d$": "q_scaled",
+        "$\\phi(k)$ and $v$ summed separately": "keys_and_values_unpaired",
+        "`.T` on batched inputs": "fixed_rank",
+        "an input check that rejects $D_v \\ne D$": "dv_must_equal_d",
+        "and bad input accepted": "no_error_for_bad_input",
+    },
+    "causal_linear_attention_recurrent": {
+        "future keys (the non-causal sums)": "future_leak",
+        "keys $j < i$ only (read before the update)": "excludes_self",
+        "the normaliser missing or without `eps`": ("missing_normaliser", "normaliser_without_eps"),
+        "`feature_map` ignored": "ignores_feature_map",
+        "$z$ not starting at zero": "state_not_zero",
+        "a state started from token 0 that the loop then adds again": "first_token_twice",
+        "$S$ and $z$ updated at different times": "half_updated_state",
+        "prefix sums over the features instead of the positions": "cumsum_over_features",
+        "a state kept as $(D_v, D')$": "state_orientation",
+        "the output written into `v`": "modified_input",
+        "positions indexed from the front (`x[t]`)": "fixed_rank",
+        "a state kept between calls": "state_not_reset",
+        "and bad input (also $L_q \\ne L_k$)": "no_error_for_bad_input",
+    },
+    "causal_linear_attention_chunked": {
+        "future keys inside a chunk (the intra-chunk scores not masked, or masked with `triu`)": (
+            "future_leak_in_chunk"
+        ),
+        "scores masked with `-inf`": "masked_with_inf",
+        "the state not carried across chunks ($S$ and $z$": "state_not_carried",
+        "or $z$ alone)": "z_not_carried",
+        "the state built from the queries": "state_from_queries",
+        "the state updated before the chunk reads it": "state_updated_before_read",
+        "a state kept between calls": "state_not_reset",
+        "the normaliser without the chunk's own part": "normaliser_without_chunk",
+        "the last short chunk dropped": "drops_last_chunk",
+        "or a mask that assumes full-size chunks": "full_size_chunks_only",
+        "chunks one token short (`end = start + chunk_size - 1`)": "chunk_one_short",
+        "the normaliser missing or without `eps`": ("missing_normaliser", "normaliser_without_eps"),
+        "an $(L, L)$ tensor at $L = 4096$": "quadratic_memory",
+        "and bad input": "no_error_for_bad_input",
+        "also `chunk_size < 1`": "chunk_size_unchecked",
+    },
+    "orthogonal_random_features": {
+        "rows not orthogonal within a block (iid Gaussian rows": "not_orthogonal",
+        "$R$ of the QR taken for $Q$": "qr_r_not_q",
+        "the norms multiplied into the columns": "norms_on_columns",
+        "one block reused for every block": "reused_block",
+        "rows left at norm 1": "unit_norms",
+        "all rows with the same norm": "fixed_norms",
+        "one norm shared by every row of a call": "fixed_norms",
+        "squared norms": "squared_norms",
+        "features returned in another dtype than float32": "features_not_float32",
+        "$\\lfloor m/d \\rfloor$ blocks where the last partial block is needed": "partial_block",
+        "features not reproducible from the generator": "not_reproducible",
+        "(or not random)": "not_random",
+    },
+    "favor_feature_map": {
+        "features that can go negative": "negative_features",
+        "the $-\\|x\\|^2/2$ term missing": "missing_norm_term",
+        "without its $/2$": "norm_term_not_halved",
+        "or with $\\|x\\|$ where $\\|x\\|^2$ belongs": "norm_not_squared",
+        "$\\|x\\|^2$ summed over the positions": "norm_over_positions",
+        "a stabiliser per key row when `is_query=False`": "per_key_stabiliser",
+        "a stabiliser over the positions (queries or keys)": (
+            "stabiliser_per_feature",
+            "key_stabiliser_per_feature",
+        ),
+        "the two branches of `is_query` swapped": "is_query_inverted",
+        "one stabiliser for the whole tensor": "global_stabiliser",
+        "a stabiliser taken as the max of $w \\cdot x$ alone": "stabiliser_without_norm_term",
+        "a factor other than $1/\\sqrt m$": "wrong_feature_scale",
+        "`x @ projection` untransposed": "projection_not_transposed",
+        "and no stabiliser": "no_stabiliser",
+    },
+    "performer_attention": {
+        "an average that stays off however many features (a biased estimate)": (
+            "error_does_not_fall"
+        ),
+        "the $1/\\sqrt d$ scale missing": "missing_scale",
+        "squared ($q$ and $k$ each scaled by $d^{-1/2}$)": "scale_squared",
+        "or inverted ($d^{+1/4}$)": "scale_inverted",
+        "$v$ scaled too": "v_scaled",
+        "`orthogonal_random_features` called with its arguments swapped": "features_args_swapped",
+        "`generator` ignored (two generator states must give two outputs)": "ignores_generator",
+        "different features for $q$ and $k$": "separate_features",
+        "`linear_attention`'s default `elu + 1` applied on top": "features_remapped",
+        "keys stabilised per row": "noise_does_not_fall",
+        "`num_features` ignored": "ignores_num_features",
+        "$W$ left in float32 for float64 inputs": "features_not_cast",
+        "$q$ or $k$ scaled in place (`q.mul_(scale)`)": "modified_input",
+        "output not reproducible from the generator": "not_reproducible",
+        "and bad input.": "no_error_for_bad_input",
+    },
+    "landmarks": {
+        "strided samples `x[..., ::L // m, :]`": "strided_landmarks",
+        "(or the first token of each segment)": "strided_landmarks",
+        "other segments (equal segments of $\\lfloor L/m\\rfloor$ tokens": "wrong_segments",
+        "segment sums instead of means": "segment_sums",
+        "every segment divided by $\\lfloor L/m \\rfloor$ instead of its own count": (
+            "nominal_segment_length"
+        ),
+        "an index such as `t * L // m` that leaves segments empty": "empty_segments",
+        "a Python loop over the tokens": "token_loop",
+        "a one-hot matrix left in float32": "new_tensor_dtype",
+        "and bad input accepted": "no_error_for_bad_input",
+    },
+    "iterative_pinv": {
+        "$Z_0 = A^\\top$ without the scaling": "unscaled_pinv_init",
+        "one scaling for the whole batch": "batch_wide_norms",
+        "another update (plain Newton": "wrong_pinv_update",
+        "`iterations` ignored": "ignores_iterations",
+        "or one step off": "iterations_off_by_one",
+        "the update's factors in the wrong order": "pinv_factor_order",
+        "its $1/4$ missing": "pinv_missing_quarter",
+        "$AZ$ not recomputed each step": "pinv_stale_az",
+        "$Z_0$ scaled by another norm": "wrong_pinv_scaling",
+        "or not transposed": "pinv_init_not_transposed",
+        "`a.T` on a batch of matrices": "fixed_rank",
+        "`a` changed in place": "modified_input",
+        "and bad input accepted": "no_error_for_bad_input",
+        "a right $Z_0$ with a wrong update": "pinv_update_diverges",
+    },
+    "nystrom_attention": {
+        "strided landmarks": "strided_landmarks",
+        "a kernel with its factors swapped": "transposed_kernel",
+        "the $1/\\sqrt d$ scale missing": "kernel_missing_scale",
+        "missing, inverted,": "kernel_scale_inverted",
+        "applied after the softmax": "scale_after_softmax",
+        "or $1/\\sqrt m$ in its place": "kernel_scale_of_m",
+        "key landmarks taken from $q$": "key_landmarks_from_q",
+        "$B$ built from the key landmarks": "b_from_key_landmarks",
+        "$A^+$ transposed": "pinv_transposed",
+        "the pseudo-inverse left out": "pinv_skipped",
+        "(or $A$ itself used in its place)": "pinv_skipped",
+        "`pinv_iterations` ignored": "ignores_iterations",
+        # The Nyström checks name three of exercise 9's mistakes; the rest are wrong values.
+        "a pinv with $Z_0$ unscaled": "unscaled_pinv_init",
+        "or scaled for the whole batch": "batch_wide_norms",
+        "or another update step": "wrong_pinv_update",
+        "an $(L_q, L_k)$ tensor": "full_attention_matrix",
+        "and bad input accepted": "no_error_for_bad_input",
+    },
+}
+
+# The planted-bug tests parametrized over ("bug, key"), by exercise; then the tables of edits.
+PLANTED_BUG_TESTS = {
+    "elu_feature_map": [test_elu_bug_is_named],
+    "linear_attention": [test_linear_attention_bug_is_named],
+    "causal_linear_attention_recurrent": [
+        test_recurrent_bug_is_named,
+        test_recurrent_prefix_sums_over_a_feature_dim_are_named,
+    ],
+    "causal_linear_attention_chunked": [
+        test_chunked_bug_is_named,
+        test_chunked_mistake_is_named_with_the_exp_map_too,
+    ],
+    "orthogonal_random_features": [test_orf_bug_is_named],
+    "favor_feature_map": [test_favor_bug_is_named],
+    "performer_attention": [
+        test_performer_bug_is_named,
+        test_performer_bug_is_named_on_hidden_seeds,
+    ],
+    "landmarks": [test_landmarks_bug_is_named],
+    "iterative_pinv": [test_iterative_pinv_bug_is_named],
+    "nystrom_attention": [test_nystrom_bug_is_named],
+}
+
+
+def keys_planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under."""
+    keys = {key for test in PLANTED_BUG_TESTS[name] for key in planted_keys(test)}
+    keys |= {key for _, _, key in SOLUTION_EDITS.get(name, [])}
+    keys |= {
+        key
+        for table in (SECOND_PASS_EDITS, THIRD_PASS_EDITS, FOURTH_PASS_EDITS)
+        for exercise, _, _, key in table
+        if exercise == name
+    }
+    return keys | {key for exercise, _, _, key in PROMISED_BUGS if exercise == name}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    assert_promise_kept(DAY, PROMISES, name, phrase, keys_planted(name))
