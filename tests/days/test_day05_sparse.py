@@ -175,6 +175,10 @@ def row_loop_window(L, window, causal=False):
             "window_each_side",
         ),
         (make_window(lambda w, c: w // 2, lambda w, c: w // 2), "ignores_causal"),
+        (  # keys i-window .. i-1: tril(-1)
+            make_window(lambda w, c: w if c else w // 2, lambda w, c: -1 if c else w // 2),
+            "causal_excludes_self",
+        ),
         (
             make_window(lambda w, c: 0 if c else w // 2, lambda w, c: w - 1 if c else w // 2),
             "causal_looks_ahead",
@@ -196,6 +200,7 @@ def row_loop_window(L, window, causal=False):
         "asym_left",
         "each_side",
         "ignores_causal",
+        "excludes_self",
         "looks_ahead",
         "causal_when_symmetric",
         "no_error",
@@ -701,12 +706,13 @@ def make_tiled(
     out_at_keys=False,
     softmax_dim=-1,
     out_like_q=False,
+    fill=float("-inf"),
 ):
     """Attention tile by tile: query block [s, e) meets keys keys(s, e, L, **params); allowed(i, j,
     **params) masks inside the tile; edges(L, **params) = (first, last) rows to zero out. The
     bookkeeping bugs: positions counted from each tile's start (block_local), the output tile
-    stored at the keys' offset (out_at_keys), the output allocated like q (out_like_q); and the
-    softmax along softmax_dim."""
+    stored at the keys' offset (out_at_keys), the output allocated like q (out_like_q); the
+    softmax along softmax_dim, and the masked scores set to fill."""
 
     def attention(q, k, v, *params, **kwargs):
         L, d = q.shape[-2], q.shape[-1]
@@ -718,7 +724,7 @@ def make_tiled(
             if allowed is not None:
                 i = torch.arange(start, stop).unsqueeze(-1) - start * block_local
                 j = torch.arange(k_start, k_stop) - k_start * block_local
-                scores = scores.masked_fill(~allowed(i, j, *params, **kwargs), float("-inf"))
+                scores = scores.masked_fill(~allowed(i, j, *params, **kwargs), fill)
             row = k_start if out_at_keys else start
             out[..., row : row + stop - start, :] = (
                 torch.softmax(scores, softmax_dim).nan_to_num(0.0) @ v[..., k_start:k_stop, :]
@@ -826,6 +832,21 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         (make_swa(before=lambda w, c: w // 2, after=lambda w, c: w // 2), "ignores_causal"),
         (make_swa(scale=lambda d: 1.0), "missing_scale"),
         (make_swa(softmax_dim=-2), "softmax_over_queries"),
+        (make_tiled(window_keys(right_below, right_above)), "tile_unmasked"),
+        (
+            make_tiled(window_keys(right_below, right_above), right_window, fill=0.0),
+            "tile_filled_with_zero",
+        ),
+        (
+            make_tiled(
+                lambda start, stop, L, w, causal=False: (
+                    max(0, start - right_below(w, causal)),
+                    stop,
+                ),
+                right_window,
+            ),
+            "keys_stop_at_tile_end",
+        ),
         (make_swa(out_like_q=True), "output_like_q"),
         (make_swa(block_local=True), "later_blocks_wrong"),
         (make_swa(out_at_keys=True), "later_blocks_wrong"),
@@ -851,6 +872,9 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         "ignores_causal",
         "missing_scale",
         "softmax_over_queries",
+        "tile_unmasked",
+        "tile_filled_with_zero",
+        "keys_stop_at_tile_end",
         "output_like_q",
         "block_local_positions",
         "out_at_key_offset",
@@ -1678,6 +1702,7 @@ def make_columns(
     split_by_reshape=None,
     super_init=True,
     transpose=lambda w: w.transpose(-2, -1),
+    project=lambda x, w: x @ w,
 ):
     """A ColumnwiseAttention with one planted bug (the defaults give a correct one)."""
 
@@ -1710,7 +1735,9 @@ def make_columns(
                 raise ValueError("expected (batch, columns, seq, d)")
             B, C, T, d = x.shape
             dh = d // self.H
-            q, k, v = (x @ self.weight(w) for w in (self.q_weight, self.k_weight, self.v_weight))
+            q, k, v = (
+                project(x, self.weight(w)) for w in (self.q_weight, self.k_weight, self.v_weight)
+            )
             if flatten:
                 q, k, v = (t.reshape(B, 1, C * T, d) for t in (q, k, v))
             if not along_time:
@@ -1724,7 +1751,7 @@ def make_columns(
                 out = out.transpose(-3, -2)
             out = out.reshape(B, *q.shape[1:2], -1, d)
             out = out if along_time else out.transpose(1, 2)
-            return out.reshape(B, C, T, d) @ self.weight(self.out_weight)
+            return project(out.reshape(B, C, T, d), self.weight(self.out_weight))
 
     return ColumnwiseAttention
 
@@ -1758,6 +1785,13 @@ def make_columns(
         (make_columns(validate=False), "no_error_for_bad_params"),
         (make_columns(super_init=False), "no_super_init"),
         (make_columns(transpose=lambda w: w.permute(2, 1, 0)), "weight_transposed_whole"),  # w.T
+        (  # (x.transpose(0, 1) @ w.T).transpose(0, 1): columns first, then the batch
+            make_columns(
+                transpose=lambda w: w.permute(2, 1, 0),
+                project=lambda x, w: (x.transpose(0, 1) @ w).transpose(0, 1),
+            ),
+            "weight_transposed_whole",
+        ),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -1777,6 +1811,7 @@ def make_columns(
         "no_error",
         "no_super_init",
         "per_column_dot_T",
+        "per_column_dot_T_columns_first",
         "stub",
     ],
 )

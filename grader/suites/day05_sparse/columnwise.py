@@ -8,6 +8,7 @@ each one float64 multi-head attention by F.scaled_dot_product_attention.
 """
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -137,22 +138,34 @@ def constructed(ColumnwiseAttention, C: int, d: int, H: int, shared: bool):
         ) from None
 
 
+# torch's error for a reshape to the wrong number of entries: the input's size
+RESHAPE_SIZE = re.compile(r"shape '\[[\d, ]*\]' is invalid for input of size (\d+)")
+
+
 def naming_weight_transpose(forward, C: int, d: int, shared: bool):
-    """`forward`, with torch's broadcast error for x (B, C, T, d) @ W.T, W (C, d, d) reversed to
-    (d, d, C), named: the batch dims C of x and d of W.T do not match (read from the error's
-    text, which is the same when the module runs in the student's kernel)."""
+    """`forward`, with torch's errors for a (C, d, d) weight W reversed to (d, d, C) by W.T
+    named, read from the error's text (the same when the module runs in the student's kernel).
+    x (B, C, T, d) @ W.T: the batch dims C of x and d of W.T do not match. Written as
+    (x.transpose(0, 1) @ W.T).transpose(0, 1), the batch dims (C, B) meet (d,): B and d do
+    not match; or, for B = 1, they broadcast to a (d, C, T, C) result that the head split
+    cannot reshape."""
+
+    def transposed_whole(message: str, x) -> bool:
+        B, T = x.shape[0], x.shape[2]
+        sizes, reshaped = SIZES_DIFFER.search(message), RESHAPE_SIZE.search(message)
+        if sizes is not None:
+            return {int(sizes[1]), int(sizes[2])} in ({C, d}, {B, d})
+        return reshaped is not None and int(reshaped[1]) == d * C * T * C
 
     def call(x):
         try:
             return forward(x)
         except Mistake as mistake:
-            sizes = SIZES_DIFFER.search(mistake.message)
             if (
                 mistake.key == "raised"
                 and not shared
                 and C != d
-                and sizes is not None
-                and {int(sizes[1]), int(sizes[2])} == {C, d}
+                and transposed_whole(mistake.message, x)
             ):
                 raise named_crash(mistake, "weight_transposed_whole") from None
             raise

@@ -41,6 +41,26 @@ HINTS = {
         "a softmax over the queries of a tile (dim=-2) instead of over its keys",
         "each query's weights sum to 1 over its keys: torch.softmax(scores, dim=-1).",
     ),
+    "tile_unmasked": (
+        "tiles with no band mask inside: every query of a block sees every key of the "
+        "block's key range, not only the keys of its own window",
+        "inside each tile, mask the scores of the keys outside the query's own window: "
+        "band = (j >= i - before) & (j <= i + after) with absolute positions i and j, then "
+        "scores.masked_fill(~band, float('-inf')) before the softmax.",
+    ),
+    "tile_filled_with_zero": (
+        "the scores outside the window filled with 0 instead of -inf, so those keys still "
+        "get the weight exp(0)",
+        "fill the masked scores with float('-inf'): exp(-inf) = 0 is the zero weight a key "
+        "outside the window must get.",
+    ),
+    "keys_stop_at_tile_end": (
+        "a tile's key range that ends at the tile's last query (k_stop = stop): the keys "
+        "after it are never loaded, so with causal=False a tile's later queries see fewer "
+        "than window // 2 keys ahead",
+        "load the keys after the tile too: k_stop = min(L, stop + after), with after = "
+        "window // 2 for a symmetric window (0 when causal).",
+    ),
     "output_like_q": (
         "an output allocated like q (torch.empty_like(q), say): its last dim is q's d, but "
         "attention returns v's width dv",
@@ -286,17 +306,17 @@ def expect_window_attention(
     except Mistake as mistake:
         if mistake.key not in ("wrong_values", "not_finite"):
             raise
-        block = tile_of_softmax_over_queries(out, qkv, window, causal)
-        if block is not None:
-            description, fix = hint("softmax_over_queries")
+        found = tile_mistake(out, qkv, window, causal)
+        if found is not None:
+            key, seen, block = found
+            description, fix = hint(key)
             raise Mistake(
-                f"{what} matches a softmax over each tile's queries, {block} queries a tile: "
-                f"it looks like {description}.",
+                f"{what} matches {seen}, {block} queries a tile: it looks like {description}.",
                 fix,
-                "softmax_over_queries",
+                key,
             ) from None
         ref = dense64(*qkv, mask)
-        skipped = skipped_queries(out, ref)
+        skipped = skipped_queries(out, ref, swa_edges(window, causal)[0])
         if skipped:
             description, fix = hint("drops_edges")
             raise Mistake(
@@ -320,48 +340,76 @@ def expect_window_attention(
         ) from None
 
 
-def window_tiles64(q, k, v, window: int, causal: bool, block: int, softmax_dim: int = -1):
+def window_tiles64(
+    q,
+    k,
+    v,
+    window: int,
+    causal: bool,
+    block: int,
+    softmax_dim: int = -1,
+    fill=float("-inf"),
+    ahead: bool = True,
+):
     """Sliding-window attention in float64, `block` queries a tile, each tile's softmax along
-    `softmax_dim`: -1 is right, -2 (over the tile's queries) the mistake."""
+    `softmax_dim`, the scores outside the band set to `fill`, and keys fetched past the tile's
+    last query when `ahead`: -1, -inf and True are right; -2 (over the tile's queries), a fill of
+    0, None (no band mask in the tile) and keys that stop at the tile's end the mistakes."""
     L, d = q.shape[-2], q.shape[-1]
     before, after = (window - 1, 0) if causal else (window // 2, window // 2)
     q, k, v = q.double(), k.double(), v.double()
     tiles = []
     for start in range(0, L, block):
         stop = min(start + block, L)
-        k_start, k_stop = max(0, start - before), min(L, stop + after)
+        k_start, k_stop = max(0, start - before), min(L, stop + after) if ahead else stop
         scores = q[..., start:stop, :] @ k[..., k_start:k_stop, :].transpose(-2, -1) / math.sqrt(d)
         i = torch.arange(start, stop).unsqueeze(-1)  # (b, 1) query positions
         j = torch.arange(k_start, k_stop)  # (kb,) key positions
         band = (j >= i - before) & (j <= i + after)  # (b, kb)
-        weights = torch.softmax(scores.masked_fill(~band, float("-inf")), softmax_dim)
-        tiles.append(weights @ v[..., k_start:k_stop, :])
+        if fill is not None:
+            scores = scores.masked_fill(~band, fill)
+        tiles.append(torch.softmax(scores, softmax_dim) @ v[..., k_start:k_stop, :])
     return torch.cat(tiles, dim=-2)
 
 
-def tile_of_softmax_over_queries(out, qkv: tuple, window: int, causal: bool):
-    """The tile size at which `out` is the softmax over each tile's queries, or None. The tile
-    size is the student's choice: the common ones are tried, and the whole sequence."""
+# The mistakes inside a tile that tile_mistake tries: (key, what the answer matches, the
+# arguments of window_tiles64 that make it).
+TILE_MISTAKES = [
+    ("softmax_over_queries", "a softmax over each tile's queries", {"softmax_dim": -2}),
+    ("tile_unmasked", "tiles without the band mask", {"fill": None}),
+    ("tile_filled_with_zero", "tiles whose masked scores are 0, not -inf", {"fill": 0.0}),
+    ("keys_stop_at_tile_end", "tiles whose keys stop at the tile's last query", {"ahead": False}),
+]
+
+
+def tile_mistake(out, qkv: tuple, window: int, causal: bool):
+    """(key, what it matches, tile size) of the tile mistake that `out` matches, or None. The
+    tile size is the student's choice: the common ones are tried, and the whole sequence."""
     q = qkv[0]
     L = q.shape[-2]
     if not isinstance(out, torch.Tensor) or out.shape != (*q.shape[:-1], qkv[2].shape[-1]):
         return None
     for block in sorted({min(b, L) for b in (16, 32, 64, 128, window, max(window, 64), L)}):
-        wrong = window_tiles64(*qkv, window, causal, block, softmax_dim=-2)
-        if relative_error(out.detach(), wrong) <= TOLERANCE[q.dtype]:
-            return block
+        for key, seen, mistake in TILE_MISTAKES:
+            wrong = window_tiles64(*qkv, window, causal, block, **mistake)
+            if relative_error(out.detach(), wrong) <= TOLERANCE[q.dtype]:
+                return key, seen, block
     return None
 
 
-def skipped_queries(out: torch.Tensor, ref: torch.Tensor) -> list:
+def skipped_queries(out: torch.Tensor, ref: torch.Tensor, before: int) -> list:
     """The queries never written, when some (not all) are and every other query is right: rows
     left at zero (by new_zeros), or the first queries of the sequence, whatever new_empty left
-    there (the loop over blocks started after the first)."""
+    there (the loop over blocks started after the first). Those first queries are the blocks
+    that the window's `before` keys reach past the start: at most before + 128 of them (blocks
+    of up to 128 queries). More wrong queries than that are written wrongly, not left out (a
+    tile's mask mistake can leave only the last query right)."""
     L = ref.shape[-2]
     wrong, zero = wrong_queries(out, ref), (out == 0).all(-1).reshape(-1, L).all(0)  # (L,)
     if not wrong.any() or wrong.all():
         return []
-    first_ones = bool(wrong[: int(wrong.sum())].all())  # wrong = queries 0 .. n - 1
+    count = int(wrong.sum())
+    first_ones = count <= before + 128 and bool(wrong[:count].all())  # queries 0 .. count - 1
     if first_ones or not (wrong & ~zero).any():
         return torch.nonzero(wrong).flatten().tolist()
     return []
@@ -379,7 +427,9 @@ def explain_all_wrong(sliding_window_attention, out, qkv: tuple, window: int, ca
     if not isinstance(longer_out, torch.Tensor) or longer_out.shape[:-1] != longer[0].shape[:-1]:
         return
     skipped = skipped_queries(
-        longer_out, dense64(*longer, brute_mask(L, window_rule(window, causal)))
+        longer_out,
+        dense64(*longer, brute_mask(L, window_rule(window, causal))),
+        swa_edges(window, causal)[0],
     )
     if skipped:
         description, fix = hint("drops_edges")

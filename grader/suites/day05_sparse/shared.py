@@ -50,6 +50,11 @@ HINTS = {
         "a causal window when causal=False",
         "causal=False means a symmetric window: window // 2 keys on each side.",
     ),
+    "causal_excludes_self": (
+        "a causal window that leaves out the query itself: keys i-window .. i-1, the right "
+        "number of keys shifted one back",
+        "the query sees itself: keys i-window+1 .. i, both ends included (tril(0), not tril(-1)).",
+    ),
     "causal_half_window": (
         "a causal window of window // 2 keys back (the symmetric half-width)",
         "a causal window puts all its `window` keys in the past: keys i-window+1 .. i.",
@@ -181,7 +186,7 @@ def window_suspects(L: int, window: int, causal: bool) -> list:
         suspects += [
             ("ignores_causal", brute_mask(L, window_rule(window, False))),
             ("causal_looks_ahead", brute_mask(L, lambda i, j: i <= j <= i + window - 1)),
-            ("window_off_by_one", brute_mask(L, lambda i, j: i - window <= j < i)),
+            ("causal_excludes_self", brute_mask(L, lambda i, j: i - window <= j < i)),
             ("causal_half_window", brute_mask(L, lambda i, j: i - window // 2 <= j <= i)),
         ]
     else:
