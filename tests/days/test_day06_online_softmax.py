@@ -12,7 +12,15 @@ import course.reference.online_softmax as library
 from grader.harness.checking import run
 from grader.suites.day06_online_softmax import EXERCISES as SUITE
 from grader.suites.day06_online_softmax import HINTS
-from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
+from helpers import (
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    planted_keys,
+    promised,
+)
 
 DAY = "day06-online-softmax"
 EXERCISES = ["online_softmax_stats", "tiled_attention", "FlashAttentionTorch"]
@@ -692,6 +700,15 @@ def test_beginner_correct_stats_pass(stats):
 BLOCKS_OVERLAP = [
     ("block = x[..., start:start + block_size]", "block = x[..., start:start + block_size + 1]")
 ]
+GUARD_TESTS_OLD_MAX = [  # the first block never shifted: exp(1000) overflows
+    (
+        'torch.where(new_max == float("-inf"), 0.0, new_max)',
+        'torch.where(running_max == float("-inf"), 0.0, new_max)',
+    )
+]
+SHIFT_NOT_UNSQUEEZED = [  # (rows,) against (rows, block_size): a crash, or rows mixed up
+    ("torch.exp(block - shift[..., None])", "torch.exp(block - shift)")
+]
 STATS_CHECK_BUGS = {  # (check, key): the edits
     ("stats_match", "block_sum_logged"): [
         (
@@ -734,6 +751,13 @@ STATS_CHECK_BUGS = {  # (check, key): the edits
     ("stats_dims_and_float64", "dim_mishandled"): [  # movedim's arguments swapped
         ("x = x.movedim(dim, -1)  ", "x = x.movedim(-1, dim)  ")
     ],
+    # The student pass of day 6: once "no known mistake" (and NaN at +1000), or a raw crash
+    ("stats_match", "guard_tests_old_max"): GUARD_TESTS_OLD_MAX,
+    ("stats_dims_and_float64", "guard_tests_old_max"): GUARD_TESTS_OLD_MAX,
+    ("stats_extremes", "guard_tests_old_max"): GUARD_TESTS_OLD_MAX,
+    ("stats_match", "shift_not_unsqueezed"): SHIFT_NOT_UNSQUEEZED,
+    ("stats_dims_and_float64", "shift_not_unsqueezed"): SHIFT_NOT_UNSQUEEZED,
+    ("stats_extremes", "shift_not_unsqueezed"): SHIFT_NOT_UNSQUEEZED,
 }
 
 
@@ -786,6 +810,13 @@ DIAGONAL_UNMASKED = [  # no mask at all: the loop bound alone
 SOME_DIAGONAL_TILES_UNMASKED = [  # masked only past the first query: no suspect, a probe names it
     ("            if causal:\n", "            if causal and j0 > Lk - Lq + i0:\n")
 ]
+STRICT_IN_STRADDLING_TILES = [  # j < i, masked where a tile straddles: once named unmasked
+    (
+        "            if causal:\n",
+        "            if causal and j0 + kj.shape[-2] - 1 > Lk - Lq + i0:\n",
+    ),
+    ("key_pos > query_pos", "key_pos >= query_pos"),
+]
 TILED_CHECK_BUGS = {  # (check, key): the edits
     ("tiled_matches", "modified_input"): Q_SCALED_IN_PLACE,  # not a missing scale
     ("tiled_fully_masked_rows", "modified_input"): Q_SCALED_IN_PLACE,
@@ -834,6 +865,9 @@ TILED_CHECK_BUGS = {  # (check, key): the edits
             "lses.append(shift + torch.log(torch.where(l == 0, 1.0, l)))",
         )
     ],
+    ("tiled_causal", "causal_strict"): STRICT_IN_STRADDLING_TILES,
+    ("tiled_fully_masked_rows", "causal_strict"): STRICT_IN_STRADDLING_TILES,
+    ("tiled_shapes_and_float64", "causal_strict"): STRICT_IN_STRADDLING_TILES,
     ("tiled_rejects_bad_input", "no_error_for_bad_params"): [  # k, v lengths unchecked
         ("q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]", "q.shape[-1] != k.shape[-1]")
     ],
@@ -882,7 +916,33 @@ FLASH_CHECK_BUGS = {  # (check, key): the edits
         ("dk[..., j0:j0 + block, :] += ", "dk[..., j0:j0 + block, :] = ")
     ],
     ("flash_forward", "forward_ignores_causal"): FORWARD_IGNORES_CAUSAL,
+    # The student pass of day 6: once "computes the tiles above the diagonal", a loop bound
+    # that is there already
+    ("flash_backward_skips_masked_tiles", "backward_one_tile"): [
+        (
+            "Lq, Lk, block = q.shape[-2], k.shape[-2], 64",
+            "Lq, Lk = q.shape[-2], k.shape[-2]\n        block = max(Lq, Lk)",
+        )
+    ],
     ("flash_causal_gradients", "forward_ignores_causal"): FORWARD_IGNORES_CAUSAL,
+    # Issue #18, the notebook's promises: the lse kept on ctx, or saved as log(l) without m
+    ("flash_saves_lse", "no_lse_saved"): [
+        (
+            "ctx.save_for_backward(q, k, v, out, lse)",
+            "ctx.save_for_backward(q, k, v, out)\n        ctx.lse = lse",
+        ),
+        (
+            "q, k, v, out, lse = ctx.saved_tensors",
+            "q, k, v, out = ctx.saved_tensors\n        lse = ctx.lse",
+        ),
+    ],
+    ("flash_saves_lse", "lse_missing_max"): [
+        (
+            "ctx.save_for_backward(q, k, v, out, lse)",
+            "m = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).amax(dim=-1)\n"
+            "        ctx.save_for_backward(q, k, v, out, lse - m)",
+        )
+    ],
 }
 
 
@@ -983,15 +1043,219 @@ class FlashOddTiles(torch.autograd.Function):
         return dq, torch.cat(dks, -2), torch.cat(dvs, -2), None
 
 
+def stats_index_select(x, block_size, dim=-1):
+    """The student pass of day 6: blocks by index_select along dim itself (never moved last),
+    float64 inside, cast back at the end."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    dim = dim % x.dim()
+    shape = x.shape[:dim] + x.shape[dim + 1 :]
+    m = torch.full(shape, NEG_INF, dtype=torch.float64)
+    l = torch.zeros(shape, dtype=torch.float64)
+    for start in range(0, x.shape[dim], block_size):
+        index = torch.arange(start, min(start + block_size, x.shape[dim]))
+        block = x.index_select(dim, index).double()
+        m_new = torch.maximum(m, torch.max(block, dim=dim).values)
+        shift = torch.where(torch.isneginf(m_new), 0.0, m_new)
+        l = l * torch.exp(m - shift) + torch.exp(block - shift.unsqueeze(dim)).sum(dim)
+        m = m_new
+    return m.to(x.dtype), l.to(x.dtype)
+
+
+def tiled_flat_bmm(q, k, v, block_q=64, block_k=64, causal=False):
+    """The student pass of day 6: leading dims flattened for bmm, float64 inside, keepdim
+    statistics, a while loop over key tiles, the mask on straddling tiles only."""
+    if block_q < 1 or block_k < 1 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"block sizes must be >= 1 and q, k, v must fit, got {block_q}, {block_k}")
+    (Lq, d), (Lk, dv) = q.shape[-2:], v.shape[-2:]
+    Q, K, V = (t.reshape(-1, *t.shape[-2:]).double() for t in (q, k, v))
+    out = torch.zeros(len(Q), Lq, dv, dtype=torch.float64)
+    lse = torch.full((len(Q), Lq), NEG_INF, dtype=torch.float64)
+    for a in range(0, Lq, block_q):
+        b = min(Lq, a + block_q)
+        m = torch.full((len(Q), b - a, 1), NEG_INF, dtype=torch.float64)
+        l, acc = torch.zeros_like(m), torch.zeros(len(Q), b - a, dv, dtype=torch.float64)
+        last = Lk - Lq + b - 1 if causal else Lk - 1  # the last key any query of the tile sees
+        c = 0
+        while c <= last and c < Lk:
+            e = min(Lk, c + block_k)
+            s = torch.bmm(Q[:, a:b], K[:, c:e].permute(0, 2, 1)) / math.sqrt(d)
+            if causal and e - 1 > Lk - Lq + a:
+                seen = torch.arange(c, e) <= Lk - Lq + torch.arange(a, b)[:, None]
+                s = s.masked_fill(~seen, NEG_INF)
+            m_new = torch.maximum(m, s.max(dim=-1, keepdim=True).values)
+            shift = torch.where(m_new == NEG_INF, 0.0, m_new)
+            p, r = torch.exp(s - shift), torch.exp(m - shift)
+            l, acc, m = r * l + p.sum(-1, keepdim=True), r * acc + torch.bmm(p, V[:, c:e]), m_new
+            c += block_k
+        out[:, a:b] = torch.where(l > 0, acc / l.clamp_min(1e-300), 0.0)
+        lse[:, a:b] = (m + torch.log(l)).squeeze(-1)
+    lead = q.shape[:-2]
+    return out.reshape(*lead, Lq, dv).to(q.dtype), lse.reshape(*lead, Lq).to(q.dtype)
+
+
+class FlashMaskOnP(torch.autograd.Function):
+    """The student pass of day 6: a float64 backward that masks p (multiplied by the causal
+    mask, rows that see no key zeroed) instead of the scores; dq per query tile, concatenated."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal=False):
+        out, lse = make_tiled()(q, k, v, causal=is_causal)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal = is_causal
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, out, lse = (t.double() for t in ctx.saved_tensors)
+        g, (Lq, d), Lk, T = d_out.double(), q.shape[-2:], k.shape[-2], 64
+        D = (g * out).sum(-1, keepdim=True)
+        dead = torch.isneginf(lse).unsqueeze(-1)
+        dq_tiles, dk, dv = [], torch.zeros_like(k), torch.zeros_like(v)
+        for a in range(0, Lq, T):
+            b = min(Lq, a + T)
+            dq_t = torch.zeros_like(q[..., a:b, :])
+            stop = min(Lk, Lk - Lq + b) if ctx.causal else Lk
+            for c in range(0, max(stop, 0), T):
+                e = min(stop, c + T)
+                s = q[..., a:b, :] @ k[..., c:e, :].mT / math.sqrt(d)
+                p = torch.where(dead[..., a:b, :], 0.0, torch.exp(s - lse[..., a:b, None]))
+                if ctx.causal:
+                    p = p * (torch.arange(c, e) <= Lk - Lq + torch.arange(a, b)[:, None])
+                dv[..., c:e, :] = dv[..., c:e, :] + p.mT @ g[..., a:b, :]
+                ds = p * (g[..., a:b, :] @ v[..., c:e, :].mT - D[..., a:b, :])
+                dq_t = dq_t + ds @ k[..., c:e, :] / math.sqrt(d)
+                dk[..., c:e, :] = dk[..., c:e, :] + ds.mT @ q[..., a:b, :] / math.sqrt(d)
+            dq_tiles.append(dq_t)
+        dtype = ctx.saved_tensors[0].dtype
+        return torch.cat(dq_tiles, -2).to(dtype), dk.to(dtype), dv.to(dtype), None
+
+
 @pytest.mark.parametrize(
     "name, impl",
     [
         ("online_softmax_stats", stats_merged_pairs),
         ("tiled_attention", tiled_key_tiles_outer),
         ("FlashAttentionTorch", FlashOddTiles),
+        ("online_softmax_stats", stats_index_select),
+        ("tiled_attention", tiled_flat_bmm),
+        ("FlashAttentionTorch", FlashMaskOnP),
     ],
 )
 def test_beginner_correct_alternative_passes(name, impl):
     assert report(name, impl).passed
     for seed in HIDDEN_SEEDS:
         assert report(name, impl, hidden=True, seed=seed).passed
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Each exercise's "The checks recognise: ..." list in the notebook, phrase by phrase, and the key
+# (or keys) a planted bug above is named under: every promise is kept by a test.
+PROMISES = {
+    "online_softmax_stats": {
+        "the running sum not rescaled when the max changes": "missing_rescale",
+        "the rescale factor upside down": "rescale_inverted",
+        "NaN for rows (or first blocks) that are all $-\\infty$": "nan_for_masked",
+        "a finite stand-in (e.g. `-1e9`) where the max is $-\\infty$": "finite_for_all_inf",
+        "the last, shorter block dropped": "last_block_dropped",
+        "blocks that overlap (one entry too long)": "blocks_overlap",
+        "a log-sum instead of the sum": "returns_log",
+        "the log of each block's sum added to the running sum": "block_sum_logged",
+        "the last axis reduced whatever `dim` says": "dim_ignored",
+        "a wrong shape (the reduced `dim` is removed, as in `x.amax(dim)`)": "wrong_shape",
+        "`(sum_exp, max)` returned instead of `(max, sum_exp)`": "stats_swapped",
+        "`x` changed in place": "modified_input",
+        "a pass over the whole row before the blocks (e.g. the global max first": "not_streaming",
+        "no `ValueError` for `block_size < 1`": "no_error_for_bad_params",
+    },
+    "tiled_attention": {
+        "the accumulator and $\\ell$ not rescaled when the max changes": "missing_rescale",
+        "$m$, $\\ell$ and $\\mathrm{acc}$ made once before the query-tile loop": "state_not_reset",
+        "`q` (or another input) changed in place (e.g. `q.mul_(scale)`)": "modified_input",
+        "$\\ell$ rescaled but not the accumulator": "rescale_l_only",
+        "(and the other way round)": "rescale_acc_only",
+        "a missing $1/\\sqrt d$": "missing_scale",
+        "(or $1/d$ instead)": "scale_one_over_d",
+        "`.T` on a batched tile": "batched_transpose",
+        "the last, shorter key tile dropped": "last_key_tile_dropped",
+        "`out` made in `q`'s shape (its last dim is $d_v$)": "out_like_q",
+        "the lse in base 2": "lse_base2",
+        "or without the max": "lse_missing_max",
+        "a causal mask aligned top-left": "causal_top_left",
+        "strict ($j < i$)": "causal_strict",
+        "on the wrong side": "causal_wrong_side",
+        "or ignored": "ignores_causal",
+        "a causal key loop that stops one key early (the diagonal key missed)": (
+            "causal_tile_stops_early"
+        ),
+        "or at $q_{\\text{end}}$ instead of $L_k - L_q + q_{\\text{end}}$": (
+            "causal_loop_end_no_offset"
+        ),
+        "tiles straddling the diagonal left unmasked": "causal_diagonal_unmasked",
+        "a mask that counts queries from their tile's start": "causal_local_query_index",
+        "NaN (e.g. $0/0$ from `acc / l`)": ("empty_rows_divided_by_zero", "nan_for_masked"),
+        "a finite lse": "lse_finite_for_empty",
+        "or a crash (a variable that only the key loop sets) for queries that see no key": (
+            "no_key_tile_crashes"
+        ),
+        "`(lse, out)` returned instead of `(out, lse)`": "returns_swapped",
+        "any tensor with $L_q \\times L_k$ entries (mask included)": "builds_full_matrix",
+        "causal tiles above the diagonal computed instead of skipped": "computes_masked_tiles",
+        "wrong shapes": "wrong_shape",
+        "no `ValueError` for block sizes $< 1$, mismatched head dims, or `k` and `v` of different "
+        "lengths": "no_error_for_bad_params",
+    },
+    "FlashAttentionTorch": {
+        "a forward that ignores `is_causal`": "forward_ignores_causal",
+        "a backward without the $D$ term": "missing_D_term",
+        "(or with $D$ summed over one key tile only": "D_per_tile",
+        "or over every query into one number)": "D_not_per_query",
+        "$P$ recomputed without $1/\\sqrt d$": "grad_scores_unscaled",
+        "$dK$ or $dV$ overwritten (`=`) by each query tile instead of accumulated (`+=`)": (
+            "grad_overwritten"
+        ),
+        "$dV = P\\,dO$ or $dK = dS\\,Q$ without the transpose": (
+            "dv_not_transposed",
+            "dk_not_transposed",
+        ),
+        "$dQ$ and $dK$ without $1/\\sqrt d$": "grad_missing_scale",
+        "gradients wrong only with `causal`": "grads_wrong_only_causal",
+        "(e.g. $P$ recomputed without the mask": "causal_backward_unmasked",
+        "or with a top-left mask)": "causal_top_left",
+        "a saved tensor changed in place (e.g. `lse[lse == -inf] = inf`)": "lse_modified_in_place",
+        "causal tiles above the diagonal computed in backward": "backward_computes_masked_tiles",
+        "NaN in the gradients of queries that see no key": "grad_not_finite",
+        "an $(L_q, L_k)$ tensor": "saves_too_much",
+        "or two statistics (max and sum) saved instead of one logsumexp": "saves_two_stats",
+        "(or no logsumexp saved)": "no_lse_saved",
+        "an lse in base 2": "lse_base2",
+        "or without the max": "lse_missing_max",
+        "a Function that autograd cannot run": "autograd_broken",
+    },
+}
+
+# The planted-bug tests parametrized over ("bug, key"), by exercise, then the tables of edits.
+PLANTED_BUG_TESTS = {
+    "online_softmax_stats": test_online_softmax_stats_bug_is_named,
+    "tiled_attention": test_tiled_attention_bug_is_named,
+    "FlashAttentionTorch": test_flash_attention_torch_bug_is_named,
+}
+BEGINNER_BUGS = {
+    "online_softmax_stats": (STATS_BUGS, STATS_CHECK_BUGS),
+    "tiled_attention": (TILED_BUGS, TILED_CHECK_BUGS),
+    "FlashAttentionTorch": (FLASH_BUGS, FLASH_CHECK_BUGS),
+}
+
+
+def keys_planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under: the ("bug, key") test's,
+    the beginner table's (by key) and the by-check table's (by (check, key))."""
+    bugs, check_bugs = BEGINNER_BUGS[name]
+    keys = planted_keys(PLANTED_BUG_TESTS[name]) | set(bugs)
+    return keys | {key for _, key in check_bugs}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    assert_promise_kept(DAY, PROMISES, name, phrase, keys_planted(name))

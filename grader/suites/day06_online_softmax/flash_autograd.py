@@ -331,14 +331,18 @@ def flash_backward_skips_masked_tiles(FlashAttentionTorch, rng):
             run_flash(FlashAttentionTorch, q, k, v, causal, d_out, watch_backward=counter)
         flops[causal] = counter.flops
     if flops[False] and flops[True] > 0.8 * flops[False]:
-        description, fix = HINTS["backward_computes_masked_tiles"]
-        raise Mistake(
+        seen = (
             f"with L = {L}, the causal backward did {flops[True] / flops[False]:.0%} of the "
             f"matmul work of the non-causal one (skipping the tiles above the diagonal gives "
-            f"about 62% with tiles of 64): it looks like {description}.",
-            fix,
-            "backward_computes_masked_tiles",
+            f"about 62% with tiles of 64)"
         )
+        # A product of (L, L): one tile holds every query and key, and no tile is left to skip
+        one_tile = counter.largest == (L, L)
+        if one_tile:
+            seen += f", and its largest matrix product was {counter.largest}"
+        key = "backward_one_tile" if one_tile else "backward_computes_masked_tiles"
+        description, fix = HINTS[key]
+        raise Mistake(f"{seen}: it looks like {description}.", fix, key)
 
 
 def flash_causal_gradients(FlashAttentionTorch, rng):

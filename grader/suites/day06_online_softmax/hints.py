@@ -77,12 +77,26 @@ HINTS = {
         "exp(block - shift); an all -inf row gives max = -inf, sum = 0 and, in attention, a "
         "zero output with lse = -inf.",
     ),
+    "guard_tests_old_max": (
+        "a shift-by-0 guard that tests the old max m (torch.where(m == -inf, 0, m_new)): m is "
+        "-inf before the first block, so that block is never shifted and exp(x) overflows for "
+        "large x (exp(1000) = inf)",
+        "test the NEW max: shift = torch.where(m_new == -inf, 0, m_new); it is -inf only while "
+        "every entry so far is -inf, which is when shifting by 0 is needed.",
+    ),
     "finite_for_all_inf": (
         "a finite stand-in for -inf (e.g. -1e9, or x passed through nan_to_num) where a slice "
         "is all -inf",
         "keep the infinities: start the running max at float('-inf'), leave x's -inf entries "
         "as they are, and shift by 0 while the max is still -inf "
         "(torch.where(m_new == -inf, 0, m_new)); an all -inf slice gives max = -inf, sum = 0.",
+    ),
+    "shift_not_unsqueezed": (
+        "a per-row value (the max or the shift, shape (rows,)) subtracted from a block "
+        "(rows, block_size) without unsqueeze(-1): it lines up with the block's entries, not its "
+        "rows",
+        "give the per-row value a last dim of 1 so that each row is shifted by its own value: "
+        "block - shift.unsqueeze(-1) (or shift[..., None]).",
     ),
     "stats_swapped": (
         "the pair returned as (sum_exp, max)",
@@ -265,6 +279,13 @@ HINTS = {
         "a causal backward that computes (then masks) the tiles above the diagonal",
         "skip them as forward does: for query tile [q_start, q_end) stop the key loop at "
         "min(Lk, Lk - Lq + q_end).",
+    ),
+    "backward_one_tile": (
+        "a backward whose tiles are as long as L (one tile of all Lq queries and Lk keys): no "
+        "tile lies wholly above the diagonal, so there is nothing to skip",
+        "tile the backward as forward does, with tiles of 64 (block = 64): for each query tile "
+        "q[..., q_start:q_start + 64] loop over key tiles k[..., k_start:k_start + 64] and stop "
+        "the key loop at min(Lk, Lk - Lq + q_end).",
     ),
     "grad_missing_scale": (
         "dq and dk without the 1 / sqrt(d) of the scores",

@@ -70,6 +70,7 @@ def stats_suspects(x, block_size, dim):
     m = torch.full(x.shape[:-1], float("-inf"), dtype=torch.float64)
     plain, logged, all_rows = torch.zeros_like(m), torch.zeros_like(m), torch.zeros_like(m)
     inverted, inverted_nan = torch.zeros_like(m), torch.zeros_like(m)  # 0 * exp(inf) zeroed, or NaN
+    old_guard = torch.zeros_like(m)  # the guard tests the old max: the first block not shifted
     for start in range(0, x.shape[-1], block_size):
         block = x[..., start : start + block_size]
         m_new = torch.maximum(m, block.amax(-1))
@@ -80,6 +81,10 @@ def stats_suspects(x, block_size, dim):
         inverted = inverted * torch.exp(shift - m).nan_to_num(posinf=0.0) + new
         inverted_nan = inverted_nan * torch.exp(shift - m) + new
         logged = logged * alpha + torch.log(new)
+        old_shift = torch.where(torch.isinf(m), torch.zeros_like(m_new), m_new)
+        old_guard = old_guard * torch.exp(m - old_shift) + torch.exp(
+            block - old_shift.unsqueeze(-1)
+        ).sum(-1)
         all_rows = all_rows * alpha + new.sum()  # one number for every row
         m = m_new
     m_right, right = stats64(x, -1)
@@ -95,6 +100,7 @@ def stats_suspects(x, block_size, dim):
         ("returns_log", m + torch.log(right)),
         ("blocks_overlap", overlapping),
         ("block_sum_all_rows", all_rows),
+        ("guard_tests_old_max", old_guard),
     ]
 
 
@@ -187,6 +193,20 @@ def raise_if_pair_suspect(result, suspects, what):
 
 
 def expect_stats(online_softmax_stats, x, block_size, dim, what):
+    """The statistics of x along dim against float64, naming the mistakes this day recognises; a
+    crash or values no mistake matches are explained where a probe can: by the same slices along
+    the last dim (explain_by_last_dim), then by each row alone (explain_by_rows)."""
+    try:
+        compare_stats(online_softmax_stats, x, block_size, dim, what)
+    except Mistake as raised:
+        if raised.key in ("raised", "wrong_values", "wrong_shape") and dim % x.dim() != x.dim() - 1:
+            explain_by_last_dim(online_softmax_stats, raised, x, block_size, dim)
+        if raised.key in ("raised", "wrong_values"):
+            explain_by_rows(online_softmax_stats, raised, x, block_size, dim)
+        raise
+
+
+def compare_stats(online_softmax_stats, x, block_size, dim, what):
     result = call_unchanged(online_softmax_stats, {"x": x}, block_size, dim=dim)
     if not isinstance(result, tuple) or len(result) != 2:
         raise Mistake(
@@ -232,12 +252,7 @@ def stats_dims_and_float64(online_softmax_stats, rng):
     x = randn((draw(rng, 5, 12), draw(rng, 2, 4), draw(rng, 5, 9)), rng, torch.float64, scale=4.0)
     for dim, block_size in [(0, draw(rng, 2, 4)), (1, 1), (-1, 100), (-3, 1)]:
         what = f"online_softmax_stats(x of {tuple(x.shape)}, {block_size}, dim={dim})"
-        try:
-            expect_stats(online_softmax_stats, x, block_size, dim, what)
-        except Mistake as raised:
-            if raised.key in ("raised", "wrong_values", "wrong_shape") and dim % x.dim() != 2:
-                explain_by_last_dim(online_softmax_stats, raised, x, block_size, dim)
-            raise
+        expect_stats(online_softmax_stats, x, block_size, dim, what)
 
 
 def explain_by_last_dim(online_softmax_stats, raised: Mistake, x, block_size, dim):
@@ -255,6 +270,30 @@ def explain_by_last_dim(online_softmax_stats, raised: Mistake, x, block_size, di
             f"right statistics: it looks like {description}.",
             fix,
             "dim_mishandled",
+        ) from None
+
+
+def explain_by_rows(online_softmax_stats, raised: Mistake, x, block_size, dim):
+    """After a wrong result (or a crash) on several rows: every row given alone (x of shape (N,))
+    right means the rows get in each other's way, as a per-row (rows,) value does when it meets
+    a (rows, block_size) block without unsqueeze(-1); else what was seen stands."""
+    rows = x.movedim(dim, -1).reshape(-1, x.shape[dim])
+    if len(rows) < 2:
+        return
+    try:
+        right = all(
+            same_pair(online_softmax_stats(row, block_size, dim=-1), stats64(row, -1))
+            for row in rows
+        )
+    except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
+        return
+    if right:
+        description, fix = HINTS["shift_not_unsqueezed"]
+        raise Mistake(
+            f"{raised.message}\n      Each row alone (x of shape ({x.shape[dim]},)) gives the "
+            f"right statistics: it looks like {description}.",
+            fix,
+            "shift_not_unsqueezed",
         ) from None
 
 
@@ -281,8 +320,13 @@ def stats_streaming(online_softmax_stats, rng):
     rows, N = draw(rng, 2, 4), block_size * draw(rng, 4, 8)
     x = randn((rows, N), rng)
     tracker = Reductions()
-    with tracker:
-        online_softmax_stats(x, block_size, dim=-1)
+    try:
+        with tracker:
+            online_softmax_stats(x, block_size, dim=-1)
+    except Mistake as raised:
+        if raised.key == "raised":
+            explain_by_rows(online_softmax_stats, raised, x, block_size, -1)
+        raise
     if tracker.largest > rows * block_size:
         # Less than the whole of x: each block read a little too far
         key = "blocks_overlap" if tracker.largest < x.numel() else "not_streaming"

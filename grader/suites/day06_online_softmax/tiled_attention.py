@@ -53,11 +53,12 @@ def tile_loop64(q, k, v, bq, bk, mask=None, rescale_l=True, rescale_acc=True, re
 
 
 class MatmulFlops(TorchDispatchMode):
-    """Counts the multiply-adds of every matrix product (mm, bmm, addmm, baddbmm, matmul)."""
+    """Counts the multiply-adds of every matrix product (mm, bmm, addmm, baddbmm, matmul), and
+    keeps the (rows, columns) of the largest product seen (a tile of scores, say)."""
 
     def __init__(self):
         super().__init__()
-        self.flops = 0
+        self.flops, self.largest = 0, (0, 0)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -66,6 +67,8 @@ class MatmulFlops(TorchDispatchMode):
             a = args[1] if name in ("addmm", "baddbmm", "addbmm") else args[0]
             if isinstance(out, torch.Tensor):
                 self.flops += out.numel() * (a.shape[-1] if a.dim() else 1)
+                if out.dim() >= 2 and math.prod(out.shape[-2:]) > math.prod(self.largest):
+                    self.largest = tuple(out.shape[-2:])
         return out
 
     def absorb(self, seen: dict):
@@ -115,17 +118,30 @@ def ragged_key_tile_dropped(Lq, Lk, bq, bk, causal):
     return reached & causal_rule(Lq, Lk) if causal else reached
 
 
+def straddling(Lq, Lk, bq, bk):
+    """(Lq, Lk) bool: key j lies, for query i, in a key tile that straddles the diagonal of i's
+    query tile (the tile's last key after the tile's first query's position), tiles cut at the
+    skipping loop's end."""
+    i, j = torch.arange(Lq).unsqueeze(-1), torch.arange(Lk)
+    end = torch.clamp(loop_end(Lq, Lk, bq), max=Lk)  # (Lq, 1)
+    last_key_of_tile = torch.minimum(j // bk * bk + bk, end) - 1  # (Lq, Lk)
+    return last_key_of_tile > Lk - Lq + i // bq * bq
+
+
 def local_query_index(Lq, Lk, bq, bk):
     """(Lq, Lk) bool masks of a causal mask that counts each query from its tile's start
     (Lk - Lq + i - q_start): on every visited tile, and on the straddling tiles only."""
     i, j = torch.arange(Lq).unsqueeze(-1), torch.arange(Lk)
-    q_start = i // bq * bq
-    end = torch.clamp(loop_end(Lq, Lk, bq), max=Lk)  # (Lq, 1)
-    visited = j < end
-    local = j <= Lk - Lq + i - q_start
-    last_key_of_tile = torch.minimum(j // bk * bk + bk, end) - 1  # (Lq, Lk)
-    straddles = last_key_of_tile > Lk - Lq + q_start
-    return [local & visited, (local | ~straddles) & visited]
+    visited = j < torch.clamp(loop_end(Lq, Lk, bq), max=Lk)
+    local = j <= Lk - Lq + i - i // bq * bq
+    return [local & visited, (local | ~straddling(Lq, Lk, bq, bk)) & visited]
+
+
+def strict_in_straddling(Lq, Lk, bq, bk):
+    """(Lq, Lk) bool: a strict mask (j < i) applied in the straddling tiles only: a query loses
+    its own key where that key's tile straddles, and keeps it in a tile that ends on it."""
+    diagonal = torch.arange(Lk) == torch.arange(Lq).unsqueeze(-1) + Lk - Lq
+    return causal_rule(Lq, Lk) & ~(diagonal & straddling(Lq, Lk, bq, bk))
 
 
 def stops_one_key_early(Lq, Lk, bq):
@@ -139,6 +155,9 @@ def mistaken_masks(Lq, Lk, bq, bk, causal):
     query sees with the mistake (the first that matches names it)."""
     masks = causal_suspects(Lq, Lk) if causal else []
     if causal:
+        # A strict mask where only straddling tiles are masked: with Lq > Lk a tile may end on
+        # the diagonal, and its queries keep their own key there
+        masks.append(("causal_strict", strict_in_straddling(Lq, Lk, bq, bk)))
         no_offset = loop_end(Lq, Lk, bq, offset=0)  # the loop ends at q_end
         masks += [
             ("causal_tile_stops_early", stops_one_key_early(Lq, Lk, bq)),
