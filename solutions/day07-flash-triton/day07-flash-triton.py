@@ -259,7 +259,7 @@ print(triton_softmax(torch.tensor([[0.0, math.log(3.0)], [1.0, float("-inf")]]))
 # - padded lanes counted in the sum (loaded with `other=0.0` instead of `-inf`)
 # - inf or NaN for large inputs (no max subtracted)
 # - padded lanes that win the max (a row far below 0); `exp(x - max)` not divided by its sum; `tl.exp2` without $\log_2 e$
-# - softmax over the wrong axis; a non-contiguous input read as if contiguous, or an output made with `torch.empty_like(x)` of a transposed `x`; one program for all rows; rows read at `row * BLOCK` instead of `row * n_cols`; a `BLOCK` that is not a power of two
+# - softmax over the wrong axis, or over rows of the wrong length (`n_cols = x.shape[0]`, `reshape(n_cols, -1)`); a non-contiguous input read as if contiguous, or an output made with `torch.empty_like(x)` of a transposed `x`; one program for all rows; rows read at `row * BLOCK` instead of `row * n_cols`; a `BLOCK` that is not a power of two
 # - the output that is the input itself (`out = x2`, where `x2` is `x` when `x` is contiguous): `x` overwritten
 # - no Triton kernel; a load or store outside the tensors
 # - a 0-d tensor accepted without a ValueError
@@ -412,7 +412,7 @@ print(out[0, 0].item(), lse.item())   # 1/4 * 1 + 3/4 * 5 = 4.0, log(1 + 3) = 1.
 # - with `causal=True`, the key tiles above the diagonal loaded (the loop must stop at `hi`), or a loop that stops too early (`hi = start_m + BLOCK_M`, top-left)
 # - K/V of head `bh` at `bh * Lq * D` (or Q at `bh * Lk * D`): a per-head offset with the other length; `BH` from `q.shape[0]` instead of every leading dim (wrong for `(B, H, L, D)`)
 # - the output written over `q` (`out = q3`, which is `q` itself when `q` is contiguous)
-# - no Triton kernel; inf/NaN for large scores; unsupported head_dim (24, or 48: a multiple of 16 is not enough), shapes or dtypes (q, k, v not all the same) accepted
+# - no Triton kernel; unsupported head_dim (24, or 48: a multiple of 16 is not enough), shapes or dtypes (q, k, v not all the same) accepted
 
 # %% nbgrader={"grade": true, "grade_id": "check_flash_attention_triton", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 check("day07-flash-triton", "flash_attention_triton", flash_attention_triton, points=2)
@@ -615,6 +615,7 @@ print(q.grad.shape, k.grad.norm().item() > 0, v.grad.norm().item() > 0)
 # - $dQ$, $dK$ without the $1/\sqrt d$ (or with it twice)
 # - gradients right without a mask but wrong with `is_causal=True` (the backward's $P$ not masked like the forward's)
 # - a causal dK/dV loop over query tiles that starts late (at `start_n`, without the `Lk - Lq` shift, or a tile past the rounded start)
+# - a causal dK/dV start not clamped at 0 (`start_n - (Lk - Lq)` below 0 when `Lk - Lq` is a tile or more); a dK/dV grid of `cdiv(Lq, BLOCK)` programs instead of `cdiv(Lk, BLOCK)`
 # - $P$ = `tl.exp2(s - lse)` with `lse` still in natural log (not multiplied by $\log_2 e$); `qk_scale` and `ds_scale` swapped in a launch
 # - `DELTA` or `LSE` read at `offs_m`, without the per-head offset `bh * Lq`
 # - a non-contiguous `dout` (the gradient of a transposed output) read as if contiguous

@@ -15,7 +15,14 @@ import torch
 import triton
 import triton.language as tl
 
-from helpers import assert_mistake_named, assert_named_on_seeds, day_report, edited_solution
+from helpers import (
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    edited_solution,
+    promised,
+)
 
 DAY = "day07-flash-triton"
 
@@ -220,6 +227,24 @@ def test_one_program_for_all_rows_is_named_by_every_check_it_fails(solution):
     assert result.keys == {"one_program_for_all_rows"}, [(r.key, r.message) for r in result.results]
 
 
+ROWS = "rows = x.contiguous().reshape(-1, x.shape[-1])"
+ROW_LENGTH_SLIPS = {  # each "row" a run of x.shape[0] (or of the number of rows) elements
+    "n_cols_from_first_dim": ROWS.replace("x.shape[-1]", "x.shape[0]"),
+    "reshape_turned_around": ROWS.replace("(-1, x.shape[-1])", "(x.shape[-1], -1)"),
+}
+
+
+@pytest.mark.parametrize("slip", ROW_LENGTH_SLIPS)
+def test_rows_of_the_wrong_length_are_named_not_an_overflow(solution, slip, capsys):
+    """a wrong "row" of only -inf entries is NaN with the max subtracted: not `not_stable`"""
+    bug = planted(solution, "triton_softmax", (ROWS, ROW_LENGTH_SLIPS[slip]))
+    assert_named_on_seeds(DAY, "triton_softmax", bug, "row_length_wrong", capsys, HIDDEN_SEEDS)
+    for seed in (None, *HIDDEN_SEEDS):
+        kwargs = {} if seed is None else {"hidden": True, "seed": seed}
+        result = report("triton_softmax", bug, **kwargs)
+        assert "not_stable" not in result.keys, (seed, [(r.key, r.message) for r in result.results])
+
+
 def test_softmax_over_the_wrong_axis_is_named(solution, capsys):
     softmax = solution["triton_softmax"]
     assert_named(
@@ -231,6 +256,20 @@ def test_softmax_over_the_wrong_axis_is_named(solution, capsys):
         ),
         "wrong_axis",
         capsys,
+    )
+
+
+def torch_softmax(x):
+    """Right values, no kernel: the stable softmax in torch ops (torch.softmax is a shortcut)."""
+    if x.ndim == 0:
+        raise ValueError("x needs a last axis to take the softmax over, got a 0-d tensor")
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def test_a_softmax_without_a_kernel_is_named_on_hidden_seeds(capsys):
+    assert_named_on_seeds(
+        DAY, "triton_softmax", torch_softmax, "no_triton_kernel", capsys, HIDDEN_SEEDS
     )
 
 
@@ -406,6 +445,35 @@ def test_a_diagonal_mask_on_the_wrong_side_is_caught_by_the_probe(solution):
     assert [r.key for r in result.results if not r.passed][:1] == ["causal_wrong_side"]
 
 
+SLIPS_NAMED_BY_EVERY_CHECK = {  # key: the forward slips it names, and each failing check too
+    # NaN in the ragged check comes from the growing alpha, not from past the inputs' end
+    "alpha_inverted": FLASH_BUGS["alpha_inverted"],
+    # causal NaN rows: a last tile of only masked keys restarts l_i at 0, not a row without keys
+    "state_reset_in_loop": FLASH_BUGS["state_reset_in_loop"],
+}
+
+
+@pytest.mark.parametrize("key", SLIPS_NAMED_BY_EVERY_CHECK)
+def test_forward_slips_are_named_by_every_check_they_fail(solution, key):
+    bug = planted(solution, "flash_attention_triton", *SLIPS_NAMED_BY_EVERY_CHECK[key])
+    result = report("flash_attention_triton", bug)
+    assert result.keys == {key}, [(r.key, r.message) for r in result.results]
+
+
+def test_a_top_left_loop_stop_is_not_called_a_mask_on_the_wrong_side(solution):
+    """with Lq = 1 and Lk = 17 both miss only key 16: the check draws Lk > 17"""
+    bug = planted(
+        solution, "flash_attention_triton", *FLASH_BUGS_ON_EVERY_SEED["top_left_loop_bound"][1]
+    )
+    for seed in (None, *HIDDEN_SEEDS):
+        kwargs = {} if seed is None else {"hidden": True, "seed": seed}
+        result = report("flash_attention_triton", bug, **kwargs)
+        assert result.keys == {"causal_loop_bound"}, (
+            seed,
+            [(r.key, r.message) for r in result.results],
+        )
+
+
 def torch_flash(q, k, v, causal=False):
     """Right values, no kernel: a pure-torch reimplementation."""
     if q.shape[-1] not in (16, 32, 64, 128) or k.shape != v.shape or q.dtype != torch.float32:
@@ -538,6 +606,25 @@ def test_dk_and_dv_swapped_is_named_on_hidden_seeds(solution, capsys):
     )
 
 
+FORWARD_CALL = "out, lse = flash_attention_triton(q, k, v, causal=is_causal)"
+
+
+def test_a_function_that_lets_head_dim_24_through_is_named_on_hidden_seeds(solution, capsys):
+    """the forward catches flash_attention_triton's ValueError and returns zeros"""
+    bug = planted(
+        solution,
+        "FlashAttentionTriton",
+        (
+            FORWARD_CALL,
+            f"try:\n            {FORWARD_CALL}\n        except ValueError:\n"
+            "            out, lse = torch.zeros_like(q), q.new_zeros(q.shape[:-1])",
+        ),
+    )
+    assert_named_on_seeds(
+        DAY, "FlashAttentionTriton", bug, "no_error_for_bad_input", capsys, HIDDEN_SEEDS[:2]
+    )
+
+
 LOOP_START = "lo = (tl.maximum(start_n - (Lk - Lq), 0) // BLOCK_M) * BLOCK_M"
 LATE_LOOP_STARTS = {  # the causal dK/dV loop over query tiles starts too late
     "no_shift": LOOP_START.replace("tl.maximum(start_n - (Lk - Lq), 0)", "start_n"),
@@ -549,6 +636,39 @@ LATE_LOOP_STARTS = {  # the causal dK/dV loop over query tiles starts too late
 def test_a_late_dkdv_loop_start_is_named_on_hidden_seeds(solution, late, capsys):
     bug = planted(solution, "FlashAttentionTriton", (LOOP_START, LATE_LOOP_STARTS[late]))
     assert_named_on_seeds(DAY, "FlashAttentionTriton", bug, "dkdv_loop_start", capsys, HIDDEN_SEEDS)
+
+
+BACKWARD_BUGS_ON_EVERY_SEED = [  # (bug, key): the edit of the solution, the mistake it is
+    # no clamp at 0: start_n - (Lk - Lq) < 0 reads query rows before the first; `//` rounds
+    # toward 0, so only a shift of a whole tile or more shows (the check's second causal case)
+    (
+        (LOOP_START, "lo = ((start_n - (Lk - Lq)) // BLOCK_M) * BLOCK_M"),
+        "dkdv_loop_start_unclamped",
+    ),
+    # one program per query tile: the key tiles past cdiv(Lq, BLOCK) are never written
+    (
+        (
+            "flash_bwd_dkdv_kernel[(triton.cdiv(Lk, BLOCK), BH)]",
+            "flash_bwd_dkdv_kernel[(triton.cdiv(Lq, BLOCK), BH)]",
+        ),
+        "dkdv_grid_too_small",
+    ),
+]
+
+
+@pytest.mark.parametrize("bug, key", BACKWARD_BUGS_ON_EVERY_SEED)
+def test_backward_bugs_are_named_on_hidden_seeds(solution, bug, key, capsys):
+    impl = planted(solution, "FlashAttentionTriton", bug)
+    assert_named_on_seeds(DAY, "FlashAttentionTriton", impl, key, capsys, HIDDEN_SEEDS)
+
+
+def test_a_dkdv_grid_from_lq_is_named_by_the_causal_check_too(solution):
+    """the causal check's second case has more key tiles than query tiles, whatever the tile"""
+    impl = planted(solution, "FlashAttentionTriton", BACKWARD_BUGS_ON_EVERY_SEED[1][0])
+    failed = [r for r in report("FlashAttentionTriton", impl).results if not r.passed]
+    assert [r.key for r in failed] == ["dkdv_grid_too_small"] * 2, [
+        (r.key, r.message) for r in failed
+    ]
 
 
 LSE_IN_NATURAL_LOG = [  # P = exp2(s - lse) in both kernels: lse never turned into base 2
@@ -749,6 +869,8 @@ FUNCTION_ALTERNATIVES = {  # written differently, right all the same
             "p = tl.where(keep, tl.exp(s - lse[:, None]), 0.0)\n",
         ),
     ],
+    # the causal dK/dV start clamped but not rounded down to a tile: the masks zero the rest
+    "start_not_rounded": [(LOOP_START, "lo = tl.maximum(start_n - (Lk - Lq), 0)")],
 }
 
 
@@ -762,6 +884,15 @@ SOFTMAX_ALTERNATIVES = {  # written differently, right all the same
     "exp2_with_log2e": [("num = tl.exp(x)", "num = tl.exp2(x * 1.4426950408889634)")],
     "logsumexp_form": [
         ("num / tl.sum(num, axis=0)", "tl.exp(x - tl.log(tl.sum(num, axis=0)))"),
+    ],
+    # exp(x - lse) with lse = max + log(sum) of x itself: off by 1e-3 near 1e4 in float32, right
+    # within the check's tolerance, and not a row never written
+    "logsumexp_of_x": [
+        ("x = x - tl.max(x, axis=0)", "x_raw = x\n    x = x - tl.max(x, axis=0)"),
+        (
+            "num / tl.sum(num, axis=0)",
+            "tl.exp(x_raw - (tl.max(x_raw, axis=0) + tl.log(tl.sum(num, axis=0))))",
+        ),
     ],
     # padded lanes loaded as 0.0, then set to -inf before the max
     "where_after_load": [
@@ -863,3 +994,155 @@ def test_a_library_style_kernel_passes():
     exec(compile("\n" + open(library.__file__).read(), "<copy>", "exec"), namespace)
     assert report("flash_attention_triton", namespace["flash_attention_triton"]).passed
     assert report("FlashAttentionTriton", namespace["FlashAttentionTriton"]).passed
+
+
+# ----------------------------------------------------------------------------- the notebook's promises
+
+# Each exercise's "Mistakes the checks recognise: ..." list in the notebook, phrase by phrase, and
+# the key (or keys) a planted bug above is named under: every promise is kept by a test (issue
+# #18).
+PROMISES = {
+    "triton_add": {
+        "no Triton kernel launched (the sum computed with torch)": "no_triton_kernel",
+        "a load or store outside the tensors: the last block not masked": "out_of_bounds",
+        "`n // BLOCK` programs instead of `triton.cdiv(n, BLOCK)`": "grid_too_small",
+        "offsets without `pid * BLOCK` (or `tl.program_id(1)` on a 1-D grid)": (
+            "offsets_without_block_start"
+        ),
+        "a mask against `BLOCK` instead of `n`": "mask_against_block",
+        "wrong values for a non-contiguous `x` or `y` (no `.contiguous()`": "non_contiguous",
+        "`x.view(-1)` of a transpose": "view_of_non_contiguous",
+        "an output made with `torch.empty_like(x)` of a transposed `x`": "output_like_input",
+        "the output that is `x` itself": "modified_input",
+        "shapes or dtypes that differ accepted without a ValueError": "add_accepts_bad_input",
+        "(shapes `(n, m)` and `(m, n)` too: compare shapes, not `numel()`)": (
+            "add_accepts_bad_input"
+        ),
+    },
+    "triton_softmax": {
+        "padded lanes counted in the sum (loaded with `other=0.0` instead of `-inf`)": (
+            "padding_counted"
+        ),
+        "inf or NaN for large inputs (no max subtracted)": "not_stable",
+        "padded lanes that win the max (a row far below 0)": "padding_wins_max",
+        "`exp(x - max)` not divided by its sum": "softmax_not_divided",
+        r"`tl.exp2` without $\log_2 e$": "softmax_exp2",
+        "softmax over the wrong axis": "wrong_axis",
+        "over rows of the wrong length (`n_cols = x.shape[0]`, `reshape(n_cols, -1)`)": (
+            "row_length_wrong"
+        ),
+        "a non-contiguous input read as if contiguous": "non_contiguous",
+        "an output made with `torch.empty_like(x)` of a transposed `x`": "output_like_input",
+        "one program for all rows": "one_program_for_all_rows",
+        "rows read at `row * BLOCK` instead of `row * n_cols`": "row_stride_block",
+        "a `BLOCK` that is not a power of two": "block_not_power_of_two",
+        "the output that is the input itself": "modified_input",
+        "no Triton kernel": "no_triton_kernel",
+        "a load or store outside the tensors": "out_of_bounds",
+        "a 0-d tensor accepted without a ValueError": "softmax_accepts_bad_input",
+    },
+    "flash_attention_triton": {
+        "no rescale at all": "missing_rescale",
+        "or only one of `l_i` and `acc` rescaled": ("rescale_l_not_acc", "rescale_acc_not_l"),
+        "`acc` rescaled after the new tile is added, `(acc + P V) * alpha`": "rescale_after_tile",
+        "`l_i` (or `acc`, `m_i`) set to its start value inside the key loop": (
+            "state_reset_in_loop"
+        ),
+        "the row max over the wrong axis, `tl.max(s, axis=0)`": "max_not_per_row",
+        r"`m_i` started at 0 instead of $-\infty$": "m_i_not_minus_inf",
+        "the output not divided by `l_i`": "not_normalised",
+        "keys past $L_k$ in the last tile counted": "pad_keys_not_masked",
+        "a load or store outside the tensors (a ragged tile without a mask)": "out_of_bounds",
+        r"the wrong scale: none, $1/D$, or `tl.exp2` without $\log_2 e$ folded in": "wrong_scale",
+        "the logsumexp in base 2 (or half converted)": "lse_base2",
+        "or without the max": "lse_without_max",
+        "`alpha = exp2(m_new - m_i)` (inverted: NaN everywhere)": "alpha_inverted",
+        "`tl.dot(q, k)` without `tl.trans(k)` (a shape error, or wrong scores when `BLOCK_N = D`)": (
+            "dot_shapes",
+            "k_not_transposed",
+        ),
+        "non-contiguous q, k, v read as if contiguous": "inputs_not_contiguous",
+        "`causal=True` ignored": "causal_ignored",
+        "a top-left mask": "causal_top_left",
+        "the diagonal tile masked on the wrong side": "causal_wrong_side",
+        "query rows left with no key (NaN) by the causal positions": "causal_row_without_keys",
+        "the key tiles above the diagonal loaded (the loop must stop at `hi`)": (
+            "causal_tiles_not_skipped"
+        ),
+        "a loop that stops too early (`hi = start_m + BLOCK_M`, top-left)": "causal_loop_bound",
+        "K/V of head `bh` at `bh * Lq * D` (or Q at `bh * Lk * D`)": "head_offset",
+        "`BH` from `q.shape[0]` instead of every leading dim": "leading_dims_not_flattened",
+        "the output written over `q`": "modified_input",
+        "no Triton kernel": "no_triton_kernel",
+        "unsupported head_dim (24, or 48: a multiple of 16 is not enough)": (
+            "no_error_for_bad_input"
+        ),
+        "shapes or dtypes (q, k, v not all the same) accepted": "no_error_for_bad_input",
+    },
+    "FlashAttentionTriton": {
+        "`dS = P * dP` without the $D$ term": "no_d_term",
+        "or $D$ summed from `dO` alone (or `O * O`) instead of `dO * O`": "wrong_delta",
+        r"$dK = dS^\top dO$ instead of $dS^\top Q$": "dk_from_dout",
+        "`backward` returning three gradients (no `None` for `is_causal`)": (
+            "backward_gradient_count"
+        ),
+        "or them in another order than `q, k, v`": "backward_gradient_order",
+        r"$dQ$, $dK$ without the $1/\sqrt d$ (or with it twice)": "grad_wrong_scale",
+        "gradients right without a mask but wrong with `is_causal=True`": "causal_backward",
+        "a causal dK/dV loop over query tiles that starts late": "dkdv_loop_start",
+        "a causal dK/dV start not clamped at 0": "dkdv_loop_start_unclamped",
+        "a dK/dV grid of `cdiv(Lq, BLOCK)` programs instead of `cdiv(Lk, BLOCK)`": (
+            "dkdv_grid_too_small"
+        ),
+        "$P$ = `tl.exp2(s - lse)` with `lse` still in natural log": "backward_lse_natural",
+        "`qk_scale` and `ds_scale` swapped in a launch": "backward_scales_swapped",
+        "`DELTA` or `LSE` read at `offs_m`, without the per-head offset `bh * Lq`": (
+            "backward_head_offset"
+        ),
+        "a non-contiguous `dout` (the gradient of a transposed output) read as if contiguous": (
+            "dout_not_contiguous"
+        ),
+        "a backward that launches no Triton kernel": "backward_not_triton",
+        "a forward that saves the attention matrix": "saves_attention_matrix",
+        "or keeps `lse` on `ctx` instead of saving it with `ctx.save_for_backward`": (
+            "not_saved_for_backward"
+        ),
+        "gradients returned in the flattened `(BH, L, D)` shape": "gradients_not_reshaped",
+        "something other than an autograd.Function": "not_an_autograd_function",
+        "head_dim 24 accepted": "no_error_for_bad_input",
+    },
+}
+
+# The single planted-bug tests: (exercise, key).
+SINGLE_PLANTED_BUGS = [
+    ("triton_add", "no_triton_kernel"),  # test_add_without_a_kernel_is_named
+    ("triton_softmax", "row_length_wrong"),  # test_rows_of_the_wrong_length_are_named_not_an_...
+    ("triton_softmax", "wrong_axis"),  # test_softmax_over_the_wrong_axis_is_named
+    ("triton_softmax", "no_triton_kernel"),  # test_a_softmax_without_a_kernel_is_named_on_...
+    ("flash_attention_triton", "k_not_transposed"),  # test_scores_without_the_transpose_on_...
+    ("flash_attention_triton", "no_triton_kernel"),  # test_a_pure_torch_forward_is_named
+    ("FlashAttentionTriton", "dkdv_loop_start"),  # test_a_late_dkdv_loop_start_is_named_on_...
+    ("FlashAttentionTriton", "backward_lse_natural"),  # test_backward_lse_in_natural_log_is_...
+    ("FlashAttentionTriton", "backward_not_triton"),  # test_a_pytorch_backward_is_named
+    ("FlashAttentionTriton", "saves_attention_matrix"),  # test_saving_the_scores_is_named
+    ("FlashAttentionTriton", "not_an_autograd_function"),  # test_a_plain_function_is_not_an_...
+    ("FlashAttentionTriton", "no_error_for_bad_input"),  # test_a_function_that_lets_head_dim_...
+]
+
+
+def keys_planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under."""
+    keys = {
+        "triton_add": set(ADD_BUGS) | {key for key, _ in ADD_BUGS_ON_EVERY_SEED},
+        "triton_softmax": set(SOFTMAX_BUGS),
+        "flash_attention_triton": set(FLASH_BUGS)
+        | {key for key, _ in FLASH_BUGS_ON_EVERY_SEED.values()},
+        "FlashAttentionTriton": set(FUNCTION_BUGS)
+        | {key for _, key in BACKWARD_BUGS_ON_EVERY_SEED},
+    }[name]
+    return keys | {key for exercise, key in SINGLE_PLANTED_BUGS if exercise == name}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    assert_promise_kept(DAY, PROMISES, name, phrase, keys_planted(name))

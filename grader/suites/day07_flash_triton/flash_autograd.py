@@ -195,6 +195,23 @@ def delta_rows_written(grads, ref, Lq: int) -> int:
     return written if written and any(written % size == 0 for size in (Lq, *BLOCKS)) else 0
 
 
+def keys_written(grads, ref) -> int:
+    """How many keys (of each head) a dK/dV grid too small wrote, or 0: dk and dv right on
+    their first keys, a whole number of tiles, and never written (NaN) on every key past them,
+    as with one program per query tile, triton.cdiv(Lq, BLOCK), instead of per key tile."""
+    rows = []
+    for g, r in zip(grads[1:], ref[1:]):
+        g, r = f64(g).reshape(-1, *g.shape[-2:]), r.reshape(-1, *r.shape[-2:])
+        rows.append((torch.isclose(g, r, rtol=1e-3, atol=1e-4).all(-1), g.isnan().all(-1)))
+    right, unwritten = (torch.stack(parts).all(0).all(0) for parts in zip(*rows))  # (Lk,)
+    if right.all() or not right[0]:
+        return 0
+    written = int((~right).nonzero()[0])
+    if not unwritten[written:].all() or not any(written % size == 0 for size in BLOCKS):
+        return 0
+    return written
+
+
 def expect_grads(grads, q, k, v, dout, causal, what):
     ref = grads64(q, k, v, dout, causal)
     variants = [
@@ -228,6 +245,15 @@ def expect_grads(grads, q, k, v, dout, causal, what):
             f"flattened) only: it looks like {description}.",
             fix,
             "delta_rows_missing",
+        )
+    if written := keys_written(grads, ref):
+        description, fix = hint("dkdv_grid_too_small")
+        raise Mistake(
+            f"dk and dv of {what} are right on the first {written} keys of each head and never "
+            f"written (NaN) on the {k.shape[-2] - written} keys past them: it looks like "
+            f"{description}.",
+            fix,
+            "dkdv_grid_too_small",
         )
     for i, name in [(2, "dv"), (0, "dq"), (1, "dk")]:
         suspects = [
@@ -263,14 +289,14 @@ def function_forward(FlashAttentionTriton, rng):
     )
     saved = saved_tensors(out) or ()
     shapes = sorted(tuple(t.shape) for t in saved)
-    expected = sorted(
-        [tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(q.shape), tuple(q.shape[:-1])]
-    )
+    # listed in the order of the names after it, compared in any order
+    in_order = [tuple(q.shape), tuple(k.shape), tuple(v.shape), tuple(q.shape), tuple(q.shape[:-1])]
+    expected = sorted(in_order)
     missing = collections.Counter(expected) - collections.Counter(shapes)
     if missing and not collections.Counter(shapes) - collections.Counter(expected):
         description, fix = hint("not_saved_for_backward")
         raise Mistake(
-            f"forward saved tensors of shapes {shapes}, expected {expected} (q, k, v, out, "
+            f"forward saved tensors of shapes {shapes}, expected {in_order} (q, k, v, out, "
             f"lse): {sorted(missing.elements())} missing; it looks like {description}.",
             fix,
             "not_saved_for_backward",
@@ -278,7 +304,7 @@ def function_forward(FlashAttentionTriton, rng):
     if shapes != expected:
         description, fix = hint("saves_attention_matrix")
         raise Mistake(
-            f"forward saved tensors of shapes {shapes}, expected {expected} (q, k, v, out, "
+            f"forward saved tensors of shapes {shapes}, expected {in_order} (q, k, v, out, "
             f"lse): it looks like {description}.",
             fix,
             "saves_attention_matrix",
@@ -317,7 +343,7 @@ def function_gradients(FlashAttentionTriton, rng):
 
 
 def function_causal_gradients(FlashAttentionTriton, rng):
-    """with is_causal=True (bottom-right, Lq < Lk, head_dim 16 or 32): output and dq, dk, dv"""
+    """with is_causal=True (bottom-right, Lq < Lk, also by more than a tile, head_dim 16 or 32): output and dq, dk, dv"""
     cls = function_class(FlashAttentionTriton)
     Lq = draw(rng, 17, 28)
     Lk = Lq + draw(rng, 1, 8)  # Lk > Lq: a loop that drops the Lk - Lq shift shows
@@ -350,6 +376,39 @@ def function_causal_gradients(FlashAttentionTriton, rng):
                 "causal_backward",
             ) from None
         raise
+    expect_far_keys_gradients(cls, rng, Lk - Lq)
+
+
+def expect_far_keys_gradients(cls, rng, near: int):
+    """Causal gradients with Lk - Lq past the largest tile: the first key tiles' dK/dV loop
+    start, start_n - (Lk - Lq), is then below 0 by a tile or more (with a shift `near` under
+    a tile, `//` rounding toward 0 makes an unclamped start 0 anyway), and Lq and Lk need
+    different numbers of tiles, whatever the tile size."""
+    Lq = draw(rng, 3, 9)
+    Lk = Lq + max(BLOCKS) + draw(rng, 1, 8)
+    q, k, v = qkv(rng, (1, 1), Lq, Lk, 16)
+    what = f"q {tuple(q.shape)}, k {tuple(k.shape)}, is_causal=True"
+    try:
+        out, dout, grads, _ = run_function(cls, q, k, v, True, rng, what)
+    except Mistake as mistake:
+        if mistake.key != "out_of_bounds" or not mistake.message.startswith("the backward"):
+            raise
+        seen = mistake.message.split(": it looks like")[0]  # what strayed, not the usual guess
+        description, fix = hint("dkdv_loop_start_unclamped")
+        raise Mistake(
+            f"{seen}, though with Lk - Lq = {near} it stayed in bounds: it looks like "
+            f"{description}.",
+            fix,
+            "dkdv_loop_start_unclamped",
+        ) from None
+    expect_close(
+        out,
+        attention64(q, k, v, True)[0],
+        q.dtype,
+        f"FlashAttentionTriton.apply on {what}",
+        out_suspects(q, k, v, True),
+    )
+    expect_grads(grads, q, k, v, dout, True, what)
 
 
 def function_rejects_bad_input(FlashAttentionTriton, rng):

@@ -182,6 +182,13 @@ HINTS = {
         "one program per row: normalise along the last axis, tl.max(x, axis=0) and "
         "tl.sum(x, axis=0) over the row's block.",
     ),
+    "row_length_wrong": (
+        "rows of the wrong length: n_cols taken from x.shape[0] (or x reshaped to (n_cols, -1)), "
+        "so each row the kernel normalises is a run of x.shape[0] (or of the number of rows) "
+        "consecutive elements, not one row of the last axis",
+        "the rows are the last axis: n_cols = x.shape[-1] and rows = "
+        "x.contiguous().reshape(-1, n_cols), so every leading dim goes into the number of rows.",
+    ),
     "not_stable": (
         "inf or NaN for large inputs: exp() of an unshifted score overflows",
         "subtract the (running) max before exp: exp(x - max) is at most 1.",
@@ -372,6 +379,20 @@ HINTS = {
         "key tile are skipped, so their share of dK and dV is missing",
         "start at the first query that sees the tile's first key, clamped at 0 and rounded "
         "down to a whole tile: lo = (tl.maximum(start_n - (Lk - Lq), 0) // BLOCK_M) * BLOCK_M.",
+    ),
+    "dkdv_loop_start_unclamped": (
+        "a causal dK/dV loop start not clamped at 0: for the first key tiles "
+        "start_n - (Lk - Lq) is negative, by a whole tile or more when Lk - Lq >= BLOCK_M, so "
+        "the loop reads Q, dO, LSE and DELTA at query rows before the first one (on a GPU: "
+        "garbage gradients or a crash)",
+        "clamp the start before rounding it down to a tile: "
+        "lo = (tl.maximum(start_n - (Lk - Lq), 0) // BLOCK_M) * BLOCK_M.",
+    ),
+    "dkdv_grid_too_small": (
+        "the dK/dV kernel launched with one program per query tile, triton.cdiv(Lq, BLOCK), "
+        "instead of one per key tile: the key tiles past them are never written",
+        "the dK/dV kernel owns a key tile: grid = (triton.cdiv(Lk, BLOCK_N), BH); only the dQ "
+        "kernel's grid goes by Lq, (triton.cdiv(Lq, BLOCK_M), BH).",
     ),
     "backward_lse_natural": (
         "P recomputed as exp2(s - lse) with lse still in natural log (s in base-2 units)",

@@ -137,6 +137,18 @@ def ragged(n_cols: int) -> int:
     return n_cols + (n_cols & (n_cols - 1) == 0)
 
 
+def wrong_row_lengths(x) -> list:
+    """x's softmax over runs of its memory in order, each as long as x.shape[0] or as the
+    number of rows (n_cols = x.shape[0], or reshape(n_cols, -1)) instead of x.shape[-1]."""
+    n = x.shape[-1]
+    lengths = {x.shape[0], x.numel() // n} - {n}
+    return [  # torch.softmax, not softmax64: a run of only -inf is 0 / 0 = NaN, as in a kernel
+        torch.softmax(x.double().reshape(-1, length), -1).reshape(x.shape)
+        for length in sorted(lengths)
+        if x.numel() % length == 0
+    ]
+
+
 def softmax_suspects(x):
     n = x.shape[-1]
     pad = triton.next_power_of_2(n) - n
@@ -146,6 +158,7 @@ def softmax_suspects(x):
         suspects.append(("padding_counted", softmax64(padded)[..., :n]))
     if x.ndim >= 2 and x.shape[-2] > 1:
         suspects.append(("wrong_axis", softmax64(x, -2)))
+    suspects += [("row_length_wrong", wrong) for wrong in wrong_row_lengths(x)]
     if not x.is_contiguous():  # x's memory read as if contiguous, out written the same way
         written = softmax64(x.T.contiguous().reshape(x.shape))
         suspects += [  # into a contiguous out, or into one laid out like x (empty_like)
@@ -178,7 +191,9 @@ def expect_rows_written(out, x, what: str) -> None:
     if not (isinstance(out, torch.Tensor) and out.shape == x.shape and x.ndim >= 2):
         return
     rows = out.detach().double().reshape(-1, x.shape[-1])
-    right = torch.isclose(rows, softmax64(x).reshape(rows.shape), rtol=1e-4, atol=1e-6).all(-1)
+    # loose: a right but less precise formula (exp(x - (m + log(sum))) near 1e4, off by 1e-3)
+    # must not pass for a row never written
+    right = torch.isclose(rows, softmax64(x).reshape(rows.shape), rtol=1e-2, atol=1e-4).all(-1)
     if right[0] and not right[1:].any():
         description, fix = hint("one_program_for_all_rows")
         raise Mistake(
@@ -227,8 +242,19 @@ def softmax_stable(triton_softmax, rng):
         torch.float32,
         f"triton_softmax on {shape} with entries near 1e4",
         softmax_suspects(x),
-        nonfinite=named("not_stable"),
+        nonfinite=nonfinite_rows(out, x),
     )
+
+
+def nonfinite_rows(out, x) -> Mistake:
+    """Why the large inputs give NaN: rows of the wrong length when out is the softmax of such
+    rows, NaN and all (a wrong "row" of only -inf entries is 0 / 0, though the max is
+    subtracted); else exp() of scores without the max, which overflows."""
+    if isinstance(out, torch.Tensor) and out.shape == x.shape:
+        for wrong in wrong_row_lengths(x):
+            if torch.allclose(out.double(), wrong, rtol=1e-3, atol=1e-5, equal_nan=True):
+                return named("row_length_wrong")
+    return named("not_stable")
 
 
 def softmax_shapes(triton_softmax, rng):
