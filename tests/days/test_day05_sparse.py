@@ -15,7 +15,14 @@ import grader.suites.day05_sparse as day05
 import grader.suites.day05_sparse.learned as learned_checks
 import grader.suites.day05_sparse.reach as reach_checks
 from grader.harness.checking import run as run_checks
-from helpers import assert_mistake_named, assert_named_on_seeds, day_report
+from helpers import (
+    assert_mistake_named,
+    assert_named_on_seeds,
+    assert_promise_kept,
+    day_report,
+    planted_keys,
+    promised,
+)
 
 DAY = "day05-sparse"
 EXERCISES = [
@@ -184,6 +191,7 @@ def row_loop_window(L, window, causal=False):
             "causal_looks_ahead",
         ),
         (make_window(lambda w, c: w - 1, lambda w, c: 0), "causal_when_symmetric"),
+        (make_window(lambda w, c: w // 2, right_above), "causal_half_window"),
         (make_window(right_below, right_above, check_window=False), "no_error_for_bad_params"),
         (make_window(right_below, right_above, check_length=False), "no_error_for_bad_params"),
         (
@@ -203,6 +211,7 @@ def row_loop_window(L, window, causal=False):
         "excludes_self",
         "looks_ahead",
         "causal_when_symmetric",
+        "causal_half_window",
         "no_error",
         "no_length_check",
         "float",
@@ -221,6 +230,16 @@ def make_strided(summary, local=lambda L, w: band(L, w // 2, w // 2), validate=T
         return local(L, local_window) | summary(L, stride)
 
     return strided_mask
+
+
+def row_loop_strided(L, stride, local_window):
+    if not (1 <= stride <= L and local_window >= 1):
+        raise ValueError("bad stride or local_window")
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i in range(L):
+        mask[i, max(0, i - local_window // 2) : i + local_window // 2 + 1] = True
+    mask[:, ::stride] = True
+    return mask
 
 
 def columns(L, stride):
@@ -273,6 +292,7 @@ relative_stride = make_strided(
         ),
         (make_strided(columns, local=lambda L, w: band(L, w // 2, 0)), "one_sided_local"),
         (make_strided(columns, validate=False), "no_error_for_bad_params"),
+        (row_loop_strided, "python_loop"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -287,6 +307,7 @@ relative_stride = make_strided(
         "even_window_off_by_one",
         "one_sided",
         "no_error",
+        "row_loop",
         "stub",
     ],
 )
@@ -313,6 +334,18 @@ def make_global(
     return global_local_mask
 
 
+def row_loop_global(L, window, global_idx):
+    index = torch.as_tensor(global_idx, dtype=torch.long)
+    if window < 1 or ((index < 0) | (index >= L)).any():
+        raise ValueError("bad window or global_idx")
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i in range(L):
+        mask[i, max(0, i - window // 2) : i + window // 2 + 1] = True
+    mask[index, :] = True
+    mask[:, index] = True
+    return mask
+
+
 def float_index_global(L, window, global_idx):
     """torch.tensor([]) is float32: indexing with it fails."""
     index = torch.tensor(global_idx)
@@ -333,7 +366,9 @@ def float_index_global(L, window, global_idx):
         (make_global(negative_ok=True), "no_error_for_bad_params"),
         (make_global(half=lambda w: w), "window_each_side"),
         (make_global(causal=True), "one_sided_window"),
+        (make_global(half=lambda w: w // 2 + 1), "window_off_by_one"),
         (float_index_global, "empty_global_idx"),
+        (row_loop_global, "python_loop"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -343,7 +378,9 @@ def float_index_global(L, window, global_idx):
         "negative_wraps",
         "window_each_side",
         "one_sided_window",
+        "window_off_by_one",
         "empty_float",
+        "row_loop",
         "stub",
     ],
 )
@@ -417,6 +454,16 @@ def floyd(L, num_random, generator, inclusive=True):
     return mask
 
 
+def row_loop_random(L, num_random, generator):
+    """A fresh permutation per query: right, but a Python loop over the rows."""
+    if not 0 <= num_random <= L:
+        raise ValueError("num_random must be in 0 .. L")
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i in range(L):
+        mask[i, torch.randperm(L, generator=generator)[:num_random]] = True
+    return mask
+
+
 def keys_per_column(L, num_random, generator):
     """The ranking along the wrong axis: num_random queries per key."""
     if not 0 <= num_random <= L:
@@ -438,6 +485,7 @@ def keys_per_column(L, num_random, generator):
         (no_negative_check, "no_error_for_bad_params"),
         (functools.partial(floyd, inclusive=False), "not_uniform"),
         (keys_per_column, "keys_per_column"),
+        (row_loop_random, "python_loop"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -451,6 +499,7 @@ def keys_per_column(L, num_random, generator):
         "negative",
         "floyd_off_by_one",
         "per_column",
+        "row_loop",
         "stub",
     ],
 )
@@ -487,6 +536,16 @@ def unblocked_columns(column):
     return block_sparse_mask
 
 
+def row_loop_block(L, block_size, layout):
+    nb = math.ceil(L / block_size) if block_size >= 1 else 0
+    if block_size < 1 or tuple(layout.shape) != (nb, nb):
+        raise ValueError("bad block_size or layout")
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    for i in range(L):
+        mask[i] = layout[i // block_size].repeat_interleave(block_size)[:L]
+    return mask
+
+
 def no_block_size_check(L, block_size, layout):
     """The layout's shape is checked, block_size < 1 is not: a ZeroDivisionError, say."""
     nb = math.ceil(L / block_size)
@@ -508,6 +567,7 @@ def no_block_size_check(L, block_size, layout):
         (unblocked_columns(lambda j, nb: j % nb), "columns_not_blocked"),
         (unblocked_columns(lambda j, nb: j.clamp(max=nb - 1)), "columns_not_blocked"),
         (unblocked_columns(lambda j, nb: j), "columns_not_blocked"),  # an IndexError
+        (row_loop_block, "python_loop"),
         (stub, "not_implemented"),
     ],
     ids=[
@@ -521,6 +581,7 @@ def no_block_size_check(L, block_size, layout):
         "columns_mod_nb",
         "columns_clamped",
         "columns_unblocked",
+        "row_loop",
         "stub",
     ],
 )
@@ -817,6 +878,11 @@ def sdpa_with_mask(q, k, v, window, causal=False):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+def swa_scale_after_softmax(q, k, v, window, causal=False):
+    """The 1/sqrt(d) applied to the weights after the softmax: the output divided by it."""
+    return make_swa(scale=lambda d: 1.0)(q, k, v, window, causal) / math.sqrt(q.shape[-1])
+
+
 @pytest.mark.parametrize(
     "bug, key",
     [
@@ -830,7 +896,20 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         (make_swa(before=lambda w, c: w if c else w // 2), "window_off_by_one"),
         (make_swa(after=lambda w, c: 0 if c else w // 2 - 1), "asymmetric_window"),
         (make_swa(before=lambda w, c: w // 2, after=lambda w, c: w // 2), "ignores_causal"),
+        (
+            make_swa(before=lambda w, c: w - 1 if c else w, after=lambda w, c: 0 if c else w),
+            "window_each_side",
+        ),
+        (
+            make_swa(
+                before=lambda w, c: 0 if c else w // 2, after=lambda w, c: w - 1 if c else w // 2
+            ),
+            "causal_looks_ahead",
+        ),
+        (make_swa(before=lambda w, c: w // 2), "causal_half_window"),
+        (make_swa(before=lambda w, c: w - 1, after=lambda w, c: 0), "causal_when_symmetric"),
         (make_swa(scale=lambda d: 1.0), "missing_scale"),
+        (swa_scale_after_softmax, "scale_after_softmax"),
         (make_swa(softmax_dim=-2), "softmax_over_queries"),
         (make_tiled(window_keys(right_below, right_above)), "tile_unmasked"),
         (
@@ -870,7 +949,12 @@ def sdpa_with_mask(q, k, v, window, causal=False):
         "off_by_one",
         "asymmetric",
         "ignores_causal",
+        "each_side",
+        "looks_ahead",
+        "causal_half_window",
+        "causal_when_symmetric",
         "missing_scale",
+        "scale_after_softmax",
         "softmax_over_queries",
         "tile_unmasked",
         "tile_filled_with_zero",
@@ -1544,6 +1628,10 @@ def adaptive_row_loop(q, k, v, widths, causal=True):
             "causal_looks_ahead",
         ),
         (make_adaptive(ignore_causal=True), "ignores_causal"),
+        (
+            make_adaptive(rule=lambda i, j, w, c: (j <= i) & (j > i - w)),
+            "causal_when_symmetric",
+        ),
         (make_adaptive(widths_of=lambda w: w.unsqueeze(-2)), "width_per_key"),
         (make_adaptive(widths_of=lambda w: w.amax()), "single_width"),
         (make_adaptive(widths_of=lambda w: w[..., :1].unsqueeze(-1)), "single_width"),
@@ -1568,6 +1656,7 @@ def adaptive_row_loop(q, k, v, widths, causal=True):
         "past_only",
         "future",
         "ignores_causal",
+        "causal_when_symmetric",
         "per_key",
         "max_width",
         "first_width",
@@ -1949,3 +2038,226 @@ def test_columnwise_attention_in_the_wrong_place_is_named_with_per_column_weight
     assert per_column and all(r.key == key for r in per_column), [
         (r.check, r.key, r.message) for r in per_column
     ]
+
+
+# ----------------------------------------------------------------------------- the notebook's lists
+
+# exercise -> {phrase of the notebook's "The checks recognise: ..." list -> the mistake key, or
+# keys, it stands for}. Exercises 6 and 7 share one list, just before mask_density.
+WINDOW_MISTAKES = (
+    "window_off_by_one",
+    "window_each_side",
+    "asymmetric_window",
+    "ignores_causal",
+    "causal_looks_ahead",
+    "causal_half_window",
+    "causal_when_symmetric",
+)
+PROMISES = {
+    "sliding_window_mask": {
+        "a window one key too wide or too narrow": "window_off_by_one",
+        r"$w$ keys on each side instead of $\lfloor w/2 \rfloor$": "window_each_side",
+        "a symmetric window that reaches further on one side": "asymmetric_window",
+        "`causal` ignored or looking ahead": ("ignores_causal", "causal_looks_ahead"),
+        r"a causal window of only $\lfloor w/2 \rfloor$ keys back": "causal_half_window",
+        "a causal window when `causal=False`": "causal_when_symmetric",
+        "no `ValueError` for `window < 1` or `L < 1`": "no_error_for_bad_params",
+        "a non-bool mask": "not_bool",
+        "a Python loop over positions": "python_loop",
+    },
+    "strided_mask": {
+        "summary columns counted from 1": "stride_from_one",
+        "summary rows instead of columns": "strided_rows",
+        r"$(i - j) \bmod s = 0$ instead of $j \bmod s = 0$": "relative_stride",
+        "a missing local band or missing summary columns": ("missing_local", "missing_summary"),
+        "the band AND the summary columns (`&`) instead of OR (`|`)": "band_and_summary",
+        "a local band off by one on each side": "local_off_by_one",
+        "or one-sided (causal)": "one_sided_local",
+        "no `ValueError` for `stride > L`, `stride < 1` or `local_window < 1`": (
+            "no_error_for_bad_params"
+        ),
+        "a Python loop over positions": "python_loop",
+    },
+    "global_local_mask": {
+        "global tokens that attend everywhere but are not attended (rows only)": (
+            "global_rows_only"
+        ),
+        "or the reverse (columns only)": "global_cols_only",
+        "a window off by one": "window_off_by_one",
+        "off by one, causal, or": "one_sided_window",
+        "or with $w$ keys on each side": "window_each_side",
+        "no `ValueError` for an index outside $[0, L)$ (a negative one too": (
+            "no_error_for_bad_params"
+        ),
+        "an empty `global_idx` that crashes": "empty_global_idx",
+        "a Python loop over positions": "python_loop",
+    },
+    "random_mask": {
+        "rows with other than $r$ keys (drawn with replacement)": "not_exactly_num_random",
+        "masks that change for the same generator state": "not_reproducible",
+        "masks that do not change at all": "not_random",
+        "the same keys for every query": "same_keys_every_row",
+        "keys drawn per key column instead of per query": "keys_per_column",
+        "keys that are not uniform": "not_uniform",
+        "no `ValueError` for $r > L$ or $r < 0$": "no_error_for_bad_params",
+        "a Python loop over positions": "python_loop",
+    },
+    "block_sparse_mask": {
+        "the layout transposed": "layout_transposed",
+        "tiled (`repeat`) instead of expanded (`repeat_interleave`)": "tiled_not_expanded",
+        "key columns indexed without `// block_size`": "columns_not_blocked",
+        "not cropped to $L$": "not_cropped",
+        "or cropped from the wrong end": "cropped_from_the_end",
+        "a valid layout rejected": "rejects_valid_layout",
+        "no `ValueError` for a layout of the wrong shape or `block_size < 1`": (
+            "no_error_for_bad_params"
+        ),
+        "a Python loop over positions": "python_loop",
+    },
+    "mask_density": {
+        "a count instead of a fraction": "count_not_fraction",
+        "(or per row": "per_row_count",
+        "or over one side squared)": "square_count",
+        "the density of the first row only (`mask[0]`)": "first_row_only",
+        "a mean over one dim that leaves several numbers for `.item()`": "mean_over_one_dim",
+        "the fraction of False entries": "fraction_of_false",
+        "integer division": "integer_division",
+        "float16 rounding": "low_precision",
+        "`mean()` of a bool tensor": "mean_of_bool",
+        "a 0-d tensor instead of a Python float": "tensor_not_float",
+    },
+    "layers_to_full_reach": {
+        "reach through the mask alone without $I$": "forgot_self",
+        "a loop that never stops (stopped after 10 s: no exit when full reach never happens": (
+            "never_stops"
+        ),
+        "or a reach without $I$ that cycles": "cycles_without_self",
+        "a matrix product of bool tensors": "bool_matmul",
+        r"the number of squarings $R \leftarrow R R$ counted instead of the layers": (
+            "counts_squarings"
+        ),
+        "a layer count one off": "off_by_one_layers",
+        "a number where the answer is `None`": "should_be_none",
+    },
+    "sliding_window_attention": {
+        "every window mistake of exercise 1": WINDOW_MISTAKES,
+        r"a missing $1/\sqrt{d}$": "missing_scale",
+        "or one applied to the weights after the softmax": "scale_after_softmax",
+        "a softmax over the queries of a tile (`dim=-2`)": "softmax_over_queries",
+        "an output allocated like `q`": "output_like_q",
+        "`.T` on a batched tile": "batched_transpose",
+        "dropped edge queries (also whole blocks skipped": "drops_edges",
+        "block bookkeeping that is right for the first block only": "later_blocks_wrong",
+        "any tensor with $L^2$ bytes or more": "builds_full_matrix",
+    },
+    "chunked_attention": {
+        "overlap on one side only": "overlap_one_side",
+        "a key range one too long or short at an end": "overlap_off_by_one",
+        "overlap ignored": "ignores_overlap",
+        "a window around each query instead of around its chunk": "sliding_not_chunked",
+        "a dropped last chunk": "drops_last_chunk",
+        "a first chunk whose key slice starts below 0": "key_start_not_clipped",
+        "a softmax over the queries of a tile": "softmax_over_queries",
+        r"a missing $1/\sqrt d$": "missing_scale",
+        "(or one after the softmax)": "scale_after_softmax",
+        "`.T` on a batched tile": "batched_transpose",
+        "any $L^2$-byte tensor": "builds_full_matrix",
+    },
+    "topk_gated_attention": {
+        "top-$k$ over the queries (`dim=-2`) instead of the keys": "topk_wrong_axis",
+        "$k-1$ or $k+1$ keys kept": "keeps_wrong_count",
+        "the lowest-gated keys": "keeps_lowest",
+        r"keys chosen by $q \cdot k$ instead of the gate": "ignores_gate",
+        "a softmax over all keys (mask not applied)": "mask_not_applied",
+        "the full softmax zeroed afterwards (not renormalised)": "not_renormalised",
+        r"a missing $1/\sqrt d$": "missing_scale",
+        "a gradient reaching `gate_scores`": "gradient_through_selection",
+        "wrong gradients for $q, k, v$": "wrong_gradient",
+        "a Python loop over queries": "python_loop",
+        "or over batch rows": "loop_over_rows",
+        "the caller's `gate_scores` (or `q`, `k`, `v`) changed in place": "modified_input",
+        "bad `k_keep` or gate shapes accepted without a `ValueError`": ("no_error_for_bad_params"),
+    },
+    "adaptive_window_attention": {
+        "a window one key too wide or too narrow": "window_off_by_one",
+        r"$w$ keys on each side instead of $\lfloor w/2 \rfloor$": "window_each_side",
+        "a window that looks at the future instead of the past": "causal_looks_ahead",
+        "causal ignored": "ignores_causal",
+        "(or applied when `causal=False`)": "causal_when_symmetric",
+        "each *key's* width used instead of each query's": "width_per_key",
+        "one width for all queries": "single_width",
+        r"a missing $1/\sqrt d$": "missing_scale",
+        "a Python loop over positions": "python_loop",
+        "over positions or rows": "loop_over_rows",
+        r"bad widths or $L_q \ne L_k$ accepted without a `ValueError`": "no_error_for_bad_params",
+    },
+    "ColumnwiseAttention": {
+        "columns flattened into the sequence (attention across columns)": (
+            "attends_across_columns"
+        ),
+        "per-column weights that are really shared": "weights_shared_by_mistake",
+        "a parameter count of $4d^2$": "weights_shared_by_mistake",
+        "changing `v_weight[c]` moving other columns than $c$": "weights_shared_by_mistake",
+        "leakage (perturbing one input column changes another output column)": (
+            "attends_across_columns"
+        ),
+        "attention across the columns at each time step (the wrong axis)": (
+            "attends_along_columns"
+        ),
+        r"a missing $1/\sqrt{d_h}$": "missing_head_scale",
+        r"or $1/\sqrt{d}$ (the model width) in its place": "scale_by_model_width",
+        "heads interleaved (features split as $(d_h, H)$)": "heads_interleaved",
+        "heads merged without moving $H$ back next to $d_h$": "heads_merged_without_transpose",
+        r"$x W$ instead of $x W^\top$": "weight_not_transposed",
+        "`.T` on a `(num_columns, d, d)` weight": "weight_transposed_whole",
+        "`super().__init__()` never called": "no_super_init",
+        "plain tensors instead of `nn.Parameter`s": "parameter_not_registered",
+        "missing or mis-shaped parameters": "missing_parameter",
+        "wrong ranks or shapes accepted without a `ValueError`": "no_error_for_bad_params",
+    },
+}
+# The cell whose list holds an exercise's phrases, where it is not the exercise's own.
+LISTED_BEFORE = {"layers_to_full_reach": "mask_density"}
+# The planted-bug tests parametrized over ("bug, key"), with their exercise.
+PLANTED_BUG_TESTS = [
+    (test_sliding_window_mask_bug_is_named, "sliding_window_mask"),
+    (test_strided_mask_bug_is_named, "strided_mask"),
+    (test_global_local_mask_bug_is_named, "global_local_mask"),
+    (test_random_mask_bug_is_named, "random_mask"),
+    (test_block_sparse_mask_bug_is_named, "block_sparse_mask"),
+    (test_mask_density_bug_is_named, "mask_density"),
+    (test_layers_to_full_reach_bug_is_named, "layers_to_full_reach"),
+    (test_sliding_window_attention_bug_is_named, "sliding_window_attention"),
+    (test_chunked_attention_bug_is_named, "chunked_attention"),
+    (test_topk_gated_attention_bug_is_named, "topk_gated_attention"),
+    (test_topk_gradient_check_names_the_forward_mistake_first, "topk_gated_attention"),
+    (test_adaptive_window_attention_bug_is_named, "adaptive_window_attention"),
+    (test_columnwise_attention_bug_is_named, "ColumnwiseAttention"),
+    (
+        test_columnwise_attention_in_the_wrong_place_is_named_with_per_column_weights,
+        "ColumnwiseAttention",
+    ),
+]
+# The single planted-bug tests: (exercise, key).
+SINGLE_PLANTED_BUGS = [
+    ("layers_to_full_reach", "cycles_without_self"),  # test_a_reach_that_cycles_is_stopped_...
+    ("sliding_window_attention", "batched_transpose"),  # test_dot_T_is_named_without_the_line_...
+]
+
+
+def keys_planted(name) -> set:
+    """The keys the planted bugs of exercise `name` are named under."""
+    keys = {
+        key
+        for test, exercise in PLANTED_BUG_TESTS
+        if exercise == name
+        for key in planted_keys(test)
+    }
+    return keys | {key for exercise, key in SINGLE_PLANTED_BUGS if exercise == name}
+
+
+@pytest.mark.parametrize("name, phrase", promised(PROMISES))
+def test_the_notebook_lists_only_mistakes_the_checks_name(name, phrase):
+    cell = LISTED_BEFORE.get(name, name)
+    promises = {cell: PROMISES[name]}
+    assert_promise_kept(DAY, promises, cell, phrase, keys_planted(name))
