@@ -350,13 +350,7 @@ def function_causal_gradients(FlashAttentionTriton, rng):
     q, k, v = qkv(rng, (1, 1), Lq, Lk, (16, 32)[draw(rng, 0, 1)])
     what = f"q {tuple(q.shape)}, k {tuple(k.shape)}, is_causal=True"
     out, dout, grads, _ = run_function(cls, q, k, v, True, rng, what)
-    expect_close(
-        out,
-        attention64(q, k, v, True)[0],
-        q.dtype,
-        f"FlashAttentionTriton.apply on {what}",
-        out_suspects(q, k, v, True),
-    )
+    expect_causal_output(out, q, k, v, what)
     try:
         expect_grads(grads, q, k, v, dout, True, what)
     except Mistake as mistake:
@@ -377,6 +371,17 @@ def function_causal_gradients(FlashAttentionTriton, rng):
             ) from None
         raise
     expect_far_keys_gradients(cls, rng, Lk - Lq)
+
+
+def expect_causal_output(out, q, k, v, what: str) -> None:
+    """The forward's output with is_causal=True against the float64 one."""
+    expect_close(
+        out,
+        attention64(q, k, v, True)[0],
+        q.dtype,
+        f"FlashAttentionTriton.apply on {what}",
+        out_suspects(q, k, v, True),
+    )
 
 
 def expect_far_keys_gradients(cls, rng, near: int):
@@ -401,13 +406,7 @@ def expect_far_keys_gradients(cls, rng, near: int):
             fix,
             "dkdv_loop_start_unclamped",
         ) from None
-    expect_close(
-        out,
-        attention64(q, k, v, True)[0],
-        q.dtype,
-        f"FlashAttentionTriton.apply on {what}",
-        out_suspects(q, k, v, True),
-    )
+    expect_causal_output(out, q, k, v, what)
     expect_grads(grads, q, k, v, dout, True, what)
 
 
