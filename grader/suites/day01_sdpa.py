@@ -688,15 +688,18 @@ def softmax_uses_max_per_row(stable_softmax, rng):
     x = (offsets + randn((rows, lk), rng, dtype=torch.float64)).float()
     out = call_softmax(stable_softmax, x, dim=-1)
     explain_all_zero(stable_softmax, out, x, rng, "rows at very different scales")
-    if looks_like_global_max(out, x):
-        expect_lowest_row_alone(stable_softmax, x, rng)
-    expect_close(
-        out,
-        softmax64(x),
-        x.dtype,
-        suspects=[("global_max", global_max_softmax(x)), *softmax_mistakes(x)],
-        nonfinite=named("global_max"),
-    )
+    try:
+        expect_close(
+            out,
+            softmax64(x),
+            x.dtype,
+            suspects=[("global_max", global_max_softmax(x)), *softmax_mistakes(x)],
+            nonfinite=named("global_max"),
+        )
+    except Mistake:  # probed only when wrong: a right answer is compared with the oracle alone
+        if looks_like_global_max(out, x):
+            expect_lowest_row_alone(stable_softmax, x, rng)
+        raise
 
 
 def looks_like_global_max(out, x: torch.Tensor) -> bool:
