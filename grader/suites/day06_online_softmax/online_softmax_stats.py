@@ -259,18 +259,12 @@ def explain_by_last_dim(online_softmax_stats, raised: Mistake, x, block_size, di
     """After a wrong result (or a crash) along `dim`: the same slices made the last dim, and the
     statistics right there, name the handling of `dim`; else what was seen stands."""
     last = x.movedim(dim, -1).contiguous()
-    try:
-        right = same_pair(online_softmax_stats(last, block_size, dim=-1), stats64(x, dim))
-    except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
-        return
-    if right:
-        description, fix = HINTS["dim_mishandled"]
-        raise Mistake(
-            f"{raised.message}\n      With the same slices along the last dim it gives the "
-            f"right statistics: it looks like {description}.",
-            fix,
-            "dim_mishandled",
-        ) from None
+    name_if_right(
+        raised,
+        lambda: same_pair(online_softmax_stats(last, block_size, dim=-1), stats64(x, dim)),
+        "With the same slices along the last dim it gives the right statistics",
+        "dim_mishandled",
+    )
 
 
 def explain_by_rows(online_softmax_stats, raised: Mistake, x, block_size, dim):
@@ -280,20 +274,28 @@ def explain_by_rows(online_softmax_stats, raised: Mistake, x, block_size, dim):
     rows = x.movedim(dim, -1).reshape(-1, x.shape[dim])
     if len(rows) < 2:
         return
-    try:
-        right = all(
+    name_if_right(
+        raised,
+        lambda: all(
             same_pair(online_softmax_stats(row, block_size, dim=-1), stats64(row, -1))
             for row in rows
-        )
-    except Exception:  # a Mistake, or a result that is not a pair: nothing to explain
+        ),
+        f"Each row alone (x of shape ({x.shape[dim]},)) gives the right statistics",
+        "shift_not_unsqueezed",
+    )
+
+
+def name_if_right(raised: Mistake, rerun_is_right, seen: str, key: str) -> None:
+    """Raise mistake `key`, after what `raised` saw and `seen`, when `rerun_is_right()` holds;
+    a rerun that fails (a Mistake, or a result that is not a pair) explains nothing."""
+    try:
+        right = rerun_is_right()
+    except Exception:
         return
     if right:
-        description, fix = HINTS["shift_not_unsqueezed"]
+        description, fix = HINTS[key]
         raise Mistake(
-            f"{raised.message}\n      Each row alone (x of shape ({x.shape[dim]},)) gives the "
-            f"right statistics: it looks like {description}.",
-            fix,
-            "shift_not_unsqueezed",
+            f"{raised.message}\n      {seen}: it looks like {description}.", fix, key
         ) from None
 
 
